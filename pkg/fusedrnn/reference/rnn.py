@@ -1,0 +1,156 @@
+"""Elman RNN, one layer, one direction, a whole sequence: the plain NumPy reference.
+
+Per step ``h' = act(linear(x_t, W_ih, b_ih) + linear(h, W_hh, b_hh))``, ``act`` tanh or relu.
+The workspace is empty: backward reads the activation's derivative off ``y``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import (
+    accumulate_linear,
+    check_shapes,
+    dtanh,
+    grad_or_zeros,
+    grads_or_zeros,
+    linear,
+    new_workspace,
+    previous_states,
+    split_workspace,
+)
+
+
+def _relu(a: np.ndarray) -> np.ndarray:
+    return np.maximum(a, 0)
+
+
+def _drelu(h: np.ndarray) -> np.ndarray:
+    """Derivative of relu from its output: 1 where ``h > 0``, else 0 (0 at the kink)."""
+    return (h > 0).astype(h.dtype)
+
+
+# nonlinearity -> (activation, its derivative written in terms of the activation's output)
+_ACTIVATIONS = {"tanh": (np.tanh, dtanh), "relu": (_relu, _drelu)}
+
+
+def _activation(nonlinearity: str):
+    if nonlinearity not in _ACTIVATIONS:
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return _ACTIVATIONS[nonlinearity]
+
+
+def rnn_forward(
+    x: np.ndarray,
+    h0: np.ndarray,
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    bias_ih: np.ndarray,
+    bias_hh: np.ndarray,
+    nonlinearity: str = "tanh",
+    training: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Run an Elman RNN over a sequence.
+
+    Parameters
+    ----------
+    x : (T, B, I) array
+        Input sequence, time-major.
+    h0 : (B, H) array
+        Initial hidden state.
+    weight_ih : (H, I) array
+    weight_hh : (H, H) array
+    bias_ih, bias_hh : (H,) arrays
+    nonlinearity : {"tanh", "relu"}
+    training : bool
+        Whether to return the (empty) workspace.
+
+    Returns
+    -------
+    y : (T, B, H) array
+        Every hidden state ``h_1 .. h_T``.
+    h_n : (B, H) array
+        The final state (a copy of ``h0`` when T = 0).
+    workspace : (0,) array or None
+        Empty, of the input dtype, when training; ``None`` otherwise.
+    """
+    act, _ = _activation(nonlinearity)
+    T, B, _, H = check_shapes(
+        "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
+    )
+    y = np.empty((T, B, H), dtype=x.dtype)
+
+    x_proj = linear(x, weight_ih, bias_ih)  # (T, B, H): the input part of every step at once
+    h = h0
+    for t in range(T):
+        h = act(x_proj[t] + linear(h, weight_hh, bias_hh))
+        y[t] = h
+
+    workspace = new_workspace("rnn", T, B, H, x.dtype) if training else None
+    return y, h.copy(), workspace
+
+
+def rnn_backward(
+    x: np.ndarray,
+    h0: np.ndarray,
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    y: np.ndarray,
+    workspace: np.ndarray | None,
+    dy: np.ndarray | None = None,
+    dh_n: np.ndarray | None = None,
+    nonlinearity: str = "tanh",
+    grads: dict[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Backpropagate through ``rnn_forward``.
+
+    Parameters
+    ----------
+    x, h0, weight_ih, weight_hh
+        As given to ``rnn_forward`` (shapes there).
+    y : (T, B, H) array
+        The forward's ``y``; the activation's derivative is read off it.
+    workspace : (0,) array or None
+        The forward's (empty) workspace; not needed, so ``None`` is accepted too.
+    dy : (T, B, H) array, optional
+        Gradient of the loss with respect to ``y``; ``None`` means zeros.
+    dh_n : (B, H) array, optional
+        Gradient with respect to ``h_n``; ``None`` means zeros.
+    nonlinearity : {"tanh", "relu"}
+        As given to the forward.
+    grads : dict, optional
+        ``weight_ih`` (H, I), ``weight_hh`` (H, H), ``bias_ih`` (H,), ``bias_hh`` (H,):
+        accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
+
+    Returns
+    -------
+    dx : (T, B, I) array
+    dh0 : (B, H) array
+    grads : dict
+        The accumulated (or fresh) parameter gradients.
+    """
+    _, dact = _activation(nonlinearity)
+    T, B, _, H = check_shapes(
+        "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, y=y, dy=dy, dh_n=dh_n
+    )
+    if workspace is not None:
+        split_workspace(workspace, "rnn", T, B, H, x.dtype)  # only checks it is the empty one
+    dy = grad_or_zeros(dy, (T, B, H), x.dtype)
+    dh = grad_or_zeros(dh_n, (B, H), x.dtype)
+    h_prev = previous_states(h0, y)
+
+    d_pre = np.empty((T, B, H), dtype=x.dtype)  # gradient of the pre-activation
+    for t in reversed(range(T)):
+        # forward: y[t] = h  (h also feeds step t+1, whose gradient is already in dh)
+        dh = dh + dy[t]
+        # forward: h = act(x_proj[t] + linear(h, weight_hh, bias_hh)), act' read off y[t]
+        d_pre[t] = dh * dact(y[t])
+        dh = d_pre[t] @ weight_hh
+
+    grads = grads_or_zeros(grads, weight_ih, weight_hh)
+    # forward: h = act(x_proj[t] + linear(h, weight_hh, bias_hh)), for all t
+    accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
+    # forward: x_proj = linear(x, weight_ih, bias_ih)
+    accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
+    dx = d_pre @ weight_ih
+    return dx, dh, grads
