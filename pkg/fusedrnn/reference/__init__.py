@@ -1,0 +1,20 @@
+"""Plain NumPy twins of the fused kernels in ``fusedrnn.functional`` (contract: docs/kernels.md).
+
+Readable before fast: a Python loop over time steps, one NumPy expression per line of math.
+Every fused kernel is tested against these functions, and the workspaces are interchangeable.
+"""
+
+from ._common import workspace_size
+from .gru import gru_backward, gru_forward
+from .lstm import lstm_backward, lstm_forward
+from .rnn import rnn_backward, rnn_forward
+
+__all__ = [
+    "gru_backward",
+    "gru_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "rnn_backward",
+    "rnn_forward",
+    "workspace_size",
+]
