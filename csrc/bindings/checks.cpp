@@ -1,0 +1,122 @@
+#include "bindings/checks.h"
+
+#include <sstream>
+
+#include "common/blas.h"
+
+namespace fusedrnn {
+namespace {
+
+std::string type_name(py::handle obj) { return py::str(py::type::of(obj).attr("__name__")); }
+
+std::string shape_of(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s << (d ? ", " : "") << a.shape(d);
+  if (a.ndim() == 1) s << ",";
+  s << ")";
+  return s.str();
+}
+
+std::string expected_shape(std::initializer_list<Dim> dims) {
+  std::ostringstream names, sizes;
+  names << "(";
+  sizes << "(";
+  bool first = true;
+  for (const Dim& d : dims) {
+    names << (first ? "" : ", ") << d.name;
+    sizes << (first ? "" : ", ") << d.size;
+    first = false;
+  }
+  if (dims.size() == 1) sizes << ",";
+  names << ")";
+  sizes << ")";
+  return names.str() + " = " + sizes.str();
+}
+
+bool is_dtype(const py::array& a, bool float32) {
+  return a.dtype().equal(float32 ? py::dtype::of<float>() : py::dtype::of<double>());
+}
+
+}  // namespace
+
+ArgChecker::ArgChecker(py::handle first, const char* first_name) : first_name_(first_name) {
+  if (!py::isinstance<py::array>(first))
+    throw py::type_error(std::string(first_name) + " must be a numpy.ndarray of float32 or float64, got " +
+                         type_name(first));
+  py::array a = py::reinterpret_borrow<py::array>(first);
+  if (is_dtype(a, true))
+    is_float32_ = true;
+  else if (is_dtype(a, false))
+    is_float32_ = false;
+  else
+    throw py::type_error(std::string(first_name) + " must have dtype float32 or float64, got " +
+                         std::string(py::str(a.dtype())));
+}
+
+py::array ArgChecker::checked_array(py::handle obj, const char* name,
+                                    std::initializer_list<Dim> dims) const {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + dtype_name() +
+                         ", got " + type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!is_dtype(a, is_float32_))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name() + " like " +
+                         first_name_ + ", got " + std::string(py::str(a.dtype())) +
+                         " (all arrays of one call share one dtype; nothing is cast silently)");
+  bool ok = a.ndim() == static_cast<py::ssize_t>(dims.size());
+  if (ok) {
+    py::ssize_t d = 0;
+    for (const Dim& dim : dims) ok = ok && a.shape(d++) == dim.size;
+  }
+  if (!ok)
+    throw py::value_error(std::string(name) + " must have shape " + expected_shape(dims) +
+                          ", but has shape " + shape_of(a));
+  return a;
+}
+
+py::array ArgChecker::input(py::handle obj, const char* name,
+                            std::initializer_list<Dim> dims) const {
+  py::array a = checked_array(obj, name, dims);
+  if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    a = py::module_::import("numpy").attr("ascontiguousarray")(a);
+  return a;
+}
+
+py::array ArgChecker::optional_input(py::handle obj, const char* name,
+                                     std::initializer_list<Dim> dims) const {
+  if (obj.is_none()) return py::array();
+  return input(obj, name, dims);
+}
+
+py::array ArgChecker::accumulator(py::handle obj, const char* name,
+                                  std::initializer_list<Dim> dims) const {
+  if (obj.is_none()) {
+    py::list shape;
+    for (const Dim& d : dims) shape.append(d.size);
+    return py::module_::import("numpy").attr("zeros")(py::tuple(shape),
+                                                      is_float32_ ? "float32" : "float64");
+  }
+  py::array a = checked_array(obj, name, dims);
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) +
+                          " is accumulated into in place, so it must be C-contiguous");
+  if (!a.writeable())
+    throw py::value_error(std::string(name) +
+                          " is accumulated into in place, so it must be writeable");
+  return a;
+}
+
+py::array ArgChecker::output(std::initializer_list<int64_t> shape) const {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  if (is_float32_) return py::array_t<float>(s);
+  return py::array_t<double>(s);
+}
+
+void check_blas_dim(int64_t value, const char* what) {
+  if (value > kMaxBlasDim)
+    throw py::value_error(std::string(what) + " is " + std::to_string(value) +
+                          ", more than the 2**31 - 1 that one BLAS call takes");
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,61 @@
+// Argument checks at the Python boundary: every error names the argument, what was expected and
+// what came. Kernels behind this layer assume valid, dense, C-ordered arrays of one dtype.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+namespace fusedrnn {
+namespace py = pybind11;
+
+// One expected dimension: its symbolic name (for messages) and size.
+struct Dim {
+  const char* name;
+  int64_t size;
+};
+
+class ArgChecker {
+ public:
+  // `function` prefixes no message; it is kept for context in future messages.
+  // The dtype of the whole call is taken from `first` (float32 or float64), named `first_name`.
+  ArgChecker(py::handle first, const char* first_name);
+
+  bool is_float32() const { return is_float32_; }
+
+  // An input: an ndarray of the call's dtype and of exactly `dims`. A non-contiguous array is
+  // copied to a C-contiguous one (documented); the returned array is what the kernel reads.
+  py::array input(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
+  // As input(), but None is allowed and gives a null array (the kernel reads zeros).
+  py::array optional_input(py::handle obj, const char* name,
+                           std::initializer_list<Dim> dims) const;
+  // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous, of
+  // the call's dtype and exact shape, since a copy would hide the result from the caller.
+  // None allocates a zeroed one.
+  py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
+  // A fresh uninitialised output of the call's dtype.
+  py::array output(std::initializer_list<int64_t> shape) const;
+  // The dtype's name, for messages.
+  std::string dtype_name() const { return is_float32_ ? "float32" : "float64"; }
+
+ private:
+  py::array checked_array(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
+  bool is_float32_ = true;
+  std::string first_name_;
+};
+
+// A size that must be positive-or-zero and fit one BLAS argument.
+void check_blas_dim(int64_t value, const char* what);
+
+template <typename T>
+T* data_of(py::array& a) {
+  return a ? static_cast<T*>(a.mutable_data()) : nullptr;
+}
+template <typename T>
+const T* cdata_of(const py::array& a) {
+  return a ? static_cast<const T*>(a.data()) : nullptr;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,38 @@
+// The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp).
+#include <cstdint>
+
+#include "bindings/checks.h"
+#include "common/blas.h"
+#include "common/pointwise.h"
+#include "common/threading.h"
+
+namespace fusedrnn {
+void bind_recurrent(py::module_& m);
+}
+
+PYBIND11_MODULE(_core, m) {
+  using namespace fusedrnn;
+  using namespace pybind11::literals;
+  m.doc() = "fusedrnn's compiled kernels; use the wrappers in fusedrnn.functional.";
+  m.def(
+      "set_blas",
+      [](std::uintptr_t sgemm, std::uintptr_t dgemm) {
+        set_blas_gemm(reinterpret_cast<sgemm_fn>(sgemm), reinterpret_cast<dgemm_fn>(dgemm));
+      },
+      "sgemm"_a, "dgemm"_a, "Hand the kernels the addresses of SciPy's sgemm and dgemm.");
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+    set_num_threads(n);
+  });
+  m.def("have_openmp", &have_openmp);
+  m.def("active_isa", [] { return std::string(active_isa().name); });
+  m.def("isa_supported", [](const std::string& name) { return isa_supported(name.c_str()); });
+  m.def("select_isa", [](const std::string& name) {
+    if (!select_isa(name.c_str()))
+      throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512' and supported by "
+                            "this CPU, got '" + name + "'");
+  });
+  m.attr("compiler") = py::str(__VERSION__);
+  bind_recurrent(m);
+}

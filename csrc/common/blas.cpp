@@ -1,0 +1,51 @@
+#include "common/blas.h"
+
+#include <cstddef>
+
+namespace fusedrnn {
+namespace {
+sgemm_fn g_sgemm = nullptr;
+dgemm_fn g_dgemm = nullptr;
+
+void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+          const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+          const float* beta, float* c, const int* ldc) {
+  g_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+          const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+          const double* beta, double* c, const int* ldc) {
+  g_dgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+}  // namespace
+
+void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm) {
+  g_sgemm = sgemm;
+  g_dgemm = dgemm;
+}
+
+bool blas_ready() { return g_sgemm != nullptr && g_dgemm != nullptr; }
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // BLAS would accept it, but leading dimensions of 0 are illegal: do it here
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  const char ta = trans_b ? 'T' : 'N';
+  const char tb = trans_a ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDA = static_cast<int>(ldb), LDB = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+  call(&ta, &tb, &M, &N, &K, &alpha, b, &LDA, a, &LDB, &beta, c, &LDC);
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+
+}  // namespace fusedrnn

@@ -1,0 +1,31 @@
+// Row-major GEMM on top of the Fortran BLAS that SciPy ships.
+//
+// The binding hands the routine addresses over once (set_blas_gemm); kernels then call gemm<T>()
+// with row-major arguments, as numpy lays arrays out.
+#pragma once
+#include <cstdint>
+
+namespace fusedrnn {
+
+using sgemm_fn = void (*)(const char* transa, const char* transb, const int* m, const int* n,
+                          const int* k, const float* alpha, const float* a, const int* lda,
+                          const float* b, const int* ldb, const float* beta, float* c,
+                          const int* ldc);
+using dgemm_fn = void (*)(const char* transa, const char* transb, const int* m, const int* n,
+                          const int* k, const double* alpha, const double* a, const int* lda,
+                          const double* b, const int* ldb, const double* beta, double* c,
+                          const int* ldc);
+
+void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm);
+bool blas_ready();
+
+// Largest size one BLAS argument (an LP64 int) can carry; the binding refuses larger problems.
+constexpr int64_t kMaxBlasDim = 2147483647;
+
+// Row-major C[M,N] = alpha * op(A) @ op(B) + beta * C, where op(A) is [M,K] (A^T if trans_a) and
+// op(B) is [K,N] (B^T if trans_b); lda/ldb/ldc are row strides in elements.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
+}  // namespace fusedrnn

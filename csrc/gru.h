@@ -1,0 +1,36 @@
+// GRU over a whole sequence, one layer, one direction (the contract: docs/kernels.md).
+//
+//   r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)     z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+//   reset_after (PyTorch, cuDNN):  n = tanh(W_in x + b_in + r*(W_hn h + b_hn))
+//   reset_before (Cho 2014):       n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)
+//   h' = (1-z)*n + z*h
+//
+// Shapes (T steps, batch B, input size I, hidden size H), all dense C order:
+//   x [T,B,I]  h0 [B,H]  w_ih [3H,I]  w_hh [3H,H]  b_ih, b_hh [3H]  y [T,B,H]
+//   workspace [gru_workspace_size]: gates [T,B,3H] (activated r,z,n), then
+//     reset_after: hn [T,B,H] = W_hn h_{t-1} + b_hn;  reset_before: rh [T,B,H] = r_t*h_{t-1}
+// Accumulation: parameter gradients +=, activation gradients =.
+#pragma once
+#include <cstdint>
+
+namespace fusedrnn {
+
+int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H);
+int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training);
+int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_after);
+
+// workspace null = inference.
+template <typename T>
+void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0, const T* w_ih,
+                 const T* w_hh, const T* b_ih, const T* b_hh, int64_t steps, int64_t B, int64_t I,
+                 int64_t H, bool reset_after);
+
+// dy [T,B,H], dh_n [B,H] may be null (zeros). Outputs dx [T,B,I], dh0 [B,H]; dw_ih, dw_hh,
+// db_ih, db_hh are accumulated into.
+template <typename T>
+void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
+                  const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
+                  const T* y, const T* workspace, int64_t steps, int64_t B, int64_t I, int64_t H,
+                  bool reset_after);
+
+}  // namespace fusedrnn

@@ -1,0 +1,93 @@
+"""Run-time configuration: the BLAS handed to the kernels, threads, the instruction set in use."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import platform
+
+import numpy as np
+import scipy
+
+from . import _blas, _core
+
+_core.set_blas(*_blas.gemm_addresses())
+
+
+def _find_scipy_openblas() -> ctypes.CDLL | None:
+    """SciPy's bundled OpenBLAS (already loaded by scipy.linalg), to set its thread count."""
+    libs_dir = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if hasattr(lib, "scipy_openblas_set_num_threads"):
+            return lib
+    return None
+
+
+_openblas = _find_scipy_openblas()
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use (their elementwise passes and their BLAS calls)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads of the kernels and of the BLAS they call.
+
+    Parameters
+    ----------
+    n : int
+        At least 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    _core.set_num_threads(int(n))
+    if _openblas is not None:
+        _openblas.scipy_openblas_set_num_threads(ctypes.c_int(int(n)))
+
+
+def _blas_description() -> str:
+    if _openblas is None:
+        return "scipy.linalg.cython_blas (library not identified)"
+    _openblas.scipy_openblas_get_config.restype = ctypes.c_char_p
+    return f"scipy.linalg.cython_blas -> {_openblas.scipy_openblas_get_config().decode()}"
+
+
+def _blas_threads() -> int | None:
+    if _openblas is None:
+        return None
+    return int(_openblas.scipy_openblas_get_num_threads())
+
+
+def config() -> dict:
+    """The configuration as a dict (what `show_config` prints)."""
+    from . import __version__
+
+    return {
+        "fusedrnn": __version__,
+        "isa": _core.active_isa(),
+        "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
+        "threads": get_num_threads(),
+        "openmp": _core.have_openmp(),
+        "blas": _blas_description(),
+        "blas_threads": _blas_threads(),
+        "compiler": _core.compiler,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def show_config() -> None:
+    """Print the kernel path in use, the threads, the BLAS and the versions."""
+    for key, value in config().items():
+        print(f"{key:>14}: {value}")

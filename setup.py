@@ -1,0 +1,70 @@
+"""Build of the two compiled parts of fusedrnn.
+
+* ``fusedrnn._core``: the pybind11 extension with every C++ kernel (``csrc/``).
+* ``fusedrnn._blas``: a small Cython module that hands the addresses of the BLAS routines that SciPy
+  ships (``scipy.linalg.cython_blas``) to ``_core``, so no separate BLAS is installed or linked.
+
+The elementwise kernels are compiled once per instruction set (portable, AVX2+FMA, AVX-512) by
+``csrc/isa/*.cpp`` and chosen at import time; nothing is built for the native CPU unless
+``FUSEDRNN_NATIVE=1`` is set.
+"""
+
+import os
+import sys
+from glob import glob
+
+from Cython.Build import cythonize
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import Extension, setup
+
+
+def _has_flag(compiler, flag: str) -> bool:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as f:
+        f.write("int main() { return 0; }\n")
+        name = f.name
+    try:
+        compiler.compile([name], output_dir=tempfile.gettempdir(), extra_postargs=[flag])
+    except Exception:
+        return False
+    finally:
+        os.unlink(name)
+    return True
+
+
+class BuildExt(build_ext):
+    """Adds OpenMP when the compiler has it (scikit-learn does the same probe)."""
+
+    def build_extensions(self):
+        openmp = sys.platform != "win32" and _has_flag(self.compiler, "-fopenmp")
+        for ext in self.extensions:
+            if ext.name == "fusedrnn._core" and openmp:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+                ext.define_macros.append(("FUSEDRNN_OPENMP", "1"))
+        super().build_extensions()
+
+
+sources = sorted(glob("csrc/*.cpp") + glob("csrc/common/*.cpp") + glob("csrc/isa/*.cpp")
+                 + glob("csrc/bindings/*.cpp"))
+compile_args = ["-O3", "-fno-math-errno", "-Wall", "-Wno-psabi"]
+if os.environ.get("FUSEDRNN_NATIVE") == "1":
+    compile_args.append("-march=native")
+if os.environ.get("FUSEDRNN_SANITIZE") == "1":
+    compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+
+core = Pybind11Extension(
+    "fusedrnn._core",
+    sources,
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=compile_args,
+    extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("FUSEDRNN_SANITIZE") == "1" else [],
+)
+blas = Extension("fusedrnn._blas", ["pkg/fusedrnn/_blas.pyx"], extra_compile_args=["-O2"])
+
+setup(
+    ext_modules=[core] + cythonize([blas], compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt},
+)
