@@ -12,88 +12,11 @@ import warnings
 
 import numpy as np
 import pytest
+from cells import CASES, GATES, PARAMS, backward, forward, loss, loss_weights, make_inputs
 from fusedrnn import reference
 
-# case name -> (cell, the cell's extra keyword options)
-CASES = {
-    "lstm": ("lstm", {}),
-    "gru_reset_after": ("gru", {"reset_after": True}),
-    "gru_reset_before": ("gru", {"reset_after": False}),
-    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
-}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 SIZES = [(3, 2, 3, 4), (1, 1, 3, 4)]  # (T, B, I, H)
 RTOL, ATOL = 1e-6, 1e-8  # float64 against central differences
-
-
-# ---------------------------------------------------------------- helpers: one interface for all
-
-
-def make_inputs(case, T, B, I, H, dtype=np.float64, seed=0):
-    """Random forward inputs by their contract names, weights small enough not to saturate."""
-    cell, _ = CASES[case]
-    rng = np.random.default_rng(seed)
-    GH = GATES[cell] * H
-    inputs = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
-    if cell == "lstm":
-        inputs["c0"] = 0.5 * rng.standard_normal((B, H))
-    inputs["weight_ih"] = rng.uniform(-0.6, 0.6, (GH, I))
-    inputs["weight_hh"] = rng.uniform(-0.6, 0.6, (GH, H))
-    inputs["bias_ih"] = rng.uniform(-0.3, 0.3, GH)
-    inputs["bias_hh"] = rng.uniform(-0.3, 0.3, GH)
-    return {name: value.astype(dtype) for name, value in inputs.items()}
-
-
-def forward(case, inputs, training=True):
-    """Run the case's forward; return a dict ``y, h_n, (c_n), workspace``."""
-    cell, options = CASES[case]
-    if cell == "lstm":
-        y, h_n, c_n, workspace = reference.lstm_forward(**inputs, training=training)
-        return {"y": y, "h_n": h_n, "c_n": c_n, "workspace": workspace}
-    run = reference.gru_forward if cell == "gru" else reference.rnn_forward
-    y, h_n, workspace = run(**inputs, **options, training=training)
-    return {"y": y, "h_n": h_n, "workspace": workspace}
-
-
-def backward(case, inputs, out, out_grads, grads=None):
-    """Run the case's backward; return (gradients keyed by input name, the grads dict itself).
-
-    ``out_grads`` holds ``dy``, ``dh_n`` and for LSTM ``dc_n`` (any may be None).
-    """
-    cell, options = CASES[case]
-    args = {
-        name: inputs[name] for name in ("x", "h0", "c0", "weight_ih", "weight_hh") if name in inputs
-    }
-    common = {"y": out["y"], "workspace": out["workspace"], **out_grads, "grads": grads}
-    if cell == "lstm":
-        dx, dh0, dc0, grads = reference.lstm_backward(**args, **common)
-        activations = {"x": dx, "h0": dh0, "c0": dc0}
-    else:
-        run = reference.gru_backward if cell == "gru" else reference.rnn_backward
-        dx, dh0, grads = run(**args, **common, **options)
-        activations = {"x": dx, "h0": dh0}
-    return {**activations, **{name: grads[name] for name in PARAMS}}, grads
-
-
-def loss_weights(case, out, seed=1):
-    """Random wy, wh, (wc) for the loss sum(y*wy) + sum(h_n*wh) (+ sum(c_n*wc))."""
-    rng = np.random.default_rng(seed)
-    weights = {
-        "dy": rng.standard_normal(out["y"].shape),
-        "dh_n": rng.standard_normal(out["h_n"].shape),
-    }
-    if "c_n" in out:
-        weights["dc_n"] = rng.standard_normal(out["c_n"].shape)
-    return {name: w.astype(out["y"].dtype) for name, w in weights.items()}
-
-
-def loss(out, weights):
-    total = np.sum(out["y"] * weights["dy"]) + np.sum(out["h_n"] * weights["dh_n"])
-    if "c_n" in out:
-        total += np.sum(out["c_n"] * weights["dc_n"])
-    return total
 
 
 def central_differences(f, array, eps=1e-6):
@@ -127,142 +50,10 @@ def test_backward_matches_central_differences_for_every_input(case, size):
         np.testing.assert_allclose(analytic[name], numeric, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_none_output_gradients_mean_zeros(case):
-    inputs = make_inputs(case, 3, 2, 3, 4)
-    out = forward(case, inputs)
-    weights = loss_weights(case, out)
-    for missing in weights:
-        with_none, _ = backward(case, inputs, out, {**weights, missing: None})
-        zeros = np.zeros_like(weights[missing])
-        with_zeros, _ = backward(case, inputs, out, {**weights, missing: zeros})
-        for name in inputs:
-            np.testing.assert_array_equal(with_none[name], with_zeros[name], err_msg=name)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_grads_dict_is_accumulated_into(case):
-    inputs = make_inputs(case, 3, 2, 3, 4)
-    out = forward(case, inputs)
-    weights = loss_weights(case, out)
-    once, _ = backward(case, inputs, out, weights)
-
-    grads = {name: np.zeros_like(once[name]) for name in PARAMS}
-    first, returned = backward(case, inputs, out, weights, grads=grads)
-    assert returned is grads
-    first = {name: value.copy() for name, value in first.items()}
-    second, _ = backward(case, inputs, out, weights, grads=grads)
-    for name in PARAMS:
-        np.testing.assert_array_equal(grads[name], 2 * once[name], err_msg=name)
-    for name in set(inputs) - set(PARAMS):  # activation gradients are fresh, not accumulated
-        np.testing.assert_array_equal(second[name], first[name], err_msg=name)
-
-
 # ---------------------------------------------------------------- forward, dtype, workspace
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_inference_forward_equals_training_forward(case):
-    inputs = make_inputs(case, 3, 2, 3, 4)
-    trained = forward(case, inputs, training=True)
-    inferred = forward(case, inputs, training=False)
-    assert inferred.pop("workspace") is None
-    for name, value in inferred.items():
-        np.testing.assert_array_equal(value, trained[name], err_msg=name)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_float32_stays_float32(case):
-    inputs32 = make_inputs(case, 3, 2, 3, 4, dtype=np.float32)
-    out32 = forward(case, inputs32)
-    grads32, _ = backward(case, inputs32, out32, loss_weights(case, out32))
-    for name, value in {**out32, **grads32}.items():
-        assert value.dtype == np.float32, name
-
-    inputs64 = make_inputs(case, 3, 2, 3, 4)
-    out64 = forward(case, inputs64)
-    grads64, _ = backward(case, inputs64, out64, loss_weights(case, out64))
-    for name in ("y", "h_n"):
-        np.testing.assert_allclose(out32[name], out64[name], rtol=1e-4, atol=1e-5)
-    for name in grads64:
-        np.testing.assert_allclose(grads32[name], grads64[name], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_workspace_length_is_workspace_size(case, dtype):
-    cell, _ = CASES[case]
-    T, B, H = 3, 2, 4
-    workspace = forward(case, make_inputs(case, T, B, 3, H, dtype=dtype))["workspace"]
-    assert workspace.shape == (reference.workspace_size(cell, T, B, H),)
-    assert workspace.dtype == dtype
-    blocks = {"lstm": 5, "gru": 4, "rnn": 0}[cell]
-    assert reference.workspace_size(cell, T, B, H) == T * B * H * blocks
-
-
-@pytest.mark.parametrize("case", ["lstm", "gru_reset_after"])
-def test_backward_without_workspace_is_a_clear_error(case):
-    inputs = make_inputs(case, 3, 2, 3, 4)
-    out = forward(case, inputs, training=False)
-    with pytest.raises(ValueError, match="training=True"):
-        backward(case, inputs, out, loss_weights(case, out))
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_wrong_shape_is_a_value_error(case):
-    inputs = make_inputs(case, 3, 2, 3, 4)
-    inputs["weight_hh"] = inputs["weight_hh"][:, :-1]
-    with pytest.raises(ValueError, match="weight_hh"):
-        forward(case, inputs)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_huge_preactivations_saturate_without_warnings(case):
-    inputs = make_inputs(case, 3, 2, 3, 4, dtype=np.float32)
-    inputs["x"] *= np.float32(1e4)
-    with warnings.catch_warnings(), np.errstate(all="raise"):
-        warnings.simplefilter("error")
-        out = forward(case, inputs)
-        backward(case, inputs, out, loss_weights(case, out))
-    assert np.all(np.isfinite(out["y"]))
-    if out["workspace"].size:  # the saved gates reach their 0 / 1 (and -1 / 1) limits exactly
-        gates = out["workspace"][: out["y"].size * GATES[CASES[case][0]]]
-        assert np.any(gates == 0) and np.any(gates == 1)
-
-
 # ---------------------------------------------------------------- empty sequences and batches
-
-
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("T, B", [(0, 2), (3, 0), (0, 0)])
-def test_empty_sequence_or_batch(case, T, B):
-    I, H = 3, 4
-    inputs = make_inputs(case, T, B, I, H)
-    out = forward(case, inputs)
-    assert out["y"].shape == (T, B, H)
-    assert out["workspace"].shape == (0,)
-    if T == 0:
-        np.testing.assert_array_equal(out["h_n"], inputs["h0"])
-        if "c_n" in out:
-            np.testing.assert_array_equal(out["c_n"], inputs["c0"])
-    assert out["h_n"].shape == (B, H) and not np.shares_memory(out["h_n"], inputs["h0"])
-
-    weights = loss_weights(case, out)
-    start = {name: np.full_like(inputs[name], 7.0) for name in PARAMS}
-    grads = {name: value.copy() for name, value in start.items()}
-    given, _ = backward(case, inputs, out, weights, grads=grads)
-    assert given["x"].shape == (T, B, I)
-    for name in PARAMS:
-        np.testing.assert_array_equal(grads[name], start[name], err_msg=name)
-    if T == 0:
-        np.testing.assert_array_equal(given["h0"], weights["dh_n"])
-        assert not np.shares_memory(given["h0"], weights["dh_n"])
-        if "c0" in given:
-            np.testing.assert_array_equal(given["c0"], weights["dc_n"])
-
-    nothing, _ = backward(case, inputs, out, {name: None for name in weights})
-    for name in set(nothing) - set(PARAMS) - {"x"}:
-        np.testing.assert_array_equal(nothing[name], np.zeros((B, H)), err_msg=name)
 
 
 # ---------------------------------------------------------------- forward semantics, by hand
@@ -362,17 +153,3 @@ def test_rnn_relu_and_tanh_differ():
     relu = forward("rnn_relu", inputs)["y"]
     assert np.all(relu >= 0) and np.any(relu == 0)
     assert np.max(np.abs(forward("rnn_tanh", inputs)["y"] - relu)) > 1e-3
-
-
-def test_outputs_are_fresh_arrays():
-    inputs = make_inputs("lstm", 3, 2, 3, 4)
-    snapshot = {name: value.copy() for name, value in inputs.items()}
-    out = forward("lstm", inputs)
-    weights = loss_weights("lstm", out)
-    grads, _ = backward("lstm", inputs, out, weights)
-    for produced in (*out.values(), *grads.values()):
-        for given in (*inputs.values(), *weights.values()):
-            assert not np.shares_memory(produced, given)
-    assert not np.shares_memory(out["h_n"], out["y"])
-    for name, value in inputs.items():
-        np.testing.assert_array_equal(value, snapshot[name], err_msg=name)

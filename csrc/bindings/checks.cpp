@@ -83,9 +83,9 @@ py::array ArgChecker::input(py::handle obj, const char* name,
   return a;
 }
 
-py::array ArgChecker::optional_input(py::handle obj, const char* name,
-                                     std::initializer_list<Dim> dims) const {
-  if (obj.is_none()) return py::array();
+py::object ArgChecker::optional_input(py::handle obj, const char* name,
+                                      std::initializer_list<Dim> dims) const {
+  if (obj.is_none()) return py::none();
   return input(obj, name, dims);
 }
 

@@ -28,9 +28,9 @@ class ArgChecker {
   // An input: an ndarray of the call's dtype and of exactly `dims`. A non-contiguous array is
   // copied to a C-contiguous one (documented); the returned array is what the kernel reads.
   py::array input(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
-  // As input(), but None is allowed and gives a null array (the kernel reads zeros).
-  py::array optional_input(py::handle obj, const char* name,
-                           std::initializer_list<Dim> dims) const;
+  // As input(), but None is allowed and stays None (the kernel gets a null pointer: zeros).
+  py::object optional_input(py::handle obj, const char* name,
+                            std::initializer_list<Dim> dims) const;
   // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous, of
   // the call's dtype and exact shape, since a copy would hide the result from the caller.
   // None allocates a zeroed one.
@@ -49,13 +49,15 @@ class ArgChecker {
 // A size that must be positive-or-zero and fit one BLAS argument.
 void check_blas_dim(int64_t value, const char* what);
 
+// The data of an array, or a null pointer for None. (Not a default-constructed py::array: that
+// is a real zero-length array whose pointer is not null.)
 template <typename T>
-T* data_of(py::array& a) {
-  return a ? static_cast<T*>(a.mutable_data()) : nullptr;
+T* data_of(py::handle a) {
+  return a.is_none() ? nullptr : static_cast<T*>(py::reinterpret_borrow<py::array>(a).mutable_data());
 }
 template <typename T>
-const T* cdata_of(const py::array& a) {
-  return a ? static_cast<const T*>(a.data()) : nullptr;
+const T* cdata_of(py::handle a) {
+  return a.is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(a).data());
 }
 
 }  // namespace fusedrnn

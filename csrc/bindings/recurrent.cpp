@@ -26,6 +26,10 @@ SequenceSizes sequence_sizes(py::handle x, py::handle w_hh, int64_t gates) {
     throw py::value_error("weight_hh must be a 2-D numpy.ndarray of shape (" +
                           std::to_string(gates) + "*hidden_size, hidden_size)");
   py::array wa = py::reinterpret_borrow<py::array>(w_hh);
+  if (wa.shape(0) != gates * wa.shape(1))
+    throw py::value_error("weight_hh must have shape (" + std::to_string(gates) +
+                          "*hidden_size, hidden_size), but has shape (" +
+                          std::to_string(wa.shape(0)) + ", " + std::to_string(wa.shape(1)) + ")");
   SequenceSizes s{xa.shape(0), xa.shape(1), xa.shape(2), wa.shape(1)};
   if (s.input == 0) throw py::value_error("x must have input_size >= 1, but has 0");
   if (s.hidden == 0) throw py::value_error("weight_hh must have hidden_size >= 1, but has 0");
@@ -44,6 +48,15 @@ auto with_dtype(const ArgChecker& checker, Body&& body) {
 
 py::array scratch_of(const ArgChecker& checker, int64_t n) { return checker.output({n}); }
 
+// The workspace a training forward returned; None (what an inference forward returns) is named.
+py::array saved_workspace(const ArgChecker& checker, py::handle obj, const char* expected,
+                          int64_t size) {
+  if (obj.is_none())
+    throw py::value_error("workspace is None: backward needs the workspace that a training "
+                          "forward (training=True) returns");
+  return checker.input(obj, "workspace", {{expected, size}});
+}
+
 // ---------------------------------------------------------------- LSTM
 py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
                           py::handle w_hh, py::handle b_ih, py::handle b_hh, bool training) {
@@ -58,7 +71,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   py::array bih = c.input(b_ih, "bias_ih", {{"4*hidden_size", 4 * H}});
   py::array bhh = c.input(b_hh, "bias_hh", {{"4*hidden_size", 4 * H}});
   py::array y = c.output({T, B, H}), h_n = c.output({B, H}), c_n = c.output({B, H});
-  py::array ws = training ? c.output({lstm_workspace_size(T, B, H)}) : py::array();
+  py::object ws = training ? py::object(c.output({lstm_workspace_size(T, B, H)})) : py::none();
   py::array scratch = scratch_of(c, lstm_forward_scratch_size(T, B, H, training));
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
@@ -69,7 +82,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
                     I, H);
     return 0;
   });
-  return py::make_tuple(y, h_n, c_n, training ? py::object(ws) : py::object(py::none()));
+  return py::make_tuple(y, h_n, c_n, ws);
 }
 
 py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
@@ -85,10 +98,10 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
   py::array wih = c.input(w_ih, "weight_ih", {{"4*hidden_size", 4 * H}, {"input_size", I}});
   py::array whh = c.input(w_hh, "weight_hh", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
   py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array wsa = c.input(workspace, "workspace", {{"T*B*5*hidden_size", lstm_workspace_size(T, B, H)}});
-  py::array dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
-  py::array dcn = c.optional_input(dc_n, "dc_n", {{"B", B}, {"hidden_size", H}});
+  py::array wsa = saved_workspace(c, workspace, "T*B*5*hidden_size", lstm_workspace_size(T, B, H));
+  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
+  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
+  py::object dcn = c.optional_input(dc_n, "dc_n", {{"B", B}, {"hidden_size", H}});
   py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"4*hidden_size", 4 * H}, {"input_size", I}});
   py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
   py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"4*hidden_size", 4 * H}});
@@ -121,7 +134,7 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   py::array bih = c.input(b_ih, "bias_ih", {{"3*hidden_size", 3 * H}});
   py::array bhh = c.input(b_hh, "bias_hh", {{"3*hidden_size", 3 * H}});
   py::array y = c.output({T, B, H}), h_n = c.output({B, H});
-  py::array ws = training ? c.output({gru_workspace_size(T, B, H)}) : py::array();
+  py::object ws = training ? py::object(c.output({gru_workspace_size(T, B, H)})) : py::none();
   py::array scratch = scratch_of(c, gru_forward_scratch_size(T, B, H, training));
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
@@ -131,7 +144,7 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
                    cdata_of<F>(bih), cdata_of<F>(bhh), T, B, I, H, reset_after);
     return 0;
   });
-  return py::make_tuple(y, h_n, training ? py::object(ws) : py::object(py::none()));
+  return py::make_tuple(y, h_n, ws);
 }
 
 py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
@@ -146,9 +159,9 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::array wih = c.input(w_ih, "weight_ih", {{"3*hidden_size", 3 * H}, {"input_size", I}});
   py::array whh = c.input(w_hh, "weight_hh", {{"3*hidden_size", 3 * H}, {"hidden_size", H}});
   py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array wsa = c.input(workspace, "workspace", {{"T*B*4*hidden_size", gru_workspace_size(T, B, H)}});
-  py::array dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
+  py::array wsa = saved_workspace(c, workspace, "T*B*4*hidden_size", gru_workspace_size(T, B, H));
+  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
+  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
   py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"3*hidden_size", 3 * H}, {"input_size", I}});
   py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"3*hidden_size", 3 * H}, {"hidden_size", H}});
   py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"3*hidden_size", 3 * H}});
@@ -214,9 +227,9 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::array wih = c.input(w_ih, "weight_ih", {{"hidden_size", H}, {"input_size", I}});
   py::array whh = c.input(w_hh, "weight_hh", {{"hidden_size", H}, {"hidden_size", H}});
   py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  c.input(workspace, "workspace", {{"0", 0}});
-  py::array dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
+  if (!workspace.is_none()) c.input(workspace, "workspace", {{"0", 0}});  // the RNN saves nothing
+  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
+  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
   py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"hidden_size", H}, {"input_size", I}});
   py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"hidden_size", H}, {"hidden_size", H}});
   py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"hidden_size", H}});

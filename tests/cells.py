@@ -1,0 +1,88 @@
+"""Helpers shared by the tests of the cells: the cases, their inputs, and one interface that runs
+forward and backward on either backend (``fusedrnn.reference`` or ``fusedrnn.functional``)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fusedrnn import functional, reference
+
+BACKENDS = {"reference": reference, "fused": functional}
+
+# case name -> (cell, the cell's extra keyword options)
+CASES = {
+    "lstm": ("lstm", {}),
+    "gru_reset_after": ("gru", {"reset_after": True}),
+    "gru_reset_before": ("gru", {"reset_after": False}),
+    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+# ---------------------------------------------------------------- helpers: one interface for all
+
+
+def make_inputs(case, T, B, I, H, dtype=np.float64, seed=0):
+    """Random forward inputs by their contract names, weights small enough not to saturate."""
+    cell, _ = CASES[case]
+    rng = np.random.default_rng(seed)
+    GH = GATES[cell] * H
+    inputs = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
+    if cell == "lstm":
+        inputs["c0"] = 0.5 * rng.standard_normal((B, H))
+    inputs["weight_ih"] = rng.uniform(-0.6, 0.6, (GH, I))
+    inputs["weight_hh"] = rng.uniform(-0.6, 0.6, (GH, H))
+    inputs["bias_ih"] = rng.uniform(-0.3, 0.3, GH)
+    inputs["bias_hh"] = rng.uniform(-0.3, 0.3, GH)
+    return {name: value.astype(dtype) for name, value in inputs.items()}
+
+
+def forward(case, inputs, training=True, backend=reference):
+    """Run the case's forward; return a dict ``y, h_n, (c_n), workspace``."""
+    cell, options = CASES[case]
+    if cell == "lstm":
+        y, h_n, c_n, workspace = backend.lstm_forward(**inputs, training=training)
+        return {"y": y, "h_n": h_n, "c_n": c_n, "workspace": workspace}
+    run = backend.gru_forward if cell == "gru" else backend.rnn_forward
+    y, h_n, workspace = run(**inputs, **options, training=training)
+    return {"y": y, "h_n": h_n, "workspace": workspace}
+
+
+def backward(case, inputs, out, out_grads, grads=None, backend=reference):
+    """Run the case's backward; return (gradients keyed by input name, the grads dict itself).
+
+    ``out_grads`` holds ``dy``, ``dh_n`` and for LSTM ``dc_n`` (any may be None).
+    """
+    cell, options = CASES[case]
+    args = {
+        name: inputs[name] for name in ("x", "h0", "c0", "weight_ih", "weight_hh") if name in inputs
+    }
+    common = {"y": out["y"], "workspace": out["workspace"], **out_grads, "grads": grads}
+    if cell == "lstm":
+        dx, dh0, dc0, grads = backend.lstm_backward(**args, **common)
+        activations = {"x": dx, "h0": dh0, "c0": dc0}
+    else:
+        run = backend.gru_backward if cell == "gru" else backend.rnn_backward
+        dx, dh0, grads = run(**args, **common, **options)
+        activations = {"x": dx, "h0": dh0}
+    return {**activations, **{name: grads[name] for name in PARAMS}}, grads
+
+
+def loss_weights(case, out, seed=1):
+    """Random wy, wh, (wc) for the loss sum(y*wy) + sum(h_n*wh) (+ sum(c_n*wc))."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "dy": rng.standard_normal(out["y"].shape),
+        "dh_n": rng.standard_normal(out["h_n"].shape),
+    }
+    if "c_n" in out:
+        weights["dc_n"] = rng.standard_normal(out["c_n"].shape)
+    return {name: w.astype(out["y"].dtype) for name, w in weights.items()}
+
+
+def loss(out, weights):
+    total = np.sum(out["y"] * weights["dy"]) + np.sum(out["h_n"] * weights["dh_n"])
+    if "c_n" in out:
+        total += np.sum(out["c_n"] * weights["dc_n"])
+    return total
