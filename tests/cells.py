@@ -86,3 +86,17 @@ def loss(out, weights):
     if "c_n" in out:
         total += np.sum(out["c_n"] * weights["dc_n"])
     return total
+
+
+def tolerances(dtype) -> tuple[float, float]:
+    """(rtol, atol relative to the magnitude) of a fused result against the reference."""
+    return (1e-10, 1e-10) if np.dtype(dtype) == np.float64 else (1e-4, 1e-5)
+
+
+def assert_close(actual, desired, dtype, name=""):
+    """Equal within the dtype's tolerance; atol scales with the largest magnitude of ``desired``."""
+    rtol, atol = tolerances(dtype)
+    scale = max(1.0, float(np.max(np.abs(desired)))) if np.size(desired) else 1.0
+    assert actual.dtype == desired.dtype, name
+    assert actual.shape == desired.shape, name
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol * scale, err_msg=name)

@@ -22,7 +22,10 @@ SequenceSizes sequence_sizes(py::handle x, py::handle w_hh, int64_t gates) {
   if (xa.ndim() != 3)
     throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
                           std::to_string(xa.ndim()));
-  if (!py::isinstance<py::array>(w_hh) || py::reinterpret_borrow<py::array>(w_hh).ndim() != 2)
+  if (!py::isinstance<py::array>(w_hh))
+    throw py::type_error("weight_hh must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(w_hh).attr("__name__"))));
+  if (py::reinterpret_borrow<py::array>(w_hh).ndim() != 2)
     throw py::value_error("weight_hh must be a 2-D numpy.ndarray of shape (" +
                           std::to_string(gates) + "*hidden_size, hidden_size)");
   py::array wa = py::reinterpret_borrow<py::array>(w_hh);

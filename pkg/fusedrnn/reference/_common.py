@@ -54,7 +54,7 @@ def check_shapes(
 
     Every other array, passed by its contract name (``c0``, ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``, ``y``, ``dy``, ``dh_n``, ``dc_n``; ``None`` skipped), must have the
-    contract's shape and the dtype of ``x``; otherwise ``ValueError``.
+    contract's shape (else ``ValueError``) and the dtype of ``x`` (else ``TypeError``).
     """
     if x.ndim != 3 or h0.ndim != 2:
         raise ValueError(f"{cell}: x must be (T, B, I) and h0 (B, H), got {x.shape} and {h0.shape}")
@@ -82,7 +82,7 @@ def check_shapes(
                 f"for T={T}, B={B}, I={I}, H={H}"
             )
         if array.dtype != x.dtype:
-            raise ValueError(f"{cell}: {name} is {array.dtype} but x is {x.dtype}")
+            raise TypeError(f"{cell}: {name} is {array.dtype} but x is {x.dtype}")
     return T, B, I, H
 
 

@@ -1,0 +1,145 @@
+"""Bad input to the fused kernels: a TypeError / ValueError that names the argument and says what
+was expected and what came, never a crash or a silent cast."""
+
+from __future__ import annotations
+
+import fusedrnn
+import numpy as np
+import pytest
+from cells import make_inputs
+from fusedrnn import functional
+
+
+def lstm_args(dtype=np.float64):
+    return make_inputs("lstm", 3, 2, 5, 4, dtype=dtype)
+
+
+def lstm_training_state():
+    inputs = lstm_args()
+    y, h_n, c_n, workspace = functional.lstm_forward(**inputs)
+    args = {k: inputs[k] for k in ("x", "h0", "c0", "weight_ih", "weight_hh")}
+    return {**args, "y": y, "workspace": workspace}
+
+
+@pytest.mark.parametrize(
+    "name, value, error, pattern",
+    [
+        ("x", [[[1.0]]], TypeError, r"x must be a numpy.ndarray .* got list"),
+        ("x", np.ones((3, 2, 5), np.int64), TypeError, r"x must have dtype float32 or float64, got int64"),
+        ("x", np.ones((3, 2, 5), np.float16), TypeError, r"x must have dtype float32 or float64"),
+        ("x", np.ones((3, 2, 5), np.complex128), TypeError, r"x must have dtype"),
+        ("x", np.ones((3, 2, 5), bool), TypeError, r"x must have dtype"),
+        ("x", np.ones((3, 2, 5), object), TypeError, r"x must have dtype"),
+        ("x", np.ones((6, 5)), ValueError, r"x must have 3 dimensions \(T, B, input_size\), but has 2"),
+        ("h0", np.ones((2, 4), np.float32), TypeError, r"h0 must have dtype float64 like x, got float32"),
+        ("h0", np.ones((3, 4)), ValueError, r"h0 must have shape \(B, hidden_size\) = \(2, 4\), but has shape \(3, 4\)"),
+        ("h0", np.ones(8), ValueError, r"h0 must have shape .* but has shape \(8,\)"),
+        ("c0", None, TypeError, r"c0 must be a numpy.ndarray of float64, got NoneType"),
+        ("weight_ih", np.ones((16, 6)), ValueError, r"weight_ih must have shape \(4\*hidden_size, input_size\) = \(16, 5\)"),
+        ("weight_hh", np.ones((12, 4)), ValueError, r"weight_hh must have shape \(4\*hidden_size, hidden_size\), but has shape \(12, 4\)"),
+        ("weight_hh", np.ones((16,)), ValueError, r"weight_hh must be a 2-D"),
+        ("bias_ih", np.ones(15), ValueError, r"bias_ih must have shape \(4\*hidden_size\) = \(16,\), but has shape \(15,\)"),
+        ("bias_hh", np.ones((16, 1)), ValueError, r"bias_hh must have shape"),
+        ("x", np.ones((3, 2, 0)), ValueError, r"x must have input_size >= 1"),
+    ],
+)
+def test_forward_rejects(name, value, error, pattern):
+    args = lstm_args()
+    args[name] = value
+    with pytest.raises(error, match=pattern):
+        functional.lstm_forward(**args)
+
+
+def test_zero_hidden_size_is_rejected():
+    args = make_inputs("rnn_tanh", 3, 2, 5, 1)
+    args["h0"] = np.ones((2, 0))
+    args["weight_ih"] = np.ones((0, 5))
+    args["weight_hh"] = np.ones((0, 0))
+    args["bias_ih"] = args["bias_hh"] = np.ones(0)
+    with pytest.raises(ValueError, match="hidden_size >= 1"):
+        functional.rnn_forward(**args)
+
+
+@pytest.mark.parametrize(
+    "name, value, error, pattern",
+    [
+        ("workspace", None, ValueError, r"workspace is None: .*training=True"),
+        ("workspace", np.ones(7), ValueError, r"workspace must have shape \(T\*B\*5\*hidden_size\) = \(120,\), but has shape \(7,\)"),
+        ("workspace", np.ones(120, np.float32), TypeError, r"workspace must have dtype float64"),
+        ("y", np.ones((3, 2, 5)), ValueError, r"y must have shape \(T, B, hidden_size\) = \(3, 2, 4\)"),
+        ("dy", np.ones((2, 2, 4)), ValueError, r"dy must have shape \(T, B, hidden_size\) = \(3, 2, 4\)"),
+        ("dh_n", np.ones((2, 4), np.float32), TypeError, r"dh_n must have dtype float64"),
+        ("dc_n", np.ones((4, 2)), ValueError, r"dc_n must have shape"),
+    ],
+)
+def test_backward_rejects(name, value, error, pattern):
+    args = lstm_training_state()
+    args[name] = value
+    with pytest.raises(error, match=pattern):
+        functional.lstm_backward(**args)
+
+
+def test_gradient_buffers_must_be_exact_writeable_and_contiguous():
+    args = lstm_training_state()
+    good = {
+        "weight_ih": np.zeros((16, 5)),
+        "weight_hh": np.zeros((16, 4)),
+        "bias_ih": np.zeros(16),
+        "bias_hh": np.zeros(16),
+    }
+    with pytest.raises(ValueError, match=r"grads must have the keys .* missing \['bias_hh'\]"):
+        functional.lstm_backward(**args, grads={k: v for k, v in good.items() if k != "bias_hh"})
+    with pytest.raises(TypeError, match="grads must be a dict"):
+        functional.lstm_backward(**args, grads=[1, 2])
+    wrong_shape = {**good, "weight_ih": np.zeros((16, 4))}
+    with pytest.raises(ValueError, match=r"grads\['weight_ih'\] must have shape"):
+        functional.lstm_backward(**args, grads=wrong_shape)
+    wrong_dtype = {**good, "bias_ih": np.zeros(16, np.float32)}
+    with pytest.raises(TypeError, match=r"grads\['bias_ih'\] must have dtype float64"):
+        functional.lstm_backward(**args, grads=wrong_dtype)
+    read_only = {**good, "weight_hh": np.zeros((16, 4))}
+    read_only["weight_hh"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\['weight_hh'\] .* must be writeable"):
+        functional.lstm_backward(**args, grads=read_only)
+    strided = {**good, "bias_hh": np.zeros(32)[::2]}
+    with pytest.raises(ValueError, match=r"grads\['bias_hh'\] .* must be C-contiguous"):
+        functional.lstm_backward(**args, grads=strided)
+    # None of the failed calls wrote anything.
+    for name, value in good.items():
+        assert not value.any(), name
+
+
+def test_gru_and_rnn_name_their_own_gate_counts():
+    args = make_inputs("gru_reset_after", 3, 2, 5, 4)
+    args["weight_ih"] = np.ones((16, 5))
+    with pytest.raises(ValueError, match=r"weight_ih must have shape \(3\*hidden_size, input_size\) = \(12, 5\)"):
+        functional.gru_forward(**args)
+    args = make_inputs("rnn_tanh", 3, 2, 5, 4)
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
+        functional.rnn_forward(**args, nonlinearity="sigmoid")
+
+
+def test_rnn_workspace_must_be_empty_or_none():
+    inputs = make_inputs("rnn_tanh", 3, 2, 5, 4)
+    y, h_n, workspace = functional.rnn_forward(**inputs)
+    args = {k: inputs[k] for k in ("x", "h0", "weight_ih", "weight_hh")}
+    functional.rnn_backward(**args, y=y, workspace=None)  # the RNN saves nothing: None is fine
+    with pytest.raises(ValueError, match=r"workspace must have shape"):
+        functional.rnn_backward(**args, y=y, workspace=np.ones(3))
+
+
+def test_thread_count_arguments():
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        fusedrnn.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int, got float"):
+        fusedrnn.set_num_threads(1.5)
+
+
+def test_unknown_isa_is_a_clear_error():
+    with pytest.raises(ValueError, match="isa must be one of"):
+        fusedrnn._core.select_isa("sse9")
+
+
+def test_workspace_size_names_the_cell():
+    with pytest.raises(ValueError, match="cell must be 'lstm', 'gru' or 'rnn'"):
+        functional.workspace_size("transformer", 1, 1, 1)
