@@ -6,10 +6,11 @@
 //   h' = (1-z)*n + z*h
 //
 // Shapes (T steps, batch B, input size I, hidden size H), all dense C order:
-//   x [T,B,I]  h0 [B,H]  w_ih [3H,I]  w_hh [3H,H]  b_ih, b_hh [3H]  y [T,B,H]
+//   x [T,B,I]  h0 [B,H]  w_ih [3H,I]  w_hh [3H,H]  b_ih, b_hh [3H] (null: zeros)  y [T,B,H]
 //   workspace [gru_workspace_size]: gates [T,B,3H] (activated r,z,n), then
 //     reset_after: hn [T,B,H] = W_hn h_{t-1} + b_hn;  reset_before: rh [T,B,H] = r_t*h_{t-1}
-// Accumulation: parameter gradients +=, activation gradients =.
+//   batch_sizes [T] or null: as in lstm.h (rows past their length output zeros, keep their state).
+// Accumulation: parameter gradients +=, activation gradients =. Null bias gradients are skipped.
 #pragma once
 #include <cstdint>
 
@@ -22,15 +23,15 @@ int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_af
 // workspace null = inference.
 template <typename T>
 void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0, const T* w_ih,
-                 const T* w_hh, const T* b_ih, const T* b_hh, int64_t steps, int64_t B, int64_t I,
-                 int64_t H, bool reset_after);
+                 const T* w_hh, const T* b_ih, const T* b_hh, const int64_t* batch_sizes,
+                 int64_t steps, int64_t B, int64_t I, int64_t H, bool reset_after);
 
 // dy [T,B,H], dh_n [B,H] may be null (zeros). Outputs dx [T,B,I], dh0 [B,H]; dw_ih, dw_hh,
 // db_ih, db_hh are accumulated into.
 template <typename T>
 void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, const T* workspace, int64_t steps, int64_t B, int64_t I, int64_t H,
-                  bool reset_after);
+                  const T* y, const T* workspace, const int64_t* batch_sizes, int64_t steps,
+                  int64_t B, int64_t I, int64_t H, bool reset_after);
 
 }  // namespace fusedrnn

@@ -17,8 +17,8 @@ int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_af
 template <typename T>
 void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, const T* workspace, int64_t steps, int64_t B, int64_t I, int64_t H,
-                  bool reset_after) {
+                  const T* y, const T* workspace, const int64_t* batch_sizes, int64_t steps,
+                  int64_t B, int64_t I, int64_t H, bool reset_after) {
   const int64_t G = 3 * H;
   const auto& kernels = pointwise<T>();
   const T* gates = workspace;
@@ -27,15 +27,18 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   // Gradient of the h side: W_hh h + b_hh (reset_after), or the same as the x side (reset_before).
   T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
 
-  copy_or_zero(dh0, dh_n, B * H);  // carries dL/dh backwards in time; ends as dL/dh0
+  // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
+  // not touched, so dh_n reaches each row's last step.
+  copy_or_zero(dh0, dh_n, B * H);
   for (int64_t t = steps - 1; t >= 0; --t) {
+    const int64_t n = active_rows(batch_sizes, t, B);
     const T* g = gates + t * B * G;
     const T* h_prev = t ? y + (t - 1) * B * H : h0;
     const T* dy_t = dy ? dy + t * B * H : nullptr;
     T* dgx = dgates_x + t * B * G;
     T* dgh = dgates_h + t * B * G;
     if (reset_after) {
-      parallel_rows(B, G, [&](int64_t b0, int64_t b1) {
+      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
         const int64_t s = b0 * H;
         kernels.gru_backward(b1 - b0, H, dgx + b0 * G, dgh + b0 * G, dh0 + s,
                              dy_t ? dy_t + s : nullptr, g + b0 * G, extra + t * B * H + s,
@@ -43,29 +46,31 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       });
     } else {
       T* d_rh = scratch + steps * B * G;
-      parallel_rows(B, G, [&](int64_t b0, int64_t b1) {
+      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
         const int64_t s = b0 * H;
         kernels.gru_rb_backward_state(b1 - b0, H, dgx + b0 * G, dh0 + s,
                                       dy_t ? dy_t + s : nullptr, g + b0 * G, h_prev + s);
       });
       // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
-      gemm<T>(false, false, B, H, H, T(1), dgx + 2 * H, G, w_hh + 2 * H * H, H, T(0), d_rh, H);
-      parallel_rows(B, G, [&](int64_t b0, int64_t b1) {
+      gemm<T>(false, false, n, H, H, T(1), dgx + 2 * H, G, w_hh + 2 * H * H, H, T(0), d_rh, H);
+      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
         const int64_t s = b0 * H;
         kernels.gru_rb_backward_gates(b1 - b0, H, dgx + b0 * G, dh0 + s, d_rh + s, g + b0 * G,
                                       h_prev + s);
       });
     }
+    zero_rows(dgx, n, B, G);
+    if (reset_after) zero_rows(dgh, n, B, G);
     // forward: hproj = h_prev W_h^T over the blocks that h_prev enters  ->  dh_prev += dg W_h
     const int64_t blocks = reset_after ? G : 2 * H;
-    gemm<T>(false, false, B, H, blocks, T(1), dgh, G, w_hh, H, T(1), dh0, H);
+    gemm<T>(false, false, n, H, blocks, T(1), dgh, G, w_hh, H, T(1), dh0, H);
   }
 
   // forward: gates_x = x W_ih^T + b_ih
   gemm<T>(false, false, steps * B, I, G, T(1), dgates_x, G, w_ih, I, T(0), dx, I);
   gemm<T>(true, false, G, I, steps * B, T(1), dgates_x, G, x, I, T(1), dw_ih, I);
-  add_column_sums(db_ih, dgates_x, steps * B, G, G);
-  add_column_sums(db_hh, dgates_h, steps * B, G, G);
+  if (db_ih) add_column_sums(db_ih, dgates_x, steps * B, G, G);
+  if (db_hh) add_column_sums(db_hh, dgates_h, steps * B, G, G);
   if (reset_after) {
     add_recurrent_weight_grad(dw_hh, H, dgates_h, G, G, y, h0, steps, B, H);
   } else {
@@ -76,13 +81,11 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   }
 }
 
-template void gru_backward<float>(float*, float*, float*, float*, float*, float*, float*,
-                                  const float*, const float*, const float*, const float*,
-                                  const float*, const float*, const float*, const float*, int64_t,
-                                  int64_t, int64_t, int64_t, bool);
-template void gru_backward<double>(double*, double*, double*, double*, double*, double*, double*,
-                                   const double*, const double*, const double*, const double*,
-                                   const double*, const double*, const double*, const double*,
-                                   int64_t, int64_t, int64_t, int64_t, bool);
+#define FUSEDRNN_GRU_BACKWARD(T)                                                                \
+  template void gru_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*, const T*,       \
+                                const T*, const T*, const T*, const T*, const T*, const int64_t*, \
+                                int64_t, int64_t, int64_t, int64_t, bool);
+FUSEDRNN_GRU_BACKWARD(float)
+FUSEDRNN_GRU_BACKWARD(double)
 
 }  // namespace fusedrnn

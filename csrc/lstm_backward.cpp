@@ -6,56 +6,76 @@
 
 namespace fusedrnn {
 
-int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H) { return T * B * 4 * H; }
+int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
+  // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H]
+  return T * B * 4 * H + (P ? T * B * P + B * H : 0);
+}
 
-// dy: [T,B,H] or null  dh_n, dc_n: [B,H] or null  x: [T,B,I]  h0, c0: [B,H]
-// w_ih: [4H,I]  w_hh: [4H,H]  y: [T,B,H]  workspace: gates [T,B,4H] then c [T,B,H]
-// dx: [T,B,I] (=)  dh0, dc0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh (+=)  scratch: [T,B,4H]
+// dy: [T,B,R] or null  dh_n: [B,R] or null  dc_n: [B,H] or null  x: [T,B,I]  h0: [B,R]
+// c0: [B,H]  w_ih: [4H,I]  w_hh: [4H,R]  w_hr: [P,H] or null  y: [T,B,R]
+// workspace: gates [T,B,4H], c [T,B,H], (m [T,B,H])  batch_sizes: [T] or null
+// dx: [T,B,I] (=)  dh0: [B,R] (=)  dc0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh, dw_hr (+=)
 template <typename T>
-void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch,
-                   const T* dy, const T* dh_n, const T* dc_n, const T* x, const T* h0,
-                   const T* c0, const T* w_ih, const T* w_hh, const T* y, const T* workspace,
-                   int64_t steps, int64_t B, int64_t I, int64_t H) {
-  const int64_t G = 4 * H;
+void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* dw_hr,
+                   T* scratch, const T* dy, const T* dh_n, const T* dc_n, const T* x, const T* h0,
+                   const T* c0, const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
+                   const T* workspace, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                   int64_t I, int64_t H, int64_t P) {
+  const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
   const T* gates = workspace;
-  const T* cs = workspace + steps * B * G;
+  const T* cs = gates + steps * B * G;
+  const T* ms = cs + steps * B * H;
   T* dgates = scratch;
+  T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
+  T* dm = dhs + steps * B * R;      // projection only: dL/dm_t of the current step
 
-  // dh0 and dc0 carry the state gradients backwards in time and end as dL/dh0, dL/dc0.
-  copy_or_zero(dh0, dh_n, B * H);
+  // dh0 and dc0 carry the state gradients backwards in time and end as dL/dh0, dL/dc0. Rows
+  // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
+  copy_or_zero(dh0, dh_n, B * R);
   copy_or_zero(dc0, dc_n, B * H);
   for (int64_t t = steps - 1; t >= 0; --t) {
+    const int64_t n = active_rows(batch_sizes, t, B);
     T* dg = dgates + t * B * G;
     const T* c_prev = t ? cs + (t - 1) * B * H : c0;
-    const T* dy_t = dy ? dy + t * B * H : nullptr;
-    parallel_rows(B, G, [&](int64_t b0, int64_t b1) {
+    const T* dy_t = dy ? dy + t * B * R : nullptr;
+    const T* dh = dh0;  // dL/d(o*tanh(c)) as the pass reads it
+    if (P) {
+      // forward: h = m W_hr^T  ->  dm = (dh_carry + dy) W_hr
+      T* dh_t = dhs + t * B * R;
+      for (int64_t k = 0; k < n * R; ++k) dh_t[k] = dh0[k] + (dy_t ? dy_t[k] : T(0));
+      zero_rows(dh_t, n, B, R);
+      gemm<T>(false, false, n, H, P, T(1), dh_t, P, w_hr, H, T(0), dm, H);
+      dh = dm;
+      dy_t = nullptr;
+    }
+    parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
       const int64_t s = b0 * H;
-      kernels.lstm_backward(b1 - b0, H, dg + b0 * G, dc0 + s, dh0 + s, dy_t ? dy_t + s : nullptr,
-                            gates + t * B * G + b0 * G, cs + t * B * H + s, c_prev + s);
+      kernels.lstm_backward(b1 - b0, H, dg + b0 * G, dc0 + s, dh + s,
+                            dy_t ? dy_t + b0 * R : nullptr, gates + t * B * G + b0 * G,
+                            cs + t * B * H + s, c_prev + s);
     });
-    // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh
-    gemm<T>(false, false, B, H, G, T(1), dg, G, w_hh, H, T(0), dh0, H);
+    zero_rows(dg, n, B, G);
+    // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
+    gemm<T>(false, false, n, R, G, T(1), dg, G, w_hh, R, T(0), dh0, R);
   }
 
-  // Everything that does not recur, over all steps at once.
+  // Everything that does not recur, over all steps at once (rows past their length are zero).
   // forward: gates = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
   gemm<T>(false, false, steps * B, I, G, T(1), dgates, G, w_ih, I, T(0), dx, I);
   gemm<T>(true, false, G, I, steps * B, T(1), dgates, G, x, I, T(1), dw_ih, I);
-  add_recurrent_weight_grad(dw_hh, H, dgates, G, G, y, h0, steps, B, H);
-  add_column_sums(db_ih, dgates, steps * B, G, G);
-  add_column_sums(db_hh, dgates, steps * B, G, G);
+  add_recurrent_weight_grad(dw_hh, R, dgates, G, G, y, h0, steps, B, R);
+  if (db_ih) add_column_sums(db_ih, dgates, steps * B, G, G);
+  if (db_hh) add_column_sums(db_hh, dgates, steps * B, G, G);
+  if (P) gemm<T>(true, false, P, H, steps * B, T(1), dhs, P, ms, H, T(1), dw_hr, H);
 }
 
-template void lstm_backward<float>(float*, float*, float*, float*, float*, float*, float*, float*,
-                                   const float*, const float*, const float*, const float*,
-                                   const float*, const float*, const float*, const float*,
-                                   const float*, const float*, int64_t, int64_t, int64_t,
-                                   int64_t);
-template void lstm_backward<double>(double*, double*, double*, double*, double*, double*, double*,
-                                    double*, const double*, const double*, const double*,
-                                    const double*, const double*, const double*, const double*,
-                                    const double*, const double*, const double*, int64_t,
-                                    int64_t, int64_t, int64_t);
+#define FUSEDRNN_LSTM_BACKWARD(T)                                                               \
+  template void lstm_backward<T>(T*, T*, T*, T*, T*, T*, T*, T*, T*, const T*, const T*,        \
+                                 const T*, const T*, const T*, const T*, const T*, const T*,    \
+                                 const T*, const T*, const T*, const int64_t*, int64_t, int64_t, \
+                                 int64_t, int64_t, int64_t);
+FUSEDRNN_LSTM_BACKWARD(float)
+FUSEDRNN_LSTM_BACKWARD(double)
 
 }  // namespace fusedrnn

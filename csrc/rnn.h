@@ -2,8 +2,10 @@
 //
 //   h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  act = tanh or relu
 //
-// Shapes: x [T,B,I]  h0 [B,H]  w_ih [H,I]  w_hh [H,H]  b_ih, b_hh [H]  y [T,B,H].
-// No workspace: the activation's derivative is read off y. Parameter gradients +=, others =.
+// Shapes: x [T,B,I]  h0 [B,H]  w_ih [H,I]  w_hh [H,H]  b_ih, b_hh [H] (null: zeros)  y [T,B,H].
+// batch_sizes [T] or null: as in lstm.h (rows past their length output zeros, keep their state).
+// No workspace: the activation's derivative is read off y. Parameter gradients +=, others =;
+// null bias gradients are skipped.
 #pragma once
 #include <cstdint>
 
@@ -16,12 +18,13 @@ int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H);
 
 template <typename T>
 void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                 const T* b_ih, const T* b_hh, int64_t steps, int64_t B, int64_t I, int64_t H,
-                 RnnActivation act);
+                 const T* b_ih, const T* b_hh, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                 int64_t I, int64_t H, RnnActivation act);
 
 template <typename T>
 void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, int64_t steps, int64_t B, int64_t I, int64_t H, RnnActivation act);
+                  const T* y, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
+                  int64_t H, RnnActivation act);
 
 }  // namespace fusedrnn

@@ -13,36 +13,39 @@ int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H) { return T * 
 template <typename T>
 void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, int64_t steps, int64_t B, int64_t I, int64_t H, RnnActivation act) {
+                  const T* y, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
+                  int64_t H, RnnActivation act) {
   const auto kernel = pointwise<T>().rnn_backward[static_cast<int>(act)];
   T* dpre = scratch;
-  copy_or_zero(dh0, dh_n, B * H);  // carries dL/dh backwards in time; ends as dL/dh0
+  // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
+  // not touched, so dh_n reaches each row's last step.
+  copy_or_zero(dh0, dh_n, B * H);
   for (int64_t t = steps - 1; t >= 0; --t) {
+    const int64_t n = active_rows(batch_sizes, t, B);
     T* dp = dpre + t * B * H;
     const T* dy_t = dy ? dy + t * B * H : nullptr;
     const T* h = y + t * B * H;
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) {
+    parallel_rows(n, H, [&](int64_t b0, int64_t b1) {
       const int64_t s = b0 * H;
       kernel(b1 - b0, H, dp + s, dh0 + s, dy_t ? dy_t + s : nullptr, h + s);
     });
-    // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh
-    gemm<T>(false, false, B, H, H, T(1), dp, H, w_hh, H, T(0), dh0, H);
+    zero_rows(dp, n, B, H);
+    // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
+    gemm<T>(false, false, n, H, H, T(1), dp, H, w_hh, H, T(0), dh0, H);
   }
   // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
   gemm<T>(false, false, steps * B, I, H, T(1), dpre, H, w_ih, I, T(0), dx, I);
   gemm<T>(true, false, H, I, steps * B, T(1), dpre, H, x, I, T(1), dw_ih, I);
   add_recurrent_weight_grad(dw_hh, H, dpre, H, H, y, h0, steps, B, H);
-  add_column_sums(db_ih, dpre, steps * B, H, H);
-  add_column_sums(db_hh, dpre, steps * B, H, H);
+  if (db_ih) add_column_sums(db_ih, dpre, steps * B, H, H);
+  if (db_hh) add_column_sums(db_hh, dpre, steps * B, H, H);
 }
 
-template void rnn_backward<float>(float*, float*, float*, float*, float*, float*, float*,
-                                  const float*, const float*, const float*, const float*,
-                                  const float*, const float*, const float*, int64_t, int64_t,
-                                  int64_t, int64_t, RnnActivation);
-template void rnn_backward<double>(double*, double*, double*, double*, double*, double*, double*,
-                                   const double*, const double*, const double*, const double*,
-                                   const double*, const double*, const double*, int64_t, int64_t,
-                                   int64_t, int64_t, RnnActivation);
+#define FUSEDRNN_RNN_BACKWARD(T)                                                                \
+  template void rnn_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*, const T*,       \
+                                const T*, const T*, const T*, const T*, const int64_t*, int64_t, \
+                                int64_t, int64_t, int64_t, RnnActivation);
+FUSEDRNN_RNN_BACKWARD(float)
+FUSEDRNN_RNN_BACKWARD(double)
 
 }  // namespace fusedrnn

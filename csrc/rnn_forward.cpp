@@ -12,26 +12,31 @@ int64_t rnn_forward_scratch_size(int64_t H) { return H; }
 // y: [T,B,H]  h_n: [B,H]  scratch: [H] (the summed bias)
 template <typename T>
 void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                 const T* b_ih, const T* b_hh, int64_t steps, int64_t B, int64_t I, int64_t H,
-                 RnnActivation act) {
+                 const T* b_ih, const T* b_hh, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                 int64_t I, int64_t H, RnnActivation act) {
   const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(act)];
   T* bias = scratch;
-  add_vectors(bias, b_ih, b_hh, H);
+  for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
   // The projection of every input goes straight into y; each step adds W_hh h and activates.
   gemm<T>(false, true, steps * B, H, I, T(1), x, I, w_ih, I, T(0), y, H);
   for (int64_t t = 0; t < steps; ++t) {
+    const int64_t n = active_rows(batch_sizes, t, B);
     T* h = y + t * B * H;
-    gemm<T>(false, true, B, H, H, T(1), t ? h - B * H : h0, H, w_hh, H, T(1), h, H);
-    parallel_rows(B, H, [&](int64_t b0, int64_t b1) { kernel(b1 - b0, H, bias, h + b0 * H); });
+    gemm<T>(false, true, n, H, H, T(1), t ? h - B * H : h0, H, w_hh, H, T(1), h, H);
+    parallel_rows(n, H, [&](int64_t b0, int64_t b1) { kernel(b1 - b0, H, bias, h + b0 * H); });
+    zero_rows(h, n, B, H);  // rows past their length output zeros
   }
-  copy_or_zero(h_n, steps ? y + (steps - 1) * B * H : h0, B * H);
+  if (steps)
+    gather_last_steps(h_n, y, batch_sizes, steps, B, H);
+  else
+    copy_or_zero(h_n, h0, B * H);
 }
 
-template void rnn_forward<float>(float*, float*, float*, const float*, const float*, const float*,
-                                 const float*, const float*, const float*, int64_t, int64_t,
-                                 int64_t, int64_t, RnnActivation);
-template void rnn_forward<double>(double*, double*, double*, const double*, const double*,
-                                  const double*, const double*, const double*, const double*,
-                                  int64_t, int64_t, int64_t, int64_t, RnnActivation);
+#define FUSEDRNN_RNN_FORWARD(T)                                                                 \
+  template void rnn_forward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,    \
+                               const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t,    \
+                               RnnActivation);
+FUSEDRNN_RNN_FORWARD(float)
+FUSEDRNN_RNN_FORWARD(double)
 
 }  // namespace fusedrnn

@@ -74,15 +74,15 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   py::array bih = c.input(b_ih, "bias_ih", {{"4*hidden_size", 4 * H}});
   py::array bhh = c.input(b_hh, "bias_hh", {{"4*hidden_size", 4 * H}});
   py::array y = c.output({T, B, H}), h_n = c.output({B, H}), c_n = c.output({B, H});
-  py::object ws = training ? py::object(c.output({lstm_workspace_size(T, B, H)})) : py::none();
-  py::array scratch = scratch_of(c, lstm_forward_scratch_size(T, B, H, training));
+  py::object ws = training ? py::object(c.output({lstm_workspace_size(T, B, H, 0)})) : py::none();
+  py::array scratch = scratch_of(c, lstm_forward_scratch_size(T, B, H, 0, training));
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(ws),
                     data_of<F>(scratch), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a),
-                    cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih), cdata_of<F>(bhh), T, B,
-                    I, H);
+                    cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr,
+                    nullptr, T, B, I, H, 0);
     return 0;
   });
   return py::make_tuple(y, h_n, c_n, ws);
@@ -101,7 +101,7 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
   py::array wih = c.input(w_ih, "weight_ih", {{"4*hidden_size", 4 * H}, {"input_size", I}});
   py::array whh = c.input(w_hh, "weight_hh", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
   py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array wsa = saved_workspace(c, workspace, "T*B*5*hidden_size", lstm_workspace_size(T, B, H));
+  py::array wsa = saved_workspace(c, workspace, "T*B*5*hidden_size", lstm_workspace_size(T, B, H, 0));
   py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
   py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
   py::object dcn = c.optional_input(dc_n, "dc_n", {{"B", B}, {"hidden_size", H}});
@@ -110,15 +110,16 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
   py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"4*hidden_size", 4 * H}});
   py::array dbhh = c.accumulator(db_hh, "grads['bias_hh']", {{"4*hidden_size", 4 * H}});
   py::array dx = c.output({T, B, I}), dh0 = c.output({B, H}), dc0 = c.output({B, H});
-  py::array scratch = scratch_of(c, lstm_backward_scratch_size(T, B, H));
+  py::array scratch = scratch_of(c, lstm_backward_scratch_size(T, B, H, 0));
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     lstm_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), data_of<F>(dwih),
-                     data_of<F>(dwhh), data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch),
-                     cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn), cdata_of<F>(xa),
-                     cdata_of<F>(h0a), cdata_of<F>(c0a), cdata_of<F>(wih), cdata_of<F>(whh),
-                     cdata_of<F>(ya), cdata_of<F>(wsa), T, B, I, H);
+                     data_of<F>(dwhh), data_of<F>(dbih), data_of<F>(dbhh), nullptr,
+                     data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
+                     cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a), cdata_of<F>(wih),
+                     cdata_of<F>(whh), nullptr, cdata_of<F>(ya), cdata_of<F>(wsa), nullptr, T, B, I,
+                     H, 0);
     return 0;
   });
   return py::make_tuple(dx, dh0, dc0, dwih, dwhh, dbih, dbhh);
@@ -144,7 +145,7 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
     py::gil_scoped_release release;
     gru_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(ws), data_of<F>(scratch),
                    cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih), cdata_of<F>(whh),
-                   cdata_of<F>(bih), cdata_of<F>(bhh), T, B, I, H, reset_after);
+                   cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, T, B, I, H, reset_after);
     return 0;
   });
   return py::make_tuple(y, h_n, ws);
@@ -177,7 +178,8 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
     gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dwih), data_of<F>(dwhh),
                     data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch), cdata_of<F>(dya),
                     cdata_of<F>(dhn), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih),
-                    cdata_of<F>(whh), cdata_of<F>(ya), cdata_of<F>(wsa), T, B, I, H, reset_after);
+                    cdata_of<F>(whh), cdata_of<F>(ya), cdata_of<F>(wsa), nullptr, T, B, I, H,
+                    reset_after);
     return 0;
   });
   return py::make_tuple(dx, dh0, dwih, dwhh, dbih, dbhh);
@@ -210,7 +212,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
     py::gil_scoped_release release;
     rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(scratch), cdata_of<F>(xa),
                    cdata_of<F>(h0a), cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih),
-                   cdata_of<F>(bhh), T, B, I, H, act);
+                   cdata_of<F>(bhh), nullptr, T, B, I, H, act);
     return 0;
   });
   // The RNN saves nothing beyond y: its workspace is empty.
@@ -245,7 +247,7 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
     rnn_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dwih), data_of<F>(dwhh),
                     data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch), cdata_of<F>(dya),
                     cdata_of<F>(dhn), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih),
-                    cdata_of<F>(whh), cdata_of<F>(ya), T, B, I, H, act);
+                    cdata_of<F>(whh), cdata_of<F>(ya), nullptr, T, B, I, H, act);
     return 0;
   });
   return py::make_tuple(dx, dh0, dwih, dwhh, dbih, dbhh);
@@ -270,7 +272,7 @@ void bind_recurrent(py::module_& m) {
   m.def("rnn_backward", &rnn_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "nonlinearity"_a, "dweight_ih"_a, "dweight_hh"_a,
         "dbias_ih"_a, "dbias_hh"_a);
-  m.def("lstm_workspace_size", &lstm_workspace_size, "T"_a, "B"_a, "H"_a);
+  m.def("lstm_workspace_size", &lstm_workspace_size, "T"_a, "B"_a, "H"_a, "P"_a = 0);
   m.def("gru_workspace_size", &gru_workspace_size, "T"_a, "B"_a, "H"_a);
 }
 

@@ -51,3 +51,32 @@ inline int64_t projection_chunk_steps(int64_t steps, int64_t B) {
 }
 
 }  // namespace fusedrnn
+
+namespace fusedrnn {
+
+// Rows of the batch still running at step t. With variable lengths the batch is sorted by length,
+// longest first (the stack driver does it), so they are a prefix: batch_sizes[t] of them
+// (PyTorch's PackedSequence.batch_sizes). Null batch_sizes: every row, every step.
+inline int64_t active_rows(const int64_t* batch_sizes, int64_t t, int64_t B) {
+  return batch_sizes ? batch_sizes[t] : B;
+}
+
+// a[rows begin..end) = 0 for a [rows, width].
+template <typename T>
+void zero_rows(T* a, int64_t begin, int64_t end, int64_t width) {
+  if (end > begin) std::fill(a + begin * width, a + end * width, T(0));
+}
+
+// dst[b] = seq[last(b)][b]: each row's state after its own last step; seq [T,B,F], dst [B,F].
+template <typename T>
+void gather_last_steps(T* dst, const T* seq, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                       int64_t F) {
+  int64_t t = steps - 1;
+  for (int64_t b = 0; b < B; ++b) {  // rows sorted longest first: last steps only shrink
+    if (batch_sizes)
+      while (t > 0 && batch_sizes[t] <= b) --t;
+    std::memcpy(dst + b * F, seq + (t * B + b) * F, static_cast<size_t>(F) * sizeof(T));
+  }
+}
+
+}  // namespace fusedrnn
