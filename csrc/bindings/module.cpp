@@ -8,6 +8,7 @@
 
 namespace fusedrnn {
 void bind_recurrent(py::module_& m);
+void bind_stack(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -35,4 +36,5 @@ PYBIND11_MODULE(_core, m) {
   });
   m.attr("compiler") = py::str(__VERSION__);
   bind_recurrent(m);
+  bind_stack(m);
 }

@@ -139,3 +139,217 @@ def rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
     dx, dh0, *params = _core.rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n,
                                           nonlinearity, *_grad_buffers(grads))
     return dx, dh0, _grads_dict(grads, params)
+
+
+# ---------------------------------------------------------------- layer stacks
+
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _require_array(value, name: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    return value
+
+
+def _suffix(direction: int) -> str:
+    return "_reverse" if direction else ""
+
+
+def stack_param_names(mode: str, num_layers: int, bidirectional: bool, bias: bool = True,
+                      proj_size: int = 0) -> list:
+    """PyTorch's parameter names of a stack, in its order (``_flat_weights_names``)."""
+    names = []
+    for layer in range(num_layers):
+        for direction in range(2 if bidirectional else 1):
+            sfx = f"_l{layer}{_suffix(direction)}"
+            names += [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+            if bias:
+                names += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
+            if proj_size:
+                names.append(f"weight_hr{sfx}")
+    return names
+
+
+def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
+    """The per-layer tuples (w_ih, w_hh, b_ih, b_hh, w_hr) the kernels take, checked by name."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
+    bias = "bias_ih_l0" in params
+    expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    if missing or extra:
+        raise ValueError(f"params do not fit a {num_layers}-layer "
+                         f"{'bidirectional ' if bidirectional else ''}{mode}"
+                         f"{f' with proj_size={proj_size}' if proj_size else ''}: "
+                         f"missing {missing}, unexpected {extra}")
+    layers = []
+    for layer in range(num_layers):
+        for direction in range(2 if bidirectional else 1):
+            sfx = f"_l{layer}{_suffix(direction)}"
+            layers.append(tuple(params.get(f"{kind}{sfx}") for kind in
+                                ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
+    return layers
+
+
+def _hidden_size(mode: str, params) -> int:
+    w_hh = _require_array(params.get("weight_hh_l0"), "params['weight_hh_l0']") \
+        if isinstance(params, Mapping) else None
+    if w_hh is None or w_hh.ndim != 2:
+        raise ValueError("params['weight_hh_l0'] must be a 2-D array")
+    return w_hh.shape[0] // _GATES[mode]
+
+
+class _Packing:
+    """The batch sorted by length, longest first: what the kernels run on.
+
+    ``order[i]`` is the item in sorted row ``i``; ``batch_sizes[t]`` the rows running at step t.
+    """
+
+    def __init__(self, lengths, T: int, B: int):
+        lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape (B,) = ({B},), one per batch item, "
+                             f"but has shape {lengths.shape}")
+        if B and (lengths.min() < 1 or lengths.max() > T):
+            raise ValueError(f"lengths must be in 1..T = 1..{T}, got values from "
+                             f"{lengths.min()} to {lengths.max()}")
+        self.order = np.argsort(-lengths, kind="stable")
+        self.lengths = np.ascontiguousarray(lengths[self.order], dtype=np.int64)
+        self.batch_sizes = (self.lengths[None, :] > np.arange(T)[:, None]).sum(1).astype(np.int64)
+
+    def sort(self, a, axis: int = 1):
+        return None if a is None else np.take(a, self.order, axis=axis)
+
+    def unsort(self, a, axis: int = 1):
+        if a is None:
+            return None
+        out = np.empty_like(a)
+        index = [slice(None)] * a.ndim
+        index[axis] = self.order
+        out[tuple(index)] = a
+        return out
+
+
+def _packing(lengths, x) -> Optional[_Packing]:
+    if lengths is None:
+        return None
+    T, B = x.shape[0], x.shape[1]
+    packing = _Packing(lengths, T, B)
+    return None if np.all(packing.lengths == T) else packing  # all full: nothing to pack
+
+
+def _split_hx(mode, hx, shape_h, shape_c, dtype):
+    """(h0, c0) from ``hx`` (h0, or (h0, c0) for LSTM; None = zeros)."""
+    if mode == "lstm":
+        if hx is None:
+            return np.zeros(shape_h, dtype), np.zeros(shape_c, dtype)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx of an LSTM must be a tuple (h0, c0) or None")
+        return hx[0], hx[1]
+    return (np.zeros(shape_h, dtype) if hx is None else hx), None
+
+
+def _masks(dropout_masks, num_layers):
+    if dropout_masks is None or num_layers == 1:
+        return None
+    if len(dropout_masks) != num_layers - 1:
+        raise ValueError(f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
+                         f"got {len(dropout_masks)}")
+    return np.stack([_require_array(m, "dropout_masks[i]") for m in dropout_masks])
+
+
+def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks,
+                proj_size):
+    """Checks and sorting shared by stack_forward and stack_backward."""
+    if mode not in _GATES:
+        raise ValueError(f"mode must be 'lstm', 'gru' or 'rnn', got {mode!r}")
+    _require_array(x, "x")
+    if x.ndim != 3:
+        raise ValueError(f"x must have 3 dimensions (T, B, input_size), but has {x.ndim}")
+    hidden = _hidden_size(mode, params)
+    weights = _stack_weights(mode, params, num_layers, bidirectional, proj_size)
+    D = 2 if bidirectional else 1
+    B = x.shape[1]
+    h0, c0 = _split_hx(mode, hx, (num_layers * D, B, proj_size or hidden),
+                       (num_layers * D, B, hidden), x.dtype)
+    for name, value in (("h0", h0), ("c0", c0)):
+        if value is not None:
+            _require_array(value, name)
+            if value.ndim != 3:
+                raise ValueError(f"{name} must have 3 dimensions (num_layers*num_directions, B, "
+                                 f"size), but has {value.ndim}")
+    packing = _packing(lengths, x)
+    masks = _masks(dropout_masks, num_layers)
+    if packing is not None:
+        x, h0, c0 = packing.sort(x), packing.sort(h0), packing.sort(c0)
+        masks = packing.sort(masks, axis=2)
+    packed = (None, None) if packing is None else (packing.batch_sizes, packing.lengths)
+    return x, h0, c0, weights, masks, packing, packed, hidden
+
+
+def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool = False,
+                  lengths=None, dropout_masks=None, training: bool = True,
+                  reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0):
+    """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
+
+    Parameters
+    ----------
+    mode : 'lstm', 'gru' or 'rnn'
+    x : (T, B, input_size)
+    hx : h0 (L*D, B, H_out), or (h0, c0 (L*D, B, H)) for LSTM; None = zeros
+    params : mapping of PyTorch's names (weight_ih_l0, weight_hh_l0_reverse, ...) to arrays
+    lengths : (B,) ints in 1..T, any order, or None
+    dropout_masks : num_layers - 1 arrays (T, B, D*H_out), or None
+
+    Returns
+    -------
+    y : (T, B, D*H_out);  h_n : (L*D, B, H_out);  c_n : (L*D, B, H) or None;
+    saved : flat array for `stack_backward`, or None when not training
+    """
+    xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
+        mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
+    y, h_n, c_n, saved = _core.stack_forward(
+        mode, xs, h0, c0, weights, masks, bs, lens, num_layers, bool(bidirectional), hidden,
+        proj_size, bool(reset_after), nonlinearity, bool(training))
+    if packing is not None:
+        y, h_n, c_n = packing.unsort(y), packing.unsort(h_n), packing.unsort(c_n)
+    return y, h_n, c_n, saved
+
+
+def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None, dh_n=None,
+                   dc_n=None, bidirectional: bool = False, lengths=None, dropout_masks=None,
+                   reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0,
+                   grads=None):
+    """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
+
+    ``grads`` (keyed like ``params``) is accumulated into; None makes a fresh zeroed dict.
+    ``dy`` (T, B, D*H_out), ``dh_n`` / ``dc_n`` as ``h_n`` / ``c_n``; None = zeros.
+    """
+    xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
+        mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
+    if grads is None:
+        grads = {k: np.zeros_like(v) for k, v in params.items()}
+    elif not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    missing = [k for k in params if k not in grads]
+    if missing:
+        raise ValueError(f"grads must have the keys of params; missing {missing}")
+    grad_list = []
+    for layer in range(num_layers):
+        for direction in range(2 if bidirectional else 1):
+            sfx = f"_l{layer}{_suffix(direction)}"
+            grad_list.append(tuple(grads.get(f"{kind}{sfx}") if f"{kind}{sfx}" in params else None
+                                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                                "weight_hr")))
+    if packing is not None:
+        y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
+    dx, dh0, dc0 = _core.stack_backward(
+        mode, xs, h0, c0, weights, y, saved, dy, dh_n, dc_n, grad_list, masks, bs, lens,
+        num_layers, bool(bidirectional), hidden, proj_size, bool(reset_after), nonlinearity)
+    if packing is not None:
+        dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
+    return dx, dh0, dc0, grads

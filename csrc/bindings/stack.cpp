@@ -1,0 +1,258 @@
+// pybind11 bindings of the layer-stack driver (csrc/stack.h). The Python wrapper
+// (fusedrnn/functional.py: stack_forward / stack_backward) sorts the batch by length and builds
+// batch_sizes; everything is checked again here, since a wrong size would read out of bounds.
+#include <string>
+#include <vector>
+
+#include "bindings/checks.h"
+#include "common/blas.h"
+#include "stack.h"
+
+namespace fusedrnn {
+namespace {
+
+std::string param_name(const char* kind, int64_t layer, int64_t direction) {
+  return std::string(kind) + "_l" + std::to_string(layer) + (direction ? "_reverse" : "");
+}
+
+CellKind cell_of(const std::string& mode) {
+  if (mode == "lstm") return CellKind::lstm;
+  if (mode == "gru") return CellKind::gru;
+  if (mode == "rnn") return CellKind::rnn;
+  throw py::value_error("mode must be 'lstm', 'gru' or 'rnn', got '" + mode + "'");
+}
+
+RnnActivation activation_named(const std::string& nonlinearity) {
+  if (nonlinearity == "tanh") return RnnActivation::tanh;
+  if (nonlinearity == "relu") return RnnActivation::relu;
+  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
+}
+
+// Everything one stack call needs besides the arrays it returns.
+struct StackCall {
+  StackShape shape;
+  ArgChecker checker;
+  py::array x, h0;
+  py::object c0, masks, batch_sizes, lengths;
+  std::vector<py::object> keep;  // the weight arrays the pointers below point into
+
+  StackCall(const std::string& mode, py::handle x_, py::handle h0_, py::handle c0_,
+            py::handle masks_, py::handle batch_sizes_, py::handle lengths_, int64_t num_layers,
+            bool bidirectional, int64_t hidden, int64_t proj, bool reset_after,
+            const std::string& nonlinearity)
+      : checker(x_, "x") {
+    shape.cell = cell_of(mode);
+    shape.act = activation_named(nonlinearity);
+    shape.reset_after = reset_after;
+    if (num_layers < 1) throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
+    if (hidden < 1) throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));
+    if (proj < 0 || proj >= hidden || (proj && shape.cell != CellKind::lstm))
+      throw py::value_error("proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1; got " +
+                            std::to_string(proj));
+    py::array xa = py::reinterpret_borrow<py::array>(x_);
+    if (xa.ndim() != 3)
+      throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " + std::to_string(xa.ndim()));
+    shape.steps = xa.shape(0);
+    shape.batch = xa.shape(1);
+    shape.input = xa.shape(2);
+    shape.hidden = hidden;
+    shape.proj = proj;
+    shape.layers = num_layers;
+    shape.directions = bidirectional ? 2 : 1;
+    if (shape.input < 1) throw py::value_error("x must have input_size >= 1, but has 0");
+    const int64_t T = shape.steps, B = shape.batch, R = shape.out(), LD = num_layers * shape.directions;
+    check_blas_dim(T * B, "T*B (the rows of x)");
+    check_blas_dim(shape.input, "input_size");
+    check_blas_dim(shape.gates() * hidden, "the gate width");
+    x = checker.input(x_, "x", {{"T", T}, {"B", B}, {"input_size", shape.input}});
+    h0 = checker.input(h0_, "h0", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", R}});
+    c0 = shape.cell == CellKind::lstm
+             ? py::object(checker.input(c0_, "c0", {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", hidden}}))
+             : py::none();
+    masks = num_layers > 1 ? checker.optional_input(masks_, "dropout_masks",
+                                                    {{"num_layers-1", num_layers - 1}, {"T", T}, {"B", B},
+                                                     {"num_directions*hidden_size", shape.directions * R}})
+                           : py::none();
+    check_packing(batch_sizes_, lengths_);
+  }
+
+  // batch_sizes [T] and lengths [B] (int64, both or neither): lengths non-increasing in 1..T and
+  // batch_sizes[t] = #{b: lengths[b] > t}, as the kernels rely on.
+  void check_packing(py::handle batch_sizes_, py::handle lengths_) {
+    if (batch_sizes_.is_none() != lengths_.is_none())
+      throw py::value_error("batch_sizes and lengths come together or not at all");
+    batch_sizes = py::none();
+    lengths = py::none();
+    if (lengths_.is_none()) return;
+    const int64_t T = shape.steps, B = shape.batch;
+    auto as_int64 = [](py::handle obj, const char* name, int64_t n) {
+      if (!py::isinstance<py::array_t<int64_t>>(obj) ||
+          !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<int64_t>()))
+        throw py::type_error(std::string(name) + " must be an int64 numpy.ndarray");
+      py::array a = py::module_::import("numpy").attr("ascontiguousarray")(obj);
+      if (a.ndim() != 1 || a.shape(0) != n)
+        throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",)");
+      return a;
+    };
+    py::array bs = as_int64(batch_sizes_, "batch_sizes", T);
+    py::array len = as_int64(lengths_, "lengths", B);
+    const int64_t* l = static_cast<const int64_t*>(len.data());
+    const int64_t* s = static_cast<const int64_t*>(bs.data());
+    for (int64_t b = 0; b < B; ++b)
+      if (l[b] < 1 || l[b] > T || (b && l[b] > l[b - 1]))
+        throw py::value_error("lengths must be sorted longest first, each in 1..T");
+    for (int64_t t = 0, b = B; t < T; ++t) {
+      while (b > 0 && l[b - 1] <= t) --b;
+      if (s[t] != b) throw py::value_error("batch_sizes does not match lengths");
+    }
+    batch_sizes = bs;
+    lengths = len;
+  }
+
+  // The weights of every layer and direction, checked by their PyTorch names.
+  template <typename T>
+  std::vector<LayerWeights<T>> weights(py::handle list) {
+    const int64_t G = shape.gates() * shape.hidden, R = shape.out();
+    std::vector<LayerWeights<T>> out;
+    py::list items = py::reinterpret_borrow<py::list>(list);
+    const int64_t LD = shape.layers * shape.directions;
+    if (static_cast<int64_t>(items.size()) != LD)
+      throw py::value_error("weights must hold " + std::to_string(LD) + " layer entries");
+    for (int64_t k = 0; k < LD; ++k) {
+      const int64_t l = k / shape.directions, d = k % shape.directions;
+      py::tuple w = py::reinterpret_borrow<py::tuple>(items[k]);
+      const std::string n_ih = param_name("weight_ih", l, d), n_hh = param_name("weight_hh", l, d);
+      const std::string n_bi = param_name("bias_ih", l, d), n_bh = param_name("bias_hh", l, d);
+      const std::string n_hr = param_name("weight_hr", l, d);
+      py::array w_ih = checker.input(w[0], n_ih.c_str(), {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
+      py::array w_hh = checker.input(w[1], n_hh.c_str(), {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
+      py::object b_ih = checker.optional_input(w[2], n_bi.c_str(), {{"gates*hidden_size", G}});
+      py::object b_hh = checker.optional_input(w[3], n_bh.c_str(), {{"gates*hidden_size", G}});
+      py::object w_hr = shape.proj ? py::object(checker.input(w[4], n_hr.c_str(), {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}}))
+                                   : py::none();
+      for (py::object o : {py::object(w_ih), py::object(w_hh), b_ih, b_hh, w_hr}) keep.push_back(o);
+      out.push_back({cdata_of<T>(w_ih), cdata_of<T>(w_hh), cdata_of<T>(b_ih), cdata_of<T>(b_hh),
+                     cdata_of<T>(w_hr)});
+    }
+    return out;
+  }
+
+  // The gradient buffers, same structure, accumulated into in place.
+  template <typename T>
+  std::vector<LayerGrads<T>> grads(py::handle list) {
+    const int64_t G = shape.gates() * shape.hidden, R = shape.out();
+    std::vector<LayerGrads<T>> out;
+    py::list items = py::reinterpret_borrow<py::list>(list);
+    const int64_t LD = shape.layers * shape.directions;
+    if (static_cast<int64_t>(items.size()) != LD)
+      throw py::value_error("grads must hold " + std::to_string(LD) + " layer entries");
+    for (int64_t k = 0; k < LD; ++k) {
+      const int64_t l = k / shape.directions, d = k % shape.directions;
+      py::tuple g = py::reinterpret_borrow<py::tuple>(items[k]);
+      auto acc = [&](py::handle obj, const char* kind, std::initializer_list<Dim> dims) -> py::object {
+        if (obj.is_none()) return py::none();
+        const std::string name = "grads['" + param_name(kind, l, d) + "']";
+        return checker.accumulator(obj, name.c_str(), dims);
+      };
+      py::object dw_ih = acc(g[0], "weight_ih", {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
+      py::object dw_hh = acc(g[1], "weight_hh", {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
+      py::object db_ih = acc(g[2], "bias_ih", {{"gates*hidden_size", G}});
+      py::object db_hh = acc(g[3], "bias_hh", {{"gates*hidden_size", G}});
+      py::object dw_hr = acc(g[4], "weight_hr", {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}});
+      if (dw_ih.is_none() || dw_hh.is_none() || (shape.proj && dw_hr.is_none()))
+        throw py::value_error("grads of " + param_name("weight_ih", l, d) + " / weight_hh / weight_hr are required");
+      for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr}) keep.push_back(o);
+      out.push_back({data_of<T>(dw_ih), data_of<T>(dw_hh), data_of<T>(db_ih), data_of<T>(db_hh),
+                     data_of<T>(dw_hr)});
+    }
+    return out;
+  }
+
+  template <typename Body>
+  auto dispatch(Body&& body) {
+    if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
+    if (checker.is_float32()) return body(float{});
+    return body(double{});
+  }
+};
+
+py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0, py::handle c0,
+                           py::handle weights, py::handle dropout_masks, py::handle batch_sizes,
+                           py::handle lengths, int64_t num_layers, bool bidirectional,
+                           int64_t hidden, int64_t proj, bool reset_after,
+                           const std::string& nonlinearity, bool training) {
+  StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
+                 hidden, proj, reset_after, nonlinearity);
+  const StackShape& s = call.shape;
+  const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions;
+  const ArgChecker& c = call.checker;
+  py::array y = c.output({T, B, s.directions * s.out()}), h_n = c.output({LD, B, s.out()});
+  const bool lstm = s.cell == CellKind::lstm;
+  py::object c_n = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
+  py::object saved = training ? py::object(c.output({stack_saved_size(s)})) : py::none();
+  py::array scratch = c.output({stack_forward_scratch_size(s, training)});
+  call.dispatch([&](auto tag) {
+    using F = decltype(tag);
+    auto w = call.weights<F>(weights);
+    py::gil_scoped_release release;
+    stack_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(saved),
+                     data_of<F>(scratch), cdata_of<F>(call.x), cdata_of<F>(call.h0),
+                     cdata_of<F>(call.c0), w.data(), cdata_of<F>(call.masks),
+                     cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
+    return 0;
+  });
+  return py::make_tuple(y, h_n, c_n, saved);
+}
+
+py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0, py::handle c0,
+                            py::handle weights, py::handle y, py::handle saved, py::handle dy,
+                            py::handle dh_n, py::handle dc_n, py::handle grads,
+                            py::handle dropout_masks, py::handle batch_sizes, py::handle lengths,
+                            int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
+                            bool reset_after, const std::string& nonlinearity) {
+  StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
+                 hidden, proj, reset_after, nonlinearity);
+  const StackShape& s = call.shape;
+  const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions, W = s.directions * s.out();
+  const ArgChecker& c = call.checker;
+  const bool lstm = s.cell == CellKind::lstm;
+  if (saved.is_none())
+    throw py::value_error("saved is None: backward needs what a training forward (training=True) saved");
+  py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"num_directions*hidden_size", W}});
+  py::array sa = c.input(saved, "saved", {{"saved size", stack_saved_size(s)}});
+  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"num_directions*hidden_size", W}});
+  py::object dhn = c.optional_input(dh_n, "dh_n", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", s.out()}});
+  py::object dcn = lstm ? c.optional_input(dc_n, "dc_n", {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", s.hidden}})
+                        : py::none();
+  py::array dx = c.output({T, B, s.input}), dh0 = c.output({LD, B, s.out()});
+  py::object dc0 = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
+  py::array scratch = c.output({stack_backward_scratch_size(s)});
+  call.dispatch([&](auto tag) {
+    using F = decltype(tag);
+    auto w = call.weights<F>(weights);
+    auto g = call.grads<F>(grads);
+    py::gil_scoped_release release;
+    stack_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), g.data(),
+                      data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
+                      cdata_of<F>(call.x), cdata_of<F>(call.h0), cdata_of<F>(call.c0), w.data(),
+                      cdata_of<F>(ya), cdata_of<F>(sa), cdata_of<F>(call.masks),
+                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
+    return 0;
+  });
+  return py::make_tuple(dx, dh0, dc0);
+}
+
+}  // namespace
+
+void bind_stack(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
+        "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
+        "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a);
+  m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
+        "y"_a, "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a,
+        "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a,
+        "proj_size"_a, "reset_after"_a, "nonlinearity"_a);
+}
+
+}  // namespace fusedrnn

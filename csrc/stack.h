@@ -1,0 +1,63 @@
+// A stack of recurrent layers, one or two directions each, over a length-sorted batch: what
+// fusedrnn.LSTM / GRU / RNN run in one call (contract: docs/kernels.md, "Layer stacks").
+//
+// The caller sorts the batch by length, longest first (the Python wrapper does, and unsorts the
+// results); here `batch_sizes` [T] says how many rows run at each step and `lengths` [B] each
+// row's length (both null: every row runs every step). Layer k = l*D + d reads the output of
+// layer l-1 (both directions concatenated, forward first, times the dropout mask of l-1); the
+// reverse direction runs each row from its own last step back to step 0.
+//
+// Shapes (T, B, input I, hidden H, projection P (LSTM, 0: none), R = P ? P : H, D directions):
+//   x [T,B,I]  h0 [L*D,B,R]  c0 [L*D,B,H] (LSTM)  y [T,B,D*R]  h_n [L*D,B,R]  c_n [L*D,B,H]
+//   dropout_masks [L-1,T,B,D*R] or null
+//   saved [stack_saved_size]: per layer and direction the cell's workspace and its output in
+//   processing order, then every layer's input after the first.
+#pragma once
+#include <cstdint>
+
+#include "rnn.h"
+
+namespace fusedrnn {
+
+enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
+
+struct StackShape {
+  CellKind cell;
+  int64_t steps, batch, input, hidden, proj, layers, directions;
+  bool reset_after;   // GRU
+  RnnActivation act;  // RNN
+  int64_t gates() const { return cell == CellKind::lstm ? 4 : cell == CellKind::gru ? 3 : 1; }
+  int64_t out() const { return proj ? proj : hidden; }  // R
+  int64_t layer_input(int64_t layer) const { return layer ? directions * out() : input; }
+};
+
+template <typename T>
+struct LayerWeights {  // one layer, one direction; null biases are zeros, null w_hr: no projection
+  const T *w_ih, *w_hh, *b_ih, *b_hh, *w_hr;
+};
+
+template <typename T>
+struct LayerGrads {  // accumulated into; null entries are skipped
+  T *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_hr;
+};
+
+int64_t stack_saved_size(const StackShape& s);
+int64_t stack_forward_scratch_size(const StackShape& s, bool training);
+int64_t stack_backward_scratch_size(const StackShape& s);
+
+// saved null = inference. weights [L*D].
+template <typename T>
+void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const T* h0,
+                   const T* c0, const LayerWeights<T>* weights, const T* dropout_masks,
+                   const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s);
+
+// dy [T,B,D*R], dh_n [L*D,B,R], dc_n [L*D,B,H] may be null (zeros). dx [T,B,I], dh0, dc0 (=);
+// grads [L*D] (+=).
+template <typename T>
+void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratch, const T* dy,
+                    const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
+                    const LayerWeights<T>* weights, const T* y, const T* saved,
+                    const T* dropout_masks, const int64_t* batch_sizes, const int64_t* lengths,
+                    const StackShape& s);
+
+}  // namespace fusedrnn

@@ -1,0 +1,91 @@
+#include "common/sequence.h"
+#include "common/stack_layout.h"
+#include "stack.h"
+
+namespace fusedrnn {
+
+int64_t stack_saved_size(const StackShape& s) {
+  int64_t total = 0;
+  saved_layout<float>(nullptr, s, 0, &total);
+  return total;
+}
+
+namespace {
+// Scratch of a forward: per direction the cell's scratch; the reversed input of the reverse
+// direction; in inference, the outputs of each direction and two layer-to-layer buffers.
+template <typename T>
+struct ForwardScratch {
+  T* cell[2];
+  T* reversed_input;
+  T* output[2];
+  T* between_layers[2];
+  int64_t size;
+};
+
+template <typename T>
+ForwardScratch<T> forward_scratch(T* base, const StackShape& s, bool training) {
+  const int64_t TB = s.steps * s.batch;
+  const int64_t widest_input = std::max(s.input, s.directions * s.out());
+  ForwardScratch<T> f{};
+  Carver<T> carve{base};
+  for (int64_t d = 0; d < s.directions; ++d) f.cell[d] = carve.take(cell_forward_scratch_size(s, training));
+  f.reversed_input = carve.take(s.directions == 2 ? TB * widest_input : 0);
+  for (int64_t d = 0; d < s.directions && !training; ++d) f.output[d] = carve.take(TB * s.out());
+  for (int64_t i = 0; i < 2 && !training && s.layers > 1; ++i)
+    f.between_layers[i] = carve.take(TB * s.directions * s.out());
+  f.size = carve.used;
+  return f;
+}
+}  // namespace
+
+int64_t stack_forward_scratch_size(const StackShape& s, bool training) {
+  return forward_scratch<float>(nullptr, s, training).size;
+}
+
+template <typename T>
+void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const T* h0,
+                   const T* c0, const LayerWeights<T>* weights, const T* dropout_masks,
+                   const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s) {
+  const bool training = saved != nullptr;
+  const int64_t B = s.batch, H = s.hidden, R = s.out(), D = s.directions, TB = s.steps * B;
+  const int64_t width = D * R;  // of every layer's output
+  const ForwardScratch<T> f = forward_scratch(scratch, s, training);
+  const bool lstm = s.cell == CellKind::lstm;
+
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const SavedLayout<T> here = saved_layout(saved, s, l);
+    const int64_t in_size = s.layer_input(l);
+    const T* in = l == 0 ? x : training ? here.layer_input : f.between_layers[(l - 1) % 2];
+    T* out = l == s.layers - 1 ? y
+             : training        ? saved_layout(saved, s, l + 1).layer_input
+                               : f.between_layers[l % 2];
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const bool reverse = d == 1;
+      const T* x_d = in;
+      if (reverse) {
+        copy_processing_order<false>(f.reversed_input, in_size, in, in_size, in_size, lengths,
+                                     s.steps, B, true);
+        x_d = f.reversed_input;
+      }
+      T* y_d = training ? here.output[d] : f.output[d];
+      cell_forward(s, in_size, y_d, h_n + k * B * R, lstm ? c_n + k * B * H : nullptr,
+                   training ? here.workspace[d] : nullptr, f.cell[d], x_d, h0 + k * B * R,
+                   lstm ? c0 + k * B * H : nullptr, weights[k], batch_sizes);
+      copy_processing_order<false>(out + d * R, width, y_d, R, R, lengths, s.steps, B, reverse);
+    }
+    if (dropout_masks && l < s.layers - 1) {
+      const T* mask = dropout_masks + l * TB * width;
+      for (int64_t i = 0; i < TB * width; ++i) out[i] *= mask[i];
+    }
+  }
+}
+
+#define FUSEDRNN_STACK_FORWARD(T)                                                              \
+  template void stack_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,             \
+                                 const LayerWeights<T>*, const T*, const int64_t*,             \
+                                 const int64_t*, const StackShape&);
+FUSEDRNN_STACK_FORWARD(float)
+FUSEDRNN_STACK_FORWARD(double)
+
+}  // namespace fusedrnn
