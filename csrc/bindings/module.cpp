@@ -21,6 +21,11 @@ PYBIND11_MODULE(_core, m) {
         set_blas_gemm(reinterpret_cast<sgemm_fn>(sgemm), reinterpret_cast<dgemm_fn>(dgemm));
       },
       "sgemm"_a, "dgemm"_a, "Hand the kernels the addresses of SciPy's sgemm and dgemm.");
+  m.def(
+      "set_blas_threads_local",
+      [](std::uintptr_t fn) { set_blas_threads_local(reinterpret_cast<blas_threads_local_fn>(fn)); },
+      "fn"_a, "Hand the kernels openblas_set_num_threads_local (0 = not available).");
+  m.def("blas_threads_local_available", &blas_threads_local_available);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));

@@ -6,6 +6,7 @@ namespace fusedrnn {
 namespace {
 sgemm_fn g_sgemm = nullptr;
 dgemm_fn g_dgemm = nullptr;
+blas_threads_local_fn g_threads_local = nullptr;
 
 void call(const char* ta, const char* tb, const int* m, const int* n, const int* k,
           const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -25,6 +26,16 @@ void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm) {
 }
 
 bool blas_ready() { return g_sgemm != nullptr && g_dgemm != nullptr; }
+
+void set_blas_threads_local(blas_threads_local_fn fn) { g_threads_local = fn; }
+bool blas_threads_local_available() { return g_threads_local != nullptr; }
+
+SingleThreadedBlas::SingleThreadedBlas() {
+  if (g_threads_local) previous_ = g_threads_local(1);
+}
+SingleThreadedBlas::~SingleThreadedBlas() {
+  if (g_threads_local && previous_ > 0) g_threads_local(previous_);
+}
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,

@@ -19,6 +19,25 @@ using dgemm_fn = void (*)(const char* transa, const char* transb, const int* m, 
 void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm);
 bool blas_ready();
 
+// OpenBLAS's openblas_set_num_threads_local (0.3.27+): the thread count of BLAS calls made from
+// the calling thread; returns the previous one. Handed over like the GEMMs; may stay null.
+using blas_threads_local_fn = int (*)(int);
+void set_blas_threads_local(blas_threads_local_fn fn);
+bool blas_threads_local_available();
+
+// While alive, BLAS calls from this thread run on this thread only: for kernels that split work
+// across their own threads, so that each thread's GEMMs do not wake BLAS's pool as well.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas();
+  ~SingleThreadedBlas();
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
 // Largest size one BLAS argument (an LP64 int) can carry; the binding refuses larger problems.
 constexpr int64_t kMaxBlasDim = 2147483647;
 

@@ -2,6 +2,11 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#ifdef FUSEDRNN_OPENMP
+#include <omp.h>
+#endif
+
+#include "common/blas.h"
 
 namespace fusedrnn {
 
@@ -26,5 +31,34 @@ void parallel_rows(int64_t rows, int64_t row_elements, Body&& body) {
 #endif
   body(int64_t{0}, rows);
 }
+
+// Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
+// that member alone (SingleThreadedBlas), so the team owns the cores. body may call team_barrier()
+// (all members must reach it equally often). One thread: body(0, 1), BLAS free to use its pool.
+template <typename Body>
+void run_team(int threads, Body&& body) {
+#ifdef FUSEDRNN_OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      SingleThreadedBlas single;
+      body(omp_get_thread_num(), omp_get_num_threads());
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  body(0, 1);
+}
+
+// Every member of the running team waits here for the others.
+inline void team_barrier() {
+#ifdef FUSEDRNN_OPENMP
+#pragma omp barrier
+#endif
+}
+
+// The share [begin, end) of n items that member m of a team of `members` takes.
+inline int64_t share_begin(int64_t n, int m, int members) { return n * m / members; }
 
 }  // namespace fusedrnn

@@ -29,6 +29,10 @@ def _find_scipy_openblas() -> ctypes.CDLL | None:
 
 
 _openblas = _find_scipy_openblas()
+if _openblas is not None and hasattr(_openblas, "openblas_set_num_threads_local"):
+    # Lets kernels that run their own threads make their BLAS calls single-threaded.
+    _core.set_blas_threads_local(
+        ctypes.cast(_openblas.openblas_set_num_threads_local, ctypes.c_void_p).value)
 
 
 def get_num_threads() -> int:
@@ -78,6 +82,7 @@ def config() -> dict:
         "openmp": _core.have_openmp(),
         "blas": _blas_description(),
         "blas_threads": _blas_threads(),
+        "blas_thread_local_control": _core.blas_threads_local_available(),
         "compiler": _core.compiler,
         "python": platform.python_version(),
         "numpy": np.__version__,
