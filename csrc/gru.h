@@ -17,12 +17,28 @@
 namespace fusedrnn {
 
 int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H);
+
+// The parts of a workspace laid out for `steps` steps; at(s): the parts of steps [s, ...).
+template <typename T>
+struct GruSaved {
+  T* gates;  // [T,B,3H]; null: inference, nothing saved
+  T* extra;  // [T,B,H]: hn (reset_after) or rh (reset_before)
+  int64_t B, H;
+  GruSaved at(int64_t s) const {
+    return {gates ? gates + s * B * 3 * H : nullptr, extra ? extra + s * B * H : nullptr, B, H};
+  }
+};
+template <typename T>
+GruSaved<T> gru_saved(T* workspace, int64_t steps, int64_t B, int64_t H) {
+  if (!workspace) return {nullptr, nullptr, B, H};
+  return {workspace, workspace + steps * B * 3 * H, B, H};
+}
 int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training);
 int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_after);
 
-// workspace null = inference.
+// saved.gates null = inference.
 template <typename T>
-void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0, const T* w_ih,
+void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const T* h0, const T* w_ih,
                  const T* w_hh, const T* b_ih, const T* b_hh, const int64_t* batch_sizes,
                  int64_t steps, int64_t B, int64_t I, int64_t H, bool reset_after);
 
@@ -31,7 +47,7 @@ void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0
 template <typename T>
 void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, const T* workspace, const int64_t* batch_sizes, int64_t steps,
+                  const T* y, GruSaved<const T> saved, const int64_t* batch_sizes, int64_t steps,
                   int64_t B, int64_t I, int64_t H, bool reset_after);
 
 }  // namespace fusedrnn

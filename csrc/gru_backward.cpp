@@ -12,17 +12,17 @@ int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_af
 }
 
 // dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]
-// y: [T,B,H]  workspace: gates [T,B,3H] then hn or rh [T,B,H]
+// y: [T,B,H]  saved: gates [T,B,3H], hn or rh [T,B,H]
 // dx: [T,B,I] (=)  dh0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh (+=)  scratch: gru_backward_scratch_size
 template <typename T>
 void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, const T* workspace, const int64_t* batch_sizes, int64_t steps,
+                  const T* y, GruSaved<const T> saved, const int64_t* batch_sizes, int64_t steps,
                   int64_t B, int64_t I, int64_t H, bool reset_after) {
   const int64_t G = 3 * H;
   const auto& kernels = pointwise<T>();
-  const T* gates = workspace;
-  const T* extra = workspace + steps * B * G;  // hn (reset_after) or rh (reset_before)
+  const T* gates = saved.gates;
+  const T* extra = saved.extra;  // hn (reset_after) or rh (reset_before)
   T* dgates_x = scratch;                        // gradient of W_ih x + b_ih, [T,B,3H]
   // Gradient of the h side: W_hh h + b_hh (reset_after), or the same as the x side (reset_before).
   T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
@@ -83,7 +83,8 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
 
 #define FUSEDRNN_GRU_BACKWARD(T)                                                                \
   template void gru_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*, const T*,       \
-                                const T*, const T*, const T*, const T*, const T*, const int64_t*, \
+                                const T*, const T*, const T*, const T*, GruSaved<const T>,      \
+                                const int64_t*,                                                 \
                                 int64_t, int64_t, int64_t, int64_t, bool);
 FUSEDRNN_GRU_BACKWARD(float)
 FUSEDRNN_GRU_BACKWARD(double)

@@ -14,9 +14,9 @@ int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training)
 }
 
 // x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]  b_ih, b_hh: [3H]
-// y: [T,B,H]  h_n: [B,H]  workspace: [T,B,4H] or null  scratch: gru_forward_scratch_size
+// y: [T,B,H]  h_n: [B,H]  saved: the workspace's parts or null  scratch: gru_forward_scratch_size
 template <typename T>
-void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0, const T* w_ih,
+void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const T* h0, const T* w_ih,
                  const T* w_hh, const T* b_ih, const T* b_hh, const int64_t* batch_sizes,
                  int64_t steps, int64_t B, int64_t I, int64_t H, bool reset_after) {
   const int64_t G = 3 * H;
@@ -52,9 +52,9 @@ void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0
     zero_rows(h, n, B, H);  // rows past their length output zeros
   };
 
-  if (workspace) {
-    T* gates = workspace;
-    T* extra = workspace + steps * B * G;
+  if (saved.gates) {
+    T* gates = saved.gates;
+    T* extra = saved.extra;
     gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), gates, G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
@@ -81,7 +81,8 @@ void gru_forward(T* y, T* h_n, T* workspace, T* scratch, const T* x, const T* h0
 }
 
 #define FUSEDRNN_GRU_FORWARD(T)                                                                  \
-  template void gru_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
+  template void gru_forward<T>(T*, T*, GruSaved<T>, T*, const T*, const T*, const T*, const T*,  \
+                               const T*,                                                         \
                                const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool);
 FUSEDRNN_GRU_FORWARD(float)
 FUSEDRNN_GRU_FORWARD(double)

@@ -19,12 +19,32 @@
 namespace fusedrnn {
 
 int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P);
+
+// The parts of a workspace laid out for `steps` steps (m only with a projection). Everything is
+// time-major, so the parts of steps [s, ...) are these pointers advanced by s steps (at(s)).
+template <typename T>
+struct LstmSaved {
+  T* gates;  // [T,B,4H]; null: inference, nothing saved
+  T* c;      // [T,B,H]
+  T* m;      // [T,B,H] or null
+  int64_t B, H;
+  LstmSaved at(int64_t s) const {
+    return {gates ? gates + s * B * 4 * H : nullptr, c ? c + s * B * H : nullptr,
+            m ? m + s * B * H : nullptr, B, H};
+  }
+};
+template <typename T>
+LstmSaved<T> lstm_saved(T* workspace, int64_t steps, int64_t B, int64_t H, int64_t P) {
+  if (!workspace) return {nullptr, nullptr, nullptr, B, H};
+  T* c = workspace + steps * B * 4 * H;
+  return {workspace, c, P ? c + steps * B * H : nullptr, B, H};
+}
 int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P, bool training);
 int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P);
 
-// workspace null = inference: nothing is saved and the input projection is done in chunks.
+// saved.gates null = inference: nothing is saved and the input projection is done in chunks.
 template <typename T>
-void lstm_forward(T* y, T* h_n, T* c_n, T* workspace, T* scratch, const T* x, const T* h0,
+void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T* x, const T* h0,
                   const T* c0, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
                   const T* w_hr, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
                   int64_t H, int64_t P);
@@ -35,7 +55,7 @@ template <typename T>
 void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* dw_hr,
                    T* scratch, const T* dy, const T* dh_n, const T* dc_n, const T* x, const T* h0,
                    const T* c0, const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
-                   const T* workspace, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                   LstmSaved<const T> saved, const int64_t* batch_sizes, int64_t steps, int64_t B,
                    int64_t I, int64_t H, int64_t P);
 
 }  // namespace fusedrnn

@@ -13,19 +13,19 @@ int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
 
 // dy: [T,B,R] or null  dh_n: [B,R] or null  dc_n: [B,H] or null  x: [T,B,I]  h0: [B,R]
 // c0: [B,H]  w_ih: [4H,I]  w_hh: [4H,R]  w_hr: [P,H] or null  y: [T,B,R]
-// workspace: gates [T,B,4H], c [T,B,H], (m [T,B,H])  batch_sizes: [T] or null
+// saved: gates [T,B,4H], c [T,B,H], (m [T,B,H])  batch_sizes: [T] or null
 // dx: [T,B,I] (=)  dh0: [B,R] (=)  dc0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh, dw_hr (+=)
 template <typename T>
 void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* dw_hr,
                    T* scratch, const T* dy, const T* dh_n, const T* dc_n, const T* x, const T* h0,
                    const T* c0, const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
-                   const T* workspace, const int64_t* batch_sizes, int64_t steps, int64_t B,
+                   LstmSaved<const T> saved, const int64_t* batch_sizes, int64_t steps, int64_t B,
                    int64_t I, int64_t H, int64_t P) {
   const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
-  const T* gates = workspace;
-  const T* cs = gates + steps * B * G;
-  const T* ms = cs + steps * B * H;
+  const T* gates = saved.gates;
+  const T* cs = saved.c;
+  const T* ms = saved.m;
   T* dgates = scratch;
   T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
   T* dm = dhs + steps * B * R;      // projection only: dL/dm_t of the current step
@@ -73,8 +73,8 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
 #define FUSEDRNN_LSTM_BACKWARD(T)                                                               \
   template void lstm_backward<T>(T*, T*, T*, T*, T*, T*, T*, T*, T*, const T*, const T*,        \
                                  const T*, const T*, const T*, const T*, const T*, const T*,    \
-                                 const T*, const T*, const T*, const int64_t*, int64_t, int64_t, \
-                                 int64_t, int64_t, int64_t);
+                                 const T*, const T*, LstmSaved<const T>, const int64_t*,        \
+                                 int64_t, int64_t, int64_t, int64_t, int64_t);
 FUSEDRNN_LSTM_BACKWARD(float)
 FUSEDRNN_LSTM_BACKWARD(double)
 

@@ -18,9 +18,9 @@ int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P, bo
 
 // x: [T,B,I]  h0: [B,R]  c0: [B,H]  w_ih: [4H,I]  w_hh: [4H,R]  b_ih, b_hh: [4H] or null
 // w_hr: [P,H] or null  batch_sizes: [T] or null
-// y: [T,B,R]  h_n: [B,R]  c_n: [B,H]  workspace: [T,B,(5|6)H] or null  scratch: see above
+// y: [T,B,R]  h_n: [B,R]  c_n: [B,H]  saved: the workspace's parts or null  scratch: see above
 template <typename T>
-void lstm_forward(T* y, T* h_n, T* c_n, T* workspace, T* scratch, const T* x, const T* h0,
+void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T* x, const T* h0,
                   const T* c0, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
                   const T* w_hr, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
                   int64_t H, int64_t P) {
@@ -42,11 +42,11 @@ void lstm_forward(T* y, T* h_n, T* c_n, T* workspace, T* scratch, const T* x, co
     zero_rows(h, n, B, R);  // rows past their length output zeros
   };
 
-  if (workspace) {
+  if (saved.gates) {
     // Training: project every step's input with one GEMM straight into the saved gates.
-    T* gates = workspace;
-    T* cs = gates + steps * B * G;
-    T* ms = cs + steps * B * H;  // only with a projection
+    T* gates = saved.gates;
+    T* cs = saved.c;
+    T* ms = saved.m;  // only with a projection
     gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), gates, G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
@@ -84,9 +84,9 @@ void lstm_forward(T* y, T* h_n, T* c_n, T* workspace, T* scratch, const T* x, co
 }
 
 #define FUSEDRNN_LSTM_FORWARD(T)                                                                \
-  template void lstm_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*,     \
-                                const T*, const T*, const T*, const T*, const int64_t*, int64_t, \
-                                int64_t, int64_t, int64_t, int64_t);
+  template void lstm_forward<T>(T*, T*, T*, LstmSaved<T>, T*, const T*, const T*, const T*,      \
+                                const T*, const T*, const T*, const T*, const T*, const int64_t*, \
+                                int64_t, int64_t, int64_t, int64_t, int64_t);
 FUSEDRNN_LSTM_FORWARD(float)
 FUSEDRNN_LSTM_FORWARD(double)
 

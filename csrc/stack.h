@@ -53,11 +53,17 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
 
 // dy [T,B,D*R], dh_n [L*D,B,R], dc_n [L*D,B,H] may be null (zeros). dx [T,B,I], dh0, dc0 (=);
 // grads [L*D] (+=).
+// truncate = 0: full backpropagation through time. Otherwise TBPTT(k1 = stride, k2 = truncate) of
+// Williams and Peng (1990), one direction only: the steps are cut into chunks of k1 (the last may
+// be shorter); the gradient of a chunk's outputs flows back through the chunk and at most k2 - k1
+// steps before it, in every layer; the states entering that span are constants, so only spans
+// that start at step 0 reach h0 / c0. dh_n / dc_n enter at each row's own last step, with the
+// chunk that holds it. Input and parameter gradients add up over the chunks.
 template <typename T>
 void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratch, const T* dy,
                     const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
-                    const LayerWeights<T>* weights, const T* y, const T* saved,
-                    const T* dropout_masks, const int64_t* batch_sizes, const int64_t* lengths,
-                    const StackShape& s);
+                    const LayerWeights<T>* weights, const T* saved, const T* dropout_masks,
+                    const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s,
+                    int64_t truncate, int64_t stride);
 
 }  // namespace fusedrnn

@@ -16,6 +16,7 @@ struct BackwardScratch {
   T* dy[2];
   T* dx[2];
   T* reversed_input;
+  T *dh_end, *dc_end, *dh_start, *dc_start;  // truncation: state gradients at a span's two ends
   int64_t size;
 };
 
@@ -33,6 +34,10 @@ BackwardScratch<T> backward_scratch(T* base, const StackShape& s) {
     b.dx[d] = carve.take(TB * widest_input);
   }
   b.reversed_input = carve.take(D == 2 ? TB * widest_input : 0);
+  b.dh_end = carve.take(s.batch * R);
+  b.dc_end = carve.take(s.batch * s.hidden);
+  b.dh_start = carve.take(s.batch * R);
+  b.dc_start = carve.take(s.batch * s.hidden);
   b.size = carve.used;
   return b;
 }
@@ -42,17 +47,93 @@ int64_t stack_backward_scratch_size(const StackShape& s) {
   return backward_scratch<float>(nullptr, s).size;
 }
 
+namespace {
+
+// dst[b] = src[b] for the rows whose last step lies in [begin, end), zero for the others.
+template <typename T>
+void rows_ending_in(T* dst, const T* src, int64_t width, const int64_t* lengths, int64_t steps,
+                    int64_t B, int64_t begin, int64_t end) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t last = (lengths ? lengths[b] : steps) - 1;
+    const bool here = src && begin <= last && last < end;
+    for (int64_t k = 0; k < width; ++k) dst[b * width + k] = here ? src[b * width + k] : T(0);
+  }
+}
+
+template <typename T>
+void add_into(T* dst, const T* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+// TBPTT(k1, k2) over a one-direction stack; see stack.h.
+template <typename T>
+void truncated_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads,
+                        const BackwardScratch<T>& b, const T* dy, const T* dh_n, const T* dc_n,
+                        const T* x, const T* h0, const T* c0, const LayerWeights<T>* weights,
+                        const T* saved, const T* dropout_masks, const int64_t* batch_sizes,
+                        const int64_t* lengths, const StackShape& s, int64_t k2, int64_t k1) {
+  const int64_t B = s.batch, H = s.hidden, R = s.out(), T_ = s.steps, TB = T_ * B;
+  const bool lstm = s.cell == CellKind::lstm;
+  copy_or_zero<T>(dx, nullptr, TB * s.input);
+  copy_or_zero<T>(dh0, nullptr, s.layers * B * R);
+  if (lstm) copy_or_zero<T>(dc0, nullptr, s.layers * B * H);
+  for (int64_t chunk_begin = (T_ - 1) / k1 * k1; chunk_begin >= 0; chunk_begin -= k1) {
+    const int64_t end = std::min(chunk_begin + k1, T_);
+    const int64_t begin = std::max<int64_t>(0, chunk_begin - (k2 - k1));  // the span
+    const int64_t n = end - begin;
+    // The gradient of this chunk's outputs; the look-back steps before the chunk have none.
+    copy_or_zero(b.d_output, dy ? dy + begin * B * R : nullptr, n * B * R);
+    zero_rows(b.d_output, 0, (chunk_begin - begin) * B, R);
+    for (int64_t l = s.layers - 1; l >= 0; --l) {
+      const SavedLayout<const T> here = saved_layout(saved, s, l);
+      const int64_t in_size = s.layer_input(l);
+      const T* in = l == 0 ? x : here.layer_input;
+      // The states entering the span are constants: the forward's own states at begin - 1.
+      const T* h_in = begin ? here.output[0] + (begin - 1) * B * R : h0 + l * B * R;
+      const T* c_in = !lstm ? nullptr
+                      : begin ? lstm_saved(here.workspace[0], T_, B, H, s.proj).c + (begin - 1) * B * H
+                              : c0 + l * B * H;
+      rows_ending_in(b.dh_end, dh_n ? dh_n + l * B * R : nullptr, R, lengths, T_, B, chunk_begin, end);
+      if (lstm)
+        rows_ending_in(b.dc_end, dc_n ? dc_n + l * B * H : nullptr, H, lengths, T_, B, chunk_begin, end);
+      cell_backward(s, in_size, begin, n, b.dx[0], b.dh_start, lstm ? b.dc_start : nullptr,
+                    grads[l], b.cell[0], b.d_output, b.dh_end, lstm ? b.dc_end : nullptr,
+                    in + begin * B * in_size, h_in, c_in, weights[l],
+                    here.output[0] + begin * B * R, here.workspace[0],
+                    batch_sizes ? batch_sizes + begin : nullptr);
+      if (begin == 0) {
+        add_into(dh0 + l * B * R, b.dh_start, B * R);
+        if (lstm) add_into(dc0 + l * B * H, b.dc_start, B * H);
+      }
+      if (l > 0) {
+        // forward: input of layer l = output of layer l-1 times its dropout mask
+        const T* mask = dropout_masks ? dropout_masks + (l - 1) * TB * R + begin * B * R : nullptr;
+        for (int64_t i = 0; i < n * B * R; ++i)
+          b.d_output[i] = mask ? b.dx[0][i] * mask[i] : b.dx[0][i];
+      } else {
+        add_into(dx + begin * B * s.input, b.dx[0], n * B * s.input);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratch, const T* dy,
                     const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
-                    const LayerWeights<T>* weights, const T* y, const T* saved,
-                    const T* dropout_masks, const int64_t* batch_sizes, const int64_t* lengths,
-                    const StackShape& s) {
-  (void)y;  // each direction's own output is in `saved`, in processing order
+                    const LayerWeights<T>* weights, const T* saved, const T* dropout_masks,
+                    const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s,
+                    int64_t truncate, int64_t stride) {
   const int64_t B = s.batch, H = s.hidden, R = s.out(), D = s.directions, TB = s.steps * B;
   const int64_t width = D * R;
   const BackwardScratch<T> b = backward_scratch(scratch, s);
   const bool lstm = s.cell == CellKind::lstm;
+  if (truncate > 0) {
+    truncated_backward(dx, dh0, dc0, grads, b, dy, dh_n, dc_n, x, h0, c0, weights, saved,
+                       dropout_masks, batch_sizes, lengths, s, truncate, stride);
+    return;
+  }
 
   copy_or_zero(b.d_output, dy, TB * width);
   for (int64_t l = s.layers - 1; l >= 0; --l) {
@@ -71,7 +152,7 @@ void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratc
                                      s.steps, B, true);
         x_d = b.reversed_input;
       }
-      cell_backward(s, in_size, b.dx[d], dh0 + k * B * R, lstm ? dc0 + k * B * H : nullptr,
+      cell_backward(s, in_size, 0, s.steps, b.dx[d], dh0 + k * B * R, lstm ? dc0 + k * B * H : nullptr,
                     grads[k], b.cell[d], b.dy[d], dh_n ? dh_n + k * B * R : nullptr,
                     lstm && dc_n ? dc_n + k * B * H : nullptr, x_d, h0 + k * B * R,
                     lstm ? c0 + k * B * H : nullptr, weights[k], here.output[d],
@@ -95,8 +176,8 @@ void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratc
 #define FUSEDRNN_STACK_BACKWARD(T)                                                              \
   template void stack_backward<T>(T*, T*, T*, const LayerGrads<T>*, T*, const T*, const T*,     \
                                   const T*, const T*, const T*, const T*,                       \
-                                  const LayerWeights<T>*, const T*, const T*, const T*,         \
-                                  const int64_t*, const int64_t*, const StackShape&);
+                                  const LayerWeights<T>*, const T*, const T*, const int64_t*,   \
+                                  const int64_t*, const StackShape&, int64_t, int64_t);
 FUSEDRNN_STACK_BACKWARD(float)
 FUSEDRNN_STACK_BACKWARD(double)
 

@@ -79,7 +79,8 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(ws),
+    lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n),
+                    lstm_saved(data_of<F>(ws), T, B, H, 0),
                     data_of<F>(scratch), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a),
                     cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr,
                     nullptr, T, B, I, H, 0);
@@ -118,8 +119,8 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
                      data_of<F>(dwhh), data_of<F>(dbih), data_of<F>(dbhh), nullptr,
                      data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
                      cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a), cdata_of<F>(wih),
-                     cdata_of<F>(whh), nullptr, cdata_of<F>(ya), cdata_of<F>(wsa), nullptr, T, B, I,
-                     H, 0);
+                     cdata_of<F>(whh), nullptr, cdata_of<F>(ya),
+                     lstm_saved(cdata_of<F>(wsa), T, B, H, 0), nullptr, T, B, I, H, 0);
     return 0;
   });
   return py::make_tuple(dx, dh0, dc0, dwih, dwhh, dbih, dbhh);
@@ -143,7 +144,8 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   with_dtype(c, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    gru_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(ws), data_of<F>(scratch),
+    gru_forward<F>(data_of<F>(y), data_of<F>(h_n), gru_saved(data_of<F>(ws), T, B, H),
+                   data_of<F>(scratch),
                    cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih), cdata_of<F>(whh),
                    cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, T, B, I, H, reset_after);
     return 0;
@@ -178,8 +180,8 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
     gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dwih), data_of<F>(dwhh),
                     data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch), cdata_of<F>(dya),
                     cdata_of<F>(dhn), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih),
-                    cdata_of<F>(whh), cdata_of<F>(ya), cdata_of<F>(wsa), nullptr, T, B, I, H,
-                    reset_after);
+                    cdata_of<F>(whh), cdata_of<F>(ya), gru_saved(cdata_of<F>(wsa), T, B, H),
+                    nullptr, T, B, I, H, reset_after);
     return 0;
   });
   return py::make_tuple(dx, dh0, dwih, dwhh, dbih, dbhh);

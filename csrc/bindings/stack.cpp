@@ -209,7 +209,14 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             py::handle dh_n, py::handle dc_n, py::handle grads,
                             py::handle dropout_masks, py::handle batch_sizes, py::handle lengths,
                             int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
-                            bool reset_after, const std::string& nonlinearity) {
+                            bool reset_after, const std::string& nonlinearity, int64_t truncate,
+                            int64_t stride) {
+  if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
+    throw py::value_error("truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
+                          "truncate, got truncate=" + std::to_string(truncate) +
+                          ", truncate_stride=" + std::to_string(stride));
+  if (truncate && bidirectional)
+    throw py::value_error("truncated backpropagation through time needs a unidirectional layer");
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
                  hidden, proj, reset_after, nonlinearity);
   const StackShape& s = call.shape;
@@ -235,8 +242,9 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
     stack_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), g.data(),
                       data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
                       cdata_of<F>(call.x), cdata_of<F>(call.h0), cdata_of<F>(call.c0), w.data(),
-                      cdata_of<F>(ya), cdata_of<F>(sa), cdata_of<F>(call.masks),
-                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
+                      cdata_of<F>(sa), cdata_of<F>(call.masks),
+                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s,
+                      truncate, stride);
     return 0;
   });
   return py::make_tuple(dx, dh0, dc0);
@@ -252,7 +260,8 @@ void bind_stack(py::module_& m) {
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "y"_a, "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a,
         "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a,
-        "proj_size"_a, "reset_after"_a, "nonlinearity"_a);
+        "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0,
+        "truncate_stride"_a = 0);
 }
 
 }  // namespace fusedrnn

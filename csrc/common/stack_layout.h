@@ -87,12 +87,13 @@ void cell_forward(const StackShape& s, int64_t input_size, T* y, T* h_n, T* c_n,
   const int64_t T_ = s.steps, B = s.batch, H = s.hidden;
   switch (s.cell) {
     case CellKind::lstm:
-      lstm_forward<T>(y, h_n, c_n, workspace, scratch, x, h0, c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
-                      w.w_hr, batch_sizes, T_, B, input_size, H, s.proj);
+      lstm_forward<T>(y, h_n, c_n, lstm_saved(workspace, T_, B, H, s.proj), scratch, x, h0, c0,
+                      w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, batch_sizes, T_, B, input_size, H,
+                      s.proj);
       break;
     case CellKind::gru:
-      gru_forward<T>(y, h_n, workspace, scratch, x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh,
-                     batch_sizes, T_, B, input_size, H, s.reset_after);
+      gru_forward<T>(y, h_n, gru_saved(workspace, T_, B, H), scratch, x, h0, w.w_ih, w.w_hh,
+                     w.b_ih, w.b_hh, batch_sizes, T_, B, input_size, H, s.reset_after);
       break;
     case CellKind::rnn:
       rnn_forward<T>(y, h_n, scratch, x, h0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, batch_sizes, T_, B,
@@ -101,26 +102,31 @@ void cell_forward(const StackShape& s, int64_t input_size, T* y, T* h_n, T* c_n,
   }
 }
 
+// The backward of steps [t0, t0 + steps) of one layer, one direction: `workspace` is the whole
+// sequence's; the sequence arguments (dx, dy, x, y, batch_sizes) start at step t0; h0 / c0 are the
+// states entering step t0, dh_n / dc_n the gradients leaving its last step.
 template <typename T>
-void cell_backward(const StackShape& s, int64_t input_size, T* dx, T* dh0, T* dc0,
-                   const LayerGrads<T>& g, T* scratch, const T* dy, const T* dh_n, const T* dc_n,
-                   const T* x, const T* h0, const T* c0, const LayerWeights<T>& w, const T* y,
-                   const T* workspace, const int64_t* batch_sizes) {
-  const int64_t T_ = s.steps, B = s.batch, H = s.hidden;
+void cell_backward(const StackShape& s, int64_t input_size, int64_t t0, int64_t steps, T* dx,
+                   T* dh0, T* dc0, const LayerGrads<T>& g, T* scratch, const T* dy,
+                   const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
+                   const LayerWeights<T>& w, const T* y, const T* workspace,
+                   const int64_t* batch_sizes) {
+  const int64_t B = s.batch, H = s.hidden;
   switch (s.cell) {
     case CellKind::lstm:
       lstm_backward<T>(dx, dh0, dc0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, g.dw_hr, scratch, dy, dh_n,
-                       dc_n, x, h0, c0, w.w_ih, w.w_hh, w.w_hr, y, workspace, batch_sizes, T_, B,
+                       dc_n, x, h0, c0, w.w_ih, w.w_hh, w.w_hr, y,
+                       lstm_saved(workspace, s.steps, B, H, s.proj).at(t0), batch_sizes, steps, B,
                        input_size, H, s.proj);
       break;
     case CellKind::gru:
       gru_backward<T>(dx, dh0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, scratch, dy, dh_n, x, h0,
-                      w.w_ih, w.w_hh, y, workspace, batch_sizes, T_, B, input_size, H,
-                      s.reset_after);
+                      w.w_ih, w.w_hh, y, gru_saved(workspace, s.steps, B, H).at(t0), batch_sizes,
+                      steps, B, input_size, H, s.reset_after);
       break;
     case CellKind::rnn:
       rnn_backward<T>(dx, dh0, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh, scratch, dy, dh_n, x, h0,
-                      w.w_ih, w.w_hh, y, batch_sizes, T_, B, input_size, H, s.act);
+                      w.w_ih, w.w_hh, y, batch_sizes, steps, B, input_size, H, s.act);
       break;
   }
 }

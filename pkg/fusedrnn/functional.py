@@ -291,6 +291,27 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout
     return x, h0, c0, weights, masks, packing, packed, hidden
 
 
+def _truncation(truncate, truncate_stride, bidirectional) -> tuple:
+    """(k2, k1) for the kernels, 0 for full BPTT; checks the arguments."""
+    if truncate is None:
+        if truncate_stride is not None:
+            raise ValueError("truncate_stride needs truncate")
+        return 0, 0
+    for name, value in (("truncate", truncate), ("truncate_stride", truncate_stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    k2 = int(truncate)
+    k1 = k2 if truncate_stride is None else int(truncate_stride)
+    if k2 < 1 or k1 < 1:
+        raise ValueError(f"truncate and truncate_stride must be >= 1, got {k2} and {k1}")
+    if k2 < k1:
+        raise ValueError(f"truncate (k2 = {k2}) must be >= truncate_stride (k1 = {k1})")
+    if bidirectional:
+        raise ValueError("truncate needs a unidirectional layer: the reverse direction runs "
+                         "from the end of the sequence")
+    return k2, k1
+
+
 def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool = False,
                   lengths=None, dropout_masks=None, training: bool = True,
                   reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0):
@@ -323,12 +344,21 @@ def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool
 def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None, dh_n=None,
                    dc_n=None, bidirectional: bool = False, lengths=None, dropout_masks=None,
                    reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0,
-                   grads=None):
+                   grads=None, truncate: Optional[int] = None,
+                   truncate_stride: Optional[int] = None):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
     ``grads`` (keyed like ``params``) is accumulated into; None makes a fresh zeroed dict.
     ``dy`` (T, B, D*H_out), ``dh_n`` / ``dc_n`` as ``h_n`` / ``c_n``; None = zeros.
+
+    ``truncate = k2`` (with ``truncate_stride = k1``, default k2) gives truncated backpropagation
+    through time, TBPTT(k1, k2) of Williams and Peng (1990), unidirectional stacks only: the steps
+    are cut into chunks of k1; the gradient of a chunk's outputs flows back through the chunk and
+    at most k2 - k1 steps before it, in every layer; the states entering that span are constants
+    (only spans starting at step 0 reach ``hx``). k1 = k2 = k equals cutting the state every k
+    steps (PyTorch: ``h = h.detach()``). None: full backpropagation through time.
     """
+    k2, k1 = _truncation(truncate, truncate_stride, bidirectional)
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
         mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
     if grads is None:
@@ -349,7 +379,8 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
         mode, xs, h0, c0, weights, y, saved, dy, dh_n, dc_n, grad_list, masks, bs, lens,
-        num_layers, bool(bidirectional), hidden, proj_size, bool(reset_after), nonlinearity)
+        num_layers, bool(bidirectional), hidden, proj_size, bool(reset_after), nonlinearity,
+        k2, k1)
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
     return dx, dh0, dc0, grads
