@@ -21,50 +21,46 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
                   int64_t B, int64_t I, int64_t H, bool reset_after) {
   const int64_t G = 3 * H;
   const auto& kernels = pointwise<T>();
-  const T* gates = saved.gates;
-  const T* extra = saved.extra;  // hn (reset_after) or rh (reset_before)
-  T* dgates_x = scratch;                        // gradient of W_ih x + b_ih, [T,B,3H]
+  T* dgates_x = scratch;  // gradient of W_ih x + b_ih, [T,B,3H]
   // Gradient of the h side: W_hh h + b_hh (reset_after), or the same as the x side (reset_before).
   T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
+  T* d_rh = scratch + steps * B * G;  // reset_before: dL/d(r*h) of one step
 
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const int64_t n = active_rows(batch_sizes, t, B);
-    const T* g = gates + t * B * G;
-    const T* h_prev = t ? y + (t - 1) * B * H : h0;
-    const T* dy_t = dy ? dy + t * B * H : nullptr;
-    T* dgx = dgates_x + t * B * G;
-    T* dgh = dgates_h + t * B * G;
-    if (reset_after) {
-      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
-        const int64_t s = b0 * H;
-        kernels.gru_backward(b1 - b0, H, dgx + b0 * G, dgh + b0 * G, dh0 + s,
-                             dy_t ? dy_t + s : nullptr, g + b0 * G, extra + t * B * H + s,
-                             h_prev + s);
-      });
-    } else {
-      T* d_rh = scratch + steps * B * G;
-      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
-        const int64_t s = b0 * H;
-        kernels.gru_rb_backward_state(b1 - b0, H, dgx + b0 * G, dh0 + s,
-                                      dy_t ? dy_t + s : nullptr, g + b0 * G, h_prev + s);
-      });
-      // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
-      gemm<T>(false, false, n, H, H, T(1), dgx + 2 * H, G, w_hh + 2 * H * H, H, T(0), d_rh, H);
-      parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
-        const int64_t s = b0 * H;
-        kernels.gru_rb_backward_gates(b1 - b0, H, dgx + b0 * G, dh0 + s, d_rh + s, g + b0 * G,
-                                      h_prev + s);
-      });
+  // The time loop on a team: each member owns hidden units [j0, j0 + w); see lstm_backward.
+  run_team(recurrent_team_size(H, B * G * H), [&](int member, int members) {
+    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = active_rows(batch_sizes, t, B);
+      const T* g = saved.gates + t * B * G;
+      const T* h_prev = t ? y + (t - 1) * B * H : h0;
+      const T* dy_t = dy ? dy + t * B * H + j0 : nullptr;
+      T* dgx = dgates_x + t * B * G;
+      T* dgh = dgates_h + t * B * G;
+      if (reset_after) {
+        kernels.gru_backward(n, H, w, dgx + j0, dgh + j0, dh0 + j0, dy_t, g + j0,
+                             saved.extra + t * B * H + j0, h_prev + j0);
+      } else {
+        kernels.gru_rb_backward_state(n, H, w, dgx + j0, dh0 + j0, dy_t, g + j0, h_prev + j0);
+        team_barrier();  // d(r*h) reads every unit's n-gate gradient
+        // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
+        gemm<T>(false, false, n, w, H, T(1), dgx + 2 * H, G, w_hh + 2 * H * H + j0, H, T(0),
+                d_rh + j0, H);
+        kernels.gru_rb_backward_gates(n, H, w, dgx + j0, dh0 + j0, d_rh + j0, g + j0,
+                                      h_prev + j0);
+      }
+      if (member == 0) {
+        zero_rows(dgx, n, B, G);
+        if (reset_after) zero_rows(dgh, n, B, G);
+      }
+      team_barrier();
+      // forward: hproj = h_prev W_h^T over the blocks h_prev enters  ->  dh_prev += dg W_h
+      const int64_t blocks = reset_after ? G : 2 * H;
+      gemm<T>(false, false, n, w, blocks, T(1), dgh, G, w_hh + j0, H, T(1), dh0 + j0, H);
     }
-    zero_rows(dgx, n, B, G);
-    if (reset_after) zero_rows(dgh, n, B, G);
-    // forward: hproj = h_prev W_h^T over the blocks that h_prev enters  ->  dh_prev += dg W_h
-    const int64_t blocks = reset_after ? G : 2 * H;
-    gemm<T>(false, false, n, H, blocks, T(1), dgh, G, w_hh, H, T(1), dh0, H);
-  }
+  });
 
   // forward: gates_x = x W_ih^T + b_ih
   gemm<T>(false, false, steps * B, I, G, T(1), dgates_x, G, w_ih, I, T(0), dx, I);
@@ -76,7 +72,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   } else {
     // r and z blocks see h_{t-1}; the n block sees r*h_{t-1}, saved as rh [T*B,H].
     add_recurrent_weight_grad(dw_hh, H, dgates_h, G, 2 * H, y, h0, steps, B, H);
-    gemm<T>(true, false, H, H, steps * B, T(1), dgates_h + 2 * H, G, extra, H, T(1),
+    gemm<T>(true, false, H, H, steps * B, T(1), dgates_h + 2 * H, G, saved.extra, H, T(1),
             dw_hh + 2 * H * H, H);
   }
 }

@@ -23,9 +23,6 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
                    int64_t I, int64_t H, int64_t P) {
   const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
-  const T* gates = saved.gates;
-  const T* cs = saved.c;
-  const T* ms = saved.m;
   T* dgates = scratch;
   T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
   T* dm = dhs + steps * B * R;      // projection only: dL/dm_t of the current step
@@ -34,31 +31,39 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
   copy_or_zero(dh0, dh_n, B * R);
   copy_or_zero(dc0, dc_n, B * H);
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const int64_t n = active_rows(batch_sizes, t, B);
-    T* dg = dgates + t * B * G;
-    const T* c_prev = t ? cs + (t - 1) * B * H : c0;
-    const T* dy_t = dy ? dy + t * B * R : nullptr;
-    const T* dh = dh0;  // dL/d(o*tanh(c)) as the pass reads it
-    if (P) {
-      // forward: h = m W_hr^T  ->  dm = (dh_carry + dy) W_hr
-      T* dh_t = dhs + t * B * R;
-      for (int64_t k = 0; k < n * R; ++k) dh_t[k] = dh0[k] + (dy_t ? dy_t[k] : T(0));
-      zero_rows(dh_t, n, B, R);
-      gemm<T>(false, false, n, H, P, T(1), dh_t, P, w_hr, H, T(0), dm, H);
-      dh = dm;
-      dy_t = nullptr;
+  // The time loop on a team: each member owns hidden units [j0, j0 + w) (and outputs [p0, p0+pw)
+  // of a projection): it computes their gate gradients, then, after a barrier (every gate column
+  // enters every dh_prev column), its own columns of dh_prev.
+  run_team(recurrent_team_size(H, B * G * R), [&](int member, int members) {
+    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = active_rows(batch_sizes, t, B);
+      T* dg = dgates + t * B * G;
+      const T* c_prev = t ? saved.c + (t - 1) * B * H : c0;
+      const T* dy_t = dy ? dy + t * B * R : nullptr;
+      const T* dh = dh0;  // dL/d(o*tanh(c)) as the pass reads it
+      if (P) {
+        // forward: h = m W_hr^T  ->  dm = (dh_carry + dy) W_hr
+        T* dh_t = dhs + t * B * R;
+        for (int64_t b = 0; b < n; ++b)
+          for (int64_t k = p0; k < p0 + pw; ++k)
+            dh_t[b * R + k] = dh0[b * R + k] + (dy_t ? dy_t[b * R + k] : T(0));
+        if (member == 0) zero_rows(dh_t, n, B, R);
+        team_barrier();
+        gemm<T>(false, false, n, w, P, T(1), dh_t, P, w_hr + j0, H, T(0), dm + j0, H);
+        dh = dm;
+        dy_t = nullptr;
+      }
+      kernels.lstm_backward(n, H, w, dg + j0, dc0 + j0, dh + j0, dy_t ? dy_t + j0 : nullptr,
+                            saved.gates + t * B * G + j0, saved.c + t * B * H + j0, c_prev + j0);
+      if (member == 0) zero_rows(dg, n, B, G);
+      team_barrier();
+      // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
+      const int64_t q0 = P ? p0 : j0, qw = P ? pw : w;
+      gemm<T>(false, false, n, qw, G, T(1), dg, G, w_hh + q0, R, T(0), dh0 + q0, R);
     }
-    parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
-      const int64_t s = b0 * H;
-      kernels.lstm_backward(b1 - b0, H, dg + b0 * G, dc0 + s, dh + s,
-                            dy_t ? dy_t + b0 * R : nullptr, gates + t * B * G + b0 * G,
-                            cs + t * B * H + s, c_prev + s);
-    });
-    zero_rows(dg, n, B, G);
-    // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
-    gemm<T>(false, false, n, R, G, T(1), dg, G, w_hh, R, T(0), dh0, R);
-  }
+  });
 
   // Everything that does not recur, over all steps at once (rows past their length are zero).
   // forward: gates = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
@@ -67,7 +72,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   add_recurrent_weight_grad(dw_hh, R, dgates, G, G, y, h0, steps, B, R);
   if (db_ih) add_column_sums(db_ih, dgates, steps * B, G, G);
   if (db_hh) add_column_sums(db_hh, dgates, steps * B, G, G);
-  if (P) gemm<T>(true, false, P, H, steps * B, T(1), dhs, P, ms, H, T(1), dw_hr, H);
+  if (P) gemm<T>(true, false, P, H, steps * B, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
 }
 
 #define FUSEDRNN_LSTM_BACKWARD(T)                                                               \

@@ -26,61 +26,61 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
                   int64_t H, int64_t P) {
   const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
+  const bool training = saved.gates != nullptr;
   T* bias = scratch;
   for (int64_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+  T* m_step = P && !training ? scratch + G : nullptr;            // inference: m of one step
+  T* proj = scratch + G + (P && !training ? B * H : 0);           // inference: projected chunk
+  const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
-  // One step over the n running rows: gates += W_hh h_prev, then the fused pass (bias,
-  // nonlinearities, state update); with a projection, h = W_hr m after the pass.
-  auto step = [&](int64_t n, T* gates, const T* h_prev, const T* c_prev, T* c, T* m, T* h) {
-    gemm<T>(false, true, n, G, R, T(1), h_prev, R, w_hh, R, T(1), gates, G);
-    T* cell_out = P ? m : h;
-    parallel_rows(n, G, [&](int64_t b0, int64_t b1) {
-      kernels.lstm_forward(b1 - b0, H, bias, gates + b0 * G, c_prev + b0 * H, c + b0 * H,
-                           cell_out + b0 * H);
-    });
-    if (P) gemm<T>(false, true, n, P, H, T(1), m, H, w_hr, H, T(0), h, P);
-    zero_rows(h, n, B, R);  // rows past their length output zeros
-  };
+  // Training: every step's input projection in one GEMM, straight into the saved gates.
+  if (training) gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), saved.gates, G);
+  else copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
 
-  if (saved.gates) {
-    // Training: project every step's input with one GEMM straight into the saved gates.
-    T* gates = saved.gates;
-    T* cs = saved.c;
-    T* ms = saved.m;  // only with a projection
-    gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), gates, G);
+  // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate (and
+  // outputs [p0, p0 + pw) of a projection), does their share of each GEMM and of the fused pass;
+  // a barrier per step publishes h_t to all.
+  run_team(recurrent_team_size(H, B * G * R), [&](int member, int members) {
+    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
-      T* g = gates + t * B * G;
-      T* c = cs + t * B * H;
-      T* m = P ? ms + t * B * H : nullptr;
-      step(n, g, t ? y + (t - 1) * B * R : h0, t ? cs + (t - 1) * B * H : c0, c, m, y + t * B * R);
-      zero_rows(g, n, B, G);
-      zero_rows(c, n, B, H);
-      if (P) zero_rows(m, n, B, H);
+      T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
+      if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection
+        const int64_t n_steps = std::min(chunk, steps - t);
+        gemm_gate_slices<T>(n_steps * B, 4, H, j0, w, I, x + t * B * I, I, w_ih, T(0), proj, G);
+      }
+      const T* h_prev = t ? y + (t - 1) * B * R : h0;
+      const T* c_prev = training ? (t ? saved.c + (t - 1) * B * H : c0) : c_n;
+      T* c = training ? saved.c + t * B * H : c_n;
+      T* m = P ? (training ? saved.m + t * B * H : m_step) : nullptr;
+      T* h = y + t * B * R;
+      // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
+      gemm_gate_slices<T>(n, 4, H, j0, w, R, h_prev, R, w_hh, T(1), gates, G);
+      kernels.lstm_forward(n, H, w, bias + j0, gates + j0, c_prev + j0, c + j0, (P ? m : h) + j0);
+      if (P) {  // h = m W_hr^T needs every unit of m
+        team_barrier();
+        gemm<T>(false, true, n, pw, H, T(1), m, H, w_hr + p0 * H, H, T(0), h + p0, P);
+      }
+      if (member == 0) {  // rows past their length: zero outputs and saved entries
+        zero_rows(h, n, B, R);
+        if (training) {
+          zero_rows(gates, n, B, G);
+          zero_rows(c, n, B, H);
+          if (P) zero_rows(m, n, B, H);
+        }
+      }
+      team_barrier();
     }
-    if (steps)
-      gather_last_steps(c_n, cs, batch_sizes, steps, B, H);
-    else
-      copy_or_zero(c_n, c0, B * H);
-  } else {
-    // Inference: the projection of a few steps at a time; c is updated in place in c_n, so
-    // rows that stopped keep their last state.
-    T* m = P ? scratch + G : nullptr;
-    T* proj = scratch + G + (P ? B * H : 0);
-    const int64_t chunk = projection_chunk_steps(steps, B);
-    copy_or_zero(c_n, c0, B * H);
-    for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
-      const int64_t n_steps = std::min(chunk, steps - t0);
-      gemm<T>(false, true, n_steps * B, G, I, T(1), x + t0 * B * I, I, w_ih, I, T(0), proj, G);
-      for (int64_t t = t0; t < t0 + n_steps; ++t)
-        step(active_rows(batch_sizes, t, B), proj + (t - t0) * B * G,
-             t ? y + (t - 1) * B * R : h0, c_n, c_n, m, y + t * B * R);
-    }
-  }
-  if (steps)
+  });
+
+  if (steps) {
     gather_last_steps(h_n, y, batch_sizes, steps, B, R);
-  else
+    if (training) gather_last_steps(c_n, saved.c, batch_sizes, steps, B, H);
+  } else {
     copy_or_zero(h_n, h0, B * R);
+    copy_or_zero(c_n, c0, B * H);
+  }
 }
 
 #define FUSEDRNN_LSTM_FORWARD(T)                                                                \

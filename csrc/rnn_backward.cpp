@@ -20,19 +20,20 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const int64_t n = active_rows(batch_sizes, t, B);
-    T* dp = dpre + t * B * H;
-    const T* dy_t = dy ? dy + t * B * H : nullptr;
-    const T* h = y + t * B * H;
-    parallel_rows(n, H, [&](int64_t b0, int64_t b1) {
-      const int64_t s = b0 * H;
-      kernel(b1 - b0, H, dp + s, dh0 + s, dy_t ? dy_t + s : nullptr, h + s);
-    });
-    zero_rows(dp, n, B, H);
-    // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
-    gemm<T>(false, false, n, H, H, T(1), dp, H, w_hh, H, T(0), dh0, H);
-  }
+  // The time loop on a team: each member owns hidden units [j0, j0 + w): it computes their
+  // pre-activation gradients, then (after a barrier, since it needs all of them) their dh_prev.
+  run_team(recurrent_team_size(H, B * H * H), [&](int member, int members) {
+    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t n = active_rows(batch_sizes, t, B);
+      T* dp = dpre + t * B * H;
+      kernel(n, H, w, dp + j0, dh0 + j0, dy ? dy + t * B * H + j0 : nullptr, y + t * B * H + j0);
+      if (member == 0) zero_rows(dp, n, B, H);
+      team_barrier();
+      // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
+      gemm<T>(false, false, n, w, H, T(1), dp, H, w_hh + j0, H, T(0), dh0 + j0, H);
+    }
+  });
   // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
   gemm<T>(false, false, steps * B, I, H, T(1), dpre, H, w_ih, I, T(0), dx, I);
   gemm<T>(true, false, H, I, steps * B, T(1), dpre, H, x, I, T(1), dw_ih, I);

@@ -19,13 +19,17 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
   // The projection of every input goes straight into y; each step adds W_hh h and activates.
   gemm<T>(false, true, steps * B, H, I, T(1), x, I, w_ih, I, T(0), y, H);
-  for (int64_t t = 0; t < steps; ++t) {
-    const int64_t n = active_rows(batch_sizes, t, B);
-    T* h = y + t * B * H;
-    gemm<T>(false, true, n, H, H, T(1), t ? h - B * H : h0, H, w_hh, H, T(1), h, H);
-    parallel_rows(n, H, [&](int64_t b0, int64_t b1) { kernel(b1 - b0, H, bias, h + b0 * H); });
-    zero_rows(h, n, B, H);  // rows past their length output zeros
-  }
+  run_team(recurrent_team_size(H, B * H * H), [&](int member, int members) {
+    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t n = active_rows(batch_sizes, t, B);
+      T* h = y + t * B * H;
+      gemm_gate_slices<T>(n, 1, H, j0, w, H, t ? h - B * H : h0, H, w_hh, T(1), h, H);
+      kernel(n, H, w, bias + j0, h + j0);
+      if (member == 0) zero_rows(h, n, B, H);  // rows past their length output zeros
+      team_barrier();
+    }
+  });
   if (steps)
     gather_last_steps(h_n, y, batch_sizes, steps, B, H);
   else

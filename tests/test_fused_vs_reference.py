@@ -35,6 +35,19 @@ def isa(request):
     _core.select_isa(default)
 
 
+@pytest.fixture(params=["auto", "team"])
+def threading_mode(request):
+    """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,
+    one hidden unit each at least, so the multi-threaded path meets every shape."""
+    before = fusedrnn.get_num_threads()
+    if request.param == "team":
+        fusedrnn.set_num_threads(2)
+        _core._set_team_thresholds(0, 1)
+    yield request.param
+    _core._set_team_thresholds(1 << 15, 16)
+    fusedrnn.set_num_threads(before)
+
+
 def run_both(case, size, dtype, seed=0):
     """Forward and backward of both backends on the same inputs and output gradients."""
     inputs = make_inputs(case, *size, dtype=dtype, seed=seed)
@@ -50,7 +63,7 @@ def run_both(case, size, dtype, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("case", CASES)
-def test_fused_equals_reference(case, size, dtype, isa):
+def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
     _, results = run_both(case, size, dtype)
     (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
     for name in out_r:

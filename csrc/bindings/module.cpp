@@ -32,6 +32,15 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   });
   m.def("have_openmp", &have_openmp);
+  m.def(
+      "_set_team_thresholds",
+      [](int64_t min_step_work, int64_t min_units_per_member) {
+        if (min_step_work < 0 || min_units_per_member < 1)
+          throw py::value_error("thresholds must be >= 0 and >= 1");
+        team_thresholds() = {min_step_work, min_units_per_member};
+      },
+      "min_step_work"_a, "min_units_per_member"_a,
+      "Testing knob: when the recurrent time loops split their hidden units across threads.");
   m.def("active_isa", [] { return std::string(active_isa().name); });
   m.def("isa_supported", [](const std::string& name) { return isa_supported(name.c_str()); });
   m.def("select_isa", [](const std::string& name) {

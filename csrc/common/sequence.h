@@ -44,6 +44,22 @@ void add_recurrent_weight_grad(T* dw, int64_t ldw, const T* dgates, int64_t ldg,
   gemm<T>(true, false, G, H, (steps - 1) * B, T(1), dgates + B * ldg, ldg, y, H, T(1), dw, ldw);
 }
 
+// out[:, g*H + j0 : g*H + j0 + w] = a @ weight[g*H + j0 : g*H + j0 + w, :]^T + beta * out, for
+// the gate blocks g < blocks: the part of a step's gate GEMM that a team member owns (its hidden
+// units [j0, j0 + w) of every gate). a [n,K] (row stride lda), weight [blocks*H, K], out row
+// stride ldo. One GEMM when the member owns every unit.
+template <typename T>
+void gemm_gate_slices(int64_t n, int64_t blocks, int64_t H, int64_t j0, int64_t w, int64_t K,
+                      const T* a, int64_t lda, const T* weight, T beta, T* out, int64_t ldo) {
+  if (w == H) {
+    gemm<T>(false, true, n, blocks * H, K, T(1), a, lda, weight, K, beta, out, ldo);
+    return;
+  }
+  for (int64_t g = 0; g < blocks; ++g)
+    gemm<T>(false, true, n, w, K, T(1), a, lda, weight + (g * H + j0) * K, K, beta,
+            out + g * H + j0, ldo);
+}
+
 // The steps whose input projection an inference forward computes at once: enough rows for an
 // efficient GEMM, without keeping the projection of a whole long sequence.
 inline int64_t projection_chunk_steps(int64_t steps, int64_t B) {

@@ -28,6 +28,11 @@ int get_num_threads() {
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
+TeamThresholds& team_thresholds() {
+  static TeamThresholds limits;
+  return limits;
+}
+
 bool have_openmp() {
 #ifdef FUSEDRNN_OPENMP
   return true;

@@ -14,24 +14,6 @@ int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 bool have_openmp();
 
-// Below this many elements per call, a step's elementwise pass is cheaper than waking threads.
-constexpr int64_t kParallelMinElements = 1 << 16;
-
-// Calls body(row_begin, row_end) over [0, rows), in parallel when rows * row_elements is large.
-template <typename Body>
-void parallel_rows(int64_t rows, int64_t row_elements, Body&& body) {
-#ifdef FUSEDRNN_OPENMP
-  const int64_t threads = std::min<int64_t>(get_num_threads(), rows);
-  if (threads > 1 && rows * row_elements >= kParallelMinElements) {
-#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(static)
-    for (int64_t part = 0; part < threads; ++part)
-      body(rows * part / threads, rows * (part + 1) / threads);
-    return;
-  }
-#endif
-  body(int64_t{0}, rows);
-}
-
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
 // that member alone (SingleThreadedBlas), so the team owns the cores. body may call team_barrier()
 // (all members must reach it equally often). One thread: body(0, 1), BLAS free to use its pool.
@@ -60,5 +42,22 @@ inline void team_barrier() {
 
 // The share [begin, end) of n items that member m of a team of `members` takes.
 inline int64_t share_begin(int64_t n, int m, int members) { return n * m / members; }
+
+// Below this many multiply-adds per step, a barrier per step costs more than a second thread
+// saves; such recurrences run on one thread (whose BLAS calls may still use BLAS's pool). Every
+// member gets at least 16 hidden units. Tests lower both to run the team on tiny sizes.
+struct TeamThresholds {
+  int64_t min_step_work = 1 << 15;
+  int64_t min_units_per_member = 16;
+};
+TeamThresholds& team_thresholds();
+
+// Threads for a time loop over `hidden` units whose recurrent GEMM does `step_work`
+// multiply-adds per step.
+inline int recurrent_team_size(int64_t hidden, int64_t step_work) {
+  const TeamThresholds& limits = team_thresholds();
+  const int64_t threads = std::min<int64_t>(get_num_threads(), hidden / limits.min_units_per_member);
+  return step_work >= limits.min_step_work && threads > 1 ? static_cast<int>(threads) : 1;
+}
 
 }  // namespace fusedrnn
