@@ -320,7 +320,8 @@ def stack_forward(
         What ``stack_backward`` needs; None when not training.
     """
     sizes = _check_sizes(mode, x, params, num_layers, bidirectional, proj_size)
-    lengths = check_lengths(lengths, sizes.T, sizes.B)
+    if lengths is not None:  # None stays None: T = 0 has no valid full length
+        lengths = check_lengths(lengths, sizes.T, sizes.B)
     h0, c0 = _initial_states(mode, hx, sizes, x.dtype)
     dropout_masks = _check_masks(dropout_masks, sizes, x.dtype)
     options = {"lengths": lengths, "training": training, "reset_after": reset_after}
@@ -410,7 +411,8 @@ def stack_backward(
         The accumulated (or fresh) parameter gradients, keyed like ``params``.
     """
     sizes = _check_sizes(mode, x, params, num_layers, bidirectional, proj_size)
-    lengths = check_lengths(lengths, sizes.T, sizes.B)
+    if lengths is not None:  # None stays None: T = 0 has no valid full length
+        lengths = check_lengths(lengths, sizes.T, sizes.B)
     h0, c0 = _initial_states(mode, hx, sizes, x.dtype)
     dropout_masks = _check_masks(dropout_masks, sizes, x.dtype)
     out_shape = (sizes.T, sizes.B, sizes.D * sizes.H_out)
