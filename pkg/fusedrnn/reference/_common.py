@@ -59,19 +59,20 @@ def check_shapes(
     Every other array, passed by its contract name (``c0``, ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``, ``weight_hr``, ``y``, ``dy``, ``dh_n``, ``dc_n``; ``None`` skipped),
     must have the contract's shape (else ``ValueError``) and the dtype of ``x`` (else
-    ``TypeError``). With an LSTM projection (``weight_hr`` (P, H) given) ``H`` is read off
-    ``weight_hr`` and the hidden state has size ``P``: ``h0``, the columns of ``weight_hh``, ``y``,
-    ``dy`` and ``dh_n`` use ``P``; ``c0`` and ``dc_n`` use ``H``.
+    ``TypeError``). With an LSTM projection (``weight_hr`` (P, H) given, and ``c0``) ``H`` is read
+    off ``c0`` (B, H) and the hidden state has size ``P``: ``h0``, the columns of ``weight_hh``,
+    ``weight_hr``'s rows, ``y``, ``dy`` and ``dh_n`` use ``P``; ``c0`` and ``dc_n`` use ``H``.
     """
-    weight_hr = arrays.get("weight_hr")
-    if x.ndim != 3 or h0.ndim != 2 or (weight_hr is not None and weight_hr.ndim != 2):
+    projected = arrays.get("weight_hr") is not None
+    c0 = arrays.get("c0")
+    if x.ndim != 3 or h0.ndim != 2 or (projected and (c0 is None or c0.ndim != 2)):
         raise ValueError(
-            f"{cell}: x must be (T, B, I), h0 (B, H) and weight_hr (P, H), got {x.shape}, "
-            f"{h0.shape} and {None if weight_hr is None else weight_hr.shape}"
+            f"{cell}: x must be (T, B, I), h0 (B, H) and with weight_hr c0 (B, H), got {x.shape}, "
+            f"{h0.shape} and {None if c0 is None else c0.shape}"
         )
     T, B, I = x.shape
     H_out = h0.shape[1]  # the size of h: H, or P with a projection
-    H = H_out if weight_hr is None else weight_hr.shape[1]
+    H = c0.shape[1] if projected else H_out
     GH = GATES[cell] * H
     expected = {
         "h0": (B, H_out),
@@ -86,7 +87,7 @@ def check_shapes(
         "dh_n": (B, H_out),
         "dc_n": (B, H),
     }
-    sizes = f"T={T}, B={B}, I={I}, H={H}" + ("" if weight_hr is None else f", P={H_out}")
+    sizes = f"T={T}, B={B}, I={I}, H={H}" + (f", P={H_out}" if projected else "")
     for name, array in {"h0": h0, **arrays}.items():
         if array is None:
             continue
