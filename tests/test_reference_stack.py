@@ -726,6 +726,7 @@ BAD_FORWARD = {
         r"unexpected keys \['weight_ih_l2'\]",
     ),
     "misspelt key": (("params", "bias_ih_l0_rev"), np.ones(12), ValueError, "bias_ih_l0_rev"),
+    "zero hidden size": (("params", "weight_ih_l0"), np.ones((0, I)), ValueError, r"H >= 1"),
     "wrong shape": (("params", "weight_ih_l1"), _w[:, :-1], ValueError, r"weight_ih_l1.*\(12, 4\)"),
     "wrong bias shape": (("params", "bias_hh_l1"), np.ones(11), ValueError, "bias_hh_l1"),
     "wrong projection shape": (

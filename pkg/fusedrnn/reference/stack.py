@@ -117,8 +117,8 @@ def _check_sizes(
     setting = f"(mode={mode!r}, num_layers={L}, bidirectional={bool(bidirectional)}, "
     setting += f"proj_size={proj_size})"
     layers = [(k, d) for k in range(L) for d in range(D)]
-    required = {_name(role, k, d) for k, d in layers for role in _roles(proj_size)}
-    required -= {_name(role, k, d) for k, d in layers for role in _BIASES}
+    roles = _roles(proj_size)
+    required = {_name(role, k, d) for k, d in layers for role in roles if role not in _BIASES}
     optional = {_name(role, k, d) for k, d in layers for role in _BIASES}
     missing = sorted(required - set(params))
     if missing:
@@ -129,9 +129,9 @@ def _check_sizes(
 
     first = params["weight_ih_l0"]
     G = GATES[mode]
-    if not isinstance(first, np.ndarray) or first.ndim != 2 or first.shape[0] % G:
+    if not isinstance(first, np.ndarray) or first.ndim != 2 or first.shape[0] % G or not len(first):
         shape = getattr(first, "shape", type(first).__name__)
-        raise ValueError(f"params['weight_ih_l0'] must be ({G}*H, I), got {shape}")
+        raise ValueError(f"params['weight_ih_l0'] must be ({G}*H, I) with H >= 1, got {shape}")
     H = first.shape[0] // G
     sizes = _Sizes(G, *x.shape, H=H, H_out=proj_size or H, L=L, D=D)
     for k, d in layers:
@@ -142,7 +142,7 @@ def _check_sizes(
             "bias_hh": (G * H,),
             "weight_hr": (proj_size, H),
         }
-        for role in _roles(proj_size):
+        for role in roles:
             name = _name(role, k, d)
             if name in params:
                 _check_array(f"params[{name!r}]", params[name], shapes[role], x.dtype)
