@@ -35,19 +35,6 @@ def isa(request):
     _core.select_isa(default)
 
 
-@pytest.fixture(params=["auto", "team"])
-def threading_mode(request):
-    """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,
-    one hidden unit each at least, so the multi-threaded path meets every shape."""
-    before = fusedrnn.get_num_threads()
-    if request.param == "team":
-        fusedrnn.set_num_threads(2)
-        _core._set_team_thresholds(0, 1)
-    yield request.param
-    _core._set_team_thresholds(1 << 15, 16)
-    fusedrnn.set_num_threads(before)
-
-
 def run_both(case, size, dtype, seed=0):
     """Forward and backward of both backends on the same inputs and output gradients."""
     inputs = make_inputs(case, *size, dtype=dtype, seed=seed)
