@@ -62,13 +62,13 @@ struct AttentionOptions {
 struct AttentionTiles {
   int64_t block_q, block_k;
 };
-AttentionTiles attention_forward_tiles(const AttentionShape& s);
-AttentionTiles attention_backward_tiles(const AttentionShape& s);
+AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal);
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal);
 // Testing knob: force tile sizes (0, 0 restores the tuned choice).
 void set_attention_tiles(int64_t block_q, int64_t block_k);
 
-int64_t attention_forward_scratch_size(const AttentionShape& s);
-int64_t attention_backward_scratch_size(const AttentionShape& s);
+int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal);
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal);
 
 template <typename T>
 void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,

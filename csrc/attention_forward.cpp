@@ -30,20 +30,26 @@ void set_attention_tiles(int64_t block_q, int64_t block_k) {
   g_forced_block_k.store(block_k, std::memory_order_relaxed);
 }
 
-// Measured on AVX-512 with OpenBLAS (benchmarks/attention_timing.py): a score tile that stays in
-// L1/L2 while the GEMMs around it are large enough for BLAS to run near its peak.
-AttentionTiles attention_forward_tiles(const AttentionShape& s) {
+// Measured on AVX-512 (Zen 4) with OpenBLAS at (B, H, L, E) = (4, 8, 1024, 64), CPU time per call
+// (benchmarks/attention_timing.py): forward runs best with large tiles (fewer, larger GEMMs and
+// fewer repacks of each k and v tile), 256 x 256 (256 KB of scores, in L2). Under a causal mask a
+// query tile wastes about block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of
+// the work, so causal forward uses 64-row tiles. Backward keeps five tiles' operands hot per
+// step and runs best at 64 x 128.
+AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  return forced_or({64, 256});
+  return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
 }
 
-AttentionTiles attention_backward_tiles(const AttentionShape& s) {
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
+  (void)causal;
   return forced_or({64, 128});
 }
 
-int64_t attention_forward_scratch_size(const AttentionShape& s) {
-  return static_cast<int64_t>(std::max(1, s.threads)) * forward_member_size(attention_forward_tiles(s));
+int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal) {
+  return static_cast<int64_t>(std::max(1, s.threads)) *
+         forward_member_size(attention_forward_tiles(s, causal));
 }
 
 // q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  mask: broadcast [N,Hq,L,S] or none
@@ -54,7 +60,7 @@ template <typename T>
 void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,
                        const AttentionMask& mask, const AttentionShape& s,
                        const AttentionOptions& opt) {
-  const AttentionTiles tiles = attention_forward_tiles(s);
+  const AttentionTiles tiles = attention_forward_tiles(s, opt.causal);
   const int64_t BQ = tiles.block_q, BK = tiles.block_k;
   const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
   const int64_t heads = s.batch * s.heads_q;

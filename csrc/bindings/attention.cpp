@@ -116,7 +116,7 @@ py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::han
   const AttentionShape& s = c.shape;
   py::array out = c.checker.output({s.batch, s.heads_q, s.L, s.Ev});
   py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
-  py::array scratch = c.checker.output({attention_forward_scratch_size(s)});
+  py::array scratch = c.checker.output({attention_forward_scratch_size(s, causal)});
   with_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -140,7 +140,7 @@ py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py
   py::array dq = c.checker.output({N, Hq, s.L, s.E});
   py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
   py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
-  py::array scratch = c.checker.output({attention_backward_scratch_size(s)});
+  py::array scratch = c.checker.output({attention_backward_scratch_size(s, causal)});
   with_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -284,11 +284,16 @@ void bind_attention(py::module_& m) {
         set_attention_tiles(block_q, block_k);
       },
       "block_q"_a, "block_k"_a, "Testing knob: force the attention tile sizes (0, 0: the tuned ones).");
-  m.def("_attention_tiles", [] {
-    AttentionShape s;
-    const AttentionTiles f = attention_forward_tiles(s), b = attention_backward_tiles(s);
-    return py::make_tuple(py::make_tuple(f.block_q, f.block_k), py::make_tuple(b.block_q, b.block_k));
-  });
+  m.def(
+      "_attention_tiles",
+      [](bool causal) {
+        AttentionShape s;
+        const AttentionTiles f = attention_forward_tiles(s, causal);
+        const AttentionTiles b = attention_backward_tiles(s, causal);
+        return py::make_tuple(py::make_tuple(f.block_q, f.block_k),
+                              py::make_tuple(b.block_q, b.block_k));
+      },
+      "causal"_a = false, "The tile sizes in use: ((fwd block_q, block_k), (bwd block_q, block_k)).");
 }
 
 }  // namespace fusedrnn
