@@ -276,7 +276,7 @@ def additive_args(query, keys, values, w_q, w_k, w_v, key_mask=None) -> tuple:
     if query.ndim != 3:
         raise ValueError(f"query must have 3 dimensions (B, T, query_size), but has shape "
                          f"{query.shape}")
-    B, T, Dq = query.shape
+    B, _, Dq = query.shape
     if keys.ndim != 3 or keys.shape[0] != B:
         raise ValueError(f"keys must have shape (B, S, key_size) with B = {B} like query, but "
                          f"has shape {keys.shape}")
@@ -298,7 +298,7 @@ def additive_args(query, keys, values, w_q, w_k, w_v, key_mask=None) -> tuple:
 
 def additive_saved(query, keys, values, w_v, weights, qp, kp, d_context) -> tuple:
     """What additive backward reads besides the inputs, checked against them."""
-    B, T, _ = query.shape
+    B, T = query.shape[:2]
     S = keys.shape[1]
     A = w_v.shape[0]
     dtype = query.dtype

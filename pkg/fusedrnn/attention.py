@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 
 from . import functional, reference
-from ._attention_args import check_flag, check_probability, check_seed
+from ._attention_args import check_flag, check_probability
 from .reference.attention import dropout_keep
 
 _BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
@@ -117,9 +117,9 @@ class ScaledDotProductAttention:
         copies = tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a
                        for a in (q, k, v, attn_mask))
         out.flags.writeable = False
-        self._saved = (*copies, out, lse, dict(is_causal=is_causal, scale=scale,
-                                               enable_gqa=enable_gqa, dropout_p=dropout_p,
-                                               seed=seed))
+        self._saved = (*copies, out, lse, {"is_causal": is_causal, "scale": scale,
+                                               "enable_gqa": enable_gqa, "dropout_p": dropout_p,
+                                               "seed": seed})
         return out
 
     def backward(self, d_out: np.ndarray) -> tuple:
@@ -480,7 +480,7 @@ class MultiheadAttention(_Layer):
         v = heads(project(v_in, 2), S)
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
-        options = dict(is_causal=is_causal, dropout_p=dropout_p, seed=seed)
+        options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
         attn, lse = self._impl.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N, L, self.embed_dim)
         out = merged @ self._params["out_proj.weight"].T
@@ -491,9 +491,9 @@ class MultiheadAttention(_Layer):
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
             if unbatched:
                 weights = weights[0]
-        self._saved = dict(q_in=q_in.copy(), k_in=k_in.copy(), v_in=v_in.copy(), q=q, k=k, v=v,
-                           mask=mask, attn=attn, lse=lse, merged=merged, options=options,
-                           unbatched=unbatched, shape=(N, L, S))
+        self._saved = {"q_in": q_in.copy(), "k_in": k_in.copy(), "v_in": v_in.copy(), "q": q, "k": k, "v": v,
+                           "mask": mask, "attn": attn, "lse": lse, "merged": merged, "options": options,
+                           "unbatched": unbatched, "shape": (N, L, S)}
         return self._to_layout(out, unbatched), weights
 
     def _weights(self, q, k, mask, lse, options, average) -> np.ndarray:
@@ -643,9 +643,9 @@ class AdditiveAttention(_Layer):
         p = self._params
         context, weights, qp, kp = self._impl.additive_attention_forward(
             q, keys, vals, p["w_q"], p["w_k"], p["w_v"], key_mask)
-        self._saved = dict(q=q.copy(), keys=keys.copy(), values=None if values is None else
-                           vals.copy(), key_mask=key_mask, weights=weights, qp=qp, kp=kp,
-                           single_step=single_step)
+        self._saved = {"q": q.copy(), "keys": keys.copy(), "values": None if values is None else
+                           vals.copy(), "key_mask": key_mask, "weights": weights, "qp": qp, "kp": kp,
+                           "single_step": single_step}
         if single_step:
             context, weights = context[:, 0], weights[:, 0]
         return context, (weights.copy() if need_weights else None)
