@@ -2,19 +2,25 @@
 
 Readable before fast: a Python loop over time steps, one NumPy expression per line of math.
 Every fused kernel is tested against these functions, and the workspaces are interchangeable.
+``stack_forward`` / ``stack_backward`` run layer stacks (layers, directions, lengths, LSTM
+projections, dropout masks) with a Python loop over the one-layer cells.
 """
 
 from ._common import workspace_size
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
+from .stack import StackSaved, stack_backward, stack_forward
 
 __all__ = [
+    "StackSaved",
     "gru_backward",
     "gru_forward",
     "lstm_backward",
     "lstm_forward",
     "rnn_backward",
     "rnn_forward",
+    "stack_backward",
+    "stack_forward",
     "workspace_size",
 ]

@@ -1,4 +1,5 @@
-"""Helpers shared by the reference cells: activations, shapes, workspaces, gradient buffers.
+"""Helpers shared by the reference cells: activations, shapes, workspaces, gradient buffers,
+variable lengths and the per-item time reversal.
 
 Every formula used by more than one cell lives here, once.
 """
@@ -6,6 +7,7 @@ Every formula used by more than one cell lives here, once.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # Gate blocks of H rows each in weight_ih / weight_hh, and the workspace layout per cell
 # (docs/kernels.md): a gates part (T, B, GATES*H) then a second part (T, B, SAVED*H).
@@ -36,15 +38,17 @@ def linear(inp: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def accumulate_linear(
-    dweight: np.ndarray, dbias: np.ndarray, inp: np.ndarray, dout: np.ndarray
+    dweight: np.ndarray, dbias: np.ndarray | None, inp: np.ndarray, dout: np.ndarray
 ) -> None:
     """Backward of ``out[t] = linear(inp[t], weight, bias)`` for the weight and bias, all steps.
 
     Adds (``+=``) into ``dweight`` (rows, K) and ``dbias`` (rows,), which may be row-slices
-    (views) of the grads dict. ``inp`` is (T, B, K), ``dout`` is (T, B, rows).
+    (views) of the grads dict; ``dbias=None`` for a map without bias (the LSTM projection).
+    ``inp`` is (T, B, K), ``dout`` is (T, B, rows).
     """
     dweight += np.einsum("tbg,tbk->gk", dout, inp)
-    dbias += dout.sum(axis=(0, 1))
+    if dbias is not None:
+        dbias += dout.sum(axis=(0, 1))
 
 
 def check_shapes(
@@ -53,37 +57,106 @@ def check_shapes(
     """Return ``(T, B, I, H)`` read off ``x`` (T, B, I) and ``h0`` (B, H).
 
     Every other array, passed by its contract name (``c0``, ``weight_ih``, ``weight_hh``,
-    ``bias_ih``, ``bias_hh``, ``y``, ``dy``, ``dh_n``, ``dc_n``; ``None`` skipped), must have the
-    contract's shape (else ``ValueError``) and the dtype of ``x`` (else ``TypeError``).
+    ``bias_ih``, ``bias_hh``, ``weight_hr``, ``y``, ``dy``, ``dh_n``, ``dc_n``; ``None`` skipped),
+    must have the contract's shape (else ``ValueError``) and the dtype of ``x`` (else
+    ``TypeError``). With an LSTM projection (``weight_hr`` (P, H) given, and ``c0``) ``H`` is read
+    off ``c0`` (B, H) and the hidden state has size ``P``: ``h0``, the columns of ``weight_hh``,
+    ``weight_hr``'s rows, ``y``, ``dy`` and ``dh_n`` use ``P``; ``c0`` and ``dc_n`` use ``H``.
     """
-    if x.ndim != 3 or h0.ndim != 2:
-        raise ValueError(f"{cell}: x must be (T, B, I) and h0 (B, H), got {x.shape} and {h0.shape}")
+    projected = arrays.get("weight_hr") is not None
+    c0 = arrays.get("c0")
+    if x.ndim != 3 or h0.ndim != 2 or (projected and (c0 is None or c0.ndim != 2)):
+        raise ValueError(
+            f"{cell}: x must be (T, B, I), h0 (B, H) and with weight_hr c0 (B, H), got {x.shape}, "
+            f"{h0.shape} and {None if c0 is None else c0.shape}"
+        )
     T, B, I = x.shape
-    H = h0.shape[1]
+    H_out = h0.shape[1]  # the size of h: H, or P with a projection
+    H = c0.shape[1] if projected else H_out
     GH = GATES[cell] * H
     expected = {
-        "h0": (B, H),
+        "h0": (B, H_out),
         "c0": (B, H),
         "weight_ih": (GH, I),
-        "weight_hh": (GH, H),
+        "weight_hh": (GH, H_out),
         "bias_ih": (GH,),
         "bias_hh": (GH,),
-        "y": (T, B, H),
-        "dy": (T, B, H),
-        "dh_n": (B, H),
+        "weight_hr": (H_out, H),
+        "y": (T, B, H_out),
+        "dy": (T, B, H_out),
+        "dh_n": (B, H_out),
         "dc_n": (B, H),
     }
+    sizes = f"T={T}, B={B}, I={I}, H={H}" + (f", P={H_out}" if projected else "")
     for name, array in {"h0": h0, **arrays}.items():
         if array is None:
             continue
         if array.shape != expected[name]:
             raise ValueError(
-                f"{cell}: {name} has shape {array.shape}, expected {expected[name]} "
-                f"for T={T}, B={B}, I={I}, H={H}"
+                f"{cell}: {name} has shape {array.shape}, expected {expected[name]} for {sizes}"
             )
         if array.dtype != x.dtype:
             raise TypeError(f"{cell}: {name} is {array.dtype} but x is {x.dtype}")
     return T, B, I, H
+
+
+def check_lengths(lengths: ArrayLike | None, T: int, B: int) -> np.ndarray:
+    """``lengths`` as a fresh int64 array (B,); ``None`` means every item has all ``T`` steps.
+
+    ``TypeError`` unless the entries are integers (bool and float are refused, even ``3.0``);
+    ``ValueError`` unless there are ``B`` of them, each in ``1..T``.
+    """
+    if lengths is None:
+        return np.full(B, T, dtype=np.int64)
+    array = np.asarray(lengths)
+    if array.ndim != 1 or array.shape[0] != B:
+        raise ValueError(f"lengths must have one entry per item, shape ({B},), got {array.shape}")
+    if array.size and (array.dtype == bool or not np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    if np.any(array < 1) or np.any(array > T):
+        raise ValueError(f"lengths must be in 1..T = 1..{T}, got {array.tolist()}")
+    return array
+
+
+def valid_steps(lengths: np.ndarray, T: int) -> np.ndarray:
+    """(T, B, 1) bool: True where ``t < lengths[b]``, i.e. position t is one of item b's steps."""
+    return (np.arange(T)[:, None] < lengths[None, :])[..., None]
+
+
+def advance(valid: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """A state after a step: ``new`` for the items whose step it is, ``old`` (unchanged) else.
+
+    In backward the same rule carries a state's gradient through the padded steps unchanged.
+    """
+    return np.where(valid, new, old)
+
+
+def only_valid(valid: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``value`` for the items whose step it is, zero at padded positions (outputs, saved parts,
+    gate gradients)."""
+    return np.where(valid, value, 0).astype(value.dtype, copy=False)
+
+
+def reverse_padded(a: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Reverse each item's own steps in time: ``out[t, b] = a[lengths[b] - 1 - t, b]`` for
+    ``t < lengths[b]``; padded positions ``t >= lengths[b]`` stay where they are.
+
+    ``a`` is (T, B, ...); the result is a fresh array. Its own inverse.
+    """
+    out = a.copy()
+    for b, n in enumerate(lengths):
+        out[:n, b] = a[:n, b][::-1]
+    return out
+
+
+def in_step_order(a: np.ndarray, lengths: np.ndarray, reverse: bool) -> np.ndarray:
+    """``a`` (T, B, ...) indexed by time, in the order the steps run: each item's own steps
+    reversed when ``reverse`` (``reverse_padded``), ``a`` itself otherwise.
+
+    Its own inverse, so the same call maps step-ordered results back to time order.
+    """
+    return reverse_padded(a, lengths) if reverse else a
 
 
 def workspace_size(cell: str, T: int, B: int, H: int) -> int:
@@ -151,15 +224,27 @@ def grad_or_zeros(grad: np.ndarray | None, shape: tuple[int, ...], dtype: np.dty
 
 
 def grads_or_zeros(
-    grads: dict[str, np.ndarray] | None, weight_ih: np.ndarray, weight_hh: np.ndarray
+    grads: dict[str, np.ndarray] | None,
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    weight_hr: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The parameter-gradient dict to accumulate into: ``grads`` itself, or fresh zeros."""
+    """The parameter-gradient dict to accumulate into: ``grads`` itself, or fresh zeros.
+
+    With a projection (``weight_hr`` given) the dict also has a ``weight_hr`` key; a given
+    ``grads`` without it is a ``ValueError``.
+    """
     if grads is not None:
+        if weight_hr is not None and "weight_hr" not in grads:
+            raise ValueError("grads must have a 'weight_hr' key when weight_hr is given")
         return grads
     rows = weight_ih.shape[0]
-    return {
+    fresh = {
         "weight_ih": np.zeros_like(weight_ih),
         "weight_hh": np.zeros_like(weight_hh),
         "bias_ih": np.zeros(rows, dtype=weight_ih.dtype),
         "bias_hh": np.zeros(rows, dtype=weight_ih.dtype),
     }
+    if weight_hr is not None:
+        fresh["weight_hr"] = np.zeros_like(weight_hr)
+    return fresh

@@ -8,24 +8,35 @@ Per step, with ``x_r, x_z, x_n = linear(x_t, W_ih, b_ih)`` and the recurrent wei
 ``h' = (1 - z) * n + z * h``.
 Workspace (docs/kernels.md): ``gates (T, B, 3H)`` = r, z, n after their nonlinearity, then
 ``(T, B, H)``: ``hn = linear(h, W_hn, b_hn)`` (reset_after) or ``rh = r * h`` (reset_before).
+
+Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
+item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
+``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
+that read ``x[t]``, and padded positions ``t >= lengths[b]`` hold zeros.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._common import (
     accumulate_linear,
+    advance,
+    check_lengths,
     check_shapes,
     dsigmoid,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
+    in_step_order,
     linear,
     new_workspace,
+    only_valid,
     previous_states,
     sigmoid,
     split_workspace,
+    valid_steps,
 )
 
 
@@ -38,6 +49,9 @@ def gru_forward(
     bias_hh: np.ndarray,
     reset_after: bool = True,
     training: bool = True,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a GRU over a sequence.
 
@@ -58,27 +72,37 @@ def gru_forward(
         ``h`` before ``W_hn`` (Cho et al. 2014).
     training : bool
         Whether to return the workspace that ``gru_backward`` needs.
+    lengths : (B,) ints in 1..T, optional
+        Item b has ``lengths[b]`` steps; later steps leave its state unchanged and output zeros.
+        ``None``: every item has all T steps.
+    reverse : bool
+        Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
+        bidirectional layer). ``y`` stays indexed by time.
 
     Returns
     -------
     y : (T, B, H) array
-        Every hidden state ``h_1 .. h_T``.
+        ``y[t]`` is the hidden state after the step that read ``x[t]``; zero where
+        ``t >= lengths[b]``.
     h_n : (B, H) array
-        The final state (a copy of ``h0`` when T = 0).
+        The state after each item's own last step (a copy of ``h0`` when T = 0).
     workspace : (workspace_size("gru", T, B, H),) array or None
-        ``gates (T, B, 3H)`` then ``hn`` or ``rh`` ``(T, B, H)``, flat; ``None`` when not
-        training.
+        ``gates (T, B, 3H)`` then ``hn`` or ``rh`` ``(T, B, H)``, flat, indexed by time as ``y``
+        is, zero at padded positions; ``None`` when not training.
     """
     T, B, _, H = check_shapes(
         "gru", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
     )
-    workspace = new_workspace("gru", T, B, H, x.dtype)
-    saved_gates, saved_hn_or_rh = split_workspace(workspace, "gru", T, B, H, x.dtype)
-    y = np.empty((T, B, H), dtype=x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
+    gates_all = np.zeros((T, B, 3 * H), dtype=x.dtype)  # all three in step order
+    hn_or_rh = np.zeros((T, B, H), dtype=x.dtype)
+    y = np.zeros((T, B, H), dtype=x.dtype)
     W_hrz, b_hrz = weight_hh[: 2 * H], bias_hh[: 2 * H]
     W_hn, b_hn = weight_hh[2 * H :], bias_hh[2 * H :]
 
-    x_proj = linear(x, weight_ih, bias_ih)  # (T, B, 3H): the input part of every step at once
+    # (T, B, 3H): the input part of every step at once
+    x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
     h = h0
     for t in range(T):
         x_r, x_z, x_n = np.split(x_proj[t], 3, axis=1)
@@ -88,15 +112,22 @@ def gru_forward(
         if reset_after:
             hn = linear(h, W_hn, b_hn)
             n = np.tanh(x_n + r * hn)
-            saved_hn_or_rh[t] = hn
+            hn_or_rh[t] = only_valid(valid[t], hn)
         else:
             rh = r * h
             n = np.tanh(x_n + linear(rh, W_hn, b_hn))
-            saved_hn_or_rh[t] = rh
-        h = (1 - z) * n + z * h
-        saved_gates[t] = np.concatenate([r, z, n], axis=1)
-        y[t] = h
+            hn_or_rh[t] = only_valid(valid[t], rh)
+        h_new = (1 - z) * n + z * h
+        # items past their own last step keep their state and save / output zeros
+        h = advance(valid[t], h_new, h)
+        gates_all[t] = only_valid(valid[t], np.concatenate([r, z, n], axis=1))
+        y[t] = only_valid(valid[t], h_new)
 
+    workspace = new_workspace("gru", T, B, H, x.dtype)
+    saved_gates, saved_hn_or_rh = split_workspace(workspace, "gru", T, B, H, x.dtype)
+    saved_gates[...] = in_step_order(gates_all, lengths, reverse)  # back to time order
+    saved_hn_or_rh[...] = in_step_order(hn_or_rh, lengths, reverse)
+    y = in_step_order(y, lengths, reverse)
     return y, h.copy(), (workspace if training else None)
 
 
@@ -111,6 +142,9 @@ def gru_backward(
     dh_n: np.ndarray | None = None,
     reset_after: bool = True,
     grads: dict[str, np.ndarray] | None = None,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``gru_forward``.
 
@@ -123,18 +157,23 @@ def gru_backward(
     workspace : (workspace_size("gru", T, B, H),) array
         The workspace of a ``training=True`` forward with the same ``reset_after``.
     dy : (T, B, H) array, optional
-        Gradient of the loss with respect to ``y``; ``None`` means zeros.
+        Gradient of the loss with respect to ``y``; ``None`` means zeros. Entries at padded
+        positions ``t >= lengths[b]`` are ignored.
     dh_n : (B, H) array, optional
-        Gradient with respect to ``h_n``; ``None`` means zeros.
+        Gradient with respect to ``h_n``; ``None`` means zeros. Enters at each item's own last
+        step.
     reset_after : bool
         As given to the forward.
     grads : dict, optional
         ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
+    lengths, reverse
+        As given to the forward.
 
     Returns
     -------
     dx : (T, B, I) array
+        Zero at padded positions.
     dh0 : (B, H) array
     grads : dict
         The accumulated (or fresh) parameter gradients.
@@ -142,22 +181,28 @@ def gru_backward(
     T, B, _, H = check_shapes(
         "gru", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, y=y, dy=dy, dh_n=dh_n
     )
-    gates, saved = split_workspace(workspace, "gru", T, B, H, x.dtype)
-    dy = grad_or_zeros(dy, (T, B, H), x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)
+    saved_gates, saved_hn_or_rh = split_workspace(workspace, "gru", T, B, H, x.dtype)
+    # everything below in step order (the order the forward ran its steps)
+    gates = in_step_order(saved_gates, lengths, reverse)
+    saved = in_step_order(saved_hn_or_rh, lengths, reverse)
+    x = in_step_order(x, lengths, reverse)
+    dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, H), x.dtype), lengths, reverse))
     dh = grad_or_zeros(dh_n, (B, H), x.dtype)
-    h_prev = previous_states(h0, y)
+    h_prev = previous_states(h0, in_step_order(y, lengths, reverse))
     W_hrz, W_hn = weight_hh[: 2 * H], weight_hh[2 * H :]
 
-    d_x_proj = np.empty((T, B, 3 * H), dtype=x.dtype)  # gradient of x_r, x_z, x_n
-    d_h_proj = np.empty((T, B, 3 * H), dtype=x.dtype)  # of h_r, h_z and W_hn's output
+    d_x_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # gradient of x_r, x_z, x_n
+    d_h_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # of h_r, h_z and W_hn's output
     for t in reversed(range(T)):
         r, z, n = np.split(gates[t], 3, axis=1)
-        # forward: y[t] = h  (h also feeds step t+1, whose gradient is already in dh)
-        dh = dh + dy[t]
-        # forward: h = (1 - z) * n + z * h
-        dn = dh * (1 - z)
-        dz = dh * (h_prev[t] - n)
-        dh = dh * z
+        # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
+        dh_new = dh + dy[t]
+        # forward: h_new = (1 - z) * n + z * h
+        dn = dh_new * (1 - z)
+        dz = dh_new * (h_prev[t] - n)
+        dh_prev = dh_new * z
         # forward: n = np.tanh(x_n + ...), in both variants
         d_x_n = dn * dtanh(n)
         if reset_after:
@@ -165,20 +210,22 @@ def gru_backward(
             dr = d_x_n * saved[t]
             d_hn = d_x_n * r
             # forward: hn = linear(h, W_hn, b_hn)
-            dh = dh + d_hn @ W_hn
+            dh_prev = dh_prev + d_hn @ W_hn
         else:
             # forward: n = np.tanh(x_n + linear(rh, W_hn, b_hn))
             d_hn = d_x_n
             d_rh = d_hn @ W_hn
             # forward: rh = r * h
             dr = d_rh * h_prev[t]
-            dh = dh + d_rh * r
+            dh_prev = dh_prev + d_rh * r
         # forward: r = sigmoid(x_r + h_r); z = sigmoid(x_z + h_z)
         d_rz = np.concatenate([dr * dsigmoid(r), dz * dsigmoid(z)], axis=1)
-        d_x_proj[t] = np.concatenate([d_rz, d_x_n], axis=1)
-        d_h_proj[t] = np.concatenate([d_rz, d_hn], axis=1)
+        d_x_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_x_n], axis=1))
+        d_h_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_hn], axis=1))
         # forward: h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1)
-        dh = dh + d_rz @ W_hrz
+        dh_prev = dh_prev + d_rz @ W_hrz
+        # forward: h = advance(valid[t], h_new, h)
+        dh = advance(valid[t], dh_prev, dh)
 
     grads = grads_or_zeros(grads, weight_ih, weight_hh)
     # forward: h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1), for all t
@@ -192,5 +239,5 @@ def gru_backward(
     )
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_x_proj)
-    dx = d_x_proj @ weight_ih
+    dx = in_step_order(d_x_proj @ weight_ih, lengths, reverse)
     return dx, dh, grads

@@ -1,27 +1,39 @@
 """LSTM, one layer, one direction, a whole sequence: the plain NumPy reference.
 
 Per step, with ``pre = linear(x_t, W_ih, b_ih) + linear(h, W_hh, b_hh)`` split into i, f, g, o:
-``c' = sigmoid(f)*c + sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``.
+``c' = sigmoid(f)*c + sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``, or with a projection
+(``weight_hr``, PyTorch's ``proj_size``) ``h' = W_hr (sigmoid(o)*tanh(c'))``.
 Workspace (docs/kernels.md): ``gates (T, B, 4H)`` = i, f, g, o after their nonlinearity, then
 ``c (T, B, H)`` = the cell state after each step.
+
+Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
+item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
+``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
+that read ``x[t]``, and padded positions ``t >= lengths[b]`` hold zeros.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._common import (
     accumulate_linear,
+    advance,
+    check_lengths,
     check_shapes,
     dsigmoid,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
+    in_step_order,
     linear,
     new_workspace,
+    only_valid,
     previous_states,
     sigmoid,
     split_workspace,
+    valid_steps,
 )
 
 
@@ -34,32 +46,52 @@ def lstm_forward(
     bias_ih: np.ndarray,
     bias_hh: np.ndarray,
     training: bool = True,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
+    weight_hr: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Run an LSTM over a sequence.
+
+    ``P`` below is the size of ``h``: ``P = H`` without a projection.
 
     Parameters
     ----------
     x : (T, B, I) array
         Input sequence, time-major.
-    h0, c0 : (B, H) arrays
-        Initial hidden and cell state.
+    h0 : (B, P) array
+        Initial hidden state.
+    c0 : (B, H) array
+        Initial cell state.
     weight_ih : (4H, I) array
         Input weights, gate blocks in the order i, f, g, o.
-    weight_hh : (4H, H) array
+    weight_hh : (4H, P) array
         Recurrent weights, same gate order.
     bias_ih, bias_hh : (4H,) arrays
         The two biases.
     training : bool
         Whether to return the workspace that ``lstm_backward`` needs.
+    lengths : (B,) ints in 1..T, optional
+        Item b has ``lengths[b]`` steps; later steps leave its state unchanged and output zeros.
+        ``None``: every item has all T steps.
+    reverse : bool
+        Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
+        bidirectional layer). ``y`` stays indexed by time.
+    weight_hr : (P, H) array, optional
+        Projection: ``h' = W_hr (o * tanh(c'))``. ``None``: no projection.
 
     Returns
     -------
-    y : (T, B, H) array
-        Every hidden state ``h_1 .. h_T``.
-    h_n, c_n : (B, H) arrays
-        The final states (copies of ``h0``, ``c0`` when T = 0).
+    y : (T, B, P) array
+        ``y[t]`` is the hidden state after the step that read ``x[t]``; zero where
+        ``t >= lengths[b]``.
+    h_n : (B, P) array
+        The state after each item's own last step (a copy of ``h0`` when T = 0).
+    c_n : (B, H) array
+        Likewise for the cell state.
     workspace : (workspace_size("lstm", T, B, H),) array or None
-        ``gates (T, B, 4H)`` then ``c (T, B, H)``, flat; ``None`` when not training.
+        ``gates (T, B, 4H)`` then ``c (T, B, H)``, flat, indexed by time as ``y`` is, zero at
+        padded positions; ``None`` when not training. Its size does not depend on ``P``.
     """
     T, B, _, H = check_shapes(
         "lstm",
@@ -70,22 +102,37 @@ def lstm_forward(
         weight_hh=weight_hh,
         bias_ih=bias_ih,
         bias_hh=bias_hh,
+        weight_hr=weight_hr,
     )
-    workspace = new_workspace("lstm", T, B, H, x.dtype)
-    saved_gates, saved_c = split_workspace(workspace, "lstm", T, B, H, x.dtype)
-    y = np.empty((T, B, H), dtype=x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
+    P = h0.shape[1]
+    gates_all = np.zeros((T, B, 4 * H), dtype=x.dtype)  # all three in step order
+    c_all = np.zeros((T, B, H), dtype=x.dtype)
+    y = np.zeros((T, B, P), dtype=x.dtype)
 
-    x_proj = linear(x, weight_ih, bias_ih)  # (T, B, 4H): the input part of every step at once
+    # the input part of every step at once
+    x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
     h, c = h0, c0
     for t in range(T):
         pre_i, pre_f, pre_g, pre_o = np.split(x_proj[t] + linear(h, weight_hh, bias_hh), 4, axis=1)
         i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
-        c = f * c + i * g
-        h = o * np.tanh(c)
-        saved_gates[t] = np.concatenate([i, f, g, o], axis=1)
-        saved_c[t] = c
-        y[t] = h
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        if weight_hr is not None:
+            h_new = h_new @ weight_hr.T
+        # items past their own last step keep their state and save / output zeros
+        c = advance(valid[t], c_new, c)
+        h = advance(valid[t], h_new, h)
+        gates_all[t] = only_valid(valid[t], np.concatenate([i, f, g, o], axis=1))
+        c_all[t] = only_valid(valid[t], c_new)
+        y[t] = only_valid(valid[t], h_new)
 
+    workspace = new_workspace("lstm", T, B, H, x.dtype)
+    saved_gates, saved_c = split_workspace(workspace, "lstm", T, B, H, x.dtype)
+    saved_gates[...] = in_step_order(gates_all, lengths, reverse)  # back to time order
+    saved_c[...] = in_step_order(c_all, lengths, reverse)
+    y = in_step_order(y, lengths, reverse)
     return y, h.copy(), c.copy(), (workspace if training else None)
 
 
@@ -101,6 +148,10 @@ def lstm_backward(
     dh_n: np.ndarray | None = None,
     dc_n: np.ndarray | None = None,
     grads: dict[str, np.ndarray] | None = None,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
+    weight_hr: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``lstm_forward``.
 
@@ -108,22 +159,31 @@ def lstm_backward(
     ----------
     x, h0, c0, weight_ih, weight_hh
         As given to ``lstm_forward`` (shapes there).
-    y : (T, B, H) array
+    y : (T, B, P) array
         The forward's ``y``.
     workspace : (workspace_size("lstm", T, B, H),) array
         The workspace of a ``training=True`` forward (the reference's or the fused one's).
-    dy : (T, B, H) array, optional
-        Gradient of the loss with respect to ``y``; ``None`` means zeros.
-    dh_n, dc_n : (B, H) arrays, optional
-        Gradients with respect to ``h_n`` and ``c_n``; ``None`` means zeros.
+    dy : (T, B, P) array, optional
+        Gradient of the loss with respect to ``y``; ``None`` means zeros. Entries at padded
+        positions ``t >= lengths[b]`` are ignored.
+    dh_n : (B, P) array, optional
+        Gradient with respect to ``h_n``; ``None`` means zeros. Enters at each item's own last
+        step.
+    dc_n : (B, H) array, optional
+        Likewise for ``c_n``.
     grads : dict, optional
-        ``weight_ih`` (4H, I), ``weight_hh`` (4H, H), ``bias_ih`` (4H,), ``bias_hh`` (4H,):
-        accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
+        ``weight_ih`` (4H, I), ``weight_hh`` (4H, P), ``bias_ih`` (4H,), ``bias_hh`` (4H,) and,
+        with a projection, ``weight_hr`` (P, H): accumulated into with ``+=``. ``None`` makes a
+        fresh zeroed dict.
+    lengths, reverse, weight_hr
+        As given to the forward.
 
     Returns
     -------
     dx : (T, B, I) array
-    dh0, dc0 : (B, H) arrays
+        Zero at padded positions.
+    dh0 : (B, P) array
+    dc0 : (B, H) array
     grads : dict
         The accumulated (or fresh) parameter gradients.
     """
@@ -134,43 +194,60 @@ def lstm_backward(
         c0=c0,
         weight_ih=weight_ih,
         weight_hh=weight_hh,
+        weight_hr=weight_hr,
         y=y,
         dy=dy,
         dh_n=dh_n,
         dc_n=dc_n,
     )
-    gates, c_all = split_workspace(workspace, "lstm", T, B, H, x.dtype)
-    dy = grad_or_zeros(dy, (T, B, H), x.dtype)
-    dh = grad_or_zeros(dh_n, (B, H), x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)
+    P = h0.shape[1]
+    saved_gates, saved_c = split_workspace(workspace, "lstm", T, B, H, x.dtype)
+    # everything below in step order (the order the forward ran its steps)
+    gates = in_step_order(saved_gates, lengths, reverse)
+    c_all = in_step_order(saved_c, lengths, reverse)
+    x = in_step_order(x, lengths, reverse)
+    dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, P), x.dtype), lengths, reverse))
+    dh = grad_or_zeros(dh_n, (B, P), x.dtype)
     dc = grad_or_zeros(dc_n, (B, H), x.dtype)
-    h_prev = previous_states(h0, y)
+    h_prev = previous_states(h0, in_step_order(y, lengths, reverse))
     c_prev = previous_states(c0, c_all)
 
-    d_pre = np.empty((T, B, 4 * H), dtype=x.dtype)  # gradient of the pre-activations i, f, g, o
+    d_pre = np.zeros((T, B, 4 * H), dtype=x.dtype)  # gradient of the pre-activations i, f, g, o
+    d_h_new = np.zeros((T, B, P), dtype=x.dtype)  # of each step's new h (for W_hr)
     for t in reversed(range(T)):
         i, f, g, o = np.split(gates[t], 4, axis=1)
         tanh_c = np.tanh(c_all[t])
-        # forward: y[t] = h  (h also feeds step t+1, whose gradient is already in dh)
-        dh = dh + dy[t]
-        # forward: h = o * np.tanh(c)
-        do = dh * tanh_c
-        dc = dc + dh * o * dtanh(tanh_c)
-        # forward: c = f * c + i * g
-        df = dc * c_prev[t]
-        di = dc * g
-        dg = dc * i
-        dc = dc * f
+        # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
+        d_h_new[t] = only_valid(valid[t], dh + dy[t])
+        # forward: h_new = o * np.tanh(c_new)  [then h_new = h_new @ weight_hr.T]
+        d_o_tanh_c = d_h_new[t] if weight_hr is None else d_h_new[t] @ weight_hr
+        do = d_o_tanh_c * tanh_c
+        dc_new = dc + d_o_tanh_c * o * dtanh(tanh_c)
+        # forward: c_new = f * c + i * g
+        df = dc_new * c_prev[t]
+        di = dc_new * g
+        dg = dc_new * i
         # forward: i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
-        d_pre[t] = np.concatenate(
-            [di * dsigmoid(i), df * dsigmoid(f), dg * dtanh(g), do * dsigmoid(o)], axis=1
+        d_pre[t] = only_valid(
+            valid[t],
+            np.concatenate(
+                [di * dsigmoid(i), df * dsigmoid(f), dg * dtanh(g), do * dsigmoid(o)], axis=1
+            ),
         )
-        # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh)
-        dh = d_pre[t] @ weight_hh
+        # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh); c = advance(valid[t], ...)
+        dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
+        dc = advance(valid[t], dc_new * f, dc)
 
-    grads = grads_or_zeros(grads, weight_ih, weight_hh)
+    grads = grads_or_zeros(grads, weight_ih, weight_hh, weight_hr)
+    if weight_hr is not None:
+        # forward: h_new = (o * np.tanh(c_new)) @ weight_hr.T, for all t (zero where padded)
+        o_tanh_c = np.split(gates, 4, axis=2)[3] * np.tanh(c_all)
+        accumulate_linear(grads["weight_hr"], None, o_tanh_c, d_h_new)
     # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh), for all t
     accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
-    dx = d_pre @ weight_ih
+    dx = in_step_order(d_pre @ weight_ih, lengths, reverse)
     return dx, dh, dc, grads

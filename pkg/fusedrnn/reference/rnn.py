@@ -2,22 +2,32 @@
 
 Per step ``h' = act(linear(x_t, W_ih, b_ih) + linear(h, W_hh, b_hh))``, ``act`` tanh or relu.
 The workspace is empty: backward reads the activation's derivative off ``y``.
+
+Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
+item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
+``reverse``); the workspace stays empty.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._common import (
     accumulate_linear,
+    advance,
+    check_lengths,
     check_shapes,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
+    in_step_order,
     linear,
     new_workspace,
+    only_valid,
     previous_states,
     split_workspace,
+    valid_steps,
 )
 
 
@@ -49,6 +59,9 @@ def rnn_forward(
     bias_hh: np.ndarray,
     nonlinearity: str = "tanh",
     training: bool = True,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run an Elman RNN over a sequence.
 
@@ -64,13 +77,20 @@ def rnn_forward(
     nonlinearity : {"tanh", "relu"}
     training : bool
         Whether to return the (empty) workspace.
+    lengths : (B,) ints in 1..T, optional
+        Item b has ``lengths[b]`` steps; later steps leave its state unchanged and output zeros.
+        ``None``: every item has all T steps.
+    reverse : bool
+        Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
+        bidirectional layer). ``y`` stays indexed by time.
 
     Returns
     -------
     y : (T, B, H) array
-        Every hidden state ``h_1 .. h_T``.
+        ``y[t]`` is the hidden state after the step that read ``x[t]``; zero where
+        ``t >= lengths[b]``.
     h_n : (B, H) array
-        The final state (a copy of ``h0`` when T = 0).
+        The state after each item's own last step (a copy of ``h0`` when T = 0).
     workspace : (0,) array or None
         Empty, of the input dtype, when training; ``None`` otherwise.
     """
@@ -78,16 +98,21 @@ def rnn_forward(
     T, B, _, H = check_shapes(
         "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
     )
-    y = np.empty((T, B, H), dtype=x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
+    y = np.zeros((T, B, H), dtype=x.dtype)  # in step order
 
-    x_proj = linear(x, weight_ih, bias_ih)  # (T, B, H): the input part of every step at once
+    # (T, B, H): the input part of every step at once
+    x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
     h = h0
     for t in range(T):
-        h = act(x_proj[t] + linear(h, weight_hh, bias_hh))
-        y[t] = h
+        h_new = act(x_proj[t] + linear(h, weight_hh, bias_hh))
+        # items past their own last step keep their state and output zeros
+        h = advance(valid[t], h_new, h)
+        y[t] = only_valid(valid[t], h_new)
 
     workspace = new_workspace("rnn", T, B, H, x.dtype) if training else None
-    return y, h.copy(), workspace
+    return in_step_order(y, lengths, reverse), h.copy(), workspace
 
 
 def rnn_backward(
@@ -101,6 +126,9 @@ def rnn_backward(
     dh_n: np.ndarray | None = None,
     nonlinearity: str = "tanh",
     grads: dict[str, np.ndarray] | None = None,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``rnn_forward``.
 
@@ -113,18 +141,23 @@ def rnn_backward(
     workspace : (0,) array or None
         The forward's (empty) workspace; not needed, so ``None`` is accepted too.
     dy : (T, B, H) array, optional
-        Gradient of the loss with respect to ``y``; ``None`` means zeros.
+        Gradient of the loss with respect to ``y``; ``None`` means zeros. Entries at padded
+        positions ``t >= lengths[b]`` are ignored.
     dh_n : (B, H) array, optional
-        Gradient with respect to ``h_n``; ``None`` means zeros.
+        Gradient with respect to ``h_n``; ``None`` means zeros. Enters at each item's own last
+        step.
     nonlinearity : {"tanh", "relu"}
         As given to the forward.
     grads : dict, optional
         ``weight_ih`` (H, I), ``weight_hh`` (H, H), ``bias_ih`` (H,), ``bias_hh`` (H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
+    lengths, reverse
+        As given to the forward.
 
     Returns
     -------
     dx : (T, B, I) array
+        Zero at padded positions.
     dh0 : (B, H) array
     grads : dict
         The accumulated (or fresh) parameter gradients.
@@ -135,22 +168,28 @@ def rnn_backward(
     )
     if workspace is not None:
         split_workspace(workspace, "rnn", T, B, H, x.dtype)  # only checks it is the empty one
-    dy = grad_or_zeros(dy, (T, B, H), x.dtype)
+    lengths = check_lengths(lengths, T, B)
+    valid = valid_steps(lengths, T)
+    # everything below in step order (the order the forward ran its steps)
+    x = in_step_order(x, lengths, reverse)
+    y = in_step_order(y, lengths, reverse)
+    dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, H), x.dtype), lengths, reverse))
     dh = grad_or_zeros(dh_n, (B, H), x.dtype)
     h_prev = previous_states(h0, y)
 
-    d_pre = np.empty((T, B, H), dtype=x.dtype)  # gradient of the pre-activation
+    d_pre = np.zeros((T, B, H), dtype=x.dtype)  # gradient of the pre-activation
     for t in reversed(range(T)):
-        # forward: y[t] = h  (h also feeds step t+1, whose gradient is already in dh)
-        dh = dh + dy[t]
-        # forward: h = act(x_proj[t] + linear(h, weight_hh, bias_hh)), act' read off y[t]
-        d_pre[t] = dh * dact(y[t])
-        dh = d_pre[t] @ weight_hh
+        # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
+        dh_new = dh + dy[t]
+        # forward: h_new = act(x_proj[t] + linear(h, weight_hh, bias_hh)), act' read off y[t]
+        d_pre[t] = only_valid(valid[t], dh_new * dact(y[t]))
+        # forward: h = advance(valid[t], h_new, h)
+        dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
 
     grads = grads_or_zeros(grads, weight_ih, weight_hh)
     # forward: h = act(x_proj[t] + linear(h, weight_hh, bias_hh)), for all t
     accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
-    dx = d_pre @ weight_ih
+    dx = in_step_order(d_pre @ weight_ih, lengths, reverse)
     return dx, dh, grads
