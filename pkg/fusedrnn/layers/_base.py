@@ -39,9 +39,13 @@ def check_size(value: object, name: str, minimum: int = 1) -> int:
     return size
 
 
-def shape_text(shape: tuple, names: tuple) -> str:
-    """``(2, 3, 20)`` spelled with the meaning of each axis: ``(2, 3, 20) = (L*D, B, H)``."""
-    return f"{tuple(shape)} = ({', '.join(names)})"
+def shape_text(shape: tuple, names: Optional[tuple] = None) -> str:
+    """A shape with ``*`` for any size, and the meaning of each axis when ``names`` are given:
+    ``(2, *, 20) = (L*D, B, H)``."""
+    def spell(items):
+        return f"({', '.join(map(str, items))}{',' if len(items) == 1 else ''})"
+    text = spell(["*" if n is None else n for n in shape])
+    return f"{text} = {spell(names)}" if names else text
 
 
 class Module:
@@ -212,9 +216,8 @@ class Module:
         fits = value.ndim == len(shape) and all(
             want is None or want == got for want, got in zip(shape, value.shape))
         if not fits:
-            want = tuple("*" if n is None else n for n in shape)
-            want = shape_text(want, axes) if axes else str(want)
-            raise ValueError(f"{name} must have shape {want}, but has {value.shape}")
+            raise ValueError(f"{name} must have shape {shape_text(shape, axes)}, "
+                             f"but has {value.shape}")
         return value
 
     def _check_state(self, value: object, name: str, shape_h: tuple, shape_c: tuple,
