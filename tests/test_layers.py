@@ -9,11 +9,10 @@ alone); state dicts, grads, modes; the cells against the layer, and every bad in
 
 from __future__ import annotations
 
+import fusedrnn
 import numpy as np
 import pytest
 from cells import assert_close
-
-import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 T, B, I, H = 5, 4, 3, 6
@@ -241,7 +240,7 @@ def test_none_output_gradients_are_zeros(family):
     layer = make_layer(family, num_layers=2)
     x, _, _ = scenario_inputs(layer, "plain", np.float64)
     output, h_n = layer(x)
-    dx_none, dhx_none = layer.backward()
+    dx_none, _ = layer.backward()
     zero_state = tuple(np.zeros_like(s) for s in state_parts(h_n))
     dx_zero, _ = layer.backward(np.zeros_like(output),
                                 zero_state if isinstance(h_n, tuple) else zero_state[0])
@@ -258,8 +257,9 @@ def test_empty_batch_and_empty_sequence_give_empty_results():
     for shape in ((0, B, I), (T, 0, I)):
         output, (h_n, c_n) = layer(np.zeros(shape))
         assert output.shape == shape[:2] + (2 * H,)
+        assert h_n.shape == c_n.shape == (4, shape[1], H)
         dx, (dh0, dc0) = layer.backward(np.zeros_like(output))
-        assert dx.shape == shape and dh0.shape == (4, shape[1], H)
+        assert dx.shape == shape and dh0.shape == dc0.shape == (4, shape[1], H)
     assert all(not np.any(g) for g in layer.grads.values())
 
 
@@ -475,8 +475,8 @@ H32 = np.zeros((2, B, H), np.float32)
     (lambda m: m(np.zeros((1, T, B, I), np.float32)), ValueError, r"x must have shape .*unbatched"),
     (lambda m: m(X32, H32), TypeError, r"hx of LSTM must be a tuple \(h, c\)"),
     (lambda m: m(X32, (H32[:1], H32)), ValueError,
-     r"hx\[0\] \(h\) must have shape \(2, 4, 6\) = \(num_layers\*num_directions, B, "
-     r"proj_size or hidden_size\), but has \(1, 4, 6\)"),
+     (r"hx\[0\] \(h\) must have shape \(2, 4, 6\) = \(num_layers\*num_directions, B, "
+      r"proj_size or hidden_size\), but has \(1, 4, 6\)")),
     (lambda m: m(X32, (H32, H32.astype(np.float64))), TypeError, r"hx\[1\] \(c\) must have dtype"),
     (lambda m: m(X32[:, 0], (H32, H32)), ValueError, r"hx\[0\] \(h\) must have shape \(2, 6\)"),
     (lambda m: m(X32, lengths=[0, 1, 2, 3]), ValueError, r"lengths must be in 1..T = 1..5.*lengths\[0\] = 0"),
@@ -629,7 +629,7 @@ def test_cell_step_equals_one_layer_step_without_bias_and_unbatched():
     rng = np.random.default_rng(0)
     x, (h, c) = rng.standard_normal(I), cell_state(cell, 1, rng, unbatched=True)
     h1, c1 = cell(x, (h, c))
-    output, (h_n, c_n) = layer(x[None], (h[None], c[None]))
+    output, (_, c_n) = layer(x[None], (h[None], c[None]))
     assert h1.shape == c1.shape == (H,)
     assert_close(h1, output[0], np.float64, "h'")
     assert_close(c1, c_n[0], np.float64, "c'")

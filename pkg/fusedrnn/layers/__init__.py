@@ -9,5 +9,14 @@ from ._base import Module
 from .cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from .recurrent import GRU, LSTM, RNN, RecurrentLayer
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "Module", "RNN", "RNNCell", "RecurrentCell",
-           "RecurrentLayer"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "Module",
+    "RNNCell",
+    "RecurrentCell",
+    "RecurrentLayer",
+]

@@ -9,17 +9,17 @@ once.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import ModuleType
-from typing import ClassVar, Iterator, Optional, Union
+from typing import ClassVar
 
 import numpy as np
 
 from .. import functional, reference
 
-DTypeLike = Union[type, str, np.dtype]
+DTypeLike = type | str | np.dtype
 # hx of an LSTM is a pair (h, c); of a GRU or RNN one array.
-State = Union[np.ndarray, tuple]
+State = np.ndarray | tuple
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
@@ -39,7 +39,7 @@ def check_size(value: object, name: str, minimum: int = 1) -> int:
     return size
 
 
-def shape_text(shape: tuple, names: Optional[tuple] = None) -> str:
+def shape_text(shape: tuple, names: tuple | None = None) -> str:
     """A shape with ``*`` for any size, and the meaning of each axis when ``names`` are given:
     ``(2, *, 20) = (L*D, B, H)``."""
     def spell(items):
@@ -72,7 +72,7 @@ class Module:
     _repr_fields: ClassVar[tuple] = ()
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, dtype: DTypeLike,
-                 seed: Optional[int], backend: str, options: Optional[dict] = None) -> None:
+                 seed: int | None, backend: str, options: dict | None = None) -> None:
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.bias = bool(bias)
@@ -182,12 +182,12 @@ class Module:
 
     # ------------------------------------------------------------ modes
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         """Training mode (default): forwards save what backward needs; dropout is on."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         """Eval mode: forwards save nothing and use no dropout. Same as ``train(False)``."""
         return self.train(False)
 
@@ -201,7 +201,7 @@ class Module:
     # ------------------------------------------------------------ argument checks
 
     def _check_array(self, value: object, name: str, shape: tuple,
-                     axes: Optional[tuple] = None) -> np.ndarray:
+                     axes: tuple | None = None) -> np.ndarray:
         """``value`` if it is a numpy array of the module's dtype and ``shape``, else an error.
 
         ``shape`` entries may be None (any size); ``axes`` names them for the message. Never
@@ -262,7 +262,7 @@ def _as_float_array(value: object, name: str) -> np.ndarray:
     """A real floating-point ndarray from an array-like; TypeError naming ``name`` otherwise."""
     try:
         array = np.asarray(value)
-    except Exception as error:  # e.g. a torch tensor that requires grad
+    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a tensor needing grad
         raise TypeError(f"{name} cannot be read as an array: {error}") from None
     if array.dtype.kind != "f":
         raise TypeError(f"{name} must hold real floating-point numbers, but has dtype "

@@ -10,7 +10,6 @@ step. Backpropagate the steps in reverse order of their forwards, as through tim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -24,7 +23,7 @@ class _TapeEntry:
     x: np.ndarray
     states: tuple
     y: np.ndarray
-    workspace: Optional[np.ndarray]
+    workspace: np.ndarray | None
     unbatched: bool
 
 
@@ -38,8 +37,8 @@ class RecurrentCell(Module):
     _repr_fields = (("nonlinearity", "tanh"), ("reset_after", True))
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, *,
-                 options: Optional[dict] = None, dtype: DTypeLike = np.float32,
-                 seed: Optional[int] = None, backend: str = "fused") -> None:
+                 options: dict | None = None, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
         self._tape: list[_TapeEntry] = []
         self._reset_parameters()
@@ -65,7 +64,7 @@ class RecurrentCell(Module):
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: np.ndarray, hx: Optional[State] = None) -> State:
+    def forward(self, x: np.ndarray, hx: State | None = None) -> State:
         """One step.
 
         Parameters
@@ -104,8 +103,8 @@ class RecurrentCell(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, dh: Optional[np.ndarray] = None,
-                 dc: Optional[np.ndarray] = None) -> tuple:
+    def backward(self, dh: np.ndarray | None = None,
+                 dc: np.ndarray | None = None) -> tuple:
         """Gradients through the most recent recorded step, which is popped off the tape.
 
         Adds the parameter gradients into ``self.grads``.
@@ -190,7 +189,7 @@ class LSTMCell(RecurrentCell):
     _has_cell_state = True
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
                  backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed, backend=backend)
 
@@ -206,7 +205,7 @@ class GRUCell(RecurrentCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  reset_after: bool = True, dtype: DTypeLike = np.float32,
-                 seed: Optional[int] = None, backend: str = "fused") -> None:
+                 seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, bias, options={"reset_after": bool(reset_after)},
                          dtype=dtype, seed=seed, backend=backend)
 
@@ -222,7 +221,7 @@ class RNNCell(RecurrentCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", *, dtype: DTypeLike = np.float32,
-                 seed: Optional[int] = None, backend: str = "fused") -> None:
+                 seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, bias,
                          options={"nonlinearity": check_nonlinearity(nonlinearity)},
                          dtype=dtype, seed=seed, backend=backend)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 
@@ -29,11 +28,11 @@ class _SavedForward:
     """
 
     x: np.ndarray  # (T, B, input_size)
-    hx: Optional[State]  # h0 or (h0, c0), (L*D, B, ...), or None for zeros
+    hx: State | None  # h0 or (h0, c0), (L*D, B, ...), or None for zeros
     y: np.ndarray  # (T, B, D*H_out)
     saved: object  # the backend's own record
-    lengths: Optional[np.ndarray]  # (B,) int64
-    dropout_masks: Optional[list]  # L-1 arrays (T, B, D*H_out)
+    lengths: np.ndarray | None  # (B,) int64
+    dropout_masks: list | None  # L-1 arrays (T, B, D*H_out)
     unbatched: bool
 
 
@@ -58,8 +57,8 @@ class RecurrentLayer(Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, *, proj_size: int = 0,
-                 options: Optional[dict] = None, dtype: DTypeLike = np.float32,
-                 seed: Optional[int] = None, backend: str = "fused") -> None:
+                 options: dict | None = None, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
         self.num_layers = check_size(num_layers, "num_layers")
         self.batch_first = bool(batch_first)
@@ -73,7 +72,7 @@ class RecurrentLayer(Module):
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
                              f"got {self.proj_size}")
-        self._saved: Optional[_SavedForward] = None
+        self._saved: _SavedForward | None = None
         self._no_saved_reason = "no forward has run yet"
         self._reset_parameters()
 
@@ -100,8 +99,8 @@ class RecurrentLayer(Module):
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: np.ndarray, hx: Optional[State] = None,
-                lengths: Optional[np.ndarray] = None) -> Output:
+    def forward(self, x: np.ndarray, hx: State | None = None,
+                lengths: np.ndarray | None = None) -> Output:
         """Run the stack over a sequence.
 
         Parameters
@@ -151,8 +150,8 @@ class RecurrentLayer(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, d_output: Optional[np.ndarray] = None,
-                 d_hx: Optional[State] = None) -> tuple:
+    def backward(self, d_output: np.ndarray | None = None,
+                 d_hx: State | None = None) -> tuple:
         """Gradients through the last training-mode forward.
 
         Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
@@ -252,7 +251,7 @@ class RecurrentLayer(Module):
         return a.swapaxes(0, 1) if self.batch_first else a
 
     def _check_lengths(self, lengths: object, T: int, B: int,
-                       unbatched: bool) -> Optional[np.ndarray]:
+                       unbatched: bool) -> np.ndarray | None:
         """``lengths`` as an int64 array (B,) in 1..T (a copy), or None."""
         if lengths is None:
             return None
@@ -261,7 +260,7 @@ class RecurrentLayer(Module):
                              "sequence: pass x[:n] instead")
         try:
             array = np.asarray(lengths)
-        except Exception as error:
+        except (TypeError, ValueError, RuntimeError) as error:
             raise TypeError(f"lengths must be a sequence of integers: {error}") from None
         if array.dtype.kind not in "iu":
             raise TypeError(f"lengths must hold integers, but has dtype {array.dtype}")
@@ -274,7 +273,7 @@ class RecurrentLayer(Module):
                              f"{array[bad[0]]}")
         return array.astype(np.int64)
 
-    def _dropout_masks(self, T: int, B: int) -> Optional[list]:
+    def _dropout_masks(self, T: int, B: int) -> list | None:
         """num_layers - 1 masks (T, B, D*H_out): Bernoulli(1-p) / (1-p), training mode only."""
         if not self.training or self.dropout == 0 or self.num_layers == 1:
             return None
@@ -295,12 +294,12 @@ def _check_dropout(dropout: object) -> float:
     return float(dropout)
 
 
-def _batch_axis(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _batch_axis(a: np.ndarray | None) -> np.ndarray | None:
     """An unbatched state (L*D, H) as (L*D, 1, H)."""
     return None if a is None else a[:, None]
 
 
-def _own_copy(value: Union[np.ndarray, tuple, None], original: object):
+def _own_copy(value: np.ndarray | tuple | None, original: object):
     """``value`` (an array or a pair of them), copied where it may share memory with the user's
     ``original`` arguments."""
     if value is None:
@@ -353,7 +352,7 @@ class LSTM(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
                  backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, dtype=dtype, seed=seed,
@@ -374,7 +373,7 @@ class GRU(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, reset_after: bool = True,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
                  backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, options={"reset_after": bool(reset_after)}, dtype=dtype,
@@ -393,7 +392,7 @@ class RNN(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: DTypeLike = np.float32, seed: Optional[int] = None,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
                  backend: str = "fused") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional,
