@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from . import functional, reference  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
+from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
-           "__version__"]
+           "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
