@@ -150,8 +150,8 @@ class RecurrentLayer(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, d_output: np.ndarray | None = None,
-                 d_hx: State | None = None) -> tuple:
+    def backward(self, d_output: np.ndarray | None = None, d_hx: State | None = None, *,
+                 truncate: int | None = None, truncate_stride: int | None = None) -> tuple:
         """Gradients through the last training-mode forward.
 
         Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
@@ -163,6 +163,15 @@ class RecurrentLayer(Module):
         d_output : shape of ``output``, or None for zeros
         d_hx : shape of ``h_n`` (LSTM: a tuple (dh_n, dc_n), either part None for zeros), or
             None for zeros
+        truncate, truncate_stride : int, optional
+            Truncated backpropagation through time, TBPTT(k1 = truncate_stride, k2 = truncate)
+            of Williams and Peng (1990), unidirectional layers only: the steps are cut into
+            chunks of k1 (default k2); the gradient of a chunk's outputs flows back through the
+            chunk and at most k2 - k1 steps before it, in every layer, and the states entering
+            that span are constants (only spans starting at step 0 reach ``hx``). k1 = k2 = k
+            equals cutting the state every k steps (PyTorch: ``h = h.detach()``). The spans run
+            in C++ from the one saved forward. For sequences longer than memory, run the
+            layer chunk by chunk instead (see the README, "Long sequences").
 
         Returns
         -------
@@ -188,7 +197,7 @@ class RecurrentLayer(Module):
             self._mode, saved.x, saved.hx, self._params, self.num_layers, saved.y, saved.saved,
             dy=dy, dh_n=dh_n, dc_n=dc_n, bidirectional=self.bidirectional,
             lengths=saved.lengths, dropout_masks=saved.dropout_masks, grads=self.grads,
-            **self._stack_options)
+            truncate=truncate, truncate_stride=truncate_stride, **self._stack_options)
         dx = self._from_time_major(dx, saved.unbatched)
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
