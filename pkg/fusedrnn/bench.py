@@ -731,9 +731,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+BUSY_LOAD = 1.0
+"""A 1-minute load average, before the run, from which other programs are competing for cores."""
+
+
 @dataclass
 class Report:
-    """A finished sweep: the machine, the run's settings and the rows."""
+    """A finished sweep: the machine, the run's settings and the rows.
+
+    ``load_average`` is the 1-minute load at the start and at the end of the run. The load at the
+    start is that of other programs (or of a run just before); from `BUSY_LOAD` on, the header
+    warns that the times are noisy.
+    """
 
     date: str
     cpu: str
@@ -744,6 +753,7 @@ class Report:
     torch: str
     sweep: str
     note: str
+    load_average: tuple[float, float]
     config: dict
     rows: list[Row]
 
@@ -754,6 +764,10 @@ class Report:
             f"# fusedrnn {cfg['fusedrnn']} bench ({self.sweep}), {self.date}, {self.dtype}",
             (f"# CPU: {self.cpu} ({cfg['cpu_count']} cores); threads: {self.threads}; "
              f"ISA: {cfg['isa']}; BLAS: {cfg['blas']}"),
+            (f"# load average (1 min) at start / end: {self.load_average[0]:.2f} / "
+             f"{self.load_average[1]:.2f}"
+             + ("; the machine was busy before the run started, expect noisy times"
+                if self.load_average[0] >= BUSY_LOAD else "")),
             (f"# float32 GEMM ceiling: {self.gemm_ceiling_gflops:.1f} GFLOP/s (numpy, "
              f"{GEMM_SIZE}^3, best of 5); reference: {self.reference_threads}; "
              f"PyTorch: {self.torch}"),
@@ -844,6 +858,7 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
     -------
     Report
     """
+    load_at_start = os.getloadavg()[0]
     torch = import_torch()
     threads = threads or _config.get_num_threads()
     steps = sum(len(case.passes) for case in cases)
@@ -864,7 +879,7 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
         cpu=cpu_name(), threads=threads, dtype=np.dtype(dtype).name,
         gemm_ceiling_gflops=ceiling, reference_threads=reference_threads,
         torch=f"{torch.__version__}" if torch else "not installed", sweep=sweep, note=note,
-        config=config, rows=rows,
+        load_average=(load_at_start, os.getloadavg()[0]), config=config, rows=rows,
     )
 
 
