@@ -10,7 +10,9 @@ from .attention import (  # noqa: E402
     ScaledDotProductAttention,
     scaled_dot_product_attention,
 )
+from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
-           "__version__", "scaled_dot_product_attention", "ScaledDotProductAttention",
-           "MultiheadAttention", "AdditiveAttention"]
+           "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
+           "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiheadAttention",
+           "AdditiveAttention"]
