@@ -235,3 +235,49 @@ def test_python_dash_m_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert "rnn" in result.stdout and "inference" in result.stdout
+
+
+# ---------------------------------------------------------------- attention rows
+
+
+def test_attention_rows_are_validated_and_timed(capsys):
+    code, out, err = run(capsys, "bench", "--cases", "attention:2,9,4,3;attention-causal:2,9,4,3",
+                         "--repeats", "1")
+    assert code == 0, err
+    _, *rows = table_rows(out)
+    assert [(row[0], row[5]) for row in rows] == [
+        ("attention", "forward"), ("attention", "forward+backward"),
+        ("attention-causal", "forward"), ("attention-causal", "forward+backward")]
+    assert all(row[6] == "ok" for row in rows)
+    assert "T = L queries and keys, I = E head size, H heads" in out
+    # the saved state: out and one lse per query row, (2*3*9*(4+1)) float32
+    assert all(row[-1] == bench._fmt_bytes(2 * 3 * 9 * 5 * 4) for row in rows)
+
+
+def test_a_wrong_attention_result_is_a_fail(capsys, monkeypatch, no_torch):
+    real = functional.attention_backward
+
+    def wrong(*args, **kwargs):
+        dq, dk, dv = real(*args, **kwargs)
+        return dq, dk, dv * 1.01
+
+    monkeypatch.setattr(functional, "attention_backward", wrong)
+    code, out, _ = run(capsys, "bench", "--cases", "attention:1,8,4,2", "--repeats", "1")
+    assert code == 1
+    assert "mismatch, attention B=1 H=2 L=8 E=4 forward+backward: fused dv" in out
+
+
+def test_only_attention_keeps_both_attention_rows_of_the_issue():
+    args = cli.build_parser().parse_args(["bench", "--only", "attention"])
+    shapes = {(c.variant.name, c.B, c.H, c.T, c.I) for c in cli.selected_cases(args)}
+    assert shapes == {(name, B, H, L, E) for name in ("attention", "attention-causal")
+                      for B, H, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))}
+
+
+def test_attention_flops():
+    B, H, L, E = 2, 3, 5, 4
+    assert bench.attention_flops(B, H, L, E, False, "forward") == 2 * (2 * B * H * L * L * E)
+    assert bench.attention_flops(B, H, L, E, False, "forward+backward") == 7 * (2 * B * H * L * L * E)
+    assert bench.attention_flops(B, H, L, E, True, "forward") == 2 * (2 * B * H * 15 * E)
+    with pytest.raises(ValueError):
+        bench.attention_flops(B, H, L, E, False, "inference")

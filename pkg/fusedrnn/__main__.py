@@ -38,7 +38,8 @@ def _variant_filter(text: str) -> set[str]:
 
 
 def _case_list(text: str) -> list[bench.Case]:
-    """``--cases "lstm:1,3,4,5;gru:2,2,3,3"``: variant:B,T,I,H, separated by semicolons."""
+    """``--cases "lstm:1,3,4,5;gru:2,2,3,3"``: variant:B,T,I,H, separated by semicolons
+    (attention: variant:B,L,E,heads)."""
     cases = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
         name, _, shape = item.partition(":")
@@ -76,6 +77,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         "Default sweep: LSTM, GRU (PyTorch's and Cho's), RNN tanh at (B, T, I=H) = "
         + ", ".join(f"({c.B}, {c.T}, {c.H})" for c in bench.SWEEPS["default"].cases
                     if c.variant.name == "lstm")
+        + "; scaled dot-product attention, causal and not, at (B, heads, L, E) = "
+        + ", ".join(f"({c.B}, {c.H}, {c.T}, {c.I})" for c in bench.SWEEPS["default"].cases
+                    if c.variant.name == "attention")
         + ".",
     )
     size = parser.add_mutually_exclusive_group()
@@ -87,8 +91,8 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
     parser.set_defaults(sweep="default")
     parser.add_argument("--only", type=_variant_filter, metavar="CELLS",
-                        help="comma list of cells (lstm, gru, rnn) or variants (gru-cho, "
-                        "rnn-relu) to keep")
+                        help="comma list of cells (lstm, gru, rnn, attention) or variants "
+                        "(gru-cho, rnn-relu, attention-causal) to keep")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads of the fused kernels, numpy's BLAS and PyTorch "

@@ -42,7 +42,8 @@ PASSES = (*TRAINING_PASSES, "inference")
 
 Outputs = dict[str, np.ndarray]
 """Named results of one pass: ``y``, ``h_n``, ``c_n``, and after a backward ``dx``, ``dh0``,
-``dc0``, ``dweight_ih``, ``dweight_hh``, ``dbias_ih``, ``dbias_hh`` (LSTM alone has the ``c``)."""
+``dc0``, ``dweight_ih``, ``dweight_hh``, ``dbias_ih``, ``dbias_hh`` (LSTM alone has the ``c``);
+for attention ``out``, and after a backward ``dq``, ``dk``, ``dv``."""
 
 
 # ---------------------------------------------------------------- what is measured
@@ -56,10 +57,11 @@ class Variant:
     ----------
     name : str
         The name in the table and in ``--only`` (``lstm``, ``gru``, ``gru-cho``, ...).
-    cell : {"lstm", "gru", "rnn"}
+    cell : {"lstm", "gru", "rnn", "attention"}
         The kernel family, as in ``functional.<cell>_forward``.
     options : mapping
-        Keyword options of the forward and backward (``reset_after``, ``nonlinearity``).
+        Keyword options of the forward and backward (``reset_after``, ``nonlinearity``,
+        ``is_causal``).
     in_torch : bool
         Whether ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` computes the same function.
     """
@@ -92,6 +94,9 @@ VARIANTS = {
         Variant("gru-cho", "gru", MappingProxyType({"reset_after": False}), in_torch=False),
         Variant("rnn", "rnn", MappingProxyType({"nonlinearity": "tanh"})),
         Variant("rnn-relu", "rnn", MappingProxyType({"nonlinearity": "relu"})),
+        # scaled dot-product attention, self-attention shapes (S = L)
+        Variant("attention", "attention", MappingProxyType({"is_causal": False})),
+        Variant("attention-causal", "attention", MappingProxyType({"is_causal": True})),
     )
 }
 
@@ -100,8 +105,12 @@ VARIANTS = {
 class Case:
     """One shape of one variant: ``x`` is (T, B, I), the hidden size H.
 
-    A training case runs the passes ``forward`` and ``forward+backward``; a case with B = 1 also
-    runs ``inference`` (the latency of one sequence).
+    For attention the same four sizes are (B, L, E, heads): ``q``, ``k``, ``v`` are
+    (B, H, T, I), T queries over as many keys, head size I, H heads (the table's columns read
+    that way on attention rows).
+
+    A training case runs the passes ``forward`` and ``forward+backward``; a recurrent case with
+    B = 1 also runs ``inference`` (the latency of one sequence).
     """
 
     variant: Variant
@@ -113,6 +122,8 @@ class Case:
     @property
     def passes(self) -> tuple[str, ...]:
         """The passes measured for this case, in table order."""
+        if self.variant.cell == "attention":  # no separate inference pass
+            return TRAINING_PASSES
         return PASSES if self.B == 1 else TRAINING_PASSES
 
     @property
@@ -121,12 +132,27 @@ class Case:
         return shape_label(self.variant.name, self.B, self.T, self.I, self.H)
 
     def flops(self, pass_name: str) -> int:
-        """The GEMM work of one pass of this case (the module's `flops`)."""
+        """The GEMM work of one pass of this case (the module's `flops` or `attention_flops`)."""
+        if self.variant.cell == "attention":
+            return attention_flops(self.B, self.H, self.T, self.I,
+                                   bool(self.variant.options["is_causal"]), pass_name)
         return flops(self.variant.cell, self.T, self.B, self.I, self.H, pass_name)
+
+    def workspace_bytes(self, dtype: np.dtype | type) -> int:
+        """Bytes a training forward keeps for backward: the workspace, or for attention its
+        output and one log-sum-exp per query row (never the attention weights)."""
+        if self.variant.cell == "attention":
+            elements = self.B * self.H * self.T * (self.I + 1)
+        else:
+            elements = functional.workspace_size(self.variant.cell, self.T, self.B, self.H)
+        return elements * np.dtype(dtype).itemsize
 
 
 def shape_label(name: str, B: int, T: int, I: int, H: int) -> str:
-    """``lstm B=16 T=50 I=128 H=128``: how a case is named outside the table."""
+    """``lstm B=16 T=50 I=128 H=128`` (attention: ``attention B=8 H=8 L=256 E=64``): how a case
+    is named outside the table."""
+    if name in VARIANTS and VARIANTS[name].cell == "attention":
+        return f"{name} B={B} H={H} L={T} E={I}"
     return f"{name} B={B} T={T} I={I} H={H}"
 
 
@@ -142,6 +168,9 @@ def _square(shapes: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int,
 
 _DEFAULT_SHAPES = _square([(1, 100, 256), (16, 50, 128), (32, 100, 256), (64, 50, 512)])
 _DEFAULT_VARIANTS = ("lstm", "gru", "gru-cho", "rnn")
+# (B, heads, L, E) of the attention rows, as Case's (B, T=L, I=E, H=heads)
+_ATTENTION_SHAPES = [(B, L, E, heads) for B, heads, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))]
+_ATTENTION_VARIANTS = ("attention", "attention-causal")
 
 
 @dataclass(frozen=True)
@@ -168,8 +197,10 @@ class Sweep:
 
 
 SWEEPS = {
-    "quick": Sweep("quick", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES[:2])), 5, 0.5),
-    "default": Sweep("default", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES)), 7, 1.0),
+    "quick": Sweep("quick", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES[:2])
+                                  + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES[:1])), 5, 0.5),
+    "default": Sweep("default", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES)
+                                      + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)), 7, 1.0),
     "full": Sweep(
         "full",
         tuple(
@@ -179,6 +210,7 @@ SWEEPS = {
             + cases_for(["gru"], _square([(1, 25, 512)] + [(32, T, H) for H in (512, 1024)
                                                           for T in (25, 75, 150)]))
             + cases_for(["rnn-relu"], _square([(1, 50, 1760), (16, 50, 1760), (32, 50, 1760)]))
+            + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)
         ),
         5,
         2.0,
@@ -231,6 +263,25 @@ def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
     return forward + dh + dx + dweight_ih + dweight_hh
 
 
+def attention_flops(B: int, heads: int, L: int, E: int, causal: bool, pass_name: str) -> int:
+    """Floating-point operations of one pass of self-attention, ``2*M*N*K`` per GEMM.
+
+    Per head, forward is ``s = q k^T`` and ``out = p v``, each ``2*P*E`` for the ``P`` (query,
+    key) pairs that are computed: ``L*L``, or ``L*(L+1)/2`` under the causal mask. Backward
+    recomputes ``s`` and does ``dv = p^T do``, ``dp = do v^T``, ``dq = ds k``, ``dk = ds^T q``:
+    five more of that size (the FlashAttention count, recomputation included). The softmax and
+    the other elementwise work, O(P) per head, is ignored.
+    """
+    pairs = L * (L + 1) // 2 if causal else L * L
+    gemm = 2 * B * heads * pairs * E
+    if pass_name == "forward":
+        return 2 * gemm
+    if pass_name != "forward+backward":
+        raise ValueError(f"pass_name must be one of {TRAINING_PASSES} for attention, got "
+                         f"{pass_name!r}")
+    return 7 * gemm
+
+
 # ---------------------------------------------------------------- inputs and the three implementations
 
 
@@ -256,6 +307,9 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     """
     rng = np.random.default_rng(seed)
     T, B, I, H = case.T, case.B, case.I, case.H
+    if case.variant.cell == "attention":  # q, k, v and the output gradient, (B, heads, L, E)
+        return {name: rng.standard_normal((B, H, T, I)).astype(dtype)
+                for name in ("q", "k", "v", "d_out")}
     GH = reference._common.GATES[case.variant.cell] * H
     bound = 1 / np.sqrt(H)
     arrays = {
@@ -296,6 +350,8 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
     """
     variant = case.variant
     cell, options = variant.cell, dict(variant.options)
+    if cell == "attention":
+        return _attention_pass(module, inputs, pass_name, options)
     states = [inputs[name] for name in variant.states]
     out_grads = {name: inputs[name] for name in ("dy", *("d" + n for n in variant.finals))}
     x, w_ih, w_hh = inputs["x"], inputs["weight_ih"], inputs["weight_hh"]
@@ -312,6 +368,22 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
                                            **options)
             outputs.update({"dx": dx, **{"d" + n: d for n, d in zip(variant.states, dstates)}})
             outputs.update({"d" + n: grads[n] for n in _PARAMS})
+        return outputs
+
+    return run
+
+
+def _attention_pass(module: ModuleType, inputs: Outputs, pass_name: str,
+                    options: dict) -> Callable[[], Outputs]:
+    """`numpy_pass` of attention: ``attention_forward`` (and ``attention_backward``)."""
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+
+    def run() -> Outputs:
+        out, lse = module.attention_forward(q, k, v, **options)
+        outputs = {"out": out}
+        if pass_name == "forward+backward":
+            dq, dk, dv = module.attention_backward(q, k, v, out, lse, inputs["d_out"], **options)
+            outputs.update({"dq": dq, "dk": dk, "dv": dv})
         return outputs
 
     return run
@@ -352,6 +424,8 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
         Takes no arguments, runs the pass, returns its `Outputs`.
     """
     variant = case.variant
+    if variant.cell == "attention":
+        return _torch_attention_pass(torch, inputs, pass_name, bool(variant.options["is_causal"]))
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[variant.cell]
     kwargs = {"nonlinearity": variant.options["nonlinearity"]} if variant.cell == "rnn" else {}
     module = cls(case.I, case.H, **kwargs).to(torch.from_numpy(inputs["x"]).dtype)
@@ -385,6 +459,27 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
             outputs.update({"d" + n: s.grad[0].numpy() for n, s in zip(variant.states, states)})
             outputs.update({"d" + n: p.grad.numpy() for n, p in zip(_PARAMS, params)})
         return outputs
+
+    return run
+
+
+def _torch_attention_pass(torch: ModuleType, inputs: Outputs, pass_name: str,
+                          causal: bool) -> Callable[[], Outputs]:
+    """`torch_pass` of attention: ``torch.nn.functional.scaled_dot_product_attention`` on
+    ``torch.from_numpy`` views, the gradients by ``out.backward(d_out)``."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def run() -> Outputs:
+        q, k, v = (torch.from_numpy(inputs[name]) for name in ("q", "k", "v"))
+        if pass_name != "forward+backward":
+            with torch.no_grad():
+                return {"out": sdpa(q, k, v, is_causal=causal).numpy()}
+        for tensor in (q, k, v):
+            tensor.requires_grad_(True)
+        out = sdpa(q, k, v, is_causal=causal)
+        out.backward(torch.from_numpy(inputs["d_out"]))
+        return {"out": out.detach().numpy(), "dq": q.grad.numpy(), "dk": k.grad.numpy(),
+                "dv": v.grad.numpy()}
 
     return run
 
@@ -665,8 +760,7 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
         row = Row(
             case=case.variant.name, cell=case.variant.cell, B=case.B, T=case.T, I=case.I, H=case.H,
             pass_name=pass_name, dtype=np.dtype(dtype).name, flops=case.flops(pass_name),
-            workspace_bytes=(functional.workspace_size(case.variant.cell, case.T, case.B, case.H)
-                             * np.dtype(dtype).itemsize) if training else None,
+            workspace_bytes=case.workspace_bytes(dtype) if training else None,
         )
         truth = truth_pass(pass_name)
         if truth not in expected:
@@ -771,8 +865,11 @@ class Report:
             (f"# float32 GEMM ceiling: {self.gemm_ceiling_gflops:.1f} GFLOP/s (numpy, "
              f"{GEMM_SIZE}^3, best of 5); reference: {self.reference_threads}; "
              f"PyTorch: {self.torch}"),
-            ("# GFLOP/s counts GEMM work only (fusedrnn.bench.flops); x ref, x torch = fused "
-             "speed-up (their ms / fused ms); workspace = bytes a training forward keeps"),
+            ("# GFLOP/s counts GEMM work only (fusedrnn.bench.flops, attention_flops); x ref, "
+             "x torch = fused speed-up (their ms / fused ms); workspace = bytes a training "
+             "forward keeps"),
+            ("# attention rows: self-attention with q, k, v (B, H, T, I): T = L queries and "
+             "keys, I = E head size, H heads"),
         ]
         if self.note:
             lines.append(f"# note: {self.note}")
