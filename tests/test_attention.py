@@ -284,3 +284,19 @@ def test_additive_fused_equals_reference(size, masked, dtype, threads):
     if masked:
         assert np.all(results["fused"]["context"][0] == 0)
         assert np.all(results["fused"]["d_keys"][0] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_additive_every_isa(dtype, isa):
+    x = additive_inputs(2, 4, 19, 5, 6, 3, 37, dtype=dtype)  # 37 hidden units: a partial vector
+    mask = np.ones((2, 19), bool)
+    mask[1, 5:] = False
+    d_context = np.random.default_rng(4).standard_normal((2, 4, 3)).astype(dtype)
+    results = []
+    for impl in (functional, reference):
+        context, weights, qp, kp = impl.additive_attention_forward(**x, key_mask=mask)
+        grads = impl.additive_attention_backward(**x, weights=weights, qp=qp, kp=kp,
+                                                 d_context=d_context, key_mask=mask)
+        results.append([context, weights, *grads[:3], *grads[3].values()])
+    for a, b in zip(*results):
+        assert_close(a, b, dtype, isa)
