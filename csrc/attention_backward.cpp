@@ -49,7 +49,10 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
   const T scale = static_cast<T>(opt.scale);
   const auto& kern = attention_kernels<T>();
   std::atomic<int64_t> next{0};
-  run_team(std::max(1, s.threads), [&](int member, int members) {
+  const double work = static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * (opt.causal ? 0.5 : 1.0);
+  // one thread for small calls; units < threads still uses the team for the passes over rows
+  run_team(attention_team_size(s.threads, std::max<int64_t>(units, s.threads), work),
+           [&](int member, int members) {
     // 1. delta = rowsum(d_out * out); zero the gradients
     {
       const int64_t r0 = share_begin(rows_total, member, members);
@@ -166,8 +169,8 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
   T* member_base = dqp + round_block(rows * A);
   const int64_t member_size = round_block(B * S * A) + round_block(A);
   const auto backward_row = attention_kernels<T>().additive_backward;
-  const int team = static_cast<int>(std::min<int64_t>(std::max(1, threads), std::max<int64_t>(rows, 1)));
-  run_team(team, [&](int member, int members) {
+  const double work = static_cast<double>(rows) * S * (6 * A + 2 * Dv);
+  run_team(attention_team_size(threads, rows, work), [&](int member, int members) {
     // forward: context = p values  ->  d_values = p^T d_context, dP = d_context values^T
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
       gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv, Dv,

@@ -25,6 +25,11 @@ int64_t forward_member_size(const AttentionTiles& t) {
 }
 }  // namespace
 
+std::atomic<int64_t>& attention_min_team_work() {
+  static std::atomic<int64_t> work{1 << 22};
+  return work;
+}
+
 void set_attention_tiles(int64_t block_q, int64_t block_k) {
   g_forced_block_q.store(block_q, std::memory_order_relaxed);
   g_forced_block_k.store(block_k, std::memory_order_relaxed);
@@ -72,8 +77,9 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
   const T inf = std::numeric_limits<T>::infinity();
   const auto tile_kernel = attention_kernels<T>().forward_tile;
   std::atomic<int64_t> next{0};
-  const int threads = static_cast<int>(std::min<int64_t>(std::max(1, s.threads), units));
-  run_team(threads, [&](int member, int) {
+  // the multiply-adds of q k^T and p v (a causal mask halves them; the estimate need not be exact)
+  const double work = static_cast<double>(heads) * L * S * (E + Ev) * (opt.causal ? 0.5 : 1.0);
+  run_team(attention_team_size(s.threads, units, work), [&](int member, int) {
     T* sbuf = scratch + member * forward_member_size(tiles);
     T* m = sbuf + round_block(BQ * BK);
     T* l = m + round_block(BQ);
@@ -144,8 +150,9 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* q
   gemm<T>(false, true, B * S, A, Dk, T(1), keys, Dk, w_k, Dk, T(0), kp, A);
   const auto scores = attention_kernels<T>().additive_scores;
   const int64_t rows = B * T_;
-  run_team(static_cast<int>(std::min<int64_t>(std::max(1, threads), std::max<int64_t>(rows, 1))),
-           [&](int member, int members) {
+  // a tanh and a multiply-add per (query, key, hidden unit), plus context = p values
+  const double work = static_cast<double>(rows) * S * (4 * A + Dv);
+  run_team(attention_team_size(threads, rows, work), [&](int member, int members) {
     const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T_;

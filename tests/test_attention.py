@@ -90,9 +90,12 @@ def tiles(request):
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
 def threads(request):
+    """One thread, or a team of two even on these tiny sizes (which would run on one thread)."""
     before = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(request.param)
+    _core._set_attention_team_threshold(0)
     yield request.param
+    _core._set_attention_team_threshold(1 << 22)
     fusedrnn.set_num_threads(before)
 
 
@@ -131,6 +134,21 @@ def test_every_isa(case, dtype, isa):
     finally:
         _core._set_attention_tiles(0, 0)
     assert_runs_close(fused, ref, dtype, f"{case} on {isa}")
+
+
+def test_small_calls_run_on_one_thread_and_agree():
+    """Below the work threshold a call skips the team; the results are the team's."""
+    q, k, v, d_out = make_qkv((2,), 2, 2, 9, 11, 4, 3, seed=8)
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        alone = run("fused", q, k, v, d_out, is_causal=True)
+        _core._set_attention_team_threshold(0)
+        team = run("fused", q, k, v, d_out, is_causal=True)
+    finally:
+        _core._set_attention_team_threshold(1 << 22)
+        fusedrnn.set_num_threads(before)
+    assert_runs_close(alone, team, np.float64)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -266,3 +284,19 @@ def test_additive_fused_equals_reference(size, masked, dtype, threads):
     if masked:
         assert np.all(results["fused"]["context"][0] == 0)
         assert np.all(results["fused"]["d_keys"][0] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_additive_every_isa(dtype, isa):
+    x = additive_inputs(2, 4, 19, 5, 6, 3, 37, dtype=dtype)  # 37 hidden units: a partial vector
+    mask = np.ones((2, 19), bool)
+    mask[1, 5:] = False
+    d_context = np.random.default_rng(4).standard_normal((2, 4, 3)).astype(dtype)
+    results = []
+    for impl in (functional, reference):
+        context, weights, qp, kp = impl.additive_attention_forward(**x, key_mask=mask)
+        grads = impl.additive_attention_backward(**x, weights=weights, qp=qp, kp=kp,
+                                                 d_context=d_context, key_mask=mask)
+        results.append([context, weights, *grads[:3], *grads[3].values()])
+    for a, b in zip(*results):
+        assert_close(a, b, dtype, isa)

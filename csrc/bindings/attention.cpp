@@ -6,6 +6,7 @@
 
 #include "attention.h"
 #include "bindings/checks.h"
+#include "common/attention_layout.h"
 #include "common/blas.h"
 #include "common/threading.h"
 
@@ -284,6 +285,14 @@ void bind_attention(py::module_& m) {
         set_attention_tiles(block_q, block_k);
       },
       "block_q"_a, "block_k"_a, "Testing knob: force the attention tile sizes (0, 0: the tuned ones).");
+  m.def(
+      "_set_attention_team_threshold",
+      [](int64_t work) {
+        if (work < 0) throw py::value_error("work must be >= 0");
+        attention_min_team_work().store(work);
+      },
+      "work"_a,
+      "Testing knob: the multiply-adds from which an attention call uses a team (default 2**22).");
   m.def(
       "_attention_tiles",
       [](bool causal) {

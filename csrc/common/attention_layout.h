@@ -2,6 +2,7 @@
 // address of a mask tile, the dropout keys of a tile's rows (csrc/attention.h is the contract).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "attention.h"
@@ -12,6 +13,19 @@ namespace fusedrnn {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Scratch blocks start on 64-byte boundaries relative to the scratch base (16 floats / 8 doubles).
 inline int64_t round_block(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Below this many multiply-adds a call runs on one thread: starting a team and waking its
+// members costs more than a second thread saves, and on few cores idle members of one pool spin
+// while another library's pool wants the cores (tiny decoding steps were 100x slower). Tests set
+// it to 0 to run the team on tiny sizes.
+std::atomic<int64_t>& attention_min_team_work();
+
+// Threads for a call of `work` multiply-adds split into `units` work items.
+inline int attention_team_size(int threads, int64_t units, double work) {
+  if (work < static_cast<double>(attention_min_team_work().load(std::memory_order_relaxed)))
+    return 1;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), units)));
+}
 
 // Backward splits the keys of each (batch item, kv head) into this many chunks when there are
 // too few (batch item, kv head) pairs to keep every thread busy; chunk c > 0 sums its part of
