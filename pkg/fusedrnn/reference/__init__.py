@@ -3,10 +3,12 @@
 Readable before fast: a Python loop over time steps, one NumPy expression per line of math.
 Every fused kernel is tested against these functions, and the workspaces are interchangeable.
 ``stack_forward`` / ``stack_backward`` run layer stacks (layers, directions, lengths, LSTM
-projections, dropout masks) with a Python loop over the one-layer cells.
+projections, dropout masks) with a Python loop over the one-layer cells. ``cross_entropy`` is the
+twin of the fused softmax cross-entropy (loss and gradient of the logits).
 """
 
 from ._common import workspace_size
+from .cross_entropy import cross_entropy
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -14,6 +16,7 @@ from .stack import StackSaved, stack_backward, stack_forward
 
 __all__ = [
     "StackSaved",
+    "cross_entropy",
     "gru_backward",
     "gru_forward",
     "lstm_backward",
