@@ -384,3 +384,36 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
     return dx, dh0, dc0, grads
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean",
+                  grad: bool = True):
+    """Fused softmax cross-entropy: the loss and the gradient of the logits in one pass per row.
+
+    Same signature and results as `fusedrnn.reference.cross_entropy` (csrc/cross_entropy.h).
+    Stable for logits of any magnitude (the row maximum is subtracted before exp); rows run in
+    parallel when there are many logits.
+
+    Parameters
+    ----------
+    logits : (N, num_classes), float32 or float64
+    targets : (N,), any integer dtype
+        A class in ``[0, num_classes)``, or ``ignore_index`` for a row that does not count.
+    ignore_index : int, default -100
+    reduction : 'mean' (default) or 'sum'
+        'mean' divides by the number of rows not ignored; with none, the loss is NaN (0/0) and
+        the gradient zero, as in PyTorch.
+    grad : bool, default True
+        Also compute the gradient; False computes the loss only.
+
+    Returns
+    -------
+    loss : numpy scalar of the logits' dtype
+    dlogits : (N, num_classes), or None when ``grad=False``
+        ``scale * (softmax(logits) - onehot(targets))``, scale 1 (sum) or 1/count (mean); zero
+        rows where the target is ignored.
+    """
+    from .reference.cross_entropy import check_ignore_index
+
+    return _core.cross_entropy(logits, targets, check_ignore_index(ignore_index), reduction,
+                               bool(grad))
