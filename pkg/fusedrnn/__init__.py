@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from . import functional, reference  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
+from .nn import Embedding, Linear  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
-           "__version__"]
+           "__version__", "Embedding", "Linear"]
