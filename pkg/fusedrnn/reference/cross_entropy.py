@@ -37,7 +37,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
     """
     logits, targets, ignore_index, mean = check_cross_entropy_args(logits, targets, ignore_index,
                                                                    reduction)
-    N, V = logits.shape
+    N = logits.shape[0]
     valid = targets != ignore_index
     classes = np.where(valid, targets, 0)  # any class in range, so ignored rows can be indexed
     rows = np.arange(N)
