@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import functional, optim, reference  # noqa: E402
+from . import functional, optim, reference, sampling  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from .losses import CrossEntropyLoss  # noqa: E402
 from .nn import Embedding, Linear  # noqa: E402
@@ -10,4 +10,4 @@ from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
            "__version__", "Embedding", "Linear", "CrossEntropyLoss", "optim", "SGD",
-           "Adam", "clip_grad_norm_", "clip_grad_value_"]
+           "Adam", "clip_grad_norm_", "clip_grad_value_", "sampling"]
