@@ -54,9 +54,13 @@ if os.environ.get("FUSEDRNN_NATIVE") == "1":
 if os.environ.get("FUSEDRNN_SANITIZE") == "1":
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
 
+# Headers and included kernel texts: without them, editing a .h or .inc leaves the build "up to date".
+depends = sorted(glob("csrc/**/*.h", recursive=True) + glob("csrc/**/*.inc", recursive=True))
+
 core = Pybind11Extension(
     "fusedrnn._core",
     sources,
+    depends=depends,
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=compile_args,
