@@ -141,7 +141,7 @@ void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratc
     const int64_t in_size = s.layer_input(l);
     const T* in = l == 0 ? x : here.layer_input;
     T* d_in = l == 0 ? dx : b.d_input;  // dL/d(input of layer l), summed over directions
-    for (int64_t d = 0; d < D; ++d) {
+    for_each_direction(s, [&](int64_t d) {
       const int64_t k = l * D + d;
       const bool reverse = d == 1;
       copy_processing_order<false>(b.dy[d], R, b.d_output + d * R, width, R, lengths, s.steps, B,
@@ -157,7 +157,7 @@ void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratc
                     lstm && dc_n ? dc_n + k * B * H : nullptr, x_d, h0 + k * B * R,
                     lstm ? c0 + k * B * H : nullptr, weights[k], here.output[d],
                     here.workspace[d], batch_sizes);
-    }
+    });
     // Both directions read the same input: their gradients add up.
     copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, lengths, s.steps, B,
                                  false);

@@ -59,7 +59,7 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
     T* out = l == s.layers - 1 ? y
              : training        ? saved_layout(saved, s, l + 1).layer_input
                                : f.between_layers[l % 2];
-    for (int64_t d = 0; d < D; ++d) {
+    for_each_direction(s, [&](int64_t d) {
       const int64_t k = l * D + d;
       const bool reverse = d == 1;
       const T* x_d = in;
@@ -73,7 +73,7 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
                    training ? here.workspace[d] : nullptr, f.cell[d], x_d, h0 + k * B * R,
                    lstm ? c0 + k * B * H : nullptr, weights[k], batch_sizes);
       copy_processing_order<false>(out + d * R, width, y_d, R, R, lengths, s.steps, B, reverse);
-    }
+    });
     if (dropout_masks && l < s.layers - 1) {
       const T* mask = dropout_masks + l * TB * width;
       for (int64_t i = 0; i < TB * width; ++i) out[i] *= mask[i];

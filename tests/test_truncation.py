@@ -1,18 +1,20 @@
-"""Truncated backpropagation through time, TBPTT(k1, k2), against brute force: for every chunk,
-re-run the forward over its span from the true states at the span's start (constants), backpropagate
-the chunk's output gradients through that window alone, and sum over chunks."""
+"""Truncated backpropagation through time, TBPTT(k1, k2): the fused kernels against the reference,
+which computes it by its definition (fusedrnn/reference/truncation.py: for every chunk, re-run the
+forward over its span from the states entering it, backpropagate the chunk's output gradients
+through that window alone, add up)."""
 
 from __future__ import annotations
 
+import fusedrnn
 import numpy as np
 import pytest
 from cells import assert_close
-from fusedrnn import functional
+from fusedrnn import functional, reference
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def make_stack(mode, T, B, I, H, layers, seed=0, proj=0):
+def make_stack(mode, T, B, I, H, layers, seed=0, proj=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     params = {}
     R = proj or H
@@ -27,66 +29,9 @@ def make_stack(mode, T, B, I, H, layers, seed=0, proj=0):
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((layers, B, R))
     hx = (h0, rng.standard_normal((layers, B, H))) if mode == "lstm" else h0
-    return params, x, hx
-
-
-def layer_params(params, layer):
-    return {k.replace(f"_l{layer}", "_l0"): v for k, v in params.items() if f"_l{layer}" in k}
-
-
-def states_before(mode, params, x, hx, layers, lengths, begin, masks, proj):
-    """Each layer's state entering step `begin` (rows that ended earlier: their last state)."""
-    if begin == 0:
-        return hx
-    h, c = [], []
-    layer_in = x[:begin]
-    short = None if lengths is None else np.minimum(lengths, begin)
-    for layer in range(layers):
-        state = (hx[0][layer:layer + 1], hx[1][layer:layer + 1]) if mode == "lstm" \
-            else hx[layer:layer + 1]
-        y, h_n, c_n, _ = functional.stack_forward(mode, layer_in, state, layer_params(params, layer),
-                                                  1, lengths=short, training=False, proj_size=proj)
-        h.append(h_n[0])
-        if mode == "lstm":
-            c.append(c_n[0])
-        layer_in = y * masks[layer][:begin] if masks is not None and layer < layers - 1 else y
-    return (np.stack(h), np.stack(c)) if mode == "lstm" else np.stack(h)
-
-
-def brute_force(mode, params, x, hx, layers, lengths, masks, dy, dh_n, dc_n, k1, k2, proj):
-    T, B = x.shape[:2]
-    lengths_all = np.full(B, T) if lengths is None else np.asarray(lengths)
-    dx = np.zeros_like(x)
-    dh0 = np.zeros_like(hx[0] if mode == "lstm" else hx)
-    dc0 = np.zeros_like(hx[1]) if mode == "lstm" else None
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    for chunk_begin in range(0, T, k1):
-        end = min(chunk_begin + k1, T)
-        begin = max(0, chunk_begin - (k2 - k1))
-        rows = np.flatnonzero(lengths_all > begin)  # rows with steps in the span
-        start = states_before(mode, params, x, hx, layers, lengths, begin, masks, proj)
-        hx_w = (start[0][:, rows], start[1][:, rows]) if mode == "lstm" else start[:, rows]
-        len_w = np.minimum(lengths_all[rows], end) - begin
-        x_w = x[begin:end, rows]
-        masks_w = None if masks is None else [m[begin:end][:, rows] for m in masks]
-        y_w, _, _, saved = functional.stack_forward(mode, x_w, hx_w, params, layers,
-                                                    lengths=len_w, dropout_masks=masks_w,
-                                                    proj_size=proj)
-        dy_w = dy[begin:end, rows].copy()
-        dy_w[: chunk_begin - begin] = 0  # look-back steps carry no output gradient
-        last = lengths_all[rows] - 1
-        ends_here = ((last >= chunk_begin) & (last < end))[None, :, None]
-        dh_w = dh_n[:, rows] * ends_here
-        dc_w = dc_n[:, rows] * ends_here if mode == "lstm" else None
-        dx_w, dh0_w, dc0_w, grads = functional.stack_backward(
-            mode, x_w, hx_w, params, layers, y_w, saved, dy_w, dh_w, dc_w,
-            lengths=len_w, dropout_masks=masks_w, grads=grads, proj_size=proj)
-        dx[begin:end, rows] += dx_w
-        if begin == 0:
-            dh0[:, rows] += dh0_w
-            if mode == "lstm":
-                dc0[:, rows] += dc0_w
-    return dx, dh0, dc0, grads
+    cast = lambda a: a.astype(dtype)  # noqa: E731
+    hx = tuple(map(cast, hx)) if mode == "lstm" else cast(hx)
+    return {k: cast(v) for k, v in params.items()}, cast(x), hx
 
 
 CASES = [  # (mode, T, layers, k1, k2, lengths, proj)
@@ -100,37 +45,42 @@ CASES = [  # (mode, T, layers, k1, k2, lengths, proj)
 ]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("mode, T, layers, k1, k2, lengths, proj", CASES)
 @pytest.mark.parametrize("with_dropout", [False, True])
-def test_truncated_backward_equals_brute_force(mode, T, layers, k1, k2, lengths, proj, with_dropout):
+def test_truncated_backward_fused_equals_reference(mode, T, layers, k1, k2, lengths, proj,
+                                                   with_dropout, dtype, threading_mode):
     B = 3 if lengths is None else len(lengths)
-    params, x, hx = make_stack(mode, T, B, 4, 5, layers, proj=proj)
+    params, x, hx = make_stack(mode, T, B, 4, 5, layers, proj=proj, dtype=dtype)
     rng = np.random.default_rng(7)
     R = proj or 5
-    masks = [rng.choice([0.0, 2.0], (T, B, R)) for _ in range(layers - 1)] if with_dropout else None
+    masks = [rng.choice([0.0, 2.0], (T, B, R)).astype(dtype) for _ in range(layers - 1)] \
+        if with_dropout else None
     lengths = None if lengths is None else np.array(lengths)
-    y, h_n, c_n, saved = functional.stack_forward(mode, x, hx, params, layers, lengths=lengths,
-                                                  dropout_masks=masks, proj_size=proj)
-    dy = rng.standard_normal(y.shape)
-    dh_n = rng.standard_normal(h_n.shape)
-    dc_n = rng.standard_normal(c_n.shape) if mode == "lstm" else None
-    got = functional.stack_backward(mode, x, hx, params, layers, y, saved, dy, dh_n, dc_n,
-                                    lengths=lengths, dropout_masks=masks, truncate=k2,
-                                    truncate_stride=k1, proj_size=proj)
-    want = brute_force(mode, params, x, hx, layers, lengths, masks, dy, dh_n, dc_n, k1, k2, proj)
+    kw = dict(lengths=lengths, dropout_masks=masks, proj_size=proj)
+    results = {}
+    for name, backend in (("fused", functional), ("reference", reference)):
+        y, h_n, c_n, saved = backend.stack_forward(mode, x, hx, params, layers, **kw)
+        dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+        dh_n = np.random.default_rng(2).standard_normal(h_n.shape).astype(dtype)
+        dc_n = None if c_n is None else np.random.default_rng(3).standard_normal(c_n.shape).astype(dtype)
+        results[name] = backend.stack_backward(mode, x, hx, params, layers, y, saved, dy, dh_n,
+                                               dc_n, truncate=k2, truncate_stride=k1, **kw)
+    got, want = results["fused"], results["reference"]
     for name, a, b in zip(("dx", "dh0", "dc0"), got[:3], want[:3]):
         if b is not None:
-            assert_close(a, b, np.float64, name)
+            assert_close(a, b, dtype, name)
     for key in params:
-        assert_close(got[3][key], want[3][key], np.float64, key)
+        assert_close(got[3][key], want[3][key], dtype, key)
 
 
-def test_truncation_covering_the_sequence_is_full_bptt():
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+def test_truncation_covering_the_sequence_is_full_bptt(backend):
     params, x, hx = make_stack("lstm", 6, 2, 3, 4, 2)
-    y, h_n, c_n, saved = functional.stack_forward("lstm", x, hx, params, 2)
+    y, h_n, c_n, saved = backend.stack_forward("lstm", x, hx, params, 2)
     dy = np.ones_like(y)
-    full = functional.stack_backward("lstm", x, hx, params, 2, y, saved, dy)
-    cut = functional.stack_backward("lstm", x, hx, params, 2, y, saved, dy, truncate=6)
+    full = backend.stack_backward("lstm", x, hx, params, 2, y, saved, dy)
+    cut = backend.stack_backward("lstm", x, hx, params, 2, y, saved, dy, truncate=6)
     for a, b in zip(full[:3], cut[:3]):
         assert_close(b, a, np.float64)
     for key in params:
@@ -148,6 +98,7 @@ def test_truncation_changes_the_gradient():
     assert np.abs(full[1] - cut[1]).max() > 1e-6  # dh0: only the first chunk's span reaches it
 
 
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
 @pytest.mark.parametrize(
     "kwargs, error, pattern",
     [
@@ -158,14 +109,48 @@ def test_truncation_changes_the_gradient():
         ({"truncate": 2, "bidirectional": True}, ValueError, "unidirectional"),
     ],
 )
-def test_bad_truncation_arguments(kwargs, error, pattern):
+def test_bad_truncation_arguments(kwargs, error, pattern, backend):
+    kwargs = dict(kwargs)  # parametrize shares the dict between runs
     bidirectional = kwargs.pop("bidirectional", False)
     params, x, hx = make_stack("rnn", 5, 2, 3, 4, 1)
     if bidirectional:
         rng = np.random.default_rng(1)
         params.update({k + "_reverse": rng.standard_normal(v.shape) for k, v in list(params.items())})
         hx = np.concatenate([hx, hx])
-    y, h_n, _, saved = functional.stack_forward("rnn", x, hx, params, 1, bidirectional=bidirectional)
+    y, h_n, _, saved = backend.stack_forward("rnn", x, hx, params, 1, bidirectional=bidirectional)
     with pytest.raises(error, match=pattern):
-        functional.stack_backward("rnn", x, hx, params, 1, y, saved, bidirectional=bidirectional,
-                                  **kwargs)
+        backend.stack_backward("rnn", x, hx, params, 1, y, saved, bidirectional=bidirectional,
+                               **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("cls, kwargs", [(fusedrnn.LSTM, {"proj_size": 3}), (fusedrnn.GRU, {}),
+                                         (fusedrnn.RNN, {"nonlinearity": "relu"})])
+def test_streaming_chunks_equal_truncate_on_the_whole_sequence(cls, kwargs, backend):
+    """The documented way for sequences longer than memory: forward a chunk, carrying the state,
+    backward it at once (its final-state gradient only for the last chunk): TBPTT(k, k)."""
+    T, B, I, k = 11, 3, 4, 4
+    layer = cls(I, 6, num_layers=2, dtype=np.float64, seed=1, backend=backend, **kwargs)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I))
+    out, hx = layer(x)
+    d_out = rng.standard_normal(out.shape)
+    d_hx = tuple(rng.standard_normal(h.shape) for h in hx) if isinstance(hx, tuple) \
+        else rng.standard_normal(hx.shape)
+    dx_whole, dhx_whole = layer.backward(d_out, d_hx, truncate=k)
+    grads_whole = {name: g.copy() for name, g in layer.grads.items()}
+
+    layer.zero_grad()
+    state, dx_chunks, dhx_first = None, [], None
+    for start in range(0, T, k):
+        out_chunk, state = layer(x[start:start + k], state)
+        last = start + k >= T
+        dx_chunk, dhx_chunk = layer.backward(d_out[start:start + k], d_hx if last else None)
+        dx_chunks.append(dx_chunk)
+        dhx_first = dhx_chunk if dhx_first is None else dhx_first
+    assert_close(np.concatenate(dx_chunks), dx_whole, np.float64, "dx")
+    as_tuple = lambda h: h if isinstance(h, tuple) else (h,)  # noqa: E731
+    for a, b in zip(as_tuple(dhx_first), as_tuple(dhx_whole)):
+        assert_close(a, b, np.float64, "dhx")
+    for name in grads_whole:
+        assert_close(layer.grads[name], grads_whole[name], np.float64, name)

@@ -19,10 +19,12 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedrnn's compiled kernels; use the wrappers in fusedrnn.functional.";
   m.def(
       "set_blas",
-      [](std::uintptr_t sgemm, std::uintptr_t dgemm) {
-        set_blas_gemm(reinterpret_cast<sgemm_fn>(sgemm), reinterpret_cast<dgemm_fn>(dgemm));
+      [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t sgemv, std::uintptr_t dgemv) {
+        set_blas_gemm(reinterpret_cast<sgemm_fn>(sgemm), reinterpret_cast<dgemm_fn>(dgemm),
+                      reinterpret_cast<sgemv_fn>(sgemv), reinterpret_cast<dgemv_fn>(dgemv));
       },
-      "sgemm"_a, "dgemm"_a, "Hand the kernels the addresses of SciPy's sgemm and dgemm.");
+      "sgemm"_a, "dgemm"_a, "sgemv"_a, "dgemv"_a,
+      "Hand the kernels the addresses of SciPy's sgemm, dgemm, sgemv and dgemv.");
   m.def(
       "set_blas_threads_local",
       [](std::uintptr_t fn) { set_blas_threads_local(reinterpret_cast<blas_threads_local_fn>(fn)); },

@@ -22,12 +22,6 @@ CellKind cell_of(const std::string& mode) {
   throw py::value_error("mode must be 'lstm', 'gru' or 'rnn', got '" + mode + "'");
 }
 
-RnnActivation activation_named(const std::string& nonlinearity) {
-  if (nonlinearity == "tanh") return RnnActivation::tanh;
-  if (nonlinearity == "relu") return RnnActivation::relu;
-  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
-}
-
 // Everything one stack call needs besides the arrays it returns.
 struct StackCall {
   StackShape shape;
@@ -42,7 +36,7 @@ struct StackCall {
             const std::string& nonlinearity)
       : checker(x_, "x") {
     shape.cell = cell_of(mode);
-    shape.act = activation_named(nonlinearity);
+    shape.act = parse_nonlinearity(nonlinearity);
     shape.reset_after = reset_after;
     if (num_layers < 1) throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
     if (hidden < 1) throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));

@@ -16,7 +16,14 @@ using dgemm_fn = void (*)(const char* transa, const char* transb, const int* m, 
                           const double* b, const int* ldb, const double* beta, double* c,
                           const int* ldc);
 
-void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm);
+using sgemv_fn = void (*)(const char* trans, const int* m, const int* n, const float* alpha,
+                          const float* a, const int* lda, const float* x, const int* incx,
+                          const float* beta, float* y, const int* incy);
+using dgemv_fn = void (*)(const char* trans, const int* m, const int* n, const double* alpha,
+                          const double* a, const int* lda, const double* x, const int* incx,
+                          const double* beta, double* y, const int* incy);
+
+void set_blas_gemm(sgemm_fn sgemm, dgemm_fn dgemm, sgemv_fn sgemv, dgemv_fn dgemv);
 bool blas_ready();
 
 // OpenBLAS's openblas_set_num_threads_local (0.3.27+): the thread count of BLAS calls made from
@@ -42,7 +49,8 @@ class SingleThreadedBlas {
 constexpr int64_t kMaxBlasDim = 2147483647;
 
 // Row-major C[M,N] = alpha * op(A) @ op(B) + beta * C, where op(A) is [M,K] (A^T if trans_a) and
-// op(B) is [K,N] (B^T if trans_b); lda/ldb/ldc are row strides in elements.
+// op(B) is [K,N] (B^T if trans_b); lda/ldb/ldc are row strides in elements. A single row or
+// column goes to GEMV, which BLAS does much faster than a GEMM of that shape (one batch row).
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);

@@ -7,6 +7,7 @@
 #include "gru.h"
 #include "lstm.h"
 #include "rnn.h"
+#include "common/threading.h"
 #include "stack.h"
 
 namespace fusedrnn {
@@ -78,6 +79,15 @@ SavedLayout<T> saved_layout(T* saved, const StackShape& s, int64_t layer, int64_
 }  // namespace fusedrnn
 
 namespace fusedrnn {
+
+// Runs body(d) for the directions d of a layer: on two threads when there are two directions
+// and two threads (each direction then runs single-threaded, with no barrier between them).
+template <typename Body>
+void for_each_direction(const StackShape& s, Body&& body) {
+  run_team(s.directions == 2 ? std::min(2, get_num_threads()) : 1, [&](int member, int members) {
+    for (int64_t d = member; d < s.directions; d += members) body(d);
+  });
+}
 
 // One layer, one direction of any cell: the single-layer kernels through one call.
 template <typename T>

@@ -28,6 +28,11 @@ int get_num_threads() {
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
+bool& inside_team() {
+  thread_local bool inside = false;
+  return inside;
+}
+
 TeamThresholds& team_thresholds() {
   static TeamThresholds limits;
   return limits;

@@ -14,17 +14,22 @@ int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 bool have_openmp();
 
+// True on the members of a running team: work they start runs on them alone (no nested teams).
+bool& inside_team();
+
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
 // that member alone (SingleThreadedBlas), so the team owns the cores. body may call team_barrier()
-// (all members must reach it equally often). One thread: body(0, 1), BLAS free to use its pool.
+// (all members must reach it equally often). One thread, or called from a team: body(0, 1).
 template <typename Body>
 void run_team(int threads, Body&& body) {
 #ifdef FUSEDRNN_OPENMP
-  if (threads > 1) {
+  if (threads > 1 && !inside_team()) {
 #pragma omp parallel num_threads(threads)
     {
       SingleThreadedBlas single;
+      inside_team() = true;
       body(omp_get_thread_num(), omp_get_num_threads());
+      inside_team() = false;
     }
     return;
   }
@@ -55,6 +60,7 @@ TeamThresholds& team_thresholds();
 // Threads for a time loop over `hidden` units whose recurrent GEMM does `step_work`
 // multiply-adds per step.
 inline int recurrent_team_size(int64_t hidden, int64_t step_work) {
+  if (inside_team()) return 1;
   const TeamThresholds& limits = team_thresholds();
   const int64_t threads = std::min<int64_t>(get_num_threads(), hidden / limits.min_units_per_member);
   return step_work >= limits.min_step_work && threads > 1 ? static_cast<int>(threads) : 1;

@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from . import _core
+from ._truncation import truncation_steps
 
 _GRAD_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -291,27 +292,6 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout
     return x, h0, c0, weights, masks, packing, packed, hidden
 
 
-def _truncation(truncate, truncate_stride, bidirectional) -> tuple:
-    """(k2, k1) for the kernels, 0 for full BPTT; checks the arguments."""
-    if truncate is None:
-        if truncate_stride is not None:
-            raise ValueError("truncate_stride needs truncate")
-        return 0, 0
-    for name, value in (("truncate", truncate), ("truncate_stride", truncate_stride)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    k2 = int(truncate)
-    k1 = k2 if truncate_stride is None else int(truncate_stride)
-    if k2 < 1 or k1 < 1:
-        raise ValueError(f"truncate and truncate_stride must be >= 1, got {k2} and {k1}")
-    if k2 < k1:
-        raise ValueError(f"truncate (k2 = {k2}) must be >= truncate_stride (k1 = {k1})")
-    if bidirectional:
-        raise ValueError("truncate needs a unidirectional layer: the reverse direction runs "
-                         "from the end of the sequence")
-    return k2, k1
-
-
 def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool = False,
                   lengths=None, dropout_masks=None, training: bool = True,
                   reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0):
@@ -358,7 +338,7 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     (only spans starting at step 0 reach ``hx``). k1 = k2 = k equals cutting the state every k
     steps (PyTorch: ``h = h.detach()``). None: full backpropagation through time.
     """
-    k2, k1 = _truncation(truncate, truncate_stride, bidirectional)
+    k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
         mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
     if grads is None:

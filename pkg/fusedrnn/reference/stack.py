@@ -21,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._truncation import truncation_steps
+from .truncation import truncated_stack_backward
 from ._common import GATES, check_lengths, grad_or_zeros
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
@@ -375,6 +377,8 @@ def stack_backward(
     nonlinearity: str = "tanh",
     proj_size: int = 0,
     grads: dict[str, np.ndarray] | None = None,
+    truncate: int | None = None,
+    truncate_stride: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
@@ -399,6 +403,9 @@ def stack_backward(
     grads : dict, optional
         Keyed like ``params`` (exactly its keys), arrays of the same shapes: accumulated into
         with ``+=``. None makes a fresh zeroed dict with ``params``' keys.
+    truncate, truncate_stride : int, optional
+        TBPTT(k1 = truncate_stride, k2 = truncate), one direction only: see
+        ``fusedrnn.reference.truncation``. None: full backpropagation through time.
 
     Returns
     -------
@@ -427,10 +434,17 @@ def stack_backward(
         _check_array("dc_n", dc_n, c0.shape, x.dtype)
     _check_saved(saved, sizes, out_shape)
     grads = _grads_or_zeros(grads, params)
+    k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
 
     dy = grad_or_zeros(dy, out_shape, x.dtype)
     dh_n = grad_or_zeros(dh_n, h0.shape, x.dtype)
     dc_n = None if c0 is None else grad_or_zeros(dc_n, c0.shape, x.dtype)
+    if k2:
+        return truncated_stack_backward(
+            stack_forward, stack_backward, mode, x, h0, c0, params, num_layers, y, saved, dy,
+            dh_n, dc_n, lengths, dropout_masks,
+            {"reset_after": reset_after, "nonlinearity": nonlinearity, "proj_size": proj_size},
+            grads, k2, k1)
     options = {"lengths": lengths, "reset_after": reset_after, "nonlinearity": nonlinearity}
     dh0 = np.zeros_like(h0)
     dc0 = None if c0 is None else np.zeros_like(c0)

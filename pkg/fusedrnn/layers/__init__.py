@@ -1,0 +1,22 @@
+"""Drop-in counterparts of PyTorch's recurrent modules on numpy arrays.
+
+`LSTM`, `GRU`, `RNN` (whole sequences, several layers, both directions, packed lengths) and
+`LSTMCell`, `GRUCell`, `RNNCell` (one step, with a LIFO tape for custom loops), all built on one
+base class, `Module`, and run by the fused kernels or their NumPy reference.
+"""
+
+from ._base import Module
+from .cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
+from .recurrent import GRU, LSTM, RNN, RecurrentLayer
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "Module",
+    "RNNCell",
+    "RecurrentCell",
+    "RecurrentLayer",
+]

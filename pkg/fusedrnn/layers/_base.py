@@ -1,0 +1,270 @@
+"""What every layer and cell shares: parameters, state dicts, gradients, modes, argument checks.
+
+`Module` is the one base class of `fusedrnn.LSTM` / `GRU` / `RNN` and of the three cells. The
+subclasses say only what differs: which parameters they have (`_parameter_shapes`) and how a
+forward / backward runs. Everything a user of either kind touches the same way is written here,
+once.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+from typing import ClassVar
+
+import numpy as np
+
+from .. import functional, reference
+
+DTypeLike = type | str | np.dtype
+# hx of an LSTM is a pair (h, c); of a GRU or RNN one array.
+State = np.ndarray | tuple
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of hidden_size rows, PyTorch's order
+
+
+def check_size(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; TypeError / ValueError naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size
+
+
+def shape_text(shape: tuple, names: tuple | None = None) -> str:
+    """A shape with ``*`` for any size, and the meaning of each axis when ``names`` are given:
+    ``(2, *, 20) = (L*D, B, H)``."""
+    def spell(items):
+        return f"({', '.join(map(str, items))}{',' if len(items) == 1 else ''})"
+    text = spell(["*" if n is None else n for n in shape])
+    return f"{text} = {spell(names)}" if names else text
+
+
+class Module:
+    """Base of the recurrent layers and cells.
+
+    Holds the parameters (PyTorch's names, shapes and initialisation), their gradients, the
+    training / eval mode, the dtype, the random generator and the backend, and checks every
+    array a user hands in.
+
+    Attributes
+    ----------
+    training : bool
+        True after ``train()`` (the default), False after ``eval()``.
+    grads : dict of str to ndarray
+        The gradient of every parameter, keyed like ``state_dict()``, zeroed at construction and
+        by ``zero_grad()``; every ``backward`` adds (``+=``) into these arrays.
+    dtype : numpy.dtype
+        float32 or float64: of the parameters, and required of every input.
+    """
+
+    _mode: ClassVar[str]  # "lstm", "gru" or "rnn": the kernel family
+    _has_cell_state: ClassVar[bool] = False  # LSTM: hx is (h, c)
+    # (attribute, default) of the constructor arguments ``repr`` shows when not the default
+    _repr_fields: ClassVar[tuple] = ()
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, dtype: DTypeLike,
+                 seed: int | None, backend: str, options: dict | None = None) -> None:
+        self.input_size = check_size(input_size, "input_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
+        self.bias = bool(bias)
+        self.dtype = _check_dtype(dtype)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        self.backend = backend
+        # the kernel options of the family: reset_after (GRU) or nonlinearity (RNN)
+        self._options = dict(options or {})
+        for name, value in self._options.items():
+            setattr(self, name, value)
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    def __call__(self, *args, **kwargs):
+        """Same as `forward`."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = [str(self.input_size), str(self.hidden_size)]
+        for name, default in self._repr_fields + (("bias", True),):
+            value = getattr(self, name, default)  # a field only some subclasses have
+            if value != default:
+                args.append(f"{name}={value!r}")
+        if self.dtype != np.float32:
+            args.append(f"dtype=np.{self.dtype}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    # ------------------------------------------------------------ parameters
+
+    def _parameter_shapes(self) -> dict[str, tuple]:
+        """Every parameter's name and shape, in PyTorch's order. Defined by each subclass."""
+        raise NotImplementedError
+
+    def _reset_parameters(self) -> None:
+        """PyTorch's initialisation: every parameter uniform in +-1/sqrt(hidden_size).
+
+        Drawn in float64 from the module's generator in name order and then cast, so modules of
+        either dtype built with the same seed start from the same values.
+        """
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
+                        for name, shape in self._parameter_shapes().items()}
+        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # ``layer.weight_ih_l0`` as in PyTorch: the live parameter array.
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every parameter, in PyTorch's order.
+
+        These are the live arrays: an optimizer updates them in place, e.g.
+        ``p -= lr * layer.grads[name]``. ``backward`` reads them as they are when it runs.
+        """
+        return iter(self._params.items())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order.
+
+        Copies, unlike PyTorch's references: a saved state dict does not change when the module
+        trains on. Use `named_parameters` for the live arrays.
+        """
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Copy parameters in from any mapping of names to array-likes.
+
+        Every entry must be a real floating-point array-like (numpy arrays, lists, or PyTorch
+        tensors through ``{k: v.detach().numpy() ...}``) of the parameter's shape; it is cast to
+        the module's dtype (the one conversion this module makes on purpose). A missing,
+        unexpected, wrongly shaped or non-float entry is an error naming it, and nothing is
+        loaded then. Loading discards any state a training forward saved for backward.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        expected = self._parameter_shapes()
+        missing = [name for name in expected if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in expected]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        loaded = {}
+        for name, shape in expected.items():
+            loaded[name] = _as_float_array(state_dict[name], f"state_dict[{name!r}]")
+            if loaded[name].shape != shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {loaded[name].shape}, but "
+                                 f"{self!r} expects {shape}; is it from another architecture "
+                                 f"or size?")
+        for name, value in loaded.items():
+            np.copyto(self._params[name], value, casting="same_kind")
+        self._forget_saved()
+
+    def zero_grad(self) -> None:
+        """Set every entry of ``grads`` to zero (in place: the arrays stay the same)."""
+        for value in self.grads.values():
+            value.fill(0)
+
+    # ------------------------------------------------------------ modes
+
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (default): forwards save what backward needs; dropout is on."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Eval mode: forwards save nothing and use no dropout. Same as ``train(False)``."""
+        return self.train(False)
+
+    def _forget_saved(self) -> None:
+        """Drop whatever forwards saved for backward (subclasses hold it their way)."""
+
+    @property
+    def _backend(self) -> ModuleType:
+        return _BACKENDS[self.backend]
+
+    # ------------------------------------------------------------ argument checks
+
+    def _check_array(self, value: object, name: str, shape: tuple,
+                     axes: tuple | None = None) -> np.ndarray:
+        """``value`` if it is a numpy array of the module's dtype and ``shape``, else an error.
+
+        ``shape`` entries may be None (any size); ``axes`` names them for the message. Never
+        casts: a float64 array given to a float32 module is a TypeError.
+        """
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, "
+                            f"got {type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the module's dtype), but has "
+                            f"{value.dtype}; convert it with .astype(np.{self.dtype})")
+        fits = value.ndim == len(shape) and all(
+            want is None or want == got for want, got in zip(shape, value.shape))
+        if not fits:
+            raise ValueError(f"{name} must have shape {shape_text(shape, axes)}, "
+                             f"but has {value.shape}")
+        return value
+
+    def _check_state(self, value: object, name: str, shape_h: tuple, shape_c: tuple,
+                     axes_h: tuple, axes_c: tuple, optional_parts: bool = False) -> tuple:
+        """``(h, c)`` from ``value``: h, or (h, c) for an LSTM; ``(None, None)`` for None.
+
+        ``optional_parts``: either part of an LSTM pair may be None (gradients: zeros).
+        """
+        if value is None:
+            return None, None
+        if not self._has_cell_state:
+            return self._check_array(value, name, shape_h, axes_h), None
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name} of {type(self).__name__} must be a tuple (h, c), "
+                            f"got {type(value).__name__}")
+        h, c = value
+        if not (optional_parts and h is None):
+            h = self._check_array(h, f"{name}[0] (h)", shape_h, axes_h)
+        if not (optional_parts and c is None):
+            c = self._check_array(c, f"{name}[1] (c)", shape_c, axes_c)
+        return h, c
+
+
+def check_nonlinearity(nonlinearity: str) -> str:
+    """``nonlinearity`` of an RNN or RNNCell: 'tanh' or 'relu'."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return nonlinearity
+
+
+def _check_dtype(dtype: DTypeLike) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+    return resolved
+
+
+def _as_float_array(value: object, name: str) -> np.ndarray:
+    """A real floating-point ndarray from an array-like; TypeError naming ``name`` otherwise."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a tensor needing grad
+        raise TypeError(f"{name} cannot be read as an array: {error}") from None
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must hold real floating-point numbers, but has dtype "
+                        f"{array.dtype}")
+    return array

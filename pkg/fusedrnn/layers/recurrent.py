@@ -1,0 +1,409 @@
+"""`LSTM`, `GRU` and `RNN`: drop-in NumPy counterparts of ``torch.nn.LSTM`` / ``GRU`` / ``RNN``.
+
+All three are one class, `RecurrentLayer`, running the layer-stack functions of the chosen backend
+(``fusedrnn.functional.stack_forward`` / ``stack_backward`` or their ``fusedrnn.reference``
+twins, docs/kernels.md "Layer stacks"). The subclasses only name the kernel family and spell
+PyTorch's constructor signature.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._base import GATES, DTypeLike, Module, State, check_nonlinearity, check_size
+
+Output = tuple  # (output, h_n) or, for LSTM, (output, (h_n, c_n))
+
+
+@dataclass(frozen=True)
+class _SavedForward:
+    """What a training-mode forward keeps for backward, all in the stack's time-major layout.
+
+    ``x`` and ``hx`` are the layer's own copies, so the caller may reuse its buffers; ``y`` is
+    read-only (the output handed out is a view of it).
+    """
+
+    x: np.ndarray  # (T, B, input_size)
+    hx: State | None  # h0 or (h0, c0), (L*D, B, ...), or None for zeros
+    y: np.ndarray  # (T, B, D*H_out)
+    saved: object  # the backend's own record
+    lengths: np.ndarray | None  # (B,) int64
+    dropout_masks: list | None  # L-1 arrays (T, B, D*H_out)
+    unbatched: bool
+
+
+class RecurrentLayer(Module):
+    """A stack of recurrent layers over a sequence, one or two directions each.
+
+    The shared implementation of `LSTM`, `GRU` and `RNN`; see those for the arguments.
+
+    Shapes (``L`` = num_layers, ``D`` = 2 if bidirectional else 1, ``H_out`` = proj_size or
+    hidden_size):
+
+    - ``x``: ``(T, B, input_size)``, ``(B, T, input_size)`` with batch_first, or unbatched
+      ``(T, input_size)``;
+    - ``output``: ``(T, B, D*H_out)`` (batch_first: ``(B, T, D*H_out)``; unbatched: ``(T, D*H_out)``);
+    - ``h_0``, ``h_n``: ``(L*D, B, H_out)``; ``c_0``, ``c_n`` (LSTM): ``(L*D, B, hidden_size)``;
+      unbatched: no ``B`` axis.
+    """
+
+    _repr_fields = (("num_layers", 1), ("batch_first", False), ("dropout", 0.0),
+                    ("bidirectional", False), ("proj_size", 0), ("nonlinearity", "tanh"),
+                    ("reset_after", True))
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 batch_first: bool, dropout: float, bidirectional: bool, *, proj_size: int = 0,
+                 options: dict | None = None, dtype: DTypeLike = np.float32,
+                 seed: int | None = None, backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
+        self.num_layers = check_size(num_layers, "num_layers")
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.dropout = _check_dropout(dropout)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout={self.dropout} acts between layers, so it does nothing with "
+                          f"num_layers=1 (as in PyTorch)", UserWarning, stacklevel=3)
+        self.proj_size = check_size(proj_size, "proj_size", minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
+                             f"got {self.proj_size}")
+        self._saved: _SavedForward | None = None
+        self._no_saved_reason = "no forward has run yet"
+        self._reset_parameters()
+
+    @property
+    def _output_size(self) -> int:
+        """``H_out``: the size of ``h`` (proj_size, or hidden_size without projection)."""
+        return self.proj_size or self.hidden_size
+
+    def _parameter_shapes(self) -> dict[str, tuple]:
+        rows = GATES[self._mode] * self.hidden_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.num_directions * self._output_size
+            for direction in range(self.num_directions):
+                sfx = f"_l{layer}{'_reverse' if direction else ''}"
+                shapes[f"weight_ih{sfx}"] = (rows, layer_input)
+                shapes[f"weight_hh{sfx}"] = (rows, self._output_size)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = (rows,)
+                    shapes[f"bias_hh{sfx}"] = (rows,)
+                if self.proj_size:
+                    shapes[f"weight_hr{sfx}"] = (self.proj_size, self.hidden_size)
+        return shapes
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x: np.ndarray, hx: State | None = None,
+                lengths: np.ndarray | None = None) -> Output:
+        """Run the stack over a sequence.
+
+        Parameters
+        ----------
+        x : (T, B, input_size), (B, T, input_size) with batch_first, or unbatched (T, input_size)
+            A numpy array of the layer's dtype.
+        hx : h_0 (L*D, B, H_out), or for LSTM a tuple (h_0, c_0 (L*D, B, hidden_size)); None
+            means zeros. Unbatched: no B axis.
+        lengths : (B,) integers in 1..T, any order, or None
+            Variable-length items, as PyTorch's packed sequences: item b runs its first
+            lengths[b] steps; its output is zero after them and h_n / c_n are its state after
+            its own last step. ``output`` keeps x's T (PyTorch's ``pad_packed_sequence`` would
+            trim it to max(lengths)).
+
+        Returns
+        -------
+        output : (T, B, D*H_out), batch_first (B, T, D*H_out), unbatched (T, D*H_out)
+            In training mode it is read-only, since backward reads it; copy it to modify it.
+        h_n : (L*D, B, H_out), or for LSTM (h_n, c_n (L*D, B, hidden_size))
+        """
+        x_time_major, unbatched = self._input_time_major(x)
+        T, B = x_time_major.shape[:2]
+        h0, c0 = self._check_state(hx, "hx", *self._state_shapes(B, unbatched))
+        if unbatched:
+            h0, c0 = _batch_axis(h0), _batch_axis(c0)
+        hx_stack = None if hx is None else ((h0, c0) if self._has_cell_state else h0)
+        lengths = self._check_lengths(lengths, T, B, unbatched)
+        masks = self._dropout_masks(T, B)
+        if self.training:  # own copies: the caller may refill its buffers before backward
+            x_time_major = _own_copy(x_time_major, x)
+            hx_stack = _own_copy(hx_stack, hx)
+        y, h_n, c_n, saved = self._backend.stack_forward(
+            self._mode, x_time_major, hx_stack, self._params, self.num_layers,
+            bidirectional=self.bidirectional, lengths=lengths, dropout_masks=masks,
+            training=self.training, **self._stack_options)
+        if self.training:
+            y.flags.writeable = False
+            self._saved = _SavedForward(x_time_major, hx_stack, y, saved, lengths, masks,
+                                        unbatched)
+        else:
+            self._forget_saved("the last forward ran in eval mode, which saves nothing for "
+                               "backward; call train() and run forward again")
+        output = self._from_time_major(y, unbatched)
+        if unbatched:
+            h_n, c_n = h_n[:, 0], (None if c_n is None else c_n[:, 0])
+        return output, ((h_n, c_n) if self._has_cell_state else h_n)
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self, d_output: np.ndarray | None = None, d_hx: State | None = None, *,
+                 truncate: int | None = None, truncate_stride: int | None = None) -> tuple:
+        """Gradients through the last training-mode forward.
+
+        Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
+        The saved state is not consumed: calling backward again (e.g. with other output
+        gradients) adds into ``grads`` again.
+
+        Parameters
+        ----------
+        d_output : shape of ``output``, or None for zeros
+        d_hx : shape of ``h_n`` (LSTM: a tuple (dh_n, dc_n), either part None for zeros), or
+            None for zeros
+        truncate, truncate_stride : int, optional
+            Truncated backpropagation through time, TBPTT(k1 = truncate_stride, k2 = truncate)
+            of Williams and Peng (1990), unidirectional layers only: the steps are cut into
+            chunks of k1 (default k2); the gradient of a chunk's outputs flows back through the
+            chunk and at most k2 - k1 steps before it, in every layer, and the states entering
+            that span are constants (only spans starting at step 0 reach ``hx``). k1 = k2 = k
+            equals cutting the state every k steps (PyTorch: ``h = h.detach()``). The spans run
+            in C++ from the one saved forward. For sequences longer than memory, run the
+            layer chunk by chunk instead (see the README, "Long sequences").
+
+        Returns
+        -------
+        dx : shape of x
+        dhx : shape of hx (LSTM: (dh_0, dc_0)); also when forward was given no hx, as the
+            gradient of its zero initial state
+        """
+        saved = self._saved
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a training-mode forward "
+                               f"first: {self._no_saved_reason}")
+        T, B = saved.x.shape[:2]
+        out_shape, out_axes = self._output_layout(T, B, saved.unbatched)
+        dy = None
+        if d_output is not None:
+            d_output = self._check_array(d_output, "d_output", out_shape, out_axes)
+            dy = self._to_time_major(d_output, saved.unbatched)
+        dh_n, dc_n = self._check_state(d_hx, "d_hx", *self._state_shapes(B, saved.unbatched),
+                                       optional_parts=True)
+        if saved.unbatched:
+            dh_n, dc_n = _batch_axis(dh_n), _batch_axis(dc_n)
+        dx, dh0, dc0, _ = self._backend.stack_backward(
+            self._mode, saved.x, saved.hx, self._params, self.num_layers, saved.y, saved.saved,
+            dy=dy, dh_n=dh_n, dc_n=dc_n, bidirectional=self.bidirectional,
+            lengths=saved.lengths, dropout_masks=saved.dropout_masks, grads=self.grads,
+            truncate=truncate, truncate_stride=truncate_stride, **self._stack_options)
+        dx = self._from_time_major(dx, saved.unbatched)
+        if saved.unbatched:
+            dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
+        return dx, ((dh0, dc0) if self._has_cell_state else dh0)
+
+    def _forget_saved(self, reason: str = "load_state_dict discarded the state saved by the "
+                                          "last forward; run forward again") -> None:
+        self._saved = None
+        self._no_saved_reason = reason
+
+    # ------------------------------------------------------------ layouts and checks
+
+    @property
+    def _stack_options(self) -> dict:
+        return {"proj_size": self.proj_size, **self._options}
+
+    def _state_shapes(self, B: int, unbatched: bool) -> tuple:
+        """Shapes and axis names of h and c: (L*D, B, H_out) and (L*D, B, hidden_size)."""
+        LD = self.num_layers * self.num_directions
+        if unbatched:
+            return ((LD, self._output_size), (LD, self.hidden_size),
+                    ("num_layers*num_directions", "proj_size or hidden_size"),
+                    ("num_layers*num_directions", "hidden_size"))
+        return ((LD, B, self._output_size), (LD, B, self.hidden_size),
+                ("num_layers*num_directions", "B", "proj_size or hidden_size"),
+                ("num_layers*num_directions", "B", "hidden_size"))
+
+    def _output_layout(self, T: int, B: int, unbatched: bool) -> tuple:
+        width = self.num_directions * self._output_size
+        if unbatched:
+            return (T, width), ("T", "num_directions*H_out")
+        if self.batch_first:
+            return (B, T, width), ("B", "T", "num_directions*H_out")
+        return (T, B, width), ("T", "B", "num_directions*H_out")
+
+    def _input_time_major(self, x: object) -> tuple:
+        """``x`` checked and as a (T, B, input_size) array, and whether it was unbatched."""
+        if isinstance(x, np.ndarray) and x.ndim not in (2, 3):
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(f"x must have shape {layout} or unbatched (T, input_size) with "
+                             f"input_size = {self.input_size}, but has {x.shape}")
+        unbatched = isinstance(x, np.ndarray) and x.ndim == 2
+        if unbatched:
+            self._check_array(x, "x", (None, self.input_size), ("T", "input_size"))
+        else:
+            axes = ("B", "T", "input_size") if self.batch_first else ("T", "B", "input_size")
+            self._check_array(x, "x", (None, None, self.input_size), axes)
+        return self._to_time_major(x, unbatched), unbatched
+
+    def _to_time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """(T, B, ...) from the user's layout: contiguous (a copy when transposed)."""
+        if unbatched:
+            return a[:, None]
+        return np.ascontiguousarray(a.swapaxes(0, 1)) if self.batch_first else a
+
+    def _from_time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """The user's layout from (T, B, ...): a view, as PyTorch's transposed outputs."""
+        if unbatched:
+            return a[:, 0]
+        return a.swapaxes(0, 1) if self.batch_first else a
+
+    def _check_lengths(self, lengths: object, T: int, B: int,
+                       unbatched: bool) -> np.ndarray | None:
+        """``lengths`` as an int64 array (B,) in 1..T (a copy), or None."""
+        if lengths is None:
+            return None
+        if unbatched:
+            raise ValueError("lengths needs batched input; unbatched x (T, input_size) is one "
+                             "sequence: pass x[:n] instead")
+        try:
+            array = np.asarray(lengths)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"lengths must be a sequence of integers: {error}") from None
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"lengths must hold integers, but has dtype {array.dtype}")
+        if array.shape != (B,):
+            raise ValueError(f"lengths must have shape (B,) = ({B},), one per batch item, "
+                             f"but has {array.shape}")
+        bad = np.flatnonzero((array < 1) | (array > T))
+        if bad.size:
+            raise ValueError(f"lengths must be in 1..T = 1..{T}, but lengths[{bad[0]}] = "
+                             f"{array[bad[0]]}")
+        return array.astype(np.int64)
+
+    def _dropout_masks(self, T: int, B: int) -> list | None:
+        """num_layers - 1 masks (T, B, D*H_out): Bernoulli(1-p) / (1-p), training mode only."""
+        if not self.training or self.dropout == 0 or self.num_layers == 1:
+            return None
+        shape = (T, B, self.num_directions * self._output_size)
+        keep = 1.0 - self.dropout
+        if keep == 0:
+            return [np.zeros(shape, self.dtype) for _ in range(self.num_layers - 1)]
+        scale = self.dtype.type(1.0 / keep)
+        return [(self._rng.random(shape) < keep).astype(self.dtype) * scale
+                for _ in range(self.num_layers - 1)]
+
+
+def _check_dropout(dropout: object) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+        raise TypeError(f"dropout must be a number in [0, 1], got {dropout!r}")
+    if not 0 <= dropout <= 1:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    return float(dropout)
+
+
+def _batch_axis(a: np.ndarray | None) -> np.ndarray | None:
+    """An unbatched state (L*D, H) as (L*D, 1, H)."""
+    return None if a is None else a[:, None]
+
+
+def _own_copy(value: np.ndarray | tuple | None, original: object):
+    """``value`` (an array or a pair of them), copied where it may share memory with the user's
+    ``original`` arguments."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(_own_copy(part, original) for part in value)
+    originals = original if isinstance(original, (tuple, list)) else (original,)
+    if any(isinstance(o, np.ndarray) and np.may_share_memory(value, o) for o in originals):
+        return np.array(value, order="C", copy=True)
+    return value
+
+
+class LSTM(RecurrentLayer):
+    """Multi-layer LSTM, as ``torch.nn.LSTM``, on numpy arrays.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bias : bool, default True
+        Without it, no ``bias_*`` parameters.
+    batch_first : bool, default False
+        x and output are (B, T, ...); states stay (L*D, B, ...).
+    dropout : float in [0, 1], default 0
+        Dropout on the output of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+    proj_size : int, default 0
+        If > 0 (and < hidden_size), ``h_t = W_hr (o_t * tanh(c_t))`` of size proj_size.
+    dtype : numpy.float32 (default) or numpy.float64
+        Of the parameters and of every array the layer accepts (no silent casts).
+    seed : int or None
+        Seeds the generator of the initialisation and the dropout masks.
+    backend : 'fused' (C++ kernels, default) or 'reference' (plain NumPy)
+
+    Parameters are named as PyTorch's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
+    ``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``), gates stacked i, f, g, o; see
+    `RecurrentLayer` for the shapes of `forward` and `backward`.
+
+    Examples
+    --------
+    >>> lstm = LSTM(10, 20, num_layers=2, seed=0)
+    >>> x = np.zeros((5, 3, 10), np.float32)
+    >>> output, (h_n, c_n) = lstm(x)
+    >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(output))
+    """
+
+    _mode = "lstm"
+    _has_cell_state = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed,
+                         backend=backend)
+
+
+class GRU(RecurrentLayer):
+    """Multi-layer GRU, as ``torch.nn.GRU``, on numpy arrays.
+
+    Arguments as `LSTM` (without proj_size), plus ``reset_after``: True (default) is PyTorch's
+    and cuDNN's form ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; False is Cho et al.
+    2014, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``, which has no PyTorch twin.
+    Gates stacked r, z, n.
+    """
+
+    _mode = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, reset_after: bool = True,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, options={"reset_after": bool(reset_after)}, dtype=dtype,
+                         seed=seed, backend=backend)
+
+
+class RNN(RecurrentLayer):
+    """Multi-layer Elman RNN, as ``torch.nn.RNN``, on numpy arrays.
+
+    Arguments as `LSTM` (without proj_size), plus ``nonlinearity`` 'tanh' (default) or 'relu',
+    fourth as in PyTorch's signature.
+    """
+
+    _mode = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional,
+                         options={"nonlinearity": check_nonlinearity(nonlinearity)},
+                         dtype=dtype, seed=seed, backend=backend)
