@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fusedrnn import Embedding, Linear
+from cells import assert_close
+from fusedrnn import Embedding, Linear, functional, reference
 from numgrad import ATOL, RTOL, central_differences
 
 
@@ -17,10 +18,11 @@ def weights_like(a, seed=5):
 # ---------------------------------------------------------------- Linear
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("lead", [(), (4,), (3, 2)], ids=["unbatched", "2d", "3d"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_gradients_match_central_differences(lead, bias):
-    lin = Linear(5, 3, bias=bias, dtype=np.float64, seed=0)
+def test_linear_gradients_match_central_differences(lead, bias, backend):
+    lin = Linear(5, 3, bias=bias, dtype=np.float64, seed=0, backend=backend)
     x = np.random.default_rng(1).standard_normal(lead + (5,))
     w = weights_like(lin(x))
 
@@ -34,6 +36,52 @@ def test_linear_gradients_match_central_differences(lead, bias):
         np.testing.assert_allclose(lin.grads[name], central_differences(loss, param),
                                    rtol=RTOL, atol=ATOL, err_msg=name)
     assert set(lin.grads) == ({"weight", "bias"} if bias else {"weight"})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("M", [0, 1, 37])
+def test_fused_linear_matches_reference(dtype, bias, M):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((M, 20)).astype(dtype)
+    dy = rng.standard_normal((M, 9)).astype(dtype)
+    w = rng.standard_normal((9, 20)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype) if bias else None
+    y = functional.linear_forward(x, w, b)
+    assert_close(y, reference.linear_forward(x, w, b), dtype, "y")
+    start = {"weight": rng.standard_normal((9, 20)).astype(dtype),
+             **({"bias": rng.standard_normal(9).astype(dtype)} if bias else {})}
+    grads = {k: v.copy() for k, v in start.items()}
+    arrays = dict(grads)
+    dx, out = functional.linear_backward(x, w, dy, grads=grads, bias=bias)
+    ref_dx, ref = reference.linear_backward(x, w, dy, grads={k: v.copy() for k, v in
+                                                                start.items()}, bias=bias)
+    assert out is grads and all(grads[k] is arrays[k] for k in grads)  # accumulated in place
+    assert_close(dx, ref_dx, dtype, "dx")
+    for k in start:
+        assert_close(grads[k], ref[k], dtype, k)
+    none, fresh = functional.linear_backward(x, w, dy, bias=bias, need_dx=False)
+    assert none is None and set(fresh) == set(start)
+
+
+def test_fused_linear_bad_input():
+    x, w = np.ones((4, 3)), np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"weight must have dtype float64 like x, got float32"):
+        functional.linear_forward(x, w.astype(np.float32))
+    with pytest.raises(ValueError, match=r"weight must have shape \(out_features, in_features\) "
+                                         r"= \(2, 3\), but has shape \(2, 4\)"):
+        functional.linear_forward(x, np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"bias must have shape \(out_features\) = \(2,\)"):
+        functional.linear_forward(x, w, np.ones(3))
+    with pytest.raises(ValueError, match=r"dy must have shape \(M, out_features\) = \(4, 2\)"):
+        functional.linear_backward(x, w, np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"grads\['weight'\] is accumulated into in place"):
+        functional.linear_backward(x, w, np.ones((4, 2)),
+                                   grads={"weight": np.ones((3, 2)).T, "bias": np.ones(2)})
+    with pytest.raises(ValueError, match=r"x must have 2 dimensions"):
+        functional.linear_forward(np.ones(3), w)
+    with pytest.raises(ValueError, match=r"backend must be 'fused' or 'reference'"):
+        Linear(3, 2, backend="numpy")
 
 
 def test_linear_is_torch_shaped_and_initialised():
@@ -50,10 +98,11 @@ def test_linear_is_torch_shaped_and_initialised():
     np.testing.assert_array_equal(Linear(4, 3, seed=3).weight, Linear(4, 3, seed=3).weight)
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_linear_matches_torch(dtype):
+def test_linear_matches_torch(dtype, backend):
     torch = pytest.importorskip("torch")
-    lin = Linear(6, 4, dtype=dtype, seed=0)
+    lin = Linear(6, 4, dtype=dtype, seed=0, backend=backend)
     ref = torch.nn.Linear(6, 4).to(torch.float32 if dtype == np.float32 else torch.float64)
     ref.load_state_dict({k: torch.tensor(v) for k, v in lin.state_dict().items()})
     x = np.random.default_rng(1).standard_normal((2, 3, 6)).astype(dtype)

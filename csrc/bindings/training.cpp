@@ -1,9 +1,12 @@
-// pybind11 binding of the training kernels (softmax cross-entropy): checks and allocation, then
-// one call into C++ with the GIL released. The Python wrapper is fusedrnn.functional.cross_entropy.
+// pybind11 bindings of the training kernels (softmax cross-entropy, the dense layer): checks and
+// allocation, then one call into C++ with the GIL released. The Python wrappers are
+// fusedrnn.functional.cross_entropy / linear_forward / linear_backward.
 #include <string>
 
 #include "bindings/checks.h"
+#include "common/blas.h"
 #include "cross_entropy.h"
+#include "linear.h"
 
 namespace fusedrnn {
 namespace {
@@ -81,12 +84,80 @@ py::tuple cross_entropy_py(py::handle logits, py::handle targets, int64_t ignore
   return py::make_tuple(scalar(loss), dlogits);
 }
 
+// Reads M, K off x (2-D) and N off weight (N, K), checking ranks and the BLAS limits.
+void linear_sizes(py::handle x, py::handle weight, int64_t& M, int64_t& K, int64_t& N) {
+  ArgChecker dtype(x, "x");
+  py::array xa = py::reinterpret_borrow<py::array>(x);
+  if (xa.ndim() != 2)
+    throw py::value_error("x must have 2 dimensions (M, in_features), but has " +
+                          std::to_string(xa.ndim()));
+  if (!py::isinstance<py::array>(weight) || py::reinterpret_borrow<py::array>(weight).ndim() != 2)
+    throw py::value_error("weight must be a 2-D numpy.ndarray (out_features, in_features)");
+  M = xa.shape(0);
+  K = xa.shape(1);
+  N = py::reinterpret_borrow<py::array>(weight).shape(0);
+  if (K == 0) throw py::value_error("x must have in_features >= 1, but has 0");
+  if (N == 0) throw py::value_error("weight must have out_features >= 1, but has 0");
+  check_blas_dim(M, "M (the rows of x)");
+  check_blas_dim(K, "in_features");
+  check_blas_dim(N, "out_features");
+  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
+}
+
+py::array linear_forward_py(py::handle x, py::handle weight, py::handle bias) {
+  int64_t M, K, N;
+  linear_sizes(x, weight, M, K, N);
+  ArgChecker c(x, "x");
+  py::array xa = c.input(x, "x", {{"M", M}, {"in_features", K}});
+  py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
+  py::object ba = c.optional_input(bias, "bias", {{"out_features", N}});
+  py::array y = c.output({M, N});
+  if (c.is_float32()) {
+    py::gil_scoped_release release;
+    linear_forward<float>(data_of<float>(y), cdata_of<float>(xa), cdata_of<float>(wa),
+                          cdata_of<float>(ba), M, K, N);
+  } else {
+    py::gil_scoped_release release;
+    linear_forward<double>(data_of<double>(y), cdata_of<double>(xa), cdata_of<double>(wa),
+                           cdata_of<double>(ba), M, K, N);
+  }
+  return y;
+}
+
+py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py::handle dweight,
+                             py::handle dbias, bool has_bias, bool need_dx) {
+  int64_t M, K, N;
+  linear_sizes(x, weight, M, K, N);
+  ArgChecker c(x, "x");
+  py::array xa = c.input(x, "x", {{"M", M}, {"in_features", K}});
+  py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
+  py::array dya = c.input(dy, "dy", {{"M", M}, {"out_features", N}});
+  py::array dwa = c.accumulator(dweight, "grads['weight']", {{"out_features", N}, {"in_features", K}});
+  py::object dba = has_bias ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
+                            : py::none();
+  py::object dx = need_dx ? py::object(c.output({M, K})) : py::none();
+  if (c.is_float32()) {
+    py::gil_scoped_release release;
+    linear_backward<float>(data_of<float>(dx), data_of<float>(dwa), data_of<float>(dba),
+                           cdata_of<float>(dya), cdata_of<float>(xa), cdata_of<float>(wa), M, K, N);
+  } else {
+    py::gil_scoped_release release;
+    linear_backward<double>(data_of<double>(dx), data_of<double>(dwa), data_of<double>(dba),
+                            cdata_of<double>(dya), cdata_of<double>(xa), cdata_of<double>(wa), M,
+                            K, N);
+  }
+  return py::make_tuple(dx, dwa, dba);
+}
+
 }  // namespace
 
 void bind_training(py::module_& m) {
   using namespace pybind11::literals;
   m.def("cross_entropy", &cross_entropy_py, "logits"_a, "targets"_a, "ignore_index"_a,
         "reduction"_a, "grad"_a);
+  m.def("linear_forward", &linear_forward_py, "x"_a, "weight"_a, "bias"_a);
+  m.def("linear_backward", &linear_backward_py, "x"_a, "weight"_a, "dy"_a, "dweight"_a,
+        "dbias"_a, "has_bias"_a, "need_dx"_a);
 }
 
 }  // namespace fusedrnn

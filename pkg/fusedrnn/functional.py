@@ -397,3 +397,54 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
 
     return _core.cross_entropy(logits, targets, check_ignore_index(ignore_index), reduction,
                                bool(grad))
+
+
+def linear_forward(x, weight, bias=None):
+    """Dense layer over rows: ``x @ weight.T + bias`` as one GEMM on the kernels' BLAS, the bias
+    fused into it (csrc/linear.h). Twin: `fusedrnn.reference.linear_forward`.
+
+    Parameters
+    ----------
+    x : (M, in_features)
+    weight : (out_features, in_features)
+    bias : (out_features,) or None
+
+    Returns
+    -------
+    y : (M, out_features)
+    """
+    return _core.linear_forward(x, weight, bias)
+
+
+def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool = True):
+    """Gradients of `linear_forward`.
+
+    Parameters
+    ----------
+    x, weight : as given to `linear_forward`
+    dy : (M, out_features)
+    grads : dict with 'weight' (out_features, in_features) and, when ``bias``, 'bias'
+        (out_features,), accumulated into (``+=``) by the GEMM itself; None makes fresh zeroed
+        ones.
+    bias : bool
+        Whether the layer has a bias (its gradient is the column sums of dy).
+    need_dx : bool
+        False skips the input gradient (an input that needs none).
+
+    Returns
+    -------
+    dx : (M, in_features), or None when ``need_dx`` is False
+    grads : the dict, ``weight`` (and ``bias``)
+    """
+    if grads is not None and not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    if grads is not None and ("weight" not in grads or (bias and "bias" not in grads)):
+        raise ValueError(f"grads must have the keys {['weight', 'bias'] if bias else ['weight']}")
+    dweight = None if grads is None else grads["weight"]
+    dbias = None if grads is None or not bias else grads["bias"]
+    dx, dweight, dbias = _core.linear_backward(x, weight, dy, dweight, dbias, bool(bias),
+                                               bool(need_dx))
+    out = {"weight": dweight, **({"bias": dbias} if bias else {})}
+    if grads is None:
+        return dx, out
+    return dx, grads

@@ -10,8 +10,10 @@ optimizers (`fusedrnn.optim`) and gradient clipping take any mix of them:
   ``backward`` adds (``+=``) into it and ``zero_grad()`` zeroes it in place.
 
 ``forward`` in training mode (the default) saves what ``backward`` needs; ``backward`` uses the
-last training-mode forward and may be called more than once (each call adds into ``grads``). The
-matrix products run on numpy's BLAS, which is as fast as a fused kernel for a plain GEMM.
+last training-mode forward and may be called more than once (each call adds into ``grads``).
+`Linear` runs its GEMMs in C++ on the kernels' BLAS (``backend='fused'``, so that
+`fusedrnn.set_num_threads` governs them and numpy's own BLAS threads never compete with the
+kernels'), or in NumPy (``backend='reference'``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from . import functional, reference
+
 DTypeLike = type | str | np.dtype
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BACKENDS = {"fused": functional, "reference": reference}
 
 
 class _Trainable:
@@ -139,6 +144,9 @@ class Linear(_Trainable):
     seed : int or None
         Seeds the initialisation: PyTorch's, ``weight`` and ``bias`` uniform in
         +-1/sqrt(in_features).
+    backend : 'fused' (default) or 'reference'
+        `fusedrnn.functional.linear_forward` / ``linear_backward`` (C++, the kernels' BLAS, the
+        bias fused into the GEMM) or their NumPy twins in `fusedrnn.reference`.
 
     Parameters: ``weight`` (out_features, in_features), ``bias`` (out_features,).
 
@@ -150,8 +158,12 @@ class Linear(_Trainable):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
         super().__init__(dtype, seed)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        self.backend = backend
         self.in_features = _check_size(in_features, "in_features")
         self.out_features = _check_size(out_features, "out_features")
         self._has_bias = bool(bias)
@@ -187,11 +199,10 @@ class Linear(_Trainable):
         outputs of the recurrent layers are, so a caller may refill its buffer).
         """
         x = self._check_float_input(x, "x", self.in_features, "in_features")
-        # one GEMM over every leading axis (numpy would otherwise loop over them)
-        y = (x.reshape(-1, self.in_features) @ self._params["weight"].T).reshape(
-            x.shape[:-1] + (self.out_features,))
-        if self._has_bias:
-            y += self._params["bias"]
+        # one GEMM over every leading axis
+        y = _BACKENDS[self.backend].linear_forward(
+            x.reshape(-1, self.in_features), self._params["weight"], self._params.get("bias"))
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.training:
             self._saved = x.copy() if x.flags.writeable else x
         else:
@@ -218,11 +229,10 @@ class Linear(_Trainable):
         if d_output.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"d_output must have the shape of the output, "
                              f"{x.shape[:-1] + (self.out_features,)}, but has {d_output.shape}")
-        d2 = d_output.reshape(-1, self.out_features)
-        self.grads["weight"] += d2.T @ x.reshape(-1, self.in_features)
-        if self._has_bias:
-            self.grads["bias"] += d2.sum(axis=0)
-        return (d2 @ self._params["weight"]).reshape(x.shape)
+        dx, _ = _BACKENDS[self.backend].linear_backward(
+            x.reshape(-1, self.in_features), self._params["weight"],
+            d_output.reshape(-1, self.out_features), grads=self.grads, bias=self._has_bias)
+        return dx.reshape(x.shape)
 
 
 class Embedding(_Trainable):

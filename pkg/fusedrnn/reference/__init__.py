@@ -4,11 +4,13 @@ Readable before fast: a Python loop over time steps, one NumPy expression per li
 Every fused kernel is tested against these functions, and the workspaces are interchangeable.
 ``stack_forward`` / ``stack_backward`` run layer stacks (layers, directions, lengths, LSTM
 projections, dropout masks) with a Python loop over the one-layer cells. ``cross_entropy`` is the
-twin of the fused softmax cross-entropy (loss and gradient of the logits).
+twin of the fused softmax cross-entropy (loss and gradient of the logits), ``linear_forward`` /
+``linear_backward`` of the dense layer.
 """
 
 from ._common import workspace_size
 from .cross_entropy import cross_entropy
+from .linear import linear_backward, linear_forward
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -19,6 +21,8 @@ __all__ = [
     "cross_entropy",
     "gru_backward",
     "gru_forward",
+    "linear_backward",
+    "linear_forward",
     "lstm_backward",
     "lstm_forward",
     "rnn_backward",
