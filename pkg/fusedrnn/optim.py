@@ -282,7 +282,8 @@ def clip_grad_norm_(modules: GradSource, max_norm: float, norm_type: float = 2.0
     if math.isinf(norm_type):
         total = max((float(np.max(np.abs(g))) if g.size else 0.0) for g in arrays)
     elif norm_type == 2.0:
-        total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in arrays))
+        # squares summed in float64, without BLAS (np.dot would wake numpy's BLAS threads)
+        total = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays))
     else:
         total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)
         total = total ** (1.0 / norm_type)
