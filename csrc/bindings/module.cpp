@@ -1,5 +1,5 @@
 // The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp,
-// stack.cpp, training.cpp).
+// stack.cpp, training.cpp, attention.cpp).
 #include <cstdint>
 
 #include "bindings/checks.h"
@@ -11,6 +11,7 @@ namespace fusedrnn {
 void bind_recurrent(py::module_& m);
 void bind_stack(py::module_& m);
 void bind_training(py::module_& m);
+void bind_attention(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -56,4 +57,5 @@ PYBIND11_MODULE(_core, m) {
   bind_recurrent(m);
   bind_stack(m);
   bind_training(m);
+  bind_attention(m);
 }

@@ -1,15 +1,22 @@
-"""fusedrnn: fused C++ CPU kernels for recurrent networks, behind a NumPy API."""
+"""fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
 __version__ = "0.1.0"
 
 from . import functional, optim, reference, sampling  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
+from .attention import (  # noqa: E402
+    AdditiveAttention,
+    MultiheadAttention,
+    ScaledDotProductAttention,
+    scaled_dot_product_attention,
+)
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .losses import CrossEntropyLoss  # noqa: E402
 from .nn import Embedding, Linear  # noqa: E402
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
-           "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "Embedding",
-           "Linear", "CrossEntropyLoss", "optim", "SGD", "Adam", "clip_grad_norm_",
-           "clip_grad_value_", "sampling"]
+           "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
+           "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiheadAttention",
+           "AdditiveAttention", "Embedding", "Linear", "CrossEntropyLoss", "optim", "SGD", "Adam",
+           "clip_grad_norm_", "clip_grad_value_", "sampling"]
