@@ -15,6 +15,7 @@ Run::
     python examples/char_lm.py --time 60 --cell gru   # shorter, with a GRU
     python examples/char_lm.py --text book.txt        # any text file
     python examples/char_lm.py --backend reference    # the same training on the NumPy reference
+    python -m fusedrnn train-charlm [options]         # the same program, from the package
 
 Everything it uses is public fusedrnn API: ``Embedding``, ``LSTM`` / ``GRU``, ``Linear``,
 ``CrossEntropyLoss``, ``clip_grad_norm_``, ``Adam``, the cells and ``fusedrnn.sampling``.
@@ -331,10 +332,10 @@ def train(cfg: Config) -> dict:
             "sample": text, "vocab_size": V}
 
 
-def parse_args(argv=None) -> Config:
+def parse_args(argv=None, prog: str = "char_lm.py") -> Config:
     defaults = Config()
     parser = argparse.ArgumentParser(
-        prog="char_lm", description=__doc__.split("\n\n")[0],
+        prog=prog, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = {
         "text": "train on this text file instead of the standard library's source",
@@ -368,8 +369,8 @@ def parse_args(argv=None) -> Config:
     return Config(**vars(parser.parse_args(argv)))
 
 
-def main(argv=None) -> dict:
-    return train(parse_args(argv))
+def main(argv=None, prog: str = "char_lm.py") -> dict:
+    return train(parse_args(argv, prog))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,18 @@ def test_command_line(char_lm):
     assert (cfg.time, cfg.cell, cfg.top_k, cfg.quiet, cfg.backend, cfg.truncate) == \
         (5.0, "gru", 5, True, "reference", 16)
     assert char_lm.parse_args([]) == char_lm.Config()
+
+
+def test_command_line_subcommand(text_file, capsys):
+    from fusedrnn.__main__ import build_parser, main
+
+    assert "train-charlm" in build_parser().format_help()
+    code = main(["train-charlm", "--text", text_file, "--time", "0", "--steps", "3",
+                 "--hidden", "16", "--batch", "4", "--seq-len", "8", "--eval-every", "0",
+                 "--sample-chars", "10"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "held-out loss" in out and "unigram model" in out and "done: 3 steps" in out
+    with pytest.raises(SystemExit):
+        main(["train-charlm", "--help"])
+    assert "fusedrnn train-charlm" in capsys.readouterr().out
