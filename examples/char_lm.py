@@ -196,7 +196,7 @@ def generate(model: CharLM, vocab: Vocabulary, prompt: str, n: int, temperature:
     out = []
     for i in range(len(ids) + n - 1):
         token = ids[i] if i < len(ids) else out[-1]
-        h = model.embedding.weight[token][None]  # (1, embed): a lookup, nothing to train
+        h = model.embedding(np.array([token]))  # (1, embed)
         for k, cell in enumerate(cells):
             states[k] = cell(h, states[k])
             h = states[k][0] if isinstance(states[k], tuple) else states[k]
@@ -250,6 +250,8 @@ class Progress:
 
 def train(cfg: Config) -> dict:
     """Train; return the numbers (losses, throughput, a sample)."""
+    if not cfg.time and cfg.steps is None:
+        raise SystemExit("give a time limit (--time SECONDS) or a number of steps (--steps N)")
     if cfg.threads:
         fusedrnn.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
