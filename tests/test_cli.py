@@ -281,3 +281,23 @@ def test_attention_flops():
     assert bench.attention_flops(B, H, L, E, True, "forward") == 2 * (2 * B * H * 15 * E)
     with pytest.raises(ValueError):
         bench.attention_flops(B, H, L, E, False, "inference")
+
+
+def test_stack_rows_validate_against_reference_and_torch(capsys):
+    """The layers' path: a 2-layer bidirectional LSTM and a variable-lengths batch (PyTorch with
+    packed sequences when installed)."""
+    code, out, err = run(capsys, "bench", "--cases", "lstm-2layer-bidir:3,5,4,6;lstm-lengths:5,6,4,6",
+                         "--repeats", "1")
+    assert code == 0, err
+    _, *rows = table_rows(out)
+    assert [row[0] for row in rows] == ["lstm-2layer-bidir"] * 2 + ["lstm-lengths"] * 2
+    assert all(row[6] == "ok" for row in rows)
+    torch_ms = [row[9] for row in rows]
+    assert all(ms == "not installed" for ms in torch_ms) or all(re.match(r"[\d.]+$", ms) for ms in torch_ms)
+
+
+def test_stack_flops_add_up_layers_and_directions():
+    case = bench.Case(bench.VARIANTS["lstm-2layer-bidir"], 4, 10, 8, 6)
+    one = bench.flops("lstm", 10, 4, 8, 6, "forward+backward")
+    upper = bench.flops("lstm", 10, 4, 2 * 6, 6, "forward+backward")
+    assert case.flops("forward+backward") == 2 * one + 2 * upper

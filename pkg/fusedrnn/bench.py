@@ -32,7 +32,7 @@ from typing import TextIO
 
 import numpy as np
 
-from . import _config, functional, reference
+from . import _config, _core, functional, reference
 
 TRAINING_PASSES = ("forward", "forward+backward")
 """``forward``: a training forward (keeps the workspace); ``forward+backward``: that forward then
@@ -64,12 +64,28 @@ class Variant:
         ``is_causal``).
     in_torch : bool
         Whether ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` computes the same function.
+    layers, bidirectional, ragged : int, bool, bool
+        A layer stack (``stack_forward`` / ``stack_backward``, the layers' path): its number of
+        layers, whether both directions run, and whether the batch has variable lengths
+        (PyTorch: packed sequences). The defaults are one plain layer.
     """
 
     name: str
     cell: str
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     in_torch: bool = True
+    layers: int = 1
+    bidirectional: bool = False
+    ragged: bool = False
+
+    @property
+    def is_stack(self) -> bool:
+        """Whether the variant runs as a layer stack rather than one cell function."""
+        return self.layers > 1 or self.bidirectional or self.ragged
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -94,6 +110,9 @@ VARIANTS = {
         Variant("gru-cho", "gru", MappingProxyType({"reset_after": False}), in_torch=False),
         Variant("rnn", "rnn", MappingProxyType({"nonlinearity": "tanh"})),
         Variant("rnn-relu", "rnn", MappingProxyType({"nonlinearity": "relu"})),
+        # the layers' path: a stack in C++ (layers and directions), packed variable lengths
+        Variant("lstm-2layer-bidir", "lstm", layers=2, bidirectional=True),
+        Variant("lstm-lengths", "lstm", ragged=True),
         # scaled dot-product attention, self-attention shapes (S = L)
         Variant("attention", "attention", MappingProxyType({"is_causal": False})),
         Variant("attention-causal", "attention", MappingProxyType({"is_causal": True})),
@@ -132,7 +151,16 @@ class Case:
         return shape_label(self.variant.name, self.B, self.T, self.I, self.H)
 
     def flops(self, pass_name: str) -> int:
-        """The GEMM work of one pass of this case (the module's `flops` or `attention_flops`)."""
+        """The GEMM work of one pass of this case (the module's `flops` or `attention_flops`).
+
+        A stack counts `flops` for every layer and direction (layer k > 0 reads D*H inputs); with
+        variable lengths every item is counted at full length T (an upper bound).
+        """
+        v = self.variant
+        if v.is_stack:
+            return sum(v.directions * flops(v.cell, self.T, self.B, self.I if k == 0 else
+                                            v.directions * self.H, self.H, pass_name)
+                       for k in range(v.layers))
         if self.variant.cell == "attention":
             return attention_flops(self.B, self.H, self.T, self.I,
                                    bool(self.variant.options["is_causal"]), pass_name)
@@ -141,8 +169,12 @@ class Case:
     def workspace_bytes(self, dtype: np.dtype | type) -> int:
         """Bytes a training forward keeps for backward: the workspace, or for attention its
         output and one log-sum-exp per query row (never the attention weights)."""
-        if self.variant.cell == "attention":
+        v = self.variant
+        if v.cell == "attention":
             elements = self.B * self.H * self.T * (self.I + 1)
+        elif v.is_stack:
+            elements = _core.stack_saved_size(v.cell, self.T, self.B, self.I, self.H, 0, v.layers,
+                                              v.bidirectional)
         else:
             elements = functional.workspace_size(self.variant.cell, self.T, self.B, self.H)
         return elements * np.dtype(dtype).itemsize
@@ -171,6 +203,9 @@ _DEFAULT_VARIANTS = ("lstm", "gru", "gru-cho", "rnn")
 # (B, heads, L, E) of the attention rows, as Case's (B, T=L, I=E, H=heads)
 _ATTENTION_SHAPES = [(B, L, E, heads) for B, heads, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))]
 _ATTENTION_VARIANTS = ("attention", "attention-causal")
+# The layers' path: a 2-layer bidirectional stack and a variable-lengths batch (PyTorch: packed)
+_STACK_SHAPES = _square([(16, 50, 128), (32, 100, 256)])
+_STACK_VARIANTS = ("lstm-2layer-bidir", "lstm-lengths")
 
 
 @dataclass(frozen=True)
@@ -198,8 +233,10 @@ class Sweep:
 
 SWEEPS = {
     "quick": Sweep("quick", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES[:2])
+                                  + cases_for(_STACK_VARIANTS, _STACK_SHAPES[:1])
                                   + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES[:1])), 5, 0.5),
     "default": Sweep("default", tuple(cases_for(_DEFAULT_VARIANTS, _DEFAULT_SHAPES)
+                                      + cases_for(_STACK_VARIANTS, _STACK_SHAPES)
                                       + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)), 7, 1.0),
     "full": Sweep(
         "full",
@@ -312,6 +349,8 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
                 for name in ("q", "k", "v", "d_out")}
     GH = reference._common.GATES[case.variant.cell] * H
     bound = 1 / np.sqrt(H)
+    if case.variant.is_stack:
+        return _stack_inputs(case, rng, dtype)
     arrays = {
         "x": rng.standard_normal((T, B, I)),
         **{name: rng.standard_normal((B, H)) for name in case.variant.states},
@@ -326,6 +365,57 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
 
 
 _PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _stack_inputs(case: Case, rng: np.random.Generator, dtype: np.dtype | type) -> Outputs:
+    """`make_inputs` of a stack: the parameters by PyTorch's names (``weight_ih_l0``, ...,
+    ``_reverse``), states (L*D, B, H), ``dy`` (T, B, D*H), and for a ragged batch ``lengths``:
+    spread evenly from T down to T/4, in shuffled order (int64, cast to float never)."""
+    v = case.variant
+    T, B, I, H, D = case.T, case.B, case.I, case.H, v.directions
+    GH = reference._common.GATES[v.cell] * H
+    bound = 1 / np.sqrt(H)
+    arrays = {"x": rng.standard_normal((T, B, I))}
+    for name in functional.stack_param_names(v.cell, v.layers, v.bidirectional):
+        layer = int(name.split("_l")[1].split("_")[0])
+        shape = {"weight_ih": (GH, I if layer == 0 else D * H), "weight_hh": (GH, H)}.get(
+            name.split("_l")[0], (GH,))
+        arrays[name] = rng.uniform(-bound, bound, shape)
+    arrays.update({n: rng.standard_normal((v.layers * D, B, H)) for n in v.states})
+    arrays["dy"] = rng.standard_normal((T, B, D * H))
+    arrays.update({"d" + n: rng.standard_normal((v.layers * D, B, H)) for n in v.finals})
+    out = {name: a.astype(dtype) for name, a in arrays.items()}
+    if v.ragged:
+        out["lengths"] = rng.permutation(np.linspace(T, max(1, T // 4), B).astype(np.int64))
+    return out
+
+
+def _stack_params(case: Case, inputs: Outputs) -> dict[str, np.ndarray]:
+    v = case.variant
+    return {n: inputs[n] for n in functional.stack_param_names(v.cell, v.layers, v.bidirectional)}
+
+
+def _stack_pass(module: ModuleType, case: Case, inputs: Outputs,
+                pass_name: str) -> Callable[[], Outputs]:
+    """`numpy_pass` of a stack: ``stack_forward`` (and ``stack_backward``) of ``module``."""
+    v = case.variant
+    params = _stack_params(case, inputs)
+    hx = tuple(inputs[n] for n in v.states) if v.cell == "lstm" else inputs["h0"]
+    kw = dict(bidirectional=v.bidirectional, lengths=inputs.get("lengths"), **dict(v.options))
+    out_grads = {name: inputs[name] for name in ("dy", *("d" + n for n in v.finals))}
+
+    def run() -> Outputs:
+        y, h_n, c_n, saved = module.stack_forward(v.cell, inputs["x"], hx, params, v.layers,
+                                                  training=pass_name in TRAINING_PASSES, **kw)
+        outputs = {"y": y, **dict(zip(v.finals, (h_n, c_n)))}
+        if pass_name == "forward+backward":
+            dx, dh0, dc0, grads = module.stack_backward(v.cell, inputs["x"], hx, params, v.layers,
+                                                        y, saved, **out_grads, **kw)
+            outputs.update({"dx": dx, **dict(zip(("dh0", "dc0")[: len(v.states)], (dh0, dc0)))})
+            outputs.update({"d" + n: g for n, g in grads.items()})
+        return outputs
+
+    return run
 
 
 def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
@@ -352,6 +442,8 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
     cell, options = variant.cell, dict(variant.options)
     if cell == "attention":
         return _attention_pass(module, inputs, pass_name, options)
+    if variant.is_stack:
+        return _stack_pass(module, case, inputs, pass_name)
     states = [inputs[name] for name in variant.states]
     out_grads = {name: inputs[name] for name in ("dy", *("d" + n for n in variant.finals))}
     x, w_ih, w_hh = inputs["x"], inputs["weight_ih"], inputs["weight_hh"]
@@ -426,6 +518,8 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
     variant = case.variant
     if variant.cell == "attention":
         return _torch_attention_pass(torch, inputs, pass_name, bool(variant.options["is_causal"]))
+    if variant.is_stack:
+        return _torch_stack_pass(torch, case, inputs, pass_name)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[variant.cell]
     kwargs = {"nonlinearity": variant.options["nonlinearity"]} if variant.cell == "rnn" else {}
     module = cls(case.I, case.H, **kwargs).to(torch.from_numpy(inputs["x"]).dtype)
@@ -458,6 +552,50 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
             outputs["dx"] = x.grad.numpy()
             outputs.update({"d" + n: s.grad[0].numpy() for n, s in zip(variant.states, states)})
             outputs.update({"d" + n: p.grad.numpy() for n, p in zip(_PARAMS, params)})
+        return outputs
+
+    return run
+
+
+def _torch_stack_pass(torch: ModuleType, case: Case, inputs: Outputs,
+                      pass_name: str) -> Callable[[], Outputs]:
+    """`torch_pass` of a stack: ``torch.nn.LSTM(..., num_layers, bidirectional)`` with the same
+    weights; a ragged batch goes through ``pack_padded_sequence(enforce_sorted=False)`` and back
+    through ``pad_packed_sequence(total_length=T)``, both inside the timing."""
+    v = case.variant
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[v.cell]
+    module = cls(case.I, case.H, num_layers=v.layers, bidirectional=v.bidirectional)
+    module = module.to(torch.from_numpy(inputs["x"]).dtype)
+    module.load_state_dict({n: torch.from_numpy(a) for n, a in _stack_params(case, inputs).items()})
+    params = dict(module.named_parameters())
+    rnn_utils = torch.nn.utils.rnn
+    lengths = inputs.get("lengths")
+    training = pass_name in TRAINING_PASSES
+
+    def run() -> Outputs:
+        x = torch.from_numpy(inputs["x"])
+        states = [torch.from_numpy(inputs[n]) for n in v.states]
+        if pass_name == "forward+backward":
+            for tensor in (x, *states):
+                tensor.requires_grad_(True)
+            for p in params.values():
+                p.grad = None
+        context = contextlib.nullcontext() if training else torch.inference_mode()
+        with context:
+            packed = x if lengths is None else rnn_utils.pack_padded_sequence(
+                x, torch.from_numpy(lengths), enforce_sorted=False)
+            y, finals = module(packed, tuple(states) if v.cell == "lstm" else states[0])
+            if lengths is not None:
+                y = rnn_utils.pad_packed_sequence(y, total_length=case.T)[0]
+        finals = finals if v.cell == "lstm" else (finals,)
+        outputs = {"y": y.detach().numpy(),
+                   **{n: f.detach().numpy() for n, f in zip(v.finals, finals)}}
+        if pass_name == "forward+backward":
+            grads = [torch.from_numpy(inputs[n]) for n in ("dy", *("d" + f for f in v.finals))]
+            torch.autograd.backward([y, *finals], grads)
+            outputs["dx"] = x.grad.numpy()
+            outputs.update({"d" + n: t.grad.numpy() for n, t in zip(v.states, states)})
+            outputs.update({"d" + n: p.grad.numpy() for n, p in params.items()})
         return outputs
 
     return run
