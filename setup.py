@@ -16,6 +16,7 @@ from glob import glob
 from Cython.Build import cythonize
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 
 def _has_flag(compiler, flag: str) -> bool:
@@ -46,6 +47,16 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+class BuildPy(build_py):
+    """Ships examples/char_lm.py inside the package as fusedrnn/_char_lm.py, so that
+    ``python -m fusedrnn train-charlm`` runs the example also from an installed wheel."""
+
+    def run(self):
+        super().run()
+        self.copy_file("examples/char_lm.py",
+                       os.path.join(self.build_lib, "fusedrnn", "_char_lm.py"))
+
+
 sources = sorted(glob("csrc/*.cpp") + glob("csrc/common/*.cpp") + glob("csrc/isa/*.cpp")
                  + glob("csrc/bindings/*.cpp"))
 compile_args = ["-O3", "-fno-math-errno", "-Wall", "-Wno-psabi"]
@@ -54,9 +65,13 @@ if os.environ.get("FUSEDRNN_NATIVE") == "1":
 if os.environ.get("FUSEDRNN_SANITIZE") == "1":
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
 
+# Headers and included kernel texts: without them, editing a .h or .inc leaves the build "up to date".
+depends = sorted(glob("csrc/**/*.h", recursive=True) + glob("csrc/**/*.inc", recursive=True))
+
 core = Pybind11Extension(
     "fusedrnn._core",
     sources,
+    depends=depends,
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=compile_args,
@@ -66,5 +81,5 @@ blas = Extension("fusedrnn._blas", ["pkg/fusedrnn/_blas.pyx"], extra_compile_arg
 
 setup(
     ext_modules=[core] + cythonize([blas], compiler_directives={"language_level": "3"}),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )

@@ -1,5 +1,5 @@
 // The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp,
-// stack.cpp, attention.cpp).
+// stack.cpp, training.cpp, attention.cpp).
 #include <cstdint>
 
 #include "bindings/checks.h"
@@ -10,6 +10,7 @@
 namespace fusedrnn {
 void bind_recurrent(py::module_& m);
 void bind_stack(py::module_& m);
+void bind_training(py::module_& m);
 void bind_attention(py::module_& m);
 }
 
@@ -58,5 +59,6 @@ PYBIND11_MODULE(_core, m) {
   m.attr("compiler") = py::str(__VERSION__);
   bind_recurrent(m);
   bind_stack(m);
+  bind_training(m);
   bind_attention(m);
 }

@@ -52,6 +52,13 @@ struct PointwiseKernels {
   void (*rnn_forward[2])(int64_t rows, int64_t H, int64_t width, const T* bias, T* h);
   // dpre [rows,H] out; dh recurrent gradient in; dy or null; h the saved output.
   void (*rnn_backward[2])(int64_t rows, int64_t H, int64_t width, T* dpre, const T* dh, const T* dy, const T* h);
+
+  // ---- softmax cross-entropy (whole rows of V classes; not per hidden unit) ----
+  // logits [rows,V]; targets [rows] in [0,V) or == ignore_index; losses [rows] out (0 if ignored);
+  // dlogits [rows,V] out, or null for the loss only: scale * (softmax - onehot(target)), zero rows
+  // where the target is ignored.
+  void (*cross_entropy_rows)(int64_t rows, int64_t V, const T* logits, const int64_t* targets,
+                             int64_t ignore_index, T scale, T* dlogits, T* losses);
 };
 
 // One score tile of attention (csrc/attention.h): rows x cols scores, row stride ld, for the

@@ -13,7 +13,7 @@ import os  # noqa: E402
 # user set is kept. fusedrnn.show_config() shows it.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from . import functional, reference  # noqa: E402
+from . import functional, optim, reference, sampling  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from .attention import (  # noqa: E402
     AdditiveAttention,
@@ -22,8 +22,12 @@ from .attention import (  # noqa: E402
     scaled_dot_product_attention,
 )
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
+from .losses import CrossEntropyLoss  # noqa: E402
+from .nn import Embedding, Linear  # noqa: E402
+from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_  # noqa: E402
 
 __all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
            "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
            "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiheadAttention",
-           "AdditiveAttention"]
+           "AdditiveAttention", "Embedding", "Linear", "CrossEntropyLoss", "optim", "SGD", "Adam",
+           "clip_grad_norm_", "clip_grad_value_", "sampling"]

@@ -1,4 +1,4 @@
-"""The ``fusedrnn`` command line: ``python -m fusedrnn bench [...]``.
+"""The ``fusedrnn`` command line: ``python -m fusedrnn bench [...]``, ``train-charlm [...]``.
 
 Each subcommand adds its parser in a ``_add_<name>`` function and sets ``handler``; `main` is the
 console-script entry point declared in pyproject.toml.
@@ -139,11 +139,46 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_charlm(subparsers: argparse._SubParsersAction) -> None:
+    # Listed here for --help; `main` hands everything after the name to the example's own parser.
+    parser = subparsers.add_parser(
+        "train-charlm", add_help=False,
+        help="train a character-level language model with TBPTT (examples/char_lm.py; "
+        "`fusedrnn train-charlm --help` for its options)")
+    parser.set_defaults(handler=lambda args: _run_train_charlm([]))
+
+
+def load_char_lm():
+    """The char-LM example as a module: shipped in the package as ``fusedrnn._char_lm`` (a copy
+    of examples/char_lm.py made at build time), else read from the source checkout."""
+    try:
+        from . import _char_lm
+    except ImportError:
+        import importlib.util
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parents[2] / "examples" / "char_lm.py"
+        if not path.is_file():
+            raise SystemExit(f"train-charlm needs examples/char_lm.py, not found at {path}") \
+                from None
+        spec = importlib.util.spec_from_file_location("fusedrnn._char_lm", path)
+        _char_lm = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = _char_lm  # its dataclass looks the module up there
+        spec.loader.exec_module(_char_lm)
+    return _char_lm
+
+
+def _run_train_charlm(argv: Sequence[str]) -> int:
+    load_char_lm().main(list(argv), prog="fusedrnn train-charlm")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fusedrnn`` parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_bench(subparsers)
+    _add_train_charlm(subparsers)
     return parser
 
 
@@ -160,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         The exit code: 0, 1 when a case failed validation; argparse exits with 2 on bad arguments.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-charlm"]:  # its options are the example's own
+        return _run_train_charlm(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -367,6 +367,88 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     return dx, dh0, dc0, grads
 
 
+def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean",
+                  grad: bool = True):
+    """Fused softmax cross-entropy: the loss and the gradient of the logits in one pass per row.
+
+    Same signature and results as `fusedrnn.reference.cross_entropy` (csrc/cross_entropy.h).
+    Stable for logits of any magnitude (the row maximum is subtracted before exp); rows run in
+    parallel when there are many logits.
+
+    Parameters
+    ----------
+    logits : (N, num_classes), float32 or float64
+    targets : (N,), any integer dtype
+        A class in ``[0, num_classes)``, or ``ignore_index`` for a row that does not count.
+    ignore_index : int, default -100
+    reduction : 'mean' (default) or 'sum'
+        'mean' divides by the number of rows not ignored; with none, the loss is NaN (0/0) and
+        the gradient zero, as in PyTorch.
+    grad : bool, default True
+        Also compute the gradient; False computes the loss only.
+
+    Returns
+    -------
+    loss : numpy scalar of the logits' dtype
+    dlogits : (N, num_classes), or None when ``grad=False``
+        ``scale * (softmax(logits) - onehot(targets))``, scale 1 (sum) or 1/count (mean); zero
+        rows where the target is ignored.
+    """
+    from .reference.cross_entropy import check_ignore_index
+
+    return _core.cross_entropy(logits, targets, check_ignore_index(ignore_index), reduction,
+                               bool(grad))
+
+
+def linear_forward(x, weight, bias=None):
+    """Dense layer over rows: ``x @ weight.T + bias`` as one GEMM on the kernels' BLAS, the bias
+    fused into it (csrc/linear.h). Twin: `fusedrnn.reference.linear_forward`.
+
+    Parameters
+    ----------
+    x : (M, in_features)
+    weight : (out_features, in_features)
+    bias : (out_features,) or None
+
+    Returns
+    -------
+    y : (M, out_features)
+    """
+    return _core.linear_forward(x, weight, bias)
+
+
+def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool = True):
+    """Gradients of `linear_forward`.
+
+    Parameters
+    ----------
+    x, weight : as given to `linear_forward`
+    dy : (M, out_features)
+    grads : dict with 'weight' (out_features, in_features) and, when ``bias``, 'bias'
+        (out_features,), accumulated into (``+=``) by the GEMM itself; None makes fresh zeroed
+        ones.
+    bias : bool
+        Whether the layer has a bias (its gradient is the column sums of dy).
+    need_dx : bool
+        False skips the input gradient (an input that needs none).
+
+    Returns
+    -------
+    dx : (M, in_features), or None when ``need_dx`` is False
+    grads : the dict, ``weight`` (and ``bias``)
+    """
+    if grads is not None and not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    if grads is not None and ("weight" not in grads or (bias and "bias" not in grads)):
+        raise ValueError(f"grads must have the keys {['weight', 'bias'] if bias else ['weight']}")
+    dweight = None if grads is None else grads["weight"]
+    dbias = None if grads is None or not bias else grads["bias"]
+    dx, dweight, dbias = _core.linear_backward(x, weight, dy, dweight, dbias, bool(bias),
+                                               bool(need_dx))
+    out = {"weight": dweight, **({"bias": dbias} if bias else {})}
+    if grads is None:
+        return dx, out
+    return dx, grads
 # ---------------------------------------------------------------- attention (docs/kernels.md)
 
 

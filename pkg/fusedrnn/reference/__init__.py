@@ -5,6 +5,8 @@ Every fused kernel is tested against these functions, and the workspaces are int
 ``stack_forward`` / ``stack_backward`` run layer stacks (layers, directions, lengths, LSTM
 projections, dropout masks) with a Python loop over the one-layer cells. ``attention_forward`` /
 ``attention_backward`` and the additive pair compute attention from the full score matrix.
+``cross_entropy`` is the twin of the fused softmax cross-entropy (loss and gradient of the
+logits), ``linear_forward`` / ``linear_backward`` of the dense layer.
 """
 
 from ._common import workspace_size
@@ -14,7 +16,9 @@ from .attention import (
     attention_backward,
     attention_forward,
 )
+from .cross_entropy import cross_entropy
 from .gru import gru_backward, gru_forward
+from .linear import linear_backward, linear_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 from .stack import StackSaved, stack_backward, stack_forward
@@ -25,8 +29,11 @@ __all__ = [
     "additive_attention_forward",
     "attention_backward",
     "attention_forward",
+    "cross_entropy",
     "gru_backward",
     "gru_forward",
+    "linear_backward",
+    "linear_forward",
     "lstm_backward",
     "lstm_forward",
     "rnn_backward",

@@ -1,0 +1,347 @@
+"""`Embedding` and `Linear`: the layers around a recurrent stack, as ``torch.nn.Embedding`` and
+``torch.nn.Linear``, on numpy arrays.
+
+They follow the same protocol as ``fusedrnn.LSTM`` / ``GRU`` / ``RNN`` (docs/training.md), so the
+optimizers (`fusedrnn.optim`) and gradient clipping take any mix of them:
+
+- ``named_parameters()`` yields ``(name, array)`` for every parameter: the live arrays, which an
+  optimizer updates in place;
+- ``grads`` is a dict keyed like ``state_dict()``, of arrays of the parameters' shapes; every
+  ``backward`` adds (``+=``) into it and ``zero_grad()`` zeroes it in place.
+
+``forward`` in training mode (the default) saves what ``backward`` needs; ``backward`` uses the
+last training-mode forward and may be called more than once (each call adds into ``grads``).
+`Linear` runs its GEMMs in C++ on the kernels' BLAS (``backend='fused'``, so that
+`fusedrnn.set_num_threads` governs them and numpy's own BLAS threads never compete with the
+kernels'), or in NumPy (``backend='reference'``).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from . import functional, reference
+
+DTypeLike = type | str | np.dtype
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_BACKENDS = {"fused": functional, "reference": reference}
+
+
+class _Trainable:
+    """Parameters, their gradients, modes, state dicts: what Embedding and Linear share."""
+
+    def __init__(self, dtype: DTypeLike, seed: int | None) -> None:
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._saved = None
+
+    def __call__(self, *args, **kwargs):
+        """Same as `forward`."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _set_parameters(self, params: dict[str, np.ndarray]) -> None:
+        self._params = {name: np.ascontiguousarray(v, self.dtype) for name, v in params.items()}
+        self.grads = {name: np.zeros_like(v) for name, v in self._params.items()}
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # ``linear.weight`` as in PyTorch: the live parameter array.
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every parameter: the live arrays (update them in place)."""
+        return iter(self._params.items())
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Every parameter array (live), in the order of `named_parameters`."""
+        return iter(self._params.values())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, keyed by PyTorch's names (copies, as fusedrnn.LSTM's)."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Copy parameters in from a mapping of names to real floating-point array-likes of the
+        right shapes (cast to the layer's dtype). Anything missing, unexpected, wrongly shaped
+        or not floating-point is an error naming it, and nothing is loaded then."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        missing = [name for name in self._params if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in self._params]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        loaded = {}
+        for name, param in self._params.items():
+            try:
+                value = np.asarray(state_dict[name])
+            except Exception as error:  # noqa: BLE001 - e.g. a torch tensor that requires grad
+                raise TypeError(f"state_dict[{name!r}] cannot be read as an array: "
+                                f"{error}") from None
+            if value.dtype.kind != "f":
+                raise TypeError(f"state_dict[{name!r}] must hold real floating-point numbers, "
+                                f"but has dtype {value.dtype}")
+            if value.shape != param.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, but {self!r} "
+                                 f"expects {param.shape}")
+            loaded[name] = value
+        for name, value in loaded.items():
+            np.copyto(self._params[name], value, casting="same_kind")
+
+    def zero_grad(self) -> None:
+        """Set every entry of ``grads`` to zero, in place (the arrays stay the same objects)."""
+        for value in self.grads.values():
+            value.fill(0)
+
+    def train(self, mode: bool = True):
+        """Training mode (default): forward saves what backward needs."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Eval mode: forward saves nothing. Same as ``train(False)``."""
+        return self.train(False)
+
+    def _check_float_input(self, value: object, name: str, last: int, axis: str) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, "
+                            f"got {type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the layer's dtype), but has "
+                            f"{value.dtype}; convert it with .astype(np.{self.dtype})")
+        if value.ndim < 1 or value.shape[-1] != last:
+            raise ValueError(f"{name} must have shape (..., {axis}) = (..., {last}), but has "
+                             f"{value.shape}")
+        return value
+
+    def _saved_or_raise(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a training-mode forward "
+                               f"first (eval-mode forwards save nothing)")
+        return self._saved
+
+
+class Linear(_Trainable):
+    """``y = x W^T + b`` over the last axis, as ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    dtype : numpy.float32 (default) or numpy.float64
+    seed : int or None
+        Seeds the initialisation: PyTorch's, ``weight`` and ``bias`` uniform in
+        +-1/sqrt(in_features).
+    backend : 'fused' (default) or 'reference'
+        `fusedrnn.functional.linear_forward` / ``linear_backward`` (C++, the kernels' BLAS, the
+        bias fused into the GEMM) or their NumPy twins in `fusedrnn.reference`.
+
+    Parameters: ``weight`` (out_features, in_features), ``bias`` (out_features,).
+
+    Examples
+    --------
+    >>> head = Linear(256, 96, seed=0)
+    >>> logits = head(np.zeros((50, 32, 256), np.float32))     # (50, 32, 96)
+    >>> dx = head.backward(np.ones_like(logits))              # (50, 32, 256); grads filled
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
+        super().__init__(dtype, seed)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        self.backend = backend
+        self.in_features = _check_size(in_features, "in_features")
+        self.out_features = _check_size(out_features, "out_features")
+        self._has_bias = bool(bias)
+        bound = 1.0 / np.sqrt(self.in_features)
+        params = {"weight": self._rng.uniform(-bound, bound, (self.out_features,
+                                                              self.in_features))}
+        if self._has_bias:
+            params["bias"] = self._rng.uniform(-bound, bound, self.out_features)
+        self._set_parameters(params)
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """The live bias array (out_features,), or None for a layer built with bias=False."""
+        return self._params.get("bias")
+
+    def __repr__(self) -> str:
+        extra = "" if self._has_bias else ", bias=False"
+        extra += "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
+        return f"Linear({self.in_features}, {self.out_features}{extra})"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x @ weight.T + bias``.
+
+        Parameters
+        ----------
+        x : (..., in_features), of the layer's dtype
+
+        Returns
+        -------
+        y : (..., out_features)
+
+        In training mode x is kept for backward (copied unless it is read-only, as the
+        outputs of the recurrent layers are, so a caller may refill its buffer).
+        """
+        x = self._check_float_input(x, "x", self.in_features, "in_features")
+        # one GEMM over every leading axis
+        y = _BACKENDS[self.backend].linear_forward(
+            x.reshape(-1, self.in_features), self._params["weight"], self._params.get("bias"))
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
+        if self.training:
+            self._saved = x.copy() if x.flags.writeable else x
+        else:
+            self._saved = None
+        return y
+
+    def backward(self, d_output: np.ndarray) -> np.ndarray:
+        """Gradients through the last training-mode forward.
+
+        Adds ``d_output^T x`` into ``grads['weight']`` and the sum of ``d_output`` over every
+        leading axis into ``grads['bias']``.
+
+        Parameters
+        ----------
+        d_output : (..., out_features), the shape of the output
+
+        Returns
+        -------
+        dx : (..., in_features), the shape of x
+        """
+        x = self._saved_or_raise()
+        d_output = self._check_float_input(d_output, "d_output", self.out_features,
+                                           "out_features")
+        if d_output.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"d_output must have the shape of the output, "
+                             f"{x.shape[:-1] + (self.out_features,)}, but has {d_output.shape}")
+        dx, _ = _BACKENDS[self.backend].linear_backward(
+            x.reshape(-1, self.in_features), self._params["weight"],
+            d_output.reshape(-1, self.out_features), grads=self.grads, bias=self._has_bias)
+        return dx.reshape(x.shape)
+
+
+class Embedding(_Trainable):
+    """A lookup table of vectors, as ``torch.nn.Embedding``.
+
+    Parameters
+    ----------
+    num_embeddings, embedding_dim : int
+    padding_idx : int or None
+        As in PyTorch: that row starts at zero and gets no gradient (so it stays what it is
+        unless set by hand); a negative value counts from the end.
+    dtype : numpy.float32 (default) or numpy.float64
+    seed : int or None
+        Seeds the initialisation: PyTorch's, standard normal.
+
+    Parameters: ``weight`` (num_embeddings, embedding_dim).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int,
+                 padding_idx: int | None = None, *, dtype: DTypeLike = np.float32,
+                 seed: int | None = None) -> None:
+        super().__init__(dtype, seed)
+        self.num_embeddings = _check_size(num_embeddings, "num_embeddings")
+        self.embedding_dim = _check_size(embedding_dim, "embedding_dim")
+        if padding_idx is not None:
+            padding_idx = _check_size(padding_idx, "padding_idx", minimum=None)
+            if not -self.num_embeddings <= padding_idx < self.num_embeddings:
+                raise ValueError(f"padding_idx must be within num_embeddings = "
+                                 f"{self.num_embeddings} (in [-{self.num_embeddings}, "
+                                 f"{self.num_embeddings})), got {padding_idx}")
+            padding_idx %= self.num_embeddings
+        self.padding_idx = padding_idx
+        weight = self._rng.standard_normal((self.num_embeddings, self.embedding_dim))
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self._set_parameters({"weight": weight})
+
+    def __repr__(self) -> str:
+        extra = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        extra += "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}{extra})"
+
+    def forward(self, indices: np.ndarray) -> np.ndarray:
+        """The rows ``weight[indices]``.
+
+        Parameters
+        ----------
+        indices : (...), any integer dtype, each in [0, num_embeddings)
+
+        Returns
+        -------
+        out : (..., embedding_dim), a fresh array
+        """
+        if not isinstance(indices, np.ndarray):
+            raise TypeError(f"indices must be a numpy.ndarray of integers, "
+                            f"got {type(indices).__name__}")
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"indices must have an integer dtype, got {indices.dtype}")
+        if indices.size:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= self.num_embeddings:
+                bad = low if low < 0 else high
+                raise ValueError(f"indices must be in [0, num_embeddings) = "
+                                 f"[0, {self.num_embeddings}), but hold {bad}")
+        out = self._params["weight"][indices]
+        self._saved = indices.copy() if self.training else None
+        return out
+
+    def backward(self, d_output: np.ndarray) -> None:
+        """Adds the rows of ``d_output`` into ``grads['weight']`` at the last forward's indices
+        (repeated indices add up; ``padding_idx`` gets nothing). The indices have no gradient,
+        so this returns None.
+
+        Parameters
+        ----------
+        d_output : (..., embedding_dim), the shape of the output
+        """
+        indices = self._saved_or_raise()
+        d_output = self._check_float_input(d_output, "d_output", self.embedding_dim,
+                                           "embedding_dim")
+        if d_output.shape[:-1] != indices.shape:
+            raise ValueError(f"d_output must have the shape of the output, "
+                             f"{indices.shape + (self.embedding_dim,)}, but has "
+                             f"{d_output.shape}")
+        flat = indices.reshape(-1)
+        rows = d_output.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = flat != self.padding_idx
+            flat, rows = flat[keep], rows[keep]
+        np.add.at(self.grads["weight"], flat, rows)
+
+
+def _check_dtype(dtype: DTypeLike) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+    return resolved
+
+
+def _check_size(value: object, name: str, minimum: int | None = 1) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if minimum is not None and size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size

@@ -1,0 +1,132 @@
+"""Picking the next token from logits, one step at a time: greedy, temperature and top-k sampling
+with a numpy Generator.
+
+A generation loop runs a cell (or a layer on one step) in eval mode, projects the state to
+logits and calls `sample` (see examples/char_lm.py)::
+
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        h, c = cell(embedding(token), (h, c))
+        token = sample(head(h), temperature=0.8, top_k=20, rng=rng)
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+__all__ = ["greedy", "sample", "softmax"]
+
+RngLike = np.random.Generator | int | None
+
+
+def _check_logits(logits: object) -> np.ndarray:
+    if not isinstance(logits, np.ndarray):
+        raise TypeError(f"logits must be a numpy.ndarray, got {type(logits).__name__}")
+    if logits.dtype.kind != "f":
+        raise TypeError(f"logits must have a floating-point dtype, got {logits.dtype}")
+    if logits.ndim not in (1, 2) or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape (num_classes,) or (B, num_classes) with "
+                         f"num_classes >= 1, but has {logits.shape}")
+    if np.isnan(logits).any():
+        raise ValueError("logits contain NaN")
+    return logits
+
+
+def _check_temperature(temperature: object) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return temperature
+
+
+def greedy(logits: np.ndarray) -> int | np.ndarray:
+    """The most likely class (the first one on ties).
+
+    Parameters
+    ----------
+    logits : (num_classes,) or (B, num_classes)
+
+    Returns
+    -------
+    int, or (B,) int64
+    """
+    logits = _check_logits(logits)
+    choice = np.argmax(logits, axis=-1)
+    return int(choice) if logits.ndim == 1 else choice.astype(np.int64)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` over the last axis, in float64, stable for any
+    magnitude (the maximum is subtracted first). -inf logits get probability 0.
+
+    Parameters
+    ----------
+    logits : (..., num_classes)
+    temperature : float > 0
+    """
+    temperature = _check_temperature(temperature)
+    if temperature == 0:
+        raise ValueError("temperature must be > 0 for softmax (0 is greedy: use greedy())")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sample(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
+           rng: RngLike = None) -> int | np.ndarray:
+    """Draw a class from ``softmax(logits / temperature)``, among the ``top_k`` largest logits.
+
+    Parameters
+    ----------
+    logits : (num_classes,) or (B, num_classes), any float dtype; one draw per row
+    temperature : float >= 0, default 1
+        Below 1 sharpens the distribution, above 1 flattens it; 0 is `greedy`.
+    top_k : int in [1, num_classes] or None
+        Only the k largest logits can be drawn (exactly k: ties at the boundary are broken by
+        position); None allows every class; 1 is `greedy`.
+    rng : numpy.random.Generator, int seed or None
+        The source of randomness; the same seed gives the same draws.
+
+    Returns
+    -------
+    int, or (B,) int64
+    """
+    logits = _check_logits(logits)
+    temperature = _check_temperature(temperature)
+    V = logits.shape[-1]
+    if top_k is not None:
+        if isinstance(top_k, (bool, np.bool_)):
+            raise TypeError(f"top_k must be an integer or None, got {top_k!r}")
+        try:
+            top_k = operator.index(top_k)
+        except TypeError:
+            raise TypeError(f"top_k must be an integer or None, got "
+                            f"{type(top_k).__name__}") from None
+        if not 1 <= top_k <= V:
+            raise ValueError(f"top_k must be in [1, num_classes] = [1, {V}], got {top_k}")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    if temperature == 0 or top_k == 1:
+        return greedy(logits)
+    rows = np.atleast_2d(logits).astype(np.float64)
+    if top_k is not None and top_k < V:
+        keep = np.argpartition(rows, V - top_k, axis=-1)[:, V - top_k:]
+        masked = np.full_like(rows, -np.inf)
+        np.put_along_axis(masked, keep, np.take_along_axis(rows, keep, axis=-1), axis=-1)
+        rows = masked
+    p = softmax(rows, temperature)
+    # inverse CDF: the first class whose cumulative probability exceeds u * total; a class of
+    # probability 0 never is, as the CDF does not rise there
+    cdf = np.cumsum(p, axis=-1)
+    u = rng.random((rows.shape[0], 1)) * cdf[:, -1:]
+    choice = np.sum(cdf <= u, axis=-1)
+    # rounding (u * total == total) could step past the last class of positive probability
+    last = V - 1 - np.argmax(p[:, ::-1] > 0, axis=-1)
+    choice = np.minimum(choice, last).astype(np.int64)
+    return int(choice[0]) if logits.ndim == 1 else choice

@@ -1,0 +1,279 @@
+"""SGD and Adam against their textbook update rules (and torch.optim when installed); gradient
+clipping against a direct computation (and torch.nn.utils); the layer protocol they rely on."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from fusedrnn import SGD, Adam, Embedding, Linear, clip_grad_norm_, clip_grad_value_
+
+
+class Params:
+    """The minimal protocol: named_parameters() of live arrays and a grads dict."""
+
+    def __init__(self, dtype=np.float64, seed=0):
+        rng = np.random.default_rng(seed)
+        self.p = {"a": rng.standard_normal((3, 4)).astype(dtype),
+                  "b": rng.standard_normal(5).astype(dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.p.items()}
+
+    def named_parameters(self):
+        return iter(self.p.items())
+
+
+def grad_sequence(params, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.p.items()}
+            for _ in range(steps)]
+
+
+def run(optimizer_class, options, steps=4, dtype=np.float64):
+    params = Params(dtype)
+    start = {k: v.copy() for k, v in params.p.items()}
+    grads = grad_sequence(params, steps)
+    opt = optimizer_class(params, **options)
+    for g in grads:
+        for k in params.grads:
+            params.grads[k][...] = g[k]
+        opt.step()
+    return start, grads, params.p
+
+
+SGD_OPTIONS = [
+    {"lr": 0.1},
+    {"lr": 0.1, "momentum": 0.9},
+    {"lr": 0.05, "momentum": 0.8, "dampening": 0.3, "weight_decay": 0.01},
+    {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+    {"lr": 0.1, "momentum": 0.5, "maximize": True},
+]
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS, ids=str)
+def test_sgd_is_the_textbook_rule(options):
+    start, grads, final = run(SGD, options)
+    lr, mu = options["lr"], options.get("momentum", 0.0)
+    tau, wd = options.get("dampening", 0.0), options.get("weight_decay", 0.0)
+    for name, p in start.items():
+        p, buf = p.copy(), None
+        for t, g in enumerate(grads):
+            d = (-g[name] if options.get("maximize") else g[name]) + wd * p
+            if mu:
+                buf = d if t == 0 else mu * buf + (1 - tau) * d
+                d = d + mu * buf if options.get("nesterov") else buf
+            p = p - lr * d
+        np.testing.assert_allclose(final[name], p, rtol=1e-12, atol=1e-14)
+
+
+ADAM_OPTIONS = [
+    {"lr": 0.01},
+    {"lr": 0.1, "betas": (0.8, 0.99), "eps": 1e-6},
+    {"lr": 0.01, "weight_decay": 0.1},
+    {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    {"lr": 0.01, "amsgrad": True},
+    {"lr": 0.01, "maximize": True},
+]
+
+
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=str)
+def test_adam_is_the_textbook_rule(options):
+    """Kingma and Ba's algorithm 1 with bias-corrected moments (m_hat, v_hat)."""
+    start, grads, final = run(Adam, options)
+    lr, (b1, b2) = options["lr"], options.get("betas", (0.9, 0.999))
+    eps, wd = options.get("eps", 1e-8), options.get("weight_decay", 0.0)
+    for name, p in start.items():
+        p = p.copy()
+        m = v = vmax = np.zeros_like(p)
+        for t, g in enumerate(grads, start=1):
+            g = -g[name] if options.get("maximize") else g[name]
+            if options.get("decoupled_weight_decay"):
+                p = p * (1 - lr * wd)
+            else:
+                g = g + wd * p
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g**2
+            vmax = np.maximum(vmax, v)
+            m_hat = m / (1 - b1**t)
+            v_hat = (vmax if options.get("amsgrad") else v) / (1 - b2**t)
+            p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+        np.testing.assert_allclose(final[name], p, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "name, options", [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS],
+    ids=lambda v: v if isinstance(v, str) else "")
+def test_matches_torch_optim(name, options, dtype):
+    torch = pytest.importorskip("torch")
+    ours = {"SGD": SGD, "Adam": Adam}[name]
+    start, grads, final = run(ours, options, dtype=dtype)
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in start.items()}
+    torch_opt = getattr(torch.optim, name)(list(tensors.values()), **options)
+    for g in grads:
+        for k, tensor in tensors.items():
+            tensor.grad = torch.tensor(g[k])
+        torch_opt.step()
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    for k, tensor in tensors.items():
+        assert final[k].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(final[k], tensor.detach().numpy(), **tol, err_msg=k)
+
+
+def test_optimizers_update_the_live_arrays_of_several_layers():
+    emb, lin = Embedding(5, 3, seed=0), Linear(3, 2, seed=1)
+    weight_arrays = [emb.weight, lin.weight, lin.bias]
+    before = [w.copy() for w in weight_arrays]
+    for layer in (emb, lin):
+        for g in layer.grads.values():
+            g.fill(1)
+    opt = SGD([emb, lin], lr=0.5)
+    opt.step()
+    assert emb.weight is weight_arrays[0] and lin.weight is weight_arrays[1]
+    for w, b in zip(weight_arrays, before):
+        np.testing.assert_allclose(w, b - 0.5, rtol=1e-6)
+    opt.zero_grad()
+    assert not any(g.any() for layer in (emb, lin) for g in layer.grads.values())
+
+
+def test_an_object_with_a_parameters_dict_is_accepted():
+    class DictParams:
+        def __init__(self):
+            self.w = np.ones(3)
+            self.grads = {"w": np.full(3, 2.0)}
+
+        def parameters(self):
+            return {"w": self.w}
+
+    layer = DictParams()
+    opt = SGD(layer, lr=0.25)
+    opt.step()
+    np.testing.assert_allclose(layer.w, 0.5)
+    opt.zero_grad()  # no zero_grad method: the grads are filled with zeros
+    assert not layer.grads["w"].any()
+
+
+def test_a_parameter_loaded_in_place_keeps_its_optimizer_state():
+    lin = Linear(2, 2, dtype=np.float64, seed=0)
+    opt = SGD(lin, lr=1.0, momentum=1.0)
+    lin.grads["weight"].fill(1)
+    opt.step()
+    lin.load_state_dict({"weight": np.zeros((2, 2)), "bias": np.zeros(2)})
+    opt.step()  # the momentum buffer (1) + the gradient (1): 2 more
+    np.testing.assert_allclose(lin.weight, -2.0)
+
+
+@pytest.mark.parametrize(
+    "make, error, pattern",
+    [
+        (lambda: SGD([object()], lr=0.1), TypeError, r"modules\[0\] \(object\) has no grads"),
+        (lambda: SGD([], lr=0.1), ValueError, r"at least one layer"),
+        (lambda: SGD(type("NoParams", (), {"grads": {}})(), lr=0.1), TypeError,
+         r"NoParams has neither named_parameters\(\) nor parameters\(\)"),
+        (lambda: SGD(_missing_grad(), lr=0.1), ValueError, r"has no grads\['b'\]"),
+        (lambda: SGD(_wrong_grad_shape(), lr=0.1), ValueError,
+         r"grads\['a'\] must be an array of the parameter's shape \(3, 4\)"),
+        (lambda: SGD(Params(), lr=-1), ValueError, r"lr must be >= 0.0, got -1.0"),
+        (lambda: SGD(Params(), lr="0.1"), TypeError, r"lr must be a number"),
+        (lambda: SGD(Params(), lr=0.1, nesterov=True), ValueError, r"nesterov momentum needs"),
+        (lambda: Adam(Params(), betas=(0.9, 1.0)), ValueError, r"betas must be in \[0, 1\)"),
+        (lambda: Adam(Params(), betas=0.9), TypeError, r"betas must be a pair"),
+        (lambda: Adam(Params(), eps=float("nan")), ValueError, r"eps must be >= 0.0, got nan"),
+    ],
+)
+def test_bad_arguments(make, error, pattern):
+    with pytest.raises(error, match=pattern):
+        make()
+
+
+def _missing_grad():
+    p = Params()
+    del p.grads["b"]
+    return p
+
+
+def _wrong_grad_shape():
+    p = Params()
+    p.grads["a"] = np.zeros((4, 3))
+    return p
+
+
+# ---------------------------------------------------------------- clipping
+
+
+def filled_layers(scale=1.0, dtype=np.float64):
+    emb, lin = Embedding(4, 3, dtype=dtype, seed=0), Linear(3, 2, dtype=dtype, seed=1)
+    rng = np.random.default_rng(2)
+    for layer in (emb, lin):
+        for g in layer.grads.values():
+            g[...] = scale * rng.standard_normal(g.shape)
+    return emb, lin
+
+
+def all_grads(layers):
+    return np.concatenate([g.ravel() for layer in layers for g in layer.grads.values()])
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, math.inf])
+def test_clip_grad_norm_scales_to_the_max_norm(norm_type):
+    layers = filled_layers()
+    flat = all_grads(layers)
+    direct = np.max(np.abs(flat)) if math.isinf(norm_type) else \
+        np.sum(np.abs(flat) ** norm_type) ** (1 / norm_type)
+    total = clip_grad_norm_(list(layers), max_norm=0.5, norm_type=norm_type)
+    assert isinstance(total, float)
+    np.testing.assert_allclose(total, direct, rtol=1e-12)
+    np.testing.assert_allclose(all_grads(layers), flat * 0.5 / (direct + 1e-6), rtol=1e-12)
+
+
+def test_clip_grad_norm_leaves_small_gradients_alone():
+    layers = filled_layers(scale=1e-3)
+    flat = all_grads(layers)
+    total = clip_grad_norm_(layers, max_norm=1.0)
+    np.testing.assert_allclose(total, np.linalg.norm(flat), rtol=1e-12)
+    np.testing.assert_array_equal(all_grads(layers), flat)
+
+
+def test_clip_grad_norm_takes_grads_dicts_and_float32():
+    layers = filled_layers(dtype=np.float32)
+    flat = all_grads(layers).astype(np.float64)
+    total = clip_grad_norm_([layers[0].grads, layers[1]], max_norm=1.0)
+    np.testing.assert_allclose(total, np.linalg.norm(flat), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(all_grads(layers).astype(np.float64)), 1.0,
+                               rtol=1e-5)
+    assert all(g.dtype == np.float32 for layer in layers for g in layer.grads.values())
+
+
+def test_clip_grad_norm_nonfinite():
+    layers = filled_layers()
+    layers[1].grads["bias"][0] = np.nan
+    with pytest.raises(RuntimeError, match="the total norm of order 2.0 of the gradients is nan"):
+        clip_grad_norm_(layers, 1.0, error_if_nonfinite=True)
+    assert math.isnan(clip_grad_norm_(layers, 1.0))
+    assert np.isnan(all_grads(layers)).all()  # as torch: everything times NaN
+
+
+def test_clip_grad_norm_matches_torch():
+    torch = pytest.importorskip("torch")
+    layers = filled_layers(scale=3.0)
+    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
+               for layer in layers for g in layer.grads.values()]
+    for t, g in zip(tensors, (g for layer in layers for g in layer.grads.values())):
+        t.grad = torch.tensor(g)
+    expected = torch.nn.utils.clip_grad_norm_(tensors, 2.0)
+    total = clip_grad_norm_(layers, 2.0)
+    np.testing.assert_allclose(total, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(all_grads(layers),
+                               np.concatenate([t.grad.numpy().ravel() for t in tensors]),
+                               rtol=1e-12)
+
+
+def test_clip_grad_value():
+    layers = filled_layers()
+    flat = all_grads(layers)
+    clip_grad_value_(layers, 0.3)
+    np.testing.assert_array_equal(all_grads(layers), np.clip(flat, -0.3, 0.3))
+    with pytest.raises(ValueError, match="clip_value must be >= 0.0"):
+        clip_grad_value_(layers, -1)
+    with pytest.raises(TypeError, match=r"modules\[0\] must be a layer with a grads dict"):
+        clip_grad_value_([3], 1.0)
