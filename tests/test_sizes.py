@@ -161,6 +161,40 @@ def test_the_reference_backend_has_no_row_limit():
         layer(view(2**16, 2**16, 3), (np.zeros((1, 1, 4), np.float32),) * 2)
 
 
+def test_a_stacked_layer_input_past_one_blas_argument_is_refused():
+    """Layers past the first read D*H_out columns: refused above 2**31 - 1 like the gate width
+    (before the bindings' fix, only the gate width G*H was checked)."""
+    H = 2**30 + 1  # an RNN's gate width H fits, its bidirectional layer input 2H does not
+    params = {}
+    for name in functional.stack_param_names("rnn", 2, True, bias=False):
+        # weight_ih_l1 (H, 2H) would be 2**63 bytes, too many even for a view: any shape will do,
+        # since the sizes are checked before the weights
+        wide = "ih" not in name
+        params[name] = view(1, 1) if name.startswith("weight_ih_l1") else view(H, H if wide else 1)
+    kwargs = {"mode": "rnn", "x": view(1, 1, 1), "hx": view(4, 1, H), "params": params,
+              "num_layers": 2, "bidirectional": True}
+    with nothing_big_happens(), pytest.raises(
+            ValueError, match=r"num_directions\*hidden_size \(the input of a layer past the first\) "
+                              r"is 2147483650"):
+        functional.stack_forward(**kwargs)
+
+
+def test_stack_buffers_past_any_machine_are_a_memory_error_before_int64_overflow():
+    """L*D*T*B*H beyond 2**63: the int64 sizes of the saved and scratch buffers would wrap
+    around (and a wrapped, small buffer would be overrun). The binding refuses such stacks as a
+    MemoryError before computing them, or copying anything."""
+    L, H, P = 8, 2**28, 1
+    params = {}
+    for name in functional.stack_param_names("lstm", L, True, bias=False, proj_size=P):
+        kind = name.split("_l")[0]
+        layer_input = 1 if "_l0" in name else 2 * P
+        params[name] = view(*{"weight_ih": (4 * H, layer_input), "weight_hh": (4 * H, P),
+                              "weight_hr": (P, H)}[kind])
+    hx = (view(2 * L, 1, P), view(2 * L, 1, H))
+    with nothing_big_happens(), pytest.raises(MemoryError, match=r"more than 2\*\*60 elements"):
+        functional.stack_forward("lstm", view(2**30, 1, 1), hx, params, L, True, proj_size=P)
+
+
 # ---------------------------------------------------------------- allocation failures
 
 
