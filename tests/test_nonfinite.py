@@ -1,0 +1,139 @@
+"""Non-finite values: NaN or +-Inf in any input or weight propagate exactly as in the reference.
+
+One element of one argument at a time becomes NaN, +Inf or -Inf (and, for the weights, a whole
+row, so every step meets it); the fused result must have the reference's pattern of NaN, +Inf
+and -Inf in every output and gradient, and equal it within the dtype's tolerance where both are
+finite. The calls may not hang (each runs under a time limit), abort, or raise: no numpy
+floating-point warning or error escapes either, even with every FP error set to 'raise'.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from cells import CASES, backward, forward, loss_weights, make_inputs, tolerances
+from fusedrnn import functional, reference
+
+VALUES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
+
+
+def within(seconds, fn, *args, **kwargs):
+    """fn(*args, **kwargs), failing the test (not hanging it) if it takes longer."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            box["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{fn.__name__} did not return within {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def strict(fn):
+    """fn under numpy's strictest error state, with warnings as errors: nothing may fire."""
+    def run(*args, **kwargs):
+        with warnings.catch_warnings(), np.errstate(all="raise"):
+            warnings.simplefilter("error")
+            return fn(*args, **kwargs)
+    run.__name__ = fn.__name__
+    return run
+
+
+def assert_same_pattern(got, want, dtype, name):
+    assert got.shape == want.shape and got.dtype == want.dtype, name
+    for kind, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        differ = np.flatnonzero(test(got) != test(want))
+        assert not differ.size, (f"{name}: {kind} at {differ.size} positions where the reference "
+                                 f"has none or the other way round, e.g. flat index {differ[0]}: "
+                                 f"fused {got.flat[differ[0]]}, reference {want.flat[differ[0]]}")
+    finite = np.isfinite(want)
+    if finite.any():
+        rtol, atol = tolerances(dtype)
+        scale = max(1.0, float(np.max(np.abs(want[finite]))))
+        np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=atol * scale,
+                                   err_msg=name)
+
+
+def spoil(array, value, where):
+    out = array.copy()
+    if where == "one":
+        out.flat[out.size // 2] = value
+    else:  # a whole row of a matrix (every step reads it), or everything of a vector
+        out[out.shape[0] // 2] = value
+    return out
+
+
+# ---------------------------------------------------------------- one layer
+
+
+def one_layer(case, inputs, backend, out_grads=None):
+    out = forward(case, inputs, backend=backend)
+    grads_in = out_grads if out_grads is not None else loss_weights(case, out)
+    grads, _ = backward(case, inputs, out, grads_in, backend=backend)
+    return {**{k: v for k, v in out.items() if k != "workspace" and v is not None}, **grads}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_one_layer_nonfinite_inputs_propagate_as_in_the_reference(case, dtype):
+    base = make_inputs(case, 4, 3, 5, 6, dtype=dtype)
+    out_grads = loss_weights(case, forward(case, base, backend=reference))
+    failures = []
+    for name in base:
+        for label, value in VALUES.items():
+            wheres = ("one", "row") if name.startswith("weight") else ("one",)
+            for where in wheres:
+                inputs = {**base, name: spoil(base[name], value, where)}
+                kept = inputs[name].copy()
+                with np.errstate(all="ignore"):
+                    want = one_layer(case, inputs, reference, out_grads)
+                got = within(60, strict(one_layer), case, inputs, functional, out_grads)
+                np.testing.assert_array_equal(inputs[name], kept)
+                for key in want:
+                    try:
+                        assert_same_pattern(got[key], want[key], dtype, f"{key} ({name}={label}, {where})")
+                    except AssertionError as error:
+                        failures.append(str(error).splitlines()[0][:300])
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_layer_nonfinite_output_gradients_propagate_as_in_the_reference(case):
+    inputs = make_inputs(case, 4, 3, 5, 6)
+    base = loss_weights(case, forward(case, inputs, backend=reference))
+    failures = []
+    for name in base:
+        for label, value in VALUES.items():
+            out_grads = {**base, name: spoil(base[name], value, "one")}
+            with np.errstate(all="ignore"):
+                want = one_layer(case, inputs, reference, out_grads)
+            got = within(60, strict(one_layer), case, inputs, functional, out_grads)
+            for key in want:
+                try:
+                    assert_same_pattern(got[key], want[key], np.float64, f"{key} ({name}={label})")
+                except AssertionError as error:
+                    failures.append(str(error).splitlines()[0][:300])
+    assert not failures, "\n".join(failures)
+
+
+def test_nonfinite_inputs_change_nothing_else():
+    """A NaN in one item of the batch stays in that item: the others are bit-identical."""
+    inputs = make_inputs("lstm", 4, 3, 5, 6)
+    clean = forward("lstm", inputs, backend=functional)
+    x = inputs["x"].copy()
+    x[2, 1, 3] = np.nan
+    dirty = forward("lstm", {**inputs, "x": x}, backend=functional)
+    for name in ("y", "h_n", "c_n"):
+        a, b = clean[name], dirty[name]
+        np.testing.assert_array_equal(np.delete(a, 1, axis=-2), np.delete(b, 1, axis=-2))
+    assert np.isnan(dirty["y"][2:, 1]).all() and not np.isnan(dirty["y"][:2]).any()
