@@ -272,6 +272,10 @@ class _Packing:
         self.lengths = np.ascontiguousarray(lengths[self.order], dtype=np.int64)
         self.batch_sizes = (self.lengths[None, :] > np.arange(T)[:, None]).sum(1).astype(np.int64)
 
+    def valid(self) -> np.ndarray:
+        """(T, B) bool, in sorted order: True where step t is one of row b's own steps."""
+        return np.arange(len(self.batch_sizes))[:, None] < self.lengths[None, :]
+
     def sort(self, a, axis: int = 1):
         return None if a is None else np.take(a, self.order, axis=axis)
 
@@ -379,6 +383,12 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout
                 _check_batch_axis(value, name, B)
         x, h0, c0 = packing.sort(x), packing.sort(h0), packing.sort(c0)
         masks = packing.sort(masks, axis=2)
+        # Padded steps are no input: zero them in these (fresh, sorted) copies, so that whatever
+        # the caller left there (np.empty garbage, NaN) cannot reach a weight gradient as 0 * NaN.
+        padded = ~packing.valid()
+        x[padded] = 0
+        if masks is not None:
+            masks[:, padded] = 0
     packed = (None, None) if packing is None else (packing.batch_sizes, packing.lengths)
     return x, h0, c0, weights, masks, packing, packed, hidden, num_layers, proj_size
 
