@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from cells import CASES, backward, forward, loss_weights, make_inputs, tolerances
 from fusedrnn import functional, reference
+from hostile import stack_inputs
 
 VALUES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
 
@@ -126,6 +127,60 @@ def test_one_layer_nonfinite_output_gradients_propagate_as_in_the_reference(case
     assert not failures, "\n".join(failures)
 
 
+# ---------------------------------------------------------------- stacks
+
+
+def stack_run(kwargs, backend, dy, dh_n, dc_n):
+    y, h_n, c_n, saved = backend.stack_forward(**kwargs)
+    dx, dh0, dc0, grads = backend.stack_backward(**kwargs, y=y, saved=saved, dy=dy, dh_n=dh_n,
+                                                 dc_n=dc_n)
+    out = {"y": y, "h_n": h_n, "dx": dx, "dh0": dh0, **grads}
+    if c_n is not None:
+        out.update(c_n=c_n, dc0=dc0)
+    return out
+
+
+def stack_targets(kwargs):
+    """(path, array) of every array a stack call reads."""
+    targets = [(("x",), kwargs["x"])]
+    hx = kwargs["hx"]
+    targets += [(("hx", i), h) for i, h in enumerate(hx)] if isinstance(hx, tuple) else [(("hx",), hx)]
+    targets += [(("params", k), v) for k, v in kwargs["params"].items()]
+    return targets
+
+
+@pytest.mark.parametrize("key", ["lstm", "gru", "rnn"])
+def test_stack_nonfinite_inputs_propagate_as_in_the_reference(key):
+    """Two layers (bidirectional with lengths for lstm and rnn, a projection for lstm), dropout
+    masks: NaN / Inf in x, the states, any parameter, and the output gradients."""
+    from hostile import put
+    base = stack_inputs(key)
+    y, h_n, c_n, _ = reference.stack_forward(**base)
+    rng = np.random.default_rng(3)
+    grads_in = {"dy": rng.standard_normal(y.shape), "dh_n": rng.standard_normal(h_n.shape),
+                "dc_n": None if c_n is None else rng.standard_normal(c_n.shape)}
+    failures = []
+    cases = [(path, array, "input") for path, array in stack_targets(base)]
+    cases += [((name,), array, "grad") for name, array in grads_in.items() if array is not None]
+    for path, array, kind in cases:
+        for label, value in VALUES.items():
+            spoiled = spoil(array, value, "one")
+            kwargs, out_grads = base, grads_in
+            if kind == "input":
+                kwargs = put(base, path, spoiled)
+            else:
+                out_grads = {**grads_in, path[0]: spoiled}
+            with np.errstate(all="ignore"):
+                want = stack_run(kwargs, reference, **out_grads)
+            got = within(60, strict(stack_run), kwargs, functional, **out_grads)
+            for name in want:
+                try:
+                    assert_same_pattern(got[name], want[name], np.float64, f"{name} ({path}={label})")
+                except AssertionError as error:
+                    failures.append(str(error).splitlines()[0][:300])
+    assert not failures, "\n".join(failures)
+
+
 def test_nonfinite_inputs_change_nothing_else():
     """A NaN in one item of the batch stays in that item: the others are bit-identical."""
     inputs = make_inputs("lstm", 4, 3, 5, 6)
@@ -137,3 +192,34 @@ def test_nonfinite_inputs_change_nothing_else():
         a, b = clean[name], dirty[name]
         np.testing.assert_array_equal(np.delete(a, 1, axis=-2), np.delete(b, 1, axis=-2))
     assert np.isnan(dirty["y"][2:, 1]).all() and not np.isnan(dirty["y"][:2]).any()
+
+
+@pytest.mark.parametrize("garbage", [np.nan, np.inf, -1e308])
+@pytest.mark.parametrize("key", ["lstm", "rnn"])
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+def test_values_at_padded_steps_do_not_matter(backend, key, garbage):
+    """Padded steps (t >= lengths[b]) of x, of the dropout masks and of dy are no input: NaN, Inf
+    or huge garbage there (an np.empty buffer filled only up to each length) changes nothing.
+    (Before, x there reached the weight gradients as 0 * NaN, in both backends.)"""
+    kwargs = stack_inputs(key)
+    lengths = kwargs["lengths"]
+    padded = np.arange(kwargs["x"].shape[0])[:, None] >= lengths[None, :]  # (T, B)
+    y, h_n, _, _ = reference.stack_forward(**kwargs)
+    rng = np.random.default_rng(2)
+    dy = rng.standard_normal(y.shape)
+    dh_n = rng.standard_normal(h_n.shape)
+    clean = stack_run(kwargs, backend, dy, dh_n, None)
+    dirty_kwargs = dict(kwargs)
+    dirty_kwargs["x"] = kwargs["x"].copy()
+    dirty_kwargs["x"][padded] = garbage
+    dirty_kwargs["dropout_masks"] = [m.copy() for m in kwargs["dropout_masks"]]
+    for m in dirty_kwargs["dropout_masks"]:
+        m[padded] = garbage
+    dirty_dy = dy.copy()
+    dirty_dy[padded] = garbage
+    with np.errstate(all="ignore"):
+        dirty = stack_run(dirty_kwargs, backend, dirty_dy, dh_n, None)
+    for name, value in clean.items():
+        assert np.isfinite(dirty[name]).all(), name
+        np.testing.assert_allclose(dirty[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not dirty["dx"][padded].any()
