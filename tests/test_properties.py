@@ -1,0 +1,194 @@
+"""Property tests: the fused layers equal the reference layers on random configurations.
+
+Hypothesis draws the cell and its variant, the dtype, the sizes (1 and odd ones included, and
+sizes past one vector width), layers, direction, batch_first, unbatched input, lengths, initial
+states, bias, projection, dropout masks, truncated backpropagation (unidirectional) and whether
+the time loops run on a forced team of threads; the fused layer (``backend='fused'``) must equal
+the reference layer (``backend='reference'``, built from the same seed, so with the same
+parameters and dropout masks) within the dtype's tolerance, forward and backward.
+
+The default run draws a few dozen examples per property (``max_examples`` below); the ``slow``
+copies draw many more: ``python -m pytest tests/test_properties.py -m slow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cells import assert_close
+from fusedrnn import (
+    GRU,
+    LSTM,
+    RNN,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+    _core,
+    get_num_threads,
+    set_num_threads,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+FAMILIES = {  # name -> (layer class, cell class, options)
+    "lstm": (LSTM, LSTMCell, {}),
+    "gru_reset_after": (GRU, GRUCell, {"reset_after": True}),
+    "gru_reset_before": (GRU, GRUCell, {"reset_after": False}),
+    "rnn_tanh": (RNN, RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (RNN, RNNCell, {"nonlinearity": "relu"}),
+}
+SIZES = st.sampled_from([1, 2, 3, 5, 7, 9, 17])  # 1, odd, and past an 8- or 16-lane vector
+DEFAULT = settings(max_examples=30, deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+THOROUGH = settings(DEFAULT, max_examples=600)
+
+
+class forced_team:
+    """Optionally run the time loops on a team of two threads even for tiny sizes."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        self.threads = get_num_threads()
+        if self.on:
+            set_num_threads(2)
+            _core._set_team_thresholds(0, 1)
+
+    def __exit__(self, *exc):
+        _core._set_team_thresholds(1 << 15, 16)
+        set_num_threads(self.threads)
+
+
+@st.composite
+def layer_cases(draw):
+    family = draw(st.sampled_from(sorted(FAMILIES)))
+    T, B, I, H = draw(SIZES), draw(SIZES), draw(SIZES), draw(SIZES)
+    T = min(T, 9)
+    num_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
+    proj = 0
+    if family == "lstm" and H > 1 and draw(st.booleans()):
+        proj = draw(st.integers(1, H - 1))
+    unbatched = draw(st.booleans()) if B == 1 else False
+    lengths = None
+    if not unbatched and draw(st.booleans()):
+        lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B))
+    truncate = None
+    if not bidirectional and draw(st.booleans()):
+        k2 = draw(st.integers(1, T + 1))
+        truncate = (k2, draw(st.integers(1, k2)))
+    return {
+        "family": family, "T": T, "B": B, "I": I, "H": H, "proj": proj,
+        "num_layers": num_layers, "bidirectional": bidirectional,
+        "batch_first": draw(st.booleans()), "unbatched": unbatched, "lengths": lengths,
+        "hx": draw(st.booleans()), "d_hx": draw(st.booleans()), "bias": draw(st.booleans()),
+        "dropout": draw(st.sampled_from([0.0, 0.0, 0.4])) if num_layers > 1 else 0.0,
+        "truncate": truncate, "dtype": draw(st.sampled_from([np.float64, np.float32])),
+        "team": draw(st.booleans()), "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def run_layer(case, backend):
+    cls, _, options = FAMILIES[case["family"]]
+    if case["proj"]:
+        options = {**options, "proj_size": case["proj"]}
+    layer = cls(case["I"], case["H"], num_layers=case["num_layers"], bias=case["bias"],
+                batch_first=case["batch_first"], dropout=case["dropout"],
+                bidirectional=case["bidirectional"], dtype=case["dtype"], seed=case["seed"],
+                backend=backend, **options)
+    rng = np.random.default_rng(case["seed"] + 1)
+    dtype = case["dtype"]
+    T, B, I = case["T"], case["B"], case["I"]
+    shape = (T, I) if case["unbatched"] else (B, T, I) if case["batch_first"] else (T, B, I)
+    x = rng.standard_normal(shape).astype(dtype)
+    h_shape, c_shape = layer._state_shapes(B, case["unbatched"])[:2]
+    hx = None
+    if case["hx"]:
+        h0 = rng.standard_normal(h_shape).astype(dtype)
+        hx = (h0, rng.standard_normal(c_shape).astype(dtype)) if cls is LSTM else h0
+    output, h_n = layer(x, hx, lengths=case["lengths"])
+    d_output = rng.standard_normal(output.shape).astype(dtype)
+    d_hx = None
+    if case["d_hx"]:
+        parts = [rng.standard_normal(s.shape).astype(dtype)
+                 for s in (h_n if isinstance(h_n, tuple) else (h_n,))]
+        d_hx = tuple(parts) if isinstance(h_n, tuple) else parts[0]
+    k2, k1 = case["truncate"] or (None, None)
+    dx, dhx = layer.backward(d_output, d_hx, truncate=k2, truncate_stride=k1)
+    results = {"output": output, "dx": dx}
+    for name, value in (("h_n", h_n), ("dhx", dhx)):
+        for i, part in enumerate(value if isinstance(value, tuple) else (value,)):
+            results[f"{name}[{i}]"] = part
+    results.update({f"grad {k}": v for k, v in layer.grads.items()})
+    return results
+
+
+def check_layer_case(case):
+    with forced_team(case["team"]):
+        fused = run_layer(case, "fused")
+    want = run_layer(case, "reference")
+    assert fused.keys() == want.keys()
+    for name, value in want.items():
+        assert_close(fused[name], value, case["dtype"], f"{name} of {case}")
+
+
+@DEFAULT
+@given(layer_cases())
+def test_fused_layer_equals_reference_layer(case):
+    check_layer_case(case)
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(layer_cases())
+def test_fused_layer_equals_reference_layer_thoroughly(case):
+    check_layer_case(case)
+
+
+@st.composite
+def cell_cases(draw):
+    return {
+        "family": draw(st.sampled_from(sorted(FAMILIES))),
+        "B": draw(SIZES), "I": draw(SIZES), "H": draw(SIZES), "steps": draw(st.integers(1, 5)),
+        "unbatched": draw(st.booleans()), "bias": draw(st.booleans()), "hx": draw(st.booleans()),
+        "dtype": draw(st.sampled_from([np.float64, np.float32])), "team": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def run_cell(case, backend):
+    """A hand-written loop of ``steps`` steps, then backward through them in reverse."""
+    _, cls, options = FAMILIES[case["family"]]
+    cell = cls(case["I"], case["H"], bias=case["bias"], dtype=case["dtype"], seed=case["seed"],
+               backend=backend, **options)
+    rng = np.random.default_rng(case["seed"] + 1)
+    lead = () if case["unbatched"] else (case["B"],)
+    draw = lambda *shape: rng.standard_normal(lead + shape).astype(case["dtype"])
+    state = None
+    if case["hx"]:
+        state = (draw(case["H"]), draw(case["H"])) if cls is LSTMCell else draw(case["H"])
+    results = {}
+    for t in range(case["steps"]):
+        state = cell(draw(case["I"]), state)
+        for i, part in enumerate(state if isinstance(state, tuple) else (state,)):
+            results[f"h{t}[{i}]"] = part
+    for t in reversed(range(case["steps"])):
+        parts = [draw(case["H"]) for _ in range(2 if cls is LSTMCell else 1)]
+        dx, dhx = cell.backward(*parts)
+        results[f"dx{t}"] = dx
+        for i, part in enumerate(dhx if isinstance(dhx, tuple) else (dhx,)):
+            results[f"dh{t}[{i}]"] = part
+    results.update({f"grad {k}": v for k, v in cell.grads.items()})
+    return results
+
+
+@DEFAULT
+@given(cell_cases())
+def test_fused_cell_loop_equals_reference_cell_loop(case):
+    with forced_team(case["team"]):
+        fused = run_cell(case, "fused")
+    want = run_cell(case, "reference")
+    assert fused.keys() == want.keys()
+    for name, value in want.items():
+        assert_close(fused[name], value, case["dtype"], f"{name} of {case}")
