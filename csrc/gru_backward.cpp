@@ -60,21 +60,23 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       const int64_t blocks = reset_after ? G : 2 * H;
       gemm<T>(false, false, n, w, blocks, T(1), dgh, G, w_hh + j0, H, T(1), dh0 + j0, H);
     }
-  });
 
-  // forward: gates_x = x W_ih^T + b_ih
-  gemm<T>(false, false, steps * B, I, G, T(1), dgates_x, G, w_ih, I, T(0), dx, I);
-  gemm<T>(true, false, G, I, steps * B, T(1), dgates_x, G, x, I, T(1), dw_ih, I);
-  if (db_ih) add_column_sums(db_ih, dgates_x, steps * B, G, G);
-  if (db_hh) add_column_sums(db_hh, dgates_h, steps * B, G, G);
-  if (reset_after) {
-    add_recurrent_weight_grad(dw_hh, H, dgates_h, G, G, y, h0, steps, B, H);
-  } else {
-    // r and z blocks see h_{t-1}; the n block sees r*h_{t-1}, saved as rh [T*B,H].
-    add_recurrent_weight_grad(dw_hh, H, dgates_h, G, 2 * H, y, h0, steps, B, H);
-    gemm<T>(true, false, H, H, steps * B, T(1), dgates_h + 2 * H, G, saved.extra, H, T(1),
-            dw_hh + 2 * H * H, H);
-  }
+    // Everything that does not recur, each member its share. forward: gates_x = x W_ih^T + b_ih
+    team_barrier();
+    const Team team{member, members};
+    gemm_rows<T>(team, false, false, steps * B, I, G, T(1), dgates_x, G, w_ih, I, T(0), dx, I);
+    gemm_rows<T>(team, true, false, G, I, steps * B, T(1), dgates_x, G, x, I, T(1), dw_ih, I);
+    if (db_ih) add_column_sums(team, db_ih, dgates_x, steps * B, G, G);
+    if (db_hh) add_column_sums(team, db_hh, dgates_h, steps * B, G, G);
+    if (reset_after) {
+      add_recurrent_weight_grad(team, dw_hh, H, dgates_h, G, G, y, h0, steps, B, H);
+    } else {
+      // r and z blocks see h_{t-1}; the n block sees r*h_{t-1}, saved as rh [T*B,H].
+      add_recurrent_weight_grad(team, dw_hh, H, dgates_h, G, 2 * H, y, h0, steps, B, H);
+      gemm_rows<T>(team, true, false, H, H, steps * B, T(1), dgates_h + 2 * H, G, saved.extra, H,
+                   T(1), dw_hh + 2 * H * H, H);
+    }
+  });
 }
 
 #define FUSEDRNN_GRU_BACKWARD(T)                                                                \

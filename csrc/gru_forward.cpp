@@ -33,12 +33,12 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   T* proj = extra_step + B * H;   // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
-  if (training) gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), saved.gates, G);
-
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
   // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H), [&](int member, int members) {
     const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    if (training)  // this member's gate columns of every step's input projection
+      gemm_gate_slices<T>(steps * B, 3, H, j0, w, I, x, I, w_ih, T(0), saved.gates, G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;

@@ -63,16 +63,18 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
       const int64_t q0 = P ? p0 : j0, qw = P ? pw : w;
       gemm<T>(false, false, n, qw, G, T(1), dg, G, w_hh + q0, R, T(0), dh0 + q0, R);
     }
-  });
 
-  // Everything that does not recur, over all steps at once (rows past their length are zero).
-  // forward: gates = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
-  gemm<T>(false, false, steps * B, I, G, T(1), dgates, G, w_ih, I, T(0), dx, I);
-  gemm<T>(true, false, G, I, steps * B, T(1), dgates, G, x, I, T(1), dw_ih, I);
-  add_recurrent_weight_grad(dw_hh, R, dgates, G, G, y, h0, steps, B, R);
-  if (db_ih) add_column_sums(db_ih, dgates, steps * B, G, G);
-  if (db_hh) add_column_sums(db_hh, dgates, steps * B, G, G);
-  if (P) gemm<T>(true, false, P, H, steps * B, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
+    // Everything that does not recur, over all steps at once (rows past their length are
+    // zero), each member its share. forward: gates = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
+    team_barrier();
+    const Team team{member, members};
+    gemm_rows<T>(team, false, false, steps * B, I, G, T(1), dgates, G, w_ih, I, T(0), dx, I);
+    gemm_rows<T>(team, true, false, G, I, steps * B, T(1), dgates, G, x, I, T(1), dw_ih, I);
+    add_recurrent_weight_grad(team, dw_hh, R, dgates, G, G, y, h0, steps, B, R);
+    if (db_ih) add_column_sums(team, db_ih, dgates, steps * B, G, G);
+    if (db_hh) add_column_sums(team, db_hh, dgates, steps * B, G, G);
+    if (P) gemm_rows<T>(team, true, false, P, H, steps * B, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
+  });
 }
 
 #define FUSEDRNN_LSTM_BACKWARD(T)                                                               \

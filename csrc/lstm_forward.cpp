@@ -33,9 +33,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   T* proj = scratch + G + (P && !training ? B * H : 0);           // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
-  // Training: every step's input projection in one GEMM, straight into the saved gates.
-  if (training) gemm<T>(false, true, steps * B, G, I, T(1), x, I, w_ih, I, T(0), saved.gates, G);
-  else copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
+  if (!training) copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
 
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate (and
   // outputs [p0, p0 + pw) of a projection), does their share of each GEMM and of the fused pass;
@@ -43,6 +41,10 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   run_team(recurrent_team_size(H, B * G * R), [&](int member, int members) {
     const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
     const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
+    // Training: this member's gate columns of every step's input projection, in one GEMM,
+    // straight into the saved gates (the member alone reads them).
+    if (training)
+      gemm_gate_slices<T>(steps * B, 4, H, j0, w, I, x, I, w_ih, T(0), saved.gates, G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;

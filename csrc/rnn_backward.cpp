@@ -33,13 +33,16 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
       gemm<T>(false, false, n, w, H, T(1), dp, H, w_hh + j0, H, T(0), dh0 + j0, H);
     }
+    // Everything that does not recur, each member its share.
+    // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
+    team_barrier();
+    const Team team{member, members};
+    gemm_rows<T>(team, false, false, steps * B, I, H, T(1), dpre, H, w_ih, I, T(0), dx, I);
+    gemm_rows<T>(team, true, false, H, I, steps * B, T(1), dpre, H, x, I, T(1), dw_ih, I);
+    add_recurrent_weight_grad(team, dw_hh, H, dpre, H, H, y, h0, steps, B, H);
+    if (db_ih) add_column_sums(team, db_ih, dpre, steps * B, H, H);
+    if (db_hh) add_column_sums(team, db_hh, dpre, steps * B, H, H);
   });
-  // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
-  gemm<T>(false, false, steps * B, I, H, T(1), dpre, H, w_ih, I, T(0), dx, I);
-  gemm<T>(true, false, H, I, steps * B, T(1), dpre, H, x, I, T(1), dw_ih, I);
-  add_recurrent_weight_grad(dw_hh, H, dpre, H, H, y, h0, steps, B, H);
-  if (db_ih) add_column_sums(db_ih, dpre, steps * B, H, H);
-  if (db_hh) add_column_sums(db_hh, dpre, steps * B, H, H);
 }
 
 #define FUSEDRNN_RNN_BACKWARD(T)                                                                \

@@ -17,10 +17,11 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(act)];
   T* bias = scratch;
   for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-  // The projection of every input goes straight into y; each step adds W_hh h and activates.
-  gemm<T>(false, true, steps * B, H, I, T(1), x, I, w_ih, I, T(0), y, H);
   run_team(recurrent_team_size(H, B * H * H), [&](int member, int members) {
     const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+    // This member's columns of every input's projection go straight into y; each step adds
+    // W_hh h and activates them.
+    gemm_gate_slices<T>(steps * B, 1, H, j0, w, I, x, I, w_ih, T(0), y, H);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* h = y + t * B * H;

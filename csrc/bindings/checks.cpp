@@ -118,6 +118,12 @@ py::array ArgChecker::output(std::initializer_list<int64_t> shape) const {
   return py::array_t<double>(s);
 }
 
+RnnActivation parse_nonlinearity(const std::string& nonlinearity) {
+  if (nonlinearity == "tanh") return RnnActivation::tanh;
+  if (nonlinearity == "relu") return RnnActivation::relu;
+  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
+}
+
 void check_blas_dim(int64_t value, const char* what) {
   if (value > kMaxBlasDim)
     throw py::value_error(std::string(what) + " is " + std::to_string(value) +

@@ -8,6 +8,8 @@
 #include <initializer_list>
 #include <string>
 
+#include "rnn.h"
+
 namespace fusedrnn {
 namespace py = pybind11;
 
@@ -46,6 +48,9 @@ class ArgChecker {
   bool is_float32_ = true;
   std::string first_name_;
 };
+
+// 'tanh' or 'relu', else a ValueError naming the argument.
+RnnActivation parse_nonlinearity(const std::string& nonlinearity);
 
 // A size that must be positive-or-zero and fit one BLAS argument.
 void check_blas_dim(int64_t value, const char* what);

@@ -1,4 +1,5 @@
-// The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp).
+// The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp,
+// stack.cpp, attention.cpp).
 #include <cstdint>
 
 #include "bindings/checks.h"
@@ -9,6 +10,7 @@
 namespace fusedrnn {
 void bind_recurrent(py::module_& m);
 void bind_stack(py::module_& m);
+void bind_attention(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -53,4 +55,5 @@ PYBIND11_MODULE(_core, m) {
   m.attr("compiler") = py::str(__VERSION__);
   bind_recurrent(m);
   bind_stack(m);
+  bind_attention(m);
 }

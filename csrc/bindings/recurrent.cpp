@@ -11,80 +11,113 @@
 namespace fusedrnn {
 namespace {
 
-struct SequenceSizes {
-  int64_t steps, batch, input, hidden;
+// What every single-layer call shares, checked once: x [T,B,I], h0 [B,H], weight_ih [G*H,I],
+// weight_hh [G*H,H], with T, B, I read off x and H off weight_hh; then helpers that check (or
+// allocate) the other arrays of the call by their shapes.
+struct CellCall {
+  ArgChecker c;
+  int64_t T, B, I, H, G;
+  std::string gate_rows;  // "4*hidden_size", for messages
+  py::array x, h0, w_ih, w_hh;
+
+  CellCall(py::handle x_, py::handle h0_, py::handle w_ih_, py::handle w_hh_, int64_t gates)
+      : c(x_, "x"), G(gates), gate_rows(std::to_string(gates) + "*hidden_size") {
+    py::array xa = py::reinterpret_borrow<py::array>(x_);
+    if (xa.ndim() != 3)
+      throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
+                            std::to_string(xa.ndim()));
+    if (!py::isinstance<py::array>(w_hh_))
+      throw py::type_error("weight_hh must be a numpy.ndarray, got " +
+                           std::string(py::str(py::type::of(w_hh_).attr("__name__"))));
+    py::array wa = py::reinterpret_borrow<py::array>(w_hh_);
+    if (wa.ndim() != 2)
+      throw py::value_error("weight_hh must be a 2-D numpy.ndarray of shape (" + gate_rows +
+                            ", hidden_size)");
+    if (wa.shape(0) != gates * wa.shape(1))
+      throw py::value_error("weight_hh must have shape (" + gate_rows +
+                            ", hidden_size), but has shape (" + std::to_string(wa.shape(0)) +
+                            ", " + std::to_string(wa.shape(1)) + ")");
+    T = xa.shape(0);
+    B = xa.shape(1);
+    I = xa.shape(2);
+    H = wa.shape(1);
+    if (I == 0) throw py::value_error("x must have input_size >= 1, but has 0");
+    if (H == 0) throw py::value_error("weight_hh must have hidden_size >= 1, but has 0");
+    check_blas_dim(T * B, "T*B (the rows of x)");
+    check_blas_dim(I, "input_size");
+    check_blas_dim(G * H, "the gate width");
+    x = c.input(x_, "x", {{"T", T}, {"B", B}, {"input_size", I}});
+    h0 = state(h0_, "h0");
+    w_ih = c.input(w_ih_, "weight_ih", {{gate_rows.c_str(), G * H}, {"input_size", I}});
+    w_hh = c.input(w_hh_, "weight_hh", {{gate_rows.c_str(), G * H}, {"hidden_size", H}});
+  }
+
+  py::array state(py::handle obj, const char* name) const {
+    return c.input(obj, name, {{"B", B}, {"hidden_size", H}});
+  }
+  py::object optional_state(py::handle obj, const char* name) const {
+    return c.optional_input(obj, name, {{"B", B}, {"hidden_size", H}});
+  }
+  py::array bias(py::handle obj, const char* name) const {
+    return c.input(obj, name, {{gate_rows.c_str(), G * H}});
+  }
+  py::array outputs(py::handle obj, const char* name) const {
+    return c.input(obj, name, {{"T", T}, {"B", B}, {"hidden_size", H}});
+  }
+  py::object optional_outputs(py::handle obj, const char* name) const {
+    return c.optional_input(obj, name, {{"T", T}, {"B", B}, {"hidden_size", H}});
+  }
+  // The workspace a training forward returned; None (what an inference forward returns) is named.
+  py::array workspace(py::handle obj, const char* expected, int64_t size) const {
+    if (obj.is_none())
+      throw py::value_error("workspace is None: backward needs the workspace that a training "
+                            "forward (training=True) returns");
+    return c.input(obj, "workspace", {{expected, size}});
+  }
+  // The parameter gradients, accumulated into (fresh zeros for None).
+  struct Grads {
+    py::array w_ih, w_hh, b_ih, b_hh;
+  };
+  Grads grads(py::handle dw_ih, py::handle dw_hh, py::handle db_ih, py::handle db_hh) const {
+    const char* rows = gate_rows.c_str();
+    return {c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}}),
+            c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}}),
+            c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}}),
+            c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}})};
+  }
+  py::array new_outputs() const { return c.output({T, B, H}); }
+  py::array new_state() const { return c.output({B, H}); }
+  py::array new_dx() const { return c.output({T, B, I}); }
+  py::array new_vector(int64_t n) const { return c.output({n}); }
+
+  // body(float{}) or body(double{}), by the call's dtype.
+  template <typename Body>
+  void run(Body&& body) const {
+    if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
+    if (c.is_float32())
+      body(float{});
+    else
+      body(double{});
+  }
 };
-
-// Reads T, B, I off x and H off w_hh ([gates*H, H]) and checks both arrays' rank first.
-SequenceSizes sequence_sizes(py::handle x, py::handle w_hh, int64_t gates) {
-  ArgChecker dtype(x, "x");  // type and dtype of x
-  py::array xa = py::reinterpret_borrow<py::array>(x);
-  if (xa.ndim() != 3)
-    throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
-                          std::to_string(xa.ndim()));
-  if (!py::isinstance<py::array>(w_hh))
-    throw py::type_error("weight_hh must be a numpy.ndarray, got " +
-                         std::string(py::str(py::type::of(w_hh).attr("__name__"))));
-  if (py::reinterpret_borrow<py::array>(w_hh).ndim() != 2)
-    throw py::value_error("weight_hh must be a 2-D numpy.ndarray of shape (" +
-                          std::to_string(gates) + "*hidden_size, hidden_size)");
-  py::array wa = py::reinterpret_borrow<py::array>(w_hh);
-  if (wa.shape(0) != gates * wa.shape(1))
-    throw py::value_error("weight_hh must have shape (" + std::to_string(gates) +
-                          "*hidden_size, hidden_size), but has shape (" +
-                          std::to_string(wa.shape(0)) + ", " + std::to_string(wa.shape(1)) + ")");
-  SequenceSizes s{xa.shape(0), xa.shape(1), xa.shape(2), wa.shape(1)};
-  if (s.input == 0) throw py::value_error("x must have input_size >= 1, but has 0");
-  if (s.hidden == 0) throw py::value_error("weight_hh must have hidden_size >= 1, but has 0");
-  check_blas_dim(s.steps * s.batch, "T*B (the rows of x)");
-  check_blas_dim(s.input, "input_size");
-  check_blas_dim(gates * s.hidden, "the gate width");
-  return s;
-}
-
-template <typename Body>
-auto with_dtype(const ArgChecker& checker, Body&& body) {
-  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
-  if (checker.is_float32()) return body(float{});
-  return body(double{});
-}
-
-py::array scratch_of(const ArgChecker& checker, int64_t n) { return checker.output({n}); }
-
-// The workspace a training forward returned; None (what an inference forward returns) is named.
-py::array saved_workspace(const ArgChecker& checker, py::handle obj, const char* expected,
-                          int64_t size) {
-  if (obj.is_none())
-    throw py::value_error("workspace is None: backward needs the workspace that a training "
-                          "forward (training=True) returns");
-  return checker.input(obj, "workspace", {{expected, size}});
-}
 
 // ---------------------------------------------------------------- LSTM
 py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
                           py::handle w_hh, py::handle b_ih, py::handle b_hh, bool training) {
-  const auto s = sequence_sizes(x, w_hh, 4);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array c0a = c.input(c0, "c0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"4*hidden_size", 4 * H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
-  py::array bih = c.input(b_ih, "bias_ih", {{"4*hidden_size", 4 * H}});
-  py::array bhh = c.input(b_hh, "bias_hh", {{"4*hidden_size", 4 * H}});
-  py::array y = c.output({T, B, H}), h_n = c.output({B, H}), c_n = c.output({B, H});
-  py::object ws = training ? py::object(c.output({lstm_workspace_size(T, B, H, 0)})) : py::none();
-  py::array scratch = scratch_of(c, lstm_forward_scratch_size(T, B, H, 0, training));
-  with_dtype(c, [&](auto tag) {
+  const CellCall a(x, h0, w_ih, w_hh, 4);
+  py::array c0a = a.state(c0, "c0"), bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
+  py::array y = a.new_outputs(), h_n = a.new_state(), c_n = a.new_state();
+  py::object ws = training ? py::object(a.new_vector(lstm_workspace_size(a.T, a.B, a.H, 0)))
+                           : py::none();
+  py::array scratch = a.new_vector(lstm_forward_scratch_size(a.T, a.B, a.H, 0, training));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n),
-                    lstm_saved(data_of<F>(ws), T, B, H, 0),
-                    data_of<F>(scratch), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a),
-                    cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr,
-                    nullptr, T, B, I, H, 0);
-    return 0;
+                    lstm_saved(data_of<F>(ws), a.T, a.B, a.H, 0), data_of<F>(scratch),
+                    cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
+                    cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, nullptr, a.T,
+                    a.B, a.I, a.H, 0);
   });
   return py::make_tuple(y, h_n, c_n, ws);
 }
@@ -93,62 +126,43 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
                            py::handle w_hh, py::handle y, py::handle workspace, py::handle dy,
                            py::handle dh_n, py::handle dc_n, py::handle dw_ih, py::handle dw_hh,
                            py::handle db_ih, py::handle db_hh) {
-  const auto s = sequence_sizes(x, w_hh, 4);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array c0a = c.input(c0, "c0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"4*hidden_size", 4 * H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
-  py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array wsa = saved_workspace(c, workspace, "T*B*5*hidden_size", lstm_workspace_size(T, B, H, 0));
-  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
-  py::object dcn = c.optional_input(dc_n, "dc_n", {{"B", B}, {"hidden_size", H}});
-  py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"4*hidden_size", 4 * H}, {"input_size", I}});
-  py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"4*hidden_size", 4 * H}, {"hidden_size", H}});
-  py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"4*hidden_size", 4 * H}});
-  py::array dbhh = c.accumulator(db_hh, "grads['bias_hh']", {{"4*hidden_size", 4 * H}});
-  py::array dx = c.output({T, B, I}), dh0 = c.output({B, H}), dc0 = c.output({B, H});
-  py::array scratch = scratch_of(c, lstm_backward_scratch_size(T, B, H, 0));
-  with_dtype(c, [&](auto tag) {
+  const CellCall a(x, h0, w_ih, w_hh, 4);
+  py::array c0a = a.state(c0, "c0"), ya = a.outputs(y, "y");
+  py::array wsa = a.workspace(workspace, "T*B*5*hidden_size", lstm_workspace_size(a.T, a.B, a.H, 0));
+  py::object dya = a.optional_outputs(dy, "dy");
+  py::object dhn = a.optional_state(dh_n, "dh_n"), dcn = a.optional_state(dc_n, "dc_n");
+  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
+  py::array dx = a.new_dx(), dh0 = a.new_state(), dc0 = a.new_state();
+  py::array scratch = a.new_vector(lstm_backward_scratch_size(a.T, a.B, a.H, 0));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    lstm_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), data_of<F>(dwih),
-                     data_of<F>(dwhh), data_of<F>(dbih), data_of<F>(dbhh), nullptr,
+    lstm_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), data_of<F>(g.w_ih),
+                     data_of<F>(g.w_hh), data_of<F>(g.b_ih), data_of<F>(g.b_hh), nullptr,
                      data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
-                     cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(c0a), cdata_of<F>(wih),
-                     cdata_of<F>(whh), nullptr, cdata_of<F>(ya),
-                     lstm_saved(cdata_of<F>(wsa), T, B, H, 0), nullptr, T, B, I, H, 0);
-    return 0;
+                     cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
+                     cdata_of<F>(a.w_hh), nullptr, cdata_of<F>(ya),
+                     lstm_saved(cdata_of<F>(wsa), a.T, a.B, a.H, 0), nullptr, a.T, a.B, a.I, a.H, 0);
   });
-  return py::make_tuple(dx, dh0, dc0, dwih, dwhh, dbih, dbhh);
+  return py::make_tuple(dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
 }
 
 // ---------------------------------------------------------------- GRU
 py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                          py::handle b_ih, py::handle b_hh, bool reset_after, bool training) {
-  const auto s = sequence_sizes(x, w_hh, 3);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"3*hidden_size", 3 * H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"3*hidden_size", 3 * H}, {"hidden_size", H}});
-  py::array bih = c.input(b_ih, "bias_ih", {{"3*hidden_size", 3 * H}});
-  py::array bhh = c.input(b_hh, "bias_hh", {{"3*hidden_size", 3 * H}});
-  py::array y = c.output({T, B, H}), h_n = c.output({B, H});
-  py::object ws = training ? py::object(c.output({gru_workspace_size(T, B, H)})) : py::none();
-  py::array scratch = scratch_of(c, gru_forward_scratch_size(T, B, H, training));
-  with_dtype(c, [&](auto tag) {
+  const CellCall a(x, h0, w_ih, w_hh, 3);
+  py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
+  py::array y = a.new_outputs(), h_n = a.new_state();
+  py::object ws = training ? py::object(a.new_vector(gru_workspace_size(a.T, a.B, a.H)))
+                           : py::none();
+  py::array scratch = a.new_vector(gru_forward_scratch_size(a.T, a.B, a.H, training));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    gru_forward<F>(data_of<F>(y), data_of<F>(h_n), gru_saved(data_of<F>(ws), T, B, H),
-                   data_of<F>(scratch),
-                   cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih), cdata_of<F>(whh),
-                   cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, T, B, I, H, reset_after);
-    return 0;
+    gru_forward<F>(data_of<F>(y), data_of<F>(h_n), gru_saved(data_of<F>(ws), a.T, a.B, a.H),
+                   data_of<F>(scratch), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
+                   cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, a.T, a.B,
+                   a.I, a.H, reset_after);
   });
   return py::make_tuple(y, h_n, ws);
 }
@@ -157,102 +171,66 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
                           py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
                           bool reset_after, py::handle dw_ih, py::handle dw_hh, py::handle db_ih,
                           py::handle db_hh) {
-  const auto s = sequence_sizes(x, w_hh, 3);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"3*hidden_size", 3 * H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"3*hidden_size", 3 * H}, {"hidden_size", H}});
-  py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::array wsa = saved_workspace(c, workspace, "T*B*4*hidden_size", gru_workspace_size(T, B, H));
-  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
-  py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"3*hidden_size", 3 * H}, {"input_size", I}});
-  py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"3*hidden_size", 3 * H}, {"hidden_size", H}});
-  py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"3*hidden_size", 3 * H}});
-  py::array dbhh = c.accumulator(db_hh, "grads['bias_hh']", {{"3*hidden_size", 3 * H}});
-  py::array dx = c.output({T, B, I}), dh0 = c.output({B, H});
-  py::array scratch = scratch_of(c, gru_backward_scratch_size(T, B, H, reset_after));
-  with_dtype(c, [&](auto tag) {
+  const CellCall a(x, h0, w_ih, w_hh, 3);
+  py::array ya = a.outputs(y, "y");
+  py::array wsa = a.workspace(workspace, "T*B*4*hidden_size", gru_workspace_size(a.T, a.B, a.H));
+  py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
+  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
+  py::array dx = a.new_dx(), dh0 = a.new_state();
+  py::array scratch = a.new_vector(gru_backward_scratch_size(a.T, a.B, a.H, reset_after));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dwih), data_of<F>(dwhh),
-                    data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch), cdata_of<F>(dya),
-                    cdata_of<F>(dhn), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih),
-                    cdata_of<F>(whh), cdata_of<F>(ya), gru_saved(cdata_of<F>(wsa), T, B, H),
-                    nullptr, T, B, I, H, reset_after);
-    return 0;
+    gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
+                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), data_of<F>(scratch), cdata_of<F>(dya),
+                    cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
+                    cdata_of<F>(a.w_hh), cdata_of<F>(ya), gru_saved(cdata_of<F>(wsa), a.T, a.B, a.H),
+                    nullptr, a.T, a.B, a.I, a.H, reset_after);
   });
-  return py::make_tuple(dx, dh0, dwih, dwhh, dbih, dbhh);
+  return py::make_tuple(dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
 }
 
 // ---------------------------------------------------------------- RNN
-RnnActivation activation_of(const std::string& nonlinearity) {
-  if (nonlinearity == "tanh") return RnnActivation::tanh;
-  if (nonlinearity == "relu") return RnnActivation::relu;
-  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
-}
-
 py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                          py::handle b_ih, py::handle b_hh, const std::string& nonlinearity,
                          bool training) {
-  const RnnActivation act = activation_of(nonlinearity);
-  const auto s = sequence_sizes(x, w_hh, 1);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"hidden_size", H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"hidden_size", H}, {"hidden_size", H}});
-  py::array bih = c.input(b_ih, "bias_ih", {{"hidden_size", H}});
-  py::array bhh = c.input(b_hh, "bias_hh", {{"hidden_size", H}});
-  py::array y = c.output({T, B, H}), h_n = c.output({B, H});
-  py::array scratch = scratch_of(c, rnn_forward_scratch_size(H));
-  with_dtype(c, [&](auto tag) {
+  const RnnActivation act = parse_nonlinearity(nonlinearity);
+  const CellCall a(x, h0, w_ih, w_hh, 1);
+  py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
+  py::array y = a.new_outputs(), h_n = a.new_state();
+  py::array scratch = a.new_vector(rnn_forward_scratch_size(a.H));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(scratch), cdata_of<F>(xa),
-                   cdata_of<F>(h0a), cdata_of<F>(wih), cdata_of<F>(whh), cdata_of<F>(bih),
-                   cdata_of<F>(bhh), nullptr, T, B, I, H, act);
-    return 0;
+    rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(scratch), cdata_of<F>(a.x),
+                   cdata_of<F>(a.h0), cdata_of<F>(a.w_ih), cdata_of<F>(a.w_hh), cdata_of<F>(bih),
+                   cdata_of<F>(bhh), nullptr, a.T, a.B, a.I, a.H, act);
   });
   // The RNN saves nothing beyond y: its workspace is empty.
-  return py::make_tuple(y, h_n, training ? py::object(c.output({0})) : py::object(py::none()));
+  return py::make_tuple(y, h_n, training ? py::object(a.new_vector(0)) : py::none());
 }
 
 py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                           py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
                           const std::string& nonlinearity, py::handle dw_ih, py::handle dw_hh,
                           py::handle db_ih, py::handle db_hh) {
-  const RnnActivation act = activation_of(nonlinearity);
-  const auto s = sequence_sizes(x, w_hh, 1);
-  const int64_t T = s.steps, B = s.batch, I = s.input, H = s.hidden;
-  ArgChecker c(x, "x");
-  py::array xa = c.input(x, "x", {{"T", T}, {"B", B}, {"input_size", I}});
-  py::array h0a = c.input(h0, "h0", {{"B", B}, {"hidden_size", H}});
-  py::array wih = c.input(w_ih, "weight_ih", {{"hidden_size", H}, {"input_size", I}});
-  py::array whh = c.input(w_hh, "weight_hh", {{"hidden_size", H}, {"hidden_size", H}});
-  py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  if (!workspace.is_none()) c.input(workspace, "workspace", {{"0", 0}});  // the RNN saves nothing
-  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"hidden_size", H}});
-  py::object dhn = c.optional_input(dh_n, "dh_n", {{"B", B}, {"hidden_size", H}});
-  py::array dwih = c.accumulator(dw_ih, "grads['weight_ih']", {{"hidden_size", H}, {"input_size", I}});
-  py::array dwhh = c.accumulator(dw_hh, "grads['weight_hh']", {{"hidden_size", H}, {"hidden_size", H}});
-  py::array dbih = c.accumulator(db_ih, "grads['bias_ih']", {{"hidden_size", H}});
-  py::array dbhh = c.accumulator(db_hh, "grads['bias_hh']", {{"hidden_size", H}});
-  py::array dx = c.output({T, B, I}), dh0 = c.output({B, H});
-  py::array scratch = scratch_of(c, rnn_backward_scratch_size(T, B, H));
-  with_dtype(c, [&](auto tag) {
+  const RnnActivation act = parse_nonlinearity(nonlinearity);
+  const CellCall a(x, h0, w_ih, w_hh, 1);
+  py::array ya = a.outputs(y, "y");
+  if (!workspace.is_none()) a.workspace(workspace, "0", 0);  // the RNN saves nothing
+  py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
+  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
+  py::array dx = a.new_dx(), dh0 = a.new_state();
+  py::array scratch = a.new_vector(rnn_backward_scratch_size(a.T, a.B, a.H));
+  a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    rnn_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dwih), data_of<F>(dwhh),
-                    data_of<F>(dbih), data_of<F>(dbhh), data_of<F>(scratch), cdata_of<F>(dya),
-                    cdata_of<F>(dhn), cdata_of<F>(xa), cdata_of<F>(h0a), cdata_of<F>(wih),
-                    cdata_of<F>(whh), cdata_of<F>(ya), nullptr, T, B, I, H, act);
-    return 0;
+    rnn_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
+                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), data_of<F>(scratch), cdata_of<F>(dya),
+                    cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
+                    cdata_of<F>(a.w_hh), cdata_of<F>(ya), nullptr, a.T, a.B, a.I, a.H, act);
   });
-  return py::make_tuple(dx, dh0, dwih, dwhh, dbih, dbhh);
+  return py::make_tuple(dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
 }
 
 }  // namespace

@@ -23,12 +23,6 @@ CellKind cell_of(const std::string& mode) {
   throw py::value_error("mode must be 'lstm', 'gru' or 'rnn', got '" + mode + "'");
 }
 
-RnnActivation activation_named(const std::string& nonlinearity) {
-  if (nonlinearity == "tanh") return RnnActivation::tanh;
-  if (nonlinearity == "relu") return RnnActivation::relu;
-  throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
-}
-
 // Everything one stack call needs besides the arrays it returns.
 struct StackCall {
   StackShape shape;
@@ -43,7 +37,7 @@ struct StackCall {
             const std::string& nonlinearity)
       : checker(x_, "x") {
     shape.cell = cell_of(mode);
-    shape.act = activation_named(nonlinearity);
+    shape.act = parse_nonlinearity(nonlinearity);
     shape.reset_after = reset_after;
     if (num_layers < 1) throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
     if (hidden < 1) throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));
@@ -284,6 +278,16 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
 
 void bind_stack(py::module_& m) {
   using namespace pybind11::literals;
+  m.def(
+      "stack_saved_size",
+      [](const std::string& mode, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj,
+         int64_t layers, bool bidirectional) {
+        StackShape s{cell_of(mode), T, B, I, H, proj, layers, bidirectional ? 2 : 1, true,
+                     RnnActivation::tanh};
+        return stack_saved_size(s);
+      },
+      "mode"_a, "T"_a, "B"_a, "I"_a, "H"_a, "proj_size"_a, "num_layers"_a, "bidirectional"_a,
+      "Elements of the `saved` array a training stack_forward keeps.");
   m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a);

@@ -54,10 +54,61 @@ struct PointwiseKernels {
   void (*rnn_backward[2])(int64_t rows, int64_t H, int64_t width, T* dpre, const T* dh, const T* dy, const T* h);
 };
 
+// One score tile of attention (csrc/attention.h): rows x cols scores, row stride ld, for the
+// query rows [i0, i0+rows) and keys [j0, j0+cols) of one (batch item, head).
+template <typename T>
+struct AttentionTile {
+  int64_t rows = 0, cols = 0, ld = 0;
+  T* s = nullptr;        // forward: in scale*q.k, out p*z (z = dropout factor); backward: out p
+  T* p_drop = nullptr;   // backward with dropout: out p*z
+  T* dp = nullptr;       // backward: in dP = d_out . v, out dS = p * (dP*z - delta)
+  // mask: the element (i0, j0) of this (batch item, head); strides as AttentionMask
+  int mask_kind = 0;     // MaskKind: 0 none, 1 boolean (bytes), 2 additive (T)
+  const void* mask = nullptr;
+  int64_t mask_row_stride = 0, mask_col_stride = 0;
+  bool causal = false;
+  int64_t causal_offset = 0;  // i0 - j0: row r sees the columns c <= causal_offset + r
+  // forward: running max m, running sum l of each row (in/out); o [rows, ev] (row stride ldo) is
+  // rescaled by exp(m_old - m_new)
+  T* m = nullptr;
+  T* l = nullptr;
+  T* o = nullptr;
+  int64_t ev = 0, ldo = 0;
+  // backward: lse and delta = rowsum(d_out * out) of each row
+  const T* lse = nullptr;
+  const T* delta = nullptr;
+  // dropout (keep iff hash >= threshold; kept entries scaled by keep_scale); row_keys [rows]
+  bool dropout = false;
+  const uint32_t* row_keys = nullptr;
+  uint64_t threshold = 0;
+  T keep_scale = 1;
+  int64_t j0 = 0;
+};
+
+template <typename T>
+struct AttentionKernels {
+  // Masks the scores (s), updates m and l, rescales o, writes p*z into s.
+  void (*forward_tile)(const AttentionTile<T>& t);
+  // p = exp(masked s - lse) into s (and p*z into p_drop with dropout).
+  void (*backward_probs)(const AttentionTile<T>& t);
+  // dS = p * (dP*z - delta) into dp.
+  void (*backward_ds)(const AttentionTile<T>& t);
+  // Additive attention, one query row over S keys: e[s] = w_v . tanh(qp + kp[s,:]) for the keys
+  // whose key_mask is nonzero (or every key when null), -inf for the others. kp [S,A].
+  void (*additive_scores)(int64_t S, int64_t A, T* e, const T* qp, const T* kp, const T* w_v,
+                          const uint8_t* key_mask);
+  // Its backward for one query row: with a = tanh(qp + kp[s,:]) and g = de[s] * w_v * (1 - a^2),
+  // dqp = sum_s g (=), dkp[s,:] += g, dw_v += sum_s de[s] * a. Keys with de[s] == 0 are skipped.
+  void (*additive_backward)(int64_t S, int64_t A, T* dqp, T* dkp, T* dw_v, const T* de,
+                            const T* qp, const T* kp, const T* w_v);
+};
+
 struct IsaKernels {
   const char* name;
   PointwiseKernels<float> f32;
   PointwiseKernels<double> f64;
+  AttentionKernels<float> attention_f32;
+  AttentionKernels<double> attention_f64;
 };
 
 const IsaKernels& isa_kernels_baseline();
@@ -79,6 +130,17 @@ inline const PointwiseKernels<float>& pointwise<float>() {
 template <>
 inline const PointwiseKernels<double>& pointwise<double>() {
   return active_isa().f64;
+}
+
+template <typename T>
+const AttentionKernels<T>& attention_kernels();
+template <>
+inline const AttentionKernels<float>& attention_kernels<float>() {
+  return active_isa().attention_f32;
+}
+template <>
+inline const AttentionKernels<double>& attention_kernels<double>() {
+  return active_isa().attention_f64;
 }
 
 }  // namespace fusedrnn

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/blas.h"
+#include "common/threading.h"
 
 namespace fusedrnn {
 
@@ -24,24 +25,48 @@ void add_vectors(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
 }
 
-// out[j] += sum over rows of a[r, j], a with row stride lda: bias gradients.
+// The kernels' big GEMMs (over all steps) run inside the team of their time loop, each member
+// taking a share, so BLAS's own thread pool never runs beside the team. A Team names this member.
+struct Team {
+  int member = 0, members = 1;
+  int64_t begin(int64_t n) const { return share_begin(n, member, members); }
+  int64_t end(int64_t n) const { return share_begin(n, member + 1, members); }
+};
+
+// This member's rows of C = alpha op(A) op(B) + beta C (see gemm).
 template <typename T>
-void add_column_sums(T* out, const T* a, int64_t rows, int64_t cols, int64_t lda) {
+void gemm_rows(const Team& team, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+               T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+               int64_t ldc) {
+  const int64_t m0 = team.begin(m), m1 = team.end(m);
+  if (m1 > m0)
+    gemm<T>(trans_a, trans_b, m1 - m0, n, k, alpha, trans_a ? a + m0 : a + m0 * lda, lda, b, ldb,
+            beta, c + m0 * ldc, ldc);
+}
+
+// out[j] += sum over rows of a[r, j] for this member's columns j; a has row stride lda.
+template <typename T>
+void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t cols,
+                     int64_t lda) {
+  const int64_t j0 = team.begin(cols), j1 = team.end(cols);
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = a + r * lda;
-    for (int64_t j = 0; j < cols; ++j) out[j] += row[j];
+    for (int64_t j = j0; j < j1; ++j) out[j] += row[j];
   }
 }
 
 // The gradient of the recurrent weights over all steps, as two GEMMs after the time loop:
 //   dw[G,H] += sum_t dgates[t]^T @ h_{t-1},  h_{t-1} = y[t-1] for t >= 1 and h0 for t = 0,
 // where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw.
+// This member's rows of dw.
 template <typename T>
-void add_recurrent_weight_grad(T* dw, int64_t ldw, const T* dgates, int64_t ldg, int64_t G,
-                               const T* y, const T* h0, int64_t steps, int64_t B, int64_t H) {
+void add_recurrent_weight_grad(const Team& team, T* dw, int64_t ldw, const T* dgates, int64_t ldg,
+                               int64_t G, const T* y, const T* h0, int64_t steps, int64_t B,
+                               int64_t H) {
   if (steps == 0) return;
-  gemm<T>(true, false, G, H, B, T(1), dgates, ldg, h0, H, T(1), dw, ldw);
-  gemm<T>(true, false, G, H, (steps - 1) * B, T(1), dgates + B * ldg, ldg, y, H, T(1), dw, ldw);
+  gemm_rows<T>(team, true, false, G, H, B, T(1), dgates, ldg, h0, H, T(1), dw, ldw);
+  gemm_rows<T>(team, true, false, G, H, (steps - 1) * B, T(1), dgates + B * ldg, ldg, y, H, T(1),
+               dw, ldw);
 }
 
 // out[:, g*H + j0 : g*H + j0 + w] = a @ weight[g*H + j0 : g*H + j0 + w, :]^T + beta * out, for

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
+from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
 from ._truncation import truncation_steps
 
 _GRAD_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -476,3 +477,136 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
     return dx, dh0, dc0, grads
+
+
+# ---------------------------------------------------------------- attention (docs/kernels.md)
+
+
+def _empty_attention(a):
+    """Results for calls without a single query row (N*Hq*L = 0)."""
+    out = np.zeros(a.out_shape(), a.dtype)
+    lse = np.full(a.lse_shape(), np.inf, a.dtype)
+    return out, lse
+
+
+def attention_forward(q, k, v, attn_mask=None, is_causal: bool = False, scale=None,
+                      enable_gqa: bool = False, *, dropout_p: float = 0.0, seed: int = 0):
+    """Scaled dot-product attention, fused: tiles with an online softmax, never the L x S matrix.
+
+    The semantics of ``torch.nn.functional.scaled_dot_product_attention``; a row whose keys are
+    all masked gives zeros (and zero gradients), never NaN.
+
+    Parameters
+    ----------
+    q : (..., Hq, L, E)
+    k : (..., Hkv, S, E)
+    v : (..., Hkv, S, Ev)
+        One dtype, float32 or float64. The batch dimensions ``...`` broadcast against each
+        other (any number, also none); 2-D ``(L, E)`` arrays have no head axis.
+    attn_mask : bool or q's dtype, broadcastable to (..., Hq, L, S), or None
+        bool: True = may attend. Float: added to the scaled scores (-inf masks).
+    is_causal : bool
+        Query i attends to keys j <= i (top-left aligned, as torch, also when L != S);
+        combined with attn_mask when both are given.
+    scale : float or None
+        Multiplies q k^T; None = 1/sqrt(E).
+    enable_gqa : bool
+        Grouped-query attention: Hq a multiple of Hkv, query head h uses kv head h // (Hq/Hkv).
+    dropout_p : float in [0, 1]
+        Dropout on the attention weights, drawn from ``seed`` by a counter-based hash, so
+        `attention_backward` with the same seed redraws the same.
+    seed : int
+
+    Returns
+    -------
+    out : (..., Hq, L, Ev)
+    lse : (..., Hq, L)
+        Log-sum-exp of each row's masked, scaled scores (+inf for a row with every key masked):
+        with out, all that backward needs.
+    """
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    if a.empty:
+        return _empty_attention(a)
+    out, lse = _core.attention_forward(a.q, a.k, a.v, a.mask, a.mask_offsets, a.mask_row_stride,
+                                       a.mask_col_stride, a.is_causal, a.scale, a.dropout_p,
+                                       a.seed)
+    return a.to_user(out, lse)
+
+
+def attention_backward(q, k, v, out, lse, d_out, attn_mask=None, is_causal: bool = False,
+                       scale=None, enable_gqa: bool = False, *, dropout_p: float = 0.0,
+                       seed: int = 0):
+    """Gradients of `attention_forward`, recomputing the probabilities tile by tile from lse.
+
+    Parameters
+    ----------
+    q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed : as given to forward
+    out : (..., Hq, L, Ev);  lse : (..., Hq, L) as forward returned them
+    d_out : (..., Hq, L, Ev)
+
+    Returns
+    -------
+    dq, dk, dv : the shapes of q, k, v (fresh arrays). Under GQA dk and dv sum over the query
+        heads that share a kv head; over broadcast batch dimensions they are summed likewise.
+    """
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    out4, lse4, d_out4 = a.saved(out, lse, d_out)
+    N = a.q.shape[0]
+    if a.empty:
+        dq = np.zeros(a.q.shape, a.dtype)
+        dk = np.zeros((N, a.heads_kv, a.S, a.E), a.dtype)
+        dv = np.zeros((N, a.heads_kv, a.S, a.Ev), a.dtype)
+        return a.grads_to_user(dq, dk, dv)
+    dq, dk, dv = _core.attention_backward(d_out4, a.q, a.k, a.v, out4, lse4, a.mask,
+                                          a.mask_offsets, a.mask_row_stride, a.mask_col_stride,
+                                          a.is_causal, a.scale, a.dropout_p, a.seed)
+    return a.grads_to_user(dq, dk, dv)
+
+
+def additive_attention_forward(query, keys, values, w_q, w_k, w_v, key_mask=None):
+    """Additive (Bahdanau) attention of a batch of queries over keys, fused.
+
+    ``e[b,t,s] = w_v . tanh(w_q query[b,t] + w_k keys[b,s])``, ``weights = softmax_s(e)``
+    (masked keys excluded), ``context[b,t] = sum_s weights[b,t,s] values[b,s]``. The
+    ``B*T*S*hidden_size`` tanh terms are never stored.
+
+    Parameters
+    ----------
+    query : (B, T, query_size);  keys : (B, S, key_size);  values : (B, S, value_size)
+    w_q : (hidden_size, query_size);  w_k : (hidden_size, key_size);  w_v : (hidden_size,)
+    key_mask : (B, S) bool, True = may attend, or None. A query whose keys are all masked gets
+        a zero context and zero gradients.
+
+    Returns
+    -------
+    context : (B, T, value_size);  weights : (B, T, S)
+    qp : (B, T, hidden_size), kp : (B, S, hidden_size): the projections, saved for backward
+    """
+    args = additive_args(query, keys, values, w_q, w_k, w_v, key_mask)
+    return _core.additive_attention_forward(*args)
+
+
+def additive_attention_backward(query, keys, values, w_q, w_k, w_v, weights, qp, kp, d_context,
+                                key_mask=None, grads=None):
+    """Gradients of `additive_attention_forward`.
+
+    Parameters
+    ----------
+    query, keys, values, w_q, w_k, w_v, key_mask : as given to forward
+    weights, qp, kp : as forward returned them
+    d_context : (B, T, value_size)
+    grads : dict with w_q, w_k, w_v arrays to accumulate into (+=), or None for a fresh one
+
+    Returns
+    -------
+    d_query, d_keys, d_values : fresh arrays;  grads : dict
+    """
+    query, keys, values, w_q, w_k, w_v, key_mask = additive_args(
+        query, keys, values, w_q, w_k, w_v, key_mask)
+    weights, qp, kp, d_context = additive_saved(query, keys, values, w_v, weights, qp, kp,
+                                                d_context)
+    grads = additive_grads(grads, w_q, w_k, w_v)
+    d_query, d_keys, d_values, *_ = _core.additive_attention_backward(
+        d_context, query, keys, values, w_q, w_k, w_v, key_mask, weights, qp, kp, grads["w_q"],
+        grads["w_k"], grads["w_v"])
+    return d_query, d_keys, d_values, grads

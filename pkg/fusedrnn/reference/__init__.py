@@ -3,10 +3,17 @@
 Readable before fast: a Python loop over time steps, one NumPy expression per line of math.
 Every fused kernel is tested against these functions, and the workspaces are interchangeable.
 ``stack_forward`` / ``stack_backward`` run layer stacks (layers, directions, lengths, LSTM
-projections, dropout masks) with a Python loop over the one-layer cells.
+projections, dropout masks) with a Python loop over the one-layer cells. ``attention_forward`` /
+``attention_backward`` and the additive pair compute attention from the full score matrix.
 """
 
 from ._common import workspace_size
+from .attention import (
+    additive_attention_backward,
+    additive_attention_forward,
+    attention_backward,
+    attention_forward,
+)
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -14,6 +21,10 @@ from .stack import StackSaved, stack_backward, stack_forward
 
 __all__ = [
     "StackSaved",
+    "additive_attention_backward",
+    "additive_attention_forward",
+    "attention_backward",
+    "attention_forward",
     "gru_backward",
     "gru_forward",
     "lstm_backward",

@@ -1,0 +1,231 @@
+// Scaled dot-product attention, backward: recompute p tile by tile from the saved lse.
+#include <atomic>
+
+#include "attention.h"
+#include "common/attention_layout.h"
+#include "common/blas.h"
+#include "common/pointwise.h"
+#include "common/threading.h"
+
+namespace fusedrnn {
+namespace {
+int64_t backward_member_size(const AttentionTiles& t) {
+  // p, dP / dS, p*z (dropout), dropout row keys
+  return 3 * round_block(t.block_q * t.block_k) + round_block(t.block_q);
+}
+}  // namespace
+
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal) {
+  const AttentionTiles tiles = attention_backward_tiles(s, causal);
+  const int64_t rows = s.batch * s.heads_q * s.L;
+  const int64_t chunks = attention_backward_chunks(s, ceil_div(s.S, tiles.block_k));
+  return round_block(rows) + (chunks - 1) * round_block(rows * s.E) +
+         static_cast<int64_t>(std::max(1, s.threads)) * backward_member_size(tiles);
+}
+
+// d_out: [N,Hq,L,Ev]  q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  out: [N,Hq,L,Ev]
+// lse: [N,Hq,L]  dq: [N,Hq,L,E]  dk: [N,Hkv,S,E]  dv: [N,Hkv,S,Ev]  (all three =)
+// scratch: delta [N*Hq*L], dq of chunks 1.. [(C-1), N*Hq*L*E], per thread the tiles.
+// Work items: (batch item, kv head, chunk of key tiles) (the FlashAttention-2 split). An item
+// owns dk and dv of its keys, and dq of its query heads (chunk 0) or a dq buffer (chunk > 0), so
+// no two threads ever write one number.
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T* q, const T* k,
+                        const T* v, const AttentionMask& mask, const T* out, const T* lse,
+                        const AttentionShape& s, const AttentionOptions& opt) {
+  const AttentionTiles tiles = attention_backward_tiles(s, opt.causal);
+  const int64_t BQ = tiles.block_q, BK = tiles.block_k;
+  const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
+  const int64_t heads = s.batch * s.heads_q;
+  const int64_t pairs = s.batch * s.heads_kv;
+  const int64_t group = s.heads_q / s.heads_kv;
+  const int64_t query_tiles = ceil_div(L, BQ), key_tiles = ceil_div(S, BK);
+  const int64_t chunks = attention_backward_chunks(s, key_tiles);
+  const int64_t units = pairs * chunks;
+  const int64_t rows_total = heads * L;
+  T* delta = scratch;
+  T* dq_parts = delta + round_block(rows_total);
+  T* tile_scratch = dq_parts + (chunks - 1) * round_block(rows_total * E);
+  const T scale = static_cast<T>(opt.scale);
+  const auto& kern = attention_kernels<T>();
+  std::atomic<int64_t> next{0};
+  run_team(std::max(1, s.threads), [&](int member, int members) {
+    // 1. delta = rowsum(d_out * out); zero the gradients
+    {
+      const int64_t r0 = share_begin(rows_total, member, members);
+      const int64_t r1 = share_begin(rows_total, member + 1, members);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* a = d_out + r * Ev;
+        const T* b = out + r * Ev;
+        T acc = 0;
+        for (int64_t e = 0; e < Ev; ++e) acc += a[e] * b[e];
+        delta[r] = acc;
+      }
+      auto zero_share = [&](T* p, int64_t n) {
+        const int64_t a = share_begin(n, member, members), b = share_begin(n, member + 1, members);
+        std::fill(p + a, p + b, T(0));
+      };
+      zero_share(dq, rows_total * E);
+      zero_share(dk, pairs * S * E);
+      zero_share(dv, pairs * S * Ev);
+      for (int64_t c = 1; c < chunks; ++c) zero_share(dq_parts + (c - 1) * round_block(rows_total * E), rows_total * E);
+    }
+    team_barrier();
+    // 2. the items
+    T* pbuf = tile_scratch + member * backward_member_size(tiles);
+    T* dpbuf = pbuf + round_block(BQ * BK);
+    T* pdrop = dpbuf + round_block(BQ * BK);
+    uint32_t* keys = reinterpret_cast<uint32_t*>(pdrop + round_block(BQ * BK));
+    AttentionTile<T> t;
+    t.s = pbuf;
+    t.dp = dpbuf;
+    t.ld = BK;
+    set_tile_dropout(t, opt, keys);
+    t.p_drop = t.dropout ? pdrop : pbuf;  // without dropout, dv uses p itself
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      const int64_t pair = u / chunks, chunk = u % chunks;
+      const int64_t batch_item = pair / s.heads_kv, head_kv = pair % s.heads_kv;
+      T* dq_target = chunk == 0 ? dq : dq_parts + (chunk - 1) * round_block(rows_total * E);
+      const int64_t kt0 = share_begin(key_tiles, static_cast<int>(chunk), static_cast<int>(chunks));
+      const int64_t kt1 = share_begin(key_tiles, static_cast<int>(chunk + 1), static_cast<int>(chunks));
+      for (int64_t kt = kt0; kt < kt1; ++kt) {
+        const int64_t j0 = kt * BK;
+        if (opt.causal && j0 >= L) break;  // keys no query sees: their gradients stay zero
+        const int64_t cols_all = std::min(BK, S - j0);
+        const T* kj = k + (pair * S + j0) * E;
+        const T* vj = v + (pair * S + j0) * Ev;
+        T* dkj = dk + (pair * S + j0) * E;
+        T* dvj = dv + (pair * S + j0) * Ev;
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t bh = batch_item * s.heads_q + head_kv * group + g;
+          // causal: query tiles before the one holding row j0 see none of these keys
+          for (int64_t qt = opt.causal ? j0 / BQ : 0; qt < query_tiles; ++qt) {
+            const int64_t i0 = qt * BQ;
+            const int64_t rows = std::min(BQ, L - i0);
+            const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows - j0) : cols_all;
+            const T* qi = q + (bh * L + i0) * E;
+            const T* doi = d_out + (bh * L + i0) * Ev;
+            T* dqi = dq_target + (bh * L + i0) * E;
+            t.rows = rows;
+            t.cols = cols;
+            t.j0 = j0;
+            t.causal = opt.causal && j0 + cols - 1 > i0;
+            t.causal_offset = i0 - j0;
+            t.lse = lse + bh * L + i0;
+            t.delta = delta + bh * L + i0;
+            set_tile_mask(t, mask, bh, i0, j0);
+            if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
+            // forward: s = scale * q_i k_j^T;  p = exp(s - lse)
+            gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, T(0), pbuf, BK);
+            kern.backward_probs(t);
+            // forward: o = (p*z) v  ->  dv_j += (p*z)^T do_i,  dP*z = do_i v_j^T (z in ds)
+            gemm<T>(true, false, cols, Ev, rows, T(1), t.p_drop, BK, doi, Ev, T(1), dvj, Ev);
+            gemm<T>(false, true, rows, cols, Ev, T(1), doi, Ev, vj, Ev, T(0), dpbuf, BK);
+            kern.backward_ds(t);
+            // forward: s = scale * q k^T  ->  dq_i += scale dS k_j,  dk_j += scale dS^T q_i
+            gemm<T>(false, false, rows, E, cols, scale, dpbuf, BK, kj, E, T(1), dqi, E);
+            gemm<T>(true, false, cols, E, rows, scale, dpbuf, BK, qi, E, T(1), dkj, E);
+          }
+        }
+      }
+    }
+    team_barrier();
+    // 3. add the chunks' dq buffers into dq
+    if (chunks > 1) {
+      const int64_t n = rows_total * E;
+      const int64_t a = share_begin(n, member, members), b = share_begin(n, member + 1, members);
+      for (int64_t c = 1; c < chunks; ++c) {
+        const T* part = dq_parts + (c - 1) * round_block(n);
+        for (int64_t i = a; i < b; ++i) dq[i] += part[i];
+      }
+    }
+  });
+}
+
+int64_t additive_attention_backward_scratch_size(int64_t B, int64_t T_, int64_t S, int64_t A,
+                                                 int64_t Dv, int threads) {
+  (void)Dv;
+  // dE [B,T,S], dqp [B,T,A], per thread dkp [B,S,A] and dw_v [A]
+  return round_block(B * T_ * S) + round_block(B * T_ * A) +
+         static_cast<int64_t>(std::max(1, threads)) * (round_block(B * S * A) + round_block(A));
+}
+
+// d_context: [B,T,Dv]  weights (p), qp, kp: as the forward saved them; see additive_attention_forward.
+// d_query: [B,T,Dq]  d_keys: [B,S,Dk]  d_values: [B,S,Dv] (=);  dw_q, dw_k, dw_v (+=)
+template <typename T>
+void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T* dw_k, T* dw_v,
+                                 T* scratch, const T* d_context, const T* query, const T* keys,
+                                 const T* values, const T* w_q, const T* w_k, const T* w_v,
+                                 const uint8_t* key_mask, const T* weights, const T* qp,
+                                 const T* kp, int64_t B, int64_t T_, int64_t S, int64_t Dq,
+                                 int64_t Dk, int64_t Dv, int64_t A, int threads) {
+  (void)key_mask;  // masked keys have p = 0, hence dE = 0: backward skips them without the mask
+  const int64_t rows = B * T_;
+  T* de = scratch;
+  T* dqp = de + round_block(rows * S);
+  T* member_base = dqp + round_block(rows * A);
+  const int64_t member_size = round_block(B * S * A) + round_block(A);
+  const auto backward_row = attention_kernels<T>().additive_backward;
+  const int team = static_cast<int>(std::min<int64_t>(std::max(1, threads), std::max<int64_t>(rows, 1)));
+  run_team(team, [&](int member, int members) {
+    // forward: context = p values  ->  d_values = p^T d_context, dP = d_context values^T
+    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
+      gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv, Dv,
+              T(0), d_values + b * S * Dv, Dv);
+    }
+    const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
+    for (int64_t r = r0; r < r1;) {
+      const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
+      gemm<T>(false, true, end - r, S, Dv, T(1), d_context + r * Dv, Dv, values + b * S * Dv, Dv,
+              T(0), de + r * S, S);
+      r = end;
+    }
+    T* dkp = member_base + member * member_size;
+    T* dwv = dkp + round_block(B * S * A);
+    std::fill(dkp, dkp + B * S * A, T(0));
+    std::fill(dwv, dwv + A, T(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      // forward: p = softmax(e)  ->  dE = p * (dP - sum_s p dP)
+      T* d = de + r * S;
+      const T* p = weights + r * S;
+      T dot = 0;
+      for (int64_t j = 0; j < S; ++j) dot += p[j] * d[j];
+      for (int64_t j = 0; j < S; ++j) d[j] = p[j] * (d[j] - dot);
+      const int64_t b = r / T_;
+      backward_row(S, A, dqp + r * A, dkp + b * S * A, dwv, d, qp + r * A, kp + b * S * A, w_v);
+    }
+    team_barrier();
+    // the members' dkp summed into member 0's, and their dw_v into dw_v
+    const int64_t n = B * S * A;
+    const int64_t a = share_begin(n, member, members), z = share_begin(n, member + 1, members);
+    for (int64_t m = 1; m < members; ++m) {
+      const T* other = member_base + m * member_size;
+      for (int64_t i = a; i < z; ++i) member_base[i] += other[i];
+    }
+    if (member == 0)
+      for (int64_t m = 0; m < members; ++m) {
+        const T* other = member_base + m * member_size + round_block(B * S * A);
+        for (int64_t j = 0; j < A; ++j) dw_v[j] += other[j];
+      }
+  });
+  const T* dkp = member_base;
+  // forward: qp = query w_q^T, kp = keys w_k^T
+  gemm<T>(false, false, rows, Dq, A, T(1), dqp, A, w_q, Dq, T(0), d_query, Dq);
+  gemm<T>(true, false, A, Dq, rows, T(1), dqp, A, query, Dq, T(1), dw_q, Dq);
+  gemm<T>(false, false, B * S, Dk, A, T(1), dkp, A, w_k, Dk, T(0), d_keys, Dk);
+  gemm<T>(true, false, A, Dk, B * S, T(1), dkp, A, keys, Dk, T(1), dw_k, Dk);
+}
+
+#define FUSEDRNN_ATTENTION_BACKWARD(T)                                                          \
+  template void attention_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*,   \
+                                      const AttentionMask&, const T*, const T*,                 \
+                                      const AttentionShape&, const AttentionOptions&);  \
+  template void additive_attention_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*,  \
+                                               const T*, const T*, const T*, const T*, const T*, \
+                                               const uint8_t*, const T*, const T*, const T*,    \
+                                               int64_t, int64_t, int64_t, int64_t, int64_t,     \
+                                               int64_t, int64_t, int);
+FUSEDRNN_ATTENTION_BACKWARD(float)
+FUSEDRNN_ATTENTION_BACKWARD(double)
+
+}  // namespace fusedrnn

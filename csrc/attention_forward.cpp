@@ -1,0 +1,187 @@
+// Scaled dot-product attention, forward: query tiles x key tiles with an online softmax.
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "attention.h"
+#include "common/attention_layout.h"
+#include "common/blas.h"
+#include "common/pointwise.h"
+#include "common/threading.h"
+
+namespace fusedrnn {
+namespace {
+std::atomic<int64_t> g_forced_block_q{0}, g_forced_block_k{0};
+
+AttentionTiles forced_or(AttentionTiles tuned) {
+  const int64_t bq = g_forced_block_q.load(std::memory_order_relaxed);
+  const int64_t bk = g_forced_block_k.load(std::memory_order_relaxed);
+  return bq > 0 && bk > 0 ? AttentionTiles{bq, bk} : tuned;
+}
+
+int64_t forward_member_size(const AttentionTiles& t) {
+  // score tile, running max m, running sum l, dropout row keys
+  return round_block(t.block_q * t.block_k) + 3 * round_block(t.block_q);
+}
+}  // namespace
+
+void set_attention_tiles(int64_t block_q, int64_t block_k) {
+  g_forced_block_q.store(block_q, std::memory_order_relaxed);
+  g_forced_block_k.store(block_k, std::memory_order_relaxed);
+}
+
+// Measured on AVX-512 (Zen 4) with OpenBLAS at (B, H, L, E) = (4, 8, 1024, 64), CPU time per call
+// (benchmarks/attention_timing.py): forward runs best with large tiles (fewer, larger GEMMs and
+// fewer repacks of each k and v tile), 256 x 256 (256 KB of scores, in L2). Under a causal mask a
+// query tile wastes about block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of
+// the work, so causal forward uses 64-row tiles. Backward keeps five tiles' operands hot per
+// step and runs best at 64 x 128.
+AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
+  (void)s;
+  return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
+}
+
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
+  (void)s;
+  (void)causal;
+  return forced_or({64, 128});
+}
+
+int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal) {
+  return static_cast<int64_t>(std::max(1, s.threads)) *
+         forward_member_size(attention_forward_tiles(s, causal));
+}
+
+// q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  mask: broadcast [N,Hq,L,S] or none
+// out: [N,Hq,L,Ev]  lse: [N,Hq,L]  scratch: [attention_forward_scratch_size]
+// Work items: (batch item, head, query tile), handed out dynamically (the causal tiles differ in
+// cost), the costliest query tiles of each head first.
+template <typename T>
+void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,
+                       const AttentionMask& mask, const AttentionShape& s,
+                       const AttentionOptions& opt) {
+  const AttentionTiles tiles = attention_forward_tiles(s, opt.causal);
+  const int64_t BQ = tiles.block_q, BK = tiles.block_k;
+  const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
+  const int64_t heads = s.batch * s.heads_q;
+  const int64_t group = s.heads_q / s.heads_kv;
+  const int64_t query_tiles = ceil_div(L, BQ);
+  const int64_t units = heads * query_tiles;
+  if (units == 0) return;
+  const T scale = static_cast<T>(opt.scale);
+  const T inf = std::numeric_limits<T>::infinity();
+  const auto tile_kernel = attention_kernels<T>().forward_tile;
+  std::atomic<int64_t> next{0};
+  const int threads = static_cast<int>(std::min<int64_t>(std::max(1, s.threads), units));
+  run_team(threads, [&](int member, int) {
+    T* sbuf = scratch + member * forward_member_size(tiles);
+    T* m = sbuf + round_block(BQ * BK);
+    T* l = m + round_block(BQ);
+    uint32_t* keys = reinterpret_cast<uint32_t*>(l + round_block(BQ));
+    AttentionTile<T> t;
+    t.s = sbuf;
+    t.ld = BK;
+    t.m = m;
+    t.l = l;
+    t.ev = Ev;
+    t.ldo = Ev;
+    set_tile_dropout(t, opt, keys);
+    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      const int64_t bh = u / query_tiles;
+      const int64_t i0 = (query_tiles - 1 - u % query_tiles) * BQ;
+      const int64_t rows = std::min(BQ, L - i0);
+      const int64_t kv = (bh / s.heads_q) * s.heads_kv + (bh % s.heads_q) / group;
+      const T* qi = q + (bh * L + i0) * E;
+      const T* kg = k + kv * S * E;
+      const T* vg = v + kv * S * Ev;
+      T* oi = out + (bh * L + i0) * Ev;
+      std::fill(m, m + rows, -inf);
+      std::fill(l, l + rows, T(0));
+      std::fill(oi, oi + rows * Ev, T(0));
+      if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
+      t.rows = rows;
+      t.o = oi;
+      // top-left causal mask: row i sees keys j <= i, so no key past the tile's last row
+      const int64_t kv_end = opt.causal ? std::min(S, i0 + rows) : S;
+      for (int64_t j0 = 0; j0 < kv_end; j0 += BK) {
+        const int64_t cols = std::min(BK, kv_end - j0);
+        // s = scale * q_i k_j^T
+        gemm<T>(false, true, rows, cols, E, scale, qi, E, kg + j0 * E, E, T(0), sbuf, BK);
+        t.cols = cols;
+        t.j0 = j0;
+        t.causal = opt.causal && j0 + cols - 1 > i0;  // the tile crosses the diagonal
+        t.causal_offset = i0 - j0;
+        set_tile_mask(t, mask, bh, i0, j0);
+        tile_kernel(t);
+        // o_i += (p*z) v_j   (o_i rescaled by the tile kernel when the row maximum grew)
+        gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vg + j0 * Ev, Ev, T(1), oi, Ev);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        T* orow = oi + r * Ev;
+        if (l[r] == T(0)) {  // every key masked: zeros, and lse = +inf makes backward's p zero
+          std::fill(orow, orow + Ev, T(0));
+          lse[bh * L + i0 + r] = inf;
+          continue;
+        }
+        const T inv = T(1) / l[r];
+        for (int64_t e = 0; e < Ev; ++e) orow[e] *= inv;
+        lse[bh * L + i0 + r] = m[r] + std::log(l[r]);
+      }
+    }
+  });
+}
+
+// query: [B,T,Dq]  keys: [B,S,Dk]  values: [B,S,Dv]  w_q: [A,Dq]  w_k: [A,Dk]  w_v: [A]
+// key_mask: [B,S] or null  context: [B,T,Dv]  weights: [B,T,S]  qp: [B,T,A]  kp: [B,S,A]
+template <typename T>
+void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* query,
+                                const T* keys, const T* values, const T* w_q, const T* w_k,
+                                const T* w_v, const uint8_t* key_mask, int64_t B, int64_t T_,
+                                int64_t S, int64_t Dq, int64_t Dk, int64_t Dv, int64_t A,
+                                int threads) {
+  // qp = query w_q^T, kp = keys w_k^T: one GEMM each over the whole batch
+  gemm<T>(false, true, B * T_, A, Dq, T(1), query, Dq, w_q, Dq, T(0), qp, A);
+  gemm<T>(false, true, B * S, A, Dk, T(1), keys, Dk, w_k, Dk, T(0), kp, A);
+  const auto scores = attention_kernels<T>().additive_scores;
+  const int64_t rows = B * T_;
+  run_team(static_cast<int>(std::min<int64_t>(std::max(1, threads), std::max<int64_t>(rows, 1))),
+           [&](int member, int members) {
+    const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T_;
+      T* e = weights + r * S;
+      scores(S, A, e, qp + r * A, kp + b * S * A, w_v, key_mask ? key_mask + b * S : nullptr);
+      // p = softmax(e); every key masked: p = 0
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t j = 0; j < S; ++j) mx = e[j] > mx ? e[j] : mx;
+      if (mx == -std::numeric_limits<T>::infinity()) {
+        std::fill(e, e + S, T(0));
+        continue;
+      }
+      T sum = 0;
+      for (int64_t j = 0; j < S; ++j) sum += (e[j] = std::exp(e[j] - mx));
+      const T inv = T(1) / sum;
+      for (int64_t j = 0; j < S; ++j) e[j] *= inv;
+    }
+    // context = p values, item by item over this member's rows
+    for (int64_t r = r0; r < r1;) {
+      const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
+      gemm<T>(false, false, end - r, Dv, S, T(1), weights + r * S, S, values + b * S * Dv, Dv,
+              T(0), context + r * Dv, Dv);
+      r = end;
+    }
+  });
+}
+
+#define FUSEDRNN_ATTENTION_FORWARD(T)                                                           \
+  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                  \
+                                     const AttentionMask&, const AttentionShape&,               \
+                                     const AttentionOptions&);                                 \
+  template void additive_attention_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*,      \
+                                              const T*, const T*, const T*, const uint8_t*,      \
+                                              int64_t, int64_t, int64_t, int64_t, int64_t,       \
+                                              int64_t, int64_t, int);
+FUSEDRNN_ATTENTION_FORWARD(float)
+FUSEDRNN_ATTENTION_FORWARD(double)
+
+}  // namespace fusedrnn

@@ -1,0 +1,299 @@
+// pybind11 bindings of the attention kernels (csrc/attention.h): checks and allocation, then one
+// call into C++ with the GIL released. The Python side (fusedrnn/functional.py) broadcasts the
+// batch dimensions and the mask and flattens them to the shapes checked here.
+#include <algorithm>
+#include <string>
+
+#include "attention.h"
+#include "bindings/checks.h"
+#include "common/blas.h"
+#include "common/threading.h"
+
+namespace fusedrnn {
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+py::array rank4(py::handle obj, const char* name, const char* layout) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (a.ndim() != 4)
+    throw py::value_error(std::string(name) + " must have 4 dimensions " + layout + ", but has " +
+                          str(a.ndim()));
+  return a;
+}
+
+template <typename Body>
+auto with_dtype(const ArgChecker& checker, Body&& body) {
+  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
+  if (checker.is_float32()) return body(float{});
+  return body(double{});
+}
+
+// The attention arrays of one call, checked: q [N,Hq,L,E], k [N,Hkv,S,E], v [N,Hkv,S,Ev].
+struct AttentionCall {
+  ArgChecker checker;
+  AttentionShape shape;
+  AttentionOptions options;
+  py::array q, k, v;
+  // the mask: the array read, its offsets, and the kernel's view of both
+  py::object mask_array, mask_offsets;
+  AttentionMask mask;
+
+  AttentionCall(py::handle q_, py::handle k_, py::handle v_, py::handle mask_,
+                py::handle offsets_, int64_t row_stride, int64_t col_stride, bool causal,
+                double scale, double dropout_p, uint64_t seed)
+      : checker(q_, "q") {
+    py::array qa = rank4(q_, "q", "(N, Hq, L, E)");
+    py::array ka = rank4(k_, "k", "(N, Hkv, S, E)");
+    py::array va = rank4(v_, "v", "(N, Hkv, S, Ev)");
+    shape.batch = qa.shape(0);
+    shape.heads_q = qa.shape(1);
+    shape.L = qa.shape(2);
+    shape.E = qa.shape(3);
+    shape.heads_kv = ka.shape(1);
+    shape.S = ka.shape(2);
+    shape.Ev = va.shape(3);
+    if (shape.heads_kv < 1 || shape.heads_q % shape.heads_kv != 0)
+      throw py::value_error("the query heads Hq = " + str(shape.heads_q) +
+                            " must be a multiple of the key/value heads Hkv = " + str(shape.heads_kv));
+    const int64_t N = shape.batch, Hq = shape.heads_q, Hkv = shape.heads_kv;
+    q = checker.input(q_, "q", {{"N", N}, {"Hq", Hq}, {"L", shape.L}, {"E", shape.E}});
+    k = checker.input(k_, "k", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"E", shape.E}});
+    v = checker.input(v_, "v", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"Ev", shape.Ev}});
+    for (int64_t d : {shape.L, shape.S, shape.E, shape.Ev}) check_blas_dim(d, "an attention size");
+    if (!(dropout_p >= 0 && dropout_p <= 1))
+      throw py::value_error("dropout_p must be in [0, 1], got " + std::to_string(dropout_p));
+    options = {scale, causal, dropout_p, seed};
+    shape.threads = get_num_threads();
+    set_mask(mask_, offsets_, row_stride, col_stride);
+  }
+
+  void set_mask(py::handle mask_, py::handle offsets_, int64_t row_stride, int64_t col_stride) {
+    if (mask_.is_none()) return;
+    if (!py::isinstance<py::array>(mask_))
+      throw py::type_error("attn_mask must be a numpy.ndarray or None");
+    py::array m = py::reinterpret_borrow<py::array>(mask_);
+    const bool boolean = m.dtype().equal(py::dtype::of<bool>());
+    if (!boolean && !m.dtype().equal(checker.is_float32() ? py::dtype::of<float>() : py::dtype::of<double>()))
+      throw py::type_error("attn_mask must have dtype bool or " + checker.dtype_name() +
+                           " like q, got " + std::string(py::str(m.dtype())));
+    if (!(m.flags() & py::array::c_style))
+      throw py::value_error("attn_mask must be C-contiguous (the wrapper copies it)");
+    py::array_t<int64_t> off = py::cast<py::array_t<int64_t>>(offsets_);
+    const int64_t heads = shape.batch * shape.heads_q;
+    if (off.ndim() != 1 || off.shape(0) != heads || !(off.flags() & py::array::c_style))
+      throw py::value_error("mask_offsets must be a contiguous int64 array of N*Hq = " + str(heads) +
+                            " entries");
+    if (col_stride != 0 && col_stride != 1)
+      throw py::value_error("mask col_stride must be 0 or 1, got " + str(col_stride));
+    if (row_stride < 0) throw py::value_error("mask row_stride must be >= 0");
+    // every element the kernel may read lies inside the mask
+    const int64_t size = static_cast<int64_t>(m.size());
+    const int64_t* o = off.data();
+    if (heads > 0 && shape.L > 0 && shape.S > 0) {
+      const int64_t lo = *std::min_element(o, o + heads), hi = *std::max_element(o, o + heads);
+      const int64_t last = hi + (shape.L - 1) * row_stride + (shape.S - 1) * col_stride;
+      if (lo < 0 || last >= size)
+        throw py::value_error("the mask offsets and strides reach outside attn_mask");
+    }
+    mask_array = m;
+    mask_offsets = off;
+    mask.kind = boolean ? MaskKind::boolean : MaskKind::additive;
+    mask.data = m.data();
+    mask.offsets = o;
+    mask.row_stride = row_stride;
+    mask.col_stride = col_stride;
+  }
+};
+
+py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::handle mask,
+                               py::handle offsets, int64_t row_stride, int64_t col_stride,
+                               bool causal, double scale, double dropout_p, uint64_t seed) {
+  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed);
+  const AttentionShape& s = c.shape;
+  py::array out = c.checker.output({s.batch, s.heads_q, s.L, s.Ev});
+  py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
+  py::array scratch = c.checker.output({attention_forward_scratch_size(s, causal)});
+  with_dtype(c.checker, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    attention_forward<F>(data_of<F>(out), data_of<F>(lse), data_of<F>(scratch), cdata_of<F>(c.q),
+                         cdata_of<F>(c.k), cdata_of<F>(c.v), c.mask, s, c.options);
+    return 0;
+  });
+  return py::make_tuple(out, lse);
+}
+
+py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py::handle v,
+                                py::handle out, py::handle lse, py::handle mask, py::handle offsets,
+                                int64_t row_stride, int64_t col_stride, bool causal, double scale,
+                                double dropout_p, uint64_t seed) {
+  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed);
+  const AttentionShape& s = c.shape;
+  const int64_t N = s.batch, Hq = s.heads_q;
+  py::array da = c.checker.input(d_out, "d_out", {{"N", N}, {"Hq", Hq}, {"L", s.L}, {"Ev", s.Ev}});
+  py::array oa = c.checker.input(out, "out", {{"N", N}, {"Hq", Hq}, {"L", s.L}, {"Ev", s.Ev}});
+  py::array la = c.checker.input(lse, "lse", {{"N", N}, {"Hq", Hq}, {"L", s.L}});
+  py::array dq = c.checker.output({N, Hq, s.L, s.E});
+  py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
+  py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
+  py::array scratch = c.checker.output({attention_backward_scratch_size(s, causal)});
+  with_dtype(c.checker, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    attention_backward<F>(data_of<F>(dq), data_of<F>(dk), data_of<F>(dv), data_of<F>(scratch),
+                          cdata_of<F>(da), cdata_of<F>(c.q), cdata_of<F>(c.k), cdata_of<F>(c.v),
+                          c.mask, cdata_of<F>(oa), cdata_of<F>(la), s, c.options);
+    return 0;
+  });
+  return py::make_tuple(dq, dk, dv);
+}
+
+// ---------------------------------------------------------------- additive attention
+struct AdditiveCall {
+  ArgChecker checker;
+  int64_t B, T, S, Dq, Dk, Dv, A;
+  py::array query, keys, values, w_q, w_k, w_v;
+  py::object key_mask;
+
+  AdditiveCall(py::handle query_, py::handle keys_, py::handle values_, py::handle w_q_,
+               py::handle w_k_, py::handle w_v_, py::handle key_mask_)
+      : checker(query_, "query") {
+    auto dims3 = [](py::handle obj, const char* name, const char* layout) {
+      if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+      py::array a = py::reinterpret_borrow<py::array>(obj);
+      if (a.ndim() != 3)
+        throw py::value_error(std::string(name) + " must have 3 dimensions " + layout +
+                              ", but has " + str(a.ndim()));
+      return a;
+    };
+    py::array qa = dims3(query_, "query", "(B, T, query_size)");
+    py::array ka = dims3(keys_, "keys", "(B, S, key_size)");
+    py::array va = dims3(values_, "values", "(B, S, value_size)");
+    if (!py::isinstance<py::array>(w_v_) || py::reinterpret_borrow<py::array>(w_v_).ndim() != 1)
+      throw py::value_error("w_v must be a 1-D numpy.ndarray (hidden_size,)");
+    B = qa.shape(0);
+    T = qa.shape(1);
+    Dq = qa.shape(2);
+    S = ka.shape(1);
+    Dk = ka.shape(2);
+    Dv = va.shape(2);
+    A = py::reinterpret_borrow<py::array>(w_v_).shape(0);
+    query = checker.input(query_, "query", {{"B", B}, {"T", T}, {"query_size", Dq}});
+    keys = checker.input(keys_, "keys", {{"B", B}, {"S", S}, {"key_size", Dk}});
+    values = checker.input(values_, "values", {{"B", B}, {"S", S}, {"value_size", Dv}});
+    w_q = checker.input(w_q_, "w_q", {{"hidden_size", A}, {"query_size", Dq}});
+    w_k = checker.input(w_k_, "w_k", {{"hidden_size", A}, {"key_size", Dk}});
+    w_v = checker.input(w_v_, "w_v", {{"hidden_size", A}});
+    check_blas_dim(B * T, "B*T");
+    check_blas_dim(B * S, "B*S");
+    if (!key_mask_.is_none()) {
+      if (!py::isinstance<py::array>(key_mask_) ||
+          !py::reinterpret_borrow<py::array>(key_mask_).dtype().equal(py::dtype::of<bool>()))
+        throw py::type_error("key_mask must be a bool numpy.ndarray (True = may attend) or None");
+      py::array m = py::reinterpret_borrow<py::array>(key_mask_);
+      if (m.ndim() != 2 || m.shape(0) != B || m.shape(1) != S)
+        throw py::value_error("key_mask must have shape (B, S) = (" + str(B) + ", " + str(S) + ")");
+      key_mask = py::module_::import("numpy").attr("ascontiguousarray")(m);
+    } else {
+      key_mask = py::none();
+    }
+  }
+  const uint8_t* mask_data() const {
+    return key_mask.is_none() ? nullptr
+                              : static_cast<const uint8_t*>(py::reinterpret_borrow<py::array>(key_mask).data());
+  }
+};
+
+py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle values, py::handle w_q,
+                              py::handle w_k, py::handle w_v, py::handle key_mask) {
+  AdditiveCall c(query, keys, values, w_q, w_k, w_v, key_mask);
+  py::array context = c.checker.output({c.B, c.T, c.Dv});
+  py::array weights = c.checker.output({c.B, c.T, c.S});
+  py::array qp = c.checker.output({c.B, c.T, c.A});
+  py::array kp = c.checker.output({c.B, c.S, c.A});
+  const int threads = get_num_threads();
+  with_dtype(c.checker, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    additive_attention_forward<F>(data_of<F>(context), data_of<F>(weights), data_of<F>(qp),
+                                  data_of<F>(kp), cdata_of<F>(c.query), cdata_of<F>(c.keys),
+                                  cdata_of<F>(c.values), cdata_of<F>(c.w_q), cdata_of<F>(c.w_k),
+                                  cdata_of<F>(c.w_v), c.mask_data(), c.B, c.T, c.S, c.Dq, c.Dk,
+                                  c.Dv, c.A, threads);
+    return 0;
+  });
+  return py::make_tuple(context, weights, qp, kp);
+}
+
+py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handle keys,
+                               py::handle values, py::handle w_q, py::handle w_k, py::handle w_v,
+                               py::handle key_mask, py::handle weights, py::handle qp,
+                               py::handle kp, py::handle dw_q, py::handle dw_k, py::handle dw_v) {
+  AdditiveCall c(query, keys, values, w_q, w_k, w_v, key_mask);
+  const ArgChecker& k = c.checker;
+  py::array dc = k.input(d_context, "d_context", {{"B", c.B}, {"T", c.T}, {"value_size", c.Dv}});
+  py::array wa = k.input(weights, "weights", {{"B", c.B}, {"T", c.T}, {"S", c.S}});
+  py::array qpa = k.input(qp, "qp", {{"B", c.B}, {"T", c.T}, {"hidden_size", c.A}});
+  py::array kpa = k.input(kp, "kp", {{"B", c.B}, {"S", c.S}, {"hidden_size", c.A}});
+  py::array dwq = k.accumulator(dw_q, "grads['w_q']", {{"hidden_size", c.A}, {"query_size", c.Dq}});
+  py::array dwk = k.accumulator(dw_k, "grads['w_k']", {{"hidden_size", c.A}, {"key_size", c.Dk}});
+  py::array dwv = k.accumulator(dw_v, "grads['w_v']", {{"hidden_size", c.A}});
+  py::array dquery = k.output({c.B, c.T, c.Dq});
+  py::array dkeys = k.output({c.B, c.S, c.Dk});
+  py::array dvalues = k.output({c.B, c.S, c.Dv});
+  const int threads = get_num_threads();
+  py::array scratch = k.output({additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads)});
+  with_dtype(k, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    additive_attention_backward<F>(
+        data_of<F>(dquery), data_of<F>(dkeys), data_of<F>(dvalues), data_of<F>(dwq),
+        data_of<F>(dwk), data_of<F>(dwv), data_of<F>(scratch), cdata_of<F>(dc),
+        cdata_of<F>(c.query), cdata_of<F>(c.keys), cdata_of<F>(c.values), cdata_of<F>(c.w_q),
+        cdata_of<F>(c.w_k), cdata_of<F>(c.w_v), c.mask_data(), cdata_of<F>(wa), cdata_of<F>(qpa),
+        cdata_of<F>(kpa), c.B, c.T, c.S, c.Dq, c.Dk, c.Dv, c.A, threads);
+    return 0;
+  });
+  return py::make_tuple(dquery, dkeys, dvalues, dwq, dwk, dwv);
+}
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("attention_forward", &attention_forward_py, "q"_a, "k"_a, "v"_a, "mask"_a, "mask_offsets"_a,
+        "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
+        "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h.");
+  m.def("attention_backward", &attention_backward_py, "d_out"_a, "q"_a, "k"_a, "v"_a, "out"_a,
+        "lse"_a, "mask"_a, "mask_offsets"_a, "mask_row_stride"_a, "mask_col_stride"_a,
+        "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a, "-> (dq, dk, dv); see csrc/attention.h.");
+  m.def("additive_attention_forward", &additive_forward_py, "query"_a, "keys"_a, "values"_a,
+        "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "-> (context, weights, qp, kp)");
+  m.def("additive_attention_backward", &additive_backward_py, "d_context"_a, "query"_a, "keys"_a,
+        "values"_a, "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "weights"_a, "qp"_a, "kp"_a,
+        "dw_q"_a, "dw_k"_a, "dw_v"_a, "-> (d_query, d_keys, d_values, dw_q, dw_k, dw_v)");
+  m.def(
+      "_set_attention_tiles",
+      [](int64_t block_q, int64_t block_k) {
+        if (block_q < 0 || block_k < 0) throw py::value_error("tile sizes must be >= 0");
+        set_attention_tiles(block_q, block_k);
+      },
+      "block_q"_a, "block_k"_a, "Testing knob: force the attention tile sizes (0, 0: the tuned ones).");
+  m.def(
+      "_attention_tiles",
+      [](bool causal) {
+        AttentionShape s;
+        const AttentionTiles f = attention_forward_tiles(s, causal);
+        const AttentionTiles b = attention_backward_tiles(s, causal);
+        return py::make_tuple(py::make_tuple(f.block_q, f.block_k),
+                              py::make_tuple(b.block_q, b.block_k));
+      },
+      "causal"_a = false, "The tile sizes in use: ((fwd block_q, block_k), (bwd block_q, block_k)).");
+}
+
+}  // namespace fusedrnn

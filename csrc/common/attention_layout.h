@@ -1,0 +1,58 @@
+// What the attention forward and backward drivers share: scratch layout, the work split, the
+// address of a mask tile, the dropout keys of a tile's rows (csrc/attention.h is the contract).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "attention.h"
+#include "common/pointwise.h"
+
+namespace fusedrnn {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Scratch blocks start on 64-byte boundaries relative to the scratch base (16 floats / 8 doubles).
+inline int64_t round_block(int64_t n) { return (n + 15) / 16 * 16; }
+
+// Backward splits the keys of each (batch item, kv head) into this many chunks when there are
+// too few (batch item, kv head) pairs to keep every thread busy; chunk c > 0 sums its part of
+// dq in a buffer of its own (deterministic, no atomics), added into dq at the end.
+inline int64_t attention_backward_chunks(const AttentionShape& s, int64_t key_tiles) {
+  const int64_t pairs = s.batch * s.heads_kv;
+  const int64_t target = 4 * static_cast<int64_t>(s.threads);
+  if (s.threads <= 1 || pairs == 0 || pairs >= target) return 1;
+  return std::max<int64_t>(1, std::min(key_tiles, ceil_div(target, pairs)));
+}
+
+// The mask of one tile: element (bh, i0, j0).
+template <typename T>
+void set_tile_mask(AttentionTile<T>& t, const AttentionMask& mask, int64_t bh, int64_t i0,
+                   int64_t j0) {
+  t.mask_kind = static_cast<int>(mask.kind);
+  if (mask.kind == MaskKind::none) {
+    t.mask = nullptr;
+    return;
+  }
+  const int64_t off = mask.offsets[bh] + i0 * mask.row_stride + j0 * mask.col_stride;
+  t.mask = mask.kind == MaskKind::boolean
+               ? static_cast<const void*>(static_cast<const uint8_t*>(mask.data) + off)
+               : static_cast<const void*>(static_cast<const T*>(mask.data) + off);
+  t.mask_row_stride = mask.row_stride;
+  t.mask_col_stride = mask.col_stride;
+}
+
+// Dropout settings of every tile of a call.
+template <typename T>
+void set_tile_dropout(AttentionTile<T>& t, const AttentionOptions& opt, uint32_t* row_keys) {
+  t.dropout = opt.dropout_p > 0;
+  t.row_keys = row_keys;
+  t.threshold = attention_dropout_threshold(opt.dropout_p);
+  t.keep_scale = opt.dropout_p >= 1 ? T(0) : static_cast<T>(1.0 / (1.0 - opt.dropout_p));
+}
+
+// The keys of rows [first_row, first_row + rows) (row = bh*L + i).
+inline void fill_row_keys(uint32_t* keys, uint64_t seed, int64_t first_row, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r)
+    keys[r] = attention_row_key(seed, static_cast<uint64_t>(first_row + r));
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,168 @@
+"""The ``fusedrnn`` command line: ``python -m fusedrnn bench [...]``.
+
+Each subcommand adds its parser in a ``_add_<name>`` function and sets ``handler``; `main` is the
+console-script entry point declared in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import bench
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _variant_filter(text: str) -> set[str]:
+    """``--only``: cell names (every variant of the cell) or variant names, comma separated."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    known = set(bench.VARIANTS) | {v.cell for v in bench.VARIANTS.values()}
+    unknown = sorted(names - known)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown cell {', '.join(unknown) or repr(text)}; choose from {', '.join(sorted(known))}"
+        )
+    return names
+
+
+def _case_list(text: str) -> list[bench.Case]:
+    """``--cases "lstm:1,3,4,5;gru:2,2,3,3"``: variant:B,T,I,H, separated by semicolons
+    (attention: variant:B,L,E,heads)."""
+    cases = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, _, shape = item.partition(":")
+        try:
+            sizes = [int(n) for n in shape.split(",")]
+        except ValueError:
+            sizes = []
+        if name not in bench.VARIANTS or len(sizes) != 4 or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(
+                f"bad case {item!r}: expected VARIANT:B,T,I,H with VARIANT in "
+                f"{', '.join(bench.VARIANTS)} and positive sizes"
+            )
+        cases.append(bench.Case(bench.VARIANTS[name], *sizes))
+    if not cases:
+        raise argparse.ArgumentTypeError("no case given")
+    return cases
+
+
+def _png_path(text: str) -> str:
+    """``--plot``: checked before the sweep runs, so a missing matplotlib costs no minutes."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise argparse.ArgumentTypeError(bench.PLOT_HINT) from None
+    return text
+
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="validate and time the fused kernels against the NumPy reference and PyTorch",
+        description="Validate every case against the NumPy reference, then time the fused "
+        "kernels, the reference and PyTorch (when installed) and print one table of "
+        "speed-ups, GFLOP/s and the share of this machine's float32 GEMM rate. "
+        "Default sweep: LSTM, GRU (PyTorch's and Cho's), RNN tanh at (B, T, I=H) = "
+        + ", ".join(f"({c.B}, {c.T}, {c.H})" for c in bench.SWEEPS["default"].cases
+                    if c.variant.name == "lstm")
+        + "; scaled dot-product attention, causal and not, at (B, heads, L, E) = "
+        + ", ".join(f"({c.B}, {c.H}, {c.T}, {c.I})" for c in bench.SWEEPS["default"].cases
+                    if c.variant.name == "attention")
+        + ".",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="sweep",
+                      help="a smaller sweep, under a minute")
+    size.add_argument("--full", action="store_const", const="full", dest="sweep",
+                      help="DeepBench-style shapes, several minutes")
+    # Internal: an explicit case list, for the tests (seconds instead of minutes).
+    size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
+    parser.set_defaults(sweep="default")
+    parser.add_argument("--only", type=_variant_filter, metavar="CELLS",
+                        help="comma list of cells (lstm, gru, rnn, attention) or variants "
+                        "(gru-cho, rnn-relu, attention-causal) to keep")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="threads of the fused kernels, numpy's BLAS and PyTorch "
+                        "(default: fusedrnn.get_num_threads())")
+    parser.add_argument("--repeats", type=_positive_int, metavar="N",
+                        help="timed calls per measurement after a warm-up (default: the "
+                        "sweep's; slow calls get fewer within the sweep's time budget)")
+    parser.add_argument("--json", metavar="PATH", help="write every row and the machine "
+                        "configuration as JSON")
+    parser.add_argument("--plot", type=_png_path, metavar="PATH",
+                        help=f"save a PNG of the speed-ups ({bench.PLOT_HINT})")
+    parser.set_defaults(handler=_run_bench)
+
+
+def selected_cases(args: argparse.Namespace) -> list[bench.Case]:
+    """The cases a parsed ``bench`` command line asks for: its sweep's (or ``--cases``), less
+    those ``--only`` leaves out."""
+    cases = args.cases or list(bench.SWEEPS[args.sweep].cases)
+    if args.only:
+        cases = [c for c in cases if c.variant.name in args.only or c.variant.cell in args.only]
+    return cases
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    sweep = bench.SWEEPS[args.sweep]
+    cases = selected_cases(args)
+    if not cases:
+        print(f"no case of {', '.join(sorted(args.only))} in this sweep", file=sys.stderr)
+        return 2
+    report = bench.run_sweep(
+        cases, dtype=np.dtype(args.dtype), threads=args.threads,
+        repeats=args.repeats or sweep.repeats, budget=sweep.budget,
+        sweep="custom" if args.cases else sweep.name, note="" if args.cases else sweep.note,
+    )
+    print(report.table())
+    if args.json:
+        bench.write_json(report, args.json)
+    if args.plot:
+        bench.plot(report, args.plot)
+    failed = sum(row.check == "FAIL" for row in report.rows)
+    if failed:
+        print(f"{failed} row(s) failed validation against the reference", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fusedrnn`` parser with all its subcommands."""
+    parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_bench(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit code: 0, 1 when a case failed validation; argparse exits with 2 on bad arguments.
+    """
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

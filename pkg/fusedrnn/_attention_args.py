@@ -1,0 +1,325 @@
+"""The arguments of scaled dot-product attention, checked and brought to one layout.
+
+Written once for both backends (`fusedrnn.functional` and `fusedrnn.reference`), so they accept
+and reject exactly the same calls. Users see shapes ``q (..., Hq, L, E)``, ``k (..., Hkv, S, E)``,
+``v (..., Hkv, S, Ev)`` with any broadcastable batch dimensions ``...`` (also none, and also 2-D
+``(L, E)`` arrays without a head axis); the kernels see ``(N, H, L, E)`` with the batch flattened.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool (Python or numpy); anything else, e.g. a dropout probability passed positionally
+    where ``is_causal`` goes, is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r}")
+    return bool(value)
+
+
+def check_probability(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def check_seed(value, name: str = "seed") -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_type_name(value)}")
+    if not 0 <= int(value) < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return int(value)
+
+
+def _check_float_array(value, name: str, dtype=None) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got "
+                        f"{_type_name(value)}")
+    if dtype is None:
+        if value.dtype not in _FLOATS:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    elif value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like q, got {value.dtype} (all arrays "
+                        f"of one call share one dtype; nothing is cast silently)")
+    return value
+
+
+def _with_heads(a: np.ndarray, name: str, layout: str) -> np.ndarray:
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape {layout} (at least 2 dimensions), but has "
+                         f"shape {a.shape}")
+    return a[None] if a.ndim == 2 else a
+
+
+@dataclass
+class AttentionArgs:
+    """One call's arguments in the kernels' layout, and the way back to the user's shapes."""
+
+    q: np.ndarray  # (N, Hq, L, E)
+    k: np.ndarray  # (N, Hkv, S, E)
+    v: np.ndarray  # (N, Hkv, S, Ev)
+    batch: tuple  # the broadcast batch shape "..."
+    drop_head_axis: bool  # q, k, v were all 2-D: the output is (L, Ev)
+    q_shape: tuple
+    k_shape: tuple
+    v_shape: tuple
+    heads_q: int
+    heads_kv: int
+    L: int
+    S: int
+    E: int
+    Ev: int
+    is_causal: bool
+    scale: float
+    dropout_p: float
+    seed: int
+    # the mask: C-contiguous, bool (True = may attend) or additive of q's dtype; None = no mask
+    mask: np.ndarray | None
+    mask_view: np.ndarray | None  # the mask broadcast to (..., Hq, L, S): a view, no copy
+    mask_offsets: np.ndarray | None  # (N*Hq,) int64: element offset of mask[n, h, 0, 0]
+    mask_row_stride: int
+    mask_col_stride: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.q.dtype
+
+    @property
+    def group(self) -> int:
+        return self.heads_q // self.heads_kv if self.heads_kv else 1
+
+    def mask_full(self) -> np.ndarray | None:
+        """The mask as a (N, Hq, L, S) array (copied when broadcast: for the reference)."""
+        if self.mask_view is None:
+            return None
+        return self.mask_view.reshape(self.q.shape[0], self.heads_q, self.L, self.S)
+
+    @property
+    def empty(self) -> bool:
+        """No query rows at all: nothing for a kernel to do."""
+        return self.q.shape[0] * self.heads_q * self.L == 0
+
+    # ---------------------------------------------------------------- user shapes
+
+    def out_shape(self) -> tuple:
+        tail = (self.L, self.Ev) if self.drop_head_axis else (self.heads_q, self.L, self.Ev)
+        return self.batch + tail
+
+    def lse_shape(self) -> tuple:
+        return self.out_shape()[:-1]
+
+    def to_user(self, out: np.ndarray, lse: np.ndarray) -> tuple:
+        return out.reshape(self.out_shape()), lse.reshape(self.lse_shape())
+
+    def saved(self, out, lse, d_out) -> tuple:
+        """out, lse (as forward returned them) and d_out, checked, in the kernels' layout."""
+        names = {"out": (out, self.out_shape()), "lse": (lse, self.lse_shape()),
+                 "d_out": (d_out, self.out_shape())}
+        result = []
+        for name, (value, shape) in names.items():
+            value = _check_float_array(value, name, self.dtype)
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape} (what forward returns for "
+                                 f"these q, k, v), but has shape {value.shape}")
+            n = self.q.shape[0]
+            result.append(value.reshape((n, self.heads_q, self.L) + shape[len(self.lse_shape()):]))
+        return tuple(result)
+
+    def grads_to_user(self, dq: np.ndarray, dk: np.ndarray, dv: np.ndarray) -> tuple:
+        """(N, H, ., .) gradients summed over the batch dimensions each input was broadcast
+        along, in the shape of that input."""
+        return (_unbroadcast(dq, self.batch, self.q_shape),
+                _unbroadcast(dk, self.batch, self.k_shape),
+                _unbroadcast(dv, self.batch, self.v_shape))
+
+
+def _unbroadcast(grad: np.ndarray, batch: tuple, shape: tuple) -> np.ndarray:
+    full = grad.reshape(batch + grad.shape[1:])
+    padded = shape if len(shape) > 2 else (1,) + shape  # a 2-D input had a head axis added
+    lead = len(batch) - (len(padded) - 3)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(padded[:-3]) if n == 1 and batch[lead + i] != 1)
+    if axes:
+        full = full.sum(axis=axes, keepdims=True)
+        full = full.reshape(full.shape[lead:])
+    return np.ascontiguousarray(full.reshape(shape))
+
+
+def attention_args(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False,
+                   dropout_p=0.0, seed=0) -> AttentionArgs:
+    """Check one call and bring it to the kernels' layout (see the module docstring)."""
+    q = _check_float_array(q, "q")
+    k = _check_float_array(k, "k", q.dtype)
+    v = _check_float_array(v, "v", q.dtype)
+    is_causal = check_flag(is_causal, "is_causal")
+    enable_gqa = check_flag(enable_gqa, "enable_gqa")
+    dropout_p = check_probability(dropout_p, "dropout_p")
+    seed = check_seed(seed)
+    drop_head_axis = q.ndim == 2 and k.ndim == 2 and v.ndim == 2
+    q3 = _with_heads(q, "q", "(..., Hq, L, E)")
+    k3 = _with_heads(k, "k", "(..., Hkv, S, E)")
+    v3 = _with_heads(v, "v", "(..., Hkv, S, Ev)")
+    (Hq, L, E), (Hkv, S, Ek), (Hv, Sv, Ev) = q3.shape[-3:], k3.shape[-3:], v3.shape[-3:]
+    if Ek != E:
+        raise ValueError(f"q and k must have the same feature size E (their last axis), but q "
+                         f"has E = {E} (shape {q.shape}) and k has E = {Ek} (shape {k.shape})")
+    if Sv != S:
+        raise ValueError(f"k and v must have the same number of keys S (axis -2), but k has "
+                         f"S = {S} (shape {k.shape}) and v has S = {Sv} (shape {v.shape})")
+    if Hv != Hkv:
+        raise ValueError(f"k and v must have the same number of heads Hkv (axis -3), but k has "
+                         f"{Hkv} (shape {k.shape}) and v has {Hv} (shape {v.shape})")
+    if not enable_gqa and Hq != Hkv:
+        raise ValueError(f"q has Hq = {Hq} heads (axis -3) but k and v have Hkv = {Hkv}; they "
+                         f"must be equal, or Hq a multiple of Hkv with enable_gqa=True")
+    if enable_gqa and (Hkv == 0 or Hq % Hkv != 0):
+        raise ValueError(f"with enable_gqa=True the query heads Hq = {Hq} must be a multiple of "
+                         f"the key/value heads Hkv = {Hkv}")
+    try:
+        batch = np.broadcast_shapes(q3.shape[:-3], k3.shape[:-3], v3.shape[:-3])
+    except ValueError:
+        raise ValueError(f"the batch dimensions of q {q.shape[:-3]}, k {k.shape[:-3]} and v "
+                         f"{v.shape[:-3]} (all but the last three axes) do not broadcast "
+                         f"together") from None
+    N = math.prod(batch)
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {_type_name(scale)}")
+
+    def flat(a, heads, rows, cols):
+        return np.broadcast_to(a, batch + a.shape[-3:]).reshape(N, heads, rows, cols)
+
+    args = AttentionArgs(
+        q=flat(q3, Hq, L, E), k=flat(k3, Hkv, S, E), v=flat(v3, Hkv, S, Ev), batch=batch,
+        drop_head_axis=drop_head_axis, q_shape=q.shape, k_shape=k.shape, v_shape=v.shape,
+        heads_q=Hq, heads_kv=Hkv, L=L, S=S, E=E, Ev=Ev, is_causal=is_causal, scale=float(scale),
+        dropout_p=dropout_p, seed=seed, mask=None, mask_view=None, mask_offsets=None,
+        mask_row_stride=0, mask_col_stride=0)
+    if attn_mask is not None:
+        _set_mask(args, attn_mask)
+    return args
+
+
+def _set_mask(args: AttentionArgs, attn_mask) -> None:
+    if not isinstance(attn_mask, np.ndarray):
+        raise TypeError(f"attn_mask must be a numpy.ndarray (bool, or {args.dtype} like q) or "
+                        f"None, got {_type_name(attn_mask)}")
+    if attn_mask.dtype != np.bool_ and attn_mask.dtype != args.dtype:
+        raise TypeError(f"attn_mask must have dtype bool (True = may attend) or {args.dtype} "
+                        f"like q (added to the scores), got {attn_mask.dtype}")
+    user_target = args.out_shape()[:-1] + (args.S,)  # (..., Hq, L, S) or (L, S)
+    try:
+        fits = np.broadcast_shapes(attn_mask.shape, user_target) == user_target
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to "
+                         f"(..., Hq, L, S) = {user_target}")
+    mask = np.ascontiguousarray(attn_mask)
+    target = args.batch + (args.heads_q, args.L, args.S)
+    full = np.broadcast_to(mask, user_target)
+    if args.drop_head_axis:
+        full = full[None]
+    full = np.broadcast_to(full, target)  # a view: strides 0 along every broadcast axis
+    strides = [s // mask.itemsize for s in full.strides]
+    lead = target[:-2]
+    offsets = np.zeros(lead, dtype=np.int64)
+    for axis, (n, stride) in enumerate(zip(lead, strides[:-2])):
+        shape = [1] * len(lead)
+        shape[axis] = n
+        offsets = offsets + (np.arange(n, dtype=np.int64) * stride).reshape(shape)
+    args.mask = mask
+    args.mask_view = full
+    args.mask_offsets = np.ascontiguousarray(offsets.reshape(-1))
+    args.mask_row_stride = int(strides[-2]) if args.L > 1 else 0
+    args.mask_col_stride = int(strides[-1]) if args.S > 1 else 0
+
+
+# ---------------------------------------------------------------- additive attention
+
+
+def _check_shape(value: np.ndarray, name: str, shape: tuple, axes: str) -> np.ndarray:
+    if value.shape != shape:
+        spelled = tuple("*" if n is None else n for n in shape)
+        fits = value.ndim == len(shape) and all(
+            want is None or want == got for want, got in zip(shape, value.shape))
+        if not fits:
+            raise ValueError(f"{name} must have shape {axes} = {spelled}, but has shape "
+                             f"{value.shape}")
+    return value
+
+
+def additive_args(query, keys, values, w_q, w_k, w_v, key_mask=None) -> tuple:
+    """The arguments of additive attention, checked (shapes in `additive_attention_forward`)."""
+    query = _check_float_array(query, "query")
+    dtype = query.dtype
+    keys = _check_float_array(keys, "keys", dtype)
+    values = _check_float_array(values, "values", dtype)
+    w_q = _check_float_array(w_q, "w_q", dtype)
+    w_k = _check_float_array(w_k, "w_k", dtype)
+    w_v = _check_float_array(w_v, "w_v", dtype)
+    if query.ndim != 3:
+        raise ValueError(f"query must have 3 dimensions (B, T, query_size), but has shape "
+                         f"{query.shape}")
+    B, _, Dq = query.shape
+    if keys.ndim != 3 or keys.shape[0] != B:
+        raise ValueError(f"keys must have shape (B, S, key_size) with B = {B} like query, but "
+                         f"has shape {keys.shape}")
+    S, Dk = keys.shape[1:]
+    if w_v.ndim != 1:
+        raise ValueError(f"w_v must have shape (hidden_size,), but has shape {w_v.shape}")
+    A = w_v.shape[0]
+    _check_shape(values, "values", (B, S, None), "(B, S, value_size)")
+    _check_shape(w_q, "w_q", (A, Dq), "(hidden_size, query_size)")
+    _check_shape(w_k, "w_k", (A, Dk), "(hidden_size, key_size)")
+    if key_mask is not None:
+        if not isinstance(key_mask, np.ndarray) or key_mask.dtype != np.bool_:
+            raise TypeError(f"key_mask must be a bool numpy.ndarray (True = may attend) or "
+                            f"None, got {_type_name(key_mask)}"
+                            + (f" of {key_mask.dtype}" if isinstance(key_mask, np.ndarray) else ""))
+        _check_shape(key_mask, "key_mask", (B, S), "(B, S)")
+    return query, keys, values, w_q, w_k, w_v, key_mask
+
+
+def additive_saved(query, keys, values, w_v, weights, qp, kp, d_context) -> tuple:
+    """What additive backward reads besides the inputs, checked against them."""
+    B, T = query.shape[:2]
+    S = keys.shape[1]
+    A = w_v.shape[0]
+    dtype = query.dtype
+    checks = (("weights", weights, (B, T, S), "(B, T, S)"),
+              ("qp", qp, (B, T, A), "(B, T, hidden_size)"),
+              ("kp", kp, (B, S, A), "(B, S, hidden_size)"),
+              ("d_context", d_context, (B, T, values.shape[2]), "(B, T, value_size)"))
+    return tuple(_check_shape(_check_float_array(value, name, dtype), name, shape, axes)
+                 for name, value, shape, axes in checks)
+
+
+def additive_grads(grads, w_q, w_k, w_v) -> dict:
+    """``grads`` (accumulated into in place) or a fresh zeroed dict, keyed w_q, w_k, w_v."""
+    if grads is None:
+        return {"w_q": np.zeros_like(w_q), "w_k": np.zeros_like(w_k), "w_v": np.zeros_like(w_v)}
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays or None, got {_type_name(grads)}")
+    missing = [name for name in ("w_q", "w_k", "w_v") if name not in grads]
+    if missing:
+        raise ValueError(f"grads must have the keys ['w_q', 'w_k', 'w_v']; missing {missing}")
+    for name, param in (("w_q", w_q), ("w_k", w_k), ("w_v", w_v)):
+        g = _check_float_array(grads[name], f"grads[{name!r}]", param.dtype)
+        _check_shape(g, f"grads[{name!r}]", param.shape, "the parameter's shape")
+    return grads

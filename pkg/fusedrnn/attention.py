@@ -1,0 +1,676 @@
+"""Attention for NumPy arrays: a function, a differentiable form, and two layers.
+
+- `scaled_dot_product_attention`: ``torch.nn.functional.scaled_dot_product_attention`` on numpy
+  arrays (masks, causal, GQA), on the fused tiled kernel.
+- `ScaledDotProductAttention`: the same, remembering what backward needs; ``backward(d_out)``
+  returns ``(dq, dk, dv)``.
+- `MultiheadAttention`: ``torch.nn.MultiheadAttention``'s parameters, names, masks and results.
+- `AdditiveAttention`: Bahdanau scoring ``v^T tanh(W_q q + W_k k)`` for a batch of decoder steps
+  over all encoder states, with a key padding mask.
+
+Every class runs on ``backend="fused"`` (``fusedrnn.functional``, the default) or
+``backend="reference"`` (``fusedrnn.reference``, plain NumPy). Shapes and semantics of the kernels:
+docs/kernels.md, "Attention". A query whose keys are all masked gets a zero output and zero
+gradients, never NaN (PyTorch's math path gives NaN there).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+
+import numpy as np
+
+from . import functional, reference
+from ._attention_args import check_flag, check_probability
+from .reference.attention import dropout_keep
+
+_BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _backend(name: str) -> ModuleType:
+    if name not in _BACKENDS:
+        raise ValueError(f"backend must be 'fused' or 'reference', got {name!r}")
+    return _BACKENDS[name]
+
+
+def _fresh_seed() -> int:
+    return int(np.random.default_rng().integers(2**63))
+
+
+def scaled_dot_product_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                                 attn_mask: np.ndarray | None = None, is_causal: bool = False,
+                                 scale: float | None = None, enable_gqa: bool = False, *,
+                                 dropout_p: float = 0.0, seed: int | None = None,
+                                 backend: str = "fused") -> np.ndarray:
+    """Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
+
+    ``softmax(scale * q k^T + mask) v`` for every batch item and head, computed in tiles with
+    an online softmax: the ``L x S`` score matrix is never stored.
+
+    Parameters
+    ----------
+    q : (..., Hq, L, E)
+    k : (..., Hkv, S, E)
+    v : (..., Hkv, S, Ev)
+        float32 or float64, one dtype. ``...``: any batch dimensions, broadcast together (also
+        none; 2-D ``(L, E)`` arrays have no head axis).
+    attn_mask : bool or q's dtype, broadcastable to (..., Hq, L, S), optional
+        bool: True = may attend. Float: added to the scaled scores (``-inf`` masks).
+    is_causal : bool
+        Query i attends to keys j <= i (top-left aligned, as PyTorch, also when L != S);
+        combined with ``attn_mask`` when both are given.
+    scale : float, optional
+        Default ``1/sqrt(E)``.
+    enable_gqa : bool
+        Grouped-query attention: Hq a multiple of Hkv; query head h uses kv head h // (Hq/Hkv).
+    dropout_p : float, keyword-only
+        Dropout on the attention weights (kept weights scaled by 1/(1-p)).
+    seed : int, keyword-only
+        Seed of the dropout draw; None draws a fresh one.
+    backend : "fused" or "reference"
+
+    Returns
+    -------
+    out : (..., Hq, L, Ev)
+        A query whose keys are all masked gets zeros.
+    """
+    check_flag(is_causal, "is_causal")  # before anything else: catches torch's positional dropout_p
+    seed = _fresh_seed() if seed is None else seed
+    out, _ = _backend(backend).attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa,
+                                                 dropout_p=dropout_p, seed=seed)
+    return out
+
+
+class ScaledDotProductAttention:
+    """`scaled_dot_product_attention` that remembers what backward needs.
+
+    ``out = sdpa(q, k, v, ...)`` then ``dq, dk, dv = sdpa.backward(d_out)``. The forward keeps
+    its own copies of q, k, v and the mask (the caller may reuse its buffers) plus the output and
+    one log-sum-exp per query row, never the attention weights. ``out`` is read-only, since
+    backward reads it. backward may run any number of times after one forward.
+
+    Parameters
+    ----------
+    backend : "fused" (default) or "reference"
+    """
+
+    def __init__(self, backend: str = "fused") -> None:
+        self._impl = _backend(backend)
+        self.backend = backend
+        self._saved: tuple | None = None
+
+    def __repr__(self) -> str:
+        return f"ScaledDotProductAttention(backend={self.backend!r})"
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                 attn_mask: np.ndarray | None = None, is_causal: bool = False,
+                 scale: float | None = None, enable_gqa: bool = False, *,
+                 dropout_p: float = 0.0, seed: int | None = None) -> np.ndarray:
+        """Forward; the arguments and result of `scaled_dot_product_attention`."""
+        check_flag(is_causal, "is_causal")
+        seed = _fresh_seed() if seed is None else seed
+        out, lse = self._impl.attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa,
+                                                dropout_p=dropout_p, seed=seed)
+        copies = tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a
+                       for a in (q, k, v, attn_mask))
+        out.flags.writeable = False
+        self._saved = (*copies, out, lse, {"is_causal": is_causal, "scale": scale,
+                                               "enable_gqa": enable_gqa, "dropout_p": dropout_p,
+                                               "seed": seed})
+        return out
+
+    def backward(self, d_out: np.ndarray) -> tuple:
+        """Gradients of the last forward.
+
+        Parameters
+        ----------
+        d_out : the shape of out
+
+        Returns
+        -------
+        dq, dk, dv : the shapes of q, k, v (under GQA and batch broadcasting, summed over what
+            shared each k / v entry)
+        """
+        if self._saved is None:
+            raise RuntimeError("ScaledDotProductAttention.backward needs a forward first")
+        q, k, v, mask, out, lse, options = self._saved
+        return self._impl.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+
+
+# ---------------------------------------------------------------- layers
+
+
+def _check_size(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in _DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+    return resolved
+
+
+class _Layer:
+    """Parameters, gradients, state dicts, modes and input checks of the attention layers (the
+    conventions of fusedrnn's recurrent layers: PyTorch's names, live parameter arrays,
+    ``grads`` accumulated by every backward, copies in ``state_dict``)."""
+
+    def __init__(self, dtype, seed, backend: str) -> None:
+        self.dtype = _check_dtype(dtype)
+        self._impl = _backend(backend)
+        self.backend = backend
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._saved = None
+        self._no_saved_reason = "no forward has run yet"
+
+    def _parameter_shapes(self) -> dict[str, tuple]:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _init(self, values: dict[str, np.ndarray]) -> None:
+        self._params = {name: np.ascontiguousarray(value, dtype=self.dtype)
+                        for name, value in values.items()}
+        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def __getattr__(self, name: str):
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` of every parameter in PyTorch's order: the live arrays."""
+        return iter(self._params.items())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Copy parameters in (cast to the layer's dtype); a missing, unexpected or wrongly
+        shaped entry is an error naming it, and then nothing is loaded."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got "
+                            f"{type(state_dict).__name__}")
+        expected = self._parameter_shapes()
+        missing = [name for name in expected if name not in state_dict]
+        unexpected = [name for name in state_dict if name not in expected]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        loaded = {}
+        for name, shape in expected.items():
+            value = np.asarray(state_dict[name])
+            if value.dtype.kind != "f":
+                raise TypeError(f"state_dict[{name!r}] must hold real floating-point numbers, "
+                                f"but has dtype {value.dtype}")
+            if value.shape != shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, but {self!r} "
+                                 f"expects {shape}")
+            loaded[name] = value
+        for name, value in loaded.items():
+            np.copyto(self._params[name], value, casting="same_kind")
+        self._forget("load_state_dict discarded the state saved by the last forward")
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero, in place."""
+        for value in self.grads.values():
+            value.fill(0)
+
+    def train(self, mode: bool = True):
+        """Training mode (default): dropout is on."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Eval mode: no dropout. Same as ``train(False)``."""
+        return self.train(False)
+
+    def _forget(self, reason: str) -> None:
+        self._saved = None
+        self._no_saved_reason = reason
+
+    def _require_saved(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first: "
+                               f"{self._no_saved_reason}")
+        return self._saved
+
+    def _check_array(self, value, name: str, ndims: tuple, layout: str) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, got "
+                            f"{type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} (the layer's dtype), but has "
+                            f"{value.dtype}; convert it with .astype(np.{self.dtype})")
+        if value.ndim not in ndims:
+            raise ValueError(f"{name} must have shape {layout}, but has shape {value.shape}")
+        return value
+
+
+def _xavier_uniform(rng, shape) -> np.ndarray:
+    fan_out, fan_in = shape
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, shape)
+
+
+class MultiheadAttention(_Layer):
+    """Multi-head attention, as ``torch.nn.MultiheadAttention``, on the fused attention kernel.
+
+    ``q = query W_q^T + b_q``, ``k = key W_k^T + b_k``, ``v = value W_v^T + b_v``, split into
+    ``num_heads`` heads of ``embed_dim // num_heads`` features, scaled dot-product attention per
+    head, heads concatenated, ``output = attn out_proj.weight^T + out_proj.bias``.
+
+    Parameters
+    ----------
+    embed_dim, num_heads : int
+        ``embed_dim`` must be a multiple of ``num_heads``.
+    dropout : float
+        Dropout on the attention weights in training mode.
+    bias : bool
+        ``in_proj_bias`` and ``out_proj.bias``.
+    kdim, vdim : int, optional
+        Feature sizes of key and value (default embed_dim). When either differs from embed_dim
+        the input projections are ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` instead
+        of one ``in_proj_weight``.
+    batch_first : bool
+        Inputs and output are (N, L, E) instead of (L, N, E).
+    dtype : numpy.float32 or numpy.float64
+    seed : int, optional
+        Seeds the initialisation (PyTorch's: xavier-uniform input projections, zero biases,
+        uniform(+-1/sqrt(embed_dim)) output projection) and the dropout draws.
+    backend : "fused" or "reference"
+
+    Attributes
+    ----------
+    grads : dict
+        The gradient of every parameter, keyed like ``state_dict()``; backward adds into it.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
+                 dtype=np.float32, seed: int | None = None, backend: str = "fused") -> None:
+        super().__init__(dtype, seed, backend)
+        self.embed_dim = _check_size(embed_dim, "embed_dim")
+        self.num_heads = _check_size(num_heads, "num_heads")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim = {self.embed_dim} must be divisible by num_heads = "
+                             f"{self.num_heads}")
+        self.head_dim = self.embed_dim // self.num_heads
+        self.dropout = check_probability(dropout, "dropout")
+        self.bias = bool(bias)
+        self.kdim = self.embed_dim if kdim is None else _check_size(kdim, "kdim")
+        self.vdim = self.embed_dim if vdim is None else _check_size(vdim, "vdim")
+        self._qkv_same_embed_dim = self.kdim == self.embed_dim and self.vdim == self.embed_dim
+        self.batch_first = bool(batch_first)
+        E = self.embed_dim
+        values = {}
+        if self._qkv_same_embed_dim:
+            values["in_proj_weight"] = _xavier_uniform(self._rng, (3 * E, E))
+        else:
+            values["q_proj_weight"] = _xavier_uniform(self._rng, (E, E))
+            values["k_proj_weight"] = _xavier_uniform(self._rng, (E, self.kdim))
+            values["v_proj_weight"] = _xavier_uniform(self._rng, (E, self.vdim))
+        if self.bias:
+            values["in_proj_bias"] = np.zeros(3 * E)
+        bound = 1.0 / np.sqrt(E)
+        values["out_proj.weight"] = self._rng.uniform(-bound, bound, (E, E))
+        if self.bias:
+            values["out_proj.bias"] = np.zeros(E)
+        self._init(values)
+
+    def __repr__(self) -> str:
+        args = [str(self.embed_dim), str(self.num_heads)]
+        for name, default in (("dropout", 0.0), ("bias", True), ("batch_first", False)):
+            if getattr(self, name) != default:
+                args.append(f"{name}={getattr(self, name)!r}")
+        if not self._qkv_same_embed_dim:
+            args += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
+        if self.dtype != np.float32:
+            args.append(f"dtype=np.{self.dtype}")
+        return f"MultiheadAttention({', '.join(args)})"
+
+    def _parameter_shapes(self) -> dict[str, tuple]:
+        return {name: value.shape for name, value in self._params.items()}
+
+    def _projection(self, which: int) -> tuple:
+        """(weight, bias or None, the grads' views) of the q (0), k (1) or v (2) projection."""
+        E = self.embed_dim
+        rows = slice(which * E, (which + 1) * E)
+        if self._qkv_same_embed_dim:
+            weight = self._params["in_proj_weight"][rows]
+            d_weight = self.grads["in_proj_weight"][rows]
+        else:
+            name = ("q_proj_weight", "k_proj_weight", "v_proj_weight")[which]
+            weight, d_weight = self._params[name], self.grads[name]
+        if self.bias:
+            return weight, self._params["in_proj_bias"][rows], d_weight, \
+                self.grads["in_proj_bias"][rows]
+        return weight, None, d_weight, None
+
+    # ------------------------------------------------------------ forward
+
+    def _batch_major(self, x: np.ndarray, name: str, size: int, length_name: str) -> tuple:
+        """x as (N, T, size) and whether it was unbatched."""
+        layout = (f"({'N, ' if self.batch_first else ''}{length_name}, "
+                  f"{'' if self.batch_first else 'N, '}{size}) or unbatched ({length_name}, {size})")
+        x = self._check_array(x, name, (2, 3), layout)
+        if x.shape[-1] != size:
+            raise ValueError(f"{name} must have shape {layout}, but has shape {x.shape}")
+        if x.ndim == 2:
+            return x[None], True
+        return (x if self.batch_first else np.swapaxes(x, 0, 1)), False
+
+    def _combined_mask(self, attn_mask, key_padding_mask, N: int, L: int, S: int):
+        """One SDPA mask (True = may attend, or additive) broadcastable to (N, H, L, S), from
+        PyTorch's attn_mask (True = may NOT attend) and key_padding_mask (True = padding)."""
+        H = self.num_heads
+        masks = []
+        for name, m, shapes in (("attn_mask", attn_mask, {(L, S): (1, 1, L, S),
+                                                         (N * H, L, S): (N, H, L, S)}),
+                                ("key_padding_mask", key_padding_mask, {(N, S): (N, 1, 1, S)})):
+            if m is None:
+                continue
+            if not isinstance(m, np.ndarray):
+                raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(m).__name__}")
+            if m.dtype != np.bool_ and m.dtype != self.dtype:
+                raise TypeError(f"{name} must have dtype bool or {self.dtype} (the layer's "
+                                f"dtype), got {m.dtype}")
+            if m.shape not in shapes:
+                expected = " or ".join(str(shape) for shape in shapes)
+                raise ValueError(f"{name} must have shape {expected} (N = {N}, num_heads = {H}, "
+                                 f"L = {L}, S = {S}), but has shape {m.shape}")
+            masks.append(m.reshape(shapes[m.shape]))
+        if not masks:
+            return None
+        if len(masks) == 1:
+            m = masks[0]
+            return ~m if m.dtype == np.bool_ else m
+        a, b = masks
+        if a.dtype == np.bool_ and b.dtype == np.bool_:
+            return ~(a | b)
+        # as PyTorch: both made additive (-inf where masked) and added
+        def additive(m):
+            return np.where(m, -np.inf, 0).astype(self.dtype) if m.dtype == np.bool_ else m
+        return additive(a) + additive(b)
+
+    def forward(self, query: np.ndarray, key: np.ndarray, value: np.ndarray,
+                key_padding_mask: np.ndarray | None = None, need_weights: bool = False,
+                attn_mask: np.ndarray | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple:
+        """Attention of query over key / value.
+
+        Parameters
+        ----------
+        query : (L, N, embed_dim), batch_first (N, L, embed_dim), or unbatched (L, embed_dim)
+        key : (S, N, kdim), batch_first (N, S, kdim), or unbatched (S, kdim)
+        value : (S, N, vdim), batch_first (N, S, vdim), or unbatched (S, vdim)
+        key_padding_mask : (N, S) or unbatched (S,), optional
+            bool: True = a padding key, ignored. Float: added to the scores.
+        need_weights : bool
+            Also return the attention weights (this stores ``N*num_heads*L*S`` numbers).
+        attn_mask : (L, S) or (N*num_heads, L, S), optional
+            bool: True = may NOT attend (PyTorch's rule for this layer). Float: added.
+        average_attn_weights : bool
+            Weights averaged over the heads (N, L, S), else per head (N, num_heads, L, S).
+        is_causal : bool
+            Apply the causal mask (query i attends to keys j <= i). Unlike PyTorch, where it is
+            only a hint about attn_mask, it needs no attn_mask; given both, both apply.
+
+        Returns
+        -------
+        output : the layout of query, with embed_dim features
+        weights : (N, L, S) / (N, num_heads, L, S) (unbatched: no N), or None. In training mode
+            with dropout, the weights after dropout (as PyTorch).
+        """
+        need_weights = check_flag(need_weights, "need_weights")
+        average_attn_weights = check_flag(average_attn_weights, "average_attn_weights")
+        is_causal = check_flag(is_causal, "is_causal")
+        q_in, unbatched = self._batch_major(query, "query", self.embed_dim, "L")
+        k_in, k_unbatched = self._batch_major(key, "key", self.kdim, "S")
+        v_in, v_unbatched = self._batch_major(value, "value", self.vdim, "S")
+        if not unbatched == k_unbatched == v_unbatched:
+            raise ValueError(f"query, key and value must all be batched (3-D) or all unbatched "
+                             f"(2-D), got shapes {query.shape}, {key.shape}, {value.shape}")
+        N, L, _ = q_in.shape
+        if k_in.shape[:2] != v_in.shape[:2] or k_in.shape[0] != N:
+            raise ValueError(f"key and value must have the same batch size N = {N} as query and "
+                             f"the same length S, got key {key.shape} and value {value.shape}")
+        S = k_in.shape[1]
+        if unbatched and key_padding_mask is not None and isinstance(key_padding_mask, np.ndarray):
+            key_padding_mask = key_padding_mask[None]
+        mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S)
+        H, D = self.num_heads, self.head_dim
+
+        def project(x, which):
+            weight, bias = self._projection(which)[:2]
+            y = x @ weight.T
+            if bias is not None:
+                y += bias
+            return y
+
+        def heads(x, length):  # (N, T, E) -> (N, H, T, D)
+            return np.ascontiguousarray(x.reshape(N, length, H, D).transpose(0, 2, 1, 3))
+
+        q = heads(project(q_in, 0), L)
+        k = heads(project(k_in, 1), S)
+        v = heads(project(v_in, 2), S)
+        dropout_p = self.dropout if self.training else 0.0
+        seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
+        options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
+        attn, lse = self._impl.attention_forward(q, k, v, mask, **options)
+        merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N, L, self.embed_dim)
+        out = merged @ self._params["out_proj.weight"].T
+        if self.bias:
+            out += self._params["out_proj.bias"]
+        weights = None
+        if need_weights:
+            weights = self._weights(q, k, mask, lse, options, average_attn_weights)
+            if unbatched:
+                weights = weights[0]
+        self._saved = {"q_in": q_in.copy(), "k_in": k_in.copy(), "v_in": v_in.copy(), "q": q, "k": k, "v": v,
+                           "mask": mask, "attn": attn, "lse": lse, "merged": merged, "options": options,
+                           "unbatched": unbatched, "shape": (N, L, S)}
+        return self._to_layout(out, unbatched), weights
+
+    def _weights(self, q, k, mask, lse, options, average) -> np.ndarray:
+        """softmax(q k^T / sqrt(D) + mask) (after dropout in training), from the saved lse."""
+        N, H, L, _ = q.shape
+        S = k.shape[2]
+        s = (q @ np.swapaxes(k, -1, -2)) * (1.0 / np.sqrt(self.head_dim))
+        if mask is not None:
+            s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
+        if options["is_causal"]:
+            s = np.where(np.tril(np.ones((L, S), dtype=bool)), s, -np.inf)
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = np.where(np.isinf(lse)[..., None], 0.0, np.exp(s - lse[..., None]))
+        if options["dropout_p"] > 0:
+            rows = np.arange(N * H * L, dtype=np.uint64).reshape(N, H, L)
+            keep = dropout_keep(options["seed"], rows, S, options["dropout_p"])
+            p = p * np.where(keep, 1.0 / (1.0 - options["dropout_p"]) if options["dropout_p"] < 1
+                             else 0.0, 0.0)
+        p = p.astype(self.dtype)
+        return p.mean(axis=1) if average else p
+
+    def _to_layout(self, x: np.ndarray, unbatched: bool) -> np.ndarray:
+        if unbatched:
+            return x[0]
+        return x if self.batch_first else np.ascontiguousarray(np.swapaxes(x, 0, 1))
+
+    # ------------------------------------------------------------ backward
+
+    def backward(self, d_output: np.ndarray) -> tuple:
+        """Gradients through the last forward; adds every parameter's into ``grads``.
+
+        Parameters
+        ----------
+        d_output : the shape of output
+
+        Returns
+        -------
+        d_query, d_key, d_value : the shapes of query, key, value (for self-attention with one
+            array as all three, its gradient is their sum)
+        """
+        saved = self._require_saved()
+        N, L, S = saved["shape"]
+        d_output = self._check_array(d_output, "d_output", (2, 3), "the shape of output")
+        d_out, unbatched = self._batch_major(d_output, "d_output", self.embed_dim, "L")
+        if unbatched != saved["unbatched"] or d_out.shape != (N, L, self.embed_dim):
+            raise ValueError(f"d_output must have the shape of output, but has shape "
+                             f"{d_output.shape}")
+        H, D, E = self.num_heads, self.head_dim, self.embed_dim
+        flat = d_out.reshape(N * L, E)
+        # forward: out = merged out_proj.weight^T + out_proj.bias
+        self.grads["out_proj.weight"] += flat.T @ saved["merged"].reshape(N * L, E)
+        if self.bias:
+            self.grads["out_proj.bias"] += flat.sum(axis=0)
+        d_merged = (flat @ self._params["out_proj.weight"]).reshape(N, L, H, D)
+        d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
+        dq, dk, dv = self._impl.attention_backward(saved["q"], saved["k"], saved["v"],
+                                                   saved["attn"], saved["lse"], d_attn,
+                                                   saved["mask"], **saved["options"])
+        grads_in = []
+        for which, (dh, x_in, length) in enumerate(((dq, saved["q_in"], L), (dk, saved["k_in"], S),
+                                                    (dv, saved["v_in"], S))):
+            # forward: y = x W^T + b, split into heads
+            dy = dh.transpose(0, 2, 1, 3).reshape(N * length, E)
+            weight, _, d_weight, d_bias = self._projection(which)
+            d_weight += dy.T @ x_in.reshape(N * length, -1)
+            if d_bias is not None:
+                d_bias += dy.sum(axis=0)
+            grads_in.append(self._to_layout((dy @ weight).reshape(N, length, -1), unbatched))
+        return tuple(grads_in)
+
+
+class AdditiveAttention(_Layer):
+    """Additive (Bahdanau) attention over a batch of decoder steps at once.
+
+    ``score[b, t, s] = w_v . tanh(w_q query[b, t] + w_k keys[b, s])``, softmax over the encoder
+    states s (padding excluded), ``context[b, t] = sum_s weights[b, t, s] values[b, s]``. Forward
+    and backward are fused kernels; the ``B*T*S*hidden_size`` tanh terms are never stored.
+
+    Parameters
+    ----------
+    query_size, key_size, hidden_size : int
+        Sizes of the decoder state, the encoder state, and the scoring layer.
+    dtype : numpy.float32 or numpy.float64
+    seed : int, optional
+        Seeds the initialisation: every weight uniform in +-1/sqrt(its fan-in), as nn.Linear.
+    backend : "fused" or "reference"
+
+    Parameters of the layer (``state_dict`` keys): ``w_q (hidden_size, query_size)``,
+    ``w_k (hidden_size, key_size)``, ``w_v (hidden_size,)``.
+    """
+
+    def __init__(self, query_size: int, key_size: int, hidden_size: int, dtype=np.float32,
+                 seed: int | None = None, backend: str = "fused") -> None:
+        super().__init__(dtype, seed, backend)
+        self.query_size = _check_size(query_size, "query_size")
+        self.key_size = _check_size(key_size, "key_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        A = self.hidden_size
+        self._init({
+            "w_q": self._rng.uniform(-1, 1, (A, self.query_size)) / np.sqrt(self.query_size),
+            "w_k": self._rng.uniform(-1, 1, (A, self.key_size)) / np.sqrt(self.key_size),
+            "w_v": self._rng.uniform(-1, 1, (A,)) / np.sqrt(A),
+        })
+
+    def __repr__(self) -> str:
+        extra = "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
+        return (f"AdditiveAttention({self.query_size}, {self.key_size}, {self.hidden_size}"
+                f"{extra})")
+
+    def _parameter_shapes(self) -> dict[str, tuple]:
+        return {name: value.shape for name, value in self._params.items()}
+
+    def forward(self, query: np.ndarray, keys: np.ndarray, values: np.ndarray | None = None,
+                key_padding_mask: np.ndarray | None = None, need_weights: bool = False) -> tuple:
+        """Context vectors of every query over the keys.
+
+        Parameters
+        ----------
+        query : (B, T, query_size), or one step per item (B, query_size)
+        keys : (B, S, key_size)
+        values : (B, S, value_size), optional; default the keys themselves
+        key_padding_mask : (B, S) bool, True = padding (ignored), optional
+        need_weights : bool
+
+        Returns
+        -------
+        context : (B, T, value_size), or (B, value_size) for a 2-D query
+        weights : (B, T, S) / (B, S), or None
+        """
+        need_weights = check_flag(need_weights, "need_weights")
+        query = self._check_array(query, "query", (2, 3), "(B, T, query_size) or (B, query_size)")
+        single_step = query.ndim == 2
+        q = query[:, None] if single_step else query
+        keys = self._check_array(keys, "keys", (3,), "(B, S, key_size)")
+        vals = keys if values is None else self._check_array(values, "values", (3,),
+                                                             "(B, S, value_size)")
+        key_mask = None
+        if key_padding_mask is not None:
+            if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:
+                raise TypeError("key_padding_mask must be a bool numpy.ndarray (True = padding) "
+                                "or None")
+            if key_padding_mask.shape != (q.shape[0], keys.shape[1]):
+                raise ValueError(f"key_padding_mask must have shape (B, S) = "
+                                 f"{(q.shape[0], keys.shape[1])}, but has shape "
+                                 f"{key_padding_mask.shape}")
+            key_mask = ~key_padding_mask
+        p = self._params
+        context, weights, qp, kp = self._impl.additive_attention_forward(
+            q, keys, vals, p["w_q"], p["w_k"], p["w_v"], key_mask)
+        self._saved = {"q": q.copy(), "keys": keys.copy(), "values": None if values is None else
+                           vals.copy(), "key_mask": key_mask, "weights": weights, "qp": qp, "kp": kp,
+                           "single_step": single_step}
+        if single_step:
+            context, weights = context[:, 0], weights[:, 0]
+        return context, (weights.copy() if need_weights else None)
+
+    def backward(self, d_context: np.ndarray) -> tuple:
+        """Gradients through the last forward; adds into ``grads``.
+
+        Returns
+        -------
+        d_query, d_keys : the shapes of query and keys
+        d_values : the shape of values, or None when forward used the keys as values (their
+            gradient is then part of d_keys)
+        """
+        s = self._require_saved()
+        d_context = self._check_array(d_context, "d_context", (2, 3), "the shape of context")
+        if s["single_step"]:
+            d_context = d_context[:, None] if d_context.ndim == 2 else d_context
+        values = s["keys"] if s["values"] is None else s["values"]
+        p = self._params
+        d_query, d_keys, d_values, _ = self._impl.additive_attention_backward(
+            s["q"], s["keys"], values, p["w_q"], p["w_k"], p["w_v"], s["weights"], s["qp"],
+            s["kp"], d_context, s["key_mask"], self.grads)
+        if s["values"] is None:
+            d_keys = d_keys + d_values
+            d_values = None
+        if s["single_step"]:
+            d_query = d_query[:, 0]
+        return d_query, d_keys, d_values
