@@ -278,3 +278,40 @@ def test_an_output_past_2_31_elements_is_computed_correctly():
     want = np.tanh(w_ih[j, 0] * x[t, b, 0] + bias[j])
     np.testing.assert_allclose(y[t, b, j], want, rtol=2e-6, atol=2e-6)
     np.testing.assert_array_equal(h_n, y[-1])
+
+
+# ---------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("q, k, v", [
+    (view(1, 1, BIG, 1), view(1, 1, 4, 1), view(1, 1, 4, 1)),  # L
+    (view(1, 1, 4, 1), view(1, 1, BIG, 1), view(1, 1, BIG, 1)),  # S
+    (view(1, 1, 4, BIG), view(1, 1, 4, BIG), view(1, 1, 4, 1)),  # E
+    (view(1, 1, 4, 1), view(1, 1, 4, 1), view(1, 1, 4, BIG)),  # Ev
+])
+def test_attention_refuses_huge_views_before_copying(q, k, v):
+    """(Before the binding's fix it copied q, k, v, 8 GB each here, and only then checked.)"""
+    with nothing_big_happens(), pytest.raises(ValueError, match=r"an attention size is 2147483648"):
+        functional.attention_forward(q, k, v)
+    out, lse = view(*q.shape[:-1], v.shape[-1]), view(*q.shape[:-1])
+    with nothing_big_happens(), pytest.raises(ValueError, match=r"an attention size is 2147483648"):
+        functional.attention_backward(q, k, v, out, lse, out)
+
+
+@pytest.mark.parametrize("sizes, pattern", [
+    ({"T": 2**16, "B": 2**16}, r"B\*T is 4294967296"),
+    ({"S": 2**16, "B": 2**16}, r"B\*S is 4294967296"),
+    ({"A": BIG}, r"hidden_size is 2147483648"),
+    ({"Dq": BIG}, r"query_size is 2147483648"),
+    ({"Dk": BIG}, r"key_size is 2147483648"),
+    ({"Dv": BIG}, r"value_size is 2147483648"),
+])
+def test_additive_attention_refuses_huge_views_before_copying(sizes, pattern):
+    """hidden_size and the three feature sizes were not checked at all before the fix (they go
+    to the GEMMs as int), and B*T / B*S only after the inputs were copied."""
+    s = {"B": 2, "T": 3, "S": 4, "A": 5, "Dq": 1, "Dk": 1, "Dv": 1, **sizes}
+    args = (view(s["B"], s["T"], s["Dq"]), view(s["B"], s["S"], s["Dk"]),
+            view(s["B"], s["S"], s["Dv"]), view(s["A"], s["Dq"]), view(s["A"], s["Dk"]),
+            view(s["A"]))
+    with nothing_big_happens(), pytest.raises(ValueError, match=pattern):
+        functional.additive_attention_forward(*args)
