@@ -35,6 +35,8 @@ class Arg:
     dtype_defining: bool = False  # another float dtype here may be reported against another arg
     batched_twin: bool = False  # a layer's x: one axis fewer is the valid unbatched form
     none_error: type = TypeError  # what None is, when not optional
+    # spoilings that are valid calls (e.g. one axis fewer of a broadcast batch, a bool mask)
+    free_kinds: frozenset = frozenset()
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Spec:
     args: list = field(default_factory=list)
     # the function keeps no state: make() once, then hand out deep copies of its arguments
     stateless: bool = False
+    # results of another memory layout equal bit for bit (kernels copy to C order first); the
+    # attention layers reduce in NumPy, whose summation order follows the layout: to rounding
+    exact: bool = True
     _made: tuple | None = None
 
     def fresh(self) -> tuple:
@@ -335,6 +340,203 @@ def cell_backward_spec(name: str) -> Spec:
     return Spec(f"{name}.backward", make, args)
 
 
+# ---------------------------------------------------------------- attention
+
+AN, AH, AL, AS, AE, AEv = 2, 2, 5, 7, 4, 3
+BROADCAST_BATCH = frozenset({"extra_axis", "missing_axis"})  # another valid batch shape
+
+
+def anywhere(name: str) -> str:
+    """An error naming ``name`` anywhere (attention's messages name the pair that disagrees)."""
+    return r".*(?<![\w'])" + re.escape(name) + r"(?![\w])"
+
+
+def attention_inputs(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((AN, AH, AL, AE)).astype(dtype)
+    k = rng.standard_normal((AN, AH, AS, AE)).astype(dtype)
+    v = rng.standard_normal((AN, AH, AS, AEv)).astype(dtype)
+    mask = rng.random((AN, AH, AL, AS)) > 0.3
+    return {"q": q, "k": k, "v": v, "attn_mask": mask}
+
+
+def attention_qkv_args() -> list:
+    # L (q's axis 2) and S (k's) are read off q and k, and the mask (N, H, L, S) must fit them;
+    # one axis fewer on q, k or v, or a 0-d mask, broadcasts: a valid call.
+    return [
+        Arg(("q",), anywhere("q"), defining=frozenset({2}), dtype_defining=True,
+            free_kinds=BROADCAST_BATCH),
+        Arg(("k",), anywhere("k"), defining=frozenset({2}), free_kinds=BROADCAST_BATCH),
+        Arg(("v",), anywhere("v"), free=frozenset({3}), free_kinds=BROADCAST_BATCH),
+        Arg(("attn_mask",), anywhere("attn_mask"), optional=True,
+            free_kinds=frozenset({"bool", "missing_axis", "zero_dim"})),
+    ]
+
+
+def attention_forward_spec() -> Spec:
+    def make():
+        return (lambda **kw: functional.attention_forward(**kw, is_causal=True)), attention_inputs()
+
+    return Spec("attention_forward", make, attention_qkv_args(), stateless=True)
+
+
+def attention_backward_spec() -> Spec:
+    def make():
+        kwargs = attention_inputs()
+        out, lse = functional.attention_forward(**kwargs, is_causal=True)
+        d_out = np.random.default_rng(3).standard_normal(out.shape)
+        return ((lambda **kw: functional.attention_backward(**kw, is_causal=True)),
+                {**kwargs, "out": out, "lse": lse, "d_out": d_out})
+
+    args = attention_qkv_args()
+    for arg in args:  # out, lse and d_out pin Ev and the batch shape: no extra axis, any Ev
+        arg.free = frozenset()
+        arg.defining = arg.defining | ({3} if arg.path == ("v",) else set())
+        arg.free_kinds = arg.free_kinds - {"extra_axis"}
+    args += [Arg((name,), anywhere(name)) for name in ("out", "lse", "d_out")]
+    return Spec("attention_backward", make, args, stateless=True)
+
+
+def additive_inputs(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    B, T, S, Dq, Dk, Dv, A = 2, 3, 5, 4, 3, 2, 6
+    return {"query": rng.standard_normal((B, T, Dq)).astype(dtype),
+            "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
+            "values": rng.standard_normal((B, S, Dv)).astype(dtype),
+            "w_q": rng.standard_normal((A, Dq)).astype(dtype),
+            "w_k": rng.standard_normal((A, Dk)).astype(dtype),
+            "w_v": rng.standard_normal(A).astype(dtype),
+            "key_mask": rng.random((B, S)) > 0.3}
+
+
+def additive_args_list(backward: bool) -> list:
+    args = [Arg(("query",), anywhere("query"), defining=frozenset({0, 2}),
+                free=frozenset() if backward else frozenset({1}), dtype_defining=True),
+            Arg(("keys",), anywhere("keys"), defining=frozenset({0, 1, 2})),
+            Arg(("values",), anywhere("values"), free=frozenset() if backward else frozenset({2})),
+            Arg(("w_q",), anywhere("w_q")), Arg(("w_k",), anywhere("w_k")),
+            Arg(("w_v",), anywhere("w_v"), defining=frozenset({0})),
+            Arg(("key_mask",), anywhere("key_mask"), optional=True,
+                free_kinds=frozenset({"bool"}))]
+    return args
+
+
+def additive_forward_spec() -> Spec:
+    return Spec("additive_attention_forward",
+                lambda: (functional.additive_attention_forward, additive_inputs()),
+                additive_args_list(False), stateless=True)
+
+
+def additive_backward_spec() -> Spec:
+    def make():
+        kwargs = additive_inputs()
+        context, weights, qp, kp = functional.additive_attention_forward(**kwargs)
+        grads = {"w_q": np.zeros_like(kwargs["w_q"]), "w_k": np.zeros_like(kwargs["w_k"]),
+                 "w_v": np.zeros_like(kwargs["w_v"])}
+        return functional.additive_attention_backward, {
+            **kwargs, "weights": weights, "qp": qp, "kp": kp,
+            "d_context": np.random.default_rng(4).standard_normal(context.shape), "grads": grads}
+
+    args = additive_args_list(True)
+    for arg in args:  # the saved weights, qp, kp and d_context pin T and value_size too
+        if arg.path in (("query",), ("values",)):
+            arg.defining = arg.defining | {1 if arg.path == ("query",) else 2}
+    args += [Arg((name,), anywhere(name)) for name in ("weights", "qp", "kp", "d_context")]
+    args += [Arg(("grads", name), anywhere(f"grads['{name}']"), accumulator=True)
+             for name in ("w_q", "w_k", "w_v")]
+    return Spec("additive_attention_backward", make, args, stateless=True)
+
+
+ALL_AXES = frozenset({0, 1, 2, "ndim"})
+
+
+def multihead_forward_spec() -> Spec:
+    from fusedrnn import MultiheadAttention
+
+    def make():
+        layer = MultiheadAttention(8, 2, kdim=5, vdim=3, dtype=np.float64, seed=0)
+        rng = np.random.default_rng(1)
+        kwargs = {"query": rng.standard_normal((4, 2, 8)), "key": rng.standard_normal((6, 2, 5)),
+                  "value": rng.standard_normal((6, 2, 3)),
+                  "key_padding_mask": rng.random((2, 6)) > 0.7,
+                  "attn_mask": rng.standard_normal((4, 6))}
+        return (lambda **kw: layer(**kw, need_weights=True)), kwargs
+
+    args = [Arg((name,), anywhere(name), defining=ALL_AXES, free=frozenset({0}) if name == "query"
+                else frozenset()) for name in ("query", "key", "value")]
+    args += [Arg(("key_padding_mask",), anywhere("key_padding_mask"), optional=True,
+                 free_kinds=frozenset({"bool"})),
+             Arg(("attn_mask",), anywhere("attn_mask"), optional=True,
+                 free_kinds=frozenset({"bool"}))]
+    return Spec("MultiheadAttention.forward", make, args, exact=False)
+
+
+def multihead_backward_spec() -> Spec:
+    from fusedrnn import MultiheadAttention
+
+    def make():
+        layer = MultiheadAttention(8, 2, kdim=5, vdim=3, dtype=np.float64, seed=0)
+        rng = np.random.default_rng(1)
+        output, _ = layer(rng.standard_normal((4, 2, 8)), rng.standard_normal((6, 2, 5)),
+                          rng.standard_normal((6, 2, 3)), is_causal=True)
+        return ((lambda **kw: with_grads(layer, layer.backward(**kw))),
+                {"d_output": rng.standard_normal(output.shape)})
+
+    return Spec("MultiheadAttention.backward", make,
+                [Arg(("d_output",), anywhere("d_output"), defining=ALL_AXES)], exact=False)
+
+
+def additive_layer_forward_spec() -> Spec:
+    from fusedrnn import AdditiveAttention
+
+    def make():
+        layer = AdditiveAttention(4, 3, 6, dtype=np.float64, seed=0)
+        rng = np.random.default_rng(1)
+        return layer, {"query": rng.standard_normal((2, 3, 4)),
+                       "keys": rng.standard_normal((2, 5, 3)),
+                       "values": rng.standard_normal((2, 5, 2)),
+                       "key_padding_mask": rng.random((2, 5)) > 0.7}
+
+    args = [Arg(("query",), anywhere("query"), defining=ALL_AXES, free=frozenset({1}),
+                free_kinds=frozenset({"missing_axis"})),  # (B, query_size): one step per item
+            Arg(("keys",), anywhere("keys"), defining=ALL_AXES),
+            Arg(("values",), anywhere("values"), defining=ALL_AXES, free=frozenset({2}),
+                optional=True),
+            Arg(("key_padding_mask",), anywhere("key_padding_mask"), optional=True)]
+    return Spec("AdditiveAttention.forward", make, args, exact=False)
+
+
+def additive_layer_backward_spec() -> Spec:
+    from fusedrnn import AdditiveAttention
+
+    def make():
+        layer = AdditiveAttention(4, 3, 6, dtype=np.float64, seed=0)
+        rng = np.random.default_rng(1)
+        context, _ = layer(rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 3)),
+                           rng.standard_normal((2, 5, 2)))
+        return ((lambda **kw: with_grads(layer, layer.backward(**kw))),
+                {"d_context": rng.standard_normal(context.shape)})
+
+    return Spec("AdditiveAttention.backward", make,
+                [Arg(("d_context",), anywhere("d_context"), defining=ALL_AXES)], exact=False)
+
+
+def sdpa_module_spec() -> Spec:
+    from fusedrnn import ScaledDotProductAttention
+
+    def make():
+        module = ScaledDotProductAttention()
+        return (lambda **kw: module(**kw, seed=1)), attention_inputs()
+
+    return Spec("ScaledDotProductAttention.forward", make, attention_qkv_args())
+
+
+def attention_specs() -> list:
+    return [attention_forward_spec(), attention_backward_spec(), additive_forward_spec(),
+            additive_backward_spec(), multihead_forward_spec(), multihead_backward_spec(),
+            additive_layer_forward_spec(), additive_layer_backward_spec(), sdpa_module_spec()]
+
+
 def all_specs() -> list:
     specs = []
     for cell in SINGLE_CASES:
@@ -345,7 +547,7 @@ def all_specs() -> list:
         specs += [layer_forward_spec(name), layer_backward_spec(name)]
     for name in CELLS:
         specs += [cell_forward_spec(name), cell_backward_spec(name)]
-    return specs
+    return specs + attention_specs()
 
 
 # ---------------------------------------------------------------- spoiling one array
@@ -402,7 +604,7 @@ BAD_TYPES = {
     "complex128": lambda a: a.astype(np.complex128),
     "object": lambda a: a.astype(object),
     "float16": lambda a: a.astype(np.float16),
-    "other_float": lambda a: a.astype(OTHER_FLOAT[a.dtype]),
+    "other_float": lambda a: a.astype(OTHER_FLOAT.get(a.dtype, np.float32)),
     "byteswapped": lambda a: a.astype(a.dtype.newbyteorder()),
     "structured": lambda a: np.zeros(a.shape, [("v", a.dtype)]),
     "string": lambda a: "array",
@@ -445,10 +647,16 @@ def unchanged(snap: list) -> list:
             if a.shape != before.shape or not np.array_equal(a, before, equal_nan=a.dtype.kind in "fc")]
 
 
-def results_equal(got, want) -> list:
-    """Names of results that differ (bit for bit, NaN equal to NaN)."""
+def results_equal(got, want, exact: bool = True) -> list:
+    """Names of results that differ (bit for bit, NaN equal to NaN; or, not ``exact``, beyond
+    float64 rounding)."""
     got_items, want_items = arrays_in(got), arrays_in(want)
     if [n for n, _ in got_items] != [n for n, _ in want_items]:
         return ["<structure>"]
+
+    def same(g, w):
+        if exact or g.dtype.kind != "f":
+            return np.array_equal(g, w, equal_nan=True)
+        return np.allclose(g, w, rtol=1e-12, atol=1e-12, equal_nan=True)
     return [n for (n, g), (_, w) in zip(got_items, want_items)
-            if g.dtype != w.dtype or g.shape != w.shape or not np.array_equal(g, w, equal_nan=True)]
+            if g.dtype != w.dtype or g.shape != w.shape or not same(g, w)]

@@ -63,7 +63,8 @@ def call_spoiled(spec, arg, value):
     the names of inputs that changed)."""
     fn, kwargs = spec.fresh()
     original = get(kwargs, arg.path)
-    kwargs = put(kwargs, arg.path, value(original))
+    with np.errstate(invalid="ignore"):  # e.g. an lse of +inf cast to int
+        kwargs = put(kwargs, arg.path, value(original))
     before = snapshot(kwargs)
     try:
         outcome = fn(**kwargs)
@@ -80,7 +81,7 @@ def expect_error(outcome, error_type, label, what):
     if not isinstance(outcome, error_type):
         got = repr(outcome) if isinstance(outcome, Exception) else "a result"
         return f"{what}: expected {error_type.__name__}, got {got}"[:300]
-    if not re.match(label, str(outcome)):
+    if not re.match(label, str(outcome), re.DOTALL):
         return f"{what}: {error_type.__name__} does not name the argument: {outcome}"[:300]
     return None
 
@@ -90,7 +91,11 @@ def test_wrong_types_are_type_errors_naming_the_argument(spec_name):
     spec = SPECS[spec_name]
     failures = []
     for arg in spec.args:
+        dtype = get(spec.fresh()[1], arg.path).dtype
         for kind, spoil in BAD_TYPES.items():
+            if kind in arg.free_kinds or (kind == "bool" and dtype == bool) or (
+                    kind == "byteswapped" and dtype.itemsize == 1):
+                continue  # a valid call, or no change at all
             label = spec.labels() if kind == "other_float" and arg.dtype_defining else arg.label
             outcome, touched = call_spoiled(spec, arg, spoil)
             what = f"{arg.path} {kind}"
@@ -111,7 +116,7 @@ def test_wrong_shapes_are_value_errors_naming_the_argument(spec_name):
     for arg in spec.args:
         _, kwargs = spec.fresh()
         for kind, (value, axis) in bad_shapes(get(kwargs, arg.path)).items():
-            if axis in arg.free:
+            if axis in arg.free or kind in arg.free_kinds:
                 continue  # another valid size
             loose = axis in arg.defining or (arg.batched_twin and axis == "ndim")
             outcome, touched = call_spoiled(spec, arg, lambda a, v=value: v)
@@ -145,7 +150,7 @@ def test_unusual_layouts_give_the_same_result_or_name_the_gradient_buffer(spec_n
             elif isinstance(outcome, Exception):
                 failures.append(f"{what}: raised {outcome!r}")
             else:
-                differ = results_equal(outcome, expected)
+                differ = results_equal(outcome, expected, spec.exact)
                 if differ:
                     failures.append(f"{what}: results differ from the plain call: {differ}")
     failures = [f for f in failures if f]
@@ -160,6 +165,9 @@ def test_every_public_call_is_covered():
         assert name in covered
     assert {f"stack_{p}_{k}" for p in ("forward", "backward") for k in STACKS} <= covered
     assert set(LAYERS) | set(CELLS) <= covered
+    assert {"attention_forward", "attention_backward", "additive_attention_forward",
+            "additive_attention_backward", "MultiheadAttention", "AdditiveAttention",
+            "ScaledDotProductAttention"} <= covered
 
 
 # ---------------------------------------------------------------- lengths
