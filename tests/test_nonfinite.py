@@ -223,3 +223,138 @@ def test_values_at_padded_steps_do_not_matter(backend, key, garbage):
         assert np.isfinite(dirty[name]).all(), name
         np.testing.assert_allclose(dirty[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
     assert not dirty["dx"][padded].any()
+
+
+# ---------------------------------------------------------------- attention
+#
+# The reference computes whole L x S matrices, so a NaN in one key reaches, as 0 * NaN, rows that
+# cannot see that key (masked, or past the causal diagonal) and their gradients; the fused
+# kernels skip the tiles that are masked as a whole, but inside a tile a masked key still meets
+# its value as 0 * NaN in the GEMM, as in flash attention. So for attention: (1) the fused
+# results are non-finite only where the reference's are (no spurious NaN / Inf), and (2) a NaN
+# reaches every output row that depends on it (none is silently swallowed), and every output
+# row that stays finite is bit for bit that of the clean call.
+
+
+def attention_run(backend, q, k, v, d_out, mask, causal):
+    out, lse = backend.attention_forward(q, k, v, mask, is_causal=causal)
+    dq, dk, dv = backend.attention_backward(q, k, v, out, lse, d_out, mask, is_causal=causal)
+    return {"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
+
+
+def assert_nonfinite_within_reference(got, want, name):
+    spurious = np.flatnonzero(~np.isfinite(got) & np.isfinite(want))
+    assert not spurious.size, (f"{name}: non-finite at {spurious.size} positions where the "
+                               f"reference is finite, e.g. flat index {spurious[0]}: "
+                               f"{got.flat[spurious[0]]} vs {want.flat[spurious[0]]}")
+
+
+def visible(mask, causal, L, S):
+    """(N, H, L, S) bool: which keys each query row attends to."""
+    seen = np.ones((L, S), bool) if mask is None else (mask if mask.dtype == bool
+                                                      else np.isfinite(mask) | (mask > 0))
+    if causal:
+        seen = seen & np.tril(np.ones((L, S), bool))
+    return seen
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_nonfinite_values_reach_exactly_what_depends_on_them(mask_kind, causal):
+    from hostile import attention_inputs
+    base = attention_inputs()
+    bool_mask = base["attn_mask"]
+    mask = {"none": None, "bool": bool_mask,
+            "additive": np.where(bool_mask, 0.0, -np.inf)}[mask_kind]
+    q, k, v = base["q"], base["k"], base["v"]
+    d_out = np.random.default_rng(5).standard_normal(q.shape[:-1] + (v.shape[-1],))
+    L, S = q.shape[2], k.shape[2]
+    seen = visible(mask, causal, L, S)  # (N, H, L, S)
+    clean = attention_run(functional, q, k, v, d_out, mask, causal)
+    arrays = {"q": q, "k": k, "v": v, "d_out": d_out}
+    if mask_kind == "additive":
+        arrays["mask"] = mask
+    failures = []
+    for name, array in arrays.items():
+        for label, value in VALUES.items():
+            spoiled = {**arrays, name: spoil(array, value, "one")}
+            args = (spoiled["q"], spoiled["k"], spoiled["v"], spoiled["d_out"],
+                    spoiled.get("mask", mask), causal)
+            with np.errstate(all="ignore"):
+                want = attention_run(reference, *args)
+            got = within(60, strict(attention_run), functional, *args)
+            for key in want:
+                try:
+                    assert_nonfinite_within_reference(got[key], want[key], f"{key} ({name}={label})")
+                except AssertionError as error:
+                    failures.append(str(error)[:300])
+            if label != "nan" or name not in ("q", "k", "v"):
+                continue
+            # which query rows depend on the spoiled element
+            index = np.unravel_index(array.size // 2, array.shape)
+            n, h = index[0], index[1]
+            rows = np.zeros(q.shape[:3], bool)
+            seen_nh = seen if seen.ndim == 2 else seen[n, h]
+            if name == "q":
+                rows[n, h, index[2]] = seen_nh[index[2]].any()
+            else:
+                rows[n, h] = seen_nh[:, index[2]]
+            out_nan = np.isnan(got["out"]).any(axis=-1)
+            if (rows & ~out_nan).any():
+                failures.append(f"out ({name}=nan): rows {np.argwhere(rows & ~out_nan).tolist()} "
+                                f"depend on the NaN but are finite")
+            finite = ~out_nan
+            if not np.array_equal(got["out"][finite], clean["out"][finite]):
+                failures.append(f"out ({name}=nan): finite rows differ from the clean call")
+    assert not failures, "\n".join(failures)
+
+
+def test_additive_attention_nonfinite_values_reach_exactly_what_depends_on_them():
+    from hostile import additive_inputs
+    base = additive_inputs()
+    d_context = np.random.default_rng(6).standard_normal((2, 3, 2))
+
+    def run(backend, inputs, d_ctx):
+        context, weights, qp, kp = backend.additive_attention_forward(**inputs)
+        grads = backend.additive_attention_backward(**inputs, weights=weights, qp=qp, kp=kp,
+                                                    d_context=d_ctx)
+        return {"context": context, "weights": weights, "d_query": grads[0],
+                "d_keys": grads[1], "d_values": grads[2], **grads[3]}
+
+    clean = run(functional, base, d_context)
+    failures = []
+    for name in ["query", "keys", "values", "w_q", "w_k", "w_v", "d_context"]:
+        for label, value in VALUES.items():
+            inputs, d_ctx = dict(base), d_context
+            if name == "d_context":
+                d_ctx = spoil(d_context, value, "one")
+            else:
+                inputs[name] = spoil(base[name], value, "one")
+            with np.errstate(all="ignore"):
+                want = run(reference, inputs, d_ctx)
+            got = within(60, strict(run), functional, inputs, d_ctx)
+            for key in want:
+                try:
+                    assert_nonfinite_within_reference(got[key], want[key], f"{key} ({name}={label})")
+                except AssertionError as error:
+                    failures.append(str(error)[:300])
+            if label != "nan" or name == "d_context":
+                continue
+            # a NaN query reaches its own row; a NaN weight every row; a NaN key or value the
+            # rows of its batch item that may attend to it
+            index = np.unravel_index(base[name].size // 2 if name != "d_context" else 0,
+                                     base[name].shape)
+            rows = np.zeros(clean["context"].shape[:2], bool)
+            if name == "query":
+                rows[index[0], index[1]] = True
+            elif name in ("keys", "values"):
+                rows[index[0]] = base["key_mask"][index[0], index[1]]
+            else:
+                rows[:] = base["key_mask"].any(axis=1)[:, None]
+            nan_rows = np.isnan(got["context"]).any(axis=-1)
+            if (rows & ~nan_rows).any():
+                failures.append(f"context ({name}=nan): rows {np.argwhere(rows & ~nan_rows)} "
+                                f"depend on the NaN but are finite")
+            if not np.array_equal(got["context"][~nan_rows], clean["context"][~nan_rows]):
+                failures.append(f"context ({name}=nan): finite rows differ from the clean call")
+    assert not failures, "\n".join(failures)
