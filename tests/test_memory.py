@@ -240,3 +240,42 @@ def test_cells_release_each_step_when_it_is_popped():
         assert sys.getrefcount(x) == 2
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------- attention
+
+
+@rss_is_meaningful
+def test_attention_forward_backward_keeps_rss_flat():
+    from attention_cases import make_qkv
+    from fusedrnn import MultiheadAttention
+    q, k, v, d_out = make_qkv((4,), 4, 2, 128, 160, 32, 32, seed=0)
+    layer = MultiheadAttention(32, 4, dropout=0.1, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((40, 4, 32))
+
+    def step():  # ~2 MB of outputs and gradients per iteration
+        out, lse = functional.attention_forward(q, k, v, is_causal=True, enable_gqa=True)
+        functional.attention_backward(q, k, v, out, lse, d_out, is_causal=True, enable_gqa=True)
+        output, _ = layer(x, x, x, need_weights=True)
+        layer.backward(np.ones_like(output))
+        layer.zero_grad()
+
+    before, after = rss_growth(step, warmup=5, repeats=60)
+    assert after - before < 8 * MB, f"RSS grew from {before / MB:.1f} MB to {after / MB:.1f} MB"
+
+
+def test_attention_calls_keep_no_reference_to_their_inputs():
+    from attention_cases import make_qkv
+    q, k, v, d_out = make_qkv((2,), 2, 2, 5, 7, 4, 3, seed=0)
+    mask = np.ones((5, 7), bool)
+    strided_q = np.repeat(q, 2, axis=-1)[..., ::2]  # copied by the binding
+    arrays = [q, k, v, d_out, mask, strided_q]
+    before = refcounts(arrays)
+    out, lse = functional.attention_forward(strided_q, k, v, mask)
+    grads = functional.attention_backward(q, k, v, out, lse, d_out, mask)
+    probes = [weakref.ref(a) for a in (out, lse, *grads)]
+    with pytest.raises(ValueError):
+        functional.attention_forward(q, k[..., :2], v, mask)
+    del out, lse, grads
+    assert all(p() is None for p in probes)
+    assert refcounts(arrays) == before

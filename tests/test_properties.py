@@ -192,3 +192,91 @@ def test_fused_cell_loop_equals_reference_cell_loop(case):
     assert fused.keys() == want.keys()
     for name, value in want.items():
         assert_close(fused[name], value, case["dtype"], f"{name} of {case}")
+
+
+# ---------------------------------------------------------------- attention
+
+
+@st.composite
+def attention_cases(draw):
+    Hkv = draw(st.integers(1, 3))
+    gqa = draw(st.booleans())
+    Hq = Hkv * draw(st.integers(1, 3)) if gqa else Hkv
+    no_head_axis = draw(st.integers(0, 5)) == 0
+    return {
+        "batch": draw(st.sampled_from([(), (1,), (2,), (2, 1), (1, 3)])),
+        "Hq": 1 if no_head_axis else Hq, "Hkv": 1 if no_head_axis else Hkv,
+        "gqa": gqa and not no_head_axis, "no_head_axis": no_head_axis,
+        "L": draw(SIZES), "S": draw(SIZES), "E": draw(SIZES), "Ev": draw(SIZES),
+        "causal": draw(st.booleans()),
+        "mask": draw(st.sampled_from(["none", "bool", "additive", "bool_rows", "bool_keys"])),
+        "scale": draw(st.sampled_from([None, 0.3, 2.0])),
+        "dropout": draw(st.sampled_from([0.0, 0.0, 0.3])),
+        "dtype": draw(st.sampled_from([np.float64, np.float32])),
+        "threads": draw(st.sampled_from([1, 2])), "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def check_attention_case(case):
+    from attention_cases import assert_runs_close, make_qkv, run
+
+    q, k, v, d_out = make_qkv(case["batch"], case["Hq"], case["Hkv"], case["L"], case["S"],
+                              case["E"], case["Ev"], dtype=case["dtype"], seed=case["seed"],
+                              no_head_axis=case["no_head_axis"])
+    rng = np.random.default_rng(case["seed"] + 1)
+    L, S = case["L"], case["S"]
+    shape = {"none": None, "bool": (L, S), "additive": (L, S), "bool_rows": (L, 1),
+             "bool_keys": (S,)}[case["mask"]]
+    mask = None
+    if shape is not None:
+        mask = rng.random(shape) > 0.3
+        if case["mask"] == "additive":
+            mask = np.where(mask, rng.standard_normal(shape), -np.inf).astype(case["dtype"])
+    options = {"attn_mask": mask, "is_causal": case["causal"], "scale": case["scale"],
+               "enable_gqa": case["gqa"], "dropout_p": case["dropout"], "seed": case["seed"]}
+    before = get_num_threads()
+    set_num_threads(case["threads"])
+    try:
+        fused = run("fused", q, k, v, d_out, **dict(options))
+    finally:
+        set_num_threads(before)
+    want = run("reference", q, k, v, d_out, **dict(options))
+    assert_runs_close(fused, want, case["dtype"], str(case))
+
+
+@DEFAULT
+@given(attention_cases())
+def test_fused_attention_equals_reference(case):
+    check_attention_case(case)
+
+
+@pytest.mark.slow
+@THOROUGH
+@given(attention_cases())
+def test_fused_attention_equals_reference_thoroughly(case):
+    check_attention_case(case)
+
+
+@DEFAULT
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 9), st.integers(1, 5),
+       st.integers(1, 5), st.integers(1, 4), st.integers(1, 9), st.booleans(),
+       st.sampled_from([np.float64, np.float32]), st.integers(0, 2**16))
+def test_fused_additive_attention_equals_reference(B, T, S, Dq, Dk, Dv, A, masked, dtype, seed):
+    from fusedrnn import functional, reference
+
+    rng = np.random.default_rng(seed)
+    args = {"query": rng.standard_normal((B, T, Dq)), "keys": rng.standard_normal((B, S, Dk)),
+            "values": rng.standard_normal((B, S, Dv)), "w_q": rng.standard_normal((A, Dq)),
+            "w_k": rng.standard_normal((A, Dk)), "w_v": rng.standard_normal(A)}
+    args = {k: v.astype(dtype) for k, v in args.items()}
+    args["key_mask"] = rng.random((B, S)) > 0.3 if masked else None
+    d_context = rng.standard_normal((B, T, Dv)).astype(dtype)
+    results = {}
+    for name, backend in (("fused", functional), ("reference", reference)):
+        context, weights, qp, kp = backend.additive_attention_forward(**args)
+        dq, dk, dv, grads = backend.additive_attention_backward(
+            **args, weights=weights, qp=qp, kp=kp, d_context=d_context)
+        results[name] = {"context": context, "weights": weights, "d_query": dq, "d_keys": dk,
+                         "d_values": dv, **grads}
+    for name, value in results["reference"].items():
+        assert_close(results["fused"][name], value, dtype, name)

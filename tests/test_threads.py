@@ -285,3 +285,95 @@ def test_thread_count_does_not_change_medium_float64_results_at_all(case, restor
     results = results_by_thread_count(lambda: one_layer_results(case, MEDIUM, np.float64))
     for result in results.values():
         assert not results_equal(result, results[1])
+
+
+# ---------------------------------------------------------------- attention
+
+
+def attention_job(seed, dtype=np.float64, causal=False, gqa=False):
+    from attention_cases import make_qkv, run
+    q, k, v, d_out = make_qkv((2,), 4 if gqa else 2, 2, 33, 17, 8, 5, dtype=dtype, seed=seed)
+    mask = np.random.default_rng(seed).random((33, 17)) > 0.2
+    return lambda: run("fused", q, k, v, d_out, attn_mask=mask, is_causal=causal,
+                       enable_gqa=gqa, dropout_p=0.1, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_attention_calls_in_threads_equal_serial_calls(dtype):
+    from fusedrnn import MultiheadAttention
+    jobs = [attention_job(0, dtype), attention_job(1, dtype, causal=True),
+            attention_job(2, dtype, gqa=True)]
+    layer = MultiheadAttention(8, 2, dtype=dtype, seed=0).eval()  # one layer, shared
+    x = [np.random.default_rng(s).standard_normal((6, 2, 8)).astype(dtype) for s in range(2)]
+    jobs += [lambda x=x: layer(x, x, x)[0] for x in x]
+    serial = [job() for job in jobs]
+    for i, runs in enumerate(run_concurrently(jobs)):
+        for result in runs:
+            assert not results_equal(result, serial[i]), f"job {i}"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_thread_count_does_not_change_attention_results_at_all(causal, dtype, restore_threads):
+    """Attention hands whole (batch, head, query tile) units to the threads and each unit runs
+    alone: any thread count gives the same bits, in both dtypes."""
+    job = attention_job(3, dtype, causal=causal)
+    results = results_by_thread_count(job)
+    for n, result in results.items():
+        assert not results_equal(result, results[1]), f"{n} threads"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_thread_count_and_additive_attention(dtype, restore_threads):
+    from hostile import additive_inputs
+
+    def job():
+        inputs = additive_inputs(dtype=dtype)
+        context, weights, qp, kp = functional.additive_attention_forward(**inputs)
+        grads = functional.additive_attention_backward(
+            **inputs, weights=weights, qp=qp, kp=kp, d_context=np.ones_like(context))
+        return {"context": context, "weights": weights, "d_query": grads[0],
+                "d_keys": grads[1], "d_values": grads[2], **grads[3]}
+
+    results = results_by_thread_count(job)
+    for n, result in results.items():
+        for name, value in results[1].items():
+            if dtype == np.float64:
+                np.testing.assert_array_equal(result[name], value, err_msg=f"{name}, {n} threads")
+            else:
+                assert_close(result[name], value, dtype, f"{name}, {n} threads")
+
+
+def test_attention_kernel_calls_of_two_threads_overlap(restore_threads):
+    """As test_kernel_calls_of_two_threads_overlap, with a long attention call in thread A."""
+    fusedrnn.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 8, 4000, 32)).astype(np.float32) for _ in range(3))
+    short = [a[:, :1, :64] for a in (q, k, v)]
+    a_window, b_calls = {}, []
+    a_started, a_done = threading.Event(), threading.Event()
+
+    def thread_a():
+        a_started.set()
+        a_window["start"] = time.perf_counter()
+        functional.attention_forward(q, k, v)
+        a_window["end"] = time.perf_counter()
+        a_done.set()
+
+    def thread_b():
+        a_started.wait()
+        while not a_done.is_set() and len(b_calls) < 10000:
+            start = time.perf_counter()
+            functional.attention_forward(*short)
+            b_calls.append((start, time.perf_counter()))
+
+    a, b = threading.Thread(target=thread_a), threading.Thread(target=thread_b)
+    b.start()
+    a.start()
+    a.join(120)
+    b.join(120)
+    assert "end" in a_window
+    inside = [c for c in b_calls if a_window["start"] < c[0] and c[1] < a_window["end"]]
+    duration = a_window["end"] - a_window["start"]
+    assert duration > 0.05, f"A's kernel ran {duration:.3f} s: too short to tell"
+    assert len(inside) >= 3, f"only {len(inside)} of B's calls ran inside A's {duration:.3f} s"
