@@ -241,7 +241,21 @@ def check_attention_case(case):
     finally:
         set_num_threads(before)
     want = run("reference", q, k, v, d_out, **dict(options))
-    assert_runs_close(fused, want, case["dtype"], str(case))
+    if case["dtype"] == np.float64:
+        assert_runs_close(fused, want, case["dtype"], str(case))
+        return
+    # float32: the absolute tolerance scales with the largest magnitude in the whole call, not
+    # of each result, since a gradient that is 0 in exact arithmetic (a single key: softmax's
+    # gradient vanishes) is the difference of terms of that magnitude in both formulations
+    magnitude = max(1.0, *(float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
+                           for a in want.values()))
+    for name in ("out", "dq", "dk", "dv"):
+        np.testing.assert_allclose(fused[name], want[name], rtol=1e-4, atol=1e-5 * magnitude,
+                                   err_msg=f"{case} {name}")
+    finite = np.isfinite(want["lse"])
+    np.testing.assert_array_equal(np.isfinite(fused["lse"]), finite)
+    np.testing.assert_allclose(fused["lse"][finite], want["lse"][finite], rtol=1e-4,
+                               atol=1e-5 * magnitude)
 
 
 @DEFAULT
