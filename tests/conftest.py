@@ -14,11 +14,12 @@ def threading_mode(request):
     """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,
     one hidden unit each at least, so the multi-threaded path meets every shape."""
     before = fusedrnn.get_num_threads()
+    defaults = _core._team_thresholds()
     if request.param == "team":
         fusedrnn.set_num_threads(2)
         _core._set_team_thresholds(0, 1)
     yield request.param
-    _core._set_team_thresholds(1 << 15, 16)
+    _core._set_team_thresholds(*defaults)
     fusedrnn.set_num_threads(before)
 
 

@@ -45,6 +45,9 @@ PYBIND11_MODULE(_core, m) {
       },
       "min_step_work"_a, "min_units_per_member"_a,
       "Testing knob: when the recurrent time loops split their hidden units across threads.");
+  m.def("_team_thresholds", [] {
+    return py::make_tuple(team_thresholds().min_step_work, team_thresholds().min_units_per_member);
+  });
   m.def("active_isa", [] { return std::string(active_isa().name); });
   m.def("isa_supported", [](const std::string& name) { return isa_supported(name.c_str()); });
   m.def("select_isa", [](const std::string& name) {

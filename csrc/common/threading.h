@@ -49,10 +49,11 @@ inline void team_barrier() {
 inline int64_t share_begin(int64_t n, int m, int members) { return n * m / members; }
 
 // Below this many multiply-adds per step, a barrier per step costs more than a second thread
-// saves; such recurrences run on one thread (whose BLAS calls may still use BLAS's pool). Every
-// member gets at least 16 hidden units. Tests lower both to run the team on tiny sizes.
+// saves, and risks far more on a busy machine (a descheduled partner stalls the step); such
+// recurrences run on one thread (whose BLAS calls may still use BLAS's pool). Every member gets
+// at least 16 hidden units. Tests lower both to run the team on tiny sizes.
 struct TeamThresholds {
-  int64_t min_step_work = 1 << 15;
+  int64_t min_step_work = 1 << 19;
   int64_t min_units_per_member = 16;
 };
 TeamThresholds& team_thresholds();

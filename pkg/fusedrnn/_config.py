@@ -80,6 +80,7 @@ def config() -> dict:
         "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),
+        "omp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
         "blas": _blas_description(),
         "blas_threads": _blas_threads(),
         "blas_thread_local_control": _core.blas_threads_local_available(),
