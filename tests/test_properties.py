@@ -51,12 +51,13 @@ class forced_team:
 
     def __enter__(self):
         self.threads = get_num_threads()
+        self.thresholds = _core._team_thresholds()
         if self.on:
             set_num_threads(2)
             _core._set_team_thresholds(0, 1)
 
     def __exit__(self, *exc):
-        _core._set_team_thresholds(1 << 15, 16)
+        _core._set_team_thresholds(*self.thresholds)
         set_num_threads(self.threads)
 
 

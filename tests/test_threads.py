@@ -26,11 +26,14 @@ CORES = os.cpu_count() or 1
 THREAD_COUNTS = sorted({n for n in (1, 2, 3, 4, CORES) if n <= max(CORES, 2)})
 
 
+DEFAULT_THRESHOLDS = _core._team_thresholds()
+
+
 @pytest.fixture
 def restore_threads():
     before = fusedrnn.get_num_threads()
     yield
-    _core._set_team_thresholds(1 << 15, 16)
+    _core._set_team_thresholds(*DEFAULT_THRESHOLDS)
     fusedrnn.set_num_threads(before)
 
 
@@ -193,7 +196,7 @@ def test_kernel_calls_of_two_threads_overlap(restore_threads):
 
 # ---------------------------------------------------------------- thread counts
 
-# Below the kernels' team threshold (B*G*H_out multiply-adds per step < 2**15) and too small for
+# Below the kernels' team threshold (B*G*H_out multiply-adds per step) and too small for
 # OpenBLAS to thread: nothing depends on the thread count.
 SMALL = (5, 3, 7, 20)
 # A team of threads splits each step's hidden units (and with more rows or columns OpenBLAS
@@ -267,7 +270,7 @@ def test_thread_count_changes_results_at_most_in_the_last_bits(case, size, team,
 def test_a_given_thread_count_is_reproducible(case, restore_threads):
     """Same thread count, same inputs: the same bits, run after run, teams or not."""
     fusedrnn.set_num_threads(max(2, min(CORES, 4)))
-    for thresholds in ((1 << 15, 16), (0, 1)):
+    for thresholds in (DEFAULT_THRESHOLDS, (0, 1)):
         _core._set_team_thresholds(*thresholds)
         first = one_layer_results(case, MEDIUM, np.float64)
         for _ in range(3):
