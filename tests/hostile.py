@@ -531,8 +531,18 @@ def sdpa_module_spec() -> Spec:
     return Spec("ScaledDotProductAttention.forward", make, attention_qkv_args())
 
 
+def sdpa_function_spec() -> Spec:
+    import fusedrnn
+
+    def make():
+        return (lambda **kw: fusedrnn.scaled_dot_product_attention(**kw, is_causal=True, seed=1),
+                attention_inputs())
+
+    return Spec("scaled_dot_product_attention", make, attention_qkv_args(), stateless=True)
+
+
 def attention_specs() -> list:
-    return [attention_forward_spec(), attention_backward_spec(), additive_forward_spec(),
+    return [sdpa_function_spec(), attention_forward_spec(), attention_backward_spec(), additive_forward_spec(),
             additive_backward_spec(), multihead_forward_spec(), multihead_backward_spec(),
             additive_layer_forward_spec(), additive_layer_backward_spec(), sdpa_module_spec()]
 

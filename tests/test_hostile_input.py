@@ -165,7 +165,8 @@ def test_every_public_call_is_covered():
         assert name in covered
     assert {f"stack_{p}_{k}" for p in ("forward", "backward") for k in STACKS} <= covered
     assert set(LAYERS) | set(CELLS) <= covered
-    assert {"attention_forward", "attention_backward", "additive_attention_forward",
+    assert {"scaled_dot_product_attention", "attention_forward", "attention_backward",
+            "additive_attention_forward",
             "additive_attention_backward", "MultiheadAttention", "AdditiveAttention",
             "ScaledDotProductAttention"} <= covered
 
