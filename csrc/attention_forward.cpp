@@ -160,7 +160,8 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* q
       scores(S, A, e, qp + r * A, kp + b * S * A, w_v, key_mask ? key_mask + b * S : nullptr);
       // p = softmax(e); every key masked: p = 0
       T mx = -std::numeric_limits<T>::infinity();
-      for (int64_t j = 0; j < S; ++j) mx = e[j] > mx ? e[j] : mx;
+      // NaN wins, as in np.max: a NaN score makes the row NaN instead of looking fully masked
+      for (int64_t j = 0; j < S; ++j) mx = (e[j] > mx || e[j] != e[j]) ? e[j] : mx;
       if (mx == -std::numeric_limits<T>::infinity()) {
         std::fill(e, e + S, T(0));
         continue;

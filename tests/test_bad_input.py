@@ -143,3 +143,18 @@ def test_unknown_isa_is_a_clear_error():
 def test_workspace_size_names_the_cell():
     with pytest.raises(ValueError, match="cell must be 'lstm', 'gru' or 'rnn'"):
         functional.workspace_size("transformer", 1, 1, 1)
+
+
+def test_gradient_buffers_must_be_aligned():
+    """A gradient buffer is written through a T*: a view at an odd byte offset (misaligned) is
+    refused by name, not written through (undefined behaviour, a fault for vectorised stores)."""
+    args = lstm_training_state()
+    raw = np.zeros(16 * 8 + 8, np.uint8)
+    start = (1 - raw.ctypes.data) % 8
+    misaligned = raw[start:start + 16 * 8].view(np.float64)
+    assert not misaligned.flags.aligned and misaligned.flags.c_contiguous
+    grads = {"weight_ih": np.zeros((16, 5)), "weight_hh": np.zeros((16, 4)),
+             "bias_ih": misaligned, "bias_hh": np.zeros(16)}
+    with pytest.raises(ValueError, match=r"grads\['bias_ih'\] .* must be aligned"):
+        functional.lstm_backward(**args, grads=grads)
+    assert not misaligned.any() and not grads["weight_ih"].any()

@@ -61,10 +61,12 @@ struct AttentionCall {
       throw py::value_error("the query heads Hq = " + str(shape.heads_q) +
                             " must be a multiple of the key/value heads Hkv = " + str(shape.heads_kv));
     const int64_t N = shape.batch, Hq = shape.heads_q, Hkv = shape.heads_kv;
+    // Before input() copies a non-contiguous q, k, v: a broadcast view too big for the BLAS is
+    // refused, not first copied.
+    for (int64_t d : {shape.L, shape.S, shape.E, shape.Ev}) check_blas_dim(d, "an attention size");
     q = checker.input(q_, "q", {{"N", N}, {"Hq", Hq}, {"L", shape.L}, {"E", shape.E}});
     k = checker.input(k_, "k", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"E", shape.E}});
     v = checker.input(v_, "v", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"Ev", shape.Ev}});
-    for (int64_t d : {shape.L, shape.S, shape.E, shape.Ev}) check_blas_dim(d, "an attention size");
     if (!(dropout_p >= 0 && dropout_p <= 1))
       throw py::value_error("dropout_p must be in [0, 1], got " + std::to_string(dropout_p));
     options = {scale, causal, dropout_p, seed};
@@ -184,14 +186,19 @@ struct AdditiveCall {
     Dk = ka.shape(2);
     Dv = va.shape(2);
     A = py::reinterpret_borrow<py::array>(w_v_).shape(0);
+    // Every size the GEMMs take, before input() copies a non-contiguous argument.
+    check_blas_dim(B * T, "B*T");
+    check_blas_dim(B * S, "B*S");
+    check_blas_dim(A, "hidden_size");
+    check_blas_dim(Dq, "query_size");
+    check_blas_dim(Dk, "key_size");
+    check_blas_dim(Dv, "value_size");
     query = checker.input(query_, "query", {{"B", B}, {"T", T}, {"query_size", Dq}});
     keys = checker.input(keys_, "keys", {{"B", B}, {"S", S}, {"key_size", Dk}});
     values = checker.input(values_, "values", {{"B", B}, {"S", S}, {"value_size", Dv}});
     w_q = checker.input(w_q_, "w_q", {{"hidden_size", A}, {"query_size", Dq}});
     w_k = checker.input(w_k_, "w_k", {{"hidden_size", A}, {"key_size", Dk}});
     w_v = checker.input(w_v_, "w_v", {{"hidden_size", A}});
-    check_blas_dim(B * T, "B*T");
-    check_blas_dim(B * S, "B*S");
     if (!key_mask_.is_none()) {
       if (!py::isinstance<py::array>(key_mask_) ||
           !py::reinterpret_borrow<py::array>(key_mask_).dtype().equal(py::dtype::of<bool>()))

@@ -104,6 +104,11 @@ py::array ArgChecker::accumulator(py::handle obj, const char* name,
   if (!a.writeable())
     throw py::value_error(std::string(name) +
                           " is accumulated into in place, so it must be writeable");
+  // The kernels write it through a T*: a misaligned one (a view at an odd byte offset) is
+  // undefined behaviour, and vectorised code may fault on it.
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) +
+                          " is accumulated into in place, so it must be aligned to its dtype");
   return a;
 }
 

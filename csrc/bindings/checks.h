@@ -33,8 +33,9 @@ class ArgChecker {
   // As input(), but None is allowed and stays None (the kernel gets a null pointer: zeros).
   py::object optional_input(py::handle obj, const char* name,
                             std::initializer_list<Dim> dims) const;
-  // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous, of
-  // the call's dtype and exact shape, since a copy would hide the result from the caller.
+  // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous,
+  // aligned, of the call's dtype and exact shape, since a copy would hide the result from the
+  // caller.
   // None allocates a zeroed one.
   py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
   // A fresh uninitialised output of the call's dtype.

@@ -1,6 +1,7 @@
 // pybind11 bindings of the layer-stack driver (csrc/stack.h). The Python wrapper
 // (fusedrnn/functional.py: stack_forward / stack_backward) sorts the batch by length and builds
 // batch_sizes; everything is checked again here, since a wrong size would read out of bounds.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,9 @@ struct StackCall {
     check_blas_dim(T * B, "T*B (the rows of x)");
     check_blas_dim(shape.input, "input_size");
     check_blas_dim(shape.gates() * hidden, "the gate width");
+    if (num_layers > 1)
+      check_blas_dim(shape.directions * R, "num_directions*hidden_size (the input of a layer past the first)");
+    check_buffers_fit();  // before anything is copied or allocated
     x = checker.input(x_, "x", {{"T", T}, {"B", B}, {"input_size", shape.input}});
     h0 = checker.input(h0_, "h0", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", R}});
     c0 = shape.cell == CellKind::lstm
@@ -68,6 +72,32 @@ struct StackCall {
                                                      {"num_directions*hidden_size", shape.directions * R}})
                            : py::none();
     check_packing(batch_sizes_, lengths_);
+  }
+
+  // The int64 sizes of the saved and scratch buffers (stack_layout.h) are products of L, D, T, B
+  // and the widths; each factor is bounded, their product is not. Refuse, as a MemoryError,
+  // sizes whose buffers no machine can hold, before any of those products can overflow.
+  void check_buffers_fit() const {
+    // In long double: no factor or product can overflow it (L alone may be up to 2**63), and a
+    // bound needs no more precision.
+    using Wide = long double;
+    const Wide L = static_cast<Wide>(shape.layers), D = static_cast<Wide>(shape.directions);
+    const Wide rows = static_cast<Wide>(shape.steps) * static_cast<Wide>(shape.batch) + 1;
+    const Wide H = static_cast<Wide>(shape.hidden), R = static_cast<Wide>(shape.out());
+    const Wide W = static_cast<Wide>(std::max(shape.input, shape.directions * shape.out()));
+    const Wide B = static_cast<Wide>(shape.batch) + 1;
+    // Generous bounds of stack_saved_size and of the two scratch sizes, plus y, h_n, c_n, dx.
+    const Wide bound = (L * D + L + 8) * rows * (8 * H + 8 * W + 8) + (L * D + 8) * B * (2 * H + 2 * R + 8);
+    const Wide limit = 1152921504606846976.0L;  // 2**60 elements: 2**62 bytes of float32 and beyond
+    if (bound > limit) {
+      const std::string message =
+          "a " + std::to_string(shape.layers) + "-layer stack over T*B = " +
+          std::to_string(shape.steps) + "*" + std::to_string(shape.batch) + " rows with hidden_size " +
+          std::to_string(shape.hidden) + " needs buffers of more than 2**60 elements, which cannot "
+          "be allocated";
+      PyErr_SetString(PyExc_MemoryError, message.c_str());
+      throw py::error_already_set();
+    }
   }
 
   // batch_sizes [T] and lengths [B] (int64, both or neither): lengths non-increasing in 1..T and

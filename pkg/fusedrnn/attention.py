@@ -630,6 +630,13 @@ class AdditiveAttention(_Layer):
         keys = self._check_array(keys, "keys", (3,), "(B, S, key_size)")
         vals = keys if values is None else self._check_array(values, "values", (3,),
                                                              "(B, S, value_size)")
+        # the feature sizes against the layer's own, so that a wrong one is reported as the
+        # input's, not as a parameter w_q / w_k of the wrong shape
+        for name, array, size, what in (("query", query, self.query_size, "query_size"),
+                                        ("keys", keys, self.key_size, "key_size")):
+            if array.shape[-1] != size:
+                raise ValueError(f"{name} must have {what} = {size} features on its last axis, "
+                                 f"but has shape {array.shape}")
         key_mask = None
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:

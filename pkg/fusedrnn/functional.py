@@ -8,7 +8,9 @@ Gradient dicts passed as ``grads`` are accumulated into in place (``+=``).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -17,6 +19,30 @@ from ._attention_args import additive_args, additive_grads, additive_saved, atte
 from ._truncation import truncation_steps
 
 _GRAD_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_MAX_INT64 = 2**63 - 1
+# One BLAS argument is an LP64 int: the kernels refuse T*B, input_size and gate widths above it
+# (the binding checks again; checking here first keeps Python from copying or sorting a huge view).
+MAX_BLAS_DIM = 2**31 - 1
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (bools refused); TypeError / ValueError naming it."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _check_choice(value, name: str, choices: tuple) -> str:
+    if not isinstance(value, str) or value not in choices:
+        spelled = f"{', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}"
+        raise ValueError(f"{name} must be {spelled}, got {value!r}")
+    return value
 
 
 def _grad_buffers(grads: Optional[Mapping[str, np.ndarray]]) -> list:
@@ -41,7 +67,14 @@ def _grads_dict(grads, arrays) -> dict:
 
 
 def workspace_size(cell: str, T: int, B: int, H: int) -> int:
-    """Length of the workspace a training forward saves: T*B*5H (lstm), T*B*4H (gru), 0 (rnn)."""
+    """Length of the workspace a training forward saves: T*B*5H (lstm), T*B*4H (gru), 0 (rnn).
+
+    ``T``, ``B``, ``H`` must be ints >= 0; a length past what an array can hold (2**63 - 1
+    elements) is a ValueError rather than a wrapped-around int64.
+    """
+    sizes = [_check_int(value, name, 0) for name, value in (("T", T), ("B", B), ("H", H))]
+    if cell in ("lstm", "gru") and sizes[0] * sizes[1] * sizes[2] * 5 > _MAX_INT64:
+        raise ValueError(f"workspace_size({cell!r}, {T}, {B}, {H}) does not fit in int64")
     if cell == "lstm":
         return _core.lstm_workspace_size(T, B, H)
     if cell == "gru":
@@ -131,6 +164,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str
     -------
     y : (T, B, H);  h_n : (B, H);  workspace : empty array (training) or None
     """
+    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
     return _core.rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
                              bool(training))
 
@@ -138,6 +172,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str
 def rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
                  nonlinearity: str = "tanh", grads=None):
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
+    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
     dx, dh0, *params = _core.rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n,
                                           nonlinearity, *_grad_buffers(grads))
     return dx, dh0, _grads_dict(grads, params)
@@ -177,6 +212,11 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
     """The per-layer tuples (w_ih, w_hh, b_ih, b_hh, w_hr) the kernels take, checked by name."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
+    D = 2 if bidirectional else 1
+    if 2 * num_layers * D > len(params):  # before listing every name a huge num_layers implies
+        raise ValueError(f"params hold {len(params)} entries, fewer than the weight_ih and "
+                         f"weight_hh of every layer and direction of a {num_layers}-layer "
+                         f"{'bidirectional ' if bidirectional else ''}{mode} need")
     bias = "bias_ih_l0" in params
     expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
     missing = [k for k in expected if k not in params]
@@ -186,9 +226,11 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
                          f"{'bidirectional ' if bidirectional else ''}{mode}"
                          f"{f' with proj_size={proj_size}' if proj_size else ''}: "
                          f"missing {missing}, unexpected {extra}")
+    for name in expected:  # an absent bias is left out of params, not set to None
+        _require_array(params[name], name)
     layers = []
     for layer in range(num_layers):
-        for direction in range(2 if bidirectional else 1):
+        for direction in range(D):
             sfx = f"_l{layer}{_suffix(direction)}"
             layers.append(tuple(params.get(f"{kind}{sfx}") for kind in
                                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
@@ -196,11 +238,19 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
 
 
 def _hidden_size(mode: str, params) -> int:
-    w_hh = _require_array(params.get("weight_hh_l0"), "params['weight_hh_l0']") \
-        if isinstance(params, Mapping) else None
-    if w_hh is None or w_hh.ndim != 2:
-        raise ValueError("params['weight_hh_l0'] must be a 2-D array")
-    return w_hh.shape[0] // _GATES[mode]
+    """hidden_size read off params['weight_hh_l0'] (G*H, H_out); its shape is checked in full
+    later, by the binding."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
+    if "weight_hh_l0" not in params:
+        raise ValueError("params must hold weight_hh_l0 (the layer stack's first recurrent "
+                         "weight, which gives hidden_size)")
+    w_hh = _require_array(params["weight_hh_l0"], "weight_hh_l0")
+    G = _GATES[mode]
+    if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
+        raise ValueError(f"weight_hh_l0 must have shape ({G}*hidden_size, proj_size or "
+                         f"hidden_size) with hidden_size >= 1, but has shape {w_hh.shape}")
+    return w_hh.shape[0] // G
 
 
 class _Packing:
@@ -223,6 +273,10 @@ class _Packing:
         self.lengths = np.ascontiguousarray(lengths[self.order], dtype=np.int64)
         self.batch_sizes = (self.lengths[None, :] > np.arange(T)[:, None]).sum(1).astype(np.int64)
 
+    def valid(self) -> np.ndarray:
+        """(T, B) bool, in sorted order: True where step t is one of row b's own steps."""
+        return np.arange(len(self.batch_sizes))[:, None] < self.lengths[None, :]
+
     def sort(self, a, axis: int = 1):
         return None if a is None else np.take(a, self.order, axis=axis)
 
@@ -234,6 +288,14 @@ class _Packing:
         index[axis] = self.order
         out[tuple(index)] = a
         return out
+
+
+def _check_batch_axis(value, name: str, B: int) -> None:
+    """Before an array is sorted by length along axis 1: it must have B rows there (the binding
+    checks the rest of its shape; sorting would silently drop or fail on the wrong count)."""
+    if value.shape[1] != B:
+        raise ValueError(f"{name} must have B = {B} along its axis 1 (the batch), like x, but "
+                         f"has shape {value.shape}")
 
 
 def _packing(lengths, x) -> Optional[_Packing]:
@@ -255,27 +317,57 @@ def _split_hx(mode, hx, shape_h, shape_c, dtype):
     return (np.zeros(shape_h, dtype) if hx is None else hx), None
 
 
-def _masks(dropout_masks, num_layers):
+def _masks(dropout_masks, num_layers, shape, dtype):
+    """The L-1 dropout masks, each checked by its index, stacked into one (L-1, T, B, D*H_out)."""
     if dropout_masks is None or num_layers == 1:
         return None
+    if isinstance(dropout_masks, np.ndarray) or not isinstance(dropout_masks, Sequence):
+        raise TypeError(f"dropout_masks must be None or a list of num_layers - 1 arrays, "
+                        f"got {type(dropout_masks).__name__}")
     if len(dropout_masks) != num_layers - 1:
         raise ValueError(f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
                          f"got {len(dropout_masks)}")
-    return np.stack([_require_array(m, "dropout_masks[i]") for m in dropout_masks])
+    for i, mask in enumerate(dropout_masks):
+        name = f"dropout_masks[{i}]"
+        _require_array(mask, name)
+        if mask.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} like x, got {mask.dtype} "
+                            f"(nothing is cast silently)")
+        if mask.shape != shape:
+            raise ValueError(f"{name} must have shape (T, B, num_directions*H_out) = {shape}, "
+                             f"but has shape {mask.shape}")
+    return np.stack(dropout_masks)
+
+
+def _check_rows(x) -> None:
+    """The sizes the kernels cannot take, refused before anything is copied or sorted."""
+    T, B, I = x.shape
+    if T * B > MAX_BLAS_DIM:
+        raise ValueError(f"T*B (the rows of x) is {T * B}, more than the 2**31 - 1 that one "
+                         f"BLAS call takes")
+    if I > MAX_BLAS_DIM:
+        raise ValueError(f"input_size is {I}, more than the 2**31 - 1 that one BLAS call takes")
 
 
 def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks,
                 proj_size):
     """Checks and sorting shared by stack_forward and stack_backward."""
-    if mode not in _GATES:
-        raise ValueError(f"mode must be 'lstm', 'gru' or 'rnn', got {mode!r}")
+    _check_choice(mode, "mode", tuple(_GATES))
+    num_layers = _check_int(num_layers, "num_layers", 1)
+    proj_size = _check_int(proj_size, "proj_size", 0)
     _require_array(x, "x")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, input_size), but has {x.ndim}")
+    _check_rows(x)
     hidden = _hidden_size(mode, params)
+    if proj_size and (mode != "lstm" or proj_size >= hidden):
+        raise ValueError(f"proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1 = "
+                         f"{hidden - 1}; got {proj_size}")
     weights = _stack_weights(mode, params, num_layers, bidirectional, proj_size)
     D = 2 if bidirectional else 1
-    B = x.shape[1]
+    T, B = x.shape[0], x.shape[1]
     h0, c0 = _split_hx(mode, hx, (num_layers * D, B, proj_size or hidden),
                        (num_layers * D, B, hidden), x.dtype)
     for name, value in (("h0", h0), ("c0", c0)):
@@ -285,12 +377,21 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout
                 raise ValueError(f"{name} must have 3 dimensions (num_layers*num_directions, B, "
                                  f"size), but has {value.ndim}")
     packing = _packing(lengths, x)
-    masks = _masks(dropout_masks, num_layers)
+    masks = _masks(dropout_masks, num_layers, (T, B, D * (proj_size or hidden)), x.dtype)
     if packing is not None:
+        for name, value in (("h0", h0), ("c0", c0)):
+            if value is not None:
+                _check_batch_axis(value, name, B)
         x, h0, c0 = packing.sort(x), packing.sort(h0), packing.sort(c0)
         masks = packing.sort(masks, axis=2)
+        # Padded steps are no input: zero them in these (fresh, sorted) copies, so that whatever
+        # the caller left there (np.empty garbage, NaN) cannot reach a weight gradient as 0 * NaN.
+        padded = ~packing.valid()
+        x[padded] = 0
+        if masks is not None:
+            masks[:, padded] = 0
     packed = (None, None) if packing is None else (packing.batch_sizes, packing.lengths)
-    return x, h0, c0, weights, masks, packing, packed, hidden
+    return x, h0, c0, weights, masks, packing, packed, hidden, num_layers, proj_size
 
 
 def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool = False,
@@ -312,8 +413,9 @@ def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool
     y : (T, B, D*H_out);  h_n : (L*D, B, H_out);  c_n : (L*D, B, H) or None;
     saved : flat array for `stack_backward`, or None when not training
     """
-    xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
+    xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
         mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
+    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
     y, h_n, c_n, saved = _core.stack_forward(
         mode, xs, h0, c0, weights, masks, bs, lens, num_layers, bool(bidirectional), hidden,
         proj_size, bool(reset_after), nonlinearity, bool(training))
@@ -340,8 +442,15 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     steps (PyTorch: ``h = h.detach()``). None: full backpropagation through time.
     """
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
-    xs, h0, c0, weights, masks, packing, (bs, lens), hidden = _stack_call(
+    xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
         mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
+    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+    for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
+        # checked before sorting them by length; the binding checks shapes and dtypes
+        if value is not None or name == "y":
+            _require_array(value, name)
+            if value.ndim != 3:
+                raise ValueError(f"{name} must have 3 dimensions, but has {value.ndim}")
     if grads is None:
         grads = {k: np.zeros_like(v) for k, v in params.items()}
     elif not isinstance(grads, Mapping):
@@ -357,6 +466,9 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
                                    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
                                                 "weight_hr")))
     if packing is not None:
+        for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
+            if value is not None:
+                _check_batch_axis(value, name, x.shape[1])
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
         mode, xs, h0, c0, weights, y, saved, dy, dh_n, dc_n, grad_list, masks, bs, lens,

@@ -220,6 +220,14 @@ class Module:
                              f"but has {value.shape}")
         return value
 
+    def _check_rows(self, rows: int) -> None:
+        """Refuse, before anything is copied, a batch the fused kernels cannot take: T*B rows
+        past the 2**31 - 1 of one BLAS argument. (The reference backend has no such limit.)"""
+        if self.backend == "fused" and rows > functional.MAX_BLAS_DIM:
+            raise ValueError(f"T*B (the rows of x) is {rows}, more than the 2**31 - 1 that the "
+                             f"fused kernels take in one BLAS call; split the batch or the "
+                             f"sequence")
+
     def _check_state(self, value: object, name: str, shape_h: tuple, shape_c: tuple,
                      axes_h: tuple, axes_c: tuple, optional_parts: bool = False) -> tuple:
         """``(h, c)`` from ``value``: h, or (h, c) for an LSTM; ``(None, None)`` for None.

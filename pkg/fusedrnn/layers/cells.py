@@ -86,6 +86,7 @@ class RecurrentCell(Module):
         else:
             self._check_array(x, "x", (None, self.input_size), ("B", "input_size"))
         B = 1 if unbatched else x.shape[0]
+        self._check_rows(B)  # before the copies below
         h0, c0 = self._check_state(hx, "hx", *self._state_shape(B, unbatched))
         states = [_batched(s, unbatched) if s is not None else np.zeros((B, self.hidden_size),
                                                                          self.dtype)

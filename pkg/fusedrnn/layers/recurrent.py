@@ -245,6 +245,7 @@ class RecurrentLayer(Module):
         else:
             axes = ("B", "T", "input_size") if self.batch_first else ("T", "B", "input_size")
             self._check_array(x, "x", (None, None, self.input_size), axes)
+        self._check_rows(x.shape[0] * (1 if unbatched else x.shape[1]))  # before any copy
         return self._to_time_major(x, unbatched), unbatched
 
     def _to_time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:

@@ -187,7 +187,9 @@ def gru_backward(
     # everything below in step order (the order the forward ran its steps)
     gates = in_step_order(saved_gates, lengths, reverse)
     saved = in_step_order(saved_hn_or_rh, lengths, reverse)
-    x = in_step_order(x, lengths, reverse)
+    # padded steps are no input: whatever x holds there (np.empty garbage, NaN) must not
+    # reach the weight gradients through 0 * NaN
+    x = only_valid(valid, in_step_order(x, lengths, reverse))
     dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, H), x.dtype), lengths, reverse))
     dh = grad_or_zeros(dh_n, (B, H), x.dtype)
     h_prev = previous_states(h0, in_step_order(y, lengths, reverse))
@@ -239,5 +241,6 @@ def gru_backward(
     )
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_x_proj)
-    dx = in_step_order(d_x_proj @ weight_ih, lengths, reverse)
+    # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
+    dx = in_step_order(only_valid(valid, d_x_proj @ weight_ih), lengths, reverse)
     return dx, dh, grads

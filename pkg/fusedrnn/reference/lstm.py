@@ -207,7 +207,9 @@ def lstm_backward(
     # everything below in step order (the order the forward ran its steps)
     gates = in_step_order(saved_gates, lengths, reverse)
     c_all = in_step_order(saved_c, lengths, reverse)
-    x = in_step_order(x, lengths, reverse)
+    # padded steps are no input: whatever x holds there (np.empty garbage, NaN) must not
+    # reach the weight gradients through 0 * NaN
+    x = only_valid(valid, in_step_order(x, lengths, reverse))
     dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, P), x.dtype), lengths, reverse))
     dh = grad_or_zeros(dh_n, (B, P), x.dtype)
     dc = grad_or_zeros(dc_n, (B, H), x.dtype)
@@ -249,5 +251,6 @@ def lstm_backward(
     accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
-    dx = in_step_order(d_pre @ weight_ih, lengths, reverse)
+    # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
+    dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
     return dx, dh, dc, grads
