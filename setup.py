@@ -53,8 +53,11 @@ class BuildPy(build_py):
 
     def run(self):
         super().run()
-        self.copy_file("examples/char_lm.py",
-                       os.path.join(self.build_lib, "fusedrnn", "_char_lm.py"))
+        # An editable install builds no package tree here (the source checkout then runs the
+        # example file itself): make the folder so the copy never fails.
+        target = os.path.join(self.build_lib, "fusedrnn")
+        os.makedirs(target, exist_ok=True)
+        self.copy_file("examples/char_lm.py", os.path.join(target, "_char_lm.py"))
 
 
 sources = sorted(glob("csrc/*.cpp") + glob("csrc/common/*.cpp") + glob("csrc/isa/*.cpp")
