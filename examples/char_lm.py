@@ -356,7 +356,8 @@ def parse_args(argv=None, prog: str = "char_lm.py") -> Config:
         "sample_chars": "characters per sample", "temperature": "sampling temperature",
         "top_k": "sample among the k most likely characters", "prompt": "text samples start with",
         "backend": "fused (C++ kernels) or reference (NumPy)", "dtype": "float32 or float64",
-        "threads": "threads of the kernels (default: all cores)", "seed": "random seed",
+        "threads": "threads of the kernels (default: all cores; where other busy processes "
+                   "share the cores, 1 can be several times faster)", "seed": "random seed",
         "quiet": "print nothing"}
     for f in fields(Config):
         name = "--" + f.name.replace("_", "-")
