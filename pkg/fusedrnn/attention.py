@@ -17,13 +17,13 @@ gradients, never NaN (PyTorch's math path gives NaN there).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 import numpy as np
 
 from . import functional, reference
 from ._attention_args import check_flag, check_probability
+from ._parameters import ParameterModule
 from .reference.attention import dropout_keep
 
 _BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
@@ -165,7 +165,7 @@ def _check_dtype(dtype) -> np.dtype:
     return resolved
 
 
-class _Layer:
+class _Layer(ParameterModule):
     """Parameters, gradients, state dicts, modes and input checks of the attention layers (the
     conventions of fusedrnn's recurrent layers: PyTorch's names, live parameter arrays,
     ``grads`` accumulated by every backward, copies in ``state_dict``)."""
@@ -184,70 +184,11 @@ class _Layer:
     def _parameter_shapes(self) -> dict[str, tuple]:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def _init(self, values: dict[str, np.ndarray]) -> None:
-        self._params = {name: np.ascontiguousarray(value, dtype=self.dtype)
-                        for name, value in values.items()}
-        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
     def forward(self, *args, **kwargs):  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def __getattr__(self, name: str):
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
-        """``(name, array)`` of every parameter in PyTorch's order: the live arrays."""
-        return iter(self._params.items())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order."""
-        return {name: value.copy() for name, value in self._params.items()}
-
-    def load_state_dict(self, state_dict: Mapping) -> None:
-        """Copy parameters in (cast to the layer's dtype); a missing, unexpected or wrongly
-        shaped entry is an error naming it, and then nothing is loaded."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, got "
-                            f"{type(state_dict).__name__}")
-        expected = self._parameter_shapes()
-        missing = [name for name in expected if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in expected]
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
-                             f"unexpected {unexpected}")
-        loaded = {}
-        for name, shape in expected.items():
-            value = np.asarray(state_dict[name])
-            if value.dtype.kind != "f":
-                raise TypeError(f"state_dict[{name!r}] must hold real floating-point numbers, "
-                                f"but has dtype {value.dtype}")
-            if value.shape != shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, but {self!r} "
-                                 f"expects {shape}")
-            loaded[name] = value
-        for name, value in loaded.items():
-            np.copyto(self._params[name], value, casting="same_kind")
+    def _after_load(self) -> None:
         self._forget("load_state_dict discarded the state saved by the last forward")
-
-    def zero_grad(self) -> None:
-        """Set every gradient to zero, in place."""
-        for value in self.grads.values():
-            value.fill(0)
-
-    def train(self, mode: bool = True):
-        """Training mode (default): dropout is on."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Eval mode: no dropout. Same as ``train(False)``."""
-        return self.train(False)
 
     def _forget(self, reason: str) -> None:
         self._saved = None
@@ -340,7 +281,7 @@ class MultiheadAttention(_Layer):
         values["out_proj.weight"] = self._rng.uniform(-bound, bound, (E, E))
         if self.bias:
             values["out_proj.bias"] = np.zeros(E)
-        self._init(values)
+        self._set_parameters(values)
 
     def __repr__(self) -> str:
         args = [str(self.embed_dim), str(self.num_heads)]
@@ -592,7 +533,7 @@ class AdditiveAttention(_Layer):
         self.key_size = _check_size(key_size, "key_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         A = self.hidden_size
-        self._init({
+        self._set_parameters({
             "w_q": self._rng.uniform(-1, 1, (A, self.query_size)) / np.sqrt(self.query_size),
             "w_k": self._rng.uniform(-1, 1, (A, self.key_size)) / np.sqrt(self.key_size),
             "w_v": self._rng.uniform(-1, 1, (A,)) / np.sqrt(A),

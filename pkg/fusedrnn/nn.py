@@ -19,18 +19,18 @@ kernels'), or in NumPy (``backend='reference'``).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from . import functional, reference
+from ._parameters import ParameterModule
 
 DTypeLike = type | str | np.dtype
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BACKENDS = {"fused": functional, "reference": reference}
 
 
-class _Trainable:
+class _Trainable(ParameterModule):
     """Parameters, their gradients, modes, state dicts: what Embedding and Linear share."""
 
     def __init__(self, dtype: DTypeLike, seed: int | None) -> None:
@@ -41,78 +41,8 @@ class _Trainable:
         self.grads: dict[str, np.ndarray] = {}
         self._saved = None
 
-    def __call__(self, *args, **kwargs):
-        """Same as `forward`."""
-        return self.forward(*args, **kwargs)
-
     def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
-
-    def _set_parameters(self, params: dict[str, np.ndarray]) -> None:
-        self._params = {name: np.ascontiguousarray(v, self.dtype) for name, v in params.items()}
-        self.grads = {name: np.zeros_like(v) for name, v in self._params.items()}
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        # ``linear.weight`` as in PyTorch: the live parameter array.
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
-        """``(name, array)`` of every parameter: the live arrays (update them in place)."""
-        return iter(self._params.items())
-
-    def parameters(self) -> Iterator[np.ndarray]:
-        """Every parameter array (live), in the order of `named_parameters`."""
-        return iter(self._params.values())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter, keyed by PyTorch's names (copies, as fusedrnn.LSTM's)."""
-        return {name: value.copy() for name, value in self._params.items()}
-
-    def load_state_dict(self, state_dict: Mapping) -> None:
-        """Copy parameters in from a mapping of names to real floating-point array-likes of the
-        right shapes (cast to the layer's dtype). Anything missing, unexpected, wrongly shaped
-        or not floating-point is an error naming it, and nothing is loaded then."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
-        missing = [name for name in self._params if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in self._params]
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
-                             f"unexpected {unexpected}")
-        loaded = {}
-        for name, param in self._params.items():
-            try:
-                value = np.asarray(state_dict[name])
-            except Exception as error:  # noqa: BLE001 - e.g. a torch tensor that requires grad
-                raise TypeError(f"state_dict[{name!r}] cannot be read as an array: "
-                                f"{error}") from None
-            if value.dtype.kind != "f":
-                raise TypeError(f"state_dict[{name!r}] must hold real floating-point numbers, "
-                                f"but has dtype {value.dtype}")
-            if value.shape != param.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, but {self!r} "
-                                 f"expects {param.shape}")
-            loaded[name] = value
-        for name, value in loaded.items():
-            np.copyto(self._params[name], value, casting="same_kind")
-
-    def zero_grad(self) -> None:
-        """Set every entry of ``grads`` to zero, in place (the arrays stay the same objects)."""
-        for value in self.grads.values():
-            value.fill(0)
-
-    def train(self, mode: bool = True):
-        """Training mode (default): forward saves what backward needs."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Eval mode: forward saves nothing. Same as ``train(False)``."""
-        return self.train(False)
 
     def _check_float_input(self, value: object, name: str, last: int, axis: str) -> np.ndarray:
         if not isinstance(value, np.ndarray):

@@ -9,13 +9,13 @@ once.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
 
 from .. import functional, reference
+from .._parameters import ParameterModule
 
 DTypeLike = type | str | np.dtype
 # hx of an LSTM is a pair (h, c); of a GRU or RNN one array.
@@ -48,7 +48,7 @@ def shape_text(shape: tuple, names: tuple | None = None) -> str:
     return f"{text} = {spell(names)}" if names else text
 
 
-class Module:
+class Module(ParameterModule):
     """Base of the recurrent layers and cells.
 
     Holds the parameters (PyTorch's names, shapes and initialisation), their gradients, the
@@ -89,10 +89,6 @@ class Module:
         self._params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
 
-    def __call__(self, *args, **kwargs):
-        """Same as `forward`."""
-        return self.forward(*args, **kwargs)
-
     def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
@@ -119,77 +115,11 @@ class Module:
         either dtype built with the same seed start from the same values.
         """
         bound = 1.0 / np.sqrt(self.hidden_size)
-        self._params = {name: self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-                        for name, shape in self._parameter_shapes().items()}
-        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+        self._set_parameters({name: self._rng.uniform(-bound, bound, shape)
+                              for name, shape in self._parameter_shapes().items()})
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        # ``layer.weight_ih_l0`` as in PyTorch: the live parameter array.
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
-        """``(name, array)`` of every parameter, in PyTorch's order.
-
-        These are the live arrays: an optimizer updates them in place, e.g.
-        ``p -= lr * layer.grads[name]``. ``backward`` reads them as they are when it runs.
-        """
-        return iter(self._params.items())
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter, keyed by PyTorch's names, in PyTorch's order.
-
-        Copies, unlike PyTorch's references: a saved state dict does not change when the module
-        trains on. Use `named_parameters` for the live arrays.
-        """
-        return {name: value.copy() for name, value in self._params.items()}
-
-    def load_state_dict(self, state_dict: Mapping) -> None:
-        """Copy parameters in from any mapping of names to array-likes.
-
-        Every entry must be a real floating-point array-like (numpy arrays, lists, or PyTorch
-        tensors through ``{k: v.detach().numpy() ...}``) of the parameter's shape; it is cast to
-        the module's dtype (the one conversion this module makes on purpose). A missing,
-        unexpected, wrongly shaped or non-float entry is an error naming it, and nothing is
-        loaded then. Loading discards any state a training forward saved for backward.
-        """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
-        expected = self._parameter_shapes()
-        missing = [name for name in expected if name not in state_dict]
-        unexpected = [name for name in state_dict if name not in expected]
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
-                             f"unexpected {unexpected}")
-        loaded = {}
-        for name, shape in expected.items():
-            loaded[name] = _as_float_array(state_dict[name], f"state_dict[{name!r}]")
-            if loaded[name].shape != shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {loaded[name].shape}, but "
-                                 f"{self!r} expects {shape}; is it from another architecture "
-                                 f"or size?")
-        for name, value in loaded.items():
-            np.copyto(self._params[name], value, casting="same_kind")
-        self._forget_saved()
-
-    def zero_grad(self) -> None:
-        """Set every entry of ``grads`` to zero (in place: the arrays stay the same)."""
-        for value in self.grads.values():
-            value.fill(0)
-
-    # ------------------------------------------------------------ modes
-
-    def train(self, mode: bool = True) -> Module:
-        """Training mode (default): forwards save what backward needs; dropout is on."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> Module:
-        """Eval mode: forwards save nothing and use no dropout. Same as ``train(False)``."""
-        return self.train(False)
+    def _after_load(self) -> None:
+        self._forget_saved()  # the saved forward used the old parameters
 
     def _forget_saved(self) -> None:
         """Drop whatever forwards saved for backward (subclasses hold it their way)."""
@@ -266,13 +196,3 @@ def _check_dtype(dtype: DTypeLike) -> np.dtype:
     return resolved
 
 
-def _as_float_array(value: object, name: str) -> np.ndarray:
-    """A real floating-point ndarray from an array-like; TypeError naming ``name`` otherwise."""
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a tensor needing grad
-        raise TypeError(f"{name} cannot be read as an array: {error}") from None
-    if array.dtype.kind != "f":
-        raise TypeError(f"{name} must hold real floating-point numbers, but has dtype "
-                        f"{array.dtype}")
-    return array
