@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-import os  # noqa: E402
+import os
 
 # The kernels' OpenMP teams meet at a barrier every time step. libgomp, seeing as many threads as
 # cores, spins up to 300,000 rounds (milliseconds) at each wait before it sleeps; when other
@@ -13,21 +13,43 @@ import os  # noqa: E402
 # user set is kept. fusedrnn.show_config() shows it.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from . import functional, optim, reference, sampling  # noqa: E402
-from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
-from .attention import (  # noqa: E402
+from . import functional, optim, reference, sampling
+from ._config import get_num_threads, set_num_threads, show_config
+from .attention import (
     AdditiveAttention,
     MultiheadAttention,
     ScaledDotProductAttention,
     scaled_dot_product_attention,
 )
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
-from .losses import CrossEntropyLoss  # noqa: E402
-from .nn import Embedding, Linear  # noqa: E402
-from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_  # noqa: E402
+from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .losses import CrossEntropyLoss
+from .nn import Embedding, Linear
+from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
 
-__all__ = ["functional", "reference", "get_num_threads", "set_num_threads", "show_config",
-           "__version__", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
-           "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiheadAttention",
-           "AdditiveAttention", "Embedding", "Linear", "CrossEntropyLoss", "optim", "SGD", "Adam",
-           "clip_grad_norm_", "clip_grad_value_", "sampling"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "SGD",
+    "Adam",
+    "AdditiveAttention",
+    "CrossEntropyLoss",
+    "Embedding",
+    "GRUCell",
+    "LSTMCell",
+    "Linear",
+    "MultiheadAttention",
+    "RNNCell",
+    "ScaledDotProductAttention",
+    "__version__",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "functional",
+    "get_num_threads",
+    "optim",
+    "reference",
+    "sampling",
+    "scaled_dot_product_attention",
+    "set_num_threads",
+    "show_config",
+]

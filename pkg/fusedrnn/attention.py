@@ -16,18 +16,16 @@ gradients, never NaN (PyTorch's math path gives NaN there).
 
 from __future__ import annotations
 
-import operator
 from types import ModuleType
 
 import numpy as np
 
 from . import functional, reference
 from ._attention_args import check_flag, check_probability
-from ._parameters import ParameterModule
+from ._parameters import ParameterModule, check_dtype, check_size
 from .reference.attention import dropout_keep
 
 _BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _backend(name: str) -> ModuleType:
@@ -143,35 +141,13 @@ class ScaledDotProductAttention:
 # ---------------------------------------------------------------- layers
 
 
-def _check_size(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if size < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {size}")
-    return size
-
-
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in _DTYPES:
-        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
-    return resolved
-
-
 class _Layer(ParameterModule):
     """Parameters, gradients, state dicts, modes and input checks of the attention layers (the
     conventions of fusedrnn's recurrent layers: PyTorch's names, live parameter arrays,
     ``grads`` accumulated by every backward, copies in ``state_dict``)."""
 
     def __init__(self, dtype, seed, backend: str) -> None:
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self._impl = _backend(backend)
         self.backend = backend
         self.training = True
@@ -255,16 +231,16 @@ class MultiheadAttention(_Layer):
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
                  dtype=np.float32, seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(dtype, seed, backend)
-        self.embed_dim = _check_size(embed_dim, "embed_dim")
-        self.num_heads = _check_size(num_heads, "num_heads")
+        self.embed_dim = check_size(embed_dim, "embed_dim")
+        self.num_heads = check_size(num_heads, "num_heads")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim = {self.embed_dim} must be divisible by num_heads = "
                              f"{self.num_heads}")
         self.head_dim = self.embed_dim // self.num_heads
         self.dropout = check_probability(dropout, "dropout")
         self.bias = bool(bias)
-        self.kdim = self.embed_dim if kdim is None else _check_size(kdim, "kdim")
-        self.vdim = self.embed_dim if vdim is None else _check_size(vdim, "vdim")
+        self.kdim = self.embed_dim if kdim is None else check_size(kdim, "kdim")
+        self.vdim = self.embed_dim if vdim is None else check_size(vdim, "vdim")
         self._qkv_same_embed_dim = self.kdim == self.embed_dim and self.vdim == self.embed_dim
         self.batch_first = bool(batch_first)
         E = self.embed_dim
@@ -529,9 +505,9 @@ class AdditiveAttention(_Layer):
     def __init__(self, query_size: int, key_size: int, hidden_size: int, dtype=np.float32,
                  seed: int | None = None, backend: str = "fused") -> None:
         super().__init__(dtype, seed, backend)
-        self.query_size = _check_size(query_size, "query_size")
-        self.key_size = _check_size(key_size, "key_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.query_size = check_size(query_size, "query_size")
+        self.key_size = check_size(key_size, "key_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
         A = self.hidden_size
         self._set_parameters({
             "w_q": self._rng.uniform(-1, 1, (A, self.query_size)) / np.sqrt(self.query_size),

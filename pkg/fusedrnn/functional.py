@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -45,7 +44,7 @@ def _check_choice(value, name: str, choices: tuple) -> str:
     return value
 
 
-def _grad_buffers(grads: Optional[Mapping[str, np.ndarray]]) -> list:
+def _grad_buffers(grads: Mapping[str, np.ndarray] | None) -> list:
     if grads is None:
         return [None] * 4
     if not isinstance(grads, Mapping):
@@ -298,7 +297,7 @@ def _check_batch_axis(value, name: str, B: int) -> None:
                          f"has shape {value.shape}")
 
 
-def _packing(lengths, x) -> Optional[_Packing]:
+def _packing(lengths, x) -> _Packing | None:
     if lengths is None:
         return None
     T, B = x.shape[0], x.shape[1]
@@ -427,8 +426,8 @@ def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool
 def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None, dh_n=None,
                    dc_n=None, bidirectional: bool = False, lengths=None, dropout_masks=None,
                    reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0,
-                   grads=None, truncate: Optional[int] = None,
-                   truncate_stride: Optional[int] = None):
+                   grads=None, truncate: int | None = None,
+                   truncate_stride: int | None = None):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
     ``grads`` (keyed like ``params``) is accumulated into; None makes a fresh zeroed dict.

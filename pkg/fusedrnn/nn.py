@@ -18,15 +18,12 @@ kernels'), or in NumPy (``backend='reference'``).
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from . import functional, reference
-from ._parameters import ParameterModule
+from ._parameters import ParameterModule, check_dtype, check_size
 
 DTypeLike = type | str | np.dtype
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BACKENDS = {"fused": functional, "reference": reference}
 
 
@@ -34,7 +31,7 @@ class _Trainable(ParameterModule):
     """Parameters, their gradients, modes, state dicts: what Embedding and Linear share."""
 
     def __init__(self, dtype: DTypeLike, seed: int | None) -> None:
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._params: dict[str, np.ndarray] = {}
@@ -94,8 +91,8 @@ class Linear(_Trainable):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
         self.backend = backend
-        self.in_features = _check_size(in_features, "in_features")
-        self.out_features = _check_size(out_features, "out_features")
+        self.in_features = check_size(in_features, "in_features")
+        self.out_features = check_size(out_features, "out_features")
         self._has_bias = bool(bias)
         bound = 1.0 / np.sqrt(self.in_features)
         params = {"weight": self._rng.uniform(-bound, bound, (self.out_features,
@@ -185,10 +182,10 @@ class Embedding(_Trainable):
                  padding_idx: int | None = None, *, dtype: DTypeLike = np.float32,
                  seed: int | None = None) -> None:
         super().__init__(dtype, seed)
-        self.num_embeddings = _check_size(num_embeddings, "num_embeddings")
-        self.embedding_dim = _check_size(embedding_dim, "embedding_dim")
+        self.num_embeddings = check_size(num_embeddings, "num_embeddings")
+        self.embedding_dim = check_size(embedding_dim, "embedding_dim")
         if padding_idx is not None:
-            padding_idx = _check_size(padding_idx, "padding_idx", minimum=None)
+            padding_idx = check_size(padding_idx, "padding_idx", minimum=None)
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
                 raise ValueError(f"padding_idx must be within num_embeddings = "
                                  f"{self.num_embeddings} (in [-{self.num_embeddings}, "
@@ -255,23 +252,3 @@ class Embedding(_Trainable):
         np.add.at(self.grads["weight"], flat, rows)
 
 
-def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in _DTYPES:
-        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
-    return resolved
-
-
-def _check_size(value: object, name: str, minimum: int | None = 1) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if minimum is not None and size < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {size}")
-    return size

@@ -8,35 +8,20 @@ once.
 
 from __future__ import annotations
 
-import operator
 from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
 
 from .. import functional, reference
-from .._parameters import ParameterModule
+from .._parameters import ParameterModule, check_dtype, check_size
 
 DTypeLike = type | str | np.dtype
 # hx of an LSTM is a pair (h, c); of a GRU or RNN one array.
 State = np.ndarray | tuple
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of hidden_size rows, PyTorch's order
-
-
-def check_size(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; TypeError / ValueError naming ``name`` otherwise."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        size = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if size < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {size}")
-    return size
 
 
 def shape_text(shape: tuple, names: tuple | None = None) -> str:
@@ -76,7 +61,7 @@ class Module(ParameterModule):
         self.input_size = check_size(input_size, "input_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         self.bias = bool(bias)
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
         self.backend = backend
@@ -184,15 +169,5 @@ def check_nonlinearity(nonlinearity: str) -> str:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     return nonlinearity
-
-
-def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in _DTYPES:
-        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
-    return resolved
 
 

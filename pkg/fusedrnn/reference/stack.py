@@ -22,11 +22,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._truncation import truncation_steps
-from .truncation import truncated_stack_backward
 from ._common import GATES, check_lengths, grad_or_zeros
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
+from .truncation import truncated_stack_backward
 
 Hidden = np.ndarray | tuple[np.ndarray, np.ndarray] | None
 _SUFFIXES = ("", "_reverse")  # direction d = 0 (forward), 1 (reverse)
