@@ -71,6 +71,9 @@ class ParameterModule:
         """Same as ``forward``."""
         return self.forward(*args, **kwargs)
 
+    def forward(self, *args, **kwargs):  # pragma: no cover - every module defines its own
+        raise NotImplementedError(f"{type(self).__name__} defines no forward")
+
     def __getattr__(self, name: str) -> np.ndarray:
         # ``layer.weight_ih_l0``, ``linear.weight`` as in PyTorch: the live parameter array.
         params = self.__dict__.get("_params", {})

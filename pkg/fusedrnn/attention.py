@@ -160,9 +160,6 @@ class _Layer(ParameterModule):
     def _parameter_shapes(self) -> dict[str, tuple]:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def forward(self, *args, **kwargs):  # pragma: no cover - subclasses
-        raise NotImplementedError
-
     def _after_load(self) -> None:
         self._forget("load_state_dict discarded the state saved by the last forward")
 

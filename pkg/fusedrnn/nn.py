@@ -38,9 +38,6 @@ class _Trainable(ParameterModule):
         self.grads: dict[str, np.ndarray] = {}
         self._saved = None
 
-    def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
     def _check_float_input(self, value: object, name: str, last: int, axis: str) -> np.ndarray:
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, "

@@ -74,9 +74,6 @@ class Module(ParameterModule):
         self._params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
 
-    def forward(self, *args, **kwargs):  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         args = [str(self.input_size), str(self.hidden_size)]
         for name, default in self._repr_fields + (("bias", True),):
