@@ -158,3 +158,16 @@ def test_gradient_buffers_must_be_aligned():
     with pytest.raises(ValueError, match=r"grads\['bias_ih'\] .* must be aligned"):
         functional.lstm_backward(**args, grads=grads)
     assert not misaligned.any() and not grads["weight_ih"].any()
+
+
+def test_misaligned_contiguous_inputs_are_copied_not_read_misaligned():
+    """A contiguous view at an odd byte offset is copied to aligned memory before the kernel reads
+    it (reading it in place is undefined behaviour; UBSan flagged it): same numbers as aligned."""
+    args = lstm_args()
+    expected = functional.lstm_forward(**args)
+    buffer = np.zeros(args["x"].nbytes + 1, np.uint8)[1:].view(np.float64).reshape(args["x"].shape)
+    buffer[...] = args["x"]
+    assert not buffer.flags.aligned and buffer.flags.c_contiguous
+    got = functional.lstm_forward(**{**args, "x": buffer})
+    for a, b in zip(got[:3], expected[:3]):
+        np.testing.assert_array_equal(a, b)

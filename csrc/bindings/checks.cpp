@@ -78,8 +78,10 @@ py::array ArgChecker::checked_array(py::handle obj, const char* name,
 py::array ArgChecker::input(py::handle obj, const char* name,
                             std::initializer_list<Dim> dims) const {
   py::array a = checked_array(obj, name, dims);
+  // np.ascontiguousarray would pass a contiguous but misaligned view through unchanged (a view
+  // into a byte buffer at an odd offset): the kernels' loads of it would be undefined behaviour.
   if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    a = py::module_::import("numpy").attr("ascontiguousarray")(a);
+    a = py::module_::import("numpy").attr("require")(a, py::none(), py::make_tuple("C", "A"));
   return a;
 }
 
