@@ -100,3 +100,18 @@ def assert_close(actual, desired, dtype, name=""):
     assert actual.dtype == desired.dtype, name
     assert actual.shape == desired.shape, name
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol * scale, err_msg=name)
+
+
+def assert_within_float32_error(actual, reference32, reference64, name=""):
+    """The float32 rule for sizes where rounding, not the kernel, sets the error (flash-attention's
+    test rule, GUIDE.md): the error of ``actual`` against the float64 reference is at most 3x the
+    float32 reference's own error, with a floor of a few float32 ulps of the magnitude."""
+    assert actual.dtype == reference32.dtype == np.float32, name
+    assert actual.shape == reference32.shape == reference64.shape, name
+    if not np.size(actual):
+        return
+    scale = max(1.0, float(np.max(np.abs(reference64))))
+    own_error = float(np.max(np.abs(reference32.astype(np.float64) - reference64)))
+    error = float(np.max(np.abs(actual.astype(np.float64) - reference64)))
+    bound = 3 * own_error + 8 * float(np.finfo(np.float32).eps) * scale
+    assert error <= bound, f"{name}: float32 error {error:.3g} > {bound:.3g} (reference's own: {own_error:.3g})"

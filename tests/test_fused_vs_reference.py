@@ -13,6 +13,7 @@ import pytest
 from cells import (
     CASES,
     assert_close,
+    assert_within_float32_error,
     backward,
     forward,
     loss_weights,
@@ -61,13 +62,22 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
 
 @pytest.mark.parametrize("case", CASES)
 def test_threaded_elementwise_pass_equals_reference(case):
-    """A batch wide enough that each step's elementwise pass is split across threads."""
-    _, results = run_both(case, (3, 64, 32, 256), np.float32)
+    """A batch wide enough that each step's elementwise pass is split across threads.
+
+    At this size (sums of 288 products per gate) the float32 reference itself is off by more than
+    the small-size tolerance near zero, so the float32 results are held to the rule of GUIDE.md:
+    the fused error against a float64 reference is at most 3x the float32 reference's own."""
+    inputs, results = run_both(case, (3, 64, 32, 256), np.float32)
     (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
+    # The float64 reference on the very same (float32-rounded) inputs and output gradients.
+    inputs64 = {name: value.astype(np.float64) for name, value in inputs.items()}
+    out64 = forward(case, inputs64, backend=reference)
+    weights64 = {name: w.astype(np.float64) for name, w in loss_weights(case, out_r, seed=1).items()}
+    grads64, _ = backward(case, inputs64, out64, weights64, backend=reference)
     for name in out_r:
-        assert_close(out_f[name], out_r[name], np.float32, name)
+        assert_within_float32_error(out_f[name], out_r[name], out64[name], name)
     for name in grads_r:
-        assert_close(grads_f[name], grads_r[name], np.float32, "d" + name)
+        assert_within_float32_error(grads_f[name], grads_r[name], grads64[name], "d" + name)
 
 
 @pytest.mark.parametrize("case", CASES)
