@@ -8,7 +8,8 @@ namespace fusedrnn {
 
 int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_after) {
   // reset_after: the gate gradients of the x side and of the h side differ in the n block.
-  return reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H;
+  // W_hh in panels: all of it, or its r,z rows and its n rows apart (reset_before).
+  return (reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H) + packed_weights_size(3 * H, 1, H);
 }
 
 // dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]
@@ -21,17 +22,29 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
                   int64_t B, int64_t I, int64_t H, bool reset_after) {
   const int64_t G = 3 * H;
   const auto& kernels = pointwise<T>();
+  const auto& step_kernel = step_gemm_kernels<T>();
+  const int64_t nr = step_kernel.panel_width;
   T* dgates_x = scratch;  // gradient of W_ih x + b_ih, [T,B,3H]
   // Gradient of the h side: W_hh h + b_hh (reset_after), or the same as the x side (reset_before).
   T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
   T* d_rh = scratch + steps * B * G;  // reset_before: dL/d(r*h) of one step
+  T* packed = reset_after ? dgates_h + steps * B * G : d_rh + B * H;
+  // forward: hproj = h_prev W_h^T over the blocks h_prev enters (all three, or r and z)
+  const int64_t h_blocks = reset_after ? G : 2 * H;
 
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
   // The time loop on a team: each member owns hidden units [j0, j0 + w); see lstm_backward.
-  run_team(recurrent_team_size(H, B * G * H), [&](int member, int members) {
-    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+  // The units a member owns are the columns of dh_prev its panels of W_hh hold.
+  run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
+    const PanelShare share = panel_share(H, nr, member, members);
+    const int64_t j0 = share.begin, w = share.width;
+    const PackedWeights<T> w_h = pack_weights(packed, w_hh, H, 1, h_blocks, 1, H, nr, share);
+    const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
+        reset_after ? w_h
+                    : pack_weights(packed + packed_weights_size(h_blocks, 1, H), w_hh + 2 * H * H,
+                                   H, 1, H, 1, H, nr, share);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       const T* g = saved.gates + t * B * G;
@@ -46,8 +59,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
         kernels.gru_rb_backward_state(n, H, w, dgx + j0, dh0 + j0, dy_t, g + j0, h_prev + j0);
         team_barrier();  // d(r*h) reads every unit's n-gate gradient
         // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
-        gemm<T>(false, false, n, w, H, T(1), dgx + 2 * H, G, w_hh + 2 * H * H + j0, H, T(0),
-                d_rh + j0, H);
+        step_gemm(step_kernel, w_hn, 0, 1, share, n, dgx + 2 * H, G, d_rh, H, false);
         kernels.gru_rb_backward_gates(n, H, w, dgx + j0, dh0 + j0, d_rh + j0, g + j0,
                                       h_prev + j0);
       }
@@ -56,9 +68,8 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
         if (reset_after) zero_rows(dgh, n, B, G);
       }
       team_barrier();
-      // forward: hproj = h_prev W_h^T over the blocks h_prev enters  ->  dh_prev += dg W_h
-      const int64_t blocks = reset_after ? G : 2 * H;
-      gemm<T>(false, false, n, w, blocks, T(1), dgh, G, w_hh + j0, H, T(1), dh0 + j0, H);
+      // forward: hproj = h_prev W_h^T  ->  dh_prev += dg W_h
+      step_gemm(step_kernel, w_h, 0, 1, share, n, dgh, G, dh0, H, true);
     }
 
     // Everything that does not recur, each member its share. forward: gates_x = x W_ih^T + b_ih

@@ -9,7 +9,8 @@ namespace fusedrnn {
 int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H) { return T * B * 4 * H; }
 
 int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training) {
-  const int64_t fixed = 2 * 3 * H + B * 3 * H;  // both biases, the recurrent projections of a step
+  // both biases, the recurrent projections of a step, W_hh^T in panels
+  const int64_t fixed = 2 * 3 * H + B * 3 * H + packed_weights_size(H, 3, H);
   return training ? fixed : fixed + B * H + projection_chunk_steps(T, B) * B * 3 * H;
 }
 
@@ -22,6 +23,8 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
                  bool reset_after) {
   const int64_t G = 3 * H;
   const auto& kernels = pointwise<T>();
+  const auto& step_kernel = step_gemm_kernels<T>();
+  const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
   T* bias_ih = scratch;  // the biases, or zeros for a layer without
   T* bias_hh = bias_ih + G;
@@ -29,14 +32,17 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   copy_or_zero(bias_hh, b_hh, G);
   T* hproj = bias_hh + G;  // [B,3H]: W_hh h (reset_after), or W_h{r,z} h [B,2H] and W_hn (r*h) [B,H]
   T* hproj_n = hproj + B * 2 * H;
-  T* extra_step = hproj + B * G;  // inference: hn or r*h of one step
+  T* packed = hproj + B * G;      // W_hh^T in panels
+  T* extra_step = packed + packed_weights_size(H, 3, H);  // inference: hn or r*h of one step
   T* proj = extra_step + B * H;   // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
   // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
-  run_team(recurrent_team_size(H, B * G * H), [&](int member, int members) {
-    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+  run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
+    const PanelShare share = panel_share(H, nr, member, members);
+    const int64_t j0 = share.begin, w = share.width;
+    const PackedWeights<T> w_hh_t = pack_weights(packed, w_hh, 1, H, H, 3, H, nr, share);
     if (training)  // this member's gate columns of every step's input projection
       gemm_gate_slices<T>(steps * B, 3, H, j0, w, I, x, I, w_ih, T(0), saved.gates, G);
     for (int64_t t = 0; t < steps; ++t) {
@@ -50,16 +56,15 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
       T* extra = training ? saved.extra + t * B * H : extra_step;  // hn or r*h
       T* h = y + t * B * H;
       if (reset_after) {
-        gemm_gate_slices<T>(n, 3, H, j0, w, H, h_prev, H, w_hh, T(0), hproj, G);
+        step_gemm(step_kernel, w_hh_t, 0, 3, share, n, h_prev, H, hproj, G, false);
         kernels.gru_forward(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0, hproj + j0,
                             h_prev + j0, extra + j0, h + j0);
       } else {
-        gemm_gate_slices<T>(n, 2, H, j0, w, H, h_prev, H, w_hh, T(0), hproj, 2 * H);
+        step_gemm(step_kernel, w_hh_t, 0, 2, share, n, h_prev, H, hproj, 2 * H, false);
         kernels.gru_rb_forward_gates(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0,
                                      hproj + j0, h_prev + j0, extra + j0);
         team_barrier();  // W_hn (r*h) reads every unit of r*h
-        gemm<T>(false, true, n, w, H, T(1), extra, H, w_hh + (2 * H + j0) * H, H, T(0),
-                hproj_n + j0, H);
+        step_gemm(step_kernel, w_hh_t, 2, 1, share, n, extra, H, hproj_n, H, false);
         kernels.gru_rb_forward_state(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0,
                                      hproj_n + j0, h_prev + j0, h + j0);
       }

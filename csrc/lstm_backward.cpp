@@ -7,8 +7,9 @@
 namespace fusedrnn {
 
 int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
-  // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H]
-  return T * B * 4 * H + (P ? T * B * P + B * H : 0);
+  // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H];
+  // W_hh packed in panels
+  return T * B * 4 * H + (P ? T * B * P + B * H : 0) + packed_weights_size(4 * H, 1, P ? P : H);
 }
 
 // dy: [T,B,R] or null  dh_n: [B,R] or null  dc_n: [B,H] or null  x: [T,B,I]  h0: [B,R]
@@ -23,9 +24,12 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
                    int64_t I, int64_t H, int64_t P) {
   const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
+  const auto& step_kernel = step_gemm_kernels<T>();
+  const int64_t nr = step_kernel.panel_width;
   T* dgates = scratch;
   T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
-  T* dm = dhs + steps * B * R;      // projection only: dL/dm_t of the current step
+  T* dm = dhs + (P ? steps * B * R : 0);  // projection only: dL/dm_t of the current step
+  T* packed = dm + (P ? B * H : 0);       // W_hh in panels
 
   // dh0 and dc0 carry the state gradients backwards in time and end as dL/dh0, dL/dc0. Rows
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
@@ -33,10 +37,14 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   copy_or_zero(dc0, dc_n, B * H);
   // The time loop on a team: each member owns hidden units [j0, j0 + w) (and outputs [p0, p0+pw)
   // of a projection): it computes their gate gradients, then, after a barrier (every gate column
-  // enters every dh_prev column), its own columns of dh_prev.
-  run_team(recurrent_team_size(H, B * G * R), [&](int member, int members) {
-    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
-    const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
+  // enters every dh_prev column), the columns of dh_prev its panels of W_hh hold: the same units
+  // [j0, j0 + w) without a projection, so the next step's pass reads what this member wrote.
+  run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
+    const PanelShare units = panel_share(H, nr, member, members);
+    const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev
+    const int64_t j0 = units.begin, w = units.width;
+    const PackedWeights<T> w_hh_packed = pack_weights(packed, w_hh, R, 1, G, 1, R, nr, columns);
+    const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* dg = dgates + t * B * G;
@@ -60,8 +68,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
       if (member == 0) zero_rows(dg, n, B, G);
       team_barrier();
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
-      const int64_t q0 = P ? p0 : j0, qw = P ? pw : w;
-      gemm<T>(false, false, n, qw, G, T(1), dg, G, w_hh + q0, R, T(0), dh0 + q0, R);
+      step_gemm(step_kernel, w_hh_packed, 0, 1, columns, n, dg, G, dh0, R, false);
     }
 
     // Everything that does not recur, over all steps at once (rows past their length are

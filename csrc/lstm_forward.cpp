@@ -11,9 +11,9 @@ int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P) {
 }
 
 int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P, bool training) {
-  const int64_t bias = 4 * H;
-  if (training) return bias;
-  return bias + (P ? B * H : 0) + projection_chunk_steps(T, B) * B * 4 * H;
+  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H);  // bias, packed W_hh^T
+  if (training) return fixed;
+  return fixed + (P ? B * H : 0) + projection_chunk_steps(T, B) * B * 4 * H;
 }
 
 // x: [T,B,I]  h0: [B,R]  c0: [B,H]  w_ih: [4H,I]  w_hh: [4H,R]  b_ih, b_hh: [4H] or null
@@ -26,20 +26,25 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
                   int64_t H, int64_t P) {
   const int64_t G = 4 * H, R = P ? P : H;
   const auto& kernels = pointwise<T>();
+  const auto& step_kernel = step_gemm_kernels<T>();
+  const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
   T* bias = scratch;
   for (int64_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-  T* m_step = P && !training ? scratch + G : nullptr;            // inference: m of one step
-  T* proj = scratch + G + (P && !training ? B * H : 0);           // inference: projected chunk
+  T* packed = bias + G;                                          // W_hh^T in panels
+  T* m_step = packed + packed_weights_size(R, 4, H);             // inference: m of one step
+  T* proj = m_step + (P && !training ? B * H : 0);               // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
   if (!training) copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
 
-  // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate (and
-  // outputs [p0, p0 + pw) of a projection), does their share of each GEMM and of the fused pass;
-  // a barrier per step publishes h_t to all.
-  run_team(recurrent_team_size(H, B * G * R), [&](int member, int members) {
-    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+  // The time loop on a team: each member owns the hidden units [j0, j0 + w) of every gate that
+  // its panels of W_hh^T hold (and outputs [p0, p0 + pw) of a projection), does their share of
+  // each GEMM and of the fused pass; a barrier per step publishes h_t to all.
+  run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
+    const PanelShare share = panel_share(H, nr, member, members);
+    const int64_t j0 = share.begin, w = share.width;
+    const PackedWeights<T> w_hh_t = pack_weights(packed, w_hh, 1, R, R, 4, H, nr, share);
     const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
     // Training: this member's gate columns of every step's input projection, in one GEMM,
     // straight into the saved gates (the member alone reads them).
@@ -58,7 +63,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
       T* m = P ? (training ? saved.m + t * B * H : m_step) : nullptr;
       T* h = y + t * B * R;
       // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
-      gemm_gate_slices<T>(n, 4, H, j0, w, R, h_prev, R, w_hh, T(1), gates, G);
+      step_gemm(step_kernel, w_hh_t, 0, 4, share, n, h_prev, R, gates, G, true);
       kernels.lstm_forward(n, H, w, bias + j0, gates + j0, c_prev + j0, c + j0, (P ? m : h) + j0);
       if (P) {  // h = m W_hr^T needs every unit of m
         team_barrier();

@@ -6,24 +6,33 @@
 
 namespace fusedrnn {
 
-int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H) { return T * B * H; }
+int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H) {
+  return T * B * H + packed_weights_size(H, 1, H);  // dpre, W_hh in panels
+}
 
 // dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [H,I]  w_hh: [H,H]
-// y: [T,B,H]  dx: [T,B,I] (=)  dh0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh (+=)  scratch: [T,B,H]
+// y: [T,B,H]  dx: [T,B,I] (=)  dh0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh (+=)
+// scratch: dpre [T,B,H], W_hh in panels
 template <typename T>
 void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
                   const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
                   const T* y, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
                   int64_t H, RnnActivation act) {
   const auto kernel = pointwise<T>().rnn_backward[static_cast<int>(act)];
+  const auto& step_kernel = step_gemm_kernels<T>();
+  const int64_t nr = step_kernel.panel_width;
   T* dpre = scratch;
+  T* packed = dpre + steps * B * H;
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
   // The time loop on a team: each member owns hidden units [j0, j0 + w): it computes their
-  // pre-activation gradients, then (after a barrier, since it needs all of them) their dh_prev.
-  run_team(recurrent_team_size(H, B * H * H), [&](int member, int members) {
-    const int64_t j0 = share_begin(H, member, members), w = share_begin(H, member + 1, members) - j0;
+  // pre-activation gradients, then (after a barrier, since it needs all of them) their dh_prev,
+  // with its panels of W_hh.
+  run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
+    const PanelShare share = panel_share(H, nr, member, members);
+    const int64_t j0 = share.begin, w = share.width;
+    const PackedWeights<T> w_hh_packed = pack_weights(packed, w_hh, H, 1, H, 1, H, nr, share);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* dp = dpre + t * B * H;
@@ -31,7 +40,7 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       if (member == 0) zero_rows(dp, n, B, H);
       team_barrier();
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
-      gemm<T>(false, false, n, w, H, T(1), dp, H, w_hh + j0, H, T(0), dh0 + j0, H);
+      step_gemm(step_kernel, w_hh_packed, 0, 1, share, n, dp, H, dh0, H, false);
     }
     // Everything that does not recur, each member its share.
     // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh

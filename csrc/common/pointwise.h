@@ -8,6 +8,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/step_gemm.h"
+
 namespace fusedrnn {
 
 template <typename T>
@@ -116,6 +118,8 @@ struct IsaKernels {
   PointwiseKernels<double> f64;
   AttentionKernels<float> attention_f32;
   AttentionKernels<double> attention_f64;
+  StepGemmKernels<float> step_gemm_f32;
+  StepGemmKernels<double> step_gemm_f64;
 };
 
 const IsaKernels& isa_kernels_baseline();
@@ -148,6 +152,17 @@ inline const AttentionKernels<float>& attention_kernels<float>() {
 template <>
 inline const AttentionKernels<double>& attention_kernels<double>() {
   return active_isa().attention_f64;
+}
+
+template <typename T>
+const StepGemmKernels<T>& step_gemm_kernels();
+template <>
+inline const StepGemmKernels<float>& step_gemm_kernels<float>() {
+  return active_isa().step_gemm_f32;
+}
+template <>
+inline const StepGemmKernels<double>& step_gemm_kernels<double>() {
+  return active_isa().step_gemm_f64;
 }
 
 }  // namespace fusedrnn

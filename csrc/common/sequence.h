@@ -5,9 +5,12 @@
 #include <cstring>
 
 #include "common/blas.h"
+#include "common/step_gemm.h"
 #include "common/threading.h"
 
 namespace fusedrnn {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // dst[n] = src[n], or zeros when src is null (an absent gradient means zeros).
 template <typename T>

@@ -58,12 +58,14 @@ struct TeamThresholds {
 };
 TeamThresholds& team_thresholds();
 
-// Threads for a time loop over `hidden` units whose recurrent GEMM does `step_work`
-// multiply-adds per step.
-inline int recurrent_team_size(int64_t hidden, int64_t step_work) {
+// Threads for a time loop over `hidden` units, held in `panels` panels of the step GEMM (a member
+// owns whole panels, common/step_gemm.h), whose recurrent GEMM does `step_work` multiply-adds per
+// step.
+inline int recurrent_team_size(int64_t hidden, int64_t step_work, int64_t panels) {
   if (inside_team()) return 1;
   const TeamThresholds& limits = team_thresholds();
-  const int64_t threads = std::min<int64_t>(get_num_threads(), hidden / limits.min_units_per_member);
+  const int64_t threads = std::min<int64_t>(
+      {get_num_threads(), hidden / limits.min_units_per_member, panels});
   return step_work >= limits.min_step_work && threads > 1 ? static_cast<int>(threads) : 1;
 }
 
