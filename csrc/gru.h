@@ -33,7 +33,7 @@ GruSaved<T> gru_saved(T* workspace, int64_t steps, int64_t B, int64_t H) {
   if (!workspace) return {nullptr, nullptr, B, H};
   return {workspace, workspace + steps * B * 3 * H, B, H};
 }
-int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training);
+int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, bool training);
 int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_after);
 
 // saved.gates null = inference.

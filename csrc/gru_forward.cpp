@@ -8,9 +8,10 @@ namespace fusedrnn {
 
 int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H) { return T * B * 4 * H; }
 
-int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t H, bool training) {
-  // both biases, the recurrent projections of a step, W_hh^T in panels
-  const int64_t fixed = 2 * 3 * H + B * 3 * H + packed_weights_size(H, 3, H);
+int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, bool training) {
+  // both biases, the recurrent projections of a step, W_hh^T and W_ih^T in panels
+  const int64_t fixed =
+      2 * 3 * H + B * 3 * H + packed_weights_size(H, 3, H) + packed_weights_size(I, 3, H);
   return training ? fixed : fixed + B * H + projection_chunk_steps(T, B) * B * 3 * H;
 }
 
@@ -32,25 +33,36 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   copy_or_zero(bias_hh, b_hh, G);
   T* hproj = bias_hh + G;  // [B,3H]: W_hh h (reset_after), or W_h{r,z} h [B,2H] and W_hn (r*h) [B,H]
   T* hproj_n = hproj + B * 2 * H;
-  T* packed = hproj + B * G;      // W_hh^T in panels
-  T* extra_step = packed + packed_weights_size(H, 3, H);  // inference: hn or r*h of one step
+  T* packed_hh = hproj + B * G;                              // W_hh^T in panels
+  T* packed_ih = packed_hh + packed_weights_size(H, 3, H);   // W_ih^T in panels
+  T* extra_step = packed_ih + packed_weights_size(I, 3, H);  // inference: hn or r*h of one step
   T* proj = extra_step + B * H;   // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
+
+  // Training: every step's input projection in one GEMM, straight into the saved gates, on a team
+  // of its own (each member its panels of W_ih^T).
+  if (training)
+    run_team(gemm_team_size(steps * B * G * I), [&](int member, int members) {
+      const PanelShare share = panel_share(H, nr, member, members);
+      const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 3, H, nr, share);
+      step_gemm(step_kernel, w_ih_t, 0, 3, share, steps * B, x, I, saved.gates, G, false);
+    });
 
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
   // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(packed, w_hh, 1, H, H, 3, H, nr, share);
-    if (training)  // this member's gate columns of every step's input projection
-      gemm_gate_slices<T>(steps * B, 3, H, j0, w, I, x, I, w_ih, T(0), saved.gates, G);
+    const PackedWeights<T> w_hh_t = pack_weights(packed_hh, w_hh, 1, H, H, 3, H, nr, share);
+    // Inference projects the inputs chunk by chunk, in the time loop.
+    const PackedWeights<T> w_ih_t =
+        training ? PackedWeights<T>{} : pack_weights(packed_ih, w_ih, 1, I, I, 3, H, nr, share);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {
         const int64_t n_steps = std::min(chunk, steps - t);
-        gemm_gate_slices<T>(n_steps * B, 3, H, j0, w, I, x + t * B * I, I, w_ih, T(0), proj, G);
+        step_gemm(step_kernel, w_ih_t, 0, 3, share, n_steps * B, x + t * B * I, I, proj, G, false);
       }
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
       T* extra = training ? saved.extra + t * B * H : extra_step;  // hn or r*h

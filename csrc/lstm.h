@@ -39,7 +39,8 @@ LstmSaved<T> lstm_saved(T* workspace, int64_t steps, int64_t B, int64_t H, int64
   T* c = workspace + steps * B * 4 * H;
   return {workspace, c, P ? c + steps * B * H : nullptr, B, H};
 }
-int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P, bool training);
+int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                                  bool training);
 int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P);
 
 // saved.gates null = inference: nothing is saved and the input projection is done in chunks.

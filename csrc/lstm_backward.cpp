@@ -8,8 +8,10 @@ namespace fusedrnn {
 
 int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
   // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H];
-  // W_hh packed in panels
-  return T * B * 4 * H + (P ? T * B * P + B * H : 0) + packed_weights_size(4 * H, 1, P ? P : H);
+  // W_hh packed in panels; the gradient GEMMs' packed last panels
+  const int64_t R = P ? P : H;
+  return T * B * 4 * H + (P ? T * B * P + B * H : 0) + packed_weights_size(4 * H, 1, R) +
+         input_gradients_scratch_size(4 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B);
 }
 
 // dy: [T,B,R] or null  dh_n: [B,R] or null  dc_n: [B,H] or null  x: [T,B,I]  h0: [B,R]
@@ -30,6 +32,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
   T* dm = dhs + (P ? steps * B * R : 0);  // projection only: dL/dm_t of the current step
   T* packed = dm + (P ? B * H : 0);       // W_hh in panels
+  T* tails = packed + packed_weights_size(G, 1, R);  // input_gradients, recurrent_weight_gradient
 
   // dh0 and dc0 carry the state gradients backwards in time and end as dL/dh0, dL/dc0. Rows
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
@@ -70,17 +73,21 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
       step_gemm(step_kernel, w_hh_packed, 0, 1, columns, n, dg, G, dh0, R, false);
     }
+  });
 
-    // Everything that does not recur, over all steps at once (rows past their length are
-    // zero), each member its share. forward: gates = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
-    team_barrier();
+  // Everything that does not recur, over all steps at once (rows past their length are zero),
+  // on a team of its own, each member its share. forward: gates = x W_ih^T + b_ih + h_prev W_hh^T
+  // + b_hh (and h = m W_hr^T)
+  const int64_t TB = steps * B;
+  run_team(gemm_team_size(TB * G * (I + R)), [&](int member, int members) {
     const Team team{member, members};
-    gemm_rows<T>(team, false, false, steps * B, I, G, T(1), dgates, G, w_ih, I, T(0), dx, I);
-    gemm_rows<T>(team, true, false, G, I, steps * B, T(1), dgates, G, x, I, T(1), dw_ih, I);
-    add_recurrent_weight_grad(team, dw_hh, R, dgates, G, G, y, h0, steps, B, R);
-    if (db_ih) add_column_sums(team, db_ih, dgates, steps * B, G, G);
-    if (db_hh) add_column_sums(team, db_hh, dgates, steps * B, G, G);
-    if (P) gemm_rows<T>(team, true, false, P, H, steps * B, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
+    T* team_tails = tails;  // each tail panel is packed and read by the one member owning it
+    input_gradients(team, dx, dw_ih, team_tails, dgates, G, G, x, w_ih, TB, I);
+    team_tails += input_gradients_scratch_size(G, TB);
+    recurrent_weight_gradient(team, dw_hh, R, team_tails, dgates, G, G, y, h0, steps, B, R);
+    if (db_ih) add_column_sums(team, db_ih, dgates, TB, G, G);
+    if (db_hh) add_column_sums(team, db_hh, dgates, TB, G, G);
+    if (P) gemm_rows<T>(team, true, false, P, H, TB, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
   });
 }
 

@@ -10,8 +10,10 @@ int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P) {
   return T * B * (P ? 6 : 5) * H;
 }
 
-int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P, bool training) {
-  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H);  // bias, packed W_hh^T
+int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                                  bool training) {
+  // the summed bias, W_hh^T and W_ih^T in panels
+  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H) + packed_weights_size(I, 4, H);
   if (training) return fixed;
   return fixed + (P ? B * H : 0) + projection_chunk_steps(T, B) * B * 4 * H;
 }
@@ -31,12 +33,22 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   const bool training = saved.gates != nullptr;
   T* bias = scratch;
   for (int64_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-  T* packed = bias + G;                                          // W_hh^T in panels
-  T* m_step = packed + packed_weights_size(R, 4, H);             // inference: m of one step
+  T* packed_hh = bias + G;                                        // W_hh^T in panels
+  T* packed_ih = packed_hh + packed_weights_size(R, 4, H);        // W_ih^T in panels
+  T* m_step = packed_ih + packed_weights_size(I, 4, H);           // inference: m of one step
   T* proj = m_step + (P && !training ? B * H : 0);               // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
   if (!training) copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
+
+  // Training: every step's input projection in one GEMM, straight into the saved gates, on a team
+  // of its own (each member its panels of W_ih^T).
+  if (training)
+    run_team(gemm_team_size(steps * B * G * I), [&](int member, int members) {
+      const PanelShare share = panel_share(H, nr, member, members);
+      const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 4, H, nr, share);
+      step_gemm(step_kernel, w_ih_t, 0, 4, share, steps * B, x, I, saved.gates, G, false);
+    });
 
   // The time loop on a team: each member owns the hidden units [j0, j0 + w) of every gate that
   // its panels of W_hh^T hold (and outputs [p0, p0 + pw) of a projection), does their share of
@@ -44,18 +56,17 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(packed, w_hh, 1, R, R, 4, H, nr, share);
+    const PackedWeights<T> w_hh_t = pack_weights(packed_hh, w_hh, 1, R, R, 4, H, nr, share);
+    // Inference projects the inputs chunk by chunk, in the time loop.
+    const PackedWeights<T> w_ih_t =
+        training ? PackedWeights<T>{} : pack_weights(packed_ih, w_ih, 1, I, I, 4, H, nr, share);
     const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
-    // Training: this member's gate columns of every step's input projection, in one GEMM,
-    // straight into the saved gates (the member alone reads them).
-    if (training)
-      gemm_gate_slices<T>(steps * B, 4, H, j0, w, I, x, I, w_ih, T(0), saved.gates, G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection
         const int64_t n_steps = std::min(chunk, steps - t);
-        gemm_gate_slices<T>(n_steps * B, 4, H, j0, w, I, x + t * B * I, I, w_ih, T(0), proj, G);
+        step_gemm(step_kernel, w_ih_t, 0, 4, share, n_steps * B, x + t * B * I, I, proj, G, false);
       }
       const T* h_prev = t ? y + (t - 1) * B * R : h0;
       const T* c_prev = training ? (t ? saved.c + (t - 1) * B * H : c0) : c_n;

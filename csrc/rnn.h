@@ -13,7 +13,7 @@ namespace fusedrnn {
 
 enum class RnnActivation : int { tanh = 0, relu = 1 };
 
-int64_t rnn_forward_scratch_size(int64_t H);
+int64_t rnn_forward_scratch_size(int64_t I, int64_t H);
 int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H);
 
 template <typename T>

@@ -7,7 +7,9 @@
 namespace fusedrnn {
 
 int64_t rnn_backward_scratch_size(int64_t T, int64_t B, int64_t H) {
-  return T * B * H + packed_weights_size(H, 1, H);  // dpre, W_hh in panels
+  // dpre, W_hh in panels, the gradient GEMMs' packed last panels
+  return T * B * H + packed_weights_size(H, 1, H) + input_gradients_scratch_size(H, T * B) +
+         recurrent_weight_gradient_scratch_size(T, B);
 }
 
 // dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [H,I]  w_hh: [H,H]
@@ -23,6 +25,7 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   const int64_t nr = step_kernel.panel_width;
   T* dpre = scratch;
   T* packed = dpre + steps * B * H;
+  T* tails = packed + packed_weights_size(H, 1, H);
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
@@ -42,15 +45,18 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
       step_gemm(step_kernel, w_hh_packed, 0, 1, share, n, dp, H, dh0, H, false);
     }
-    // Everything that does not recur, each member its share.
-    // forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
-    team_barrier();
+  });
+
+  // Everything that does not recur, over all steps at once, on a team of its own, each member its
+  // share. forward: pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
+  const int64_t TB = steps * B;
+  run_team(gemm_team_size(TB * H * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    gemm_rows<T>(team, false, false, steps * B, I, H, T(1), dpre, H, w_ih, I, T(0), dx, I);
-    gemm_rows<T>(team, true, false, H, I, steps * B, T(1), dpre, H, x, I, T(1), dw_ih, I);
-    add_recurrent_weight_grad(team, dw_hh, H, dpre, H, H, y, h0, steps, B, H);
-    if (db_ih) add_column_sums(team, db_ih, dpre, steps * B, H, H);
-    if (db_hh) add_column_sums(team, db_hh, dpre, steps * B, H, H);
+    input_gradients(team, dx, dw_ih, tails, dpre, H, H, x, w_ih, TB, I);
+    recurrent_weight_gradient(team, dw_hh, H, tails + input_gradients_scratch_size(H, TB), dpre, H,
+                              H, y, h0, steps, B, H);
+    if (db_ih) add_column_sums(team, db_ih, dpre, TB, H, H);
+    if (db_hh) add_column_sums(team, db_hh, dpre, TB, H, H);
   });
 }
 

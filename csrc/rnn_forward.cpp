@@ -6,10 +6,12 @@
 
 namespace fusedrnn {
 
-int64_t rnn_forward_scratch_size(int64_t H) { return H + packed_weights_size(H, 1, H); }
+int64_t rnn_forward_scratch_size(int64_t I, int64_t H) {
+  return H + packed_weights_size(H, 1, H) + packed_weights_size(I, 1, H);
+}
 
 // x: [T,B,I]  h0: [B,H]  w_ih: [H,I]  w_hh: [H,H]  b_ih, b_hh: [H]
-// y: [T,B,H]  h_n: [B,H]  scratch: the summed bias [H], W_hh^T in panels
+// y: [T,B,H]  h_n: [B,H]  scratch: the summed bias [H], W_hh^T and W_ih^T in panels
 template <typename T>
 void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_ih, const T* w_hh,
                  const T* b_ih, const T* b_hh, const int64_t* batch_sizes, int64_t steps, int64_t B,
@@ -18,15 +20,20 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T* bias = scratch;
-  T* packed = scratch + H;
+  T* packed_hh = scratch + H;
+  T* packed_ih = packed_hh + packed_weights_size(H, 1, H);
   for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+  // Every input's projection goes straight into y, in one GEMM on a team of its own (each member
+  // its panels of W_ih^T); each step then adds W_hh h and activates it.
+  run_team(gemm_team_size(steps * B * H * I), [&](int member, int members) {
+    const PanelShare share = panel_share(H, nr, member, members);
+    const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 1, H, nr, share);
+    step_gemm(step_kernel, w_ih_t, 0, 1, share, steps * B, x, I, y, H, false);
+  });
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(packed, w_hh, 1, H, H, 1, H, nr, share);
-    // This member's columns of every input's projection go straight into y; each step adds
-    // W_hh h and activates them.
-    gemm_gate_slices<T>(steps * B, 1, H, j0, w, I, x, I, w_ih, T(0), y, H);
+    const PackedWeights<T> w_hh_t = pack_weights(packed_hh, w_hh, 1, H, H, 1, H, nr, share);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* h = y + t * B * H;

@@ -109,7 +109,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   py::array y = a.new_outputs(), h_n = a.new_state(), c_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(lstm_workspace_size(a.T, a.B, a.H, 0)))
                            : py::none();
-  py::array scratch = a.new_vector(lstm_forward_scratch_size(a.T, a.B, a.H, 0, training));
+  py::array scratch = a.new_vector(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -155,7 +155,7 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   py::array y = a.new_outputs(), h_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(gru_workspace_size(a.T, a.B, a.H)))
                            : py::none();
-  py::array scratch = a.new_vector(gru_forward_scratch_size(a.T, a.B, a.H, training));
+  py::array scratch = a.new_vector(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -198,7 +198,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   const CellCall a(x, h0, w_ih, w_hh, 1);
   py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
   py::array y = a.new_outputs(), h_n = a.new_state();
-  py::array scratch = a.new_vector(rnn_forward_scratch_size(a.H));
+  py::array scratch = a.new_vector(rnn_forward_scratch_size(a.I, a.H));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;

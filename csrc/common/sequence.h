@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common/blas.h"
+#include "common/pointwise.h"
 #include "common/step_gemm.h"
 #include "common/threading.h"
 
@@ -28,8 +29,8 @@ void add_vectors(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
 }
 
-// The kernels' big GEMMs (over all steps) run inside the team of their time loop, each member
-// taking a share, so BLAS's own thread pool never runs beside the team. A Team names this member.
+// The kernels' big GEMMs (over all steps) run on a team of their own, each member taking a share,
+// so BLAS's own thread pool never runs beside a team. A Team names this member.
 struct Team {
   int member = 0, members = 1;
   int64_t begin(int64_t n) const { return share_begin(n, member, members); }
@@ -58,18 +59,50 @@ void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t
   }
 }
 
-// The gradient of the recurrent weights over all steps, as two GEMMs after the time loop:
+// Scratch of input_gradients and recurrent_weight_gradient: the packed last panels of the
+// matrices they read in place.
+inline int64_t input_gradients_scratch_size(int64_t G, int64_t rows) {
+  return tail_panel_size(G) + tail_panel_size(rows);
+}
+inline int64_t recurrent_weight_gradient_scratch_size(int64_t steps, int64_t B) {
+  return tail_panel_size(B) + tail_panel_size(std::max<int64_t>(steps - 1, 0) * B);
+}
+
+// The gradients of an input projection over all steps, with the step kernel, for this member's
+// columns of x (of I), the GEMM's rows being `rows` = T*B:
+//   forward: gates = x W_ih^T   ->   dx = dgates W_ih (=),  dW_ih += dgates^T x
+// dgates [rows, G] (row stride ldg), x [rows, I], w_ih [G, I], dw_ih [G, I]; dx may be null.
+template <typename T>
+void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dgates, int64_t ldg,
+                     int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I) {
+  const auto& kernel = step_gemm_kernels<T>();
+  const PanelShare share = panel_share(I, kernel.panel_width, team.member, team.members);
+  if (dx) {
+    const PackedWeights<T> w = in_place_panels(w_ih, I, G, I, kernel.panel_width, scratch, share);
+    step_gemm(kernel, w, 0, 1, share, rows, dgates, ldg, dx, I, false);
+  }
+  const PackedWeights<T> xs =
+      in_place_panels(x, I, rows, I, kernel.panel_width, scratch + tail_panel_size(G), share);
+  step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, true, true);
+}
+
+// The gradient of the recurrent weights over all steps, for this member's columns of dw:
 //   dw[G,H] += sum_t dgates[t]^T @ h_{t-1},  h_{t-1} = y[t-1] for t >= 1 and h0 for t = 0,
 // where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw.
-// This member's rows of dw.
 template <typename T>
-void add_recurrent_weight_grad(const Team& team, T* dw, int64_t ldw, const T* dgates, int64_t ldg,
-                               int64_t G, const T* y, const T* h0, int64_t steps, int64_t B,
-                               int64_t H) {
+void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch, const T* dgates,
+                               int64_t ldg, int64_t G, const T* y, const T* h0, int64_t steps,
+                               int64_t B, int64_t H) {
   if (steps == 0) return;
-  gemm_rows<T>(team, true, false, G, H, B, T(1), dgates, ldg, h0, H, T(1), dw, ldw);
-  gemm_rows<T>(team, true, false, G, H, (steps - 1) * B, T(1), dgates + B * ldg, ldg, y, H, T(1),
-               dw, ldw);
+  const auto& kernel = step_gemm_kernels<T>();
+  const int64_t nr = kernel.panel_width;
+  const PanelShare share = panel_share(H, nr, team.member, team.members);
+  const PackedWeights<T> first = in_place_panels(h0, H, B, H, nr, scratch, share);
+  step_gemm(kernel, first, 0, 1, share, G, dgates, ldg, dw, ldw, true, true);
+  if (steps == 1) return;
+  const PackedWeights<T> rest =
+      in_place_panels(y, H, (steps - 1) * B, H, nr, scratch + tail_panel_size(B), share);
+  step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
 }
 
 // out[:, g*H + j0 : g*H + j0 + w] = a @ weight[g*H + j0 : g*H + j0 + w, :]^T + beta * out, for

@@ -23,10 +23,11 @@ inline int64_t cell_workspace_size(const StackShape& s) {
 }
 inline int64_t cell_forward_scratch_size(const StackShape& s, bool training) {
   const int64_t T = s.steps, B = s.batch, H = s.hidden;
+  const int64_t I = std::max(s.input, s.layer_input(1));  // the widest input of any layer
   switch (s.cell) {
-    case CellKind::lstm: return lstm_forward_scratch_size(T, B, H, s.proj, training);
-    case CellKind::gru: return gru_forward_scratch_size(T, B, H, training);
-    default: return rnn_forward_scratch_size(H);
+    case CellKind::lstm: return lstm_forward_scratch_size(T, B, I, H, s.proj, training);
+    case CellKind::gru: return gru_forward_scratch_size(T, B, I, H, training);
+    default: return rnn_forward_scratch_size(I, H);
   }
 }
 inline int64_t cell_backward_scratch_size(const StackShape& s) {

@@ -20,31 +20,55 @@ namespace fusedrnn {
 // The widest panel of any instruction set (float on AVX-512: 2 x 16); scratch sizes use it.
 constexpr int64_t kMaxPanelWidth = 32;
 
+// One call of the micro-kernel: out[rows, cols] = A[rows, K] @ P (+ out if accumulate), where
+//   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
+//   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
+//   (cols <= panel_count * nr; the columns past cols are read but not stored).
+template <typename T>
+struct PanelProduct {
+  int64_t rows = 0, K = 0;
+  const T* a = nullptr;
+  int64_t lda = 0;
+  bool a_transposed = false;
+  const T* b = nullptr;
+  int64_t ldb = 0, panel_stride = 0, panel_count = 0, cols = 0;
+  T* out = nullptr;
+  int64_t ldo = 0;
+  bool accumulate = false;
+};
+
 // The micro-kernel of one instruction set (csrc/step_gemm.inc), in the ISA table.
 template <typename T>
 struct StepGemmKernels {
   int64_t panel_width;  // nr
-  // out[rows, cols] = a[rows, K] @ P (+ out if accumulate), where P [K, cols] is panel_count
-  // consecutive panels [K][nr] (cols <= panel_count * nr; the columns past cols are not stored).
-  // a and out have row strides lda and ldo.
-  void (*multiply)(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panels,
-                   int64_t panel_count, int64_t cols, T* out, int64_t ldo, bool accumulate);
+  void (*multiply)(const PanelProduct<T>& m);
 };
 
-// B [K, blocks * cols] packed: for each block of `cols` columns, ceil(cols / nr) panels of
-// [K][nr], the columns past `cols` zero. A gate GEMM has a block per gate (cols = H).
+// B [K, blocks * cols] as panels of nr columns: for each block of `cols` columns, ceil(cols / nr)
+// panels. A panel is either packed ([K][nr] contiguous, the columns past `cols` zero) or, for a
+// row-major matrix used once, read in place (rows ld apart); then only a partial last panel
+// (`tail`) is packed, so that no read passes the end of a row. A gate GEMM has a block per gate
+// (cols = H).
 template <typename T>
 struct PackedWeights {
   const T* data = nullptr;
   int64_t K = 0, blocks = 0, cols = 0, nr = 1;
+  int64_t ld = 1;            // between the rows of a panel
+  int64_t panel_stride = 0;  // between panels
+  int64_t block_stride = 0;  // between blocks
+  const T* tail = nullptr;   // in place: the packed last panel of each block's, or null
   int64_t panels() const { return (cols + nr - 1) / nr; }  // per block
-  const T* panel(int64_t block, int64_t p) const { return data + (block * panels() + p) * K * nr; }
+  const T* panel(int64_t block, int64_t p) const {
+    return data + block * block_stride + p * panel_stride;
+  }
 };
 
-// Elements of a packing of B [K, blocks * cols], for any instruction set.
+// Elements of a packing of B [K, blocks * cols], for any instruction set; and of the tail panel of
+// B [K, cols] read in place.
 inline int64_t packed_weights_size(int64_t K, int64_t blocks, int64_t cols) {
   return blocks * ((cols + kMaxPanelWidth - 1) / kMaxPanelWidth) * kMaxPanelWidth * K;
 }
+inline int64_t tail_panel_size(int64_t K) { return kMaxPanelWidth * K; }
 
 // A team member's panels [p0, p1) of every block, and the columns [begin, begin + width) of a
 // block they cover: the hidden units the member owns in a time loop.
@@ -61,42 +85,100 @@ inline PanelShare panel_share(int64_t cols, int64_t nr, int member, int members)
   return s;
 }
 
-// Packs this member's panels of B[k, n] = src[k * k_stride + n * n_stride] (n over all blocks'
-// columns, block after block) into dst [packed_weights_size]: for a forward's h @ W^T with
-// W [blocks*cols, K], k_stride = 1 and n_stride = K; for a backward's d @ W with W [K, cols],
-// k_stride = cols (W's row stride) and n_stride = 1. Each member packs the panels it multiplies
-// with, so no barrier is needed before its own use.
+// Copies B[k, n] = src[k * k_stride + n * n_stride] (n over all blocks' columns, block after block;
+// zero past `cols`) into the panel p of block g of `packed`, whose panels are [K][nr] contiguous.
+template <typename T>
+void pack_panel(T* panel, const T* src, int64_t k_stride, int64_t n_stride, int64_t K,
+                int64_t cols, int64_t nr, int64_t g, int64_t p) {
+  const int64_t valid = std::max<int64_t>(0, std::min(nr, cols - p * nr));
+  const T* first = src + (g * cols + p * nr) * n_stride;
+  if (n_stride == 1) {  // rows of src: copy row by row
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t c = 0; c < valid; ++c) panel[k * nr + c] = first[k * k_stride + c];
+      for (int64_t c = valid; c < nr; ++c) panel[k * nr + c] = T(0);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < nr; ++c) {  // columns of src (a transpose): read each along k
+    if (c >= valid) {
+      for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = T(0);
+      continue;
+    }
+    const T* column = first + c * n_stride;
+    for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = column[k * k_stride];
+  }
+}
+
+// Packs this member's panels of B[k, n] = src[k * k_stride + n * n_stride] into dst
+// [packed_weights_size]: for a forward's h @ W^T with W [blocks*cols, K], k_stride = 1 and
+// n_stride = K; for a backward's d @ W with W [K, cols], k_stride = cols and n_stride = 1. Each
+// member packs the panels it multiplies with, so it needs no barrier before its own use.
 template <typename T>
 PackedWeights<T> pack_weights(T* dst, const T* src, int64_t k_stride, int64_t n_stride, int64_t K,
                               int64_t blocks, int64_t cols, int64_t nr, const PanelShare& share) {
-  PackedWeights<T> packed{dst, K, blocks, cols, nr};
-  for (int64_t g = 0; g < blocks; ++g) {
-    for (int64_t p = share.p0; p < share.p1; ++p) {
-      T* panel = dst + (g * packed.panels() + p) * K * nr;
-      for (int64_t c = 0; c < nr; ++c) {
-        const int64_t n = p * nr + c;
-        if (n >= cols) {
-          for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = T(0);
-          continue;
-        }
-        const T* column = src + (g * cols + n) * n_stride;
-        for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = column[k * k_stride];
-      }
-    }
-  }
+  PackedWeights<T> packed{dst, K, blocks, cols, nr, nr, K * nr, 0, nullptr};
+  packed.block_stride = packed.panels() * packed.panel_stride;
+  for (int64_t g = 0; g < blocks; ++g)
+    for (int64_t p = share.p0; p < share.p1; ++p)
+      pack_panel(dst + g * packed.block_stride + p * packed.panel_stride, src, k_stride, n_stride,
+                 K, cols, nr, g, p);
   return packed;
 }
 
-// out (+)= a[rows, K] @ B for the blocks [first, first + count) and this member's panels; block g
+// B [K, cols] = src with row stride ld, read in place, with a partial last panel packed into
+// tail_buffer [tail_panel_size] by the member that owns it.
+template <typename T>
+PackedWeights<T> in_place_panels(const T* src, int64_t ld, int64_t K, int64_t cols, int64_t nr,
+                                 T* tail_buffer, const PanelShare& share) {
+  PackedWeights<T> in_place{src, K, 1, cols, nr, ld, nr, 0, nullptr};
+  if (cols % nr) {
+    in_place.tail = tail_buffer;
+    if (share.p1 == in_place.panels())
+      pack_panel(tail_buffer, src, ld, 1, K, cols, nr, 0, in_place.panels() - 1);
+  }
+  return in_place;
+}
+
+// out (+)= A[rows, K] @ B for the blocks [first, first + count) and this member's panels; block g
 // goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of out.
+// A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed.
 template <typename T>
 void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
                int64_t count, const PanelShare& share, int64_t rows, const T* a, int64_t lda,
-               T* out, int64_t ldo, bool accumulate) {
+               T* out, int64_t ldo, bool accumulate, bool a_transposed = false) {
   if (share.width <= 0 || rows <= 0) return;
-  for (int64_t g = first; g < first + count; ++g)
-    kernel.multiply(rows, w.K, a, lda, w.panel(g, share.p0), share.p1 - share.p0, share.width,
-                    out + (g - first) * w.cols + share.begin, ldo, accumulate);
+  PanelProduct<T> m;
+  m.rows = rows;
+  m.K = w.K;
+  m.a = a;
+  m.lda = lda;
+  m.a_transposed = a_transposed;
+  m.ldo = ldo;
+  m.accumulate = accumulate;
+  const bool has_tail = w.tail && share.p1 == w.panels();
+  const int64_t full_panels = share.p1 - share.p0 - (has_tail ? 1 : 0);
+  for (int64_t g = first; g < first + count; ++g) {
+    T* block_out = out + (g - first) * w.cols;
+    if (full_panels > 0) {
+      m.b = w.panel(g, share.p0);
+      m.ldb = w.ld;
+      m.panel_stride = w.panel_stride;
+      m.panel_count = full_panels;
+      m.cols = std::min(full_panels * w.nr, share.width);
+      m.out = block_out + share.begin;
+      kernel.multiply(m);
+    }
+    if (has_tail) {  // in place: the packed last panel (one block)
+      const int64_t p = w.panels() - 1;
+      m.b = w.tail;
+      m.ldb = w.nr;
+      m.panel_stride = w.K * w.nr;
+      m.panel_count = 1;
+      m.cols = w.cols - p * w.nr;
+      m.out = block_out + p * w.nr;
+      kernel.multiply(m);
+    }
+  }
 }
 
 }  // namespace fusedrnn

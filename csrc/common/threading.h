@@ -69,4 +69,11 @@ inline int recurrent_team_size(int64_t hidden, int64_t step_work, int64_t panels
   return step_work >= limits.min_step_work && threads > 1 ? static_cast<int>(threads) : 1;
 }
 
+// Threads for GEMMs over all steps (`work` multiply-adds, no barrier per step): every thread once
+// the work reaches the same threshold as a time loop's step.
+inline int gemm_team_size(int64_t work) {
+  if (inside_team()) return 1;
+  return work >= team_thresholds().min_step_work ? get_num_threads() : 1;
+}
+
 }  // namespace fusedrnn
