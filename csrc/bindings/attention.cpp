@@ -211,10 +211,8 @@ struct AdditiveCall {
       key_mask = py::none();
     }
   }
-  const uint8_t* mask_data() const {
-    return key_mask.is_none() ? nullptr
-                              : static_cast<const uint8_t*>(py::reinterpret_borrow<py::array>(key_mask).data());
-  }
+  // Called as a kernel argument, with the GIL released: no reference counting (see data_of).
+  const uint8_t* mask_data() const { return cdata_of<uint8_t>(key_mask); }
 };
 
 py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle values, py::handle w_q,
