@@ -83,13 +83,17 @@ struct AttentionCall {
     if (!boolean && !m.dtype().equal(checker.is_float32() ? py::dtype::of<float>() : py::dtype::of<double>()))
       throw py::type_error("attn_mask must have dtype bool or " + checker.dtype_name() +
                            " like q, got " + std::string(py::str(m.dtype())));
-    if (!(m.flags() & py::array::c_style))
-      throw py::value_error("attn_mask must be C-contiguous (the wrapper copies it)");
+    // The kernel and the checks below read both through typed pointers: a misaligned one (a view
+    // at an odd byte offset) would be undefined behaviour, so it is refused like a strided one.
+    constexpr auto aligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if (!(m.flags() & py::array::c_style) || !(m.flags() & aligned))
+      throw py::value_error("attn_mask must be C-contiguous and aligned (the wrapper copies it)");
     py::array_t<int64_t> off = py::cast<py::array_t<int64_t>>(offsets_);
     const int64_t heads = shape.batch * shape.heads_q;
-    if (off.ndim() != 1 || off.shape(0) != heads || !(off.flags() & py::array::c_style))
-      throw py::value_error("mask_offsets must be a contiguous int64 array of N*Hq = " + str(heads) +
-                            " entries");
+    if (off.ndim() != 1 || off.shape(0) != heads || !(off.flags() & py::array::c_style) ||
+        !(off.flags() & aligned))
+      throw py::value_error("mask_offsets must be a contiguous, aligned int64 array of N*Hq = " +
+                            str(heads) + " entries");
     if (col_stride != 0 && col_stride != 1)
       throw py::value_error("mask col_stride must be 0 or 1, got " + str(col_stride));
     if (row_stride < 0) throw py::value_error("mask row_stride must be >= 0");
