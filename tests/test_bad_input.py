@@ -255,3 +255,39 @@ def test_binding_refuses_a_misaligned_attention_mask_or_offsets():
     with pytest.raises(ValueError, match="mask_offsets must be a contiguous, aligned int64"):
         _core.attention_forward(q, k, v, mask, unaligned_copy(offsets), 7, 1, False, 0.5, 0.0, 0)
 
+
+def test_misaligned_int64_targets_are_copied_not_read_misaligned():
+    """cross_entropy's int64 targets at an odd byte offset: the same loss and gradient as
+    aligned ones (the binding copies them before its range check and the kernel read them)."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 5))
+    targets = np.array([0, 4, 2, -100, 1, 3], np.int64)
+    expected = functional.cross_entropy(logits, targets)
+    got = functional.cross_entropy(logits, unaligned_copy(targets))
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match=r"targets\[1\] = 7 is out of range"):
+        functional.cross_entropy(logits, unaligned_copy(np.array([0, 7, 0, 0, 0, 0], np.int64)))
+
+
+def test_misaligned_lengths_and_batch_sizes_reaching_the_binding_are_copied(monkeypatch):
+    """The stack binding reads lengths and batch_sizes (int64) through typed pointers: handed
+    misaligned ones, it gives the results of aligned ones (the wrapper's are fresh arrays)."""
+    from fusedrnn import _core
+    from hostile import stack_inputs
+
+    kwargs = stack_inputs("lstm")
+    expected = functional.stack_forward(**kwargs)
+    real = _core.stack_forward
+    seen = []
+
+    def misaligning(mode, x, h0, c0, weights, masks, batch_sizes, lengths, *rest):
+        batch_sizes, lengths = unaligned_copy(batch_sizes), unaligned_copy(lengths)
+        seen.append(lengths)
+        return real(mode, x, h0, c0, weights, masks, batch_sizes, lengths, *rest)
+
+    monkeypatch.setattr(_core, "stack_forward", misaligning)
+    got = functional.stack_forward(**kwargs)
+    assert seen  # the binding was called with the misaligned arrays
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
