@@ -66,7 +66,9 @@ compile_args = ["-O3", "-fno-math-errno", "-Wall", "-Wno-psabi"]
 if os.environ.get("FUSEDRNN_NATIVE") == "1":
     compile_args.append("-march=native")
 if os.environ.get("FUSEDRNN_SANITIZE") == "1":
-    compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    # -UNDEBUG (Python's CFLAGS define NDEBUG): the asserts come back, among them pybind11's
+    # check that no reference count is touched without the GIL (PYBIND11_ASSERT_GIL_HELD_...).
+    compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-UNDEBUG"]
 
 # Headers and included kernel texts: without them, editing a .h or .inc leaves the build "up to date".
 depends = sorted(glob("csrc/**/*.h", recursive=True) + glob("csrc/**/*.inc", recursive=True))

@@ -23,6 +23,11 @@ def threading_mode(request):
     fusedrnn.set_num_threads(before)
 
 
+def pytest_report_header(config):
+    """Which build the tests run against (tools/sanitize.sh checks it is the installed one)."""
+    return f"fusedrnn._core: {_core.__file__}"
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked slow run only when asked for (``-m slow``), as pyproject.toml says: a plain
     ``python -m pytest`` (CI) skips them."""

@@ -104,7 +104,7 @@ def test_binding_checks_what_the_wrapper_hands_it():
         call(q, k, v, mask, good, 8, 1, False, 1.0, 0.0, 0)
     with pytest.raises(ValueError, match="col_stride must be 0 or 1"):
         call(q, k, v, mask, good, 7, 2, False, 1.0, 0.0, 0)
-    with pytest.raises(ValueError, match="mask_offsets must be a contiguous int64 array of N\\*Hq = 4"):
+    with pytest.raises(ValueError, match="mask_offsets must be a contiguous, aligned int64 array of N\\*Hq = 4"):
         call(q, k, v, mask, np.zeros(3, np.int64), 7, 1, False, 1.0, 0.0, 0)
     with pytest.raises(ValueError, match=r"k must have shape \(N, Hkv, S, E\) = \(2, 2, 7, 4\)"):
         call(q, k[..., :3], v, None, None, 0, 0, False, 1.0, 0.0, 0)

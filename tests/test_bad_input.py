@@ -171,3 +171,123 @@ def test_misaligned_contiguous_inputs_are_copied_not_read_misaligned():
     got = functional.lstm_forward(**{**args, "x": buffer})
     for a, b in zip(got[:3], expected[:3]):
         np.testing.assert_array_equal(a, b)
+
+
+# Every other array a kernel reads, misaligned in the same way (a contiguous view at a byte
+# offset that is not a multiple of its itemsize): copied to aligned memory before any typed
+# read, or, where only the package's own wrapper supplies it, refused by the binding. Reading
+# one in place is undefined behaviour that x86 forgives, so the results-equal checks pass either
+# way there; the checks on what reaches the binding fail in the normal run when a copy is
+# missing, and tools/sanitize.sh (UBSan) catches any read that is left.
+
+
+def unaligned_copy(a: np.ndarray, offset: int = 1) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data start ``offset`` bytes past an aligned address."""
+    raw = np.zeros(a.nbytes + 2 * a.itemsize, np.uint8)
+    start = (offset - raw.ctypes.data) % a.itemsize
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def attention_case(dtype):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 2, 5, 4)).astype(dtype)
+    k = rng.standard_normal((2, 2, 7, 4)).astype(dtype)
+    v = rng.standard_normal((2, 2, 7, 3)).astype(dtype)
+    mask = np.where(rng.random((5, 7)) > 0.3, 0.0, -np.inf).astype(dtype)
+    mask[:, 0] = rng.standard_normal(5)  # finite additive entries too
+    d_out = rng.standard_normal((2, 2, 5, 3)).astype(dtype)
+    return q, k, v, mask, d_out
+
+
+@pytest.mark.parametrize("dtype, offset", [(np.float32, 1), (np.float64, 1), (np.float64, 4)])
+@pytest.mark.parametrize("keys", ["all", "broadcast"])
+def test_misaligned_additive_attention_mask_is_copied_not_read_misaligned(dtype, offset, keys):
+    """An additive (float) attn_mask that is contiguous but misaligned (a float64 mask 4 bytes
+    into a float32 buffer, or at an odd offset into a byte buffer) reaches the kernel as an
+    aligned copy: the wrapper's mask is aligned, and forward and backward give the same bits.
+    "broadcast": an (L, 1) mask, which the kernel reads one scalar per row (UBSan flagged that
+    load when the misaligned mask reached it)."""
+    from fusedrnn._attention_args import attention_args
+
+    q, k, v, mask, d_out = attention_case(dtype)
+    if keys == "broadcast":
+        mask = np.ascontiguousarray(mask[:, :1])  # the finite column
+    bad = unaligned_copy(mask, offset)
+    assert attention_args(q, k, v, bad).mask.flags.aligned
+    expected = functional.attention_forward(q, k, v, mask)
+    expected_grads = functional.attention_backward(q, k, v, *expected, d_out, mask)
+    for layout in (bad, bad[None, None]):  # as given, and a (1, 1, L, .) view of it
+        out, lse = functional.attention_forward(q, k, v, layout)
+        np.testing.assert_array_equal(out, expected[0])
+        np.testing.assert_array_equal(lse, expected[1])
+        grads = functional.attention_backward(q, k, v, out, lse, d_out, layout)
+        for got, want in zip(grads, expected_grads):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(fusedrnn.scaled_dot_product_attention(q, k, v, bad),
+                                  expected[0])
+
+
+def test_misaligned_attention_mask_of_a_layer_is_copied():
+    """MultiheadAttention hands a float attn_mask (L, S) through to the kernel as a reshaped
+    view: misaligned, it gives the aligned mask's results."""
+    layer = fusedrnn.MultiheadAttention(8, 2, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(1)
+    query, key = rng.standard_normal((4, 2, 8)), rng.standard_normal((6, 2, 8))
+    mask = rng.standard_normal((4, 6))
+    expected, _ = layer(query, key, key, attn_mask=mask)
+    got, _ = layer(query, key, key, attn_mask=unaligned_copy(mask))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_binding_refuses_a_misaligned_attention_mask_or_offsets():
+    """The compiled entry point reads the mask and its offsets through typed pointers: a
+    misaligned one is a ValueError, never a misaligned read (the wrapper always copies)."""
+    from fusedrnn import _core
+
+    q, k, v, mask, _ = attention_case(np.float64)
+    offsets = np.zeros(4, np.int64)
+    _core.attention_forward(q, k, v, mask, offsets, 7, 1, False, 0.5, 0.0, 0)  # fine
+    with pytest.raises(ValueError, match="attn_mask must be C-contiguous and aligned"):
+        _core.attention_forward(q, k, v, unaligned_copy(mask), offsets, 7, 1, False, 0.5, 0.0, 0)
+    with pytest.raises(ValueError, match="mask_offsets must be a contiguous, aligned int64"):
+        _core.attention_forward(q, k, v, mask, unaligned_copy(offsets), 7, 1, False, 0.5, 0.0, 0)
+
+
+def test_misaligned_int64_targets_are_copied_not_read_misaligned():
+    """cross_entropy's int64 targets at an odd byte offset: the same loss and gradient as
+    aligned ones (the binding copies them before its range check and the kernel read them)."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 5))
+    targets = np.array([0, 4, 2, -100, 1, 3], np.int64)
+    expected = functional.cross_entropy(logits, targets)
+    got = functional.cross_entropy(logits, unaligned_copy(targets))
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match=r"targets\[1\] = 7 is out of range"):
+        functional.cross_entropy(logits, unaligned_copy(np.array([0, 7, 0, 0, 0, 0], np.int64)))
+
+
+def test_misaligned_lengths_and_batch_sizes_reaching_the_binding_are_copied(monkeypatch):
+    """The stack binding reads lengths and batch_sizes (int64) through typed pointers: handed
+    misaligned ones, it gives the results of aligned ones (the wrapper's are fresh arrays)."""
+    from fusedrnn import _core
+    from hostile import stack_inputs
+
+    kwargs = stack_inputs("lstm")
+    expected = functional.stack_forward(**kwargs)
+    real = _core.stack_forward
+    seen = []
+
+    def misaligning(mode, x, h0, c0, weights, masks, batch_sizes, lengths, *rest):
+        batch_sizes, lengths = unaligned_copy(batch_sizes), unaligned_copy(lengths)
+        seen.append(lengths)
+        return real(mode, x, h0, c0, weights, masks, batch_sizes, lengths, *rest)
+
+    monkeypatch.setattr(_core, "stack_forward", misaligning)
+    got = functional.stack_forward(**kwargs)
+    assert seen  # the binding was called with the misaligned arrays
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

@@ -83,13 +83,17 @@ struct AttentionCall {
     if (!boolean && !m.dtype().equal(checker.is_float32() ? py::dtype::of<float>() : py::dtype::of<double>()))
       throw py::type_error("attn_mask must have dtype bool or " + checker.dtype_name() +
                            " like q, got " + std::string(py::str(m.dtype())));
-    if (!(m.flags() & py::array::c_style))
-      throw py::value_error("attn_mask must be C-contiguous (the wrapper copies it)");
+    // The kernel and the checks below read both through typed pointers: a misaligned one (a view
+    // at an odd byte offset) would be undefined behaviour, so it is refused like a strided one.
+    constexpr auto aligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if (!(m.flags() & py::array::c_style) || !(m.flags() & aligned))
+      throw py::value_error("attn_mask must be C-contiguous and aligned (the wrapper copies it)");
     py::array_t<int64_t> off = py::cast<py::array_t<int64_t>>(offsets_);
     const int64_t heads = shape.batch * shape.heads_q;
-    if (off.ndim() != 1 || off.shape(0) != heads || !(off.flags() & py::array::c_style))
-      throw py::value_error("mask_offsets must be a contiguous int64 array of N*Hq = " + str(heads) +
-                            " entries");
+    if (off.ndim() != 1 || off.shape(0) != heads || !(off.flags() & py::array::c_style) ||
+        !(off.flags() & aligned))
+      throw py::value_error("mask_offsets must be a contiguous, aligned int64 array of N*Hq = " +
+                            str(heads) + " entries");
     if (col_stride != 0 && col_stride != 1)
       throw py::value_error("mask col_stride must be 0 or 1, got " + str(col_stride));
     if (row_stride < 0) throw py::value_error("mask row_stride must be >= 0");
@@ -211,10 +215,8 @@ struct AdditiveCall {
       key_mask = py::none();
     }
   }
-  const uint8_t* mask_data() const {
-    return key_mask.is_none() ? nullptr
-                              : static_cast<const uint8_t*>(py::reinterpret_borrow<py::array>(key_mask).data());
-  }
+  // Called as a kernel argument, with the GIL released: no reference counting (see data_of).
+  const uint8_t* mask_data() const { return cdata_of<uint8_t>(key_mask); }
 };
 
 py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle values, py::handle w_q,

@@ -57,13 +57,18 @@ void check_blas_dim(int64_t value, const char* what);
 
 // The data of an array, or a null pointer for None. (Not a default-constructed py::array: that
 // is a real zero-length array whose pointer is not null.)
+// The bindings call these for the kernel's arguments after py::gil_scoped_release, so they touch
+// no reference count and call no Python API: a borrowed py::array would Py_INCREF/Py_DECREF
+// without the GIL, racing with threads that use the same array (shared weights) and corrupting
+// its reference count. `a` must be an ndarray (or None) that the caller keeps alive; writeable
+// outputs are the binding's own or checked by ArgChecker::accumulator.
 template <typename T>
 T* data_of(py::handle a) {
-  return a.is_none() ? nullptr : static_cast<T*>(py::reinterpret_borrow<py::array>(a).mutable_data());
+  return a.is_none() ? nullptr : reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
 }
 template <typename T>
 const T* cdata_of(py::handle a) {
-  return a.is_none() ? nullptr : static_cast<const T*>(py::reinterpret_borrow<py::array>(a).data());
+  return a.is_none() ? nullptr : reinterpret_cast<const T*>(py::detail::array_proxy(a.ptr())->data);
 }
 
 }  // namespace fusedrnn

@@ -113,7 +113,9 @@ struct StackCall {
       if (!py::isinstance<py::array_t<int64_t>>(obj) ||
           !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<int64_t>()))
         throw py::type_error(std::string(name) + " must be an int64 numpy.ndarray");
-      py::array a = py::module_::import("numpy").attr("ascontiguousarray")(obj);
+      // contiguous and aligned: the checks below and the kernels read it through an int64_t*
+      py::array a = py::module_::import("numpy").attr("require")(obj, py::none(),
+                                                                  py::make_tuple("C", "A"));
       if (a.ndim() != 1 || a.shape(0) != n)
         throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",)");
       return a;

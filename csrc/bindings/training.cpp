@@ -31,7 +31,9 @@ py::array int64_targets(py::handle targets, int64_t N) {
     throw py::value_error("targets must have shape (N,) = (" + std::to_string(N) +
                           ",), one class index per row of logits, but has shape " + shape);
   }
-  return py::module_::import("numpy").attr("ascontiguousarray")(t, "int64");
+  // Aligned too (np.ascontiguousarray keeps an int64 view at an odd byte offset as it is): the
+  // range check and the kernel read the targets through an int64_t*.
+  return py::module_::import("numpy").attr("require")(t, "int64", py::make_tuple("C", "A"));
 }
 
 // Every target is a class in [0, V) or ignore_index; the first that is not is named.

@@ -230,7 +230,9 @@ def _set_mask(args: AttentionArgs, attn_mask) -> None:
     if not fits:
         raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to "
                          f"(..., Hq, L, S) = {user_target}")
-    mask = np.ascontiguousarray(attn_mask)
+    # Aligned too: np.ascontiguousarray would hand a contiguous float mask at an odd byte offset
+    # (a view into a byte buffer) to the kernel as it is, and reading it is undefined behaviour.
+    mask = np.require(attn_mask, None, ("C", "A"))
     target = args.batch + (args.heads_q, args.L, args.S)
     full = np.broadcast_to(mask, user_target)
     if args.drop_head_axis:
