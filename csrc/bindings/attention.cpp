@@ -123,11 +123,11 @@ py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::han
   const AttentionShape& s = c.shape;
   py::array out = c.checker.output({s.batch, s.heads_q, s.L, s.Ev});
   py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
-  py::array scratch = c.checker.output({attention_forward_scratch_size(s, causal)});
+  const ScratchMemory scratch(attention_forward_scratch_size(s, causal), c.checker.is_float32());
   with_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    attention_forward<F>(data_of<F>(out), data_of<F>(lse), data_of<F>(scratch), cdata_of<F>(c.q),
+    attention_forward<F>(data_of<F>(out), data_of<F>(lse), scratch.data<F>(), cdata_of<F>(c.q),
                          cdata_of<F>(c.k), cdata_of<F>(c.v), c.mask, s, c.options);
     return 0;
   });
@@ -147,11 +147,11 @@ py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py
   py::array dq = c.checker.output({N, Hq, s.L, s.E});
   py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
   py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
-  py::array scratch = c.checker.output({attention_backward_scratch_size(s, causal)});
+  const ScratchMemory scratch(attention_backward_scratch_size(s, causal), c.checker.is_float32());
   with_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    attention_backward<F>(data_of<F>(dq), data_of<F>(dk), data_of<F>(dv), data_of<F>(scratch),
+    attention_backward<F>(data_of<F>(dq), data_of<F>(dk), data_of<F>(dv), scratch.data<F>(),
                           cdata_of<F>(da), cdata_of<F>(c.q), cdata_of<F>(c.k), cdata_of<F>(c.v),
                           c.mask, cdata_of<F>(oa), cdata_of<F>(la), s, c.options);
     return 0;
@@ -257,13 +257,13 @@ py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handl
   py::array dkeys = k.output({c.B, c.S, c.Dk});
   py::array dvalues = k.output({c.B, c.S, c.Dv});
   const int threads = get_num_threads();
-  py::array scratch = k.output({additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads)});
+  const ScratchMemory scratch(additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads), k.is_float32());
   with_dtype(k, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     additive_attention_backward<F>(
         data_of<F>(dquery), data_of<F>(dkeys), data_of<F>(dvalues), data_of<F>(dwq),
-        data_of<F>(dwk), data_of<F>(dwv), data_of<F>(scratch), cdata_of<F>(dc),
+        data_of<F>(dwk), data_of<F>(dwv), scratch.data<F>(), cdata_of<F>(dc),
         cdata_of<F>(c.query), cdata_of<F>(c.keys), cdata_of<F>(c.values), cdata_of<F>(c.w_q),
         cdata_of<F>(c.w_k), cdata_of<F>(c.w_v), c.mask_data(), cdata_of<F>(wa), cdata_of<F>(qpa),
         cdata_of<F>(kpa), c.B, c.T, c.S, c.Dq, c.Dk, c.Dv, c.A, threads);

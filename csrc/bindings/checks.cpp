@@ -1,5 +1,9 @@
 #include "bindings/checks.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <new>
 #include <sstream>
 
 #include "common/blas.h"
@@ -118,6 +122,52 @@ py::array ArgChecker::output(std::initializer_list<int64_t> shape) const {
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   if (is_float32_) return py::array_t<float>(s);
   return py::array_t<double>(s);
+}
+
+namespace {
+// One per thread: the buffer ScratchMemory reuses. Freed when the thread ends.
+struct CachedScratch {
+  void* data = nullptr;
+  size_t bytes = 0;
+  bool busy = false;
+  ~CachedScratch() { std::free(data); }
+};
+thread_local CachedScratch t_scratch;
+
+void* allocate_aligned(size_t bytes) {
+  // 64-byte aligned (a cache line, an AVX-512 vector); at least one line, so never null for 0.
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();  // pybind11 raises MemoryError
+  return p;
+}
+}  // namespace
+
+ScratchMemory::ScratchMemory(int64_t elements, bool float32) {
+  const int64_t item = float32 ? 4 : 8;
+  if (elements < 0 || elements > std::numeric_limits<int64_t>::max() / item) throw std::bad_alloc();
+  const size_t bytes = static_cast<size_t>(elements * item);
+  if (t_scratch.busy || elements * item > kMaxCachedScratchBytes) {
+    data_ = allocate_aligned(bytes);
+    owned_ = true;
+    return;
+  }
+  if (t_scratch.bytes < bytes || !t_scratch.data) {
+    std::free(t_scratch.data);
+    t_scratch.data = nullptr;
+    t_scratch.bytes = 0;
+    t_scratch.data = allocate_aligned(bytes);
+    t_scratch.bytes = bytes;
+  }
+  t_scratch.busy = true;
+  data_ = t_scratch.data;
+}
+
+ScratchMemory::~ScratchMemory() {
+  if (owned_)
+    std::free(data_);
+  else
+    t_scratch.busy = false;
 }
 
 RnnActivation parse_nonlinearity(const std::string& nonlinearity) {

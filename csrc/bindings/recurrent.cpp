@@ -109,12 +109,12 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   py::array y = a.new_outputs(), h_n = a.new_state(), c_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(lstm_workspace_size(a.T, a.B, a.H, 0)))
                            : py::none();
-  py::array scratch = a.new_vector(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training));
+  const ScratchMemory scratch(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n),
-                    lstm_saved(data_of<F>(ws), a.T, a.B, a.H, 0), data_of<F>(scratch),
+                    lstm_saved(data_of<F>(ws), a.T, a.B, a.H, 0), scratch.data<F>(),
                     cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
                     cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, nullptr, a.T,
                     a.B, a.I, a.H, 0);
@@ -133,13 +133,13 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
   py::object dhn = a.optional_state(dh_n, "dh_n"), dcn = a.optional_state(dc_n, "dc_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state(), dc0 = a.new_state();
-  py::array scratch = a.new_vector(lstm_backward_scratch_size(a.T, a.B, a.H, 0));
+  const ScratchMemory scratch(lstm_backward_scratch_size(a.T, a.B, a.H, 0), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     lstm_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), data_of<F>(g.w_ih),
                      data_of<F>(g.w_hh), data_of<F>(g.b_ih), data_of<F>(g.b_hh), nullptr,
-                     data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
+                     scratch.data<F>(), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
                      cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
                      cdata_of<F>(a.w_hh), nullptr, cdata_of<F>(ya),
                      lstm_saved(cdata_of<F>(wsa), a.T, a.B, a.H, 0), nullptr, a.T, a.B, a.I, a.H, 0);
@@ -155,12 +155,12 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   py::array y = a.new_outputs(), h_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(gru_workspace_size(a.T, a.B, a.H)))
                            : py::none();
-  py::array scratch = a.new_vector(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training));
+  const ScratchMemory scratch(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     gru_forward<F>(data_of<F>(y), data_of<F>(h_n), gru_saved(data_of<F>(ws), a.T, a.B, a.H),
-                   data_of<F>(scratch), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
+                   scratch.data<F>(), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
                    cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, a.T, a.B,
                    a.I, a.H, reset_after);
   });
@@ -177,12 +177,12 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state();
-  py::array scratch = a.new_vector(gru_backward_scratch_size(a.T, a.B, a.H, reset_after));
+  const ScratchMemory scratch(gru_backward_scratch_size(a.T, a.B, a.H, reset_after), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
-                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), data_of<F>(scratch), cdata_of<F>(dya),
+                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), scratch.data<F>(), cdata_of<F>(dya),
                     cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
                     cdata_of<F>(a.w_hh), cdata_of<F>(ya), gru_saved(cdata_of<F>(wsa), a.T, a.B, a.H),
                     nullptr, a.T, a.B, a.I, a.H, reset_after);
@@ -198,11 +198,11 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   const CellCall a(x, h0, w_ih, w_hh, 1);
   py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
   py::array y = a.new_outputs(), h_n = a.new_state();
-  py::array scratch = a.new_vector(rnn_forward_scratch_size(a.I, a.H));
+  const ScratchMemory scratch(rnn_forward_scratch_size(a.I, a.H), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(scratch), cdata_of<F>(a.x),
+    rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), scratch.data<F>(), cdata_of<F>(a.x),
                    cdata_of<F>(a.h0), cdata_of<F>(a.w_ih), cdata_of<F>(a.w_hh), cdata_of<F>(bih),
                    cdata_of<F>(bhh), nullptr, a.T, a.B, a.I, a.H, act);
   });
@@ -221,12 +221,12 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state();
-  py::array scratch = a.new_vector(rnn_backward_scratch_size(a.T, a.B, a.H));
+  const ScratchMemory scratch(rnn_backward_scratch_size(a.T, a.B, a.H), a.c.is_float32());
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     rnn_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
-                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), data_of<F>(scratch), cdata_of<F>(dya),
+                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), scratch.data<F>(), cdata_of<F>(dya),
                     cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
                     cdata_of<F>(a.w_hh), cdata_of<F>(ya), nullptr, a.T, a.B, a.I, a.H, act);
   });

@@ -216,13 +216,13 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
   const bool lstm = s.cell == CellKind::lstm;
   py::object c_n = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
   py::object saved = training ? py::object(c.output({stack_saved_size(s)})) : py::none();
-  py::array scratch = c.output({stack_forward_scratch_size(s, training)});
+  const ScratchMemory scratch(stack_forward_scratch_size(s, training), c.is_float32());
   call.dispatch([&](auto tag) {
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
     py::gil_scoped_release release;
     stack_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(saved),
-                     data_of<F>(scratch), cdata_of<F>(call.x), cdata_of<F>(call.h0),
+                     scratch.data<F>(), cdata_of<F>(call.x), cdata_of<F>(call.h0),
                      cdata_of<F>(call.c0), w.data(), cdata_of<F>(call.masks),
                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
     return 0;
@@ -259,14 +259,14 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                         : py::none();
   py::array dx = c.output({T, B, s.input}), dh0 = c.output({LD, B, s.out()});
   py::object dc0 = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
-  py::array scratch = c.output({stack_backward_scratch_size(s)});
+  const ScratchMemory scratch(stack_backward_scratch_size(s), c.is_float32());
   call.dispatch([&](auto tag) {
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
     auto g = call.grads<F>(grads);
     py::gil_scoped_release release;
     stack_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), g.data(),
-                      data_of<F>(scratch), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
+                      scratch.data<F>(), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
                       cdata_of<F>(call.x), cdata_of<F>(call.h0), cdata_of<F>(call.c0), w.data(),
                       cdata_of<F>(sa), cdata_of<F>(call.masks),
                       cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s,
