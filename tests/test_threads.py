@@ -160,7 +160,7 @@ def test_kernel_calls_of_two_threads_overlap(restore_threads):
     own, start to end: A's kernel runs without the GIL, and the two threads' kernels run at the
     same time. (Were the GIL held, B could not run any Python between A's call and return.)"""
     fusedrnn.set_num_threads(1)  # one core each
-    long_inputs = make_inputs("lstm", 12000, 8, 32, 64, dtype=np.float32)
+    long_inputs = make_inputs("lstm", 60000, 8, 32, 64, dtype=np.float32)
     short_inputs = make_inputs("gru_reset_after", 20, 8, 16, 32, dtype=np.float32)
     a_window = {}
     b_calls = []

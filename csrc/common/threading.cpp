@@ -1,6 +1,7 @@
 #include "common/threading.h"
 
 #include <atomic>
+#include <sched.h>
 #ifdef FUSEDRNN_OPENMP
 #include <omp.h>
 #endif
@@ -36,6 +37,38 @@ bool& inside_team() {
 TeamThresholds& team_thresholds() {
   static TeamThresholds limits;
   return limits;
+}
+
+SpinBarrier*& current_barrier() {
+  thread_local SpinBarrier* barrier = nullptr;
+  return barrier;
+}
+
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+// Rounds of pure spinning before a waiter starts yielding: some microseconds.
+constexpr int kSpinRounds = 2000;
+}  // namespace
+
+void SpinBarrier::wait() {
+  const int generation = generation_.load(std::memory_order_acquire);
+  // The last to arrive resets the count and opens the barrier; its release (and the acq_rel
+  // chain of the arrivals) publishes every member's writes before the barrier to every member.
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == members_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed);
+    generation_.store(generation + 1, std::memory_order_release);
+    return;
+  }
+  for (int round = 0; generation_.load(std::memory_order_acquire) == generation; ++round) {
+    if (round < kSpinRounds)
+      cpu_relax();
+    else
+      sched_yield();
+  }
 }
 
 bool have_openmp() {
