@@ -1,6 +1,9 @@
 #include "common/blas.h"
 
+#include <algorithm>
 #include <cstddef>
+
+#include "common/threading.h"
 
 namespace fusedrnn {
 namespace {
@@ -55,17 +58,25 @@ bool blas_ready() { return g_sgemm && g_dgemm && g_sgemv && g_dgemv; }
 void set_blas_threads_local(blas_threads_local_fn fn) { g_threads_local = fn; }
 bool blas_threads_local_available() { return g_threads_local != nullptr; }
 
-SingleThreadedBlas::SingleThreadedBlas() {
-  if (g_threads_local) previous_ = g_threads_local(1);
+namespace {
+thread_local int t_blas_threads_before_team = 0;  // 0: not limited by a team
+
+void limit_blas_threads_in_team() {
+  if (g_threads_local && t_blas_threads_before_team == 0 && inside_team())
+    t_blas_threads_before_team = std::max(1, g_threads_local(1));
 }
-SingleThreadedBlas::~SingleThreadedBlas() {
-  if (g_threads_local && previous_ > 0) g_threads_local(previous_);
+}  // namespace
+
+void restore_blas_threads_after_team() {
+  if (g_threads_local && t_blas_threads_before_team > 0) g_threads_local(t_blas_threads_before_team);
+  t_blas_threads_before_team = 0;
 }
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  limit_blas_threads_in_team();
   if (k == 0) {  // BLAS would accept it, but leading dimensions of 0 are illegal: do it here
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];

@@ -99,13 +99,13 @@ void pack_panel(T* panel, const T* src, int64_t k_stride, int64_t n_stride, int6
     }
     return;
   }
-  for (int64_t c = 0; c < nr; ++c) {  // columns of src (a transpose): read each along k
-    if (c >= valid) {
-      for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = T(0);
-      continue;
-    }
-    const T* column = first + c * n_stride;
-    for (int64_t k = 0; k < K; ++k) panel[k * nr + c] = column[k * k_stride];
+  // Columns of src (a transpose): write each panel row whole, reading the nr columns as nr
+  // sequential streams (column-by-column writes would touch every line of the panel nr times).
+  for (int64_t k = 0; k < K; ++k) {
+    T* row = panel + k * nr;
+    const T* src_k = first + k * k_stride;
+    for (int64_t c = 0; c < valid; ++c) row[c] = src_k[c * n_stride];
+    for (int64_t c = valid; c < nr; ++c) row[c] = T(0);
   }
 }
 

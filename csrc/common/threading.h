@@ -40,7 +40,7 @@ class SpinBarrier {
 SpinBarrier*& current_barrier();
 
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
-// that member alone (SingleThreadedBlas), so the team owns the cores. body may call team_barrier()
+// that member alone (restore_blas_threads_after_team), so the team owns the cores. body may call team_barrier()
 // (all members must reach it equally often). One thread, or called from a team: body(0, 1).
 template <typename Body>
 void run_team(int threads, Body&& body) {
@@ -49,7 +49,6 @@ void run_team(int threads, Body&& body) {
     SpinBarrier barrier(threads);
 #pragma omp parallel num_threads(threads)
     {
-      SingleThreadedBlas single;
       inside_team() = true;
       // libgomp may give fewer threads than asked (nested or limited): the barrier is then of no
       // use, and the body must not wait for members that do not exist.
@@ -57,6 +56,7 @@ void run_team(int threads, Body&& body) {
       body(omp_get_thread_num(), omp_get_num_threads());
       current_barrier() = nullptr;
       inside_team() = false;
+      restore_blas_threads_after_team();
     }
     return;
   }
@@ -84,7 +84,7 @@ inline int64_t share_begin(int64_t n, int m, int members) { return n * m / membe
 // recurrences run on one thread (whose BLAS calls may still use BLAS's pool). Every member gets
 // at least 16 hidden units. Tests lower both to run the team on tiny sizes.
 struct TeamThresholds {
-  int64_t min_step_work = 1 << 19;
+  int64_t min_step_work = 1 << 17;
   int64_t min_units_per_member = 16;
 };
 TeamThresholds& team_thresholds();
