@@ -10,8 +10,10 @@ int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
   // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H];
   // W_hh packed in panels; the gradient GEMMs' packed last panels
   const int64_t R = P ? P : H;
+  // (with a projection also the packed last panels of W_hr and of m, read in place)
   return T * B * 4 * H + (P ? T * B * P + B * H : 0) + packed_weights_size(4 * H, 1, R) +
-         input_gradients_scratch_size(4 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B);
+         input_gradients_scratch_size(4 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B) +
+         (P ? tail_panel_size(P) + tail_panel_size(T * B) : 0);
 }
 
 // dy: [T,B,R] or null  dh_n: [B,R] or null  dc_n: [B,H] or null  x: [T,B,I]  h0: [B,R]
@@ -47,6 +49,10 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev
     const int64_t j0 = units.begin, w = units.width;
     const PackedWeights<T> w_hh_packed = pack_weights(packed, w_hh, R, 1, G, 1, R, nr, columns);
+    T* hr_tail = tails + input_gradients_scratch_size(G, steps * B) +
+                 recurrent_weight_gradient_scratch_size(steps, B);
+    const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
+        P ? in_place_panels(w_hr, H, P, H, nr, hr_tail, units) : PackedWeights<T>{};
     const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
@@ -62,7 +68,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
             dh_t[b * R + k] = dh0[b * R + k] + (dy_t ? dy_t[b * R + k] : T(0));
         if (member == 0) zero_rows(dh_t, n, B, R);
         team_barrier();
-        gemm<T>(false, false, n, w, P, T(1), dh_t, P, w_hr + j0, H, T(0), dm + j0, H);
+        step_gemm(step_kernel, w_hr_panels, 0, 1, units, n, dh_t, P, dm, H, false);
         dh = dm;
         dy_t = nullptr;
       }
@@ -87,7 +93,12 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     recurrent_weight_gradient(team, dw_hh, R, team_tails, dgates, G, G, y, h0, steps, B, R);
     if (db_ih) add_column_sums(team, db_ih, dgates, TB, G, G);
     if (db_hh) add_column_sums(team, db_hh, dgates, TB, G, G);
-    if (P) gemm_rows<T>(team, true, false, P, H, TB, T(1), dhs, P, saved.m, H, T(1), dw_hr, H);
+    team_tails += recurrent_weight_gradient_scratch_size(steps, B) + (P ? tail_panel_size(P) : 0);
+    if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
+      const PanelShare share = panel_share(H, nr, member, members);
+      const PackedWeights<T> ms = in_place_panels(saved.m, H, TB, H, nr, team_tails, share);
+      step_gemm(step_kernel, ms, 0, 1, share, P, dhs, P, dw_hr, H, true, true);
+    }
   });
 }
 

@@ -12,8 +12,9 @@ int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P) {
 
 int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                                   bool training) {
-  // the summed bias, W_hh^T and W_ih^T in panels
-  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H) + packed_weights_size(I, 4, H);
+  // the summed bias, W_hh^T, W_ih^T (and W_hr^T) in panels
+  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H) + packed_weights_size(I, 4, H) +
+                        (P ? packed_weights_size(H, 1, P) : 0);
   if (training) return fixed;
   return fixed + (P ? B * H : 0) + projection_chunk_steps(T, B) * B * 4 * H;
 }
@@ -35,7 +36,8 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   for (int64_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
   T* packed_hh = bias + G;                                        // W_hh^T in panels
   T* packed_ih = packed_hh + packed_weights_size(R, 4, H);        // W_ih^T in panels
-  T* m_step = packed_ih + packed_weights_size(I, 4, H);           // inference: m of one step
+  T* packed_hr = packed_ih + packed_weights_size(I, 4, H);        // W_hr^T in panels
+  T* m_step = packed_hr + (P ? packed_weights_size(H, 1, P) : 0);  // inference: m of one step
   T* proj = m_step + (P && !training ? B * H : 0);               // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
@@ -51,7 +53,8 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
     });
 
   // The time loop on a team: each member owns the hidden units [j0, j0 + w) of every gate that
-  // its panels of W_hh^T hold (and outputs [p0, p0 + pw) of a projection), does their share of
+  // its panels of W_hh^T hold (and the outputs of a projection its panels of W_hr^T hold), does
+  // their share of
   // each GEMM and of the fused pass; a barrier per step publishes h_t to all.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
@@ -60,7 +63,10 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
     // Inference projects the inputs chunk by chunk, in the time loop.
     const PackedWeights<T> w_ih_t =
         training ? PackedWeights<T>{} : pack_weights(packed_ih, w_ih, 1, I, I, 4, H, nr, share);
-    const int64_t p0 = share_begin(P, member, members), pw = share_begin(P, member + 1, members) - p0;
+    // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
+    const PanelShare outputs = panel_share(P, nr, member, members);
+    const PackedWeights<T> w_hr_t =
+        P ? pack_weights(packed_hr, w_hr, 1, H, H, 1, P, nr, outputs) : PackedWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
@@ -78,7 +84,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
       kernels.lstm_forward(n, H, w, bias + j0, gates + j0, c_prev + j0, c + j0, (P ? m : h) + j0);
       if (P) {  // h = m W_hr^T needs every unit of m
         team_barrier();
-        gemm<T>(false, true, n, pw, H, T(1), m, H, w_hr + p0 * H, H, T(0), h + p0, P);
+        step_gemm(step_kernel, w_hr_t, 0, 1, outputs, n, m, H, h, P, false);
       }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, R);

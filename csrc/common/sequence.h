@@ -29,24 +29,13 @@ void add_vectors(T* out, const T* a, const T* b, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
 }
 
-// The kernels' big GEMMs (over all steps) run on a team of their own, each member taking a share,
-// so BLAS's own thread pool never runs beside a team. A Team names this member.
+// The kernels' big GEMMs (over all steps) run on a team of their own, each member taking a share.
+// A Team names this member.
 struct Team {
   int member = 0, members = 1;
   int64_t begin(int64_t n) const { return share_begin(n, member, members); }
   int64_t end(int64_t n) const { return share_begin(n, member + 1, members); }
 };
-
-// This member's rows of C = alpha op(A) op(B) + beta C (see gemm).
-template <typename T>
-void gemm_rows(const Team& team, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-               T alpha, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
-               int64_t ldc) {
-  const int64_t m0 = team.begin(m), m1 = team.end(m);
-  if (m1 > m0)
-    gemm<T>(trans_a, trans_b, m1 - m0, n, k, alpha, trans_a ? a + m0 : a + m0 * lda, lda, b, ldb,
-            beta, c + m0 * ldc, ldc);
-}
 
 // out[j] += sum over rows of a[r, j] for this member's columns j; a has row stride lda.
 template <typename T>
@@ -103,22 +92,6 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
   const PackedWeights<T> rest =
       in_place_panels(y, H, (steps - 1) * B, H, nr, scratch + tail_panel_size(B), share);
   step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
-}
-
-// out[:, g*H + j0 : g*H + j0 + w] = a @ weight[g*H + j0 : g*H + j0 + w, :]^T + beta * out, for
-// the gate blocks g < blocks: the part of a step's gate GEMM that a team member owns (its hidden
-// units [j0, j0 + w) of every gate). a [n,K] (row stride lda), weight [blocks*H, K], out row
-// stride ldo. One GEMM when the member owns every unit.
-template <typename T>
-void gemm_gate_slices(int64_t n, int64_t blocks, int64_t H, int64_t j0, int64_t w, int64_t K,
-                      const T* a, int64_t lda, const T* weight, T beta, T* out, int64_t ldo) {
-  if (w == H) {
-    gemm<T>(false, true, n, blocks * H, K, T(1), a, lda, weight, K, beta, out, ldo);
-    return;
-  }
-  for (int64_t g = 0; g < blocks; ++g)
-    gemm<T>(false, true, n, w, K, T(1), a, lda, weight + (g * H + j0) * K, K, beta,
-            out + g * H + j0, ldo);
 }
 
 // The steps whose input projection an inference forward computes at once: enough rows for an
