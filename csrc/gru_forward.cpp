@@ -39,24 +39,18 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   T* proj = extra_step + B * H;   // inference: projected chunk
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
-  // Training: every step's input projection in one GEMM, straight into the saved gates, on a team
-  // of its own (each member its panels of W_ih^T).
-  if (training)
-    run_team(gemm_team_size(steps * B * G * I), [&](int member, int members) {
-      const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 3, H, nr, share);
-      step_gemm(step_kernel, w_ih_t, 0, 3, share, steps * B, x, I, saved.gates, G, false);
-    });
+  // Training: every step's input projection in one GEMM, straight into the saved gates.
+  if (training) project_inputs(saved.gates, G, packed_ih, x, w_ih, steps * B, I, 3, H);
 
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
   // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
+    const GateLoopMember<T> own =
+        gate_loop_member(member, members, 3, H, packed_hh, w_hh, H, packed_ih, w_ih, I, training);
+    const PanelShare& share = own.share;
+    const PackedWeights<T>& w_hh_t = own.w_hh_t;
+    const PackedWeights<T>& w_ih_t = own.w_ih_t;
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(packed_hh, w_hh, 1, H, H, 3, H, nr, share);
-    // Inference projects the inputs chunk by chunk, in the time loop.
-    const PackedWeights<T> w_ih_t =
-        training ? PackedWeights<T>{} : pack_weights(packed_ih, w_ih, 1, I, I, 3, H, nr, share);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;

@@ -43,26 +43,19 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
 
   if (!training) copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
 
-  // Training: every step's input projection in one GEMM, straight into the saved gates, on a team
-  // of its own (each member its panels of W_ih^T).
-  if (training)
-    run_team(gemm_team_size(steps * B * G * I), [&](int member, int members) {
-      const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 4, H, nr, share);
-      step_gemm(step_kernel, w_ih_t, 0, 4, share, steps * B, x, I, saved.gates, G, false);
-    });
+  // Training: every step's input projection in one GEMM, straight into the saved gates.
+  if (training) project_inputs(saved.gates, G, packed_ih, x, w_ih, steps * B, I, 4, H);
 
   // The time loop on a team: each member owns the hidden units [j0, j0 + w) of every gate that
   // its panels of W_hh^T hold (and the outputs of a projection its panels of W_hr^T hold), does
-  // their share of
-  // each GEMM and of the fused pass; a barrier per step publishes h_t to all.
+  // their share of each GEMM and of the fused pass; a barrier per step publishes h_t to all.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
+    const GateLoopMember<T> own =
+        gate_loop_member(member, members, 4, H, packed_hh, w_hh, R, packed_ih, w_ih, I, training);
+    const PanelShare& share = own.share;
+    const PackedWeights<T>& w_hh_t = own.w_hh_t;
+    const PackedWeights<T>& w_ih_t = own.w_ih_t;
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(packed_hh, w_hh, 1, R, R, 4, H, nr, share);
-    // Inference projects the inputs chunk by chunk, in the time loop.
-    const PackedWeights<T> w_ih_t =
-        training ? PackedWeights<T>{} : pack_weights(packed_ih, w_ih, 1, I, I, 4, H, nr, share);
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
     const PackedWeights<T> w_hr_t =

@@ -23,13 +23,9 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   T* packed_hh = scratch + H;
   T* packed_ih = packed_hh + packed_weights_size(H, 1, H);
   for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-  // Every input's projection goes straight into y, in one GEMM on a team of its own (each member
-  // its panels of W_ih^T); each step then adds W_hh h and activates it.
-  run_team(gemm_team_size(steps * B * H * I), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
-    const PackedWeights<T> w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, 1, H, nr, share);
-    step_gemm(step_kernel, w_ih_t, 0, 1, share, steps * B, x, I, y, H, false);
-  });
+  // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
+  // activates it.
+  project_inputs(y, H, packed_ih, x, w_ih, steps * B, I, 1, H);
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;

@@ -94,6 +94,43 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
   step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
 }
 
+// out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T, W_ih [blocks*H, I]: the input
+// projection of all steps at once (rows = T*B), in one GEMM on a team of its own sized by the
+// work, each member packing (into packed [packed_weights_size(I, blocks, H)]) and multiplying its
+// panels of W_ih^T.
+template <typename T>
+void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
+                    int64_t I, int64_t blocks, int64_t H) {
+  const auto& kernel = step_gemm_kernels<T>();
+  run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
+    const PanelShare share = panel_share(H, kernel.panel_width, member, members);
+    const PackedWeights<T> w_ih_t =
+        pack_weights(packed, w_ih, 1, I, I, blocks, H, kernel.panel_width, share);
+    step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, false);
+  });
+}
+
+// What a member of a gate cell's forward time loop holds: its panels (the hidden units
+// [share.begin, share.begin + share.width) of every gate block), its packed panels of W_hh^T
+// (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
+// projects the inputs chunk by chunk.
+template <typename T>
+struct GateLoopMember {
+  PanelShare share;
+  PackedWeights<T> w_hh_t, w_ih_t;
+};
+template <typename T>
+GateLoopMember<T> gate_loop_member(int member, int members, int64_t blocks, int64_t H,
+                                   T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
+                                   const T* w_ih, int64_t I, bool training) {
+  const int64_t nr = step_gemm_kernels<T>().panel_width;
+  GateLoopMember<T> m;
+  m.share = panel_share(H, nr, member, members);
+  m.w_hh_t = pack_weights(packed_hh, w_hh, 1, R, R, blocks, H, nr, m.share);
+  if (!training) m.w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, blocks, H, nr, m.share);
+  return m;
+}
+
 // The steps whose input projection an inference forward computes at once: enough rows for an
 // efficient GEMM, without keeping the projection of a whole long sequence.
 inline int64_t projection_chunk_steps(int64_t steps, int64_t B) {
