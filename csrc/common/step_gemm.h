@@ -133,7 +133,7 @@ PackedWeights<T> in_place_panels(const T* src, int64_t ld, int64_t K, int64_t co
   PackedWeights<T> in_place{src, K, 1, cols, nr, ld, nr, 0, nullptr};
   if (cols % nr) {
     in_place.tail = tail_buffer;
-    if (share.p1 == in_place.panels())
+    if (share.p0 < share.p1 && share.p1 == in_place.panels())
       pack_panel(tail_buffer, src, ld, 1, K, cols, nr, 0, in_place.panels() - 1);
   }
   return in_place;

@@ -29,9 +29,11 @@ class SpinBarrier {
  public:
   explicit SpinBarrier(int members) : members_(members) {}
   void wait();
+  // Before any wait: libgomp may give a team fewer threads than asked.
+  void set_members(int members) { members_ = members; }
 
  private:
-  const int members_;
+  int members_;
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> generation_{0};
 };
@@ -40,8 +42,10 @@ class SpinBarrier {
 SpinBarrier*& current_barrier();
 
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
-// that member alone (restore_blas_threads_after_team), so the team owns the cores. body may call team_barrier()
-// (all members must reach it equally often). One thread, or called from a team: body(0, 1).
+// that member alone (restore_blas_threads_after_team), so the team owns the cores. body may call
+// team_barrier() (all members must reach it equally often). One thread, or called from a team
+// (the two directions of a layer): body(0, 1) on the calling thread alone, whose team_barrier()
+// then waits for nobody.
 template <typename Body>
 void run_team(int threads, Body&& body) {
 #ifdef FUSEDRNN_OPENMP
@@ -49,10 +53,10 @@ void run_team(int threads, Body&& body) {
     SpinBarrier barrier(threads);
 #pragma omp parallel num_threads(threads)
     {
+#pragma omp single
+      barrier.set_members(omp_get_num_threads());  // (single ends with libgomp's barrier)
       inside_team() = true;
-      // libgomp may give fewer threads than asked (nested or limited): the barrier is then of no
-      // use, and the body must not wait for members that do not exist.
-      current_barrier() = omp_get_num_threads() == threads ? &barrier : nullptr;
+      current_barrier() = &barrier;
       body(omp_get_thread_num(), omp_get_num_threads());
       current_barrier() = nullptr;
       inside_team() = false;
@@ -62,18 +66,15 @@ void run_team(int threads, Body&& body) {
   }
 #endif
   (void)threads;
+  SpinBarrier* const enclosing = current_barrier();
+  current_barrier() = nullptr;
   body(0, 1);
+  current_barrier() = enclosing;
 }
 
-// Every member of the running team waits here for the others.
+// Every member of the running team waits here for the others (alone: returns at once).
 inline void team_barrier() {
-  if (SpinBarrier* barrier = current_barrier()) {
-    barrier->wait();
-    return;
-  }
-#ifdef FUSEDRNN_OPENMP
-#pragma omp barrier
-#endif
+  if (SpinBarrier* barrier = current_barrier()) barrier->wait();
 }
 
 // The share [begin, end) of n items that member m of a team of `members` takes.
