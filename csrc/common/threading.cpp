@@ -1,6 +1,7 @@
 #include "common/threading.h"
 
 #include <atomic>
+#include <pthread.h>
 #include <sched.h>
 #ifdef FUSEDRNN_OPENMP
 #include <omp.h>
@@ -69,6 +70,28 @@ void SpinBarrier::wait() {
     else
       sched_yield();
   }
+}
+
+int current_cpu() {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+void leave_cpu(int cpu) {
+#ifdef __linux__
+  if (cpu < 0 || sched_getcpu() != cpu) return;
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0 || !CPU_ISSET(cpu, &allowed)) return;
+  if (CPU_COUNT(&allowed) < 2) return;
+  CPU_CLR(cpu, &allowed);
+  // This thread only (libgomp's pool thread): the caller's thread is never bound.
+  pthread_setaffinity_np(pthread_self(), sizeof(allowed), &allowed);
+#else
+  (void)cpu;
+#endif
 }
 
 bool have_openmp() {

@@ -41,6 +41,14 @@ class SpinBarrier {
 // The barrier of the team the calling thread is a member of (null outside a team).
 SpinBarrier*& current_barrier();
 
+// The CPU the calling thread runs on (-1 if unknown).
+int current_cpu();
+// Called by a team member other than the first, with the CPU the first (the caller of run_team)
+// runs on: if this thread woke up on that same CPU, it moves off it. The scheduler tends to wake
+// a pool thread on its waker's CPU; two members sharing a core for a call take twice as long,
+// and on this machine a third of small calls did.
+void leave_cpu(int cpu);
+
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
 // that member alone (restore_blas_threads_after_team), so the team owns the cores. body may call
 // team_barrier() (all members must reach it equally often). One thread, or called from a team
@@ -51,8 +59,10 @@ void run_team(int threads, Body&& body) {
 #ifdef FUSEDRNN_OPENMP
   if (threads > 1 && !inside_team()) {
     SpinBarrier barrier(threads);
+    const int caller_cpu = current_cpu();
 #pragma omp parallel num_threads(threads)
     {
+      if (omp_get_thread_num() != 0) leave_cpu(caller_cpu);
 #pragma omp single
       barrier.set_members(omp_get_num_threads());  // (single ends with libgomp's barrier)
       inside_team() = true;
