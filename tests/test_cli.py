@@ -8,6 +8,7 @@ pause between libraries.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from fusedrnn import bench, functional
 
 TINY = "lstm:2,3,4,5;gru:2,3,4,5;gru-cho:2,3,4,5;rnn:2,3,4,5"
 COLUMNS = ["case", "B", "T", "I", "H", "pass", "check", "fused ms", "ref ms", "torch ms", "x ref",
-           "x torch", "GFLOP/s", "% peak", "workspace"]
+           "x torch", "GFLOP/s", "% peak", "workspace", "process peak"]
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +98,8 @@ def test_json_has_rows_and_the_machine(capsys, tmp_path, no_torch):
     assert row["check"] == "ok" and row["fused_ms"] > 0 and row["reference_ms"] > 0
     assert row["flops"] == bench.flops("rnn", 3, 2, 4, 5, "forward+backward")
     assert row["torch_ms"] is None and row["torch_status"] == "not installed"
+    if os.path.exists("/proc/self/clear_refs"):  # Linux: the peak of the first fused call
+        assert row["process_peak_bytes"] > 0 and row["peak_bytes"] >= 0
 
 
 def test_a_wrong_fused_result_is_a_fail_and_not_timed(capsys, monkeypatch, no_torch):
@@ -251,7 +254,7 @@ def test_attention_rows_are_validated_and_timed(capsys):
     assert all(row[6] == "ok" for row in rows)
     assert "T = L queries and keys, I = E head size, H heads" in out
     # the saved state: out and one lse per query row, (2*3*9*(4+1)) float32
-    assert all(row[-1] == bench._fmt_bytes(2 * 3 * 9 * 5 * 4) for row in rows)
+    assert all(row[-2] == bench._fmt_bytes(2 * 3 * 9 * 5 * 4) for row in rows)
 
 
 def test_a_wrong_attention_result_is_a_fail(capsys, monkeypatch, no_torch):
@@ -301,3 +304,18 @@ def test_stack_flops_add_up_layers_and_directions():
     one = bench.flops("lstm", 10, 4, 8, 6, "forward+backward")
     upper = bench.flops("lstm", 10, 4, 2 * 6, 6, "forward+backward")
     assert case.flops("forward+backward") == 2 * one + 2 * upper
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_memory_peak_sees_memory_held_only_inside_the_block():
+    """64 MiB touched and freed inside the block: the peak saw it, although the process holds
+    it no more."""
+    size = 64 << 20
+    with bench.MemoryPeak() as peak:
+        block = np.ones(size // 8)
+        del block
+    assert peak.added_bytes is not None and peak.added_bytes >= 0.9 * size
+    assert peak.process_bytes >= peak.added_bytes
+    with bench.MemoryPeak() as quiet:
+        pass
+    assert quiet.added_bytes < 0.5 * size

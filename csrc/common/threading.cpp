@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <pthread.h>
+#include <unistd.h>
 #include <sched.h>
 #ifdef FUSEDRNN_OPENMP
 #include <omp.h>
@@ -83,8 +84,12 @@ int current_cpu() {
 void leave_cpu(int cpu) {
 #ifdef __linux__
   if (cpu < 0 || sched_getcpu() != cpu) return;
+  // The CPUs the process may use, as its main thread's mask says (never narrowed here); not this
+  // thread's own, which an earlier move narrowed: the caller may since have moved to where this
+  // thread was sent.
   cpu_set_t allowed;
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0 || !CPU_ISSET(cpu, &allowed)) return;
+  if (sched_getaffinity(getpid(), sizeof(allowed), &allowed) != 0 || !CPU_ISSET(cpu, &allowed))
+    return;
   if (CPU_COUNT(&allowed) < 2) return;
   CPU_CLR(cpu, &allowed);
   // This thread only (libgomp's pool thread): the caller's thread is never bound.

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations here are never evaluated
 
 import numpy as np
 
@@ -822,6 +825,8 @@ class Row:
     dtype: str
     flops: int
     workspace_bytes: int | None
+    peak_bytes: int | None = None
+    process_peak_bytes: int | None = None
     check: str = "ok"
     problems: list[str] = field(default_factory=list)
     fused_ms: float | None = None
@@ -912,6 +917,46 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
     return rows
 
 
+def _status_bytes(field_name: str) -> int | None:
+    """A ``kB`` line of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes, or None."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class MemoryPeak:
+    """The process's resident memory at its height while the ``with`` block ran.
+
+    Linux only: entering resets the kernel's high-water mark (``VmHWM``, by writing 5 to
+    /proc/self/clear_refs); on leaving, ``process_bytes`` is that mark and ``added_bytes`` the
+    mark above the resident memory at entry: the outputs, workspace and any scratch the call
+    needed beyond what the process already held. Both stay None where this cannot be measured.
+    """
+
+    def __init__(self) -> None:
+        self.before: int | None = None
+        self.process_bytes: int | None = None
+        self.added_bytes: int | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            return self
+        self.before = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is None:
+            return
+        self.process_bytes = _status_bytes("VmHWM")
+        if self.process_bytes is not None:
+            self.added_bytes = max(0, self.process_bytes - self.before)
+
+
 def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
                      torch: ModuleType | None) -> dict[str, Callable[[], Outputs]]:
     """The calls of ``row``'s pass worth timing, each run once against ``expected``.
@@ -922,7 +967,11 @@ def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
     """
     dtype = np.dtype(row.dtype)
     fused = numpy_pass(functional, case, inputs, row.pass_name)
-    row.problems = [f"fused {p}" for p in compare(fused(), expected, dtype)]
+    peak = MemoryPeak()
+    with peak:
+        got = fused()
+    row.peak_bytes, row.process_peak_bytes = peak.added_bytes, peak.process_bytes
+    row.problems = [f"fused {p}" for p in compare(got, expected, dtype)]
     if row.problems:
         row.check = "FAIL"
         return {}
@@ -1005,7 +1054,8 @@ class Report:
              f"PyTorch: {self.torch}"),
             ("# GFLOP/s counts GEMM work only (fusedrnn.bench.flops, attention_flops); x ref, "
              "x torch = fused speed-up (their ms / fused ms); workspace = bytes a training "
-             "forward keeps"),
+             "forward keeps; process peak = the process's resident memory at its height during "
+             "the first fused call (the JSON also has what that call added)"),
             ("# attention rows: self-attention with q, k, v (B, H, T, I): T = L queries and "
              "keys, I = E head size, H heads"),
         ]
@@ -1016,7 +1066,7 @@ class Report:
     def table(self) -> str:
         """Header, aligned table and the validation failures, as printed on stdout."""
         columns = ["case", "B", "T", "I", "H", "pass", "check", "fused ms", "ref ms", "torch ms",
-                   "x ref", "x torch", "GFLOP/s", "% peak", "workspace"]
+                   "x ref", "x torch", "GFLOP/s", "% peak", "workspace", "process peak"]
         cells = [columns] + [_row_cells(row) for row in self.rows]
         widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
         left = {"case", "pass", "check"}
@@ -1066,7 +1116,7 @@ def _row_cells(row: Row) -> list[str]:
         _fmt_ratio(row.speedup_reference), _fmt_ratio(row.speedup_torch),
         "-" if row.gflops is None else f"{row.gflops:.1f}",
         "-" if row.ceiling_percent is None else f"{row.ceiling_percent:.1f}%",
-        _fmt_bytes(row.workspace_bytes),
+        _fmt_bytes(row.workspace_bytes), _fmt_bytes(row.process_peak_bytes),
     ]
 
 
