@@ -45,11 +45,8 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
   // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const GateLoopMember<T> own =
+    const auto [share, w_hh_t, w_ih_t] =
         gate_loop_member(member, members, 3, H, packed_hh, w_hh, H, packed_ih, w_ih, I, training);
-    const PanelShare& share = own.share;
-    const PackedWeights<T>& w_hh_t = own.w_hh_t;
-    const PackedWeights<T>& w_ih_t = own.w_ih_t;
     const int64_t j0 = share.begin, w = share.width;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);

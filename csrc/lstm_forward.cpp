@@ -50,11 +50,8 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   // its panels of W_hh^T hold (and the outputs of a projection its panels of W_hr^T hold), does
   // their share of each GEMM and of the fused pass; a barrier per step publishes h_t to all.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const GateLoopMember<T> own =
+    const auto [share, w_hh_t, w_ih_t] =
         gate_loop_member(member, members, 4, H, packed_hh, w_hh, R, packed_ih, w_ih, I, training);
-    const PanelShare& share = own.share;
-    const PackedWeights<T>& w_hh_t = own.w_hh_t;
-    const PackedWeights<T>& w_ih_t = own.w_ih_t;
     const int64_t j0 = share.begin, w = share.width;
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
