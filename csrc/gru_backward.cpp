@@ -11,8 +11,8 @@ int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_af
   // W_hh in panels: all of it, or its r,z rows and its n rows apart (reset_before).
   // The gradient GEMMs' packed last panels: input_gradients, recurrent_weight_gradient and, for
   // reset_before, the r*h of the n block.
-  return (reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H) + packed_weights_size(3 * H, 1, H) +
-         input_gradients_scratch_size(3 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B) +
+  return (reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H) +
+         packed_weights_size(3 * H, 1, H) + input_gradients_scratch_size(3 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B) +
          tail_panel_size(T * B);
 }
 
@@ -33,7 +33,11 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
   T* d_rh = scratch + steps * B * G;  // reset_before: dL/d(r*h) of one step
   T* packed = reset_after ? dgates_h + steps * B * G : d_rh + B * H;
-  T* tails = packed + packed_weights_size(G, 1, H);
+  // The packed last panels of the matrices read in place, each packed and read by the one member
+  // owning it: for input_gradients, recurrent_weight_gradient and (reset_before) r*h.
+  T* input_tails = packed + packed_weights_size(G, 1, H);
+  T* recurrent_tails = input_tails + input_gradients_scratch_size(G, steps * B);
+  T* rh_tail = recurrent_tails + recurrent_weight_gradient_scratch_size(steps, B);
   // forward: hproj = h_prev W_h^T over the blocks h_prev enters (all three, or r and z)
   const int64_t h_blocks = reset_after ? G : 2 * H;
 
@@ -84,19 +88,17 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   const int64_t TB = steps * B;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    T* team_tails = tails;  // each tail panel is packed and read by the one member owning it
-    input_gradients(team, dx, dw_ih, team_tails, dgates_x, G, G, x, w_ih, TB, I);
-    team_tails += input_gradients_scratch_size(G, TB);
+    input_gradients(team, dx, dw_ih, input_tails, dgates_x, G, G, x, w_ih, TB, I);
     if (db_ih) add_column_sums(team, db_ih, dgates_x, TB, G, G);
     if (db_hh) add_column_sums(team, db_hh, dgates_h, TB, G, G);
     // the blocks that see h_{t-1}: all three, or r and z
-    recurrent_weight_gradient(team, dw_hh, H, team_tails, dgates_h, G, h_blocks, y, h0, steps, B, H);
-    team_tails += recurrent_weight_gradient_scratch_size(steps, B);
+    recurrent_weight_gradient(team, dw_hh, H, recurrent_tails, dgates_h, G, h_blocks, y, h0, steps,
+                              B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
-      const auto& kernel = step_gemm_kernels<T>();
       const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> rh = in_place_panels(saved.extra, H, TB, H, nr, team_tails, share);
-      step_gemm(kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, dw_hh + 2 * H * H, H, true, true);
+      const PackedWeights<T> rh = in_place_panels(saved.extra, H, TB, H, nr, rh_tail, share);
+      step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, dw_hh + 2 * H * H, H, true,
+                true);
     }
   });
 }

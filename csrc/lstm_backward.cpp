@@ -34,7 +34,12 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   T* dhs = dgates + steps * B * G;  // projection only: dL/dh_t, all steps, for dW_hr
   T* dm = dhs + (P ? steps * B * R : 0);  // projection only: dL/dm_t of the current step
   T* packed = dm + (P ? B * H : 0);       // W_hh in panels
-  T* tails = packed + packed_weights_size(G, 1, R);  // input_gradients, recurrent_weight_gradient
+  // The packed last panels of the matrices read in place, each packed and read by the one member
+  // owning it: for input_gradients, recurrent_weight_gradient, W_hr and m (projection only).
+  T* input_tails = packed + packed_weights_size(G, 1, R);
+  T* recurrent_tails = input_tails + input_gradients_scratch_size(G, steps * B);
+  T* hr_tail = recurrent_tails + recurrent_weight_gradient_scratch_size(steps, B);
+  T* m_tail = hr_tail + (P ? tail_panel_size(P) : 0);
 
   // dh0 and dc0 carry the state gradients backwards in time and end as dL/dh0, dL/dc0. Rows
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
@@ -49,8 +54,6 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev
     const int64_t j0 = units.begin, w = units.width;
     const PackedWeights<T> w_hh_packed = pack_weights(packed, w_hh, R, 1, G, 1, R, nr, columns);
-    T* hr_tail = tails + input_gradients_scratch_size(G, steps * B) +
-                 recurrent_weight_gradient_scratch_size(steps, B);
     const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
         P ? in_place_panels(w_hr, H, P, H, nr, hr_tail, units) : PackedWeights<T>{};
     const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
@@ -87,16 +90,13 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   const int64_t TB = steps * B;
   run_team(gemm_team_size(TB * G * (I + R)), [&](int member, int members) {
     const Team team{member, members};
-    T* team_tails = tails;  // each tail panel is packed and read by the one member owning it
-    input_gradients(team, dx, dw_ih, team_tails, dgates, G, G, x, w_ih, TB, I);
-    team_tails += input_gradients_scratch_size(G, TB);
-    recurrent_weight_gradient(team, dw_hh, R, team_tails, dgates, G, G, y, h0, steps, B, R);
+    input_gradients(team, dx, dw_ih, input_tails, dgates, G, G, x, w_ih, TB, I);
+    recurrent_weight_gradient(team, dw_hh, R, recurrent_tails, dgates, G, G, y, h0, steps, B, R);
     if (db_ih) add_column_sums(team, db_ih, dgates, TB, G, G);
     if (db_hh) add_column_sums(team, db_hh, dgates, TB, G, G);
-    team_tails += recurrent_weight_gradient_scratch_size(steps, B) + (P ? tail_panel_size(P) : 0);
     if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
       const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> ms = in_place_panels(saved.m, H, TB, H, nr, team_tails, share);
+      const PackedWeights<T> ms = in_place_panels(saved.m, H, TB, H, nr, m_tail, share);
       step_gemm(step_kernel, ms, 0, 1, share, P, dhs, P, dw_hr, H, true, true);
     }
   });

@@ -13,8 +13,8 @@ int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P) {
 int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                                   bool training) {
   // the summed bias, W_hh^T, W_ih^T (and W_hr^T) in panels
-  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H) + packed_weights_size(I, 4, H) +
-                        (P ? packed_weights_size(H, 1, P) : 0);
+  const int64_t fixed = 4 * H + packed_weights_size(P ? P : H, 4, H) +
+                        packed_weights_size(I, 4, H) + (P ? packed_weights_size(H, 1, P) : 0);
   if (training) return fixed;
   return fixed + (P ? B * H : 0) + projection_chunk_steps(T, B) * B * 4 * H;
 }

@@ -25,7 +25,9 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   const int64_t nr = step_kernel.panel_width;
   T* dpre = scratch;
   T* packed = dpre + steps * B * H;
-  T* tails = packed + packed_weights_size(H, 1, H);
+  // The packed last panels of the matrices read in place (each packed and read by its owner).
+  T* input_tails = packed + packed_weights_size(H, 1, H);
+  T* recurrent_tails = input_tails + input_gradients_scratch_size(H, steps * B);
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
@@ -52,9 +54,8 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   const int64_t TB = steps * B;
   run_team(gemm_team_size(TB * H * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    input_gradients(team, dx, dw_ih, tails, dpre, H, H, x, w_ih, TB, I);
-    recurrent_weight_gradient(team, dw_hh, H, tails + input_gradients_scratch_size(H, TB), dpre, H,
-                              H, y, h0, steps, B, H);
+    input_gradients(team, dx, dw_ih, input_tails, dpre, H, H, x, w_ih, TB, I);
+    recurrent_weight_gradient(team, dw_hh, H, recurrent_tails, dpre, H, H, y, h0, steps, B, H);
     if (db_ih) add_column_sums(team, db_ih, dpre, TB, H, H);
     if (db_hh) add_column_sums(team, db_hh, dpre, TB, H, H);
   });

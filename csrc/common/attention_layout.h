@@ -10,7 +10,6 @@
 
 namespace fusedrnn {
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Scratch blocks start on 64-byte boundaries relative to the scratch base (16 floats / 8 doubles).
 inline int64_t round_block(int64_t n) { return (n + 15) / 16 * 16; }
 

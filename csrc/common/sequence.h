@@ -11,8 +11,6 @@
 
 namespace fusedrnn {
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // dst[n] = src[n], or zeros when src is null (an absent gradient means zeros).
 template <typename T>
 void copy_or_zero(T* dst, const T* src, int64_t n) {

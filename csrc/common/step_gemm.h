@@ -1,10 +1,10 @@
-// The recurrent GEMM of one time step, hand-written: out (+)= a @ B, where B (the recurrent weights,
-// transposed for a forward, as they are for a backward) is packed once per sequence into panels of
-// `nr` columns (two vector registers of the active instruction set), and each team member owns
-// whole panels.
+// The GEMMs of the recurrent kernels, hand-written: out (+)= a @ B, where B (the weights,
+// transposed for a forward, as they are for a backward; or x, h, m for a weight gradient, read in
+// place) is cut into panels of `nr` columns (two vector registers of the active instruction set),
+// packed once per call, and each team member owns whole panels.
 //
-// Why not BLAS for this one: a step's GEMM has only the running batch rows and runs T times on the
-// same weights. BLAS packs the weights again on every call (measured: about 15% of an LSTM's
+// Why not BLAS: a step's GEMM has only the running batch rows and runs T times on the same
+// weights. BLAS packs the weights again on every call (measured: about 15% of an LSTM's
 // samples at B=64, H=512) and picks other kernels, with other rounding, for a member's slice than
 // for the whole matrix. Here every output element is one chain of multiply-adds over k in order,
 // whatever the tile, the panel or the thread that computes it: the results do not depend on the
@@ -57,7 +57,7 @@ struct PackedWeights {
   int64_t panel_stride = 0;  // between panels
   int64_t block_stride = 0;  // between blocks
   const T* tail = nullptr;   // in place: the packed last panel of each block's, or null
-  int64_t panels() const { return (cols + nr - 1) / nr; }  // per block
+  int64_t panels() const { return ceil_div(cols, nr); }  // per block
   const T* panel(int64_t block, int64_t p) const {
     return data + block * block_stride + p * panel_stride;
   }
@@ -66,7 +66,7 @@ struct PackedWeights {
 // Elements of a packing of B [K, blocks * cols], for any instruction set; and of the tail panel of
 // B [K, cols] read in place.
 inline int64_t packed_weights_size(int64_t K, int64_t blocks, int64_t cols) {
-  return blocks * ((cols + kMaxPanelWidth - 1) / kMaxPanelWidth) * kMaxPanelWidth * K;
+  return blocks * ceil_div(cols, kMaxPanelWidth) * kMaxPanelWidth * K;
 }
 inline int64_t tail_panel_size(int64_t K) { return kMaxPanelWidth * K; }
 
@@ -76,7 +76,7 @@ struct PanelShare {
   int64_t p0 = 0, p1 = 0, begin = 0, width = 0;
 };
 inline PanelShare panel_share(int64_t cols, int64_t nr, int member, int members) {
-  const int64_t panels = (cols + nr - 1) / nr;
+  const int64_t panels = ceil_div(cols, nr);
   PanelShare s;
   s.p0 = share_begin(panels, member, members);
   s.p1 = share_begin(panels, member + 1, members);

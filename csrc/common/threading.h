@@ -87,13 +87,16 @@ inline void team_barrier() {
   if (SpinBarrier* barrier = current_barrier()) barrier->wait();
 }
 
+// How many blocks of b items hold a items.
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // The share [begin, end) of n items that member m of a team of `members` takes.
 inline int64_t share_begin(int64_t n, int m, int members) { return n * m / members; }
 
 // Below this many multiply-adds per step, a barrier per step costs more than a second thread
 // saves, and risks far more on a busy machine (a descheduled partner stalls the step); such
-// recurrences run on one thread (whose BLAS calls may still use BLAS's pool). Every member gets
-// at least 16 hidden units. Tests lower both to run the team on tiny sizes.
+// recurrences run on one thread. Every member gets at least 16 hidden units. Tests lower both to
+// run the team on tiny sizes.
 struct TeamThresholds {
   int64_t min_step_work = 1 << 17;
   int64_t min_units_per_member = 16;
