@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "rnn.h"
 
@@ -36,10 +37,10 @@ class ArgChecker {
   // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous,
   // aligned, of the call's dtype and exact shape, since a copy would hide the result from the
   // caller.
-  // None allocates a zeroed one.
+  // None allocates a zeroed one (as output()).
   py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
-  // A fresh uninitialised output of the call's dtype.
-  py::array output(std::initializer_list<int64_t> shape) const;
+  // A fresh uninitialised output of the call's dtype, 64-byte aligned.
+  py::array output(const std::vector<int64_t>& shape) const;
   // The dtype's name, for messages.
   std::string dtype_name() const { return is_float32_ ? "float32" : "float64"; }
 

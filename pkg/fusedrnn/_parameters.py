@@ -51,6 +51,19 @@ def as_float_array(value: object, name: str) -> np.ndarray:
     return array
 
 
+def cache_aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros that start on a 64-byte cache line (numpy's own arrays start on 16 bytes).
+
+    The kernels' threads accumulate into disjoint columns of a weight gradient; with the rows
+    aligned, two cores never write the same cache line.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class ParameterModule:
     """Parameters (``_params``, the live arrays) and their gradients (``grads``, same names).
 
@@ -65,7 +78,8 @@ class ParameterModule:
         """The parameters, as C-contiguous arrays of the module's dtype, and zeroed gradients."""
         self._params = {name: np.ascontiguousarray(value, dtype=self.dtype)
                         for name, value in params.items()}
-        self.grads = {name: np.zeros_like(value) for name, value in self._params.items()}
+        self.grads = {name: cache_aligned_zeros(value.shape, self.dtype)
+                      for name, value in self._params.items()}
 
     def __call__(self, *args, **kwargs):
         """Same as ``forward``."""
