@@ -49,11 +49,11 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_h = pack_weights(packed, w_hh, H, 1, h_blocks, 1, H, nr, share);
+    const PackedWeights<T> w_h = pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, share);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
         reset_after ? w_h
-                    : pack_weights(packed + packed_weights_size(h_blocks, 1, H), w_hh + 2 * H * H,
-                                   H, 1, H, 1, H, nr, share);
+                    : pack_weights(step_kernel, packed + packed_weights_size(h_blocks, 1, H),
+                                   w_hh + 2 * H * H, H, 1, H, 1, H, share);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       const T* g = saved.gates + t * B * G;
@@ -96,7 +96,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
                               B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> rh = in_place_panels(saved.extra, H, TB, H, nr, rh_tail, share);
+      const PackedWeights<T> rh = in_place_panels(step_kernel, saved.extra, H, TB, H, rh_tail, share);
       step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, dw_hh + 2 * H * H, H, true,
                 true);
     }

@@ -56,7 +56,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
     const PackedWeights<T> w_hr_t =
-        P ? pack_weights(packed_hr, w_hr, 1, H, H, 1, P, nr, outputs) : PackedWeights<T>{};
+        P ? pack_weights(step_kernel, packed_hr, w_hr, 1, H, H, 1, P, outputs) : PackedWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;

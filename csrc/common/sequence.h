@@ -65,11 +65,11 @@ void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dga
   const auto& kernel = step_gemm_kernels<T>();
   const PanelShare share = panel_share(I, kernel.panel_width, team.member, team.members);
   if (dx) {
-    const PackedWeights<T> w = in_place_panels(w_ih, I, G, I, kernel.panel_width, scratch, share);
+    const PackedWeights<T> w = in_place_panels(kernel, w_ih, I, G, I, scratch, share);
     step_gemm(kernel, w, 0, 1, share, rows, dgates, ldg, dx, I, false);
   }
   const PackedWeights<T> xs =
-      in_place_panels(x, I, rows, I, kernel.panel_width, scratch + tail_panel_size(G), share);
+      in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share);
   step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, true, true);
 }
 
@@ -84,11 +84,11 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
   const auto& kernel = step_gemm_kernels<T>();
   const int64_t nr = kernel.panel_width;
   const PanelShare share = panel_share(H, nr, team.member, team.members);
-  const PackedWeights<T> first = in_place_panels(h0, H, B, H, nr, scratch, share);
+  const PackedWeights<T> first = in_place_panels(kernel, h0, H, B, H, scratch, share);
   step_gemm(kernel, first, 0, 1, share, G, dgates, ldg, dw, ldw, true, true);
   if (steps == 1) return;
   const PackedWeights<T> rest =
-      in_place_panels(y, H, (steps - 1) * B, H, nr, scratch + tail_panel_size(B), share);
+      in_place_panels(kernel, y, H, (steps - 1) * B, H, scratch + tail_panel_size(B), share);
   step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
 }
 
@@ -103,7 +103,7 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, kernel.panel_width, member, members);
     const PackedWeights<T> w_ih_t =
-        pack_weights(packed, w_ih, 1, I, I, blocks, H, kernel.panel_width, share);
+        pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
     step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, false);
   });
 }
@@ -121,11 +121,11 @@ template <typename T>
 GateLoopMember<T> gate_loop_member(int member, int members, int64_t blocks, int64_t H,
                                    T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
                                    const T* w_ih, int64_t I, bool training) {
-  const int64_t nr = step_gemm_kernels<T>().panel_width;
+  const auto& kernel = step_gemm_kernels<T>();
   GateLoopMember<T> m;
-  m.share = panel_share(H, nr, member, members);
-  m.w_hh_t = pack_weights(packed_hh, w_hh, 1, R, R, blocks, H, nr, m.share);
-  if (!training) m.w_ih_t = pack_weights(packed_ih, w_ih, 1, I, I, blocks, H, nr, m.share);
+  m.share = panel_share(H, kernel.panel_width, member, members);
+  m.w_hh_t = pack_weights(kernel, packed_hh, w_hh, 1, R, R, blocks, H, m.share);
+  if (!training) m.w_ih_t = pack_weights(kernel, packed_ih, w_ih, 1, I, I, blocks, H, m.share);
   return m;
 }
 

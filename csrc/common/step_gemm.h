@@ -37,11 +37,13 @@ struct PanelProduct {
   bool accumulate = false;
 };
 
-// The micro-kernel of one instruction set (csrc/step_gemm.inc), in the ISA table.
+// The micro-kernel of one instruction set (csrc/step_gemm.inc), in the ISA table, and its packing
+// of a panel of B = W^T: panel[k * nr + c] = w[c * ld + k] for c < valid (zero up to nr), k < K.
 template <typename T>
 struct StepGemmKernels {
   int64_t panel_width;  // nr
   void (*multiply)(const PanelProduct<T>& m);
+  void (*pack_transposed)(T* panel, const T* w, int64_t ld, int64_t K, int64_t valid);
 };
 
 // B [K, blocks * cols] as panels of nr columns: for each block of `cols` columns, ceil(cols / nr)
@@ -87,9 +89,11 @@ inline PanelShare panel_share(int64_t cols, int64_t nr, int member, int members)
 
 // Copies B[k, n] = src[k * k_stride + n * n_stride] (n over all blocks' columns, block after block;
 // zero past `cols`) into the panel p of block g of `packed`, whose panels are [K][nr] contiguous.
+// One of the strides is 1: n_stride = 1 packs rows of src, k_stride = 1 rows of src^T.
 template <typename T>
-void pack_panel(T* panel, const T* src, int64_t k_stride, int64_t n_stride, int64_t K,
-                int64_t cols, int64_t nr, int64_t g, int64_t p) {
+void pack_panel(const StepGemmKernels<T>& kernel, T* panel, const T* src, int64_t k_stride,
+                int64_t n_stride, int64_t K, int64_t cols, int64_t g, int64_t p) {
+  const int64_t nr = kernel.panel_width;
   const int64_t valid = std::max<int64_t>(0, std::min(nr, cols - p * nr));
   const T* first = src + (g * cols + p * nr) * n_stride;
   if (n_stride == 1) {  // rows of src: copy row by row
@@ -99,42 +103,40 @@ void pack_panel(T* panel, const T* src, int64_t k_stride, int64_t n_stride, int6
     }
     return;
   }
-  // Columns of src (a transpose): write each panel row whole, reading the nr columns as nr
-  // sequential streams (column-by-column writes would touch every line of the panel nr times).
-  for (int64_t k = 0; k < K; ++k) {
-    T* row = panel + k * nr;
-    const T* src_k = first + k * k_stride;
-    for (int64_t c = 0; c < valid; ++c) row[c] = src_k[c * n_stride];
-    for (int64_t c = valid; c < nr; ++c) row[c] = T(0);
-  }
+  kernel.pack_transposed(panel, first, n_stride, K, valid);  // k_stride == 1
 }
 
 // Packs this member's panels of B[k, n] = src[k * k_stride + n * n_stride] into dst
-// [packed_weights_size]: for a forward's h @ W^T with W [blocks*cols, K], k_stride = 1 and
-// n_stride = K; for a backward's d @ W with W [K, cols], k_stride = cols and n_stride = 1. Each
-// member packs the panels it multiplies with, so it needs no barrier before its own use.
+// [packed_weights_size], for `kernel`: for a forward's h @ W^T with W [blocks*cols, K],
+// k_stride = 1 and n_stride = K; for a backward's d @ W with W [K, cols], k_stride = cols and
+// n_stride = 1. Each member packs the panels it multiplies with, so it needs no barrier before
+// its own use.
 template <typename T>
-PackedWeights<T> pack_weights(T* dst, const T* src, int64_t k_stride, int64_t n_stride, int64_t K,
-                              int64_t blocks, int64_t cols, int64_t nr, const PanelShare& share) {
+PackedWeights<T> pack_weights(const StepGemmKernels<T>& kernel, T* dst, const T* src,
+                              int64_t k_stride, int64_t n_stride, int64_t K, int64_t blocks,
+                              int64_t cols, const PanelShare& share) {
+  const int64_t nr = kernel.panel_width;
   PackedWeights<T> packed{dst, K, blocks, cols, nr, nr, K * nr, 0, nullptr};
   packed.block_stride = packed.panels() * packed.panel_stride;
   for (int64_t g = 0; g < blocks; ++g)
     for (int64_t p = share.p0; p < share.p1; ++p)
-      pack_panel(dst + g * packed.block_stride + p * packed.panel_stride, src, k_stride, n_stride,
-                 K, cols, nr, g, p);
+      pack_panel(kernel, dst + g * packed.block_stride + p * packed.panel_stride, src, k_stride,
+                 n_stride, K, cols, g, p);
   return packed;
 }
 
 // B [K, cols] = src with row stride ld, read in place, with a partial last panel packed into
 // tail_buffer [tail_panel_size] by the member that owns it.
 template <typename T>
-PackedWeights<T> in_place_panels(const T* src, int64_t ld, int64_t K, int64_t cols, int64_t nr,
-                                 T* tail_buffer, const PanelShare& share) {
+PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src, int64_t ld,
+                                 int64_t K, int64_t cols, T* tail_buffer,
+                                 const PanelShare& share) {
+  const int64_t nr = kernel.panel_width;
   PackedWeights<T> in_place{src, K, 1, cols, nr, ld, nr, 0, nullptr};
   if (cols % nr) {
     in_place.tail = tail_buffer;
     if (share.p0 < share.p1 && share.p1 == in_place.panels())
-      pack_panel(tail_buffer, src, ld, 1, K, cols, nr, 0, in_place.panels() - 1);
+      pack_panel(kernel, tail_buffer, src, ld, 1, K, cols, 0, in_place.panels() - 1);
   }
   return in_place;
 }
