@@ -5,8 +5,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <sstream>
+#include <vector>
 
 #include "common/blas.h"
 
@@ -56,6 +59,64 @@ void* allocate_aligned(size_t bytes) {
   if (!p) throw std::bad_alloc();  // pybind11 raises MemoryError
   return p;
 }
+
+// The buffers of outputs that Python has freed, kept for the next outputs of the same size: a
+// training loop asks for the same outputs and workspace every step, and fresh memory of that size
+// comes from the kernel page by page, zeroed (measured: a 2-layer bidirectional LSTM forward at
+// B=32, T=100, H=256 spent 12% of its time in page faults and munmap for its 81 MiB workspace).
+// At most kMaxBytes are kept, the most recently freed first out. Never destroyed: a capsule may
+// release its buffer while the interpreter shuts down, after static destructors.
+class OutputPool {
+ public:
+  static OutputPool& instance() {
+    static OutputPool* const pool = new OutputPool();  // intentionally leaked, see above
+    return *pool;
+  }
+  // A 64-byte aligned buffer of `bytes`, or null when the memory is not there.
+  void* acquire(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t i = free_.size(); i-- > 0;) {
+        if (free_[i].bytes != bytes) continue;
+        void* p = free_[i].data;
+        cached_bytes_ -= bytes;
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+        return p;
+      }
+    }
+    return try_allocate_aligned(bytes);
+  }
+  void release(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    while (!free_.empty() && cached_bytes_ + bytes > kMaxBytes) {  // the oldest go first
+      std::free(free_.front().data);
+      cached_bytes_ -= free_.front().bytes;
+      free_.erase(free_.begin());
+    }
+    if (bytes > kMaxBytes) {
+      std::free(p);
+      return;
+    }
+    free_.push_back({p, bytes});
+    cached_bytes_ += bytes;
+  }
+
+ private:
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
+  struct Buffer {
+    void* data;
+    size_t bytes;
+  };
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+  size_t cached_bytes_ = 0;
+};
+
+// What a pooled output's capsule holds: its buffer and size.
+struct PooledBuffer {
+  void* data;
+  size_t bytes;
+};
 }  // namespace
 
 ArgChecker::ArgChecker(py::handle first, const char* first_name) : first_name_(first_name) {
@@ -137,13 +198,13 @@ py::array ArgChecker::output(const std::vector<int64_t>& shape) const {
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   // 64-byte aligned, unlike numpy's own (16): when a team splits rows between threads, a member's
   // share then starts on a cache line whenever its offset is a multiple of 64 bytes, and the two
-  // cores never write the same line (measured: an LSTM's training forward at B=16, H=128 on 2 threads
-  // took 1.10 ms at numpy's alignment and 0.55 ms aligned).
+  // cores never write the same line (measured: an LSTM's training forward at B=16, H=128 on 2
+  // threads took 1.10 ms at numpy's alignment and 0.55 ms aligned). From OutputPool.
   int64_t elements = 1;
   for (int64_t d : shape) elements *= d;  // the shapes were checked: no overflow
   const size_t item = is_float32_ ? sizeof(float) : sizeof(double);
   const size_t bytes = static_cast<size_t>(elements) * item;
-  void* data = try_allocate_aligned(bytes);
+  void* data = OutputPool::instance().acquire(bytes);
   if (!data) {  // numpy's words for it
     std::string dims;
     for (int64_t d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
@@ -156,7 +217,12 @@ py::array ArgChecker::output(const std::vector<int64_t>& shape) const {
     PyErr_SetString(PyExc_MemoryError, message.c_str());
     throw py::error_already_set();
   }
-  py::capsule owner(data, [](void* p) { std::free(p); });
+  auto held = std::make_unique<PooledBuffer>(PooledBuffer{data, bytes});
+  py::capsule owner(held.get(), [](void* p) {
+    const std::unique_ptr<PooledBuffer> buffer(static_cast<PooledBuffer*>(p));
+    OutputPool::instance().release(buffer->data, buffer->bytes);
+  });
+  held.release();  // the capsule owns it now
   if (is_float32_) return py::array_t<float>(s, static_cast<float*>(data), owner);
   return py::array_t<double>(s, static_cast<double*>(data), owner);
 }
