@@ -172,3 +172,20 @@ def test_fused_outputs_start_on_a_cache_line(case):
     for name, value in (*out.items(), *grads.items()):
         if isinstance(value, np.ndarray) and value.size:
             assert value.ctypes.data % 64 == 0, name
+
+
+def test_fused_outputs_reuse_freed_buffers_but_never_live_ones():
+    """Freed outputs go back to a pool: the next call of the same sizes gets their memory (no page
+    faults), while the arrays a caller still holds are never handed out again."""
+    inputs = make_inputs("lstm", 5, 3, 4, 8)
+    first = forward("lstm", inputs, backend=BACKENDS["fused"])
+    second = forward("lstm", inputs, backend=BACKENDS["fused"])
+    live = {value.ctypes.data for value in (*first.values(), *second.values())
+            if isinstance(value, np.ndarray)}
+    assert len(live) == sum(isinstance(v, np.ndarray) for v in (*first.values(), *second.values()))
+    freed = {value.ctypes.data for value in first.values() if isinstance(value, np.ndarray)}
+    first = None
+    third = forward("lstm", inputs, backend=BACKENDS["fused"])
+    reused = {value.ctypes.data for value in third.values() if isinstance(value, np.ndarray)}
+    assert reused <= freed
+    np.testing.assert_array_equal(third["y"], second["y"])
