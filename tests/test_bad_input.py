@@ -16,7 +16,7 @@ def lstm_args(dtype=np.float64):
 
 def lstm_training_state():
     inputs = lstm_args()
-    y, h_n, c_n, workspace = functional.lstm_forward(**inputs)
+    y, _h_n, _c_n, workspace = functional.lstm_forward(**inputs)
     args = {k: inputs[k] for k in ("x", "h0", "c0", "weight_ih", "weight_hh")}
     return {**args, "y": y, "workspace": workspace}
 
@@ -121,7 +121,7 @@ def test_gru_and_rnn_name_their_own_gate_counts():
 
 def test_rnn_workspace_must_be_empty_or_none():
     inputs = make_inputs("rnn_tanh", 3, 2, 5, 4)
-    y, h_n, workspace = functional.rnn_forward(**inputs)
+    y, _h_n, _workspace = functional.rnn_forward(**inputs)
     args = {k: inputs[k] for k in ("x", "h0", "weight_ih", "weight_hh")}
     functional.rnn_backward(**args, y=y, workspace=None)  # the RNN saves nothing: None is fine
     with pytest.raises(ValueError, match=r"workspace must have shape"):

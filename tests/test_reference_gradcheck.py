@@ -8,12 +8,9 @@ accumulate / dtype rules.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from cells import CASES, GATES, PARAMS, backward, forward, loss, loss_weights, make_inputs
-from fusedrnn import reference
+from cells import CASES, PARAMS, backward, forward, loss, loss_weights, make_inputs
 
 SIZES = [(3, 2, 3, 4), (1, 1, 3, 4)]  # (T, B, I, H)
 RTOL, ATOL = 1e-6, 1e-8  # float64 against central differences

@@ -29,7 +29,7 @@ def make_stack(mode, T, B, I, H, layers, seed=0, proj=0, dtype=np.float64):
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((layers, B, R))
     hx = (h0, rng.standard_normal((layers, B, H))) if mode == "lstm" else h0
-    cast = lambda a: a.astype(dtype)  # noqa: E731
+    cast = lambda a: a.astype(dtype)
     hx = tuple(map(cast, hx)) if mode == "lstm" else cast(hx)
     return {k: cast(v) for k, v in params.items()}, cast(x), hx
 
@@ -57,7 +57,7 @@ def test_truncated_backward_fused_equals_reference(mode, T, layers, k1, k2, leng
     masks = [rng.choice([0.0, 2.0], (T, B, R)).astype(dtype) for _ in range(layers - 1)] \
         if with_dropout else None
     lengths = None if lengths is None else np.array(lengths)
-    kw = dict(lengths=lengths, dropout_masks=masks, proj_size=proj)
+    kw = {"lengths": lengths, "dropout_masks": masks, "proj_size": proj}
     results = {}
     for name, backend in (("fused", functional), ("reference", reference)):
         y, h_n, c_n, saved = backend.stack_forward(mode, x, hx, params, layers, **kw)
@@ -77,7 +77,7 @@ def test_truncated_backward_fused_equals_reference(mode, T, layers, k1, k2, leng
 @pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
 def test_truncation_covering_the_sequence_is_full_bptt(backend):
     params, x, hx = make_stack("lstm", 6, 2, 3, 4, 2)
-    y, h_n, c_n, saved = backend.stack_forward("lstm", x, hx, params, 2)
+    y, _h_n, _c_n, saved = backend.stack_forward("lstm", x, hx, params, 2)
     dy = np.ones_like(y)
     full = backend.stack_backward("lstm", x, hx, params, 2, y, saved, dy)
     cut = backend.stack_backward("lstm", x, hx, params, 2, y, saved, dy, truncate=6)
@@ -90,7 +90,7 @@ def test_truncation_covering_the_sequence_is_full_bptt(backend):
 def test_truncation_changes_the_gradient():
     """Cutting the graph must matter: a gradient that ignores `truncate` fails this."""
     params, x, hx = make_stack("gru", 8, 2, 3, 4, 1)
-    y, h_n, _, saved = functional.stack_forward("gru", x, hx, params, 1)
+    y, _h_n, _, saved = functional.stack_forward("gru", x, hx, params, 1)
     dy = np.ones_like(y)
     full = functional.stack_backward("gru", x, hx, params, 1, y, saved, dy)
     cut = functional.stack_backward("gru", x, hx, params, 1, y, saved, dy, truncate=2)
@@ -117,7 +117,7 @@ def test_bad_truncation_arguments(kwargs, error, pattern, backend):
         rng = np.random.default_rng(1)
         params.update({k + "_reverse": rng.standard_normal(v.shape) for k, v in list(params.items())})
         hx = np.concatenate([hx, hx])
-    y, h_n, _, saved = backend.stack_forward("rnn", x, hx, params, 1, bidirectional=bidirectional)
+    y, _h_n, _, saved = backend.stack_forward("rnn", x, hx, params, 1, bidirectional=bidirectional)
     with pytest.raises(error, match=pattern):
         backend.stack_backward("rnn", x, hx, params, 1, y, saved, bidirectional=bidirectional,
                                **kwargs)
@@ -143,14 +143,14 @@ def test_streaming_chunks_equal_truncate_on_the_whole_sequence(cls, kwargs, back
     layer.zero_grad()
     state, dx_chunks, dhx_first = None, [], None
     for start in range(0, T, k):
-        out_chunk, state = layer(x[start:start + k], state)
+        _out_chunk, state = layer(x[start:start + k], state)
         last = start + k >= T
         dx_chunk, dhx_chunk = layer.backward(d_out[start:start + k], d_hx if last else None)
         dx_chunks.append(dx_chunk)
         dhx_first = dhx_chunk if dhx_first is None else dhx_first
     assert_close(np.concatenate(dx_chunks), dx_whole, np.float64, "dx")
-    as_tuple = lambda h: h if isinstance(h, tuple) else (h,)  # noqa: E731
+    as_tuple = lambda h: h if isinstance(h, tuple) else (h,)
     for a, b in zip(as_tuple(dhx_first), as_tuple(dhx_whole)):
         assert_close(a, b, np.float64, "dhx")
-    for name in grads_whole:
-        assert_close(layer.grads[name], grads_whole[name], np.float64, name)
+    for name, expected in grads_whole.items():
+        assert_close(layer.grads[name], expected, np.float64, name)
