@@ -49,7 +49,8 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_h = pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, share);
+    const PackedWeights<T> w_h =
+        pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, share);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
         reset_after ? w_h
                     : pack_weights(step_kernel, packed + packed_weights_size(h_blocks, 1, H),
@@ -96,7 +97,8 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
                               B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> rh = in_place_panels(step_kernel, saved.extra, H, TB, H, rh_tail, share);
+      const PackedWeights<T> rh =
+          in_place_panels(step_kernel, saved.extra, H, TB, H, rh_tail, share);
       step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, dw_hh + 2 * H * H, H, true,
                 true);
     }

@@ -53,7 +53,8 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     const PanelShare units = panel_share(H, nr, member, members);
     const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev
     const int64_t j0 = units.begin, w = units.width;
-    const PackedWeights<T> w_hh_packed = pack_weights(step_kernel, packed, w_hh, R, 1, G, 1, R, columns);
+    const PackedWeights<T> w_hh_packed =
+        pack_weights(step_kernel, packed, w_hh, R, 1, G, 1, R, columns);
     const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
         P ? in_place_panels(step_kernel, w_hr, H, P, H, hr_tail, units) : PackedWeights<T>{};
     const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
@@ -96,7 +97,8 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     if (db_hh) add_column_sums(team, db_hh, dgates, TB, G, G);
     if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
       const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> ms = in_place_panels(step_kernel, saved.m, H, TB, H, m_tail, share);
+      const PackedWeights<T> ms =
+          in_place_panels(step_kernel, saved.m, H, TB, H, m_tail, share);
       step_gemm(step_kernel, ms, 0, 1, share, P, dhs, P, dw_hr, H, true, true);
     }
   });

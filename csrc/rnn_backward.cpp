@@ -37,7 +37,8 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_packed = pack_weights(step_kernel, packed, w_hh, H, 1, H, 1, H, share);
+    const PackedWeights<T> w_hh_packed =
+        pack_weights(step_kernel, packed, w_hh, H, 1, H, 1, H, share);
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* dp = dpre + t * B * H;

@@ -29,7 +29,8 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const int64_t j0 = share.begin, w = share.width;
-    const PackedWeights<T> w_hh_t = pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, share);
+    const PackedWeights<T> w_hh_t =
+        pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, share);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B);
       T* h = y + t * B * H;
