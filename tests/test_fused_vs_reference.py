@@ -60,6 +60,17 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
+@pytest.mark.parametrize(("case", "dtype", "H"), [("lstm", np.float64, 128), ("lstm", np.float32, 256),
+                                                 ("rnn_tanh", np.float64, 512)])
+def test_weight_gradients_of_gates_4_kib_wide(case, dtype, H, isa):
+    """The weight-gradient GEMMs copy blocks of dgates^T first when a row of dgates is a multiple
+    of 4 KiB (csrc/step_gemm.inc): 3 steps of 90 rows cross a block of k (256 rows)."""
+    _, results = run_both(case, (3, 90, 5, H), dtype)
+    (_, grads_f), (_, grads_r) = results["fused"], results["reference"]
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_threaded_elementwise_pass_equals_reference(case):
     """A batch wide enough that each step's elementwise pass is split across threads.
