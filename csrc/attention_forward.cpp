@@ -35,21 +35,22 @@ void set_attention_tiles(int64_t block_q, int64_t block_k) {
   g_forced_block_k.store(block_k, std::memory_order_relaxed);
 }
 
-// Measured on AVX-512 (Zen 4) with OpenBLAS at (B, H, L, E) = (4, 8, 1024, 64), CPU time per call
-// (benchmarks/attention_timing.py): forward runs best with large tiles (fewer, larger GEMMs and
-// fewer repacks of each k and v tile), 256 x 256 (256 KB of scores, in L2). Under a causal mask a
-// query tile wastes about block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of
-// the work, so causal forward uses 64-row tiles. Backward keeps five tiles' operands hot per
-// step and runs best at 64 x 128.
+// Measured on AVX-512 (Zen 5, 2 cores, float) at (B, H, L, E) = (8, 8, 256, 64) and (4, 8, 1024,
+// 64), median ms of a call (tiles block_q x block_k). Forward runs best with large tiles (fewer,
+// larger GEMMs and fewer repacks of each k and v tile): 256 x 256 (256 KiB of scores, in L2)
+// took 5.9 / 45 ms against 7.6 / 59 at 64 x 128. Under a causal mask a query tile wastes about
+// block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of the work: 128 x 256 took
+// 4.9 / 28 ms, 64 x 256 5.2 / 30, 256 x 256 5.7 / 28. Backward, which keeps three tiles of scores
+// per thread, also gains from large tiles: 256 x 256 took 12.5 / 96 ms against 15.5 / 114 at
+// 64 x 128; causal, 128 x 256 took 10.7 / 58 against 10.4 / 63 at 64 x 128.
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
+  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 256});
 }
 
 AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  (void)causal;
-  return forced_or({64, 128});
+  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 256});
 }
 
 int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal) {
