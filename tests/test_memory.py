@@ -279,3 +279,26 @@ def test_attention_calls_keep_no_reference_to_their_inputs():
     del out, lse, grads
     assert all(p() is None for p in probes)
     assert refcounts(arrays) == before
+
+
+@rss_is_meaningful
+def test_empty_cache_returns_the_pooled_outputs_to_the_system():
+    """Freed outputs stay pooled for the next calls (no page faults per step); empty_cache gives
+    that memory back, and the next call still works."""
+    from fusedrnn import _core
+
+    inputs = make_inputs("rnn_tanh", 400, 64, 8, 256, dtype=np.float64)  # y: 52 MB
+    expected = functional.rnn_forward(**inputs)[0].copy()
+    fusedrnn.empty_cache()
+    baseline = rss()
+    y, _h_n, _workspace = functional.rnn_forward(**inputs)
+    del y
+    pooled = _core.cached_output_bytes()
+    assert pooled >= 400 * 64 * 256 * 8
+    assert fusedrnn._config.config()["cached_output_bytes"] == pooled
+    assert rss() - baseline > 40 * MB  # still resident, ready for the next call
+    fusedrnn.empty_cache()
+    assert _core.cached_output_bytes() == 0
+    assert rss() - baseline < 20 * MB
+    y, _h_n, _workspace = functional.rnn_forward(**inputs)
+    np.testing.assert_array_equal(y, expected)

@@ -100,6 +100,16 @@ class OutputPool {
     free_.push_back({p, bytes});
     cached_bytes_ += bytes;
   }
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_bytes_;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Buffer& buffer : free_) std::free(buffer.data);
+    free_.clear();
+    cached_bytes_ = 0;
+  }
 
  private:
   static constexpr size_t kMaxBytes = size_t(256) << 20;
@@ -118,6 +128,11 @@ struct PooledBuffer {
   size_t bytes;
 };
 }  // namespace
+
+int64_t cached_output_bytes() {
+  return static_cast<int64_t>(OutputPool::instance().cached_bytes());
+}
+void release_cached_outputs() { OutputPool::instance().clear(); }
 
 ArgChecker::ArgChecker(py::handle first, const char* first_name) : first_name_(first_name) {
   if (!py::isinstance<py::array>(first))

@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from . import functional, optim, reference, sampling
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from .attention import (
     AdditiveAttention,
     MultiheadAttention,
@@ -45,6 +45,7 @@ __all__ = [
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "empty_cache",
     "functional",
     "get_num_threads",
     "optim",
