@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -319,3 +320,18 @@ def test_memory_peak_sees_memory_held_only_inside_the_block():
     with bench.MemoryPeak() as quiet:
         pass
     assert quiet.added_bytes < 0.5 * size
+
+
+def test_measure_times_fast_calls_for_min_seconds_and_exactly_repeats_without():
+    calls = []
+
+    def fast():
+        calls.append(None)
+        time.sleep(0.001)
+
+    exactly = bench.measure(fast, repeats=3, budget=5.0)
+    assert exactly.calls == 3 and len(calls) == 4  # and the warm-up
+    at_least = bench.measure(fast, repeats=3, budget=5.0, min_seconds=0.05)
+    assert 20 <= at_least.calls <= 60
+    capped = bench.measure(fast, repeats=3, budget=0.01, min_seconds=1.0)
+    assert capped.calls <= 12

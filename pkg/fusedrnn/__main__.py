@@ -98,8 +98,9 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                         help="threads of the fused kernels, numpy's BLAS and PyTorch "
                         "(default: fusedrnn.get_num_threads())")
     parser.add_argument("--repeats", type=_positive_int, metavar="N",
-                        help="timed calls per measurement after a warm-up (default: the "
-                        "sweep's; slow calls get fewer within the sweep's time budget)")
+                        help="timed calls per measurement after a warm-up, exactly (default: "
+                        "the sweep's, and fast calls go on for a tenth of the sweep's time "
+                        "budget; slow calls get fewer within the budget)")
     parser.add_argument("--json", metavar="PATH", help="write every row and the machine "
                         "configuration as JSON")
     parser.add_argument("--plot", type=_png_path, metavar="PATH",
@@ -125,6 +126,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     report = bench.run_sweep(
         cases, dtype=np.dtype(args.dtype), threads=args.threads,
         repeats=args.repeats or sweep.repeats, budget=sweep.budget,
+        # --repeats N asks for exactly N timed calls; a sweep's own count is a minimum
+        min_seconds=0.0 if args.repeats else bench.MIN_TIMED_SHARE * sweep.budget,
         sweep="custom" if args.cases else sweep.name, note="" if args.cases else sweep.note,
     )
     print(report.table())

@@ -679,6 +679,9 @@ def compare(got: Outputs, expected: Outputs, dtype: np.dtype | type) -> list[str
 GEMM_SIZE = 2048
 """Side of the square float32 GEMM that measures the ceiling."""
 
+MIN_TIMED_SHARE = 0.1
+"""The named sweeps time each measurement's calls for at least this share of their budget in
+all (0.1 s in the default sweep), however fast each call is (`measure`'s ``min_seconds``)."""
 SETTLE_SECONDS = 0.15
 """Pause before timing each implementation; OpenBLAS threads spin for about 0.1 s (`measure`)."""
 
@@ -691,8 +694,13 @@ class Timing:
     calls: int
 
 
-def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float = 0.0) -> Timing:
-    """Time ``fn``: a pause, one warm-up call, then the median of up to ``repeats`` calls.
+def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float = 0.0,
+            min_seconds: float = 0.0) -> Timing:
+    """Time ``fn``: a pause, one warm-up call, then the median of ``repeats`` calls or more.
+
+    Fast calls go on past ``repeats`` until they have spent ``min_seconds``: on a shared machine a
+    slow spell of some milliseconds would otherwise cover all 7 calls of a 1 ms case and move its
+    median by 20% or more (seen in the LSTM rows at B=16), while a hundred calls outlast it.
 
     The pause of ``settle`` seconds lets the thread pools of whatever ran before go idle: OpenBLAS
     and OpenMP worker threads keep spinning for a while after their last call, and on a machine
@@ -707,7 +715,7 @@ def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float
         No arguments.
     repeats : int
         At least 1.
-    budget, settle : float
+    budget, settle, min_seconds : float
         Seconds.
 
     Returns
@@ -721,10 +729,12 @@ def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float
     if warm_up >= budget:
         return Timing(warm_up, 1)
     times: list[float] = []
-    while len(times) < repeats and sum(times) < budget:
+    spent = 0.0
+    while (len(times) < repeats or spent < min_seconds) and spent < budget:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        spent += times[-1]
     return Timing(statistics.median(times), len(times))
 
 
@@ -873,14 +883,14 @@ class Progress:
 
 def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
              torch: ModuleType | None, ceiling: float,
-             progress: Progress | None = None) -> list[Row]:
+             progress: Progress | None = None, min_seconds: float = 0.0) -> list[Row]:
     """Validate and time every pass of one case.
 
     Parameters
     ----------
     case : Case
     dtype : float32 or float64
-    repeats, budget
+    repeats, budget, min_seconds
         As for `measure`.
     torch : module or None
     ceiling : float
@@ -910,7 +920,7 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
             expected[truth] = numpy_pass(reference, case, inputs, truth)()
         calls = _validated_calls(row, case, inputs, expected[truth], torch)
         if row.check == "ok":
-            _time_calls(row, calls, repeats, budget, ceiling)
+            _time_calls(row, calls, repeats, budget, ceiling, min_seconds)
         rows.append(row)
         if progress:
             progress.step()
@@ -990,10 +1000,10 @@ def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
 
 
 def _time_calls(row: Row, calls: dict[str, Callable[[], Outputs]], repeats: int, budget: float,
-                ceiling: float) -> None:
+                ceiling: float, min_seconds: float = 0.0) -> None:
     """Time each call into ``row.<name>_ms``, then fill in the ratios that follow from them."""
     for name, call in calls.items():
-        timing = measure(call, repeats, budget, SETTLE_SECONDS)
+        timing = measure(call, repeats, budget, SETTLE_SECONDS, min_seconds)
         setattr(row, f"{name}_ms", timing.seconds * 1e3)
         row.calls[name] = timing.calls
     row.speedup_reference = row.reference_ms / row.fused_ms
@@ -1122,7 +1132,8 @@ def _row_cells(row: Row) -> list[str]:
 
 def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
               threads: int | None = None, repeats: int = 7, budget: float = 1.0,
-              sweep: str = "custom", note: str = "", progress: bool = True) -> Report:
+              sweep: str = "custom", note: str = "", progress: bool = True,
+              min_seconds: float = 0.0) -> Report:
     """Measure the ceiling, then validate and time every case.
 
     Parameters
@@ -1132,7 +1143,7 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
     threads : int, optional
         Threads for the fused kernels, numpy's BLAS and PyTorch (restored afterwards); default
         the fused kernels' current count.
-    repeats, budget
+    repeats, budget, min_seconds
         As for `measure`.
     sweep, note : str
         The sweep's name and note, for the header.
@@ -1155,7 +1166,8 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
         if bar:
             bar.step()
         rows = [row for case in cases
-                for row in run_case(case, dtype, repeats, budget, torch, ceiling, bar)]
+                for row in run_case(case, dtype, repeats, budget, torch, ceiling, bar,
+                                    min_seconds)]
         config = _config.config()
     if bar:
         bar.close()
