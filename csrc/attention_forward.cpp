@@ -37,15 +37,16 @@ void set_attention_tiles(int64_t block_q, int64_t block_k) {
 
 // Measured on AVX-512 (Zen 5, 2 cores, float) at (B, H, L, E) = (8, 8, 256, 64) and (4, 8, 1024,
 // 64), median ms of a call (tiles block_q x block_k). Forward runs best with large tiles (fewer,
-// larger GEMMs and fewer repacks of each k and v tile): 256 x 256 (256 KiB of scores, in L2)
-// took 5.9 / 45 ms against 7.6 / 59 at 64 x 128. Under a causal mask a query tile wastes about
+// larger GEMMs and fewer repacks of each k and v tile): 256 x 512 (512 KiB of float scores, in
+// L2) took 6.4 / 46.7-47.1 ms, 256 x 256 6.7 / 48.7-49.2, 64 x 128 7.6 / 59 (through the Python
+// function; float64 at L = 1024: 93.5 against 95.8 ms). Under a causal mask a query tile wastes about
 // block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of the work: 128 x 256 took
 // 4.9 / 28 ms, 64 x 256 5.2 / 30, 256 x 256 5.7 / 28. Backward, which keeps three tiles of scores
 // per thread, also gains from large tiles: 256 x 256 took 12.5 / 96 ms against 15.5 / 114 at
 // 64 x 128; causal, 128 x 256 took 10.7 / 58 against 10.4 / 63 at 64 x 128.
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 256});
+  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 512});
 }
 
 AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
