@@ -293,12 +293,12 @@ def test_empty_cache_returns_the_pooled_outputs_to_the_system():
     baseline = rss()
     y, _h_n, _workspace = functional.rnn_forward(**inputs)
     del y
-    pooled = _core.cached_output_bytes()
+    pooled = _core.cached_bytes()
     assert pooled >= 400 * 64 * 256 * 8
-    assert fusedrnn._config.config()["cached_output_bytes"] == pooled
+    assert fusedrnn._config.config()["cached_bytes"] == pooled
     assert rss() - baseline > 40 * MB  # still resident, ready for the next call
     fusedrnn.empty_cache()
-    assert _core.cached_output_bytes() == 0
+    assert _core.cached_bytes() == 0
     assert rss() - baseline < 20 * MB
     y, _h_n, _workspace = functional.rnn_forward(**inputs)
     np.testing.assert_array_equal(y, expected)

@@ -49,27 +49,24 @@ bool is_dtype(const py::array& a, bool float32) {
 
 // 64-byte aligned (a cache line, an AVX-512 vector); at least one line, so never null for 0
 // bytes. Null when the memory is not there.
-void* try_allocate_aligned(size_t bytes) {
+void* allocate_aligned(size_t bytes) {
   if (bytes > std::numeric_limits<size_t>::max() - 64) return nullptr;
   const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
   return std::aligned_alloc(64, rounded);
 }
-void* allocate_aligned(size_t bytes) {
-  void* p = try_allocate_aligned(bytes);
-  if (!p) throw std::bad_alloc();  // pybind11 raises MemoryError
-  return p;
-}
 
-// The buffers of outputs that Python has freed, kept for the next outputs of the same size: a
-// training loop asks for the same outputs and workspace every step, and fresh memory of that size
-// comes from the kernel page by page, zeroed (measured: a 2-layer bidirectional LSTM forward at
-// B=32, T=100, H=256 spent 12% of its time in page faults and munmap for its 81 MiB workspace).
-// At most kMaxBytes are kept, the most recently freed first out. Never destroyed: a capsule may
-// release its buffer while the interpreter shuts down, after static destructors.
-class OutputPool {
+// The buffers of the kernels' outputs that Python has freed and of finished calls' scratch, kept
+// for the next buffers of the same size: a training loop asks for the same outputs, workspace and
+// scratch every step, and fresh memory of that size comes from the kernel page by page, zeroed
+// (measured: a 2-layer bidirectional LSTM forward at B=32, T=100, H=256 spent 12% of its time in
+// page faults and munmap for its 81 MiB workspace; LSTM forward+backward at B=16, H=128 took
+// 4.6 ms with fresh scratch and 2.1 ms with reused). At most kMaxBytes are kept, the most
+// recently freed first out. Never destroyed: a capsule may release its buffer while the
+// interpreter shuts down, after static destructors.
+class BufferPool {
  public:
-  static OutputPool& instance() {
-    static OutputPool* const pool = new OutputPool();  // intentionally leaked, see above
+  static BufferPool& instance() {
+    static BufferPool* const pool = new BufferPool();  // intentionally leaked, see above
     return *pool;
   }
   // A 64-byte aligned buffer of `bytes`, or null when the memory is not there.
@@ -84,7 +81,7 @@ class OutputPool {
         return p;
       }
     }
-    return try_allocate_aligned(bytes);
+    return allocate_aligned(bytes);
   }
   void release(void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -129,10 +126,8 @@ struct PooledBuffer {
 };
 }  // namespace
 
-int64_t cached_output_bytes() {
-  return static_cast<int64_t>(OutputPool::instance().cached_bytes());
-}
-void release_cached_outputs() { OutputPool::instance().clear(); }
+int64_t cached_bytes() { return static_cast<int64_t>(BufferPool::instance().cached_bytes()); }
+void release_cached_memory() { BufferPool::instance().clear(); }
 
 ArgChecker::ArgChecker(py::handle first, const char* first_name) : first_name_(first_name) {
   if (!py::isinstance<py::array>(first))
@@ -214,12 +209,12 @@ py::array ArgChecker::output(const std::vector<int64_t>& shape) const {
   // 64-byte aligned, unlike numpy's own (16): when a team splits rows between threads, a member's
   // share then starts on a cache line whenever its offset is a multiple of 64 bytes, and the two
   // cores never write the same line (measured: an LSTM's training forward at B=16, H=128 on 2
-  // threads took 1.10 ms at numpy's alignment and 0.55 ms aligned). From OutputPool.
+  // threads took 1.10 ms at numpy's alignment and 0.55 ms aligned). From BufferPool.
   int64_t elements = 1;
   for (int64_t d : shape) elements *= d;  // the shapes were checked: no overflow
   const size_t item = is_float32_ ? sizeof(float) : sizeof(double);
   const size_t bytes = static_cast<size_t>(elements) * item;
-  void* data = OutputPool::instance().acquire(bytes);
+  void* data = BufferPool::instance().acquire(bytes);
   if (!data) {  // numpy's words for it
     std::string dims;
     for (int64_t d : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
@@ -235,50 +230,22 @@ py::array ArgChecker::output(const std::vector<int64_t>& shape) const {
   auto held = std::make_unique<PooledBuffer>(PooledBuffer{data, bytes});
   py::capsule owner(held.get(), [](void* p) {
     const std::unique_ptr<PooledBuffer> buffer(static_cast<PooledBuffer*>(p));
-    OutputPool::instance().release(buffer->data, buffer->bytes);
+    BufferPool::instance().release(buffer->data, buffer->bytes);
   });
   held.release();  // the capsule owns it now
   if (is_float32_) return py::array_t<float>(s, static_cast<float*>(data), owner);
   return py::array_t<double>(s, static_cast<double*>(data), owner);
 }
 
-namespace {
-// One per thread: the buffer ScratchMemory reuses. Freed when the thread ends.
-struct CachedScratch {
-  void* data = nullptr;
-  size_t bytes = 0;
-  bool busy = false;
-  ~CachedScratch() { std::free(data); }
-};
-thread_local CachedScratch t_scratch;
-}  // namespace
-
 ScratchMemory::ScratchMemory(int64_t elements, bool float32) {
   const int64_t item = float32 ? 4 : 8;
   if (elements < 0 || elements > std::numeric_limits<int64_t>::max() / item) throw std::bad_alloc();
-  const size_t bytes = static_cast<size_t>(elements * item);
-  if (t_scratch.busy || elements * item > kMaxCachedScratchBytes) {
-    data_ = allocate_aligned(bytes);
-    owned_ = true;
-    return;
-  }
-  if (t_scratch.bytes < bytes || !t_scratch.data) {
-    std::free(t_scratch.data);
-    t_scratch.data = nullptr;
-    t_scratch.bytes = 0;
-    t_scratch.data = allocate_aligned(bytes);
-    t_scratch.bytes = bytes;
-  }
-  t_scratch.busy = true;
-  data_ = t_scratch.data;
+  bytes_ = static_cast<size_t>(elements * item);
+  data_ = BufferPool::instance().acquire(bytes_);
+  if (!data_) throw std::bad_alloc();  // pybind11 raises MemoryError
 }
 
-ScratchMemory::~ScratchMemory() {
-  if (owned_)
-    std::free(data_);
-  else
-    t_scratch.busy = false;
-}
+ScratchMemory::~ScratchMemory() { BufferPool::instance().release(data_, bytes_); }
 
 RnnActivation parse_nonlinearity(const std::string& nonlinearity) {
   if (nonlinearity == "tanh") return RnnActivation::tanh;

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -50,19 +51,17 @@ class ArgChecker {
   std::string first_name_;
 };
 
-// Bytes of freed outputs kept for the next calls' outputs of the same sizes (ArgChecker::output),
-// and giving them back to the system.
-int64_t cached_output_bytes();
-void release_cached_outputs();
+// Bytes kept for the next calls' outputs and scratch of the same sizes (ArgChecker::output,
+// ScratchMemory), and giving them back to the system.
+int64_t cached_bytes();
+void release_cached_memory();
 
-// The scratch of one kernel call (memory the kernel uses and the caller never sees): the calling
-// thread's cached buffer, kept between calls so that repeated calls do not pay again for the page
-// faults of fresh memory (measured: LSTM forward+backward at B=16, H=128 took 4.6 ms with fresh
-// scratch and 2.1 ms with reused memory), or, above kMaxCachedScratchBytes or while the thread's
-// buffer is in use, memory of its own freed with this object. Impossible sizes raise MemoryError.
+// The scratch of one kernel call (memory the kernel uses and the caller never sees), 64-byte
+// aligned, from the pool that outputs come from and going back to it with this object, so that
+// repeated calls do not pay again for the page faults of fresh memory. Impossible sizes raise
+// MemoryError.
 class ScratchMemory {
  public:
-  static constexpr int64_t kMaxCachedScratchBytes = int64_t(64) << 20;
   ScratchMemory(int64_t elements, bool float32);
   ~ScratchMemory();
   ScratchMemory(const ScratchMemory&) = delete;
@@ -74,7 +73,7 @@ class ScratchMemory {
 
  private:
   void* data_ = nullptr;
-  bool owned_ = false;  // else the thread's cached buffer, marked busy
+  size_t bytes_ = 0;
 };
 
 // 'tanh' or 'relu', else a ValueError naming the argument.

@@ -37,10 +37,10 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   });
   m.def("have_openmp", &have_openmp);
-  m.def("cached_output_bytes", &cached_output_bytes,
-        "Bytes of freed outputs kept for the next calls' outputs of the same sizes.");
-  m.def("release_cached_outputs", &release_cached_outputs,
-        "Give the memory of freed outputs kept for later calls back to the system.");
+  m.def("cached_bytes", &cached_bytes,
+        "Bytes of freed outputs and scratch kept for the next calls' buffers of the same sizes.");
+  m.def("release_cached_memory", &release_cached_memory,
+        "Give the memory of freed outputs and scratch kept for later calls back to the system.");
   m.def(
       "_set_team_thresholds",
       [](int64_t min_step_work, int64_t min_units_per_member) {

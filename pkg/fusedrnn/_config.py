@@ -58,14 +58,15 @@ def set_num_threads(n: int) -> None:
 
 
 def empty_cache() -> None:
-    """Free the memory of outputs that Python has released and fusedrnn keeps for later calls.
+    """Free the memory fusedrnn keeps for later calls: released outputs and finished scratch.
 
-    The arrays the kernels return (outputs, workspaces, gradients) come from a pool: once Python
-    frees one, its memory serves the next call's output of the same size, so a training loop does
-    not pay each step for fresh pages. Up to 256 MiB is kept. Like ``torch.cuda.empty_cache``,
-    this returns that memory to the system; arrays still alive are not affected.
+    The arrays the kernels return (outputs, workspaces, gradients) and their scratch come from a
+    pool: once Python frees an array, or a call ends, its memory serves the next buffer of the
+    same size, so a training loop does not pay each step for fresh pages. Up to 256 MiB is kept.
+    Like ``torch.cuda.empty_cache``, this returns that memory to the system; arrays still alive
+    are not affected.
     """
-    _core.release_cached_outputs()
+    _core.release_cached_memory()
 
 
 def _blas_description() -> str:
@@ -92,7 +93,7 @@ def config() -> dict:
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),
         "omp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
-        "cached_output_bytes": _core.cached_output_bytes(),
+        "cached_bytes": _core.cached_bytes(),
         "blas": _blas_description(),
         "blas_threads": _blas_threads(),
         "blas_thread_local_control": _core.blas_threads_local_available(),
