@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -12,8 +11,8 @@ int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_af
   // The gradient GEMMs' packed last panels: input_gradients, recurrent_weight_gradient and, for
   // reset_before, the r*h of the n block.
   return (reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H) +
-         packed_weights_size(3 * H, 1, H) + input_gradients_scratch_size(3 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B) +
-         tail_panel_size(T * B);
+         packed_weights_size(3 * H, 1, H) + input_gradients_scratch_size(3 * H, T * B) +
+         recurrent_weight_gradient_scratch_size(T, B) + tail_panel_size(T * B);
 }
 
 // dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]

@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -8,9 +7,9 @@ namespace fusedrnn {
 
 int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P) {
   // dgates [T,B,4H]; with a projection also dL/dh per step [T,B,P] and dL/dm of one step [B,H];
-  // W_hh packed in panels; the gradient GEMMs' packed last panels
+  // W_hh packed in panels; the gradient GEMMs' packed last panels (with a projection also those
+  // of W_hr and of m, read in place)
   const int64_t R = P ? P : H;
-  // (with a projection also the packed last panels of W_hr and of m, read in place)
   return T * B * 4 * H + (P ? T * B * P + B * H : 0) + packed_weights_size(4 * H, 1, R) +
          input_gradients_scratch_size(4 * H, T * B) + recurrent_weight_gradient_scratch_size(T, B) +
          (P ? tail_panel_size(P) + tail_panel_size(T * B) : 0);

@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -33,7 +32,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
   T* bias = scratch;
-  for (int64_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+  sum_biases(bias, b_ih, b_hh, G);
   T* packed_hh = bias + G;                                        // W_hh^T in panels
   T* packed_ih = packed_hh + packed_weights_size(R, 4, H);        // W_ih^T in panels
   T* packed_hr = packed_ih + packed_weights_size(I, 4, H);        // W_hr^T in panels

@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/sequence.h"
 #include "common/threading.h"

@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -22,7 +21,7 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   T* bias = scratch;
   T* packed_hh = scratch + H;
   T* packed_ih = packed_hh + packed_weights_size(H, 1, H);
-  for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+  sum_biases(bias, b_ih, b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
   project_inputs(y, H, packed_ih, x, w_ih, steps * B, I, 1, H);

@@ -257,7 +257,8 @@ py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handl
   py::array dkeys = k.output({c.B, c.S, c.Dk});
   py::array dvalues = k.output({c.B, c.S, c.Dv});
   const int threads = get_num_threads();
-  const ScratchMemory scratch(additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads), k.is_float32());
+  const ScratchMemory scratch(
+      additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads), k.is_float32());
   with_dtype(k, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;

@@ -89,6 +89,7 @@ struct CellCall {
   py::array new_state() const { return c.output({B, H}); }
   py::array new_dx() const { return c.output({T, B, I}); }
   py::array new_vector(int64_t n) const { return c.output({n}); }
+  ScratchMemory new_scratch(int64_t n) const { return ScratchMemory(n, c.is_float32()); }
 
   // body(float{}) or body(double{}), by the call's dtype.
   template <typename Body>
@@ -109,7 +110,8 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
   py::array y = a.new_outputs(), h_n = a.new_state(), c_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(lstm_workspace_size(a.T, a.B, a.H, 0)))
                            : py::none();
-  const ScratchMemory scratch(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training), a.c.is_float32());
+  const ScratchMemory scratch =
+      a.new_scratch(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -133,7 +135,7 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
   py::object dhn = a.optional_state(dh_n, "dh_n"), dcn = a.optional_state(dc_n, "dc_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state(), dc0 = a.new_state();
-  const ScratchMemory scratch(lstm_backward_scratch_size(a.T, a.B, a.H, 0), a.c.is_float32());
+  const ScratchMemory scratch = a.new_scratch(lstm_backward_scratch_size(a.T, a.B, a.H, 0));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -155,7 +157,8 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   py::array y = a.new_outputs(), h_n = a.new_state();
   py::object ws = training ? py::object(a.new_vector(gru_workspace_size(a.T, a.B, a.H)))
                            : py::none();
-  const ScratchMemory scratch(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training), a.c.is_float32());
+  const ScratchMemory scratch =
+      a.new_scratch(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -177,7 +180,8 @@ py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state();
-  const ScratchMemory scratch(gru_backward_scratch_size(a.T, a.B, a.H, reset_after), a.c.is_float32());
+  const ScratchMemory scratch =
+      a.new_scratch(gru_backward_scratch_size(a.T, a.B, a.H, reset_after));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -198,7 +202,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
   const CellCall a(x, h0, w_ih, w_hh, 1);
   py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
   py::array y = a.new_outputs(), h_n = a.new_state();
-  const ScratchMemory scratch(rnn_forward_scratch_size(a.I, a.H), a.c.is_float32());
+  const ScratchMemory scratch = a.new_scratch(rnn_forward_scratch_size(a.I, a.H));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -221,7 +225,7 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
   py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
   const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
   py::array dx = a.new_dx(), dh0 = a.new_state();
-  const ScratchMemory scratch(rnn_backward_scratch_size(a.T, a.B, a.H), a.c.is_float32());
+  const ScratchMemory scratch = a.new_scratch(rnn_backward_scratch_size(a.T, a.B, a.H));
   a.run([&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;

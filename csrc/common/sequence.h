@@ -4,7 +4,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/step_gemm.h"
 #include "common/threading.h"
@@ -21,10 +20,11 @@ void copy_or_zero(T* dst, const T* src, int64_t n) {
     std::fill(dst, dst + n, T(0));
 }
 
-// out[j] = a[j] + b[j]: the two biases of a gate that enter only as a sum.
+// out[j] = b_ih[j] + b_hh[j]: the two biases of a gate that enter only as a sum (an absent bias
+// is zeros).
 template <typename T>
-void add_vectors(T* out, const T* a, const T* b, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = a[j] + b[j];
+void sum_biases(T* out, const T* b_ih, const T* b_hh, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
 }
 
 // The kernels' big GEMMs (over all steps) run on a team of their own, each member taking a share.
