@@ -20,6 +20,16 @@ namespace fusedrnn {
 // The widest panel of any instruction set (float on AVX-512: 2 x 16); scratch sizes use it.
 constexpr int64_t kMaxPanelWidth = 32;
 
+// This thread's buffer for the copied blocks of a transposed A (csrc/step_gemm.inc), big enough
+// for every instruction set's block of doubles. One buffer for all instruction sets and both
+// types: each thread that runs kernels holds it (128 KiB), where a buffer per instantiation held
+// 480 KiB.
+constexpr int64_t kTransposedABlockBytes = 64 * 256 * 8;
+inline void* transposed_a_block_buffer() {
+  alignas(64) static thread_local unsigned char buffer[kTransposedABlockBytes];
+  return buffer;
+}
+
 // One call of the micro-kernel: out[rows, cols] = A[rows, K] @ P (+ out if accumulate), where
 //   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
 //   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
