@@ -9,9 +9,10 @@
 
 namespace fusedrnn {
 namespace {
-int64_t backward_member_size(const AttentionTiles& t) {
-  // p, dP / dS, p*z (dropout), dropout row keys
-  return 3 * round_block(t.block_q * t.block_k) + round_block(t.block_q);
+int64_t backward_member_size(const AttentionTiles& t, const AttentionShape& s) {
+  // p, dP / dS, p*z (dropout), dropout row keys, the GEMMs' panels
+  return 3 * round_block(t.block_q * t.block_k) + round_block(t.block_q) +
+         attention_panels_size(t, s.E, s.Ev);
 }
 }  // namespace
 
@@ -20,7 +21,7 @@ int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal) {
   const int64_t rows = s.batch * s.heads_q * s.L;
   const int64_t chunks = attention_backward_chunks(s, ceil_div(s.S, tiles.block_k));
   return round_block(rows) + (chunks - 1) * round_block(rows * s.E) +
-         static_cast<int64_t>(std::max(1, s.threads)) * backward_member_size(tiles);
+         static_cast<int64_t>(std::max(1, s.threads)) * backward_member_size(tiles, s);
 }
 
 // d_out: [N,Hq,L,Ev]  q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  out: [N,Hq,L,Ev]
@@ -75,10 +76,11 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
     }
     team_barrier();
     // 2. the items
-    T* pbuf = tile_scratch + member * backward_member_size(tiles);
+    T* pbuf = tile_scratch + member * backward_member_size(tiles, s);
     T* dpbuf = pbuf + round_block(BQ * BK);
     T* pdrop = dpbuf + round_block(BQ * BK);
     uint32_t* keys = reinterpret_cast<uint32_t*>(pdrop + round_block(BQ * BK));
+    T* panels = pdrop + round_block(BQ * BK) + round_block(BQ);
     AttentionTile<T> t;
     t.s = pbuf;
     t.dp = dpbuf;
@@ -119,15 +121,18 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
             set_tile_mask(t, mask, bh, i0, j0);
             if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
             // forward: s = scale * q_i k_j^T;  p = exp(s - lse)
-            gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, T(0), pbuf, BK);
+            tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, pbuf, BK, panels);
             kern.backward_probs(t);
             // forward: o = (p*z) v  ->  dv_j += (p*z)^T do_i,  dP*z = do_i v_j^T (z in ds)
-            gemm<T>(true, false, cols, Ev, rows, T(1), t.p_drop, BK, doi, Ev, T(1), dvj, Ev);
-            gemm<T>(false, true, rows, cols, Ev, T(1), doi, Ev, vj, Ev, T(0), dpbuf, BK);
+            tile_gemm<T>(true, false, cols, Ev, rows, T(1), t.p_drop, BK, doi, Ev, true, dvj, Ev,
+                         panels);
+            tile_gemm<T>(false, true, rows, cols, Ev, T(1), doi, Ev, vj, Ev, false, dpbuf, BK,
+                         panels);
             kern.backward_ds(t);
             // forward: s = scale * q k^T  ->  dq_i += scale dS k_j,  dk_j += scale dS^T q_i
-            gemm<T>(false, false, rows, E, cols, scale, dpbuf, BK, kj, E, T(1), dqi, E);
-            gemm<T>(true, false, cols, E, rows, scale, dpbuf, BK, qi, E, T(1), dkj, E);
+            tile_gemm<T>(false, false, rows, E, cols, scale, dpbuf, BK, kj, E, true, dqi, E,
+                         panels);
+            tile_gemm<T>(true, false, cols, E, rows, scale, dpbuf, BK, qi, E, true, dkj, E, panels);
           }
         }
       }

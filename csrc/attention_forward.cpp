@@ -19,9 +19,10 @@ AttentionTiles forced_or(AttentionTiles tuned) {
   return bq > 0 && bk > 0 ? AttentionTiles{bq, bk} : tuned;
 }
 
-int64_t forward_member_size(const AttentionTiles& t) {
-  // score tile, running max m, running sum l, dropout row keys
-  return round_block(t.block_q * t.block_k) + 3 * round_block(t.block_q);
+int64_t forward_member_size(const AttentionTiles& t, const AttentionShape& s) {
+  // score tile, running max m, running sum l, dropout row keys, the GEMMs' panels
+  return round_block(t.block_q * t.block_k) + 3 * round_block(t.block_q) +
+         attention_panels_size(t, s.E, s.Ev);
 }
 }  // namespace
 
@@ -36,27 +37,28 @@ void set_attention_tiles(int64_t block_q, int64_t block_k) {
 }
 
 // Measured on AVX-512 (Zen 5, 2 cores, float) at (B, H, L, E) = (8, 8, 256, 64) and (4, 8, 1024,
-// 64), median ms of a call (tiles block_q x block_k). Forward runs best with large tiles (fewer,
-// larger GEMMs and fewer repacks of each k and v tile): 256 x 512 (512 KiB of float scores, in
-// L2) took 6.4 / 46.7-47.1 ms, 256 x 256 6.7 / 48.7-49.2, 64 x 128 7.6 / 59 (through the Python
-// function; float64 at L = 1024: 93.5 against 95.8 ms). Under a causal mask a query tile wastes about
-// block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of the work: 128 x 256 took
-// 4.9 / 28 ms, 64 x 256 5.2 / 30, 256 x 256 5.7 / 28. Backward, which keeps three tiles of scores
-// per thread, also gains from large tiles: 256 x 256 took 12.5 / 96 ms against 15.5 / 114 at
-// 64 x 128; causal, 128 x 256 took 10.7 / 58 against 10.4 / 63 at 64 x 128.
+// 64), median ms of a call through the Python function (tiles block_q x block_k), with the tile
+// GEMMs on the step kernel. Forward runs best with large tiles (fewer, larger GEMMs and fewer
+// packings of each k tile): 256 x 512 (512 KiB of float scores, in L2) took 5.8 / 40.4 ms,
+// 256 x 256 5.8 / 42.6, 128 x 256 6.1 / 43.4, 64 x 512 6.3 / 42.1. Under a causal mask a query
+// tile wastes about block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of the
+// work: 64 x 256 took 4.5 / 25.1 ms, 128 x 256 4.8 / 25.5, 64 x 128 4.8 / 27.1, 256 x 256 5.9 / 28.0.
+// Backward, which keeps three tiles of scores per thread: 256 x 256 took 17.4 / 129 ms against
+// 17.7 / 129 at 128 x 256 and 18.1 / 133 at 128 x 128; causal, 64 x 256 took 12.8 / 72 against
+// 14.2 / 74 at 128 x 256 and 13.1 / 74 at 64 x 128.
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 512});
+  return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 512});
 }
 
 AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
-  return forced_or(causal ? AttentionTiles{128, 256} : AttentionTiles{256, 256});
+  return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
 }
 
 int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal) {
   return static_cast<int64_t>(std::max(1, s.threads)) *
-         forward_member_size(attention_forward_tiles(s, causal));
+         forward_member_size(attention_forward_tiles(s, causal), s);
 }
 
 // q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  mask: broadcast [N,Hq,L,S] or none
@@ -82,10 +84,11 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
   // the multiply-adds of q k^T and p v (a causal mask halves them; the estimate need not be exact)
   const double work = static_cast<double>(heads) * L * S * (E + Ev) * (opt.causal ? 0.5 : 1.0);
   run_team(attention_team_size(s.threads, units, work), [&](int member, int) {
-    T* sbuf = scratch + member * forward_member_size(tiles);
+    T* sbuf = scratch + member * forward_member_size(tiles, s);
     T* m = sbuf + round_block(BQ * BK);
     T* l = m + round_block(BQ);
     uint32_t* keys = reinterpret_cast<uint32_t*>(l + round_block(BQ));
+    T* panels = l + 2 * round_block(BQ);
     AttentionTile<T> t;
     t.s = sbuf;
     t.ld = BK;
@@ -114,7 +117,8 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
       for (int64_t j0 = 0; j0 < kv_end; j0 += BK) {
         const int64_t cols = std::min(BK, kv_end - j0);
         // s = scale * q_i k_j^T
-        gemm<T>(false, true, rows, cols, E, scale, qi, E, kg + j0 * E, E, T(0), sbuf, BK);
+        tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kg + j0 * E, E, false, sbuf, BK,
+                     panels);
         t.cols = cols;
         t.j0 = j0;
         t.causal = opt.causal && j0 + cols - 1 > i0;  // the tile crosses the diagonal
@@ -122,7 +126,8 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
         set_tile_mask(t, mask, bh, i0, j0);
         tile_kernel(t);
         // o_i += (p*z) v_j   (o_i rescaled by the tile kernel when the row maximum grew)
-        gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vg + j0 * Ev, Ev, T(1), oi, Ev);
+        tile_gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vg + j0 * Ev, Ev, true, oi, Ev,
+                     panels);
       }
       for (int64_t r = 0; r < rows; ++r) {
         T* orow = oi + r * Ev;

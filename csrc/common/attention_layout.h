@@ -26,6 +26,30 @@ inline int attention_team_size(int threads, int64_t units, double work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(1, threads), units)));
 }
 
+// The GEMMs of a tile, C[m, n] = alpha * op(A) @ op(B) (+ C if accumulate), by the calling
+// thread on the recurrent kernels' micro-kernel (common/step_gemm.h), which runs AVX-512 here
+// where SciPy's OpenBLAS runs its AVX2 kernels. op(A) [m, k] is a (rows lda apart) or, if trans_a,
+// a^T; op(B) [k, n] is b read in place (rows ldb apart) or, if trans_b, b^T, packed into `panels`
+// [attention_panels_size] first.
+template <typename T>
+void tile_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+               int64_t lda, const T* b, int64_t ldb, bool accumulate, T* c, int64_t ldc,
+               T* panels) {
+  const auto& kernel = step_gemm_kernels<T>();
+  const PanelShare all = panel_share(n, kernel.panel_width, 0, 1);
+  const PackedWeights<T> w = trans_b ? pack_weights(kernel, panels, b, 1, ldb, k, 1, n, all)
+                                     : in_place_panels(kernel, b, ldb, k, n, panels, all);
+  step_gemm(kernel, w, 0, 1, all, m, a, lda, c, ldc, accumulate, trans_a, alpha);
+}
+
+// The panels of a tile_gemm of tiles `t` with head sizes E and Ev: a packed tile of k^T or v^T
+// (E or Ev rows, up to block_k columns), or the last panel of an operand read in place (up to
+// block_q or block_k rows).
+inline int64_t attention_panels_size(const AttentionTiles& t, int64_t E, int64_t Ev) {
+  return round_block(std::max(packed_weights_size(std::max(E, Ev), 1, t.block_k),
+                              tail_panel_size(std::max(t.block_q, t.block_k))));
+}
+
 // Backward splits the keys of each (batch item, kv head) into this many chunks when there are
 // too few (batch item, kv head) pairs to keep every thread busy; chunk c > 0 sums its part of
 // dq in a buffer of its own (deterministic, no atomics), added into dq at the end.

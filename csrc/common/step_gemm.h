@@ -30,7 +30,8 @@ inline void* transposed_a_block_buffer() {
   return buffer;
 }
 
-// One call of the micro-kernel: out[rows, cols] = A[rows, K] @ P (+ out if accumulate), where
+// One call of the micro-kernel: out[rows, cols] = alpha * A[rows, K] @ P (+ out if accumulate),
+// where
 //   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
 //   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
 //   (cols <= panel_count * nr; the columns past cols are read but not stored).
@@ -45,6 +46,7 @@ struct PanelProduct {
   T* out = nullptr;
   int64_t ldo = 0;
   bool accumulate = false;
+  T alpha = 1;
 };
 
 // The micro-kernel of one instruction set (csrc/step_gemm.inc), in the ISA table, and its packing
@@ -151,15 +153,18 @@ PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src,
   return in_place;
 }
 
-// out (+)= A[rows, K] @ B for the blocks [first, first + count) and this member's panels; block g
+// out (+)= alpha * A[rows, K] @ B for the blocks [first, first + count) and this member's panels;
+// block g
 // goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of out.
 // A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed.
 template <typename T>
 void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
                int64_t count, const PanelShare& share, int64_t rows, const T* a, int64_t lda,
-               T* out, int64_t ldo, bool accumulate, bool a_transposed = false) {
+               T* out, int64_t ldo, bool accumulate, bool a_transposed = false,
+               T alpha = T(1)) {
   if (share.width <= 0 || rows <= 0) return;
   PanelProduct<T> m;
+  m.alpha = alpha;
   m.rows = rows;
   m.K = w.K;
   m.a = a;
