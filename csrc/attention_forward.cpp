@@ -39,13 +39,13 @@ void set_attention_tiles(int64_t block_q, int64_t block_k) {
 // Measured on AVX-512 (Zen 5, 2 cores, float) at (B, H, L, E) = (8, 8, 256, 64) and (4, 8, 1024,
 // 64), median ms of a call through the Python function (tiles block_q x block_k), with the tile
 // GEMMs on the step kernel. Forward runs best with large tiles (fewer, larger GEMMs and fewer
-// packings of each k tile): 256 x 512 (512 KiB of float scores, in L2) took 5.8 / 40.4 ms,
-// 256 x 256 5.8 / 42.6, 128 x 256 6.1 / 43.4, 64 x 512 6.3 / 42.1. Under a causal mask a query
+// packings of each k tile): 256 x 512 (512 KiB of float scores, in L2) took 4.06 / 28.6 ms,
+// 256 x 256 4.03 / 30.7, 128 x 256 4.31 / 31.1, 64 x 512 4.47 / 29.5. Under a causal mask a query
 // tile wastes about block_q^2 / 2 masked scores on the diagonal, a fraction block_q / L of the
-// work: 64 x 256 took 4.5 / 25.1 ms, 128 x 256 4.8 / 25.5, 64 x 128 4.8 / 27.1, 256 x 256 5.9 / 28.0.
-// Backward, which keeps three tiles of scores per thread: 256 x 256 took 17.4 / 129 ms against
-// 17.7 / 129 at 128 x 256 and 18.1 / 133 at 128 x 128; causal, 64 x 256 took 12.8 / 72 against
-// 14.2 / 74 at 128 x 256 and 13.1 / 74 at 64 x 128.
+// work: 64 x 256 took 3.54 / 19.0 ms, 128 x 256 3.61 / 18.9, 128 x 512 3.66 / 18.0, 32 x 256
+// 3.59 / 19.5. Backward, which keeps three tiles of scores per thread: 256 x 256 took 11.9 / 85 ms
+// against 12.1 / 86 at 128 x 256 and 13.0 / 91 at 128 x 128; causal, 64 x 256 took 9.7 / 52
+// against 10.1 / 51 at 128 x 256 and 10.7 / 53 at 128 x 128.
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   (void)s;
   return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 512});
