@@ -136,6 +136,23 @@ def test_every_isa(case, dtype, isa):
     assert_runs_close(fused, ref, dtype, f"{case} on {isa}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_tile_gemms_over_several_k_blocks(causal, dtype, isa):
+    """Tiles of 300 keys and 300 queries: the tile GEMMs whose k runs over the keys or the
+    queries (p v, dS k, dS^T q, p^T dO) take two blocks of k of the step kernel, each scaled
+    and added in turn; head sizes of 40 and 24 leave partial panels."""
+    q, k, v, d_out = make_qkv((1,), 2, 2, 310, 305, 40, 24, seed=5)
+    q, k, v, d_out = (a.astype(dtype) for a in (q, k, v, d_out))
+    _core._set_attention_tiles(300, 300)
+    try:
+        fused = run("fused", q, k, v, d_out, is_causal=causal, scale=0.3)
+    finally:
+        _core._set_attention_tiles(0, 0)
+    ref = run("reference", q, k, v, d_out, is_causal=causal, scale=0.3)
+    assert_runs_close(fused, ref, dtype, f"300 x 300 tiles on {isa}")
+
+
 def test_small_calls_run_on_one_thread_and_agree():
     """Below the work threshold a call skips the team; the results are the team's."""
     q, k, v, d_out = make_qkv((2,), 2, 2, 9, 11, 4, 3, seed=8)
