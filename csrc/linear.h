@@ -1,7 +1,9 @@
-// A dense layer over rows: y = x W^T + b, forward and backward, on the kernels' BLAS (so that
-// fusedrnn.set_num_threads governs it like the recurrent kernels, and numpy's own BLAS pool is
-// never woken in a training loop). The bias is fused into the GEMM (rows of y start as b, beta=1)
-// and the weight gradient is accumulated by the GEMM itself (beta=1), with no temporaries.
+// A dense layer over rows: y = x W^T + b, forward and backward. From 4 rows on, the GEMMs run on
+// the recurrent kernels' step kernel (common/step_gemm.h), on a team of the kernels' threads:
+// W^T packed once per call, the bias in the rows of y before the product adds to them, the
+// gradients' operands read in place. Fewer rows go to the BLAS, whose GEMV reads W once where
+// packing would read and write it first. fusedrnn.set_num_threads governs both, and numpy's own
+// BLAS pool is never woken in a training loop.
 //
 // Shapes: x [M,K]  w [N,K]  b [N] or null  y [M,N]  dy [M,N]
 //         dx [M,K] or null (=)  dw [N,K] (+=)  db [N] or null (+=)
@@ -10,11 +12,15 @@
 
 namespace fusedrnn {
 
-template <typename T>
-void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t M, int64_t K, int64_t N);
+int64_t linear_forward_scratch_size(int64_t M, int64_t K, int64_t N);
+int64_t linear_backward_scratch_size(int64_t M, int64_t N);
 
 template <typename T>
-void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t M,
-                     int64_t K, int64_t N);
+void linear_forward(T* y, T* scratch, const T* x, const T* w, const T* b, int64_t M, int64_t K,
+                    int64_t N);
+
+template <typename T>
+void linear_backward(T* dx, T* dw, T* db, T* scratch, const T* dy, const T* x, const T* w,
+                     int64_t M, int64_t K, int64_t N);
 
 }  // namespace fusedrnn

@@ -4,10 +4,11 @@ protocol (live parameters, grads keyed like state_dict, zero_grad, load_state_di
 
 from __future__ import annotations
 
+import fusedrnn
 import numpy as np
 import pytest
 from cells import assert_close
-from fusedrnn import Embedding, Linear, functional, reference
+from fusedrnn import Embedding, Linear, _core, functional, reference
 from numgrad import ATOL, RTOL, central_differences
 
 
@@ -62,6 +63,39 @@ def test_fused_linear_matches_reference(dtype, bias, M):
         assert_close(grads[k], ref[k], dtype, k)
     none, fresh = functional.linear_backward(x, w, dy, bias=bias, need_dx=False)
     assert none is None and set(fresh) == set(start)
+
+
+@pytest.mark.parametrize("isa", [i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(3, 33, 70), (4, 33, 70), (300, 64, 100), (9, 7, 33)])
+def test_fused_linear_on_the_step_kernel(M, K, N, dtype, isa, threading_mode):
+    """From 4 rows on the product runs on the step kernel (fewer go to the BLAS): partial
+    panels of W^T (N not a multiple of the panel width), odd K, both dtypes, every instruction
+    set, one thread or a team; results the same bits whatever the thread count."""
+    rng = np.random.default_rng(M + K + N)
+    x = rng.standard_normal((M, K)).astype(dtype)
+    dy = rng.standard_normal((M, N)).astype(dtype)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    default = _core.active_isa()
+    _core.select_isa(isa)
+    try:
+        y = functional.linear_forward(x, w, b)
+        dx, grads = functional.linear_backward(x, w, dy, bias=True)
+        fusedrnn.set_num_threads(1)
+        y_one = functional.linear_forward(x, w, b)
+        dx_one, grads_one = functional.linear_backward(x, w, dy, bias=True)
+    finally:
+        _core.select_isa(default)
+    assert_close(y, reference.linear_forward(x, w, b), dtype, "y")
+    ref_dx, ref = reference.linear_backward(x, w, dy, bias=True)
+    assert_close(dx, ref_dx, dtype, "dx")
+    for k in ref:
+        assert_close(grads[k], ref[k], dtype, k)
+    np.testing.assert_array_equal(y, y_one)
+    np.testing.assert_array_equal(dx, dx_one)
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], grads_one[k], err_msg=k)
 
 
 def test_fused_linear_bad_input():

@@ -114,14 +114,15 @@ py::array linear_forward_py(py::handle x, py::handle weight, py::handle bias) {
   py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
   py::object ba = c.optional_input(bias, "bias", {{"out_features", N}});
   py::array y = c.output({M, N});
+  const ScratchMemory scratch(linear_forward_scratch_size(M, K, N), c.is_float32());
   if (c.is_float32()) {
     py::gil_scoped_release release;
-    linear_forward<float>(data_of<float>(y), cdata_of<float>(xa), cdata_of<float>(wa),
-                          cdata_of<float>(ba), M, K, N);
+    linear_forward<float>(data_of<float>(y), scratch.data<float>(), cdata_of<float>(xa),
+                          cdata_of<float>(wa), cdata_of<float>(ba), M, K, N);
   } else {
     py::gil_scoped_release release;
-    linear_forward<double>(data_of<double>(y), cdata_of<double>(xa), cdata_of<double>(wa),
-                           cdata_of<double>(ba), M, K, N);
+    linear_forward<double>(data_of<double>(y), scratch.data<double>(), cdata_of<double>(xa),
+                           cdata_of<double>(wa), cdata_of<double>(ba), M, K, N);
   }
   return y;
 }
@@ -138,15 +139,17 @@ py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py:
   py::object dba = has_bias ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
                             : py::none();
   py::object dx = need_dx ? py::object(c.output({M, K})) : py::none();
+  const ScratchMemory scratch(linear_backward_scratch_size(M, N), c.is_float32());
   if (c.is_float32()) {
     py::gil_scoped_release release;
     linear_backward<float>(data_of<float>(dx), data_of<float>(dwa), data_of<float>(dba),
-                           cdata_of<float>(dya), cdata_of<float>(xa), cdata_of<float>(wa), M, K, N);
+                           scratch.data<float>(), cdata_of<float>(dya), cdata_of<float>(xa),
+                           cdata_of<float>(wa), M, K, N);
   } else {
     py::gil_scoped_release release;
     linear_backward<double>(data_of<double>(dx), data_of<double>(dwa), data_of<double>(dba),
-                            cdata_of<double>(dya), cdata_of<double>(xa), cdata_of<double>(wa), M,
-                            K, N);
+                            scratch.data<double>(), cdata_of<double>(dya), cdata_of<double>(xa),
+                            cdata_of<double>(wa), M, K, N);
   }
   return py::make_tuple(dx, dwa, dba);
 }

@@ -92,19 +92,19 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
   step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
 }
 
-// out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T, W_ih [blocks*H, I]: the input
-// projection of all steps at once (rows = T*B), in one GEMM on a team of its own sized by the
-// work, each member packing (into packed [packed_weights_size(I, blocks, H)]) and multiplying its
-// panels of W_ih^T.
+// out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
+// [blocks*H, I]: the input projection of all steps at once (rows = T*B), or a dense layer, in one
+// GEMM on a team of its own sized by the work, each member packing (into packed
+// [packed_weights_size(I, blocks, H)]) and multiplying its panels of W_ih^T.
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
-                    int64_t I, int64_t blocks, int64_t H) {
+                    int64_t I, int64_t blocks, int64_t H, bool accumulate = false) {
   const auto& kernel = step_gemm_kernels<T>();
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, kernel.panel_width, member, members);
     const PackedWeights<T> w_ih_t =
         pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
-    step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, false);
+    step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, accumulate);
   });
 }
 

@@ -512,8 +512,9 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
 
 
 def linear_forward(x, weight, bias=None):
-    """Dense layer over rows: ``x @ weight.T + bias`` as one GEMM on the kernels' BLAS, the bias
-    fused into it (csrc/linear.h). Twin: `fusedrnn.reference.linear_forward`.
+    """Dense layer over rows: ``x @ weight.T + bias`` as one GEMM (the step kernel's from 4 rows
+    on, BLAS's GEMV below), the bias fused into it (csrc/linear.h). Twin:
+    `fusedrnn.reference.linear_forward`.
 
     Parameters
     ----------

@@ -69,8 +69,8 @@ class Linear(_Trainable):
         Seeds the initialisation: PyTorch's, ``weight`` and ``bias`` uniform in
         +-1/sqrt(in_features).
     backend : 'fused' (default) or 'reference'
-        `fusedrnn.functional.linear_forward` / ``linear_backward`` (C++, the kernels' BLAS, the
-        bias fused into the GEMM) or their NumPy twins in `fusedrnn.reference`.
+        `fusedrnn.functional.linear_forward` / ``linear_backward`` (C++, the step kernel's GEMM,
+        the bias fused into it) or their NumPy twins in `fusedrnn.reference`.
 
     Parameters: ``weight`` (out_features, in_features), ``bias`` (out_features,).
 
