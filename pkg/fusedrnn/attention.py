@@ -379,27 +379,22 @@ class MultiheadAttention(_Layer):
         mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S)
         H, D = self.num_heads, self.head_dim
 
-        def project(x, which):
+        def project_heads(x, which, length):  # x W^T + b, (N, T, E_in) -> (N, H, T, D)
             weight, bias = self._projection(which)[:2]
-            y = x @ weight.T
-            if bias is not None:
-                y += bias
-            return y
+            y = self._impl.linear_forward(x.reshape(N * length, -1), weight, bias)
+            return np.ascontiguousarray(y.reshape(N, length, H, D).transpose(0, 2, 1, 3))
 
-        def heads(x, length):  # (N, T, E) -> (N, H, T, D)
-            return np.ascontiguousarray(x.reshape(N, length, H, D).transpose(0, 2, 1, 3))
-
-        q = heads(project(q_in, 0), L)
-        k = heads(project(k_in, 1), S)
-        v = heads(project(v_in, 2), S)
+        q = project_heads(q_in, 0, L)
+        k = project_heads(k_in, 1, S)
+        v = project_heads(v_in, 2, S)
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
         attn, lse = self._impl.attention_forward(q, k, v, mask, **options)
-        merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N, L, self.embed_dim)
-        out = merged @ self._params["out_proj.weight"].T
-        if self.bias:
-            out += self._params["out_proj.bias"]
+        merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
+        out = self._impl.linear_forward(merged, self._params["out_proj.weight"],
+                                        self._params["out_proj.bias"] if self.bias else None)
+        out = out.reshape(N, L, self.embed_dim)
         weights = None
         if need_weights:
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
@@ -456,12 +451,13 @@ class MultiheadAttention(_Layer):
             raise ValueError(f"d_output must have the shape of output, but has shape "
                              f"{d_output.shape}")
         H, D, E = self.num_heads, self.head_dim, self.embed_dim
-        flat = d_out.reshape(N * L, E)
+        flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
-        self.grads["out_proj.weight"] += flat.T @ saved["merged"].reshape(N * L, E)
-        if self.bias:
-            self.grads["out_proj.bias"] += flat.sum(axis=0)
-        d_merged = (flat @ self._params["out_proj.weight"]).reshape(N, L, H, D)
+        out_grads = {"weight": self.grads["out_proj.weight"],
+                     **({"bias": self.grads["out_proj.bias"]} if self.bias else {})}
+        d_merged, _ = self._impl.linear_backward(saved["merged"], self._params["out_proj.weight"],
+                                                 flat, grads=out_grads, bias=self.bias)
+        d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
         dq, dk, dv = self._impl.attention_backward(saved["q"], saved["k"], saved["v"],
                                                    saved["attn"], saved["lse"], d_attn,
@@ -470,12 +466,12 @@ class MultiheadAttention(_Layer):
         for which, (dh, x_in, length) in enumerate(((dq, saved["q_in"], L), (dk, saved["k_in"], S),
                                                     (dv, saved["v_in"], S))):
             # forward: y = x W^T + b, split into heads
-            dy = dh.transpose(0, 2, 1, 3).reshape(N * length, E)
+            dy = np.ascontiguousarray(dh.transpose(0, 2, 1, 3)).reshape(N * length, E)
             weight, _, d_weight, d_bias = self._projection(which)
-            d_weight += dy.T @ x_in.reshape(N * length, -1)
-            if d_bias is not None:
-                d_bias += dy.sum(axis=0)
-            grads_in.append(self._to_layout((dy @ weight).reshape(N, length, -1), unbatched))
+            grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
+            dx, _ = self._impl.linear_backward(x_in.reshape(N * length, -1), weight, dy,
+                                               grads=grads, bias=d_bias is not None)
+            grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
         return tuple(grads_in)
 
 
