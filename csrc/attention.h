@@ -114,11 +114,13 @@ inline uint64_t attention_dropout_threshold(double p) {
 // The B*T*S*A tanh terms are never stored: backward recomputes them. A row with every key masked
 // has context 0, weights 0 and zero gradients.
 // Gradients: d_query, d_keys, d_values =; dw_q, dw_k, dw_v += (parameter gradients accumulate).
+int64_t additive_attention_forward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t Dq,
+                                                int64_t Dk, int64_t A, int threads);
 int64_t additive_attention_backward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t A,
                                                  int64_t Dv, int threads);
 
 template <typename T>
-void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* query,
+void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch, const T* query,
                                 const T* keys, const T* values, const T* w_q, const T* w_k,
                                 const T* w_v, const uint8_t* key_mask, int64_t B, int64_t T_,
                                 int64_t S, int64_t Dq, int64_t Dk, int64_t Dv, int64_t A,

@@ -3,9 +3,9 @@
 
 #include "attention.h"
 #include "common/attention_layout.h"
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/threading.h"
+#include "linear.h"
 
 namespace fusedrnn {
 namespace {
@@ -150,12 +150,21 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
   });
 }
 
+namespace {
+// Per thread: dkp [B,S,A], dw_v [A], and the panels of its tile GEMMs (values^T packed, or the
+// last panel of d_context read in place).
+int64_t additive_member_size(int64_t B, int64_t T_, int64_t S, int64_t A, int64_t Dv) {
+  return round_block(B * S * A) + round_block(A) +
+         round_block(std::max(packed_weights_size(Dv, 1, S), tail_panel_size(T_)));
+}
+}  // namespace
+
 int64_t additive_attention_backward_scratch_size(int64_t B, int64_t T_, int64_t S, int64_t A,
                                                  int64_t Dv, int threads) {
-  (void)Dv;
-  // dE [B,T,S], dqp [B,T,A], per thread dkp [B,S,A] and dw_v [A]
+  // dE [B,T,S], dqp [B,T,A], per thread its part; then the projections' gradients' panels
   return round_block(B * T_ * S) + round_block(B * T_ * A) +
-         static_cast<int64_t>(std::max(1, threads)) * (round_block(B * S * A) + round_block(A));
+         static_cast<int64_t>(std::max(1, threads)) * additive_member_size(B, T_, S, A, Dv) +
+         std::max(linear_backward_scratch_size(B * T_, A), linear_backward_scratch_size(B * S, A));
 }
 
 // d_context: [B,T,Dv]  weights (p), qp, kp: as the forward saved them; see additive_attention_forward.
@@ -172,24 +181,25 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
   T* de = scratch;
   T* dqp = de + round_block(rows * S);
   T* member_base = dqp + round_block(rows * A);
-  const int64_t member_size = round_block(B * S * A) + round_block(A);
+  const int64_t member_size = additive_member_size(B, T_, S, A, Dv);
   const auto backward_row = attention_kernels<T>().additive_backward;
   const double work = static_cast<double>(rows) * S * (6 * A + 2 * Dv);
   run_team(attention_team_size(threads, rows, work), [&](int member, int members) {
+    T* dkp = member_base + member * member_size;
+    T* dwv = dkp + round_block(B * S * A);
+    T* panels = dwv + round_block(A);
     // forward: context = p values  ->  d_values = p^T d_context, dP = d_context values^T
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
-      gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv, Dv,
-              T(0), d_values + b * S * Dv, Dv);
+      tile_gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv,
+                   Dv, false, d_values + b * S * Dv, Dv, panels);
     }
     const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
     for (int64_t r = r0; r < r1;) {
       const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
-      gemm<T>(false, true, end - r, S, Dv, T(1), d_context + r * Dv, Dv, values + b * S * Dv, Dv,
-              T(0), de + r * S, S);
+      tile_gemm<T>(false, true, end - r, S, Dv, T(1), d_context + r * Dv, Dv, values + b * S * Dv,
+                   Dv, false, de + r * S, S, panels);
       r = end;
     }
-    T* dkp = member_base + member * member_size;
-    T* dwv = dkp + round_block(B * S * A);
     std::fill(dkp, dkp + B * S * A, T(0));
     std::fill(dwv, dwv + A, T(0));
     for (int64_t r = r0; r < r1; ++r) {
@@ -217,11 +227,10 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
       }
   });
   const T* dkp = member_base;
-  // forward: qp = query w_q^T, kp = keys w_k^T
-  gemm<T>(false, false, rows, Dq, A, T(1), dqp, A, w_q, Dq, T(0), d_query, Dq);
-  gemm<T>(true, false, A, Dq, rows, T(1), dqp, A, query, Dq, T(1), dw_q, Dq);
-  gemm<T>(false, false, B * S, Dk, A, T(1), dkp, A, w_k, Dk, T(0), d_keys, Dk);
-  gemm<T>(true, false, A, Dk, B * S, T(1), dkp, A, keys, Dk, T(1), dw_k, Dk);
+  T* linear_scratch = member_base + static_cast<int64_t>(std::max(1, threads)) * member_size;
+  // forward: qp = query w_q^T, kp = keys w_k^T (dense layers without bias)
+  linear_backward<T>(d_query, dw_q, nullptr, linear_scratch, dqp, query, w_q, rows, Dq, A);
+  linear_backward<T>(d_keys, dw_k, nullptr, linear_scratch, dkp, keys, w_k, B * S, Dk, A);
 }
 
 #define FUSEDRNN_ATTENTION_BACKWARD(T)                                                          \

@@ -5,9 +5,9 @@
 
 #include "attention.h"
 #include "common/attention_layout.h"
-#include "common/blas.h"
 #include "common/pointwise.h"
 #include "common/threading.h"
+#include "linear.h"
 
 namespace fusedrnn {
 namespace {
@@ -144,17 +144,29 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
   });
 }
 
+int64_t additive_attention_forward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t Dq,
+                                                int64_t Dk, int64_t A, int threads) {
+  // the projections' packed weights (one after the other), and per thread the last panel of the
+  // values read in place
+  return round_block(std::max(linear_forward_scratch_size(B * T, Dq, A),
+                              linear_forward_scratch_size(B * S, Dk, A))) +
+         static_cast<int64_t>(std::max(1, threads)) * round_block(tail_panel_size(S));
+}
+
 // query: [B,T,Dq]  keys: [B,S,Dk]  values: [B,S,Dv]  w_q: [A,Dq]  w_k: [A,Dk]  w_v: [A]
 // key_mask: [B,S] or null  context: [B,T,Dv]  weights: [B,T,S]  qp: [B,T,A]  kp: [B,S,A]
+// scratch: [additive_attention_forward_scratch_size]
 template <typename T>
-void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* query,
+void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch, const T* query,
                                 const T* keys, const T* values, const T* w_q, const T* w_k,
                                 const T* w_v, const uint8_t* key_mask, int64_t B, int64_t T_,
                                 int64_t S, int64_t Dq, int64_t Dk, int64_t Dv, int64_t A,
                                 int threads) {
   // qp = query w_q^T, kp = keys w_k^T: one GEMM each over the whole batch
-  gemm<T>(false, true, B * T_, A, Dq, T(1), query, Dq, w_q, Dq, T(0), qp, A);
-  gemm<T>(false, true, B * S, A, Dk, T(1), keys, Dk, w_k, Dk, T(0), kp, A);
+  linear_forward<T>(qp, scratch, query, w_q, nullptr, B * T_, Dq, A);
+  linear_forward<T>(kp, scratch, keys, w_k, nullptr, B * S, Dk, A);
+  T* const panels_base = scratch + round_block(std::max(linear_forward_scratch_size(B * T_, Dq, A),
+                                                        linear_forward_scratch_size(B * S, Dk, A)));
   const auto scores = attention_kernels<T>().additive_scores;
   const int64_t rows = B * T_;
   // a tanh and a multiply-add per (query, key, hidden unit), plus context = p values
@@ -179,10 +191,11 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* q
       for (int64_t j = 0; j < S; ++j) e[j] *= inv;
     }
     // context = p values, item by item over this member's rows
+    T* panels = panels_base + member * round_block(tail_panel_size(S));
     for (int64_t r = r0; r < r1;) {
       const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
-      gemm<T>(false, false, end - r, Dv, S, T(1), weights + r * S, S, values + b * S * Dv, Dv,
-              T(0), context + r * Dv, Dv);
+      tile_gemm<T>(false, false, end - r, Dv, S, T(1), weights + r * S, S, values + b * S * Dv, Dv,
+                   false, context + r * Dv, Dv, panels);
       r = end;
     }
   });
@@ -192,7 +205,7 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, const T* q
   template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                  \
                                      const AttentionMask&, const AttentionShape&,               \
                                      const AttentionOptions&);                                 \
-  template void additive_attention_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*,      \
+  template void additive_attention_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,  \
                                               const T*, const T*, const T*, const uint8_t*,      \
                                               int64_t, int64_t, int64_t, int64_t, int64_t,       \
                                               int64_t, int64_t, int);

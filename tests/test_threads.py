@@ -324,21 +324,44 @@ def test_thread_count_does_not_change_attention_results_at_all(causal, dtype, re
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-def test_thread_count_and_additive_attention(dtype, restore_threads):
+@pytest.mark.parametrize("sizes", [None, (3, 7, 300, 20, 9, 33, 40)], ids=["small", "S300"])
+def test_thread_count_and_additive_attention(dtype, sizes, restore_threads):
+    """The additive layer on teams of any size. What each row forms alone (context, weights,
+    d_query, d_values: products on the step kernel, whose sums do not depend on how a team splits
+    the rows, also with 300 keys in two blocks of k) has the same bits for every thread count.
+    d_keys and the weight gradients sum the members' partial sums over rows, so with rows of an
+    item split across members they agree only closely (in float64 small sizes keep each item on
+    one member: the same bits)."""
     from hostile import additive_inputs
 
     def job():
-        inputs = additive_inputs(dtype=dtype)
+        if sizes is None:
+            inputs = additive_inputs(dtype=dtype)
+        else:
+            B, T, S, Dq, Dk, Dv, A = sizes
+            rng = np.random.default_rng(4)
+            inputs = {"query": rng.standard_normal((B, T, Dq)).astype(dtype),
+                      "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
+                      "values": rng.standard_normal((B, S, Dv)).astype(dtype),
+                      "w_q": rng.standard_normal((A, Dq)).astype(dtype),
+                      "w_k": rng.standard_normal((A, Dk)).astype(dtype),
+                      "w_v": rng.standard_normal(A).astype(dtype),
+                      "key_mask": rng.random((B, S)) > 0.3}
         context, weights, qp, kp = functional.additive_attention_forward(**inputs)
         grads = functional.additive_attention_backward(
             **inputs, weights=weights, qp=qp, kp=kp, d_context=np.ones_like(context))
         return {"context": context, "weights": weights, "d_query": grads[0],
                 "d_keys": grads[1], "d_values": grads[2], **grads[3]}
 
-    results = results_by_thread_count(job)
+    _core._set_attention_team_threshold(0)
+    try:
+        results = results_by_thread_count(job)
+    finally:
+        _core._set_attention_team_threshold(1 << 22)
+    per_row = {"context", "weights", "d_query", "d_values"}
     for n, result in results.items():
         for name, value in results[1].items():
-            if dtype == np.float64:
+            if name in per_row or (sizes is None and dtype == np.float64):
                 np.testing.assert_array_equal(result[name], value, err_msg=f"{name}, {n} threads")
             else:
                 assert_close(result[name], value, dtype, f"{name}, {n} threads")

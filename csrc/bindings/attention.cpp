@@ -227,11 +227,15 @@ py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle valu
   py::array qp = c.checker.output({c.B, c.T, c.A});
   py::array kp = c.checker.output({c.B, c.S, c.A});
   const int threads = get_num_threads();
+  const ScratchMemory scratch(
+      additive_attention_forward_scratch_size(c.B, c.T, c.S, c.Dq, c.Dk, c.A, threads),
+      c.checker.is_float32());
   with_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     additive_attention_forward<F>(data_of<F>(context), data_of<F>(weights), data_of<F>(qp),
-                                  data_of<F>(kp), cdata_of<F>(c.query), cdata_of<F>(c.keys),
+                                  data_of<F>(kp), scratch.data<F>(), cdata_of<F>(c.query),
+                                  cdata_of<F>(c.keys),
                                   cdata_of<F>(c.values), cdata_of<F>(c.w_q), cdata_of<F>(c.w_k),
                                   cdata_of<F>(c.w_v), c.mask_data(), c.B, c.T, c.S, c.Dq, c.Dk,
                                   c.Dv, c.A, threads);
