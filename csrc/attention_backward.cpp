@@ -193,13 +193,11 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
       tile_gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv,
                    Dv, false, d_values + b * S * Dv, Dv, panels);
     }
+    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b)
+      tile_gemm<T>(false, true, T_, S, Dv, T(1), d_context + b * T_ * Dv, Dv, values + b * S * Dv,
+                   Dv, false, de + b * T_ * S, S, panels);
+    team_barrier();  // dP of the rows below, formed item by item above
     const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
-    for (int64_t r = r0; r < r1;) {
-      const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
-      tile_gemm<T>(false, true, end - r, S, Dv, T(1), d_context + r * Dv, Dv, values + b * S * Dv,
-                   Dv, false, de + r * S, S, panels);
-      r = end;
-    }
     std::fill(dkp, dkp + B * S * A, T(0));
     std::fill(dwv, dwv + A, T(0));
     for (int64_t r = r0; r < r1; ++r) {

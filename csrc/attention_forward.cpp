@@ -190,14 +190,13 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch
       const T inv = T(1) / sum;
       for (int64_t j = 0; j < S; ++j) e[j] *= inv;
     }
-    // context = p values, item by item over this member's rows
+    // context = p values, for this member's items (whole items: a product's rows, and with them
+    // its sums, must not depend on the team's split; p of an item's rows by other members first)
+    team_barrier();
     T* panels = panels_base + member * round_block(tail_panel_size(S));
-    for (int64_t r = r0; r < r1;) {
-      const int64_t b = r / T_, end = std::min(r1, (b + 1) * T_);
-      tile_gemm<T>(false, false, end - r, Dv, S, T(1), weights + r * S, S, values + b * S * Dv, Dv,
-                   false, context + r * Dv, Dv, panels);
-      r = end;
-    }
+    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b)
+      tile_gemm<T>(false, false, T_, Dv, S, T(1), weights + b * T_ * S, S, values + b * S * Dv,
+                   Dv, false, context + b * T_ * Dv, Dv, panels);
   });
 }
 

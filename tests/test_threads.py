@@ -326,9 +326,10 @@ def test_thread_count_does_not_change_attention_results_at_all(causal, dtype, re
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("sizes", [None, (3, 7, 300, 20, 9, 33, 40)], ids=["small", "S300"])
 def test_thread_count_and_additive_attention(dtype, sizes, restore_threads):
-    """The additive layer on teams of any size. What each row forms alone (context, weights,
-    d_query, d_values: products on the step kernel, whose sums do not depend on how a team splits
-    the rows, also with 300 keys in two blocks of k) has the same bits for every thread count.
+    """The additive layer on teams of any size. Its products on the step kernel (context,
+    d_values, dP, d_query) take whole items per member, so their sums do not depend on how a team
+    splits the rows (with 300 keys, one row alone would sum k in one chain where an item's rows
+    sum blocks of 256): they, and the weights, have the same bits for every thread count.
     d_keys and the weight gradients sum the members' partial sums over rows, so with rows of an
     item split across members they agree only closely (in float64 small sizes keep each item on
     one member: the same bits)."""
