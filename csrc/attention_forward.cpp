@@ -144,12 +144,19 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
   });
 }
 
+namespace {
+// The scratch of the two projections, which run one after the other: their packed weights.
+int64_t additive_projections_size(int64_t B, int64_t T, int64_t S, int64_t Dq, int64_t Dk,
+                                  int64_t A) {
+  return round_block(std::max(linear_forward_scratch_size(B * T, Dq, A),
+                              linear_forward_scratch_size(B * S, Dk, A)));
+}
+}  // namespace
+
 int64_t additive_attention_forward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t Dq,
                                                 int64_t Dk, int64_t A, int threads) {
-  // the projections' packed weights (one after the other), and per thread the last panel of the
-  // values read in place
-  return round_block(std::max(linear_forward_scratch_size(B * T, Dq, A),
-                              linear_forward_scratch_size(B * S, Dk, A))) +
+  // the projections', then per thread the last panel of the values read in place
+  return additive_projections_size(B, T, S, Dq, Dk, A) +
          static_cast<int64_t>(std::max(1, threads)) * round_block(tail_panel_size(S));
 }
 
@@ -165,8 +172,7 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch
   // qp = query w_q^T, kp = keys w_k^T: one GEMM each over the whole batch
   linear_forward<T>(qp, scratch, query, w_q, nullptr, B * T_, Dq, A);
   linear_forward<T>(kp, scratch, keys, w_k, nullptr, B * S, Dk, A);
-  T* const panels_base = scratch + round_block(std::max(linear_forward_scratch_size(B * T_, Dq, A),
-                                                        linear_forward_scratch_size(B * S, Dk, A)));
+  T* const panels_base = scratch + additive_projections_size(B, T_, S, Dq, Dk, A);
   const auto scores = attention_kernels<T>().additive_scores;
   const int64_t rows = B * T_;
   // a tanh and a multiply-add per (query, key, hidden unit), plus context = p values

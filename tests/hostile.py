@@ -397,9 +397,10 @@ def attention_backward_spec() -> Spec:
     return Spec("attention_backward", make, args, stateless=True)
 
 
-def additive_inputs(seed=0, dtype=np.float64):
+def additive_inputs(seed=0, dtype=np.float64, sizes=(2, 3, 5, 4, 3, 2, 6)):
+    """Additive attention's arguments; sizes = (B, T, S, Dq, Dk, Dv, A)."""
     rng = np.random.default_rng(seed)
-    B, T, S, Dq, Dk, Dv, A = 2, 3, 5, 4, 3, 2, 6
+    B, T, S, Dq, Dk, Dv, A = sizes
     return {"query": rng.standard_normal((B, T, Dq)).astype(dtype),
             "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
             "values": rng.standard_normal((B, S, Dv)).astype(dtype),

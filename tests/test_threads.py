@@ -336,18 +336,8 @@ def test_thread_count_and_additive_attention(dtype, sizes, restore_threads):
     from hostile import additive_inputs
 
     def job():
-        if sizes is None:
-            inputs = additive_inputs(dtype=dtype)
-        else:
-            B, T, S, Dq, Dk, Dv, A = sizes
-            rng = np.random.default_rng(4)
-            inputs = {"query": rng.standard_normal((B, T, Dq)).astype(dtype),
-                      "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
-                      "values": rng.standard_normal((B, S, Dv)).astype(dtype),
-                      "w_q": rng.standard_normal((A, Dq)).astype(dtype),
-                      "w_k": rng.standard_normal((A, Dk)).astype(dtype),
-                      "w_v": rng.standard_normal(A).astype(dtype),
-                      "key_mask": rng.random((B, S)) > 0.3}
+        inputs = (additive_inputs(dtype=dtype) if sizes is None
+                  else additive_inputs(seed=4, dtype=dtype, sizes=sizes))
         context, weights, qp, kp = functional.additive_attention_forward(**inputs)
         grads = functional.additive_attention_backward(
             **inputs, weights=weights, qp=qp, kp=kp, d_context=np.ones_like(context))
