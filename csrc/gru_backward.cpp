@@ -43,44 +43,47 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
-  // The time loop on a team: each member owns hidden units [j0, j0 + w); see lstm_backward.
-  // The units a member owns are the columns of dh_prev its panels of W_hh hold.
+  // The time loop on a team, split by units or rows as in lstm_backward. By units, the units a
+  // member owns are the columns of dh_prev its panels of W_hh hold.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
-    const int64_t j0 = share.begin, w = share.width;
+    const StepSplit split =
+        step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_h =
-        pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, share);
+        pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, split.packs);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
         reset_after ? w_h
                     : pack_weights(step_kernel, packed + packed_weights_size(h_blocks, 1, H),
-                                   w_hh + 2 * H * H, H, 1, H, 1, H, share);
+                                   w_hh + 2 * H * H, H, 1, H, 1, H, split.packs);
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
+    const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
-      const T* g = saved.gates + t * B * G;
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
+      const T* g = saved.gates + t * B * G + r0 * G + j0;
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
-      const T* dy_t = dy ? dy + t * B * H + j0 : nullptr;
+      const T* dy_t = dy ? dy + t * B * H + at : nullptr;
       T* dgx = dgates_x + t * B * G;
       T* dgh = dgates_h + t * B * G;
+      T* my_dgx = dgx + r0 * G + j0;
       if (reset_after) {
-        kernels.gru_backward(n, H, w, dgx + j0, dgh + j0, dh0 + j0, dy_t, g + j0,
-                             saved.extra + t * B * H + j0, h_prev + j0);
+        kernels.gru_backward(rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at, dy_t, g,
+                             saved.extra + t * B * H + at, h_prev + at);
       } else {
-        kernels.gru_rb_backward_state(n, H, w, dgx + j0, dh0 + j0, dy_t, g + j0, h_prev + j0);
-        team_barrier();  // d(r*h) reads every unit's n-gate gradient
+        kernels.gru_rb_backward_state(rows, H, w, my_dgx, dh0 + at, dy_t, g, h_prev + at);
+        if (!split.by_rows) team_barrier();  // d(r*h) reads every unit's n-gate gradient
         // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
-        step_gemm(step_kernel, w_hn, 0, 1, share, n, dgx + 2 * H, G, d_rh, H, false);
-        kernels.gru_rb_backward_gates(n, H, w, dgx + j0, dh0 + j0, d_rh + j0, g + j0,
-                                      h_prev + j0);
+        step_gemm(step_kernel, w_hn, 0, 1, split.units, rows, dgx + r0 * G + 2 * H, G,
+                  d_rh + r0 * H, H, false);
+        kernels.gru_rb_backward_gates(rows, H, w, my_dgx, dh0 + at, d_rh + at, g, h_prev + at);
       }
       if (member == 0) {
         zero_rows(dgx, n, B, G);
         if (reset_after) zero_rows(dgh, n, B, G);
       }
-      team_barrier();
+      if (!split.by_rows) team_barrier();
       // forward: hproj = h_prev W_h^T  ->  dh_prev += dg W_h
-      step_gemm(step_kernel, w_h, 0, 1, share, n, dgh, G, dh0, H, true);
+      step_gemm(step_kernel, w_h, 0, 1, split.units, rows, dgh + r0 * G, G, dh0 + r0 * H, H, true);
     }
-
   });
 
   // Everything that does not recur, over all steps at once, on a team of its own, each member its

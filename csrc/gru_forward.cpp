@@ -41,34 +41,44 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training) project_inputs(saved.gates, G, packed_ih, x, w_ih, steps * B, I, 3, H);
 
-  // The time loop on a team: each member owns hidden units [j0, j0 + w) of every gate; see
-  // lstm_forward. The Cho variant needs all of r*h before its second GEMM: a second barrier.
+  // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
+  // variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const auto [share, w_hh_t, w_ih_t] =
+    const StepSplit split =
+        step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
+    const auto [packs, w_hh_t, w_ih_t] =
         gate_loop_member(member, members, 3, H, packed_hh, w_hh, H, packed_ih, w_ih, I, training);
-    const int64_t j0 = share.begin, w = share.width;
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
+    const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = 0; t < steps; ++t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {
         const int64_t n_steps = std::min(chunk, steps - t);
-        step_gemm(step_kernel, w_ih_t, 0, 3, share, n_steps * B, x + t * B * I, I, proj, G, false);
+        if (split.by_rows) team_barrier();  // every member done with the last chunk
+        step_gemm(step_kernel, w_ih_t, 0, 3, packs, n_steps * B, x + t * B * I, I, proj, G, false);
+        if (split.by_rows) team_barrier();  // every column of the chunk projected
       }
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
       T* extra = training ? saved.extra + t * B * H : extra_step;  // hn or r*h
       T* h = y + t * B * H;
+      T* my_gates = gates + r0 * G + j0;
       if (reset_after) {
-        step_gemm(step_kernel, w_hh_t, 0, 3, share, n, h_prev, H, hproj, G, false);
-        kernels.gru_forward(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0, hproj + j0,
-                            h_prev + j0, extra + j0, h + j0);
+        step_gemm(step_kernel, w_hh_t, 0, 3, split.units, rows, h_prev + r0 * H, H,
+                  hproj + r0 * G, G, false);
+        kernels.gru_forward(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj + r0 * G + j0,
+                            h_prev + at, extra + at, h + at);
       } else {
-        step_gemm(step_kernel, w_hh_t, 0, 2, share, n, h_prev, H, hproj, 2 * H, false);
-        kernels.gru_rb_forward_gates(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0,
-                                     hproj + j0, h_prev + j0, extra + j0);
-        team_barrier();  // W_hn (r*h) reads every unit of r*h
-        step_gemm(step_kernel, w_hh_t, 2, 1, share, n, extra, H, hproj_n, H, false);
-        kernels.gru_rb_forward_state(n, H, w, bias_ih + j0, bias_hh + j0, gates + j0,
-                                     hproj_n + j0, h_prev + j0, h + j0);
+        step_gemm(step_kernel, w_hh_t, 0, 2, split.units, rows, h_prev + r0 * H, H,
+                  hproj + r0 * 2 * H, 2 * H, false);
+        kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
+                                     hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
+        if (!split.by_rows) team_barrier();  // W_hn (r*h) reads every unit of r*h
+        step_gemm(step_kernel, w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H,
+                  hproj_n + r0 * H, H, false);
+        kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
+                                     hproj_n + at, h_prev + at, h + at);
       }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, H);
@@ -77,7 +87,7 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
           zero_rows(extra, n, B, H);
         }
       }
-      team_barrier();
+      if (!split.by_rows) team_barrier();
     }
   });
 

@@ -44,21 +44,25 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
   copy_or_zero(dh0, dh_n, B * R);
   copy_or_zero(dc0, dc_n, B * H);
-  // The time loop on a team: each member owns hidden units [j0, j0 + w) (and outputs [p0, p0+pw)
-  // of a projection): it computes their gate gradients, then, after a barrier (every gate column
-  // enters every dh_prev column), the columns of dh_prev its panels of W_hh hold: the same units
-  // [j0, j0 + w) without a projection, so the next step's pass reads what this member wrote.
+  // The time loop on a team (StepSplit). By units, each member owns hidden units [j0, j0 + w)
+  // (and outputs [p0, p0+pw) of a projection): it computes their gate gradients, then, after a
+  // barrier (every gate column enters every dh_prev column), the columns of dh_prev its panels of
+  // W_hh hold: the same units [j0, j0 + w) without a projection, so the next step's pass reads
+  // what this member wrote. By rows, each member does both for its own rows, with no barrier.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare units = panel_share(H, nr, member, members);
-    const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev
-    const int64_t j0 = units.begin, w = units.width;
+    const StepSplit split =
+        step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
+    const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev, packed here
     const PackedWeights<T> w_hh_packed =
         pack_weights(step_kernel, packed, w_hh, R, 1, G, 1, R, columns);
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const PanelShare& dh_columns = split.by_rows ? split.units : columns;  // (R = H by rows)
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
-        P ? in_place_panels(step_kernel, w_hr, H, P, H, hr_tail, units) : PackedWeights<T>{};
+        P ? in_place_panels(step_kernel, w_hr, H, P, H, hr_tail, split.units) : PackedWeights<T>{};
     const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* dg = dgates + t * B * G;
       const T* c_prev = t ? saved.c + (t - 1) * B * H : c0;
       const T* dy_t = dy ? dy + t * B * R : nullptr;
@@ -71,16 +75,19 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
             dh_t[b * R + k] = dh0[b * R + k] + (dy_t ? dy_t[b * R + k] : T(0));
         if (member == 0) zero_rows(dh_t, n, B, R);
         team_barrier();
-        step_gemm(step_kernel, w_hr_panels, 0, 1, units, n, dh_t, P, dm, H, false);
+        step_gemm(step_kernel, w_hr_panels, 0, 1, split.units, n, dh_t, P, dm, H, false);
         dh = dm;
         dy_t = nullptr;
       }
-      kernels.lstm_backward(n, H, w, dg + j0, dc0 + j0, dh + j0, dy_t ? dy_t + j0 : nullptr,
-                            saved.gates + t * B * G + j0, saved.c + t * B * H + j0, c_prev + j0);
+      const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
+      kernels.lstm_backward(rows, H, w, dg + r0 * G + j0, dc0 + at, dh + r0 * R + j0,
+                            dy_t ? dy_t + r0 * R + j0 : nullptr, saved.gates + t * B * G + r0 * G + j0,
+                            saved.c + t * B * H + at, c_prev + at);
       if (member == 0) zero_rows(dg, n, B, G);
-      team_barrier();
+      if (!split.by_rows) team_barrier();
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
-      step_gemm(step_kernel, w_hh_packed, 0, 1, columns, n, dg, G, dh0, R, false);
+      step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
+                false);
     }
   });
 

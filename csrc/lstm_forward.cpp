@@ -45,23 +45,29 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training) project_inputs(saved.gates, G, packed_ih, x, w_ih, steps * B, I, 4, H);
 
-  // The time loop on a team: each member owns the hidden units [j0, j0 + w) of every gate that
-  // its panels of W_hh^T hold (and the outputs of a projection its panels of W_hr^T hold), does
-  // their share of each GEMM and of the fused pass; a barrier per step publishes h_t to all.
+  // The time loop on a team (StepSplit): by units, each member owns the hidden units
+  // [j0, j0 + w) of every gate that its panels of W_hh^T hold (and the outputs of a projection its
+  // panels of W_hr^T hold), does their share of each GEMM and of the fused pass, and a barrier
+  // per step publishes h_t to all; by rows, each member runs its rows through every unit.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const auto [share, w_hh_t, w_ih_t] =
+    const StepSplit split =
+        step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
+    const auto [packs, w_hh_t, w_ih_t] =
         gate_loop_member(member, members, 4, H, packed_hh, w_hh, R, packed_ih, w_ih, I, training);
-    const int64_t j0 = share.begin, w = share.width;
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
     const PackedWeights<T> w_hr_t =
         P ? pack_weights(step_kernel, packed_hr, w_hr, 1, H, H, 1, P, outputs) : PackedWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection
         const int64_t n_steps = std::min(chunk, steps - t);
-        step_gemm(step_kernel, w_ih_t, 0, 4, share, n_steps * B, x + t * B * I, I, proj, G, false);
+        if (split.by_rows) team_barrier();  // every member done with the last chunk
+        step_gemm(step_kernel, w_ih_t, 0, 4, packs, n_steps * B, x + t * B * I, I, proj, G, false);
+        if (split.by_rows) team_barrier();  // every column of the chunk projected
       }
       const T* h_prev = t ? y + (t - 1) * B * R : h0;
       const T* c_prev = training ? (t ? saved.c + (t - 1) * B * H : c0) : c_n;
@@ -69,8 +75,10 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
       T* m = P ? (training ? saved.m + t * B * H : m_step) : nullptr;
       T* h = y + t * B * R;
       // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
-      step_gemm(step_kernel, w_hh_t, 0, 4, share, n, h_prev, R, gates, G, true);
-      kernels.lstm_forward(n, H, w, bias + j0, gates + j0, c_prev + j0, c + j0, (P ? m : h) + j0);
+      step_gemm(step_kernel, w_hh_t, 0, 4, split.units, rows, h_prev + r0 * R, R, gates + r0 * G,
+                G, true);
+      kernels.lstm_forward(rows, H, w, bias + j0, gates + r0 * G + j0, c_prev + r0 * H + j0,
+                           c + r0 * H + j0, (P ? m + r0 * H : h + r0 * R) + j0);
       if (P) {  // h = m W_hr^T needs every unit of m
         team_barrier();
         step_gemm(step_kernel, w_hr_t, 0, 1, outputs, n, m, H, h, P, false);
@@ -83,7 +91,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
           if (P) zero_rows(m, n, B, H);
         }
       }
-      team_barrier();
+      if (!split.by_rows) team_barrier();
     }
   });
 

@@ -30,22 +30,26 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, dh_n, B * H);
-  // The time loop on a team: each member owns hidden units [j0, j0 + w): it computes their
-  // pre-activation gradients, then (after a barrier, since it needs all of them) their dh_prev,
-  // with its panels of W_hh.
+  // The time loop on a team (StepSplit). By units, each member owns hidden units [j0, j0 + w): it
+  // computes their pre-activation gradients, then (after a barrier, since it needs all of them)
+  // their dh_prev, with its panels of W_hh. By rows, each member does both for its own rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
-    const int64_t j0 = share.begin, w = share.width;
+    const StepSplit split =
+        step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_hh_packed =
-        pack_weights(step_kernel, packed, w_hh, H, 1, H, 1, H, share);
+        pack_weights(step_kernel, packed, w_hh, H, 1, H, 1, H, split.packs);
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
+    const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* dp = dpre + t * B * H;
-      kernel(n, H, w, dp + j0, dh0 + j0, dy ? dy + t * B * H + j0 : nullptr, y + t * B * H + j0);
+      kernel(rows, H, w, dp + at, dh0 + at, dy ? dy + t * B * H + at : nullptr, y + t * B * H + at);
       if (member == 0) zero_rows(dp, n, B, H);
-      team_barrier();
+      if (!split.by_rows) team_barrier();
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
-      step_gemm(step_kernel, w_hh_packed, 0, 1, share, n, dp, H, dh0, H, false);
+      step_gemm(step_kernel, w_hh_packed, 0, 1, split.units, rows, dp + r0 * H, H, dh0 + r0 * H, H,
+                false);
     }
   });
 

@@ -25,18 +25,22 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
   project_inputs(y, H, packed_ih, x, w_ih, steps * B, I, 1, H);
+  // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
-    const PanelShare share = panel_share(H, nr, member, members);
-    const int64_t j0 = share.begin, w = share.width;
+    const StepSplit split =
+        step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_hh_t =
-        pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, share);
+        pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, split.packs);
+    if (split.by_rows) team_barrier();  // every member's panels packed
+    const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {
-      const int64_t n = active_rows(batch_sizes, t, B);
-      T* h = y + t * B * H;
-      step_gemm(step_kernel, w_hh_t, 0, 1, share, n, t ? h - B * H : h0, H, h, H, true);
-      kernel(n, H, w, bias + j0, h + j0);
-      if (member == 0) zero_rows(h, n, B, H);  // rows past their length output zeros
-      team_barrier();
+      const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
+      T* h = y + t * B * H + r0 * H;
+      step_gemm(step_kernel, w_hh_t, 0, 1, split.units, rows, (t ? h - B * H : h0 + r0 * H), H, h,
+                H, true);
+      kernel(rows, H, w, bias + j0, h + j0);
+      if (member == 0) zero_rows(y + t * B * H, n, B, H);  // rows past their length output zeros
+      if (!split.by_rows) team_barrier();
     }
   });
   if (steps)

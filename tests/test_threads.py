@@ -255,8 +255,10 @@ def test_a_given_thread_count_is_reproducible(case, restore_threads):
             assert not results_equal(one_layer_results(case, MEDIUM, np.float64), first)
 
 
-# Batch 1, odd sizes, a hidden size of several panels of the step kernel.
-EXACT_SIZES = [SMALL, MEDIUM, (6, 1, 9, 100), (3, 5, 33, 97)]
+# Batch 1, odd sizes, a hidden size of several panels of the step kernel; and a batch whose rows
+# two or three members split between them (csrc/common/sequence.h, StepSplit: from 8 rows each).
+ROW_SPLIT = (30, 24, 9, 100)
+EXACT_SIZES = [SMALL, MEDIUM, (6, 1, 9, 100), (3, 5, 33, 97), ROW_SPLIT]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
@@ -275,6 +277,22 @@ def test_thread_count_does_not_change_results_at_all(case, size, team, dtype, re
     for n, result in results.items():
         for name, value in results[1].items():
             np.testing.assert_array_equal(result[name], value, err_msg=f"{name}, {n} threads")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_inference_by_batch_rows_equals_training(case, restore_threads):
+    """With the batch rows split between members, an inference forward projects its inputs chunk
+    by chunk (10 steps of 24 rows here), each chunk between two barriers of the team, while the
+    steps themselves have none: its outputs are the training forward's, bit for bit, with every
+    thread count."""
+    inputs = make_inputs(case, *ROW_SPLIT)
+    for n in THREAD_COUNTS:
+        fusedrnn.set_num_threads(n)
+        trained = forward(case, inputs, training=True, backend=functional)
+        inferred = forward(case, inputs, training=False, backend=functional)
+        assert inferred.pop("workspace") is None
+        for name, value in inferred.items():
+            np.testing.assert_array_equal(value, trained[name], err_msg=f"{name}, {n} threads")
 
 
 @pytest.mark.parametrize("what", ["stack_lstm", "stack_gru", "stack_rnn"])

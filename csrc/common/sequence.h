@@ -129,6 +129,46 @@ GateLoopMember<T> gate_loop_member(int member, int members, int64_t blocks, int6
   return m;
 }
 
+// How a time loop's team shares each step.
+// - By hidden units, in general: each member multiplies every running row by its panels of the
+//   weights and runs the fused pass on those units; a barrier per step publishes h_t to all.
+// - By batch rows, when every row runs every step (no lengths, no projection) and each member
+//   gets at least a full tile of rows: each member runs its own rows through all the panels. A
+//   row's state never reads another row's, so the steps need no barrier and no member waits for
+//   another's h; the price is that each member reads all of W_hh every step instead of its share.
+// Either way each member packs its own panels first (`packs`); by rows, the members then wait
+// once for each other, so that all the panels are packed.
+struct StepSplit {
+  bool by_rows = false;
+  PanelShare packs;    // the panels this member packs
+  PanelShare units;    // the hidden units its step GEMMs and fused pass cover
+  int64_t row0 = 0;    // by rows: its rows [row0, row0 + rows)
+  int64_t rows = 0;
+  // Its rows of a step whose first n rows run: [first_row(), first_row() + row_count(n)).
+  int64_t first_row() const { return by_rows ? row0 : 0; }
+  int64_t row_count(int64_t n) const { return by_rows ? rows : n; }
+};
+// When a step splits by rows: each member needs a full tile of rows (csrc/step_gemm.inc), and
+// W_hh at most kMaxRowSplitWeightBytes, since each member reads all of it every step and each
+// panel is reused by fewer row tiles than when all rows share it (measured, LSTM, float, 2
+// threads: fwd+bwd (16, 50, 128) 0.88x the time by units, (32, 100, 256) with W_hh of 1 MiB
+// 0.96x; with the 4 MiB of (64, 50, 512) the forward took 1.03x).
+constexpr int64_t kMinRowsPerMember = 8;
+constexpr int64_t kMaxRowSplitWeightBytes = int64_t(1) << 20;
+// weight_bytes: the size of W_hh (of every gate); uniform_batch: every row runs every step and
+// the cell has no projection.
+inline StepSplit step_split(int member, int members, int64_t B, int64_t H, int64_t nr,
+                            int64_t weight_bytes, bool uniform_batch) {
+  StepSplit s;
+  s.by_rows = uniform_batch && members > 1 && B / members >= kMinRowsPerMember &&
+              weight_bytes <= kMaxRowSplitWeightBytes;
+  s.packs = panel_share(H, nr, member, members);
+  s.units = s.by_rows ? panel_share(H, nr, 0, 1) : s.packs;
+  s.row0 = share_begin(B, member, members);
+  s.rows = share_begin(B, member + 1, members) - s.row0;
+  return s;
+}
+
 // The steps whose input projection an inference forward computes at once: enough rows for an
 // efficient GEMM, without keeping the projection of a whole long sequence.
 inline int64_t projection_chunk_steps(int64_t steps, int64_t B) {
