@@ -17,6 +17,7 @@ from Cython.Build import cythonize
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
+from setuptools.errors import CompileError
 
 
 def _has_flag(compiler, flag: str) -> bool:
@@ -27,7 +28,7 @@ def _has_flag(compiler, flag: str) -> bool:
         name = f.name
     try:
         compiler.compile([name], output_dir=tempfile.gettempdir(), extra_postargs=[flag])
-    except Exception:
+    except CompileError:
         return False
     finally:
         os.unlink(name)
