@@ -54,7 +54,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
         reset_after ? w_h
                     : pack_weights(step_kernel, packed + packed_weights_size(h_blocks, 1, H),
                                    w_hh + 2 * H * H, H, 1, H, 1, H, split.packs);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -70,7 +70,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
                              saved.extra + t * B * H + at, h_prev + at);
       } else {
         kernels.gru_rb_backward_state(rows, H, w, my_dgx, dh0 + at, dy_t, g, h_prev + at);
-        if (!split.by_rows) team_barrier();  // d(r*h) reads every unit's n-gate gradient
+        split.share_step_results();  // d(r*h) reads every unit's n-gate gradient
         // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
         step_gemm(step_kernel, w_hn, 0, 1, split.units, rows, dgx + r0 * G + 2 * H, G,
                   d_rh + r0 * H, H, false);
@@ -80,7 +80,7 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
         zero_rows(dgx, n, B, G);
         if (reset_after) zero_rows(dgh, n, B, G);
       }
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
       // forward: hproj = h_prev W_h^T  ->  dh_prev += dg W_h
       step_gemm(step_kernel, w_h, 0, 1, split.units, rows, dgh + r0 * G, G, dh0 + r0 * H, H, true);
     }

@@ -46,9 +46,9 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
-    const auto [packs, w_hh_t, w_ih_t] =
-        gate_loop_member(member, members, 3, H, packed_hh, w_hh, H, packed_ih, w_ih, I, training);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(split.packs, 3, H, packed_hh, w_hh, H,
+                                                        packed_ih, w_ih, I, training);
+    split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = 0; t < steps; ++t) {
@@ -56,9 +56,7 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {
         const int64_t n_steps = std::min(chunk, steps - t);
-        if (split.by_rows) team_barrier();  // every member done with the last chunk
-        step_gemm(step_kernel, w_ih_t, 0, 3, packs, n_steps * B, x + t * B * I, I, proj, G, false);
-        if (split.by_rows) team_barrier();  // every column of the chunk projected
+        project_chunk(split, step_kernel, w_ih_t, 3, n_steps * B, x + t * B * I, I, proj, G);
       }
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
       T* extra = training ? saved.extra + t * B * H : extra_step;  // hn or r*h
@@ -74,7 +72,7 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
                   hproj + r0 * 2 * H, 2 * H, false);
         kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
                                      hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
-        if (!split.by_rows) team_barrier();  // W_hn (r*h) reads every unit of r*h
+        split.share_step_results();  // W_hn (r*h) reads every unit of r*h
         step_gemm(step_kernel, w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H,
                   hproj_n + r0 * H, H, false);
         kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
@@ -87,7 +85,7 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
           zero_rows(extra, n, B, H);
         }
       }
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
     }
   });
 

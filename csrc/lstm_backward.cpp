@@ -55,7 +55,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev, packed here
     const PackedWeights<T> w_hh_packed =
         pack_weights(step_kernel, packed, w_hh, R, 1, G, 1, R, columns);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    split.wait_for_all_panels();
     const PanelShare& dh_columns = split.by_rows ? split.units : columns;  // (R = H by rows)
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
@@ -81,10 +81,11 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
       }
       const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
       kernels.lstm_backward(rows, H, w, dg + r0 * G + j0, dc0 + at, dh + r0 * R + j0,
-                            dy_t ? dy_t + r0 * R + j0 : nullptr, saved.gates + t * B * G + r0 * G + j0,
-                            saved.c + t * B * H + at, c_prev + at);
+                            dy_t ? dy_t + r0 * R + j0 : nullptr,
+                            saved.gates + t * B * G + r0 * G + j0, saved.c + t * B * H + at,
+                            c_prev + at);
       if (member == 0) zero_rows(dg, n, B, G);
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
       step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
                 false);

@@ -52,9 +52,9 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
-    const auto [packs, w_hh_t, w_ih_t] =
-        gate_loop_member(member, members, 4, H, packed_hh, w_hh, R, packed_ih, w_ih, I, training);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(split.packs, 4, H, packed_hh, w_hh, R,
+                                                        packed_ih, w_ih, I, training);
+    split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
@@ -65,9 +65,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
       T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection
         const int64_t n_steps = std::min(chunk, steps - t);
-        if (split.by_rows) team_barrier();  // every member done with the last chunk
-        step_gemm(step_kernel, w_ih_t, 0, 4, packs, n_steps * B, x + t * B * I, I, proj, G, false);
-        if (split.by_rows) team_barrier();  // every column of the chunk projected
+        project_chunk(split, step_kernel, w_ih_t, 4, n_steps * B, x + t * B * I, I, proj, G);
       }
       const T* h_prev = t ? y + (t - 1) * B * R : h0;
       const T* c_prev = training ? (t ? saved.c + (t - 1) * B * H : c0) : c_n;
@@ -91,7 +89,7 @@ void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T*
           if (P) zero_rows(m, n, B, H);
         }
       }
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
     }
   });
 

@@ -38,7 +38,7 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_hh_packed =
         pack_weights(step_kernel, packed, w_hh, H, 1, H, 1, H, split.packs);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -46,7 +46,7 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
       T* dp = dpre + t * B * H;
       kernel(rows, H, w, dp + at, dh0 + at, dy ? dy + t * B * H + at : nullptr, y + t * B * H + at);
       if (member == 0) zero_rows(dp, n, B, H);
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
       step_gemm(step_kernel, w_hh_packed, 0, 1, split.units, rows, dp + r0 * H, H, dh0 + r0 * H, H,
                 false);

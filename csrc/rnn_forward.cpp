@@ -31,7 +31,7 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_hh_t =
         pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, split.packs);
-    if (split.by_rows) team_barrier();  // every member's panels packed
+    split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
@@ -40,7 +40,7 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
                 H, true);
       kernel(rows, H, w, bias + j0, h + j0);
       if (member == 0) zero_rows(y + t * B * H, n, B, H);  // rows past their length output zeros
-      if (!split.by_rows) team_barrier();
+      split.share_step_results();
     }
   });
   if (steps)

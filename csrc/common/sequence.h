@@ -108,24 +108,22 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
   });
 }
 
-// What a member of a gate cell's forward time loop holds: its panels (the hidden units
-// [share.begin, share.begin + share.width) of every gate block), its packed panels of W_hh^T
+// What a member of a gate cell's forward time loop packs, for its panels `packs` (the hidden
+// units [packs.begin, packs.begin + packs.width) of every gate block): its panels of W_hh^T
 // (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
 // projects the inputs chunk by chunk.
 template <typename T>
-struct GateLoopMember {
-  PanelShare share;
+struct GateLoopWeights {
   PackedWeights<T> w_hh_t, w_ih_t;
 };
 template <typename T>
-GateLoopMember<T> gate_loop_member(int member, int members, int64_t blocks, int64_t H,
-                                   T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
-                                   const T* w_ih, int64_t I, bool training) {
+GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t blocks, int64_t H,
+                                          T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
+                                          const T* w_ih, int64_t I, bool training) {
   const auto& kernel = step_gemm_kernels<T>();
-  GateLoopMember<T> m;
-  m.share = panel_share(H, kernel.panel_width, member, members);
-  m.w_hh_t = pack_weights(kernel, packed_hh, w_hh, 1, R, R, blocks, H, m.share);
-  if (!training) m.w_ih_t = pack_weights(kernel, packed_ih, w_ih, 1, I, I, blocks, H, m.share);
+  GateLoopWeights<T> m;
+  m.w_hh_t = pack_weights(kernel, packed_hh, w_hh, 1, R, R, blocks, H, packs);
+  if (!training) m.w_ih_t = pack_weights(kernel, packed_ih, w_ih, 1, I, I, blocks, H, packs);
   return m;
 }
 
@@ -147,6 +145,16 @@ struct StepSplit {
   // Its rows of a step whose first n rows run: [first_row(), first_row() + row_count(n)).
   int64_t first_row() const { return by_rows ? row0 : 0; }
   int64_t row_count(int64_t n) const { return by_rows ? rows : n; }
+  // After packing. By rows, a barrier: every member's panels are then there for all (by units a
+  // member multiplies only with the panels it packed).
+  void wait_for_all_panels() const {
+    if (by_rows) team_barrier();
+  }
+  // Within a step. By units, a barrier: what each member wrote of the step (h_t, r*h, gate
+  // gradients) is then there for all. By rows nothing: a member reads only its own rows.
+  void share_step_results() const {
+    if (!by_rows) team_barrier();
+  }
 };
 // When a step splits by rows: each member needs a full tile of rows (csrc/step_gemm.inc), and
 // W_hh at most kMaxRowSplitWeightBytes, since each member reads all of it every step and each
@@ -167,6 +175,19 @@ inline StepSplit step_split(int member, int members, int64_t B, int64_t H, int64
   s.row0 = share_begin(B, member, members);
   s.rows = share_begin(B, member + 1, members) - s.row0;
   return s;
+}
+
+// Inference: this member's columns of the input projection of a chunk of steps' rows,
+// proj = x W_ih^T (w_ih_t: the member's packed panels, `blocks` gate blocks). By rows each member
+// then reads every column of its own rows: barriers before (every member done with the last
+// chunk) and after (every column projected).
+template <typename T>
+void project_chunk(const StepSplit& split, const StepGemmKernels<T>& kernel,
+                   const PackedWeights<T>& w_ih_t, int64_t blocks, int64_t rows, const T* x,
+                   int64_t I, T* proj, int64_t G) {
+  if (split.by_rows) team_barrier();
+  step_gemm(kernel, w_ih_t, 0, blocks, split.packs, rows, x, I, proj, G, false);
+  if (split.by_rows) team_barrier();
 }
 
 // The steps whose input projection an inference forward computes at once: enough rows for an
