@@ -192,10 +192,9 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
       tile_gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv,
                    Dv, false, d_values + b * S * Dv, Dv, panels);
-    }
-    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b)
       tile_gemm<T>(false, true, T_, S, Dv, T(1), d_context + b * T_ * Dv, Dv, values + b * S * Dv,
                    Dv, false, de + b * T_ * S, S, panels);
+    }
     team_barrier();  // dP of the rows below, formed item by item above
     const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
     std::fill(dkp, dkp + B * S * A, T(0));

@@ -93,9 +93,9 @@ def threads(request):
     """One thread, or a team of two even on these tiny sizes (which would run on one thread)."""
     before = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(request.param)
-    _core._set_attention_team_threshold(0)
+    threshold = _core._set_attention_team_threshold(0)
     yield request.param
-    _core._set_attention_team_threshold(1 << 22)
+    _core._set_attention_team_threshold(threshold)
     fusedrnn.set_num_threads(before)
 
 
@@ -160,10 +160,12 @@ def test_small_calls_run_on_one_thread_and_agree():
     fusedrnn.set_num_threads(2)
     try:
         alone = run("fused", q, k, v, d_out, is_causal=True)
-        _core._set_attention_team_threshold(0)
-        team = run("fused", q, k, v, d_out, is_causal=True)
+        threshold = _core._set_attention_team_threshold(0)
+        try:
+            team = run("fused", q, k, v, d_out, is_causal=True)
+        finally:
+            _core._set_attention_team_threshold(threshold)
     finally:
-        _core._set_attention_team_threshold(1 << 22)
         fusedrnn.set_num_threads(before)
     assert_runs_close(alone, team, np.float64)
 

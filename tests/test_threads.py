@@ -362,11 +362,11 @@ def test_thread_count_and_additive_attention(dtype, sizes, restore_threads):
         return {"context": context, "weights": weights, "d_query": grads[0],
                 "d_keys": grads[1], "d_values": grads[2], **grads[3]}
 
-    _core._set_attention_team_threshold(0)
+    threshold = _core._set_attention_team_threshold(0)
     try:
         results = results_by_thread_count(job)
     finally:
-        _core._set_attention_team_threshold(1 << 22)
+        _core._set_attention_team_threshold(threshold)
     per_row = {"context", "weights", "d_query", "d_values"}
     for n, result in results.items():
         for name, value in results[1].items():

@@ -303,10 +303,11 @@ void bind_attention(py::module_& m) {
       "_set_attention_team_threshold",
       [](int64_t work) {
         if (work < 0) throw py::value_error("work must be >= 0");
-        attention_min_team_work().store(work);
+        return attention_min_team_work().exchange(work);
       },
       "work"_a,
-      "Testing knob: the multiply-adds from which an attention call uses a team (default 2**22).");
+      "Testing knob: the multiply-adds from which an attention call uses a team (default 2**22); "
+      "returns the previous value, to restore.");
   m.def(
       "_attention_tiles",
       [](bool causal) {

@@ -30,8 +30,8 @@ inline void* transposed_a_block_buffer() {
   return buffer;
 }
 
-// One call of the micro-kernel: out[rows, cols] = alpha * A[rows, K] @ P (+ out if accumulate),
-// where
+// One call of the micro-kernel: out[rows, cols] = alpha * A[rows, K] @ P (+ out if
+// accumulate), where
 //   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
 //   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
 //   (cols <= panel_count * nr; the columns past cols are read but not stored).
@@ -154,8 +154,8 @@ PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src,
 }
 
 // out (+)= alpha * A[rows, K] @ B for the blocks [first, first + count) and this member's panels;
-// block g
-// goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of out.
+// block g goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of
+// out.
 // A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed.
 template <typename T>
 void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
