@@ -335,3 +335,16 @@ def test_measure_times_fast_calls_for_min_seconds_and_exactly_repeats_without():
     assert 20 <= at_least.calls <= 60
     capped = bench.measure(fast, repeats=3, budget=0.01, min_seconds=1.0)
     assert capped.calls <= 12
+
+
+def test_reference_is_timed_on_its_share_of_the_budget():
+    def sleeps_10_ms():
+        time.sleep(0.01)
+
+    row = bench.Row(case="lstm", cell="lstm", B=1, T=1, I=1, H=1, pass_name="forward",
+                    dtype="float32", flops=1, workspace_bytes=None)
+    budget = 0.2  # 20 calls of 10 ms (fewer when a sleep overshoots); the reference gets 10
+    bench._time_calls(row, {"fused": sleeps_10_ms, "reference": sleeps_10_ms}, repeats=100,
+                      budget=budget, ceiling=1.0)
+    assert row.calls["fused"] >= 15
+    assert row.calls["reference"] <= bench.REFERENCE_BUDGET_SHARE * budget / 0.01 + 1
