@@ -348,3 +348,16 @@ def test_reference_is_timed_on_its_share_of_the_budget():
                       budget=budget, ceiling=1.0)
     assert row.calls["fused"] >= 15
     assert row.calls["reference"] <= bench.REFERENCE_BUDGET_SHARE * budget / 0.01 + 1
+
+
+def test_measure_takes_a_call_already_made_as_its_warm_up():
+    calls = []
+
+    def fast():
+        calls.append(None)
+
+    timed = bench.measure(fast, repeats=3, budget=5.0, warm_up=0.001)
+    assert timed.calls == 3 and len(calls) == 3  # no call of its own before the timed ones
+    calls.clear()
+    slow = bench.measure(fast, repeats=3, budget=1.0, warm_up=2.0)
+    assert (slow.seconds, slow.calls, len(calls)) == (2.0, 1, 0)  # that call is the measurement

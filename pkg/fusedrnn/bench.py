@@ -700,7 +700,7 @@ class Timing:
 
 
 def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float = 0.0,
-            min_seconds: float = 0.0) -> Timing:
+            min_seconds: float = 0.0, warm_up: float | None = None) -> Timing:
     """Time ``fn``: a pause, one warm-up call, then the median of ``repeats`` calls or more.
 
     Fast calls go on past ``repeats`` until they have spent ``min_seconds``: on a shared machine a
@@ -722,15 +722,19 @@ def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float
         At least 1.
     budget, settle, min_seconds : float
         Seconds.
+    warm_up : float, optional
+        Seconds of a call of ``fn`` already made in this process (the reference's run that
+        computed the truth a pass is checked against): it serves as the warm-up, with no pause.
 
     Returns
     -------
     Timing
     """
-    time.sleep(settle)
-    start = time.perf_counter()
-    fn()
-    warm_up = time.perf_counter() - start
+    if warm_up is None:
+        time.sleep(settle)
+        start = time.perf_counter()
+        fn()
+        warm_up = time.perf_counter() - start
     if warm_up >= budget:
         return Timing(warm_up, 1)
     times: list[float] = []
@@ -910,6 +914,7 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
     """
     inputs = make_inputs(case, dtype)
     expected: dict[str, Outputs] = {}  # truth_pass -> the reference's outputs, computed once
+    truth_seconds: dict[str, float] = {}  # truth_pass -> how long that reference call took
     rows = []
     for pass_name in case.passes:
         if progress:
@@ -922,10 +927,13 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
         )
         truth = truth_pass(pass_name)
         if truth not in expected:
+            start = time.perf_counter()
             expected[truth] = numpy_pass(reference, case, inputs, truth)()
+            truth_seconds[truth] = time.perf_counter() - start
         calls = _validated_calls(row, case, inputs, expected[truth], torch)
         if row.check == "ok":
-            _time_calls(row, calls, repeats, budget, ceiling, min_seconds)
+            _time_calls(row, calls, repeats, budget, ceiling, min_seconds,
+                        truth_seconds[truth] if truth == pass_name else None)
         rows.append(row)
         if progress:
             progress.step()
@@ -1005,11 +1013,17 @@ def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
 
 
 def _time_calls(row: Row, calls: dict[str, Callable[[], Outputs]], repeats: int, budget: float,
-                ceiling: float, min_seconds: float = 0.0) -> None:
-    """Time each call into ``row.<name>_ms``, then fill in the ratios that follow from them."""
+                ceiling: float, min_seconds: float = 0.0,
+                reference_warm_up: float | None = None) -> None:
+    """Time each call into ``row.<name>_ms``, then fill in the ratios that follow from them.
+
+    ``reference_warm_up``: seconds of the reference's call of this very pass made for the truth,
+    which then serves as the reference's warm-up (`measure`).
+    """
     for name, call in calls.items():
         if name == "reference":
-            timing = measure(call, repeats, budget * REFERENCE_BUDGET_SHARE, 0.0, min_seconds)
+            timing = measure(call, repeats, budget * REFERENCE_BUDGET_SHARE, 0.0, min_seconds,
+                             reference_warm_up)
         else:
             timing = measure(call, repeats, budget, SETTLE_SECONDS, min_seconds)
         setattr(row, f"{name}_ms", timing.seconds * 1e3)
