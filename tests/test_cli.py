@@ -337,17 +337,22 @@ def test_measure_times_fast_calls_for_min_seconds_and_exactly_repeats_without():
     assert capped.calls <= 12
 
 
-def test_reference_is_timed_on_its_share_of_the_budget():
-    def sleeps_10_ms():
-        time.sleep(0.01)
+def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
+    clock = [0.0]  # every call takes exactly 10 ms of a fake clock, however busy the machine
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+
+    def takes_10_ms():
+        clock[0] += 0.01
 
     row = bench.Row(case="lstm", cell="lstm", B=1, T=1, I=1, H=1, pass_name="forward",
                     dtype="float32", flops=1, workspace_bytes=None)
-    budget = 0.2  # 20 calls of 10 ms (fewer when a sleep overshoots); the reference gets 10
-    bench._time_calls(row, {"fused": sleeps_10_ms, "reference": sleeps_10_ms}, repeats=100,
+    budget = 0.2
+    bench._time_calls(row, {"fused": takes_10_ms, "reference": takes_10_ms}, repeats=100,
                       budget=budget, ceiling=1.0)
-    assert row.calls["fused"] >= 15
-    assert row.calls["reference"] <= bench.REFERENCE_BUDGET_SHARE * budget / 0.01 + 1
+    assert row.calls["fused"] == pytest.approx(budget / 0.01, abs=1)
+    assert row.calls["reference"] == pytest.approx(
+        bench.REFERENCE_BUDGET_SHARE * budget / 0.01, abs=1)
 
 
 def test_measure_takes_a_call_already_made_as_its_warm_up():
