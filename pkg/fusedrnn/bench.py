@@ -701,7 +701,8 @@ class Timing:
 
 def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float = 0.0,
             min_seconds: float = 0.0, warm_up: float | None = None) -> Timing:
-    """Time ``fn``: a pause, one warm-up call, then the median of ``repeats`` calls or more.
+    """Time ``fn``: a pause and one warm-up call (unless ``warm_up`` gives one already made), then
+    the median of ``repeats`` calls or more.
 
     Fast calls go on past ``repeats`` until they have spent ``min_seconds``: on a shared machine a
     slow spell of some milliseconds would otherwise cover all 7 calls of a 1 ms case and move its
