@@ -100,8 +100,7 @@ void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh
     const Team team{member, members};
     input_gradients(team, dx, dw_ih, input_tails, dgates, G, G, x, w_ih, TB, I);
     recurrent_weight_gradient(team, dw_hh, R, recurrent_tails, dgates, G, G, y, h0, steps, B, R);
-    if (db_ih) add_column_sums(team, db_ih, dgates, TB, G, G);
-    if (db_hh) add_column_sums(team, db_hh, dgates, TB, G, G);
+    add_column_sums(team, db_ih, db_hh, dgates, TB, G, G);
     if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> ms =

@@ -60,8 +60,7 @@ void rnn_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
     const Team team{member, members};
     input_gradients(team, dx, dw_ih, input_tails, dpre, H, H, x, w_ih, TB, I);
     recurrent_weight_gradient(team, dw_hh, H, recurrent_tails, dpre, H, H, y, h0, steps, B, H);
-    if (db_ih) add_column_sums(team, db_ih, dpre, TB, H, H);
-    if (db_hh) add_column_sums(team, db_hh, dpre, TB, H, H);
+    add_column_sums(team, db_ih, db_hh, dpre, TB, H, H);
   });
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "common/pointwise.h"
 #include "common/step_gemm.h"
@@ -35,15 +36,30 @@ struct Team {
   int64_t end(int64_t n) const { return share_begin(n, member + 1, members); }
 };
 
-// out[j] += sum over rows of a[r, j] for this member's columns j; a has row stride lda.
+// out[j] += sum over rows of a[r, j] for this member's columns j, and the same into out2 unless
+// it is null (the two biases of a gate, whose gradients are the same sums: a is read once); a has
+// row stride lda. Either output may be null.
 template <typename T>
-void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t cols,
+void add_column_sums(const Team& team, T* out, T* out2, const T* a, int64_t rows, int64_t cols,
                      int64_t lda) {
+  if (!out) std::swap(out, out2);
+  if (!out) return;
   const int64_t j0 = team.begin(cols), j1 = team.end(cols);
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = a + r * lda;
-    for (int64_t j = j0; j < j1; ++j) out[j] += row[j];
+    if (out2)
+      for (int64_t j = j0; j < j1; ++j) {
+        out[j] += row[j];
+        out2[j] += row[j];
+      }
+    else
+      for (int64_t j = j0; j < j1; ++j) out[j] += row[j];
   }
+}
+template <typename T>
+void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t cols,
+                     int64_t lda) {
+  add_column_sums(team, out, static_cast<T*>(nullptr), a, rows, cols, lda);
 }
 
 // Scratch of input_gradients and recurrent_weight_gradient: the packed last panels of the
