@@ -1,4 +1,4 @@
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "lstm.h"

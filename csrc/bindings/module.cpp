@@ -4,7 +4,7 @@
 
 #include "bindings/checks.h"
 #include "common/blas.h"
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/threading.h"
 
 namespace fusedrnn {

@@ -2,7 +2,7 @@
 #include <atomic>
 #include <cstring>
 
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 
 namespace fusedrnn {
 namespace {

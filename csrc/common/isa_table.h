@@ -1,10 +1,12 @@
-// The fused elementwise pass of one time step, for every cell, as a table of function pointers.
+// The table of the kernels compiled once per instruction set (ISA), and the choice among them.
 //
-// csrc/isa/*.cpp compile the same kernels (csrc/*_pointwise.inc) for several instruction sets and
-// fill one table each; select_isa() picks the best the CPU supports. Row buffers are dense in C
-// order with row strides set by H ([rows,4H], [rows,H], ...). A call covers `rows` rows and the
-// hidden units [0, width) of each (width <= H): a driver may split the batch, or the hidden units
-// (passing pointers advanced by the first unit j0), across threads. Nullable arguments say so.
+// The fused elementwise pass of one time step for every cell, attention's score tiles and the step
+// GEMM, as tables of function pointers: csrc/isa/*.cpp compile the same kernels (csrc/*.inc) for
+// several instruction sets and fill one table each; select_isa() picks the best the CPU supports.
+// Row buffers of the cells' passes are dense in C order with row strides set by H ([rows,4H],
+// [rows,H], ...). A call covers `rows` rows and the hidden units [0, width) of each (width <= H):
+// a driver may split the batch, or the hidden units (passing pointers advanced by the first unit
+// j0), across threads. Nullable arguments say so.
 #pragma once
 #include <cstdint>
 
