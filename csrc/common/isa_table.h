@@ -124,9 +124,20 @@ struct IsaKernels {
   StepGemmKernels<double> step_gemm_f64;
 };
 
+// The x86 instruction sets beyond the baseline are compiled on x86 only (csrc/isa/avx*.cpp). Other
+// CPUs (aarch64: Apple silicon, Graviton) run the portable baseline, whose 16-byte generic vectors
+// the compiler maps to their vector unit (NEON).
+#if defined(__x86_64__) || defined(__i386__)
+#define FUSEDRNN_X86 1
+#else
+#define FUSEDRNN_X86 0
+#endif
+
 const IsaKernels& isa_kernels_baseline();
+#if FUSEDRNN_X86
 const IsaKernels& isa_kernels_avx2();
 const IsaKernels& isa_kernels_avx512();
+#endif
 
 // The table in use: the best the CPU supports, unless select_isa() chose another.
 const IsaKernels& active_isa();
