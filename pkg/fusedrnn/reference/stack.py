@@ -21,17 +21,16 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._checks import check_lengths
+from .._spec import BIASES, GATES, layer_roles, layer_suffix
 from .._truncation import truncation_steps
-from ._common import GATES, check_lengths, grad_or_zeros
+from ._common import grad_or_zeros
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 from .truncation import truncated_stack_backward
 
 Hidden = np.ndarray | tuple[np.ndarray, np.ndarray] | None
-_SUFFIXES = ("", "_reverse")  # direction d = 0 (forward), 1 (reverse)
-_WEIGHTS = ("weight_ih", "weight_hh")  # roles every layer has
-_BIASES = ("bias_ih", "bias_hh")  # roles a layer may lack
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,12 @@ class _Sizes(NamedTuple):
 
 def _name(role: str, k: int, d: int) -> str:
     """PyTorch's parameter name, e.g. ``weight_hh_l1_reverse``."""
-    return f"{role}_l{k}{_SUFFIXES[d]}"
+    return f"{role}{layer_suffix(k, d)}"
 
 
 def _roles(proj_size: int) -> tuple[str, ...]:
-    return _WEIGHTS + _BIASES + (("weight_hr",) if proj_size else ())
+    """Every role a layer may have (the biases are optional)."""
+    return layer_roles(True, proj_size)
 
 
 def _check_array(name: str, value: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -120,8 +120,8 @@ def _check_sizes(
     setting += f"proj_size={proj_size})"
     layers = [(k, d) for k in range(L) for d in range(D)]
     roles = _roles(proj_size)
-    required = {_name(role, k, d) for k, d in layers for role in roles if role not in _BIASES}
-    optional = {_name(role, k, d) for k, d in layers for role in _BIASES}
+    required = {_name(role, k, d) for k, d in layers for role in roles if role not in BIASES}
+    optional = {_name(role, k, d) for k, d in layers for role in BIASES}
     missing = sorted(required - set(params))
     if missing:
         raise ValueError(f"params is missing {missing} for {setting}")
