@@ -110,17 +110,9 @@ class ScaledDotProductAttention(Module):
         return out
 
     def backward(self, d_out: np.ndarray) -> tuple:
-        """Gradients of the last forward.
-
-        Parameters
-        ----------
-        d_out : the shape of out
-
-        Returns
-        -------
-        dq, dk, dv : the shapes of q, k, v (under GQA and batch broadcasting, summed over what
-            shared each k / v entry)
-        """
+        """Gradients ``(dq, dk, dv)`` of the last forward for ``d_out`` (the shape of out): the
+        shapes of q, k, v (under GQA and batch broadcasting, summed over what shared each k / v
+        entry)."""
         q, k, v, mask, out, lse, options = self._require_saved()
         return self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
 
@@ -340,7 +332,7 @@ class MultiheadAttention(Module):
         attn, lse = self._backend.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
         out = self._backend.linear_forward(merged, self._params["out_proj.weight"],
-                                        self._params["out_proj.bias"] if self.bias else None)
+                                           self._params["out_proj.bias"] if self.bias else None)
         out = out.reshape(N, L, self.embed_dim)
         weights = None
         if need_weights:
@@ -405,13 +397,14 @@ class MultiheadAttention(Module):
         # forward: out = merged out_proj.weight^T + out_proj.bias
         out_grads = {"weight": self.grads["out_proj.weight"],
                      **({"bias": self.grads["out_proj.bias"]} if self.bias else {})}
-        d_merged, _ = self._backend.linear_backward(saved["merged"], self._params["out_proj.weight"],
-                                                 flat, grads=out_grads, bias=self.bias)
+        d_merged, _ = self._backend.linear_backward(saved["merged"],
+                                                    self._params["out_proj.weight"], flat,
+                                                    grads=out_grads, bias=self.bias)
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
         dq, dk, dv = self._backend.attention_backward(saved["q"], saved["k"], saved["v"],
-                                                   saved["attn"], saved["lse"], d_attn,
-                                                   saved["mask"], **saved["options"])
+                                                      saved["attn"], saved["lse"], d_attn,
+                                                      saved["mask"], **saved["options"])
         grads_in = []
         for which, (dh, x_in, length) in enumerate(((dq, saved["q_in"], L), (dk, saved["k_in"], S),
                                                     (dv, saved["v_in"], S))):
@@ -420,7 +413,7 @@ class MultiheadAttention(Module):
             weight, _, d_weight, d_bias = self._projection(which)
             grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
             dx, _ = self._backend.linear_backward(x_in.reshape(N * length, -1), weight, dy,
-                                               grads=grads, bias=d_bias is not None)
+                                                  grads=grads, bias=d_bias is not None)
             grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
         return tuple(grads_in)
 

@@ -35,28 +35,6 @@ from ._spec import (
 )
 from ._truncation import truncation_steps
 
-__all__ = [  # MAX_BLAS_DIM and stack_param_names are also read from here
-    "MAX_BLAS_DIM",
-    "StackSaved",
-    "additive_attention_backward",
-    "additive_attention_forward",
-    "attention_backward",
-    "attention_forward",
-    "cross_entropy",
-    "gru_backward",
-    "gru_forward",
-    "linear_backward",
-    "linear_forward",
-    "lstm_backward",
-    "lstm_forward",
-    "rnn_backward",
-    "rnn_forward",
-    "stack_backward",
-    "stack_forward",
-    "stack_param_names",
-    "workspace_size",
-]
-
 _MAX_INT64 = 2**63 - 1
 _NONLINEARITIES = ("tanh", "relu")
 

@@ -1,8 +1,9 @@
 """`Embedding` and `Linear`: the layers around a recurrent stack, as ``torch.nn.Embedding`` and
 ``torch.nn.Linear``, on numpy arrays.
 
-Built on the one base class of every module, they follow the same protocol as ``fusedrnn.LSTM`` / ``GRU`` / ``RNN`` (docs/training.md), so the
-optimizers (`fusedrnn.optim`) and gradient clipping take any mix of them:
+Built on the one base class of every module, they follow the same protocol as ``fusedrnn.LSTM``
+/ ``GRU`` / ``RNN`` (docs/training.md), so the optimizers (`fusedrnn.optim`) and gradient
+clipping take any mix of them:
 
 - ``named_parameters()`` yields ``(name, array)`` for every parameter: the live arrays, which an
   optimizer updates in place;
@@ -31,6 +32,7 @@ class Linear(Module):
     ----------
     in_features, out_features : int
     bias : bool, default True
+        Without it, no ``bias`` parameter (and the ``bias`` attribute is None).
     dtype : numpy.float32 (default) or numpy.float64
     seed : int or None
         Seeds the initialisation: PyTorch's, ``weight`` and ``bias`` uniform in
