@@ -1,4 +1,4 @@
-"""Every code block of README.md and docs/*.md runs as written, so the manual stays true.
+"""Every code block of README.md, CHANGELOG.md and docs/*.md runs as written, so the manual stays true.
 
 - ```python blocks run: the blocks of one file in order, in one namespace (a later block may use
   an earlier one's names), from a scratch folder. A block preceded by the line
@@ -42,7 +42,7 @@ def _repo_root() -> Path:
 
 
 ROOT = _repo_root()
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_FILES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_LANGUAGES = {"python", "bash"}
 QUIET_LANGUAGES = {"text", "console"}
 REQUIRES = re.compile(r"<!--\s*docs-test:\s*requires\s+([\w.]+)\s*-->")
