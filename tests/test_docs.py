@@ -11,11 +11,13 @@
   ``name(arg, ...)`` at the start of a line, for a function of ``fusedrnn.functional``, must
   list that function's parameters in order.
 - Any other block (no language, or another one) fails: say what it is.
-- Relative links point at files that exist; docs/api.md is what tools/api_doc.py generates.
+- Relative links point at files that exist; docs/api.md is what tools/api_doc.py generates,
+  with a section for every name of ``fusedrnn.__all__``.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import os
@@ -80,8 +82,9 @@ def code_blocks(path: Path) -> list[Block]:
         if j == len(lines):
             raise AssertionError(f"{path.relative_to(ROOT)}:{i + 1}: code block never closed")
         language = opening["info"].strip().split(" ")[0]
-        blocks.append(Block(path, i + 1, language, "\n".join(body) + "\n",
-                            marker[1] if marker else None))
+        blocks.append(
+            Block(path, i + 1, language, "\n".join(body) + "\n", marker[1] if marker else None)
+        )
         i = j + 1
     return blocks
 
@@ -116,11 +119,12 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, restore_threads):
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for block in blocks:
         if block.requires and importlib.util.find_spec(block.requires) is None:
-            warnings.warn(f"{block.where}: skipped, {block.requires} is not installed",
-                          stacklevel=1)
+            warnings.warn(
+                f"{block.where}: skipped, {block.requires} is not installed", stacklevel=1
+            )
             continue
         try:
-            exec(compile(block.source, block.where, "exec"), namespace)
+            exec(compile(block.source, block.where, "exec"), namespace)  # noqa: S102: the point
         except Exception as error:
             raise AssertionError(f"{block.where}: the python block fails: {error!r}") from error
 
@@ -160,8 +164,14 @@ def _subcommand_help(subcommand: str) -> str:
     env = dict(os.environ)
     package_root = str(Path(fusedrnn.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-m", "fusedrnn", subcommand, "--help"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "fusedrnn", subcommand, "--help"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"`python -m fusedrnn {subcommand} --help` fails: {done.stderr}"
     return done.stdout
 
@@ -179,7 +189,8 @@ def _check_python(words: list[str], where: str) -> None:
             help_text = _subcommand_help(args[2])
             for option in (a.split("=")[0] for a in args[3:] if a.startswith("--")):
                 assert option in help_text, (
-                    f"{where}: `python -m fusedrnn {args[2]}` has no option {option}")
+                    f"{where}: `python -m fusedrnn {args[2]}` has no option {option}"
+                )
         return
     script = ROOT / args[0]
     assert script.is_file(), f"{where}: `python {args[0]}`: no such file in the repository"
@@ -227,7 +238,7 @@ def _documented_signatures(source: str) -> list[tuple[str, list[str]]]:
         while depth and i < len(source):
             depth += {"(": 1, ")": -1}.get(source[i], 0)
             i += 1
-        inner = source[start.end():i - 1]
+        inner = source[start.end() : i - 1]
         names, depth, current = [], 0, ""
         for char in inner + ",":
             if char == "," and depth == 0:
@@ -280,4 +291,39 @@ def test_relative_links_point_at_files(path):
             continue  # an anchor in the same file, or a URL
         line = text.count("\n", 0, match.start()) + 1
         assert (path.parent / target).exists(), (
-            f"{path.relative_to(ROOT)}:{line}: the link {match['target']} points at nothing")
+            f"{path.relative_to(ROOT)}:{line}: the link {match['target']} points at nothing"
+        )
+
+
+def _api_doc_tool():
+    """tools/api_doc.py, imported from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("api_doc", ROOT / "tools" / "api_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_is_current():
+    committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    generated = _api_doc_tool().render()
+    if committed != generated:
+        diff = "".join(
+            list(
+                difflib.unified_diff(
+                    committed.splitlines(keepends=True),
+                    generated.splitlines(keepends=True),
+                    "docs/api.md (committed)",
+                    "docs/api.md (from the docstrings)",
+                )
+            )[:40]
+        )
+        pytest.fail(
+            "docs/api.md is not what the docstrings give: run "
+            f"`PYTHONPATH=pkg python tools/api_doc.py` and commit it.\n{diff}"
+        )
+
+
+def test_api_reference_has_every_public_name():
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in fusedrnn.__all__ if f"### `fusedrnn.{name}`" not in text]
+    assert not missing, f"docs/api.md has no section for {missing}"
