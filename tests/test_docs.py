@@ -124,7 +124,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, restore_threads):
             )
             continue
         try:
-            exec(compile(block.source, block.where, "exec"), namespace)  # noqa: S102: the point
+            exec(compile(block.source, block.where, "exec"), namespace)  # noqa: S102 (the point)
         except Exception as error:
             raise AssertionError(f"{block.where}: the python block fails: {error!r}") from error
 
