@@ -107,16 +107,18 @@ def shape_text(shape: tuple, axes: tuple | None = None) -> str:
 
 def fits_shape(value: np.ndarray, shape: tuple) -> bool:
     """Whether ``value`` has ``shape`` (None: any size; a leading Ellipsis: any leading axes)."""
+    actual = value.shape
     if shape and shape[0] is Ellipsis:
         shape = shape[1:]
-        if value.ndim < len(shape):
+        if len(actual) < len(shape):
             return False
-        actual = value.shape[value.ndim - len(shape):]
-    else:
-        if value.ndim != len(shape):
+        actual = actual[len(actual) - len(shape):]
+    elif len(actual) != len(shape):
+        return False
+    for want, got in zip(shape, actual):  # a plain loop: this runs on every call of a layer
+        if want is not None and want != got:
             return False
-        actual = value.shape
-    return all(want is None or want == got for want, got in zip(shape, actual))
+    return True
 
 
 def check_array(value: object, name: str, dtype: np.dtype, shape: tuple | None = None,
@@ -144,14 +146,13 @@ def check_array(value: object, name: str, dtype: np.dtype, shape: tuple | None =
                         f"{value.dtype}; convert it with .astype(np.{dtype})")
     if shape is None:
         return value
-    expected = shape_text(shape, axes)
-    if unbatched is not None:
-        other_shape, other_axes, word = (*unbatched, "unbatched")[:3]
-        if value.ndim == len(other_shape):
-            shape, expected = other_shape, shape_text(other_shape, other_axes)
-        elif value.ndim != len(shape):
-            expected += f" or {word} {shape_text(other_shape, other_axes)}"
+    if unbatched is not None and value.ndim == len(unbatched[0]):
+        shape, axes, unbatched = unbatched[0], unbatched[1], None
     if not fits_shape(value, shape):
+        expected = shape_text(shape, axes)
+        if unbatched is not None and value.ndim != len(shape):  # neither form: tell both
+            other_shape, other_axes, word = (*unbatched, "unbatched")[:3]
+            expected += f" or {word} {shape_text(other_shape, other_axes)}"
         raise ValueError(f"{name} must have shape {expected}, but has {value.shape}")
     return value
 

@@ -40,17 +40,23 @@ def check_backend(name: object) -> str:
     return check_choice(name, "backend", BACKENDS)
 
 
+_backend_modules: dict[str, ModuleType] = {}  # filled by backend_module, name by name
+
+
 def backend_module(name: str) -> ModuleType:
     """The functions behind a backend name: `fusedrnn.functional` for 'fused', `fusedrnn.reference`
     for 'reference' (checked: ValueError for any other name).
 
-    Imported when asked for: the fused path itself never loads the reference.
+    Imported when first asked for: the fused path itself never loads the reference.
     """
-    if check_backend(name) == "fused":
-        from . import functional
-        return functional
-    from . import reference
-    return reference
+    module = _backend_modules.get(check_backend(name))
+    if module is None:
+        if name == "fused":
+            from . import functional as module
+        else:
+            from . import reference as module
+        _backend_modules[name] = module
+    return module
 
 
 def as_float_array(value: object, name: str) -> np.ndarray:
