@@ -44,10 +44,13 @@ class RecurrentModule(Module):
         return [str(self.input_size), str(self.hidden_size), *super()._repr_args(),
                 *([] if self.bias else ["bias=False"])]
 
-    @property
-    def _gate_rows(self) -> int:
-        """The rows of weight_ih / weight_hh: one block of hidden_size per gate."""
-        return GATES[self._mode] * self.hidden_size
+    def _role_shapes(self, input_size: int, output_size: int, proj_size: int = 0) -> dict:
+        """The shape of each parameter role (`fusedrnn._spec.STACK_ROLES`) of one layer and
+        direction taking inputs of ``input_size`` and states of ``output_size``: weight_ih and
+        weight_hh have one block of hidden_size rows per gate."""
+        rows = GATES[self._mode] * self.hidden_size
+        return {"weight_ih": (rows, input_size), "weight_hh": (rows, output_size),
+                "bias_ih": (rows,), "bias_hh": (rows,), "weight_hr": (proj_size, self.hidden_size)}
 
     def _parameter_shapes(self) -> dict[str, tuple]:
         """Every parameter's name and shape, in PyTorch's order. Defined by each subclass."""

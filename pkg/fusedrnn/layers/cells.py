@@ -46,9 +46,7 @@ class RecurrentCell(RecurrentModule):
         self._reset_parameters()
 
     def _parameter_shapes(self) -> dict[str, tuple]:
-        rows = self._gate_rows
-        shapes = {"weight_ih": (rows, self.input_size), "weight_hh": (rows, self.hidden_size),
-                  "bias_ih": (rows,), "bias_hh": (rows,)}
+        shapes = self._role_shapes(self.input_size, self.hidden_size)
         return {role: shapes[role] for role in layer_roles(self.bias)}
 
     @property

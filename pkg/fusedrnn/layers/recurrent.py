@@ -82,16 +82,11 @@ class RecurrentLayer(RecurrentModule):
         return self.proj_size or self.hidden_size
 
     def _parameter_shapes(self) -> dict[str, tuple]:
-        rows, H_out = self._gate_rows, self._output_size
+        H_out = self._output_size
         shapes = {}
         for layer in range(self.num_layers):
-            role_shapes = {
-                "weight_ih": (rows, self.input_size if layer == 0 else self.num_directions * H_out),
-                "weight_hh": (rows, H_out),
-                "bias_ih": (rows,),
-                "bias_hh": (rows,),
-                "weight_hr": (self.proj_size, self.hidden_size),
-            }
+            layer_input = self.input_size if layer == 0 else self.num_directions * H_out
+            role_shapes = self._role_shapes(layer_input, H_out, self.proj_size)
             for direction in range(self.num_directions):
                 for role in layer_roles(self.bias, self.proj_size):
                     shapes[f"{role}{layer_suffix(layer, direction)}"] = role_shapes[role]
