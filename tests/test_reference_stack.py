@@ -778,7 +778,7 @@ BAD_FORWARD = {
         TypeError,
         "dropout_masks must be None or a list",
     ),
-    "mode": ("mode", "LSTM", ValueError, "mode must be one of"),
+    "mode": ("mode", "LSTM", ValueError, "mode must be 'lstm', 'gru' or 'rnn'"),
     "num_layers zero": ("num_layers", 0, ValueError, "num_layers must be >= 1"),
     "num_layers float": ("num_layers", 2.0, TypeError, "num_layers must be an int"),
     "proj_size negative": ("proj_size", -1, ValueError, "proj_size must be >= 0"),

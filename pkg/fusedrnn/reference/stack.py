@@ -21,8 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._checks import check_lengths
-from .._spec import BIASES, GATES, layer_roles, layer_suffix
+from .._checks import check_choice, check_lengths, check_size
+from .._spec import BIASES, GATES, MODES, layer_roles, layer_suffix
 from .._truncation import truncation_steps
 from ._common import grad_or_zeros
 from .gru import gru_backward, gru_forward
@@ -97,13 +97,9 @@ def _check_sizes(
     proj_size: int,
 ) -> _Sizes:
     """Check the scalars, ``x`` and ``params`` (names, types, shapes); return the sizes."""
-    if mode not in GATES:
-        raise ValueError(f"mode must be one of {sorted(GATES)}, got {mode!r}")
-    for name, value, least in (("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+    check_choice(mode, "mode", MODES)
+    num_layers = check_size(num_layers, "num_layers", 1)
+    proj_size = check_size(proj_size, "proj_size", 0)
     if proj_size and mode != "lstm":
         raise ValueError(f"proj_size > 0 is only for mode='lstm', got mode={mode!r}")
     if not isinstance(x, np.ndarray):
