@@ -15,30 +15,24 @@
 #pragma once
 #include <cstdint>
 
-#include "rnn.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 
-enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
-
-struct StackShape {
-  CellKind cell;
-  int64_t steps, batch, input, hidden, proj, layers, directions;
-  bool reset_after;   // GRU
-  RnnActivation act;  // RNN
-  int64_t gates() const { return cell == CellKind::lstm ? 4 : cell == CellKind::gru ? 3 : 1; }
-  int64_t out() const { return proj ? proj : hidden; }  // R
+// The cell's sizes and variant (input: the first layer's), and the stack's.
+struct StackShape : CellShape {
+  CellKind cell = CellKind::lstm;
+  int64_t layers = 1;
+  int64_t directions = 1;  // D
+  int64_t gates() const { return gates_of(cell); }
   int64_t layer_input(int64_t layer) const { return layer ? directions * out() : input; }
-};
-
-template <typename T>
-struct LayerWeights {  // one layer, one direction; null biases are zeros, null w_hr: no projection
-  const T *w_ih, *w_hh, *b_ih, *b_hh, *w_hr;
-};
-
-template <typename T>
-struct LayerGrads {  // accumulated into; null entries are skipped
-  T *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_hr;
+  // The cell of layer `layer` over `steps` steps.
+  CellShape layer_cell(int64_t layer, int64_t steps) const {
+    CellShape c = *this;
+    c.input = layer_input(layer);
+    c.steps = steps;
+    return c;
+  }
 };
 
 int64_t stack_saved_size(const StackShape& s);

@@ -1,5 +1,6 @@
 #include "common/sequence.h"
 #include "common/stack_layout.h"
+#include "lstm.h"
 #include "stack.h"
 
 namespace fusedrnn {
@@ -29,7 +30,7 @@ BackwardScratch<T> backward_scratch(T* base, const StackShape& s) {
   b.d_output = carve.take(TB * D * R);
   b.d_input = carve.take(s.layers > 1 ? TB * D * R : 0);
   for (int64_t d = 0; d < D; ++d) {
-    b.cell[d] = carve.take(cell_backward_scratch_size(s));
+    b.cell[d] = carve.take(cell_backward_scratch_size(s.cell, s));
     b.dy[d] = carve.take(TB * R);
     b.dx[d] = carve.take(TB * widest_input);
   }
@@ -58,6 +59,25 @@ void rows_ending_in(T* dst, const T* src, int64_t width, const int64_t* lengths,
     const bool here = src && begin <= last && last < end;
     for (int64_t k = 0; k < width; ++k) dst[b * width + k] = here ? src[b * width + k] : T(0);
   }
+}
+
+// What the backward of layer l, direction d's cell takes from the stack's arrays: its weights,
+// gradients, workspace and scratch, and its input gradient's buffer (the other arguments depend
+// on the span of steps it runs).
+template <typename T>
+CellBackwardArgs<T> layer_backward_args(const StackShape& s, int64_t l, int64_t d,
+                                        const SavedLayout<const T>& here,
+                                        const LayerWeights<T>* weights, const LayerGrads<T>* grads,
+                                        const BackwardScratch<T>& b) {
+  const int64_t k = l * s.directions + d;
+  CellBackwardArgs<T> cell;
+  cell.dx = b.dx[d];
+  cell.g = grads[k];
+  cell.w = weights[k];
+  cell.workspace = here.workspace[d];
+  cell.saved_steps = s.steps;
+  cell.scratch = b.cell[d];
+  return cell;
 }
 
 template <typename T>
@@ -96,11 +116,20 @@ void truncated_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads,
       rows_ending_in(b.dh_end, dh_n ? dh_n + l * B * R : nullptr, R, lengths, T_, B, chunk_begin, end);
       if (lstm)
         rows_ending_in(b.dc_end, dc_n ? dc_n + l * B * H : nullptr, H, lengths, T_, B, chunk_begin, end);
-      cell_backward(s, in_size, begin, n, b.dx[0], b.dh_start, lstm ? b.dc_start : nullptr,
-                    grads[l], b.cell[0], b.d_output, b.dh_end, lstm ? b.dc_end : nullptr,
-                    in + begin * B * in_size, h_in, c_in, weights[l],
-                    here.output[0] + begin * B * R, here.workspace[0],
-                    batch_sizes ? batch_sizes + begin : nullptr);
+      CellBackwardArgs<T> cell = layer_backward_args(s, l, 0, here, weights, grads, b);
+      cell.dh0 = b.dh_start;  // the state gradients at the span's two ends
+      cell.dc0 = lstm ? b.dc_start : nullptr;
+      cell.dy = b.d_output;
+      cell.dh_n = b.dh_end;
+      cell.dc_n = lstm ? b.dc_end : nullptr;
+      cell.x = in + begin * B * in_size;
+      cell.h0 = h_in;
+      cell.c0 = c_in;
+      cell.y = here.output[0] + begin * B * R;
+      cell.batch_sizes = batch_sizes ? batch_sizes + begin : nullptr;
+      cell.first_step = begin;
+      cell.shape = s.layer_cell(l, n);
+      cell_backward(s.cell, cell);
       if (begin == 0) {
         add_into(dh0 + l * B * R, b.dh_start, B * R);
         if (lstm) add_into(dc0 + l * B * H, b.dc_start, B * H);
@@ -152,11 +181,19 @@ void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratc
                                      s.steps, B, true);
         x_d = b.reversed_input;
       }
-      cell_backward(s, in_size, 0, s.steps, b.dx[d], dh0 + k * B * R, lstm ? dc0 + k * B * H : nullptr,
-                    grads[k], b.cell[d], b.dy[d], dh_n ? dh_n + k * B * R : nullptr,
-                    lstm && dc_n ? dc_n + k * B * H : nullptr, x_d, h0 + k * B * R,
-                    lstm ? c0 + k * B * H : nullptr, weights[k], here.output[d],
-                    here.workspace[d], batch_sizes);
+      CellBackwardArgs<T> cell = layer_backward_args(s, l, d, here, weights, grads, b);
+      cell.dh0 = dh0 + k * B * R;
+      cell.dc0 = lstm ? dc0 + k * B * H : nullptr;
+      cell.dy = b.dy[d];
+      cell.dh_n = dh_n ? dh_n + k * B * R : nullptr;
+      cell.dc_n = lstm && dc_n ? dc_n + k * B * H : nullptr;
+      cell.x = x_d;
+      cell.h0 = h0 + k * B * R;
+      cell.c0 = lstm ? c0 + k * B * H : nullptr;
+      cell.y = here.output[d];
+      cell.batch_sizes = batch_sizes;
+      cell.shape = s.layer_cell(l, s.steps);
+      cell_backward(s.cell, cell);
     });
     // Both directions read the same input: their gradients add up.
     copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, lengths, s.steps, B,

@@ -28,7 +28,10 @@ ForwardScratch<T> forward_scratch(T* base, const StackShape& s, bool training) {
   const int64_t widest_input = std::max(s.input, s.directions * s.out());
   ForwardScratch<T> f{};
   Carver<T> carve{base};
-  for (int64_t d = 0; d < s.directions; ++d) f.cell[d] = carve.take(cell_forward_scratch_size(s, training));
+  CellShape widest = s;  // each direction's cell scratch serves every layer
+  widest.input = widest_input;
+  for (int64_t d = 0; d < s.directions; ++d)
+    f.cell[d] = carve.take(cell_forward_scratch_size(s.cell, widest, training));
   f.reversed_input = carve.take(s.directions == 2 ? TB * widest_input : 0);
   for (int64_t d = 0; d < s.directions && !training; ++d) f.output[d] = carve.take(TB * s.out());
   for (int64_t i = 0; i < 2 && !training && s.layers > 1; ++i)
@@ -68,11 +71,20 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
                                      s.steps, B, true);
         x_d = f.reversed_input;
       }
-      T* y_d = training ? here.output[d] : f.output[d];
-      cell_forward(s, in_size, y_d, h_n + k * B * R, lstm ? c_n + k * B * H : nullptr,
-                   training ? here.workspace[d] : nullptr, f.cell[d], x_d, h0 + k * B * R,
-                   lstm ? c0 + k * B * H : nullptr, weights[k], batch_sizes);
-      copy_processing_order<false>(out + d * R, width, y_d, R, R, lengths, s.steps, B, reverse);
+      CellForwardArgs<T> cell;
+      cell.y = training ? here.output[d] : f.output[d];
+      cell.h_n = h_n + k * B * R;
+      cell.c_n = lstm ? c_n + k * B * H : nullptr;
+      cell.x = x_d;
+      cell.h0 = h0 + k * B * R;
+      cell.c0 = lstm ? c0 + k * B * H : nullptr;
+      cell.w = weights[k];
+      cell.batch_sizes = batch_sizes;
+      cell.workspace = training ? here.workspace[d] : nullptr;
+      cell.scratch = f.cell[d];
+      cell.shape = s.layer_cell(l, s.steps);
+      cell_forward(s.cell, cell);
+      copy_processing_order<false>(out + d * R, width, cell.y, R, R, lengths, s.steps, B, reverse);
     });
     if (dropout_masks && l < s.layers - 1) {
       const T* mask = dropout_masks + l * TB * width;

@@ -3,25 +3,27 @@
 #include <string>
 
 #include "bindings/checks.h"
-#include "common/blas.h"
 #include "gru.h"
 #include "lstm.h"
-#include "rnn.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 namespace {
 
 // What every single-layer call shares, checked once: x [T,B,I], h0 [B,H], weight_ih [G*H,I],
 // weight_hh [G*H,H], with T, B, I read off x and H off weight_hh; then helpers that check (or
-// allocate) the other arrays of the call by their shapes.
+// allocate) the other arrays of the call by their shapes, and the kernel calls.
 struct CellCall {
   ArgChecker c;
+  CellKind cell;
+  CellShape shape;
   int64_t T, B, I, H, G;
   std::string gate_rows;  // "4*hidden_size", for messages
   py::array x, h0, w_ih, w_hh;
 
-  CellCall(py::handle x_, py::handle h0_, py::handle w_ih_, py::handle w_hh_, int64_t gates)
-      : c(x_, "x"), G(gates), gate_rows(std::to_string(gates) + "*hidden_size") {
+  CellCall(CellKind kind, py::handle x_, py::handle h0_, py::handle w_ih_, py::handle w_hh_)
+      : c(x_, "x"), cell(kind), G(gates_of(kind)),
+        gate_rows(std::to_string(G) + "*hidden_size") {
     py::array xa = py::reinterpret_borrow<py::array>(x_);
     if (xa.ndim() != 3)
       throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
@@ -33,7 +35,7 @@ struct CellCall {
     if (wa.ndim() != 2)
       throw py::value_error("weight_hh must be a 2-D numpy.ndarray of shape (" + gate_rows +
                             ", hidden_size)");
-    if (wa.shape(0) != gates * wa.shape(1))
+    if (wa.shape(0) != G * wa.shape(1))
       throw py::value_error("weight_hh must have shape (" + gate_rows +
                             ", hidden_size), but has shape (" + std::to_string(wa.shape(0)) +
                             ", " + std::to_string(wa.shape(1)) + ")");
@@ -46,6 +48,10 @@ struct CellCall {
     check_blas_dim(T * B, "T*B (the rows of x)");
     check_blas_dim(I, "input_size");
     check_blas_dim(G * H, "the gate width");
+    shape.steps = T;
+    shape.batch = B;
+    shape.input = I;
+    shape.hidden = H;
     x = c.input(x_, "x", {{"T", T}, {"B", B}, {"input_size", I}});
     h0 = state(h0_, "h0");
     w_ih = c.input(w_ih_, "weight_ih", {{gate_rows.c_str(), G * H}, {"input_size", I}});
@@ -61,137 +67,131 @@ struct CellCall {
   py::array bias(py::handle obj, const char* name) const {
     return c.input(obj, name, {{gate_rows.c_str(), G * H}});
   }
-  py::array outputs(py::handle obj, const char* name) const {
-    return c.input(obj, name, {{"T", T}, {"B", B}, {"hidden_size", H}});
-  }
   py::object optional_outputs(py::handle obj, const char* name) const {
     return c.optional_input(obj, name, {{"T", T}, {"B", B}, {"hidden_size", H}});
   }
-  // The workspace a training forward returned; None (what an inference forward returns) is named.
-  py::array workspace(py::handle obj, const char* expected, int64_t size) const {
-    if (obj.is_none())
+  int64_t workspace_size() const { return cell_workspace_size(cell, shape); }
+
+  // The kernel arguments both passes fill alike: x, h0, c0 (None but for the LSTM), the weights
+  // (the biases null in backward, which does not read them), the scratch and the sizes. Called
+  // with the GIL released: no reference counting (see data_of).
+  template <typename F, typename Args>
+  void set_common(Args& k, py::handle c0, const F* b_ih, const F* b_hh,
+                  const ScratchMemory& scratch) const {
+    k.x = cdata_of<F>(x);
+    k.h0 = cdata_of<F>(h0);
+    k.c0 = cdata_of<F>(c0);
+    k.w = {cdata_of<F>(w_ih), cdata_of<F>(w_hh), b_ih, b_hh, nullptr};
+    k.scratch = scratch.data<F>();
+    k.shape = shape;
+  }
+
+  // The forward: y, h_n, c_n (LSTM only; c0 is None for the others), and the workspace
+  // (training; None in inference).
+  py::tuple forward(py::handle c0, py::handle b_ih, py::handle b_hh, bool training) const {
+    const bool lstm = cell == CellKind::lstm;
+    py::object c0a = lstm ? py::object(state(c0, "c0")) : py::none();
+    py::array bih = bias(b_ih, "bias_ih"), bhh = bias(b_hh, "bias_hh");
+    py::array y = c.output({T, B, H}), h_n = c.output({B, H});
+    py::object c_n = lstm ? py::object(c.output({B, H})) : py::none();
+    py::object ws = training ? py::object(c.output({workspace_size()})) : py::none();
+    const ScratchMemory scratch = c.scratch(cell_forward_scratch_size(cell, shape, training));
+    dispatch_dtype(c, [&](auto tag) {
+      using F = decltype(tag);
+      py::gil_scoped_release release;
+      CellForwardArgs<F> k;
+      set_common<F>(k, c0a, cdata_of<F>(bih), cdata_of<F>(bhh), scratch);
+      k.y = data_of<F>(y);
+      k.h_n = data_of<F>(h_n);
+      k.c_n = data_of<F>(c_n);
+      k.workspace = data_of<F>(ws);
+      cell_forward(cell, k);
+    });
+    if (lstm) return py::make_tuple(y, h_n, c_n, ws);
+    return py::make_tuple(y, h_n, ws);
+  }
+
+  // The backward: dx, dh0, dc0 (LSTM only: c0 and dc_n are None for the others), and the
+  // parameter gradients, accumulated into (fresh zeros for None). The workspace a training
+  // forward returned; None (what an inference forward returns) is named, except for the RNN,
+  // which saves nothing.
+  py::tuple backward(py::handle c0, py::handle y, py::handle workspace, const char* ws_size,
+                     py::handle dy, py::handle dh_n, py::handle dc_n, py::handle dw_ih,
+                     py::handle dw_hh, py::handle db_ih, py::handle db_hh) const {
+    const bool lstm = cell == CellKind::lstm;
+    py::object c0a = lstm ? py::object(state(c0, "c0")) : py::none();
+    py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
+    if (workspace.is_none() && cell != CellKind::rnn)
       throw py::value_error("workspace is None: backward needs the workspace that a training "
                             "forward (training=True) returns");
-    return c.input(obj, "workspace", {{expected, size}});
-  }
-  // The parameter gradients, accumulated into (fresh zeros for None).
-  struct Grads {
-    py::array w_ih, w_hh, b_ih, b_hh;
-  };
-  Grads grads(py::handle dw_ih, py::handle dw_hh, py::handle db_ih, py::handle db_hh) const {
+    py::object wsa = workspace.is_none() ? py::none()
+                                         : py::object(c.input(workspace, "workspace",
+                                                              {{ws_size, workspace_size()}}));
+    py::object dya = optional_outputs(dy, "dy"), dhn = optional_state(dh_n, "dh_n");
+    py::object dcn = lstm ? optional_state(dc_n, "dc_n") : py::none();
     const char* rows = gate_rows.c_str();
-    return {c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}}),
-            c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}}),
-            c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}}),
-            c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}})};
-  }
-  py::array new_outputs() const { return c.output({T, B, H}); }
-  py::array new_state() const { return c.output({B, H}); }
-  py::array new_dx() const { return c.output({T, B, I}); }
-  py::array new_vector(int64_t n) const { return c.output({n}); }
-  ScratchMemory new_scratch(int64_t n) const { return ScratchMemory(n, c.is_float32()); }
-
-  // body(float{}) or body(double{}), by the call's dtype.
-  template <typename Body>
-  void run(Body&& body) const {
-    if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
-    if (c.is_float32())
-      body(float{});
-    else
-      body(double{});
+    py::array gw_ih =
+        c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}});
+    py::array gw_hh =
+        c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}});
+    py::array gb_ih = c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}});
+    py::array gb_hh = c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}});
+    py::array dx = c.output({T, B, I}), dh0 = c.output({B, H});
+    py::object dc0 = lstm ? py::object(c.output({B, H})) : py::none();
+    const ScratchMemory scratch = c.scratch(cell_backward_scratch_size(cell, shape));
+    dispatch_dtype(c, [&](auto tag) {
+      using F = decltype(tag);
+      py::gil_scoped_release release;
+      CellBackwardArgs<F> k;
+      set_common<F>(k, c0a, nullptr, nullptr, scratch);
+      k.dx = data_of<F>(dx);
+      k.dh0 = data_of<F>(dh0);
+      k.dc0 = data_of<F>(dc0);
+      k.g = {data_of<F>(gw_ih), data_of<F>(gw_hh), data_of<F>(gb_ih), data_of<F>(gb_hh), nullptr};
+      k.dy = cdata_of<F>(dya);
+      k.dh_n = cdata_of<F>(dhn);
+      k.dc_n = cdata_of<F>(dcn);
+      k.y = cdata_of<F>(ya);
+      k.workspace = cdata_of<F>(wsa);
+      k.saved_steps = T;
+      cell_backward(cell, k);
+    });
+    if (lstm) return py::make_tuple(dx, dh0, dc0, gw_ih, gw_hh, gb_ih, gb_hh);
+    return py::make_tuple(dx, dh0, gw_ih, gw_hh, gb_ih, gb_hh);
   }
 };
 
 // ---------------------------------------------------------------- LSTM
 py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
                           py::handle w_hh, py::handle b_ih, py::handle b_hh, bool training) {
-  const CellCall a(x, h0, w_ih, w_hh, 4);
-  py::array c0a = a.state(c0, "c0"), bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
-  py::array y = a.new_outputs(), h_n = a.new_state(), c_n = a.new_state();
-  py::object ws = training ? py::object(a.new_vector(lstm_workspace_size(a.T, a.B, a.H, 0)))
-                           : py::none();
-  const ScratchMemory scratch =
-      a.new_scratch(lstm_forward_scratch_size(a.T, a.B, a.I, a.H, 0, training));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    lstm_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n),
-                    lstm_saved(data_of<F>(ws), a.T, a.B, a.H, 0), scratch.data<F>(),
-                    cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
-                    cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, nullptr, a.T,
-                    a.B, a.I, a.H, 0);
-  });
-  return py::make_tuple(y, h_n, c_n, ws);
+  return CellCall(CellKind::lstm, x, h0, w_ih, w_hh).forward(c0, b_ih, b_hh, training);
 }
 
 py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
                            py::handle w_hh, py::handle y, py::handle workspace, py::handle dy,
                            py::handle dh_n, py::handle dc_n, py::handle dw_ih, py::handle dw_hh,
                            py::handle db_ih, py::handle db_hh) {
-  const CellCall a(x, h0, w_ih, w_hh, 4);
-  py::array c0a = a.state(c0, "c0"), ya = a.outputs(y, "y");
-  py::array wsa = a.workspace(workspace, "T*B*5*hidden_size", lstm_workspace_size(a.T, a.B, a.H, 0));
-  py::object dya = a.optional_outputs(dy, "dy");
-  py::object dhn = a.optional_state(dh_n, "dh_n"), dcn = a.optional_state(dc_n, "dc_n");
-  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
-  py::array dx = a.new_dx(), dh0 = a.new_state(), dc0 = a.new_state();
-  const ScratchMemory scratch = a.new_scratch(lstm_backward_scratch_size(a.T, a.B, a.H, 0));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    lstm_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), data_of<F>(g.w_ih),
-                     data_of<F>(g.w_hh), data_of<F>(g.b_ih), data_of<F>(g.b_hh), nullptr,
-                     scratch.data<F>(), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
-                     cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(c0a), cdata_of<F>(a.w_ih),
-                     cdata_of<F>(a.w_hh), nullptr, cdata_of<F>(ya),
-                     lstm_saved(cdata_of<F>(wsa), a.T, a.B, a.H, 0), nullptr, a.T, a.B, a.I, a.H, 0);
-  });
-  return py::make_tuple(dx, dh0, dc0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
+  return CellCall(CellKind::lstm, x, h0, w_ih, w_hh)
+      .backward(c0, y, workspace, "T*B*5*hidden_size", dy, dh_n, dc_n, dw_ih, dw_hh, db_ih,
+                db_hh);
 }
 
 // ---------------------------------------------------------------- GRU
 py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                          py::handle b_ih, py::handle b_hh, bool reset_after, bool training) {
-  const CellCall a(x, h0, w_ih, w_hh, 3);
-  py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
-  py::array y = a.new_outputs(), h_n = a.new_state();
-  py::object ws = training ? py::object(a.new_vector(gru_workspace_size(a.T, a.B, a.H)))
-                           : py::none();
-  const ScratchMemory scratch =
-      a.new_scratch(gru_forward_scratch_size(a.T, a.B, a.I, a.H, training));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    gru_forward<F>(data_of<F>(y), data_of<F>(h_n), gru_saved(data_of<F>(ws), a.T, a.B, a.H),
-                   scratch.data<F>(), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
-                   cdata_of<F>(a.w_hh), cdata_of<F>(bih), cdata_of<F>(bhh), nullptr, a.T, a.B,
-                   a.I, a.H, reset_after);
-  });
-  return py::make_tuple(y, h_n, ws);
+  CellCall a(CellKind::gru, x, h0, w_ih, w_hh);
+  a.shape.reset_after = reset_after;
+  return a.forward(py::none(), b_ih, b_hh, training);
 }
 
 py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                           py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
                           bool reset_after, py::handle dw_ih, py::handle dw_hh, py::handle db_ih,
                           py::handle db_hh) {
-  const CellCall a(x, h0, w_ih, w_hh, 3);
-  py::array ya = a.outputs(y, "y");
-  py::array wsa = a.workspace(workspace, "T*B*4*hidden_size", gru_workspace_size(a.T, a.B, a.H));
-  py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
-  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
-  py::array dx = a.new_dx(), dh0 = a.new_state();
-  const ScratchMemory scratch =
-      a.new_scratch(gru_backward_scratch_size(a.T, a.B, a.H, reset_after));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    gru_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
-                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), scratch.data<F>(), cdata_of<F>(dya),
-                    cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
-                    cdata_of<F>(a.w_hh), cdata_of<F>(ya), gru_saved(cdata_of<F>(wsa), a.T, a.B, a.H),
-                    nullptr, a.T, a.B, a.I, a.H, reset_after);
-  });
-  return py::make_tuple(dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
+  CellCall a(CellKind::gru, x, h0, w_ih, w_hh);
+  a.shape.reset_after = reset_after;
+  return a.backward(py::none(), y, workspace, "T*B*4*hidden_size", dy, dh_n, py::none(), dw_ih,
+                    dw_hh, db_ih, db_hh);
 }
 
 // ---------------------------------------------------------------- RNN
@@ -199,19 +199,9 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
                          py::handle b_ih, py::handle b_hh, const std::string& nonlinearity,
                          bool training) {
   const RnnActivation act = parse_nonlinearity(nonlinearity);
-  const CellCall a(x, h0, w_ih, w_hh, 1);
-  py::array bih = a.bias(b_ih, "bias_ih"), bhh = a.bias(b_hh, "bias_hh");
-  py::array y = a.new_outputs(), h_n = a.new_state();
-  const ScratchMemory scratch = a.new_scratch(rnn_forward_scratch_size(a.I, a.H));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    rnn_forward<F>(data_of<F>(y), data_of<F>(h_n), scratch.data<F>(), cdata_of<F>(a.x),
-                   cdata_of<F>(a.h0), cdata_of<F>(a.w_ih), cdata_of<F>(a.w_hh), cdata_of<F>(bih),
-                   cdata_of<F>(bhh), nullptr, a.T, a.B, a.I, a.H, act);
-  });
-  // The RNN saves nothing beyond y: its workspace is empty.
-  return py::make_tuple(y, h_n, training ? py::object(a.new_vector(0)) : py::none());
+  CellCall a(CellKind::rnn, x, h0, w_ih, w_hh);
+  a.shape.act = act;
+  return a.forward(py::none(), b_ih, b_hh, training);  // the workspace: empty (training)
 }
 
 py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
@@ -219,22 +209,10 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
                           const std::string& nonlinearity, py::handle dw_ih, py::handle dw_hh,
                           py::handle db_ih, py::handle db_hh) {
   const RnnActivation act = parse_nonlinearity(nonlinearity);
-  const CellCall a(x, h0, w_ih, w_hh, 1);
-  py::array ya = a.outputs(y, "y");
-  if (!workspace.is_none()) a.workspace(workspace, "0", 0);  // the RNN saves nothing
-  py::object dya = a.optional_outputs(dy, "dy"), dhn = a.optional_state(dh_n, "dh_n");
-  const CellCall::Grads g = a.grads(dw_ih, dw_hh, db_ih, db_hh);
-  py::array dx = a.new_dx(), dh0 = a.new_state();
-  const ScratchMemory scratch = a.new_scratch(rnn_backward_scratch_size(a.T, a.B, a.H));
-  a.run([&](auto tag) {
-    using F = decltype(tag);
-    py::gil_scoped_release release;
-    rnn_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(g.w_ih), data_of<F>(g.w_hh),
-                    data_of<F>(g.b_ih), data_of<F>(g.b_hh), scratch.data<F>(), cdata_of<F>(dya),
-                    cdata_of<F>(dhn), cdata_of<F>(a.x), cdata_of<F>(a.h0), cdata_of<F>(a.w_ih),
-                    cdata_of<F>(a.w_hh), cdata_of<F>(ya), nullptr, a.T, a.B, a.I, a.H, act);
-  });
-  return py::make_tuple(dx, dh0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
+  CellCall a(CellKind::rnn, x, h0, w_ih, w_hh);
+  a.shape.act = act;
+  return a.backward(py::none(), y, workspace, "0", dy, dh_n, py::none(), dw_ih, dw_hh, db_ih,
+                    db_hh);
 }
 
 }  // namespace
