@@ -136,6 +136,15 @@ struct StackCall {
     lengths = len;
   }
 
+  // What the kernel's forward and backward both read. Called with the GIL released: no
+  // reference counting (see data_of).
+  template <typename F>
+  StackInputs<F> inputs(const std::vector<LayerWeights<F>>& w) const {
+    return {cdata_of<F>(x),     cdata_of<F>(h0),   cdata_of<F>(c0),
+            w.data(),           cdata_of<F>(masks), cdata_of<int64_t>(batch_sizes),
+            cdata_of<int64_t>(lengths)};
+  }
+
   // The weights of every layer and direction, checked by their PyTorch names.
   template <typename T>
   std::vector<LayerWeights<T>> weights(py::handle list) {
@@ -216,10 +225,15 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
     py::gil_scoped_release release;
-    stack_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(saved),
-                     scratch.data<F>(), cdata_of<F>(call.x), cdata_of<F>(call.h0),
-                     cdata_of<F>(call.c0), w.data(), cdata_of<F>(call.masks),
-                     cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
+    StackForwardArgs<F> k;
+    k.y = data_of<F>(y);
+    k.h_n = data_of<F>(h_n);
+    k.c_n = data_of<F>(c_n);
+    k.in = call.inputs<F>(w);
+    k.saved = data_of<F>(saved);
+    k.scratch = scratch.data<F>();
+    k.shape = s;
+    stack_forward(k);
   });
   return py::make_tuple(y, h_n, c_n, saved);
 }
@@ -259,12 +273,21 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
     auto w = call.weights<F>(weights);
     auto g = call.grads<F>(grads);
     py::gil_scoped_release release;
-    stack_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), g.data(),
-                      scratch.data<F>(), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
-                      cdata_of<F>(call.x), cdata_of<F>(call.h0), cdata_of<F>(call.c0), w.data(),
-                      cdata_of<F>(sa), cdata_of<F>(call.masks),
-                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s,
-                      truncate, stride);
+    StackBackwardArgs<F> k;
+    k.dx = data_of<F>(dx);
+    k.dh0 = data_of<F>(dh0);
+    k.dc0 = data_of<F>(dc0);
+    k.grads = g.data();
+    k.dy = cdata_of<F>(dya);
+    k.dh_n = cdata_of<F>(dhn);
+    k.dc_n = cdata_of<F>(dcn);
+    k.in = call.inputs<F>(w);
+    k.saved = cdata_of<F>(sa);
+    k.scratch = scratch.data<F>();
+    k.shape = s;
+    k.truncate = truncate;
+    k.stride = stride;
+    stack_backward(k);
   });
   return py::make_tuple(dx, dh0, dc0);
 }
