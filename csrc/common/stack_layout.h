@@ -1,5 +1,7 @@
-// Where each buffer of a layer stack lives inside the caller's `saved` and `scratch` arrays.
-// One planner serves the size queries and the kernels, so they cannot disagree.
+// What stack_forward and stack_backward share: where each layer's buffers live inside the
+// caller's `saved` array (one planner serves the size query and the kernels, so they cannot
+// disagree; each pass's scratch planner is in its own .cpp), the split of a layer's two
+// directions across threads, and the map between time order and processing order.
 #pragma once
 #include <algorithm>
 #include <cstdint>

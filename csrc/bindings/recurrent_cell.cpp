@@ -1,5 +1,5 @@
-// pybind11 bindings of the recurrent kernels: checks and allocation, then one call into C++
-// with the GIL released. The Python-facing wrappers are fusedrnn/functional.py.
+// pybind11 bindings of the single-layer recurrent cell kernels (recurrent_cell.h: LSTM, GRU,
+// RNN): checks and allocation, then one call into C++ with the GIL released. The Python-facing wrappers are fusedrnn/functional.py.
 #include <string>
 
 #include "bindings/checks.h"
@@ -217,7 +217,7 @@ py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::hand
 
 }  // namespace
 
-void bind_recurrent(py::module_& m) {
+void bind_recurrent_cell(py::module_& m) {
   using namespace pybind11::literals;
   m.def("lstm_forward", &lstm_forward_py, "x"_a, "h0"_a, "c0"_a, "weight_ih"_a, "weight_hh"_a,
         "bias_ih"_a, "bias_hh"_a, "training"_a = true);
