@@ -1,5 +1,6 @@
 // pybind11 bindings of the single-layer recurrent cell kernels (recurrent_cell.h: LSTM, GRU,
-// RNN): checks and allocation, then one call into C++ with the GIL released. The Python-facing wrappers are fusedrnn/functional.py.
+// RNN): checks and allocation, then one call into C++ with the GIL released. The Python-facing
+// wrappers are fusedrnn/functional.py.
 #include <string>
 
 #include "bindings/checks.h"
