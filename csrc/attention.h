@@ -108,30 +108,77 @@ inline uint64_t attention_dropout_threshold(double p) {
 //   e[b,t,s] = w_v . tanh(qp[b,t,:] + kp[b,s,:])   with qp = query @ w_q^T, kp = keys @ w_k^T
 //   p[b,t,:] = softmax over s of e[b,t,s] (-inf where key_mask[b,s] is 0)
 //   context[b,t,:] = sum_s p[b,t,s] * values[b,s,:]
-// Shapes: query [B,T,Dq]  keys [B,S,Dk]  values [B,S,Dv]  w_q [A,Dq]  w_k [A,Dk]  w_v [A]
-//   key_mask [B,S] bytes (null: every key)  context [B,T,Dv]  weights [B,T,S] (p, saved for
-//   backward: small, no hidden-size factor)  qp [B,T,A], kp [B,S,A] (saved projections).
+// The arguments and their shapes: AdditiveForwardArgs / AdditiveBackwardArgs below. weights (p)
+// is saved for backward (small, no hidden-size factor), and so are the projections qp and kp.
 // The B*T*S*A tanh terms are never stored: backward recomputes them. A row with every key masked
 // has context 0, weights 0 and zero gradients.
 // Gradients: d_query, d_keys, d_values =; dw_q, dw_k, dw_v += (parameter gradients accumulate).
-int64_t additive_attention_forward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t Dq,
-                                                int64_t Dk, int64_t A, int threads);
-int64_t additive_attention_backward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t A,
-                                                 int64_t Dv, int threads);
+struct AdditiveShape {
+  int64_t batch = 0;       // B
+  int64_t queries = 0;     // T
+  int64_t keys = 0;        // S
+  int64_t query_size = 0;  // Dq
+  int64_t key_size = 0;    // Dk
+  int64_t value_size = 0;  // Dv
+  int64_t hidden = 0;      // A
+  int threads = 1;         // team size the scratch was sized for
+};
+
+// The inputs the forward and the backward both read.
+template <typename T>
+struct AdditiveInputs {
+  const T* query = nullptr;           // [B,T,Dq]
+  const T* keys = nullptr;            // [B,S,Dk]
+  const T* values = nullptr;          // [B,S,Dv]
+  const T* w_q = nullptr;             // [A,Dq]
+  const T* w_k = nullptr;             // [A,Dk]
+  const T* w_v = nullptr;             // [A]
+  const uint8_t* key_mask = nullptr;  // [B,S] or null: every key
+};
 
 template <typename T>
-void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch, const T* query,
-                                const T* keys, const T* values, const T* w_q, const T* w_k,
-                                const T* w_v, const uint8_t* key_mask, int64_t B, int64_t T_,
-                                int64_t S, int64_t Dq, int64_t Dk, int64_t Dv, int64_t A,
-                                int threads);
+struct AdditiveForwardArgs {
+  // outputs
+  T* context = nullptr;  // [B,T,Dv]
+  T* weights = nullptr;  // [B,T,S]: p, saved for backward
+  T* qp = nullptr;       // [B,T,A]: saved for backward
+  T* kp = nullptr;       // [B,S,A]: saved for backward
+  // inputs
+  AdditiveInputs<T> in;
+  // scratch
+  T* scratch = nullptr;  // [additive_attention_forward_scratch_size]
+  // sizes
+  AdditiveShape shape;
+};
 
 template <typename T>
-void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T* dw_k, T* dw_v,
-                                 T* scratch, const T* d_context, const T* query, const T* keys,
-                                 const T* values, const T* w_q, const T* w_k, const T* w_v,
-                                 const uint8_t* key_mask, const T* weights, const T* qp,
-                                 const T* kp, int64_t B, int64_t T_, int64_t S, int64_t Dq,
-                                 int64_t Dk, int64_t Dv, int64_t A, int threads);
+struct AdditiveBackwardArgs {
+  // outputs
+  T* d_query = nullptr;   // [B,T,Dq] (=)
+  T* d_keys = nullptr;    // [B,S,Dk] (=)
+  T* d_values = nullptr;  // [B,S,Dv] (=)
+  T* dw_q = nullptr;      // [A,Dq] (+=)
+  T* dw_k = nullptr;      // [A,Dk] (+=)
+  T* dw_v = nullptr;      // [A] (+=)
+  // inputs
+  const T* d_context = nullptr;  // [B,T,Dv]
+  AdditiveInputs<T> in;          // as given to the forward
+  // saved and scratch
+  const T* weights = nullptr;  // [B,T,S]: as the forward saved them
+  const T* qp = nullptr;       // [B,T,A]
+  const T* kp = nullptr;       // [B,S,A]
+  T* scratch = nullptr;        // [additive_attention_backward_scratch_size]
+  // sizes
+  AdditiveShape shape;
+};
+
+int64_t additive_attention_forward_scratch_size(const AdditiveShape& s);
+int64_t additive_attention_backward_scratch_size(const AdditiveShape& s);
+
+template <typename T>
+void additive_attention_forward(const AdditiveForwardArgs<T>& a);
+
+template <typename T>
+void additive_attention_backward(const AdditiveBackwardArgs<T>& a);
 
 }  // namespace fusedrnn

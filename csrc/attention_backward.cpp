@@ -3,6 +3,7 @@
 
 #include "attention.h"
 #include "common/attention_layout.h"
+#include "common/carver.h"
 #include "common/isa_table.h"
 #include "common/threading.h"
 #include "linear.h"
@@ -151,43 +152,66 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
 }
 
 namespace {
-// Per thread: dkp [B,S,A], dw_v [A], and the panels of its tile GEMMs (values^T packed, or the
-// last panel of d_context read in place).
-int64_t additive_member_size(int64_t B, int64_t T_, int64_t S, int64_t A, int64_t Dv) {
-  return round_block(B * S * A) + round_block(A) +
-         round_block(std::max(packed_weights_size(Dv, 1, S), tail_panel_size(T_)));
+// The scratch of an additive backward, in order (a null base only counts).
+template <typename T>
+struct AdditiveBackwardScratch {
+  T* de;       // [B,T,S]: dE
+  T* dqp;      // [B,T,A]
+  T* members;  // per thread, member_size apart: dkp [B,S,A], dw_v [A], and the panels of its tile
+               // GEMMs (values^T packed, or the last panel of d_context read in place)
+  int64_t member_size;
+  int64_t dwv_offset, panels_offset;  // within a member's part
+  T* linear;  // the projections' gradients' panels
+  int64_t size;
+};
+
+template <typename T>
+AdditiveBackwardScratch<T> additive_backward_scratch(T* base, const AdditiveShape& s) {
+  const int64_t B = s.batch, T_ = s.queries, S = s.keys, A = s.hidden;
+  AdditiveBackwardScratch<T> b{};
+  b.dwv_offset = round_block(B * S * A);
+  b.panels_offset = b.dwv_offset + round_block(A);
+  b.member_size = b.panels_offset + round_block(std::max(packed_weights_size(s.value_size, 1, S),
+                                                         tail_panel_size(T_)));
+  Carver<T> carve{base};
+  b.de = carve.take(round_block(B * T_ * S));
+  b.dqp = carve.take(round_block(B * T_ * A));
+  b.members = carve.take(static_cast<int64_t>(std::max(1, s.threads)) * b.member_size);
+  b.linear = carve.take(std::max(linear_backward_scratch_size(B * T_, A),
+                                 linear_backward_scratch_size(B * S, A)));
+  b.size = carve.used;
+  return b;
 }
 }  // namespace
 
-int64_t additive_attention_backward_scratch_size(int64_t B, int64_t T_, int64_t S, int64_t A,
-                                                 int64_t Dv, int threads) {
-  // dE [B,T,S], dqp [B,T,A], per thread its part; then the projections' gradients' panels
-  return round_block(B * T_ * S) + round_block(B * T_ * A) +
-         static_cast<int64_t>(std::max(1, threads)) * additive_member_size(B, T_, S, A, Dv) +
-         std::max(linear_backward_scratch_size(B * T_, A), linear_backward_scratch_size(B * S, A));
+int64_t additive_attention_backward_scratch_size(const AdditiveShape& s) {
+  return additive_backward_scratch<float>(nullptr, s).size;
 }
 
-// d_context: [B,T,Dv]  weights (p), qp, kp: as the forward saved them; see additive_attention_forward.
-// d_query: [B,T,Dq]  d_keys: [B,S,Dk]  d_values: [B,S,Dv] (=);  dw_q, dw_k, dw_v (+=)
+// The arguments and their shapes: attention.h (AdditiveBackwardArgs).
 template <typename T>
-void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T* dw_k, T* dw_v,
-                                 T* scratch, const T* d_context, const T* query, const T* keys,
-                                 const T* values, const T* w_q, const T* w_k, const T* w_v,
-                                 const uint8_t* key_mask, const T* weights, const T* qp,
-                                 const T* kp, int64_t B, int64_t T_, int64_t S, int64_t Dq,
-                                 int64_t Dk, int64_t Dv, int64_t A, int threads) {
-  (void)key_mask;  // masked keys have p = 0, hence dE = 0: backward skips them without the mask
+void additive_attention_backward(const AdditiveBackwardArgs<T>& a) {
+  // masked keys have p = 0, hence dE = 0: backward skips them without the mask
+  const int64_t B = a.shape.batch, T_ = a.shape.queries, S = a.shape.keys;
+  const int64_t Dq = a.shape.query_size, Dk = a.shape.key_size, Dv = a.shape.value_size;
+  const int64_t A = a.shape.hidden;
+  const T *query = a.in.query, *keys = a.in.keys, *values = a.in.values;
+  const T *w_q = a.in.w_q, *w_k = a.in.w_k, *w_v = a.in.w_v, *d_context = a.d_context;
+  const T *weights = a.weights, *qp = a.qp, *kp = a.kp;
+  T *d_values = a.d_values, *dw_v = a.dw_v;
+  const AdditiveBackwardScratch<T> scratch = additive_backward_scratch(a.scratch, a.shape);
   const int64_t rows = B * T_;
-  T* de = scratch;
-  T* dqp = de + round_block(rows * S);
-  T* member_base = dqp + round_block(rows * A);
-  const int64_t member_size = additive_member_size(B, T_, S, A, Dv);
+  T* de = scratch.de;
+  T* dqp = scratch.dqp;
+  T* member_base = scratch.members;
+  const int64_t member_size = scratch.member_size;
   const auto backward_row = attention_kernels<T>().additive_backward;
   const double work = static_cast<double>(rows) * S * (6 * A + 2 * Dv);
-  run_team(attention_team_size(threads, rows, work), [&](int member, int members) {
+  const int team = attention_team_size(a.shape.threads, rows, work);
+  run_team(team, [&](int member, int members) {
     T* dkp = member_base + member * member_size;
-    T* dwv = dkp + round_block(B * S * A);
-    T* panels = dwv + round_block(A);
+    T* dwv = dkp + scratch.dwv_offset;
+    T* panels = dkp + scratch.panels_offset;
     // forward: context = p values  ->  d_values = p^T d_context, dP = d_context values^T
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
       tile_gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv,
@@ -219,26 +243,21 @@ void additive_attention_backward(T* d_query, T* d_keys, T* d_values, T* dw_q, T*
     }
     if (member == 0)
       for (int64_t m = 0; m < members; ++m) {
-        const T* other = member_base + m * member_size + round_block(B * S * A);
+        const T* other = member_base + m * member_size + scratch.dwv_offset;
         for (int64_t j = 0; j < A; ++j) dw_v[j] += other[j];
       }
   });
   const T* dkp = member_base;
-  T* linear_scratch = member_base + static_cast<int64_t>(std::max(1, threads)) * member_size;
   // forward: qp = query w_q^T, kp = keys w_k^T (dense layers without bias)
-  linear_backward<T>(d_query, dw_q, nullptr, linear_scratch, dqp, query, w_q, rows, Dq, A);
-  linear_backward<T>(d_keys, dw_k, nullptr, linear_scratch, dkp, keys, w_k, B * S, Dk, A);
+  linear_backward<T>(a.d_query, a.dw_q, nullptr, scratch.linear, dqp, query, w_q, rows, Dq, A);
+  linear_backward<T>(a.d_keys, a.dw_k, nullptr, scratch.linear, dkp, keys, w_k, B * S, Dk, A);
 }
 
 #define FUSEDRNN_ATTENTION_BACKWARD(T)                                                          \
   template void attention_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*,   \
                                       const AttentionMask&, const T*, const T*,                 \
                                       const AttentionShape&, const AttentionOptions&);  \
-  template void additive_attention_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*,  \
-                                               const T*, const T*, const T*, const T*, const T*, \
-                                               const uint8_t*, const T*, const T*, const T*,    \
-                                               int64_t, int64_t, int64_t, int64_t, int64_t,     \
-                                               int64_t, int64_t, int);
+  template void additive_attention_backward<T>(const AdditiveBackwardArgs<T>&);
 FUSEDRNN_ATTENTION_BACKWARD(float)
 FUSEDRNN_ATTENTION_BACKWARD(double)
 

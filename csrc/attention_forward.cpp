@@ -5,6 +5,7 @@
 
 #include "attention.h"
 #include "common/attention_layout.h"
+#include "common/carver.h"
 #include "common/isa_table.h"
 #include "common/threading.h"
 #include "linear.h"
@@ -145,39 +146,53 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
 }
 
 namespace {
-// The scratch of the two projections, which run one after the other: their packed weights.
-int64_t additive_projections_size(int64_t B, int64_t T, int64_t S, int64_t Dq, int64_t Dk,
-                                  int64_t A) {
-  return round_block(std::max(linear_forward_scratch_size(B * T, Dq, A),
-                              linear_forward_scratch_size(B * S, Dk, A)));
+// The scratch of an additive forward, in order (a null base only counts).
+template <typename T>
+struct AdditiveForwardScratch {
+  T* projections;        // the packed weights of the two projections, which run one by one
+  T* panels;             // per thread: the last panel of the values read in place
+  int64_t panels_stride;  // between two threads' panels
+  int64_t size;
+};
+
+template <typename T>
+AdditiveForwardScratch<T> additive_forward_scratch(T* base, const AdditiveShape& s) {
+  const int64_t B = s.batch, A = s.hidden;
+  Carver<T> carve{base};
+  AdditiveForwardScratch<T> f{};
+  f.projections = carve.take(round_block(std::max(
+      linear_forward_scratch_size(B * s.queries, s.query_size, A),
+      linear_forward_scratch_size(B * s.keys, s.key_size, A))));
+  f.panels_stride = round_block(tail_panel_size(s.keys));
+  f.panels = carve.take(static_cast<int64_t>(std::max(1, s.threads)) * f.panels_stride);
+  f.size = carve.used;
+  return f;
 }
 }  // namespace
 
-int64_t additive_attention_forward_scratch_size(int64_t B, int64_t T, int64_t S, int64_t Dq,
-                                                int64_t Dk, int64_t A, int threads) {
-  // the projections', then per thread the last panel of the values read in place
-  return additive_projections_size(B, T, S, Dq, Dk, A) +
-         static_cast<int64_t>(std::max(1, threads)) * round_block(tail_panel_size(S));
+int64_t additive_attention_forward_scratch_size(const AdditiveShape& s) {
+  return additive_forward_scratch<float>(nullptr, s).size;
 }
 
-// query: [B,T,Dq]  keys: [B,S,Dk]  values: [B,S,Dv]  w_q: [A,Dq]  w_k: [A,Dk]  w_v: [A]
-// key_mask: [B,S] or null  context: [B,T,Dv]  weights: [B,T,S]  qp: [B,T,A]  kp: [B,S,A]
-// scratch: [additive_attention_forward_scratch_size]
+// The arguments and their shapes: attention.h (AdditiveForwardArgs).
 template <typename T>
-void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch, const T* query,
-                                const T* keys, const T* values, const T* w_q, const T* w_k,
-                                const T* w_v, const uint8_t* key_mask, int64_t B, int64_t T_,
-                                int64_t S, int64_t Dq, int64_t Dk, int64_t Dv, int64_t A,
-                                int threads) {
+void additive_attention_forward(const AdditiveForwardArgs<T>& a) {
+  const int64_t B = a.shape.batch, T_ = a.shape.queries, S = a.shape.keys;
+  const int64_t Dq = a.shape.query_size, Dk = a.shape.key_size, Dv = a.shape.value_size;
+  const int64_t A = a.shape.hidden;
+  const T *query = a.in.query, *keys = a.in.keys, *values = a.in.values;
+  const T *w_q = a.in.w_q, *w_k = a.in.w_k, *w_v = a.in.w_v;
+  const uint8_t* key_mask = a.in.key_mask;
+  T *context = a.context, *weights = a.weights, *qp = a.qp, *kp = a.kp;
+  const AdditiveForwardScratch<T> scratch = additive_forward_scratch(a.scratch, a.shape);
   // qp = query w_q^T, kp = keys w_k^T: one GEMM each over the whole batch
-  linear_forward<T>(qp, scratch, query, w_q, nullptr, B * T_, Dq, A);
-  linear_forward<T>(kp, scratch, keys, w_k, nullptr, B * S, Dk, A);
-  T* const panels_base = scratch + additive_projections_size(B, T_, S, Dq, Dk, A);
+  linear_forward<T>(qp, scratch.projections, query, w_q, nullptr, B * T_, Dq, A);
+  linear_forward<T>(kp, scratch.projections, keys, w_k, nullptr, B * S, Dk, A);
   const auto scores = attention_kernels<T>().additive_scores;
   const int64_t rows = B * T_;
   // a tanh and a multiply-add per (query, key, hidden unit), plus context = p values
   const double work = static_cast<double>(rows) * S * (4 * A + Dv);
-  run_team(attention_team_size(threads, rows, work), [&](int member, int members) {
+  run_team(attention_team_size(a.shape.threads, rows, work), [&](int member, int members) {
     const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T_;
@@ -199,7 +214,7 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch
     // context = p values, for this member's items (whole items: a product's rows, and with them
     // its sums, must not depend on the team's split; p of an item's rows by other members first)
     team_barrier();
-    T* panels = panels_base + member * round_block(tail_panel_size(S));
+    T* panels = scratch.panels + member * scratch.panels_stride;
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b)
       tile_gemm<T>(false, false, T_, Dv, S, T(1), weights + b * T_ * S, S, values + b * S * Dv,
                    Dv, false, context + b * T_ * Dv, Dv, panels);
@@ -210,10 +225,7 @@ void additive_attention_forward(T* context, T* weights, T* qp, T* kp, T* scratch
   template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                  \
                                      const AttentionMask&, const AttentionShape&,               \
                                      const AttentionOptions&);                                 \
-  template void additive_attention_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,  \
-                                              const T*, const T*, const T*, const uint8_t*,      \
-                                              int64_t, int64_t, int64_t, int64_t, int64_t,       \
-                                              int64_t, int64_t, int);
+  template void additive_attention_forward<T>(const AdditiveForwardArgs<T>&);
 FUSEDRNN_ATTENTION_FORWARD(float)
 FUSEDRNN_ATTENTION_FORWARD(double)
 

@@ -1,3 +1,4 @@
+#include "common/carver.h"
 #include "common/isa_table.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -5,55 +6,78 @@
 
 namespace fusedrnn {
 
-int64_t gru_backward_scratch_size(int64_t T, int64_t B, int64_t H, bool reset_after) {
-  // reset_after: the gate gradients of the x side and of the h side differ in the n block.
-  // W_hh in panels: all of it, or its r,z rows and its n rows apart (reset_before).
-  // The gradient GEMMs' packed last panels: input_gradients, recurrent_weight_gradient and, for
-  // reset_before, the r*h of the n block.
-  return (reset_after ? 2 * T * B * 3 * H : T * B * 3 * H + B * H) +
-         packed_weights_size(3 * H, 1, H) + input_gradients_scratch_size(3 * H, T * B) +
-         recurrent_weight_gradient_scratch_size(T, B) + tail_panel_size(T * B);
+namespace {
+// The scratch of a backward, in order (a null base only counts: gru_backward_scratch_size).
+template <typename T>
+struct GruBackwardScratch {
+  T* dgates_x;  // [T,B,3H]: the gradient of W_ih x + b_ih
+  // The gradient of the h side, W_hh h + b_hh: reset_after, [T,B,3H] of its own (it differs from
+  // the x side in the n block); reset_before, the same as the x side.
+  T* dgates_h;
+  T* d_rh;    // [B,H]: dL/d(r*h) of one step (reset_before)
+  T* packed;  // W_hh in panels: all of it, or its r,z rows and its n rows apart (reset_before)
+  // The packed last panels of the matrices read in place, each packed and read by the one member
+  // owning it: for input_gradients, recurrent_weight_gradient and (reset_before) r*h.
+  T* input_tails;
+  T* recurrent_tails;
+  T* rh_tail;
+  int64_t size;
+};
+
+template <typename T>
+GruBackwardScratch<T> gru_backward_scratch(T* base, const CellShape& s) {
+  const int64_t TB = s.steps * s.batch, H = s.hidden, G = kGruGates * H;
+  Carver<T> carve{base};
+  GruBackwardScratch<T> b{};
+  b.dgates_x = carve.take(TB * G);
+  b.dgates_h = s.reset_after ? carve.take(TB * G) : b.dgates_x;
+  b.d_rh = carve.take(s.reset_after ? 0 : s.batch * H);
+  b.packed = carve.take(packed_weights_size(G, 1, H));
+  b.input_tails = carve.take(input_gradients_scratch_size(G, TB));
+  b.recurrent_tails = carve.take(recurrent_weight_gradient_scratch_size(s.steps, s.batch));
+  b.rh_tail = carve.take(tail_panel_size(TB));
+  b.size = carve.used;
+  return b;
+}
+}  // namespace
+
+int64_t gru_backward_scratch_size(const CellShape& s) {
+  return gru_backward_scratch<float>(nullptr, s).size;
 }
 
-// dy: [T,B,H] or null  dh_n: [B,H] or null  x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]
-// y: [T,B,H]  saved: gates [T,B,3H], hn or rh [T,B,H]
-// dx: [T,B,I] (=)  dh0: [B,H] (=)  dw_ih, dw_hh, db_ih, db_hh (+=)  scratch: gru_backward_scratch_size
+// The arguments and their shapes: recurrent_cell.h (CellBackwardArgs), gru.h.
 template <typename T>
-void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scratch, const T* dy,
-                  const T* dh_n, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                  const T* y, GruSaved<const T> saved, const int64_t* batch_sizes, int64_t steps,
-                  int64_t B, int64_t I, int64_t H, bool reset_after) {
-  const int64_t G = 3 * H;
+void gru_backward(const CellBackwardArgs<T>& a) {
+  const int64_t steps = a.shape.steps, B = a.shape.batch, I = a.shape.input, H = a.shape.hidden;
+  const int64_t G = kGruGates * H;
+  const bool reset_after = a.shape.reset_after;
+  const T *dy = a.dy, *x = a.x, *h0 = a.h0, *y = a.y, *w_ih = a.w.w_ih, *w_hh = a.w.w_hh;
+  const int64_t* batch_sizes = a.batch_sizes;
+  T* dh0 = a.dh0;
+  const GruSaved<const T> saved = gru_saved(a.workspace, a.saved_steps, B, H).at(a.first_step);
+  const GruBackwardScratch<T> scratch = gru_backward_scratch(a.scratch, a.shape);
   const auto& kernels = pointwise<T>();
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
-  T* dgates_x = scratch;  // gradient of W_ih x + b_ih, [T,B,3H]
-  // Gradient of the h side: W_hh h + b_hh (reset_after), or the same as the x side (reset_before).
-  T* dgates_h = reset_after ? scratch + steps * B * G : dgates_x;
-  T* d_rh = scratch + steps * B * G;  // reset_before: dL/d(r*h) of one step
-  T* packed = reset_after ? dgates_h + steps * B * G : d_rh + B * H;
-  // The packed last panels of the matrices read in place, each packed and read by the one member
-  // owning it: for input_gradients, recurrent_weight_gradient and (reset_before) r*h.
-  T* input_tails = packed + packed_weights_size(G, 1, H);
-  T* recurrent_tails = input_tails + input_gradients_scratch_size(G, steps * B);
-  T* rh_tail = recurrent_tails + recurrent_weight_gradient_scratch_size(steps, B);
+  T *dgates_x = scratch.dgates_x, *dgates_h = scratch.dgates_h, *d_rh = scratch.d_rh;
   // forward: hproj = h_prev W_h^T over the blocks h_prev enters (all three, or r and z)
   const int64_t h_blocks = reset_after ? G : 2 * H;
 
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
-  copy_or_zero(dh0, dh_n, B * H);
+  copy_or_zero(dh0, a.dh_n, B * H);
   // The time loop on a team, split by units or rows as in lstm_backward. By units, the units a
   // member owns are the columns of dh_prev its panels of W_hh hold.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_h =
-        pack_weights(step_kernel, packed, w_hh, H, 1, h_blocks, 1, H, split.packs);
+        pack_weights(step_kernel, scratch.packed, w_hh, H, 1, h_blocks, 1, H, split.packs);
+    T* packed_n = scratch.packed + packed_weights_size(h_blocks, 1, H);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
         reset_after ? w_h
-                    : pack_weights(step_kernel, packed + packed_weights_size(h_blocks, 1, H),
-                                   w_hh + 2 * H * H, H, 1, H, 1, H, split.packs);
+                    : pack_weights(step_kernel, packed_n, w_hh + 2 * H * H, H, 1, H, 1, H,
+                                   split.packs);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
@@ -91,28 +115,23 @@ void gru_backward(T* dx, T* dh0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* scra
   const int64_t TB = steps * B;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    input_gradients(team, dx, dw_ih, input_tails, dgates_x, G, G, x, w_ih, TB, I);
-    if (db_ih) add_column_sums(team, db_ih, dgates_x, TB, G, G);
-    if (db_hh) add_column_sums(team, db_hh, dgates_h, TB, G, G);
+    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates_x, G, G, x, w_ih, TB, I);
+    if (a.g.db_ih) add_column_sums(team, a.g.db_ih, dgates_x, TB, G, G);
+    if (a.g.db_hh) add_column_sums(team, a.g.db_hh, dgates_h, TB, G, G);
     // the blocks that see h_{t-1}: all three, or r and z
-    recurrent_weight_gradient(team, dw_hh, H, recurrent_tails, dgates_h, G, h_blocks, y, h0, steps,
-                              B, H);
+    recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G,
+                              h_blocks, y, h0, steps, B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> rh =
-          in_place_panels(step_kernel, saved.extra, H, TB, H, rh_tail, share);
-      step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, dw_hh + 2 * H * H, H, true,
-                true);
+          in_place_panels(step_kernel, saved.extra, H, TB, H, scratch.rh_tail, share);
+      step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, a.g.dw_hh + 2 * H * H, H,
+                true, true);
     }
   });
 }
 
-#define FUSEDRNN_GRU_BACKWARD(T)                                                                \
-  template void gru_backward<T>(T*, T*, T*, T*, T*, T*, T*, const T*, const T*, const T*,       \
-                                const T*, const T*, const T*, const T*, GruSaved<const T>,      \
-                                const int64_t*,                                                 \
-                                int64_t, int64_t, int64_t, int64_t, bool);
-FUSEDRNN_GRU_BACKWARD(float)
-FUSEDRNN_GRU_BACKWARD(double)
+template void gru_backward<float>(const CellBackwardArgs<float>&);
+template void gru_backward<double>(const CellBackwardArgs<double>&);
 
 }  // namespace fusedrnn

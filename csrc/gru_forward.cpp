@@ -1,3 +1,4 @@
+#include "common/carver.h"
 #include "common/isa_table.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -5,65 +6,97 @@
 
 namespace fusedrnn {
 
-int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H) { return T * B * 4 * H; }
-
-int64_t gru_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, bool training) {
-  // both biases, the recurrent projections of a step, W_hh^T and W_ih^T in panels
-  const int64_t fixed =
-      2 * 3 * H + B * 3 * H + packed_weights_size(H, 3, H) + packed_weights_size(I, 3, H);
-  return training ? fixed : fixed + B * H + projection_chunk_steps(T, B) * B * 3 * H;
+int64_t gru_workspace_size(int64_t T, int64_t B, int64_t H) {
+  int64_t size = 0;
+  gru_saved<float>(nullptr, T, B, H, &size);
+  return size;
 }
 
-// x: [T,B,I]  h0: [B,H]  w_ih: [3H,I]  w_hh: [3H,H]  b_ih, b_hh: [3H]
-// y: [T,B,H]  h_n: [B,H]  saved: the workspace's parts or null  scratch: gru_forward_scratch_size
+namespace {
+// The scratch of a forward, in order (a null base only counts: gru_forward_scratch_size).
 template <typename T>
-void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const T* h0,
-                 const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
-                 const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I, int64_t H,
-                 bool reset_after) {
-  const int64_t G = 3 * H;
+struct GruForwardScratch {
+  T* bias_ih;     // [3H]: b_ih, or zeros for a layer without
+  T* bias_hh;     // [3H]: b_hh, or zeros
+  T* hproj;       // [B,3H]: W_hh h (reset_after), or W_h{r,z} h [B,2H] and W_hn (r*h) [B,H]
+  T* packed_hh;   // W_hh^T in panels
+  T* packed_ih;   // W_ih^T in panels
+  T* extra_step;  // [B,H]: hn or r*h of one step (inference)
+  T* proj;        // [chunk,B,3H]: the input projection of a chunk of steps (inference)
+  int64_t size;
+};
+
+template <typename T>
+GruForwardScratch<T> gru_forward_scratch(T* base, const CellShape& s, bool training) {
+  const int64_t B = s.batch, H = s.hidden, G = kGruGates * H;
+  Carver<T> carve{base};
+  GruForwardScratch<T> f{};
+  f.bias_ih = carve.take(G);
+  f.bias_hh = carve.take(G);
+  f.hproj = carve.take(B * G);
+  f.packed_hh = carve.take(packed_weights_size(H, kGruGates, H));
+  f.packed_ih = carve.take(packed_weights_size(s.input, kGruGates, H));
+  f.extra_step = carve.take(training ? 0 : B * H);
+  f.proj = carve.take(training ? 0 : projection_chunk_steps(s.steps, B) * B * G);
+  f.size = carve.used;
+  return f;
+}
+}  // namespace
+
+int64_t gru_forward_scratch_size(const CellShape& s, bool training) {
+  return gru_forward_scratch<float>(nullptr, s, training).size;
+}
+
+// The arguments and their shapes: recurrent_cell.h (CellForwardArgs), gru.h.
+template <typename T>
+void gru_forward(const CellForwardArgs<T>& a) {
+  const int64_t steps = a.shape.steps, B = a.shape.batch, I = a.shape.input, H = a.shape.hidden;
+  const int64_t G = kGruGates * H;
+  const bool reset_after = a.shape.reset_after;
+  const T *x = a.x, *h0 = a.h0, *w_ih = a.w.w_ih, *w_hh = a.w.w_hh;
+  const int64_t* batch_sizes = a.batch_sizes;
+  T *y = a.y, *h_n = a.h_n;
+  const GruSaved<T> saved = gru_saved(a.workspace, steps, B, H);
   const auto& kernels = pointwise<T>();
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
-  T* bias_ih = scratch;  // the biases, or zeros for a layer without
-  T* bias_hh = bias_ih + G;
-  copy_or_zero(bias_ih, b_ih, G);
-  copy_or_zero(bias_hh, b_hh, G);
-  T* hproj = bias_hh + G;  // [B,3H]: W_hh h (reset_after), or W_h{r,z} h [B,2H] and W_hn (r*h) [B,H]
-  T* hproj_n = hproj + B * 2 * H;
-  T* packed_hh = hproj + B * G;                              // W_hh^T in panels
-  T* packed_ih = packed_hh + packed_weights_size(H, 3, H);   // W_ih^T in panels
-  T* extra_step = packed_ih + packed_weights_size(I, 3, H);  // inference: hn or r*h of one step
-  T* proj = extra_step + B * H;   // inference: projected chunk
+  const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
+  T *bias_ih = scratch.bias_ih, *bias_hh = scratch.bias_hh, *hproj = scratch.hproj;
+  copy_or_zero(bias_ih, a.w.b_ih, G);
+  copy_or_zero(bias_hh, a.w.b_hh, G);
+  T* hproj_n = hproj + B * 2 * H;  // reset_before: W_hn (r*h)
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
   // Training: every step's input projection in one GEMM, straight into the saved gates.
-  if (training) project_inputs(saved.gates, G, packed_ih, x, w_ih, steps * B, I, 3, H);
+  if (training)
+    project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kGruGates, H);
 
   // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
   // variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
-    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(split.packs, 3, H, packed_hh, w_hh, H,
-                                                        packed_ih, w_ih, I, training);
+    const auto [w_hh_t, w_ih_t] =
+        pack_gate_loop_weights(split.packs, kGruGates, H, scratch.packed_hh, w_hh, H,
+                               scratch.packed_ih, w_ih, I, training);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
-      T* gates = training ? saved.gates + t * B * G : proj + (t % chunk) * B * G;
+      T* gates = training ? saved.gates + t * B * G : scratch.proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {
         const int64_t n_steps = std::min(chunk, steps - t);
-        project_chunk(split, step_kernel, w_ih_t, 3, n_steps * B, x + t * B * I, I, proj, G);
+        project_chunk(split, step_kernel, w_ih_t, kGruGates, n_steps * B, x + t * B * I, I,
+                      scratch.proj, G);
       }
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
-      T* extra = training ? saved.extra + t * B * H : extra_step;  // hn or r*h
+      T* extra = training ? saved.extra + t * B * H : scratch.extra_step;  // hn or r*h
       T* h = y + t * B * H;
       T* my_gates = gates + r0 * G + j0;
       if (reset_after) {
-        step_gemm(step_kernel, w_hh_t, 0, 3, split.units, rows, h_prev + r0 * H, H,
+        step_gemm(step_kernel, w_hh_t, 0, kGruGates, split.units, rows, h_prev + r0 * H, H,
                   hproj + r0 * G, G, false);
         kernels.gru_forward(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj + r0 * G + j0,
                             h_prev + at, extra + at, h + at);
@@ -95,11 +128,7 @@ void gru_forward(T* y, T* h_n, GruSaved<T> saved, T* scratch, const T* x, const 
     copy_or_zero(h_n, h0, B * H);
 }
 
-#define FUSEDRNN_GRU_FORWARD(T)                                                                  \
-  template void gru_forward<T>(T*, T*, GruSaved<T>, T*, const T*, const T*, const T*, const T*,  \
-                               const T*,                                                         \
-                               const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t, bool);
-FUSEDRNN_GRU_FORWARD(float)
-FUSEDRNN_GRU_FORWARD(double)
+template void gru_forward<float>(const CellForwardArgs<float>&);
+template void gru_forward<double>(const CellForwardArgs<double>&);
 
 }  // namespace fusedrnn

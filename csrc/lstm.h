@@ -1,4 +1,4 @@
-// LSTM over a whole sequence, one layer, one direction (the contract: docs/kernels.md).
+// LSTM over a whole sequence, one layer, one direction (the arguments: recurrent_cell.h).
 //
 //   i, f, g, o = sigmoid, sigmoid, tanh, sigmoid (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
 //   c_t = f*c_{t-1} + i*g        h_t = o*tanh(c_t)          (with a projection: h_t = W_hr o*tanh(c_t))
@@ -8,17 +8,15 @@
 //   w_hr [P,H] (null when P = 0)  y [T,B,R]  h_n [B,R]  c_n [B,H]
 //   workspace [lstm_workspace_size]: gates [T,B,4H] (activated i,f,g,o), c [T,B,H], and with a
 //   projection m [T,B,H] = o*tanh(c).
-//   batch_sizes [T] (null: all B rows every step): rows [0, batch_sizes[t]) run at step t, the
-//   batch sorted longest first; the other rows' y and workspace entries are zero at that step,
-//   and h_n / c_n hold each row's state after its own last step.
-// The caller owns all memory; scratch is separate from the workspace and need not survive a call.
-// Accumulation: parameter gradients +=, activation gradients =. Null bias gradients are skipped.
 #pragma once
 #include <cstdint>
 
+#include "common/carver.h"
+#include "recurrent_cell.h"
+
 namespace fusedrnn {
 
-int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P);
+constexpr int64_t kLstmGates = gates_of(CellKind::lstm);
 
 // The parts of a workspace laid out for `steps` steps (m only with a projection). Everything is
 // time-major, so the parts of steps [s, ...) are these pointers advanced by s steps (at(s)).
@@ -29,34 +27,36 @@ struct LstmSaved {
   T* m;      // [T,B,H] or null
   int64_t B, H;
   LstmSaved at(int64_t s) const {
-    return {gates ? gates + s * B * 4 * H : nullptr, c ? c + s * B * H : nullptr,
+    return {gates ? gates + s * B * kLstmGates * H : nullptr, c ? c + s * B * H : nullptr,
             m ? m + s * B * H : nullptr, B, H};
   }
 };
+// The workspace's layout; with a null workspace, all parts are null and `size` (if given) gets
+// the workspace's length.
 template <typename T>
-LstmSaved<T> lstm_saved(T* workspace, int64_t steps, int64_t B, int64_t H, int64_t P) {
-  if (!workspace) return {nullptr, nullptr, nullptr, B, H};
-  T* c = workspace + steps * B * 4 * H;
-  return {workspace, c, P ? c + steps * B * H : nullptr, B, H};
+LstmSaved<T> lstm_saved(T* workspace, int64_t steps, int64_t B, int64_t H, int64_t P,
+                        int64_t* size = nullptr) {
+  Carver<T> carve{workspace};
+  const int64_t TB = steps * B;
+  LstmSaved<T> saved{};
+  saved.gates = carve.take(TB * kLstmGates * H);
+  saved.c = carve.take(TB * H);
+  saved.m = P ? carve.take(TB * H) : nullptr;
+  saved.B = B;
+  saved.H = H;
+  if (size) *size = carve.used;
+  return saved;
 }
-int64_t lstm_forward_scratch_size(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
-                                  bool training);
-int64_t lstm_backward_scratch_size(int64_t T, int64_t B, int64_t H, int64_t P);
+int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P);
 
-// saved.gates null = inference: nothing is saved and the input projection is done in chunks.
-template <typename T>
-void lstm_forward(T* y, T* h_n, T* c_n, LstmSaved<T> saved, T* scratch, const T* x, const T* h0,
-                  const T* c0, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
-                  const T* w_hr, const int64_t* batch_sizes, int64_t steps, int64_t B, int64_t I,
-                  int64_t H, int64_t P);
+int64_t lstm_forward_scratch_size(const CellShape& s, bool training);
+int64_t lstm_backward_scratch_size(const CellShape& s);
 
-// dy [T,B,R], dh_n [B,R], dc_n [B,H] may be null (zeros). Outputs dx [T,B,I], dh0 [B,R],
-// dc0 [B,H]; dw_ih, dw_hh, db_ih, db_hh, dw_hr are accumulated into.
+// a.workspace null = inference: nothing is saved and the input projection is done in chunks.
 template <typename T>
-void lstm_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* dw_hr,
-                   T* scratch, const T* dy, const T* dh_n, const T* dc_n, const T* x, const T* h0,
-                   const T* c0, const T* w_ih, const T* w_hh, const T* w_hr, const T* y,
-                   LstmSaved<const T> saved, const int64_t* batch_sizes, int64_t steps, int64_t B,
-                   int64_t I, int64_t H, int64_t P);
+void lstm_forward(const CellForwardArgs<T>& a);
+
+template <typename T>
+void lstm_backward(const CellBackwardArgs<T>& a);
 
 }  // namespace fusedrnn

@@ -1,3 +1,4 @@
+#include "common/carver.h"
 #include "common/isa_table.h"
 #include "common/sequence.h"
 #include "common/threading.h"
@@ -5,32 +6,55 @@
 
 namespace fusedrnn {
 
-int64_t rnn_forward_scratch_size(int64_t I, int64_t H) {
-  return H + packed_weights_size(H, 1, H) + packed_weights_size(I, 1, H);
+namespace {
+// The scratch of a forward, in order (a null base only counts: rnn_forward_scratch_size).
+template <typename T>
+struct RnnForwardScratch {
+  T* bias;       // [H]: b_ih + b_hh
+  T* packed_hh;  // W_hh^T in panels
+  T* packed_ih;  // W_ih^T in panels
+  int64_t size;
+};
+
+template <typename T>
+RnnForwardScratch<T> rnn_forward_scratch(T* base, const CellShape& s) {
+  const int64_t H = s.hidden;
+  Carver<T> carve{base};
+  RnnForwardScratch<T> f{};
+  f.bias = carve.take(H);
+  f.packed_hh = carve.take(packed_weights_size(H, 1, H));
+  f.packed_ih = carve.take(packed_weights_size(s.input, 1, H));
+  f.size = carve.used;
+  return f;
+}
+}  // namespace
+
+int64_t rnn_forward_scratch_size(const CellShape& s) {
+  return rnn_forward_scratch<float>(nullptr, s).size;
 }
 
-// x: [T,B,I]  h0: [B,H]  w_ih: [H,I]  w_hh: [H,H]  b_ih, b_hh: [H]
-// y: [T,B,H]  h_n: [B,H]  scratch: the summed bias [H], W_hh^T and W_ih^T in panels
+// The arguments and their shapes: recurrent_cell.h (CellForwardArgs), rnn.h.
 template <typename T>
-void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                 const T* b_ih, const T* b_hh, const int64_t* batch_sizes, int64_t steps, int64_t B,
-                 int64_t I, int64_t H, RnnActivation act) {
-  const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(act)];
+void rnn_forward(const CellForwardArgs<T>& a) {
+  const int64_t steps = a.shape.steps, B = a.shape.batch, I = a.shape.input, H = a.shape.hidden;
+  const T *x = a.x, *h0 = a.h0, *w_ih = a.w.w_ih, *w_hh = a.w.w_hh;
+  const int64_t* batch_sizes = a.batch_sizes;
+  T *y = a.y, *h_n = a.h_n;
+  const RnnForwardScratch<T> scratch = rnn_forward_scratch(a.scratch, a.shape);
+  const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(a.shape.act)];
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
-  T* bias = scratch;
-  T* packed_hh = scratch + H;
-  T* packed_ih = packed_hh + packed_weights_size(H, 1, H);
-  sum_biases(bias, b_ih, b_hh, H);
+  T* bias = scratch.bias;
+  sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
-  project_inputs(y, H, packed_ih, x, w_ih, steps * B, I, 1, H);
+  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H);
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_hh_t =
-        pack_weights(step_kernel, packed_hh, w_hh, 1, H, H, 1, H, split.packs);
+        pack_weights(step_kernel, scratch.packed_hh, w_hh, 1, H, H, 1, H, split.packs);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {
@@ -49,11 +73,7 @@ void rnn_forward(T* y, T* h_n, T* scratch, const T* x, const T* h0, const T* w_i
     copy_or_zero(h_n, h0, B * H);
 }
 
-#define FUSEDRNN_RNN_FORWARD(T)                                                                 \
-  template void rnn_forward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,    \
-                               const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t,    \
-                               RnnActivation);
-FUSEDRNN_RNN_FORWARD(float)
-FUSEDRNN_RNN_FORWARD(double)
+template void rnn_forward<float>(const CellForwardArgs<float>&);
+template void rnn_forward<double>(const CellForwardArgs<double>&);
 
 }  // namespace fusedrnn

@@ -15,44 +15,57 @@
 #pragma once
 #include <cstdint>
 
-#include "rnn.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 
-enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
-
-struct StackShape {
-  CellKind cell;
-  int64_t steps, batch, input, hidden, proj, layers, directions;
-  bool reset_after;   // GRU
-  RnnActivation act;  // RNN
-  int64_t gates() const { return cell == CellKind::lstm ? 4 : cell == CellKind::gru ? 3 : 1; }
-  int64_t out() const { return proj ? proj : hidden; }  // R
+// The cell's sizes and variant (input: the first layer's), and the stack's.
+struct StackShape : CellShape {
+  CellKind cell = CellKind::lstm;
+  int64_t layers = 1;
+  int64_t directions = 1;  // D
+  int64_t gates() const { return gates_of(cell); }
   int64_t layer_input(int64_t layer) const { return layer ? directions * out() : input; }
-};
-
-template <typename T>
-struct LayerWeights {  // one layer, one direction; null biases are zeros, null w_hr: no projection
-  const T *w_ih, *w_hh, *b_ih, *b_hh, *w_hr;
-};
-
-template <typename T>
-struct LayerGrads {  // accumulated into; null entries are skipped
-  T *dw_ih, *dw_hh, *db_ih, *db_hh, *dw_hr;
+  // The cell of layer `layer` over `steps` steps.
+  CellShape layer_cell(int64_t layer, int64_t steps) const {
+    CellShape c = *this;
+    c.input = layer_input(layer);
+    c.steps = steps;
+    return c;
+  }
 };
 
 int64_t stack_saved_size(const StackShape& s);
 int64_t stack_forward_scratch_size(const StackShape& s, bool training);
 int64_t stack_backward_scratch_size(const StackShape& s);
 
-// saved null = inference. weights [L*D].
+// The inputs a stack's forward and its backward both read.
 template <typename T>
-void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const T* h0,
-                   const T* c0, const LayerWeights<T>* weights, const T* dropout_masks,
-                   const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s);
+struct StackInputs {
+  const T* x = nullptr;                      // [T,B,I]
+  const T* h0 = nullptr;                     // [L*D,B,R]
+  const T* c0 = nullptr;                     // [L*D,B,H] (LSTM; null for the others)
+  const LayerWeights<T>* weights = nullptr;  // [L*D]
+  const T* dropout_masks = nullptr;          // [L-1,T,B,D*R] or null
+  const int64_t* batch_sizes = nullptr;      // [T] or null (with lengths)
+  const int64_t* lengths = nullptr;          // [B] or null (with batch_sizes)
+};
 
-// dy [T,B,D*R], dh_n [L*D,B,R], dc_n [L*D,B,H] may be null (zeros). dx [T,B,I], dh0, dc0 (=);
-// grads [L*D] (+=).
+template <typename T>
+struct StackForwardArgs {
+  // outputs
+  T* y = nullptr;    // [T,B,D*R]
+  T* h_n = nullptr;  // [L*D,B,R]
+  T* c_n = nullptr;  // [L*D,B,H] (LSTM; null for the others)
+  // inputs
+  StackInputs<T> in;
+  // saved and scratch
+  T* saved = nullptr;    // [stack_saved_size]; null = inference, nothing saved
+  T* scratch = nullptr;  // [stack_forward_scratch_size]
+  // sizes
+  StackShape shape;
+};
+
 // truncate = 0: full backpropagation through time. Otherwise TBPTT(k1 = stride, k2 = truncate) of
 // Williams and Peng (1990), one direction only: the steps are cut into chunks of k1 (the last may
 // be shorter); the gradient of a chunk's outputs flows back through the chunk and at most k2 - k1
@@ -60,10 +73,30 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
 // that start at step 0 reach h0 / c0. dh_n / dc_n enter at each row's own last step, with the
 // chunk that holds it. Input and parameter gradients add up over the chunks.
 template <typename T>
-void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratch, const T* dy,
-                    const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
-                    const LayerWeights<T>* weights, const T* saved, const T* dropout_masks,
-                    const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s,
-                    int64_t truncate, int64_t stride);
+struct StackBackwardArgs {
+  // outputs
+  T* dx = nullptr;                       // [T,B,I] (=)
+  T* dh0 = nullptr;                      // [L*D,B,R] (=)
+  T* dc0 = nullptr;                      // [L*D,B,H] (=) (LSTM; null for the others)
+  const LayerGrads<T>* grads = nullptr;  // [L*D] (+=)
+  // inputs
+  const T* dy = nullptr;    // [T,B,D*R] or null (zeros)
+  const T* dh_n = nullptr;  // [L*D,B,R] or null (zeros)
+  const T* dc_n = nullptr;  // [L*D,B,H] or null (zeros) (LSTM)
+  StackInputs<T> in;        // as given to the forward
+  // saved and scratch
+  const T* saved = nullptr;  // [stack_saved_size]: what the training forward saved
+  T* scratch = nullptr;      // [stack_backward_scratch_size]
+  // sizes and options
+  StackShape shape;
+  int64_t truncate = 0;  // k2; 0: full backpropagation through time
+  int64_t stride = 0;    // k1, in 1..truncate when truncate > 0
+};
+
+template <typename T>
+void stack_forward(const StackForwardArgs<T>& a);
+
+template <typename T>
+void stack_backward(const StackBackwardArgs<T>& a);
 
 }  // namespace fusedrnn

@@ -1,5 +1,6 @@
 #include "common/sequence.h"
 #include "common/stack_layout.h"
+#include "lstm.h"
 #include "stack.h"
 
 namespace fusedrnn {
@@ -29,7 +30,7 @@ BackwardScratch<T> backward_scratch(T* base, const StackShape& s) {
   b.d_output = carve.take(TB * D * R);
   b.d_input = carve.take(s.layers > 1 ? TB * D * R : 0);
   for (int64_t d = 0; d < D; ++d) {
-    b.cell[d] = carve.take(cell_backward_scratch_size(s));
+    b.cell[d] = carve.take(cell_backward_scratch_size(s.cell, s));
     b.dy[d] = carve.take(TB * R);
     b.dx[d] = carve.take(TB * widest_input);
   }
@@ -60,58 +61,87 @@ void rows_ending_in(T* dst, const T* src, int64_t width, const int64_t* lengths,
   }
 }
 
+// What the backward of layer l, direction d's cell takes from the stack's arrays: its weights,
+// gradients, workspace and scratch, and its input gradient's buffer (the other arguments depend
+// on the span of steps it runs).
+template <typename T>
+CellBackwardArgs<T> layer_backward_args(const StackBackwardArgs<T>& a, int64_t l, int64_t d,
+                                        const SavedLayout<const T>& here,
+                                        const BackwardScratch<T>& b) {
+  const int64_t k = l * a.shape.directions + d;
+  CellBackwardArgs<T> cell;
+  cell.dx = b.dx[d];
+  cell.g = a.grads[k];
+  cell.w = a.in.weights[k];
+  cell.workspace = here.workspace[d];
+  cell.saved_steps = a.shape.steps;
+  cell.scratch = b.cell[d];
+  return cell;
+}
+
 template <typename T>
 void add_into(T* dst, const T* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
-// TBPTT(k1, k2) over a one-direction stack; see stack.h.
+// TBPTT(k1 = a.stride, k2 = a.truncate) over a one-direction stack; see stack.h.
 template <typename T>
-void truncated_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads,
-                        const BackwardScratch<T>& b, const T* dy, const T* dh_n, const T* dc_n,
-                        const T* x, const T* h0, const T* c0, const LayerWeights<T>* weights,
-                        const T* saved, const T* dropout_masks, const int64_t* batch_sizes,
-                        const int64_t* lengths, const StackShape& s, int64_t k2, int64_t k1) {
+void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>& b) {
+  const StackShape& s = a.shape;
+  const int64_t k1 = a.stride, k2 = a.truncate;
   const int64_t B = s.batch, H = s.hidden, R = s.out(), T_ = s.steps, TB = T_ * B;
   const bool lstm = s.cell == CellKind::lstm;
-  copy_or_zero<T>(dx, nullptr, TB * s.input);
-  copy_or_zero<T>(dh0, nullptr, s.layers * B * R);
-  if (lstm) copy_or_zero<T>(dc0, nullptr, s.layers * B * H);
+  copy_or_zero<T>(a.dx, nullptr, TB * s.input);
+  copy_or_zero<T>(a.dh0, nullptr, s.layers * B * R);
+  if (lstm) copy_or_zero<T>(a.dc0, nullptr, s.layers * B * H);
   for (int64_t chunk_begin = (T_ - 1) / k1 * k1; chunk_begin >= 0; chunk_begin -= k1) {
     const int64_t end = std::min(chunk_begin + k1, T_);
     const int64_t begin = std::max<int64_t>(0, chunk_begin - (k2 - k1));  // the span
     const int64_t n = end - begin;
     // The gradient of this chunk's outputs; the look-back steps before the chunk have none.
-    copy_or_zero(b.d_output, dy ? dy + begin * B * R : nullptr, n * B * R);
+    copy_or_zero(b.d_output, a.dy ? a.dy + begin * B * R : nullptr, n * B * R);
     zero_rows(b.d_output, 0, (chunk_begin - begin) * B, R);
     for (int64_t l = s.layers - 1; l >= 0; --l) {
-      const SavedLayout<const T> here = saved_layout(saved, s, l);
+      const SavedLayout<const T> here = saved_layout(a.saved, s, l);
       const int64_t in_size = s.layer_input(l);
-      const T* in = l == 0 ? x : here.layer_input;
+      const T* in = l == 0 ? a.in.x : here.layer_input;
       // The states entering the span are constants: the forward's own states at begin - 1.
-      const T* h_in = begin ? here.output[0] + (begin - 1) * B * R : h0 + l * B * R;
-      const T* c_in = !lstm ? nullptr
-                      : begin ? lstm_saved(here.workspace[0], T_, B, H, s.proj).c + (begin - 1) * B * H
-                              : c0 + l * B * H;
-      rows_ending_in(b.dh_end, dh_n ? dh_n + l * B * R : nullptr, R, lengths, T_, B, chunk_begin, end);
+      const T* h_in = begin ? here.output[0] + (begin - 1) * B * R : a.in.h0 + l * B * R;
+      const T* c_in = !lstm  ? nullptr
+                      : begin ? lstm_saved(here.workspace[0], T_, B, H, s.proj).c +
+                                    (begin - 1) * B * H
+                              : a.in.c0 + l * B * H;
+      rows_ending_in(b.dh_end, a.dh_n ? a.dh_n + l * B * R : nullptr, R, a.in.lengths, T_, B,
+                     chunk_begin, end);
       if (lstm)
-        rows_ending_in(b.dc_end, dc_n ? dc_n + l * B * H : nullptr, H, lengths, T_, B, chunk_begin, end);
-      cell_backward(s, in_size, begin, n, b.dx[0], b.dh_start, lstm ? b.dc_start : nullptr,
-                    grads[l], b.cell[0], b.d_output, b.dh_end, lstm ? b.dc_end : nullptr,
-                    in + begin * B * in_size, h_in, c_in, weights[l],
-                    here.output[0] + begin * B * R, here.workspace[0],
-                    batch_sizes ? batch_sizes + begin : nullptr);
+        rows_ending_in(b.dc_end, a.dc_n ? a.dc_n + l * B * H : nullptr, H, a.in.lengths, T_, B,
+                       chunk_begin, end);
+      CellBackwardArgs<T> cell = layer_backward_args(a, l, 0, here, b);
+      cell.dh0 = b.dh_start;  // the state gradients at the span's two ends
+      cell.dc0 = lstm ? b.dc_start : nullptr;
+      cell.dy = b.d_output;
+      cell.dh_n = b.dh_end;
+      cell.dc_n = lstm ? b.dc_end : nullptr;
+      cell.x = in + begin * B * in_size;
+      cell.h0 = h_in;
+      cell.c0 = c_in;
+      cell.y = here.output[0] + begin * B * R;
+      cell.batch_sizes = a.in.batch_sizes ? a.in.batch_sizes + begin : nullptr;
+      cell.first_step = begin;
+      cell.shape = s.layer_cell(l, n);
+      cell_backward(s.cell, cell);
       if (begin == 0) {
-        add_into(dh0 + l * B * R, b.dh_start, B * R);
-        if (lstm) add_into(dc0 + l * B * H, b.dc_start, B * H);
+        add_into(a.dh0 + l * B * R, b.dh_start, B * R);
+        if (lstm) add_into(a.dc0 + l * B * H, b.dc_start, B * H);
       }
       if (l > 0) {
         // forward: input of layer l = output of layer l-1 times its dropout mask
-        const T* mask = dropout_masks ? dropout_masks + (l - 1) * TB * R + begin * B * R : nullptr;
+        const T* mask =
+            a.in.dropout_masks ? a.in.dropout_masks + (l - 1) * TB * R + begin * B * R : nullptr;
         for (int64_t i = 0; i < n * B * R; ++i)
           b.d_output[i] = mask ? b.dx[0][i] * mask[i] : b.dx[0][i];
       } else {
-        add_into(dx + begin * B * s.input, b.dx[0], n * B * s.input);
+        add_into(a.dx + begin * B * s.input, b.dx[0], n * B * s.input);
       }
     }
   }
@@ -119,66 +149,66 @@ void truncated_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads,
 
 }  // namespace
 
+// The arguments and their shapes: stack.h (StackBackwardArgs).
 template <typename T>
-void stack_backward(T* dx, T* dh0, T* dc0, const LayerGrads<T>* grads, T* scratch, const T* dy,
-                    const T* dh_n, const T* dc_n, const T* x, const T* h0, const T* c0,
-                    const LayerWeights<T>* weights, const T* saved, const T* dropout_masks,
-                    const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s,
-                    int64_t truncate, int64_t stride) {
+void stack_backward(const StackBackwardArgs<T>& a) {
+  const StackShape& s = a.shape;
   const int64_t B = s.batch, H = s.hidden, R = s.out(), D = s.directions, TB = s.steps * B;
   const int64_t width = D * R;
-  const BackwardScratch<T> b = backward_scratch(scratch, s);
+  const BackwardScratch<T> b = backward_scratch(a.scratch, s);
   const bool lstm = s.cell == CellKind::lstm;
-  if (truncate > 0) {
-    truncated_backward(dx, dh0, dc0, grads, b, dy, dh_n, dc_n, x, h0, c0, weights, saved,
-                       dropout_masks, batch_sizes, lengths, s, truncate, stride);
+  if (a.truncate > 0) {
+    truncated_backward(a, b);
     return;
   }
 
-  copy_or_zero(b.d_output, dy, TB * width);
+  copy_or_zero(b.d_output, a.dy, TB * width);
   for (int64_t l = s.layers - 1; l >= 0; --l) {
-    const SavedLayout<const T> here = saved_layout(saved, s, l);
+    const SavedLayout<const T> here = saved_layout(a.saved, s, l);
     const int64_t in_size = s.layer_input(l);
-    const T* in = l == 0 ? x : here.layer_input;
-    T* d_in = l == 0 ? dx : b.d_input;  // dL/d(input of layer l), summed over directions
+    const T* in = l == 0 ? a.in.x : here.layer_input;
+    T* d_in = l == 0 ? a.dx : b.d_input;  // dL/d(input of layer l), summed over directions
     for_each_direction(s, [&](int64_t d) {
       const int64_t k = l * D + d;
       const bool reverse = d == 1;
-      copy_processing_order<false>(b.dy[d], R, b.d_output + d * R, width, R, lengths, s.steps, B,
-                                   reverse);
+      copy_processing_order<false>(b.dy[d], R, b.d_output + d * R, width, R, a.in.lengths, s.steps,
+                                   B, reverse);
       const T* x_d = in;
       if (reverse) {
-        copy_processing_order<false>(b.reversed_input, in_size, in, in_size, in_size, lengths,
+        copy_processing_order<false>(b.reversed_input, in_size, in, in_size, in_size, a.in.lengths,
                                      s.steps, B, true);
         x_d = b.reversed_input;
       }
-      cell_backward(s, in_size, 0, s.steps, b.dx[d], dh0 + k * B * R, lstm ? dc0 + k * B * H : nullptr,
-                    grads[k], b.cell[d], b.dy[d], dh_n ? dh_n + k * B * R : nullptr,
-                    lstm && dc_n ? dc_n + k * B * H : nullptr, x_d, h0 + k * B * R,
-                    lstm ? c0 + k * B * H : nullptr, weights[k], here.output[d],
-                    here.workspace[d], batch_sizes);
+      CellBackwardArgs<T> cell = layer_backward_args(a, l, d, here, b);
+      cell.dh0 = a.dh0 + k * B * R;
+      cell.dc0 = lstm ? a.dc0 + k * B * H : nullptr;
+      cell.dy = b.dy[d];
+      cell.dh_n = a.dh_n ? a.dh_n + k * B * R : nullptr;
+      cell.dc_n = lstm && a.dc_n ? a.dc_n + k * B * H : nullptr;
+      cell.x = x_d;
+      cell.h0 = a.in.h0 + k * B * R;
+      cell.c0 = lstm ? a.in.c0 + k * B * H : nullptr;
+      cell.y = here.output[d];
+      cell.batch_sizes = a.in.batch_sizes;
+      cell.shape = s.layer_cell(l, s.steps);
+      cell_backward(s.cell, cell);
     });
     // Both directions read the same input: their gradients add up.
-    copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, lengths, s.steps, B,
-                                 false);
+    copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, a.in.lengths, s.steps,
+                                 B, false);
     if (D == 2)
-      copy_processing_order<true>(d_in, in_size, b.dx[1], in_size, in_size, lengths, s.steps, B,
-                                  true);
+      copy_processing_order<true>(d_in, in_size, b.dx[1], in_size, in_size, a.in.lengths, s.steps,
+                                  B, true);
     if (l > 0) {
       // forward: input of layer l = output of layer l-1 times its dropout mask
-      const T* mask = dropout_masks ? dropout_masks + (l - 1) * TB * width : nullptr;
+      const T* mask = a.in.dropout_masks ? a.in.dropout_masks + (l - 1) * TB * width : nullptr;
       for (int64_t i = 0; i < TB * width; ++i)
         b.d_output[i] = mask ? d_in[i] * mask[i] : d_in[i];
     }
   }
 }
 
-#define FUSEDRNN_STACK_BACKWARD(T)                                                              \
-  template void stack_backward<T>(T*, T*, T*, const LayerGrads<T>*, T*, const T*, const T*,     \
-                                  const T*, const T*, const T*, const T*,                       \
-                                  const LayerWeights<T>*, const T*, const T*, const int64_t*,   \
-                                  const int64_t*, const StackShape&, int64_t, int64_t);
-FUSEDRNN_STACK_BACKWARD(float)
-FUSEDRNN_STACK_BACKWARD(double)
+template void stack_backward<float>(const StackBackwardArgs<float>&);
+template void stack_backward<double>(const StackBackwardArgs<double>&);
 
 }  // namespace fusedrnn

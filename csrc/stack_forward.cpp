@@ -28,7 +28,10 @@ ForwardScratch<T> forward_scratch(T* base, const StackShape& s, bool training) {
   const int64_t widest_input = std::max(s.input, s.directions * s.out());
   ForwardScratch<T> f{};
   Carver<T> carve{base};
-  for (int64_t d = 0; d < s.directions; ++d) f.cell[d] = carve.take(cell_forward_scratch_size(s, training));
+  CellShape widest = s;  // each direction's cell scratch serves every layer
+  widest.input = widest_input;
+  for (int64_t d = 0; d < s.directions; ++d)
+    f.cell[d] = carve.take(cell_forward_scratch_size(s.cell, widest, training));
   f.reversed_input = carve.take(s.directions == 2 ? TB * widest_input : 0);
   for (int64_t d = 0; d < s.directions && !training; ++d) f.output[d] = carve.take(TB * s.out());
   for (int64_t i = 0; i < 2 && !training && s.layers > 1; ++i)
@@ -42,14 +45,17 @@ int64_t stack_forward_scratch_size(const StackShape& s, bool training) {
   return forward_scratch<float>(nullptr, s, training).size;
 }
 
+// The arguments and their shapes: stack.h (StackForwardArgs).
 template <typename T>
-void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const T* h0,
-                   const T* c0, const LayerWeights<T>* weights, const T* dropout_masks,
-                   const int64_t* batch_sizes, const int64_t* lengths, const StackShape& s) {
+void stack_forward(const StackForwardArgs<T>& a) {
+  const StackShape& s = a.shape;
+  const T *x = a.in.x, *h0 = a.in.h0, *c0 = a.in.c0;
+  const int64_t *batch_sizes = a.in.batch_sizes, *lengths = a.in.lengths;
+  T *y = a.y, *h_n = a.h_n, *c_n = a.c_n, *saved = a.saved;
   const bool training = saved != nullptr;
   const int64_t B = s.batch, H = s.hidden, R = s.out(), D = s.directions, TB = s.steps * B;
   const int64_t width = D * R;  // of every layer's output
-  const ForwardScratch<T> f = forward_scratch(scratch, s, training);
+  const ForwardScratch<T> f = forward_scratch(a.scratch, s, training);
   const bool lstm = s.cell == CellKind::lstm;
 
   for (int64_t l = 0; l < s.layers; ++l) {
@@ -68,24 +74,29 @@ void stack_forward(T* y, T* h_n, T* c_n, T* saved, T* scratch, const T* x, const
                                      s.steps, B, true);
         x_d = f.reversed_input;
       }
-      T* y_d = training ? here.output[d] : f.output[d];
-      cell_forward(s, in_size, y_d, h_n + k * B * R, lstm ? c_n + k * B * H : nullptr,
-                   training ? here.workspace[d] : nullptr, f.cell[d], x_d, h0 + k * B * R,
-                   lstm ? c0 + k * B * H : nullptr, weights[k], batch_sizes);
-      copy_processing_order<false>(out + d * R, width, y_d, R, R, lengths, s.steps, B, reverse);
+      CellForwardArgs<T> cell;
+      cell.y = training ? here.output[d] : f.output[d];
+      cell.h_n = h_n + k * B * R;
+      cell.c_n = lstm ? c_n + k * B * H : nullptr;
+      cell.x = x_d;
+      cell.h0 = h0 + k * B * R;
+      cell.c0 = lstm ? c0 + k * B * H : nullptr;
+      cell.w = a.in.weights[k];
+      cell.batch_sizes = batch_sizes;
+      cell.workspace = training ? here.workspace[d] : nullptr;
+      cell.scratch = f.cell[d];
+      cell.shape = s.layer_cell(l, s.steps);
+      cell_forward(s.cell, cell);
+      copy_processing_order<false>(out + d * R, width, cell.y, R, R, lengths, s.steps, B, reverse);
     });
-    if (dropout_masks && l < s.layers - 1) {
-      const T* mask = dropout_masks + l * TB * width;
+    if (a.in.dropout_masks && l < s.layers - 1) {
+      const T* mask = a.in.dropout_masks + l * TB * width;
       for (int64_t i = 0; i < TB * width; ++i) out[i] *= mask[i];
     }
   }
 }
 
-#define FUSEDRNN_STACK_FORWARD(T)                                                              \
-  template void stack_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*,             \
-                                 const LayerWeights<T>*, const T*, const int64_t*,             \
-                                 const int64_t*, const StackShape&);
-FUSEDRNN_STACK_FORWARD(float)
-FUSEDRNN_STACK_FORWARD(double)
+template void stack_forward<float>(const StackForwardArgs<float>&);
+template void stack_forward<double>(const StackForwardArgs<double>&);
 
 }  // namespace fusedrnn

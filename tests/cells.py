@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from fusedrnn import functional, reference
+from fusedrnn._spec import CELL_PARAMETERS, GATES
 
 BACKENDS = {"reference": reference, "fused": functional}
 
@@ -16,8 +17,7 @@ CASES = {
     "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
     "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
 }
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+PARAMS = CELL_PARAMETERS
 
 
 # ---------------------------------------------------------------- helpers: one interface for all

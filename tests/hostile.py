@@ -11,6 +11,7 @@ about it (accumulated into, optional, axes whose size the call reads off it).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from cells import make_inputs
 from fusedrnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, functional
+from fusedrnn._spec import GATES
 
 # ---------------------------------------------------------------- specs
 
@@ -68,16 +70,20 @@ class Spec:
 def get(kwargs: dict, path: tuple):
     value = kwargs
     for key in path:
-        value = value[key]
+        value = getattr(value, key) if dataclasses.is_dataclass(value) else value[key]
     return value
 
 
 def put(kwargs: dict, path: tuple, new) -> dict:
-    """A shallow copy of ``kwargs`` with the value at ``path`` replaced (tuples rebuilt)."""
+    """A shallow copy of ``kwargs`` with the value at ``path`` replaced (tuples and records
+    rebuilt)."""
     def replace(container, keys):
         if not keys:
             return new
         key, rest = keys[0], keys[1:]
+        if dataclasses.is_dataclass(container):  # a record, e.g. the saved state of a forward
+            return dataclasses.replace(container,
+                                       **{key: replace(getattr(container, key), rest)})
         if isinstance(container, dict):
             out = dict(container)
             out[key] = replace(container[key], rest)
@@ -155,11 +161,10 @@ STACKS = {
     "rnn": ("rnn", {"nonlinearity": "tanh"}, 2, True, True, 0, [2, 4, 4]),
 }
 ST, SB, SI, SH = 4, 3, 5, 3
-STACK_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def stack_params(mode, layers, bidirectional, bias, proj, rng, dtype=np.float64):
-    G, R, D = STACK_GATES[mode], proj or SH, 2 if bidirectional else 1
+    G, R, D = GATES[mode], proj or SH, 2 if bidirectional else 1
     params = {}
     for name in functional.stack_param_names(mode, layers, bidirectional, bias, proj):
         layer = int(name.split("_l")[1].split("_")[0])
@@ -224,8 +229,9 @@ def stack_backward_spec(key: str) -> Spec:
     kwargs = make()[1]
     args = stack_arg_list(key, kwargs)
     for name in ("y", "saved", "dy", "dh_n", "dc_n"):
-        if name in kwargs:
-            args.append(Arg((name,), word(name), optional=name not in ("y", "saved"),
+        if name in kwargs:  # saved: spoil its workspace (the flat array the binding reads)
+            args.append(Arg((name, "workspace") if name == "saved" else (name,), word(name),
+                            optional=name not in ("y", "saved"),
                             none_error=ValueError if name == "saved" else TypeError))
     for name in kwargs["grads"]:  # None entries: no gradient wanted (biases), else an error
         args.append(Arg(("grads", name), re.escape(f"grads['{name}']"), accumulator=True,

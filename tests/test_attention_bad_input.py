@@ -148,7 +148,7 @@ def test_layers_reject():
     x = np.zeros((2, 5, 8), np.float32)
     with pytest.raises(TypeError, match=r"query must have dtype float32 \(the layer's dtype\)"):
         mha(x.astype(np.float64), x, x)
-    with pytest.raises(ValueError, match=r"query must have shape \(N, L, 8\) or unbatched"):
+    with pytest.raises(ValueError, match=r"query must have shape \(\*, \*, 8\) = \(N, L, embed_dim\), but"):
         mha(np.zeros((2, 5, 6), np.float32), x, x)
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 5\)"):
         mha(x, x, x, key_padding_mask=np.zeros((2, 4), bool))

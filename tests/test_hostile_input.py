@@ -259,7 +259,7 @@ BAD_STACK_ARGUMENTS = [  # (changes to the lstm stack's kwargs, error, pattern)
     ({"mode": ["lstm"]}, ValueError, r"mode must be"),
     ({"num_layers": 0}, ValueError, r"num_layers must be >= 1, got 0"),
     ({"num_layers": -3}, ValueError, r"num_layers must be >= 1"),
-    ({"num_layers": 2.0}, TypeError, r"num_layers must be an int, got float"),
+    ({"num_layers": 2.0}, TypeError, r"num_layers must be an integer, got float"),
     ({"num_layers": True}, TypeError, r"num_layers must be an int"),
     ({"num_layers": "2"}, TypeError, r"num_layers must be an int"),
     ({"num_layers": 10**12}, ValueError, r"params hold 20 entries, fewer than"),  # no hang
@@ -331,8 +331,17 @@ def test_bad_stack_gradient_dicts_are_named():
         functional.stack_backward(**kwargs, y=y, saved=None)
     other = functional.stack_forward(**{**kwargs, "x": kwargs["x"][:2], "lengths": [2, 1, 2],
                                         "dropout_masks": [m[:2] for m in kwargs["dropout_masks"]]})
-    with pytest.raises(ValueError, match=r"saved must have shape \(saved size\)"):
+    with pytest.raises(ValueError, match=r"saved must come from a stack_forward of x with T = 4"):
+        functional.stack_backward(**kwargs, y=y, saved=other[3])  # another T and lengths
+    other = functional.stack_forward(**{**kwargs, "lengths": [1, 1, 2]})
+    with pytest.raises(ValueError, match=r"lengths must be those given to the stack_forward"):
         functional.stack_backward(**kwargs, y=y, saved=other[3])
+    other = functional.stack_forward(**{**kwargs, "x": kwargs["x"][:, :2], "lengths": None,
+                                        "hx": tuple(h[:, :2] for h in kwargs["hx"]),
+                                        "dropout_masks": [m[:, :2] for m in
+                                                          kwargs["dropout_masks"]]})
+    with pytest.raises(ValueError, match=r"saved must have shape \(saved size\)"):
+        functional.stack_backward(**{**kwargs, "lengths": None}, y=y, saved=other[3])
     assert not any(g.any() for g in grads.values())
 
 
@@ -362,7 +371,7 @@ def test_bad_scalar_arguments_of_the_one_layer_functions(cell):
 @pytest.mark.parametrize("args, error, pattern", [
     (("lstm", -1, 2, 3), ValueError, r"T must be >= 0, got -1"),
     (("gru", 2, -5, 3), ValueError, r"B must be >= 0"),
-    (("lstm", 2.5, 2, 3), TypeError, r"T must be an int, got float"),
+    (("lstm", 2.5, 2, 3), TypeError, r"T must be an integer, got float"),
     (("lstm", 2, 2, None), TypeError, r"H must be an int"),
     (("lstm", 2**62, 2**62, 3), ValueError, r"does not fit in int64"),
     (("rnn", True, 2, 3), TypeError, r"T must be an int"),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from cells import CASES, GATES
 from fusedrnn import reference
+from fusedrnn._spec import STACK_ROLES, layer_suffix, stack_param_names
 
 T, B, I, H, P = 4, 3, 2, 3, 2  # small: central differences run the stack ~700 times per case
 LENGTHS = [3, 1, 4]  # unsorted, a length-1 item and a full-length one
@@ -24,11 +25,8 @@ TORCH_RTOL, TORCH_ATOL = 1e-10, 1e-12  # float64 against PyTorch: the same math,
 
 
 def names(num_layers, bidirectional, proj_size=0, bias=True):
-    """PyTorch's parameter names, in PyTorch's order."""
-    roles = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
-    roles += ["weight_hr"] if proj_size else []
-    suffixes = ["", "_reverse"] if bidirectional else [""]
-    return [f"{role}_l{k}{sfx}" for k in range(num_layers) for sfx in suffixes for role in roles]
+    """PyTorch's parameter names, in PyTorch's order (the same for every cell)."""
+    return stack_param_names("lstm", num_layers, bidirectional, bias, proj_size)
 
 
 def make_stack(
@@ -395,7 +393,7 @@ def test_one_layer_reverse_without_lengths_is_the_plain_cell_on_flipped_time(cas
         np.testing.assert_allclose(part, part_f[::-1], rtol=1e-14, atol=1e-15)
 
 
-ROLES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+ROLES = STACK_ROLES
 
 
 def one_layer_by_cells(case, setup, weights):
@@ -409,9 +407,10 @@ def one_layer_by_cells(case, setup, weights):
     H_out = h0.shape[2]
     ys, h_n, c_n = [], [], []
     grads = {"x": 0, "h0": [], "c0": []}
-    for d, sfx in enumerate(["", "_reverse"]):
-        roles = [role for role in ROLES if f"{role}_l0{sfx}" in params]
-        w = {role: params[f"{role}_l0{sfx}"] for role in roles}
+    for d in range(2):
+        sfx = layer_suffix(0, d)
+        roles = [role for role in ROLES if f"{role}{sfx}" in params]
+        w = {role: params[f"{role}{sfx}"] for role in roles}
         for role in ("bias_ih", "bias_hh"):  # an absent bias is zero, its gradient dropped
             w.setdefault(role, np.zeros(len(w["weight_ih"])))
         options = {"lengths": setup["lengths"], "reverse": d == 1}
@@ -428,7 +427,7 @@ def one_layer_by_cells(case, setup, weights):
         grads["x"] = grads["x"] + cell["x"]
         grads["h0"].append(cell["h0"])
         grads["c0"].append(cell.get("c0"))
-        grads.update({f"{role}_l0{sfx}": cell[role] for role in roles})
+        grads.update({f"{role}{sfx}": cell[role] for role in roles})
     out = {"y": np.concatenate(ys, axis=2), "h_n": np.stack(h_n)}
     out["c_n"] = np.stack(c_n) if lstm else None
     grads["h0"] = np.stack(grads["h0"])
@@ -635,10 +634,10 @@ def test_dropout_masks_match_torch_layers_chained_with_the_masks(case):
     lengths = torch.tensor(LENGTHS)
     layer_input, h_ns, c_ns, modules = xt, [], [], []
     for k in range(L):
-        layer_params = {
-            name.replace(f"_l{k}", "_l0"): value
+        layer_params = {  # layer k's parameters named as a one-layer stack's
+            name.replace(layer_suffix(k, 0), layer_suffix(0, 0)): value
             for name, value in setup["params"].items()
-            if f"_l{k}" in name
+            if layer_suffix(k, 0) in name
         }
         first = layer_params["weight_ih_l0"]
         layer_setup = dict(setup, params=layer_params, num_layers=1)
@@ -672,7 +671,7 @@ def test_dropout_masks_match_torch_layers_chained_with_the_masks(case):
         expected["c0"] = c0.grad.numpy()
     for k, module in modules:
         for name, value in module.named_parameters():
-            expected[name.replace("_l0", f"_l{k}")] = value.grad.numpy()
+            expected[name.replace(layer_suffix(0, 0), layer_suffix(k, 0))] = value.grad.numpy()
     assert set(expected) == set(grads)
     for name, value in expected.items():
         np.testing.assert_allclose(
@@ -744,9 +743,9 @@ BAD_FORWARD = {
     "not an array": (("params", "bias_ih_l0"), [0.0] * 12, TypeError, "bias_ih_l0"),
     "length zero": ("lengths", [3, 0, 4], ValueError, r"lengths must be in 1\.\.T"),
     "length above T": ("lengths", [3, 5, 4], ValueError, "lengths must be in"),
-    "lengths count": ("lengths", [3, 4], ValueError, r"lengths must have one entry per item"),
-    "lengths float": ("lengths", [3.0, 1.0, 4.0], TypeError, "lengths must be integers"),
-    "lengths bool": ("lengths", [True, True, True], TypeError, "lengths must be integers"),
+    "lengths count": ("lengths", [3, 4], ValueError, r"lengths must have shape \(B,\) = \(3,\)"),
+    "lengths float": ("lengths", [3.0, 1.0, 4.0], TypeError, "lengths must hold integers"),
+    "lengths bool": ("lengths", [True, True, True], TypeError, "lengths must hold integers"),
     "h0 shape": ("hx", (_h0[:2], _c0), ValueError, r"hx\[0\] \(h0\) must have shape \(4, 3, 2\)"),
     "c0 shape": (
         "hx",
@@ -779,7 +778,7 @@ BAD_FORWARD = {
         TypeError,
         "dropout_masks must be None or a list",
     ),
-    "mode": ("mode", "LSTM", ValueError, "mode must be one of"),
+    "mode": ("mode", "LSTM", ValueError, "mode must be 'lstm', 'gru' or 'rnn'"),
     "num_layers zero": ("num_layers", 0, ValueError, "num_layers must be >= 1"),
     "num_layers float": ("num_layers", 2.0, TypeError, "num_layers must be an int"),
     "proj_size negative": ("proj_size", -1, ValueError, "proj_size must be >= 0"),
@@ -854,7 +853,7 @@ def test_one_layer_options_reject_bad_input():
     x, h0, c0, w = cell_inputs("lstm", projection=True)
     with pytest.raises(ValueError, match="lengths must be in"):
         cell_forward("lstm", x, h0, c0, w, lengths=[1, 2, T + 1])
-    with pytest.raises(TypeError, match="lengths must be integers"):
+    with pytest.raises(TypeError, match="lengths must hold integers"):
         cell_forward("lstm", x, h0, c0, w, lengths=np.array([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match=r"weight_hr has shape \(2, 4\), expected \(2, 3\)"):
         cell_forward("lstm", x, h0, c0, dict(w, weight_hr=np.ones((P, H + 1))))

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pytest
 from fusedrnn import GRU, LSTM, LSTMCell, functional
+from fusedrnn._spec import GATES
 
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 BIG = 2**31  # one past what one BLAS argument takes
@@ -81,7 +82,7 @@ def nothing_big_happens():
 ])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_functions_refuse_huge_views_before_copying(cell, x, pattern):
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    G = GATES[cell]
     args = {"x": x, "h0": view(x.shape[1], 4), "weight_ih": view(G * 4, x.shape[2]),
             "weight_hh": view(G * 4, 4), "bias_ih": view(G * 4), "bias_hh": view(G * 4)}
     if cell == "lstm":
@@ -98,7 +99,7 @@ def test_one_layer_functions_refuse_huge_views_before_copying(cell, x, pattern):
 @pytest.mark.parametrize("cell, H", [("lstm", 2**29), ("gru", 715827883)])
 def test_a_gate_width_past_one_blas_argument_is_refused(cell, H):
     """(An RNN's weight_hh of gate width 2**31 would have 2**64 bytes: not even a view.)"""
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    G = GATES[cell]
     args = {"x": np.zeros((2, 1, 3), np.float32), "h0": view(1, H), "weight_ih": view(G * H, 3),
             "weight_hh": view(G * H, H), "bias_ih": view(G * H), "bias_hh": view(G * H)}
     if cell == "lstm":
@@ -110,7 +111,7 @@ def test_a_gate_width_past_one_blas_argument_is_refused(cell, H):
 
 def huge_stack(mode="lstm", T=2**16, B=2**16, I=1, H=4, layers=2, bidirectional=True):
     D = 2 if bidirectional else 1
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[mode]
+    G = GATES[mode]
     params = {}
     for name in functional.stack_param_names(mode, layers, bidirectional):
         shape = {"weight_ih": (G * H, I if "_l0" in name else D * H), "weight_hh": (G * H, H),
@@ -234,7 +235,7 @@ def test_layer_whose_output_and_workspace_cannot_be_allocated_raises_memory_erro
 @pytest.mark.skipif(UNDER_ASAN, reason="RLIMIT_AS does not work under ASan")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_workspace_that_cannot_be_allocated_raises_memory_error(cell):
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    G = GATES[cell]
     H, rng = 256, np.random.default_rng(0)
     args = {"x": np.zeros((2**14, 2**10, 1), np.float32), "h0": np.zeros((2**10, H), np.float32),
             "weight_ih": rng.standard_normal((G * H, 1)).astype(np.float32),

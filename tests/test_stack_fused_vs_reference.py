@@ -8,24 +8,20 @@ import numpy as np
 import pytest
 from cells import assert_close
 from fusedrnn import functional, reference
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from fusedrnn._spec import BIASES, GATES, layer_roles, layer_suffix, num_directions
 
 
 def make_params(mode, I, H, layers, bidirectional, bias, proj, rng, dtype):
-    R = proj or H
-    D = 2 if bidirectional else 1
+    G, R, D = GATES[mode] * H, proj or H, num_directions(bidirectional)
     params = {}
     for layer in range(layers):
-        size = I if layer == 0 else D * R
-        for sfx in ["", "_reverse"][:D]:
-            params[f"weight_ih_l{layer}{sfx}"] = rng.uniform(-0.5, 0.5, (GATES[mode] * H, size))
-            params[f"weight_hh_l{layer}{sfx}"] = rng.uniform(-0.5, 0.5, (GATES[mode] * H, R))
-            if bias:
-                params[f"bias_ih_l{layer}{sfx}"] = rng.uniform(-0.3, 0.3, GATES[mode] * H)
-                params[f"bias_hh_l{layer}{sfx}"] = rng.uniform(-0.3, 0.3, GATES[mode] * H)
-            if proj:
-                params[f"weight_hr_l{layer}{sfx}"] = rng.uniform(-0.5, 0.5, (proj, H))
+        shapes = {"weight_ih": (G, I if layer == 0 else D * R), "weight_hh": (G, R),
+                  "bias_ih": (G,), "bias_hh": (G,), "weight_hr": (proj, H)}
+        for direction in range(D):
+            for role in layer_roles(bias, proj):
+                bound = 0.3 if role in BIASES else 0.5
+                params[f"{role}{layer_suffix(layer, direction)}"] = rng.uniform(-bound, bound,
+                                                                              shapes[role])
     return {k: v.astype(dtype) for k, v in params.items()}
 
 

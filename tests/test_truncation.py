@@ -10,22 +10,19 @@ import numpy as np
 import pytest
 from cells import assert_close
 from fusedrnn import functional, reference
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from fusedrnn._spec import BIASES, DIRECTION_SUFFIXES, GATES, layer_roles, layer_suffix
 
 
 def make_stack(mode, T, B, I, H, layers, seed=0, proj=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     params = {}
-    R = proj or H
-    for layer in range(layers):
-        size = I if layer == 0 else R
-        params[f"weight_ih_l{layer}"] = rng.uniform(-0.5, 0.5, (GATES[mode] * H, size))
-        params[f"weight_hh_l{layer}"] = rng.uniform(-0.5, 0.5, (GATES[mode] * H, R))
-        params[f"bias_ih_l{layer}"] = rng.uniform(-0.2, 0.2, GATES[mode] * H)
-        params[f"bias_hh_l{layer}"] = rng.uniform(-0.2, 0.2, GATES[mode] * H)
-        if proj:
-            params[f"weight_hr_l{layer}"] = rng.uniform(-0.5, 0.5, (proj, H))
+    G, R = GATES[mode] * H, proj or H
+    for layer in range(layers):  # unidirectional
+        shapes = {"weight_ih": (G, I if layer == 0 else R), "weight_hh": (G, R), "bias_ih": (G,),
+                  "bias_hh": (G,), "weight_hr": (proj, H)}
+        for role in layer_roles(True, proj):
+            bound = 0.2 if role in BIASES else 0.5
+            params[f"{role}{layer_suffix(layer, 0)}"] = rng.uniform(-bound, bound, shapes[role])
     x = rng.standard_normal((T, B, I))
     h0 = rng.standard_normal((layers, B, R))
     hx = (h0, rng.standard_normal((layers, B, H))) if mode == "lstm" else h0
@@ -115,7 +112,8 @@ def test_bad_truncation_arguments(kwargs, error, pattern, backend):
     params, x, hx = make_stack("rnn", 5, 2, 3, 4, 1)
     if bidirectional:
         rng = np.random.default_rng(1)
-        params.update({k + "_reverse": rng.standard_normal(v.shape) for k, v in list(params.items())})
+        params.update({k + DIRECTION_SUFFIXES[1]: rng.standard_normal(v.shape)
+                       for k, v in list(params.items())})
         hx = np.concatenate([hx, hx])
     y, _h_n, _, saved = backend.stack_forward("rnn", x, hx, params, 1, bidirectional=bidirectional)
     with pytest.raises(error, match=pattern):

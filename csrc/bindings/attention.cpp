@@ -7,7 +7,6 @@
 #include "attention.h"
 #include "bindings/checks.h"
 #include "common/attention_layout.h"
-#include "common/blas.h"
 #include "common/threading.h"
 
 namespace fusedrnn {
@@ -24,13 +23,6 @@ py::array rank4(py::handle obj, const char* name, const char* layout) {
     throw py::value_error(std::string(name) + " must have 4 dimensions " + layout + ", but has " +
                           str(a.ndim()));
   return a;
-}
-
-template <typename Body>
-auto with_dtype(const ArgChecker& checker, Body&& body) {
-  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
-  if (checker.is_float32()) return body(float{});
-  return body(double{});
 }
 
 // The attention arrays of one call, checked: q [N,Hq,L,E], k [N,Hkv,S,E], v [N,Hkv,S,Ev].
@@ -123,13 +115,12 @@ py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::han
   const AttentionShape& s = c.shape;
   py::array out = c.checker.output({s.batch, s.heads_q, s.L, s.Ev});
   py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
-  const ScratchMemory scratch(attention_forward_scratch_size(s, causal), c.checker.is_float32());
-  with_dtype(c.checker, [&](auto tag) {
+  const ScratchMemory scratch = c.checker.scratch(attention_forward_scratch_size(s, causal));
+  dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     attention_forward<F>(data_of<F>(out), data_of<F>(lse), scratch.data<F>(), cdata_of<F>(c.q),
                          cdata_of<F>(c.k), cdata_of<F>(c.v), c.mask, s, c.options);
-    return 0;
   });
   return py::make_tuple(out, lse);
 }
@@ -147,14 +138,13 @@ py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py
   py::array dq = c.checker.output({N, Hq, s.L, s.E});
   py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
   py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
-  const ScratchMemory scratch(attention_backward_scratch_size(s, causal), c.checker.is_float32());
-  with_dtype(c.checker, [&](auto tag) {
+  const ScratchMemory scratch = c.checker.scratch(attention_backward_scratch_size(s, causal));
+  dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
     attention_backward<F>(data_of<F>(dq), data_of<F>(dk), data_of<F>(dv), scratch.data<F>(),
                           cdata_of<F>(da), cdata_of<F>(c.q), cdata_of<F>(c.k), cdata_of<F>(c.v),
                           c.mask, cdata_of<F>(oa), cdata_of<F>(la), s, c.options);
-    return 0;
   });
   return py::make_tuple(dq, dk, dv);
 }
@@ -215,8 +205,15 @@ struct AdditiveCall {
       key_mask = py::none();
     }
   }
-  // Called as a kernel argument, with the GIL released: no reference counting (see data_of).
-  const uint8_t* mask_data() const { return cdata_of<uint8_t>(key_mask); }
+  // The sizes, for a team of `threads`.
+  AdditiveShape shape(int threads) const { return {B, T, S, Dq, Dk, Dv, A, threads}; }
+  // What the forward and backward kernels both read. Called with the GIL released: no reference
+  // counting (see data_of).
+  template <typename F>
+  AdditiveInputs<F> inputs() const {
+    return {cdata_of<F>(query), cdata_of<F>(keys), cdata_of<F>(values), cdata_of<F>(w_q),
+            cdata_of<F>(w_k),   cdata_of<F>(w_v),  cdata_of<uint8_t>(key_mask)};
+  }
 };
 
 py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle values, py::handle w_q,
@@ -226,20 +223,21 @@ py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle valu
   py::array weights = c.checker.output({c.B, c.T, c.S});
   py::array qp = c.checker.output({c.B, c.T, c.A});
   py::array kp = c.checker.output({c.B, c.S, c.A});
-  const int threads = get_num_threads();
-  const ScratchMemory scratch(
-      additive_attention_forward_scratch_size(c.B, c.T, c.S, c.Dq, c.Dk, c.A, threads),
-      c.checker.is_float32());
-  with_dtype(c.checker, [&](auto tag) {
+  const AdditiveShape shape = c.shape(get_num_threads());
+  const ScratchMemory scratch =
+      c.checker.scratch(additive_attention_forward_scratch_size(shape));
+  dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    additive_attention_forward<F>(data_of<F>(context), data_of<F>(weights), data_of<F>(qp),
-                                  data_of<F>(kp), scratch.data<F>(), cdata_of<F>(c.query),
-                                  cdata_of<F>(c.keys),
-                                  cdata_of<F>(c.values), cdata_of<F>(c.w_q), cdata_of<F>(c.w_k),
-                                  cdata_of<F>(c.w_v), c.mask_data(), c.B, c.T, c.S, c.Dq, c.Dk,
-                                  c.Dv, c.A, threads);
-    return 0;
+    AdditiveForwardArgs<F> k;
+    k.context = data_of<F>(context);
+    k.weights = data_of<F>(weights);
+    k.qp = data_of<F>(qp);
+    k.kp = data_of<F>(kp);
+    k.in = c.inputs<F>();
+    k.scratch = scratch.data<F>();
+    k.shape = shape;
+    additive_attention_forward(k);
   });
   return py::make_tuple(context, weights, qp, kp);
 }
@@ -260,19 +258,26 @@ py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handl
   py::array dquery = k.output({c.B, c.T, c.Dq});
   py::array dkeys = k.output({c.B, c.S, c.Dk});
   py::array dvalues = k.output({c.B, c.S, c.Dv});
-  const int threads = get_num_threads();
-  const ScratchMemory scratch(
-      additive_attention_backward_scratch_size(c.B, c.T, c.S, c.A, c.Dv, threads), k.is_float32());
-  with_dtype(k, [&](auto tag) {
+  const AdditiveShape shape = c.shape(get_num_threads());
+  const ScratchMemory scratch = k.scratch(additive_attention_backward_scratch_size(shape));
+  dispatch_dtype(k, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    additive_attention_backward<F>(
-        data_of<F>(dquery), data_of<F>(dkeys), data_of<F>(dvalues), data_of<F>(dwq),
-        data_of<F>(dwk), data_of<F>(dwv), scratch.data<F>(), cdata_of<F>(dc),
-        cdata_of<F>(c.query), cdata_of<F>(c.keys), cdata_of<F>(c.values), cdata_of<F>(c.w_q),
-        cdata_of<F>(c.w_k), cdata_of<F>(c.w_v), c.mask_data(), cdata_of<F>(wa), cdata_of<F>(qpa),
-        cdata_of<F>(kpa), c.B, c.T, c.S, c.Dq, c.Dk, c.Dv, c.A, threads);
-    return 0;
+    AdditiveBackwardArgs<F> b;
+    b.d_query = data_of<F>(dquery);
+    b.d_keys = data_of<F>(dkeys);
+    b.d_values = data_of<F>(dvalues);
+    b.dw_q = data_of<F>(dwq);
+    b.dw_k = data_of<F>(dwk);
+    b.dw_v = data_of<F>(dwv);
+    b.d_context = cdata_of<F>(dc);
+    b.in = c.inputs<F>();
+    b.weights = cdata_of<F>(wa);
+    b.qp = cdata_of<F>(qpa);
+    b.kp = cdata_of<F>(kpa);
+    b.scratch = scratch.data<F>();
+    b.shape = shape;
+    additive_attention_backward(b);
   });
   return py::make_tuple(dquery, dkeys, dvalues, dwq, dwk, dwv);
 }

@@ -7,10 +7,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "rnn.h"
+#include "bindings/memory_pool.h"
+#include "common/blas.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 namespace py = pybind11;
@@ -40,8 +43,10 @@ class ArgChecker {
   // caller.
   // None allocates a zeroed one (as output()).
   py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
-  // A fresh uninitialised output of the call's dtype, 64-byte aligned.
+  // A fresh uninitialised output of the call's dtype, 64-byte aligned (memory_pool.h).
   py::array output(const std::vector<int64_t>& shape) const;
+  // The scratch of a kernel call of the call's dtype (memory_pool.h).
+  ScratchMemory scratch(int64_t elements) const { return ScratchMemory(elements, is_float32_); }
   // The dtype's name, for messages.
   std::string dtype_name() const { return is_float32_ ? "float32" : "float64"; }
 
@@ -51,30 +56,15 @@ class ArgChecker {
   std::string first_name_;
 };
 
-// Bytes kept for the next calls' outputs and scratch of the same sizes (ArgChecker::output,
-// ScratchMemory), and giving them back to the system.
-int64_t cached_bytes();
-void release_cached_memory();
-
-// The scratch of one kernel call (memory the kernel uses and the caller never sees), 64-byte
-// aligned, from the pool that outputs come from and going back to it with this object, so that
-// repeated calls do not pay again for the page faults of fresh memory. Impossible sizes raise
-// MemoryError.
-class ScratchMemory {
- public:
-  ScratchMemory(int64_t elements, bool float32);
-  ~ScratchMemory();
-  ScratchMemory(const ScratchMemory&) = delete;
-  ScratchMemory& operator=(const ScratchMemory&) = delete;
-  template <typename T>
-  T* data() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+// body(float{}) or body(double{}), by the call's dtype: the one place where a binding turns its
+// checked arrays' dtype into the kernel's type. The kernels multiply with the BLAS that fusedrnn
+// hands over at import; without it nothing runs (the cross-entropy, which needs none, neither).
+template <typename Body>
+auto dispatch_dtype(const ArgChecker& checker, Body&& body) {
+  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
+  if (checker.is_float32()) return body(float{});
+  return body(double{});
+}
 
 // 'tanh' or 'relu', else a ValueError naming the argument.
 RnnActivation parse_nonlinearity(const std::string& nonlinearity);

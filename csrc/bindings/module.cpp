@@ -1,14 +1,17 @@
-// The fusedrnn._core extension: configuration entry points, and the kernels (recurrent.cpp,
-// stack.cpp, training.cpp, attention.cpp).
+// The fusedrnn._core extension: configuration entry points, and the kernels: one layer of a
+// recurrent cell (recurrent_cell.cpp), layer stacks (stack.cpp), the dense layer and the
+// cross-entropy (training.cpp), attention (attention.cpp). The output memory pool:
+// memory_pool.h.
 #include <cstdint>
 
 #include "bindings/checks.h"
+#include "bindings/memory_pool.h"
 #include "common/blas.h"
 #include "common/isa_table.h"
 #include "common/threading.h"
 
 namespace fusedrnn {
-void bind_recurrent(py::module_& m);
+void bind_recurrent_cell(py::module_& m);
 void bind_stack(py::module_& m);
 void bind_training(py::module_& m);
 void bind_attention(py::module_& m);
@@ -61,7 +64,7 @@ PYBIND11_MODULE(_core, m) {
                             "this CPU, got '" + name + "'");
   });
   m.attr("compiler") = py::str(__VERSION__);
-  bind_recurrent(m);
+  bind_recurrent_cell(m);
   bind_stack(m);
   bind_training(m);
   bind_attention(m);

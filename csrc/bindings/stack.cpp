@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "bindings/checks.h"
-#include "common/blas.h"
 #include "stack.h"
 
 namespace fusedrnn {
@@ -23,6 +22,12 @@ CellKind cell_of(const std::string& mode) {
   throw py::value_error("mode must be 'lstm', 'gru' or 'rnn', got '" + mode + "'");
 }
 
+StackShape stack_shape(CellKind cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj,
+                       int64_t layers, bool bidirectional) {
+  // (the GRU and RNN variants: their defaults; the callers that run a stack set them)
+  return StackShape{{T, B, I, H, proj}, cell, layers, bidirectional ? 2 : 1};
+}
+
 // Everything one stack call needs besides the arrays it returns.
 struct StackCall {
   StackShape shape;
@@ -36,24 +41,20 @@ struct StackCall {
             bool bidirectional, int64_t hidden, int64_t proj, bool reset_after,
             const std::string& nonlinearity)
       : checker(x_, "x") {
-    shape.cell = cell_of(mode);
-    shape.act = parse_nonlinearity(nonlinearity);
-    shape.reset_after = reset_after;
+    const CellKind cell = cell_of(mode);
+    const RnnActivation act = parse_nonlinearity(nonlinearity);
     if (num_layers < 1) throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
     if (hidden < 1) throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));
-    if (proj < 0 || proj >= hidden || (proj && shape.cell != CellKind::lstm))
+    if (proj < 0 || proj >= hidden || (proj && cell != CellKind::lstm))
       throw py::value_error("proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1; got " +
                             std::to_string(proj));
     py::array xa = py::reinterpret_borrow<py::array>(x_);
     if (xa.ndim() != 3)
       throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " + std::to_string(xa.ndim()));
-    shape.steps = xa.shape(0);
-    shape.batch = xa.shape(1);
-    shape.input = xa.shape(2);
-    shape.hidden = hidden;
-    shape.proj = proj;
-    shape.layers = num_layers;
-    shape.directions = bidirectional ? 2 : 1;
+    shape = stack_shape(cell, xa.shape(0), xa.shape(1), xa.shape(2), hidden, proj, num_layers,
+                        bidirectional);
+    shape.reset_after = reset_after;
+    shape.act = act;
     if (shape.input < 1) throw py::value_error("x must have input_size >= 1, but has 0");
     const int64_t T = shape.steps, B = shape.batch, R = shape.out(), LD = num_layers * shape.directions;
     check_blas_dim(T * B, "T*B (the rows of x)");
@@ -135,6 +136,15 @@ struct StackCall {
     lengths = len;
   }
 
+  // What the kernel's forward and backward both read. Called with the GIL released: no
+  // reference counting (see data_of).
+  template <typename F>
+  StackInputs<F> inputs(const std::vector<LayerWeights<F>>& w) const {
+    return {cdata_of<F>(x),     cdata_of<F>(h0),   cdata_of<F>(c0),
+            w.data(),           cdata_of<F>(masks), cdata_of<int64_t>(batch_sizes),
+            cdata_of<int64_t>(lengths)};
+  }
+
   // The weights of every layer and direction, checked by their PyTorch names.
   template <typename T>
   std::vector<LayerWeights<T>> weights(py::handle list) {
@@ -194,12 +204,6 @@ struct StackCall {
     return out;
   }
 
-  template <typename Body>
-  auto dispatch(Body&& body) {
-    if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
-    if (checker.is_float32()) return body(float{});
-    return body(double{});
-  }
 };
 
 py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0, py::handle c0,
@@ -216,16 +220,20 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
   const bool lstm = s.cell == CellKind::lstm;
   py::object c_n = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
   py::object saved = training ? py::object(c.output({stack_saved_size(s)})) : py::none();
-  const ScratchMemory scratch(stack_forward_scratch_size(s, training), c.is_float32());
-  call.dispatch([&](auto tag) {
+  const ScratchMemory scratch = c.scratch(stack_forward_scratch_size(s, training));
+  dispatch_dtype(call.checker, [&](auto tag) {
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
     py::gil_scoped_release release;
-    stack_forward<F>(data_of<F>(y), data_of<F>(h_n), data_of<F>(c_n), data_of<F>(saved),
-                     scratch.data<F>(), cdata_of<F>(call.x), cdata_of<F>(call.h0),
-                     cdata_of<F>(call.c0), w.data(), cdata_of<F>(call.masks),
-                     cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s);
-    return 0;
+    StackForwardArgs<F> k;
+    k.y = data_of<F>(y);
+    k.h_n = data_of<F>(h_n);
+    k.c_n = data_of<F>(c_n);
+    k.in = call.inputs<F>(w);
+    k.saved = data_of<F>(saved);
+    k.scratch = scratch.data<F>();
+    k.shape = s;
+    stack_forward(k);
   });
   return py::make_tuple(y, h_n, c_n, saved);
 }
@@ -259,19 +267,27 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                         : py::none();
   py::array dx = c.output({T, B, s.input}), dh0 = c.output({LD, B, s.out()});
   py::object dc0 = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
-  const ScratchMemory scratch(stack_backward_scratch_size(s), c.is_float32());
-  call.dispatch([&](auto tag) {
+  const ScratchMemory scratch = c.scratch(stack_backward_scratch_size(s));
+  dispatch_dtype(call.checker, [&](auto tag) {
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
     auto g = call.grads<F>(grads);
     py::gil_scoped_release release;
-    stack_backward<F>(data_of<F>(dx), data_of<F>(dh0), data_of<F>(dc0), g.data(),
-                      scratch.data<F>(), cdata_of<F>(dya), cdata_of<F>(dhn), cdata_of<F>(dcn),
-                      cdata_of<F>(call.x), cdata_of<F>(call.h0), cdata_of<F>(call.c0), w.data(),
-                      cdata_of<F>(sa), cdata_of<F>(call.masks),
-                      cdata_of<int64_t>(call.batch_sizes), cdata_of<int64_t>(call.lengths), s,
-                      truncate, stride);
-    return 0;
+    StackBackwardArgs<F> k;
+    k.dx = data_of<F>(dx);
+    k.dh0 = data_of<F>(dh0);
+    k.dc0 = data_of<F>(dc0);
+    k.grads = g.data();
+    k.dy = cdata_of<F>(dya);
+    k.dh_n = cdata_of<F>(dhn);
+    k.dc_n = cdata_of<F>(dcn);
+    k.in = call.inputs<F>(w);
+    k.saved = cdata_of<F>(sa);
+    k.scratch = scratch.data<F>();
+    k.shape = s;
+    k.truncate = truncate;
+    k.stride = stride;
+    stack_backward(k);
   });
   return py::make_tuple(dx, dh0, dc0);
 }
@@ -284,9 +300,7 @@ void bind_stack(py::module_& m) {
       "stack_saved_size",
       [](const std::string& mode, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj,
          int64_t layers, bool bidirectional) {
-        StackShape s{cell_of(mode), T, B, I, H, proj, layers, bidirectional ? 2 : 1, true,
-                     RnnActivation::tanh};
-        return stack_saved_size(s);
+        return stack_saved_size(stack_shape(cell_of(mode), T, B, I, H, proj, layers, bidirectional));
       },
       "mode"_a, "T"_a, "B"_a, "I"_a, "H"_a, "proj_size"_a, "num_layers"_a, "bidirectional"_a,
       "Elements of the `saved` array a training stack_forward keeps.");

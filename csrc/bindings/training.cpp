@@ -4,7 +4,6 @@
 #include <string>
 
 #include "bindings/checks.h"
-#include "common/blas.h"
 #include "cross_entropy.h"
 #include "linear.h"
 
@@ -69,18 +68,13 @@ py::tuple cross_entropy_py(py::handle logits, py::handle targets, int64_t ignore
   check_target_range(ta, V, ignore_index);
   py::object dlogits = grad ? py::object(c.output({N, V})) : py::none();
   py::array row_losses = c.output({N});
-  double loss = 0;
-  if (c.is_float32()) {
+  const int64_t* target_data = static_cast<const int64_t*>(ta.data());
+  const double loss = dispatch_dtype(c, [&](auto tag) {
+    using F = decltype(tag);
     py::gil_scoped_release release;
-    loss = cross_entropy<float>(data_of<float>(dlogits), data_of<float>(row_losses),
-                                cdata_of<float>(la), static_cast<const int64_t*>(ta.data()), N, V,
-                                ignore_index, red);
-  } else {
-    py::gil_scoped_release release;
-    loss = cross_entropy<double>(data_of<double>(dlogits), data_of<double>(row_losses),
-                                 cdata_of<double>(la), static_cast<const int64_t*>(ta.data()), N,
-                                 V, ignore_index, red);
-  }
+    return cross_entropy<F>(data_of<F>(dlogits), data_of<F>(row_losses), cdata_of<F>(la),
+                            target_data, N, V, ignore_index, red);
+  });
   // the loss as a numpy scalar of the logits' dtype
   py::object scalar = py::module_::import("numpy").attr(c.is_float32() ? "float32" : "float64");
   return py::make_tuple(scalar(loss), dlogits);
@@ -103,7 +97,6 @@ void linear_sizes(py::handle x, py::handle weight, int64_t& M, int64_t& K, int64
   check_blas_dim(M, "M (the rows of x)");
   check_blas_dim(K, "in_features");
   check_blas_dim(N, "out_features");
-  if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
 }
 
 py::array linear_forward_py(py::handle x, py::handle weight, py::handle bias) {
@@ -114,16 +107,13 @@ py::array linear_forward_py(py::handle x, py::handle weight, py::handle bias) {
   py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
   py::object ba = c.optional_input(bias, "bias", {{"out_features", N}});
   py::array y = c.output({M, N});
-  const ScratchMemory scratch(linear_forward_scratch_size(M, K, N), c.is_float32());
-  if (c.is_float32()) {
+  const ScratchMemory scratch = c.scratch(linear_forward_scratch_size(M, K, N));
+  dispatch_dtype(c, [&](auto tag) {
+    using F = decltype(tag);
     py::gil_scoped_release release;
-    linear_forward<float>(data_of<float>(y), scratch.data<float>(), cdata_of<float>(xa),
-                          cdata_of<float>(wa), cdata_of<float>(ba), M, K, N);
-  } else {
-    py::gil_scoped_release release;
-    linear_forward<double>(data_of<double>(y), scratch.data<double>(), cdata_of<double>(xa),
-                           cdata_of<double>(wa), cdata_of<double>(ba), M, K, N);
-  }
+    linear_forward<F>(data_of<F>(y), scratch.data<F>(), cdata_of<F>(xa), cdata_of<F>(wa),
+                      cdata_of<F>(ba), M, K, N);
+  });
   return y;
 }
 
@@ -139,18 +129,13 @@ py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py:
   py::object dba = has_bias ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
                             : py::none();
   py::object dx = need_dx ? py::object(c.output({M, K})) : py::none();
-  const ScratchMemory scratch(linear_backward_scratch_size(M, N), c.is_float32());
-  if (c.is_float32()) {
+  const ScratchMemory scratch = c.scratch(linear_backward_scratch_size(M, N));
+  dispatch_dtype(c, [&](auto tag) {
+    using F = decltype(tag);
     py::gil_scoped_release release;
-    linear_backward<float>(data_of<float>(dx), data_of<float>(dwa), data_of<float>(dba),
-                           scratch.data<float>(), cdata_of<float>(dya), cdata_of<float>(xa),
-                           cdata_of<float>(wa), M, K, N);
-  } else {
-    py::gil_scoped_release release;
-    linear_backward<double>(data_of<double>(dx), data_of<double>(dwa), data_of<double>(dba),
-                            scratch.data<double>(), cdata_of<double>(dya), cdata_of<double>(xa),
-                            cdata_of<double>(wa), M, K, N);
-  }
+    linear_backward<F>(data_of<F>(dx), data_of<F>(dwa), data_of<F>(dba), scratch.data<F>(),
+                       cdata_of<F>(dya), cdata_of<F>(xa), cdata_of<F>(wa), M, K, N);
+  });
   return py::make_tuple(dx, dwa, dba);
 }
 

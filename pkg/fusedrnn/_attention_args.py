@@ -4,6 +4,9 @@ Written once for both backends (`fusedrnn.functional` and `fusedrnn.reference`),
 and reject exactly the same calls. Users see shapes ``q (..., Hq, L, E)``, ``k (..., Hkv, S, E)``,
 ``v (..., Hkv, S, Ev)`` with any broadcastable batch dimensions ``...`` (also none, and also 2-D
 ``(L, E)`` arrays without a head axis); the kernels see ``(N, H, L, E)`` with the batch flattened.
+
+Also the dropout draw of the attention weights (`dropout_keep`), which the reference computes and
+`fusedrnn.MultiheadAttention` replays to return the weights after dropout.
 """
 
 from __future__ import annotations
@@ -14,35 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from ._checks import DTYPES, check_flag, check_probability, check_seed, fits_shape, shape_text
 
 
 def _type_name(value) -> str:
     return type(value).__name__
-
-
-def check_flag(value, name: str) -> bool:
-    """A bool (Python or numpy); anything else, e.g. a dropout probability passed positionally
-    where ``is_causal`` goes, is a TypeError."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r}")
-    return bool(value)
-
-
-def check_probability(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {_type_name(value)}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
-
-
-def check_seed(value, name: str = "seed") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {_type_name(value)}")
-    if not 0 <= int(value) < 2**64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return int(value)
 
 
 def _check_float_array(value, name: str, dtype=None) -> np.ndarray:
@@ -50,7 +29,7 @@ def _check_float_array(value, name: str, dtype=None) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got "
                         f"{_type_name(value)}")
     if dtype is None:
-        if value.dtype not in _FLOATS:
+        if value.dtype not in DTYPES:
             raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     elif value.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} like q, got {value.dtype} (all arrays "
@@ -256,13 +235,9 @@ def _set_mask(args: AttentionArgs, attn_mask) -> None:
 
 
 def _check_shape(value: np.ndarray, name: str, shape: tuple, axes: str) -> np.ndarray:
-    if value.shape != shape:
-        spelled = tuple("*" if n is None else n for n in shape)
-        fits = value.ndim == len(shape) and all(
-            want is None or want == got for want, got in zip(shape, value.shape))
-        if not fits:
-            raise ValueError(f"{name} must have shape {axes} = {spelled}, but has shape "
-                             f"{value.shape}")
+    if not fits_shape(value, shape):
+        raise ValueError(f"{name} must have shape {axes} = {shape_text(shape)}, but has shape "
+                         f"{value.shape}")
     return value
 
 
@@ -325,3 +300,41 @@ def additive_grads(grads, w_q, w_k, w_v) -> dict:
         g = _check_float_array(grads[name], f"grads[{name!r}]", param.dtype)
         _check_shape(g, f"grads[{name!r}]", param.shape, "the parameter's shape")
     return grads
+
+
+# ---------------------------------------------------------------- the dropout draw
+
+_U32 = np.uint32
+
+
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+    """Chris Wellons' 32-bit integer hash, in uint32 arithmetic (wrapping)."""
+    x = x.astype(_U32)
+    x ^= x >> _U32(16)
+    x *= _U32(0x7FEB352D)
+    x ^= x >> _U32(15)
+    x *= _U32(0x846CA68B)
+    x ^= x >> _U32(16)
+    return x
+
+
+def dropout_keep(seed: int, rows: np.ndarray, S: int, dropout_p: float) -> np.ndarray:
+    """The keep decisions of rows ``rows`` (``(n*Hq + h)*L + i``) over keys ``0..S-1``.
+
+    Element (row, j) is kept iff ``lowbias32(row_key ^ (j * 0x9E3779B9)) >= round(p * 2**32)``
+    with ``row_key = lowbias32(lowbias32(lo(row) ^ lo(seed)) ^ hi(row) ^ lowbias32(hi(seed)))``:
+    the counter-based draw of csrc/attention.h, so backward redraws what forward drew.
+    """
+    rows = np.asarray(rows, dtype=np.uint64)
+    seed = np.uint64(seed)
+    lo = (rows & np.uint64(0xFFFFFFFF)).astype(_U32)
+    hi = (rows >> np.uint64(32)).astype(_U32)
+    seed_lo = _U32(int(seed) & 0xFFFFFFFF)
+    seed_hi = _lowbias32(np.array(int(seed) >> 32, dtype=_U32))
+    key = _lowbias32(_lowbias32(lo ^ seed_lo) ^ hi ^ seed_hi)
+    cols = np.arange(S, dtype=_U32) * _U32(0x9E3779B9)
+    h = _lowbias32(key[..., None] ^ cols)
+    if dropout_p <= 0:
+        return np.ones(h.shape, dtype=bool)
+    threshold = min(int(dropout_p * 2.0**32 + 0.5), 2**32 - 1)
+    return h.astype(np.uint64) >= np.uint64(threshold)

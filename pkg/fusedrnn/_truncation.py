@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+from ._checks import check_size
 
 
 def truncation_steps(truncate, truncate_stride, bidirectional: bool) -> tuple:
@@ -11,13 +11,8 @@ def truncation_steps(truncate, truncate_stride, bidirectional: bool) -> tuple:
         if truncate_stride is not None:
             raise ValueError("truncate_stride needs truncate")
         return 0, 0
-    for name, value in (("truncate", truncate), ("truncate_stride", truncate_stride)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    k2 = int(truncate)
-    k1 = k2 if truncate_stride is None else int(truncate_stride)
-    if k2 < 1 or k1 < 1:
-        raise ValueError(f"truncate and truncate_stride must be >= 1, got {k2} and {k1}")
+    k2 = check_size(truncate, "truncate")
+    k1 = k2 if truncate_stride is None else check_size(truncate_stride, "truncate_stride")
     if k2 < k1:
         raise ValueError(f"truncate (k2 = {k2}) must be >= truncate_stride (k1 = {k1})")
     if bidirectional:

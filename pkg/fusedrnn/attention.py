@@ -16,22 +16,11 @@ gradients, never NaN (PyTorch's math path gives NaN there).
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import numpy as np
 
-from . import functional, reference
-from ._attention_args import check_flag, check_probability
-from ._parameters import ParameterModule, check_dtype, check_size
-from .reference.attention import dropout_keep
-
-_BACKENDS: dict[str, ModuleType] = {"fused": functional, "reference": reference}
-
-
-def _backend(name: str) -> ModuleType:
-    if name not in _BACKENDS:
-        raise ValueError(f"backend must be 'fused' or 'reference', got {name!r}")
-    return _BACKENDS[name]
+from ._attention_args import dropout_keep
+from ._checks import check_flag, check_probability, check_size
+from ._module import DTypeLike, Module, backend_module
 
 
 def _fresh_seed() -> int:
@@ -77,12 +66,12 @@ def scaled_dot_product_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     """
     check_flag(is_causal, "is_causal")  # before anything else: catches torch's positional dropout_p
     seed = _fresh_seed() if seed is None else seed
-    out, _ = _backend(backend).attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa,
-                                                 dropout_p=dropout_p, seed=seed)
+    out, _ = backend_module(backend).attention_forward(q, k, v, attn_mask, is_causal, scale,
+                                                       enable_gqa, dropout_p=dropout_p, seed=seed)
     return out
 
 
-class ScaledDotProductAttention:
+class ScaledDotProductAttention(Module):
     """`scaled_dot_product_attention` that remembers what backward needs.
 
     ``out = sdpa(q, k, v, ...)`` then ``dq, dk, dv = sdpa.backward(d_out)``. The forward keeps
@@ -95,94 +84,40 @@ class ScaledDotProductAttention:
     backend : "fused" (default) or "reference"
     """
 
+    _saves_in_eval = True  # dropout is an argument here, not the mode's
+
     def __init__(self, backend: str = "fused") -> None:
-        self._impl = _backend(backend)
-        self.backend = backend
-        self._saved: tuple | None = None
+        super().__init__(backend=backend)
 
-    def __repr__(self) -> str:
-        return f"ScaledDotProductAttention(backend={self.backend!r})"
+    def _repr_args(self) -> list:
+        return [f"backend={self.backend!r}"]
 
-    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                 attn_mask: np.ndarray | None = None, is_causal: bool = False,
-                 scale: float | None = None, enable_gqa: bool = False, *,
-                 dropout_p: float = 0.0, seed: int | None = None) -> np.ndarray:
-        """Forward; the arguments and result of `scaled_dot_product_attention`."""
+    def forward(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                attn_mask: np.ndarray | None = None, is_causal: bool = False,
+                scale: float | None = None, enable_gqa: bool = False, *,
+                dropout_p: float = 0.0, seed: int | None = None) -> np.ndarray:
+        """The arguments and result of `scaled_dot_product_attention`."""
         check_flag(is_causal, "is_causal")
         seed = _fresh_seed() if seed is None else seed
-        out, lse = self._impl.attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa,
-                                                dropout_p=dropout_p, seed=seed)
+        out, lse = self._backend.attention_forward(q, k, v, attn_mask, is_causal, scale,
+                                                   enable_gqa, dropout_p=dropout_p, seed=seed)
         copies = tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a
                        for a in (q, k, v, attn_mask))
         out.flags.writeable = False
-        self._saved = (*copies, out, lse, {"is_causal": is_causal, "scale": scale,
-                                               "enable_gqa": enable_gqa, "dropout_p": dropout_p,
-                                               "seed": seed})
+        self._keep_for_backward((*copies, out, lse, {"is_causal": is_causal, "scale": scale,
+                                                     "enable_gqa": enable_gqa,
+                                                     "dropout_p": dropout_p, "seed": seed}))
         return out
 
     def backward(self, d_out: np.ndarray) -> tuple:
-        """Gradients of the last forward.
-
-        Parameters
-        ----------
-        d_out : the shape of out
-
-        Returns
-        -------
-        dq, dk, dv : the shapes of q, k, v (under GQA and batch broadcasting, summed over what
-            shared each k / v entry)
-        """
-        if self._saved is None:
-            raise RuntimeError("ScaledDotProductAttention.backward needs a forward first")
-        q, k, v, mask, out, lse, options = self._saved
-        return self._impl.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+        """Gradients ``(dq, dk, dv)`` of the last forward for ``d_out`` (the shape of out): the
+        shapes of q, k, v (under GQA and batch broadcasting, summed over what shared each k / v
+        entry)."""
+        q, k, v, mask, out, lse, options = self._require_saved()
+        return self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
 
 
 # ---------------------------------------------------------------- layers
-
-
-class _Layer(ParameterModule):
-    """Parameters, gradients, state dicts, modes and input checks of the attention layers (the
-    conventions of fusedrnn's recurrent layers: PyTorch's names, live parameter arrays,
-    ``grads`` accumulated by every backward, copies in ``state_dict``)."""
-
-    def __init__(self, dtype, seed, backend: str) -> None:
-        self.dtype = check_dtype(dtype)
-        self._impl = _backend(backend)
-        self.backend = backend
-        self.training = True
-        self._rng = np.random.default_rng(seed)
-        self._params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
-        self._saved = None
-        self._no_saved_reason = "no forward has run yet"
-
-    def _parameter_shapes(self) -> dict[str, tuple]:  # pragma: no cover - subclasses
-        raise NotImplementedError
-
-    def _after_load(self) -> None:
-        self._forget("load_state_dict discarded the state saved by the last forward")
-
-    def _forget(self, reason: str) -> None:
-        self._saved = None
-        self._no_saved_reason = reason
-
-    def _require_saved(self):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward first: "
-                               f"{self._no_saved_reason}")
-        return self._saved
-
-    def _check_array(self, value, name: str, ndims: tuple, layout: str) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, got "
-                            f"{type(value).__name__}")
-        if value.dtype != self.dtype:
-            raise TypeError(f"{name} must have dtype {self.dtype} (the layer's dtype), but has "
-                            f"{value.dtype}; convert it with .astype(np.{self.dtype})")
-        if value.ndim not in ndims:
-            raise ValueError(f"{name} must have shape {layout}, but has shape {value.shape}")
-        return value
 
 
 def _xavier_uniform(rng, shape) -> np.ndarray:
@@ -191,7 +126,7 @@ def _xavier_uniform(rng, shape) -> np.ndarray:
     return rng.uniform(-bound, bound, shape)
 
 
-class MultiheadAttention(_Layer):
+class MultiheadAttention(Module):
     """Multi-head attention, as ``torch.nn.MultiheadAttention``, on the fused attention kernel.
 
     ``q = query W_q^T + b_q``, ``k = key W_k^T + b_k``, ``v = value W_v^T + b_v``, split into
@@ -224,9 +159,13 @@ class MultiheadAttention(_Layer):
         The gradient of every parameter, keyed like ``state_dict()``; backward adds into it.
     """
 
+    _saves_in_eval = True  # backward works after an eval forward too (without dropout)
+    _repr_fields = (("dropout", 0.0), ("bias", True), ("batch_first", False))
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
-                 dtype=np.float32, seed: int | None = None, backend: str = "fused") -> None:
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
         super().__init__(dtype, seed, backend)
         self.embed_dim = check_size(embed_dim, "embed_dim")
         self.num_heads = check_size(num_heads, "num_heads")
@@ -256,19 +195,11 @@ class MultiheadAttention(_Layer):
             values["out_proj.bias"] = np.zeros(E)
         self._set_parameters(values)
 
-    def __repr__(self) -> str:
-        args = [str(self.embed_dim), str(self.num_heads)]
-        for name, default in (("dropout", 0.0), ("bias", True), ("batch_first", False)):
-            if getattr(self, name) != default:
-                args.append(f"{name}={getattr(self, name)!r}")
+    def _repr_args(self) -> list:
+        args = [str(self.embed_dim), str(self.num_heads), *super()._repr_args()]
         if not self._qkv_same_embed_dim:
             args += [f"kdim={self.kdim}", f"vdim={self.vdim}"]
-        if self.dtype != np.float32:
-            args.append(f"dtype=np.{self.dtype}")
-        return f"MultiheadAttention({', '.join(args)})"
-
-    def _parameter_shapes(self) -> dict[str, tuple]:
-        return {name: value.shape for name, value in self._params.items()}
+        return args
 
     def _projection(self, which: int) -> tuple:
         """(weight, bias or None, the grads' views) of the q (0), k (1) or v (2) projection."""
@@ -287,13 +218,21 @@ class MultiheadAttention(_Layer):
 
     # ------------------------------------------------------------ forward
 
-    def _batch_major(self, x: np.ndarray, name: str, size: int, length_name: str) -> tuple:
-        """x as (N, T, size) and whether it was unbatched."""
-        layout = (f"({'N, ' if self.batch_first else ''}{length_name}, "
-                  f"{'' if self.batch_first else 'N, '}{size}) or unbatched ({length_name}, {size})")
-        x = self._check_array(x, name, (2, 3), layout)
-        if x.shape[-1] != size:
-            raise ValueError(f"{name} must have shape {layout}, but has shape {x.shape}")
+    def _layout(self, length: str, size: str, N: int | None = None, T: int | None = None,
+                width: int | None = None) -> tuple:
+        """(shape, axes) of a (length, size) input or output in the layer's layout, and its
+        unbatched form: ``(N, L, embed_dim)`` with batch_first, else ``(L, N, embed_dim)``."""
+        sizes, axes = {"N": N, length: T, size: width}, ("N", length, size)
+        if not self.batch_first:
+            axes = (length, "N", size)
+        return (tuple(sizes[a] for a in axes), axes,
+                ((T, width), (length, size)))
+
+    def _batch_major(self, x: object, name: str, length: str, size: str,
+                     width: int) -> tuple:
+        """x checked, as (N, T, width), and whether it was unbatched."""
+        shape, axes, unbatched = self._layout(length, size, width=width)
+        x = self._check_array(x, name, shape, axes, unbatched=unbatched)
         if x.ndim == 2:
             return x[None], True
         return (x if self.batch_first else np.swapaxes(x, 0, 1)), False
@@ -363,9 +302,9 @@ class MultiheadAttention(_Layer):
         need_weights = check_flag(need_weights, "need_weights")
         average_attn_weights = check_flag(average_attn_weights, "average_attn_weights")
         is_causal = check_flag(is_causal, "is_causal")
-        q_in, unbatched = self._batch_major(query, "query", self.embed_dim, "L")
-        k_in, k_unbatched = self._batch_major(key, "key", self.kdim, "S")
-        v_in, v_unbatched = self._batch_major(value, "value", self.vdim, "S")
+        q_in, unbatched = self._batch_major(query, "query", "L", "embed_dim", self.embed_dim)
+        k_in, k_unbatched = self._batch_major(key, "key", "S", "kdim", self.kdim)
+        v_in, v_unbatched = self._batch_major(value, "value", "S", "vdim", self.vdim)
         if not unbatched == k_unbatched == v_unbatched:
             raise ValueError(f"query, key and value must all be batched (3-D) or all unbatched "
                              f"(2-D), got shapes {query.shape}, {key.shape}, {value.shape}")
@@ -381,7 +320,7 @@ class MultiheadAttention(_Layer):
 
         def project_heads(x, which, length):  # x W^T + b, (N, T, E_in) -> (N, H, T, D)
             weight, bias = self._projection(which)[:2]
-            y = self._impl.linear_forward(x.reshape(N * length, -1), weight, bias)
+            y = self._backend.linear_forward(x.reshape(N * length, -1), weight, bias)
             return np.ascontiguousarray(y.reshape(N, length, H, D).transpose(0, 2, 1, 3))
 
         q = project_heads(q_in, 0, L)
@@ -390,19 +329,20 @@ class MultiheadAttention(_Layer):
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
-        attn, lse = self._impl.attention_forward(q, k, v, mask, **options)
+        attn, lse = self._backend.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
-        out = self._impl.linear_forward(merged, self._params["out_proj.weight"],
-                                        self._params["out_proj.bias"] if self.bias else None)
+        out = self._backend.linear_forward(merged, self._params["out_proj.weight"],
+                                           self._params["out_proj.bias"] if self.bias else None)
         out = out.reshape(N, L, self.embed_dim)
         weights = None
         if need_weights:
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
             if unbatched:
                 weights = weights[0]
-        self._saved = {"q_in": q_in.copy(), "k_in": k_in.copy(), "v_in": v_in.copy(), "q": q, "k": k, "v": v,
-                           "mask": mask, "attn": attn, "lse": lse, "merged": merged, "options": options,
-                           "unbatched": unbatched, "shape": (N, L, S)}
+        self._keep_for_backward({"q_in": q_in.copy(), "k_in": k_in.copy(), "v_in": v_in.copy(),
+                                 "q": q, "k": k, "v": v, "mask": mask, "attn": attn, "lse": lse,
+                                 "merged": merged, "options": options, "unbatched": unbatched,
+                                 "shape": (N, L, S)})
         return self._to_layout(out, unbatched), weights
 
     def _weights(self, q, k, mask, lse, options, average) -> np.ndarray:
@@ -445,23 +385,26 @@ class MultiheadAttention(_Layer):
         """
         saved = self._require_saved()
         N, L, S = saved["shape"]
-        d_output = self._check_array(d_output, "d_output", (2, 3), "the shape of output")
-        d_out, unbatched = self._batch_major(d_output, "d_output", self.embed_dim, "L")
-        if unbatched != saved["unbatched"] or d_out.shape != (N, L, self.embed_dim):
-            raise ValueError(f"d_output must have the shape of output, but has shape "
-                             f"{d_output.shape}")
+        unbatched = saved["unbatched"]
+        shape, axes, unbatched_layout = self._layout("L", "embed_dim", N, L, self.embed_dim)
+        if unbatched:
+            shape, axes = unbatched_layout
+        self._check_array(d_output, "d_output", shape, axes)  # the shape of output
+        d_out = d_output[None] if unbatched else (
+            d_output if self.batch_first else np.swapaxes(d_output, 0, 1))
         H, D, E = self.num_heads, self.head_dim, self.embed_dim
         flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
         out_grads = {"weight": self.grads["out_proj.weight"],
                      **({"bias": self.grads["out_proj.bias"]} if self.bias else {})}
-        d_merged, _ = self._impl.linear_backward(saved["merged"], self._params["out_proj.weight"],
-                                                 flat, grads=out_grads, bias=self.bias)
+        d_merged, _ = self._backend.linear_backward(saved["merged"],
+                                                    self._params["out_proj.weight"], flat,
+                                                    grads=out_grads, bias=self.bias)
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
-        dq, dk, dv = self._impl.attention_backward(saved["q"], saved["k"], saved["v"],
-                                                   saved["attn"], saved["lse"], d_attn,
-                                                   saved["mask"], **saved["options"])
+        dq, dk, dv = self._backend.attention_backward(saved["q"], saved["k"], saved["v"],
+                                                      saved["attn"], saved["lse"], d_attn,
+                                                      saved["mask"], **saved["options"])
         grads_in = []
         for which, (dh, x_in, length) in enumerate(((dq, saved["q_in"], L), (dk, saved["k_in"], S),
                                                     (dv, saved["v_in"], S))):
@@ -469,13 +412,13 @@ class MultiheadAttention(_Layer):
             dy = np.ascontiguousarray(dh.transpose(0, 2, 1, 3)).reshape(N * length, E)
             weight, _, d_weight, d_bias = self._projection(which)
             grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
-            dx, _ = self._impl.linear_backward(x_in.reshape(N * length, -1), weight, dy,
-                                               grads=grads, bias=d_bias is not None)
+            dx, _ = self._backend.linear_backward(x_in.reshape(N * length, -1), weight, dy,
+                                                  grads=grads, bias=d_bias is not None)
             grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
         return tuple(grads_in)
 
 
-class AdditiveAttention(_Layer):
+class AdditiveAttention(Module):
     """Additive (Bahdanau) attention over a batch of decoder steps at once.
 
     ``score[b, t, s] = w_v . tanh(w_q query[b, t] + w_k keys[b, s])``, softmax over the encoder
@@ -495,8 +438,11 @@ class AdditiveAttention(_Layer):
     ``w_k (hidden_size, key_size)``, ``w_v (hidden_size,)``.
     """
 
-    def __init__(self, query_size: int, key_size: int, hidden_size: int, dtype=np.float32,
-                 seed: int | None = None, backend: str = "fused") -> None:
+    _saves_in_eval = True  # backward works after an eval forward too
+
+    def __init__(self, query_size: int, key_size: int, hidden_size: int,
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 backend: str = "fused") -> None:
         super().__init__(dtype, seed, backend)
         self.query_size = check_size(query_size, "query_size")
         self.key_size = check_size(key_size, "key_size")
@@ -508,13 +454,8 @@ class AdditiveAttention(_Layer):
             "w_v": self._rng.uniform(-1, 1, (A,)) / np.sqrt(A),
         })
 
-    def __repr__(self) -> str:
-        extra = "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
-        return (f"AdditiveAttention({self.query_size}, {self.key_size}, {self.hidden_size}"
-                f"{extra})")
-
-    def _parameter_shapes(self) -> dict[str, tuple]:
-        return {name: value.shape for name, value in self._params.items()}
+    def _repr_args(self) -> list:
+        return [str(self.query_size), str(self.key_size), str(self.hidden_size)]
 
     def forward(self, query: np.ndarray, keys: np.ndarray, values: np.ndarray | None = None,
                 key_padding_mask: np.ndarray | None = None, need_weights: bool = False) -> tuple:
@@ -534,19 +475,16 @@ class AdditiveAttention(_Layer):
         weights : (B, T, S) / (B, S), or None
         """
         need_weights = check_flag(need_weights, "need_weights")
-        query = self._check_array(query, "query", (2, 3), "(B, T, query_size) or (B, query_size)")
-        single_step = query.ndim == 2
+        query = self._check_array(query, "query", (None, None, self.query_size),
+                                  ("B", "T", "query_size"),
+                                  unbatched=((None, self.query_size), ("B", "query_size"),
+                                             "one step per item"))
+        single_step = query.ndim == 2  # one decoder step per item
         q = query[:, None] if single_step else query
-        keys = self._check_array(keys, "keys", (3,), "(B, S, key_size)")
-        vals = keys if values is None else self._check_array(values, "values", (3,),
-                                                             "(B, S, value_size)")
-        # the feature sizes against the layer's own, so that a wrong one is reported as the
-        # input's, not as a parameter w_q / w_k of the wrong shape
-        for name, array, size, what in (("query", query, self.query_size, "query_size"),
-                                        ("keys", keys, self.key_size, "key_size")):
-            if array.shape[-1] != size:
-                raise ValueError(f"{name} must have {what} = {size} features on its last axis, "
-                                 f"but has shape {array.shape}")
+        keys = self._check_array(keys, "keys", (None, None, self.key_size),
+                                 ("B", "S", "key_size"))
+        vals = keys if values is None else self._check_array(
+            values, "values", (None, None, None), ("B", "S", "value_size"))
         key_mask = None
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:
@@ -558,11 +496,12 @@ class AdditiveAttention(_Layer):
                                  f"{key_padding_mask.shape}")
             key_mask = ~key_padding_mask
         p = self._params
-        context, weights, qp, kp = self._impl.additive_attention_forward(
+        context, weights, qp, kp = self._backend.additive_attention_forward(
             q, keys, vals, p["w_q"], p["w_k"], p["w_v"], key_mask)
-        self._saved = {"q": q.copy(), "keys": keys.copy(), "values": None if values is None else
-                           vals.copy(), "key_mask": key_mask, "weights": weights, "qp": qp, "kp": kp,
-                           "single_step": single_step}
+        self._keep_for_backward({"q": q.copy(), "keys": keys.copy(),
+                                 "values": None if values is None else vals.copy(),
+                                 "key_mask": key_mask, "weights": weights, "qp": qp, "kp": kp,
+                                 "single_step": single_step})
         if single_step:
             context, weights = context[:, 0], weights[:, 0]
         return context, (weights.copy() if need_weights else None)
@@ -577,12 +516,12 @@ class AdditiveAttention(_Layer):
             gradient is then part of d_keys)
         """
         s = self._require_saved()
-        d_context = self._check_array(d_context, "d_context", (2, 3), "the shape of context")
+        d_context = self._check_array(d_context, "d_context")  # its shape: by the backend
         if s["single_step"]:
             d_context = d_context[:, None] if d_context.ndim == 2 else d_context
         values = s["keys"] if s["values"] is None else s["values"]
         p = self._params
-        d_query, d_keys, d_values, _ = self._impl.additive_attention_backward(
+        d_query, d_keys, d_values, _ = self._backend.additive_attention_backward(
             s["q"], s["keys"], values, p["w_q"], p["w_k"], p["w_v"], s["weights"], s["qp"],
             s["kp"], d_context, s["key_mask"], self.grads)
         if s["values"] is None:

@@ -8,40 +8,35 @@ Gradient dicts passed as ``grads`` are accumulated into in place (``+=``).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
 from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
+from ._checks import (
+    MAX_BLAS_DIM,
+    check_choice,
+    check_ignore_index,
+    check_lengths,
+    check_rows,
+    check_size,
+    require_array,
+)
+from ._spec import (
+    CELL_PARAMETERS,
+    GATES,
+    MODES,
+    STACK_ROLES,
+    layer_suffix,
+    num_directions,
+    stack_param_names,
+)
 from ._truncation import truncation_steps
 
-_GRAD_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _MAX_INT64 = 2**63 - 1
-# One BLAS argument is an LP64 int: the kernels refuse T*B, input_size and gate widths above it
-# (the binding checks again; checking here first keeps Python from copying or sorting a huge view).
-MAX_BLAS_DIM = 2**31 - 1
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (bools refused); TypeError / ValueError naming it."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def _check_choice(value, name: str, choices: tuple) -> str:
-    if not isinstance(value, str) or value not in choices:
-        spelled = f"{', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}"
-        raise ValueError(f"{name} must be {spelled}, got {value!r}")
-    return value
+_NONLINEARITIES = ("tanh", "relu")
 
 
 def _grad_buffers(grads: Mapping[str, np.ndarray] | None) -> list:
@@ -49,14 +44,14 @@ def _grad_buffers(grads: Mapping[str, np.ndarray] | None) -> list:
         return [None] * 4
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    missing = [k for k in _GRAD_KEYS if k not in grads]
+    missing = [k for k in CELL_PARAMETERS if k not in grads]
     if missing:
-        raise ValueError(f"grads must have the keys {list(_GRAD_KEYS)}; missing {missing}")
-    return [grads[k] for k in _GRAD_KEYS]
+        raise ValueError(f"grads must have the keys {list(CELL_PARAMETERS)}; missing {missing}")
+    return [grads[k] for k in CELL_PARAMETERS]
 
 
 def _grads_dict(grads, arrays) -> dict:
-    out = dict(zip(_GRAD_KEYS, arrays))
+    out = dict(zip(CELL_PARAMETERS, arrays))
     if grads is not None and not isinstance(grads, dict):
         return out
     if grads is not None:
@@ -71,16 +66,15 @@ def workspace_size(cell: str, T: int, B: int, H: int) -> int:
     ``T``, ``B``, ``H`` must be ints >= 0; a length past what an array can hold (2**63 - 1
     elements) is a ValueError rather than a wrapped-around int64.
     """
-    sizes = [_check_int(value, name, 0) for name, value in (("T", T), ("B", B), ("H", H))]
+    sizes = [check_size(value, name, 0) for name, value in (("T", T), ("B", B), ("H", H))]
     if cell in ("lstm", "gru") and sizes[0] * sizes[1] * sizes[2] * 5 > _MAX_INT64:
         raise ValueError(f"workspace_size({cell!r}, {T}, {B}, {H}) does not fit in int64")
     if cell == "lstm":
         return _core.lstm_workspace_size(T, B, H)
     if cell == "gru":
         return _core.gru_workspace_size(T, B, H)
-    if cell == "rnn":
-        return 0
-    raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+    check_choice(cell, "cell", MODES)
+    return 0  # the RNN saves nothing beyond its output
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, training: bool = True):
@@ -163,7 +157,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str
     -------
     y : (T, B, H);  h_n : (B, H);  workspace : empty array (training) or None
     """
-    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     return _core.rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
                              bool(training))
 
@@ -171,7 +165,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str
 def rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
                  nonlinearity: str = "tanh", grads=None):
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
-    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     dx, dh0, *params = _core.rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n,
                                           nonlinearity, *_grad_buffers(grads))
     return dx, dh0, _grads_dict(grads, params)
@@ -179,39 +173,12 @@ def rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
 
 # ---------------------------------------------------------------- layer stacks
 
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
-def _require_array(value, name: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
-    return value
-
-
-def _suffix(direction: int) -> str:
-    return "_reverse" if direction else ""
-
-
-def stack_param_names(mode: str, num_layers: int, bidirectional: bool, bias: bool = True,
-                      proj_size: int = 0) -> list:
-    """PyTorch's parameter names of a stack, in its order (``_flat_weights_names``)."""
-    names = []
-    for layer in range(num_layers):
-        for direction in range(2 if bidirectional else 1):
-            sfx = f"_l{layer}{_suffix(direction)}"
-            names += [f"weight_ih{sfx}", f"weight_hh{sfx}"]
-            if bias:
-                names += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
-            if proj_size:
-                names.append(f"weight_hr{sfx}")
-    return names
-
 
 def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
     """The per-layer tuples (w_ih, w_hh, b_ih, b_hh, w_hr) the kernels take, checked by name."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
-    D = 2 if bidirectional else 1
+    D = num_directions(bidirectional)
     if 2 * num_layers * D > len(params):  # before listing every name a huge num_layers implies
         raise ValueError(f"params hold {len(params)} entries, fewer than the weight_ih and "
                          f"weight_hh of every layer and direction of a {num_layers}-layer "
@@ -226,14 +193,15 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
                          f"{f' with proj_size={proj_size}' if proj_size else ''}: "
                          f"missing {missing}, unexpected {extra}")
     for name in expected:  # an absent bias is left out of params, not set to None
-        _require_array(params[name], name)
-    layers = []
-    for layer in range(num_layers):
-        for direction in range(D):
-            sfx = f"_l{layer}{_suffix(direction)}"
-            layers.append(tuple(params.get(f"{kind}{sfx}") for kind in
-                                ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")))
-    return layers
+        require_array(params[name], name)
+    return _per_layer(params, num_layers, D)
+
+
+def _per_layer(named, num_layers: int, D: int) -> list:
+    """The entries of ``named`` (params or their grads) as one tuple of the roles
+    (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction; None where a role is absent."""
+    return [tuple(named.get(f"{role}{layer_suffix(layer, direction)}") for role in STACK_ROLES)
+            for layer in range(num_layers) for direction in range(D)]
 
 
 def _hidden_size(mode: str, params) -> int:
@@ -244,8 +212,8 @@ def _hidden_size(mode: str, params) -> int:
     if "weight_hh_l0" not in params:
         raise ValueError("params must hold weight_hh_l0 (the layer stack's first recurrent "
                          "weight, which gives hidden_size)")
-    w_hh = _require_array(params["weight_hh_l0"], "weight_hh_l0")
-    G = _GATES[mode]
+    w_hh = require_array(params["weight_hh_l0"], "weight_hh_l0")
+    G = GATES[mode]
     if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
         raise ValueError(f"weight_hh_l0 must have shape ({G}*hidden_size, proj_size or "
                          f"hidden_size) with hidden_size >= 1, but has shape {w_hh.shape}")
@@ -255,26 +223,31 @@ def _hidden_size(mode: str, params) -> int:
 class _Packing:
     """The batch sorted by length, longest first: what the kernels run on.
 
-    ``order[i]`` is the item in sorted row ``i``; ``batch_sizes[t]`` the rows running at step t.
+    Made once, by `stack_forward`, from checked lengths; `stack_backward` reuses it from the
+    `StackSaved`. ``order[i]`` is the item in sorted row ``i``; ``batch_sizes[t]`` the rows
+    running at step t.
     """
 
-    def __init__(self, lengths, T: int, B: int):
-        lengths = np.asarray(lengths)
-        if lengths.dtype.kind not in "iu":
-            raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
-        if lengths.shape != (B,):
-            raise ValueError(f"lengths must have shape (B,) = ({B},), one per batch item, "
-                             f"but has shape {lengths.shape}")
-        if B and (lengths.min() < 1 or lengths.max() > T):
-            raise ValueError(f"lengths must be in 1..T = 1..{T}, got values from "
-                             f"{lengths.min()} to {lengths.max()}")
+    def __init__(self, lengths: np.ndarray, T: int):
         self.order = np.argsort(-lengths, kind="stable")
         self.lengths = np.ascontiguousarray(lengths[self.order], dtype=np.int64)
         self.batch_sizes = (self.lengths[None, :] > np.arange(T)[:, None]).sum(1).astype(np.int64)
 
+    @property
+    def T(self) -> int:
+        return len(self.batch_sizes)
+
+    @property
+    def B(self) -> int:
+        return len(self.order)
+
+    def unsorted_lengths(self) -> np.ndarray:
+        """The lengths in the caller's order of items, as given to `stack_forward`."""
+        return self.unsort(self.lengths, axis=0)
+
     def valid(self) -> np.ndarray:
         """(T, B) bool, in sorted order: True where step t is one of row b's own steps."""
-        return np.arange(len(self.batch_sizes))[:, None] < self.lengths[None, :]
+        return np.arange(self.T)[:, None] < self.lengths[None, :]
 
     def sort(self, a, axis: int = 1):
         return None if a is None else np.take(a, self.order, axis=axis)
@@ -289,6 +262,22 @@ class _Packing:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class StackSaved:
+    """What a training `stack_forward` keeps for `stack_backward` (fused backend).
+
+    Attributes
+    ----------
+    workspace : 1-D array
+        Every layer's gates and states, in the binding's layout (``_core.stack_saved_size``).
+    packing : the batch sorted by length (sort order, sorted lengths, batch sizes), or None when
+        every item runs all T steps; backward runs on it as forward did, without sorting again.
+    """
+
+    workspace: np.ndarray
+    packing: _Packing | None
+
+
 def _check_batch_axis(value, name: str, B: int) -> None:
     """Before an array is sorted by length along axis 1: it must have B rows there (the binding
     checks the rest of its shape; sorting would silently drop or fail on the wrong count)."""
@@ -298,11 +287,39 @@ def _check_batch_axis(value, name: str, B: int) -> None:
 
 
 def _packing(lengths, x) -> _Packing | None:
-    if lengths is None:
-        return None
+    """The packing of ``lengths`` (checked here), or None when there is nothing to pack."""
     T, B = x.shape[0], x.shape[1]
-    packing = _Packing(lengths, T, B)
-    return None if np.all(packing.lengths == T) else packing  # all full: nothing to pack
+    lengths = check_lengths(lengths, T, B)
+    if lengths is None or np.all(lengths == T):  # all full: nothing to pack
+        return None
+    return _Packing(lengths, T)
+
+
+def _saved_packing(saved, lengths, x) -> tuple:
+    """``(workspace, packing)`` of what `stack_forward` saved, checked against backward's x and
+    lengths: the packing is reused, never made again."""
+    if saved is None:
+        raise ValueError("saved is None: backward needs what a training forward (training=True) "
+                         "saved")
+    if not isinstance(saved, StackSaved):
+        raise TypeError(f"saved must be the StackSaved a training stack_forward returned, got "
+                        f"{type(saved).__name__}")
+    T, B = x.shape[0], x.shape[1]
+    packing = saved.packing
+    if packing is not None and (packing.T, packing.B) != (T, B):
+        raise ValueError(f"saved must come from a stack_forward of x with T = {T} steps and "
+                         f"B = {B} items, but holds the packing of T = {packing.T}, "
+                         f"B = {packing.B}")
+    given = check_lengths(lengths, T, B)
+    forward = None if packing is None else packing.unsorted_lengths()
+    if given is not None and forward is None and np.all(given == T):
+        given = None  # all full: the same as no lengths
+    if (given is None) != (forward is None) or (given is not None
+                                                and not np.array_equal(given, forward)):
+        raise ValueError(f"lengths must be those given to the stack_forward that made saved "
+                         f"({None if forward is None else forward.tolist()}), got "
+                         f"{None if given is None else given.tolist()}")
+    return saved.workspace, packing
 
 
 def _split_hx(mode, hx, shape_h, shape_c, dtype):
@@ -328,7 +345,7 @@ def _masks(dropout_masks, num_layers, shape, dtype):
                          f"got {len(dropout_masks)}")
     for i, mask in enumerate(dropout_masks):
         name = f"dropout_masks[{i}]"
-        _require_array(mask, name)
+        require_array(mask, name)
         if mask.dtype != dtype:
             raise TypeError(f"{name} must have dtype {dtype} like x, got {mask.dtype} "
                             f"(nothing is cast silently)")
@@ -338,44 +355,47 @@ def _masks(dropout_masks, num_layers, shape, dtype):
     return np.stack(dropout_masks)
 
 
-def _check_rows(x) -> None:
-    """The sizes the kernels cannot take, refused before anything is copied or sorted."""
-    T, B, I = x.shape
-    if T * B > MAX_BLAS_DIM:
-        raise ValueError(f"T*B (the rows of x) is {T * B}, more than the 2**31 - 1 that one "
-                         f"BLAS call takes")
-    if I > MAX_BLAS_DIM:
-        raise ValueError(f"input_size is {I}, more than the 2**31 - 1 that one BLAS call takes")
-
-
-def _stack_call(mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks,
-                proj_size):
-    """Checks and sorting shared by stack_forward and stack_backward."""
-    _check_choice(mode, "mode", tuple(_GATES))
-    num_layers = _check_int(num_layers, "num_layers", 1)
-    proj_size = _check_int(proj_size, "proj_size", 0)
-    _require_array(x, "x")
+def _check_x(x) -> None:
+    """x: a float array (T, B, input_size) of sizes the kernels can take, refused before
+    anything is copied or sorted."""
+    require_array(x, "x")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"x must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
         raise ValueError(f"x must have 3 dimensions (T, B, input_size), but has {x.ndim}")
-    _check_rows(x)
+    T, B, I = x.shape
+    check_rows(T * B)
+    if I > MAX_BLAS_DIM:
+        raise ValueError(f"input_size is {I}, more than the 2**31 - 1 that one BLAS call takes")
+
+
+def _stack_call(mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size,
+                packing_of):
+    """Checks and sorting shared by stack_forward and stack_backward.
+
+    ``packing_of(x)`` gives the batch packing (forward: made from lengths; backward: the one
+    forward saved), after x is checked and before anything is sorted.
+    """
+    check_choice(mode, "mode", MODES)
+    num_layers = check_size(num_layers, "num_layers", 1)
+    proj_size = check_size(proj_size, "proj_size", 0)
+    _check_x(x)
     hidden = _hidden_size(mode, params)
     if proj_size and (mode != "lstm" or proj_size >= hidden):
         raise ValueError(f"proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1 = "
                          f"{hidden - 1}; got {proj_size}")
     weights = _stack_weights(mode, params, num_layers, bidirectional, proj_size)
-    D = 2 if bidirectional else 1
+    D = num_directions(bidirectional)
     T, B = x.shape[0], x.shape[1]
     h0, c0 = _split_hx(mode, hx, (num_layers * D, B, proj_size or hidden),
                        (num_layers * D, B, hidden), x.dtype)
     for name, value in (("h0", h0), ("c0", c0)):
         if value is not None:
-            _require_array(value, name)
+            require_array(value, name)
             if value.ndim != 3:
                 raise ValueError(f"{name} must have 3 dimensions (num_layers*num_directions, B, "
                                  f"size), but has {value.ndim}")
-    packing = _packing(lengths, x)
+    packing = packing_of(x)
     masks = _masks(dropout_masks, num_layers, (T, B, D * (proj_size or hidden)), x.dtype)
     if packing is not None:
         for name, value in (("h0", h0), ("c0", c0)):
@@ -410,16 +430,19 @@ def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool
     Returns
     -------
     y : (T, B, D*H_out);  h_n : (L*D, B, H_out);  c_n : (L*D, B, H) or None;
-    saved : flat array for `stack_backward`, or None when not training
+    saved : `StackSaved` for `stack_backward` (the flat workspace and the batch packing), or
+        None when not training
     """
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
-        mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
-    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-    y, h_n, c_n, saved = _core.stack_forward(
+        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size,
+        lambda x: _packing(lengths, x))
+    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
+    y, h_n, c_n, workspace = _core.stack_forward(
         mode, xs, h0, c0, weights, masks, bs, lens, num_layers, bool(bidirectional), hidden,
         proj_size, bool(reset_after), nonlinearity, bool(training))
     if packing is not None:
         y, h_n, c_n = packing.unsort(y), packing.unsort(h_n), packing.unsort(c_n)
+    saved = None if workspace is None else StackSaved(workspace, packing)
     return y, h_n, c_n, saved
 
 
@@ -430,8 +453,10 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
                    truncate_stride: int | None = None):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
-    ``grads`` (keyed like ``params``) is accumulated into; None makes a fresh zeroed dict.
-    ``dy`` (T, B, D*H_out), ``dh_n`` / ``dc_n`` as ``h_n`` / ``c_n``; None = zeros.
+    The arguments of the forward, with the same ``lengths`` (whose batch packing ``saved``
+    holds), and ``y`` and ``saved`` as it returned them. ``grads`` (keyed like ``params``) is
+    accumulated into; None makes a fresh zeroed dict. ``dy`` (T, B, D*H_out), ``dh_n`` /
+    ``dc_n`` as ``h_n`` / ``c_n``; None = zeros.
 
     ``truncate = k2`` (with ``truncate_stride = k1``, default k2) gives truncated backpropagation
     through time, TBPTT(k1, k2) of Williams and Peng (1990), unidirectional stacks only: the steps
@@ -441,13 +466,20 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     steps (PyTorch: ``h = h.detach()``). None: full backpropagation through time.
     """
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
+    workspace = None
+
+    def saved_packing(x):
+        nonlocal workspace
+        workspace, packing = _saved_packing(saved, lengths, x)
+        return packing
+
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
-        mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, proj_size)
-    _check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, saved_packing)
+    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
         # checked before sorting them by length; the binding checks shapes and dtypes
         if value is not None or name == "y":
-            _require_array(value, name)
+            require_array(value, name)
             if value.ndim != 3:
                 raise ValueError(f"{name} must have 3 dimensions, but has {value.ndim}")
     if grads is None:
@@ -457,20 +489,16 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     missing = [k for k in params if k not in grads]
     if missing:
         raise ValueError(f"grads must have the keys of params; missing {missing}")
-    grad_list = []
-    for layer in range(num_layers):
-        for direction in range(2 if bidirectional else 1):
-            sfx = f"_l{layer}{_suffix(direction)}"
-            grad_list.append(tuple(grads.get(f"{kind}{sfx}") if f"{kind}{sfx}" in params else None
-                                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
-                                                "weight_hr")))
+    # the gradient of every parameter there is; None for an absent one (a bias, weight_hr)
+    grad_list = _per_layer({k: grads[k] for k in params}, num_layers,
+                           num_directions(bidirectional))
     if packing is not None:
         for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
             if value is not None:
                 _check_batch_axis(value, name, x.shape[1])
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
-        mode, xs, h0, c0, weights, y, saved, dy, dh_n, dc_n, grad_list, masks, bs, lens,
+        mode, xs, h0, c0, weights, y, workspace, dy, dh_n, dc_n, grad_list, masks, bs, lens,
         num_layers, bool(bidirectional), hidden, proj_size, bool(reset_after), nonlinearity,
         k2, k1)
     if packing is not None:
@@ -505,8 +533,6 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
         ``scale * (softmax(logits) - onehot(targets))``, scale 1 (sum) or 1/count (mean); zero
         rows where the target is ignored.
     """
-    from .reference.cross_entropy import check_ignore_index
-
     return _core.cross_entropy(logits, targets, check_ignore_index(ignore_index), reduction,
                                bool(grad))
 

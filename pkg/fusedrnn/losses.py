@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional, reference
-from .reference.cross_entropy import check_ignore_index
-
-_BACKENDS = {"fused": functional, "reference": reference}
+from ._checks import check_choice, check_ignore_index
+from ._module import Module
 
 
-class CrossEntropyLoss:
+class CrossEntropyLoss(Module):
     """Softmax cross-entropy between logits and integer class targets.
 
     Parameters
@@ -37,32 +35,12 @@ class CrossEntropyLoss:
 
     def __init__(self, ignore_index: int = -100, reduction: str = "mean",
                  backend: str = "fused") -> None:
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        self.reduction = check_choice(reduction, "reduction", ("mean", "sum"))
+        super().__init__(backend=backend)
         self.ignore_index = check_ignore_index(ignore_index)
-        self.reduction = reduction
-        self.backend = backend
-        self.training = True
-        self._dlogits: np.ndarray | None = None
 
-    def __repr__(self) -> str:
-        return (f"CrossEntropyLoss(ignore_index={self.ignore_index}, "
-                f"reduction={self.reduction!r})")
-
-    def __call__(self, logits: np.ndarray, targets: np.ndarray):
-        """Same as `forward`."""
-        return self.forward(logits, targets)
-
-    def train(self, mode: bool = True) -> CrossEntropyLoss:
-        """Training mode (default): forward also computes the gradient, for `backward`."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> CrossEntropyLoss:
-        """Eval mode: forward computes the loss only."""
-        return self.train(False)
+    def _repr_args(self) -> list:
+        return [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
 
     def forward(self, logits: np.ndarray, targets: np.ndarray):
         """The loss; in training mode the gradient of the logits is computed in the same pass.
@@ -85,10 +63,11 @@ class CrossEntropyLoss:
                              f"{logits.shape[:-1]}, but has {targets.shape}")
         V = logits.shape[-1]
         flat_targets = targets.reshape(-1) if isinstance(targets, np.ndarray) else targets
-        loss, dlogits = _BACKENDS[self.backend].cross_entropy(
+        loss, dlogits = self._backend.cross_entropy(
             logits.reshape(-1, V), flat_targets, ignore_index=self.ignore_index,
             reduction=self.reduction, grad=self.training)
-        self._dlogits = None if dlogits is None else dlogits.reshape(logits.shape)
+        # in training mode the gradient came with the loss; eval mode computes the loss only
+        self._keep_for_backward(None if dlogits is None else dlogits.reshape(logits.shape))
         return loss
 
     def backward(self, d_loss: float = 1.0) -> np.ndarray:
@@ -99,9 +78,7 @@ class CrossEntropyLoss:
         dlogits : the shape of logits. With ``d_loss = 1`` it is the loss's own buffer (no
             copy), replaced by the next forward.
         """
-        if self._dlogits is None:
-            raise RuntimeError("CrossEntropyLoss.backward needs a training-mode forward first "
-                               "(eval-mode forwards compute the loss only)")
+        dlogits = self._require_saved()
         if d_loss == 1:
-            return self._dlogits
-        return self._dlogits * self._dlogits.dtype.type(d_loss)
+            return dlogits
+        return dlogits * dlogits.dtype.type(d_loss)

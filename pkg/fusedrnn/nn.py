@@ -1,8 +1,9 @@
 """`Embedding` and `Linear`: the layers around a recurrent stack, as ``torch.nn.Embedding`` and
 ``torch.nn.Linear``, on numpy arrays.
 
-They follow the same protocol as ``fusedrnn.LSTM`` / ``GRU`` / ``RNN`` (docs/training.md), so the
-optimizers (`fusedrnn.optim`) and gradient clipping take any mix of them:
+Built on the one base class of every module, they follow the same protocol as ``fusedrnn.LSTM``
+/ ``GRU`` / ``RNN`` (docs/training.md), so the optimizers (`fusedrnn.optim`) and gradient
+clipping take any mix of them:
 
 - ``named_parameters()`` yields ``(name, array)`` for every parameter: the live arrays, which an
   optimizer updates in place;
@@ -20,50 +21,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional, reference
-from ._parameters import ParameterModule, check_dtype, check_size
-
-DTypeLike = type | str | np.dtype
-_BACKENDS = {"fused": functional, "reference": reference}
+from ._checks import check_size
+from ._module import DTypeLike, Module
 
 
-class _Trainable(ParameterModule):
-    """Parameters, their gradients, modes, state dicts: what Embedding and Linear share."""
-
-    def __init__(self, dtype: DTypeLike, seed: int | None) -> None:
-        self.dtype = check_dtype(dtype)
-        self.training = True
-        self._rng = np.random.default_rng(seed)
-        self._params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
-        self._saved = None
-
-    def _check_float_input(self, value: object, name: str, last: int, axis: str) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray of dtype {self.dtype}, "
-                            f"got {type(value).__name__}")
-        if value.dtype != self.dtype:
-            raise TypeError(f"{name} must have dtype {self.dtype} (the layer's dtype), but has "
-                            f"{value.dtype}; convert it with .astype(np.{self.dtype})")
-        if value.ndim < 1 or value.shape[-1] != last:
-            raise ValueError(f"{name} must have shape (..., {axis}) = (..., {last}), but has "
-                             f"{value.shape}")
-        return value
-
-    def _saved_or_raise(self):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a training-mode forward "
-                               f"first (eval-mode forwards save nothing)")
-        return self._saved
-
-
-class Linear(_Trainable):
+class Linear(Module):
     """``y = x W^T + b`` over the last axis, as ``torch.nn.Linear``.
 
     Parameters
     ----------
     in_features, out_features : int
     bias : bool, default True
+        Without it, no ``bias`` parameter (and the ``bias`` attribute is None).
     dtype : numpy.float32 (default) or numpy.float64
     seed : int or None
         Seeds the initialisation: PyTorch's, ``weight`` and ``bias`` uniform in
@@ -84,10 +53,7 @@ class Linear(_Trainable):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  dtype: DTypeLike = np.float32, seed: int | None = None,
                  backend: str = "fused") -> None:
-        super().__init__(dtype, seed)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
-        self.backend = backend
+        super().__init__(dtype, seed, backend)
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
         self._has_bias = bool(bias)
@@ -103,10 +69,9 @@ class Linear(_Trainable):
         """The live bias array (out_features,), or None for a layer built with bias=False."""
         return self._params.get("bias")
 
-    def __repr__(self) -> str:
-        extra = "" if self._has_bias else ", bias=False"
-        extra += "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
-        return f"Linear({self.in_features}, {self.out_features}{extra})"
+    def _repr_args(self) -> list:
+        return [str(self.in_features), str(self.out_features),
+                *([] if self._has_bias else ["bias=False"])]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x @ weight.T + bias``.
@@ -122,15 +87,12 @@ class Linear(_Trainable):
         In training mode x is kept for backward (copied unless it is read-only, as the
         outputs of the recurrent layers are, so a caller may refill its buffer).
         """
-        x = self._check_float_input(x, "x", self.in_features, "in_features")
+        x = self._check_array(x, "x", (..., self.in_features), (..., "in_features"))
         # one GEMM over every leading axis
-        y = _BACKENDS[self.backend].linear_forward(
+        y = self._backend.linear_forward(
             x.reshape(-1, self.in_features), self._params["weight"], self._params.get("bias"))
         y = y.reshape(x.shape[:-1] + (self.out_features,))
-        if self.training:
-            self._saved = x.copy() if x.flags.writeable else x
-        else:
-            self._saved = None
+        self._keep_for_backward((x.copy() if x.flags.writeable else x) if self.training else None)
         return y
 
     def backward(self, d_output: np.ndarray) -> np.ndarray:
@@ -147,19 +109,16 @@ class Linear(_Trainable):
         -------
         dx : (..., in_features), the shape of x
         """
-        x = self._saved_or_raise()
-        d_output = self._check_float_input(d_output, "d_output", self.out_features,
-                                           "out_features")
-        if d_output.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"d_output must have the shape of the output, "
-                             f"{x.shape[:-1] + (self.out_features,)}, but has {d_output.shape}")
-        dx, _ = _BACKENDS[self.backend].linear_backward(
+        x = self._require_saved()
+        self._check_array(d_output, "d_output", x.shape[:-1] + (self.out_features,),
+                          (..., "out_features"))
+        dx, _ = self._backend.linear_backward(
             x.reshape(-1, self.in_features), self._params["weight"],
             d_output.reshape(-1, self.out_features), grads=self.grads, bias=self._has_bias)
         return dx.reshape(x.shape)
 
 
-class Embedding(_Trainable):
+class Embedding(Module):
     """A lookup table of vectors, as ``torch.nn.Embedding``.
 
     Parameters
@@ -194,10 +153,10 @@ class Embedding(_Trainable):
             weight[padding_idx] = 0
         self._set_parameters({"weight": weight})
 
-    def __repr__(self) -> str:
-        extra = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
-        extra += "" if self.dtype == np.float32 else f", dtype=np.{self.dtype}"
-        return f"Embedding({self.num_embeddings}, {self.embedding_dim}{extra})"
+    _repr_fields = (("padding_idx", None),)
+
+    def _repr_args(self) -> list:
+        return [str(self.num_embeddings), str(self.embedding_dim), *super()._repr_args()]
 
     def forward(self, indices: np.ndarray) -> np.ndarray:
         """The rows ``weight[indices]``.
@@ -222,7 +181,7 @@ class Embedding(_Trainable):
                 raise ValueError(f"indices must be in [0, num_embeddings) = "
                                  f"[0, {self.num_embeddings}), but hold {bad}")
         out = self._params["weight"][indices]
-        self._saved = indices.copy() if self.training else None
+        self._keep_for_backward(indices.copy() if self.training else None)
         return out
 
     def backward(self, d_output: np.ndarray) -> None:
@@ -234,13 +193,9 @@ class Embedding(_Trainable):
         ----------
         d_output : (..., embedding_dim), the shape of the output
         """
-        indices = self._saved_or_raise()
-        d_output = self._check_float_input(d_output, "d_output", self.embedding_dim,
-                                           "embedding_dim")
-        if d_output.shape[:-1] != indices.shape:
-            raise ValueError(f"d_output must have the shape of the output, "
-                             f"{indices.shape + (self.embedding_dim,)}, but has "
-                             f"{d_output.shape}")
+        indices = self._require_saved()
+        self._check_array(d_output, "d_output", indices.shape + (self.embedding_dim,),
+                          (..., "embedding_dim"))
         flat = indices.reshape(-1)
         rows = d_output.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:

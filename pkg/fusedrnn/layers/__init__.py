@@ -1,11 +1,13 @@
 """Drop-in counterparts of PyTorch's recurrent modules on numpy arrays.
 
 `LSTM`, `GRU`, `RNN` (whole sequences, several layers, both directions, packed lengths) and
-`LSTMCell`, `GRUCell`, `RNNCell` (one step, with a LIFO tape for custom loops), all built on one
-base class, `Module`, and run by the fused kernels or their NumPy reference.
+`LSTMCell`, `GRUCell`, `RNNCell` (one step, with a LIFO tape for custom loops), all built on the
+one base class of every fusedrnn module, `Module` (through `RecurrentModule`, what the recurrent
+ones share), and run by the fused kernels or their NumPy reference.
 """
 
-from ._base import Module
+from .._module import Module
+from ._base import RecurrentModule
 from .cells import GRUCell, LSTMCell, RecurrentCell, RNNCell
 from .recurrent import GRU, LSTM, RNN, RecurrentLayer
 
@@ -18,5 +20,6 @@ __all__ = [
     "Module",
     "RNNCell",
     "RecurrentCell",
+    "RecurrentModule",
     "RecurrentLayer",
 ]

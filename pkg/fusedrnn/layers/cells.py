@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._base import GATES, DTypeLike, Module, State, check_nonlinearity
+from .._module import DTypeLike
+from .._spec import layer_roles
+from ._base import RecurrentModule, State, check_nonlinearity
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class _TapeEntry:
     unbatched: bool
 
 
-class RecurrentCell(Module):
+class RecurrentCell(RecurrentModule):
     """One step of a recurrent cell: the shared implementation of the three cells.
 
     Shapes: ``x`` (B, input_size) or unbatched (input_size,); ``h`` and ``c`` (B, hidden_size)
@@ -44,11 +46,8 @@ class RecurrentCell(Module):
         self._reset_parameters()
 
     def _parameter_shapes(self) -> dict[str, tuple]:
-        rows = GATES[self._mode] * self.hidden_size
-        shapes = {"weight_ih": (rows, self.input_size), "weight_hh": (rows, self.hidden_size)}
-        if self.bias:
-            shapes.update(bias_ih=(rows,), bias_hh=(rows,))
-        return shapes
+        shapes = self._role_shapes(self.input_size, self.hidden_size)
+        return {role: shapes[role] for role in layer_roles(self.bias)}
 
     @property
     def tape_depth(self) -> int:
@@ -59,8 +58,8 @@ class RecurrentCell(Module):
         """Forget every recorded step (e.g. after generating in training mode)."""
         self._tape.clear()
 
-    def _forget_saved(self) -> None:
-        self.clear_tape()
+    def _forget_saved(self, reason: str) -> None:
+        self.clear_tape()  # a cell keeps a tape of steps, not one saved forward
 
     # ------------------------------------------------------------ forward
 
@@ -80,11 +79,9 @@ class RecurrentCell(Module):
         In training mode the step is pushed on the tape (with copies of x and hx, so the caller
         may reuse its buffers); in eval mode nothing is recorded.
         """
-        unbatched = isinstance(x, np.ndarray) and x.ndim == 1
-        if unbatched:
-            self._check_array(x, "x", (self.input_size,), ("input_size",))
-        else:
-            self._check_array(x, "x", (None, self.input_size), ("B", "input_size"))
+        self._check_array(x, "x", (None, self.input_size), ("B", "input_size"),
+                          unbatched=((self.input_size,), ("input_size",)))
+        unbatched = x.ndim == 1
         B = 1 if unbatched else x.shape[0]
         self._check_rows(B)  # before the copies below
         h0, c0 = self._check_state(hx, "hx", *self._state_shape(B, unbatched))

@@ -8,13 +8,15 @@ PyTorch's constructor signature.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._base import GATES, DTypeLike, Module, State, check_nonlinearity, check_size
+from .._checks import check_lengths, check_probability, check_size
+from .._module import DTypeLike
+from .._spec import layer_roles, layer_suffix, num_directions
+from ._base import RecurrentModule, State, check_nonlinearity
 
 Output = tuple  # (output, h_n) or, for LSTM, (output, (h_n, c_n))
 
@@ -30,13 +32,13 @@ class _SavedForward:
     x: np.ndarray  # (T, B, input_size)
     hx: State | None  # h0 or (h0, c0), (L*D, B, ...), or None for zeros
     y: np.ndarray  # (T, B, D*H_out)
-    saved: object  # the backend's own record
+    saved: object  # the backend's own record (the fused one holds the batch packing)
     lengths: np.ndarray | None  # (B,) int64
     dropout_masks: list | None  # L-1 arrays (T, B, D*H_out)
     unbatched: bool
 
 
-class RecurrentLayer(Module):
+class RecurrentLayer(RecurrentModule):
     """A stack of recurrent layers over a sequence, one or two directions each.
 
     The shared implementation of `LSTM`, `GRU` and `RNN`; see those for the arguments.
@@ -63,8 +65,8 @@ class RecurrentLayer(Module):
         self.num_layers = check_size(num_layers, "num_layers")
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        self.num_directions = 2 if self.bidirectional else 1
-        self.dropout = _check_dropout(dropout)
+        self.num_directions = num_directions(self.bidirectional)
+        self.dropout = check_probability(dropout, "dropout")
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} acts between layers, so it does nothing with "
                           f"num_layers=1 (as in PyTorch)", UserWarning, stacklevel=3)
@@ -72,8 +74,6 @@ class RecurrentLayer(Module):
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
                              f"got {self.proj_size}")
-        self._saved: _SavedForward | None = None
-        self._no_saved_reason = "no forward has run yet"
         self._reset_parameters()
 
     @property
@@ -82,19 +82,14 @@ class RecurrentLayer(Module):
         return self.proj_size or self.hidden_size
 
     def _parameter_shapes(self) -> dict[str, tuple]:
-        rows = GATES[self._mode] * self.hidden_size
+        H_out = self._output_size
         shapes = {}
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else self.num_directions * self._output_size
+            layer_input = self.input_size if layer == 0 else self.num_directions * H_out
+            role_shapes = self._role_shapes(layer_input, H_out, self.proj_size)
             for direction in range(self.num_directions):
-                sfx = f"_l{layer}{'_reverse' if direction else ''}"
-                shapes[f"weight_ih{sfx}"] = (rows, layer_input)
-                shapes[f"weight_hh{sfx}"] = (rows, self._output_size)
-                if self.bias:
-                    shapes[f"bias_ih{sfx}"] = (rows,)
-                    shapes[f"bias_hh{sfx}"] = (rows,)
-                if self.proj_size:
-                    shapes[f"weight_hr{sfx}"] = (self.proj_size, self.hidden_size)
+                for role in layer_roles(self.bias, self.proj_size):
+                    shapes[f"{role}{layer_suffix(layer, direction)}"] = role_shapes[role]
         return shapes
 
     # ------------------------------------------------------------ forward
@@ -127,7 +122,10 @@ class RecurrentLayer(Module):
         if unbatched:
             h0, c0 = _batch_axis(h0), _batch_axis(c0)
         hx_stack = None if hx is None else ((h0, c0) if self._has_cell_state else h0)
-        lengths = self._check_lengths(lengths, T, B, unbatched)
+        if lengths is not None and unbatched:
+            raise ValueError("lengths needs batched input; unbatched x (T, input_size) is one "
+                             "sequence: pass x[:n] instead")
+        lengths = check_lengths(lengths, T, B)  # here, before the dropout masks are drawn
         masks = self._dropout_masks(T, B)
         if self.training:  # own copies: the caller may refill its buffers before backward
             x_time_major = _own_copy(x_time_major, x)
@@ -138,11 +136,8 @@ class RecurrentLayer(Module):
             training=self.training, **self._stack_options)
         if self.training:
             y.flags.writeable = False
-            self._saved = _SavedForward(x_time_major, hx_stack, y, saved, lengths, masks,
-                                        unbatched)
-        else:
-            self._forget_saved("the last forward ran in eval mode, which saves nothing for "
-                               "backward; call train() and run forward again")
+        self._keep_for_backward(_SavedForward(x_time_major, hx_stack, y, saved, lengths, masks,
+                                              unbatched) if self.training else None)
         output = self._from_time_major(y, unbatched)
         if unbatched:
             h_n, c_n = h_n[:, 0], (None if c_n is None else c_n[:, 0])
@@ -179,10 +174,7 @@ class RecurrentLayer(Module):
         dhx : shape of hx (LSTM: (dh_0, dc_0)); also when forward was given no hx, as the
             gradient of its zero initial state
         """
-        saved = self._saved
-        if saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a training-mode forward "
-                               f"first: {self._no_saved_reason}")
+        saved = self._require_saved()
         T, B = saved.x.shape[:2]
         out_shape, out_axes = self._output_layout(T, B, saved.unbatched)
         dy = None
@@ -202,11 +194,6 @@ class RecurrentLayer(Module):
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
         return dx, ((dh0, dc0) if self._has_cell_state else dh0)
-
-    def _forget_saved(self, reason: str = "load_state_dict discarded the state saved by the "
-                                          "last forward; run forward again") -> None:
-        self._saved = None
-        self._no_saved_reason = reason
 
     # ------------------------------------------------------------ layouts and checks
 
@@ -235,16 +222,10 @@ class RecurrentLayer(Module):
 
     def _input_time_major(self, x: object) -> tuple:
         """``x`` checked and as a (T, B, input_size) array, and whether it was unbatched."""
-        if isinstance(x, np.ndarray) and x.ndim not in (2, 3):
-            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
-            raise ValueError(f"x must have shape {layout} or unbatched (T, input_size) with "
-                             f"input_size = {self.input_size}, but has {x.shape}")
-        unbatched = isinstance(x, np.ndarray) and x.ndim == 2
-        if unbatched:
-            self._check_array(x, "x", (None, self.input_size), ("T", "input_size"))
-        else:
-            axes = ("B", "T", "input_size") if self.batch_first else ("T", "B", "input_size")
-            self._check_array(x, "x", (None, None, self.input_size), axes)
+        axes = ("B", "T", "input_size") if self.batch_first else ("T", "B", "input_size")
+        self._check_array(x, "x", (None, None, self.input_size), axes,
+                          unbatched=((None, self.input_size), ("T", "input_size")))
+        unbatched = x.ndim == 2
         self._check_rows(x.shape[0] * (1 if unbatched else x.shape[1]))  # before any copy
         return self._to_time_major(x, unbatched), unbatched
 
@@ -260,29 +241,6 @@ class RecurrentLayer(Module):
             return a[:, 0]
         return a.swapaxes(0, 1) if self.batch_first else a
 
-    def _check_lengths(self, lengths: object, T: int, B: int,
-                       unbatched: bool) -> np.ndarray | None:
-        """``lengths`` as an int64 array (B,) in 1..T (a copy), or None."""
-        if lengths is None:
-            return None
-        if unbatched:
-            raise ValueError("lengths needs batched input; unbatched x (T, input_size) is one "
-                             "sequence: pass x[:n] instead")
-        try:
-            array = np.asarray(lengths)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"lengths must be a sequence of integers: {error}") from None
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"lengths must hold integers, but has dtype {array.dtype}")
-        if array.shape != (B,):
-            raise ValueError(f"lengths must have shape (B,) = ({B},), one per batch item, "
-                             f"but has {array.shape}")
-        bad = np.flatnonzero((array < 1) | (array > T))
-        if bad.size:
-            raise ValueError(f"lengths must be in 1..T = 1..{T}, but lengths[{bad[0]}] = "
-                             f"{array[bad[0]]}")
-        return array.astype(np.int64)
-
     def _dropout_masks(self, T: int, B: int) -> list | None:
         """num_layers - 1 masks (T, B, D*H_out): Bernoulli(1-p) / (1-p), training mode only."""
         if not self.training or self.dropout == 0 or self.num_layers == 1:
@@ -294,14 +252,6 @@ class RecurrentLayer(Module):
         scale = self.dtype.type(1.0 / keep)
         return [(self._rng.random(shape) < keep).astype(self.dtype) * scale
                 for _ in range(self.num_layers - 1)]
-
-
-def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-        raise TypeError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    if not 0 <= dropout <= 1:
-        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-    return float(dropout)
 
 
 def _batch_axis(a: np.ndarray | None) -> np.ndarray | None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-# Gate blocks of H rows each in weight_ih / weight_hh, and the workspace layout per cell
-# (docs/kernels.md): a gates part (T, B, GATES*H) then a second part (T, B, SAVED*H).
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from .._checks import check_lengths
+from .._spec import GATES  # gate blocks of H rows each in weight_ih / weight_hh
+
+# The workspace layout per cell (docs/kernels.md): a gates part (T, B, GATES*H) then a second
+# part (T, B, SAVED*H).
 _WORKSPACE_BLOCKS = {"lstm": (4, 1), "gru": (3, 1), "rnn": (0, 0)}
 
 
@@ -100,23 +102,11 @@ def check_shapes(
     return T, B, I, H
 
 
-def check_lengths(lengths: ArrayLike | None, T: int, B: int) -> np.ndarray:
-    """``lengths`` as a fresh int64 array (B,); ``None`` means every item has all ``T`` steps.
-
-    ``TypeError`` unless the entries are integers (bool and float are refused, even ``3.0``);
-    ``ValueError`` unless there are ``B`` of them, each in ``1..T``.
-    """
-    if lengths is None:
-        return np.full(B, T, dtype=np.int64)
-    array = np.asarray(lengths)
-    if array.ndim != 1 or array.shape[0] != B:
-        raise ValueError(f"lengths must have one entry per item, shape ({B},), got {array.shape}")
-    if array.size and (array.dtype == bool or not np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
-    array = array.astype(np.int64)
-    if np.any(array < 1) or np.any(array > T):
-        raise ValueError(f"lengths must be in 1..T = 1..{T}, got {array.tolist()}")
-    return array
+def lengths_or_full(lengths: ArrayLike | None, T: int, B: int) -> np.ndarray:
+    """``lengths`` checked (`fusedrnn._checks.check_lengths`: a fresh int64 array (B,), each in
+    1..T); ``None`` means every item has all ``T`` steps."""
+    checked = check_lengths(lengths, T, B)
+    return np.full(B, T, dtype=np.int64) if checked is None else checked
 
 
 def valid_steps(lengths: np.ndarray, T: int) -> np.ndarray:

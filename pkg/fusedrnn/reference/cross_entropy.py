@@ -6,11 +6,9 @@ Readable before fast: one NumPy expression per line of math.
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from .._checks import DTYPES, check_ignore_index
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
@@ -69,7 +67,7 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction):
     if not isinstance(logits, np.ndarray):
         raise TypeError(f"logits must be a numpy.ndarray of float32 or float64, got "
                         f"{type(logits).__name__}")
-    if logits.dtype not in _DTYPES:
+    if logits.dtype not in DTYPES:
         raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
     if logits.ndim != 2:
         raise ValueError(f"logits must have 2 dimensions (N, num_classes), but has {logits.ndim}")
@@ -91,14 +89,3 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction):
         raise ValueError(f"targets[{n}] = {targets[n]} is out of range: a target must be a class "
                          f"in [0, num_classes) = [0, {V}) or ignore_index = {ignore_index}")
     return logits, targets, ignore_index, reduction == "mean"
-
-
-def check_ignore_index(ignore_index) -> int:
-    """``ignore_index`` as an int: any integer (numpy ones too), never a bool or a float."""
-    if isinstance(ignore_index, (bool, np.bool_)):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    try:
-        return operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an integer, got "
-                        f"{type(ignore_index).__name__}") from None

@@ -23,13 +23,13 @@ from numpy.typing import ArrayLike
 from ._common import (
     accumulate_linear,
     advance,
-    check_lengths,
     check_shapes,
     dsigmoid,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    lengths_or_full,
     linear,
     new_workspace,
     only_valid,
@@ -93,7 +93,7 @@ def gru_forward(
     T, B, _, H = check_shapes(
         "gru", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
     )
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
     gates_all = np.zeros((T, B, 3 * H), dtype=x.dtype)  # all three in step order
     hn_or_rh = np.zeros((T, B, H), dtype=x.dtype)
@@ -181,7 +181,7 @@ def gru_backward(
     T, B, _, H = check_shapes(
         "gru", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, y=y, dy=dy, dh_n=dh_n
     )
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)
     saved_gates, saved_hn_or_rh = split_workspace(workspace, "gru", T, B, H, x.dtype)
     # everything below in step order (the order the forward ran its steps)

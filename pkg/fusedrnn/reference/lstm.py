@@ -20,13 +20,13 @@ from numpy.typing import ArrayLike
 from ._common import (
     accumulate_linear,
     advance,
-    check_lengths,
     check_shapes,
     dsigmoid,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    lengths_or_full,
     linear,
     new_workspace,
     only_valid,
@@ -104,7 +104,7 @@ def lstm_forward(
         bias_hh=bias_hh,
         weight_hr=weight_hr,
     )
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
     P = h0.shape[1]
     gates_all = np.zeros((T, B, 4 * H), dtype=x.dtype)  # all three in step order
@@ -200,7 +200,7 @@ def lstm_backward(
         dh_n=dh_n,
         dc_n=dc_n,
     )
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)
     P = h0.shape[1]
     saved_gates, saved_c = split_workspace(workspace, "lstm", T, B, H, x.dtype)

@@ -16,12 +16,12 @@ from numpy.typing import ArrayLike
 from ._common import (
     accumulate_linear,
     advance,
-    check_lengths,
     check_shapes,
     dtanh,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    lengths_or_full,
     linear,
     new_workspace,
     only_valid,
@@ -98,7 +98,7 @@ def rnn_forward(
     T, B, _, H = check_shapes(
         "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
     )
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
     y = np.zeros((T, B, H), dtype=x.dtype)  # in step order
 
@@ -168,7 +168,7 @@ def rnn_backward(
     )
     if workspace is not None:
         split_workspace(workspace, "rnn", T, B, H, x.dtype)  # only checks it is the empty one
-    lengths = check_lengths(lengths, T, B)
+    lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)
     # everything below in step order (the order the forward ran its steps)
     # padded steps are no input: whatever x holds there (np.empty garbage, NaN) must not

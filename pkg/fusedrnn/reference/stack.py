@@ -21,17 +21,16 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._checks import check_choice, check_lengths, check_size
+from .._spec import BIASES, GATES, MODES, layer_roles, layer_suffix
 from .._truncation import truncation_steps
-from ._common import GATES, check_lengths, grad_or_zeros
+from ._common import grad_or_zeros
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 from .truncation import truncated_stack_backward
 
 Hidden = np.ndarray | tuple[np.ndarray, np.ndarray] | None
-_SUFFIXES = ("", "_reverse")  # direction d = 0 (forward), 1 (reverse)
-_WEIGHTS = ("weight_ih", "weight_hh")  # roles every layer has
-_BIASES = ("bias_ih", "bias_hh")  # roles a layer may lack
 
 
 @dataclass(frozen=True)
@@ -69,11 +68,12 @@ class _Sizes(NamedTuple):
 
 def _name(role: str, k: int, d: int) -> str:
     """PyTorch's parameter name, e.g. ``weight_hh_l1_reverse``."""
-    return f"{role}_l{k}{_SUFFIXES[d]}"
+    return f"{role}{layer_suffix(k, d)}"
 
 
 def _roles(proj_size: int) -> tuple[str, ...]:
-    return _WEIGHTS + _BIASES + (("weight_hr",) if proj_size else ())
+    """Every role a layer may have (the biases are optional)."""
+    return layer_roles(True, proj_size)
 
 
 def _check_array(name: str, value: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -97,13 +97,9 @@ def _check_sizes(
     proj_size: int,
 ) -> _Sizes:
     """Check the scalars, ``x`` and ``params`` (names, types, shapes); return the sizes."""
-    if mode not in GATES:
-        raise ValueError(f"mode must be one of {sorted(GATES)}, got {mode!r}")
-    for name, value, least in (("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < least:
-            raise ValueError(f"{name} must be >= {least}, got {value}")
+    check_choice(mode, "mode", MODES)
+    num_layers = check_size(num_layers, "num_layers", 1)
+    proj_size = check_size(proj_size, "proj_size", 0)
     if proj_size and mode != "lstm":
         raise ValueError(f"proj_size > 0 is only for mode='lstm', got mode={mode!r}")
     if not isinstance(x, np.ndarray):
@@ -120,8 +116,8 @@ def _check_sizes(
     setting += f"proj_size={proj_size})"
     layers = [(k, d) for k in range(L) for d in range(D)]
     roles = _roles(proj_size)
-    required = {_name(role, k, d) for k, d in layers for role in roles if role not in _BIASES}
-    optional = {_name(role, k, d) for k, d in layers for role in _BIASES}
+    required = {_name(role, k, d) for k, d in layers for role in roles if role not in BIASES}
+    optional = {_name(role, k, d) for k, d in layers for role in BIASES}
     missing = sorted(required - set(params))
     if missing:
         raise ValueError(f"params is missing {missing} for {setting}")

@@ -1,0 +1,119 @@
+// What every recurrent cell's kernel takes: one layer, one direction, over a whole sequence
+// (lstm.h, gru.h and rnn.h give each cell's equations and workspace; docs/kernels.md the
+// contract). One arguments struct per pass, the same for the three cells, so that the bindings
+// and the layer stack fill it by name and the kernels read it by name.
+//
+// Sizes: T steps, batch B, input I, hidden H, LSTM projection P (0: none), R = P ? P : H,
+// G = gates_of(cell) * H. All arrays are dense, C order, of one dtype T (float or double).
+// batch_sizes [T] (null: all B rows every step): rows [0, batch_sizes[t]) run at step t, the batch
+// sorted longest first; the other rows' y and workspace entries are zero at that step, and h_n /
+// c_n hold each row's state after its own last step.
+// The caller owns all memory: the workspace (saved by a training forward for backward) and the
+// scratch (need not survive a call) are sized by the cell's *_workspace_size and *_scratch_size.
+// Accumulation: parameter gradients +=, activation gradients =. Null bias gradients are skipped.
+#pragma once
+#include <cstdint>
+
+namespace fusedrnn {
+
+enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
+
+// The gate blocks of a cell's weights: w_ih is [gates_of(cell)*H, I] (LSTM i,f,g,o; GRU r,z,n;
+// the Elman RNN one block).
+constexpr int64_t gates_of(CellKind cell) {
+  return cell == CellKind::lstm ? 4 : cell == CellKind::gru ? 3 : 1;
+}
+
+enum class RnnActivation : int { tanh = 0, relu = 1 };
+
+// The sizes of one pass, and the variant of the cell.
+struct CellShape {
+  int64_t steps = 0;   // T
+  int64_t batch = 0;   // B
+  int64_t input = 0;   // I
+  int64_t hidden = 0;  // H
+  int64_t proj = 0;    // P: LSTM only, 0 = no projection
+  bool reset_after = true;                  // GRU: PyTorch's form (true) or Cho 2014's (false)
+  RnnActivation act = RnnActivation::tanh;  // Elman RNN
+  int64_t out() const { return proj ? proj : hidden; }  // R
+};
+
+template <typename T>
+struct LayerWeights {  // one layer, one direction
+  const T* w_ih;  // [G,I]
+  const T* w_hh;  // [G,R]
+  const T* b_ih;  // [G] or null (zeros)
+  const T* b_hh;  // [G] or null (zeros)
+  const T* w_hr;  // [P,H]; null without a projection
+};
+
+template <typename T>
+struct LayerGrads {  // accumulated into (+=); null biases are skipped
+  T* dw_ih;  // [G,I]
+  T* dw_hh;  // [G,R]
+  T* db_ih;  // [G] or null
+  T* db_hh;  // [G] or null
+  T* dw_hr;  // [P,H]; null without a projection
+};
+
+template <typename T>
+struct CellForwardArgs {
+  // outputs
+  T* y = nullptr;    // [T,B,R]
+  T* h_n = nullptr;  // [B,R]
+  T* c_n = nullptr;  // [B,H] (LSTM; null for the others)
+  // inputs
+  const T* x = nullptr;   // [T,B,I]
+  const T* h0 = nullptr;  // [B,R]
+  const T* c0 = nullptr;  // [B,H] (LSTM; null for the others)
+  LayerWeights<T> w{};    // biases null: zeros; w_hr only with a projection
+  const int64_t* batch_sizes = nullptr;  // [T] or null
+  // saved and scratch
+  T* workspace = nullptr;  // [<cell>_workspace_size(T, ...)]; null = inference, nothing saved
+  T* scratch = nullptr;    // [<cell>_forward_scratch_size(shape, training)]
+  // sizes
+  CellShape shape;
+};
+
+// Backward of steps [first_step, first_step + shape.steps) of a sequence whose training forward
+// saved `workspace` for saved_steps >= first_step + shape.steps steps (a whole sequence:
+// first_step = 0, saved_steps = shape.steps). The sequences dx, dy, x, y and batch_sizes start at
+// step first_step; h0 / c0 are the states entering it, dh_n / dc_n the gradients leaving its last
+// step. dh0 / dc0 carry the state gradients backwards in time: rows past their length at a step
+// are not touched, so dh_n / dc_n reach each row's last step.
+template <typename T>
+struct CellBackwardArgs {
+  // outputs
+  T* dx = nullptr;      // [T,B,I] (=); null: not computed
+  T* dh0 = nullptr;     // [B,R] (=)
+  T* dc0 = nullptr;     // [B,H] (=) (LSTM; null for the others)
+  LayerGrads<T> g{};    // (+=)
+  // inputs
+  const T* dy = nullptr;    // [T,B,R] or null (zeros)
+  const T* dh_n = nullptr;  // [B,R] or null (zeros)
+  const T* dc_n = nullptr;  // [B,H] or null (zeros) (LSTM)
+  const T* x = nullptr;     // [T,B,I]
+  const T* h0 = nullptr;    // [B,R]
+  const T* c0 = nullptr;    // [B,H] (LSTM; null for the others)
+  LayerWeights<T> w{};      // the biases are not read
+  const T* y = nullptr;     // [T,B,R]: the forward's output
+  const int64_t* batch_sizes = nullptr;  // [T] or null
+  // saved and scratch
+  const T* workspace = nullptr;  // [<cell>_workspace_size(saved_steps, ...)]
+  int64_t saved_steps = 0;
+  int64_t first_step = 0;
+  T* scratch = nullptr;  // [<cell>_backward_scratch_size(shape)]
+  // sizes
+  CellShape shape;
+};
+
+// The three cells through one call each (recurrent_cell.cpp): the layer stack and the bindings.
+int64_t cell_workspace_size(CellKind cell, const CellShape& s);  // 0 for the RNN
+int64_t cell_forward_scratch_size(CellKind cell, const CellShape& s, bool training);
+int64_t cell_backward_scratch_size(CellKind cell, const CellShape& s);
+template <typename T>
+void cell_forward(CellKind cell, const CellForwardArgs<T>& a);
+template <typename T>
+void cell_backward(CellKind cell, const CellBackwardArgs<T>& a);
+
+}  // namespace fusedrnn

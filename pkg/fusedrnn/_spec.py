@@ -1,0 +1,56 @@
+"""The facts of the recurrent cells that every part of fusedrnn spells the same way: how many gate
+blocks each cell has, and PyTorch's names of the parameters of a cell and of a layer stack.
+
+The layers, the fused functions, the NumPy reference, the benchmark and the tests all read them
+from here, so that a name or a count is written once.
+"""
+
+from __future__ import annotations
+
+# Gate blocks of hidden_size rows each in weight_ih / weight_hh / the biases, in PyTorch's order:
+# LSTM i, f, g, o; GRU r, z, n; Elman RNN one.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+MODES = tuple(GATES)  # the kernel families, "lstm", "gru", "rnn"
+
+# The parameters of one cell (one layer, one direction), in PyTorch's order; a stack's parameter
+# of layer k, direction d is the role with the suffix `layer_suffix(k, d)`.
+CELL_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+BIASES = ("bias_ih", "bias_hh")  # the roles a layer built with bias=False lacks
+PROJECTION = "weight_hr"  # LSTM with proj_size > 0 only: h = weight_hr (o * tanh(c))
+STACK_ROLES = CELL_PARAMETERS + (PROJECTION,)
+
+DIRECTION_SUFFIXES = ("", "_reverse")  # direction 0 runs forward in time, 1 backward
+
+
+def num_directions(bidirectional: bool) -> int:
+    """``D``: 2 for a bidirectional stack, else 1."""
+    return 2 if bidirectional else 1
+
+
+def layer_suffix(layer: int, direction: int) -> str:
+    """PyTorch's suffix of layer ``layer``, direction ``direction``: ``_l1_reverse``."""
+    return f"_l{layer}{DIRECTION_SUFFIXES[direction]}"
+
+
+def layer_roles(bias: bool = True, proj_size: int = 0) -> tuple:
+    """The roles every layer and direction of a stack has, in PyTorch's order."""
+    return (CELL_PARAMETERS if bias else CELL_PARAMETERS[:2]) + ((PROJECTION,) if proj_size else ())
+
+
+def stack_param_names(mode: str, num_layers: int, bidirectional: bool, bias: bool = True,
+                      proj_size: int = 0) -> list:
+    """PyTorch's parameter names of a stack, in its order (``_flat_weights_names``).
+
+    ``mode`` is the cell ('lstm', 'gru', 'rnn'); the names are the same for all three (only an
+    LSTM has ``proj_size``).
+
+    Examples
+    --------
+    >>> stack_param_names("gru", 1, True, bias=False)
+    ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
+    """
+    roles = layer_roles(bias, proj_size)
+    return [f"{role}{layer_suffix(layer, direction)}"
+            for layer in range(num_layers)
+            for direction in range(num_directions(bidirectional))
+            for role in roles]
