@@ -2,8 +2,8 @@
 # Cross-compile fusedrnn for aarch64 Linux with GCC and run tests under qemu-user: the check that
 # on a CPU without x86 instruction sets (AWS Graviton, Linux on Apple silicon) the sources build,
 # the portable baseline (16-byte generic vectors, which GCC maps to NEON) is the path chosen, and
-# its results pass the tests. Not part of .ci/run: under emulation the default files take about
-# half an hour on 2 cores (the first run also fetches about 100 MB of Debian packages).
+# its results pass the tests. Not part of .ci/run: on 2 busy cores the build took 5 minutes and
+# the default tests 21 under emulation (the first run also fetches about 140 MB of Debian packages).
 #
 #   bash tools/aarch64.sh [pytest args]
 #
@@ -85,6 +85,8 @@ export PYTHONPATH="$out/pkg"
 run_arm64 -c 'import fusedrnn, platform; assert platform.machine() == "aarch64"
 assert fusedrnn._core.active_isa() == "baseline", fusedrnn._core.active_isa()
 fusedrnn.show_config()'
-if [[ $# -eq 0 ]]; then set -- -q "${default_tests[@]}"; fi
+# The two tests that time one 60000-step call against the other thread's calls: under emulation
+# that call alone outlasts their two-minute join.
+if [[ $# -eq 0 ]]; then set -- -q -k "not two_threads_overlap" "${default_tests[@]}"; fi
 run_arm64 -m pytest -p no:cacheprovider "$@"
 echo "aarch64.sh: done in $((SECONDS - start)) s"
