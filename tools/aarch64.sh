@@ -28,6 +28,7 @@ default_tests=(
   tests/test_fused_vs_reference.py tests/test_stack_fused_vs_reference.py
   tests/test_cross_entropy.py tests/test_attention.py tests/test_nn.py tests/test_layers.py
   tests/test_truncation.py tests/test_nonfinite.py tests/test_threads.py
+  tests/test_build_config.py
 )
 
 fail() {
@@ -44,8 +45,8 @@ pybind11_include="$(python -c 'import pybind11; print(pybind11.get_include())')"
 if [[ ! -x "$root/usr/bin/python3" ]]; then
   command -v debootstrap > /dev/null || fail "no debootstrap: apt-get install debootstrap"
   mkdir -p "$root"
-  debootstrap --arch=arm64 --foreign --variant=minbase \
-    --include=python3,python3-dev,python3-numpy,python3-scipy,python3-pytest,python3-hypothesis,libgomp1 \
+  packages=python3,python3-dev,python3-numpy,python3-scipy,python3-pytest,python3-hypothesis
+  debootstrap --arch=arm64 --foreign --variant=minbase --include="$packages,libgomp1" \
     bookworm "$root" http://deb.debian.org/debian
   for deb in "$root"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
   # What update-alternatives would link: numpy and scipy load libblas.so.3 and liblapack.so.3.
