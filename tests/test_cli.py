@@ -27,8 +27,8 @@ COLUMNS = ["case", "B", "T", "I", "H", "pass", "check", "fused ms", "ref ms", "t
 @pytest.fixture(autouse=True)
 def fast_timing(monkeypatch):
     """A 256^3 GEMM for the ceiling instead of 2048^3, and no pause between libraries."""
-    monkeypatch.setattr(bench, "GEMM_SIZE", 256)
-    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(bench.machine, "GEMM_SIZE", 256)
+    monkeypatch.setattr(bench.timing, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_a_wrong_torch_result_leaves_torch_out_of_the_row(capsys, monkeypatch):
         call = real(*args, **kwargs)
         return lambda: {**call(), "y": np.zeros(1)}
 
-    monkeypatch.setattr(bench, "torch_pass", wrong_y)
+    monkeypatch.setattr(bench.implementations, "torch_pass", wrong_y)
     code, out, _ = run(capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1")
     assert code == 0  # the fused kernels are fine
     for row in table_rows(out)[1:]:
@@ -255,7 +255,7 @@ def test_attention_rows_are_validated_and_timed(capsys):
     assert all(row[6] == "ok" for row in rows)
     assert "T = L queries and keys, I = E head size, H heads" in out
     # the saved state: out and one lse per query row, (2*3*9*(4+1)) float32
-    assert all(row[-2] == bench._fmt_bytes(2 * 3 * 9 * 5 * 4) for row in rows)
+    assert all(row[-2] == bench.report._fmt_bytes(2 * 3 * 9 * 5 * 4) for row in rows)
 
 
 def test_a_wrong_attention_result_is_a_fail(capsys, monkeypatch, no_torch):
@@ -339,8 +339,8 @@ def test_measure_times_fast_calls_for_min_seconds_and_exactly_repeats_without():
 
 def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
     clock = [0.0]  # every call takes exactly 10 ms of a fake clock, however busy the machine
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(bench.timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.timing.time, "sleep", lambda seconds: None)
 
     def takes_10_ms():
         clock[0] += 0.01
@@ -348,7 +348,7 @@ def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
     row = bench.Row(case="lstm", cell="lstm", B=1, T=1, I=1, H=1, pass_name="forward",
                     dtype="float32", flops=1, workspace_bytes=None)
     budget = 0.2
-    bench._time_calls(row, {"fused": takes_10_ms, "reference": takes_10_ms}, repeats=100,
+    bench.runner._time_calls(row, {"fused": takes_10_ms, "reference": takes_10_ms}, repeats=100,
                       budget=budget, ceiling=1.0)
     assert row.calls["fused"] == pytest.approx(budget / 0.01, abs=1)
     assert row.calls["reference"] == pytest.approx(
