@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over the default sweep of ``python -m fusedrnn bench``.
+"""pytest-benchmark suite over the full sweep of ``python -m fusedrnn bench --full``.
 
 Run with ``pytest benchmarks/`` (kept out of the default test run, whose testpaths is tests/).
 Cases, inputs and the calls themselves come from `fusedrnn.bench`, so this suite and the command
@@ -16,7 +16,7 @@ from fusedrnn import bench, functional, reference
 DTYPE = np.float32
 REFERENCE_MAX_FLOPS = 1e9  # the reference runs at a few GFLOP/s: above this it takes seconds
 
-CASE_PASSES = [(case, p) for case in bench.SWEEPS["default"].cases for p in case.passes]
+CASE_PASSES = [(case, p) for case in bench.SWEEPS["full"].cases for p in case.passes]
 
 
 def _params(case_passes: list[tuple[bench.Case, str]]) -> list:

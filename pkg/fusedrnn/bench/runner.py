@@ -17,23 +17,34 @@ from . import implementations, machine, timing
 from .cases import TRAINING_PASSES, Case
 from .implementations import Outputs, compare, import_torch, make_inputs, numpy_pass, truth_pass
 from .machine import MemoryPeak, cpu_name, gemm_ceiling
-from .report import Report, Row
+from .report import TORCH_MISSING, Report, Row
 from .timing import measure, thread_limit
 
 
 class Progress:
-    """A one-line progress bar rewritten in place with ``\\r`` (on stderr by default)."""
+    """A one-line progress bar with the seconds elapsed (on stderr by default).
+
+    On a terminal the line is rewritten in place with ``\\r`` and erased at the end; elsewhere
+    (a log file, a pipe) each step is a line of its own.
+    """
 
     def __init__(self, total: int, stream: TextIO | None = None, width: int = 24) -> None:
         self.total, self.done, self.width = total, 0, width
         self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
         self._last = 0
 
     def show(self, label: str) -> None:
         """Draw the bar with ``label`` as the step now running."""
         filled = self.width * self.done // max(self.total, 1)
-        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label}"
-        self.stream.write("\r" + line.ljust(self._last))
+        seconds = time.perf_counter() - self.start
+        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                f"{seconds:3.0f}s {label}")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._last))
+        else:
+            self.stream.write(line + "\n")
         self.stream.flush()
         self._last = len(line)
 
@@ -42,9 +53,10 @@ class Progress:
         self.done += 1
 
     def close(self) -> None:
-        """Erase the bar."""
-        self.stream.write("\r" + " " * self._last + "\r")
-        self.stream.flush()
+        """Erase the bar (on a terminal)."""
+        if self.tty:
+            self.stream.write("\r" + " " * self._last + "\r")
+            self.stream.flush()
 
 
 def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
@@ -117,7 +129,7 @@ def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
         return {}
     calls = {"fused": fused, "reference": numpy_pass(reference, case, inputs, row.pass_name)}
     if torch is None:
-        row.torch_status = "not installed"
+        row.torch_status = TORCH_MISSING
     elif not case.variant.in_torch:
         row.torch_status = "n/a"
     else:
@@ -152,11 +164,19 @@ def _time_calls(row: Row, calls: dict[str, Callable[[], Outputs]], repeats: int,
     row.ceiling_percent = 100 * row.gflops / ceiling
 
 
+MAX_CEILING_REMEASURES = 2
+"""How often a run measures the GEMM ceiling again after a row read above it."""
+
+
 def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
               threads: int | None = None, repeats: int = 7, budget: float = 1.0,
               sweep: str = "custom", note: str = "", progress: bool = True,
               min_seconds: float = 0.0) -> Report:
     """Measure the ceiling, then validate and time every case.
+
+    When a row's fused rate reads above the ceiling, the ceiling was probably measured in a slow
+    spell of this shared machine: it is measured again (at most `MAX_CEILING_REMEASURES` times)
+    and every row's ``% peak`` is taken of the best measurement.
 
     Parameters
     ----------
@@ -170,35 +190,55 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
     sweep, note : str
         The sweep's name and note, for the header.
     progress : bool
-        Show a progress bar on stderr.
+        Show a progress bar on stderr, from the first step (importing PyTorch) on.
 
     Returns
     -------
     Report
     """
     load_at_start = os.getloadavg()[0]
-    torch = import_torch()
     threads = threads or _config.get_num_threads()
     steps = sum(len(case.passes) for case in cases)
-    bar = Progress(steps + 1) if progress else None
+    bar = Progress(steps + 2) if progress else None  # + importing PyTorch, the ceiling
+    _show(bar, "importing PyTorch, if installed (for its columns)")
+    torch = import_torch()
+    _step(bar)
     with thread_limit(threads, torch) as reference_threads:
-        if bar:
-            bar.show("float32 GEMM ceiling")
-        ceiling = gemm_ceiling(machine.GEMM_SIZE)
-        if bar:
-            bar.step()
-        rows = [row for case in cases
-                for row in run_case(case, dtype, repeats, budget, torch, ceiling, bar,
-                                    min_seconds)]
+        _show(bar, f"measuring the float32 GEMM ceiling (numpy, {machine.GEMM_SIZE}^3)")
+        ceilings = [gemm_ceiling(machine.GEMM_SIZE)]
+        _step(bar)
+        rows: list[Row] = []
+        for case in cases:
+            case_rows = run_case(case, dtype, repeats, budget, torch, max(ceilings), bar,
+                                 min_seconds)
+            over = [row for row in case_rows if row.over_ceiling]
+            if over and len(ceilings) <= MAX_CEILING_REMEASURES:
+                _show(bar, f"{over[0].label} read {over[0].ceiling_percent:.0f}% of the GEMM "
+                      "ceiling: measuring the ceiling again")
+                ceilings.append(gemm_ceiling(machine.GEMM_SIZE))
+            rows += case_rows
         config = _config.config()
     if bar:
         bar.close()
+    ceiling = max(ceilings)
+    for row in rows:
+        if row.gflops is not None:
+            row.ceiling_percent = 100 * row.gflops / ceiling
     return Report(
         date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         cpu=cpu_name(), threads=threads, dtype=np.dtype(dtype).name,
         gemm_ceiling_gflops=ceiling, reference_threads=reference_threads,
-        torch=f"{torch.__version__}" if torch else "not installed", sweep=sweep, note=note,
+        torch=f"{torch.__version__}" if torch else TORCH_MISSING, sweep=sweep, note=note,
         load_average=(load_at_start, os.getloadavg()[0]), config=config, rows=rows,
+        gemm_ceiling_measurements=ceilings,
     )
 
 
+def _show(bar: Progress | None, label: str) -> None:
+    if bar:
+        bar.show(label)
+
+
+def _step(bar: Progress | None) -> None:
+    if bar:
+        bar.step()
