@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import bench
+from . import bench, char_lm
 
 
 def _positive_int(text: str) -> int:
@@ -173,36 +173,16 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_train_charlm(subparsers: argparse._SubParsersAction) -> None:
-    # Listed here for --help; `main` hands everything after the name to the example's own parser.
+    # Listed here for --help; `main` hands everything after the name to char_lm's own parser.
     parser = subparsers.add_parser(
         "train-charlm", add_help=False,
-        help="train a character-level language model with TBPTT (examples/char_lm.py; "
+        help="train a character-level language model with TBPTT (fusedrnn.char_lm; "
         "`fusedrnn train-charlm --help` for its options)")
     parser.set_defaults(handler=lambda args: _run_train_charlm([]))
 
 
-def load_char_lm():
-    """The char-LM example as a module: shipped in the package as ``fusedrnn._char_lm`` (a copy
-    of examples/char_lm.py made at build time), else read from the source checkout."""
-    try:
-        from . import _char_lm
-    except ImportError:
-        import importlib.util
-        from pathlib import Path
-
-        path = Path(__file__).resolve().parents[2] / "examples" / "char_lm.py"
-        if not path.is_file():
-            raise SystemExit(f"train-charlm needs examples/char_lm.py, not found at {path}") \
-                from None
-        spec = importlib.util.spec_from_file_location("fusedrnn._char_lm", path)
-        _char_lm = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = _char_lm  # its dataclass looks the module up there
-        spec.loader.exec_module(_char_lm)
-    return _char_lm
-
-
 def _run_train_charlm(argv: Sequence[str]) -> int:
-    load_char_lm().main(list(argv), prog="fusedrnn train-charlm")
+    char_lm.main(list(argv), prog="fusedrnn train-charlm")
     return 0
 
 
@@ -229,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0, 1 when a case failed validation; argparse exits with 2 on bad arguments.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train-charlm"]:  # its options are the example's own
+    if argv[:1] == ["train-charlm"]:  # its options are char_lm's own
         return _run_train_charlm(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
