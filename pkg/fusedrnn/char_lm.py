@@ -35,8 +35,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-import fusedrnn
 import numpy as np
+
+import fusedrnn
 from fusedrnn.sampling import sample
 
 UNKNOWN = "\ufffd"  # stands for every character too rare to get its own class

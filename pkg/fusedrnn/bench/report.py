@@ -100,7 +100,7 @@ class Report:
         ceiling = (f"# float32 GEMM ceiling: {self.gemm_ceiling_gflops:.1f} GFLOP/s (numpy, "
                    f"{GEMM_SIZE}^3, best of 5")
         if len(self.gemm_ceiling_measurements) > 1:
-            ceiling += ("; measured again after a row read above it: "
+            ceiling += ("; measured at the start and again after a row read above it: "
                         + ", ".join(f"{g:.1f}" for g in self.gemm_ceiling_measurements))
         lines = [
             f"# fusedrnn {cfg['fusedrnn']} bench ({self.sweep} sweep), {self.date}, {self.dtype}",
@@ -143,14 +143,14 @@ class Report:
         ]
         if any(row.over_ceiling for row in self.rows):
             lines += _wrap([OVER_CEILING_NOTE], "  ")
-        for row in self.rows:
-            for problem in row.problems:
-                lines.append(f"mismatch, {row.label} {row.pass_name}: {problem}")
+        lines += _wrap([f"mismatch, {row.label} {row.pass_name}: {problem}"
+                        for row in self.rows for problem in row.problems], "  ")
         return "\n".join(lines)
 
     def summary(self) -> list[str]:
-        """Three lines: in how many rows fused is faster, and its best and worst row against
-        PyTorch and against the reference (the speed-up, their ms / fused ms)."""
+        """Three lines (wrapped at `WIDTH`): in how many rows fused is faster, and its best and
+        worst row against PyTorch and against the reference (the speed-up, their ms / fused ms).
+        """
         baselines = {"PyTorch": "speedup_torch", "the reference": "speedup_reference"}
         measured = {name: [row for row in self.rows if getattr(row, attr) is not None]
                     for name, attr in baselines.items()}
@@ -179,7 +179,7 @@ class Report:
 
 
 WIDTH = 120
-"""Columns the table, its header and the summary fit in (a terminal a little wider than 100)."""
+"""Columns the header, the table of a named sweep and the summary fit in."""
 
 TORCH_MISSING = "not installed"
 """`Report.torch` and `Row.torch_status` when PyTorch cannot be imported."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,8 @@ class Progress:
         seconds = time.perf_counter() - self.start
         line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
                 f"{seconds:3.0f}s {label}")
-        if self.tty:
+        if self.tty:  # cut to the terminal's width: a wrapped line could not be rewritten
+            line = line[:shutil.get_terminal_size().columns - 1]
             self.stream.write("\r" + line.ljust(self._last))
         else:
             self.stream.write(line + "\n")
