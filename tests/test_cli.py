@@ -289,7 +289,9 @@ def test_python_dash_m_entry_point():
         check=False, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "rnn" in result.stdout and "inference" in result.stdout
+    assert [(row["case"], row["pass"]) for row in table_rows(result.stdout)] == [
+        ("rnn", "fwd"), ("rnn", "fwd+bwd"), ("rnn", "infer")]
+    assert "importing PyTorch" in result.stderr.splitlines()[0]
 
 
 # ---------------------------------------------------------------- attention rows
