@@ -1,27 +1,25 @@
-"""The character-level language model example (examples/char_lm.py): a short training run on a
-fixed seed makes the held-out loss go down and beat the unigram model, on both backends alike."""
+"""The character-level language model (`fusedrnn.char_lm`, behind ``fusedrnn train-charlm`` and
+examples/char_lm.py): a short training run on a fixed seed makes the held-out loss go down and beat
+the unigram model, on both backends alike, and every evaluation uses the same held-out text."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+from fusedrnn import char_lm as char_lm_module
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
 
 
 @pytest.fixture(scope="module")
 def char_lm():
-    spec = importlib.util.spec_from_file_location("char_lm_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return char_lm_module
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +37,45 @@ def text_file(tmp_path_factory):
 
 
 def small(char_lm, text_file, **options):
-    defaults = {"text": text_file, "embed": 16, "hidden": 32, "batch": 8, "seq_len": 32, "time": 0, "steps": 60,
-                    "eval_every": 0, "sample_chars": 40, "lr": 1e-2, "quiet": True, "seed": 0}
+    defaults = {"text": text_file, "embed": 16, "hidden": 32, "batch": 8, "seq_len": 32,
+                "time": 0, "steps": 60, "eval_every": 0, "sample_chars": 40, "lr": 1e-2,
+                "quiet": True, "seed": 0}
     return char_lm.Config(**{**defaults, **options})
+
+
+@pytest.fixture(scope="module")
+def long_text_file(tmp_path_factory):
+    """~300k characters: a tenth (30k) is held out, more than the 20k the evaluations during
+    training used to take from it."""
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    path = tmp_path_factory.mktemp("long") / "long.txt"
+    path.write_text("".join(f"{a} = {b}({c})\n" for a, b, c in rng.choice(words, (20000, 3))))
+    return str(path)
+
+
+def test_every_evaluation_uses_the_same_held_out_text(char_lm, long_text_file, monkeypatch):
+    """Evaluations during training (here after every step) and the final one see one and the
+    same held-out array; with the learning rate at 0 the model never changes, so every held-out
+    loss is the same number."""
+    seen = []
+    real = char_lm.evaluate
+
+    def recording(model, data, *args, **kwargs):
+        seen.append(data.copy())
+        return real(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(char_lm, "evaluate", recording)
+    result = char_lm.train(small(char_lm, long_text_file, steps=3, lr=0.0, eval_every=1e-9,
+                                 sample_chars=4))
+    assert result["held_out_chars"] > 20_000
+    assert len(seen) == len(result["evals"]) >= 4  # the untrained model, 2+ during, the final
+    for data in seen:
+        np.testing.assert_array_equal(data, seen[0])
+    assert len(seen[0]) == result["held_out_chars"]
+    losses = [loss for _, _, loss in result["evals"]]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-12)
+    assert result["held_out"] == losses[-1] and result["initial"] == losses[0]
 
 
 def test_short_training_run_makes_the_loss_go_down(char_lm, text_file):
@@ -99,3 +133,12 @@ def test_command_line_subcommand(text_file, capsys):
     with pytest.raises(SystemExit):
         main(["train-charlm", "--help"])
     assert "fusedrnn train-charlm" in capsys.readouterr().out
+
+
+def test_the_example_script_runs_the_package_program():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(pathlib.Path(char_lm_module.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True,
+                            text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "examples/char_lm.py" in result.stdout and "--val-chars" in result.stdout
