@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import fusedrnn
+from fusedrnn._spec import CELL_PARAMETERS, layer_suffix
 from fusedrnn.sampling import sample
 
 UNKNOWN = "\ufffd"  # stands for every character too rare to get its own class
@@ -182,8 +183,8 @@ class CharLM:
         for k in range(self.cfg.layers):
             cell = make(self.cfg.embed if k == 0 else self.cfg.hidden, self.cfg.hidden,
                         dtype=self.rnn.dtype, backend=self.cfg.backend).eval()
-            cell.load_state_dict({name: params[f"{name}_l{k}"]
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
+            cell.load_state_dict({name: params[name + layer_suffix(k, 0)]
+                                  for name in CELL_PARAMETERS})
             cells.append(cell)
         return cells
 

@@ -14,7 +14,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .. import _core, functional, reference
+from .. import _core, functional
+from .._spec import GATES
 
 TRAINING_PASSES = ("forward", "forward+backward")
 """``forward``: a training forward (keeps the workspace); ``forward+backward``: that forward then
@@ -271,7 +272,7 @@ def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
     -------
     int
     """
-    G = reference._common.GATES[cell] * H
+    G = GATES[cell] * H
     input_projection = 2 * T * B * I * G
     recurrent = T * 2 * B * H * G
     forward = input_projection + recurrent

@@ -15,7 +15,8 @@ from types import ModuleType
 
 import numpy as np
 
-from .. import functional, reference
+from .. import functional
+from .._spec import CELL_PARAMETERS, GATES, layer_suffix
 from .cases import TRAINING_PASSES, Case
 
 Outputs = dict[str, np.ndarray]
@@ -52,7 +53,7 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     if case.variant.cell == "attention":  # q, k, v and the output gradient, (B, heads, L, E)
         return {name: rng.standard_normal((B, H, T, I)).astype(dtype)
                 for name in ("q", "k", "v", "d_out")}
-    GH = reference._common.GATES[case.variant.cell] * H
+    GH = GATES[case.variant.cell] * H
     bound = 1 / np.sqrt(H)
     if case.variant.is_stack:
         return _stack_inputs(case, rng, dtype)
@@ -69,7 +70,6 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     return {name: a.astype(dtype) for name, a in arrays.items()}
 
 
-_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _stack_inputs(case: Case, rng: np.random.Generator, dtype: np.dtype | type) -> Outputs:
@@ -78,7 +78,7 @@ def _stack_inputs(case: Case, rng: np.random.Generator, dtype: np.dtype | type) 
     spread evenly from T down to T/4, in shuffled order (int64, cast to float never)."""
     v = case.variant
     T, B, I, H, D = case.T, case.B, case.I, case.H, v.directions
-    GH = reference._common.GATES[v.cell] * H
+    GH = GATES[v.cell] * H
     bound = 1 / np.sqrt(H)
     arrays = {"x": rng.standard_normal((T, B, I))}
     for name in functional.stack_param_names(v.cell, v.layers, v.bidirectional):
@@ -164,7 +164,7 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
             dx, *dstates, grads = backward(x, *states, w_ih, w_hh, y, workspace, **out_grads,
                                            **options)
             outputs.update({"dx": dx, **{"d" + n: d for n, d in zip(variant.states, dstates)}})
-            outputs.update({"d" + n: grads[n] for n in _PARAMS})
+            outputs.update({"d" + n: grads[n] for n in CELL_PARAMETERS})
         return outputs
 
     return run
@@ -229,9 +229,9 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
     kwargs = {"nonlinearity": variant.options["nonlinearity"]} if variant.cell == "rnn" else {}
     module = cls(case.I, case.H, **kwargs).to(torch.from_numpy(inputs["x"]).dtype)
     with torch.no_grad():
-        for name in _PARAMS:
-            getattr(module, f"{name}_l0").copy_(torch.from_numpy(inputs[name]))
-    params = [getattr(module, f"{name}_l0") for name in _PARAMS]
+        for name in CELL_PARAMETERS:
+            getattr(module, f"{name}{layer_suffix(0, 0)}").copy_(torch.from_numpy(inputs[name]))
+    params = [getattr(module, f"{name}{layer_suffix(0, 0)}") for name in CELL_PARAMETERS]
     lstm = variant.cell == "lstm"  # LSTM's state is a tuple (h, c), the others' a tensor
     training = pass_name in TRAINING_PASSES
 
@@ -256,7 +256,7 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
             torch.autograd.backward([y, *finals], grads)
             outputs["dx"] = x.grad.numpy()
             outputs.update({"d" + n: s.grad[0].numpy() for n, s in zip(variant.states, states)})
-            outputs.update({"d" + n: p.grad.numpy() for n, p in zip(_PARAMS, params)})
+            outputs.update({"d" + n: p.grad.numpy() for n, p in zip(CELL_PARAMETERS, params)})
         return outputs
 
     return run
