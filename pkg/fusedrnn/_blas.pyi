@@ -1,4 +1,4 @@
-# Written by hand (pybind11-stubgen cannot read a Cython module); tests/test_stubs.py checks it
+# Written by hand (pybind11-stubgen cannot read a Cython module); tests/package/test_stubs.py checks it
 # against the module.
 """The BLAS that SciPy ships, handed to the C++ kernels as function addresses."""
 
