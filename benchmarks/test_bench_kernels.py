@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over the default sweep of ``python -m fusedrnn bench``.
+"""pytest-benchmark suite over the full sweep of ``python -m fusedrnn bench --full``.
 
 Run with ``pytest benchmarks/`` (kept out of the default test run, whose testpaths is tests/).
 Cases, inputs and the calls themselves come from `fusedrnn.bench`, so this suite and the command
@@ -16,11 +16,12 @@ from fusedrnn import bench, functional, reference
 DTYPE = np.float32
 REFERENCE_MAX_FLOPS = 1e9  # the reference runs at a few GFLOP/s: above this it takes seconds
 
-CASE_PASSES = [(case, p) for case in bench.SWEEPS["default"].cases for p in case.passes]
+CASE_PASSES = [(case, p) for case in bench.SWEEPS["full"].cases for p in case.passes]
 
 
 def _params(case_passes: list[tuple[bench.Case, str]]) -> list:
-    """Parameters with ids ``-k`` can select, e.g. ``gru-cho-B16-T50-I128-H128-forward_backward``."""
+    """Parameters with ids ``-k`` can select, e.g.
+    ``gru-cho-B16-T50-I128-H128-forward_backward``."""
     return [pytest.param(case, p, id=f"{case.variant.name}-B{case.B}-T{case.T}-I{case.I}-H{case.H}"
                                      f"-{p.replace('+', '_')}")
             for case, p in case_passes]

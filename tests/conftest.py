@@ -1,12 +1,8 @@
-import os
-import sys
+"""Fixtures and hooks of the whole suite (helpers shared by tests live in tests/helpers/)."""
 
 import fusedrnn
 import pytest
 from fusedrnn import _core
-
-# The shared helpers (tests/cells.py) import as a plain module.
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(params=["auto", "team"])

@@ -25,10 +25,9 @@ out="$repo/build/aarch64"
 root="${FUSEDRNN_ARM64_ROOT:-$out/root}"
 triplet=aarch64-linux-gnu
 default_tests=(
-  tests/test_fused_vs_reference.py tests/test_stack_fused_vs_reference.py
-  tests/test_cross_entropy.py tests/test_attention.py tests/test_nn.py tests/test_layers.py
-  tests/test_truncation.py tests/test_nonfinite.py tests/test_threads.py
-  tests/test_build_config.py
+  tests/kernels tests/attention/test_attention.py tests/layers/test_nn.py tests/layers/test_layers.py
+  tests/robustness/test_nonfinite.py tests/robustness/test_threads.py
+  tests/package/test_build_config.py
 )
 
 fail() {

@@ -100,7 +100,7 @@ fi
 # Python itself is not built with ASan (nor are numpy and scipy): the runtimes the extension was
 # linked against are preloaded. Python's own allocations at exit are not leaks of ours, so leak
 # detection is off. A failed huge allocation returns NULL (numpy then raises MemoryError, which
-# tests/test_sizes.py expects) instead of ASan aborting on it. The first error aborts the run.
+# tests/robustness/test_sizes.py expects) instead of ASan aborting on it. The first error aborts the run.
 # ASan writes every report to a file in $logs (one per process: subprocesses of the tests too).
 # GCC's UBSan runtime, preloaded beside libasan, ignores log_path and writes to stderr: pytest
 # runs with --capture=sys so that native stderr is not swallowed with a test that dies, and its
@@ -130,7 +130,7 @@ fi
 awk '/: runtime error: /{on=1} on && !/^( +#[0-9]|0x[0-9a-f]+: note|  *\^| [0-9a-f ]+$|.*: runtime error: )/{on=0} on' \
   "$work/pytest.log" > "$logs/ubsan.from-stderr"
 [[ -s "$logs/ubsan.from-stderr" ]] || rm -f "$logs/ubsan.from-stderr"
-# With allocator_may_return_null, ASan still notes each refused huge allocation (tests/test_sizes
+# With allocator_may_return_null, ASan still notes each refused huge allocation (tests/robustness/test_sizes
 # asks for them): printed, not counted. Any other line in a report fails the run.
 benign='^==[0-9]+==WARNING: AddressSanitizer failed to allocate 0x[0-9a-f]+ bytes$'
 failed_reports=0

@@ -1,7 +1,5 @@
 """fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
-__version__ = "0.1.0"
-
 import os
 
 # How long libgomp's idle threads spin before they sleep, between the kernels' OpenMP teams (the
@@ -16,6 +14,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from . import functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
+from ._version import __version__
 from .attention import (
     AdditiveAttention,
     MultiheadAttention,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import bench
+from . import bench, char_lm
 
 
 def _positive_int(text: str) -> int:
@@ -32,8 +32,8 @@ def _variant_filter(text: str) -> set[str]:
     unknown = sorted(names - known)
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown cell {', '.join(unknown) or repr(text)}; choose from {', '.join(sorted(known))}"
-        )
+            f"unknown cell {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(sorted(known))}")
     return names
 
 
@@ -67,32 +67,48 @@ def _png_path(text: str) -> str:
     return text
 
 
+def _sweep_description(sweep: bench.Sweep) -> str:
+    """A sweep's shapes, variants of the same shapes together: ``lstm, gru at (B, T, I, H) =
+    (1, 100, 256, 256), (64, 50, 512, 512); attention at (B, heads, L, E) = (8, 8, 256, 64)``."""
+    by_variant: dict[str, list[str]] = {}
+    for c in sweep.cases:  # attention's Case keeps (B, heads, L, E) as (B, H, T, I)
+        shape = (c.B, c.H, c.T, c.I) if c.variant.cell == "attention" else (c.B, c.T, c.I, c.H)
+        by_variant.setdefault(c.variant.name, []).append(str(shape))
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, shapes in by_variant.items():
+        groups.setdefault(tuple(shapes), []).append(name)
+    return "; ".join(
+        f"{', '.join(names)} at "
+        f"{'(B, heads, L, E)' if bench.VARIANTS[names[0]].cell == 'attention' else '(B, T, I, H)'}"
+        f" = {', '.join(shapes)}" for shapes, names in groups.items())
+
+
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    default, full = bench.SWEEPS["default"], bench.SWEEPS["full"]
+    rows = {name: sum(len(case.passes) for case in sweep.cases)
+            for name, sweep in bench.SWEEPS.items()}
     parser = subparsers.add_parser(
         "bench",
         help="validate and time the fused kernels against the NumPy reference and PyTorch",
         description="Validate every case against the NumPy reference, then time the fused "
         "kernels, the reference and PyTorch (when installed) and print one table of "
-        "speed-ups, GFLOP/s and the share of this machine's float32 GEMM rate. "
-        "Default sweep: LSTM, GRU (PyTorch's and Cho's), RNN tanh at (B, T, I=H) = "
-        + ", ".join(f"({c.B}, {c.T}, {c.H})" for c in bench.SWEEPS["default"].cases
-                    if c.variant.name == "lstm")
-        + "; scaled dot-product attention, causal and not, at (B, heads, L, E) = "
-        + ", ".join(f"({c.B}, {c.H}, {c.T}, {c.I})" for c in bench.SWEEPS["default"].cases
-                    if c.variant.name == "attention")
-        + ".",
+        "speed-ups, GFLOP/s and the share of this machine's float32 GEMM rate, then a summary. "
+        f"The default sweep ({rows['default']} rows, under a minute) is "
+        f"{_sweep_description(default)}.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_const", const="quick", dest="sweep",
-                      help="a smaller sweep, under a minute")
     size.add_argument("--full", action="store_const", const="full", dest="sweep",
-                      help="DeepBench-style shapes, several minutes")
+                      help=f"the full sweep ({rows['full']} rows, a few minutes): "
+                      f"{_sweep_description(full)}")
+    size.add_argument("--deepbench", action="store_const", const="deepbench", dest="sweep",
+                      help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several "
+                      "minutes)")
     # Internal: an explicit case list, for the tests (seconds instead of minutes).
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
     parser.set_defaults(sweep="default")
     parser.add_argument("--only", type=_variant_filter, metavar="CELLS",
                         help="comma list of cells (lstm, gru, rnn, attention) or variants "
-                        "(gru-cho, rnn-relu, attention-causal) to keep")
+                        "(gru-cho, rnn-relu, attention-causal, ...) to keep")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads of the fused kernels, numpy's BLAS and PyTorch "
@@ -101,11 +117,20 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
                         help="timed calls per measurement after a warm-up, exactly (default: "
                         "the sweep's, and fast calls go on for a tenth of the sweep's time "
                         "budget; slow calls get fewer within the budget)")
-    parser.add_argument("--json", metavar="PATH", help="write every row and the machine "
-                        "configuration as JSON")
+    parser.add_argument("--json", metavar="PATH", help="write every row (memory peaks and call "
+                        "counts included) and the machine configuration as JSON")
     parser.add_argument("--plot", type=_png_path, metavar="PATH",
                         help=f"save a PNG of the speed-ups ({bench.PLOT_HINT})")
     parser.set_defaults(handler=_run_bench)
+
+
+NEXT_STEPS = [
+    "next: --full ({full} rows, a few minutes) or --deepbench (DeepBench's shapes); --only "
+    "lstm,attention for some cells;",
+    "      --json PATH for every number and the machine; --plot PATH.png for a chart; --help for "
+    "the rest",
+]
+"""The hint printed at the end of a run."""
 
 
 def selected_cases(args: argparse.Namespace) -> list[bench.Case]:
@@ -131,10 +156,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         sweep="custom" if args.cases else sweep.name, note="" if args.cases else sweep.note,
     )
     print(report.table())
+    print()
+    print("\n".join(report.summary()))
     if args.json:
-        bench.write_json(report, args.json)
+        path = bench.write_json(report, args.json)
+        print(f"wrote every row and the machine configuration to {path}")
     if args.plot:
-        bench.plot(report, args.plot)
+        print(f"wrote the plot to {bench.plot(report, args.plot)}")
+    full_rows = sum(len(case.passes) for case in bench.SWEEPS["full"].cases)
+    print("\n".join(NEXT_STEPS).format(full=full_rows))
     failed = sum(row.check == "FAIL" for row in report.rows)
     if failed:
         print(f"{failed} row(s) failed validation against the reference", file=sys.stderr)
@@ -143,36 +173,16 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _add_train_charlm(subparsers: argparse._SubParsersAction) -> None:
-    # Listed here for --help; `main` hands everything after the name to the example's own parser.
+    # Listed here for --help; `main` hands everything after the name to char_lm's own parser.
     parser = subparsers.add_parser(
         "train-charlm", add_help=False,
-        help="train a character-level language model with TBPTT (examples/char_lm.py; "
+        help="train a character-level language model with TBPTT (fusedrnn.char_lm; "
         "`fusedrnn train-charlm --help` for its options)")
     parser.set_defaults(handler=lambda args: _run_train_charlm([]))
 
 
-def load_char_lm():
-    """The char-LM example as a module: shipped in the package as ``fusedrnn._char_lm`` (a copy
-    of examples/char_lm.py made at build time), else read from the source checkout."""
-    try:
-        from . import _char_lm
-    except ImportError:
-        import importlib.util
-        from pathlib import Path
-
-        path = Path(__file__).resolve().parents[2] / "examples" / "char_lm.py"
-        if not path.is_file():
-            raise SystemExit(f"train-charlm needs examples/char_lm.py, not found at {path}") \
-                from None
-        spec = importlib.util.spec_from_file_location("fusedrnn._char_lm", path)
-        _char_lm = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = _char_lm  # its dataclass looks the module up there
-        spec.loader.exec_module(_char_lm)
-    return _char_lm
-
-
 def _run_train_charlm(argv: Sequence[str]) -> int:
-    load_char_lm().main(list(argv), prog="fusedrnn train-charlm")
+    char_lm.main(list(argv), prog="fusedrnn train-charlm")
     return 0
 
 
@@ -199,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0, 1 when a case failed validation; argparse exits with 2 on bad arguments.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train-charlm"]:  # its options are the example's own
+    if argv[:1] == ["train-charlm"]:  # its options are char_lm's own
         return _run_train_charlm(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)

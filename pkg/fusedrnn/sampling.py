@@ -2,7 +2,7 @@
 with a numpy Generator.
 
 A generation loop runs a cell (or a layer on one step) in eval mode, projects the state to
-logits and calls `sample` (see examples/char_lm.py)::
+logits and calls `sample` (see `fusedrnn.char_lm`)::
 
     rng = np.random.default_rng(0)
     for _ in range(n):
