@@ -2,8 +2,9 @@
 # Cross-compile fusedrnn for aarch64 Linux with GCC and run tests under qemu-user: the check that
 # on a CPU without x86 instruction sets (AWS Graviton, Linux on Apple silicon) the sources build,
 # the portable baseline (16-byte generic vectors, which GCC maps to NEON) is the path chosen, and
-# its results pass the tests. Not part of .ci/run: on 2 busy cores the build took 5 minutes and
-# the default tests 21 under emulation (the first run also fetches about 140 MB of Debian packages).
+# its results pass the tests. Not part of .ci/run: on 2 shared cores the build took 1.5 to 5
+# minutes and the default tests 4 to 21 under emulation, by how busy the cores were (the first run
+# also fetches about 140 MB of Debian packages: 2.5 min with a quick build and two test files).
 #
 #   bash tools/aarch64.sh [pytest args]
 #
