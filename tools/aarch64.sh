@@ -26,8 +26,8 @@ out="$repo/build/aarch64"
 root="${FUSEDRNN_ARM64_ROOT:-$out/root}"
 triplet=aarch64-linux-gnu
 default_tests=(
-  tests/kernels tests/attention/test_attention.py tests/layers/test_nn.py tests/layers/test_layers.py
-  tests/robustness/test_nonfinite.py tests/robustness/test_threads.py
+  tests/kernels tests/attention/test_attention.py tests/layers/test_nn.py
+  tests/layers/test_layers.py tests/robustness/test_nonfinite.py tests/robustness/test_threads.py
   tests/package/test_build_config.py
 )
 
