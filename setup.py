@@ -19,11 +19,11 @@ from setuptools import Extension, setup
 from setuptools.errors import CompileError
 
 
-def _has_flag(compiler, flag: str) -> bool:
+def _has_flag(compiler, flag: str, source: str = "int main() { return 0; }\n") -> bool:
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".cpp", delete=False) as f:
-        f.write("int main() { return 0; }\n")
+        f.write(source)
         name = f.name
     try:
         compiler.compile([name], output_dir=tempfile.gettempdir(), extra_postargs=[flag])
@@ -35,10 +35,14 @@ def _has_flag(compiler, flag: str) -> bool:
 
 
 class BuildExt(build_ext):
-    """Adds OpenMP when the compiler has it (scikit-learn does the same probe)."""
+    """Adds OpenMP when the compiler has it (scikit-learn does the same probe) and
+    ``FUSEDRNN_OPENMP=0`` is not set; without it the kernels run on one thread."""
 
     def build_extensions(self):
-        openmp = sys.platform != "win32" and _has_flag(self.compiler, "-fopenmp")
+        # omp.h, not only the flag: clang accepts -fopenmp even where libomp is not installed.
+        openmp = (os.environ.get("FUSEDRNN_OPENMP") != "0" and sys.platform != "win32"
+                  and _has_flag(self.compiler, "-fopenmp",
+                                "#include <omp.h>\nint main() { return omp_get_max_threads(); }\n"))
         for ext in self.extensions:
             if ext.name == "fusedrnn._core" and openmp:
                 ext.extra_compile_args.append("-fopenmp")

@@ -6,7 +6,7 @@
 #include "attention.h"
 #include "common/attention_layout.h"
 #include "common/carver.h"
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/threading.h"
 #include "linear.h"
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/threading.h"
 
 namespace fusedrnn {

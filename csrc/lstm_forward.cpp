@@ -1,5 +1,5 @@
 #include "common/carver.h"
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "lstm.h"

@@ -9,6 +9,8 @@ from fusedrnn import _core
 def threading_mode(request):
     """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,
     one hidden unit each at least, so the multi-threaded path meets every shape."""
+    if request.param == "team" and not _core.have_openmp():
+        pytest.skip("built without OpenMP: the kernels have no team of threads")
     before = fusedrnn.get_num_threads()
     defaults = _core._team_thresholds()
     if request.param == "team":

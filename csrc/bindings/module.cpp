@@ -7,7 +7,7 @@
 #include "bindings/checks.h"
 #include "bindings/memory_pool.h"
 #include "common/blas.h"
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/threading.h"
 
 namespace fusedrnn {

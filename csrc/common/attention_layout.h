@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "attention.h"
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 
 namespace fusedrnn {
 

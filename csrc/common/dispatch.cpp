@@ -2,12 +2,22 @@
 #include <atomic>
 #include <cstring>
 
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 
 namespace fusedrnn {
 namespace {
+// The table of an instruction set this build has, by name; null for any other name.
+const IsaKernels* table_named(const char* name) {
+  if (std::strcmp(name, "baseline") == 0) return &isa_kernels_baseline();
+#if FUSEDRNN_X86
+  if (std::strcmp(name, "avx2") == 0) return &isa_kernels_avx2();
+  if (std::strcmp(name, "avx512") == 0) return &isa_kernels_avx512();
+#endif
+  return nullptr;
+}
+
 bool cpu_has(const char* name) {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if FUSEDRNN_X86 && defined(__GNUC__)  // (GCC and clang)
   if (std::strcmp(name, "avx2") == 0)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (std::strcmp(name, "avx512") == 0)
@@ -19,19 +29,15 @@ bool cpu_has(const char* name) {
 }
 
 const IsaKernels* best_supported() {
-  if (cpu_has("avx512")) return &isa_kernels_avx512();
-  if (cpu_has("avx2")) return &isa_kernels_avx2();
+  for (const char* name : {"avx512", "avx2"})
+    if (isa_supported(name)) return table_named(name);
   return &isa_kernels_baseline();
 }
 
 std::atomic<const IsaKernels*> g_active{nullptr};
 }  // namespace
 
-bool isa_supported(const char* name) {
-  return (std::strcmp(name, "baseline") == 0 || std::strcmp(name, "avx2") == 0 ||
-          std::strcmp(name, "avx512") == 0) &&
-         cpu_has(name);
-}
+bool isa_supported(const char* name) { return table_named(name) != nullptr && cpu_has(name); }
 
 const IsaKernels& active_isa() {
   const IsaKernels* k = g_active.load(std::memory_order_acquire);
@@ -44,10 +50,7 @@ const IsaKernels& active_isa() {
 
 bool select_isa(const char* name) {
   if (!isa_supported(name)) return false;
-  const IsaKernels* k = std::strcmp(name, "avx512") == 0 ? &isa_kernels_avx512()
-                        : std::strcmp(name, "avx2") == 0 ? &isa_kernels_avx2()
-                                                         : &isa_kernels_baseline();
-  g_active.store(k, std::memory_order_release);
+  g_active.store(table_named(name), std::memory_order_release);
   return true;
 }
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <utility>
 
-#include "common/pointwise.h"
+#include "common/isa_table.h"
 #include "common/step_gemm.h"
 #include "common/threading.h"
 

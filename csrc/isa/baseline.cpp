@@ -1,4 +1,5 @@
-// Portable build of the elementwise kernels (x86-64 baseline: SSE2, 16-byte vectors).
+// Portable build of the elementwise kernels: 16-byte generic vectors, which the compiler maps to
+// SSE2 on x86-64 and to NEON on aarch64.
 #define FUSEDRNN_ISA_NS isa_baseline
 #define FUSEDRNN_VEC_BYTES 16
 #define FUSEDRNN_ISA_TABLE isa_kernels_baseline

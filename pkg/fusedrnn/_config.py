@@ -82,6 +82,18 @@ def _blas_threads() -> int | None:
     return int(_openblas.scipy_openblas_get_num_threads())
 
 
+def _isa_vectors(isa: str) -> str:
+    """What the instruction-set path `isa` computes with, on this machine."""
+    if isa == "avx512":
+        return "AVX-512, 64-byte vectors"
+    if isa == "avx2":
+        return "AVX2 + FMA, 32-byte vectors"
+    machine = platform.machine().lower()
+    unit = ("SSE2" if machine in ("x86_64", "amd64", "i386", "i686")
+            else "NEON" if machine in ("aarch64", "arm64") else "the compiler's")
+    return f"portable 16-byte vectors ({unit})"
+
+
 def config() -> dict:
     """The configuration as a dict (what `show_config` prints)."""
     from . import __version__
@@ -89,6 +101,7 @@ def config() -> dict:
     return {
         "fusedrnn": __version__,
         "isa": _core.active_isa(),
+        "isa_vectors": _isa_vectors(_core.active_isa()),
         "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),
@@ -109,4 +122,7 @@ def config() -> dict:
 def show_config() -> None:
     """Print the kernel path in use, the threads, the BLAS and the versions."""
     for key, value in config().items():
+        if key == "openmp" and not value:
+            value = "False (built without OpenMP: the kernels run on one thread; the BLAS they "
+            value += "call still uses `threads`)"
         print(f"{key:>14}: {value}")

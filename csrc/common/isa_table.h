@@ -1,10 +1,12 @@
-// The fused elementwise pass of one time step, for every cell, as a table of function pointers.
+// The table of the kernels compiled once per instruction set (ISA), and the choice among them.
 //
-// csrc/isa/*.cpp compile the same kernels (csrc/*_pointwise.inc) for several instruction sets and
-// fill one table each; select_isa() picks the best the CPU supports. Row buffers are dense in C
-// order with row strides set by H ([rows,4H], [rows,H], ...). A call covers `rows` rows and the
-// hidden units [0, width) of each (width <= H): a driver may split the batch, or the hidden units
-// (passing pointers advanced by the first unit j0), across threads. Nullable arguments say so.
+// The fused elementwise pass of one time step for every cell, attention's score tiles and the step
+// GEMM, as tables of function pointers: csrc/isa/*.cpp compile the same kernels (csrc/*.inc) for
+// several instruction sets and fill one table each; select_isa() picks the best the CPU supports.
+// Row buffers of the cells' passes are dense in C order with row strides set by H ([rows,4H],
+// [rows,H], ...). A call covers `rows` rows and the hidden units [0, width) of each (width <= H):
+// a driver may split the batch, or the hidden units (passing pointers advanced by the first unit
+// j0), across threads. Nullable arguments say so.
 #pragma once
 #include <cstdint>
 
@@ -122,9 +124,20 @@ struct IsaKernels {
   StepGemmKernels<double> step_gemm_f64;
 };
 
+// The x86 instruction sets beyond the baseline are compiled on x86 only (csrc/isa/avx*.cpp). Other
+// CPUs (aarch64: Apple silicon, Graviton) run the portable baseline, whose 16-byte generic vectors
+// the compiler maps to their vector unit (NEON).
+#if defined(__x86_64__) || defined(__i386__)
+#define FUSEDRNN_X86 1
+#else
+#define FUSEDRNN_X86 0
+#endif
+
 const IsaKernels& isa_kernels_baseline();
+#if FUSEDRNN_X86
 const IsaKernels& isa_kernels_avx2();
 const IsaKernels& isa_kernels_avx512();
+#endif
 
 // The table in use: the best the CPU supports, unless select_isa() chose another.
 const IsaKernels& active_isa();
