@@ -40,9 +40,15 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         # omp.h, not only the flag: clang accepts -fopenmp even where libomp is not installed.
-        openmp = (os.environ.get("FUSEDRNN_OPENMP") != "0" and sys.platform != "win32"
-                  and _has_flag(self.compiler, "-fopenmp",
-                                "#include <omp.h>\nint main() { return omp_get_max_threads(); }\n"))
+        openmp = (
+            os.environ.get("FUSEDRNN_OPENMP") != "0"
+            and sys.platform != "win32"
+            and _has_flag(
+                self.compiler,
+                "-fopenmp",
+                "#include <omp.h>\nint main() { return omp_get_max_threads(); }\n",
+            )
+        )
         for ext in self.extensions:
             if ext.name == "fusedrnn._core" and openmp:
                 ext.extra_compile_args.append("-fopenmp")
@@ -55,8 +61,12 @@ class BuildExt(build_ext):
 # minutes on 2 cores). NPY_NUM_BUILD_JOBS=N sets another number of jobs, as for numpy and scipy.
 ParallelCompile("NPY_NUM_BUILD_JOBS", default=0).install()
 
-sources = sorted(glob("csrc/*.cpp") + glob("csrc/common/*.cpp") + glob("csrc/isa/*.cpp")
-                 + glob("csrc/bindings/*.cpp"))
+sources = sorted(
+    glob("csrc/*.cpp")
+    + glob("csrc/common/*.cpp")
+    + glob("csrc/isa/*.cpp")
+    + glob("csrc/bindings/*.cpp")
+)
 compile_args = ["-O3", "-fno-math-errno", "-Wall", "-Wno-psabi"]
 if os.environ.get("FUSEDRNN_NATIVE") == "1":
     compile_args.append("-march=native")
@@ -65,7 +75,8 @@ if os.environ.get("FUSEDRNN_SANITIZE") == "1":
     # check that no reference count is touched without the GIL (PYBIND11_ASSERT_GIL_HELD_...).
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g", "-UNDEBUG"]
 
-# Headers and included kernel texts: without them, editing a .h or .inc leaves the build "up to date".
+# Headers and included kernel texts: without them, editing a .h or .inc leaves the build
+# "up to date".
 depends = sorted(glob("csrc/**/*.h", recursive=True) + glob("csrc/**/*.inc", recursive=True))
 
 core = Pybind11Extension(
@@ -75,11 +86,13 @@ core = Pybind11Extension(
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=compile_args,
-    extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("FUSEDRNN_SANITIZE") == "1" else [],
+    extra_link_args=["-fsanitize=address,undefined"]
+    if os.environ.get("FUSEDRNN_SANITIZE") == "1"
+    else [],
 )
 blas = Extension("fusedrnn._blas", ["pkg/fusedrnn/_blas.pyx"], extra_compile_args=["-O2"])
 
 setup(
-    ext_modules=[core] + cythonize([blas], compiler_directives={"language_level": "3"}),
+    ext_modules=[core, *cythonize([blas], compiler_directives={"language_level": "3"})],
     cmdclass={"build_ext": BuildExt},
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fusedrnn import bench, functional, reference
 
 DTYPE = np.float32
@@ -22,9 +23,14 @@ CASE_PASSES = [(case, p) for case in bench.SWEEPS["full"].cases for p in case.pa
 def _params(case_passes: list[tuple[bench.Case, str]]) -> list:
     """Parameters with ids ``-k`` can select, e.g.
     ``gru-cho-B16-T50-I128-H128-forward_backward``."""
-    return [pytest.param(case, p, id=f"{case.variant.name}-B{case.B}-T{case.T}-I{case.I}-H{case.H}"
-                                     f"-{p.replace('+', '_')}")
-            for case, p in case_passes]
+    return [
+        pytest.param(
+            case,
+            p,
+            id=f"{case.variant.name}-B{case.B}-T{case.T}-I{case.I}-H{case.H}-{p.replace('+', '_')}",
+        )
+        for case, p in case_passes
+    ]
 
 
 def _checked_call(module, case: bench.Case, pass_name: str, benchmark):

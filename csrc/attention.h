@@ -48,7 +48,7 @@ struct AttentionShape {
   int64_t heads_q = 0;   // Hq
   int64_t heads_kv = 0;  // Hkv, divides Hq
   int64_t L = 0, S = 0, E = 0, Ev = 0;
-  int threads = 1;       // team size the scratch was sized for
+  int threads = 1;  // team size the scratch was sized for
 };
 
 struct AttentionOptions {

@@ -51,104 +51,113 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
   const T scale = static_cast<T>(opt.scale);
   const auto& kern = attention_kernels<T>();
   std::atomic<int64_t> next{0};
-  const double work = static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * (opt.causal ? 0.5 : 1.0);
+  const double work =
+      static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * (opt.causal ? 0.5 : 1.0);
   // one thread for small calls; units < threads still uses the team for the passes over rows
-  run_team(attention_team_size(s.threads, std::max<int64_t>(units, s.threads), work),
-           [&](int member, int members) {
-    // 1. delta = rowsum(d_out * out); zero the gradients
-    {
-      const int64_t r0 = share_begin(rows_total, member, members);
-      const int64_t r1 = share_begin(rows_total, member + 1, members);
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* a = d_out + r * Ev;
-        const T* b = out + r * Ev;
-        T acc = 0;
-        for (int64_t e = 0; e < Ev; ++e) acc += a[e] * b[e];
-        delta[r] = acc;
-      }
-      auto zero_share = [&](T* p, int64_t n) {
-        const int64_t a = share_begin(n, member, members), b = share_begin(n, member + 1, members);
-        std::fill(p + a, p + b, T(0));
-      };
-      zero_share(dq, rows_total * E);
-      zero_share(dk, pairs * S * E);
-      zero_share(dv, pairs * S * Ev);
-      for (int64_t c = 1; c < chunks; ++c) zero_share(dq_parts + (c - 1) * round_block(rows_total * E), rows_total * E);
-    }
-    team_barrier();
-    // 2. the items
-    T* pbuf = tile_scratch + member * backward_member_size(tiles, s);
-    T* dpbuf = pbuf + round_block(BQ * BK);
-    T* pdrop = dpbuf + round_block(BQ * BK);
-    uint32_t* keys = reinterpret_cast<uint32_t*>(pdrop + round_block(BQ * BK));
-    T* panels = pdrop + round_block(BQ * BK) + round_block(BQ);
-    AttentionTile<T> t;
-    t.s = pbuf;
-    t.dp = dpbuf;
-    t.ld = BK;
-    set_tile_dropout(t, opt, keys);
-    t.p_drop = t.dropout ? pdrop : pbuf;  // without dropout, dv uses p itself
-    for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
-      const int64_t pair = u / chunks, chunk = u % chunks;
-      const int64_t batch_item = pair / s.heads_kv, head_kv = pair % s.heads_kv;
-      T* dq_target = chunk == 0 ? dq : dq_parts + (chunk - 1) * round_block(rows_total * E);
-      const int64_t kt0 = share_begin(key_tiles, static_cast<int>(chunk), static_cast<int>(chunks));
-      const int64_t kt1 = share_begin(key_tiles, static_cast<int>(chunk + 1), static_cast<int>(chunks));
-      for (int64_t kt = kt0; kt < kt1; ++kt) {
-        const int64_t j0 = kt * BK;
-        if (opt.causal && j0 >= L) break;  // keys no query sees: their gradients stay zero
-        const int64_t cols_all = std::min(BK, S - j0);
-        const T* kj = k + (pair * S + j0) * E;
-        const T* vj = v + (pair * S + j0) * Ev;
-        T* dkj = dk + (pair * S + j0) * E;
-        T* dvj = dv + (pair * S + j0) * Ev;
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t bh = batch_item * s.heads_q + head_kv * group + g;
-          // causal: query tiles before the one holding row j0 see none of these keys
-          for (int64_t qt = opt.causal ? j0 / BQ : 0; qt < query_tiles; ++qt) {
-            const int64_t i0 = qt * BQ;
-            const int64_t rows = std::min(BQ, L - i0);
-            const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows - j0) : cols_all;
-            const T* qi = q + (bh * L + i0) * E;
-            const T* doi = d_out + (bh * L + i0) * Ev;
-            T* dqi = dq_target + (bh * L + i0) * E;
-            t.rows = rows;
-            t.cols = cols;
-            t.j0 = j0;
-            t.causal = opt.causal && j0 + cols - 1 > i0;
-            t.causal_offset = i0 - j0;
-            t.lse = lse + bh * L + i0;
-            t.delta = delta + bh * L + i0;
-            set_tile_mask(t, mask, bh, i0, j0);
-            if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
-            // forward: s = scale * q_i k_j^T;  p = exp(s - lse)
-            tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, pbuf, BK, panels);
-            kern.backward_probs(t);
-            // forward: o = (p*z) v  ->  dv_j += (p*z)^T do_i,  dP*z = do_i v_j^T (z in ds)
-            tile_gemm<T>(true, false, cols, Ev, rows, T(1), t.p_drop, BK, doi, Ev, true, dvj, Ev,
-                         panels);
-            tile_gemm<T>(false, true, rows, cols, Ev, T(1), doi, Ev, vj, Ev, false, dpbuf, BK,
-                         panels);
-            kern.backward_ds(t);
-            // forward: s = scale * q k^T  ->  dq_i += scale dS k_j,  dk_j += scale dS^T q_i
-            tile_gemm<T>(false, false, rows, E, cols, scale, dpbuf, BK, kj, E, true, dqi, E,
-                         panels);
-            tile_gemm<T>(true, false, cols, E, rows, scale, dpbuf, BK, qi, E, true, dkj, E, panels);
+  run_team(
+      attention_team_size(s.threads, std::max<int64_t>(units, s.threads), work),
+      [&](int member, int members) {
+        // 1. delta = rowsum(d_out * out); zero the gradients
+        {
+          const int64_t r0 = share_begin(rows_total, member, members);
+          const int64_t r1 = share_begin(rows_total, member + 1, members);
+          for (int64_t r = r0; r < r1; ++r) {
+            const T* a = d_out + r * Ev;
+            const T* b = out + r * Ev;
+            T acc = 0;
+            for (int64_t e = 0; e < Ev; ++e) acc += a[e] * b[e];
+            delta[r] = acc;
+          }
+          auto zero_share = [&](T* p, int64_t n) {
+            const int64_t a = share_begin(n, member, members),
+                          b = share_begin(n, member + 1, members);
+            std::fill(p + a, p + b, T(0));
+          };
+          zero_share(dq, rows_total * E);
+          zero_share(dk, pairs * S * E);
+          zero_share(dv, pairs * S * Ev);
+          for (int64_t c = 1; c < chunks; ++c)
+            zero_share(dq_parts + (c - 1) * round_block(rows_total * E), rows_total * E);
+        }
+        team_barrier();
+        // 2. the items
+        T* pbuf = tile_scratch + member * backward_member_size(tiles, s);
+        T* dpbuf = pbuf + round_block(BQ * BK);
+        T* pdrop = dpbuf + round_block(BQ * BK);
+        uint32_t* keys = reinterpret_cast<uint32_t*>(pdrop + round_block(BQ * BK));
+        T* panels = pdrop + round_block(BQ * BK) + round_block(BQ);
+        AttentionTile<T> t;
+        t.s = pbuf;
+        t.dp = dpbuf;
+        t.ld = BK;
+        set_tile_dropout(t, opt, keys);
+        t.p_drop = t.dropout ? pdrop : pbuf;  // without dropout, dv uses p itself
+        for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+          const int64_t pair = u / chunks, chunk = u % chunks;
+          const int64_t batch_item = pair / s.heads_kv, head_kv = pair % s.heads_kv;
+          T* dq_target = chunk == 0 ? dq : dq_parts + (chunk - 1) * round_block(rows_total * E);
+          const int64_t kt0 =
+              share_begin(key_tiles, static_cast<int>(chunk), static_cast<int>(chunks));
+          const int64_t kt1 =
+              share_begin(key_tiles, static_cast<int>(chunk + 1), static_cast<int>(chunks));
+          for (int64_t kt = kt0; kt < kt1; ++kt) {
+            const int64_t j0 = kt * BK;
+            if (opt.causal && j0 >= L) break;  // keys no query sees: their gradients stay zero
+            const int64_t cols_all = std::min(BK, S - j0);
+            const T* kj = k + (pair * S + j0) * E;
+            const T* vj = v + (pair * S + j0) * Ev;
+            T* dkj = dk + (pair * S + j0) * E;
+            T* dvj = dv + (pair * S + j0) * Ev;
+            for (int64_t g = 0; g < group; ++g) {
+              const int64_t bh = batch_item * s.heads_q + head_kv * group + g;
+              // causal: query tiles before the one holding row j0 see none of these keys
+              for (int64_t qt = opt.causal ? j0 / BQ : 0; qt < query_tiles; ++qt) {
+                const int64_t i0 = qt * BQ;
+                const int64_t rows = std::min(BQ, L - i0);
+                const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows - j0) : cols_all;
+                const T* qi = q + (bh * L + i0) * E;
+                const T* doi = d_out + (bh * L + i0) * Ev;
+                T* dqi = dq_target + (bh * L + i0) * E;
+                t.rows = rows;
+                t.cols = cols;
+                t.j0 = j0;
+                t.causal = opt.causal && j0 + cols - 1 > i0;
+                t.causal_offset = i0 - j0;
+                t.lse = lse + bh * L + i0;
+                t.delta = delta + bh * L + i0;
+                set_tile_mask(t, mask, bh, i0, j0);
+                if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
+                // forward: s = scale * q_i k_j^T;  p = exp(s - lse)
+                tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, pbuf, BK,
+                             panels);
+                kern.backward_probs(t);
+                // forward: o = (p*z) v  ->  dv_j += (p*z)^T do_i,  dP*z = do_i v_j^T (z in ds)
+                tile_gemm<T>(true, false, cols, Ev, rows, T(1), t.p_drop, BK, doi, Ev, true, dvj,
+                             Ev, panels);
+                tile_gemm<T>(false, true, rows, cols, Ev, T(1), doi, Ev, vj, Ev, false, dpbuf, BK,
+                             panels);
+                kern.backward_ds(t);
+                // forward: s = scale * q k^T  ->  dq_i += scale dS k_j,  dk_j += scale dS^T q_i
+                tile_gemm<T>(false, false, rows, E, cols, scale, dpbuf, BK, kj, E, true, dqi, E,
+                             panels);
+                tile_gemm<T>(true, false, cols, E, rows, scale, dpbuf, BK, qi, E, true, dkj, E,
+                             panels);
+              }
+            }
           }
         }
-      }
-    }
-    team_barrier();
-    // 3. add the chunks' dq buffers into dq
-    if (chunks > 1) {
-      const int64_t n = rows_total * E;
-      const int64_t a = share_begin(n, member, members), b = share_begin(n, member + 1, members);
-      for (int64_t c = 1; c < chunks; ++c) {
-        const T* part = dq_parts + (c - 1) * round_block(n);
-        for (int64_t i = a; i < b; ++i) dq[i] += part[i];
-      }
-    }
-  });
+        team_barrier();
+        // 3. add the chunks' dq buffers into dq
+        if (chunks > 1) {
+          const int64_t n = rows_total * E;
+          const int64_t a = share_begin(n, member, members),
+                        b = share_begin(n, member + 1, members);
+          for (int64_t c = 1; c < chunks; ++c) {
+            const T* part = dq_parts + (c - 1) * round_block(n);
+            for (int64_t i = a; i < b; ++i) dq[i] += part[i];
+          }
+        }
+      });
 }
 
 namespace {
@@ -161,7 +170,7 @@ struct AdditiveBackwardScratch {
                // GEMMs (values^T packed, or the last panel of d_context read in place)
   int64_t member_size;
   int64_t dwv_offset, panels_offset;  // within a member's part
-  T* linear;  // the projections' gradients' panels
+  T* linear;                          // the projections' gradients' panels
   int64_t size;
 };
 
@@ -177,8 +186,8 @@ AdditiveBackwardScratch<T> additive_backward_scratch(T* base, const AdditiveShap
   b.de = carve.take(round_block(B * T_ * S));
   b.dqp = carve.take(round_block(B * T_ * A));
   b.members = carve.take(static_cast<int64_t>(std::max(1, s.threads)) * b.member_size);
-  b.linear = carve.take(std::max(linear_backward_scratch_size(B * T_, A),
-                                 linear_backward_scratch_size(B * S, A)));
+  b.linear = carve.take(
+      std::max(linear_backward_scratch_size(B * T_, A), linear_backward_scratch_size(B * S, A)));
   b.size = carve.used;
   return b;
 }
@@ -213,14 +222,16 @@ void additive_attention_backward(const AdditiveBackwardArgs<T>& a) {
     T* dwv = dkp + scratch.dwv_offset;
     T* panels = dkp + scratch.panels_offset;
     // forward: context = p values  ->  d_values = p^T d_context, dP = d_context values^T
-    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b) {
+    for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members);
+         ++b) {
       tile_gemm<T>(true, false, S, Dv, T_, T(1), weights + b * T_ * S, S, d_context + b * T_ * Dv,
                    Dv, false, d_values + b * S * Dv, Dv, panels);
       tile_gemm<T>(false, true, T_, S, Dv, T(1), d_context + b * T_ * Dv, Dv, values + b * S * Dv,
                    Dv, false, de + b * T_ * S, S, panels);
     }
     team_barrier();  // dP of the rows below, formed item by item above
-    const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
+    const int64_t r0 = share_begin(rows, member, members),
+                  r1 = share_begin(rows, member + 1, members);
     std::fill(dkp, dkp + B * S * A, T(0));
     std::fill(dwv, dwv + A, T(0));
     for (int64_t r = r0; r < r1; ++r) {
@@ -253,10 +264,10 @@ void additive_attention_backward(const AdditiveBackwardArgs<T>& a) {
   linear_backward<T>(a.d_keys, a.dw_k, nullptr, scratch.linear, dkp, keys, w_k, B * S, Dk, A);
 }
 
-#define FUSEDRNN_ATTENTION_BACKWARD(T)                                                          \
-  template void attention_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*,   \
-                                      const AttentionMask&, const T*, const T*,                 \
-                                      const AttentionShape&, const AttentionOptions&);  \
+#define FUSEDRNN_ATTENTION_BACKWARD(T)                                                        \
+  template void attention_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, \
+                                      const AttentionMask&, const T*, const T*,               \
+                                      const AttentionShape&, const AttentionOptions&);        \
   template void additive_attention_backward<T>(const AdditiveBackwardArgs<T>&);
 FUSEDRNN_ATTENTION_BACKWARD(float)
 FUSEDRNN_ATTENTION_BACKWARD(double)

@@ -149,8 +149,8 @@ namespace {
 // The scratch of an additive forward, in order (a null base only counts).
 template <typename T>
 struct AdditiveForwardScratch {
-  T* projections;        // the packed weights of the two projections, which run one by one
-  T* panels;             // per thread: the last panel of the values read in place
+  T* projections;         // the packed weights of the two projections, which run one by one
+  T* panels;              // per thread: the last panel of the values read in place
   int64_t panels_stride;  // between two threads' panels
   int64_t size;
 };
@@ -160,9 +160,9 @@ AdditiveForwardScratch<T> additive_forward_scratch(T* base, const AdditiveShape&
   const int64_t B = s.batch, A = s.hidden;
   Carver<T> carve{base};
   AdditiveForwardScratch<T> f{};
-  f.projections = carve.take(round_block(std::max(
-      linear_forward_scratch_size(B * s.queries, s.query_size, A),
-      linear_forward_scratch_size(B * s.keys, s.key_size, A))));
+  f.projections =
+      carve.take(round_block(std::max(linear_forward_scratch_size(B * s.queries, s.query_size, A),
+                                      linear_forward_scratch_size(B * s.keys, s.key_size, A))));
   f.panels_stride = round_block(tail_panel_size(s.keys));
   f.panels = carve.take(static_cast<int64_t>(std::max(1, s.threads)) * f.panels_stride);
   f.size = carve.used;
@@ -193,7 +193,8 @@ void additive_attention_forward(const AdditiveForwardArgs<T>& a) {
   // a tanh and a multiply-add per (query, key, hidden unit), plus context = p values
   const double work = static_cast<double>(rows) * S * (4 * A + Dv);
   run_team(attention_team_size(a.shape.threads, rows, work), [&](int member, int members) {
-    const int64_t r0 = share_begin(rows, member, members), r1 = share_begin(rows, member + 1, members);
+    const int64_t r0 = share_begin(rows, member, members),
+                  r1 = share_begin(rows, member + 1, members);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T_;
       T* e = weights + r * S;
@@ -216,15 +217,15 @@ void additive_attention_forward(const AdditiveForwardArgs<T>& a) {
     team_barrier();
     T* panels = scratch.panels + member * scratch.panels_stride;
     for (int64_t b = share_begin(B, member, members); b < share_begin(B, member + 1, members); ++b)
-      tile_gemm<T>(false, false, T_, Dv, S, T(1), weights + b * T_ * S, S, values + b * S * Dv,
-                   Dv, false, context + b * T_ * Dv, Dv, panels);
+      tile_gemm<T>(false, false, T_, Dv, S, T(1), weights + b * T_ * S, S, values + b * S * Dv, Dv,
+                   false, context + b * T_ * Dv, Dv, panels);
   });
 }
 
-#define FUSEDRNN_ATTENTION_FORWARD(T)                                                           \
-  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,                  \
-                                     const AttentionMask&, const AttentionShape&,               \
-                                     const AttentionOptions&);                                 \
+#define FUSEDRNN_ATTENTION_FORWARD(T)                                             \
+  template void attention_forward<T>(T*, T*, T*, const T*, const T*, const T*,    \
+                                     const AttentionMask&, const AttentionShape&, \
+                                     const AttentionOptions&);                    \
   template void additive_attention_forward<T>(const AdditiveForwardArgs<T>&);
 FUSEDRNN_ATTENTION_FORWARD(float)
 FUSEDRNN_ATTENTION_FORWARD(double)

@@ -13,12 +13,13 @@ constexpr int64_t kCrossEntropyParallelMin = 1 << 15;
 
 // dlogits: [N,V] or null  row_losses: [N]  logits: [N,V]  targets: [N]
 template <typename T>
-double cross_entropy(T* dlogits, T* row_losses, const T* logits, const int64_t* targets,
-                     int64_t N, int64_t V, int64_t ignore_index, Reduction reduction) {
+double cross_entropy(T* dlogits, T* row_losses, const T* logits, const int64_t* targets, int64_t N,
+                     int64_t V, int64_t ignore_index, Reduction reduction) {
   int64_t count = 0;
   for (int64_t n = 0; n < N; ++n) count += targets[n] != ignore_index;
   // mean: d(sum/count) = d(sum)/count; with count = 0 every row is ignored, so no row is scaled
-  const T scale = reduction == Reduction::sum ? T(1) : (count ? T(1) / static_cast<T>(count) : T(0));
+  const T scale =
+      reduction == Reduction::sum ? T(1) : (count ? T(1) / static_cast<T>(count) : T(0));
   const auto kernel = pointwise<T>().cross_entropy_rows;
   const int threads = N * V >= kCrossEntropyParallelMin
                           ? static_cast<int>(std::min<int64_t>(get_num_threads(), N))
@@ -35,9 +36,9 @@ double cross_entropy(T* dlogits, T* row_losses, const T* logits, const int64_t* 
   return total / static_cast<double>(count);  // 0/0 = NaN when every target is ignored (PyTorch)
 }
 
-#define FUSEDRNN_CROSS_ENTROPY(T)                                                              \
+#define FUSEDRNN_CROSS_ENTROPY(T)                                                               \
   template double cross_entropy<T>(T*, T*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
-                                    Reduction);
+                                   Reduction);
 FUSEDRNN_CROSS_ENTROPY(float)
 FUSEDRNN_CROSS_ENTROPY(double)
 

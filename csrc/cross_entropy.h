@@ -21,7 +21,7 @@ enum class Reduction : int { mean = 0, sum = 1 };
 
 // Returns the reduced loss (in double; the binding casts it to the logits' dtype).
 template <typename T>
-double cross_entropy(T* dlogits, T* row_losses, const T* logits, const int64_t* targets,
-                     int64_t N, int64_t V, int64_t ignore_index, Reduction reduction);
+double cross_entropy(T* dlogits, T* row_losses, const T* logits, const int64_t* targets, int64_t N,
+                     int64_t V, int64_t ignore_index, Reduction reduction);
 
 }  // namespace fusedrnn

@@ -26,8 +26,8 @@ struct GruSaved {
   T* extra;  // [T,B,H]: hn (reset_after) or rh (reset_before)
   int64_t B, H;
   GruSaved at(int64_t s) const {
-    return {gates ? gates + s * B * kGruGates * H : nullptr, extra ? extra + s * B * H : nullptr,
-            B, H};
+    return {gates ? gates + s * B * kGruGates * H : nullptr, extra ? extra + s * B * H : nullptr, B,
+            H};
   }
 };
 // The workspace's layout; with a null workspace, both parts are null and `size` (if given) gets

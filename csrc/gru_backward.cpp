@@ -75,9 +75,9 @@ void gru_backward(const CellBackwardArgs<T>& a) {
         pack_weights(step_kernel, scratch.packed, w_hh, H, 1, h_blocks, 1, H, split.packs);
     T* packed_n = scratch.packed + packed_weights_size(h_blocks, 1, H);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
-        reset_after ? w_h
-                    : pack_weights(step_kernel, packed_n, w_hh + 2 * H * H, H, 1, H, 1, H,
-                                   split.packs);
+        reset_after
+            ? w_h
+            : pack_weights(step_kernel, packed_n, w_hh + 2 * H * H, H, 1, H, 1, H, split.packs);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
@@ -119,8 +119,8 @@ void gru_backward(const CellBackwardArgs<T>& a) {
     if (a.g.db_ih) add_column_sums(team, a.g.db_ih, dgates_x, TB, G, G);
     if (a.g.db_hh) add_column_sums(team, a.g.db_hh, dgates_h, TB, G, G);
     // the blocks that see h_{t-1}: all three, or r and z
-    recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G,
-                              h_blocks, y, h0, steps, B, H);
+    recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks, y,
+                              h0, steps, B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> rh =

@@ -106,10 +106,10 @@ void gru_forward(const CellForwardArgs<T>& a) {
         kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
                                      hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
         split.share_step_results();  // W_hn (r*h) reads every unit of r*h
-        step_gemm(step_kernel, w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H,
-                  hproj_n + r0 * H, H, false);
-        kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
-                                     hproj_n + at, h_prev + at, h + at);
+        step_gemm(step_kernel, w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H, hproj_n + r0 * H,
+                  H, false);
+        kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj_n + at,
+                                     h_prev + at, h + at);
       }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, H);

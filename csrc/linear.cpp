@@ -47,11 +47,11 @@ void linear_backward(T* dx, T* dw, T* db, T* scratch, const T* dy, const T* x, c
   });
 }
 
-#define FUSEDRNN_LINEAR(T)                                                                      \
-  template void linear_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t,       \
-                                  int64_t);                                                     \
-  template void linear_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t,       \
-                                   int64_t, int64_t);
+#define FUSEDRNN_LINEAR(T)                                                                         \
+  template void linear_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t,          \
+                                  int64_t);                                                        \
+  template void linear_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, \
+                                   int64_t);
 FUSEDRNN_LINEAR(float)
 FUSEDRNN_LINEAR(double)
 

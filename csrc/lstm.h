@@ -1,7 +1,8 @@
 // LSTM over a whole sequence, one layer, one direction (the arguments: recurrent_cell.h).
 //
 //   i, f, g, o = sigmoid, sigmoid, tanh, sigmoid (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
-//   c_t = f*c_{t-1} + i*g        h_t = o*tanh(c_t)          (with a projection: h_t = W_hr o*tanh(c_t))
+//   c_t = f*c_{t-1} + i*g        h_t = o*tanh(c_t)          (with a projection: h_t = W_hr
+//   o*tanh(c_t))
 //
 // Shapes (T steps, batch B, input I, hidden H, projection P (0: none), R = P ? P : H), C order:
 //   x [T,B,I]  h0 [B,R]  c0 [B,H]  w_ih [4H,I]  w_hh [4H,R]  b_ih, b_hh [4H] (null: zeros)

@@ -8,43 +8,58 @@ namespace fusedrnn {
 
 int64_t cell_workspace_size(CellKind cell, const CellShape& s) {
   switch (cell) {
-    case CellKind::lstm: return lstm_workspace_size(s.steps, s.batch, s.hidden, s.proj);
-    case CellKind::gru: return gru_workspace_size(s.steps, s.batch, s.hidden);
-    default: return 0;  // the RNN reads its derivative off y
+    case CellKind::lstm:
+      return lstm_workspace_size(s.steps, s.batch, s.hidden, s.proj);
+    case CellKind::gru:
+      return gru_workspace_size(s.steps, s.batch, s.hidden);
+    default:
+      return 0;  // the RNN reads its derivative off y
   }
 }
 
 int64_t cell_forward_scratch_size(CellKind cell, const CellShape& s, bool training) {
   switch (cell) {
-    case CellKind::lstm: return lstm_forward_scratch_size(s, training);
-    case CellKind::gru: return gru_forward_scratch_size(s, training);
-    default: return rnn_forward_scratch_size(s);
+    case CellKind::lstm:
+      return lstm_forward_scratch_size(s, training);
+    case CellKind::gru:
+      return gru_forward_scratch_size(s, training);
+    default:
+      return rnn_forward_scratch_size(s);
   }
 }
 
 int64_t cell_backward_scratch_size(CellKind cell, const CellShape& s) {
   switch (cell) {
-    case CellKind::lstm: return lstm_backward_scratch_size(s);
-    case CellKind::gru: return gru_backward_scratch_size(s);
-    default: return rnn_backward_scratch_size(s);
+    case CellKind::lstm:
+      return lstm_backward_scratch_size(s);
+    case CellKind::gru:
+      return gru_backward_scratch_size(s);
+    default:
+      return rnn_backward_scratch_size(s);
   }
 }
 
 template <typename T>
 void cell_forward(CellKind cell, const CellForwardArgs<T>& a) {
   switch (cell) {
-    case CellKind::lstm: return lstm_forward(a);
-    case CellKind::gru: return gru_forward(a);
-    case CellKind::rnn: return rnn_forward(a);
+    case CellKind::lstm:
+      return lstm_forward(a);
+    case CellKind::gru:
+      return gru_forward(a);
+    case CellKind::rnn:
+      return rnn_forward(a);
   }
 }
 
 template <typename T>
 void cell_backward(CellKind cell, const CellBackwardArgs<T>& a) {
   switch (cell) {
-    case CellKind::lstm: return lstm_backward(a);
-    case CellKind::gru: return gru_backward(a);
-    case CellKind::rnn: return rnn_backward(a);
+    case CellKind::lstm:
+      return lstm_backward(a);
+    case CellKind::gru:
+      return gru_backward(a);
+    case CellKind::rnn:
+      return rnn_backward(a);
   }
 }
 

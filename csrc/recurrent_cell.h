@@ -28,11 +28,11 @@ enum class RnnActivation : int { tanh = 0, relu = 1 };
 
 // The sizes of one pass, and the variant of the cell.
 struct CellShape {
-  int64_t steps = 0;   // T
-  int64_t batch = 0;   // B
-  int64_t input = 0;   // I
-  int64_t hidden = 0;  // H
-  int64_t proj = 0;    // P: LSTM only, 0 = no projection
+  int64_t steps = 0;                        // T
+  int64_t batch = 0;                        // B
+  int64_t input = 0;                        // I
+  int64_t hidden = 0;                       // H
+  int64_t proj = 0;                         // P: LSTM only, 0 = no projection
   bool reset_after = true;                  // GRU: PyTorch's form (true) or Cho 2014's (false)
   RnnActivation act = RnnActivation::tanh;  // Elman RNN
   int64_t out() const { return proj ? proj : hidden; }  // R
@@ -40,20 +40,20 @@ struct CellShape {
 
 template <typename T>
 struct LayerWeights {  // one layer, one direction
-  const T* w_ih;  // [G,I]
-  const T* w_hh;  // [G,R]
-  const T* b_ih;  // [G] or null (zeros)
-  const T* b_hh;  // [G] or null (zeros)
-  const T* w_hr;  // [P,H]; null without a projection
+  const T* w_ih;       // [G,I]
+  const T* w_hh;       // [G,R]
+  const T* b_ih;       // [G] or null (zeros)
+  const T* b_hh;       // [G] or null (zeros)
+  const T* w_hr;       // [P,H]; null without a projection
 };
 
 template <typename T>
 struct LayerGrads {  // accumulated into (+=); null biases are skipped
-  T* dw_ih;  // [G,I]
-  T* dw_hh;  // [G,R]
-  T* db_ih;  // [G] or null
-  T* db_hh;  // [G] or null
-  T* dw_hr;  // [P,H]; null without a projection
+  T* dw_ih;          // [G,I]
+  T* dw_hh;          // [G,R]
+  T* db_ih;          // [G] or null
+  T* db_hh;          // [G] or null
+  T* dw_hr;          // [P,H]; null without a projection
 };
 
 template <typename T>
@@ -63,10 +63,10 @@ struct CellForwardArgs {
   T* h_n = nullptr;  // [B,R]
   T* c_n = nullptr;  // [B,H] (LSTM; null for the others)
   // inputs
-  const T* x = nullptr;   // [T,B,I]
-  const T* h0 = nullptr;  // [B,R]
-  const T* c0 = nullptr;  // [B,H] (LSTM; null for the others)
-  LayerWeights<T> w{};    // biases null: zeros; w_hr only with a projection
+  const T* x = nullptr;                  // [T,B,I]
+  const T* h0 = nullptr;                 // [B,R]
+  const T* c0 = nullptr;                 // [B,H] (LSTM; null for the others)
+  LayerWeights<T> w{};                   // biases null: zeros; w_hr only with a projection
   const int64_t* batch_sizes = nullptr;  // [T] or null
   // saved and scratch
   T* workspace = nullptr;  // [<cell>_workspace_size(T, ...)]; null = inference, nothing saved
@@ -84,19 +84,19 @@ struct CellForwardArgs {
 template <typename T>
 struct CellBackwardArgs {
   // outputs
-  T* dx = nullptr;      // [T,B,I] (=); null: not computed
-  T* dh0 = nullptr;     // [B,R] (=)
-  T* dc0 = nullptr;     // [B,H] (=) (LSTM; null for the others)
-  LayerGrads<T> g{};    // (+=)
+  T* dx = nullptr;    // [T,B,I] (=); null: not computed
+  T* dh0 = nullptr;   // [B,R] (=)
+  T* dc0 = nullptr;   // [B,H] (=) (LSTM; null for the others)
+  LayerGrads<T> g{};  // (+=)
   // inputs
-  const T* dy = nullptr;    // [T,B,R] or null (zeros)
-  const T* dh_n = nullptr;  // [B,R] or null (zeros)
-  const T* dc_n = nullptr;  // [B,H] or null (zeros) (LSTM)
-  const T* x = nullptr;     // [T,B,I]
-  const T* h0 = nullptr;    // [B,R]
-  const T* c0 = nullptr;    // [B,H] (LSTM; null for the others)
-  LayerWeights<T> w{};      // the biases are not read
-  const T* y = nullptr;     // [T,B,R]: the forward's output
+  const T* dy = nullptr;                 // [T,B,R] or null (zeros)
+  const T* dh_n = nullptr;               // [B,R] or null (zeros)
+  const T* dc_n = nullptr;               // [B,H] or null (zeros) (LSTM)
+  const T* x = nullptr;                  // [T,B,I]
+  const T* h0 = nullptr;                 // [B,R]
+  const T* c0 = nullptr;                 // [B,H] (LSTM; null for the others)
+  LayerWeights<T> w{};                   // the biases are not read
+  const T* y = nullptr;                  // [T,B,R]: the forward's output
   const int64_t* batch_sizes = nullptr;  // [T] or null
   // saved and scratch
   const T* workspace = nullptr;  // [<cell>_workspace_size(saved_steps, ...)]

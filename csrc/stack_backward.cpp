@@ -107,10 +107,10 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
       const T* in = l == 0 ? a.in.x : here.layer_input;
       // The states entering the span are constants: the forward's own states at begin - 1.
       const T* h_in = begin ? here.output[0] + (begin - 1) * B * R : a.in.h0 + l * B * R;
-      const T* c_in = !lstm  ? nullptr
-                      : begin ? lstm_saved(here.workspace[0], T_, B, H, s.proj).c +
-                                    (begin - 1) * B * H
-                              : a.in.c0 + l * B * H;
+      const T* c_in = !lstm ? nullptr
+                      : begin
+                          ? lstm_saved(here.workspace[0], T_, B, H, s.proj).c + (begin - 1) * B * H
+                          : a.in.c0 + l * B * H;
       rows_ending_in(b.dh_end, a.dh_n ? a.dh_n + l * B * R : nullptr, R, a.in.lengths, T_, B,
                      chunk_begin, end);
       if (lstm)
@@ -194,16 +194,15 @@ void stack_backward(const StackBackwardArgs<T>& a) {
       cell_backward(s.cell, cell);
     });
     // Both directions read the same input: their gradients add up.
-    copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, a.in.lengths, s.steps,
-                                 B, false);
+    copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, a.in.lengths, s.steps, B,
+                                 false);
     if (D == 2)
       copy_processing_order<true>(d_in, in_size, b.dx[1], in_size, in_size, a.in.lengths, s.steps,
                                   B, true);
     if (l > 0) {
       // forward: input of layer l = output of layer l-1 times its dropout mask
       const T* mask = a.in.dropout_masks ? a.in.dropout_masks + (l - 1) * TB * width : nullptr;
-      for (int64_t i = 0; i < TB * width; ++i)
-        b.d_output[i] = mask ? d_in[i] * mask[i] : d_in[i];
+      for (int64_t i = 0; i < TB * width; ++i) b.d_output[i] = mask ? d_in[i] * mask[i] : d_in[i];
     }
   }
 }

@@ -4,8 +4,9 @@ Run: python examples/layers_quickstart.py  (PyTorch is optional: without it the 
 own initialisation and the comparison is skipped).
 """
 
-import fusedrnn
 import numpy as np
+
+import fusedrnn
 
 T, B, I, H = 7, 3, 10, 16
 rng = np.random.default_rng(0)
@@ -27,15 +28,22 @@ print("output", output.shape, "h_n", h_n.shape, "c_n", c_n.shape)
 
 # backward of the loss sum(output): gradients of x and the initial states, parameters into grads
 dx, (dh0, dc0) = lstm.backward(np.ones_like(output))
-print("dx", dx.shape, "dh0", dh0.shape, "|grad weight_ih_l0| =",
-      float(np.linalg.norm(lstm.grads["weight_ih_l0"])))
+print(
+    "dx",
+    dx.shape,
+    "dh0",
+    dh0.shape,
+    "|grad weight_ih_l0| =",
+    float(np.linalg.norm(lstm.grads["weight_ih_l0"])),
+)
 
 if torch is not None:
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     x_t = torch.tensor(x, requires_grad=True)
-    packed = pack_padded_sequence(x_t, torch.tensor(lengths), batch_first=True,
-                                  enforce_sorted=False)
+    packed = pack_padded_sequence(
+        x_t, torch.tensor(lengths), batch_first=True, enforce_sorted=False
+    )
     out_t, _ = torch_lstm(packed)
     out_t, _ = pad_packed_sequence(out_t, batch_first=True, total_length=T)
     out_t.sum().backward()

@@ -34,8 +34,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import time
 
-import fusedrnn
 import numpy as np
+
+import fusedrnn
 
 DIGITS, EOS, BOS, PAD = 10, 10, 11, 12  # tokens 0-9 are the digits
 VOCAB = 13
@@ -70,11 +71,16 @@ def batch_arrays(sequences: list[tuple]) -> dict:
         src[:n, b] = seq
         rev = seq[::-1]
         tgt_in[0, b] = BOS
-        tgt_in[1:n + 1, b] = rev
+        tgt_in[1 : n + 1, b] = rev
         tgt_out[:n, b] = rev
         tgt_out[n, b] = EOS
-    return {"src": src, "lengths": lengths, "tgt_in": tgt_in, "tgt_out": tgt_out,
-            "sequences": sequences}
+    return {
+        "src": src,
+        "lengths": lengths,
+        "tgt_in": tgt_in,
+        "tgt_out": tgt_out,
+        "sequences": sequences,
+    }
 
 
 # ---------------------------------------------------------------- the model
@@ -84,8 +90,9 @@ class Seq2Seq:
     """Embeddings, encoder, decoder, attention and output layer, with forward and backward of
     a teacher-forced batch and step-by-step decoding."""
 
-    def __init__(self, hidden: int = 128, embed: int = 32, attention: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, hidden: int = 128, embed: int = 32, attention: bool = True, seed: int = 0
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.hidden, self.attention = hidden, attention
         half = hidden // 2
@@ -100,8 +107,10 @@ class Seq2Seq:
         self.params = {
             "src_embed": rng.standard_normal((VOCAB, embed)).astype(DTYPE) * 0.3,
             "tgt_embed": rng.standard_normal((VOCAB, embed)).astype(DTYPE) * 0.3,
-            "W_c": uniform((hidden, feat), feat), "b_c": np.zeros(hidden, DTYPE),
-            "W_s": uniform((OUT, hidden), hidden), "b_s": np.zeros(OUT, DTYPE),
+            "W_c": uniform((hidden, feat), feat),
+            "b_c": np.zeros(hidden, DTYPE),
+            "W_s": uniform((OUT, hidden), hidden),
+            "b_s": np.zeros(OUT, DTYPE),
         }
         self.grads = {name: np.zeros_like(p) for name, p in self.params.items()}
 
@@ -133,8 +142,10 @@ class Seq2Seq:
         x = self.params["src_embed"][src]  # (S, B, embed)
         enc, (h_n, c_n) = self.encoder(x, lengths=lengths)  # (S, B, hidden), (2, B, half)
         keys = np.ascontiguousarray(enc.transpose(1, 0, 2))
-        state = (np.concatenate([h_n[0], h_n[1]], axis=1)[None],
-                 np.concatenate([c_n[0], c_n[1]], axis=1)[None])
+        state = (
+            np.concatenate([h_n[0], h_n[1]], axis=1)[None],
+            np.concatenate([c_n[0], c_n[1]], axis=1)[None],
+        )
         return keys, state
 
     def readout(self, dec, keys, pad) -> tuple:
@@ -166,8 +177,9 @@ class Seq2Seq:
         loss = -np.sum(np.take_along_axis(logp, safe[..., None], -1)[..., 0] * valid) / count
         # backward, in reverse order of the forward
         d_logits = np.exp(logp)
-        np.put_along_axis(d_logits, safe[..., None],
-                          np.take_along_axis(d_logits, safe[..., None], -1) - 1, -1)
+        np.put_along_axis(
+            d_logits, safe[..., None], np.take_along_axis(d_logits, safe[..., None], -1) - 1, -1
+        )
         d_logits *= (valid / count)[..., None]
         d_logits = d_logits.astype(DTYPE)
         p, g = self.params, self.grads
@@ -177,20 +189,24 @@ class Seq2Seq:
         g["W_c"] += d_pre.reshape(-1, self.hidden).T @ feats.reshape(-1, feats.shape[-1])
         g["b_c"] += d_pre.sum((0, 1))
         d_feats = d_pre @ p["W_c"]
-        d_dec = d_feats[..., :self.hidden]
+        d_dec = d_feats[..., : self.hidden]
         d_keys = np.zeros_like(keys)
         if self.attention:
-            d_query, d_keys, d_values = self.attend.backward(d_feats[..., self.hidden:])
+            d_query, d_keys, d_values = self.attend.backward(d_feats[..., self.hidden :])
             d_dec = d_dec + d_query
             d_keys = d_keys + d_values if d_values is not None else d_keys
         d_tgt_embed, (dh0, dc0) = self.decoder.backward(
-            np.ascontiguousarray(d_dec.transpose(1, 0, 2)))
+            np.ascontiguousarray(d_dec.transpose(1, 0, 2))
+        )
         np.add.at(g["tgt_embed"], tgt_in, d_tgt_embed)
         half = self.hidden // 2
-        d_hx = (np.stack([dh0[0, :, :half], dh0[0, :, half:]]),
-                np.stack([dc0[0, :, :half], dc0[0, :, half:]]))
-        d_src_embed, _ = self.encoder.backward(np.ascontiguousarray(d_keys.transpose(1, 0, 2)),
-                                               d_hx)
+        d_hx = (
+            np.stack([dh0[0, :, :half], dh0[0, :, half:]]),
+            np.stack([dc0[0, :, :half], dc0[0, :, half:]]),
+        )
+        d_src_embed, _ = self.encoder.backward(
+            np.ascontiguousarray(d_keys.transpose(1, 0, 2)), d_hx
+        )
         np.add.at(g["src_embed"], src, d_src_embed)
         return float(loss)
 
@@ -243,7 +259,7 @@ class Seq2Seq:
         outputs = []
         for row in winners:
             seq = history[row].tolist()
-            out = tuple(seq[:seq.index(EOS)] if EOS in seq else seq)
+            out = tuple(seq[: seq.index(EOS)] if EOS in seq else seq)
             outputs.append((out, float(scores.reshape(-1)[row])) if with_scores else out)
         return outputs
 
@@ -275,14 +291,15 @@ class Adam:
 def accuracy(model: Seq2Seq, sequences: list[tuple], beam: int = 1) -> float:
     correct = 0
     for start in range(0, len(sequences), 250):
-        chunk = sequences[start:start + 250]
+        chunk = sequences[start : start + 250]
         outputs = model.decode(chunk, beam)
         correct += sum(out == seq[::-1] for out, seq in zip(outputs, chunk))
     return correct / len(sequences)
 
 
-def train(attention: bool, minutes: float, batch_size: int, seed: int, beam: int,
-          target: float = 0.995) -> dict:
+def train(
+    attention: bool, minutes: float, batch_size: int, seed: int, beam: int, target: float = 0.995
+) -> dict:
     rng = np.random.default_rng(seed)
     test = random_sequences(np.random.default_rng(12345), 1000)
     valid = random_sequences(np.random.default_rng(54321), 500, exclude=set(test))
@@ -300,16 +317,26 @@ def train(attention: bool, minutes: float, batch_size: int, seed: int, beam: int
         step += 1
         if step % 200 == 0:
             valid_acc = accuracy(model, valid)
-            print(f"step {step:5d}  {time.perf_counter() - start:6.1f}s  loss {loss:.4f}  "
-                  f"held-out greedy accuracy {valid_acc:.3f}", flush=True)
+            print(
+                f"step {step:5d}  {time.perf_counter() - start:6.1f}s  loss {loss:.4f}  "
+                f"held-out greedy accuracy {valid_acc:.3f}",
+                flush=True,
+            )
             if valid_acc >= target:
                 break
     elapsed = time.perf_counter() - start
-    result = {"name": name, "steps": step, "seconds": elapsed,
-              "greedy": accuracy(model, test, 1), f"beam{beam}": accuracy(model, test, beam)}
-    print(f"{name}: {step} steps in {elapsed:.0f} s; exact-sequence accuracy on 1000 held-out "
-          f"sequences of length {MIN_LEN}-{MAX_LEN}: greedy {result['greedy']:.3f}, "
-          f"beam {beam} {result[f'beam{beam}']:.3f}")
+    result = {
+        "name": name,
+        "steps": step,
+        "seconds": elapsed,
+        "greedy": accuracy(model, test, 1),
+        f"beam{beam}": accuracy(model, test, beam),
+    }
+    print(
+        f"{name}: {step} steps in {elapsed:.0f} s; exact-sequence accuracy on 1000 held-out "
+        f"sequences of length {MIN_LEN}-{MAX_LEN}: greedy {result['greedy']:.3f}, "
+        f"beam {beam} {result[f'beam{beam}']:.3f}"
+    )
     for seq in test[:3]:
         out = model.decode([seq], beam)[0]
         print(f"  {''.join(map(str, seq)):>15} -> {''.join(map(str, out))}")
@@ -333,8 +360,10 @@ def main() -> None:
     if len(results) > 1:
         print("\nexact-sequence accuracy on held-out sequences (greedy / beam):")
         for r in results:
-            print(f"  {r['name']:>18}: {r['greedy']:.3f} / {r[f'beam{args.beam}']:.3f}  "
-                  f"({r['steps']} steps, {r['seconds']:.0f} s)")
+            print(
+                f"  {r['name']:>18}: {r['greedy']:.3f} / {r[f'beam{args.beam}']:.3f}  "
+                f"({r['steps']} steps, {r['seconds']:.0f} s)"
+            )
 
 
 if __name__ == "__main__":

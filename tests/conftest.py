@@ -1,7 +1,8 @@
 """Fixtures and hooks of the whole suite (helpers shared by tests live in tests/helpers/)."""
 
-import fusedrnn
 import pytest
+
+import fusedrnn
 from fusedrnn import _core
 
 

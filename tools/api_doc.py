@@ -6,9 +6,9 @@
 Every name of ``fusedrnn.__all__`` gets a section: classes with each public method and property,
 functions with their signature, modules with each of their public functions. A method that
 several classes share (an inherited ``state_dict``, say) is written out once, under the first
-class that has it, and referred to from the others. tests/package/test_docs.py checks that the committed
-file is what this script writes, so a changed docstring shows up as a failing test until the
-file is regenerated.
+class that has it, and referred to from the others. tests/package/test_docs.py checks that the
+committed file is what this script writes, so a changed docstring shows up as a failing test
+until the file is regenerated.
 """
 
 from __future__ import annotations

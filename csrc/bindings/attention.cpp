@@ -35,9 +35,9 @@ struct AttentionCall {
   py::object mask_array, mask_offsets;
   AttentionMask mask;
 
-  AttentionCall(py::handle q_, py::handle k_, py::handle v_, py::handle mask_,
-                py::handle offsets_, int64_t row_stride, int64_t col_stride, bool causal,
-                double scale, double dropout_p, uint64_t seed)
+  AttentionCall(py::handle q_, py::handle k_, py::handle v_, py::handle mask_, py::handle offsets_,
+                int64_t row_stride, int64_t col_stride, bool causal, double scale, double dropout_p,
+                uint64_t seed)
       : checker(q_, "q") {
     py::array qa = rank4(q_, "q", "(N, Hq, L, E)");
     py::array ka = rank4(k_, "k", "(N, Hkv, S, E)");
@@ -50,8 +50,9 @@ struct AttentionCall {
     shape.S = ka.shape(2);
     shape.Ev = va.shape(3);
     if (shape.heads_kv < 1 || shape.heads_q % shape.heads_kv != 0)
-      throw py::value_error("the query heads Hq = " + str(shape.heads_q) +
-                            " must be a multiple of the key/value heads Hkv = " + str(shape.heads_kv));
+      throw py::value_error(
+          "the query heads Hq = " + str(shape.heads_q) +
+          " must be a multiple of the key/value heads Hkv = " + str(shape.heads_kv));
     const int64_t N = shape.batch, Hq = shape.heads_q, Hkv = shape.heads_kv;
     // Before input() copies a non-contiguous q, k, v: a broadcast view too big for the BLAS is
     // refused, not first copied.
@@ -72,7 +73,8 @@ struct AttentionCall {
       throw py::type_error("attn_mask must be a numpy.ndarray or None");
     py::array m = py::reinterpret_borrow<py::array>(mask_);
     const bool boolean = m.dtype().equal(py::dtype::of<bool>());
-    if (!boolean && !m.dtype().equal(checker.is_float32() ? py::dtype::of<float>() : py::dtype::of<double>()))
+    if (!boolean &&
+        !m.dtype().equal(checker.is_float32() ? py::dtype::of<float>() : py::dtype::of<double>()))
       throw py::type_error("attn_mask must have dtype bool or " + checker.dtype_name() +
                            " like q, got " + std::string(py::str(m.dtype())));
     // The kernel and the checks below read both through typed pointers: a misaligned one (a view
@@ -211,7 +213,7 @@ struct AdditiveCall {
   // counting (see data_of).
   template <typename F>
   AdditiveInputs<F> inputs() const {
-    return {cdata_of<F>(query), cdata_of<F>(keys), cdata_of<F>(values), cdata_of<F>(w_q),
+    return {cdata_of<F>(query), cdata_of<F>(keys), cdata_of<F>(values),        cdata_of<F>(w_q),
             cdata_of<F>(w_k),   cdata_of<F>(w_v),  cdata_of<uint8_t>(key_mask)};
   }
 };
@@ -224,8 +226,7 @@ py::tuple additive_forward_py(py::handle query, py::handle keys, py::handle valu
   py::array qp = c.checker.output({c.B, c.T, c.A});
   py::array kp = c.checker.output({c.B, c.S, c.A});
   const AdditiveShape shape = c.shape(get_num_threads());
-  const ScratchMemory scratch =
-      c.checker.scratch(additive_attention_forward_scratch_size(shape));
+  const ScratchMemory scratch = c.checker.scratch(additive_attention_forward_scratch_size(shape));
   dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -291,19 +292,21 @@ void bind_attention(py::module_& m) {
         "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h.");
   m.def("attention_backward", &attention_backward_py, "d_out"_a, "q"_a, "k"_a, "v"_a, "out"_a,
         "lse"_a, "mask"_a, "mask_offsets"_a, "mask_row_stride"_a, "mask_col_stride"_a,
-        "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a, "-> (dq, dk, dv); see csrc/attention.h.");
+        "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
+        "-> (dq, dk, dv); see csrc/attention.h.");
   m.def("additive_attention_forward", &additive_forward_py, "query"_a, "keys"_a, "values"_a,
         "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "-> (context, weights, qp, kp)");
   m.def("additive_attention_backward", &additive_backward_py, "d_context"_a, "query"_a, "keys"_a,
-        "values"_a, "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "weights"_a, "qp"_a, "kp"_a,
-        "dw_q"_a, "dw_k"_a, "dw_v"_a, "-> (d_query, d_keys, d_values, dw_q, dw_k, dw_v)");
+        "values"_a, "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "weights"_a, "qp"_a, "kp"_a, "dw_q"_a,
+        "dw_k"_a, "dw_v"_a, "-> (d_query, d_keys, d_values, dw_q, dw_k, dw_v)");
   m.def(
       "_set_attention_tiles",
       [](int64_t block_q, int64_t block_k) {
         if (block_q < 0 || block_k < 0) throw py::value_error("tile sizes must be >= 0");
         set_attention_tiles(block_q, block_k);
       },
-      "block_q"_a, "block_k"_a, "Testing knob: force the attention tile sizes (0, 0: the tuned ones).");
+      "block_q"_a, "block_k"_a,
+      "Testing knob: force the attention tile sizes (0, 0: the tuned ones).");
   m.def(
       "_set_attention_team_threshold",
       [](int64_t work) {
@@ -322,7 +325,8 @@ void bind_attention(py::module_& m) {
         return py::make_tuple(py::make_tuple(f.block_q, f.block_k),
                               py::make_tuple(b.block_q, b.block_k));
       },
-      "causal"_a = false, "The tile sizes in use: ((fwd block_q, block_k), (bwd block_q, block_k)).");
+      "causal"_a = false,
+      "The tile sizes in use: ((fwd block_q, block_k), (bwd block_q, block_k)).");
 }
 
 }  // namespace fusedrnn

@@ -44,8 +44,8 @@ bool is_dtype(const py::array& a, bool float32) {
 
 ArgChecker::ArgChecker(py::handle first, const char* first_name) : first_name_(first_name) {
   if (!py::isinstance<py::array>(first))
-    throw py::type_error(std::string(first_name) + " must be a numpy.ndarray of float32 or float64, got " +
-                         type_name(first));
+    throw py::type_error(std::string(first_name) +
+                         " must be a numpy.ndarray of float32 or float64, got " + type_name(first));
   py::array a = py::reinterpret_borrow<py::array>(first);
   if (is_dtype(a, true))
     is_float32_ = true;

@@ -15,7 +15,7 @@ void bind_recurrent_cell(py::module_& m);
 void bind_stack(py::module_& m);
 void bind_training(py::module_& m);
 void bind_attention(py::module_& m);
-}
+}  // namespace fusedrnn
 
 PYBIND11_MODULE(_core, m) {
   using namespace fusedrnn;
@@ -31,7 +31,9 @@ PYBIND11_MODULE(_core, m) {
       "Hand the kernels the addresses of SciPy's sgemm, dgemm, sgemv and dgemv.");
   m.def(
       "set_blas_threads_local",
-      [](std::uintptr_t fn) { set_blas_threads_local(reinterpret_cast<blas_threads_local_fn>(fn)); },
+      [](std::uintptr_t fn) {
+        set_blas_threads_local(reinterpret_cast<blas_threads_local_fn>(fn));
+      },
       "fn"_a, "Hand the kernels openblas_set_num_threads_local (0 = not available).");
   m.def("blas_threads_local_available", &blas_threads_local_available);
   m.def("get_num_threads", &get_num_threads);
@@ -60,8 +62,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("isa_supported", [](const std::string& name) { return isa_supported(name.c_str()); });
   m.def("select_isa", [](const std::string& name) {
     if (!select_isa(name.c_str()))
-      throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512' and supported by "
-                            "this CPU, got '" + name + "'");
+      throw py::value_error(
+          "isa must be one of 'baseline', 'avx2', 'avx512' and supported by "
+          "this CPU, got '" +
+          name + "'");
   });
   m.attr("compiler") = py::str(__VERSION__);
   bind_recurrent_cell(m);

@@ -23,8 +23,7 @@ struct CellCall {
   py::array x, h0, w_ih, w_hh;
 
   CellCall(CellKind kind, py::handle x_, py::handle h0_, py::handle w_ih_, py::handle w_hh_)
-      : c(x_, "x"), cell(kind), G(gates_of(kind)),
-        gate_rows(std::to_string(G) + "*hidden_size") {
+      : c(x_, "x"), cell(kind), G(gates_of(kind)), gate_rows(std::to_string(G) + "*hidden_size") {
     py::array xa = py::reinterpret_borrow<py::array>(x_);
     if (xa.ndim() != 3)
       throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
@@ -38,8 +37,8 @@ struct CellCall {
                             ", hidden_size)");
     if (wa.shape(0) != G * wa.shape(1))
       throw py::value_error("weight_hh must have shape (" + gate_rows +
-                            ", hidden_size), but has shape (" + std::to_string(wa.shape(0)) +
-                            ", " + std::to_string(wa.shape(1)) + ")");
+                            ", hidden_size), but has shape (" + std::to_string(wa.shape(0)) + ", " +
+                            std::to_string(wa.shape(1)) + ")");
     T = xa.shape(0);
     B = xa.shape(1);
     I = xa.shape(2);
@@ -123,11 +122,13 @@ struct CellCall {
     py::object c0a = lstm ? py::object(state(c0, "c0")) : py::none();
     py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
     if (workspace.is_none() && cell != CellKind::rnn)
-      throw py::value_error("workspace is None: backward needs the workspace that a training "
-                            "forward (training=True) returns");
-    py::object wsa = workspace.is_none() ? py::none()
-                                         : py::object(c.input(workspace, "workspace",
-                                                              {{ws_size, workspace_size()}}));
+      throw py::value_error(
+          "workspace is None: backward needs the workspace that a training "
+          "forward (training=True) returns");
+    py::object wsa =
+        workspace.is_none()
+            ? py::none()
+            : py::object(c.input(workspace, "workspace", {{ws_size, workspace_size()}}));
     py::object dya = optional_outputs(dy, "dy"), dhn = optional_state(dh_n, "dh_n");
     py::object dcn = lstm ? optional_state(dc_n, "dc_n") : py::none();
     const char* rows = gate_rows.c_str();
@@ -173,8 +174,7 @@ py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handl
                            py::handle dh_n, py::handle dc_n, py::handle dw_ih, py::handle dw_hh,
                            py::handle db_ih, py::handle db_hh) {
   return CellCall(CellKind::lstm, x, h0, w_ih, w_hh)
-      .backward(c0, y, workspace, "T*B*5*hidden_size", dy, dh_n, dc_n, dw_ih, dw_hh, db_ih,
-                db_hh);
+      .backward(c0, y, workspace, "T*B*5*hidden_size", dy, dh_n, dc_n, dw_ih, dw_hh, db_ih, db_hh);
 }
 
 // ---------------------------------------------------------------- GRU
@@ -225,13 +225,13 @@ void bind_recurrent_cell(py::module_& m) {
   m.def("lstm_backward", &lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weight_ih"_a, "weight_hh"_a,
         "y"_a, "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "dweight_ih"_a, "dweight_hh"_a,
         "dbias_ih"_a, "dbias_hh"_a);
-  m.def("gru_forward", &gru_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a,
-        "bias_ih"_a, "bias_hh"_a, "reset_after"_a = true, "training"_a = true);
+  m.def("gru_forward", &gru_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "bias_ih"_a,
+        "bias_hh"_a, "reset_after"_a = true, "training"_a = true);
   m.def("gru_backward", &gru_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "reset_after"_a, "dweight_ih"_a, "dweight_hh"_a,
         "dbias_ih"_a, "dbias_hh"_a);
-  m.def("rnn_forward", &rnn_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a,
-        "bias_ih"_a, "bias_hh"_a, "nonlinearity"_a = "tanh", "training"_a = true);
+  m.def("rnn_forward", &rnn_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "bias_ih"_a,
+        "bias_hh"_a, "nonlinearity"_a = "tanh", "training"_a = true);
   m.def("rnn_backward", &rnn_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "nonlinearity"_a, "dweight_ih"_a, "dweight_hh"_a,
         "dbias_ih"_a, "dbias_hh"_a);

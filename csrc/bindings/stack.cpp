@@ -43,35 +43,47 @@ struct StackCall {
       : checker(x_, "x") {
     const CellKind cell = cell_of(mode);
     const RnnActivation act = parse_nonlinearity(nonlinearity);
-    if (num_layers < 1) throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
-    if (hidden < 1) throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));
+    if (num_layers < 1)
+      throw py::value_error("num_layers must be >= 1, got " + std::to_string(num_layers));
+    if (hidden < 1)
+      throw py::value_error("hidden_size must be >= 1, got " + std::to_string(hidden));
     if (proj < 0 || proj >= hidden || (proj && cell != CellKind::lstm))
-      throw py::value_error("proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1; got " +
-                            std::to_string(proj));
+      throw py::value_error(
+          "proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1; got " +
+          std::to_string(proj));
     py::array xa = py::reinterpret_borrow<py::array>(x_);
     if (xa.ndim() != 3)
-      throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " + std::to_string(xa.ndim()));
+      throw py::value_error("x must have 3 dimensions (T, B, input_size), but has " +
+                            std::to_string(xa.ndim()));
     shape = stack_shape(cell, xa.shape(0), xa.shape(1), xa.shape(2), hidden, proj, num_layers,
                         bidirectional);
     shape.reset_after = reset_after;
     shape.act = act;
     if (shape.input < 1) throw py::value_error("x must have input_size >= 1, but has 0");
-    const int64_t T = shape.steps, B = shape.batch, R = shape.out(), LD = num_layers * shape.directions;
+    const int64_t T = shape.steps, B = shape.batch, R = shape.out(),
+                  LD = num_layers * shape.directions;
     check_blas_dim(T * B, "T*B (the rows of x)");
     check_blas_dim(shape.input, "input_size");
     check_blas_dim(shape.gates() * hidden, "the gate width");
     if (num_layers > 1)
-      check_blas_dim(shape.directions * R, "num_directions*hidden_size (the input of a layer past the first)");
+      check_blas_dim(shape.directions * R,
+                     "num_directions*hidden_size (the input of a layer past the first)");
     check_buffers_fit();  // before anything is copied or allocated
     x = checker.input(x_, "x", {{"T", T}, {"B", B}, {"input_size", shape.input}});
-    h0 = checker.input(h0_, "h0", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", R}});
+    h0 = checker.input(
+        h0_, "h0", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", R}});
     c0 = shape.cell == CellKind::lstm
-             ? py::object(checker.input(c0_, "c0", {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", hidden}}))
+             ? py::object(checker.input(
+                   c0_, "c0",
+                   {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", hidden}}))
              : py::none();
-    masks = num_layers > 1 ? checker.optional_input(masks_, "dropout_masks",
-                                                    {{"num_layers-1", num_layers - 1}, {"T", T}, {"B", B},
-                                                     {"num_directions*hidden_size", shape.directions * R}})
-                           : py::none();
+    masks = num_layers > 1
+                ? checker.optional_input(masks_, "dropout_masks",
+                                         {{"num_layers-1", num_layers - 1},
+                                          {"T", T},
+                                          {"B", B},
+                                          {"num_directions*hidden_size", shape.directions * R}})
+                : py::none();
     check_packing(batch_sizes_, lengths_);
   }
 
@@ -88,14 +100,16 @@ struct StackCall {
     const Wide W = static_cast<Wide>(std::max(shape.input, shape.directions * shape.out()));
     const Wide B = static_cast<Wide>(shape.batch) + 1;
     // Generous bounds of stack_saved_size and of the two scratch sizes, plus y, h_n, c_n, dx.
-    const Wide bound = (L * D + L + 8) * rows * (8 * H + 8 * W + 8) + (L * D + 8) * B * (2 * H + 2 * R + 8);
+    const Wide bound =
+        (L * D + L + 8) * rows * (8 * H + 8 * W + 8) + (L * D + 8) * B * (2 * H + 2 * R + 8);
     const Wide limit = 1152921504606846976.0L;  // 2**60 elements: 2**62 bytes of float32 and beyond
     if (bound > limit) {
-      const std::string message =
-          "a " + std::to_string(shape.layers) + "-layer stack over T*B = " +
-          std::to_string(shape.steps) + "*" + std::to_string(shape.batch) + " rows with hidden_size " +
-          std::to_string(shape.hidden) + " needs buffers of more than 2**60 elements, which cannot "
-          "be allocated";
+      const std::string message = "a " + std::to_string(shape.layers) +
+                                  "-layer stack over T*B = " + std::to_string(shape.steps) + "*" +
+                                  std::to_string(shape.batch) + " rows with hidden_size " +
+                                  std::to_string(shape.hidden) +
+                                  " needs buffers of more than 2**60 elements, which cannot "
+                                  "be allocated";
       PyErr_SetString(PyExc_MemoryError, message.c_str());
       throw py::error_already_set();
     }
@@ -115,8 +129,8 @@ struct StackCall {
           !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<int64_t>()))
         throw py::type_error(std::string(name) + " must be an int64 numpy.ndarray");
       // contiguous and aligned: the checks below and the kernels read it through an int64_t*
-      py::array a = py::module_::import("numpy").attr("require")(obj, py::none(),
-                                                                  py::make_tuple("C", "A"));
+      py::array a =
+          py::module_::import("numpy").attr("require")(obj, py::none(), py::make_tuple("C", "A"));
       if (a.ndim() != 1 || a.shape(0) != n)
         throw py::value_error(std::string(name) + " must have shape (" + std::to_string(n) + ",)");
       return a;
@@ -140,8 +154,12 @@ struct StackCall {
   // reference counting (see data_of).
   template <typename F>
   StackInputs<F> inputs(const std::vector<LayerWeights<F>>& w) const {
-    return {cdata_of<F>(x),     cdata_of<F>(h0),   cdata_of<F>(c0),
-            w.data(),           cdata_of<F>(masks), cdata_of<int64_t>(batch_sizes),
+    return {cdata_of<F>(x),
+            cdata_of<F>(h0),
+            cdata_of<F>(c0),
+            w.data(),
+            cdata_of<F>(masks),
+            cdata_of<int64_t>(batch_sizes),
             cdata_of<int64_t>(lengths)};
   }
 
@@ -160,12 +178,18 @@ struct StackCall {
       const std::string n_ih = param_name("weight_ih", l, d), n_hh = param_name("weight_hh", l, d);
       const std::string n_bi = param_name("bias_ih", l, d), n_bh = param_name("bias_hh", l, d);
       const std::string n_hr = param_name("weight_hr", l, d);
-      py::array w_ih = checker.input(w[0], n_ih.c_str(), {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
-      py::array w_hh = checker.input(w[1], n_hh.c_str(), {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
+      py::array w_ih =
+          checker.input(w[0], n_ih.c_str(),
+                        {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
+      py::array w_hh = checker.input(w[1], n_hh.c_str(),
+                                     {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
       py::object b_ih = checker.optional_input(w[2], n_bi.c_str(), {{"gates*hidden_size", G}});
       py::object b_hh = checker.optional_input(w[3], n_bh.c_str(), {{"gates*hidden_size", G}});
-      py::object w_hr = shape.proj ? py::object(checker.input(w[4], n_hr.c_str(), {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}}))
-                                   : py::none();
+      py::object w_hr =
+          shape.proj
+              ? py::object(checker.input(
+                    w[4], n_hr.c_str(), {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}}))
+              : py::none();
       for (py::object o : {py::object(w_ih), py::object(w_hh), b_ih, b_hh, w_hr}) keep.push_back(o);
       out.push_back({cdata_of<T>(w_ih), cdata_of<T>(w_hh), cdata_of<T>(b_ih), cdata_of<T>(b_hh),
                      cdata_of<T>(w_hr)});
@@ -185,25 +209,30 @@ struct StackCall {
     for (int64_t k = 0; k < LD; ++k) {
       const int64_t l = k / shape.directions, d = k % shape.directions;
       py::tuple g = py::reinterpret_borrow<py::tuple>(items[k]);
-      auto acc = [&](py::handle obj, const char* kind, std::initializer_list<Dim> dims) -> py::object {
+      auto acc = [&](py::handle obj, const char* kind,
+                     std::initializer_list<Dim> dims) -> py::object {
         if (obj.is_none()) return py::none();
         const std::string name = "grads['" + param_name(kind, l, d) + "']";
         return checker.accumulator(obj, name.c_str(), dims);
       };
-      py::object dw_ih = acc(g[0], "weight_ih", {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
-      py::object dw_hh = acc(g[1], "weight_hh", {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
+      py::object dw_ih =
+          acc(g[0], "weight_ih",
+              {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
+      py::object dw_hh =
+          acc(g[1], "weight_hh", {{"gates*hidden_size", G}, {"proj_size or hidden_size", R}});
       py::object db_ih = acc(g[2], "bias_ih", {{"gates*hidden_size", G}});
       py::object db_hh = acc(g[3], "bias_hh", {{"gates*hidden_size", G}});
-      py::object dw_hr = acc(g[4], "weight_hr", {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}});
+      py::object dw_hr =
+          acc(g[4], "weight_hr", {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}});
       if (dw_ih.is_none() || dw_hh.is_none() || (shape.proj && dw_hr.is_none()))
-        throw py::value_error("grads of " + param_name("weight_ih", l, d) + " / weight_hh / weight_hr are required");
+        throw py::value_error("grads of " + param_name("weight_ih", l, d) +
+                              " / weight_hh / weight_hr are required");
       for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr}) keep.push_back(o);
       out.push_back({data_of<T>(dw_ih), data_of<T>(dw_hh), data_of<T>(db_ih), data_of<T>(db_hh),
                      data_of<T>(dw_hr)});
     }
     return out;
   }
-
 };
 
 py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0, py::handle c0,
@@ -246,9 +275,10 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             bool reset_after, const std::string& nonlinearity, int64_t truncate,
                             int64_t stride) {
   if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
-    throw py::value_error("truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
-                          "truncate, got truncate=" + std::to_string(truncate) +
-                          ", truncate_stride=" + std::to_string(stride));
+    throw py::value_error(
+        "truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
+        "truncate, got truncate=" +
+        std::to_string(truncate) + ", truncate_stride=" + std::to_string(stride));
   if (truncate && bidirectional)
     throw py::value_error("truncated backpropagation through time needs a unidirectional layer");
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
@@ -258,13 +288,20 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
   const ArgChecker& c = call.checker;
   const bool lstm = s.cell == CellKind::lstm;
   if (saved.is_none())
-    throw py::value_error("saved is None: backward needs what a training forward (training=True) saved");
+    throw py::value_error(
+        "saved is None: backward needs what a training forward (training=True) saved");
   py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"num_directions*hidden_size", W}});
   py::array sa = c.input(saved, "saved", {{"saved size", stack_saved_size(s)}});
-  py::object dya = c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"num_directions*hidden_size", W}});
-  py::object dhn = c.optional_input(dh_n, "dh_n", {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", s.out()}});
-  py::object dcn = lstm ? c.optional_input(dc_n, "dc_n", {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", s.hidden}})
-                        : py::none();
+  py::object dya =
+      c.optional_input(dy, "dy", {{"T", T}, {"B", B}, {"num_directions*hidden_size", W}});
+  py::object dhn = c.optional_input(
+      dh_n, "dh_n",
+      {{"num_layers*num_directions", LD}, {"B", B}, {"proj_size or hidden_size", s.out()}});
+  py::object dcn =
+      lstm ? c.optional_input(
+                 dc_n, "dc_n",
+                 {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", s.hidden}})
+           : py::none();
   py::array dx = c.output({T, B, s.input}), dh0 = c.output({LD, B, s.out()});
   py::object dc0 = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
   const ScratchMemory scratch = c.scratch(stack_backward_scratch_size(s));
@@ -300,18 +337,18 @@ void bind_stack(py::module_& m) {
       "stack_saved_size",
       [](const std::string& mode, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj,
          int64_t layers, bool bidirectional) {
-        return stack_saved_size(stack_shape(cell_of(mode), T, B, I, H, proj, layers, bidirectional));
+        return stack_saved_size(
+            stack_shape(cell_of(mode), T, B, I, H, proj, layers, bidirectional));
       },
       "mode"_a, "T"_a, "B"_a, "I"_a, "H"_a, "proj_size"_a, "num_layers"_a, "bidirectional"_a,
       "Elements of the `saved` array a training stack_forward keeps.");
   m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a);
-  m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
-        "y"_a, "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a,
-        "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a,
-        "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0,
-        "truncate_stride"_a = 0);
+  m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
+        "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
+        "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,
+        "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0);
 }
 
 }  // namespace fusedrnn

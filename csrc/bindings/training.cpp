@@ -25,7 +25,8 @@ py::array int64_targets(py::handle targets, int64_t N) {
                          std::string(py::str(t.dtype())));
   if (t.ndim() != 1 || t.shape(0) != N) {
     std::string shape = "(";
-    for (py::ssize_t d = 0; d < t.ndim(); ++d) shape += (d ? ", " : "") + std::to_string(t.shape(d));
+    for (py::ssize_t d = 0; d < t.ndim(); ++d)
+      shape += (d ? ", " : "") + std::to_string(t.shape(d));
     shape += t.ndim() == 1 ? ",)" : ")";
     throw py::value_error("targets must have shape (N,) = (" + std::to_string(N) +
                           ",), one class index per row of logits, but has shape " + shape);
@@ -42,8 +43,8 @@ void check_target_range(const py::array& targets, int64_t V, int64_t ignore_inde
     if (t[n] == ignore_index || (t[n] >= 0 && t[n] < V)) continue;
     throw py::value_error("targets[" + std::to_string(n) + "] = " + std::to_string(t[n]) +
                           " is out of range: a target must be a class in [0, num_classes) = [0, " +
-                          std::to_string(V) + ") or ignore_index = " +
-                          std::to_string(ignore_index));
+                          std::to_string(V) +
+                          ") or ignore_index = " + std::to_string(ignore_index));
   }
 }
 
@@ -125,9 +126,11 @@ py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py:
   py::array xa = c.input(x, "x", {{"M", M}, {"in_features", K}});
   py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
   py::array dya = c.input(dy, "dy", {{"M", M}, {"out_features", N}});
-  py::array dwa = c.accumulator(dweight, "grads['weight']", {{"out_features", N}, {"in_features", K}});
-  py::object dba = has_bias ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
-                            : py::none();
+  py::array dwa =
+      c.accumulator(dweight, "grads['weight']", {{"out_features", N}, {"in_features", K}});
+  py::object dba = has_bias
+                       ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
+                       : py::none();
   py::object dx = need_dx ? py::object(c.output({M, K})) : py::none();
   const ScratchMemory scratch = c.scratch(linear_backward_scratch_size(M, N));
   dispatch_dtype(c, [&](auto tag) {
@@ -146,8 +149,8 @@ void bind_training(py::module_& m) {
   m.def("cross_entropy", &cross_entropy_py, "logits"_a, "targets"_a, "ignore_index"_a,
         "reduction"_a, "grad"_a);
   m.def("linear_forward", &linear_forward_py, "x"_a, "weight"_a, "bias"_a);
-  m.def("linear_backward", &linear_backward_py, "x"_a, "weight"_a, "dy"_a, "dweight"_a,
-        "dbias"_a, "has_bias"_a, "need_dx"_a);
+  m.def("linear_backward", &linear_backward_py, "x"_a, "weight"_a, "dy"_a, "dweight"_a, "dbias"_a,
+        "has_bias"_a, "need_dx"_a);
 }
 
 }  // namespace fusedrnn

@@ -68,7 +68,8 @@ void limit_blas_threads_in_team() {
 }  // namespace
 
 void restore_blas_threads_after_team() {
-  if (g_threads_local && t_blas_threads_before_team > 0) g_threads_local(t_blas_threads_before_team);
+  if (g_threads_local && t_blas_threads_before_team > 0)
+    g_threads_local(t_blas_threads_before_team);
   t_blas_threads_before_team = 0;
 }
 
@@ -88,8 +89,8 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
     return;
   }
   if (n == 1) {  // c[m] = op(A) b: A is [m,k] or [k,m] (trans_a); b's stride is ldb unless trans_b
-    gemv_rowmajor<T>(trans_a, trans_a ? k : m, trans_a ? m : k, alpha, a, lda, b,
-                     trans_b ? 1 : ldb, beta, c, ldc);
+    gemv_rowmajor<T>(trans_a, trans_a ? k : m, trans_a ? m : k, alpha, a, lda, b, trans_b ? 1 : ldb,
+                     beta, c, ldc);
     return;
   }
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.

@@ -19,43 +19,45 @@ struct PointwiseKernels {
   // ---- LSTM (gates i, f, g, o) ----
   // gates [rows,4H]: in W_ih x + W_hh h, out the activated gates; bias [4H] = b_ih + b_hh;
   // c_prev, c, h [rows,H] (c may alias c_prev).
-  void (*lstm_forward)(int64_t rows, int64_t H, int64_t width, const T* bias, T* gates, const T* c_prev, T* c,
-                       T* h);
+  void (*lstm_forward)(int64_t rows, int64_t H, int64_t width, const T* bias, T* gates,
+                       const T* c_prev, T* c, T* h);
   // dgates [rows,4H] out (pre-activation gradients); dc [rows,H] in dL/dc_t, out dL/dc_{t-1};
   // dh [rows,H] recurrent gradient in; dy [rows,H] or null; gates, c, c_prev as saved.
-  void (*lstm_backward)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dc, const T* dh, const T* dy,
-                        const T* gates, const T* c, const T* c_prev);
+  void (*lstm_backward)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dc, const T* dh,
+                        const T* dy, const T* gates, const T* c, const T* c_prev);
 
   // ---- GRU, reset_after (gates r, z, n) ----
   // gates [rows,3H]: in W_ih x, out r, z, n; hproj [rows,3H] = W_hh h; hn [rows,H] out
   // W_hn h + b_hn; h [rows,H] out.
-  void (*gru_forward)(int64_t rows, int64_t H, int64_t width, const T* bias_ih, const T* bias_hh, T* gates,
-                      const T* hproj, const T* h_prev, T* hn, T* h);
+  void (*gru_forward)(int64_t rows, int64_t H, int64_t width, const T* bias_ih, const T* bias_hh,
+                      T* gates, const T* hproj, const T* h_prev, T* hn, T* h);
   // dgates_x / dgates_h [rows,3H] out: gradients of W_ih x + b_ih and of W_hh h + b_hh;
   // dh [rows,H] in the recurrent gradient, out the direct part of dL/dh_{t-1} (dh_total * z).
-  void (*gru_backward)(int64_t rows, int64_t H, int64_t width, T* dgates_x, T* dgates_h, T* dh, const T* dy,
-                       const T* gates, const T* hn, const T* h_prev);
+  void (*gru_backward)(int64_t rows, int64_t H, int64_t width, T* dgates_x, T* dgates_h, T* dh,
+                       const T* dy, const T* gates, const T* hn, const T* h_prev);
 
   // ---- GRU, reset_before (Cho et al. 2014): two passes around the second recurrent GEMM ----
   // gates [rows,3H]: in W_ih x, out r, z in columns [0,2H); hproj_rz [rows,2H] = W_h{r,z} h;
   // rh [rows,H] out r*h_prev.
-  void (*gru_rb_forward_gates)(int64_t rows, int64_t H, int64_t width, const T* bias_ih, const T* bias_hh,
-                               T* gates, const T* hproj_rz, const T* h_prev, T* rh);
+  void (*gru_rb_forward_gates)(int64_t rows, int64_t H, int64_t width, const T* bias_ih,
+                               const T* bias_hh, T* gates, const T* hproj_rz, const T* h_prev,
+                               T* rh);
   // gates columns [2H,3H): in W_in x, out n; hproj_n [rows,H] = W_hn (r*h); h [rows,H] out.
-  void (*gru_rb_forward_state)(int64_t rows, int64_t H, int64_t width, const T* bias_ih, const T* bias_hh,
-                               T* gates, const T* hproj_n, const T* h_prev, T* h);
+  void (*gru_rb_forward_state)(int64_t rows, int64_t H, int64_t width, const T* bias_ih,
+                               const T* bias_hh, T* gates, const T* hproj_n, const T* h_prev, T* h);
   // dgates columns z, n out; dh in the recurrent gradient, out dh_total * z.
-  void (*gru_rb_backward_state)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dh, const T* dy,
-                                const T* gates, const T* h_prev);
+  void (*gru_rb_backward_state)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dh,
+                                const T* dy, const T* gates, const T* h_prev);
   // d_rh [rows,H] = dn_pre W_hn; dgates column r out; dh += d_rh * r.
-  void (*gru_rb_backward_gates)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dh, const T* d_rh,
-                                const T* gates, const T* h_prev);
+  void (*gru_rb_backward_gates)(int64_t rows, int64_t H, int64_t width, T* dgates, T* dh,
+                                const T* d_rh, const T* gates, const T* h_prev);
 
   // ---- RNN; index 0 = tanh, 1 = relu ----
   // h [rows,H]: in W_ih x + W_hh h, out act(... + bias); bias [H] = b_ih + b_hh.
   void (*rnn_forward[2])(int64_t rows, int64_t H, int64_t width, const T* bias, T* h);
   // dpre [rows,H] out; dh recurrent gradient in; dy or null; h the saved output.
-  void (*rnn_backward[2])(int64_t rows, int64_t H, int64_t width, T* dpre, const T* dh, const T* dy, const T* h);
+  void (*rnn_backward[2])(int64_t rows, int64_t H, int64_t width, T* dpre, const T* dh, const T* dy,
+                          const T* h);
 
   // ---- softmax cross-entropy (whole rows of V classes; not per hidden unit) ----
   // logits [rows,V]; targets [rows] in [0,V) or == ignore_index; losses [rows] out (0 if ignored);
@@ -70,11 +72,11 @@ struct PointwiseKernels {
 template <typename T>
 struct AttentionTile {
   int64_t rows = 0, cols = 0, ld = 0;
-  T* s = nullptr;        // forward: in scale*q.k, out p*z (z = dropout factor); backward: out p
-  T* p_drop = nullptr;   // backward with dropout: out p*z
-  T* dp = nullptr;       // backward: in dP = d_out . v, out dS = p * (dP*z - delta)
+  T* s = nullptr;       // forward: in scale*q.k, out p*z (z = dropout factor); backward: out p
+  T* p_drop = nullptr;  // backward with dropout: out p*z
+  T* dp = nullptr;      // backward: in dP = d_out . v, out dS = p * (dP*z - delta)
   // mask: the element (i0, j0) of this (batch item, head); strides as AttentionMask
-  int mask_kind = 0;     // MaskKind: 0 none, 1 boolean (bytes), 2 additive (T)
+  int mask_kind = 0;  // MaskKind: 0 none, 1 boolean (bytes), 2 additive (T)
   const void* mask = nullptr;
   int64_t mask_row_stride = 0, mask_col_stride = 0;
   bool causal = false;
@@ -110,8 +112,8 @@ struct AttentionKernels {
                           const uint8_t* key_mask);
   // Its backward for one query row: with a = tanh(qp + kp[s,:]) and g = de[s] * w_v * (1 - a^2),
   // dqp = sum_s g (=), dkp[s,:] += g, dw_v += sum_s de[s] * a. Keys with de[s] == 0 are skipped.
-  void (*additive_backward)(int64_t S, int64_t A, T* dqp, T* dkp, T* dw_v, const T* de,
-                            const T* qp, const T* kp, const T* w_v);
+  void (*additive_backward)(int64_t S, int64_t A, T* dqp, T* dkp, T* dw_v, const T* de, const T* qp,
+                            const T* kp, const T* w_v);
 };
 
 struct IsaKernels {

@@ -118,8 +118,7 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
   const auto& kernel = step_gemm_kernels<T>();
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, kernel.panel_width, member, members);
-    const PackedWeights<T> w_ih_t =
-        pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
+    const PackedWeights<T> w_ih_t = pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
     step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, accumulate);
   });
 }
@@ -154,9 +153,9 @@ GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t block
 // once for each other, so that all the panels are packed.
 struct StepSplit {
   bool by_rows = false;
-  PanelShare packs;    // the panels this member packs
-  PanelShare units;    // the hidden units its step GEMMs and fused pass cover
-  int64_t row0 = 0;    // by rows: its rows [row0, row0 + rows)
+  PanelShare packs;  // the panels this member packs
+  PanelShare units;  // the hidden units its step GEMMs and fused pass cover
+  int64_t row0 = 0;  // by rows: its rows [row0, row0 + rows)
   int64_t rows = 0;
   // Its rows of a step whose first n rows run: [first_row(), first_row() + row_count(n)).
   int64_t first_row() const { return by_rows ? row0 : 0; }
@@ -209,7 +208,8 @@ void project_chunk(const StepSplit& split, const StepGemmKernels<T>& kernel,
 // The steps whose input projection an inference forward computes at once: enough rows for an
 // efficient GEMM, without keeping the projection of a whole long sequence.
 inline int64_t projection_chunk_steps(int64_t steps, int64_t B) {
-  return std::max<int64_t>(1, std::min<int64_t>(steps, std::max<int64_t>(8, 256 / std::max<int64_t>(B, 1))));
+  return std::max<int64_t>(
+      1, std::min<int64_t>(steps, std::max<int64_t>(8, 256 / std::max<int64_t>(B, 1))));
 }
 
 }  // namespace fusedrnn

@@ -22,7 +22,8 @@ struct SavedLayout {
 };
 
 template <typename T>
-SavedLayout<T> saved_layout(T* saved, const StackShape& s, int64_t layer, int64_t* total = nullptr) {
+SavedLayout<T> saved_layout(T* saved, const StackShape& s, int64_t layer,
+                            int64_t* total = nullptr) {
   const int64_t TB = s.steps * s.batch;
   const int64_t per_layer_direction = cell_workspace_size(s.cell, s) + TB * s.out();
   const int64_t first_inputs = s.layers * s.directions * per_layer_direction;

@@ -141,8 +141,7 @@ PackedWeights<T> pack_weights(const StepGemmKernels<T>& kernel, T* dst, const T*
 // tail_buffer [tail_panel_size] by the member that owns it.
 template <typename T>
 PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src, int64_t ld,
-                                 int64_t K, int64_t cols, T* tail_buffer,
-                                 const PanelShare& share) {
+                                 int64_t K, int64_t cols, T* tail_buffer, const PanelShare& share) {
   const int64_t nr = kernel.panel_width;
   PackedWeights<T> in_place{src, K, 1, cols, nr, ld, nr, 0, nullptr};
   if (cols % nr) {
@@ -160,8 +159,7 @@ PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src,
 template <typename T>
 void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
                int64_t count, const PanelShare& share, int64_t rows, const T* a, int64_t lda,
-               T* out, int64_t ldo, bool accumulate, bool a_transposed = false,
-               T alpha = T(1)) {
+               T* out, int64_t ldo, bool accumulate, bool a_transposed = false, T alpha = T(1)) {
   if (share.width <= 0 || rows <= 0) return;
   PanelProduct<T> m;
   m.alpha = alpha;

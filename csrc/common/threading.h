@@ -109,8 +109,8 @@ TeamThresholds& team_thresholds();
 inline int recurrent_team_size(int64_t hidden, int64_t step_work, int64_t panels) {
   if (inside_team()) return 1;
   const TeamThresholds& limits = team_thresholds();
-  const int64_t threads = std::min<int64_t>(
-      {get_num_threads(), hidden / limits.min_units_per_member, panels});
+  const int64_t threads =
+      std::min<int64_t>({get_num_threads(), hidden / limits.min_units_per_member, panels});
   return step_work >= limits.min_step_work && threads > 1 ? static_cast<int>(threads) : 1;
 }
 

@@ -33,7 +33,8 @@ def _variant_filter(text: str) -> set[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown cell {', '.join(unknown) or repr(text)}; choose from "
-            f"{', '.join(sorted(known))}")
+            f"{', '.join(sorted(known))}"
+        )
     return names
 
 
@@ -80,13 +81,16 @@ def _sweep_description(sweep: bench.Sweep) -> str:
     return "; ".join(
         f"{', '.join(names)} at "
         f"{'(B, heads, L, E)' if bench.VARIANTS[names[0]].cell == 'attention' else '(B, T, I, H)'}"
-        f" = {', '.join(shapes)}" for shapes, names in groups.items())
+        f" = {', '.join(shapes)}"
+        for shapes, names in groups.items()
+    )
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     default, full = bench.SWEEPS["default"], bench.SWEEPS["full"]
-    rows = {name: sum(len(case.passes) for case in sweep.cases)
-            for name, sweep in bench.SWEEPS.items()}
+    rows = {
+        name: sum(len(case.passes) for case in sweep.cases) for name, sweep in bench.SWEEPS.items()
+    }
     parser = subparsers.add_parser(
         "bench",
         help="validate and time the fused kernels against the NumPy reference and PyTorch",
@@ -97,30 +101,58 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         f"{_sweep_description(default)}.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_const", const="full", dest="sweep",
-                      help=f"the full sweep ({rows['full']} rows, a few minutes): "
-                      f"{_sweep_description(full)}")
-    size.add_argument("--deepbench", action="store_const", const="deepbench", dest="sweep",
-                      help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several "
-                      "minutes)")
+    size.add_argument(
+        "--full",
+        action="store_const",
+        const="full",
+        dest="sweep",
+        help=f"the full sweep ({rows['full']} rows, a few minutes): {_sweep_description(full)}",
+    )
+    size.add_argument(
+        "--deepbench",
+        action="store_const",
+        const="deepbench",
+        dest="sweep",
+        help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several minutes)",
+    )
     # Internal: an explicit case list, for the tests (seconds instead of minutes).
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
     parser.set_defaults(sweep="default")
-    parser.add_argument("--only", type=_variant_filter, metavar="CELLS",
-                        help="comma list of cells (lstm, gru, rnn, attention) or variants "
-                        "(gru-cho, rnn-relu, attention-causal, ...) to keep")
+    parser.add_argument(
+        "--only",
+        type=_variant_filter,
+        metavar="CELLS",
+        help="comma list of cells (lstm, gru, rnn, attention) or variants "
+        "(gru-cho, rnn-relu, attention-causal, ...) to keep",
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="threads of the fused kernels, numpy's BLAS and PyTorch "
-                        "(default: fusedrnn.get_num_threads())")
-    parser.add_argument("--repeats", type=_positive_int, metavar="N",
-                        help="timed calls per measurement after a warm-up, exactly (default: "
-                        "the sweep's, and fast calls go on for a tenth of the sweep's time "
-                        "budget; slow calls get fewer within the budget)")
-    parser.add_argument("--json", metavar="PATH", help="write every row (memory peaks and call "
-                        "counts included) and the machine configuration as JSON")
-    parser.add_argument("--plot", type=_png_path, metavar="PATH",
-                        help=f"save a PNG of the speed-ups ({bench.PLOT_HINT})")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads of the fused kernels, numpy's BLAS and PyTorch "
+        "(default: fusedrnn.get_num_threads())",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        metavar="N",
+        help="timed calls per measurement after a warm-up, exactly (default: "
+        "the sweep's, and fast calls go on for a tenth of the sweep's time "
+        "budget; slow calls get fewer within the budget)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write every row (memory peaks and call "
+        "counts included) and the machine configuration as JSON",
+    )
+    parser.add_argument(
+        "--plot",
+        type=_png_path,
+        metavar="PATH",
+        help=f"save a PNG of the speed-ups ({bench.PLOT_HINT})",
+    )
     parser.set_defaults(handler=_run_bench)
 
 
@@ -149,11 +181,15 @@ def _run_bench(args: argparse.Namespace) -> int:
         print(f"no case of {', '.join(sorted(args.only))} in this sweep", file=sys.stderr)
         return 2
     report = bench.run_sweep(
-        cases, dtype=np.dtype(args.dtype), threads=args.threads,
-        repeats=args.repeats or sweep.repeats, budget=sweep.budget,
+        cases,
+        dtype=np.dtype(args.dtype),
+        threads=args.threads,
+        repeats=args.repeats or sweep.repeats,
+        budget=sweep.budget,
         # --repeats N asks for exactly N timed calls; a sweep's own count is a minimum
         min_seconds=0.0 if args.repeats else bench.MIN_TIMED_SHARE * sweep.budget,
-        sweep="custom" if args.cases else sweep.name, note="" if args.cases else sweep.note,
+        sweep="custom" if args.cases else sweep.name,
+        note="" if args.cases else sweep.note,
     )
     print(report.table())
     print()
@@ -175,9 +211,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _add_train_charlm(subparsers: argparse._SubParsersAction) -> None:
     # Listed here for --help; `main` hands everything after the name to char_lm's own parser.
     parser = subparsers.add_parser(
-        "train-charlm", add_help=False,
+        "train-charlm",
+        add_help=False,
         help="train a character-level language model with TBPTT (fusedrnn.char_lm; "
-        "`fusedrnn train-charlm --help` for its options)")
+        "`fusedrnn train-charlm --help` for its options)",
+    )
     parser.set_defaults(handler=lambda args: _run_train_charlm([]))
 
 

@@ -26,21 +26,25 @@ def _type_name(value) -> str:
 
 def _check_float_array(value, name: str, dtype=None) -> np.ndarray:
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got "
-                        f"{_type_name(value)}")
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of float32 or float64, got {_type_name(value)}"
+        )
     if dtype is None:
         if value.dtype not in DTYPES:
             raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     elif value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} like q, got {value.dtype} (all arrays "
-                        f"of one call share one dtype; nothing is cast silently)")
+        raise TypeError(
+            f"{name} must have dtype {dtype} like q, got {value.dtype} (all arrays "
+            f"of one call share one dtype; nothing is cast silently)"
+        )
     return value
 
 
 def _with_heads(a: np.ndarray, name: str, layout: str) -> np.ndarray:
     if a.ndim < 2:
-        raise ValueError(f"{name} must have shape {layout} (at least 2 dimensions), but has "
-                         f"shape {a.shape}")
+        raise ValueError(
+            f"{name} must have shape {layout} (at least 2 dimensions), but has shape {a.shape}"
+        )
     return a[None] if a.ndim == 2 else a
 
 
@@ -106,40 +110,49 @@ class AttentionArgs:
 
     def saved(self, out, lse, d_out) -> tuple:
         """out, lse (as forward returned them) and d_out, checked, in the kernels' layout."""
-        names = {"out": (out, self.out_shape()), "lse": (lse, self.lse_shape()),
-                 "d_out": (d_out, self.out_shape())}
+        names = {
+            "out": (out, self.out_shape()),
+            "lse": (lse, self.lse_shape()),
+            "d_out": (d_out, self.out_shape()),
+        }
         result = []
         for name, (value, shape) in names.items():
             value = _check_float_array(value, name, self.dtype)
             if value.shape != shape:
-                raise ValueError(f"{name} must have shape {shape} (what forward returns for "
-                                 f"these q, k, v), but has shape {value.shape}")
+                raise ValueError(
+                    f"{name} must have shape {shape} (what forward returns for "
+                    f"these q, k, v), but has shape {value.shape}"
+                )
             n = self.q.shape[0]
-            result.append(value.reshape((n, self.heads_q, self.L) + shape[len(self.lse_shape()):]))
+            result.append(value.reshape((n, self.heads_q, self.L, *shape[len(self.lse_shape()) :])))
         return tuple(result)
 
     def grads_to_user(self, dq: np.ndarray, dk: np.ndarray, dv: np.ndarray) -> tuple:
         """(N, H, ., .) gradients summed over the batch dimensions each input was broadcast
         along, in the shape of that input."""
-        return (_unbroadcast(dq, self.batch, self.q_shape),
-                _unbroadcast(dk, self.batch, self.k_shape),
-                _unbroadcast(dv, self.batch, self.v_shape))
+        return (
+            _unbroadcast(dq, self.batch, self.q_shape),
+            _unbroadcast(dk, self.batch, self.k_shape),
+            _unbroadcast(dv, self.batch, self.v_shape),
+        )
 
 
 def _unbroadcast(grad: np.ndarray, batch: tuple, shape: tuple) -> np.ndarray:
     full = grad.reshape(batch + grad.shape[1:])
-    padded = shape if len(shape) > 2 else (1,) + shape  # a 2-D input had a head axis added
+    padded = shape if len(shape) > 2 else (1, *shape)  # a 2-D input had a head axis added
     lead = len(batch) - (len(padded) - 3)
     axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(padded[:-3]) if n == 1 and batch[lead + i] != 1)
+        lead + i for i, n in enumerate(padded[:-3]) if n == 1 and batch[lead + i] != 1
+    )
     if axes:
         full = full.sum(axis=axes, keepdims=True)
         full = full.reshape(full.shape[lead:])
     return np.ascontiguousarray(full.reshape(shape))
 
 
-def attention_args(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False,
-                   dropout_p=0.0, seed=0) -> AttentionArgs:
+def attention_args(
+    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, dropout_p=0.0, seed=0
+) -> AttentionArgs:
     """Check one call and bring it to the kernels' layout (see the module docstring)."""
     q = _check_float_array(q, "q")
     k = _check_float_array(k, "k", q.dtype)
@@ -154,26 +167,38 @@ def attention_args(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_
     v3 = _with_heads(v, "v", "(..., Hkv, S, Ev)")
     (Hq, L, E), (Hkv, S, Ek), (Hv, Sv, Ev) = q3.shape[-3:], k3.shape[-3:], v3.shape[-3:]
     if Ek != E:
-        raise ValueError(f"q and k must have the same feature size E (their last axis), but q "
-                         f"has E = {E} (shape {q.shape}) and k has E = {Ek} (shape {k.shape})")
+        raise ValueError(
+            f"q and k must have the same feature size E (their last axis), but q "
+            f"has E = {E} (shape {q.shape}) and k has E = {Ek} (shape {k.shape})"
+        )
     if Sv != S:
-        raise ValueError(f"k and v must have the same number of keys S (axis -2), but k has "
-                         f"S = {S} (shape {k.shape}) and v has S = {Sv} (shape {v.shape})")
+        raise ValueError(
+            f"k and v must have the same number of keys S (axis -2), but k has "
+            f"S = {S} (shape {k.shape}) and v has S = {Sv} (shape {v.shape})"
+        )
     if Hv != Hkv:
-        raise ValueError(f"k and v must have the same number of heads Hkv (axis -3), but k has "
-                         f"{Hkv} (shape {k.shape}) and v has {Hv} (shape {v.shape})")
+        raise ValueError(
+            f"k and v must have the same number of heads Hkv (axis -3), but k has "
+            f"{Hkv} (shape {k.shape}) and v has {Hv} (shape {v.shape})"
+        )
     if not enable_gqa and Hq != Hkv:
-        raise ValueError(f"q has Hq = {Hq} heads (axis -3) but k and v have Hkv = {Hkv}; they "
-                         f"must be equal, or Hq a multiple of Hkv with enable_gqa=True")
+        raise ValueError(
+            f"q has Hq = {Hq} heads (axis -3) but k and v have Hkv = {Hkv}; they "
+            f"must be equal, or Hq a multiple of Hkv with enable_gqa=True"
+        )
     if enable_gqa and (Hkv == 0 or Hq % Hkv != 0):
-        raise ValueError(f"with enable_gqa=True the query heads Hq = {Hq} must be a multiple of "
-                         f"the key/value heads Hkv = {Hkv}")
+        raise ValueError(
+            f"with enable_gqa=True the query heads Hq = {Hq} must be a multiple of "
+            f"the key/value heads Hkv = {Hkv}"
+        )
     try:
         batch = np.broadcast_shapes(q3.shape[:-3], k3.shape[:-3], v3.shape[:-3])
     except ValueError:
-        raise ValueError(f"the batch dimensions of q {q.shape[:-3]}, k {k.shape[:-3]} and v "
-                         f"{v.shape[:-3]} (all but the last three axes) do not broadcast "
-                         f"together") from None
+        raise ValueError(
+            f"the batch dimensions of q {q.shape[:-3]}, k {k.shape[:-3]} and v "
+            f"{v.shape[:-3]} (all but the last three axes) do not broadcast "
+            f"together"
+        ) from None
     N = math.prod(batch)
     if scale is None:
         scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
@@ -184,11 +209,30 @@ def attention_args(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_
         return np.broadcast_to(a, batch + a.shape[-3:]).reshape(N, heads, rows, cols)
 
     args = AttentionArgs(
-        q=flat(q3, Hq, L, E), k=flat(k3, Hkv, S, E), v=flat(v3, Hkv, S, Ev), batch=batch,
-        drop_head_axis=drop_head_axis, q_shape=q.shape, k_shape=k.shape, v_shape=v.shape,
-        heads_q=Hq, heads_kv=Hkv, L=L, S=S, E=E, Ev=Ev, is_causal=is_causal, scale=float(scale),
-        dropout_p=dropout_p, seed=seed, mask=None, mask_view=None, mask_offsets=None,
-        mask_row_stride=0, mask_col_stride=0)
+        q=flat(q3, Hq, L, E),
+        k=flat(k3, Hkv, S, E),
+        v=flat(v3, Hkv, S, Ev),
+        batch=batch,
+        drop_head_axis=drop_head_axis,
+        q_shape=q.shape,
+        k_shape=k.shape,
+        v_shape=v.shape,
+        heads_q=Hq,
+        heads_kv=Hkv,
+        L=L,
+        S=S,
+        E=E,
+        Ev=Ev,
+        is_causal=is_causal,
+        scale=float(scale),
+        dropout_p=dropout_p,
+        seed=seed,
+        mask=None,
+        mask_view=None,
+        mask_offsets=None,
+        mask_row_stride=0,
+        mask_col_stride=0,
+    )
     if attn_mask is not None:
         _set_mask(args, attn_mask)
     return args
@@ -196,23 +240,29 @@ def attention_args(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_
 
 def _set_mask(args: AttentionArgs, attn_mask) -> None:
     if not isinstance(attn_mask, np.ndarray):
-        raise TypeError(f"attn_mask must be a numpy.ndarray (bool, or {args.dtype} like q) or "
-                        f"None, got {_type_name(attn_mask)}")
+        raise TypeError(
+            f"attn_mask must be a numpy.ndarray (bool, or {args.dtype} like q) or "
+            f"None, got {_type_name(attn_mask)}"
+        )
     if attn_mask.dtype != np.bool_ and attn_mask.dtype != args.dtype:
-        raise TypeError(f"attn_mask must have dtype bool (True = may attend) or {args.dtype} "
-                        f"like q (added to the scores), got {attn_mask.dtype}")
-    user_target = args.out_shape()[:-1] + (args.S,)  # (..., Hq, L, S) or (L, S)
+        raise TypeError(
+            f"attn_mask must have dtype bool (True = may attend) or {args.dtype} "
+            f"like q (added to the scores), got {attn_mask.dtype}"
+        )
+    user_target = (*args.out_shape()[:-1], args.S)  # (..., Hq, L, S) or (L, S)
     try:
         fits = np.broadcast_shapes(attn_mask.shape, user_target) == user_target
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"attn_mask of shape {attn_mask.shape} does not broadcast to "
-                         f"(..., Hq, L, S) = {user_target}")
+        raise ValueError(
+            f"attn_mask of shape {attn_mask.shape} does not broadcast to "
+            f"(..., Hq, L, S) = {user_target}"
+        )
     # Aligned too: np.ascontiguousarray would hand a contiguous float mask at an odd byte offset
     # (a view into a byte buffer) to the kernel as it is, and reading it is undefined behaviour.
     mask = np.require(attn_mask, None, ("C", "A"))
-    target = args.batch + (args.heads_q, args.L, args.S)
+    target = (*args.batch, args.heads_q, args.L, args.S)
     full = np.broadcast_to(mask, user_target)
     if args.drop_head_axis:
         full = full[None]
@@ -236,8 +286,9 @@ def _set_mask(args: AttentionArgs, attn_mask) -> None:
 
 def _check_shape(value: np.ndarray, name: str, shape: tuple, axes: str) -> np.ndarray:
     if not fits_shape(value, shape):
-        raise ValueError(f"{name} must have shape {axes} = {shape_text(shape)}, but has shape "
-                         f"{value.shape}")
+        raise ValueError(
+            f"{name} must have shape {axes} = {shape_text(shape)}, but has shape {value.shape}"
+        )
     return value
 
 
@@ -251,12 +302,15 @@ def additive_args(query, keys, values, w_q, w_k, w_v, key_mask=None) -> tuple:
     w_k = _check_float_array(w_k, "w_k", dtype)
     w_v = _check_float_array(w_v, "w_v", dtype)
     if query.ndim != 3:
-        raise ValueError(f"query must have 3 dimensions (B, T, query_size), but has shape "
-                         f"{query.shape}")
+        raise ValueError(
+            f"query must have 3 dimensions (B, T, query_size), but has shape {query.shape}"
+        )
     B, _, Dq = query.shape
     if keys.ndim != 3 or keys.shape[0] != B:
-        raise ValueError(f"keys must have shape (B, S, key_size) with B = {B} like query, but "
-                         f"has shape {keys.shape}")
+        raise ValueError(
+            f"keys must have shape (B, S, key_size) with B = {B} like query, but "
+            f"has shape {keys.shape}"
+        )
     S, Dk = keys.shape[1:]
     if w_v.ndim != 1:
         raise ValueError(f"w_v must have shape (hidden_size,), but has shape {w_v.shape}")
@@ -266,9 +320,11 @@ def additive_args(query, keys, values, w_q, w_k, w_v, key_mask=None) -> tuple:
     _check_shape(w_k, "w_k", (A, Dk), "(hidden_size, key_size)")
     if key_mask is not None:
         if not isinstance(key_mask, np.ndarray) or key_mask.dtype != np.bool_:
-            raise TypeError(f"key_mask must be a bool numpy.ndarray (True = may attend) or "
-                            f"None, got {_type_name(key_mask)}"
-                            + (f" of {key_mask.dtype}" if isinstance(key_mask, np.ndarray) else ""))
+            raise TypeError(
+                f"key_mask must be a bool numpy.ndarray (True = may attend) or "
+                f"None, got {_type_name(key_mask)}"
+                + (f" of {key_mask.dtype}" if isinstance(key_mask, np.ndarray) else "")
+            )
         _check_shape(key_mask, "key_mask", (B, S), "(B, S)")
     return query, keys, values, w_q, w_k, w_v, key_mask
 
@@ -279,12 +335,16 @@ def additive_saved(query, keys, values, w_v, weights, qp, kp, d_context) -> tupl
     S = keys.shape[1]
     A = w_v.shape[0]
     dtype = query.dtype
-    checks = (("weights", weights, (B, T, S), "(B, T, S)"),
-              ("qp", qp, (B, T, A), "(B, T, hidden_size)"),
-              ("kp", kp, (B, S, A), "(B, S, hidden_size)"),
-              ("d_context", d_context, (B, T, values.shape[2]), "(B, T, value_size)"))
-    return tuple(_check_shape(_check_float_array(value, name, dtype), name, shape, axes)
-                 for name, value, shape, axes in checks)
+    checks = (
+        ("weights", weights, (B, T, S), "(B, T, S)"),
+        ("qp", qp, (B, T, A), "(B, T, hidden_size)"),
+        ("kp", kp, (B, S, A), "(B, S, hidden_size)"),
+        ("d_context", d_context, (B, T, values.shape[2]), "(B, T, value_size)"),
+    )
+    return tuple(
+        _check_shape(_check_float_array(value, name, dtype), name, shape, axes)
+        for name, value, shape, axes in checks
+    )
 
 
 def additive_grads(grads, w_q, w_k, w_v) -> dict:

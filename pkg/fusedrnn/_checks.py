@@ -86,6 +86,7 @@ def check_seed(value: object, name: str = "seed") -> int:
         raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
     return seed
 
+
 # ---------------------------------------------------------------- arrays
 
 
@@ -99,9 +100,11 @@ def require_array(value: object, name: str) -> np.ndarray:
 def shape_text(shape: tuple, axes: tuple | None = None) -> str:
     """A shape with ``*`` for any size (None) and ``...`` for any leading axes (Ellipsis), and
     the meaning of each axis when ``axes`` are given: ``(2, *, 20) = (L*D, B, H)``."""
+
     def spell(items):
         words = ["..." if n is Ellipsis else "*" if n is None else str(n) for n in items]
         return f"({', '.join(words)}{',' if len(items) == 1 else ''})"
+
     return f"{spell(shape)} = {spell(axes)}" if axes else spell(shape)
 
 
@@ -112,17 +115,20 @@ def fits_shape(value: np.ndarray, shape: tuple) -> bool:
         shape = shape[1:]
         if len(actual) < len(shape):
             return False
-        actual = actual[len(actual) - len(shape):]
+        actual = actual[len(actual) - len(shape) :]
     elif len(actual) != len(shape):
         return False
-    for want, got in zip(shape, actual):  # a plain loop: this runs on every call of a layer
-        if want is not None and want != got:
-            return False
-    return True
+    return all(not (want is not None and want != got) for want, got in zip(shape, actual))
 
 
-def check_array(value: object, name: str, dtype: np.dtype, shape: tuple | None = None,
-                axes: tuple | None = None, unbatched: tuple | None = None) -> np.ndarray:
+def check_array(
+    value: object,
+    name: str,
+    dtype: np.dtype,
+    shape: tuple | None = None,
+    axes: tuple | None = None,
+    unbatched: tuple | None = None,
+) -> np.ndarray:
     """``value`` itself if it is a numpy array of ``dtype`` and ``shape``, else an error naming
     ``name``. Never casts: a float64 array given to a float32 layer is a TypeError.
 
@@ -139,11 +145,12 @@ def check_array(value: object, name: str, dtype: np.dtype, shape: tuple | None =
         both.
     """
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of dtype {dtype}, "
-                        f"got {_type_name(value)}")
+        raise TypeError(f"{name} must be a numpy.ndarray of dtype {dtype}, got {_type_name(value)}")
     if value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the layer's dtype), but has "
-                        f"{value.dtype}; convert it with .astype(np.{dtype})")
+        raise TypeError(
+            f"{name} must have dtype {dtype} (the layer's dtype), but has "
+            f"{value.dtype}; convert it with .astype(np.{dtype})"
+        )
     if shape is None:
         return value
     if unbatched is not None and value.ndim == len(unbatched[0]):
@@ -161,8 +168,10 @@ def check_rows(rows: int) -> None:
     """Refuse, before anything is copied or sorted, a batch the fused kernels cannot take: T*B
     rows past the 2**31 - 1 of one BLAS argument. (The reference has no such limit.)"""
     if rows > MAX_BLAS_DIM:
-        raise ValueError(f"T*B (the rows of x) is {rows}, more than the 2**31 - 1 that the "
-                         f"fused kernels take in one BLAS call; split the batch or the sequence")
+        raise ValueError(
+            f"T*B (the rows of x) is {rows}, more than the 2**31 - 1 that the "
+            f"fused kernels take in one BLAS call; split the batch or the sequence"
+        )
 
 
 def check_lengths(lengths: object, T: int, B: int) -> np.ndarray | None:
@@ -182,12 +191,14 @@ def check_lengths(lengths: object, T: int, B: int) -> np.ndarray | None:
     if array.dtype.kind not in "iu" and not (B == 0 and array.shape == (0,)):
         raise TypeError(f"lengths must hold integers, but has dtype {array.dtype}")
     if array.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), one per batch item, "
-                         f"but has {array.shape}")
+        raise ValueError(
+            f"lengths must have shape (B,) = ({B},), one per batch item, but has {array.shape}"
+        )
     bad = np.flatnonzero((array < 1) | (array > T))
     if bad.size:
-        raise ValueError(f"lengths must be in 1..T = 1..{T}, but lengths[{bad[0]}] = "
-                         f"{array[bad[0]]}")
+        raise ValueError(
+            f"lengths must be in 1..T = 1..{T}, but lengths[{bad[0]}] = {array[bad[0]]}"
+        )
     return array.astype(np.int64)
 
 

@@ -32,7 +32,8 @@ _openblas = _find_scipy_openblas()
 if _openblas is not None and hasattr(_openblas, "openblas_set_num_threads_local"):
     # Lets kernels that run their own threads make their BLAS calls single-threaded.
     _core.set_blas_threads_local(
-        ctypes.cast(_openblas.openblas_set_num_threads_local, ctypes.c_void_p).value)
+        ctypes.cast(_openblas.openblas_set_num_threads_local, ctypes.c_void_p).value
+    )
 
 
 def get_num_threads() -> int:
@@ -89,8 +90,13 @@ def _isa_vectors(isa: str) -> str:
     if isa == "avx2":
         return "AVX2 + FMA, 32-byte vectors"
     machine = platform.machine().lower()
-    unit = ("SSE2" if machine in ("x86_64", "amd64", "i386", "i686")
-            else "NEON" if machine in ("aarch64", "arm64") else "the compiler's")
+    unit = (
+        "SSE2"
+        if machine in ("x86_64", "amd64", "i386", "i686")
+        else "NEON"
+        if machine in ("aarch64", "arm64")
+        else "the compiler's"
+    )
     return f"portable 16-byte vectors ({unit})"
 
 

@@ -30,8 +30,10 @@ DTypeLike = type | str | np.dtype
 BACKENDS = ("fused", "reference")
 
 NO_FORWARD_YET = "no forward has run yet"
-EVAL_FORWARD = ("the last forward ran in eval mode, which saves nothing for backward; call "
-                "train() and run forward again")
+EVAL_FORWARD = (
+    "the last forward ran in eval mode, which saves nothing for backward; call "
+    "train() and run forward again"
+)
 LOADED = "load_state_dict discarded the state saved by the last forward; run forward again"
 
 
@@ -66,8 +68,9 @@ def as_float_array(value: object, name: str) -> np.ndarray:
     except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a tensor needing grad
         raise TypeError(f"{name} cannot be read as an array: {error}") from None
     if array.dtype.kind != "f":
-        raise TypeError(f"{name} must hold real floating-point numbers, but has dtype "
-                        f"{array.dtype}")
+        raise TypeError(
+            f"{name} must hold real floating-point numbers, but has dtype {array.dtype}"
+        )
     return array
 
 
@@ -81,7 +84,7 @@ def cache_aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.zeros(nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 class Module:
@@ -112,8 +115,9 @@ class Module:
     # (attribute, default) of the constructor arguments ``repr`` shows when not the default
     _repr_fields: ClassVar[tuple] = ()
 
-    def __init__(self, dtype: DTypeLike | None = None, seed: int | None = None,
-                 backend: str | None = None) -> None:
+    def __init__(
+        self, dtype: DTypeLike | None = None, seed: int | None = None, backend: str | None = None
+    ) -> None:
         if dtype is not None:
             self.dtype = check_dtype(dtype)
         if backend is not None:
@@ -147,17 +151,23 @@ class Module:
 
     def _repr_args(self) -> list:
         """The arguments ``repr`` shows (but dtype): a subclass puts its required ones first."""
-        return [f"{name}={getattr(self, name, default)!r}" for name, default in self._repr_fields
-                if getattr(self, name, default) != default]
+        return [
+            f"{name}={getattr(self, name, default)!r}"
+            for name, default in self._repr_fields
+            if getattr(self, name, default) != default
+        ]
 
     # ------------------------------------------------------------ parameters
 
     def _set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
         """The parameters, as C-contiguous arrays of the module's dtype, and zeroed gradients."""
-        self._params = {name: np.ascontiguousarray(value, dtype=self.dtype)
-                        for name, value in params.items()}
-        self.grads = {name: cache_aligned_zeros(value.shape, self.dtype)
-                      for name, value in self._params.items()}
+        self._params = {
+            name: np.ascontiguousarray(value, dtype=self.dtype) for name, value in params.items()
+        }
+        self.grads = {
+            name: cache_aligned_zeros(value.shape, self.dtype)
+            for name, value in self._params.items()
+        }
 
     def __getattr__(self, name: str) -> np.ndarray:
         # ``layer.weight_ih_l0``, ``linear.weight`` as in PyTorch: the live parameter array.
@@ -196,20 +206,24 @@ class Module:
         loaded then. What the last forward saved for backward is discarded.
         """
         if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, "
-                            f"got {type(state_dict).__name__}")
+            raise TypeError(
+                f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}"
+            )
         missing = [name for name in self._params if name not in state_dict]
         unexpected = [name for name in state_dict if name not in self._params]
         if missing or unexpected:
-            raise ValueError(f"state_dict does not fit {self!r}: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"state_dict does not fit {self!r}: missing {missing}, unexpected {unexpected}"
+            )
         loaded = {}
         for name, param in self._params.items():
             loaded[name] = as_float_array(state_dict[name], f"state_dict[{name!r}]")
             if loaded[name].shape != param.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {loaded[name].shape}, but "
-                                 f"{self!r} expects {param.shape}; is it from another "
-                                 f"architecture or size?")
+                raise ValueError(
+                    f"state_dict[{name!r}] has shape {loaded[name].shape}, but "
+                    f"{self!r} expects {param.shape}; is it from another "
+                    f"architecture or size?"
+                )
         for name, value in loaded.items():
             np.copyto(self._params[name], value, casting="same_kind")
         self._forget_saved(LOADED)  # the saved forward used the old parameters
@@ -231,8 +245,14 @@ class Module:
 
     # ------------------------------------------------------------ checks
 
-    def _check_array(self, value: object, name: str, shape: tuple | None = None,
-                     axes: tuple | None = None, unbatched: tuple | None = None) -> np.ndarray:
+    def _check_array(
+        self,
+        value: object,
+        name: str,
+        shape: tuple | None = None,
+        axes: tuple | None = None,
+        unbatched: tuple | None = None,
+    ) -> np.ndarray:
         """``value`` if it is a numpy array of the module's dtype and ``shape``, else an error
         naming ``name`` (`fusedrnn._checks.check_array`)."""
         return check_array(value, name, self.dtype, shape, axes, unbatched)
@@ -257,6 +277,7 @@ class Module:
         none."""
         if self._saved is None:
             needs = "a forward" if self._saves_in_eval else "a training-mode forward"
-            raise RuntimeError(f"{type(self).__name__}.backward needs {needs} first: "
-                               f"{self._no_saved_reason}")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward needs {needs} first: {self._no_saved_reason}"
+            )
         return self._saved

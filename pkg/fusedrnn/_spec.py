@@ -17,7 +17,7 @@ MODES = tuple(GATES)  # the kernel families, "lstm", "gru", "rnn"
 CELL_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 BIASES = ("bias_ih", "bias_hh")  # the roles a layer built with bias=False lacks
 PROJECTION = "weight_hr"  # LSTM with proj_size > 0 only: h = weight_hr (o * tanh(c))
-STACK_ROLES = CELL_PARAMETERS + (PROJECTION,)
+STACK_ROLES = (*CELL_PARAMETERS, PROJECTION)
 
 DIRECTION_SUFFIXES = ("", "_reverse")  # direction 0 runs forward in time, 1 backward
 
@@ -37,8 +37,9 @@ def layer_roles(bias: bool = True, proj_size: int = 0) -> tuple:
     return (CELL_PARAMETERS if bias else CELL_PARAMETERS[:2]) + ((PROJECTION,) if proj_size else ())
 
 
-def stack_param_names(mode: str, num_layers: int, bidirectional: bool, bias: bool = True,
-                      proj_size: int = 0) -> list:
+def stack_param_names(
+    mode: str, num_layers: int, bidirectional: bool, bias: bool = True, proj_size: int = 0
+) -> list:
     """PyTorch's parameter names of a stack, in its order (``_flat_weights_names``).
 
     ``mode`` is the cell ('lstm', 'gru', 'rnn'); the names are the same for all three (only an
@@ -50,7 +51,9 @@ def stack_param_names(mode: str, num_layers: int, bidirectional: bool, bias: boo
     ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
     """
     roles = layer_roles(bias, proj_size)
-    return [f"{role}{layer_suffix(layer, direction)}"
-            for layer in range(num_layers)
-            for direction in range(num_directions(bidirectional))
-            for role in roles]
+    return [
+        f"{role}{layer_suffix(layer, direction)}"
+        for layer in range(num_layers)
+        for direction in range(num_directions(bidirectional))
+        for role in roles
+    ]

@@ -16,6 +16,8 @@ def truncation_steps(truncate, truncate_stride, bidirectional: bool) -> tuple:
     if k2 < k1:
         raise ValueError(f"truncate (k2 = {k2}) must be >= truncate_stride (k1 = {k1})")
     if bidirectional:
-        raise ValueError("truncate needs a unidirectional layer: the reverse direction runs "
-                         "from the end of the sequence")
+        raise ValueError(
+            "truncate needs a unidirectional layer: the reverse direction runs "
+            "from the end of the sequence"
+        )
     return k2, k1

@@ -27,11 +27,19 @@ def _fresh_seed() -> int:
     return int(np.random.default_rng().integers(2**63))
 
 
-def scaled_dot_product_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                                 attn_mask: np.ndarray | None = None, is_causal: bool = False,
-                                 scale: float | None = None, enable_gqa: bool = False, *,
-                                 dropout_p: float = 0.0, seed: int | None = None,
-                                 backend: str = "fused") -> np.ndarray:
+def scaled_dot_product_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    attn_mask: np.ndarray | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    backend: str = "fused",
+) -> np.ndarray:
     """Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
 
     ``softmax(scale * q k^T + mask) v`` for every batch item and head, computed in tiles with
@@ -66,8 +74,9 @@ def scaled_dot_product_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     """
     check_flag(is_causal, "is_causal")  # before anything else: catches torch's positional dropout_p
     seed = _fresh_seed() if seed is None else seed
-    out, _ = backend_module(backend).attention_forward(q, k, v, attn_mask, is_causal, scale,
-                                                       enable_gqa, dropout_p=dropout_p, seed=seed)
+    out, _ = backend_module(backend).attention_forward(
+        q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p, seed=seed
+    )
     return out
 
 
@@ -92,21 +101,43 @@ class ScaledDotProductAttention(Module):
     def _repr_args(self) -> list:
         return [f"backend={self.backend!r}"]
 
-    def forward(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                attn_mask: np.ndarray | None = None, is_causal: bool = False,
-                scale: float | None = None, enable_gqa: bool = False, *,
-                dropout_p: float = 0.0, seed: int | None = None) -> np.ndarray:
+    def forward(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        attn_mask: np.ndarray | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+        *,
+        dropout_p: float = 0.0,
+        seed: int | None = None,
+    ) -> np.ndarray:
         """The arguments and result of `scaled_dot_product_attention`."""
         check_flag(is_causal, "is_causal")
         seed = _fresh_seed() if seed is None else seed
-        out, lse = self._backend.attention_forward(q, k, v, attn_mask, is_causal, scale,
-                                                   enable_gqa, dropout_p=dropout_p, seed=seed)
-        copies = tuple(np.array(a, copy=True) if isinstance(a, np.ndarray) else a
-                       for a in (q, k, v, attn_mask))
+        out, lse = self._backend.attention_forward(
+            q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p, seed=seed
+        )
+        copies = tuple(
+            np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in (q, k, v, attn_mask)
+        )
         out.flags.writeable = False
-        self._keep_for_backward((*copies, out, lse, {"is_causal": is_causal, "scale": scale,
-                                                     "enable_gqa": enable_gqa,
-                                                     "dropout_p": dropout_p, "seed": seed}))
+        self._keep_for_backward(
+            (
+                *copies,
+                out,
+                lse,
+                {
+                    "is_causal": is_causal,
+                    "scale": scale,
+                    "enable_gqa": enable_gqa,
+                    "dropout_p": dropout_p,
+                    "seed": seed,
+                },
+            )
+        )
         return out
 
     def backward(self, d_out: np.ndarray) -> tuple:
@@ -162,16 +193,26 @@ class MultiheadAttention(Module):
     _saves_in_eval = True  # backward works after an eval forward too (without dropout)
     _repr_fields = (("dropout", 0.0), ("bias", True), ("batch_first", False))
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 kdim: int | None = None, vdim: int | None = None, batch_first: bool = False,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(dtype, seed, backend)
         self.embed_dim = check_size(embed_dim, "embed_dim")
         self.num_heads = check_size(num_heads, "num_heads")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim = {self.embed_dim} must be divisible by num_heads = "
-                             f"{self.num_heads}")
+            raise ValueError(
+                f"embed_dim = {self.embed_dim} must be divisible by num_heads = {self.num_heads}"
+            )
         self.head_dim = self.embed_dim // self.num_heads
         self.dropout = check_probability(dropout, "dropout")
         self.bias = bool(bias)
@@ -212,24 +253,32 @@ class MultiheadAttention(Module):
             name = ("q_proj_weight", "k_proj_weight", "v_proj_weight")[which]
             weight, d_weight = self._params[name], self.grads[name]
         if self.bias:
-            return weight, self._params["in_proj_bias"][rows], d_weight, \
-                self.grads["in_proj_bias"][rows]
+            return (
+                weight,
+                self._params["in_proj_bias"][rows],
+                d_weight,
+                self.grads["in_proj_bias"][rows],
+            )
         return weight, None, d_weight, None
 
     # ------------------------------------------------------------ forward
 
-    def _layout(self, length: str, size: str, N: int | None = None, T: int | None = None,
-                width: int | None = None) -> tuple:
+    def _layout(
+        self,
+        length: str,
+        size: str,
+        N: int | None = None,
+        T: int | None = None,
+        width: int | None = None,
+    ) -> tuple:
         """(shape, axes) of a (length, size) input or output in the layer's layout, and its
         unbatched form: ``(N, L, embed_dim)`` with batch_first, else ``(L, N, embed_dim)``."""
         sizes, axes = {"N": N, length: T, size: width}, ("N", length, size)
         if not self.batch_first:
             axes = (length, "N", size)
-        return (tuple(sizes[a] for a in axes), axes,
-                ((T, width), (length, size)))
+        return (tuple(sizes[a] for a in axes), axes, ((T, width), (length, size)))
 
-    def _batch_major(self, x: object, name: str, length: str, size: str,
-                     width: int) -> tuple:
+    def _batch_major(self, x: object, name: str, length: str, size: str, width: int) -> tuple:
         """x checked, as (N, T, width), and whether it was unbatched."""
         shape, axes, unbatched = self._layout(length, size, width=width)
         x = self._check_array(x, name, shape, axes, unbatched=unbatched)
@@ -242,20 +291,25 @@ class MultiheadAttention(Module):
         PyTorch's attn_mask (True = may NOT attend) and key_padding_mask (True = padding)."""
         H = self.num_heads
         masks = []
-        for name, m, shapes in (("attn_mask", attn_mask, {(L, S): (1, 1, L, S),
-                                                         (N * H, L, S): (N, H, L, S)}),
-                                ("key_padding_mask", key_padding_mask, {(N, S): (N, 1, 1, S)})):
+        for name, m, shapes in (
+            ("attn_mask", attn_mask, {(L, S): (1, 1, L, S), (N * H, L, S): (N, H, L, S)}),
+            ("key_padding_mask", key_padding_mask, {(N, S): (N, 1, 1, S)}),
+        ):
             if m is None:
                 continue
             if not isinstance(m, np.ndarray):
                 raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(m).__name__}")
             if m.dtype != np.bool_ and m.dtype != self.dtype:
-                raise TypeError(f"{name} must have dtype bool or {self.dtype} (the layer's "
-                                f"dtype), got {m.dtype}")
+                raise TypeError(
+                    f"{name} must have dtype bool or {self.dtype} (the layer's "
+                    f"dtype), got {m.dtype}"
+                )
             if m.shape not in shapes:
                 expected = " or ".join(str(shape) for shape in shapes)
-                raise ValueError(f"{name} must have shape {expected} (N = {N}, num_heads = {H}, "
-                                 f"L = {L}, S = {S}), but has shape {m.shape}")
+                raise ValueError(
+                    f"{name} must have shape {expected} (N = {N}, num_heads = {H}, "
+                    f"L = {L}, S = {S}), but has shape {m.shape}"
+                )
             masks.append(m.reshape(shapes[m.shape]))
         if not masks:
             return None
@@ -265,15 +319,24 @@ class MultiheadAttention(Module):
         a, b = masks
         if a.dtype == np.bool_ and b.dtype == np.bool_:
             return ~(a | b)
+
         # as PyTorch: both made additive (-inf where masked) and added
         def additive(m):
             return np.where(m, -np.inf, 0).astype(self.dtype) if m.dtype == np.bool_ else m
+
         return additive(a) + additive(b)
 
-    def forward(self, query: np.ndarray, key: np.ndarray, value: np.ndarray,
-                key_padding_mask: np.ndarray | None = None, need_weights: bool = False,
-                attn_mask: np.ndarray | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple:
+    def forward(
+        self,
+        query: np.ndarray,
+        key: np.ndarray,
+        value: np.ndarray,
+        key_padding_mask: np.ndarray | None = None,
+        need_weights: bool = False,
+        attn_mask: np.ndarray | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple:
         """Attention of query over key / value.
 
         Parameters
@@ -306,12 +369,16 @@ class MultiheadAttention(Module):
         k_in, k_unbatched = self._batch_major(key, "key", "S", "kdim", self.kdim)
         v_in, v_unbatched = self._batch_major(value, "value", "S", "vdim", self.vdim)
         if not unbatched == k_unbatched == v_unbatched:
-            raise ValueError(f"query, key and value must all be batched (3-D) or all unbatched "
-                             f"(2-D), got shapes {query.shape}, {key.shape}, {value.shape}")
+            raise ValueError(
+                f"query, key and value must all be batched (3-D) or all unbatched "
+                f"(2-D), got shapes {query.shape}, {key.shape}, {value.shape}"
+            )
         N, L, _ = q_in.shape
         if k_in.shape[:2] != v_in.shape[:2] or k_in.shape[0] != N:
-            raise ValueError(f"key and value must have the same batch size N = {N} as query and "
-                             f"the same length S, got key {key.shape} and value {value.shape}")
+            raise ValueError(
+                f"key and value must have the same batch size N = {N} as query and "
+                f"the same length S, got key {key.shape} and value {value.shape}"
+            )
         S = k_in.shape[1]
         if unbatched and key_padding_mask is not None and isinstance(key_padding_mask, np.ndarray):
             key_padding_mask = key_padding_mask[None]
@@ -331,18 +398,34 @@ class MultiheadAttention(Module):
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
         attn, lse = self._backend.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
-        out = self._backend.linear_forward(merged, self._params["out_proj.weight"],
-                                           self._params["out_proj.bias"] if self.bias else None)
+        out = self._backend.linear_forward(
+            merged,
+            self._params["out_proj.weight"],
+            self._params["out_proj.bias"] if self.bias else None,
+        )
         out = out.reshape(N, L, self.embed_dim)
         weights = None
         if need_weights:
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
             if unbatched:
                 weights = weights[0]
-        self._keep_for_backward({"q_in": q_in.copy(), "k_in": k_in.copy(), "v_in": v_in.copy(),
-                                 "q": q, "k": k, "v": v, "mask": mask, "attn": attn, "lse": lse,
-                                 "merged": merged, "options": options, "unbatched": unbatched,
-                                 "shape": (N, L, S)})
+        self._keep_for_backward(
+            {
+                "q_in": q_in.copy(),
+                "k_in": k_in.copy(),
+                "v_in": v_in.copy(),
+                "q": q,
+                "k": k,
+                "v": v,
+                "mask": mask,
+                "attn": attn,
+                "lse": lse,
+                "merged": merged,
+                "options": options,
+                "unbatched": unbatched,
+                "shape": (N, L, S),
+            }
+        )
         return self._to_layout(out, unbatched), weights
 
     def _weights(self, q, k, mask, lse, options, average) -> np.ndarray:
@@ -359,8 +442,9 @@ class MultiheadAttention(Module):
         if options["dropout_p"] > 0:
             rows = np.arange(N * H * L, dtype=np.uint64).reshape(N, H, L)
             keep = dropout_keep(options["seed"], rows, S, options["dropout_p"])
-            p = p * np.where(keep, 1.0 / (1.0 - options["dropout_p"]) if options["dropout_p"] < 1
-                             else 0.0, 0.0)
+            p = p * np.where(
+                keep, 1.0 / (1.0 - options["dropout_p"]) if options["dropout_p"] < 1 else 0.0, 0.0
+            )
         p = p.astype(self.dtype)
         return p.mean(axis=1) if average else p
 
@@ -390,30 +474,44 @@ class MultiheadAttention(Module):
         if unbatched:
             shape, axes = unbatched_layout
         self._check_array(d_output, "d_output", shape, axes)  # the shape of output
-        d_out = d_output[None] if unbatched else (
-            d_output if self.batch_first else np.swapaxes(d_output, 0, 1))
+        d_out = (
+            d_output[None]
+            if unbatched
+            else (d_output if self.batch_first else np.swapaxes(d_output, 0, 1))
+        )
         H, D, E = self.num_heads, self.head_dim, self.embed_dim
         flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
-        out_grads = {"weight": self.grads["out_proj.weight"],
-                     **({"bias": self.grads["out_proj.bias"]} if self.bias else {})}
-        d_merged, _ = self._backend.linear_backward(saved["merged"],
-                                                    self._params["out_proj.weight"], flat,
-                                                    grads=out_grads, bias=self.bias)
+        out_grads = {
+            "weight": self.grads["out_proj.weight"],
+            **({"bias": self.grads["out_proj.bias"]} if self.bias else {}),
+        }
+        d_merged, _ = self._backend.linear_backward(
+            saved["merged"], self._params["out_proj.weight"], flat, grads=out_grads, bias=self.bias
+        )
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
-        dq, dk, dv = self._backend.attention_backward(saved["q"], saved["k"], saved["v"],
-                                                      saved["attn"], saved["lse"], d_attn,
-                                                      saved["mask"], **saved["options"])
+        dq, dk, dv = self._backend.attention_backward(
+            saved["q"],
+            saved["k"],
+            saved["v"],
+            saved["attn"],
+            saved["lse"],
+            d_attn,
+            saved["mask"],
+            **saved["options"],
+        )
         grads_in = []
-        for which, (dh, x_in, length) in enumerate(((dq, saved["q_in"], L), (dk, saved["k_in"], S),
-                                                    (dv, saved["v_in"], S))):
+        for which, (dh, x_in, length) in enumerate(
+            ((dq, saved["q_in"], L), (dk, saved["k_in"], S), (dv, saved["v_in"], S))
+        ):
             # forward: y = x W^T + b, split into heads
             dy = np.ascontiguousarray(dh.transpose(0, 2, 1, 3)).reshape(N * length, E)
             weight, _, d_weight, d_bias = self._projection(which)
             grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
-            dx, _ = self._backend.linear_backward(x_in.reshape(N * length, -1), weight, dy,
-                                                  grads=grads, bias=d_bias is not None)
+            dx, _ = self._backend.linear_backward(
+                x_in.reshape(N * length, -1), weight, dy, grads=grads, bias=d_bias is not None
+            )
             grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
         return tuple(grads_in)
 
@@ -440,25 +538,39 @@ class AdditiveAttention(Module):
 
     _saves_in_eval = True  # backward works after an eval forward too
 
-    def __init__(self, query_size: int, key_size: int, hidden_size: int,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
+    def __init__(
+        self,
+        query_size: int,
+        key_size: int,
+        hidden_size: int,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(dtype, seed, backend)
         self.query_size = check_size(query_size, "query_size")
         self.key_size = check_size(key_size, "key_size")
         self.hidden_size = check_size(hidden_size, "hidden_size")
         A = self.hidden_size
-        self._set_parameters({
-            "w_q": self._rng.uniform(-1, 1, (A, self.query_size)) / np.sqrt(self.query_size),
-            "w_k": self._rng.uniform(-1, 1, (A, self.key_size)) / np.sqrt(self.key_size),
-            "w_v": self._rng.uniform(-1, 1, (A,)) / np.sqrt(A),
-        })
+        self._set_parameters(
+            {
+                "w_q": self._rng.uniform(-1, 1, (A, self.query_size)) / np.sqrt(self.query_size),
+                "w_k": self._rng.uniform(-1, 1, (A, self.key_size)) / np.sqrt(self.key_size),
+                "w_v": self._rng.uniform(-1, 1, (A,)) / np.sqrt(A),
+            }
+        )
 
     def _repr_args(self) -> list:
         return [str(self.query_size), str(self.key_size), str(self.hidden_size)]
 
-    def forward(self, query: np.ndarray, keys: np.ndarray, values: np.ndarray | None = None,
-                key_padding_mask: np.ndarray | None = None, need_weights: bool = False) -> tuple:
+    def forward(
+        self,
+        query: np.ndarray,
+        keys: np.ndarray,
+        values: np.ndarray | None = None,
+        key_padding_mask: np.ndarray | None = None,
+        need_weights: bool = False,
+    ) -> tuple:
         """Context vectors of every query over the keys.
 
         Parameters
@@ -475,33 +587,50 @@ class AdditiveAttention(Module):
         weights : (B, T, S) / (B, S), or None
         """
         need_weights = check_flag(need_weights, "need_weights")
-        query = self._check_array(query, "query", (None, None, self.query_size),
-                                  ("B", "T", "query_size"),
-                                  unbatched=((None, self.query_size), ("B", "query_size"),
-                                             "one step per item"))
+        query = self._check_array(
+            query,
+            "query",
+            (None, None, self.query_size),
+            ("B", "T", "query_size"),
+            unbatched=((None, self.query_size), ("B", "query_size"), "one step per item"),
+        )
         single_step = query.ndim == 2  # one decoder step per item
         q = query[:, None] if single_step else query
-        keys = self._check_array(keys, "keys", (None, None, self.key_size),
-                                 ("B", "S", "key_size"))
-        vals = keys if values is None else self._check_array(
-            values, "values", (None, None, None), ("B", "S", "value_size"))
+        keys = self._check_array(keys, "keys", (None, None, self.key_size), ("B", "S", "key_size"))
+        vals = (
+            keys
+            if values is None
+            else self._check_array(values, "values", (None, None, None), ("B", "S", "value_size"))
+        )
         key_mask = None
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:
-                raise TypeError("key_padding_mask must be a bool numpy.ndarray (True = padding) "
-                                "or None")
+                raise TypeError(
+                    "key_padding_mask must be a bool numpy.ndarray (True = padding) or None"
+                )
             if key_padding_mask.shape != (q.shape[0], keys.shape[1]):
-                raise ValueError(f"key_padding_mask must have shape (B, S) = "
-                                 f"{(q.shape[0], keys.shape[1])}, but has shape "
-                                 f"{key_padding_mask.shape}")
+                raise ValueError(
+                    f"key_padding_mask must have shape (B, S) = "
+                    f"{(q.shape[0], keys.shape[1])}, but has shape "
+                    f"{key_padding_mask.shape}"
+                )
             key_mask = ~key_padding_mask
         p = self._params
         context, weights, qp, kp = self._backend.additive_attention_forward(
-            q, keys, vals, p["w_q"], p["w_k"], p["w_v"], key_mask)
-        self._keep_for_backward({"q": q.copy(), "keys": keys.copy(),
-                                 "values": None if values is None else vals.copy(),
-                                 "key_mask": key_mask, "weights": weights, "qp": qp, "kp": kp,
-                                 "single_step": single_step})
+            q, keys, vals, p["w_q"], p["w_k"], p["w_v"], key_mask
+        )
+        self._keep_for_backward(
+            {
+                "q": q.copy(),
+                "keys": keys.copy(),
+                "values": None if values is None else vals.copy(),
+                "key_mask": key_mask,
+                "weights": weights,
+                "qp": qp,
+                "kp": kp,
+                "single_step": single_step,
+            }
+        )
         if single_step:
             context, weights = context[:, 0], weights[:, 0]
         return context, (weights.copy() if need_weights else None)
@@ -522,8 +651,19 @@ class AdditiveAttention(Module):
         values = s["keys"] if s["values"] is None else s["values"]
         p = self._params
         d_query, d_keys, d_values, _ = self._backend.additive_attention_backward(
-            s["q"], s["keys"], values, p["w_q"], p["w_k"], p["w_v"], s["weights"], s["qp"],
-            s["kp"], d_context, s["key_mask"], self.grads)
+            s["q"],
+            s["keys"],
+            values,
+            p["w_q"],
+            p["w_k"],
+            p["w_v"],
+            s["weights"],
+            s["qp"],
+            s["kp"],
+            d_context,
+            s["key_mask"],
+            self.grads,
+        )
         if s["values"] is None:
             d_keys = d_keys + d_values
             d_values = None

@@ -90,11 +90,13 @@ def load_text(cfg: Config) -> tuple[str, str, str]:
         with open(cfg.text, encoding="utf-8", errors="replace") as f:
             text = f.read()
         n_val = min(cfg.val_chars, len(text) // 10)
-        return text[:len(text) - n_val], text[len(text) - n_val:], cfg.text
+        return text[: len(text) - n_val], text[len(text) - n_val :], cfg.text
     files = standard_library_files()
     if not files:
-        raise SystemExit("no .py files found in the standard library "
-                         f"({sysconfig.get_paths()['stdlib']}); give a text file with --text")
+        raise SystemExit(
+            "no .py files found in the standard library "
+            f"({sysconfig.get_paths()['stdlib']}); give a text file with --text"
+        )
     order = rng.permutation(len(files))
     val, train, n_val, n_train = [], [], 0, 0
     for i in order:  # held-out first (whole files), then training text up to max_chars
@@ -109,7 +111,7 @@ def load_text(cfg: Config) -> tuple[str, str, str]:
         else:
             break
     source = f"{len(train)} files of the standard library in {sysconfig.get_paths()['stdlib']}"
-    return "".join(train)[:cfg.max_chars], "".join(val)[:cfg.val_chars], source
+    return "".join(train)[: cfg.max_chars], "".join(val)[: cfg.val_chars], source
 
 
 class Vocabulary:
@@ -118,7 +120,7 @@ class Vocabulary:
     def __init__(self, text: str, min_count: int = 5) -> None:
         counts = Counter(text)
         chars = sorted(c for c, n in counts.items() if n >= min_count and c != UNKNOWN)
-        self.chars = chars + [UNKNOWN]
+        self.chars = [*chars, UNKNOWN]
         self.index = {c: i for i, c in enumerate(self.chars)}
 
     def __len__(self) -> int:
@@ -153,15 +155,17 @@ class CharLM:
         recurrent = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cfg.cell]
         self.cfg = cfg
         self.embedding = fusedrnn.Embedding(V, cfg.embed, dtype=dtype, seed=cfg.seed)
-        self.rnn = recurrent(cfg.embed, cfg.hidden, cfg.layers, dtype=dtype, seed=cfg.seed + 1,
-                             backend=cfg.backend)
-        self.head = fusedrnn.Linear(cfg.hidden, V, dtype=dtype, seed=cfg.seed + 2,
-                                    backend=cfg.backend)
+        self.rnn = recurrent(
+            cfg.embed, cfg.hidden, cfg.layers, dtype=dtype, seed=cfg.seed + 1, backend=cfg.backend
+        )
+        self.head = fusedrnn.Linear(
+            cfg.hidden, V, dtype=dtype, seed=cfg.seed + 2, backend=cfg.backend
+        )
         self.loss = fusedrnn.CrossEntropyLoss(backend=cfg.backend)
         self.layers = [self.embedding, self.rnn, self.head]
 
     def train(self, mode: bool = True) -> None:
-        for part in self.layers + [self.loss]:
+        for part in [*self.layers, self.loss]:
             part.train(mode)
 
     def forward(self, x: np.ndarray, y: np.ndarray, state):
@@ -171,8 +175,9 @@ class CharLM:
 
     def backward(self) -> None:
         d_output = self.head.backward(self.loss.backward())
-        dx, _ = self.rnn.backward(d_output, truncate=self.cfg.truncate,
-                                  truncate_stride=self.cfg.truncate_stride)
+        dx, _ = self.rnn.backward(
+            d_output, truncate=self.cfg.truncate, truncate_stride=self.cfg.truncate_stride
+        )
         self.embedding.backward(dx)
 
     def cells(self) -> list:
@@ -181,16 +186,28 @@ class CharLM:
         params = self.rnn.state_dict()
         cells = []
         for k in range(self.cfg.layers):
-            cell = make(self.cfg.embed if k == 0 else self.cfg.hidden, self.cfg.hidden,
-                        dtype=self.rnn.dtype, backend=self.cfg.backend).eval()
-            cell.load_state_dict({name: params[name + layer_suffix(k, 0)]
-                                  for name in CELL_PARAMETERS})
+            cell = make(
+                self.cfg.embed if k == 0 else self.cfg.hidden,
+                self.cfg.hidden,
+                dtype=self.rnn.dtype,
+                backend=self.cfg.backend,
+            ).eval()
+            cell.load_state_dict(
+                {name: params[name + layer_suffix(k, 0)] for name in CELL_PARAMETERS}
+            )
             cells.append(cell)
         return cells
 
 
-def generate(model: CharLM, vocab: Vocabulary, prompt: str, n: int, temperature: float,
-             top_k: int | None, rng: np.random.Generator) -> str:
+def generate(
+    model: CharLM,
+    vocab: Vocabulary,
+    prompt: str,
+    n: int,
+    temperature: float,
+    top_k: int | None,
+    rng: np.random.Generator,
+) -> str:
     """Feed the prompt, then draw n characters one at a time through the cells."""
     model.train(False)
     cells = model.cells()
@@ -214,13 +231,13 @@ def evaluate(model: CharLM, data: np.ndarray, streams: int = 16, chunk: int = 25
     """Mean held-out loss (nats/char) over ``streams`` parallel streams, state carried."""
     model.train(False)
     length = (len(data) - 1) // streams
-    x_all = data[:streams * length].reshape(streams, length).T  # (length, streams)
-    y_all = data[1:streams * length + 1].reshape(streams, length).T
+    x_all = data[: streams * length].reshape(streams, length).T  # (length, streams)
+    y_all = data[1 : streams * length + 1].reshape(streams, length).T
     loss_fn = fusedrnn.CrossEntropyLoss(reduction="sum", backend=model.cfg.backend).eval()
     total, state = 0.0, None
     for t in range(0, length, chunk):
-        output, state = model.rnn(model.embedding(x_all[t:t + chunk]), state)
-        total += float(loss_fn(model.head(output), y_all[t:t + chunk]))
+        output, state = model.rnn(model.embedding(x_all[t : t + chunk]), state)
+        total += float(loss_fn(model.head(output), y_all[t : t + chunk]))
     model.train(True)
     return total / (length * streams)
 
@@ -242,8 +259,10 @@ class Progress:
         self.last_print = elapsed
         done = min(1.0, elapsed / self.total) if self.total else 0.0
         bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
-        line = (f"step {step:5d} [{bar}] {elapsed:5.0f}s/{self.total:.0f}s  loss {loss:.3f}  "
-                f"{rate / 1000:.1f}k chars/s")
+        line = (
+            f"step {step:5d} [{bar}] {elapsed:5.0f}s/{self.total:.0f}s  loss {loss:.3f}  "
+            f"{rate / 1000:.1f}k chars/s"
+        )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
 
     def message(self, text: str) -> None:
@@ -268,26 +287,30 @@ def train(cfg: Config) -> dict:
     train_ids, val_ids = vocab.encode(train_text), vocab.encode(val_text)
     V, B, T = len(vocab), cfg.batch, cfg.seq_len
     if len(train_ids) < B * (T + 1):
-        raise SystemExit(f"the training text has {len(train_ids)} characters, fewer than "
-                         f"batch * (seq_len + 1) = {B * (T + 1)}")
+        raise SystemExit(
+            f"the training text has {len(train_ids)} characters, fewer than "
+            f"batch * (seq_len + 1) = {B * (T + 1)}"
+        )
     unigram = unigram_loss(train_ids, val_ids, V)
     model = CharLM(V, cfg)
     optimizer = fusedrnn.Adam(model.layers, lr=cfg.lr)
     progress = Progress(cfg.time, cfg.quiet)
-    progress.message(f"text: {source}: {len(train_ids):,} characters to train on, "
-                     f"{len(val_ids):,} held out (every evaluation uses them all), {V} "
-                     "classes\n"
-                     f"model: embedding {cfg.embed} -> {cfg.cell.upper()} {cfg.layers}x"
-                     f"{cfg.hidden} -> linear {V}; batch {B} x {T} steps, backend {cfg.backend}, "
-                     f"{fusedrnn.get_num_threads()} threads\n"
-                     f"held-out loss of the unigram model: {unigram:.3f} nats/char")
+    progress.message(
+        f"text: {source}: {len(train_ids):,} characters to train on, "
+        f"{len(val_ids):,} held out (every evaluation uses them all), {V} "
+        "classes\n"
+        f"model: embedding {cfg.embed} -> {cfg.cell.upper()} {cfg.layers}x"
+        f"{cfg.hidden} -> linear {V}; batch {B} x {T} steps, backend {cfg.backend}, "
+        f"{fusedrnn.get_num_threads()} threads\n"
+        f"held-out loss of the unigram model: {unigram:.3f} nats/char"
+    )
     initial = evaluate(model, val_ids)
 
     # B streams, each a contiguous stretch of the text; a step takes the next T characters of
     # every stream and carries the state on (the gradient stops at the step's start)
     length = (len(train_ids) - 1) // B
-    x_streams = train_ids[:B * length].reshape(B, length).T  # (length, B)
-    y_streams = train_ids[1:B * length + 1].reshape(B, length).T
+    x_streams = train_ids[: B * length].reshape(B, length).T  # (length, B)
+    y_streams = train_ids[1 : B * length + 1].reshape(B, length).T
     position, state = 0, None
     history, evals = [], [(0.0, 0, initial)]
     running = None
@@ -297,8 +320,7 @@ def train(cfg: Config) -> dict:
     step = 0
     while True:
         elapsed = time.perf_counter() - start
-        if (cfg.steps is not None and step >= cfg.steps) or \
-                (cfg.time and elapsed >= cfg.time):
+        if (cfg.steps is not None and step >= cfg.steps) or (cfg.time and elapsed >= cfg.time):
             break
         if position + T > length:
             position, state = 0, None  # an epoch done: start the streams again
@@ -306,8 +328,9 @@ def train(cfg: Config) -> dict:
         # the learning rate falls linearly to a tenth over the run
         done = step / cfg.steps if cfg.steps else elapsed / cfg.time
         optimizer.lr = cfg.lr * (1 - 0.9 * min(done, 1.0))
-        loss, state = model.forward(x_streams[position:position + T],
-                                    y_streams[position:position + T], state)
+        loss, state = model.forward(
+            x_streams[position : position + T], y_streams[position : position + T], state
+        )
         optimizer.zero_grad()
         model.backward()
         fusedrnn.clip_grad_norm_(model.layers, cfg.clip)
@@ -322,50 +345,77 @@ def train(cfg: Config) -> dict:
         if time.perf_counter() - start >= next_eval:
             held_out = evaluate(model, val_ids)
             evals.append((time.perf_counter() - start, step, held_out))
-            text = generate(model, vocab, cfg.prompt, cfg.sample_chars // 2, cfg.temperature,
-                            cfg.top_k, rng)
-            progress.message(f"held-out loss {held_out:.3f} nats/char (unigram {unigram:.3f}, "
-                             f"untrained {initial:.3f}) after {step} steps\n---\n{text}\n---")
+            text = generate(
+                model, vocab, cfg.prompt, cfg.sample_chars // 2, cfg.temperature, cfg.top_k, rng
+            )
+            progress.message(
+                f"held-out loss {held_out:.3f} nats/char (unigram {unigram:.3f}, "
+                f"untrained {initial:.3f}) after {step} steps\n---\n{text}\n---"
+            )
             next_eval += cfg.eval_every
     elapsed = time.perf_counter() - start
     final = evaluate(model, val_ids)
     evals.append((elapsed, step, final))
     text = generate(model, vocab, cfg.prompt, cfg.sample_chars, cfg.temperature, cfg.top_k, rng)
     rate = step * B * T / train_time if train_time else 0.0
-    progress.message(f"done: {step} steps, {step * B * T:,} characters in {elapsed:.0f}s "
-                     f"({rate / 1000:.1f}k chars/s in training steps)\n"
-                     f"held-out loss {final:.3f} nats/char ({final / math.log(2):.2f} bits), "
-                     f"unigram model {unigram:.3f}, untrained {initial:.3f}\n"
-                     f"sample (temperature {cfg.temperature}):\n---\n{text}\n---")
-    return {"held_out": final, "unigram": unigram, "initial": initial, "steps": step,
-            "chars_per_second": rate, "seconds": elapsed, "history": history, "evals": evals,
-            "sample": text, "vocab_size": V, "held_out_chars": len(val_ids)}
+    progress.message(
+        f"done: {step} steps, {step * B * T:,} characters in {elapsed:.0f}s "
+        f"({rate / 1000:.1f}k chars/s in training steps)\n"
+        f"held-out loss {final:.3f} nats/char ({final / math.log(2):.2f} bits), "
+        f"unigram model {unigram:.3f}, untrained {initial:.3f}\n"
+        f"sample (temperature {cfg.temperature}):\n---\n{text}\n---"
+    )
+    return {
+        "held_out": final,
+        "unigram": unigram,
+        "initial": initial,
+        "steps": step,
+        "chars_per_second": rate,
+        "seconds": elapsed,
+        "history": history,
+        "evals": evals,
+        "sample": text,
+        "vocab_size": V,
+        "held_out_chars": len(val_ids),
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "char_lm.py") -> Config:
     """The `Config` of a command line (``--hidden 128 --cell gru ...``, one option per field)."""
     defaults = Config()
     parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     helps = {
         "text": "train on this text file instead of the standard library's source",
         "max_chars": "characters of standard-library text to read at most",
         "val_chars": "held-out characters, the same for every evaluation",
-        "cell": "lstm or gru", "embed": "embedding size", "hidden": "hidden size",
-        "layers": "recurrent layers", "batch": "parallel streams",
+        "cell": "lstm or gru",
+        "embed": "embedding size",
+        "hidden": "hidden size",
+        "layers": "recurrent layers",
+        "batch": "parallel streams",
         "seq_len": "characters per stream per step (the TBPTT window)",
         "truncate": "truncate the gradient inside a step to this many steps (kernel TBPTT k2)",
-        "truncate_stride": "TBPTT k1 (with --truncate)", "lr": "Adam's learning rate",
+        "truncate_stride": "TBPTT k1 (with --truncate)",
+        "lr": "Adam's learning rate",
         "clip": "clip the gradients' global norm to this",
-        "time": "seconds to train (0: no limit, use --steps)", "steps": "steps to train",
+        "time": "seconds to train (0: no limit, use --steps)",
+        "steps": "steps to train",
         "eval_every": "seconds between held-out evaluations and samples (0: at the end only)",
-        "sample_chars": "characters per sample", "temperature": "sampling temperature",
-        "top_k": "sample among the k most likely characters", "prompt": "text samples start with",
-        "backend": "fused (C++ kernels) or reference (NumPy)", "dtype": "float32 or float64",
+        "sample_chars": "characters per sample",
+        "temperature": "sampling temperature",
+        "top_k": "sample among the k most likely characters",
+        "prompt": "text samples start with",
+        "backend": "fused (C++ kernels) or reference (NumPy)",
+        "dtype": "float32 or float64",
         "threads": "threads of the kernels (default: all cores; where other busy processes "
-                   "share the cores, 1 can be several times faster)", "seed": "random seed",
-        "quiet": "print nothing"}
+        "share the cores, 1 can be several times faster)",
+        "seed": "random seed",
+        "quiet": "print nothing",
+    }
     for f in fields(Config):
         name = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
@@ -373,8 +423,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "char_lm.py") -> C
             parser.add_argument(name, action="store_true", help=helps[f.name])
             continue
         kind = {"str": str, "int": int, "float": float}[f.type.split(" ")[0]]
-        choices = {"cell": ["lstm", "gru"], "backend": ["fused", "reference"],
-                   "dtype": ["float32", "float64"]}.get(f.name)
+        choices = {
+            "cell": ["lstm", "gru"],
+            "backend": ["fused", "reference"],
+            "dtype": ["float32", "float64"],
+        }.get(f.name)
         parser.add_argument(name, type=kind, default=default, choices=choices, help=helps[f.name])
     return Config(**vars(parser.parse_args(argv)))
 

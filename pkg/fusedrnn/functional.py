@@ -99,8 +99,9 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, training: bo
     return _core.lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, bool(training))
 
 
-def lstm_backward(x, h0, c0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None, dc_n=None,
-                  grads=None):
+def lstm_backward(
+    x, h0, c0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None
+):
     """Gradients of an LSTM sequence.
 
     Parameters
@@ -114,13 +115,15 @@ def lstm_backward(x, h0, c0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=N
     -------
     dx : (T, B, input_size);  dh0, dc0 : (B, H);  grads : dict
     """
-    dx, dh0, dc0, *params = _core.lstm_backward(x, h0, c0, weight_ih, weight_hh, y, workspace, dy,
-                                                dh_n, dc_n, *_grad_buffers(grads))
+    dx, dh0, dc0, *params = _core.lstm_backward(
+        x, h0, c0, weight_ih, weight_hh, y, workspace, dy, dh_n, dc_n, *_grad_buffers(grads)
+    )
     return dx, dh0, dc0, _grads_dict(grads, params)
 
 
-def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset_after: bool = True,
-                training: bool = True):
+def gru_forward(
+    x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset_after: bool = True, training: bool = True
+):
     """GRU over a sequence; `reset_after` picks PyTorch's form (True) or Cho et al. 2014 (False).
 
     Parameters
@@ -132,20 +135,42 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, reset_after: bool
     -------
     y : (T, B, H);  h_n : (B, H);  workspace : (T*B*4H,) or None
     """
-    return _core.gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, bool(reset_after),
-                             bool(training))
+    return _core.gru_forward(
+        x, h0, weight_ih, weight_hh, bias_ih, bias_hh, bool(reset_after), bool(training)
+    )
 
 
-def gru_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
-                 reset_after: bool = True, grads=None):
+def gru_backward(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    y,
+    workspace,
+    dy=None,
+    dh_n=None,
+    reset_after: bool = True,
+    grads=None,
+):
     """Gradients of a GRU sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
-    dx, dh0, *params = _core.gru_backward(x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n,
-                                          bool(reset_after), *_grad_buffers(grads))
+    dx, dh0, *params = _core.gru_backward(
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        y,
+        workspace,
+        dy,
+        dh_n,
+        bool(reset_after),
+        *_grad_buffers(grads),
+    )
     return dx, dh0, _grads_dict(grads, params)
 
 
-def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str = "tanh",
-                training: bool = True):
+def rnn_forward(
+    x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str = "tanh", training: bool = True
+):
     """Elman RNN over a sequence, ``nonlinearity`` 'tanh' or 'relu'.
 
     Parameters
@@ -158,16 +183,28 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity: str
     y : (T, B, H);  h_n : (B, H);  workspace : empty array (training) or None
     """
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
-    return _core.rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
-                             bool(training))
+    return _core.rnn_forward(
+        x, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, bool(training)
+    )
 
 
-def rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None,
-                 nonlinearity: str = "tanh", grads=None):
+def rnn_backward(
+    x,
+    h0,
+    weight_ih,
+    weight_hh,
+    y,
+    workspace,
+    dy=None,
+    dh_n=None,
+    nonlinearity: str = "tanh",
+    grads=None,
+):
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
-    dx, dh0, *params = _core.rnn_backward(x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n,
-                                          nonlinearity, *_grad_buffers(grads))
+    dx, dh0, *params = _core.rnn_backward(
+        x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, nonlinearity, *_grad_buffers(grads)
+    )
     return dx, dh0, _grads_dict(grads, params)
 
 
@@ -180,18 +217,22 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
     D = num_directions(bidirectional)
     if 2 * num_layers * D > len(params):  # before listing every name a huge num_layers implies
-        raise ValueError(f"params hold {len(params)} entries, fewer than the weight_ih and "
-                         f"weight_hh of every layer and direction of a {num_layers}-layer "
-                         f"{'bidirectional ' if bidirectional else ''}{mode} need")
+        raise ValueError(
+            f"params hold {len(params)} entries, fewer than the weight_ih and "
+            f"weight_hh of every layer and direction of a {num_layers}-layer "
+            f"{'bidirectional ' if bidirectional else ''}{mode} need"
+        )
     bias = "bias_ih_l0" in params
     expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
     missing = [k for k in expected if k not in params]
     extra = [k for k in params if k not in expected]
     if missing or extra:
-        raise ValueError(f"params do not fit a {num_layers}-layer "
-                         f"{'bidirectional ' if bidirectional else ''}{mode}"
-                         f"{f' with proj_size={proj_size}' if proj_size else ''}: "
-                         f"missing {missing}, unexpected {extra}")
+        raise ValueError(
+            f"params do not fit a {num_layers}-layer "
+            f"{'bidirectional ' if bidirectional else ''}{mode}"
+            f"{f' with proj_size={proj_size}' if proj_size else ''}: "
+            f"missing {missing}, unexpected {extra}"
+        )
     for name in expected:  # an absent bias is left out of params, not set to None
         require_array(params[name], name)
     return _per_layer(params, num_layers, D)
@@ -200,8 +241,11 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
 def _per_layer(named, num_layers: int, D: int) -> list:
     """The entries of ``named`` (params or their grads) as one tuple of the roles
     (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction; None where a role is absent."""
-    return [tuple(named.get(f"{role}{layer_suffix(layer, direction)}") for role in STACK_ROLES)
-            for layer in range(num_layers) for direction in range(D)]
+    return [
+        tuple(named.get(f"{role}{layer_suffix(layer, direction)}") for role in STACK_ROLES)
+        for layer in range(num_layers)
+        for direction in range(D)
+    ]
 
 
 def _hidden_size(mode: str, params) -> int:
@@ -210,13 +254,17 @@ def _hidden_size(mode: str, params) -> int:
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
     if "weight_hh_l0" not in params:
-        raise ValueError("params must hold weight_hh_l0 (the layer stack's first recurrent "
-                         "weight, which gives hidden_size)")
+        raise ValueError(
+            "params must hold weight_hh_l0 (the layer stack's first recurrent "
+            "weight, which gives hidden_size)"
+        )
     w_hh = require_array(params["weight_hh_l0"], "weight_hh_l0")
     G = GATES[mode]
     if w_hh.ndim != 2 or w_hh.shape[0] < G or w_hh.shape[0] % G:
-        raise ValueError(f"weight_hh_l0 must have shape ({G}*hidden_size, proj_size or "
-                         f"hidden_size) with hidden_size >= 1, but has shape {w_hh.shape}")
+        raise ValueError(
+            f"weight_hh_l0 must have shape ({G}*hidden_size, proj_size or "
+            f"hidden_size) with hidden_size >= 1, but has shape {w_hh.shape}"
+        )
     return w_hh.shape[0] // G
 
 
@@ -282,8 +330,10 @@ def _check_batch_axis(value, name: str, B: int) -> None:
     """Before an array is sorted by length along axis 1: it must have B rows there (the binding
     checks the rest of its shape; sorting would silently drop or fail on the wrong count)."""
     if value.shape[1] != B:
-        raise ValueError(f"{name} must have B = {B} along its axis 1 (the batch), like x, but "
-                         f"has shape {value.shape}")
+        raise ValueError(
+            f"{name} must have B = {B} along its axis 1 (the batch), like x, but "
+            f"has shape {value.shape}"
+        )
 
 
 def _packing(lengths, x) -> _Packing | None:
@@ -299,26 +349,34 @@ def _saved_packing(saved, lengths, x) -> tuple:
     """``(workspace, packing)`` of what `stack_forward` saved, checked against backward's x and
     lengths: the packing is reused, never made again."""
     if saved is None:
-        raise ValueError("saved is None: backward needs what a training forward (training=True) "
-                         "saved")
+        raise ValueError(
+            "saved is None: backward needs what a training forward (training=True) saved"
+        )
     if not isinstance(saved, StackSaved):
-        raise TypeError(f"saved must be the StackSaved a training stack_forward returned, got "
-                        f"{type(saved).__name__}")
+        raise TypeError(
+            f"saved must be the StackSaved a training stack_forward returned, got "
+            f"{type(saved).__name__}"
+        )
     T, B = x.shape[0], x.shape[1]
     packing = saved.packing
     if packing is not None and (packing.T, packing.B) != (T, B):
-        raise ValueError(f"saved must come from a stack_forward of x with T = {T} steps and "
-                         f"B = {B} items, but holds the packing of T = {packing.T}, "
-                         f"B = {packing.B}")
+        raise ValueError(
+            f"saved must come from a stack_forward of x with T = {T} steps and "
+            f"B = {B} items, but holds the packing of T = {packing.T}, "
+            f"B = {packing.B}"
+        )
     given = check_lengths(lengths, T, B)
     forward = None if packing is None else packing.unsorted_lengths()
     if given is not None and forward is None and np.all(given == T):
         given = None  # all full: the same as no lengths
-    if (given is None) != (forward is None) or (given is not None
-                                                and not np.array_equal(given, forward)):
-        raise ValueError(f"lengths must be those given to the stack_forward that made saved "
-                         f"({None if forward is None else forward.tolist()}), got "
-                         f"{None if given is None else given.tolist()}")
+    if (given is None) != (forward is None) or (
+        given is not None and not np.array_equal(given, forward)
+    ):
+        raise ValueError(
+            f"lengths must be those given to the stack_forward that made saved "
+            f"({None if forward is None else forward.tolist()}), got "
+            f"{None if given is None else given.tolist()}"
+        )
     return saved.workspace, packing
 
 
@@ -338,20 +396,28 @@ def _masks(dropout_masks, num_layers, shape, dtype):
     if dropout_masks is None or num_layers == 1:
         return None
     if isinstance(dropout_masks, np.ndarray) or not isinstance(dropout_masks, Sequence):
-        raise TypeError(f"dropout_masks must be None or a list of num_layers - 1 arrays, "
-                        f"got {type(dropout_masks).__name__}")
+        raise TypeError(
+            f"dropout_masks must be None or a list of num_layers - 1 arrays, "
+            f"got {type(dropout_masks).__name__}"
+        )
     if len(dropout_masks) != num_layers - 1:
-        raise ValueError(f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
-                         f"got {len(dropout_masks)}")
+        raise ValueError(
+            f"dropout_masks must hold num_layers - 1 = {num_layers - 1} arrays, "
+            f"got {len(dropout_masks)}"
+        )
     for i, mask in enumerate(dropout_masks):
         name = f"dropout_masks[{i}]"
         require_array(mask, name)
         if mask.dtype != dtype:
-            raise TypeError(f"{name} must have dtype {dtype} like x, got {mask.dtype} "
-                            f"(nothing is cast silently)")
+            raise TypeError(
+                f"{name} must have dtype {dtype} like x, got {mask.dtype} "
+                f"(nothing is cast silently)"
+            )
         if mask.shape != shape:
-            raise ValueError(f"{name} must have shape (T, B, num_directions*H_out) = {shape}, "
-                             f"but has shape {mask.shape}")
+            raise ValueError(
+                f"{name} must have shape (T, B, num_directions*H_out) = {shape}, "
+                f"but has shape {mask.shape}"
+            )
     return np.stack(dropout_masks)
 
 
@@ -369,8 +435,9 @@ def _check_x(x) -> None:
         raise ValueError(f"input_size is {I}, more than the 2**31 - 1 that one BLAS call takes")
 
 
-def _stack_call(mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size,
-                packing_of):
+def _stack_call(
+    mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, packing_of
+):
     """Checks and sorting shared by stack_forward and stack_backward.
 
     ``packing_of(x)`` gives the batch packing (forward: made from lengths; backward: the one
@@ -382,19 +449,24 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, dropout_masks, p
     _check_x(x)
     hidden = _hidden_size(mode, params)
     if proj_size and (mode != "lstm" or proj_size >= hidden):
-        raise ValueError(f"proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1 = "
-                         f"{hidden - 1}; got {proj_size}")
+        raise ValueError(
+            f"proj_size must be 0, or (LSTM only) between 1 and hidden_size - 1 = "
+            f"{hidden - 1}; got {proj_size}"
+        )
     weights = _stack_weights(mode, params, num_layers, bidirectional, proj_size)
     D = num_directions(bidirectional)
     T, B = x.shape[0], x.shape[1]
-    h0, c0 = _split_hx(mode, hx, (num_layers * D, B, proj_size or hidden),
-                       (num_layers * D, B, hidden), x.dtype)
+    h0, c0 = _split_hx(
+        mode, hx, (num_layers * D, B, proj_size or hidden), (num_layers * D, B, hidden), x.dtype
+    )
     for name, value in (("h0", h0), ("c0", c0)):
         if value is not None:
             require_array(value, name)
             if value.ndim != 3:
-                raise ValueError(f"{name} must have 3 dimensions (num_layers*num_directions, B, "
-                                 f"size), but has {value.ndim}")
+                raise ValueError(
+                    f"{name} must have 3 dimensions (num_layers*num_directions, B, "
+                    f"size), but has {value.ndim}"
+                )
     packing = packing_of(x)
     masks = _masks(dropout_masks, num_layers, (T, B, D * (proj_size or hidden)), x.dtype)
     if packing is not None:
@@ -413,9 +485,20 @@ def _stack_call(mode, x, hx, params, num_layers, bidirectional, dropout_masks, p
     return x, h0, c0, weights, masks, packing, packed, hidden, num_layers, proj_size
 
 
-def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool = False,
-                  lengths=None, dropout_masks=None, training: bool = True,
-                  reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0):
+def stack_forward(
+    mode: str,
+    x,
+    hx,
+    params,
+    num_layers: int,
+    bidirectional: bool = False,
+    lengths=None,
+    dropout_masks=None,
+    training: bool = True,
+    reset_after: bool = True,
+    nonlinearity: str = "tanh",
+    proj_size: int = 0,
+):
     """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
 
     Parameters
@@ -434,23 +517,61 @@ def stack_forward(mode: str, x, hx, params, num_layers: int, bidirectional: bool
         None when not training
     """
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
-        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size,
-        lambda x: _packing(lengths, x))
+        mode,
+        x,
+        hx,
+        params,
+        num_layers,
+        bidirectional,
+        dropout_masks,
+        proj_size,
+        lambda x: _packing(lengths, x),
+    )
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     y, h_n, c_n, workspace = _core.stack_forward(
-        mode, xs, h0, c0, weights, masks, bs, lens, num_layers, bool(bidirectional), hidden,
-        proj_size, bool(reset_after), nonlinearity, bool(training))
+        mode,
+        xs,
+        h0,
+        c0,
+        weights,
+        masks,
+        bs,
+        lens,
+        num_layers,
+        bool(bidirectional),
+        hidden,
+        proj_size,
+        bool(reset_after),
+        nonlinearity,
+        bool(training),
+    )
     if packing is not None:
         y, h_n, c_n = packing.unsort(y), packing.unsort(h_n), packing.unsort(c_n)
     saved = None if workspace is None else StackSaved(workspace, packing)
     return y, h_n, c_n, saved
 
 
-def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None, dh_n=None,
-                   dc_n=None, bidirectional: bool = False, lengths=None, dropout_masks=None,
-                   reset_after: bool = True, nonlinearity: str = "tanh", proj_size: int = 0,
-                   grads=None, truncate: int | None = None,
-                   truncate_stride: int | None = None):
+def stack_backward(
+    mode: str,
+    x,
+    hx,
+    params,
+    num_layers: int,
+    y,
+    saved,
+    dy=None,
+    dh_n=None,
+    dc_n=None,
+    bidirectional: bool = False,
+    lengths=None,
+    dropout_masks=None,
+    reset_after: bool = True,
+    nonlinearity: str = "tanh",
+    proj_size: int = 0,
+    grads=None,
+    truncate: int | None = None,
+    truncate_stride: int | None = None,
+):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
     The arguments of the forward, with the same ``lengths`` (whose batch packing ``saved``
@@ -474,7 +595,8 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
         return packing
 
     xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
-        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, saved_packing)
+        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, saved_packing
+    )
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
         # checked before sorting them by length; the binding checks shapes and dtypes
@@ -490,24 +612,44 @@ def stack_backward(mode: str, x, hx, params, num_layers: int, y, saved, dy=None,
     if missing:
         raise ValueError(f"grads must have the keys of params; missing {missing}")
     # the gradient of every parameter there is; None for an absent one (a bias, weight_hr)
-    grad_list = _per_layer({k: grads[k] for k in params}, num_layers,
-                           num_directions(bidirectional))
+    grad_list = _per_layer({k: grads[k] for k in params}, num_layers, num_directions(bidirectional))
     if packing is not None:
         for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
             if value is not None:
                 _check_batch_axis(value, name, x.shape[1])
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
-        mode, xs, h0, c0, weights, y, workspace, dy, dh_n, dc_n, grad_list, masks, bs, lens,
-        num_layers, bool(bidirectional), hidden, proj_size, bool(reset_after), nonlinearity,
-        k2, k1)
+        mode,
+        xs,
+        h0,
+        c0,
+        weights,
+        y,
+        workspace,
+        dy,
+        dh_n,
+        dc_n,
+        grad_list,
+        masks,
+        bs,
+        lens,
+        num_layers,
+        bool(bidirectional),
+        hidden,
+        proj_size,
+        bool(reset_after),
+        nonlinearity,
+        k2,
+        k1,
+    )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
     return dx, dh0, dc0, grads
 
 
-def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean",
-                  grad: bool = True):
+def cross_entropy(
+    logits, targets, ignore_index: int = -100, reduction: str = "mean", grad: bool = True
+):
     """Fused softmax cross-entropy: the loss and the gradient of the logits in one pass per row.
 
     Same signature and results as `fusedrnn.reference.cross_entropy` (csrc/cross_entropy.h).
@@ -533,8 +675,9 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
         ``scale * (softmax(logits) - onehot(targets))``, scale 1 (sum) or 1/count (mean); zero
         rows where the target is ignored.
     """
-    return _core.cross_entropy(logits, targets, check_ignore_index(ignore_index), reduction,
-                               bool(grad))
+    return _core.cross_entropy(
+        logits, targets, check_ignore_index(ignore_index), reduction, bool(grad)
+    )
 
 
 def linear_forward(x, weight, bias=None):
@@ -581,12 +724,15 @@ def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool 
         raise ValueError(f"grads must have the keys {['weight', 'bias'] if bias else ['weight']}")
     dweight = None if grads is None else grads["weight"]
     dbias = None if grads is None or not bias else grads["bias"]
-    dx, dweight, dbias = _core.linear_backward(x, weight, dy, dweight, dbias, bool(bias),
-                                               bool(need_dx))
+    dx, dweight, dbias = _core.linear_backward(
+        x, weight, dy, dweight, dbias, bool(bias), bool(need_dx)
+    )
     out = {"weight": dweight, **({"bias": dbias} if bias else {})}
     if grads is None:
         return dx, out
     return dx, grads
+
+
 # ---------------------------------------------------------------- attention (docs/kernels.md)
 
 
@@ -597,8 +743,18 @@ def _empty_attention(a):
     return out, lse
 
 
-def attention_forward(q, k, v, attn_mask=None, is_causal: bool = False, scale=None,
-                      enable_gqa: bool = False, *, dropout_p: float = 0.0, seed: int = 0):
+def attention_forward(
+    q,
+    k,
+    v,
+    attn_mask=None,
+    is_causal: bool = False,
+    scale=None,
+    enable_gqa: bool = False,
+    *,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+):
     """Scaled dot-product attention, fused: tiles with an online softmax, never the L x S matrix.
 
     The semantics of ``torch.nn.functional.scaled_dot_product_attention``; a row whose keys are
@@ -635,15 +791,37 @@ def attention_forward(q, k, v, attn_mask=None, is_causal: bool = False, scale=No
     a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
     if a.empty:
         return _empty_attention(a)
-    out, lse = _core.attention_forward(a.q, a.k, a.v, a.mask, a.mask_offsets, a.mask_row_stride,
-                                       a.mask_col_stride, a.is_causal, a.scale, a.dropout_p,
-                                       a.seed)
+    out, lse = _core.attention_forward(
+        a.q,
+        a.k,
+        a.v,
+        a.mask,
+        a.mask_offsets,
+        a.mask_row_stride,
+        a.mask_col_stride,
+        a.is_causal,
+        a.scale,
+        a.dropout_p,
+        a.seed,
+    )
     return a.to_user(out, lse)
 
 
-def attention_backward(q, k, v, out, lse, d_out, attn_mask=None, is_causal: bool = False,
-                       scale=None, enable_gqa: bool = False, *, dropout_p: float = 0.0,
-                       seed: int = 0):
+def attention_backward(
+    q,
+    k,
+    v,
+    out,
+    lse,
+    d_out,
+    attn_mask=None,
+    is_causal: bool = False,
+    scale=None,
+    enable_gqa: bool = False,
+    *,
+    dropout_p: float = 0.0,
+    seed: int = 0,
+):
     """Gradients of `attention_forward`, recomputing the probabilities tile by tile from lse.
 
     Parameters
@@ -665,9 +843,22 @@ def attention_backward(q, k, v, out, lse, d_out, attn_mask=None, is_causal: bool
         dk = np.zeros((N, a.heads_kv, a.S, a.E), a.dtype)
         dv = np.zeros((N, a.heads_kv, a.S, a.Ev), a.dtype)
         return a.grads_to_user(dq, dk, dv)
-    dq, dk, dv = _core.attention_backward(d_out4, a.q, a.k, a.v, out4, lse4, a.mask,
-                                          a.mask_offsets, a.mask_row_stride, a.mask_col_stride,
-                                          a.is_causal, a.scale, a.dropout_p, a.seed)
+    dq, dk, dv = _core.attention_backward(
+        d_out4,
+        a.q,
+        a.k,
+        a.v,
+        out4,
+        lse4,
+        a.mask,
+        a.mask_offsets,
+        a.mask_row_stride,
+        a.mask_col_stride,
+        a.is_causal,
+        a.scale,
+        a.dropout_p,
+        a.seed,
+    )
     return a.grads_to_user(dq, dk, dv)
 
 
@@ -694,8 +885,9 @@ def additive_attention_forward(query, keys, values, w_q, w_k, w_v, key_mask=None
     return _core.additive_attention_forward(*args)
 
 
-def additive_attention_backward(query, keys, values, w_q, w_k, w_v, weights, qp, kp, d_context,
-                                key_mask=None, grads=None):
+def additive_attention_backward(
+    query, keys, values, w_q, w_k, w_v, weights, qp, kp, d_context, key_mask=None, grads=None
+):
     """Gradients of `additive_attention_forward`.
 
     Parameters
@@ -710,11 +902,26 @@ def additive_attention_backward(query, keys, values, w_q, w_k, w_v, weights, qp,
     d_query, d_keys, d_values : fresh arrays;  grads : dict
     """
     query, keys, values, w_q, w_k, w_v, key_mask = additive_args(
-        query, keys, values, w_q, w_k, w_v, key_mask)
-    weights, qp, kp, d_context = additive_saved(query, keys, values, w_v, weights, qp, kp,
-                                                d_context)
+        query, keys, values, w_q, w_k, w_v, key_mask
+    )
+    weights, qp, kp, d_context = additive_saved(
+        query, keys, values, w_v, weights, qp, kp, d_context
+    )
     grads = additive_grads(grads, w_q, w_k, w_v)
     d_query, d_keys, d_values, *_ = _core.additive_attention_backward(
-        d_context, query, keys, values, w_q, w_k, w_v, key_mask, weights, qp, kp, grads["w_q"],
-        grads["w_k"], grads["w_v"])
+        d_context,
+        query,
+        keys,
+        values,
+        w_q,
+        w_k,
+        w_v,
+        key_mask,
+        weights,
+        qp,
+        kp,
+        grads["w_q"],
+        grads["w_k"],
+        grads["w_v"],
+    )
     return d_query, d_keys, d_values, grads

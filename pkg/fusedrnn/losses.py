@@ -33,8 +33,9 @@ class CrossEntropyLoss(Module):
     >>> dlogits = loss_fn.backward()          # (T, B, V)
     """
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean",
-                 backend: str = "fused") -> None:
+    def __init__(
+        self, ignore_index: int = -100, reduction: str = "mean", backend: str = "fused"
+    ) -> None:
         self.reduction = check_choice(reduction, "reduction", ("mean", "sum"))
         super().__init__(backend=backend)
         self.ignore_index = check_ignore_index(ignore_index)
@@ -56,16 +57,24 @@ class CrossEntropyLoss(Module):
         loss : numpy scalar of the logits' dtype
         """
         if not isinstance(logits, np.ndarray) or logits.ndim < 1:
-            raise TypeError(f"logits must be a numpy.ndarray of shape (..., num_classes), got "
-                            f"{getattr(logits, 'shape', type(logits).__name__)}")
+            raise TypeError(
+                f"logits must be a numpy.ndarray of shape (..., num_classes), got "
+                f"{getattr(logits, 'shape', type(logits).__name__)}"
+            )
         if isinstance(targets, np.ndarray) and targets.shape != logits.shape[:-1]:
-            raise ValueError(f"targets must have the leading shape of logits, "
-                             f"{logits.shape[:-1]}, but has {targets.shape}")
+            raise ValueError(
+                f"targets must have the leading shape of logits, "
+                f"{logits.shape[:-1]}, but has {targets.shape}"
+            )
         V = logits.shape[-1]
         flat_targets = targets.reshape(-1) if isinstance(targets, np.ndarray) else targets
         loss, dlogits = self._backend.cross_entropy(
-            logits.reshape(-1, V), flat_targets, ignore_index=self.ignore_index,
-            reduction=self.reduction, grad=self.training)
+            logits.reshape(-1, V),
+            flat_targets,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            grad=self.training,
+        )
         # in training mode the gradient came with the loss; eval mode computes the loss only
         self._keep_for_backward(None if dlogits is None else dlogits.reshape(logits.shape))
         return loss

@@ -50,16 +50,22 @@ class Linear(Module):
     >>> dx = head.backward(np.ones_like(logits))              # (50, 32, 256); grads filled
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(dtype, seed, backend)
         self.in_features = check_size(in_features, "in_features")
         self.out_features = check_size(out_features, "out_features")
         self._has_bias = bool(bias)
         bound = 1.0 / np.sqrt(self.in_features)
-        params = {"weight": self._rng.uniform(-bound, bound, (self.out_features,
-                                                              self.in_features))}
+        params = {"weight": self._rng.uniform(-bound, bound, (self.out_features, self.in_features))}
         if self._has_bias:
             params["bias"] = self._rng.uniform(-bound, bound, self.out_features)
         self._set_parameters(params)
@@ -70,8 +76,11 @@ class Linear(Module):
         return self._params.get("bias")
 
     def _repr_args(self) -> list:
-        return [str(self.in_features), str(self.out_features),
-                *([] if self._has_bias else ["bias=False"])]
+        return [
+            str(self.in_features),
+            str(self.out_features),
+            *([] if self._has_bias else ["bias=False"]),
+        ]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """``x @ weight.T + bias``.
@@ -90,8 +99,9 @@ class Linear(Module):
         x = self._check_array(x, "x", (..., self.in_features), (..., "in_features"))
         # one GEMM over every leading axis
         y = self._backend.linear_forward(
-            x.reshape(-1, self.in_features), self._params["weight"], self._params.get("bias"))
-        y = y.reshape(x.shape[:-1] + (self.out_features,))
+            x.reshape(-1, self.in_features), self._params["weight"], self._params.get("bias")
+        )
+        y = y.reshape((*x.shape[:-1], self.out_features))
         self._keep_for_backward((x.copy() if x.flags.writeable else x) if self.training else None)
         return y
 
@@ -110,11 +120,16 @@ class Linear(Module):
         dx : (..., in_features), the shape of x
         """
         x = self._require_saved()
-        self._check_array(d_output, "d_output", x.shape[:-1] + (self.out_features,),
-                          (..., "out_features"))
+        self._check_array(
+            d_output, "d_output", (*x.shape[:-1], self.out_features), (..., "out_features")
+        )
         dx, _ = self._backend.linear_backward(
-            x.reshape(-1, self.in_features), self._params["weight"],
-            d_output.reshape(-1, self.out_features), grads=self.grads, bias=self._has_bias)
+            x.reshape(-1, self.in_features),
+            self._params["weight"],
+            d_output.reshape(-1, self.out_features),
+            grads=self.grads,
+            bias=self._has_bias,
+        )
         return dx.reshape(x.shape)
 
 
@@ -134,18 +149,26 @@ class Embedding(Module):
     Parameters: ``weight`` (num_embeddings, embedding_dim).
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int,
-                 padding_idx: int | None = None, *, dtype: DTypeLike = np.float32,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+    ) -> None:
         super().__init__(dtype, seed)
         self.num_embeddings = check_size(num_embeddings, "num_embeddings")
         self.embedding_dim = check_size(embedding_dim, "embedding_dim")
         if padding_idx is not None:
             padding_idx = check_size(padding_idx, "padding_idx", minimum=None)
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
-                raise ValueError(f"padding_idx must be within num_embeddings = "
-                                 f"{self.num_embeddings} (in [-{self.num_embeddings}, "
-                                 f"{self.num_embeddings})), got {padding_idx}")
+                raise ValueError(
+                    f"padding_idx must be within num_embeddings = "
+                    f"{self.num_embeddings} (in [-{self.num_embeddings}, "
+                    f"{self.num_embeddings})), got {padding_idx}"
+                )
             padding_idx %= self.num_embeddings
         self.padding_idx = padding_idx
         weight = self._rng.standard_normal((self.num_embeddings, self.embedding_dim))
@@ -170,16 +193,19 @@ class Embedding(Module):
         out : (..., embedding_dim), a fresh array
         """
         if not isinstance(indices, np.ndarray):
-            raise TypeError(f"indices must be a numpy.ndarray of integers, "
-                            f"got {type(indices).__name__}")
+            raise TypeError(
+                f"indices must be a numpy.ndarray of integers, got {type(indices).__name__}"
+            )
         if indices.dtype.kind not in "iu":
             raise TypeError(f"indices must have an integer dtype, got {indices.dtype}")
         if indices.size:
             low, high = int(indices.min()), int(indices.max())
             if low < 0 or high >= self.num_embeddings:
                 bad = low if low < 0 else high
-                raise ValueError(f"indices must be in [0, num_embeddings) = "
-                                 f"[0, {self.num_embeddings}), but hold {bad}")
+                raise ValueError(
+                    f"indices must be in [0, num_embeddings) = "
+                    f"[0, {self.num_embeddings}), but hold {bad}"
+                )
         out = self._params["weight"][indices]
         self._keep_for_backward(indices.copy() if self.training else None)
         return out
@@ -194,13 +220,12 @@ class Embedding(Module):
         d_output : (..., embedding_dim), the shape of the output
         """
         indices = self._require_saved()
-        self._check_array(d_output, "d_output", indices.shape + (self.embedding_dim,),
-                          (..., "embedding_dim"))
+        self._check_array(
+            d_output, "d_output", (*indices.shape, self.embedding_dim), (..., "embedding_dim")
+        )
         flat = indices.reshape(-1)
         rows = d_output.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, rows = flat[keep], rows[keep]
         np.add.at(self.grads["weight"], flat, rows)
-
-

@@ -38,9 +38,11 @@ def _named_parameters(module) -> list:
     params = module.parameters() if hasattr(module, "parameters") else None
     if isinstance(params, Mapping):
         return list(params.items())
-    raise TypeError(f"{type(module).__name__} has neither named_parameters() nor parameters() "
-                    f"returning a dict of arrays; an optimizer needs the live parameter arrays "
-                    f"and a grads dict keyed by the same names")
+    raise TypeError(
+        f"{type(module).__name__} has neither named_parameters() nor parameters() "
+        f"returning a dict of arrays; an optimizer needs the live parameter arrays "
+        f"and a grads dict keyed by the same names"
+    )
 
 
 def parameter_entries(modules) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -53,18 +55,27 @@ def parameter_entries(modules) -> list[tuple[str, np.ndarray, np.ndarray]]:
             raise TypeError(f"modules[{i}] ({type(module).__name__}) has no grads dict")
         for name, param in _named_parameters(module):
             if not isinstance(param, np.ndarray) or param.dtype.kind != "f":
-                raise TypeError(f"modules[{i}] parameter {name!r} must be a floating-point "
-                                f"numpy.ndarray, got {type(param).__name__}")
+                raise TypeError(
+                    f"modules[{i}] parameter {name!r} must be a floating-point "
+                    f"numpy.ndarray, got {type(param).__name__}"
+                )
             if name not in grads:
-                raise ValueError(f"modules[{i}] ({type(module).__name__}) has no "
-                                 f"grads[{name!r}] for its parameter {name!r}")
+                raise ValueError(
+                    f"modules[{i}] ({type(module).__name__}) has no "
+                    f"grads[{name!r}] for its parameter {name!r}"
+                )
             grad = grads[name]
-            if not isinstance(grad, np.ndarray) or grad.shape != param.shape \
-                    or grad.dtype != param.dtype:
-                raise ValueError(f"modules[{i}] grads[{name!r}] must be an array of the "
-                                 f"parameter's shape {param.shape} and dtype {param.dtype}, got "
-                                 f"{getattr(grad, 'shape', type(grad).__name__)}, "
-                                 f"{getattr(grad, 'dtype', '')}")
+            if (
+                not isinstance(grad, np.ndarray)
+                or grad.shape != param.shape
+                or grad.dtype != param.dtype
+            ):
+                raise ValueError(
+                    f"modules[{i}] grads[{name!r}] must be an array of the "
+                    f"parameter's shape {param.shape} and dtype {param.dtype}, got "
+                    f"{getattr(grad, 'shape', type(grad).__name__)}, "
+                    f"{getattr(grad, 'dtype', '')}"
+                )
             entries.append((f"{i}.{name}", param, grad))
     return entries
 
@@ -132,9 +143,16 @@ class SGD(Optimizer):
     maximize : bool, default False
     """
 
-    def __init__(self, modules, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        modules,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+    ) -> None:
         super().__init__(modules, lr)
         self.momentum = _check_hyper(momentum, "momentum")
         self.dampening = _check_hyper(dampening, "dampening")
@@ -182,9 +200,17 @@ class Adam(Optimizer):
     amsgrad, maximize, decoupled_weight_decay : bool, default False
     """
 
-    def __init__(self, modules, lr: float = 1e-3, betas: tuple = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
-                 maximize: bool = False, decoupled_weight_decay: bool = False) -> None:
+    def __init__(
+        self,
+        modules,
+        lr: float = 1e-3,
+        betas: tuple = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
         super().__init__(modules, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -220,9 +246,9 @@ class Adam(Optimizer):
         if self.amsgrad:
             np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        step_size = self.lr / (1 - beta1 ** t)
+        step_size = self.lr / (1 - beta1**t)
         denom = np.sqrt(v)
-        denom /= dt(math.sqrt(1 - beta2 ** t))
+        denom /= dt(math.sqrt(1 - beta2**t))
         denom += dt(self.eps)
         np.divide(m, denom, out=denom)
         denom *= dt(step_size)
@@ -241,18 +267,23 @@ def _grad_arrays(modules) -> list[np.ndarray]:
     for i, item in enumerate(_as_list(modules)):
         grads = item if isinstance(item, Mapping) else getattr(item, "grads", None)
         if not isinstance(grads, Mapping):
-            raise TypeError(f"modules[{i}] must be a layer with a grads dict or a dict of "
-                            f"gradient arrays, got {type(item).__name__}")
+            raise TypeError(
+                f"modules[{i}] must be a layer with a grads dict or a dict of "
+                f"gradient arrays, got {type(item).__name__}"
+            )
         for name, grad in grads.items():
             if not isinstance(grad, np.ndarray) or grad.dtype.kind != "f":
-                raise TypeError(f"modules[{i}] grads[{name!r}] must be a floating-point "
-                                f"numpy.ndarray, got {type(grad).__name__}")
+                raise TypeError(
+                    f"modules[{i}] grads[{name!r}] must be a floating-point "
+                    f"numpy.ndarray, got {type(grad).__name__}"
+                )
             arrays.append(grad)
     return arrays
 
 
-def clip_grad_norm_(modules: GradSource, max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm_(
+    modules: GradSource, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> float:
     """Scale all gradients together so that their global norm is at most ``max_norm``, as
     ``torch.nn.utils.clip_grad_norm_``.
 
@@ -288,8 +319,10 @@ def clip_grad_norm_(modules: GradSource, max_norm: float, norm_type: float = 2.0
         total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)
         total = total ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"the total norm of order {norm_type} of the gradients is {total}, "
-                           f"so they cannot be clipped; set error_if_nonfinite=False to go on")
+        raise RuntimeError(
+            f"the total norm of order {norm_type} of the gradients is {total}, "
+            f"so they cannot be clipped; set error_if_nonfinite=False to go on"
+        )
     coef = max_norm / (total + 1e-6)
     if not coef >= 1.0:  # a NaN norm makes the gradients NaN, as in PyTorch
         for g in arrays:

@@ -27,16 +27,19 @@ def _check_logits(logits: object) -> np.ndarray:
     if logits.dtype.kind != "f":
         raise TypeError(f"logits must have a floating-point dtype, got {logits.dtype}")
     if logits.ndim not in (1, 2) or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have shape (num_classes,) or (B, num_classes) with "
-                         f"num_classes >= 1, but has {logits.shape}")
+        raise ValueError(
+            f"logits must have shape (num_classes,) or (B, num_classes) with "
+            f"num_classes >= 1, but has {logits.shape}"
+        )
     if np.isnan(logits).any():
         raise ValueError("logits contain NaN")
     return logits
 
 
 def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer,
-                                                                     np.floating)):
+    if isinstance(temperature, bool) or not isinstance(
+        temperature, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     temperature = float(temperature)
     if not temperature >= 0:
@@ -78,8 +81,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def sample(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
-           rng: RngLike = None) -> int | np.ndarray:
+def sample(
+    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, rng: RngLike = None
+) -> int | np.ndarray:
     """Draw a class from ``softmax(logits / temperature)``, among the ``top_k`` largest logits.
 
     Parameters
@@ -106,8 +110,9 @@ def sample(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = Non
         try:
             top_k = operator.index(top_k)
         except TypeError:
-            raise TypeError(f"top_k must be an integer or None, got "
-                            f"{type(top_k).__name__}") from None
+            raise TypeError(
+                f"top_k must be an integer or None, got {type(top_k).__name__}"
+            ) from None
         if not 1 <= top_k <= V:
             raise ValueError(f"top_k must be in [1, num_classes] = [1, {V}], got {top_k}")
     if not isinstance(rng, np.random.Generator):
@@ -116,7 +121,7 @@ def sample(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = Non
         return greedy(logits)
     rows = np.atleast_2d(logits).astype(np.float64)
     if top_k is not None and top_k < V:
-        keep = np.argpartition(rows, V - top_k, axis=-1)[:, V - top_k:]
+        keep = np.argpartition(rows, V - top_k, axis=-1)[:, V - top_k :]
         masked = np.full_like(rows, -np.inf)
         np.put_along_axis(masked, keep, np.take_along_axis(rows, keep, axis=-1), axis=-1)
         rows = masked

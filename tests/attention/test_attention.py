@@ -6,12 +6,13 @@ tiles (many tiles per head, partial tiles, the causal diagonal inside tiles), on
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
+from fusedrnn import _core, functional, reference
 from tests.helpers.attention_cases import assert_runs_close, make_qkv, run
 from tests.helpers.cells import assert_close
-from fusedrnn import _core, functional, reference
 
 ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float64, np.float32]
@@ -22,7 +23,7 @@ def _mask(kind, batch, Hq, L, S, dtype, seed=0):
     if kind is None:
         return None
     if kind == "bool_full":  # every (item, head, row) its own, one row fully masked
-        m = rng.random(batch + (Hq, L, S)) > 0.5
+        m = rng.random((*batch, Hq, L, S)) > 0.5
         m[(0,) * len(batch) + (0, 1)] = False
         return m
     if kind == "bool_LS":
@@ -30,7 +31,7 @@ def _mask(kind, batch, Hq, L, S, dtype, seed=0):
         m[2] = False
         return m
     if kind == "bool_keys":  # key padding: (N, 1, 1, S), the last keys of item 0 padded
-        m = np.ones(batch + (1, 1, S), bool)
+        m = np.ones((*batch, 1, 1, S), bool)
         m[(0,) * len(batch) + (0, 0, slice(S - 3, S))] = False
         return m
     if kind == "bool_rows":  # broadcast along the keys: (L, 1), whole rows masked
@@ -46,7 +47,7 @@ def _mask(kind, batch, Hq, L, S, dtype, seed=0):
         m[0] = -np.inf
         return m
     if kind == "additive_full":
-        return (3 * rng.standard_normal(batch + (Hq, L, S))).astype(dtype)
+        return (3 * rng.standard_normal((*batch, Hq, L, S))).astype(dtype)
     raise ValueError(kind)
 
 
@@ -58,8 +59,17 @@ CASES = {
     "causal_L_gt_S": ((2,), 2, 2, 29, 13, 8, 5, None, {"is_causal": True}),
     "causal_square": ((1,), 3, 3, 33, 33, 4, 4, None, {"is_causal": True}),
     "gqa": ((2,), 6, 2, 17, 23, 8, 3, None, {"enable_gqa": True}),
-    "gqa_causal_mask": ((1,), 4, 1, 21, 21, 8, 3, "bool_keys", {"enable_gqa": True,
-                                                               "is_causal": True}),
+    "gqa_causal_mask": (
+        (1,),
+        4,
+        1,
+        21,
+        21,
+        8,
+        3,
+        "bool_keys",
+        {"enable_gqa": True, "is_causal": True},
+    ),
     "bool_full": ((2,), 2, 2, 19, 27, 8, 5, "bool_full", {}),
     "bool_LS": ((2,), 2, 2, 19, 27, 8, 5, "bool_LS", {}),
     "bool_keys": ((3,), 2, 2, 19, 27, 8, 5, "bool_keys", {}),
@@ -69,8 +79,17 @@ CASES = {
     "additive_full_causal": ((2,), 2, 2, 27, 19, 8, 5, "additive_full", {"is_causal": True}),
     "scale": ((2,), 2, 2, 11, 9, 8, 5, None, {"scale": 0.05}),
     "dropout": ((2,), 2, 2, 19, 27, 8, 5, "bool_LS", {"dropout_p": 0.3, "seed": 1234}),
-    "dropout_causal": ((1,), 2, 2, 27, 19, 8, 5, None, {"dropout_p": 0.6, "seed": 2**40 + 7,
-                                                         "is_causal": True}),
+    "dropout_causal": (
+        (1,),
+        2,
+        2,
+        27,
+        19,
+        8,
+        5,
+        None,
+        {"dropout_p": 0.6, "seed": 2**40 + 7, "is_causal": True},
+    ),
     "batch_rank0": ((), 3, 3, 15, 17, 8, 5, None, {}),
     "batch_rank2": ((2, 3), 2, 2, 15, 17, 8, 5, "bool_full", {}),
     "single_key_and_row": ((2,), 2, 2, 1, 1, 3, 2, None, {}),
@@ -229,7 +248,10 @@ def test_no_head_axis_and_batch_broadcast():
     assert fused["dk"].shape == k.shape and fused["out"].shape == (3, 2, 2, 6, 3)
     assert_runs_close(fused, ref, np.float64)
     # the same as giving the broadcast copies, with their gradients summed
-    k_full, v_full = np.broadcast_to(k, (3, 2, 2, 5, 4)).copy(), np.broadcast_to(v, (3, 2, 2, 5, 3)).copy()
+    k_full, v_full = (
+        np.broadcast_to(k, (3, 2, 2, 5, 4)).copy(),
+        np.broadcast_to(v, (3, 2, 2, 5, 3)).copy(),
+    )
     full = run("fused", q, k_full, v_full, d_out)
     assert_close(fused["dk"], full["dk"].sum(axis=0, keepdims=True), np.float64)
     assert_close(fused["out"], full["out"], np.float64)
@@ -270,15 +292,23 @@ def test_saved_lse_is_interchangeable():
 
 def additive_inputs(B=3, T=5, S=7, Dq=6, Dk=9, Dv=4, A=19, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
-    x = {"query": rng.standard_normal((B, T, Dq)), "keys": rng.standard_normal((B, S, Dk)),
-             "values": rng.standard_normal((B, S, Dv)), "w_q": rng.uniform(-0.5, 0.5, (A, Dq)),
-             "w_k": rng.uniform(-0.5, 0.5, (A, Dk)), "w_v": rng.uniform(-1, 1, A)}
+    x = {
+        "query": rng.standard_normal((B, T, Dq)),
+        "keys": rng.standard_normal((B, S, Dk)),
+        "values": rng.standard_normal((B, S, Dv)),
+        "w_q": rng.uniform(-0.5, 0.5, (A, Dq)),
+        "w_k": rng.uniform(-0.5, 0.5, (A, Dk)),
+        "w_v": rng.uniform(-1, 1, A),
+    }
     return {name: a.astype(dtype) for name, a in x.items()}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("size", [(3, 5, 7, 6, 9, 4, 19), (1, 1, 1, 1, 1, 1, 1),
-                                  (2, 9, 33, 8, 8, 16, 64)], ids=["odd", "ones", "wide"])
+@pytest.mark.parametrize(
+    "size",
+    [(3, 5, 7, 6, 9, 4, 19), (1, 1, 1, 1, 1, 1, 1), (2, 9, 33, 8, 8, 16, 64)],
+    ids=["odd", "ones", "wide"],
+)
 @pytest.mark.parametrize("masked", [False, True])
 def test_additive_fused_equals_reference(size, masked, dtype, threads):
     B, T, S, Dq, Dk, Dv, A = size
@@ -291,13 +321,25 @@ def test_additive_fused_equals_reference(size, masked, dtype, threads):
     results = {}
     for name, impl in (("fused", functional), ("reference", reference)):
         context, weights, qp, kp = impl.additive_attention_forward(**x, key_mask=mask)
-        start = {"w_q": np.full_like(x["w_q"], 0.5), "w_k": np.zeros_like(x["w_k"]),
-                 "w_v": np.ones_like(x["w_v"])}
+        start = {
+            "w_q": np.full_like(x["w_q"], 0.5),
+            "w_k": np.zeros_like(x["w_k"]),
+            "w_v": np.ones_like(x["w_v"]),
+        }
         d_query, d_keys, d_values, grads = impl.additive_attention_backward(
-            **x, weights=weights, qp=qp, kp=kp, d_context=d_context, key_mask=mask, grads=start)
+            **x, weights=weights, qp=qp, kp=kp, d_context=d_context, key_mask=mask, grads=start
+        )
         assert grads is start  # accumulated in place
-        results[name] = dict(context=context, weights=weights, qp=qp, kp=kp, d_query=d_query,
-                             d_keys=d_keys, d_values=d_values, **grads)
+        results[name] = dict(
+            context=context,
+            weights=weights,
+            qp=qp,
+            kp=kp,
+            d_query=d_query,
+            d_keys=d_keys,
+            d_values=d_values,
+            **grads,
+        )
     for name, value in results["reference"].items():
         assert_close(results["fused"][name], value, dtype, name)
     if masked:
@@ -314,8 +356,9 @@ def test_additive_every_isa(dtype, isa):
     results = []
     for impl in (functional, reference):
         context, weights, qp, kp = impl.additive_attention_forward(**x, key_mask=mask)
-        grads = impl.additive_attention_backward(**x, weights=weights, qp=qp, kp=kp,
-                                                 d_context=d_context, key_mask=mask)
+        grads = impl.additive_attention_backward(
+            **x, weights=weights, qp=qp, kp=kp, d_context=d_context, key_mask=mask
+        )
         results.append([context, weights, *grads[:3], *grads[3].values()])
     for a, b in zip(*results):
         assert_close(a, b, dtype, isa)

@@ -4,12 +4,13 @@ saved state, and the layouts (batch_first, unbatched, single decoder step, keys 
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
+from fusedrnn import functional, reference
 from tests.helpers.attention_cases import make_qkv
 from tests.helpers.cells import assert_close
-from fusedrnn import functional, reference
 
 
 def central_differences(f, x, eps=1e-6):
@@ -50,8 +51,10 @@ def test_sdpa_fresh_dropout_seed_per_call():
     a = fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
     b = fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
     assert not np.allclose(a, b)
-    np.testing.assert_array_equal(fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, seed=3),
-                                  fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, seed=3))
+    np.testing.assert_array_equal(
+        fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, seed=3),
+        fusedrnn.scaled_dot_product_attention(q, k, v, dropout_p=0.5, seed=3),
+    )
 
 
 def test_sdpa_backends_agree():
@@ -65,16 +68,22 @@ def test_sdpa_backends_agree():
 
 
 def mha_pair(**options):
-    layers = [fusedrnn.MultiheadAttention(backend=backend, seed=7, **options)
-              for backend in ("fused", "reference")]
+    layers = [
+        fusedrnn.MultiheadAttention(backend=backend, seed=7, **options)
+        for backend in ("fused", "reference")
+    ]
     return layers
 
 
-@pytest.mark.parametrize("options", [
-    {"embed_dim": 12, "num_heads": 3, "dtype": np.float64},
-    {"embed_dim": 12, "num_heads": 2, "dropout": 0.3, "batch_first": True, "dtype": np.float64},
-    {"embed_dim": 8, "num_heads": 4, "kdim": 5, "vdim": 3, "bias": False, "dtype": np.float32},
-], ids=["plain", "dropout", "kdim_vdim_nobias"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"embed_dim": 12, "num_heads": 3, "dtype": np.float64},
+        {"embed_dim": 12, "num_heads": 2, "dropout": 0.3, "batch_first": True, "dtype": np.float64},
+        {"embed_dim": 8, "num_heads": 4, "kdim": 5, "vdim": 3, "bias": False, "dtype": np.float32},
+    ],
+    ids=["plain", "dropout", "kdim_vdim_nobias"],
+)
 def test_multihead_backends_agree(options):
     fused, ref = mha_pair(**options)
     for name, value in fused.state_dict().items():
@@ -82,10 +91,15 @@ def test_multihead_backends_agree(options):
     rng = np.random.default_rng(1)
     dtype = options["dtype"]
     N, L, S = 3, 5, 6
-    E, kd, vd = options["embed_dim"], options.get("kdim", options["embed_dim"]), \
-        options.get("vdim", options["embed_dim"])
+    E, kd, vd = (
+        options["embed_dim"],
+        options.get("kdim", options["embed_dim"]),
+        options.get("vdim", options["embed_dim"]),
+    )
     layout = (lambda T, d: (N, T, d)) if options.get("batch_first") else (lambda T, d: (T, N, d))
-    q, k, v = (rng.standard_normal(layout(T, d)).astype(dtype) for T, d in ((L, E), (S, kd), (S, vd)))
+    q, k, v = (
+        rng.standard_normal(layout(T, d)).astype(dtype) for T, d in ((L, E), (S, kd), (S, vd))
+    )
     kpm = np.zeros((N, S), bool)
     kpm[1, 3:] = True
     results = []
@@ -106,8 +120,11 @@ def test_multihead_backends_agree(options):
 def test_multihead_gradients_by_central_differences():
     layer = fusedrnn.MultiheadAttention(6, 2, kdim=4, vdim=5, dtype=np.float64, seed=0)
     rng = np.random.default_rng(3)
-    q, k, v = rng.standard_normal((4, 2, 6)), rng.standard_normal((5, 2, 4)), \
-        rng.standard_normal((5, 2, 5))
+    q, k, v = (
+        rng.standard_normal((4, 2, 6)),
+        rng.standard_normal((5, 2, 4)),
+        rng.standard_normal((5, 2, 5)),
+    )
     am = np.zeros((4, 5), bool)
     am[0, 1:] = True
     d_out = rng.standard_normal((4, 2, 6))
@@ -118,11 +135,13 @@ def test_multihead_gradients_by_central_differences():
     layer(q, k, v, attn_mask=am)
     grads = layer.backward(d_out)
     for name, x, g in zip(("query", "key", "value"), (q, k, v), grads):
-        np.testing.assert_allclose(g, central_differences(loss, x), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            g, central_differences(loss, x), rtol=1e-6, atol=1e-8, err_msg=name
+        )
     for name, p in layer.named_parameters():
-        np.testing.assert_allclose(layer.grads[name], central_differences(loss, p), rtol=1e-6,
-                                   atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(
+            layer.grads[name], central_differences(loss, p), rtol=1e-6, atol=1e-8, err_msg=name
+        )
 
 
 def test_multihead_state_grads_and_modes():
@@ -165,8 +184,9 @@ def test_multihead_unbatched_equals_batch_of_one():
     kpm = np.array([False, False, False, False, True, True])
     out, w = layer(q, k, k, key_padding_mask=kpm, need_weights=True)
     g = layer.backward(np.ones((5, 8)))
-    out_b, w_b = layer(q[:, None], k[:, None], k[:, None], key_padding_mask=kpm[None],
-                       need_weights=True)
+    out_b, w_b = layer(
+        q[:, None], k[:, None], k[:, None], key_padding_mask=kpm[None], need_weights=True
+    )
     g_b = layer.backward(np.ones((5, 1, 8)))
     assert out.shape == (5, 8) and w.shape == (5, 6)
     assert_close(out, out_b[:, 0], np.float64)
@@ -181,8 +201,11 @@ def test_multihead_unbatched_equals_batch_of_one():
 def test_additive_layer_gradients_by_central_differences():
     layer = fusedrnn.AdditiveAttention(3, 4, 5, dtype=np.float64, seed=0)
     rng = np.random.default_rng(1)
-    query, keys, values = rng.standard_normal((2, 3, 3)), rng.standard_normal((2, 6, 4)), \
-        rng.standard_normal((2, 6, 2))
+    query, keys, values = (
+        rng.standard_normal((2, 3, 3)),
+        rng.standard_normal((2, 6, 4)),
+        rng.standard_normal((2, 6, 2)),
+    )
     pad = np.zeros((2, 6), bool)
     pad[1, 4:] = True
     d_context = rng.standard_normal((2, 3, 2))
@@ -195,11 +218,13 @@ def test_additive_layer_gradients_by_central_differences():
     np.testing.assert_allclose(weights.sum(axis=-1), 1.0)
     grads = layer.backward(d_context)
     for name, x, g in zip(("query", "keys", "values"), (query, keys, values), grads):
-        np.testing.assert_allclose(g, central_differences(loss, x), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            g, central_differences(loss, x), rtol=1e-6, atol=1e-8, err_msg=name
+        )
     for name, p in layer.named_parameters():
-        np.testing.assert_allclose(layer.grads[name], central_differences(loss, p), rtol=1e-6,
-                                   atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(
+            layer.grads[name], central_differences(loss, p), rtol=1e-6, atol=1e-8, err_msg=name
+        )
 
 
 def test_additive_keys_as_values_and_single_step():
@@ -221,11 +246,15 @@ def test_additive_keys_as_values_and_single_step():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_additive_backends_agree(dtype):
-    layers = [fusedrnn.AdditiveAttention(7, 5, 16, dtype=dtype, seed=4, backend=b)
-              for b in ("fused", "reference")]
+    layers = [
+        fusedrnn.AdditiveAttention(7, 5, 16, dtype=dtype, seed=4, backend=b)
+        for b in ("fused", "reference")
+    ]
     rng = np.random.default_rng(5)
-    query, keys = rng.standard_normal((3, 4, 7)).astype(dtype), \
-        rng.standard_normal((3, 9, 5)).astype(dtype)
+    query, keys = (
+        rng.standard_normal((3, 4, 7)).astype(dtype),
+        rng.standard_normal((3, 9, 5)).astype(dtype),
+    )
     pad = rng.random((3, 9)) > 0.7
     results = []
     for layer in layers:
@@ -241,6 +270,10 @@ def test_additive_backends_agree(dtype):
 
 
 def test_functional_and_reference_export_the_same_attention_names():
-    for name in ("attention_forward", "attention_backward", "additive_attention_forward",
-                 "additive_attention_backward"):
+    for name in (
+        "attention_forward",
+        "attention_backward",
+        "additive_attention_forward",
+        "additive_attention_backward",
+    ):
         assert callable(getattr(functional, name)) and callable(getattr(reference, name))

@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+
 from fusedrnn import functional
 
 
@@ -46,5 +47,7 @@ def test_peak_memory_is_linear_in_length(causal):
 def test_peak_memory_at_benchmark_size():
     """(4, 8, L, 64) float32 at L = 1024 and 4096, the sizes in the issue."""
     small, large = assert_linear(4, 8, 64, False)
-    print(f"\npeak bytes beyond the inputs, fwd+bwd (4, 8, L, 64) float32: L=1024 {small / 2**20:.1f}"
-          f" MiB, L=4096 {large / 2**20:.1f} MiB")
+    print(
+        f"\npeak bytes beyond the inputs, fwd+bwd (4, 8, L, 64) float32: L=1024 {small / 2**20:.1f}"
+        f" MiB, L=4096 {large / 2**20:.1f} MiB"
+    )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers.attention_cases import make_qkv
+
 from fusedrnn import reference
 from fusedrnn.reference.attention import dropout_keep
+from tests.helpers.attention_cases import make_qkv
 
 
 def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
@@ -23,9 +24,13 @@ def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
             for i in range(L):
                 s = np.array([scale * q[n, h, i] @ k[n, h, j] for j in range(S)])
                 if mask is not None:
-                    s = np.where(mask[n, h, i], s, -np.inf) if mask.dtype == bool else s + mask[n, h, i]
+                    s = (
+                        np.where(mask[n, h, i], s, -np.inf)
+                        if mask.dtype == bool
+                        else s + mask[n, h, i]
+                    )
                 if causal:
-                    s[i + 1:] = -np.inf
+                    s[i + 1 :] = -np.inf
                 if np.all(s == -np.inf):
                     continue  # a fully masked row: zeros
                 p = np.exp(s - s.max())
@@ -38,7 +43,7 @@ def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("mask_kind", [None, "bool", "additive"])
-@pytest.mark.parametrize("L, S", [(4, 6), (6, 4), (5, 5)])
+@pytest.mark.parametrize(("L", "S"), [(4, 6), (6, 4), (5, 5)])
 def test_reference_equals_loop(L, S, mask_kind, causal):
     q, k, v, _ = make_qkv((2,), 3, 3, L, S, 4, 3, seed=L * S)
     rng = np.random.default_rng(1)
@@ -50,8 +55,9 @@ def test_reference_equals_loop(L, S, mask_kind, causal):
         mask = rng.standard_normal((2, 3, L, S))
         mask[1, 0, 1] = -np.inf
     out, lse = reference.attention_forward(q, k, v, mask, is_causal=causal, scale=0.7)
-    np.testing.assert_allclose(out, loop_attention(q, k, v, mask, causal, 0.7), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        out, loop_attention(q, k, v, mask, causal, 0.7), rtol=1e-12, atol=1e-12
+    )
     # lse is the log-sum-exp of the masked scores, +inf exactly where a row is fully masked
     s = 0.7 * q @ np.swapaxes(k, -1, -2)
     if mask is not None:
@@ -70,8 +76,9 @@ def test_causal_is_top_left_aligned():
     q, k, v, d_out = make_qkv((1,), 1, 1, 3, 6, 4, 2)
     out, _ = reference.attention_forward(q, k, v, is_causal=True)
     for i in range(3):
-        row, _ = reference.attention_forward(q[..., i:i + 1, :], k[..., :i + 1, :],
-                                             v[..., :i + 1, :])
+        row, _ = reference.attention_forward(
+            q[..., i : i + 1, :], k[..., : i + 1, :], v[..., : i + 1, :]
+        )
         np.testing.assert_allclose(out[..., i, :], row[..., 0, :], rtol=1e-12)
     _, lse = reference.attention_forward(q, k, v, is_causal=True)
     _, dk, dv = reference.attention_backward(q, k, v, out, lse, d_out, is_causal=True)
@@ -135,7 +142,7 @@ def test_reference_gradients_by_central_differences(case):
         q, k, v, d_out = make_qkv(batch, Hq, Hkv, L, S, 3, 2, seed=3)
     rng = np.random.default_rng(4)
     if options.get("attn_mask") == "bool":
-        options["attn_mask"] = rng.random(q.shape[:-1] + (k.shape[-2],)) > 0.3
+        options["attn_mask"] = rng.random((*q.shape[:-1], k.shape[-2])) > 0.3
     elif options.get("attn_mask") == "additive":
         options["attn_mask"] = rng.standard_normal((k.shape[-2],))  # broadcast along rows
     mask = options.pop("attn_mask", None)
@@ -148,8 +155,9 @@ def test_reference_gradients_by_central_differences(case):
     grads = reference.attention_backward(q, k, v, out, lse, d_out, mask, **options)
     for name, x, g in zip("qkv", (q, k, v), grads):
         assert g.shape == x.shape
-        np.testing.assert_allclose(g, central_differences(loss, x), rtol=1e-6, atol=1e-8,
-                                   err_msg=f"d{name}")
+        np.testing.assert_allclose(
+            g, central_differences(loss, x), rtol=1e-6, atol=1e-8, err_msg=f"d{name}"
+        )
 
 
 def test_dropout_draw():
@@ -164,12 +172,14 @@ def test_dropout_draw():
     # p = 0 is plain attention; p = 1 drops everything
     q, k, v, _ = make_qkv()
     plain, _ = reference.attention_forward(q, k, v)
-    np.testing.assert_array_equal(reference.attention_forward(q, k, v, dropout_p=0.0, seed=3)[0],
-                                  plain)
+    np.testing.assert_array_equal(
+        reference.attention_forward(q, k, v, dropout_p=0.0, seed=3)[0], plain
+    )
     assert np.all(reference.attention_forward(q, k, v, dropout_p=1.0, seed=3)[0] == 0)
     # the expectation over seeds is plain attention (kept weights are scaled by 1/(1-p))
-    mean = np.mean([reference.attention_forward(q, k, v, dropout_p=0.5, seed=s)[0]
-                    for s in range(400)], axis=0)
+    mean = np.mean(
+        [reference.attention_forward(q, k, v, dropout_p=0.5, seed=s)[0] for s in range(400)], axis=0
+    )
     np.testing.assert_allclose(mean, plain, atol=0.15)
 
 
@@ -178,10 +188,14 @@ def test_dropout_draw():
 
 def additive_inputs(B=2, T=3, S=4, Dq=3, Dk=5, Dv=2, A=6, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
-    arrays = {"query": rng.standard_normal((B, T, Dq)), "keys": rng.standard_normal((B, S, Dk)),
-                  "values": rng.standard_normal((B, S, Dv)),
-                  "w_q": rng.uniform(-0.5, 0.5, (A, Dq)), "w_k": rng.uniform(-0.5, 0.5, (A, Dk)),
-                  "w_v": rng.uniform(-1, 1, A)}
+    arrays = {
+        "query": rng.standard_normal((B, T, Dq)),
+        "keys": rng.standard_normal((B, S, Dk)),
+        "values": rng.standard_normal((B, S, Dv)),
+        "w_q": rng.uniform(-0.5, 0.5, (A, Dq)),
+        "w_k": rng.uniform(-0.5, 0.5, (A, Dk)),
+        "w_v": rng.uniform(-1, 1, A),
+    }
     return {name: a.astype(dtype) for name, a in arrays.items()}
 
 
@@ -192,8 +206,12 @@ def test_additive_reference_equals_loop():
     context, weights, _, _ = reference.additive_attention_forward(**x, key_mask=mask)
     for b in range(2):
         for t in range(3):
-            e = np.array([x["w_v"] @ np.tanh(x["w_q"] @ x["query"][b, t] + x["w_k"] @ x["keys"][b, s])
-                          for s in range(4)])
+            e = np.array(
+                [
+                    x["w_v"] @ np.tanh(x["w_q"] @ x["query"][b, t] + x["w_k"] @ x["keys"][b, s])
+                    for s in range(4)
+                ]
+            )
             e[~mask[b]] = -np.inf
             p = np.exp(e - e.max())
             p /= p.sum()
@@ -212,11 +230,13 @@ def test_additive_reference_gradients_by_central_differences():
 
     _, weights, qp, kp = reference.additive_attention_forward(**x, key_mask=mask)
     d_query, d_keys, d_values, grads = reference.additive_attention_backward(
-        **x, weights=weights, qp=qp, kp=kp, d_context=d_context, key_mask=mask)
+        **x, weights=weights, qp=qp, kp=kp, d_context=d_context, key_mask=mask
+    )
     expected = {"query": d_query, "keys": d_keys, "values": d_values, **grads}
     for name, g in expected.items():
-        np.testing.assert_allclose(g, central_differences(loss, x[name]), rtol=1e-6, atol=1e-8,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            g, central_differences(loss, x[name]), rtol=1e-6, atol=1e-8, err_msg=name
+        )
 
 
 def test_additive_fully_masked_query_is_zero():
@@ -226,5 +246,6 @@ def test_additive_fully_masked_query_is_zero():
     context, weights, qp, kp = reference.additive_attention_forward(**x, key_mask=mask)
     assert np.all(context[1] == 0) and np.all(weights[1] == 0)
     d_query, d_keys, d_values, _ = reference.additive_attention_backward(
-        **x, weights=weights, qp=qp, kp=kp, d_context=np.ones((2, 3, 2)), key_mask=mask)
+        **x, weights=weights, qp=qp, kp=kp, d_context=np.ones((2, 3, 2)), key_mask=mask
+    )
     assert np.all(d_query[1] == 0) and np.all(d_keys[1] == 0) and np.all(d_values[1] == 0)

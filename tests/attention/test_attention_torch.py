@@ -3,9 +3,10 @@ torch.nn.MultiheadAttention, outputs and every gradient (parameters too). Skippe
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
 from tests.helpers.attention_cases import make_qkv
 from tests.helpers.cells import assert_close
 
@@ -54,12 +55,12 @@ def make_mask(kind, batch, Hq, L, S, dtype):
     if kind == "bool":
         return rng.random((L, S)) > 0.3
     if kind == "float":
-        m = rng.standard_normal(batch + (Hq, L, S)).astype(dtype)
+        m = rng.standard_normal((*batch, Hq, L, S)).astype(dtype)
         m[..., 0, :3] = -np.inf
         return m
     if kind == "keys":
-        m = np.ones(batch + (1, 1, S), bool)
-        m[0, ..., S - 4:] = False
+        m = np.ones((*batch, 1, 1, S), bool)
+        m[0, ..., S - 4 :] = False
         return m
     return None
 
@@ -78,8 +79,9 @@ def test_sdpa_equals_torch(case, dtype):
 
 def test_sdpa_no_head_axis_equals_torch():
     q, k, v, d_out = make_qkv(L=7, S=9, E=4, Ev=3, no_head_axis=True)
-    for a, b in zip(fused_sdpa(q, k, v, d_out, is_causal=True),
-                    torch_sdpa(q, k, v, d_out, is_causal=True)):
+    for a, b in zip(
+        fused_sdpa(q, k, v, d_out, is_causal=True), torch_sdpa(q, k, v, d_out, is_causal=True)
+    ):
         assert_close(a, b, np.float64)
 
 
@@ -142,13 +144,14 @@ def mha_inputs(spec, masks, N, L, S, E, H, dtype):
             return (T, d)
         return (N, T, d) if spec.get("batch_first") else (T, N, d)
 
-    q, k, v = (rng.standard_normal(shape(T, d)).astype(dtype)
-               for T, d in ((L, E), (S, kd), (S, vd)))
+    q, k, v = (
+        rng.standard_normal(shape(T, d)).astype(dtype) for T, d in ((L, E), (S, kd), (S, vd))
+    )
     kwargs = {}
     n = 1 if unbatched else N
     if masks.get("key_padding_mask") == "bool":
         m = np.zeros((n, S), bool)
-        m[0, S - 2:] = True
+        m[0, S - 2 :] = True
         kwargs["key_padding_mask"] = m[0] if unbatched else m
     elif masks.get("key_padding_mask") == "float":
         m = rng.standard_normal((n, S)).astype(dtype)
@@ -185,8 +188,9 @@ def test_multihead_attention_equals_torch(case, masks, dtype):
         torch_kwargs["is_causal"] = True
     for average in (True, False):
         tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
-        out_t, w_t = theirs(tq, tk, tv, need_weights=True, average_attn_weights=average,
-                            **torch_kwargs)
+        out_t, w_t = theirs(
+            tq, tk, tv, need_weights=True, average_attn_weights=average, **torch_kwargs
+        )
         out, w = ours(q, k, v, need_weights=True, average_attn_weights=average, **kwargs)
         assert_close(out, out_t.detach().numpy(), dtype, "output")
         assert_close(w, w_t.detach().numpy(), dtype, "weights")

@@ -4,14 +4,16 @@ comparison of two runs with the tolerances of tests/cells.py."""
 from __future__ import annotations
 
 import numpy as np
-from tests.helpers.cells import assert_close
+
 from fusedrnn import functional, reference
+from tests.helpers.cells import assert_close
 
 BACKENDS = {"fused": functional, "reference": reference}
 
 
-def make_qkv(batch=(2,), Hq=2, Hkv=2, L=5, S=7, E=4, Ev=3, dtype=np.float64, seed=0,
-             no_head_axis=False):
+def make_qkv(
+    batch=(2,), Hq=2, Hkv=2, L=5, S=7, E=4, Ev=3, dtype=np.float64, seed=0, no_head_axis=False
+):
     """q (*batch, Hq, L, E), k (*batch, Hkv, S, E), v (*batch, Hkv, S, Ev), and d_out; 2-D
     (L, E) arrays with ``no_head_axis``."""
     rng = np.random.default_rng(seed)
@@ -19,7 +21,7 @@ def make_qkv(batch=(2,), Hq=2, Hkv=2, L=5, S=7, E=4, Ev=3, dtype=np.float64, see
         shapes = ((L, E), (S, E), (S, Ev), (L, Ev))
     else:
         b = tuple(batch)
-        shapes = (b + (Hq, L, E), b + (Hkv, S, E), b + (Hkv, S, Ev), b + (Hq, L, Ev))
+        shapes = ((*b, Hq, L, E), (*b, Hkv, S, E), (*b, Hkv, S, Ev), (*b, Hq, L, Ev))
     q, k, v, d_out = (rng.standard_normal(s).astype(dtype) for s in shapes)
     return q, k, v, d_out
 

@@ -4,6 +4,7 @@ forward and backward on either backend (``fusedrnn.reference`` or ``fusedrnn.fun
 from __future__ import annotations
 
 import numpy as np
+
 from fusedrnn import functional, reference
 from fusedrnn._spec import CELL_PARAMETERS, GATES
 
@@ -114,4 +115,6 @@ def assert_within_float32_error(actual, reference32, reference64, name=""):
     own_error = float(np.max(np.abs(reference32.astype(np.float64) - reference64)))
     error = float(np.max(np.abs(actual.astype(np.float64) - reference64)))
     bound = 3 * own_error + 8 * float(np.finfo(np.float32).eps) * scale
-    assert error <= bound, f"{name}: float32 error {error:.3g} > {bound:.3g} (reference's own: {own_error:.3g})"
+    assert error <= bound, (
+        f"{name}: float32 error {error:.3g} > {bound:.3g} (reference's own: {own_error:.3g})"
+    )

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from tests.helpers.cells import make_inputs
+
 from fusedrnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, functional
 from fusedrnn._spec import GATES
+from tests.helpers.cells import make_inputs
 
 # ---------------------------------------------------------------- specs
 
@@ -77,13 +78,13 @@ def get(kwargs: dict, path: tuple):
 def put(kwargs: dict, path: tuple, new) -> dict:
     """A shallow copy of ``kwargs`` with the value at ``path`` replaced (tuples and records
     rebuilt)."""
+
     def replace(container, keys):
         if not keys:
             return new
         key, rest = keys[0], keys[1:]
         if dataclasses.is_dataclass(container):  # a record, e.g. the saved state of a forward
-            return dataclasses.replace(container,
-                                       **{key: replace(getattr(container, key), rest)})
+            return dataclasses.replace(container, **{key: replace(getattr(container, key), rest)})
         if isinstance(container, dict):
             out = dict(container)
             out[key] = replace(container[key], rest)
@@ -91,6 +92,7 @@ def put(kwargs: dict, path: tuple, new) -> dict:
         items = list(container)
         items[key] = replace(items[key], rest)
         return type(container)(items)
+
     return replace(kwargs, path)
 
 
@@ -101,6 +103,7 @@ def word(name: str) -> str:
 def run_single(cell: str, fn_name: str, options: dict):
     def call(**kwargs):
         return getattr(functional, fn_name)(**kwargs, **options)
+
     return call
 
 
@@ -119,8 +122,9 @@ def single_forward_spec(cell: str) -> Spec:
         return run_single(cell, f"{cell}_forward", options), make_inputs(case, T, B, I, H)
 
     names = list(make()[1])
-    args = [Arg(("x",), word("x"), defining=frozenset({1, 2}), free=frozenset({0}),
-                dtype_defining=True)]
+    args = [
+        Arg(("x",), word("x"), defining=frozenset({1, 2}), free=frozenset({0}), dtype_defining=True)
+    ]
     args += [Arg((n,), word(n)) for n in names if n != "x"]
     return Spec(f"{cell}_forward", make, args, stateless=True)
 
@@ -133,12 +137,20 @@ def single_backward_spec(cell: str) -> Spec:
         y, *_states, workspace = getattr(functional, f"{cell}_forward")(**inputs, **options)
         rng = np.random.default_rng(7)
         kwargs = {k: inputs[k] for k in ("x", "h0", "c0", "weight_ih", "weight_hh") if k in inputs}
-        kwargs.update(y=y, workspace=workspace, dy=rng.standard_normal(y.shape),
-                      dh_n=rng.standard_normal((B, H)))
+        kwargs.update(
+            y=y,
+            workspace=workspace,
+            dy=rng.standard_normal(y.shape),
+            dh_n=rng.standard_normal((B, H)),
+        )
         if cell == "lstm":
             kwargs["dc_n"] = rng.standard_normal((B, H))
-        kwargs["grads"] = {"weight_ih": np.zeros((G * H, I)), "weight_hh": np.zeros((G * H, H)),
-                           "bias_ih": np.zeros(G * H), "bias_hh": np.zeros(G * H)}
+        kwargs["grads"] = {
+            "weight_ih": np.zeros((G * H, I)),
+            "weight_hh": np.zeros((G * H, H)),
+            "bias_ih": np.zeros(G * H),
+            "bias_hh": np.zeros(G * H),
+        }
         return run_single(cell, f"{cell}_backward", options), kwargs
 
     kwargs = make()[1]
@@ -146,11 +158,18 @@ def single_backward_spec(cell: str) -> Spec:
     for name in kwargs:
         if name in ("x", "grads") or (cell == "rnn" and name == "workspace"):
             continue  # the RNN's workspace is empty: spoiling it is tested on its own
-        args.append(Arg((name,), word(name), optional=name in ("dy", "dh_n", "dc_n"),
-                        none_error=ValueError if name == "workspace" else TypeError))
-    for name in kwargs["grads"]:  # None entries: fresh zeroed buffers
-        args.append(Arg(("grads", name), re.escape(f"grads['{name}']"), accumulator=True,
-                        optional=True))
+        args.append(
+            Arg(
+                (name,),
+                word(name),
+                optional=name in ("dy", "dh_n", "dc_n"),
+                none_error=ValueError if name == "workspace" else TypeError,
+            )
+        )
+    args.extend(  # None entries: fresh zeroed buffers
+        Arg(("grads", name), re.escape(f"grads['{name}']"), accumulator=True, optional=True)
+        for name in kwargs["grads"]
+    )
     return Spec(f"{cell}_backward", make, args, stateless=True)
 
 
@@ -169,8 +188,13 @@ def stack_params(mode, layers, bidirectional, bias, proj, rng, dtype=np.float64)
     for name in functional.stack_param_names(mode, layers, bidirectional, bias, proj):
         layer = int(name.split("_l")[1].split("_")[0])
         width = SI if layer == 0 else D * R
-        shape = {"weight_ih": (G * SH, width), "weight_hh": (G * SH, R), "bias_ih": (G * SH,),
-                 "bias_hh": (G * SH,), "weight_hr": (proj, SH)}[name.split("_l")[0]]
+        shape = {
+            "weight_ih": (G * SH, width),
+            "weight_hh": (G * SH, R),
+            "bias_ih": (G * SH,),
+            "bias_hh": (G * SH,),
+            "weight_hr": (proj, SH),
+        }[name.split("_l")[0]]
         params[name] = rng.uniform(-0.5, 0.5, shape).astype(dtype)
     return params
 
@@ -183,12 +207,21 @@ def stack_inputs(key: str, seed: int = 0, dtype=np.float64) -> dict:
     params = stack_params(mode, layers, bidirectional, bias, proj, rng, dtype)
     h0 = rng.standard_normal((layers * D, SB, R)).astype(dtype)
     hx = (h0, rng.standard_normal((layers * D, SB, SH)).astype(dtype)) if mode == "lstm" else h0
-    masks = [(rng.random((ST, SB, D * R)) > 0.3).astype(dtype) / dtype(0.7)
-             for _ in range(layers - 1)]
-    return dict(mode=mode, x=rng.standard_normal((ST, SB, SI)).astype(dtype), hx=hx,
-                params=params, num_layers=layers, bidirectional=bidirectional,
-                lengths=None if lengths is None else np.array(lengths), dropout_masks=masks,
-                proj_size=proj, **options)
+    masks = [
+        (rng.random((ST, SB, D * R)) > 0.3).astype(dtype) / dtype(0.7) for _ in range(layers - 1)
+    ]
+    return dict(
+        mode=mode,
+        x=rng.standard_normal((ST, SB, SI)).astype(dtype),
+        hx=hx,
+        params=params,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        lengths=None if lengths is None else np.array(lengths),
+        dropout_masks=masks,
+        proj_size=proj,
+        **options,
+    )
 
 
 def stack_arg_list(key: str, kwargs: dict) -> list:
@@ -200,8 +233,13 @@ def stack_arg_list(key: str, kwargs: dict) -> list:
     else:
         args.append(Arg(("hx",), word("h0"), optional=True))
     for name in kwargs["params"]:
-        args.append(Arg(("params", name), r"(?:params\[')?" + word(name),
-                        defining=frozenset({0}) if name == "weight_hh_l0" else frozenset()))
+        args.append(
+            Arg(
+                ("params", name),
+                r"(?:params\[')?" + word(name),
+                defining=frozenset({0}) if name == "weight_hh_l0" else frozenset(),
+            )
+        )
     for i in range(len(kwargs["dropout_masks"])):
         args.append(Arg(("dropout_masks", i), re.escape(f"dropout_masks[{i}]")))
     return args
@@ -219,9 +257,13 @@ def stack_backward_spec(key: str) -> Spec:
         kwargs = stack_inputs(key)
         y, h_n, c_n, saved = functional.stack_forward(**kwargs)
         rng = np.random.default_rng(9)
-        kwargs.update(y=y, saved=saved, dy=rng.standard_normal(y.shape),
-                      dh_n=rng.standard_normal(h_n.shape),
-                      grads={k: np.zeros_like(v) for k, v in kwargs["params"].items()})
+        kwargs.update(
+            y=y,
+            saved=saved,
+            dy=rng.standard_normal(y.shape),
+            dh_n=rng.standard_normal(h_n.shape),
+            grads={k: np.zeros_like(v) for k, v in kwargs["params"].items()},
+        )
         if c_n is not None:
             kwargs["dc_n"] = rng.standard_normal(c_n.shape)
         return functional.stack_backward, kwargs
@@ -230,12 +272,18 @@ def stack_backward_spec(key: str) -> Spec:
     args = stack_arg_list(key, kwargs)
     for name in ("y", "saved", "dy", "dh_n", "dc_n"):
         if name in kwargs:  # saved: spoil its workspace (the flat array the binding reads)
-            args.append(Arg((name, "workspace") if name == "saved" else (name,), word(name),
-                            optional=name not in ("y", "saved"),
-                            none_error=ValueError if name == "saved" else TypeError))
+            args.append(
+                Arg(
+                    (name, "workspace") if name == "saved" else (name,),
+                    word(name),
+                    optional=name not in ("y", "saved"),
+                    none_error=ValueError if name == "saved" else TypeError,
+                )
+            )
     for name in kwargs["grads"]:  # None entries: no gradient wanted (biases), else an error
-        args.append(Arg(("grads", name), re.escape(f"grads['{name}']"), accumulator=True,
-                        optional=True))
+        args.append(
+            Arg(("grads", name), re.escape(f"grads['{name}']"), accumulator=True, optional=True)
+        )
     return Spec(f"stack_backward_{key}", make, args, stateless=True)
 
 
@@ -273,8 +321,15 @@ def layer_forward_spec(name: str) -> Spec:
         return (lambda **kw: layer(**kw)), {"x": x, "hx": hx, "lengths": [LT, 1, 3]}
 
     time_axis = 1 if LAYERS[name][1].get("batch_first") else 0  # any T is another valid call
-    args = [Arg(("x",), word("x"), defining=frozenset({0, 1, 2}), free=frozenset({time_axis}),
-                batched_twin=True)]
+    args = [
+        Arg(
+            ("x",),
+            word("x"),
+            defining=frozenset({0, 1, 2}),
+            free=frozenset({time_axis}),
+            batched_twin=True,
+        )
+    ]
     if name == "LSTM":
         args += [Arg(("hx", 0), word("hx[0] (h)")), Arg(("hx", 1), word("hx[1] (c)"))]
     else:
@@ -289,15 +344,22 @@ def layer_backward_spec(name: str) -> Spec:
         output, h_n = layer(x, hx, lengths=[LT, 1, 3])
         rng = np.random.default_rng(5)
         d_output = rng.standard_normal(output.shape)
-        d_hx = (tuple(rng.standard_normal(s.shape) for s in h_n) if isinstance(h_n, tuple)
-                else rng.standard_normal(h_n.shape))
-        return (lambda **kw: with_grads(layer, layer.backward(**kw))), {"d_output": d_output,
-                                                                       "d_hx": d_hx}
+        d_hx = (
+            tuple(rng.standard_normal(s.shape) for s in h_n)
+            if isinstance(h_n, tuple)
+            else rng.standard_normal(h_n.shape)
+        )
+        return (lambda **kw: with_grads(layer, layer.backward(**kw))), {
+            "d_output": d_output,
+            "d_hx": d_hx,
+        }
 
     args = [Arg(("d_output",), word("d_output"), optional=True)]
     if name == "LSTM":
-        args += [Arg(("d_hx", 0), word("d_hx[0] (h)"), optional=True),
-                 Arg(("d_hx", 1), word("d_hx[1] (c)"), optional=True)]
+        args += [
+            Arg(("d_hx", 0), word("d_hx[0] (h)"), optional=True),
+            Arg(("d_hx", 1), word("d_hx[1] (c)"), optional=True),
+        ]
     else:
         args.append(Arg(("d_hx",), word("d_hx"), optional=True))
     return Spec(f"{name}.backward", make, args)
@@ -307,7 +369,9 @@ CELLS = {"LSTMCell": LSTMCell, "GRUCell": GRUCell, "RNNCell": RNNCell}
 
 
 def cell_state(cls, rng, dtype=np.float64):
-    parts = [rng.standard_normal((LB, LH)).astype(dtype) for _ in range(2 if cls is LSTMCell else 1)]
+    parts = [
+        rng.standard_normal((LB, LH)).astype(dtype) for _ in range(2 if cls is LSTMCell else 1)
+    ]
     return tuple(parts) if cls is LSTMCell else parts[0]
 
 
@@ -317,8 +381,10 @@ def cell_forward_spec(name: str) -> Spec:
     def make():
         cell = cls(LI, LH, dtype=np.float64, seed=0)
         rng = np.random.default_rng(1)
-        return (lambda **kw: cell(**kw)), {"x": rng.standard_normal((LB, LI)),
-                                           "hx": cell_state(cls, rng)}
+        return (lambda **kw: cell(**kw)), {
+            "x": rng.standard_normal((LB, LI)),
+            "hx": cell_state(cls, rng),
+        }
 
     args = [Arg(("x",), word("x"), defining=frozenset({0, 1}), batched_twin=True)]
     if cls is LSTMCell:
@@ -370,12 +436,21 @@ def attention_qkv_args() -> list:
     # L (q's axis 2) and S (k's) are read off q and k, and the mask (N, H, L, S) must fit them;
     # one axis fewer on q, k or v, or a 0-d mask, broadcasts: a valid call.
     return [
-        Arg(("q",), anywhere("q"), defining=frozenset({2}), dtype_defining=True,
-            free_kinds=BROADCAST_BATCH),
+        Arg(
+            ("q",),
+            anywhere("q"),
+            defining=frozenset({2}),
+            dtype_defining=True,
+            free_kinds=BROADCAST_BATCH,
+        ),
         Arg(("k",), anywhere("k"), defining=frozenset({2}), free_kinds=BROADCAST_BATCH),
         Arg(("v",), anywhere("v"), free=frozenset({3}), free_kinds=BROADCAST_BATCH),
-        Arg(("attn_mask",), anywhere("attn_mask"), optional=True,
-            free_kinds=frozenset({"bool", "missing_axis", "zero_dim"})),
+        Arg(
+            ("attn_mask",),
+            anywhere("attn_mask"),
+            optional=True,
+            free_kinds=frozenset({"bool", "missing_axis", "zero_dim"}),
+        ),
     ]
 
 
@@ -391,8 +466,10 @@ def attention_backward_spec() -> Spec:
         kwargs = attention_inputs()
         out, lse = functional.attention_forward(**kwargs, is_causal=True)
         d_out = np.random.default_rng(3).standard_normal(out.shape)
-        return ((lambda **kw: functional.attention_backward(**kw, is_causal=True)),
-                {**kwargs, "out": out, "lse": lse, "d_out": d_out})
+        return (
+            (lambda **kw: functional.attention_backward(**kw, is_causal=True)),
+            {**kwargs, "out": out, "lse": lse, "d_out": d_out},
+        )
 
     args = attention_qkv_args()
     for arg in args:  # out, lse and d_out pin Ev and the batch shape: no extra axis, any Ev
@@ -407,50 +484,72 @@ def additive_inputs(seed=0, dtype=np.float64, sizes=(2, 3, 5, 4, 3, 2, 6)):
     """Additive attention's arguments; sizes = (B, T, S, Dq, Dk, Dv, A)."""
     rng = np.random.default_rng(seed)
     B, T, S, Dq, Dk, Dv, A = sizes
-    return {"query": rng.standard_normal((B, T, Dq)).astype(dtype),
-            "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
-            "values": rng.standard_normal((B, S, Dv)).astype(dtype),
-            "w_q": rng.standard_normal((A, Dq)).astype(dtype),
-            "w_k": rng.standard_normal((A, Dk)).astype(dtype),
-            "w_v": rng.standard_normal(A).astype(dtype),
-            "key_mask": rng.random((B, S)) > 0.3}
+    return {
+        "query": rng.standard_normal((B, T, Dq)).astype(dtype),
+        "keys": rng.standard_normal((B, S, Dk)).astype(dtype),
+        "values": rng.standard_normal((B, S, Dv)).astype(dtype),
+        "w_q": rng.standard_normal((A, Dq)).astype(dtype),
+        "w_k": rng.standard_normal((A, Dk)).astype(dtype),
+        "w_v": rng.standard_normal(A).astype(dtype),
+        "key_mask": rng.random((B, S)) > 0.3,
+    }
 
 
 def additive_args_list(backward: bool) -> list:
-    args = [Arg(("query",), anywhere("query"), defining=frozenset({0, 2}),
-                free=frozenset() if backward else frozenset({1}), dtype_defining=True),
-            Arg(("keys",), anywhere("keys"), defining=frozenset({0, 1, 2})),
-            Arg(("values",), anywhere("values"), free=frozenset() if backward else frozenset({2})),
-            Arg(("w_q",), anywhere("w_q")), Arg(("w_k",), anywhere("w_k")),
-            Arg(("w_v",), anywhere("w_v"), defining=frozenset({0})),
-            Arg(("key_mask",), anywhere("key_mask"), optional=True,
-                free_kinds=frozenset({"bool"}))]
+    args = [
+        Arg(
+            ("query",),
+            anywhere("query"),
+            defining=frozenset({0, 2}),
+            free=frozenset() if backward else frozenset({1}),
+            dtype_defining=True,
+        ),
+        Arg(("keys",), anywhere("keys"), defining=frozenset({0, 1, 2})),
+        Arg(("values",), anywhere("values"), free=frozenset() if backward else frozenset({2})),
+        Arg(("w_q",), anywhere("w_q")),
+        Arg(("w_k",), anywhere("w_k")),
+        Arg(("w_v",), anywhere("w_v"), defining=frozenset({0})),
+        Arg(("key_mask",), anywhere("key_mask"), optional=True, free_kinds=frozenset({"bool"})),
+    ]
     return args
 
 
 def additive_forward_spec() -> Spec:
-    return Spec("additive_attention_forward",
-                lambda: (functional.additive_attention_forward, additive_inputs()),
-                additive_args_list(False), stateless=True)
+    return Spec(
+        "additive_attention_forward",
+        lambda: (functional.additive_attention_forward, additive_inputs()),
+        additive_args_list(False),
+        stateless=True,
+    )
 
 
 def additive_backward_spec() -> Spec:
     def make():
         kwargs = additive_inputs()
         context, weights, qp, kp = functional.additive_attention_forward(**kwargs)
-        grads = {"w_q": np.zeros_like(kwargs["w_q"]), "w_k": np.zeros_like(kwargs["w_k"]),
-                 "w_v": np.zeros_like(kwargs["w_v"])}
+        grads = {
+            "w_q": np.zeros_like(kwargs["w_q"]),
+            "w_k": np.zeros_like(kwargs["w_k"]),
+            "w_v": np.zeros_like(kwargs["w_v"]),
+        }
         return functional.additive_attention_backward, {
-            **kwargs, "weights": weights, "qp": qp, "kp": kp,
-            "d_context": np.random.default_rng(4).standard_normal(context.shape), "grads": grads}
+            **kwargs,
+            "weights": weights,
+            "qp": qp,
+            "kp": kp,
+            "d_context": np.random.default_rng(4).standard_normal(context.shape),
+            "grads": grads,
+        }
 
     args = additive_args_list(True)
     for arg in args:  # the saved weights, qp, kp and d_context pin T and value_size too
         if arg.path in (("query",), ("values",)):
             arg.defining = arg.defining | {1 if arg.path == ("query",) else 2}
     args += [Arg((name,), anywhere(name)) for name in ("weights", "qp", "kp", "d_context")]
-    args += [Arg(("grads", name), anywhere(f"grads['{name}']"), accumulator=True)
-             for name in ("w_q", "w_k", "w_v")]
+    args += [
+        Arg(("grads", name), anywhere(f"grads['{name}']"), accumulator=True)
+        for name in ("w_q", "w_k", "w_v")
+    ]
     return Spec("additive_attention_backward", make, args, stateless=True)
 
 
@@ -463,18 +562,33 @@ def multihead_forward_spec() -> Spec:
     def make():
         layer = MultiheadAttention(8, 2, kdim=5, vdim=3, dtype=np.float64, seed=0)
         rng = np.random.default_rng(1)
-        kwargs = {"query": rng.standard_normal((4, 2, 8)), "key": rng.standard_normal((6, 2, 5)),
-                  "value": rng.standard_normal((6, 2, 3)),
-                  "key_padding_mask": rng.random((2, 6)) > 0.7,
-                  "attn_mask": rng.standard_normal((4, 6))}
+        kwargs = {
+            "query": rng.standard_normal((4, 2, 8)),
+            "key": rng.standard_normal((6, 2, 5)),
+            "value": rng.standard_normal((6, 2, 3)),
+            "key_padding_mask": rng.random((2, 6)) > 0.7,
+            "attn_mask": rng.standard_normal((4, 6)),
+        }
         return (lambda **kw: layer(**kw, need_weights=True)), kwargs
 
-    args = [Arg((name,), anywhere(name), defining=ALL_AXES, free=frozenset({0}) if name == "query"
-                else frozenset()) for name in ("query", "key", "value")]
-    args += [Arg(("key_padding_mask",), anywhere("key_padding_mask"), optional=True,
-                 free_kinds=frozenset({"bool"})),
-             Arg(("attn_mask",), anywhere("attn_mask"), optional=True,
-                 free_kinds=frozenset({"bool"}))]
+    args = [
+        Arg(
+            (name,),
+            anywhere(name),
+            defining=ALL_AXES,
+            free=frozenset({0}) if name == "query" else frozenset(),
+        )
+        for name in ("query", "key", "value")
+    ]
+    args += [
+        Arg(
+            ("key_padding_mask",),
+            anywhere("key_padding_mask"),
+            optional=True,
+            free_kinds=frozenset({"bool"}),
+        ),
+        Arg(("attn_mask",), anywhere("attn_mask"), optional=True, free_kinds=frozenset({"bool"})),
+    ]
     return Spec("MultiheadAttention.forward", make, args, exact=False)
 
 
@@ -484,13 +598,23 @@ def multihead_backward_spec() -> Spec:
     def make():
         layer = MultiheadAttention(8, 2, kdim=5, vdim=3, dtype=np.float64, seed=0)
         rng = np.random.default_rng(1)
-        output, _ = layer(rng.standard_normal((4, 2, 8)), rng.standard_normal((6, 2, 5)),
-                          rng.standard_normal((6, 2, 3)), is_causal=True)
-        return ((lambda **kw: with_grads(layer, layer.backward(**kw))),
-                {"d_output": rng.standard_normal(output.shape)})
+        output, _ = layer(
+            rng.standard_normal((4, 2, 8)),
+            rng.standard_normal((6, 2, 5)),
+            rng.standard_normal((6, 2, 3)),
+            is_causal=True,
+        )
+        return (
+            (lambda **kw: with_grads(layer, layer.backward(**kw))),
+            {"d_output": rng.standard_normal(output.shape)},
+        )
 
-    return Spec("MultiheadAttention.backward", make,
-                [Arg(("d_output",), anywhere("d_output"), defining=ALL_AXES)], exact=False)
+    return Spec(
+        "MultiheadAttention.backward",
+        make,
+        [Arg(("d_output",), anywhere("d_output"), defining=ALL_AXES)],
+        exact=False,
+    )
 
 
 def additive_layer_forward_spec() -> Spec:
@@ -499,17 +623,25 @@ def additive_layer_forward_spec() -> Spec:
     def make():
         layer = AdditiveAttention(4, 3, 6, dtype=np.float64, seed=0)
         rng = np.random.default_rng(1)
-        return layer, {"query": rng.standard_normal((2, 3, 4)),
-                       "keys": rng.standard_normal((2, 5, 3)),
-                       "values": rng.standard_normal((2, 5, 2)),
-                       "key_padding_mask": rng.random((2, 5)) > 0.7}
+        return layer, {
+            "query": rng.standard_normal((2, 3, 4)),
+            "keys": rng.standard_normal((2, 5, 3)),
+            "values": rng.standard_normal((2, 5, 2)),
+            "key_padding_mask": rng.random((2, 5)) > 0.7,
+        }
 
-    args = [Arg(("query",), anywhere("query"), defining=ALL_AXES, free=frozenset({1}),
-                free_kinds=frozenset({"missing_axis"})),  # (B, query_size): one step per item
-            Arg(("keys",), anywhere("keys"), defining=ALL_AXES),
-            Arg(("values",), anywhere("values"), defining=ALL_AXES, free=frozenset({2}),
-                optional=True),
-            Arg(("key_padding_mask",), anywhere("key_padding_mask"), optional=True)]
+    args = [
+        Arg(
+            ("query",),
+            anywhere("query"),
+            defining=ALL_AXES,
+            free=frozenset({1}),
+            free_kinds=frozenset({"missing_axis"}),
+        ),  # (B, query_size): one step per item
+        Arg(("keys",), anywhere("keys"), defining=ALL_AXES),
+        Arg(("values",), anywhere("values"), defining=ALL_AXES, free=frozenset({2}), optional=True),
+        Arg(("key_padding_mask",), anywhere("key_padding_mask"), optional=True),
+    ]
     return Spec("AdditiveAttention.forward", make, args, exact=False)
 
 
@@ -519,13 +651,22 @@ def additive_layer_backward_spec() -> Spec:
     def make():
         layer = AdditiveAttention(4, 3, 6, dtype=np.float64, seed=0)
         rng = np.random.default_rng(1)
-        context, _ = layer(rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 3)),
-                           rng.standard_normal((2, 5, 2)))
-        return ((lambda **kw: with_grads(layer, layer.backward(**kw))),
-                {"d_context": rng.standard_normal(context.shape)})
+        context, _ = layer(
+            rng.standard_normal((2, 3, 4)),
+            rng.standard_normal((2, 5, 3)),
+            rng.standard_normal((2, 5, 2)),
+        )
+        return (
+            (lambda **kw: with_grads(layer, layer.backward(**kw))),
+            {"d_context": rng.standard_normal(context.shape)},
+        )
 
-    return Spec("AdditiveAttention.backward", make,
-                [Arg(("d_context",), anywhere("d_context"), defining=ALL_AXES)], exact=False)
+    return Spec(
+        "AdditiveAttention.backward",
+        make,
+        [Arg(("d_context",), anywhere("d_context"), defining=ALL_AXES)],
+        exact=False,
+    )
 
 
 def sdpa_module_spec() -> Spec:
@@ -542,16 +683,27 @@ def sdpa_function_spec() -> Spec:
     import fusedrnn
 
     def make():
-        return (lambda **kw: fusedrnn.scaled_dot_product_attention(**kw, is_causal=True, seed=1),
-                attention_inputs())
+        return (
+            lambda **kw: fusedrnn.scaled_dot_product_attention(**kw, is_causal=True, seed=1),
+            attention_inputs(),
+        )
 
     return Spec("scaled_dot_product_attention", make, attention_qkv_args(), stateless=True)
 
 
 def attention_specs() -> list:
-    return [sdpa_function_spec(), attention_forward_spec(), attention_backward_spec(), additive_forward_spec(),
-            additive_backward_spec(), multihead_forward_spec(), multihead_backward_spec(),
-            additive_layer_forward_spec(), additive_layer_backward_spec(), sdpa_module_spec()]
+    return [
+        sdpa_function_spec(),
+        attention_forward_spec(),
+        attention_backward_spec(),
+        additive_forward_spec(),
+        additive_backward_spec(),
+        multihead_forward_spec(),
+        multihead_backward_spec(),
+        additive_layer_forward_spec(),
+        additive_layer_backward_spec(),
+        sdpa_module_spec(),
+    ]
 
 
 def all_specs() -> list:
@@ -574,7 +726,7 @@ def unaligned(a: np.ndarray) -> np.ndarray:
     """A copy of ``a`` whose data start one byte past an aligned address."""
     buffer = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)
     start = (1 - buffer.ctypes.data) % a.itemsize  # data at 1 past a multiple of itemsize
-    out = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = buffer[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     assert not out.flags.aligned or a.itemsize == 1
     return out
@@ -584,7 +736,7 @@ def strided(a: np.ndarray) -> np.ndarray:
     """A view of a copy of ``a`` that takes every other element of its last axis."""
     if a.ndim == 0:
         return a.copy()
-    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)
     wide[..., ::2] = a
     return wide[..., ::2]
 
@@ -660,8 +812,11 @@ def snapshot(kwargs: dict, skip_accumulators: bool = False) -> list:
 
 def unchanged(snap: list) -> list:
     """The names of snapshot arrays whose contents changed."""
-    return [name for name, a, before in snap
-            if a.shape != before.shape or not np.array_equal(a, before, equal_nan=a.dtype.kind in "fc")]
+    return [
+        name
+        for name, a, before in snap
+        if a.shape != before.shape or not np.array_equal(a, before, equal_nan=a.dtype.kind in "fc")
+    ]
 
 
 def results_equal(got, want, exact: bool = True) -> list:
@@ -675,5 +830,9 @@ def results_equal(got, want, exact: bool = True) -> list:
         if exact or g.dtype.kind != "f":
             return np.array_equal(g, w, equal_nan=True)
         return np.allclose(g, w, rtol=1e-12, atol=1e-12, equal_nan=True)
-    return [n for (n, g), (_, w) in zip(got_items, want_items)
-            if g.dtype != w.dtype or g.shape != w.shape or not same(g, w)]
+
+    return [
+        n
+        for (n, g), (_, w) in zip(got_items, want_items)
+        if g.dtype != w.dtype or g.shape != w.shape or not same(g, w)
+    ]

@@ -8,7 +8,17 @@ import warnings
 
 import numpy as np
 import pytest
-from tests.helpers.cells import BACKENDS, CASES, GATES, PARAMS, backward, forward, loss_weights, make_inputs
+
+from tests.helpers.cells import (
+    BACKENDS,
+    CASES,
+    GATES,
+    PARAMS,
+    backward,
+    forward,
+    loss_weights,
+    make_inputs,
+)
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -79,7 +89,9 @@ def test_float32_stays_float32(backend, case):
 def test_workspace_length_is_workspace_size(backend, case, dtype):
     cell, _ = CASES[case]
     T, B, H = 3, 2, 4
-    workspace = forward(case, make_inputs(case, T, B, 3, H, dtype=dtype), backend=backend)["workspace"]
+    workspace = forward(case, make_inputs(case, T, B, 3, H, dtype=dtype), backend=backend)[
+        "workspace"
+    ]
     assert workspace.shape == (backend.workspace_size(cell, T, B, H),)
     assert workspace.dtype == dtype
     blocks = {"lstm": 5, "gru": 4, "rnn": 0}[cell]
@@ -117,7 +129,7 @@ def test_huge_preactivations_saturate_without_warnings(backend, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("T, B", [(0, 2), (3, 0), (0, 0)])
+@pytest.mark.parametrize(("T", "B"), [(0, 2), (3, 0), (0, 0)])
 def test_empty_sequence_or_batch(backend, case, T, B):
     I, H = 3, 4
     inputs = make_inputs(case, T, B, I, H)
@@ -143,7 +155,7 @@ def test_empty_sequence_or_batch(backend, case, T, B):
         if "c0" in given:
             np.testing.assert_array_equal(given["c0"], weights["dc_n"])
 
-    nothing, _ = backward(case, inputs, out, {name: None for name in weights}, backend=backend)
+    nothing, _ = backward(case, inputs, out, dict.fromkeys(weights), backend=backend)
     for name in set(nothing) - set(PARAMS) - {"x"}:
         np.testing.assert_array_equal(nothing[name], np.zeros((B, H)), err_msg=name)
 
@@ -180,8 +192,11 @@ def test_fused_outputs_reuse_freed_buffers_but_never_live_ones():
     inputs = make_inputs("lstm", 5, 3, 4, 8)
     first = forward("lstm", inputs, backend=BACKENDS["fused"])
     second = forward("lstm", inputs, backend=BACKENDS["fused"])
-    live = {value.ctypes.data for value in (*first.values(), *second.values())
-            if isinstance(value, np.ndarray)}
+    live = {
+        value.ctypes.data
+        for value in (*first.values(), *second.values())
+        if isinstance(value, np.ndarray)
+    }
     assert len(live) == sum(isinstance(v, np.ndarray) for v in (*first.values(), *second.values()))
     freed = {value.ctypes.data for value in first.values() if isinstance(value, np.ndarray)}
     first = None

@@ -4,11 +4,12 @@ defines (ignored rows, mean over no targets, huge logits), and bad input on both
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
-from tests.helpers.cells import assert_close
+
+import fusedrnn
 from fusedrnn import CrossEntropyLoss, _core, functional, reference
+from tests.helpers.cells import assert_close
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 
 BACKENDS = {"reference": reference, "fused": functional}
@@ -29,8 +30,8 @@ def test_reference_gradient_matches_central_differences(reduction):
     logits, targets = case(N=5, V=7)
     _, dlogits = reference.cross_entropy(logits, targets, reduction=reduction)
     numeric = central_differences(
-        lambda: reference.cross_entropy(logits, targets, reduction=reduction, grad=False)[0],
-        logits)
+        lambda: reference.cross_entropy(logits, targets, reduction=reduction, grad=False)[0], logits
+    )
     np.testing.assert_allclose(dlogits, numeric, rtol=RTOL, atol=ATOL)
     assert np.all(dlogits[::4] == 0)  # ignored rows
 
@@ -105,8 +106,7 @@ def test_every_target_ignored(backend, dtype):
     logits, _ = case(N=4, V=6, dtype=dtype)
     targets = np.full(4, -1)
     mean, dmean = BACKENDS[backend].cross_entropy(logits, targets, ignore_index=-1)
-    total, dsum = BACKENDS[backend].cross_entropy(logits, targets, ignore_index=-1,
-                                                  reduction="sum")
+    total, dsum = BACKENDS[backend].cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
     assert np.isnan(mean) and mean.dtype == np.dtype(dtype)
     assert total == 0
     assert not np.any(dmean) and not np.any(dsum)
@@ -115,8 +115,7 @@ def test_every_target_ignored(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
     logits = np.zeros((0, 5), np.float32)
-    loss, dlogits = BACKENDS[backend].cross_entropy(logits, np.zeros(0, np.int64),
-                                                    reduction="sum")
+    loss, dlogits = BACKENDS[backend].cross_entropy(logits, np.zeros(0, np.int64), reduction="sum")
     assert loss == 0 and dlogits.shape == (0, 5)
     loss, _ = BACKENDS[backend].cross_entropy(logits, np.zeros(0, np.int64))
     assert np.isnan(loss)
@@ -184,8 +183,9 @@ def test_matches_torch(reduction, dtype):
     torch = pytest.importorskip("torch")
     logits, targets = case(N=20, V=11, dtype=dtype)
     x = torch.tensor(logits, requires_grad=True)
-    expected = torch.nn.functional.cross_entropy(x, torch.tensor(targets), ignore_index=-100,
-                                                 reduction=reduction)
+    expected = torch.nn.functional.cross_entropy(
+        x, torch.tensor(targets), ignore_index=-100, reduction=reduction
+    )
     expected.backward()
     loss, dlogits = functional.cross_entropy(logits, targets, reduction=reduction)
     assert_close(np.asarray(loss), np.asarray(expected.item(), dtype), dtype, "loss")
@@ -233,27 +233,48 @@ def test_loss_object_rejects_bad_arguments():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
-    "change, error, pattern",
+    ("change", "error", "pattern"),
     [
         ({"logits": [[1.0, 2.0]]}, TypeError, r"logits must be a numpy.ndarray .* got list"),
-        ({"logits": np.ones((13, 37), np.int64)}, TypeError,
-         r"logits must have dtype float32 or float64, got int64"),
+        (
+            {"logits": np.ones((13, 37), np.int64)},
+            TypeError,
+            r"logits must have dtype float32 or float64, got int64",
+        ),
         ({"logits": np.ones((13, 37), np.float16)}, TypeError, r"logits must have dtype"),
-        ({"logits": np.ones((13, 37, 2))}, ValueError,
-         r"logits must have 2 dimensions \(N, num_classes\), but has 3"),
+        (
+            {"logits": np.ones((13, 37, 2))},
+            ValueError,
+            r"logits must have 2 dimensions \(N, num_classes\), but has 3",
+        ),
         ({"logits": np.ones((13, 0))}, ValueError, r"logits must have num_classes >= 1"),
-        ({"targets": np.zeros(13, np.float64)}, TypeError,
-         r"targets must have an integer dtype \(class indices\), got float64"),
+        (
+            {"targets": np.zeros(13, np.float64)},
+            TypeError,
+            r"targets must have an integer dtype \(class indices\), got float64",
+        ),
         ({"targets": np.zeros(13, bool)}, TypeError, r"targets must have an integer dtype"),
         ({"targets": [0] * 13}, TypeError, r"targets must be a numpy.ndarray .* got list"),
-        ({"targets": np.zeros(12, np.int64)}, ValueError,
-         r"targets must have shape \(N,\) = \(13,\), .* but has shape \(12,\)"),
-        ({"targets": np.zeros((13, 1), np.int64)}, ValueError,
-         r"targets must have shape \(N,\) = \(13,\), .* but has shape \(13, 1\)"),
-        ({"targets": np.r_[np.zeros(5, np.int64), 37, np.zeros(7, np.int64)]}, ValueError,
-         r"targets\[5\] = 37 is out of range: .* \[0, 37\) or ignore_index = -100"),
-        ({"targets": np.r_[np.zeros(2, np.int64), -1, np.zeros(10, np.int64)]}, ValueError,
-         r"targets\[2\] = -1 is out of range"),
+        (
+            {"targets": np.zeros(12, np.int64)},
+            ValueError,
+            r"targets must have shape \(N,\) = \(13,\), .* but has shape \(12,\)",
+        ),
+        (
+            {"targets": np.zeros((13, 1), np.int64)},
+            ValueError,
+            r"targets must have shape \(N,\) = \(13,\), .* but has shape \(13, 1\)",
+        ),
+        (
+            {"targets": np.r_[np.zeros(5, np.int64), 37, np.zeros(7, np.int64)]},
+            ValueError,
+            r"targets\[5\] = 37 is out of range: .* \[0, 37\) or ignore_index = -100",
+        ),
+        (
+            {"targets": np.r_[np.zeros(2, np.int64), -1, np.zeros(10, np.int64)]},
+            ValueError,
+            r"targets\[2\] = -1 is out of range",
+        ),
         ({"reduction": "none"}, ValueError, r"reduction must be 'mean' or 'sum', got 'none'"),
         ({"ignore_index": 2.0}, TypeError, r"ignore_index must be an integer, got float"),
         ({"ignore_index": True}, TypeError, r"ignore_index must be an integer"),
@@ -261,7 +282,12 @@ def test_loss_object_rejects_bad_arguments():
 )
 def test_bad_input_names_the_argument(backend, change, error, pattern):
     logits, targets = case(ignore_every=0)
-    args = {"logits": logits, "targets": targets, "ignore_index": -100, "reduction": "mean",
-            **change}
+    args = {
+        "logits": logits,
+        "targets": targets,
+        "ignore_index": -100,
+        "reduction": "mean",
+        **change,
+    }
     with pytest.raises(error, match=pattern):
         BACKENDS[backend].cross_entropy(**args)

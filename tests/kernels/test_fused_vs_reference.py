@@ -7,9 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
+from fusedrnn import _core, functional, reference
 from tests.helpers.cells import (
     CASES,
     assert_close,
@@ -19,7 +21,6 @@ from tests.helpers.cells import (
     loss_weights,
     make_inputs,
 )
-from fusedrnn import _core, functional, reference
 
 ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 # (T, B, I, H): single step, single item, I != H, odd sizes, H past one vector, a wider batch
@@ -60,8 +61,10 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
-@pytest.mark.parametrize(("case", "dtype", "H"), [("lstm", np.float64, 128), ("lstm", np.float32, 256),
-                                                 ("rnn_tanh", np.float64, 512)])
+@pytest.mark.parametrize(
+    ("case", "dtype", "H"),
+    [("lstm", np.float64, 128), ("lstm", np.float32, 256), ("rnn_tanh", np.float64, 512)],
+)
 def test_weight_gradients_of_gates_4_kib_wide(case, dtype, H, isa):
     """The weight-gradient GEMMs copy blocks of dgates^T first when a row of dgates is a multiple
     of 4 KiB (csrc/step_gemm.inc): 3 steps of 90 rows cross a block of k (256 rows)."""
@@ -83,7 +86,9 @@ def test_threaded_elementwise_pass_equals_reference(case):
     # The float64 reference on the very same (float32-rounded) inputs and output gradients.
     inputs64 = {name: value.astype(np.float64) for name, value in inputs.items()}
     out64 = forward(case, inputs64, backend=reference)
-    weights64 = {name: w.astype(np.float64) for name, w in loss_weights(case, out_r, seed=1).items()}
+    weights64 = {
+        name: w.astype(np.float64) for name, w in loss_weights(case, out_r, seed=1).items()
+    }
     grads64, _ = backward(case, inputs64, out64, weights64, backend=reference)
     for name in out_r:
         assert_within_float32_error(out_f[name], out_r[name], out64[name], name)
@@ -110,7 +115,7 @@ def awkward_view(value: np.ndarray) -> np.ndarray:
     if value.ndim == 2:
         view = np.asfortranarray(value)
     else:
-        wide = np.zeros(value.shape[:-1] + (2 * value.shape[-1],), value.dtype)
+        wide = np.zeros((*value.shape[:-1], 2 * value.shape[-1]), value.dtype)
         wide[..., 1::2] = value
         view = wide[..., 1::2]
     assert not view.flags.c_contiguous or view.size <= 1
@@ -129,7 +134,9 @@ def test_non_contiguous_and_read_only_inputs(case):
     for name in expected:
         if expected[name] is not None:
             np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    grads_expected, _ = backward(case, inputs, expected, loss_weights(case, expected), backend=functional)
+    grads_expected, _ = backward(
+        case, inputs, expected, loss_weights(case, expected), backend=functional
+    )
     grads_got, _ = backward(case, odd, got, loss_weights(case, got), backend=functional)
     for name in grads_expected:
         np.testing.assert_array_equal(grads_got[name], grads_expected[name], err_msg=name)

@@ -6,22 +6,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers.cells import assert_close
+
 from fusedrnn import functional, reference
 from fusedrnn._spec import BIASES, GATES, layer_roles, layer_suffix, num_directions
+from tests.helpers.cells import assert_close
 
 
 def make_params(mode, I, H, layers, bidirectional, bias, proj, rng, dtype):
     G, R, D = GATES[mode] * H, proj or H, num_directions(bidirectional)
     params = {}
     for layer in range(layers):
-        shapes = {"weight_ih": (G, I if layer == 0 else D * R), "weight_hh": (G, R),
-                  "bias_ih": (G,), "bias_hh": (G,), "weight_hr": (proj, H)}
+        shapes = {
+            "weight_ih": (G, I if layer == 0 else D * R),
+            "weight_hh": (G, R),
+            "bias_ih": (G,),
+            "bias_hh": (G,),
+            "weight_hr": (proj, H),
+        }
         for direction in range(D):
             for role in layer_roles(bias, proj):
                 bound = 0.3 if role in BIASES else 0.5
-                params[f"{role}{layer_suffix(layer, direction)}"] = rng.uniform(-bound, bound,
-                                                                              shapes[role])
+                params[f"{role}{layer_suffix(layer, direction)}"] = rng.uniform(
+                    -bound, bound, shapes[role]
+                )
     return {k: v.astype(dtype) for k, v in params.items()}
 
 
@@ -39,9 +46,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("mode, options, layers, bidirectional, bias, proj, lengths", CASES)
-def test_stack_fused_equals_reference(mode, options, layers, bidirectional, bias, proj, lengths,
-                                      dtype, threading_mode):
+@pytest.mark.parametrize(
+    ("mode", "options", "layers", "bidirectional", "bias", "proj", "lengths"), CASES
+)
+def test_stack_fused_equals_reference(
+    mode, options, layers, bidirectional, bias, proj, lengths, dtype, threading_mode
+):
     rng = np.random.default_rng(3)
     T, B, I, H = 7, 5, 6, 9
     D = 2 if bidirectional else 1
@@ -50,18 +60,26 @@ def test_stack_fused_equals_reference(mode, options, layers, bidirectional, bias
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((layers * D, B, R)).astype(dtype)
     hx = (h0, rng.standard_normal((layers * D, B, H)).astype(dtype)) if mode == "lstm" else h0
-    masks = [(rng.random((T, B, D * R)) > 0.3).astype(dtype) / dtype(0.7) for _ in range(layers - 1)]
+    masks = [
+        (rng.random((T, B, D * R)) > 0.3).astype(dtype) / dtype(0.7) for _ in range(layers - 1)
+    ]
     lengths = None if lengths is None else np.array(lengths)
-    kw = dict(lengths=lengths, dropout_masks=masks, proj_size=proj, bidirectional=bidirectional,
-              **options)
+    kw = dict(
+        lengths=lengths, dropout_masks=masks, proj_size=proj, bidirectional=bidirectional, **options
+    )
     outs = {}
     for name, backend in (("fused", functional), ("reference", reference)):
         y, h_n, c_n, saved = backend.stack_forward(mode, x, hx, params, layers, **kw)
         dy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
         dh_n = np.random.default_rng(6).standard_normal(h_n.shape).astype(dtype)
-        dc_n = None if c_n is None else np.random.default_rng(7).standard_normal(c_n.shape).astype(dtype)
-        dx, dh0, dc0, grads = backend.stack_backward(mode, x, hx, params, layers, y, saved, dy, dh_n,
-                                                     dc_n, **kw)
+        dc_n = (
+            None
+            if c_n is None
+            else np.random.default_rng(7).standard_normal(c_n.shape).astype(dtype)
+        )
+        dx, dh0, dc0, grads = backend.stack_backward(
+            mode, x, hx, params, layers, y, saved, dy, dh_n, dc_n, **kw
+        )
         outs[name] = dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **grads)
     for key, want in outs["reference"].items():
         if want is not None:
@@ -75,8 +93,9 @@ def test_inference_stack_equals_training_stack(threading_mode):
     x = rng.standard_normal((5, 3, 4))
     lengths = np.array([5, 2, 4])
     train = functional.stack_forward("lstm", x, None, params, 2, True, lengths, proj_size=3)
-    infer = functional.stack_forward("lstm", x, None, params, 2, True, lengths, proj_size=3,
-                                     training=False)
+    infer = functional.stack_forward(
+        "lstm", x, None, params, 2, True, lengths, proj_size=3, training=False
+    )
     assert infer[3] is None
     for a, b in zip(train[:3], infer[:3]):
         np.testing.assert_array_equal(a, b)

@@ -9,11 +9,12 @@ alone); state dicts, grads, modes; the cells against the layer, and every bad in
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
-from tests.helpers.cells import assert_close
+
+import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from tests.helpers.cells import assert_close
 
 T, B, I, H = 5, 4, 3, 6
 DTYPES = [np.float64, np.float32]
@@ -70,8 +71,7 @@ def run(layer, x, hx=None, lengths=None, seed=1, d_hx=True, layout=lambda a: a):
     d_output = layout(rng.standard_normal(layout(output).shape).astype(layer.dtype))
     d_state = None
     if d_hx:
-        d_state = tuple(rng.standard_normal(s.shape).astype(layer.dtype)
-                        for s in state_parts(h_n))
+        d_state = tuple(rng.standard_normal(s.shape).astype(layer.dtype) for s in state_parts(h_n))
         d_state = d_state if isinstance(h_n, tuple) else d_state[0]
     dx, dhx = layer.backward(d_output, d_state)
     results = {"output": output, "dx": dx}
@@ -112,8 +112,14 @@ def test_fused_layer_equals_reference_layer(family, num_layers, bidirectional, s
     batch_first = SCENARIOS[scenario].get("batch_first", False)
     results = {}
     for backend in ("fused", "reference"):
-        layer = make_layer(family, dtype, backend, num_layers=num_layers,
-                           bidirectional=bidirectional, batch_first=batch_first)
+        layer = make_layer(
+            family,
+            dtype,
+            backend,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=batch_first,
+        )
         x, hx, lengths = scenario_inputs(layer, scenario, dtype)
         results[backend] = run(layer, x, hx, lengths)
         assert set(layer.grads) == set(layer.state_dict())
@@ -126,8 +132,9 @@ def test_dropout_in_training_same_seed_same_masks_on_both_backends(family, dtype
     """Same seed: same weights and the same dropout masks whichever backend runs them."""
     results = {}
     for backend in ("fused", "reference"):
-        layer = make_layer(family, dtype, backend, num_layers=3, bidirectional=True,
-                           dropout=0.5, seed=7)
+        layer = make_layer(
+            family, dtype, backend, num_layers=3, bidirectional=True, dropout=0.5, seed=7
+        )
         x, hx, lengths = scenario_inputs(layer, "hx_unsorted_lengths", dtype)
         results[backend] = run(layer, x, hx, lengths)
     assert_all_close(results["fused"], results["reference"], dtype)
@@ -174,13 +181,13 @@ def test_lengths_equal_each_item_run_alone(family):
     x, hx, _ = scenario_inputs(layer, "hx_unsorted_lengths", np.float64)
     output, h_n = layer(x, hx, lengths=lengths)
     for b, n in enumerate(lengths):
-        hx_b = None if hx is None else tuple(s[:, b:b + 1] for s in state_parts(hx))
+        hx_b = None if hx is None else tuple(s[:, b : b + 1] for s in state_parts(hx))
         hx_b = hx_b if isinstance(hx, tuple) else hx_b[0]
-        out_b, h_b = layer(x[:n, b:b + 1], hx_b)
-        assert_close(output[:n, b:b + 1], out_b, np.float64, f"output of item {b}")
+        out_b, h_b = layer(x[:n, b : b + 1], hx_b)
+        assert_close(output[:n, b : b + 1], out_b, np.float64, f"output of item {b}")
         assert not np.any(output[n:, b]), "output after an item's length must be zero"
         for full, alone in zip(state_parts(h_n), state_parts(h_b)):
-            assert_close(full[:, b:b + 1], alone, np.float64, f"final state of item {b}")
+            assert_close(full[:, b : b + 1], alone, np.float64, f"final state of item {b}")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -200,8 +207,13 @@ def test_batch_first_is_time_major_transposed(family):
     batch_first = make_layer(family, num_layers=2, bidirectional=True, batch_first=True)
     hx = random_state(time_major, B, rng)
     expected = run(time_major, x, hx, [2, 5, 1, 5])
-    got = run(batch_first, np.ascontiguousarray(x.swapaxes(0, 1)), hx, [2, 5, 1, 5],
-              layout=lambda a: a.swapaxes(0, 1))
+    got = run(
+        batch_first,
+        np.ascontiguousarray(x.swapaxes(0, 1)),
+        hx,
+        [2, 5, 1, 5],
+        layout=lambda a: a.swapaxes(0, 1),
+    )
     for name in ("output", "dx"):
         got[name] = np.ascontiguousarray(got[name].swapaxes(0, 1))
     assert_all_close(got, expected, np.float64)
@@ -227,7 +239,9 @@ def test_unbatched_is_a_batch_of_one(family):
 def test_absent_initial_state_is_zeros_and_still_gets_a_gradient(family):
     layer = make_layer(family, num_layers=2, bidirectional=True)
     x, _, _ = scenario_inputs(layer, "plain", np.float64)
-    zeros = tuple(np.zeros_like(s) for s in state_parts(random_state(layer, B, np.random.default_rng())))
+    zeros = tuple(
+        np.zeros_like(s) for s in state_parts(random_state(layer, B, np.random.default_rng()))
+    )
     absent = run(layer, x, None)
     layer.zero_grad()
     given = run(layer, x, zeros if isinstance(layer, LSTM) else zeros[0])
@@ -242,8 +256,9 @@ def test_none_output_gradients_are_zeros(family):
     output, h_n = layer(x)
     dx_none, _ = layer.backward()
     zero_state = tuple(np.zeros_like(s) for s in state_parts(h_n))
-    dx_zero, _ = layer.backward(np.zeros_like(output),
-                                zero_state if isinstance(h_n, tuple) else zero_state[0])
+    dx_zero, _ = layer.backward(
+        np.zeros_like(output), zero_state if isinstance(h_n, tuple) else zero_state[0]
+    )
     np.testing.assert_array_equal(dx_none, np.zeros_like(dx_none))
     np.testing.assert_array_equal(dx_none, dx_zero)
     assert all(not np.any(g) for g in layer.grads.values())
@@ -256,7 +271,7 @@ def test_empty_batch_and_empty_sequence_give_empty_results():
     layer = make_layer("lstm", num_layers=2, bidirectional=True)
     for shape in ((0, B, I), (T, 0, I)):
         output, (h_n, c_n) = layer(np.zeros(shape))
-        assert output.shape == shape[:2] + (2 * H,)
+        assert output.shape == (*shape[:2], 2 * H)
         assert h_n.shape == c_n.shape == (4, shape[1], H)
         dx, (dh0, dc0) = layer.backward(np.zeros_like(output))
         assert dx.shape == shape and dh0.shape == dc0.shape == (4, shape[1], H)
@@ -266,14 +281,31 @@ def test_empty_batch_and_empty_sequence_give_empty_results():
 # ---------------------------------------------------------------- parameters and state dicts
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({}, ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]),
-    ({"bias": False, "bidirectional": True},
-     ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"]),
-    ({"num_layers": 2, "proj_size": 2},
-     ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0",
-      "weight_ih_l1", "weight_hh_l1", "bias_ih_l1", "bias_hh_l1", "weight_hr_l1"]),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]),
+        (
+            {"bias": False, "bidirectional": True},
+            ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse"],
+        ),
+        (
+            {"num_layers": 2, "proj_size": 2},
+            [
+                "weight_ih_l0",
+                "weight_hh_l0",
+                "bias_ih_l0",
+                "bias_hh_l0",
+                "weight_hr_l0",
+                "weight_ih_l1",
+                "weight_hh_l1",
+                "bias_ih_l1",
+                "bias_hh_l1",
+                "weight_hr_l1",
+            ],
+        ),
+    ],
+)
 def test_parameter_names_and_order(options, expected):
     assert list(LSTM(I, H, **options).state_dict()) == expected
 
@@ -309,7 +341,7 @@ def test_state_dict_returns_copies_and_named_parameters_the_live_arrays():
     snapshot = layer.state_dict()
     snapshot["weight_ih_l0"][:] = 0
     assert np.any(layer.weight_ih_l0)
-    for name, param in layer.named_parameters():
+    for _name, param in layer.named_parameters():
         param[:] = 1
     np.testing.assert_array_equal(layer.state_dict()["bias_hh_l0"], np.ones(H))
 
@@ -333,27 +365,54 @@ def _state_dict_of(cls, **options):
     return cls(I, H, dtype=np.float64, **options).state_dict()
 
 
-@pytest.mark.parametrize("make_bad, error, pattern", [
-    (lambda d: {k: v for k, v in d.items() if k != "bias_hh_l1"}, ValueError,
-     r"missing \['bias_hh_l1'\]"),
-    (lambda d: {**d, "weight_hr_l0": np.zeros((2, H))}, ValueError,
-     r"unexpected \['weight_hr_l0'\]"),
-    (lambda d: {**d, "weight_ih_l0": np.zeros((4 * H, I + 1))}, ValueError,
-     r"state_dict\['weight_ih_l0'\] has shape \(24, 4\).*expects \(24, 3\)"),
-    (lambda d: {**d, "bias_ih_l0": d["bias_ih_l0"].astype(complex)}, TypeError,
-     r"state_dict\['bias_ih_l0'\].*complex"),
-    (lambda d: {**d, "bias_ih_l0": ["a"] * (4 * H)}, TypeError, r"state_dict\['bias_ih_l0'\]"),
-    (lambda d: {**d, "bias_ih_l0": np.ones(4 * H, dtype=int)}, TypeError,
-     r"state_dict\['bias_ih_l0'\].*floating"),
-    (lambda d: [1, 2], TypeError, "mapping"),
-    (lambda d: _state_dict_of(GRU, num_layers=2), ValueError,
-     r"state_dict\['weight_ih_l0'\] has shape \(18, 3\).*another architecture"),
-    (lambda d: _state_dict_of(LSTM), ValueError, r"missing \['weight_ih_l1'"),
-    (lambda d: _state_dict_of(LSTM, num_layers=2, bidirectional=True), ValueError,
-     r"unexpected \['weight_ih_l0_reverse'"),
-    (lambda d: _state_dict_of(LSTM, num_layers=2, bias=False), ValueError,
-     r"missing \['bias_ih_l0'"),
-])
+@pytest.mark.parametrize(
+    ("make_bad", "error", "pattern"),
+    [
+        (
+            lambda d: {k: v for k, v in d.items() if k != "bias_hh_l1"},
+            ValueError,
+            r"missing \['bias_hh_l1'\]",
+        ),
+        (
+            lambda d: {**d, "weight_hr_l0": np.zeros((2, H))},
+            ValueError,
+            r"unexpected \['weight_hr_l0'\]",
+        ),
+        (
+            lambda d: {**d, "weight_ih_l0": np.zeros((4 * H, I + 1))},
+            ValueError,
+            r"state_dict\['weight_ih_l0'\] has shape \(24, 4\).*expects \(24, 3\)",
+        ),
+        (
+            lambda d: {**d, "bias_ih_l0": d["bias_ih_l0"].astype(complex)},
+            TypeError,
+            r"state_dict\['bias_ih_l0'\].*complex",
+        ),
+        (lambda d: {**d, "bias_ih_l0": ["a"] * (4 * H)}, TypeError, r"state_dict\['bias_ih_l0'\]"),
+        (
+            lambda d: {**d, "bias_ih_l0": np.ones(4 * H, dtype=int)},
+            TypeError,
+            r"state_dict\['bias_ih_l0'\].*floating",
+        ),
+        (lambda d: [1, 2], TypeError, "mapping"),
+        (
+            lambda d: _state_dict_of(GRU, num_layers=2),
+            ValueError,
+            r"state_dict\['weight_ih_l0'\] has shape \(18, 3\).*another architecture",
+        ),
+        (lambda d: _state_dict_of(LSTM), ValueError, r"missing \['weight_ih_l1'"),
+        (
+            lambda d: _state_dict_of(LSTM, num_layers=2, bidirectional=True),
+            ValueError,
+            r"unexpected \['weight_ih_l0_reverse'",
+        ),
+        (
+            lambda d: _state_dict_of(LSTM, num_layers=2, bias=False),
+            ValueError,
+            r"missing \['bias_ih_l0'",
+        ),
+    ],
+)
 def test_load_state_dict_rejects_and_loads_nothing(make_bad, error, pattern):
     layer = LSTM(I, H, num_layers=2, dtype=np.float64, seed=0)
     before = layer.state_dict()
@@ -443,15 +502,28 @@ def test_forward_does_not_modify_its_inputs():
 
 def test_repr_names_the_non_default_options():
     assert repr(LSTM(3, 6, num_layers=2, proj_size=2)) == "LSTM(3, 6, num_layers=2, proj_size=2)"
-    assert repr(GRU(3, 6, reset_after=False, dtype=np.float64)) == \
-        "GRU(3, 6, reset_after=False, dtype=np.float64)"
-    assert repr(RNNCell(3, 6, bias=False, nonlinearity="relu")) == \
-        "RNNCell(3, 6, nonlinearity='relu', bias=False)"
+    assert (
+        repr(GRU(3, 6, reset_after=False, dtype=np.float64))
+        == "GRU(3, 6, reset_after=False, dtype=np.float64)"
+    )
+    assert (
+        repr(RNNCell(3, 6, bias=False, nonlinearity="relu"))
+        == "RNNCell(3, 6, nonlinearity='relu', bias=False)"
+    )
 
 
 def test_exports():
-    for name in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "functional",
-                 "reference", "show_config"):
+    for name in (
+        "LSTM",
+        "GRU",
+        "RNN",
+        "LSTMCell",
+        "GRUCell",
+        "RNNCell",
+        "functional",
+        "reference",
+        "show_config",
+    ):
         assert name in fusedrnn.__all__ and hasattr(fusedrnn, name)
 
 
@@ -466,41 +538,90 @@ X32 = np.zeros((T, B, I), np.float32)
 H32 = np.zeros((2, B, H), np.float32)
 
 
-@pytest.mark.parametrize("call, error, pattern", [
-    (lambda m: m([[0.0] * I] * T), TypeError, r"x must be a numpy.ndarray of dtype float32, got list"),
-    (lambda m: m(X32.astype(np.float64)), TypeError, r"x must have dtype float32.*float64"),
-    (lambda m: m(X32.astype(np.int32)), TypeError, r"x must have dtype float32.*int32"),
-    (lambda m: m(np.zeros((T, B, I + 1), np.float32)), ValueError,
-     r"x must have shape \(\*, \*, 3\) = \(T, B, input_size\), but has \(5, 4, 4\)"),
-    (lambda m: m(np.zeros((1, T, B, I), np.float32)), ValueError, r"x must have shape .*unbatched"),
-    (lambda m: m(X32, H32), TypeError, r"hx of LSTM must be a tuple \(h, c\)"),
-    (lambda m: m(X32, (H32[:1], H32)), ValueError,
-     (r"hx\[0\] \(h\) must have shape \(2, 4, 6\) = \(num_layers\*num_directions, B, "
-      r"proj_size or hidden_size\), but has \(1, 4, 6\)")),
-    (lambda m: m(X32, (H32, H32.astype(np.float64))), TypeError, r"hx\[1\] \(c\) must have dtype"),
-    (lambda m: m(X32[:, 0], (H32, H32)), ValueError, r"hx\[0\] \(h\) must have shape \(2, 6\)"),
-    (lambda m: m(X32, lengths=[0, 1, 2, 3]), ValueError, r"lengths must be in 1..T = 1..5.*lengths\[0\] = 0"),
-    (lambda m: m(X32, lengths=[1, 2, 3, 6]), ValueError, r"lengths\[3\] = 6"),
-    (lambda m: m(X32, lengths=[1, 2, 3]), ValueError, r"lengths must have shape \(B,\) = \(4,\)"),
-    (lambda m: m(X32, lengths=[1.0, 2.0, 3.0, 4.0]), TypeError, r"lengths must hold integers"),
-    (lambda m: m(X32, lengths=[True] * B), TypeError, r"lengths must hold integers"),
-    (lambda m: m(X32[:, 0], lengths=[T]), ValueError, r"lengths needs batched input"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (
+            lambda m: m([[0.0] * I] * T),
+            TypeError,
+            r"x must be a numpy.ndarray of dtype float32, got list",
+        ),
+        (lambda m: m(X32.astype(np.float64)), TypeError, r"x must have dtype float32.*float64"),
+        (lambda m: m(X32.astype(np.int32)), TypeError, r"x must have dtype float32.*int32"),
+        (
+            lambda m: m(np.zeros((T, B, I + 1), np.float32)),
+            ValueError,
+            r"x must have shape \(\*, \*, 3\) = \(T, B, input_size\), but has \(5, 4, 4\)",
+        ),
+        (
+            lambda m: m(np.zeros((1, T, B, I), np.float32)),
+            ValueError,
+            r"x must have shape .*unbatched",
+        ),
+        (lambda m: m(X32, H32), TypeError, r"hx of LSTM must be a tuple \(h, c\)"),
+        (
+            lambda m: m(X32, (H32[:1], H32)),
+            ValueError,
+            (
+                r"hx\[0\] \(h\) must have shape \(2, 4, 6\) = \(num_layers\*num_directions, B, "
+                r"proj_size or hidden_size\), but has \(1, 4, 6\)"
+            ),
+        ),
+        (
+            lambda m: m(X32, (H32, H32.astype(np.float64))),
+            TypeError,
+            r"hx\[1\] \(c\) must have dtype",
+        ),
+        (lambda m: m(X32[:, 0], (H32, H32)), ValueError, r"hx\[0\] \(h\) must have shape \(2, 6\)"),
+        (
+            lambda m: m(X32, lengths=[0, 1, 2, 3]),
+            ValueError,
+            r"lengths must be in 1..T = 1..5.*lengths\[0\] = 0",
+        ),
+        (lambda m: m(X32, lengths=[1, 2, 3, 6]), ValueError, r"lengths\[3\] = 6"),
+        (
+            lambda m: m(X32, lengths=[1, 2, 3]),
+            ValueError,
+            r"lengths must have shape \(B,\) = \(4,\)",
+        ),
+        (lambda m: m(X32, lengths=[1.0, 2.0, 3.0, 4.0]), TypeError, r"lengths must hold integers"),
+        (lambda m: m(X32, lengths=[True] * B), TypeError, r"lengths must hold integers"),
+        (lambda m: m(X32[:, 0], lengths=[T]), ValueError, r"lengths needs batched input"),
+    ],
+)
 def test_forward_rejects(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(_lstm())
 
 
-@pytest.mark.parametrize("call, error, pattern", [
-    (lambda m, out: m.backward(out.astype(np.float64)), TypeError, r"d_output must have dtype float32"),
-    (lambda m, out: m.backward(out[:-1]), ValueError,
-     r"d_output must have shape \(5, 4, 6\) = \(T, B, num_directions\*H_out\), but has \(4, 4, 6\)"),
-    (lambda m, out: m.backward(out.tolist()), TypeError, r"d_output must be a numpy.ndarray"),
-    (lambda m, out: m.backward(None, H32), TypeError, r"d_hx of LSTM must be a tuple"),
-    (lambda m, out: m.backward(None, (H32[:, :1], None)), ValueError, r"d_hx\[0\] \(h\) must have shape"),
-    (lambda m, out: m.backward(None, (None, H32.astype(np.float64))), TypeError,
-     r"d_hx\[1\] \(c\) must have dtype float32"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (
+            lambda m, out: m.backward(out.astype(np.float64)),
+            TypeError,
+            r"d_output must have dtype float32",
+        ),
+        (
+            lambda m, out: m.backward(out[:-1]),
+            ValueError,
+            r"d_output must have shape \(5, 4, 6\) = \(T, B, num_directions\*H_out\), "
+            r"but has \(4, 4, 6\)",
+        ),
+        (lambda m, out: m.backward(out.tolist()), TypeError, r"d_output must be a numpy.ndarray"),
+        (lambda m, out: m.backward(None, H32), TypeError, r"d_hx of LSTM must be a tuple"),
+        (
+            lambda m, out: m.backward(None, (H32[:, :1], None)),
+            ValueError,
+            r"d_hx\[0\] \(h\) must have shape",
+        ),
+        (
+            lambda m, out: m.backward(None, (None, H32.astype(np.float64))),
+            TypeError,
+            r"d_hx\[1\] \(c\) must have dtype float32",
+        ),
+    ],
+)
 def test_backward_rejects(call, error, pattern):
     layer = _lstm()
     output, _ = layer(X32)
@@ -510,25 +631,36 @@ def test_backward_rejects(call, error, pattern):
 
 def test_gru_hx_must_not_be_a_pair():
     layer = GRU(I, H)
-    with pytest.raises(TypeError, match="hx must be a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"hx must be a numpy\.ndarray"):
         layer(X32, (H32[:1], H32[:1]))
 
 
-@pytest.mark.parametrize("make, error, pattern", [
-    (lambda: LSTM(I, H, dtype=np.int32), ValueError, "dtype must be numpy.float32 or numpy.float64"),
-    (lambda: LSTM(I, H, dtype="complex"), ValueError, "dtype must be"),
-    (lambda: LSTM(I, H, backend="cuda"), ValueError, "backend must be 'fused' or 'reference'"),
-    (lambda: LSTM(I, H, proj_size=H), ValueError, "proj_size must be smaller than hidden_size"),
-    (lambda: LSTM(I, H, proj_size=-1), ValueError, "proj_size must be >= 0"),
-    (lambda: LSTM(0, H), ValueError, "input_size must be >= 1"),
-    (lambda: LSTM(I, 2.5), TypeError, "hidden_size must be an integer"),
-    (lambda: LSTM(I, H, num_layers=0), ValueError, "num_layers must be >= 1"),
-    (lambda: LSTM(I, H, 2, dropout=1.5), ValueError, r"dropout must be in \[0, 1\]"),
-    (lambda: LSTM(I, H, 2, dropout="0.5"), TypeError, "dropout must be a number"),
-    (lambda: RNN(I, H, nonlinearity="sigmoid"), ValueError, "nonlinearity must be 'tanh' or 'relu'"),
-    (lambda: RNNCell(I, H, nonlinearity="gelu"), ValueError, "nonlinearity must be"),
-    (lambda: GRU(I, H, proj_size=2), TypeError, "proj_size"),
-])
+@pytest.mark.parametrize(
+    ("make", "error", "pattern"),
+    [
+        (
+            lambda: LSTM(I, H, dtype=np.int32),
+            ValueError,
+            "dtype must be numpy.float32 or numpy.float64",
+        ),
+        (lambda: LSTM(I, H, dtype="complex"), ValueError, "dtype must be"),
+        (lambda: LSTM(I, H, backend="cuda"), ValueError, "backend must be 'fused' or 'reference'"),
+        (lambda: LSTM(I, H, proj_size=H), ValueError, "proj_size must be smaller than hidden_size"),
+        (lambda: LSTM(I, H, proj_size=-1), ValueError, "proj_size must be >= 0"),
+        (lambda: LSTM(0, H), ValueError, "input_size must be >= 1"),
+        (lambda: LSTM(I, 2.5), TypeError, "hidden_size must be an integer"),
+        (lambda: LSTM(I, H, num_layers=0), ValueError, "num_layers must be >= 1"),
+        (lambda: LSTM(I, H, 2, dropout=1.5), ValueError, r"dropout must be in \[0, 1\]"),
+        (lambda: LSTM(I, H, 2, dropout="0.5"), TypeError, "dropout must be a number"),
+        (
+            lambda: RNN(I, H, nonlinearity="sigmoid"),
+            ValueError,
+            "nonlinearity must be 'tanh' or 'relu'",
+        ),
+        (lambda: RNNCell(I, H, nonlinearity="gelu"), ValueError, "nonlinearity must be"),
+        (lambda: GRU(I, H, proj_size=2), TypeError, "proj_size"),
+    ],
+)
 def test_constructors_reject(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
@@ -544,8 +676,10 @@ def make_cell(family, dtype=np.float64, backend="fused", seed=0, **options):
 
 def cell_state(cell, batch, rng, unbatched=False):
     shape = (H,) if unbatched else (batch, H)
-    parts = tuple(rng.standard_normal(shape).astype(cell.dtype)
-                  for _ in range(2 if isinstance(cell, LSTMCell) else 1))
+    parts = tuple(
+        rng.standard_normal(shape).astype(cell.dtype)
+        for _ in range(2 if isinstance(cell, LSTMCell) else 1)
+    )
     return parts if isinstance(cell, LSTMCell) else parts[0]
 
 
@@ -678,16 +812,36 @@ def test_cell_load_state_dict_clears_the_tape_and_grads_zero_grad():
     assert all(not np.any(g) for g in cell.grads.values())
 
 
-@pytest.mark.parametrize("call, error, pattern", [
-    (lambda c: c.backward(np.ones((B, H), np.float32)), RuntimeError, r"LSTMCell.backward: the tape is empty"),
-    (lambda c: c(np.ones((B, I))), TypeError, "x must have dtype float32"),
-    (lambda c: c(np.ones((B, I + 1), np.float32)), ValueError,
-     r"x must have shape \(\*, 3\) = \(B, input_size\), but has \(4, 4\)"),
-    (lambda c: c(np.ones(I, np.float32), np.ones(H, np.float32)), TypeError, "hx of LSTMCell must be a tuple"),
-    (lambda c: c(np.ones((B, I), np.float32), (np.ones((B, H), np.float32), np.ones((1, H), np.float32))),
-     ValueError, r"hx\[1\] \(c\) must have shape \(4, 6\) = \(B, hidden_size\)"),
-    (lambda c: c("x"), TypeError, "x must be a numpy.ndarray"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (
+            lambda c: c.backward(np.ones((B, H), np.float32)),
+            RuntimeError,
+            r"LSTMCell.backward: the tape is empty",
+        ),
+        (lambda c: c(np.ones((B, I))), TypeError, "x must have dtype float32"),
+        (
+            lambda c: c(np.ones((B, I + 1), np.float32)),
+            ValueError,
+            r"x must have shape \(\*, 3\) = \(B, input_size\), but has \(4, 4\)",
+        ),
+        (
+            lambda c: c(np.ones(I, np.float32), np.ones(H, np.float32)),
+            TypeError,
+            "hx of LSTMCell must be a tuple",
+        ),
+        (
+            lambda c: c(
+                np.ones((B, I), np.float32),
+                (np.ones((B, H), np.float32), np.ones((1, H), np.float32)),
+            ),
+            ValueError,
+            r"hx\[1\] \(c\) must have shape \(4, 6\) = \(B, hidden_size\)",
+        ),
+        (lambda c: c("x"), TypeError, "x must be a numpy.ndarray"),
+    ],
+)
 def test_cell_rejects(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(LSTMCell(I, H))

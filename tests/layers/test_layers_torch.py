@@ -9,13 +9,14 @@ reset_after=False has no torch twin and is not here.
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
 from tests.helpers.cells import assert_close
 
 torch = pytest.importorskip("torch")
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402 (after the skip)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,6 +26,7 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
 
 T, B, I, H = 5, 4, 3, 6
 LENGTHS = [3, 5, 1, 4]  # unsorted, with a length-1 item
@@ -40,14 +42,22 @@ FAMILIES = {
 # constructor options and forward inputs of one comparison
 SETUPS = {
     "one_layer": ({}, {}),
-    "bidirectional_hx_lengths": ({"num_layers": 2, "bidirectional": True},
-                                 {"hx": True, "lengths": LENGTHS}),
-    "batch_first_no_bias_lengths": ({"num_layers": 2, "batch_first": True, "bias": False},
-                                    {"lengths": LENGTHS}),
-    "unbatched_bidirectional_hx": ({"num_layers": 2, "bidirectional": True},
-                                   {"unbatched": True, "hx": True}),
-    "three_layers_batch_first_bidirectional": ({"num_layers": 3, "batch_first": True,
-                                                "bidirectional": True}, {"hx": True}),
+    "bidirectional_hx_lengths": (
+        {"num_layers": 2, "bidirectional": True},
+        {"hx": True, "lengths": LENGTHS},
+    ),
+    "batch_first_no_bias_lengths": (
+        {"num_layers": 2, "batch_first": True, "bias": False},
+        {"lengths": LENGTHS},
+    ),
+    "unbatched_bidirectional_hx": (
+        {"num_layers": 2, "bidirectional": True},
+        {"unbatched": True, "hx": True},
+    ),
+    "three_layers_batch_first_bidirectional": (
+        {"num_layers": 3, "batch_first": True, "bidirectional": True},
+        {"hx": True},
+    ),
 }
 
 
@@ -59,8 +69,13 @@ def twins(family, dtype=np.float64, **options):
     """Our layer with the weights of a freshly initialised torch layer."""
     ours_cls, torch_cls, family_options = FAMILIES[family]
     torch.manual_seed(0)
-    theirs = torch_cls(I, H, **family_options, **options,
-                       dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    theirs = torch_cls(
+        I,
+        H,
+        **family_options,
+        **options,
+        dtype=torch.float64 if dtype == np.float64 else torch.float32,
+    )
     ours = ours_cls(I, H, **family_options, **options, dtype=dtype)
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
     return ours, theirs
@@ -90,8 +105,9 @@ def torch_run(module, x, hx, lengths, d_output, d_hx, batch_first):
     if lengths is None:
         out, h_n = module(x_t, call_hx)
     else:
-        packed = pack_padded_sequence(x_t, torch.tensor(lengths), batch_first=batch_first,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x_t, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False
+        )
         out, h_n = module(packed, call_hx)
         out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
     finals = h_n if isinstance(h_n, tuple) else (h_n,)
@@ -155,14 +171,20 @@ def test_eval_mode_with_dropout_matches_torch(family):
     output, h_n = ours(x)
     out_t, h_t = theirs(torch.tensor(x))
     assert_close(output, numpy_of(out_t), np.float64, "output")
-    for got, want in zip(h_n if isinstance(h_n, tuple) else (h_n,),
-                         h_t if isinstance(h_t, tuple) else (h_t,)):
+    for got, want in zip(
+        h_n if isinstance(h_n, tuple) else (h_n,), h_t if isinstance(h_t, tuple) else (h_t,)
+    ):
         assert_close(got, numpy_of(want), np.float64, "final state")
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"num_layers": 3, "bidirectional": True}, {"bias": False, "num_layers": 2},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"num_layers": 3, "bidirectional": True},
+        {"bias": False, "num_layers": 2},
+    ],
+)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_state_dict_names_shapes_and_order_are_torchs(family, options):
     ours, theirs = twins(family, **options)

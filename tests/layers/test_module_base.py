@@ -6,23 +6,48 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
 from fusedrnn import functional, reference
 from fusedrnn._module import Module
 from fusedrnn._spec import GATES, stack_param_names
 
 PACKAGE = Path(fusedrnn.__file__).parent
 
-MODULE_CLASSES = [fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN, fusedrnn.LSTMCell, fusedrnn.GRUCell,
-                  fusedrnn.RNNCell, fusedrnn.MultiheadAttention, fusedrnn.AdditiveAttention,
-                  fusedrnn.ScaledDotProductAttention, fusedrnn.Linear, fusedrnn.Embedding,
-                  fusedrnn.CrossEntropyLoss]
+MODULE_CLASSES = [
+    fusedrnn.LSTM,
+    fusedrnn.GRU,
+    fusedrnn.RNN,
+    fusedrnn.LSTMCell,
+    fusedrnn.GRUCell,
+    fusedrnn.RNNCell,
+    fusedrnn.MultiheadAttention,
+    fusedrnn.AdditiveAttention,
+    fusedrnn.ScaledDotProductAttention,
+    fusedrnn.Linear,
+    fusedrnn.Embedding,
+    fusedrnn.CrossEntropyLoss,
+]
 # what every module does the one way the base does it
-SHARED = ["__call__", "__getattr__", "__repr__", "named_parameters", "parameters", "state_dict",
-          "load_state_dict", "zero_grad", "train", "eval", "_set_parameters", "_check_array",
-          "_keep_for_backward", "_require_saved", "_backend"]
+SHARED = [
+    "__call__",
+    "__getattr__",
+    "__repr__",
+    "named_parameters",
+    "parameters",
+    "state_dict",
+    "load_state_dict",
+    "zero_grad",
+    "train",
+    "eval",
+    "_set_parameters",
+    "_check_array",
+    "_keep_for_backward",
+    "_require_saved",
+    "_backend",
+]
 
 
 @pytest.mark.parametrize("cls", MODULE_CLASSES, ids=lambda c: c.__name__)
@@ -34,8 +59,12 @@ def test_every_module_has_the_one_base_and_does_not_redo_it(cls):
 
 
 def make(cls, backend="fused"):
-    sizes = {fusedrnn.MultiheadAttention: (4, 2), fusedrnn.AdditiveAttention: (3, 4, 5),
-             fusedrnn.Linear: (3, 4), fusedrnn.Embedding: (5, 3)}
+    sizes = {
+        fusedrnn.MultiheadAttention: (4, 2),
+        fusedrnn.AdditiveAttention: (3, 4, 5),
+        fusedrnn.Linear: (3, 4),
+        fusedrnn.Embedding: (5, 3),
+    }
     if cls is fusedrnn.Embedding:
         return cls(*sizes[cls])
     if cls in (fusedrnn.ScaledDotProductAttention, fusedrnn.CrossEntropyLoss):
@@ -43,10 +72,11 @@ def make(cls, backend="fused"):
     return cls(*sizes.get(cls, (3, 4)), backend=backend)
 
 
-@pytest.mark.parametrize("cls", [c for c in MODULE_CLASSES if c is not fusedrnn.Embedding],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [c for c in MODULE_CLASSES if c is not fusedrnn.Embedding], ids=lambda c: c.__name__
+)
 def test_one_backend_table_with_one_message(cls):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match="backend") as error:
         make(cls, backend="gpu")
     assert str(error.value) == "backend must be 'fused' or 'reference', got 'gpu'"
     assert make(cls, "fused")._backend is functional
@@ -55,15 +85,18 @@ def test_one_backend_table_with_one_message(cls):
 
 def test_one_backend_table_for_the_attention_function_too():
     q = np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match="^backend must be 'fused' or 'reference', got 'gpu'$"):
+    with pytest.raises(ValueError, match=r"^backend must be 'fused' or 'reference', got 'gpu'$"):
         fusedrnn.scaled_dot_product_attention(q, q, q, backend="gpu")
 
 
-@pytest.mark.parametrize("cls", [c for c in MODULE_CLASSES if not c.__name__.endswith("Cell")],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [c for c in MODULE_CLASSES if not c.__name__.endswith("Cell")], ids=lambda c: c.__name__
+)
 def test_backward_before_any_forward_says_why(cls):  # (a cell has a tape of steps instead)
-    with pytest.raises(RuntimeError, match=f"^{cls.__name__}.backward needs .*forward first: "
-                                           f"no forward has run yet$"):
+    with pytest.raises(
+        RuntimeError,
+        match=f"^{cls.__name__}.backward needs .*forward first: no forward has run yet$",
+    ):
         make(cls).backward(np.zeros(1, np.float32))
 
 
@@ -83,8 +116,11 @@ def test_parameter_names_come_from_the_one_spec():
 
 BAD_LENGTHS = {  # lengths for T = 4, B = 3 -> (error, message)
     "float": ([4.0, 2.0, 1.0], TypeError, "lengths must hold integers, but has dtype float64"),
-    "count": ([4, 2], ValueError, "lengths must have shape (B,) = (3,), one per batch item, but "
-                                  "has (2,)"),
+    "count": (
+        [4, 2],
+        ValueError,
+        "lengths must have shape (B,) = (3,), one per batch item, but has (2,)",
+    ),
     "range": ([4, 0, 1], ValueError, "lengths must be in 1..T = 1..4, but lengths[1] = 0"),
 }
 
@@ -99,15 +135,25 @@ def test_lengths_are_checked_by_one_function_with_one_message(case):
     h = np.zeros((3, 3))
     calls = {
         "LSTM": lambda: layer(x, lengths=lengths),
-        "LSTM reference": lambda: fusedrnn.LSTM(2, 3, dtype=np.float64,
-                                                backend="reference")(x, lengths=lengths),
-        "functional.stack_forward": lambda: functional.stack_forward("lstm", x, None, params, 1,
-                                                                     lengths=lengths),
-        "reference.stack_forward": lambda: reference.stack_forward("lstm", x, None, params, 1,
-                                                                   lengths=lengths),
+        "LSTM reference": lambda: fusedrnn.LSTM(2, 3, dtype=np.float64, backend="reference")(
+            x, lengths=lengths
+        ),
+        "functional.stack_forward": lambda: functional.stack_forward(
+            "lstm", x, None, params, 1, lengths=lengths
+        ),
+        "reference.stack_forward": lambda: reference.stack_forward(
+            "lstm", x, None, params, 1, lengths=lengths
+        ),
         "reference.lstm_forward": lambda: reference.lstm_forward(
-            x, h, h, params["weight_ih_l0"], params["weight_hh_l0"], params["bias_ih_l0"],
-            params["bias_hh_l0"], lengths=lengths),
+            x,
+            h,
+            h,
+            params["weight_ih_l0"],
+            params["weight_hh_l0"],
+            params["bias_ih_l0"],
+            params["bias_hh_l0"],
+            lengths=lengths,
+        ),
     }
     for name, call in calls.items():
         with pytest.raises(error) as raised:
@@ -118,9 +164,21 @@ def test_lengths_are_checked_by_one_function_with_one_message(case):
 # ---------------------------------------------------------------- the fused path
 
 
-FUSED_PATH = ["functional.py", "_checks.py", "_spec.py", "_attention_args.py", "_truncation.py",
-              "_module.py", "attention.py", "nn.py", "losses.py", "layers/__init__.py",
-              "layers/_base.py", "layers/recurrent.py", "layers/cells.py"]
+FUSED_PATH = [
+    "functional.py",
+    "_checks.py",
+    "_spec.py",
+    "_attention_args.py",
+    "_truncation.py",
+    "_module.py",
+    "attention.py",
+    "nn.py",
+    "losses.py",
+    "layers/__init__.py",
+    "layers/_base.py",
+    "layers/recurrent.py",
+    "layers/cells.py",
+]
 
 
 def imports_of_reference(path: Path) -> list:
@@ -130,16 +188,21 @@ def imports_of_reference(path: Path) -> list:
 
     def visit(node, function):
         for child in ast.iter_child_nodes(node):
-            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+            inner = (
+                child.name
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
                 else function
+            )
             if isinstance(child, ast.ImportFrom):
-                names = [child.module or ""] + [f"{child.module or ''}.{a.name}"
-                                                for a in child.names]
+                names = [child.module or ""] + [
+                    f"{child.module or ''}.{a.name}" for a in child.names
+                ]
                 if any("reference" in n.split(".") for n in names):
                     found.append((child.lineno, function))
-            elif isinstance(child, ast.Import):
-                if any("reference" in a.name.split(".") for a in child.names):
-                    found.append((child.lineno, function))
+            elif isinstance(child, ast.Import) and any(
+                "reference" in a.name.split(".") for a in child.names
+            ):
+                found.append((child.lineno, function))
             visit(child, inner)
 
     visit(tree, None)
@@ -174,19 +237,21 @@ def stack_setup(seed=0):
 def test_stack_backward_reuses_the_packing_of_its_forward(monkeypatch):
     layer, x, lengths = stack_setup()
     params = layer.state_dict()
-    y, h_n, c_n, saved = functional.stack_forward("lstm", x, None, params, 2, True, lengths)
+    y, _h_n, _c_n, saved = functional.stack_forward("lstm", x, None, params, 2, True, lengths)
     assert saved.packing is not None
     np.testing.assert_array_equal(saved.packing.unsorted_lengths(), lengths)
     dy = np.random.default_rng(1).standard_normal(y.shape)
-    want = functional.stack_backward("lstm", x, None, params, 2, y, saved, dy,
-                                     bidirectional=True, lengths=lengths)
+    want = functional.stack_backward(
+        "lstm", x, None, params, 2, y, saved, dy, bidirectional=True, lengths=lengths
+    )
 
     def no_second_packing(*args, **kwargs):
         raise AssertionError("stack_backward made the batch packing again")
 
     monkeypatch.setattr(functional, "_Packing", no_second_packing)
-    got = functional.stack_backward("lstm", x, None, params, 2, y, saved, dy,
-                                    bidirectional=True, lengths=lengths)
+    got = functional.stack_backward(
+        "lstm", x, None, params, 2, y, saved, dy, bidirectional=True, lengths=lengths
+    )
     for a, b in zip(got[:3], want[:3]):
         np.testing.assert_array_equal(a, b)
     for name in params:
@@ -207,7 +272,7 @@ def test_a_layer_backward_reuses_the_packing_of_its_forward(monkeypatch):
         raise AssertionError("backward made the batch packing again")
 
     monkeypatch.setattr(functional, "_Packing", no_second_packing)
-    dx, (dh0, dc0) = layer.backward(dy)
+    dx, (dh0, _dc0) = layer.backward(dy)
     np.testing.assert_array_equal(dx, want[0])
     np.testing.assert_array_equal(dh0, want[1][0])
     for name, grad in layer.grads.items():
@@ -218,20 +283,28 @@ def test_stack_backward_refuses_lengths_other_than_its_forwards():
     layer, x, lengths = stack_setup()
     params = layer.state_dict()
     y, _, _, saved = functional.stack_forward("lstm", x, None, params, 2, True, lengths)
-    with pytest.raises(ValueError, match=r"lengths must be those given to the stack_forward that "
-                                         r"made saved \(\[2, 5, 1, 4\]\), got \[5, 2, 1, 4\]"):
-        functional.stack_backward("lstm", x, None, params, 2, y, saved, bidirectional=True,
-                                  lengths=[5, 2, 1, 4])
+    with pytest.raises(
+        ValueError,
+        match=r"lengths must be those given to the stack_forward that "
+        r"made saved \(\[2, 5, 1, 4\]\), got \[5, 2, 1, 4\]",
+    ):
+        functional.stack_backward(
+            "lstm", x, None, params, 2, y, saved, bidirectional=True, lengths=[5, 2, 1, 4]
+        )
     with pytest.raises(ValueError, match=r"got None"):
         functional.stack_backward("lstm", x, None, params, 2, y, saved, bidirectional=True)
-    with pytest.raises(TypeError, match="saved must be the StackSaved a training stack_forward "
-                                        "returned, got ndarray"):
-        functional.stack_backward("lstm", x, None, params, 2, y, saved.workspace,
-                                  bidirectional=True, lengths=lengths)
+    with pytest.raises(
+        TypeError,
+        match="saved must be the StackSaved a training stack_forward returned, got ndarray",
+    ):
+        functional.stack_backward(
+            "lstm", x, None, params, 2, y, saved.workspace, bidirectional=True, lengths=lengths
+        )
     # full lengths are the same as none: nothing to pack either way
     y, _, _, saved = functional.stack_forward("lstm", x, None, params, 2, True, [5, 5, 5, 5])
     assert saved.packing is None
-    full = functional.stack_backward("lstm", x, None, params, 2, y, saved, bidirectional=True,
-                                     lengths=[5, 5, 5, 5])
+    full = functional.stack_backward(
+        "lstm", x, None, params, 2, y, saved, bidirectional=True, lengths=[5, 5, 5, 5]
+    )
     none = functional.stack_backward("lstm", x, None, params, 2, y, saved, bidirectional=True)
     np.testing.assert_array_equal(full[0], none[0])

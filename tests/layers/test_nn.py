@@ -4,11 +4,12 @@ protocol (live parameters, grads keyed like state_dict, zero_grad, load_state_di
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
-from tests.helpers.cells import assert_close
+
+import fusedrnn
 from fusedrnn import Embedding, Linear, _core, functional, reference
+from tests.helpers.cells import assert_close
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 
 
@@ -24,7 +25,7 @@ def weights_like(a, seed=5):
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_gradients_match_central_differences(lead, bias, backend):
     lin = Linear(5, 3, bias=bias, dtype=np.float64, seed=0, backend=backend)
-    x = np.random.default_rng(1).standard_normal(lead + (5,))
+    x = np.random.default_rng(1).standard_normal((*lead, 5))
     w = weights_like(lin(x))
 
     def loss():
@@ -34,8 +35,9 @@ def test_linear_gradients_match_central_differences(lead, bias, backend):
     dx = lin.backward(w)
     np.testing.assert_allclose(dx, central_differences(loss, x), rtol=RTOL, atol=ATOL)
     for name, param in lin.named_parameters():
-        np.testing.assert_allclose(lin.grads[name], central_differences(loss, param),
-                                   rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(
+            lin.grads[name], central_differences(loss, param), rtol=RTOL, atol=ATOL, err_msg=name
+        )
     assert set(lin.grads) == ({"weight", "bias"} if bias else {"weight"})
 
 
@@ -50,13 +52,16 @@ def test_fused_linear_matches_reference(dtype, bias, M):
     b = rng.standard_normal(9).astype(dtype) if bias else None
     y = functional.linear_forward(x, w, b)
     assert_close(y, reference.linear_forward(x, w, b), dtype, "y")
-    start = {"weight": rng.standard_normal((9, 20)).astype(dtype),
-             **({"bias": rng.standard_normal(9).astype(dtype)} if bias else {})}
+    start = {
+        "weight": rng.standard_normal((9, 20)).astype(dtype),
+        **({"bias": rng.standard_normal(9).astype(dtype)} if bias else {}),
+    }
     grads = {k: v.copy() for k, v in start.items()}
     arrays = dict(grads)
     dx, out = functional.linear_backward(x, w, dy, grads=grads, bias=bias)
-    ref_dx, ref = reference.linear_backward(x, w, dy, grads={k: v.copy() for k, v in
-                                                                start.items()}, bias=bias)
+    ref_dx, ref = reference.linear_backward(
+        x, w, dy, grads={k: v.copy() for k, v in start.items()}, bias=bias
+    )
     assert out is grads and all(grads[k] is arrays[k] for k in grads)  # accumulated in place
     assert_close(dx, ref_dx, dtype, "dx")
     for k in start:
@@ -65,9 +70,11 @@ def test_fused_linear_matches_reference(dtype, bias, M):
     assert none is None and set(fresh) == set(start)
 
 
-@pytest.mark.parametrize("isa", [i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+@pytest.mark.parametrize(
+    "isa", [i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)]
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(3, 33, 70), (4, 33, 70), (300, 64, 100), (9, 7, 33)])
+@pytest.mark.parametrize(("M", "K", "N"), [(3, 33, 70), (4, 33, 70), (300, 64, 100), (9, 7, 33)])
 def test_fused_linear_on_the_step_kernel(M, K, N, dtype, isa, threading_mode):
     """From 4 rows on the product runs on the step kernel (fewer go to the BLAS): partial
     panels of W^T (N not a multiple of the panel width), odd K, both dtypes, every instruction
@@ -102,16 +109,20 @@ def test_fused_linear_bad_input():
     x, w = np.ones((4, 3)), np.ones((2, 3))
     with pytest.raises(TypeError, match=r"weight must have dtype float64 like x, got float32"):
         functional.linear_forward(x, w.astype(np.float32))
-    with pytest.raises(ValueError, match=r"weight must have shape \(out_features, in_features\) "
-                                         r"= \(2, 3\), but has shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"weight must have shape \(out_features, in_features\) "
+        r"= \(2, 3\), but has shape \(2, 4\)",
+    ):
         functional.linear_forward(x, np.ones((2, 4)))
     with pytest.raises(ValueError, match=r"bias must have shape \(out_features\) = \(2,\)"):
         functional.linear_forward(x, w, np.ones(3))
     with pytest.raises(ValueError, match=r"dy must have shape \(M, out_features\) = \(4, 2\)"):
         functional.linear_backward(x, w, np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"grads\['weight'\] is accumulated into in place"):
-        functional.linear_backward(x, w, np.ones((4, 2)),
-                                   grads={"weight": np.ones((3, 2)).T, "bias": np.ones(2)})
+        functional.linear_backward(
+            x, w, np.ones((4, 2)), grads={"weight": np.ones((3, 2)).T, "bias": np.ones(2)}
+        )
     with pytest.raises(ValueError, match=r"x must have 2 dimensions"):
         functional.linear_forward(np.ones(3), w)
     with pytest.raises(ValueError, match=r"backend must be 'fused' or 'reference'"):
@@ -127,8 +138,10 @@ def test_linear_is_torch_shaped_and_initialised():
     assert np.abs(lin.weight).max() > 0.8 * bound  # uses the range, not a tiny corner of it
     assert list(lin.state_dict()) == ["weight", "bias"]
     assert Linear(16, 7, bias=False).bias is None
-    assert repr(Linear(3, 2, bias=False, dtype=np.float64)) == \
-        "Linear(3, 2, bias=False, dtype=np.float64)"
+    assert (
+        repr(Linear(3, 2, bias=False, dtype=np.float64))
+        == "Linear(3, 2, bias=False, dtype=np.float64)"
+    )
     np.testing.assert_array_equal(Linear(4, 3, seed=3).weight, Linear(4, 3, seed=3).weight)
 
 
@@ -198,26 +211,52 @@ def test_linear_eval_mode_saves_nothing():
 
 
 @pytest.mark.parametrize(
-    "call, error, pattern",
+    ("call", "error", "pattern"),
     [
-        (lambda lin: lin(np.ones((2, 3))), TypeError,
-         r"x must have dtype float32 \(the layer's dtype\), but has float64"),
+        (
+            lambda lin: lin(np.ones((2, 3))),
+            TypeError,
+            r"x must have dtype float32 \(the layer's dtype\), but has float64",
+        ),
         (lambda lin: lin([[1.0, 2.0, 3.0]]), TypeError, r"x must be a numpy.ndarray"),
-        (lambda lin: lin(np.ones((2, 4), np.float32)), ValueError,
-         r"x must have shape \(\.\.\., 3\) = \(\.\.\., in_features\), but has \(2, 4\)"),
-        (lambda lin: (lin(np.ones((2, 3), np.float32)), lin.backward(np.ones((3, 2),
-                                                                              np.float32))),
-         ValueError, r"d_output must have shape \(2, 2\) = \(\.\.\., out_features\), but has \(3, 2\)"),
-        (lambda lin: (lin(np.ones((2, 3), np.float32)), lin.backward(np.ones((2, 2)))),
-         TypeError, r"d_output must have dtype float32"),
-        (lambda lin: lin.backward(np.ones((2, 2), np.float32)), RuntimeError,
-         r"Linear.backward needs a training-mode forward first"),
-        (lambda lin: lin.load_state_dict({"weight": np.ones((2, 3))}), ValueError,
-         r"missing \['bias'\]"),
-        (lambda lin: lin.load_state_dict({"weight": np.ones((3, 2)), "bias": np.ones(2)}),
-         ValueError, r"state_dict\['weight'\] has shape \(3, 2\), but .* expects \(2, 3\)"),
-        (lambda lin: lin.load_state_dict({"weight": np.ones((2, 3), int), "bias": np.ones(2)}),
-         TypeError, r"state_dict\['weight'\] must hold real floating-point numbers"),
+        (
+            lambda lin: lin(np.ones((2, 4), np.float32)),
+            ValueError,
+            r"x must have shape \(\.\.\., 3\) = \(\.\.\., in_features\), but has \(2, 4\)",
+        ),
+        (
+            lambda lin: (
+                lin(np.ones((2, 3), np.float32)),
+                lin.backward(np.ones((3, 2), np.float32)),
+            ),
+            ValueError,
+            r"d_output must have shape \(2, 2\) = \(\.\.\., out_features\), but has \(3, 2\)",
+        ),
+        (
+            lambda lin: (lin(np.ones((2, 3), np.float32)), lin.backward(np.ones((2, 2)))),
+            TypeError,
+            r"d_output must have dtype float32",
+        ),
+        (
+            lambda lin: lin.backward(np.ones((2, 2), np.float32)),
+            RuntimeError,
+            r"Linear.backward needs a training-mode forward first",
+        ),
+        (
+            lambda lin: lin.load_state_dict({"weight": np.ones((2, 3))}),
+            ValueError,
+            r"missing \['bias'\]",
+        ),
+        (
+            lambda lin: lin.load_state_dict({"weight": np.ones((3, 2)), "bias": np.ones(2)}),
+            ValueError,
+            r"state_dict\['weight'\] has shape \(3, 2\), but .* expects \(2, 3\)",
+        ),
+        (
+            lambda lin: lin.load_state_dict({"weight": np.ones((2, 3), int), "bias": np.ones(2)}),
+            TypeError,
+            r"state_dict\['weight'\] must hold real floating-point numbers",
+        ),
         (lambda lin: Linear(0, 3), ValueError, r"in_features must be >= 1, got 0"),
         (lambda lin: Linear(2.5, 3), TypeError, r"in_features must be an integer"),
         (lambda lin: Linear(2, 3, dtype=np.float16), ValueError, r"dtype must be"),
@@ -286,18 +325,30 @@ def test_embedding_backward_uses_the_indices_of_the_forward():
 
 
 @pytest.mark.parametrize(
-    "call, error, pattern",
+    ("call", "error", "pattern"),
     [
-        (lambda e: e(np.array([0.0, 1.0])), TypeError,
-         r"indices must have an integer dtype, got float64"),
+        (
+            lambda e: e(np.array([0.0, 1.0])),
+            TypeError,
+            r"indices must have an integer dtype, got float64",
+        ),
         (lambda e: e([0, 1]), TypeError, r"indices must be a numpy.ndarray of integers"),
-        (lambda e: e(np.array([0, 5])), ValueError,
-         r"indices must be in \[0, num_embeddings\) = \[0, 5\), but hold 5"),
+        (
+            lambda e: e(np.array([0, 5])),
+            ValueError,
+            r"indices must be in \[0, num_embeddings\) = \[0, 5\), but hold 5",
+        ),
         (lambda e: e(np.array([-1, 2])), ValueError, r"but hold -1"),
-        (lambda e: (e(np.array([0, 1])), e.backward(np.ones((2, 4), np.float32))), ValueError,
-         r"d_output must have shape \(2, 3\) = \(\.\.\., embedding_dim\), but has \(2, 4\)"),
-        (lambda e: (e(np.array([0, 1])), e.backward(np.ones((3, 3), np.float32))), ValueError,
-         r"d_output must have shape \(2, 3\) = \(\.\.\., embedding_dim\), but has \(3, 3\)"),
+        (
+            lambda e: (e(np.array([0, 1])), e.backward(np.ones((2, 4), np.float32))),
+            ValueError,
+            r"d_output must have shape \(2, 3\) = \(\.\.\., embedding_dim\), but has \(2, 4\)",
+        ),
+        (
+            lambda e: (e(np.array([0, 1])), e.backward(np.ones((3, 3), np.float32))),
+            ValueError,
+            r"d_output must have shape \(2, 3\) = \(\.\.\., embedding_dim\), but has \(3, 3\)",
+        ),
         (lambda e: Embedding(5, 3, padding_idx=5), ValueError, r"padding_idx must be within"),
         (lambda e: Embedding(5, 3, padding_idx=1.0), TypeError, r"padding_idx must be an"),
     ],

@@ -6,8 +6,9 @@ over `_core.isa_supported`); these check the choice made without forcing, and wh
 
 import platform
 
-import fusedrnn
 import pytest
+
+import fusedrnn
 from fusedrnn import _core
 
 # Taken when the module is collected, before any test selects an instruction set.
@@ -20,7 +21,7 @@ X86 = MACHINE in ("x86_64", "amd64", "i386", "i686")
 
 def test_the_default_is_the_widest_supported_path():
     assert SUPPORTED[0] == "baseline"
-    assert DEFAULT_ISA == SUPPORTED[-1]
+    assert SUPPORTED[-1] == DEFAULT_ISA
 
 
 def test_only_x86_has_paths_beyond_the_portable_baseline():

@@ -18,12 +18,27 @@ import time
 
 import numpy as np
 import pytest
+
 from fusedrnn import __main__ as cli
 from fusedrnn import bench, functional
 
 TINY = "lstm:2,3,4,5;gru:2,3,4,5;gru-cho:2,3,4,5;rnn:2,3,4,5"
-COLUMNS = ["case", "B", "T", "I", "H", "pass", "fused ms", "ref ms", "torch ms", "x ref",
-           "x torch", "GFLOP/s", "% peak", "saved"]
+COLUMNS = [
+    "case",
+    "B",
+    "T",
+    "I",
+    "H",
+    "pass",
+    "fused ms",
+    "ref ms",
+    "torch ms",
+    "x ref",
+    "x torch",
+    "GFLOP/s",
+    "% peak",
+    "saved",
+]
 NO_TORCH_COLUMNS = [c for c in COLUMNS if c not in ("torch ms", "x torch")]
 HAS_TORCH = bench.import_torch() is not None
 
@@ -56,7 +71,7 @@ def table(out: str) -> tuple[list[str], list[dict[str, str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("case "))
     header = re.split(r"\s{2,}", lines[start].strip())
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line or line.startswith(("*", "mismatch")):
             break
         cells = re.split(r"\s{2,}", line.strip())
@@ -138,8 +153,9 @@ def test_cho_gru_has_no_torch_equivalent(capsys):
 
 def test_json_has_rows_and_the_machine(capsys, tmp_path, no_torch):
     path = tmp_path / "bench.json"
-    code, out, _ = run(capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1", "--json",
-                       str(path))
+    code, out, _ = run(
+        capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1", "--json", str(path)
+    )
     assert code == 0
     assert f"wrote every row and the machine configuration to {path}" in out
     data = json.loads(path.read_text())
@@ -213,8 +229,9 @@ def test_plot_without_matplotlib_gives_the_install_hint(capsys, monkeypatch):
 def test_plot_writes_a_png(capsys, tmp_path, no_torch):
     pytest.importorskip("matplotlib")
     path = tmp_path / "speedups.png"
-    code, out, _ = run(capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1", "--plot",
-                       str(path))
+    code, out, _ = run(
+        capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1", "--plot", str(path)
+    )
     assert code == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote the plot to {path}" in out
@@ -263,8 +280,9 @@ def test_threads_are_set_for_the_run_and_restored(capsys, no_torch):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(functional, "rnn_forward", spy)
-        code, out, _ = run(capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1",
-                           "--threads", "1")
+        code, out, _ = run(
+            capsys, "bench", "--cases", "rnn:2,3,4,5", "--repeats", "1", "--threads", "1"
+        )
     assert code == 0
     assert set(seen) == {1}
     assert "threads: 1" in out
@@ -279,18 +297,24 @@ def test_flops_counts_each_gemm_once():
     assert bench.flops("lstm", T, B, I, H, "inference") == forward
     backward = 2 * T * B * G * H + 2 * T * B * G * I + 2 * G * T * B * I + 2 * G * T * B * H
     assert bench.flops("lstm", T, B, I, H, "forward+backward") == forward + backward
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pass_name must be one of .*, got 'sideways'"):
         bench.flops("lstm", T, B, I, H, "sideways")
 
 
 def test_python_dash_m_entry_point():
     result = subprocess.run(
         [sys.executable, "-m", "fusedrnn", "bench", "--cases", "rnn:1,2,3,4", "--repeats", "1"],
-        check=False, capture_output=True, text=True, timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert [(row["case"], row["pass"]) for row in table_rows(result.stdout)] == [
-        ("rnn", "fwd"), ("rnn", "fwd+bwd"), ("rnn", "infer")]
+        ("rnn", "fwd"),
+        ("rnn", "fwd+bwd"),
+        ("rnn", "infer"),
+    ]
     assert "importing PyTorch" in result.stderr.splitlines()[0]
 
 
@@ -298,13 +322,17 @@ def test_python_dash_m_entry_point():
 
 
 def test_attention_rows_are_validated_and_timed(capsys):
-    code, out, err = run(capsys, "bench", "--cases", "attention:2,9,4,3;attention-causal:2,9,4,3",
-                         "--repeats", "1")
+    code, out, err = run(
+        capsys, "bench", "--cases", "attention:2,9,4,3;attention-causal:2,9,4,3", "--repeats", "1"
+    )
     assert code == 0, err
     rows = table_rows(out)
     assert [(row["case"], row["pass"]) for row in rows] == [
-        ("attention", "fwd"), ("attention", "fwd+bwd"),
-        ("attention-causal", "fwd"), ("attention-causal", "fwd+bwd")]
+        ("attention", "fwd"),
+        ("attention", "fwd+bwd"),
+        ("attention-causal", "fwd"),
+        ("attention-causal", "fwd+bwd"),
+    ]
     assert all(float(row["fused ms"]) > 0 for row in rows)
     assert "(B, H, T, I) = (batch, heads, L queries and keys, E head size)" in out
     # the saved state: out and one lse per query row, (2*3*9*(4+1)) float32
@@ -327,8 +355,11 @@ def test_a_wrong_attention_result_is_a_fail(capsys, monkeypatch, no_torch):
 def test_only_attention_keeps_both_attention_rows_of_the_issue():
     args = cli.build_parser().parse_args(["bench", "--full", "--only", "attention"])
     shapes = {(c.variant.name, c.B, c.H, c.T, c.I) for c in cli.selected_cases(args)}
-    assert shapes == {(name, B, H, L, E) for name in ("attention", "attention-causal")
-                      for B, H, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))}
+    assert shapes == {
+        (name, B, H, L, E)
+        for name in ("attention", "attention-causal")
+        for B, H, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))
+    }
 
 
 def test_attention_flops():
@@ -337,16 +368,21 @@ def test_attention_flops():
     full = 7 * (2 * B * H * L * L * E)
     assert bench.attention_flops(B, H, L, E, False, "forward+backward") == full
     assert bench.attention_flops(B, H, L, E, True, "forward") == 2 * (2 * B * H * 15 * E)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="for attention, got 'inference'"):
         bench.attention_flops(B, H, L, E, False, "inference")
 
 
 def test_stack_rows_validate_against_reference_and_torch(capsys):
     """The layers' path: a 2-layer bidirectional LSTM and a variable-lengths batch (PyTorch with
     packed sequences when installed)."""
-    code, out, err = run(capsys, "bench", "--cases",
-                         "lstm-2layer-bidir:3,5,4,6;lstm-lengths:5,6,4,6",
-                         "--repeats", "1")
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--cases",
+        "lstm-2layer-bidir:3,5,4,6;lstm-lengths:5,6,4,6",
+        "--repeats",
+        "1",
+    )
     assert code == 0, err
     rows = table_rows(out)
     assert [row["case"] for row in rows] == ["lstm-2layer-bidir"] * 2 + ["lstm-lengths"] * 2
@@ -400,14 +436,30 @@ def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
     def takes_10_ms():
         clock[0] += 0.01
 
-    row = bench.Row(case="lstm", cell="lstm", B=1, T=1, I=1, H=1, pass_name="forward",
-                    dtype="float32", flops=1, workspace_bytes=None)
+    row = bench.Row(
+        case="lstm",
+        cell="lstm",
+        B=1,
+        T=1,
+        I=1,
+        H=1,
+        pass_name="forward",
+        dtype="float32",
+        flops=1,
+        workspace_bytes=None,
+    )
     budget = 0.2
-    bench.runner._time_calls(row, {"fused": takes_10_ms, "reference": takes_10_ms}, repeats=100,
-                      budget=budget, ceiling=1.0)
+    bench.runner._time_calls(
+        row,
+        {"fused": takes_10_ms, "reference": takes_10_ms},
+        repeats=100,
+        budget=budget,
+        ceiling=1.0,
+    )
     assert row.calls["fused"] == pytest.approx(budget / 0.01, abs=1)
     assert row.calls["reference"] == pytest.approx(
-        bench.REFERENCE_BUDGET_SHARE * budget / 0.01, abs=1)
+        bench.REFERENCE_BUDGET_SHARE * budget / 0.01, abs=1
+    )
 
 
 def test_measure_takes_a_call_already_made_as_its_warm_up():
@@ -433,9 +485,18 @@ def fake_report(cases, torch: bool = True, fused_ms: float = 12345.6) -> bench.R
     rows = []
     for case in cases:
         for pass_name in case.passes:
-            row = bench.Row(case=case.variant.name, cell=case.variant.cell, B=case.B, T=case.T,
-                            I=case.I, H=case.H, pass_name=pass_name, dtype="float32",
-                            flops=case.flops(pass_name), workspace_bytes=1023 * 2**20 + 1)
+            row = bench.Row(
+                case=case.variant.name,
+                cell=case.variant.cell,
+                B=case.B,
+                T=case.T,
+                I=case.I,
+                H=case.H,
+                pass_name=pass_name,
+                dtype="float32",
+                flops=case.flops(pass_name),
+                workspace_bytes=1023 * 2**20 + 1,
+            )
             row.fused_ms, row.reference_ms = fused_ms, 99999.0
             row.speedup_reference, row.gflops, row.ceiling_percent = 999.0, 9999.9, 999.0
             if torch and case.variant.in_torch:
@@ -443,16 +504,28 @@ def fake_report(cases, torch: bool = True, fused_ms: float = 12345.6) -> bench.R
             else:
                 row.torch_status = "n/a" if torch else bench.report.TORCH_MISSING
             rows.append(row)
-    config = {"fusedrnn": "0.1.0", "cpu_count": 2, "isa": "avx2",
-              "blas": "scipy.linalg.cython_blas -> OpenBLAS 0.3.30 DYNAMIC_ARCH NO_AFFINITY "
-                      "Haswell MAX_THREADS=64 and a much longer description of the library"}
+    config = {
+        "fusedrnn": "0.1.0",
+        "cpu_count": 2,
+        "isa": "avx2",
+        "blas": "scipy.linalg.cython_blas -> OpenBLAS 0.3.30 DYNAMIC_ARCH NO_AFFINITY "
+        "Haswell MAX_THREADS=64 and a much longer description of the library",
+    }
     return bench.Report(
-        date="2026-12-06 12:00 UTC", cpu="AMD EPYC 9R14 96-Core Processor with a long name",
-        threads=2, dtype="float32", gemm_ceiling_gflops=123.4,
+        date="2026-12-06 12:00 UTC",
+        cpu="AMD EPYC 9R14 96-Core Processor with a long name",
+        threads=2,
+        dtype="float32",
+        gemm_ceiling_gflops=123.4,
         reference_threads="numpy's OpenBLAS limited to 2 threads",
-        torch="2.13.0+cpu" if torch else bench.report.TORCH_MISSING, sweep="default",
-        note="", load_average=(12.5, 13.25), config=config, rows=rows,
-        gemm_ceiling_measurements=[100.0, 123.4, 110.0])
+        torch="2.13.0+cpu" if torch else bench.report.TORCH_MISSING,
+        sweep="default",
+        note="",
+        load_average=(12.5, 13.25),
+        config=config,
+        rows=rows,
+        gemm_ceiling_measurements=[100.0, 123.4, 110.0],
+    )
 
 
 @pytest.mark.parametrize("torch", [True, False], ids=["with_torch", "without_torch"])
@@ -466,8 +539,17 @@ def test_every_line_of_a_named_sweep_fits_120_columns(sweep, torch):
     assert len(rows) == len(report.rows)
     assert header == (COLUMNS if torch else NO_TORCH_COLUMNS)
     legend = [line for line in lines if line.startswith("# ") and ":" in line]
-    assert 3 <= len([line for line in legend if line.startswith(("# ms", "# GFLOP", "# pass",
-                                                                  "# attention"))]) <= 5
+    assert (
+        3
+        <= len(
+            [
+                line
+                for line in legend
+                if line.startswith(("# ms", "# GFLOP", "# pass", "# attention"))
+            ]
+        )
+        <= 5
+    )
 
 
 def test_the_default_sweep_covers_each_cell_small_and_large_in_about_20_rows():
@@ -487,8 +569,10 @@ def test_over_100_percent_of_the_ceiling_gets_a_footnote():
     text = report.table()
     assert "999%*" in text
     assert text.count("* above the GEMM ceiling even after measuring it again") == 1
-    assert ("measured at the start and again after a row read above it: 100.0, 123.4, 110.0"
-            in unwrapped(text))
+    assert (
+        "measured at the start and again after a row read above it: 100.0, 123.4, 110.0"
+        in unwrapped(text)
+    )
     for row in report.rows:
         row.ceiling_percent = 99.6
     assert "*" not in report.table() and "100%" in report.table()
@@ -502,15 +586,17 @@ def test_a_row_over_the_ceiling_makes_the_run_measure_it_again(capsys, monkeypat
     code, out, err = run(capsys, "bench", "--cases", "rnn:2,3,4,5;gru:2,3,4,5", "--repeats", "1")
     assert code == 0
     assert "measuring the ceiling again" in err
-    assert ("measured at the start and again after a row read above it: 0.0, 1000000.0"
-            in unwrapped(out))
+    assert "measured at the start and again after a row read above it: 0.0, 1000000.0" in unwrapped(
+        out
+    )
     assert "*" not in "\n".join(line for line in out.splitlines() if not line.startswith("#"))
     rows = table_rows(out)
     assert all(row["% peak"] == "0%" for row in rows)
 
 
 def test_a_row_still_over_the_ceiling_is_marked_and_the_ceiling_measured_at_most_thrice(
-        capsys, monkeypatch, no_torch):
+    capsys, monkeypatch, no_torch
+):
     calls = []
 
     def always_tiny(size):
@@ -518,8 +604,9 @@ def test_a_row_still_over_the_ceiling_is_marked_and_the_ceiling_measured_at_most
         return 1e-6
 
     monkeypatch.setattr(bench.runner, "gemm_ceiling", always_tiny)
-    code, out, _ = run(capsys, "bench", "--cases", "rnn:2,3,4,5;gru:2,3,4,5;lstm:2,3,4,5",
-                       "--repeats", "1")
+    code, out, _ = run(
+        capsys, "bench", "--cases", "rnn:2,3,4,5;gru:2,3,4,5;lstm:2,3,4,5", "--repeats", "1"
+    )
     assert code == 0
     assert len(calls) == 1 + bench.runner.MAX_CEILING_REMEASURES
     assert all(row["% peak"].endswith("%*") for row in table_rows(out))
@@ -531,15 +618,19 @@ def test_the_run_ends_with_a_summary_and_what_to_try_next(capsys):
     assert code == 0
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("summary: "))
-    summary = lines[start:start + 3]
+    summary = lines[start : start + 3]
     assert "fused is faster" in summary[0] and "of 5 rows" in summary[0]
     assert summary[1].startswith("  vs PyTorch") and summary[2].startswith("  vs reference")
     rows = table_rows(out)
-    ratios = {f"{row['case']} B={row['B']} T={row['T']} I={row['I']} H={row['H']} {row['pass']}":
-              row["x ref"] for row in rows}
+    ratios = {
+        f"{row['case']} B={row['B']} T={row['T']} I={row['I']} H={row['H']} {row['pass']}": row[
+            "x ref"
+        ]
+        for row in rows
+    }
     best = max(ratios, key=lambda label: float(ratios[label].rstrip("x")))
     assert f"{ratios[best]} {best};" in summary[2]
-    tail = "\n".join(lines[start + 3:])
+    tail = "\n".join(lines[start + 3 :])
     for option in ("--full", "--deepbench", "--only", "--json", "--plot"):
         assert option in tail
 
@@ -554,20 +645,25 @@ def test_summary_names_the_best_and_worst_row():
     first, torch_line, reference_line = report.summary()
     assert "faster than PyTorch in 3 of 5 rows" in first
     assert "than the reference in 8 of 10 rows" in first
-    assert torch_line == ("  vs PyTorch    2.50x lstm B=1 T=5 I=4 H=3 infer; "
-                          "0.80x lstm B=1 T=5 I=4 H=3 fwd+bwd")
-    assert reference_line == ("  vs reference  7.00x lstm B=1 T=5 I=4 H=3 infer; "
-                              "0.50x lstm B=1 T=5 I=4 H=3 fwd+bwd")
+    assert torch_line == (
+        "  vs PyTorch    2.50x lstm B=1 T=5 I=4 H=3 infer; 0.80x lstm B=1 T=5 I=4 H=3 fwd+bwd"
+    )
+    assert reference_line == (
+        "  vs reference  7.00x lstm B=1 T=5 I=4 H=3 infer; 0.50x lstm B=1 T=5 I=4 H=3 fwd+bwd"
+    )
 
 
 def test_plot_has_no_pytorch_series_without_pytorch(tmp_path):
     pytest.importorskip("matplotlib")
     report = fake_report(bench.SWEEPS["default"].cases[:2], torch=False)
     assert [name for name, _, _ in bench.report.plot_series(report.rows)] == [
-        "over the NumPy reference"]
+        "over the NumPy reference"
+    ]
     with_torch = fake_report(bench.SWEEPS["default"].cases[:2])
     assert [name for name, _, _ in bench.report.plot_series(with_torch.rows)] == [
-        "over the NumPy reference", "over PyTorch"]
+        "over the NumPy reference",
+        "over PyTorch",
+    ]
     path = bench.plot(report, str(tmp_path / "plot.png"))
     assert path == str(tmp_path / "plot.png")
 
@@ -577,5 +673,7 @@ def test_help_names_the_sweeps(capsys):
         cli.main(["bench", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--full" in help_text and "--deepbench" in help_text
-    assert "The default sweep (21 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) =" \
+    assert (
+        "The default sweep (21 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) ="
         in help_text
+    )

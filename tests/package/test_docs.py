@@ -1,4 +1,4 @@
-"""Every code block of README.md, CHANGELOG.md and docs/*.md runs as written, so the manual stays true.
+"""Every code block of README.md, CHANGELOG.md and docs/*.md runs as written: the manual stays true.
 
 - ```python blocks run: the blocks of one file in order, in one namespace (a later block may use
   an earlier one's names), from a scratch folder. A block preceded by the line
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import fusedrnn
 import pytest
+
+import fusedrnn
 
 
 def _repo_root() -> Path:
@@ -129,7 +130,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch, restore_threads):
             )
             continue
         try:
-            exec(compile(block.source, block.where, "exec"), namespace)  # noqa: S102 (the point)
+            exec(compile(block.source, block.where, "exec"), namespace)
         except Exception as error:
             raise AssertionError(f"{block.where}: the python block fails: {error!r}") from error
 

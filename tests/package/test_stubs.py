@@ -11,8 +11,9 @@ import inspect
 import re
 from pathlib import Path
 
-import fusedrnn
 import pytest
+
+import fusedrnn
 from fusedrnn import _blas, _core
 
 PACKAGE_DIR = Path(fusedrnn.__file__).parent

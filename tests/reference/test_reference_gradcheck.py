@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tests.helpers.cells import CASES, PARAMS, backward, forward, loss, loss_weights, make_inputs
 
 SIZES = [(3, 2, 3, 4), (1, 1, 3, 4)]  # (T, B, I, H)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.helpers.cells import CASES, GATES
+
 from fusedrnn import reference
 from fusedrnn._spec import STACK_ROLES, layer_suffix, stack_param_names
+from tests.helpers.cells import CASES, GATES
 
 T, B, I, H, P = 4, 3, 2, 3, 2  # small: central differences run the stack ~700 times per case
 LENGTHS = [3, 1, 4]  # unsorted, a length-1 item and a full-length one
@@ -234,13 +235,13 @@ def test_hx_none_means_zeros_and_dropout_masks_of_ones_mean_no_dropout():
 def test_float32_stays_float32():
     setup = make_stack("lstm", proj_size=P, dropout=True, dtype=np.float32)
     out = forward(setup)
-    grads = backward(setup, out, {k: None for k in ("dy", "dh_n", "dc_n")})
+    grads = backward(setup, out, dict.fromkeys(("dy", "dh_n", "dc_n")))
     for name, value in [*out.items(), *grads.items()]:
         if isinstance(value, np.ndarray):
             assert value.dtype == np.float32, name
 
 
-@pytest.mark.parametrize("T_, B_", [(0, 2), (3, 0)])
+@pytest.mark.parametrize(("T_", "B_"), [(0, 2), (3, 0)])
 def test_empty_sequence_or_batch(T_, B_):
     setup = make_stack("lstm", lengths=None if B_ else [], dropout=True, sizes=(T_, B_, I, H))
     out = forward(setup)
@@ -321,7 +322,7 @@ CELL_CASES = [(case, False) for case in CASES] + [("lstm", True)]
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize(
-    "case, projection", CELL_CASES, ids=[c + ("_proj" if p else "") for c, p in CELL_CASES]
+    ("case", "projection"), CELL_CASES, ids=[c + ("_proj" if p else "") for c, p in CELL_CASES]
 )
 def test_one_layer_lengths_and_reverse_equal_each_item_run_alone(case, projection, reverse):
     """Item b of a variable-length batch is the plain cell run on its own ``lengths[b]`` steps
@@ -535,7 +536,7 @@ TORCH_SETUPS = [
 
 
 @pytest.mark.parametrize(
-    "case, num_layers, bidirectional, lengths, proj_size, bias",
+    ("case", "num_layers", "bidirectional", "lengths", "proj_size", "bias"),
     TORCH_SETUPS,
     ids=lambda v: str(v) if not isinstance(v, list) else "lengths" + "".join(map(str, v)),
 )
@@ -565,7 +566,7 @@ def test_stack_matches_torch(case, num_layers, bidirectional, lengths, proj_size
         )
 
 
-@pytest.mark.parametrize("case, proj_size", [("lstm", P), ("lstm", 0), ("gru_reset_after", 0),
+@pytest.mark.parametrize(("case", "proj_size"), [("lstm", P), ("lstm", 0), ("gru_reset_after", 0),
                                              ("rnn_tanh", 0), ("rnn_relu", 0)])  # fmt: skip
 def test_one_layer_cells_with_lengths_reverse_and_projection_match_torch(case, proj_size):
     """The cells' ``lengths`` / ``reverse`` / ``weight_hr`` straight against a one-layer

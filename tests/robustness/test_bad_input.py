@@ -3,11 +3,12 @@ was expected and what came, never a crash or a silent cast."""
 
 from __future__ import annotations
 
-import fusedrnn
 import numpy as np
 import pytest
-from tests.helpers.cells import make_inputs
+
+import fusedrnn
 from fusedrnn import functional
+from tests.helpers.cells import make_inputs
 
 
 def lstm_args(dtype=np.float64):
@@ -22,23 +23,58 @@ def lstm_training_state():
 
 
 @pytest.mark.parametrize(
-    "name, value, error, pattern",
+    ("name", "value", "error", "pattern"),
     [
         ("x", [[[1.0]]], TypeError, r"x must be a numpy.ndarray .* got list"),
-        ("x", np.ones((3, 2, 5), np.int64), TypeError, r"x must have dtype float32 or float64, got int64"),
+        (
+            "x",
+            np.ones((3, 2, 5), np.int64),
+            TypeError,
+            r"x must have dtype float32 or float64, got int64",
+        ),
         ("x", np.ones((3, 2, 5), np.float16), TypeError, r"x must have dtype float32 or float64"),
         ("x", np.ones((3, 2, 5), np.complex128), TypeError, r"x must have dtype"),
         ("x", np.ones((3, 2, 5), bool), TypeError, r"x must have dtype"),
         ("x", np.ones((3, 2, 5), object), TypeError, r"x must have dtype"),
-        ("x", np.ones((6, 5)), ValueError, r"x must have 3 dimensions \(T, B, input_size\), but has 2"),
-        ("h0", np.ones((2, 4), np.float32), TypeError, r"h0 must have dtype float64 like x, got float32"),
-        ("h0", np.ones((3, 4)), ValueError, r"h0 must have shape \(B, hidden_size\) = \(2, 4\), but has shape \(3, 4\)"),
+        (
+            "x",
+            np.ones((6, 5)),
+            ValueError,
+            r"x must have 3 dimensions \(T, B, input_size\), but has 2",
+        ),
+        (
+            "h0",
+            np.ones((2, 4), np.float32),
+            TypeError,
+            r"h0 must have dtype float64 like x, got float32",
+        ),
+        (
+            "h0",
+            np.ones((3, 4)),
+            ValueError,
+            r"h0 must have shape \(B, hidden_size\) = \(2, 4\), but has shape \(3, 4\)",
+        ),
         ("h0", np.ones(8), ValueError, r"h0 must have shape .* but has shape \(8,\)"),
         ("c0", None, TypeError, r"c0 must be a numpy.ndarray of float64, got NoneType"),
-        ("weight_ih", np.ones((16, 6)), ValueError, r"weight_ih must have shape \(4\*hidden_size, input_size\) = \(16, 5\)"),
-        ("weight_hh", np.ones((12, 4)), ValueError, r"weight_hh must have shape \(4\*hidden_size, hidden_size\), but has shape \(12, 4\)"),
+        (
+            "weight_ih",
+            np.ones((16, 6)),
+            ValueError,
+            r"weight_ih must have shape \(4\*hidden_size, input_size\) = \(16, 5\)",
+        ),
+        (
+            "weight_hh",
+            np.ones((12, 4)),
+            ValueError,
+            r"weight_hh must have shape \(4\*hidden_size, hidden_size\), but has shape \(12, 4\)",
+        ),
         ("weight_hh", np.ones((16,)), ValueError, r"weight_hh must be a 2-D"),
-        ("bias_ih", np.ones(15), ValueError, r"bias_ih must have shape \(4\*hidden_size\) = \(16,\), but has shape \(15,\)"),
+        (
+            "bias_ih",
+            np.ones(15),
+            ValueError,
+            r"bias_ih must have shape \(4\*hidden_size\) = \(16,\), but has shape \(15,\)",
+        ),
         ("bias_hh", np.ones((16, 1)), ValueError, r"bias_hh must have shape"),
         ("x", np.ones((3, 2, 0)), ValueError, r"x must have input_size >= 1"),
     ],
@@ -61,13 +97,28 @@ def test_zero_hidden_size_is_rejected():
 
 
 @pytest.mark.parametrize(
-    "name, value, error, pattern",
+    ("name", "value", "error", "pattern"),
     [
         ("workspace", None, ValueError, r"workspace is None: .*training=True"),
-        ("workspace", np.ones(7), ValueError, r"workspace must have shape \(T\*B\*5\*hidden_size\) = \(120,\), but has shape \(7,\)"),
+        (
+            "workspace",
+            np.ones(7),
+            ValueError,
+            r"workspace must have shape \(T\*B\*5\*hidden_size\) = \(120,\), but has shape \(7,\)",
+        ),
         ("workspace", np.ones(120, np.float32), TypeError, r"workspace must have dtype float64"),
-        ("y", np.ones((3, 2, 5)), ValueError, r"y must have shape \(T, B, hidden_size\) = \(3, 2, 4\)"),
-        ("dy", np.ones((2, 2, 4)), ValueError, r"dy must have shape \(T, B, hidden_size\) = \(3, 2, 4\)"),
+        (
+            "y",
+            np.ones((3, 2, 5)),
+            ValueError,
+            r"y must have shape \(T, B, hidden_size\) = \(3, 2, 4\)",
+        ),
+        (
+            "dy",
+            np.ones((2, 2, 4)),
+            ValueError,
+            r"dy must have shape \(T, B, hidden_size\) = \(3, 2, 4\)",
+        ),
         ("dh_n", np.ones((2, 4), np.float32), TypeError, r"dh_n must have dtype float64"),
         ("dc_n", np.ones((4, 2)), ValueError, r"dc_n must have shape"),
     ],
@@ -112,7 +163,9 @@ def test_gradient_buffers_must_be_exact_writeable_and_contiguous():
 def test_gru_and_rnn_name_their_own_gate_counts():
     args = make_inputs("gru_reset_after", 3, 2, 5, 4)
     args["weight_ih"] = np.ones((16, 5))
-    with pytest.raises(ValueError, match=r"weight_ih must have shape \(3\*hidden_size, input_size\) = \(12, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"weight_ih must have shape \(3\*hidden_size, input_size\) = \(12, 5\)"
+    ):
         functional.gru_forward(**args)
     args = make_inputs("rnn_tanh", 3, 2, 5, 4)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
@@ -151,10 +204,14 @@ def test_gradient_buffers_must_be_aligned():
     args = lstm_training_state()
     raw = np.zeros(16 * 8 + 8, np.uint8)
     start = (1 - raw.ctypes.data) % 8
-    misaligned = raw[start:start + 16 * 8].view(np.float64)
+    misaligned = raw[start : start + 16 * 8].view(np.float64)
     assert not misaligned.flags.aligned and misaligned.flags.c_contiguous
-    grads = {"weight_ih": np.zeros((16, 5)), "weight_hh": np.zeros((16, 4)),
-             "bias_ih": misaligned, "bias_hh": np.zeros(16)}
+    grads = {
+        "weight_ih": np.zeros((16, 5)),
+        "weight_hh": np.zeros((16, 4)),
+        "bias_ih": misaligned,
+        "bias_hh": np.zeros(16),
+    }
     with pytest.raises(ValueError, match=r"grads\['bias_ih'\] .* must be aligned"):
         functional.lstm_backward(**args, grads=grads)
     assert not misaligned.any() and not grads["weight_ih"].any()
@@ -185,7 +242,7 @@ def unaligned_copy(a: np.ndarray, offset: int = 1) -> np.ndarray:
     """A C-contiguous copy of ``a`` whose data start ``offset`` bytes past an aligned address."""
     raw = np.zeros(a.nbytes + 2 * a.itemsize, np.uint8)
     start = (offset - raw.ctypes.data) % a.itemsize
-    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     assert out.flags.c_contiguous and not out.flags.aligned
     return out
@@ -202,7 +259,7 @@ def attention_case(dtype):
     return q, k, v, mask, d_out
 
 
-@pytest.mark.parametrize("dtype, offset", [(np.float32, 1), (np.float64, 1), (np.float64, 4)])
+@pytest.mark.parametrize(("dtype", "offset"), [(np.float32, 1), (np.float64, 1), (np.float64, 4)])
 @pytest.mark.parametrize("keys", ["all", "broadcast"])
 def test_misaligned_additive_attention_mask_is_copied_not_read_misaligned(dtype, offset, keys):
     """An additive (float) attn_mask that is contiguous but misaligned (a float64 mask 4 bytes
@@ -226,8 +283,7 @@ def test_misaligned_additive_attention_mask_is_copied_not_read_misaligned(dtype,
         grads = functional.attention_backward(q, k, v, out, lse, d_out, layout)
         for got, want in zip(grads, expected_grads):
             np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(fusedrnn.scaled_dot_product_attention(q, k, v, bad),
-                                  expected[0])
+    np.testing.assert_array_equal(fusedrnn.scaled_dot_product_attention(q, k, v, bad), expected[0])
 
 
 def test_misaligned_attention_mask_of_a_layer_is_copied():

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import re
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
 from fusedrnn import LSTM, functional, reference
 from tests.helpers.hostile import (
     BAD_TYPES,
@@ -68,11 +69,14 @@ def call_spoiled(spec, arg, value):
     before = snapshot(kwargs)
     try:
         outcome = fn(**kwargs)
-    except Exception as error:  # noqa: BLE001 - the test inspects whatever came
+    except Exception as error:
         outcome = error
     # A call that failed must have written nothing, not even into gradient buffers.
-    touched = unchanged(before if isinstance(outcome, Exception) else
-                        [s for s in before if not s[0].startswith("['grads']")])
+    touched = unchanged(
+        before
+        if isinstance(outcome, Exception)
+        else [s for s in before if not s[0].startswith("['grads']")]
+    )
     return outcome, touched
 
 
@@ -93,8 +97,11 @@ def test_wrong_types_are_type_errors_naming_the_argument(spec_name):
     for arg in spec.args:
         dtype = get(spec.fresh()[1], arg.path).dtype
         for kind, spoil in BAD_TYPES.items():
-            if kind in arg.free_kinds or (kind == "bool" and dtype == bool) or (
-                    kind == "byteswapped" and dtype.itemsize == 1):
+            if (
+                kind in arg.free_kinds
+                or (kind == "bool" and dtype == np.dtype(bool))
+                or (kind == "byteswapped" and dtype.itemsize == 1)
+            ):
                 continue  # a valid call, or no change at all
             label = spec.labels() if kind == "other_float" and arg.dtype_defining else arg.label
             outcome, touched = call_spoiled(spec, arg, spoil)
@@ -121,8 +128,9 @@ def test_wrong_shapes_are_value_errors_naming_the_argument(spec_name):
             loose = axis in arg.defining or (arg.batched_twin and axis == "ndim")
             outcome, touched = call_spoiled(spec, arg, lambda a, v=value: v)
             what = f"{arg.path} {kind}"
-            failures.append(expect_error(outcome, ValueError, spec.labels() if loose else arg.label,
-                                         what))
+            failures.append(
+                expect_error(outcome, ValueError, spec.labels() if loose else arg.label, what)
+            )
             if touched:
                 failures.append(f"{what}: modified {touched}")
     failures = [f for f in failures if f]
@@ -160,15 +168,27 @@ def test_unusual_layouts_give_the_same_result_or_name_the_gradient_buffer(spec_n
 def test_every_public_call_is_covered():
     """The specs reach every public function of the recurrent part and every layer and cell."""
     covered = {name.split(".")[0] for name in SPECS}
-    for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
-                 "rnn_backward"):
+    for name in (
+        "lstm_forward",
+        "lstm_backward",
+        "gru_forward",
+        "gru_backward",
+        "rnn_forward",
+        "rnn_backward",
+    ):
         assert name in covered
     assert {f"stack_{p}_{k}" for p in ("forward", "backward") for k in STACKS} <= covered
     assert set(LAYERS) | set(CELLS) <= covered
-    assert {"scaled_dot_product_attention", "attention_forward", "attention_backward",
-            "additive_attention_forward",
-            "additive_attention_backward", "MultiheadAttention", "AdditiveAttention",
-            "ScaledDotProductAttention"} <= covered
+    assert {
+        "scaled_dot_product_attention",
+        "attention_forward",
+        "attention_backward",
+        "additive_attention_forward",
+        "additive_attention_backward",
+        "MultiheadAttention",
+        "AdditiveAttention",
+        "ScaledDotProductAttention",
+    } <= covered
 
 
 # ---------------------------------------------------------------- lengths
@@ -210,7 +230,7 @@ BAD_LENGTHS = [  # (lengths for B = 3, T = 4; error; pattern)
 
 
 @pytest.mark.parametrize("layer", [False, True], ids=["stack_forward", "LSTM"])
-@pytest.mark.parametrize("lengths, error, pattern", BAD_LENGTHS)
+@pytest.mark.parametrize(("lengths", "error", "pattern"), BAD_LENGTHS)
 def test_bad_lengths_are_named(lengths, error, pattern, layer):
     kept = np.array(lengths, dtype=object, copy=True) if isinstance(lengths, np.ndarray) else None
     with pytest.raises(error, match=pattern):
@@ -278,19 +298,36 @@ BAD_STACK_ARGUMENTS = [  # (changes to the lstm stack's kwargs, error, pattern)
     ({"hx": (np.zeros((4, 3, 2)),)}, TypeError, r"hx of an LSTM must be a tuple"),
     ({"dropout_masks": 5}, TypeError, r"dropout_masks must be None or a list"),
     ({"dropout_masks": np.ones((1, 4, 3, 4))}, TypeError, r"dropout_masks must be None or a list"),
-    ({"dropout_masks": []}, ValueError, r"dropout_masks must hold num_layers - 1 = 1 arrays, got 0"),
+    (
+        {"dropout_masks": []},
+        ValueError,
+        r"dropout_masks must hold num_layers - 1 = 1 arrays, got 0",
+    ),
     ({"dropout_masks": [np.ones((4, 3, 4))] * 2}, ValueError, r"dropout_masks must hold"),
     ({"dropout_masks": [None]}, TypeError, r"dropout_masks\[0\] must be a numpy.ndarray"),
-    ({"dropout_masks": [np.ones((4, 3))]}, ValueError,
-     r"dropout_masks\[0\] must have shape \(T, B, num_directions\*H_out\) = \(4, 3, 4\)"),
-    ({"dropout_masks": [np.ones((4, 3, 4), np.float32)]}, TypeError,
-     r"dropout_masks\[0\] must have dtype float64"),
-    ({"dropout_masks": [np.ones((4, 3, 4), int)]}, TypeError, r"dropout_masks\[0\] must have dtype"),
+    (
+        {"dropout_masks": [np.ones((4, 3))]},
+        ValueError,
+        r"dropout_masks\[0\] must have shape \(T, B, num_directions\*H_out\) = \(4, 3, 4\)",
+    ),
+    (
+        {"dropout_masks": [np.ones((4, 3, 4), np.float32)]},
+        TypeError,
+        r"dropout_masks\[0\] must have dtype float64",
+    ),
+    (
+        {"dropout_masks": [np.ones((4, 3, 4), int)]},
+        TypeError,
+        r"dropout_masks\[0\] must have dtype",
+    ),
 ]
 
 
-@pytest.mark.parametrize("changes, error, pattern", BAD_STACK_ARGUMENTS,
-                         ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    ("changes", "error", "pattern"),
+    BAD_STACK_ARGUMENTS,
+    ids=lambda v: repr(v)[:40] if isinstance(v, dict) else None,
+)
 def test_bad_stack_arguments_are_named(changes, error, pattern):
     kwargs = stack_kwargs(**changes)
     before = snapshot(kwargs)
@@ -322,24 +359,38 @@ def test_bad_stack_gradient_dicts_are_named():
     grads = {k: np.zeros_like(v) for k, v in kwargs["params"].items()}
     with pytest.raises(TypeError, match="grads must be a dict"):
         functional.stack_backward(**kwargs, y=y, saved=saved, grads=[1])
-    with pytest.raises(ValueError, match=r"grads must have the keys of params; missing \['bias_hh_l0'\]"):
-        functional.stack_backward(**kwargs, y=y, saved=saved,
-                                  grads={k: v for k, v in grads.items() if k != "bias_hh_l0"})
+    with pytest.raises(
+        ValueError, match=r"grads must have the keys of params; missing \['bias_hh_l0'\]"
+    ):
+        functional.stack_backward(
+            **kwargs, y=y, saved=saved, grads={k: v for k, v in grads.items() if k != "bias_hh_l0"}
+        )
     with pytest.raises(ValueError, match=r"grads of weight_ih_l0 .* are required"):
         functional.stack_backward(**kwargs, y=y, saved=saved, grads={**grads, "weight_ih_l0": None})
     with pytest.raises(ValueError, match="saved is None"):
         functional.stack_backward(**kwargs, y=y, saved=None)
-    other = functional.stack_forward(**{**kwargs, "x": kwargs["x"][:2], "lengths": [2, 1, 2],
-                                        "dropout_masks": [m[:2] for m in kwargs["dropout_masks"]]})
+    other = functional.stack_forward(
+        **{
+            **kwargs,
+            "x": kwargs["x"][:2],
+            "lengths": [2, 1, 2],
+            "dropout_masks": [m[:2] for m in kwargs["dropout_masks"]],
+        }
+    )
     with pytest.raises(ValueError, match=r"saved must come from a stack_forward of x with T = 4"):
         functional.stack_backward(**kwargs, y=y, saved=other[3])  # another T and lengths
     other = functional.stack_forward(**{**kwargs, "lengths": [1, 1, 2]})
     with pytest.raises(ValueError, match=r"lengths must be those given to the stack_forward"):
         functional.stack_backward(**kwargs, y=y, saved=other[3])
-    other = functional.stack_forward(**{**kwargs, "x": kwargs["x"][:, :2], "lengths": None,
-                                        "hx": tuple(h[:, :2] for h in kwargs["hx"]),
-                                        "dropout_masks": [m[:, :2] for m in
-                                                          kwargs["dropout_masks"]]})
+    other = functional.stack_forward(
+        **{
+            **kwargs,
+            "x": kwargs["x"][:, :2],
+            "lengths": None,
+            "hx": tuple(h[:, :2] for h in kwargs["hx"]),
+            "dropout_masks": [m[:, :2] for m in kwargs["dropout_masks"]],
+        }
+    )
     with pytest.raises(ValueError, match=r"saved must have shape \(saved size\)"):
         functional.stack_backward(**{**kwargs, "lengths": None}, y=y, saved=other[3])
     assert not any(g.any() for g in grads.values())
@@ -348,6 +399,7 @@ def test_bad_stack_gradient_dicts_are_named():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_bad_scalar_arguments_of_the_one_layer_functions(cell):
     from tests.helpers.hostile import SINGLE_CASES, make_inputs
+
     case, options, _ = SINGLE_CASES[cell]
     inputs = make_inputs(case, 3, 2, 5, 4)
     forward = getattr(functional, f"{cell}_forward")
@@ -368,15 +420,18 @@ def test_bad_scalar_arguments_of_the_one_layer_functions(cell):
             backward(**args, y=y, workspace=[], **options)
 
 
-@pytest.mark.parametrize("args, error, pattern", [
-    (("lstm", -1, 2, 3), ValueError, r"T must be >= 0, got -1"),
-    (("gru", 2, -5, 3), ValueError, r"B must be >= 0"),
-    (("lstm", 2.5, 2, 3), TypeError, r"T must be an integer, got float"),
-    (("lstm", 2, 2, None), TypeError, r"H must be an int"),
-    (("lstm", 2**62, 2**62, 3), ValueError, r"does not fit in int64"),
-    (("rnn", True, 2, 3), TypeError, r"T must be an int"),
-    (("LSTM", 1, 1, 1), ValueError, r"cell must be 'lstm', 'gru' or 'rnn'"),
-])
+@pytest.mark.parametrize(
+    ("args", "error", "pattern"),
+    [
+        (("lstm", -1, 2, 3), ValueError, r"T must be >= 0, got -1"),
+        (("gru", 2, -5, 3), ValueError, r"B must be >= 0"),
+        (("lstm", 2.5, 2, 3), TypeError, r"T must be an integer, got float"),
+        (("lstm", 2, 2, None), TypeError, r"H must be an int"),
+        (("lstm", 2**62, 2**62, 3), ValueError, r"does not fit in int64"),
+        (("rnn", True, 2, 3), TypeError, r"T must be an int"),
+        (("LSTM", 1, 1, 1), ValueError, r"cell must be 'lstm', 'gru' or 'rnn'"),
+    ],
+)
 def test_bad_workspace_size_arguments(args, error, pattern):
     with pytest.raises(error, match=pattern):
         functional.workspace_size(*args)
@@ -389,8 +444,14 @@ def test_workspace_size_of_huge_but_representable_sizes_is_exact():
 
 
 def test_thread_counts_are_checked():
-    for bad, error in ((0, ValueError), (-1, ValueError), (1.0, TypeError), ("2", TypeError),
-                       (None, TypeError), (True, TypeError)):
+    for bad, error in (
+        (0, ValueError),
+        (-1, ValueError),
+        (1.0, TypeError),
+        ("2", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ):
         with pytest.raises(error, match="n must be"):
             fusedrnn.set_num_threads(bad)
     assert fusedrnn.get_num_threads() >= 1
@@ -399,7 +460,7 @@ def test_thread_counts_are_checked():
 # ---------------------------------------------------------------- empty batches and sequences
 
 
-@pytest.mark.parametrize("T, B", [(0, 3), (4, 0), (0, 0)])
+@pytest.mark.parametrize(("T", "B"), [(0, 3), (4, 0), (0, 0)])
 @pytest.mark.parametrize("key", STACKS)
 def test_empty_stack_gives_the_reference_results(key, T, B):
     kwargs = stack_inputs(key)
@@ -407,16 +468,20 @@ def test_empty_stack_gives_the_reference_results(key, T, B):
     kwargs["x"] = kwargs["x"][:T, :B]
     kwargs["lengths"] = None if kwargs["lengths"] is None or T == 0 else kwargs["lengths"][:B]
     kwargs["dropout_masks"] = [m[:T, :B] for m in kwargs["dropout_masks"]]
-    kwargs["hx"] = (tuple(h[:, :B] for h in kwargs["hx"]) if isinstance(kwargs["hx"], tuple)
-                    else kwargs["hx"][:, :B])
+    kwargs["hx"] = (
+        tuple(h[:, :B] for h in kwargs["hx"])
+        if isinstance(kwargs["hx"], tuple)
+        else kwargs["hx"][:, :B]
+    )
     results = {}
     for name, backend in (("fused", functional), ("reference", reference)):
         y, h_n, c_n, saved = backend.stack_forward(**kwargs)
         grads = {k: np.ones_like(v) for k, v in kwargs["params"].items()}
         dy = np.ones_like(y)
         dh_n = np.ones_like(h_n)
-        dx, dh0, dc0, grads = backend.stack_backward(**kwargs, y=y, saved=saved, dy=dy, dh_n=dh_n,
-                                                     grads=grads)
+        dx, dh0, dc0, grads = backend.stack_backward(
+            **kwargs, y=y, saved=saved, dy=dy, dh_n=dh_n, grads=grads
+        )
         results[name] = dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **grads)
     assert results["fused"]["y"].shape == (T, B, D * (kwargs["proj_size"] or 3))
     for k, want in results["reference"].items():
@@ -427,7 +492,9 @@ def test_empty_stack_gives_the_reference_results(key, T, B):
             assert got.shape == want.shape and got.dtype == want.dtype, k
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=k)
     if T == 0 or B == 0:  # nothing ran: the states pass through, the parameter grads stay put
-        np.testing.assert_array_equal(results["fused"]["dh0"], np.ones_like(results["fused"]["dh0"]))
+        np.testing.assert_array_equal(
+            results["fused"]["dh0"], np.ones_like(results["fused"]["dh0"])
+        )
         for k in kwargs["params"]:
             np.testing.assert_array_equal(results["fused"][k], np.ones_like(results["fused"][k]))
 
@@ -463,10 +530,12 @@ def test_layer_rejects_lengths_for_an_empty_sequence():
 def test_layers_refuse_non_float_state_dicts_and_keep_their_weights():
     layer = LSTM(3, 4, dtype=np.float32, seed=0)
     before = layer.state_dict()
-    for bad in ({k: v.astype(np.int32) for k, v in before.items()},
-                {k: v.astype(complex) for k, v in before.items()},
-                {k: v.tolist() if k != "weight_ih_l0" else "w" for k, v in before.items()},
-                {k: np.broadcast_to(v, (2,) + v.shape) for k, v in before.items()}):
+    for bad in (
+        {k: v.astype(np.int32) for k, v in before.items()},
+        {k: v.astype(complex) for k, v in before.items()},
+        {k: v.tolist() if k != "weight_ih_l0" else "w" for k, v in before.items()},
+        {k: np.broadcast_to(v, (2, *v.shape)) for k, v in before.items()},
+    ):
         with pytest.raises((TypeError, ValueError), match=r"state_dict\['weight_ih_l0'\]"):
             layer.load_state_dict(bad)
         for k, v in layer.state_dict().items():

@@ -14,8 +14,9 @@ import warnings
 
 import numpy as np
 import pytest
-from tests.helpers.cells import CASES, backward, forward, loss_weights, make_inputs, tolerances
+
 from fusedrnn import functional, reference
+from tests.helpers.cells import CASES, backward, forward, loss_weights, make_inputs, tolerances
 from tests.helpers.hostile import stack_inputs
 
 VALUES = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
@@ -28,7 +29,7 @@ def within(seconds, fn, *args, **kwargs):
     def target():
         try:
             box["result"] = fn(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001 - re-raised below
+        except BaseException as error:
             box["error"] = error
 
     worker = threading.Thread(target=target, daemon=True)
@@ -42,10 +43,12 @@ def within(seconds, fn, *args, **kwargs):
 
 def strict(fn):
     """fn under numpy's strictest error state, with warnings as errors: nothing may fire."""
+
     def run(*args, **kwargs):
         with warnings.catch_warnings(), np.errstate(all="raise"):
             warnings.simplefilter("error")
             return fn(*args, **kwargs)
+
     run.__name__ = fn.__name__
     return run
 
@@ -54,15 +57,18 @@ def assert_same_pattern(got, want, dtype, name):
     assert got.shape == want.shape and got.dtype == want.dtype, name
     for kind, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
         differ = np.flatnonzero(test(got) != test(want))
-        assert not differ.size, (f"{name}: {kind} at {differ.size} positions where the reference "
-                                 f"has none or the other way round, e.g. flat index {differ[0]}: "
-                                 f"fused {got.flat[differ[0]]}, reference {want.flat[differ[0]]}")
+        assert not differ.size, (
+            f"{name}: {kind} at {differ.size} positions where the reference "
+            f"has none or the other way round, e.g. flat index {differ[0]}: "
+            f"fused {got.flat[differ[0]]}, reference {want.flat[differ[0]]}"
+        )
     finite = np.isfinite(want)
     if finite.any():
         rtol, atol = tolerances(dtype)
         scale = max(1.0, float(np.max(np.abs(want[finite]))))
-        np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=atol * scale,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            got[finite], want[finite], rtol=rtol, atol=atol * scale, err_msg=name
+        )
 
 
 def spoil(array, value, where):
@@ -102,7 +108,9 @@ def test_one_layer_nonfinite_inputs_propagate_as_in_the_reference(case, dtype):
                 np.testing.assert_array_equal(inputs[name], kept)
                 for key in want:
                     try:
-                        assert_same_pattern(got[key], want[key], dtype, f"{key} ({name}={label}, {where})")
+                        assert_same_pattern(
+                            got[key], want[key], dtype, f"{key} ({name}={label}, {where})"
+                        )
                     except AssertionError as error:
                         failures.append(str(error).splitlines()[0][:300])
     assert not failures, "\n".join(failures)
@@ -132,8 +140,9 @@ def test_one_layer_nonfinite_output_gradients_propagate_as_in_the_reference(case
 
 def stack_run(kwargs, backend, dy, dh_n, dc_n):
     y, h_n, c_n, saved = backend.stack_forward(**kwargs)
-    dx, dh0, dc0, grads = backend.stack_backward(**kwargs, y=y, saved=saved, dy=dy, dh_n=dh_n,
-                                                 dc_n=dc_n)
+    dx, dh0, dc0, grads = backend.stack_backward(
+        **kwargs, y=y, saved=saved, dy=dy, dh_n=dh_n, dc_n=dc_n
+    )
     out = {"y": y, "h_n": h_n, "dx": dx, "dh0": dh0, **grads}
     if c_n is not None:
         out.update(c_n=c_n, dc0=dc0)
@@ -144,7 +153,9 @@ def stack_targets(kwargs):
     """(path, array) of every array a stack call reads."""
     targets = [(("x",), kwargs["x"])]
     hx = kwargs["hx"]
-    targets += [(("hx", i), h) for i, h in enumerate(hx)] if isinstance(hx, tuple) else [(("hx",), hx)]
+    targets += (
+        [(("hx", i), h) for i, h in enumerate(hx)] if isinstance(hx, tuple) else [(("hx",), hx)]
+    )
     targets += [(("params", k), v) for k, v in kwargs["params"].items()]
     return targets
 
@@ -154,11 +165,15 @@ def test_stack_nonfinite_inputs_propagate_as_in_the_reference(key):
     """Two layers (bidirectional with lengths for lstm and rnn, a projection for lstm), dropout
     masks: NaN / Inf in x, the states, any parameter, and the output gradients."""
     from tests.helpers.hostile import put
+
     base = stack_inputs(key)
     y, h_n, c_n, _ = reference.stack_forward(**base)
     rng = np.random.default_rng(3)
-    grads_in = {"dy": rng.standard_normal(y.shape), "dh_n": rng.standard_normal(h_n.shape),
-                "dc_n": None if c_n is None else rng.standard_normal(c_n.shape)}
+    grads_in = {
+        "dy": rng.standard_normal(y.shape),
+        "dh_n": rng.standard_normal(h_n.shape),
+        "dc_n": None if c_n is None else rng.standard_normal(c_n.shape),
+    }
     failures = []
     cases = [(path, array, "input") for path, array in stack_targets(base)]
     cases += [((name,), array, "grad") for name, array in grads_in.items() if array is not None]
@@ -175,7 +190,9 @@ def test_stack_nonfinite_inputs_propagate_as_in_the_reference(key):
             got = within(60, strict(stack_run), kwargs, functional, **out_grads)
             for name in want:
                 try:
-                    assert_same_pattern(got[name], want[name], np.float64, f"{name} ({path}={label})")
+                    assert_same_pattern(
+                        got[name], want[name], np.float64, f"{name} ({path}={label})"
+                    )
                 except AssertionError as error:
                     failures.append(str(error).splitlines()[0][:300])
     assert not failures, "\n".join(failures)
@@ -244,15 +261,20 @@ def attention_run(backend, q, k, v, d_out, mask, causal):
 
 def assert_nonfinite_within_reference(got, want, name):
     spurious = np.flatnonzero(~np.isfinite(got) & np.isfinite(want))
-    assert not spurious.size, (f"{name}: non-finite at {spurious.size} positions where the "
-                               f"reference is finite, e.g. flat index {spurious[0]}: "
-                               f"{got.flat[spurious[0]]} vs {want.flat[spurious[0]]}")
+    assert not spurious.size, (
+        f"{name}: non-finite at {spurious.size} positions where the "
+        f"reference is finite, e.g. flat index {spurious[0]}: "
+        f"{got.flat[spurious[0]]} vs {want.flat[spurious[0]]}"
+    )
 
 
 def visible(mask, causal, L, S):
     """(N, H, L, S) bool: which keys each query row attends to."""
-    seen = np.ones((L, S), bool) if mask is None else (mask if mask.dtype == bool
-                                                      else np.isfinite(mask) | (mask > 0))
+    seen = (
+        np.ones((L, S), bool)
+        if mask is None
+        else (mask if mask.dtype == bool else np.isfinite(mask) | (mask > 0))
+    )
     if causal:
         seen = seen & np.tril(np.ones((L, S), bool))
     return seen
@@ -262,12 +284,14 @@ def visible(mask, causal, L, S):
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_nonfinite_values_reach_exactly_what_depends_on_them(mask_kind, causal):
     from tests.helpers.hostile import attention_inputs
+
     base = attention_inputs()
     bool_mask = base["attn_mask"]
-    mask = {"none": None, "bool": bool_mask,
-            "additive": np.where(bool_mask, 0.0, -np.inf)}[mask_kind]
+    mask = {"none": None, "bool": bool_mask, "additive": np.where(bool_mask, 0.0, -np.inf)}[
+        mask_kind
+    ]
     q, k, v = base["q"], base["k"], base["v"]
-    d_out = np.random.default_rng(5).standard_normal(q.shape[:-1] + (v.shape[-1],))
+    d_out = np.random.default_rng(5).standard_normal((*q.shape[:-1], v.shape[-1]))
     L, S = q.shape[2], k.shape[2]
     seen = visible(mask, causal, L, S)  # (N, H, L, S)
     clean = attention_run(functional, q, k, v, d_out, mask, causal)
@@ -278,14 +302,22 @@ def test_attention_nonfinite_values_reach_exactly_what_depends_on_them(mask_kind
     for name, array in arrays.items():
         for label, value in VALUES.items():
             spoiled = {**arrays, name: spoil(array, value, "one")}
-            args = (spoiled["q"], spoiled["k"], spoiled["v"], spoiled["d_out"],
-                    spoiled.get("mask", mask), causal)
+            args = (
+                spoiled["q"],
+                spoiled["k"],
+                spoiled["v"],
+                spoiled["d_out"],
+                spoiled.get("mask", mask),
+                causal,
+            )
             with np.errstate(all="ignore"):
                 want = attention_run(reference, *args)
             got = within(60, strict(attention_run), functional, *args)
             for key in want:
                 try:
-                    assert_nonfinite_within_reference(got[key], want[key], f"{key} ({name}={label})")
+                    assert_nonfinite_within_reference(
+                        got[key], want[key], f"{key} ({name}={label})"
+                    )
                 except AssertionError as error:
                     failures.append(str(error)[:300])
             if label != "nan" or name not in ("q", "k", "v"):
@@ -301,8 +333,10 @@ def test_attention_nonfinite_values_reach_exactly_what_depends_on_them(mask_kind
                 rows[n, h] = seen_nh[:, index[2]]
             out_nan = np.isnan(got["out"]).any(axis=-1)
             if (rows & ~out_nan).any():
-                failures.append(f"out ({name}=nan): rows {np.argwhere(rows & ~out_nan).tolist()} "
-                                f"depend on the NaN but are finite")
+                failures.append(
+                    f"out ({name}=nan): rows {np.argwhere(rows & ~out_nan).tolist()} "
+                    f"depend on the NaN but are finite"
+                )
             finite = ~out_nan
             if not np.array_equal(got["out"][finite], clean["out"][finite]):
                 failures.append(f"out ({name}=nan): finite rows differ from the clean call")
@@ -311,15 +345,23 @@ def test_attention_nonfinite_values_reach_exactly_what_depends_on_them(mask_kind
 
 def test_additive_attention_nonfinite_values_reach_exactly_what_depends_on_them():
     from tests.helpers.hostile import additive_inputs
+
     base = additive_inputs()
     d_context = np.random.default_rng(6).standard_normal((2, 3, 2))
 
     def run(backend, inputs, d_ctx):
         context, weights, qp, kp = backend.additive_attention_forward(**inputs)
-        grads = backend.additive_attention_backward(**inputs, weights=weights, qp=qp, kp=kp,
-                                                    d_context=d_ctx)
-        return {"context": context, "weights": weights, "d_query": grads[0],
-                "d_keys": grads[1], "d_values": grads[2], **grads[3]}
+        grads = backend.additive_attention_backward(
+            **inputs, weights=weights, qp=qp, kp=kp, d_context=d_ctx
+        )
+        return {
+            "context": context,
+            "weights": weights,
+            "d_query": grads[0],
+            "d_keys": grads[1],
+            "d_values": grads[2],
+            **grads[3],
+        }
 
     clean = run(functional, base, d_context)
     failures = []
@@ -335,15 +377,18 @@ def test_additive_attention_nonfinite_values_reach_exactly_what_depends_on_them(
             got = within(60, strict(run), functional, inputs, d_ctx)
             for key in want:
                 try:
-                    assert_nonfinite_within_reference(got[key], want[key], f"{key} ({name}={label})")
+                    assert_nonfinite_within_reference(
+                        got[key], want[key], f"{key} ({name}={label})"
+                    )
                 except AssertionError as error:
                     failures.append(str(error)[:300])
             if label != "nan" or name == "d_context":
                 continue
             # a NaN query reaches its own row; a NaN weight every row; a NaN key or value the
             # rows of its batch item that may attend to it
-            index = np.unravel_index(base[name].size // 2 if name != "d_context" else 0,
-                                     base[name].shape)
+            index = np.unravel_index(
+                base[name].size // 2 if name != "d_context" else 0, base[name].shape
+            )
             rows = np.zeros(clean["context"].shape[:2], bool)
             if name == "query":
                 rows[index[0], index[1]] = True
@@ -353,8 +398,10 @@ def test_additive_attention_nonfinite_values_reach_exactly_what_depends_on_them(
                 rows[:] = base["key_mask"].any(axis=1)[:, None]
             nan_rows = np.isnan(got["context"]).any(axis=-1)
             if (rows & ~nan_rows).any():
-                failures.append(f"context ({name}=nan): rows {np.argwhere(rows & ~nan_rows)} "
-                                f"depend on the NaN but are finite")
+                failures.append(
+                    f"context ({name}=nan): rows {np.argwhere(rows & ~nan_rows)} "
+                    f"depend on the NaN but are finite"
+                )
             if not np.array_equal(got["context"][~nan_rows], clean["context"][~nan_rows]):
                 failures.append(f"context ({name}=nan): finite rows differ from the clean call")
     assert not failures, "\n".join(failures)

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+
 from fusedrnn import GRU, LSTM, LSTMCell, functional
 from fusedrnn._spec import GATES
 
@@ -74,17 +75,26 @@ def nothing_big_happens():
 # ---------------------------------------------------------------- refused before any copy
 
 
-@pytest.mark.parametrize("x, pattern", [
-    (view(2**16, 2**16, 1), r"T\*B \(the rows of x\) is 4294967296, more than the 2\*\*31 - 1"),
-    (view(BIG, 1, 1), r"T\*B \(the rows of x\) is 2147483648"),
-    (view(1, BIG, 3), r"T\*B \(the rows of x\) is 2147483648"),
-    (view(2, 3, BIG), r"input_size is 2147483648"),
-])
+@pytest.mark.parametrize(
+    ("x", "pattern"),
+    [
+        (view(2**16, 2**16, 1), r"T\*B \(the rows of x\) is 4294967296, more than the 2\*\*31 - 1"),
+        (view(BIG, 1, 1), r"T\*B \(the rows of x\) is 2147483648"),
+        (view(1, BIG, 3), r"T\*B \(the rows of x\) is 2147483648"),
+        (view(2, 3, BIG), r"input_size is 2147483648"),
+    ],
+)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_one_layer_functions_refuse_huge_views_before_copying(cell, x, pattern):
     G = GATES[cell]
-    args = {"x": x, "h0": view(x.shape[1], 4), "weight_ih": view(G * 4, x.shape[2]),
-            "weight_hh": view(G * 4, 4), "bias_ih": view(G * 4), "bias_hh": view(G * 4)}
+    args = {
+        "x": x,
+        "h0": view(x.shape[1], 4),
+        "weight_ih": view(G * 4, x.shape[2]),
+        "weight_hh": view(G * 4, 4),
+        "bias_ih": view(G * 4),
+        "bias_hh": view(G * 4),
+    }
     if cell == "lstm":
         args["c0"] = view(x.shape[1], 4)
     with nothing_big_happens(), pytest.raises(ValueError, match=pattern):
@@ -96,16 +106,28 @@ def test_one_layer_functions_refuse_huge_views_before_copying(cell, x, pattern):
         getattr(functional, f"{cell}_backward")(**backward_args, y=y, workspace=workspace, dy=y)
 
 
-@pytest.mark.parametrize("cell, H", [("lstm", 2**29), ("gru", 715827883)])
+@pytest.mark.parametrize(("cell", "H"), [("lstm", 2**29), ("gru", 715827883)])
 def test_a_gate_width_past_one_blas_argument_is_refused(cell, H):
     """(An RNN's weight_hh of gate width 2**31 would have 2**64 bytes: not even a view.)"""
     G = GATES[cell]
-    args = {"x": np.zeros((2, 1, 3), np.float32), "h0": view(1, H), "weight_ih": view(G * H, 3),
-            "weight_hh": view(G * H, H), "bias_ih": view(G * H), "bias_hh": view(G * H)}
+    args = {
+        "x": np.zeros((2, 1, 3), np.float32),
+        "h0": view(1, H),
+        "weight_ih": view(G * H, 3),
+        "weight_hh": view(G * H, H),
+        "bias_ih": view(G * H),
+        "bias_hh": view(G * H),
+    }
     if cell == "lstm":
         args["c0"] = view(1, H)
-    with nothing_big_happens(), pytest.raises(ValueError, match=r"(the gate width|hidden_size) "
-                                                                r"is \d+, more than the 2\*\*31 - 1"):
+    with (
+        nothing_big_happens(),
+        pytest.raises(
+            ValueError,
+            match=r"(the gate width|hidden_size) "
+            r"is \d+, more than the 2\*\*31 - 1",
+        ),
+    ):
         getattr(functional, f"{cell}_forward")(**args)
 
 
@@ -114,43 +136,69 @@ def huge_stack(mode="lstm", T=2**16, B=2**16, I=1, H=4, layers=2, bidirectional=
     G = GATES[mode]
     params = {}
     for name in functional.stack_param_names(mode, layers, bidirectional):
-        shape = {"weight_ih": (G * H, I if "_l0" in name else D * H), "weight_hh": (G * H, H),
-                 "bias_ih": (G * H,), "bias_hh": (G * H,)}[name.split("_l")[0]]
+        shape = {
+            "weight_ih": (G * H, I if "_l0" in name else D * H),
+            "weight_hh": (G * H, H),
+            "bias_ih": (G * H,),
+            "bias_hh": (G * H,),
+        }[name.split("_l")[0]]
         params[name] = view(*shape)
     h0 = view(layers * D, B, H)
     hx = (h0, view(layers * D, B, H)) if mode == "lstm" else h0
-    return {"mode": mode, "x": view(T, B, I), "hx": hx, "params": params, "num_layers": layers,
-            "bidirectional": bidirectional}
+    return {
+        "mode": mode,
+        "x": view(T, B, I),
+        "hx": hx,
+        "params": params,
+        "num_layers": layers,
+        "bidirectional": bidirectional,
+    }
 
 
-@pytest.mark.parametrize("extra", [
-    {},
-    {"lengths": np.arange(2**16) % 7 + 1},  # would sort (copy) x by length first
-    {"dropout_masks": [view(2**16, 2**16, 8)]},  # would stack (copy) the masks first
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"lengths": np.arange(2**16) % 7 + 1},  # would sort (copy) x by length first
+        {"dropout_masks": [view(2**16, 2**16, 8)]},  # would stack (copy) the masks first
+    ],
+)
 def test_stacks_refuse_huge_views_before_sorting_or_copying(extra):
     kwargs = {**huge_stack(), **extra}
-    with nothing_big_happens(), pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"):
+    with (
+        nothing_big_happens(),
+        pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"),
+    ):
         functional.stack_forward(**kwargs)
     y = view(2**16, 2**16, 8)
-    with nothing_big_happens(), pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"):
+    with (
+        nothing_big_happens(),
+        pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"),
+    ):
         functional.stack_backward(**kwargs, y=y, saved=view(10), dy=y)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("training", [False, True])
-def test_layers_refuse_huge_views_before_transposing_copying_or_drawing_masks(batch_first,
-                                                                               training):
+def test_layers_refuse_huge_views_before_transposing_copying_or_drawing_masks(
+    batch_first, training
+):
     layer = LSTM(3, 4, num_layers=2, dropout=0.5, batch_first=batch_first, seed=0)
     layer.train(training)
     x = view(2**16, 2**16, 3)
-    with nothing_big_happens(), pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"):
+    with (
+        nothing_big_happens(),
+        pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 4294967296"),
+    ):
         layer(x)
 
 
 def test_cells_refuse_huge_views_before_copying():
     cell = LSTMCell(3, 4, seed=0)
-    with nothing_big_happens(), pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 2147483648"):
+    with (
+        nothing_big_happens(),
+        pytest.raises(ValueError, match=r"T\*B \(the rows of x\) is 2147483648"),
+    ):
         cell(view(BIG, 3))
 
 
@@ -172,11 +220,22 @@ def test_a_stacked_layer_input_past_one_blas_argument_is_refused():
         # since the sizes are checked before the weights
         wide = "ih" not in name
         params[name] = view(1, 1) if name.startswith("weight_ih_l1") else view(H, H if wide else 1)
-    kwargs = {"mode": "rnn", "x": view(1, 1, 1), "hx": view(4, 1, H), "params": params,
-              "num_layers": 2, "bidirectional": True}
-    with nothing_big_happens(), pytest.raises(
-            ValueError, match=r"num_directions\*hidden_size \(the input of a layer past the first\) "
-                              r"is 2147483650"):
+    kwargs = {
+        "mode": "rnn",
+        "x": view(1, 1, 1),
+        "hx": view(4, 1, H),
+        "params": params,
+        "num_layers": 2,
+        "bidirectional": True,
+    }
+    with (
+        nothing_big_happens(),
+        pytest.raises(
+            ValueError,
+            match=r"num_directions\*hidden_size \(the input of a layer past the first\) "
+            r"is 2147483650",
+        ),
+    ):
         functional.stack_forward(**kwargs)
 
 
@@ -189,8 +248,9 @@ def test_stack_buffers_past_any_machine_are_a_memory_error_before_int64_overflow
     for name in functional.stack_param_names("lstm", L, True, bias=False, proj_size=P):
         kind = name.split("_l")[0]
         layer_input = 1 if "_l0" in name else 2 * P
-        params[name] = view(*{"weight_ih": (4 * H, layer_input), "weight_hh": (4 * H, P),
-                              "weight_hr": (P, H)}[kind])
+        params[name] = view(
+            *{"weight_ih": (4 * H, layer_input), "weight_hh": (4 * H, P), "weight_hr": (P, H)}[kind]
+        )
     hx = (view(2 * L, 1, P), view(2 * L, 1, H))
     with nothing_big_happens(), pytest.raises(MemoryError, match=r"more than 2\*\*60 elements"):
         functional.stack_forward("lstm", view(2**30, 1, 1), hx, params, L, True, proj_size=P)
@@ -237,10 +297,14 @@ def test_layer_whose_output_and_workspace_cannot_be_allocated_raises_memory_erro
 def test_one_layer_workspace_that_cannot_be_allocated_raises_memory_error(cell):
     G = GATES[cell]
     H, rng = 256, np.random.default_rng(0)
-    args = {"x": np.zeros((2**14, 2**10, 1), np.float32), "h0": np.zeros((2**10, H), np.float32),
-            "weight_ih": rng.standard_normal((G * H, 1)).astype(np.float32),
-            "weight_hh": rng.standard_normal((G * H, H)).astype(np.float32),
-            "bias_ih": np.zeros(G * H, np.float32), "bias_hh": np.zeros(G * H, np.float32)}
+    args = {
+        "x": np.zeros((2**14, 2**10, 1), np.float32),
+        "h0": np.zeros((2**10, H), np.float32),
+        "weight_ih": rng.standard_normal((G * H, 1)).astype(np.float32),
+        "weight_hh": rng.standard_normal((G * H, H)).astype(np.float32),
+        "bias_ih": np.zeros(G * H, np.float32),
+        "bias_hh": np.zeros(G * H, np.float32),
+    }
     if cell == "lstm":
         args["c0"] = np.zeros((2**10, H), np.float32)
     with nothing_big_happens(), pytest.raises(MemoryError, match=r"Unable to allocate") as excinfo:
@@ -270,11 +334,17 @@ def test_an_output_past_2_31_elements_is_computed_correctly():
     x = rng.standard_normal((T, B, 1), dtype=np.float32)
     w_ih = rng.standard_normal((H, 1)).astype(np.float32)
     bias = rng.standard_normal(H).astype(np.float32)
-    y, h_n, _ = functional.rnn_forward(x, np.zeros((B, H), np.float32), w_ih,
-                                       np.zeros((H, H), np.float32), bias, np.zeros(H, np.float32),
-                                       training=False)
+    y, h_n, _ = functional.rnn_forward(
+        x,
+        np.zeros((B, H), np.float32),
+        w_ih,
+        np.zeros((H, H), np.float32),
+        bias,
+        np.zeros(H, np.float32),
+        training=False,
+    )
     assert y.size > BIG
-    flat = rng.integers(0, y.size, 4096).tolist() + [y.size - 1, BIG, BIG - 1, BIG + H]
+    flat = [*rng.integers(0, y.size, 4096).tolist(), y.size - 1, BIG, BIG - 1, BIG + H]
     t, b, j = np.unravel_index(np.array(flat), y.shape)
     want = np.tanh(w_ih[j, 0] * x[t, b, 0] + bias[j])
     np.testing.assert_allclose(y[t, b, j], want, rtol=2e-6, atol=2e-6)
@@ -284,12 +354,15 @@ def test_an_output_past_2_31_elements_is_computed_correctly():
 # ---------------------------------------------------------------- attention
 
 
-@pytest.mark.parametrize("q, k, v", [
-    (view(1, 1, BIG, 1), view(1, 1, 4, 1), view(1, 1, 4, 1)),  # L
-    (view(1, 1, 4, 1), view(1, 1, BIG, 1), view(1, 1, BIG, 1)),  # S
-    (view(1, 1, 4, BIG), view(1, 1, 4, BIG), view(1, 1, 4, 1)),  # E
-    (view(1, 1, 4, 1), view(1, 1, 4, 1), view(1, 1, 4, BIG)),  # Ev
-])
+@pytest.mark.parametrize(
+    ("q", "k", "v"),
+    [
+        (view(1, 1, BIG, 1), view(1, 1, 4, 1), view(1, 1, 4, 1)),  # L
+        (view(1, 1, 4, 1), view(1, 1, BIG, 1), view(1, 1, BIG, 1)),  # S
+        (view(1, 1, 4, BIG), view(1, 1, 4, BIG), view(1, 1, 4, 1)),  # E
+        (view(1, 1, 4, 1), view(1, 1, 4, 1), view(1, 1, 4, BIG)),  # Ev
+    ],
+)
 def test_attention_refuses_huge_views_before_copying(q, k, v):
     """(Before the binding's fix it copied q, k, v, 8 GB each here, and only then checked.)"""
     with nothing_big_happens(), pytest.raises(ValueError, match=r"an attention size is 2147483648"):
@@ -299,20 +372,28 @@ def test_attention_refuses_huge_views_before_copying(q, k, v):
         functional.attention_backward(q, k, v, out, lse, out)
 
 
-@pytest.mark.parametrize("sizes, pattern", [
-    ({"T": 2**16, "B": 2**16}, r"B\*T is 4294967296"),
-    ({"S": 2**16, "B": 2**16}, r"B\*S is 4294967296"),
-    ({"A": BIG}, r"hidden_size is 2147483648"),
-    ({"Dq": BIG}, r"query_size is 2147483648"),
-    ({"Dk": BIG}, r"key_size is 2147483648"),
-    ({"Dv": BIG}, r"value_size is 2147483648"),
-])
+@pytest.mark.parametrize(
+    ("sizes", "pattern"),
+    [
+        ({"T": 2**16, "B": 2**16}, r"B\*T is 4294967296"),
+        ({"S": 2**16, "B": 2**16}, r"B\*S is 4294967296"),
+        ({"A": BIG}, r"hidden_size is 2147483648"),
+        ({"Dq": BIG}, r"query_size is 2147483648"),
+        ({"Dk": BIG}, r"key_size is 2147483648"),
+        ({"Dv": BIG}, r"value_size is 2147483648"),
+    ],
+)
 def test_additive_attention_refuses_huge_views_before_copying(sizes, pattern):
     """hidden_size and the three feature sizes were not checked at all before the fix (they go
     to the GEMMs as int), and B*T / B*S only after the inputs were copied."""
     s = {"B": 2, "T": 3, "S": 4, "A": 5, "Dq": 1, "Dk": 1, "Dv": 1, **sizes}
-    args = (view(s["B"], s["T"], s["Dq"]), view(s["B"], s["S"], s["Dk"]),
-            view(s["B"], s["S"], s["Dv"]), view(s["A"], s["Dq"]), view(s["A"], s["Dk"]),
-            view(s["A"]))
+    args = (
+        view(s["B"], s["T"], s["Dq"]),
+        view(s["B"], s["S"], s["Dk"]),
+        view(s["B"], s["S"], s["Dv"]),
+        view(s["A"], s["Dq"]),
+        view(s["A"], s["Dk"]),
+        view(s["A"]),
+    )
     with nothing_big_happens(), pytest.raises(ValueError, match=pattern):
         functional.additive_attention_forward(*args)

@@ -15,11 +15,12 @@ import os
 import threading
 import time
 
-import fusedrnn
 import numpy as np
 import pytest
-from tests.helpers.cells import CASES, assert_close, backward, forward, loss_weights, make_inputs
+
+import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, _core, functional
+from tests.helpers.cells import CASES, assert_close, backward, forward, loss_weights, make_inputs
 from tests.helpers.hostile import results_equal, stack_inputs
 
 CORES = os.cpu_count() or 1
@@ -49,7 +50,7 @@ def run_concurrently(jobs, repeats=3):
             barrier.wait()
             for _ in range(repeats):
                 results[i].append(job())
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(i, job)) for i, job in enumerate(jobs)]
@@ -79,6 +80,7 @@ def layer_job(cls, dtype, seed, **options):
             d_out = np.random.default_rng(seed + 1).standard_normal(output.shape).astype(dtype)
         dx, dhx = layer.backward(d_out)
         return output.copy(), h_n, dx, dhx, dict(layer.grads)
+
     return job
 
 
@@ -113,9 +115,11 @@ def test_threads_sharing_read_only_weights_equal_serial_calls(key):
         def job():
             kwargs = {**base, "x": x}
             y, h_n, c_n, saved = functional.stack_forward(**kwargs)
-            dx, dh0, dc0, grads = functional.stack_backward(**kwargs, y=y, saved=saved,
-                                                            dy=np.ones_like(y))
+            dx, dh0, dc0, grads = functional.stack_backward(
+                **kwargs, y=y, saved=saved, dy=np.ones_like(y)
+            )
             return y, h_n, c_n, dx, dh0, dc0, grads
+
         return job
 
     jobs = [job_for(x) for x in inputs]
@@ -146,6 +150,7 @@ def test_cells_in_threads_equal_serial_calls():
                 states.append(h)
             grads = [cell.backward(np.ones((3, 6))) for _ in range(5)]
             return states, grads, dict(cell.grads)
+
         return job
 
     jobs = [job_for(s) for s in range(3)]
@@ -190,8 +195,10 @@ def test_kernel_calls_of_two_threads_overlap(restore_threads):
     inside = [(s, e) for s, e in b_calls if a_window["start"] < s and e < a_window["end"]]
     duration = a_window["end"] - a_window["start"]
     assert duration > 0.05, f"A's kernel ran {duration:.3f} s: too short to tell"
-    assert len(inside) >= 3, (f"only {len(inside)} of B's {len(b_calls)} kernel calls ran "
-                              f"inside A's {duration:.3f} s kernel call")
+    assert len(inside) >= 3, (
+        f"only {len(inside)} of B's {len(b_calls)} kernel calls ran "
+        f"inside A's {duration:.3f} s kernel call"
+    )
 
 
 # ---------------------------------------------------------------- thread counts
@@ -214,8 +221,7 @@ def one_layer_results(case, size, dtype):
 def stack_results(key, dtype):
     kwargs = stack_inputs(key, dtype=dtype)
     y, h_n, c_n, saved = functional.stack_forward(**kwargs)
-    dx, dh0, dc0, grads = functional.stack_backward(**kwargs, y=y, saved=saved,
-                                                    dy=np.ones_like(y))
+    dx, dh0, dc0, grads = functional.stack_backward(**kwargs, y=y, saved=saved, dy=np.ones_like(y))
     results = {"y": y, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}
     return {k: v for k, v in results.items() if v is not None}
 
@@ -233,9 +239,10 @@ def results_by_thread_count(run):
 def test_thread_count_does_not_change_small_float64_results_at_all(what, restore_threads):
     """Small layers (stacks: two directions, run on two threads when there are two) give the
     same bits with any thread count."""
+
     def run():
         if what.startswith("stack_"):
-            return stack_results(what[len("stack_"):], np.float64)
+            return stack_results(what[len("stack_") :], np.float64)
         return one_layer_results(what, SMALL, np.float64)
 
     results = results_by_thread_count(run)
@@ -299,7 +306,7 @@ def test_inference_by_batch_rows_equals_training(case, restore_threads):
 def test_thread_count_does_not_change_stack_results_with_teams(what, restore_threads):
     """Stacks (bidirectional, packed lengths, an LSTM projection) with every loop on a team."""
     _core._set_team_thresholds(0, 1)
-    results = results_by_thread_count(lambda: stack_results(what[len("stack_"):], np.float64))
+    results = results_by_thread_count(lambda: stack_results(what[len("stack_") :], np.float64))
     for n, result in results.items():
         for name, value in results[1].items():
             np.testing.assert_array_equal(result[name], value, err_msg=f"{name}, {n} threads")
@@ -310,17 +317,32 @@ def test_thread_count_does_not_change_stack_results_with_teams(what, restore_thr
 
 def attention_job(seed, dtype=np.float64, causal=False, gqa=False):
     from tests.helpers.attention_cases import make_qkv, run
+
     q, k, v, d_out = make_qkv((2,), 4 if gqa else 2, 2, 33, 17, 8, 5, dtype=dtype, seed=seed)
     mask = np.random.default_rng(seed).random((33, 17)) > 0.2
-    return lambda: run("fused", q, k, v, d_out, attn_mask=mask, is_causal=causal,
-                       enable_gqa=gqa, dropout_p=0.1, seed=seed)
+    return lambda: run(
+        "fused",
+        q,
+        k,
+        v,
+        d_out,
+        attn_mask=mask,
+        is_causal=causal,
+        enable_gqa=gqa,
+        dropout_p=0.1,
+        seed=seed,
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_attention_calls_in_threads_equal_serial_calls(dtype):
     from fusedrnn import MultiheadAttention
-    jobs = [attention_job(0, dtype), attention_job(1, dtype, causal=True),
-            attention_job(2, dtype, gqa=True)]
+
+    jobs = [
+        attention_job(0, dtype),
+        attention_job(1, dtype, causal=True),
+        attention_job(2, dtype, gqa=True),
+    ]
     layer = MultiheadAttention(8, 2, dtype=dtype, seed=0).eval()  # one layer, shared
     x = [np.random.default_rng(s).standard_normal((6, 2, 8)).astype(dtype) for s in range(2)]
     jobs += [lambda x=x: layer(x, x, x)[0] for x in x]
@@ -354,13 +376,23 @@ def test_thread_count_and_additive_attention(dtype, sizes, restore_threads):
     from tests.helpers.hostile import additive_inputs
 
     def job():
-        inputs = (additive_inputs(dtype=dtype) if sizes is None
-                  else additive_inputs(seed=4, dtype=dtype, sizes=sizes))
+        inputs = (
+            additive_inputs(dtype=dtype)
+            if sizes is None
+            else additive_inputs(seed=4, dtype=dtype, sizes=sizes)
+        )
         context, weights, qp, kp = functional.additive_attention_forward(**inputs)
         grads = functional.additive_attention_backward(
-            **inputs, weights=weights, qp=qp, kp=kp, d_context=np.ones_like(context))
-        return {"context": context, "weights": weights, "d_query": grads[0],
-                "d_keys": grads[1], "d_values": grads[2], **grads[3]}
+            **inputs, weights=weights, qp=qp, kp=kp, d_context=np.ones_like(context)
+        )
+        return {
+            "context": context,
+            "weights": weights,
+            "d_query": grads[0],
+            "d_keys": grads[1],
+            "d_values": grads[2],
+            **grads[3],
+        }
 
     threshold = _core._set_attention_team_threshold(0)
     try:

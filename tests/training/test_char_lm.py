@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from fusedrnn import char_lm as char_lm_module
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "char_lm.py"
@@ -28,7 +29,7 @@ def text_file(tmp_path_factory):
     rng = np.random.default_rng(0)
     names = ["value", "items", "count", "result", "name"]
     lines = []
-    for i in range(400):
+    for _i in range(400):
         a, b = rng.choice(names, 2)
         lines.append(f"def get_{a}(self, {b}):\n    return self.{a} + {b}\n\n")
     path = tmp_path_factory.mktemp("text") / "code.py"
@@ -37,9 +38,20 @@ def text_file(tmp_path_factory):
 
 
 def small(char_lm, text_file, **options):
-    defaults = {"text": text_file, "embed": 16, "hidden": 32, "batch": 8, "seq_len": 32,
-                "time": 0, "steps": 60, "eval_every": 0, "sample_chars": 40, "lr": 1e-2,
-                "quiet": True, "seed": 0}
+    defaults = {
+        "text": text_file,
+        "embed": 16,
+        "hidden": 32,
+        "batch": 8,
+        "seq_len": 32,
+        "time": 0,
+        "steps": 60,
+        "eval_every": 0,
+        "sample_chars": 40,
+        "lr": 1e-2,
+        "quiet": True,
+        "seed": 0,
+    }
     return char_lm.Config(**{**defaults, **options})
 
 
@@ -66,8 +78,9 @@ def test_every_evaluation_uses_the_same_held_out_text(char_lm, long_text_file, m
         return real(model, data, *args, **kwargs)
 
     monkeypatch.setattr(char_lm, "evaluate", recording)
-    result = char_lm.train(small(char_lm, long_text_file, steps=3, lr=0.0, eval_every=1e-9,
-                                 sample_chars=4))
+    result = char_lm.train(
+        small(char_lm, long_text_file, steps=3, lr=0.0, eval_every=1e-9, sample_chars=4)
+    )
     assert result["held_out_chars"] > 20_000
     assert len(seen) == len(result["evals"]) >= 4  # the untrained model, 2+ during, the final
     for data in seen:
@@ -90,15 +103,21 @@ def test_short_training_run_makes_the_loss_go_down(char_lm, text_file):
 
 
 def test_reference_backend_trains_the_same_model(char_lm, text_file):
-    runs = [char_lm.train(small(char_lm, text_file, steps=4, dtype="float64", backend=backend,
-                                sample_chars=5))
-            for backend in ("fused", "reference")]
+    runs = [
+        char_lm.train(
+            small(char_lm, text_file, steps=4, dtype="float64", backend=backend, sample_chars=5)
+        )
+        for backend in ("fused", "reference")
+    ]
     np.testing.assert_allclose(runs[0]["history"], runs[1]["history"], rtol=1e-9)
     assert math.isclose(runs[0]["held_out"], runs[1]["held_out"], rel_tol=1e-9)
 
 
-@pytest.mark.parametrize("options", [{"cell": "gru"}, {"truncate": 8, "truncate_stride": 4},
-                                     {"layers": 2}], ids=["gru", "truncate", "two_layers"])
+@pytest.mark.parametrize(
+    "options",
+    [{"cell": "gru"}, {"truncate": 8, "truncate_stride": 4}, {"layers": 2}],
+    ids=["gru", "truncate", "two_layers"],
+)
 def test_variants_train(char_lm, text_file, options):
     result = char_lm.train(small(char_lm, text_file, steps=30, **options))
     assert result["held_out"] < result["initial"] - 0.5
@@ -113,10 +132,29 @@ def test_vocabulary_maps_rare_characters_to_unknown(char_lm):
 
 
 def test_command_line(char_lm):
-    cfg = char_lm.parse_args(["--time", "5", "--cell", "gru", "--top-k", "5", "--quiet",
-                              "--backend", "reference", "--truncate", "16"])
-    assert (cfg.time, cfg.cell, cfg.top_k, cfg.quiet, cfg.backend, cfg.truncate) == \
-        (5.0, "gru", 5, True, "reference", 16)
+    cfg = char_lm.parse_args(
+        [
+            "--time",
+            "5",
+            "--cell",
+            "gru",
+            "--top-k",
+            "5",
+            "--quiet",
+            "--backend",
+            "reference",
+            "--truncate",
+            "16",
+        ]
+    )
+    assert (cfg.time, cfg.cell, cfg.top_k, cfg.quiet, cfg.backend, cfg.truncate) == (
+        5.0,
+        "gru",
+        5,
+        True,
+        "reference",
+        16,
+    )
     assert char_lm.parse_args([]) == char_lm.Config()
 
 
@@ -124,9 +162,27 @@ def test_command_line_subcommand(text_file, capsys):
     from fusedrnn.__main__ import build_parser, main
 
     assert "train-charlm" in build_parser().format_help()
-    code = main(["train-charlm", "--text", text_file, "--time", "0", "--steps", "3",
-                 "--hidden", "16", "--batch", "4", "--seq-len", "8", "--eval-every", "0",
-                 "--sample-chars", "10"])
+    code = main(
+        [
+            "train-charlm",
+            "--text",
+            text_file,
+            "--time",
+            "0",
+            "--steps",
+            "3",
+            "--hidden",
+            "16",
+            "--batch",
+            "4",
+            "--seq-len",
+            "8",
+            "--eval-every",
+            "0",
+            "--sample-chars",
+            "10",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "held-out loss" in out and "unigram model" in out and "done: 3 steps" in out
@@ -136,9 +192,25 @@ def test_command_line_subcommand(text_file, capsys):
 
 
 def test_the_example_script_runs_the_package_program():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(pathlib.Path(char_lm_module.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True,
-                            text=True, timeout=120, env=env, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(
+                None,
+                [
+                    str(pathlib.Path(char_lm_module.__file__).parents[1]),
+                    os.environ.get("PYTHONPATH"),
+                ],
+            )
+        ),
+    }
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "examples/char_lm.py" in result.stdout and "--val-chars" in result.stdout

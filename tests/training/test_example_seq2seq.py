@@ -7,9 +7,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import fusedrnn
 import numpy as np
 import pytest
+
+import fusedrnn
 
 PATH = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "seq2seq_attention.py")
 
@@ -66,7 +67,7 @@ def test_decoders(s2s):
         keys, state = model.encode(batch["src"], batch["lengths"])
         pad = (batch["src"] == s2s.PAD).T
         total, token = 0.0, s2s.BOS
-        for nxt in [*out, s2s.EOS][:len(seq) + 2]:  # decoding stops 2 steps past the length
+        for nxt in [*out, s2s.EOS][: len(seq) + 2]:  # decoding stops 2 steps past the length
             logp, state = model.step(np.array([token]), state, keys, pad)
             total += logp[0, nxt]
             token = nxt

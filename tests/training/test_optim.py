@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from fusedrnn import SGD, Adam, Embedding, Linear, clip_grad_norm_, clip_grad_value_
 
 
@@ -15,8 +16,10 @@ class Params:
 
     def __init__(self, dtype=np.float64, seed=0):
         rng = np.random.default_rng(seed)
-        self.p = {"a": rng.standard_normal((3, 4)).astype(dtype),
-                  "b": rng.standard_normal(5).astype(dtype)}
+        self.p = {
+            "a": rng.standard_normal((3, 4)).astype(dtype),
+            "b": rng.standard_normal(5).astype(dtype),
+        }
         self.grads = {k: np.zeros_like(v) for k, v in self.p.items()}
 
     def named_parameters(self):
@@ -25,8 +28,10 @@ class Params:
 
 def grad_sequence(params, steps, seed=1):
     rng = np.random.default_rng(seed)
-    return [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.p.items()}
-            for _ in range(steps)]
+    return [
+        {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.p.items()}
+        for _ in range(steps)
+    ]
 
 
 def run(optimizer_class, options, steps=4, dtype=np.float64):
@@ -102,8 +107,10 @@ def test_adam_is_the_textbook_rule(options):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
-    "name, options", [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS],
-    ids=lambda v: v if isinstance(v, str) else "")
+    ("name", "options"),
+    [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_matches_torch_optim(name, options, dtype):
     torch = pytest.importorskip("torch")
     ours = {"SGD": SGD, "Adam": Adam}[name]
@@ -164,15 +171,21 @@ def test_a_parameter_loaded_in_place_keeps_its_optimizer_state():
 
 
 @pytest.mark.parametrize(
-    "make, error, pattern",
+    ("make", "error", "pattern"),
     [
         (lambda: SGD([object()], lr=0.1), TypeError, r"modules\[0\] \(object\) has no grads"),
         (lambda: SGD([], lr=0.1), ValueError, r"at least one layer"),
-        (lambda: SGD(type("NoParams", (), {"grads": {}})(), lr=0.1), TypeError,
-         r"NoParams has neither named_parameters\(\) nor parameters\(\)"),
+        (
+            lambda: SGD(type("NoParams", (), {"grads": {}})(), lr=0.1),
+            TypeError,
+            r"NoParams has neither named_parameters\(\) nor parameters\(\)",
+        ),
         (lambda: SGD(_missing_grad(), lr=0.1), ValueError, r"has no grads\['b'\]"),
-        (lambda: SGD(_wrong_grad_shape(), lr=0.1), ValueError,
-         r"grads\['a'\] must be an array of the parameter's shape \(3, 4\)"),
+        (
+            lambda: SGD(_wrong_grad_shape(), lr=0.1),
+            ValueError,
+            r"grads\['a'\] must be an array of the parameter's shape \(3, 4\)",
+        ),
         (lambda: SGD(Params(), lr=-1), ValueError, r"lr must be >= 0.0, got -1.0"),
         (lambda: SGD(Params(), lr="0.1"), TypeError, r"lr must be a number"),
         (lambda: SGD(Params(), lr=0.1, nesterov=True), ValueError, r"nesterov momentum needs"),
@@ -218,8 +231,11 @@ def all_grads(layers):
 def test_clip_grad_norm_scales_to_the_max_norm(norm_type):
     layers = filled_layers()
     flat = all_grads(layers)
-    direct = np.max(np.abs(flat)) if math.isinf(norm_type) else \
-        np.sum(np.abs(flat) ** norm_type) ** (1 / norm_type)
+    direct = (
+        np.max(np.abs(flat))
+        if math.isinf(norm_type)
+        else np.sum(np.abs(flat) ** norm_type) ** (1 / norm_type)
+    )
     total = clip_grad_norm_(list(layers), max_norm=0.5, norm_type=norm_type)
     assert isinstance(total, float)
     np.testing.assert_allclose(total, direct, rtol=1e-12)
@@ -239,15 +255,14 @@ def test_clip_grad_norm_takes_grads_dicts_and_float32():
     flat = all_grads(layers).astype(np.float64)
     total = clip_grad_norm_([layers[0].grads, layers[1]], max_norm=1.0)
     np.testing.assert_allclose(total, np.linalg.norm(flat), rtol=1e-6)
-    np.testing.assert_allclose(np.linalg.norm(all_grads(layers).astype(np.float64)), 1.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(all_grads(layers).astype(np.float64)), 1.0, rtol=1e-5)
     assert all(g.dtype == np.float32 for layer in layers for g in layer.grads.values())
 
 
 def test_clip_grad_norm_nonfinite():
     layers = filled_layers()
     layers[1].grads["bias"][0] = np.nan
-    with pytest.raises(RuntimeError, match="the total norm of order 2.0 of the gradients is nan"):
+    with pytest.raises(RuntimeError, match=r"the total norm of order 2\.0 of the gradients is nan"):
         clip_grad_norm_(layers, 1.0, error_if_nonfinite=True)
     assert math.isnan(clip_grad_norm_(layers, 1.0))
     assert np.isnan(all_grads(layers)).all()  # as torch: everything times NaN
@@ -256,16 +271,19 @@ def test_clip_grad_norm_nonfinite():
 def test_clip_grad_norm_matches_torch():
     torch = pytest.importorskip("torch")
     layers = filled_layers(scale=3.0)
-    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
-               for layer in layers for g in layer.grads.values()]
+    tensors = [
+        torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
+        for layer in layers
+        for g in layer.grads.values()
+    ]
     for t, g in zip(tensors, (g for layer in layers for g in layer.grads.values())):
         t.grad = torch.tensor(g)
     expected = torch.nn.utils.clip_grad_norm_(tensors, 2.0)
     total = clip_grad_norm_(layers, 2.0)
     np.testing.assert_allclose(total, expected.item(), rtol=1e-12)
-    np.testing.assert_allclose(all_grads(layers),
-                               np.concatenate([t.grad.numpy().ravel() for t in tensors]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        all_grads(layers), np.concatenate([t.grad.numpy().ravel() for t in tensors]), rtol=1e-12
+    )
 
 
 def test_clip_grad_value():
@@ -273,7 +291,7 @@ def test_clip_grad_value():
     flat = all_grads(layers)
     clip_grad_value_(layers, 0.3)
     np.testing.assert_array_equal(all_grads(layers), np.clip(flat, -0.3, 0.3))
-    with pytest.raises(ValueError, match="clip_value must be >= 0.0"):
+    with pytest.raises(ValueError, match=r"clip_value must be >= 0\.0"):
         clip_grad_value_(layers, -1)
     with pytest.raises(TypeError, match=r"modules\[0\] must be a layer with a grads dict"):
         clip_grad_value_([3], 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fusedrnn.sampling import greedy, sample, softmax
 
 LOGITS = np.array([0.5, 2.0, -1.0, 1.9, 0.0, 3.0, -4.0, 2.9])
@@ -66,7 +67,7 @@ def test_softmax_is_stable_and_zeroes_minus_inf():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, pattern",
+    ("kwargs", "error", "pattern"),
     [
         ({"logits": [1.0, 2.0]}, TypeError, r"logits must be a numpy.ndarray"),
         ({"logits": np.array([1, 2])}, TypeError, r"logits must have a floating-point dtype"),

@@ -134,12 +134,22 @@ class Case:
         """
         v = self.variant
         if v.is_stack:
-            return sum(v.directions * flops(v.cell, self.T, self.B, self.I if k == 0 else
-                                            v.directions * self.H, self.H, pass_name)
-                       for k in range(v.layers))
+            return sum(
+                v.directions
+                * flops(
+                    v.cell,
+                    self.T,
+                    self.B,
+                    self.I if k == 0 else v.directions * self.H,
+                    self.H,
+                    pass_name,
+                )
+                for k in range(v.layers)
+            )
         if self.variant.cell == "attention":
-            return attention_flops(self.B, self.H, self.T, self.I,
-                                   bool(self.variant.options["is_causal"]), pass_name)
+            return attention_flops(
+                self.B, self.H, self.T, self.I, bool(self.variant.options["is_causal"]), pass_name
+            )
         return flops(self.variant.cell, self.T, self.B, self.I, self.H, pass_name)
 
     def workspace_bytes(self, dtype: np.dtype | type) -> int:
@@ -149,8 +159,9 @@ class Case:
         if v.cell == "attention":
             elements = self.B * self.H * self.T * (self.I + 1)
         elif v.is_stack:
-            elements = _core.stack_saved_size(v.cell, self.T, self.B, self.I, self.H, 0, v.layers,
-                                              v.bidirectional)
+            elements = _core.stack_saved_size(
+                v.cell, self.T, self.B, self.I, self.H, 0, v.layers, v.bidirectional
+            )
         else:
             elements = functional.workspace_size(self.variant.cell, self.T, self.B, self.H)
         return elements * np.dtype(dtype).itemsize
@@ -187,9 +198,11 @@ _STACK_VARIANTS = ("lstm-2layer-bidir", "lstm-lengths")
 # cell PyTorch also has at one sequence (B=1: latency, and the inference pass) and at a batch of
 # 32 (throughput; B=64, H=512 takes four times as long, and on a busy machine the reference's
 # validation alone took 15 s there), one layer stack, attention causal and not.
-_DEFAULT_CASES = (cases_for(("lstm", "gru", "rnn"), [_FULL_SHAPES[0], _FULL_SHAPES[2]])
-                  + cases_for(_STACK_VARIANTS[:1], _STACK_SHAPES[:1])
-                  + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES[:1]))
+_DEFAULT_CASES = (
+    cases_for(("lstm", "gru", "rnn"), [_FULL_SHAPES[0], _FULL_SHAPES[2]])
+    + cases_for(_STACK_VARIANTS[:1], _STACK_SHAPES[:1])
+    + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES[:1])
+)
 
 
 @dataclass(frozen=True)
@@ -219,17 +232,28 @@ SWEEPS = {
     # Half the full sweep's budget: the default run's large rows are budget-bound, and this keeps
     # the run within a minute on a busy 2-core machine.
     "default": Sweep("default", tuple(_DEFAULT_CASES), 7, 0.5),
-    "full": Sweep("full", tuple(cases_for(_FULL_VARIANTS, _FULL_SHAPES)
-                                + cases_for(_STACK_VARIANTS, _STACK_SHAPES)
-                                + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)), 7, 1.0),
+    "full": Sweep(
+        "full",
+        tuple(
+            cases_for(_FULL_VARIANTS, _FULL_SHAPES)
+            + cases_for(_STACK_VARIANTS, _STACK_SHAPES)
+            + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)
+        ),
+        7,
+        1.0,
+    ),
     "deepbench": Sweep(
         "deepbench",
         tuple(
-            cases_for(["lstm"], _square([(1, 25, 512)] + [(B, 25, H) for H in (512, 1024)
-                                                          for B in (16, 32, 64)]))
+            cases_for(
+                ["lstm"],
+                _square([(1, 25, 512)] + [(B, 25, H) for H in (512, 1024) for B in (16, 32, 64)]),
+            )
             + cases_for(["lstm"], _square([(B, 150, 256) for B in (16, 32, 64)]))
-            + cases_for(["gru"], _square([(1, 25, 512)] + [(32, T, H) for H in (512, 1024)
-                                                          for T in (25, 75, 150)]))
+            + cases_for(
+                ["gru"],
+                _square([(1, 25, 512)] + [(32, T, H) for H in (512, 1024) for T in (25, 75, 150)]),
+            )
             + cases_for(["rnn-relu"], _square([(1, 50, 1760), (16, 50, 1760), (32, 50, 1760)]))
             + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)
         ),
@@ -301,7 +325,7 @@ def attention_flops(B: int, heads: int, L: int, E: int, causal: bool, pass_name:
     if pass_name == "forward":
         return 2 * gemm
     if pass_name != "forward+backward":
-        raise ValueError(f"pass_name must be one of {TRAINING_PASSES} for attention, got "
-                         f"{pass_name!r}")
+        raise ValueError(
+            f"pass_name must be one of {TRAINING_PASSES} for attention, got {pass_name!r}"
+        )
     return 7 * gemm
-

@@ -51,8 +51,10 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     rng = np.random.default_rng(seed)
     T, B, I, H = case.T, case.B, case.I, case.H
     if case.variant.cell == "attention":  # q, k, v and the output gradient, (B, heads, L, E)
-        return {name: rng.standard_normal((B, H, T, I)).astype(dtype)
-                for name in ("q", "k", "v", "d_out")}
+        return {
+            name: rng.standard_normal((B, H, T, I)).astype(dtype)
+            for name in ("q", "k", "v", "d_out")
+        }
     GH = GATES[case.variant.cell] * H
     bound = 1 / np.sqrt(H)
     if case.variant.is_stack:
@@ -70,8 +72,6 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     return {name: a.astype(dtype) for name, a in arrays.items()}
 
 
-
-
 def _stack_inputs(case: Case, rng: np.random.Generator, dtype: np.dtype | type) -> Outputs:
     """`make_inputs` of a stack: the parameters by PyTorch's names (``weight_ih_l0``, ...,
     ``_reverse``), states (L*D, B, H), ``dy`` (T, B, D*H), and for a ragged batch ``lengths``:
@@ -84,7 +84,8 @@ def _stack_inputs(case: Case, rng: np.random.Generator, dtype: np.dtype | type) 
     for name in functional.stack_param_names(v.cell, v.layers, v.bidirectional):
         layer = int(name.split("_l")[1].split("_")[0])
         shape = {"weight_ih": (GH, I if layer == 0 else D * H), "weight_hh": (GH, H)}.get(
-            name.split("_l")[0], (GH,))
+            name.split("_l")[0], (GH,)
+        )
         arrays[name] = rng.uniform(-bound, bound, shape)
     arrays.update({n: rng.standard_normal((v.layers * D, B, H)) for n in v.states})
     arrays["dy"] = rng.standard_normal((T, B, D * H))
@@ -100,8 +101,9 @@ def _stack_params(case: Case, inputs: Outputs) -> dict[str, np.ndarray]:
     return {n: inputs[n] for n in functional.stack_param_names(v.cell, v.layers, v.bidirectional)}
 
 
-def _stack_pass(module: ModuleType, case: Case, inputs: Outputs,
-                pass_name: str) -> Callable[[], Outputs]:
+def _stack_pass(
+    module: ModuleType, case: Case, inputs: Outputs, pass_name: str
+) -> Callable[[], Outputs]:
     """`numpy_pass` of a stack: ``stack_forward`` (and ``stack_backward``) of ``module``."""
     v = case.variant
     params = _stack_params(case, inputs)
@@ -110,12 +112,14 @@ def _stack_pass(module: ModuleType, case: Case, inputs: Outputs,
     out_grads = {name: inputs[name] for name in ("dy", *("d" + n for n in v.finals))}
 
     def run() -> Outputs:
-        y, h_n, c_n, saved = module.stack_forward(v.cell, inputs["x"], hx, params, v.layers,
-                                                  training=pass_name in TRAINING_PASSES, **kw)
+        y, h_n, c_n, saved = module.stack_forward(
+            v.cell, inputs["x"], hx, params, v.layers, training=pass_name in TRAINING_PASSES, **kw
+        )
         outputs = {"y": y, **dict(zip(v.finals, (h_n, c_n)))}
         if pass_name == "forward+backward":
-            dx, dh0, dc0, grads = module.stack_backward(v.cell, inputs["x"], hx, params, v.layers,
-                                                        y, saved, **out_grads, **kw)
+            dx, dh0, dc0, grads = module.stack_backward(
+                v.cell, inputs["x"], hx, params, v.layers, y, saved, **out_grads, **kw
+            )
             outputs.update({"dx": dx, **dict(zip(("dh0", "dc0")[: len(v.states)], (dh0, dc0)))})
             outputs.update({"d" + n: g for n, g in grads.items()})
         return outputs
@@ -123,8 +127,9 @@ def _stack_pass(module: ModuleType, case: Case, inputs: Outputs,
     return run
 
 
-def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
-               pass_name: str) -> Callable[[], Outputs]:
+def numpy_pass(
+    module: ModuleType, case: Case, inputs: Outputs, pass_name: str
+) -> Callable[[], Outputs]:
     """A call of one pass through ``fusedrnn.functional`` or ``fusedrnn.reference``.
 
     Both modules have the same signatures (docs/kernels.md), so one function serves both. The
@@ -155,14 +160,22 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
 
     def run() -> Outputs:
         forward = getattr(module, f"{cell}_forward")
-        y, *finals, workspace = forward(x, *states, w_ih, w_hh, inputs["bias_ih"],
-                                        inputs["bias_hh"], **options,
-                                        training=pass_name in TRAINING_PASSES)
+        y, *finals, workspace = forward(
+            x,
+            *states,
+            w_ih,
+            w_hh,
+            inputs["bias_ih"],
+            inputs["bias_hh"],
+            **options,
+            training=pass_name in TRAINING_PASSES,
+        )
         outputs = {"y": y, **dict(zip(variant.finals, finals))}
         if pass_name == "forward+backward":
             backward = getattr(module, f"{cell}_backward")
-            dx, *dstates, grads = backward(x, *states, w_ih, w_hh, y, workspace, **out_grads,
-                                           **options)
+            dx, *dstates, grads = backward(
+                x, *states, w_ih, w_hh, y, workspace, **out_grads, **options
+            )
             outputs.update({"dx": dx, **{"d" + n: d for n, d in zip(variant.states, dstates)}})
             outputs.update({"d" + n: grads[n] for n in CELL_PARAMETERS})
         return outputs
@@ -170,8 +183,9 @@ def numpy_pass(module: ModuleType, case: Case, inputs: Outputs,
     return run
 
 
-def _attention_pass(module: ModuleType, inputs: Outputs, pass_name: str,
-                    options: dict) -> Callable[[], Outputs]:
+def _attention_pass(
+    module: ModuleType, inputs: Outputs, pass_name: str, options: dict
+) -> Callable[[], Outputs]:
     """`numpy_pass` of attention: ``attention_forward`` (and ``attention_backward``)."""
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
 
@@ -195,8 +209,9 @@ def import_torch() -> ModuleType | None:
     return torch
 
 
-def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
-               pass_name: str) -> Callable[[], Outputs]:
+def torch_pass(
+    torch: ModuleType, case: Case, inputs: Outputs, pass_name: str
+) -> Callable[[], Outputs]:
     """The same pass through ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` with the same weights.
 
     The module is built here, outside the timing, with the weights copied in. The returned call
@@ -248,8 +263,10 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
         with context:
             y, finals = module(x, tuple(states) if lstm else states[0])
         finals = finals if lstm else (finals,)
-        outputs = {"y": y.detach().numpy(),
-                   **{n: f[0].detach().numpy() for n, f in zip(variant.finals, finals)}}
+        outputs = {
+            "y": y.detach().numpy(),
+            **{n: f[0].detach().numpy() for n, f in zip(variant.finals, finals)},
+        }
         if pass_name == "forward+backward":
             grads = [torch.from_numpy(inputs["dy"])]
             grads += [torch.from_numpy(inputs["d" + n][None]) for n in variant.finals]
@@ -262,8 +279,9 @@ def torch_pass(torch: ModuleType, case: Case, inputs: Outputs,
     return run
 
 
-def _torch_stack_pass(torch: ModuleType, case: Case, inputs: Outputs,
-                      pass_name: str) -> Callable[[], Outputs]:
+def _torch_stack_pass(
+    torch: ModuleType, case: Case, inputs: Outputs, pass_name: str
+) -> Callable[[], Outputs]:
     """`torch_pass` of a stack: ``torch.nn.LSTM(..., num_layers, bidirectional)`` with the same
     weights; a ragged batch goes through ``pack_padded_sequence(enforce_sorted=False)`` and back
     through ``pad_packed_sequence(total_length=T)``, both inside the timing."""
@@ -287,14 +305,21 @@ def _torch_stack_pass(torch: ModuleType, case: Case, inputs: Outputs,
                 p.grad = None
         context = contextlib.nullcontext() if training else torch.inference_mode()
         with context:
-            packed = x if lengths is None else rnn_utils.pack_padded_sequence(
-                x, torch.from_numpy(lengths), enforce_sorted=False)
+            packed = (
+                x
+                if lengths is None
+                else rnn_utils.pack_padded_sequence(
+                    x, torch.from_numpy(lengths), enforce_sorted=False
+                )
+            )
             y, finals = module(packed, tuple(states) if v.cell == "lstm" else states[0])
             if lengths is not None:
                 y = rnn_utils.pad_packed_sequence(y, total_length=case.T)[0]
         finals = finals if v.cell == "lstm" else (finals,)
-        outputs = {"y": y.detach().numpy(),
-                   **{n: f.detach().numpy() for n, f in zip(v.finals, finals)}}
+        outputs = {
+            "y": y.detach().numpy(),
+            **{n: f.detach().numpy() for n, f in zip(v.finals, finals)},
+        }
         if pass_name == "forward+backward":
             grads = [torch.from_numpy(inputs[n]) for n in ("dy", *("d" + f for f in v.finals))]
             torch.autograd.backward([y, *finals], grads)
@@ -306,8 +331,9 @@ def _torch_stack_pass(torch: ModuleType, case: Case, inputs: Outputs,
     return run
 
 
-def _torch_attention_pass(torch: ModuleType, inputs: Outputs, pass_name: str,
-                          causal: bool) -> Callable[[], Outputs]:
+def _torch_attention_pass(
+    torch: ModuleType, inputs: Outputs, pass_name: str, causal: bool
+) -> Callable[[], Outputs]:
     """`torch_pass` of attention: ``torch.nn.functional.scaled_dot_product_attention`` on
     ``torch.from_numpy`` views, the gradients by ``out.backward(d_out)``."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -321,8 +347,12 @@ def _torch_attention_pass(torch: ModuleType, inputs: Outputs, pass_name: str,
             tensor.requires_grad_(True)
         out = sdpa(q, k, v, is_causal=causal)
         out.backward(torch.from_numpy(inputs["d_out"]))
-        return {"out": out.detach().numpy(), "dq": q.grad.numpy(), "dk": k.grad.numpy(),
-                "dv": v.grad.numpy()}
+        return {
+            "out": out.detach().numpy(),
+            "dq": q.grad.numpy(),
+            "dk": k.grad.numpy(),
+            "dv": v.grad.numpy(),
+        }
 
     return run
 
@@ -376,4 +406,3 @@ def compare(got: Outputs, expected: Outputs, dtype: np.dtype | type) -> list[str
             error = float(np.max(np.abs(value.astype(np.float64) - want)))
             problems.append(f"{name}: max |error| {error:.3g} (atol {atol:.3g}, rtol {rtol:g})")
     return problems
-

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 GEMM_SIZE = 2048
 """Side of the square float32 GEMM that measures the ceiling."""
 
+
 def gemm_ceiling(size: int = GEMM_SIZE, repeats: int = 5) -> float:
     """This machine's float32 GEMM rate in GFLOP/s: ``a @ b`` of two (size, size) numpy arrays.
 
@@ -89,5 +90,3 @@ def cpu_name() -> str:
 
 BUSY_LOAD = 1.0
 """A 1-minute load average, before the run, from which other programs are competing for cores."""
-
-

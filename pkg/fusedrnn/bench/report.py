@@ -97,20 +97,30 @@ class Report:
     def header(self) -> list[str]:
         """The lines above the table: when, where, with what, and the legend."""
         cfg = self.config
-        ceiling = (f"# float32 GEMM ceiling: {self.gemm_ceiling_gflops:.1f} GFLOP/s (numpy, "
-                   f"{GEMM_SIZE}^3, best of 5")
+        ceiling = (
+            f"# float32 GEMM ceiling: {self.gemm_ceiling_gflops:.1f} GFLOP/s (numpy, "
+            f"{GEMM_SIZE}^3, best of 5"
+        )
         if len(self.gemm_ceiling_measurements) > 1:
-            ceiling += ("; measured at the start and again after a row read above it: "
-                        + ", ".join(f"{g:.1f}" for g in self.gemm_ceiling_measurements))
+            ceiling += "; measured at the start and again after a row read above it: " + ", ".join(
+                f"{g:.1f}" for g in self.gemm_ceiling_measurements
+            )
         lines = [
             f"# fusedrnn {cfg['fusedrnn']} bench ({self.sweep} sweep), {self.date}, {self.dtype}",
-            (f"# CPU: {self.cpu} ({cfg['cpu_count']} cores); threads: {self.threads}; "
-             f"ISA: {cfg['isa']}"),
+            (
+                f"# CPU: {self.cpu} ({cfg['cpu_count']} cores); threads: {self.threads}; "
+                f"ISA: {cfg['isa']}"
+            ),
             f"# BLAS: {cfg['blas']}",
-            (f"# load average (1 min) at start / end: {self.load_average[0]:.2f} / "
-             f"{self.load_average[1]:.2f}"
-             + ("; the machine was busy before the run started, expect noisy times"
-                if self.load_average[0] >= BUSY_LOAD else "")),
+            (
+                f"# load average (1 min) at start / end: {self.load_average[0]:.2f} / "
+                f"{self.load_average[1]:.2f}"
+                + (
+                    "; the machine was busy before the run started, expect noisy times"
+                    if self.load_average[0] >= BUSY_LOAD
+                    else ""
+                )
+            ),
             ceiling + ")",
             f"# reference: {self.reference_threads}"
             + (f"; PyTorch: {self.torch}" if self.has_torch else ""),
@@ -119,8 +129,7 @@ class Report:
             lines += TORCH_HINT
         if self.note:
             lines.append(f"# note: {self.note}")
-        lines += LEGEND if self.has_torch else [line.replace(", x torch", "")
-                                                for line in LEGEND]
+        lines += LEGEND if self.has_torch else [line.replace(", x torch", "") for line in LEGEND]
         return _wrap(lines, "#   ")
 
     def columns(self) -> list[str]:
@@ -137,14 +146,22 @@ class Report:
         cells = [columns] + [_row_cells(row, columns) for row in self.rows]
         widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
         lines = self.header() + [
-            "  ".join(c.ljust(w) if name in LEFT_ALIGNED else c.rjust(w)
-                      for c, w, name in zip(line, widths, columns)).rstrip()
+            "  ".join(
+                c.ljust(w) if name in LEFT_ALIGNED else c.rjust(w)
+                for c, w, name in zip(line, widths, columns)
+            ).rstrip()
             for line in cells
         ]
         if any(row.over_ceiling for row in self.rows):
             lines += _wrap([OVER_CEILING_NOTE], "  ")
-        lines += _wrap([f"mismatch, {row.label} {row.pass_name}: {problem}"
-                        for row in self.rows for problem in row.problems], "  ")
+        lines += _wrap(
+            [
+                f"mismatch, {row.label} {row.pass_name}: {problem}"
+                for row in self.rows
+                for problem in row.problems
+            ],
+            "  ",
+        )
         return "\n".join(lines)
 
     def summary(self) -> list[str]:
@@ -152,25 +169,40 @@ class Report:
         worst row against PyTorch and against the reference (the speed-up, their ms / fused ms).
         """
         baselines = {"PyTorch": "speedup_torch", "the reference": "speedup_reference"}
-        measured = {name: [row for row in self.rows if getattr(row, attr) is not None]
-                    for name, attr in baselines.items()}
-        counts = [f"than {name} in {sum(getattr(row, baselines[name]) > 1 for row in rows)} of "
-                  f"{len(rows)} rows" for name, rows in measured.items() if rows]
-        lines = [f"summary: fused is faster {' and '.join(counts)}; best and worst:"
-                 if counts else "summary: no row passed validation, nothing was timed"]
+        measured = {
+            name: [row for row in self.rows if getattr(row, attr) is not None]
+            for name, attr in baselines.items()
+        }
+        counts = [
+            f"than {name} in {sum(getattr(row, baselines[name]) > 1 for row in rows)} of "
+            f"{len(rows)} rows"
+            for name, rows in measured.items()
+            if rows
+        ]
+        lines = [
+            f"summary: fused is faster {' and '.join(counts)}; best and worst:"
+            if counts
+            else "summary: no row passed validation, nothing was timed"
+        ]
         for name, attr in baselines.items():
             rows = measured[name]
             label = f"  vs {name.split()[-1]:<10}"
             if not rows:
-                reason = ("no row passed validation" if not any(r.check == "ok" for r in self.rows)
-                          else "PyTorch is not installed" if not self.has_torch
-                          else "no row has a PyTorch result (n/a or FAIL)")
+                reason = (
+                    "no row passed validation"
+                    if not any(r.check == "ok" for r in self.rows)
+                    else "PyTorch is not installed"
+                    if not self.has_torch
+                    else "no row has a PyTorch result (n/a or FAIL)"
+                )
                 lines.append(f"{label} not measured: {reason}")
                 continue
             best = max(rows, key=lambda row: getattr(row, attr))
             worst = min(rows, key=lambda row: getattr(row, attr))
-            lines.append(f"{label} {_fmt_ratio(getattr(best, attr))} {best.short_label}; "
-                         f"{_fmt_ratio(getattr(worst, attr))} {worst.short_label}")
+            lines.append(
+                f"{label} {_fmt_ratio(getattr(best, attr))} {best.short_label}; "
+                f"{_fmt_ratio(getattr(worst, attr))} {worst.short_label}"
+            )
         return _wrap(lines, " " * 16)
 
     def to_json(self) -> dict:
@@ -209,20 +241,39 @@ LEGEND = [
 OVER_CEILING_NOTE = (
     "* above the GEMM ceiling even after measuring it again: numpy's 2048^3 product is not this "
     "CPU's FMA limit (its operands stream from memory, a recurrent kernel's weights can stay in "
-    "cache), or the row and the ceiling met different loads on this shared machine")
+    "cache), or the row and the ceiling met different loads on this shared machine"
+)
 """The footnote of a ``% peak`` over 100%."""
 
-COLUMNS = ["case", "B", "T", "I", "H", "pass", "fused ms", "ref ms", "torch ms", "x ref",
-           "x torch", "GFLOP/s", "% peak", "saved"]
+COLUMNS = [
+    "case",
+    "B",
+    "T",
+    "I",
+    "H",
+    "pass",
+    "fused ms",
+    "ref ms",
+    "torch ms",
+    "x ref",
+    "x torch",
+    "GFLOP/s",
+    "% peak",
+    "saved",
+]
 TORCH_COLUMNS = {"torch ms", "x torch"}
 LEFT_ALIGNED = {"case", "pass"}
 
 
 def _wrap(lines: list[str], indent: str) -> list[str]:
     """Each line cut at word boundaries to `WIDTH` columns, continued after ``indent``."""
-    return [part for line in lines
-            for part in textwrap.wrap(line, WIDTH, subsequent_indent=indent,
-                                      break_long_words=False, break_on_hyphens=False)]
+    return [
+        part
+        for line in lines
+        for part in textwrap.wrap(
+            line, WIDTH, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+        )
+    ]
 
 
 def _fmt_ms(ms: float | None, missing: str) -> str:
@@ -258,14 +309,20 @@ def _row_cells(row: Row, columns: list[str]) -> list[str]:
     not match (nothing timed), PyTorch's status (``n/a``, ``FAIL``) under ``torch ms``."""
     failed = row.check != "ok"
     cells = {
-        "case": row.case, "B": str(row.B), "T": str(row.T), "I": str(row.I), "H": str(row.H),
+        "case": row.case,
+        "B": str(row.B),
+        "T": str(row.T),
+        "I": str(row.I),
+        "H": str(row.H),
         "pass": PASS_NAMES[row.pass_name],
         "fused ms": "FAIL" if failed else _fmt_ms(row.fused_ms, "-"),
         "ref ms": _fmt_ms(row.reference_ms, "-"),
         "torch ms": _fmt_ms(row.torch_ms, "-" if failed else row.torch_status),
-        "x ref": _fmt_ratio(row.speedup_reference), "x torch": _fmt_ratio(row.speedup_torch),
+        "x ref": _fmt_ratio(row.speedup_reference),
+        "x torch": _fmt_ratio(row.speedup_torch),
         "GFLOP/s": "-" if row.gflops is None else f"{row.gflops:.1f}",
-        "% peak": _fmt_percent(row), "saved": _fmt_bytes(row.workspace_bytes),
+        "% peak": _fmt_percent(row),
+        "saved": _fmt_bytes(row.workspace_bytes),
     }
     return [cells[name] for name in columns]
 
@@ -284,10 +341,14 @@ PLOT_HINT = 'needs matplotlib: pip install "fusedrnn[plot]"'
 def plot_series(rows: list[Row]) -> list[tuple[str, str, str]]:
     """The plot's bar series, ``(legend name, Row attribute, colour)``: the speed-up over the
     reference, and over PyTorch only where some row has it (no empty legend entry)."""
-    return [(f"over {name}", attr, color)
-            for name, attr, color in (("the NumPy reference", "speedup_reference", "tab:blue"),
-                                      ("PyTorch", "speedup_torch", "tab:orange"))
-            if any(getattr(row, attr) is not None for row in rows)]
+    return [
+        (f"over {name}", attr, color)
+        for name, attr, color in (
+            ("the NumPy reference", "speedup_reference", "tab:blue"),
+            ("PyTorch", "speedup_torch", "tab:orange"),
+        )
+        if any(getattr(row, attr) is not None for row in rows)
+    ]
 
 
 def plot(report: Report, path: str) -> str:
@@ -311,16 +372,27 @@ def plot(report: Report, path: str) -> str:
     series = plot_series(rows)
     bar = 0.8 / max(len(series), 1)
     positions = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(10.0, 2.0 + 0.28 * len(rows) * max(len(series), 1)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(10.0, 2.0 + 0.28 * len(rows) * max(len(series), 1)), layout="constrained"
+    )
     for k, (name, attr, color) in enumerate(series):
         values = np.array([getattr(row, attr) or np.nan for row in rows], dtype=float)
         offset = (k - (len(series) - 1) / 2) * bar
         # from 1x, the line of equal speed: a row where fused is slower points left
-        bars = ax.barh(positions + offset, values - 1, left=1, height=bar, color=color,
-                       label=f"fused speed-up {name}")
-        ax.bar_label(bars, labels=[_fmt_ratio(v) if np.isfinite(v) else "" for v in values],
-                     padding=3, fontsize=8)
+        bars = ax.barh(
+            positions + offset,
+            values - 1,
+            left=1,
+            height=bar,
+            color=color,
+            label=f"fused speed-up {name}",
+        )
+        ax.bar_label(
+            bars,
+            labels=[_fmt_ratio(v) if np.isfinite(v) else "" for v in values],
+            padding=3,
+            fontsize=8,
+        )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
@@ -330,8 +402,11 @@ def plot(report: Report, path: str) -> str:
     ax.set_yticks(positions, [row.short_label for row in rows], fontsize=9)
     ax.invert_yaxis()  # the table's order, top to bottom
     ax.tick_params(axis="x", labelsize=9)
-    ax.set_title(f"fusedrnn bench ({report.sweep}), {report.dtype}, {report.threads} threads\n"
-                 f"{report.cpu}, {report.date}", fontsize=10)
+    ax.set_title(
+        f"fusedrnn bench ({report.sweep}), {report.dtype}, {report.threads} threads\n"
+        f"{report.cpu}, {report.date}",
+        fontsize=10,
+    )
     if series:  # below the axes, where it covers no bar
         fig.legend(fontsize=9, loc="outside lower center", ncol=len(series))
     fig.savefig(path, dpi=120)

@@ -40,10 +40,12 @@ class Progress:
         """Draw the bar with ``label`` as the step now running."""
         filled = self.width * self.done // max(self.total, 1)
         seconds = time.perf_counter() - self.start
-        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-                f"{seconds:3.0f}s {label}")
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+            f"{seconds:3.0f}s {label}"
+        )
         if self.tty:  # cut to the terminal's width: a wrapped line could not be rewritten
-            line = line[:shutil.get_terminal_size().columns - 1]
+            line = line[: shutil.get_terminal_size().columns - 1]
             self.stream.write("\r" + line.ljust(self._last))
         else:
             self.stream.write(line + "\n")
@@ -61,9 +63,16 @@ class Progress:
             self.stream.flush()
 
 
-def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
-             torch: ModuleType | None, ceiling: float,
-             progress: Progress | None = None, min_seconds: float = 0.0) -> list[Row]:
+def run_case(
+    case: Case,
+    dtype: np.dtype | type,
+    repeats: int,
+    budget: float,
+    torch: ModuleType | None,
+    ceiling: float,
+    progress: Progress | None = None,
+    min_seconds: float = 0.0,
+) -> list[Row]:
     """Validate and time every pass of one case.
 
     Parameters
@@ -92,8 +101,15 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
             progress.show(f"{case.label} {pass_name}")
         training = pass_name in TRAINING_PASSES
         row = Row(
-            case=case.variant.name, cell=case.variant.cell, B=case.B, T=case.T, I=case.I, H=case.H,
-            pass_name=pass_name, dtype=np.dtype(dtype).name, flops=case.flops(pass_name),
+            case=case.variant.name,
+            cell=case.variant.cell,
+            B=case.B,
+            T=case.T,
+            I=case.I,
+            H=case.H,
+            pass_name=pass_name,
+            dtype=np.dtype(dtype).name,
+            flops=case.flops(pass_name),
             workspace_bytes=case.workspace_bytes(dtype) if training else None,
         )
         truth = truth_pass(pass_name)
@@ -103,16 +119,24 @@ def run_case(case: Case, dtype: np.dtype | type, repeats: int, budget: float,
             truth_seconds[truth] = time.perf_counter() - start
         calls = _validated_calls(row, case, inputs, expected[truth], torch)
         if row.check == "ok":
-            _time_calls(row, calls, repeats, budget, ceiling, min_seconds,
-                        truth_seconds[truth] if truth == pass_name else None)
+            _time_calls(
+                row,
+                calls,
+                repeats,
+                budget,
+                ceiling,
+                min_seconds,
+                truth_seconds[truth] if truth == pass_name else None,
+            )
         rows.append(row)
         if progress:
             progress.step()
     return rows
 
 
-def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
-                     torch: ModuleType | None) -> dict[str, Callable[[], Outputs]]:
+def _validated_calls(
+    row: Row, case: Case, inputs: Outputs, expected: Outputs, torch: ModuleType | None
+) -> dict[str, Callable[[], Outputs]]:
     """The calls of ``row``'s pass worth timing, each run once against ``expected``.
 
     A fused mismatch makes the row ``FAIL`` and returns nothing to time. PyTorch, when importable
@@ -143,9 +167,15 @@ def _validated_calls(row: Row, case: Case, inputs: Outputs, expected: Outputs,
     return calls
 
 
-def _time_calls(row: Row, calls: dict[str, Callable[[], Outputs]], repeats: int, budget: float,
-                ceiling: float, min_seconds: float = 0.0,
-                reference_warm_up: float | None = None) -> None:
+def _time_calls(
+    row: Row,
+    calls: dict[str, Callable[[], Outputs]],
+    repeats: int,
+    budget: float,
+    ceiling: float,
+    min_seconds: float = 0.0,
+    reference_warm_up: float | None = None,
+) -> None:
     """Time each call into ``row.<name>_ms``, then fill in the ratios that follow from them.
 
     ``reference_warm_up``: seconds of the reference's call of this very pass made for the truth,
@@ -153,8 +183,14 @@ def _time_calls(row: Row, calls: dict[str, Callable[[], Outputs]], repeats: int,
     """
     for name, call in calls.items():
         if name == "reference":
-            measured = measure(call, repeats, budget * timing.REFERENCE_BUDGET_SHARE, 0.0,
-                               min_seconds, reference_warm_up)
+            measured = measure(
+                call,
+                repeats,
+                budget * timing.REFERENCE_BUDGET_SHARE,
+                0.0,
+                min_seconds,
+                reference_warm_up,
+            )
         else:
             measured = measure(call, repeats, budget, timing.SETTLE_SECONDS, min_seconds)
         setattr(row, f"{name}_ms", measured.seconds * 1e3)
@@ -170,10 +206,17 @@ MAX_CEILING_REMEASURES = 2
 """How often a run measures the GEMM ceiling again after a row read above it."""
 
 
-def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
-              threads: int | None = None, repeats: int = 7, budget: float = 1.0,
-              sweep: str = "custom", note: str = "", progress: bool = True,
-              min_seconds: float = 0.0) -> Report:
+def run_sweep(
+    cases: Sequence[Case],
+    dtype: np.dtype | type = np.float32,
+    threads: int | None = None,
+    repeats: int = 7,
+    budget: float = 1.0,
+    sweep: str = "custom",
+    note: str = "",
+    progress: bool = True,
+    min_seconds: float = 0.0,
+) -> Report:
     """Measure the ceiling, then validate and time every case.
 
     When a row's fused rate reads above the ceiling, the ceiling was probably measured in a slow
@@ -211,12 +254,16 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
         _step(bar)
         rows: list[Row] = []
         for case in cases:
-            case_rows = run_case(case, dtype, repeats, budget, torch, max(ceilings), bar,
-                                 min_seconds)
+            case_rows = run_case(
+                case, dtype, repeats, budget, torch, max(ceilings), bar, min_seconds
+            )
             over = [row for row in case_rows if row.over_ceiling]
             if over and len(ceilings) <= MAX_CEILING_REMEASURES:
-                _show(bar, f"{over[0].label} read {over[0].ceiling_percent:.0f}% of the GEMM "
-                      "ceiling: measuring the ceiling again")
+                _show(
+                    bar,
+                    f"{over[0].label} read {over[0].ceiling_percent:.0f}% of the GEMM "
+                    "ceiling: measuring the ceiling again",
+                )
                 ceilings.append(gemm_ceiling(machine.GEMM_SIZE))
             rows += case_rows
         config = _config.config()
@@ -228,10 +275,17 @@ def run_sweep(cases: Sequence[Case], dtype: np.dtype | type = np.float32,
             row.ceiling_percent = 100 * row.gflops / ceiling
     return Report(
         date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        cpu=cpu_name(), threads=threads, dtype=np.dtype(dtype).name,
-        gemm_ceiling_gflops=ceiling, reference_threads=reference_threads,
-        torch=f"{torch.__version__}" if torch else TORCH_MISSING, sweep=sweep, note=note,
-        load_average=(load_at_start, os.getloadavg()[0]), config=config, rows=rows,
+        cpu=cpu_name(),
+        threads=threads,
+        dtype=np.dtype(dtype).name,
+        gemm_ceiling_gflops=ceiling,
+        reference_threads=reference_threads,
+        torch=f"{torch.__version__}" if torch else TORCH_MISSING,
+        sweep=sweep,
+        note=note,
+        load_average=(load_at_start, os.getloadavg()[0]),
+        config=config,
+        rows=rows,
         gemm_ceiling_measurements=ceilings,
     )
 

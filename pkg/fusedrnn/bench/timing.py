@@ -41,8 +41,14 @@ class Timing:
     calls: int
 
 
-def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float = 0.0,
-            min_seconds: float = 0.0, warm_up: float | None = None) -> Timing:
+def measure(
+    fn: Callable[[], object],
+    repeats: int,
+    budget: float,
+    settle: float = 0.0,
+    min_seconds: float = 0.0,
+    warm_up: float | None = None,
+) -> Timing:
     """Time ``fn``: a pause and one warm-up call (unless ``warm_up`` gives one already made), then
     the median of ``repeats`` calls or more.
 
@@ -88,6 +94,7 @@ def measure(fn: Callable[[], object], repeats: int, budget: float, settle: float
         times.append(time.perf_counter() - start)
         spent += times[-1]
     return Timing(statistics.median(times), len(times))
+
 
 # ---------------------------------------------------------------- threads
 
@@ -141,4 +148,3 @@ def thread_limit(threads: int, torch: ModuleType | None) -> Iterator[str]:
             numpy_blas[1](saved_numpy)
         if torch:
             torch.set_num_threads(saved_torch)
-

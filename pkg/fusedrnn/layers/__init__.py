@@ -20,6 +20,6 @@ __all__ = [
     "Module",
     "RNNCell",
     "RecurrentCell",
-    "RecurrentModule",
     "RecurrentLayer",
+    "RecurrentModule",
 ]

@@ -38,9 +38,17 @@ class RecurrentCell(RecurrentModule):
 
     _repr_fields = (("nonlinearity", "tanh"), ("reset_after", True))
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, *,
-                 options: dict | None = None, dtype: DTypeLike = np.float32,
-                 seed: int | None = None, backend: str = "fused") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        *,
+        options: dict | None = None,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
         self._tape: list[_TapeEntry] = []
         self._reset_parameters()
@@ -79,21 +87,28 @@ class RecurrentCell(RecurrentModule):
         In training mode the step is pushed on the tape (with copies of x and hx, so the caller
         may reuse its buffers); in eval mode nothing is recorded.
         """
-        self._check_array(x, "x", (None, self.input_size), ("B", "input_size"),
-                          unbatched=((self.input_size,), ("input_size",)))
+        self._check_array(
+            x,
+            "x",
+            (None, self.input_size),
+            ("B", "input_size"),
+            unbatched=((self.input_size,), ("input_size",)),
+        )
         unbatched = x.ndim == 1
         B = 1 if unbatched else x.shape[0]
         self._check_rows(B)  # before the copies below
         h0, c0 = self._check_state(hx, "hx", *self._state_shape(B, unbatched))
-        states = [_batched(s, unbatched) if s is not None else np.zeros((B, self.hidden_size),
-                                                                         self.dtype)
-                  for s in ((h0, c0) if self._has_cell_state else (h0,))]
+        states = [
+            _batched(s, unbatched) if s is not None else np.zeros((B, self.hidden_size), self.dtype)
+            for s in ((h0, c0) if self._has_cell_state else (h0,))
+        ]
         x_seq = _batched(x, unbatched)[None]  # (1, B, input_size)
         if self.training:  # own copies: the tape must not change when the caller's buffers do
             x_seq = x_seq.copy()
             states = [s.copy() for s in states]
         y, *finals, workspace = getattr(self._backend, f"{self._mode}_forward")(
-            x_seq, *states, *self._weights(), **self._options, training=self.training)
+            x_seq, *states, *self._weights(), **self._options, training=self.training
+        )
         if self.training:
             self._tape.append(_TapeEntry(x_seq, tuple(states), y, workspace, unbatched))
         finals = [f[0] if unbatched else f for f in finals]
@@ -101,8 +116,7 @@ class RecurrentCell(RecurrentModule):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, dh: np.ndarray | None = None,
-                 dc: np.ndarray | None = None) -> tuple:
+    def backward(self, dh: np.ndarray | None = None, dc: np.ndarray | None = None) -> tuple:
         """Gradients through the most recent recorded step, which is popped off the tape.
 
         Adds the parameter gradients into ``self.grads``.
@@ -119,8 +133,10 @@ class RecurrentCell(RecurrentModule):
         """
         name = type(self).__name__
         if not self._tape:
-            raise RuntimeError(f"{name}.backward: the tape is empty; every backward pops one "
-                               f"training-mode forward (eval-mode forwards record nothing)")
+            raise RuntimeError(
+                f"{name}.backward: the tape is empty; every backward pops one "
+                f"training-mode forward (eval-mode forwards record nothing)"
+            )
         if dc is not None and not self._has_cell_state:
             raise TypeError(f"dc is only for LSTMCell: {name} has no cell state")
         step = self._tape[-1]
@@ -132,8 +148,17 @@ class RecurrentCell(RecurrentModule):
             dc = _batched(self._check_array(dc, "dc", shape, axes), step.unbatched)
         cell_grads = {"dc_n": dc} if self._has_cell_state else {}
         dx, *dstates, _ = getattr(self._backend, f"{self._mode}_backward")(
-            step.x, *step.states, *self._weights()[:2], step.y, step.workspace, dy=None,
-            dh_n=dh, **cell_grads, **self._options, grads=self._grad_buffers())
+            step.x,
+            *step.states,
+            *self._weights()[:2],
+            step.y,
+            step.workspace,
+            dy=None,
+            dh_n=dh,
+            **cell_grads,
+            **self._options,
+            grads=self._grad_buffers(),
+        )
         self._tape.pop()  # only now: a call rejected above leaves the step for a retry
         dx = dx[0, 0] if step.unbatched else dx[0]
         dstates = [d[0] if step.unbatched else d for d in dstates]
@@ -159,8 +184,11 @@ class RecurrentCell(RecurrentModule):
         if self.bias:
             return dict(self.grads)
         rows = self._params["weight_ih"].shape[0]
-        return {**self.grads, "bias_ih": np.zeros(rows, self.dtype),
-                "bias_hh": np.zeros(rows, self.dtype)}
+        return {
+            **self.grads,
+            "bias_ih": np.zeros(rows, self.dtype),
+            "bias_hh": np.zeros(rows, self.dtype),
+        }
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
@@ -186,9 +214,16 @@ class LSTMCell(RecurrentCell):
     _mode = "lstm"
     _has_cell_state = True
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(input_size, hidden_size, bias, dtype=dtype, seed=seed, backend=backend)
 
 
@@ -201,11 +236,26 @@ class GRUCell(RecurrentCell):
 
     _mode = "gru"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
-                 reset_after: bool = True, dtype: DTypeLike = np.float32,
-                 seed: int | None = None, backend: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, bias, options={"reset_after": bool(reset_after)},
-                         dtype=dtype, seed=seed, backend=backend)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        reset_after: bool = True,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            options={"reset_after": bool(reset_after)},
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )
 
 
 class RNNCell(RecurrentCell):
@@ -217,9 +267,23 @@ class RNNCell(RecurrentCell):
 
     _mode = "rnn"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 nonlinearity: str = "tanh", *, dtype: DTypeLike = np.float32,
-                 seed: int | None = None, backend: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, bias,
-                         options={"nonlinearity": check_nonlinearity(nonlinearity)},
-                         dtype=dtype, seed=seed, backend=backend)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            bias,
+            options={"nonlinearity": check_nonlinearity(nonlinearity)},
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )

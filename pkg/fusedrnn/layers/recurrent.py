@@ -48,19 +48,38 @@ class RecurrentLayer(RecurrentModule):
 
     - ``x``: ``(T, B, input_size)``, ``(B, T, input_size)`` with batch_first, or unbatched
       ``(T, input_size)``;
-    - ``output``: ``(T, B, D*H_out)`` (batch_first: ``(B, T, D*H_out)``; unbatched: ``(T, D*H_out)``);
+    - ``output``: ``(T, B, D*H_out)`` (batch_first: ``(B, T, D*H_out)``; unbatched:
+      ``(T, D*H_out)``);
     - ``h_0``, ``h_n``: ``(L*D, B, H_out)``; ``c_0``, ``c_n`` (LSTM): ``(L*D, B, hidden_size)``;
       unbatched: no ``B`` axis.
     """
 
-    _repr_fields = (("num_layers", 1), ("batch_first", False), ("dropout", 0.0),
-                    ("bidirectional", False), ("proj_size", 0), ("nonlinearity", "tanh"),
-                    ("reset_after", True))
+    _repr_fields = (
+        ("num_layers", 1),
+        ("batch_first", False),
+        ("dropout", 0.0),
+        ("bidirectional", False),
+        ("proj_size", 0),
+        ("nonlinearity", "tanh"),
+        ("reset_after", True),
+    )
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
-                 batch_first: bool, dropout: float, bidirectional: bool, *, proj_size: int = 0,
-                 options: dict | None = None, dtype: DTypeLike = np.float32,
-                 seed: int | None = None, backend: str = "fused") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        *,
+        proj_size: int = 0,
+        options: dict | None = None,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
         self.num_layers = check_size(num_layers, "num_layers")
         self.batch_first = bool(batch_first)
@@ -68,12 +87,18 @@ class RecurrentLayer(RecurrentModule):
         self.num_directions = num_directions(self.bidirectional)
         self.dropout = check_probability(dropout, "dropout")
         if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(f"dropout={self.dropout} acts between layers, so it does nothing with "
-                          f"num_layers=1 (as in PyTorch)", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"dropout={self.dropout} acts between layers, so it does nothing with "
+                f"num_layers=1 (as in PyTorch)",
+                UserWarning,
+                stacklevel=3,
+            )
         self.proj_size = check_size(proj_size, "proj_size", minimum=0)
         if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
-                             f"got {self.proj_size}")
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
+                f"got {self.proj_size}"
+            )
         self._reset_parameters()
 
     @property
@@ -94,8 +119,9 @@ class RecurrentLayer(RecurrentModule):
 
     # ------------------------------------------------------------ forward
 
-    def forward(self, x: np.ndarray, hx: State | None = None,
-                lengths: np.ndarray | None = None) -> Output:
+    def forward(
+        self, x: np.ndarray, hx: State | None = None, lengths: np.ndarray | None = None
+    ) -> Output:
         """Run the stack over a sequence.
 
         Parameters
@@ -123,21 +149,34 @@ class RecurrentLayer(RecurrentModule):
             h0, c0 = _batch_axis(h0), _batch_axis(c0)
         hx_stack = None if hx is None else ((h0, c0) if self._has_cell_state else h0)
         if lengths is not None and unbatched:
-            raise ValueError("lengths needs batched input; unbatched x (T, input_size) is one "
-                             "sequence: pass x[:n] instead")
+            raise ValueError(
+                "lengths needs batched input; unbatched x (T, input_size) is one "
+                "sequence: pass x[:n] instead"
+            )
         lengths = check_lengths(lengths, T, B)  # here, before the dropout masks are drawn
         masks = self._dropout_masks(T, B)
         if self.training:  # own copies: the caller may refill its buffers before backward
             x_time_major = _own_copy(x_time_major, x)
             hx_stack = _own_copy(hx_stack, hx)
         y, h_n, c_n, saved = self._backend.stack_forward(
-            self._mode, x_time_major, hx_stack, self._params, self.num_layers,
-            bidirectional=self.bidirectional, lengths=lengths, dropout_masks=masks,
-            training=self.training, **self._stack_options)
+            self._mode,
+            x_time_major,
+            hx_stack,
+            self._params,
+            self.num_layers,
+            bidirectional=self.bidirectional,
+            lengths=lengths,
+            dropout_masks=masks,
+            training=self.training,
+            **self._stack_options,
+        )
         if self.training:
             y.flags.writeable = False
-        self._keep_for_backward(_SavedForward(x_time_major, hx_stack, y, saved, lengths, masks,
-                                              unbatched) if self.training else None)
+        self._keep_for_backward(
+            _SavedForward(x_time_major, hx_stack, y, saved, lengths, masks, unbatched)
+            if self.training
+            else None
+        )
         output = self._from_time_major(y, unbatched)
         if unbatched:
             h_n, c_n = h_n[:, 0], (None if c_n is None else c_n[:, 0])
@@ -145,8 +184,14 @@ class RecurrentLayer(RecurrentModule):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, d_output: np.ndarray | None = None, d_hx: State | None = None, *,
-                 truncate: int | None = None, truncate_stride: int | None = None) -> tuple:
+    def backward(
+        self,
+        d_output: np.ndarray | None = None,
+        d_hx: State | None = None,
+        *,
+        truncate: int | None = None,
+        truncate_stride: int | None = None,
+    ) -> tuple:
         """Gradients through the last training-mode forward.
 
         Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
@@ -181,15 +226,30 @@ class RecurrentLayer(RecurrentModule):
         if d_output is not None:
             d_output = self._check_array(d_output, "d_output", out_shape, out_axes)
             dy = self._to_time_major(d_output, saved.unbatched)
-        dh_n, dc_n = self._check_state(d_hx, "d_hx", *self._state_shapes(B, saved.unbatched),
-                                       optional_parts=True)
+        dh_n, dc_n = self._check_state(
+            d_hx, "d_hx", *self._state_shapes(B, saved.unbatched), optional_parts=True
+        )
         if saved.unbatched:
             dh_n, dc_n = _batch_axis(dh_n), _batch_axis(dc_n)
         dx, dh0, dc0, _ = self._backend.stack_backward(
-            self._mode, saved.x, saved.hx, self._params, self.num_layers, saved.y, saved.saved,
-            dy=dy, dh_n=dh_n, dc_n=dc_n, bidirectional=self.bidirectional,
-            lengths=saved.lengths, dropout_masks=saved.dropout_masks, grads=self.grads,
-            truncate=truncate, truncate_stride=truncate_stride, **self._stack_options)
+            self._mode,
+            saved.x,
+            saved.hx,
+            self._params,
+            self.num_layers,
+            saved.y,
+            saved.saved,
+            dy=dy,
+            dh_n=dh_n,
+            dc_n=dc_n,
+            bidirectional=self.bidirectional,
+            lengths=saved.lengths,
+            dropout_masks=saved.dropout_masks,
+            grads=self.grads,
+            truncate=truncate,
+            truncate_stride=truncate_stride,
+            **self._stack_options,
+        )
         dx = self._from_time_major(dx, saved.unbatched)
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
@@ -205,12 +265,18 @@ class RecurrentLayer(RecurrentModule):
         """Shapes and axis names of h and c: (L*D, B, H_out) and (L*D, B, hidden_size)."""
         LD = self.num_layers * self.num_directions
         if unbatched:
-            return ((LD, self._output_size), (LD, self.hidden_size),
-                    ("num_layers*num_directions", "proj_size or hidden_size"),
-                    ("num_layers*num_directions", "hidden_size"))
-        return ((LD, B, self._output_size), (LD, B, self.hidden_size),
-                ("num_layers*num_directions", "B", "proj_size or hidden_size"),
-                ("num_layers*num_directions", "B", "hidden_size"))
+            return (
+                (LD, self._output_size),
+                (LD, self.hidden_size),
+                ("num_layers*num_directions", "proj_size or hidden_size"),
+                ("num_layers*num_directions", "hidden_size"),
+            )
+        return (
+            (LD, B, self._output_size),
+            (LD, B, self.hidden_size),
+            ("num_layers*num_directions", "B", "proj_size or hidden_size"),
+            ("num_layers*num_directions", "B", "hidden_size"),
+        )
 
     def _output_layout(self, T: int, B: int, unbatched: bool) -> tuple:
         width = self.num_directions * self._output_size
@@ -223,8 +289,13 @@ class RecurrentLayer(RecurrentModule):
     def _input_time_major(self, x: object) -> tuple:
         """``x`` checked and as a (T, B, input_size) array, and whether it was unbatched."""
         axes = ("B", "T", "input_size") if self.batch_first else ("T", "B", "input_size")
-        self._check_array(x, "x", (None, None, self.input_size), axes,
-                          unbatched=((None, self.input_size), ("T", "input_size")))
+        self._check_array(
+            x,
+            "x",
+            (None, None, self.input_size),
+            axes,
+            unbatched=((None, self.input_size), ("T", "input_size")),
+        )
         unbatched = x.ndim == 2
         self._check_rows(x.shape[0] * (1 if unbatched else x.shape[1]))  # before any copy
         return self._to_time_major(x, unbatched), unbatched
@@ -250,8 +321,10 @@ class RecurrentLayer(RecurrentModule):
         if keep == 0:
             return [np.zeros(shape, self.dtype) for _ in range(self.num_layers - 1)]
         scale = self.dtype.type(1.0 / keep)
-        return [(self._rng.random(shape) < keep).astype(self.dtype) * scale
-                for _ in range(self.num_layers - 1)]
+        return [
+            (self._rng.random(shape) < keep).astype(self.dtype) * scale
+            for _ in range(self.num_layers - 1)
+        ]
 
 
 def _batch_axis(a: np.ndarray | None) -> np.ndarray | None:
@@ -309,14 +382,34 @@ class LSTM(RecurrentLayer):
     _mode = "lstm"
     _has_cell_state = True
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size=proj_size, dtype=dtype, seed=seed,
-                         backend=backend)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size=proj_size,
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )
 
 
 class GRU(RecurrentLayer):
@@ -330,14 +423,34 @@ class GRU(RecurrentLayer):
 
     _mode = "gru"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, *, reset_after: bool = True,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, options={"reset_after": bool(reset_after)}, dtype=dtype,
-                         seed=seed, backend=backend)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        reset_after: bool = True,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            options={"reset_after": bool(reset_after)},
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )
 
 
 class RNN(RecurrentLayer):
@@ -349,12 +462,31 @@ class RNN(RecurrentLayer):
 
     _mode = "rnn"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: DTypeLike = np.float32, seed: int | None = None,
-                 backend: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional,
-                         options={"nonlinearity": check_nonlinearity(nonlinearity)},
-                         dtype=dtype, seed=seed, backend=backend)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            options={"nonlinearity": check_nonlinearity(nonlinearity)},
+            dtype=dtype,
+            seed=seed,
+            backend=backend,
+        )

@@ -48,7 +48,7 @@ def _probabilities(a: AttentionArgs) -> tuple:
     if a.is_causal:  # top-left aligned, as torch: query i sees keys j <= i
         allowed = np.tril(np.ones((a.L, a.S), dtype=bool))
         s = np.where(allowed, s, -np.inf)
-    m = np.max(s, axis=-1, keepdims=True) if a.S else np.full(s.shape[:-1] + (1,), -np.inf)
+    m = np.max(s, axis=-1, keepdims=True) if a.S else np.full((*s.shape[:-1], 1), -np.inf)
     masked_row = m == -np.inf
     e = np.exp(s - np.where(masked_row, 0, m))
     total = np.sum(e, axis=-1, keepdims=True)
@@ -58,8 +58,9 @@ def _probabilities(a: AttentionArgs) -> tuple:
     return p.astype(a.dtype), lse.astype(a.dtype), k, v
 
 
-def attention_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
-                      dropout_p=0.0, seed=0):
+def attention_forward(
+    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, dropout_p=0.0, seed=0
+):
     """Scaled dot-product attention; see `fusedrnn.functional.attention_forward`.
 
     Returns
@@ -73,8 +74,21 @@ def attention_forward(q, k, v, attn_mask=None, is_causal=False, scale=None, enab
     return a.to_user(out.astype(a.dtype), lse)
 
 
-def attention_backward(q, k, v, out, lse, d_out, attn_mask=None, is_causal=False, scale=None,
-                       enable_gqa=False, *, dropout_p=0.0, seed=0):
+def attention_backward(
+    q,
+    k,
+    v,
+    out,
+    lse,
+    d_out,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    *,
+    dropout_p=0.0,
+    seed=0,
+):
     """Gradients of `attention_forward`; see `fusedrnn.functional.attention_backward`.
 
     Recomputes the probabilities from q and k (``out`` and ``lse`` are checked, not used).
@@ -107,14 +121,15 @@ def additive_attention_forward(query, keys, values, w_q, w_k, w_v, key_mask=None
     Returns ``(context (B, T, Dv), weights (B, T, S), qp (B, T, A), kp (B, S, A))``.
     """
     query, keys, values, w_q, w_k, w_v, key_mask = additive_args(
-        query, keys, values, w_q, w_k, w_v, key_mask)
+        query, keys, values, w_q, w_k, w_v, key_mask
+    )
     qp = query @ w_q.T
     kp = keys @ w_k.T
     a = np.tanh(qp[:, :, None, :] + kp[:, None, :, :])  # (B, T, S, A)
     e = a @ w_v
     if key_mask is not None:
         e = np.where(key_mask[:, None, :], e, -np.inf)
-    m = np.max(e, axis=-1, keepdims=True) if e.shape[-1] else np.full(e.shape[:-1] + (1,), -np.inf)
+    m = np.max(e, axis=-1, keepdims=True) if e.shape[-1] else np.full((*e.shape[:-1], 1), -np.inf)
     x = np.exp(e - np.where(m == -np.inf, 0, m))
     total = np.sum(x, axis=-1, keepdims=True)
     weights = x / np.where(total == 0, 1, total)
@@ -123,16 +138,19 @@ def additive_attention_forward(query, keys, values, w_q, w_k, w_v, key_mask=None
     return context.astype(dtype), weights.astype(dtype), qp.astype(dtype), kp.astype(dtype)
 
 
-def additive_attention_backward(query, keys, values, w_q, w_k, w_v, weights, qp, kp, d_context,
-                                key_mask=None, grads=None):
+def additive_attention_backward(
+    query, keys, values, w_q, w_k, w_v, weights, qp, kp, d_context, key_mask=None, grads=None
+):
     """Gradients of `additive_attention_forward`; ``grads`` (keys w_q, w_k, w_v) accumulate.
 
     Returns ``(d_query, d_keys, d_values, grads)``.
     """
     query, keys, values, w_q, w_k, w_v, key_mask = additive_args(
-        query, keys, values, w_q, w_k, w_v, key_mask)
-    weights, qp, kp, d_context = additive_saved(query, keys, values, w_v, weights, qp, kp,
-                                                d_context)
+        query, keys, values, w_q, w_k, w_v, key_mask
+    )
+    weights, qp, kp, d_context = additive_saved(
+        query, keys, values, w_v, weights, qp, kp, d_context
+    )
     grads = additive_grads(grads, w_q, w_k, w_v)
     p = weights
     # forward: context = p values

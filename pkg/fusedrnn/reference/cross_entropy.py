@@ -11,8 +11,13 @@ import numpy as np
 from .._checks import DTYPES, check_ignore_index
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
-                  reduction: str = "mean", grad: bool = True):
+def cross_entropy(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    grad: bool = True,
+):
     """Softmax cross-entropy of the rows of ``logits`` and the gradient of the logits.
 
     Parameters
@@ -33,8 +38,9 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, ignore_index: int = -
         ``scale * (softmax(logits) - onehot(targets))`` with scale 1 (sum) or 1/count (mean);
         zero rows where the target is ignored.
     """
-    logits, targets, ignore_index, mean = check_cross_entropy_args(logits, targets, ignore_index,
-                                                                   reduction)
+    logits, targets, ignore_index, mean = check_cross_entropy_args(
+        logits, targets, ignore_index, reduction
+    )
     N = logits.shape[0]
     valid = targets != ignore_index
     classes = np.where(valid, targets, 0)  # any class in range, so ignored rows can be indexed
@@ -65,8 +71,9 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     ignore_index = check_ignore_index(ignore_index)
     if not isinstance(logits, np.ndarray):
-        raise TypeError(f"logits must be a numpy.ndarray of float32 or float64, got "
-                        f"{type(logits).__name__}")
+        raise TypeError(
+            f"logits must be a numpy.ndarray of float32 or float64, got {type(logits).__name__}"
+        )
     if logits.dtype not in DTYPES:
         raise TypeError(f"logits must have dtype float32 or float64, got {logits.dtype}")
     if logits.ndim != 2:
@@ -75,17 +82,23 @@ def check_cross_entropy_args(logits, targets, ignore_index, reduction):
     if V == 0:
         raise ValueError("logits must have num_classes >= 1, but has 0")
     if not isinstance(targets, np.ndarray):
-        raise TypeError(f"targets must be a numpy.ndarray of integer class indices, got "
-                        f"{type(targets).__name__}")
+        raise TypeError(
+            f"targets must be a numpy.ndarray of integer class indices, got "
+            f"{type(targets).__name__}"
+        )
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must have an integer dtype (class indices), got {targets.dtype}")
     if targets.shape != (N,):
-        raise ValueError(f"targets must have shape (N,) = ({N},), one class index per row of "
-                         f"logits, but has shape {targets.shape}")
+        raise ValueError(
+            f"targets must have shape (N,) = ({N},), one class index per row of "
+            f"logits, but has shape {targets.shape}"
+        )
     targets = targets.astype(np.int64)
     bad = np.flatnonzero((targets != ignore_index) & ((targets < 0) | (targets >= V)))
     if bad.size:
         n = int(bad[0])
-        raise ValueError(f"targets[{n}] = {targets[n]} is out of range: a target must be a class "
-                         f"in [0, num_classes) = [0, {V}) or ignore_index = {ignore_index}")
+        raise ValueError(
+            f"targets[{n}] = {targets[n]} is out of range: a target must be a class "
+            f"in [0, num_classes) = [0, {V}) or ignore_index = {ignore_index}"
+        )
     return logits, targets, ignore_index, reduction == "mean"

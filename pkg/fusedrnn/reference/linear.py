@@ -18,8 +18,14 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     return y
 
 
-def linear_backward(x: np.ndarray, weight: np.ndarray, dy: np.ndarray, grads=None,
-                    bias: bool = True, need_dx: bool = True):
+def linear_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dy: np.ndarray,
+    grads=None,
+    bias: bool = True,
+    need_dx: bool = True,
+):
     """dx = dy @ weight (None unless ``need_dx``); grads['weight'] += dy^T x and, when ``bias``,
     grads['bias'] += the column sums of dy. grads None makes a fresh zeroed dict."""
     _check(x, weight, dy=dy)
@@ -43,10 +49,14 @@ def _check(x, weight, bias=None, dy=None) -> None:
         if a is not None and a.dtype != x.dtype:
             raise TypeError(f"{name} must have dtype {x.dtype} like x, got {a.dtype}")
     if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight must have shape (out_features, in_features) = "
-                         f"({weight.shape[0]}, {x.shape[1]}), but has shape {weight.shape}")
+        raise ValueError(
+            f"weight must have shape (out_features, in_features) = "
+            f"({weight.shape[0]}, {x.shape[1]}), but has shape {weight.shape}"
+        )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), but has {bias.shape}")
     if dy is not None and dy.shape != (x.shape[0], weight.shape[0]):
-        raise ValueError(f"dy must have shape (M, out_features) = ({x.shape[0]}, "
-                         f"{weight.shape[0]}), but has shape {dy.shape}")
+        raise ValueError(
+            f"dy must have shape (M, out_features) = ({x.shape[0]}, "
+            f"{weight.shape[0]}), but has shape {dy.shape}"
+        )

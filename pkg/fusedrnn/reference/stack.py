@@ -437,10 +437,26 @@ def stack_backward(
     dc_n = None if c0 is None else grad_or_zeros(dc_n, c0.shape, x.dtype)
     if k2:
         return truncated_stack_backward(
-            stack_forward, stack_backward, mode, x, h0, c0, params, num_layers, y, saved, dy,
-            dh_n, dc_n, lengths, dropout_masks,
+            stack_forward,
+            stack_backward,
+            mode,
+            x,
+            h0,
+            c0,
+            params,
+            num_layers,
+            y,
+            saved,
+            dy,
+            dh_n,
+            dc_n,
+            lengths,
+            dropout_masks,
             {"reset_after": reset_after, "nonlinearity": nonlinearity, "proj_size": proj_size},
-            grads, k2, k1)
+            grads,
+            k2,
+            k1,
+        )
     options = {"lengths": lengths, "reset_after": reset_after, "nonlinearity": nonlinearity}
     dh0 = np.zeros_like(h0)
     dc0 = None if c0 is None else np.zeros_like(c0)
@@ -503,8 +519,8 @@ def _grads_or_zeros(
         raise TypeError(f"grads must be None or a dict of arrays, got {type(grads).__name__}")
     if set(grads) != set(params):
         raise ValueError(
-            f"grads must have exactly the keys of params; missing {sorted(set(params) - set(grads))}"
-            f", unexpected {sorted(set(grads) - set(params))}"
+            f"grads must have exactly the keys of params; missing "
+            f"{sorted(set(params) - set(grads))}, unexpected {sorted(set(grads) - set(params))}"
         )
     for name, value in params.items():
         _check_array(f"grads[{name!r}]", grads[name], value.shape, value.dtype)

@@ -14,9 +14,27 @@ import numpy as np
 from ._common import split_workspace
 
 
-def truncated_stack_backward(stack_forward, stack_backward, mode, x, h0, c0, params, num_layers,
-                             y, saved, dy, dh_n, dc_n, lengths, dropout_masks, options, grads,
-                             k2, k1):
+def truncated_stack_backward(
+    stack_forward,
+    stack_backward,
+    mode,
+    x,
+    h0,
+    c0,
+    params,
+    num_layers,
+    y,
+    saved,
+    dy,
+    dh_n,
+    dc_n,
+    lengths,
+    dropout_masks,
+    options,
+    grads,
+    k2,
+    k1,
+):
     """TBPTT(k1, k2) of a one-direction stack; arguments as `stack.stack_backward` (after its
     checks: ``h0``/``c0`` arrays, ``dy``/``dh_n``/``dc_n`` arrays of zeros where absent).
 
@@ -38,25 +56,52 @@ def truncated_stack_backward(stack_forward, stack_backward, mode, x, h0, c0, par
             h_in, c_in = h0[:, rows], (None if c0 is None else c0[:, rows])
         else:
             h_in = np.stack([outputs[k][begin - 1, rows] for k in range(num_layers)])
-            c_in = None if c0 is None else np.stack([
-                split_workspace(saved.workspaces[k][0], "lstm", T, B, H, x.dtype)[1][begin - 1, rows]
-                for k in range(num_layers)])
+            c_in = (
+                None
+                if c0 is None
+                else np.stack(
+                    [
+                        split_workspace(saved.workspaces[k][0], "lstm", T, B, H, x.dtype)[1][
+                            begin - 1, rows
+                        ]
+                        for k in range(num_layers)
+                    ]
+                )
+            )
         hx = h_in if c_in is None else (h_in, c_in)
         span_lengths = np.minimum(lengths_all[rows], end) - begin
         masks = None if dropout_masks is None else [m[begin:end][:, rows] for m in dropout_masks]
         x_span = x[begin:end][:, rows]
-        y_span, _, _, saved_span = stack_forward(mode, x_span, hx, params, num_layers,
-                                                 lengths=span_lengths, dropout_masks=masks,
-                                                 **options)
+        y_span, _, _, saved_span = stack_forward(
+            mode,
+            x_span,
+            hx,
+            params,
+            num_layers,
+            lengths=span_lengths,
+            dropout_masks=masks,
+            **options,
+        )
         d_out = dy[begin:end][:, rows].copy()
         d_out[: chunk_begin - begin] = 0  # the look-back steps: no output gradient of this chunk
         last = lengths_all[rows] - 1
         ends_in_chunk = ((last >= chunk_begin) & (last < end))[None, :, None]
         dx_span, dh0_span, dc0_span, grads = stack_backward(
-            mode, x_span, hx, params, num_layers, y_span, saved_span, d_out,
+            mode,
+            x_span,
+            hx,
+            params,
+            num_layers,
+            y_span,
+            saved_span,
+            d_out,
             dh_n[:, rows] * ends_in_chunk,
             None if dc_n is None else dc_n[:, rows] * ends_in_chunk,
-            lengths=span_lengths, dropout_masks=masks, grads=grads, **options)
+            lengths=span_lengths,
+            dropout_masks=masks,
+            grads=grads,
+            **options,
+        )
         dx[begin:end, rows] += dx_span
         if begin == 0:  # only spans that start at step 0 reach the initial states
             dh0[:, rows] += dh0_span
