@@ -435,9 +435,26 @@ def _check_x(x) -> None:
         raise ValueError(f"input_size is {I}, more than the 2**31 - 1 that one BLAS call takes")
 
 
+@dataclass(frozen=True, eq=False)
+class _StackCall:
+    """The arguments stack_forward and stack_backward share, checked and sorted by length, in
+    the order of the bindings ``_core.stack_forward`` / ``stack_backward``."""
+
+    inputs: tuple  # mode, x, h0, c0, weights: the first arguments of both bindings
+    layout: tuple  # dropout masks, batch_sizes, lengths, num_layers, bidirectional, hidden, proj
+    packing: _Packing | None
+    num_layers: int
+
+    def config(self, reset_after, nonlinearity) -> tuple:
+        """Both bindings' arguments after the arrays only one of them takes: `layout` and the
+        kernel options (``nonlinearity`` is checked here)."""
+        check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
+        return (*self.layout, bool(reset_after), nonlinearity)
+
+
 def _stack_call(
     mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, packing_of
-):
+) -> _StackCall:
     """Checks and sorting shared by stack_forward and stack_backward.
 
     ``packing_of(x)`` gives the batch packing (forward: made from lengths; backward: the one
@@ -482,7 +499,12 @@ def _stack_call(
         if masks is not None:
             masks[:, padded] = 0
     packed = (None, None) if packing is None else (packing.batch_sizes, packing.lengths)
-    return x, h0, c0, weights, masks, packing, packed, hidden, num_layers, proj_size
+    return _StackCall(
+        (mode, x, h0, c0, weights),
+        (masks, *packed, num_layers, bool(bidirectional), hidden, proj_size),
+        packing,
+        num_layers,
+    )
 
 
 def stack_forward(
@@ -516,35 +538,16 @@ def stack_forward(
     saved : `StackSaved` for `stack_backward` (the flat workspace and the batch packing), or
         None when not training
     """
-    xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
-        mode,
-        x,
-        hx,
-        params,
-        num_layers,
-        bidirectional,
-        dropout_masks,
-        proj_size,
-        lambda x: _packing(lengths, x),
+
+    def new_packing(x):
+        return _packing(lengths, x)
+
+    call = _stack_call(
+        mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, new_packing
     )
-    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
-    y, h_n, c_n, workspace = _core.stack_forward(
-        mode,
-        xs,
-        h0,
-        c0,
-        weights,
-        masks,
-        bs,
-        lens,
-        num_layers,
-        bool(bidirectional),
-        hidden,
-        proj_size,
-        bool(reset_after),
-        nonlinearity,
-        bool(training),
-    )
+    config = call.config(reset_after, nonlinearity)
+    y, h_n, c_n, workspace = _core.stack_forward(*call.inputs, *config, bool(training))
+    packing = call.packing
     if packing is not None:
         y, h_n, c_n = packing.unsort(y), packing.unsort(h_n), packing.unsort(c_n)
     saved = None if workspace is None else StackSaved(workspace, packing)
@@ -594,10 +597,10 @@ def stack_backward(
         workspace, packing = _saved_packing(saved, lengths, x)
         return packing
 
-    xs, h0, c0, weights, masks, packing, (bs, lens), hidden, num_layers, proj_size = _stack_call(
+    call = _stack_call(
         mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, saved_packing
     )
-    check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
+    config = call.config(reset_after, nonlinearity)
     for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
         # checked before sorting them by length; the binding checks shapes and dtypes
         if value is not None or name == "y":
@@ -612,35 +615,17 @@ def stack_backward(
     if missing:
         raise ValueError(f"grads must have the keys of params; missing {missing}")
     # the gradient of every parameter there is; None for an absent one (a bias, weight_hr)
-    grad_list = _per_layer({k: grads[k] for k in params}, num_layers, num_directions(bidirectional))
+    grad_list = _per_layer(
+        {k: grads[k] for k in params}, call.num_layers, num_directions(bidirectional)
+    )
+    packing = call.packing
     if packing is not None:
         for name, value in (("y", y), ("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)):
             if value is not None:
                 _check_batch_axis(value, name, x.shape[1])
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
-        mode,
-        xs,
-        h0,
-        c0,
-        weights,
-        y,
-        workspace,
-        dy,
-        dh_n,
-        dc_n,
-        grad_list,
-        masks,
-        bs,
-        lens,
-        num_layers,
-        bool(bidirectional),
-        hidden,
-        proj_size,
-        bool(reset_after),
-        nonlinearity,
-        k2,
-        k1,
+        *call.inputs, y, workspace, dy, dh_n, dc_n, grad_list, *config, k2, k1
     )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)
