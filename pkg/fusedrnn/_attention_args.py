@@ -96,6 +96,20 @@ class AttentionArgs:
         """No query rows at all: nothing for a kernel to do."""
         return self.q.shape[0] * self.heads_q * self.L == 0
 
+    def kernel_options(self) -> tuple:
+        """The last arguments of both bindings, ``_core.attention_forward`` and
+        ``attention_backward``: the mask, its offsets and strides, and the options."""
+        return (
+            self.mask,
+            self.mask_offsets,
+            self.mask_row_stride,
+            self.mask_col_stride,
+            self.is_causal,
+            self.scale,
+            self.dropout_p,
+            self.seed,
+        )
+
     # ---------------------------------------------------------------- user shapes
 
     def out_shape(self) -> tuple:

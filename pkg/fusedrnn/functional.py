@@ -776,19 +776,7 @@ def attention_forward(
     a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
     if a.empty:
         return _empty_attention(a)
-    out, lse = _core.attention_forward(
-        a.q,
-        a.k,
-        a.v,
-        a.mask,
-        a.mask_offsets,
-        a.mask_row_stride,
-        a.mask_col_stride,
-        a.is_causal,
-        a.scale,
-        a.dropout_p,
-        a.seed,
-    )
+    out, lse = _core.attention_forward(a.q, a.k, a.v, *a.kernel_options())
     return a.to_user(out, lse)
 
 
@@ -828,22 +816,7 @@ def attention_backward(
         dk = np.zeros((N, a.heads_kv, a.S, a.E), a.dtype)
         dv = np.zeros((N, a.heads_kv, a.S, a.Ev), a.dtype)
         return a.grads_to_user(dq, dk, dv)
-    dq, dk, dv = _core.attention_backward(
-        d_out4,
-        a.q,
-        a.k,
-        a.v,
-        out4,
-        lse4,
-        a.mask,
-        a.mask_offsets,
-        a.mask_row_stride,
-        a.mask_col_stride,
-        a.is_causal,
-        a.scale,
-        a.dropout_p,
-        a.seed,
-    )
+    dq, dk, dv = _core.attention_backward(d_out4, a.q, a.k, a.v, out4, lse4, *a.kernel_options())
     return a.grads_to_user(dq, dk, dv)
 
 
