@@ -163,18 +163,25 @@ struct StackCall {
             cdata_of<int64_t>(lengths)};
   }
 
+  // body(entry, layer, direction) for each entry of `list` (the weights or the grads): one tuple
+  // per layer and direction, layer-major, as functional.py's _per_layer builds them.
+  template <typename Body>
+  void for_each_layer(py::handle list, const char* what, Body&& body) const {
+    py::list items = py::reinterpret_borrow<py::list>(list);
+    const int64_t LD = shape.layers * shape.directions;
+    if (static_cast<int64_t>(items.size()) != LD)
+      throw py::value_error(std::string(what) + " must hold " + std::to_string(LD) +
+                            " layer entries");
+    for (int64_t k = 0; k < LD; ++k)
+      body(py::reinterpret_borrow<py::tuple>(items[k]), k / shape.directions, k % shape.directions);
+  }
+
   // The weights of every layer and direction, checked by their PyTorch names.
   template <typename T>
   std::vector<LayerWeights<T>> weights(py::handle list) {
     const int64_t G = shape.gates() * shape.hidden, R = shape.out();
     std::vector<LayerWeights<T>> out;
-    py::list items = py::reinterpret_borrow<py::list>(list);
-    const int64_t LD = shape.layers * shape.directions;
-    if (static_cast<int64_t>(items.size()) != LD)
-      throw py::value_error("weights must hold " + std::to_string(LD) + " layer entries");
-    for (int64_t k = 0; k < LD; ++k) {
-      const int64_t l = k / shape.directions, d = k % shape.directions;
-      py::tuple w = py::reinterpret_borrow<py::tuple>(items[k]);
+    for_each_layer(list, "weights", [&](py::tuple w, int64_t l, int64_t d) {
       const std::string n_ih = param_name("weight_ih", l, d), n_hh = param_name("weight_hh", l, d);
       const std::string n_bi = param_name("bias_ih", l, d), n_bh = param_name("bias_hh", l, d);
       const std::string n_hr = param_name("weight_hr", l, d);
@@ -193,7 +200,7 @@ struct StackCall {
       for (py::object o : {py::object(w_ih), py::object(w_hh), b_ih, b_hh, w_hr}) keep.push_back(o);
       out.push_back({cdata_of<T>(w_ih), cdata_of<T>(w_hh), cdata_of<T>(b_ih), cdata_of<T>(b_hh),
                      cdata_of<T>(w_hr)});
-    }
+    });
     return out;
   }
 
@@ -202,13 +209,7 @@ struct StackCall {
   std::vector<LayerGrads<T>> grads(py::handle list) {
     const int64_t G = shape.gates() * shape.hidden, R = shape.out();
     std::vector<LayerGrads<T>> out;
-    py::list items = py::reinterpret_borrow<py::list>(list);
-    const int64_t LD = shape.layers * shape.directions;
-    if (static_cast<int64_t>(items.size()) != LD)
-      throw py::value_error("grads must hold " + std::to_string(LD) + " layer entries");
-    for (int64_t k = 0; k < LD; ++k) {
-      const int64_t l = k / shape.directions, d = k % shape.directions;
-      py::tuple g = py::reinterpret_borrow<py::tuple>(items[k]);
+    for_each_layer(list, "grads", [&](py::tuple g, int64_t l, int64_t d) {
       auto acc = [&](py::handle obj, const char* kind,
                      std::initializer_list<Dim> dims) -> py::object {
         if (obj.is_none()) return py::none();
@@ -230,7 +231,7 @@ struct StackCall {
       for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr}) keep.push_back(o);
       out.push_back({data_of<T>(dw_ih), data_of<T>(dw_hh), data_of<T>(db_ih), data_of<T>(db_hh),
                      data_of<T>(dw_hr)});
-    }
+    });
     return out;
   }
 };
