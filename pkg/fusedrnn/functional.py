@@ -28,10 +28,9 @@ from ._spec import (
     CELL_PARAMETERS,
     GATES,
     MODES,
-    STACK_ROLES,
-    layer_suffix,
     num_directions,
     stack_param_names,
+    stack_role_names,
 )
 from ._truncation import truncation_steps
 
@@ -241,11 +240,7 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
 def _per_layer(named, num_layers: int, D: int) -> list:
     """The entries of ``named`` (params or their grads) as one tuple of the roles
     (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction; None where a role is absent."""
-    return [
-        tuple(named.get(f"{role}{layer_suffix(layer, direction)}") for role in STACK_ROLES)
-        for layer in range(num_layers)
-        for direction in range(D)
-    ]
+    return [tuple(map(named.get, names)) for names in stack_role_names(num_layers, D)]
 
 
 def _hidden_size(mode: str, params) -> int:
