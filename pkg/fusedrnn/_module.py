@@ -51,8 +51,10 @@ def backend_module(name: str) -> ModuleType:
 
     Imported when first asked for: the fused path itself never loads the reference.
     """
-    module = _backend_modules.get(check_backend(name))
+    # only names that passed check_backend are keys (an unhashable name goes to the check)
+    module = _backend_modules.get(name) if isinstance(name, str) else None
     if module is None:
+        check_backend(name)
         if name == "fused":
             from . import functional as module
         else:

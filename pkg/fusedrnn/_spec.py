@@ -52,17 +52,24 @@ def stack_param_names(
     >>> stack_param_names("gru", 1, True, bias=False)
     ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
     """
-    roles = layer_roles(bias, proj_size)
-    return [
+    return list(
+        _stack_param_names(num_layers, num_directions(bidirectional), bias, bool(proj_size))
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _stack_param_names(num_layers: int, D: int, bias: bool, projection: bool) -> tuple:
+    roles = layer_roles(bias, projection)
+    return tuple(
         name
-        for layer_names in stack_role_names(num_layers, num_directions(bidirectional))
+        for layer_names in stack_role_names(num_layers, D)
         for name, role in zip(layer_names, STACK_ROLES)
         if role in roles
-    ]
+    )
 
 
-# Cached: every forward and backward of a stack looks its parameters up by these names, and
-# spelling them anew each time cost a tiny LSTM layer a fifth of its per-call time.
+# Cached, as the names above: every forward and backward of a stack looks its parameters up by
+# these names, and spelling them anew each time cost a tiny LSTM layer a fifth of its call time.
 @functools.lru_cache(maxsize=64)
 def stack_role_names(num_layers: int, D: int) -> tuple:
     """For each layer and direction of a stack (layer-major), the names of its `STACK_ROLES`:

@@ -224,7 +224,8 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
     bias = "bias_ih_l0" in params
     expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
     missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
+    expected_set = set(expected)
+    extra = [k for k in params if k not in expected_set]
     if missing or extra:
         raise ValueError(
             f"params do not fit a {num_layers}-layer "
