@@ -6,6 +6,7 @@ import ctypes
 import glob
 import os
 import platform
+from collections.abc import Iterator
 
 import numpy as np
 import scipy
@@ -15,17 +16,25 @@ from . import _blas, _core
 _core.set_blas(*_blas.gemm_addresses())
 
 
-def _find_scipy_openblas() -> ctypes.CDLL | None:
-    """SciPy's bundled OpenBLAS (already loaded by scipy.linalg), to set its thread count."""
-    libs_dir = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+def bundled_openblas(package) -> Iterator[ctypes.CDLL]:
+    """The OpenBLAS libraries a package's wheel bundles in ``<name>.libs`` (numpy's, scipy's),
+    loaded (already loaded by the package: this only finds them); none for other builds."""
+    libs_dir = os.path.join(
+        os.path.dirname(os.path.dirname(package.__file__)), f"{package.__name__}.libs"
+    )
     for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
         try:
-            lib = ctypes.CDLL(path)
+            yield ctypes.CDLL(path)
         except OSError:
             continue
-        if hasattr(lib, "scipy_openblas_set_num_threads"):
-            return lib
-    return None
+
+
+def _find_scipy_openblas() -> ctypes.CDLL | None:
+    """SciPy's bundled OpenBLAS (already loaded by scipy.linalg), to set its thread count."""
+    return next(
+        (lib for lib in bundled_openblas(scipy) if hasattr(lib, "scipy_openblas_set_num_threads")),
+        None,
+    )
 
 
 _openblas = _find_scipy_openblas()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import glob
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _config
+from .._config import bundled_openblas
 
 MIN_TIMED_SHARE = 0.1
 """The named sweeps time each measurement's calls for at least this share of their budget in
@@ -105,12 +104,7 @@ def _numpy_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
     numpy wheels ship scipy-openblas in ``numpy.libs``, with the thread functions suffixed
     ``64_`` (ILP64) or not; other builds (MKL, Accelerate, a system BLAS) are not recognised.
     """
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in bundled_openblas(np):
         for suffix in ("64_", ""):
             get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
             put = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
