@@ -26,15 +26,34 @@ def _type_name(value: object) -> str:
 # ---------------------------------------------------------------- scalars
 
 
-def check_dtype(dtype: object) -> np.dtype:
-    """A module's dtype: float32 or float64, else ValueError."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
+def check_dtype(dtype: object, name: str = "dtype", default: object = np.float32) -> np.dtype:
+    """A module's dtype: float32 or float64, else TypeError naming ``name``.
+
+    Accepts numpy dtypes and scalar types, their names ('float32', 'f8', 'double', ...) and
+    PyTorch's ``torch.float32`` / ``torch.float64`` (read by name: torch is not imported);
+    None means ``default``.
+    """
+    if dtype is None:
+        dtype = default
+    resolved = None
+    if type(dtype).__module__ == "torch":  # torch.float32 is a torch.dtype, not a numpy one
+        resolved = (
+            np.dtype(str(dtype).removeprefix("torch.")) if str(dtype) in _TORCH_DTYPES else None
+        )
+    elif isinstance(dtype, (str, type, np.dtype)):
+        try:
+            resolved = np.dtype(dtype)
+        except TypeError:
+            resolved = None
     if resolved not in DTYPES:
-        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+        raise TypeError(
+            f"{name} must be float32 or float64 (a numpy dtype, its name, or torch.float32 / "
+            f"torch.float64), got {dtype!r}"
+        )
     return resolved
+
+
+_TORCH_DTYPES = ("torch.float32", "torch.float64")
 
 
 def check_size(value: object, name: str, minimum: int | None = 1) -> int:

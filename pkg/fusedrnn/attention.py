@@ -21,6 +21,7 @@ import numpy as np
 from ._attention_args import dropout_keep
 from ._checks import check_flag, check_probability, check_size
 from ._module import DTypeLike, Module, backend_module
+from .nn import Linear
 
 
 def _fresh_seed() -> int:
@@ -230,11 +231,14 @@ class MultiheadAttention(Module):
             values["v_proj_weight"] = _xavier_uniform(self._rng, (E, self.vdim))
         if self.bias:
             values["in_proj_bias"] = np.zeros(3 * E)
-        bound = 1.0 / np.sqrt(E)
-        values["out_proj.weight"] = self._rng.uniform(-bound, bound, (E, E))
-        if self.bias:
-            values["out_proj.bias"] = np.zeros(E)
         self._set_parameters(values)
+        # a Linear submodule, as PyTorch's (mha.out_proj.weight); the layer runs its GEMMs itself
+        self.out_proj = Linear(E, E, bias=self.bias, dtype=self.dtype, backend=self.backend)
+        bound = 1.0 / np.sqrt(E)
+        out_values = {"weight": self._rng.uniform(-bound, bound, (E, E))}
+        if self.bias:
+            out_values["bias"] = np.zeros(E)
+        self.out_proj._set_parameters(out_values)
 
     def _repr_args(self) -> list:
         args = [str(self.embed_dim), str(self.num_heads), *super()._repr_args()]
@@ -400,8 +404,8 @@ class MultiheadAttention(Module):
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
         out = self._backend.linear_forward(
             merged,
-            self._params["out_proj.weight"],
-            self._params["out_proj.bias"] if self.bias else None,
+            self.out_proj.weight,
+            self.out_proj.bias,
         )
         out = out.reshape(N, L, self.embed_dim)
         weights = None
@@ -482,12 +486,8 @@ class MultiheadAttention(Module):
         H, D, E = self.num_heads, self.head_dim, self.embed_dim
         flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
-        out_grads = {
-            "weight": self.grads["out_proj.weight"],
-            **({"bias": self.grads["out_proj.bias"]} if self.bias else {}),
-        }
         d_merged, _ = self._backend.linear_backward(
-            saved["merged"], self._params["out_proj.weight"], flat, grads=out_grads, bias=self.bias
+            saved["merged"], self.out_proj.weight, flat, grads=self.out_proj.grads, bias=self.bias
         )
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))

@@ -146,7 +146,9 @@ def test_multihead_gradients_by_central_differences():
 
 def test_multihead_state_grads_and_modes():
     layer = fusedrnn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True, seed=1)
-    assert repr(layer) == "MultiheadAttention(8, 2, dropout=0.5, batch_first=True)"
+    assert repr(layer) == (
+        "MultiheadAttention(8, 2, dropout=0.5, batch_first=True\n  (out_proj): Linear(8, 8)\n)"
+    )
     x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
     # dropout is drawn anew in training mode, off in eval mode
     assert not np.allclose(layer(x, x, x)[0], layer(x, x, x)[0])

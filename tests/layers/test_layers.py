@@ -640,10 +640,10 @@ def test_gru_hx_must_not_be_a_pair():
     [
         (
             lambda: LSTM(I, H, dtype=np.int32),
-            ValueError,
-            "dtype must be numpy.float32 or numpy.float64",
+            TypeError,
+            "dtype must be float32 or float64",
         ),
-        (lambda: LSTM(I, H, dtype="complex"), ValueError, "dtype must be"),
+        (lambda: LSTM(I, H, dtype="complex"), TypeError, "dtype must be"),
         (lambda: LSTM(I, H, backend="cuda"), ValueError, "backend must be 'fused' or 'reference'"),
         (lambda: LSTM(I, H, proj_size=H), ValueError, "proj_size must be smaller than hidden_size"),
         (lambda: LSTM(I, H, proj_size=-1), ValueError, "proj_size must be >= 0"),

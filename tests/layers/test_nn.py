@@ -259,7 +259,7 @@ def test_linear_eval_mode_saves_nothing():
         ),
         (lambda lin: Linear(0, 3), ValueError, r"in_features must be >= 1, got 0"),
         (lambda lin: Linear(2.5, 3), TypeError, r"in_features must be an integer"),
-        (lambda lin: Linear(2, 3, dtype=np.float16), ValueError, r"dtype must be"),
+        (lambda lin: Linear(2, 3, dtype=np.float16), TypeError, r"dtype must be"),
     ],
 )
 def test_linear_bad_input(call, error, pattern):
