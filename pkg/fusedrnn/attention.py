@@ -141,12 +141,15 @@ class ScaledDotProductAttention(Module):
         )
         return out
 
-    def backward(self, d_out: np.ndarray) -> tuple:
+    def backward(self, d_out: np.ndarray, *, retain_graph: bool = False) -> tuple:
         """Gradients ``(dq, dk, dv)`` of the last forward for ``d_out`` (the shape of out): the
         shapes of q, k, v (under GQA and batch broadcasting, summed over what shared each k / v
-        entry)."""
+        entry). ``retain_graph``: keep the forward for another backward (by default it is
+        freed, and a second backward raises, as in PyTorch)."""
         q, k, v, mask, out, lse, options = self._require_saved()
-        return self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+        grads = self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+        self._release_saved(retain_graph)
+        return grads
 
 
 # ---------------------------------------------------------------- layers
@@ -459,12 +462,15 @@ class MultiheadAttention(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, d_output: np.ndarray) -> tuple:
-        """Gradients through the last forward; adds every parameter's into ``grads``.
+    def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> tuple:
+        """Gradients through the last forward; adds every parameter's into its ``grad``.
 
         Parameters
         ----------
         d_output : the shape of output
+        retain_graph : bool, default False
+            Keep what the forward saved, for another backward through it; by default it is
+            freed and a second backward raises (PyTorch's rule).
 
         Returns
         -------
@@ -513,6 +519,7 @@ class MultiheadAttention(Module):
                 x_in.reshape(N * length, -1), weight, dy, grads=grads, bias=d_bias is not None
             )
             grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
+        self._release_saved(retain_graph)
         return tuple(grads_in)
 
 
@@ -635,8 +642,10 @@ class AdditiveAttention(Module):
             context, weights = context[:, 0], weights[:, 0]
         return context, (weights.copy() if need_weights else None)
 
-    def backward(self, d_context: np.ndarray) -> tuple:
-        """Gradients through the last forward; adds into ``grads``.
+    def backward(self, d_context: np.ndarray, *, retain_graph: bool = False) -> tuple:
+        """Gradients through the last forward; adds into every parameter's ``grad``.
+        ``retain_graph``: keep the forward for another backward (by default it is freed, and a
+        second backward raises, as in PyTorch).
 
         Returns
         -------
@@ -669,4 +678,5 @@ class AdditiveAttention(Module):
             d_values = None
         if s["single_step"]:
             d_query = d_query[:, 0]
+        self._release_saved(retain_graph)
         return d_query, d_keys, d_values

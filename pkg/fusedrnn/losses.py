@@ -79,7 +79,7 @@ class CrossEntropyLoss(Module):
         self._keep_for_backward(None if dlogits is None else dlogits.reshape(logits.shape))
         return loss
 
-    def backward(self, d_loss: float = 1.0) -> np.ndarray:
+    def backward(self, d_loss: float = 1.0, *, retain_graph: bool = False) -> np.ndarray:
         """The gradient of ``d_loss * loss`` with respect to the last training forward's logits.
 
         Returns
@@ -88,6 +88,7 @@ class CrossEntropyLoss(Module):
             copy), replaced by the next forward.
         """
         dlogits = self._require_saved()
+        self._release_saved(retain_graph)
         if d_loss == 1:
             return dlogits
         return dlogits * dlogits.dtype.type(d_loss)

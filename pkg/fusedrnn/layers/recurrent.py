@@ -191,12 +191,13 @@ class RecurrentLayer(RecurrentModule):
         *,
         truncate: int | None = None,
         truncate_stride: int | None = None,
+        retain_graph: bool = False,
     ) -> tuple:
         """Gradients through the last training-mode forward.
 
-        Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
-        The saved state is not consumed: calling backward again (e.g. with other output
-        gradients) adds into ``grads`` again.
+        Adds every parameter's gradient into its ``grad`` and returns those of the inputs.
+        What the forward saved is freed, so a second backward raises, unless
+        ``retain_graph=True`` keeps it (PyTorch's rule).
 
         Parameters
         ----------
@@ -212,6 +213,8 @@ class RecurrentLayer(RecurrentModule):
             equals cutting the state every k steps (PyTorch: ``h = h.detach()``). The spans run
             in C++ from the one saved forward. For sequences longer than memory, run the
             layer chunk by chunk instead (see the README, "Long sequences").
+        retain_graph : bool, default False
+            Keep what the forward saved, for another backward through it.
 
         Returns
         -------
@@ -250,6 +253,7 @@ class RecurrentLayer(RecurrentModule):
             truncate_stride=truncate_stride,
             **self._stack_options,
         )
+        self._release_saved(retain_graph)
         dx = self._from_time_major(dx, saved.unbatched)
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
