@@ -14,6 +14,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from . import functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
+from ._module import Module, Parameter
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
@@ -21,10 +22,12 @@ from .attention import (
     ScaledDotProductAttention,
     scaled_dot_product_attention,
 )
+from .containers import ModuleDict, ModuleList, Sequential
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .losses import CrossEntropyLoss
 from .nn import Embedding, Linear
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
+from .serialization import load, save
 
 __all__ = [
     "GRU",
@@ -38,18 +41,25 @@ __all__ = [
     "GRUCell",
     "LSTMCell",
     "Linear",
+    "Module",
+    "ModuleDict",
+    "ModuleList",
     "MultiheadAttention",
+    "Parameter",
     "RNNCell",
     "ScaledDotProductAttention",
+    "Sequential",
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",
     "empty_cache",
     "functional",
     "get_num_threads",
+    "load",
     "optim",
     "reference",
     "sampling",
+    "save",
     "scaled_dot_product_attention",
     "set_num_threads",
     "show_config",

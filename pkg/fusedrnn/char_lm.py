@@ -327,7 +327,8 @@ def train(cfg: Config) -> dict:
         t0 = time.perf_counter()
         # the learning rate falls linearly to a tenth over the run
         done = step / cfg.steps if cfg.steps else elapsed / cfg.time
-        optimizer.lr = cfg.lr * (1 - 0.9 * min(done, 1.0))
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * (1 - 0.9 * min(done, 1.0))
         loss, state = model.forward(
             x_streams[position : position + T], y_streams[position : position + T], state
         )
