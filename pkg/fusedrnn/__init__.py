@@ -22,9 +22,10 @@ from .attention import (
     scaled_dot_product_attention,
 )
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .losses import CrossEntropyLoss
+from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
+from .parameter_free import Dropout, LogSoftmax
 
 __all__ = [
     "GRU",
@@ -34,11 +35,15 @@ __all__ = [
     "Adam",
     "AdditiveAttention",
     "CrossEntropyLoss",
+    "Dropout",
     "Embedding",
     "GRUCell",
     "LSTMCell",
     "Linear",
+    "LogSoftmax",
+    "MSELoss",
     "MultiheadAttention",
+    "NLLLoss",
     "RNNCell",
     "ScaledDotProductAttention",
     "__version__",
