@@ -44,7 +44,11 @@ GROUPS: list[tuple[str, list[str]]] = [
         [
             "Embedding",
             "Linear",
+            "Dropout",
+            "LogSoftmax",
             "CrossEntropyLoss",
+            "NLLLoss",
+            "MSELoss",
             "SGD",
             "Adam",
             "clip_grad_norm_",
@@ -55,7 +59,7 @@ GROUPS: list[tuple[str, list[str]]] = [
         "Configuration",
         ["show_config", "set_num_threads", "get_num_threads", "empty_cache", "__version__"],
     ),
-    ("Modules", ["functional", "reference", "optim", "sampling"]),
+    ("Modules", ["functional", "reference", "optim", "lr_scheduler", "sampling"]),
 ]
 
 HEADER = """\

@@ -12,7 +12,7 @@ import os
 # fusedrnn.show_config() shows it.
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
-from . import functional, optim, reference, sampling
+from . import functional, lr_scheduler, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._version import __version__
 from .attention import (
@@ -52,6 +52,7 @@ __all__ = [
     "empty_cache",
     "functional",
     "get_num_threads",
+    "lr_scheduler",
     "optim",
     "reference",
     "sampling",
