@@ -148,6 +148,22 @@ class _ClassTargetLoss(_Loss):
             )
         return flat
 
+    def _forward_log_probs(self, scores: object, targets: object, name: str, to_log_probs):
+        """Check ``scores`` (..., C) and ``targets``, take ``to_log_probs`` of the rows (N, C) of
+        the scores, and return the loss of `_nll_forward`, keeping what backward needs."""
+        scores = self._check_scores(scores, name)
+        flat = self._check_targets(targets, scores, name)
+        log_probs = to_log_probs(scores.reshape(-1, scores.shape[-1]))
+        row_loss, rows = self._nll_forward(log_probs, flat)
+        self._keep_for_backward((scores.shape, log_probs, rows))
+        return self._reduce(row_loss.reshape(targets.shape), rows[3], scores.dtype)
+
+    def _backward_log_probs(self, saved: tuple, d_loss: object) -> np.ndarray:
+        """The gradient (N, C) of the log-probabilities of the forward that saved ``saved``."""
+        shape, log_probs, rows = saved
+        d_loss = self._check_d_loss(d_loss, shape[:-1], log_probs.dtype)
+        return self._nll_backward(log_probs.shape, rows, d_loss)
+
     def _nll_forward(self, log_probs: np.ndarray, targets: np.ndarray):
         """The loss of log-probabilities (N, C) against flat targets (N,), and what backward
         needs: PyTorch's ``(1 - eps) * nll + eps / C * smooth`` with ``nll_n = -w[t_n]
@@ -241,12 +257,7 @@ class NLLLoss(_ClassTargetLoss):
         -------
         loss : a numpy scalar of the input's dtype, or (...) for reduction='none'
         """
-        log_probs = self._check_scores(log_probs, "log_probs")
-        flat = self._check_targets(targets, log_probs, "log_probs")
-        C = log_probs.shape[-1]
-        row_loss, rows = self._nll_forward(log_probs.reshape(-1, C), flat)
-        self._keep_for_backward((log_probs.shape, rows))
-        return self._reduce(row_loss.reshape(targets.shape), rows[3], log_probs.dtype)
+        return self._forward_log_probs(log_probs, targets, "log_probs", lambda rows: rows)
 
     def backward(self, d_loss=1.0) -> np.ndarray:
         """The gradient of the last training-mode forward's log-probabilities.
@@ -261,10 +272,7 @@ class NLLLoss(_ClassTargetLoss):
         d_log_probs : (..., C), the shape of log_probs
         """
         saved = self._require_saved()
-        shape, rows = saved
-        d_loss = self._check_d_loss(d_loss, shape[:-1], rows[2].dtype)
-        N, C = int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]
-        return self._nll_backward((N, C), rows, d_loss).reshape(shape)
+        return self._backward_log_probs(saved, d_loss).reshape(saved[0])
 
 
 class CrossEntropyLoss(_ClassTargetLoss):
@@ -365,12 +373,9 @@ class CrossEntropyLoss(_ClassTargetLoss):
 
     def _forward_numpy(self, logits: object, targets: object):
         """`log_softmax`, then `_nll_forward`: for weights, label smoothing or 'none'."""
-        logits = self._check_scores(logits, "logits")
-        flat = self._check_targets(targets, logits, "logits")
-        log_probs = log_softmax(logits.reshape(-1, logits.shape[-1]), axis=-1)
-        row_loss, rows = self._nll_forward(log_probs, flat)
-        self._keep_for_backward((logits.shape, log_probs, rows))
-        return self._reduce(row_loss.reshape(targets.shape), rows[3], logits.dtype)
+        return self._forward_log_probs(
+            logits, targets, "logits", lambda rows: log_softmax(rows, axis=-1)
+        )
 
     def backward(self, d_loss=1.0) -> np.ndarray:
         """The gradient of ``d_loss * loss`` with respect to the last training forward's logits.
@@ -390,9 +395,8 @@ class CrossEntropyLoss(_ClassTargetLoss):
             dlogits = saved
             d_loss = self._check_d_loss(d_loss, (), dlogits.dtype)
             return dlogits if d_loss == 1 else dlogits * d_loss
-        shape, log_probs, rows = saved
-        d_loss = self._check_d_loss(d_loss, shape[:-1], log_probs.dtype)
-        d_log_probs = self._nll_backward(log_probs.shape, rows, d_loss)
+        shape, log_probs, _ = saved
+        d_log_probs = self._backward_log_probs(saved, d_loss)
         return log_softmax_backward(log_probs, d_log_probs, axis=-1).reshape(shape)
 
 
