@@ -28,6 +28,7 @@ API_FILE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # The order of the reference: what a user meets first comes first. A public name missing here
 # still gets a section, under "Other".
 GROUPS: list[tuple[str, list[str]]] = [
+    ("Modules and parameters", ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict"]),
     ("Recurrent layers", ["LSTM", "GRU", "RNN"]),
     ("Cells", ["LSTMCell", "GRUCell", "RNNCell"]),
     (
@@ -44,11 +45,17 @@ GROUPS: list[tuple[str, list[str]]] = [
         [
             "Embedding",
             "Linear",
+            "Dropout",
+            "LogSoftmax",
             "CrossEntropyLoss",
+            "NLLLoss",
+            "MSELoss",
             "SGD",
             "Adam",
             "clip_grad_norm_",
             "clip_grad_value_",
+            "save",
+            "load",
         ],
     ),
     (

@@ -24,9 +24,10 @@ from .attention import (
 )
 from .containers import ModuleDict, ModuleList, Sequential
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .losses import CrossEntropyLoss
+from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
+from .parameter_free import Dropout, LogSoftmax
 from .serialization import load, save
 
 __all__ = [
@@ -37,14 +38,18 @@ __all__ = [
     "Adam",
     "AdditiveAttention",
     "CrossEntropyLoss",
+    "Dropout",
     "Embedding",
     "GRUCell",
     "LSTMCell",
     "Linear",
+    "LogSoftmax",
+    "MSELoss",
     "Module",
     "ModuleDict",
     "ModuleList",
     "MultiheadAttention",
+    "NLLLoss",
     "Parameter",
     "RNNCell",
     "ScaledDotProductAttention",

@@ -140,6 +140,29 @@ def fits_shape(value: np.ndarray, shape: tuple) -> bool:
     return all(not (want is not None and want != got) for want, got in zip(shape, actual))
 
 
+def check_float_array(value: object, name: str) -> np.ndarray:
+    """``value`` if it is a numpy array of float32 or float64 (for a module without a dtype of
+    its own, which takes its input's); TypeError naming ``name`` otherwise. Never casts."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of float32 or float64, got {_type_name(value)}"
+        )
+    if value.dtype not in DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, but has {value.dtype}")
+    return value
+
+
+def check_axis(axis: object, name: str, ndim: int) -> int:
+    """``axis`` as a non-negative axis of an array with ``ndim`` axes (negative counts from the
+    end, as numpy's and PyTorch's ``dim``)."""
+    axis = check_size(axis, name, minimum=None)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name} must be in [-{ndim}, {ndim}) for an input of {ndim} axes, got {axis}"
+        )
+    return axis % ndim
+
+
 def check_array(
     value: object,
     name: str,

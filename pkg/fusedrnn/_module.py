@@ -221,7 +221,14 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list
 
 
-_UNSET: Any = object()  # Module(dtype=...) not given: a module without a dtype of its own
+class _NoDtype:
+    """The default of ``Module(dtype=...)``: a module without a dtype of its own."""
+
+    def __repr__(self) -> str:
+        return "NO_DTYPE"
+
+
+NO_DTYPE: Any = _NoDtype()
 
 
 class Module:
@@ -230,8 +237,8 @@ class Module:
     Parameters
     ----------
     dtype : numpy.float32 or numpy.float64, or their names, or torch.float32 / torch.float64
-        Of the parameters and of every array the module accepts; None means float32. Not given:
-        a module without a dtype of its own (a loss, a container, a user model).
+        Of the parameters and of every array the module accepts; None means float32. Not given
+        (``NO_DTYPE``): a module without a dtype of its own (a loss, a container, a user model).
     seed : int or None
         Seeds the module's generator (initialisation, dropout).
     backend : 'fused' or 'reference', optional
@@ -268,12 +275,15 @@ class Module:
     _repr_fields: ClassVar[tuple] = ()
 
     def __init__(
-        self, dtype: DTypeLike | None = _UNSET, seed: int | None = None, backend: str | None = None
+        self,
+        dtype: DTypeLike | None = NO_DTYPE,
+        seed: int | None = None,
+        backend: str | None = None,
     ) -> None:
         state = self.__dict__
         state["_params"] = state.get("_params", {})  # the parameters, by name, in order
         state["_modules"] = state.get("_modules", {})  # the submodules, by name, in order
-        if dtype is not _UNSET:
+        if dtype is not NO_DTYPE:
             self.dtype = check_dtype(dtype)
         if backend is not None:
             self.backend = check_backend(backend)

@@ -20,9 +20,10 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ._module import Module, Parameter
+from .._module import Module, Parameter
+from . import lr_scheduler  # fusedrnn.optim.lr_scheduler, as torch.optim.lr_scheduler
 
-__all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm_", "clip_grad_value_", "lr_scheduler"]
 
 
 def _parameter_list(params: object, name: str = "params") -> list[Parameter]:
