@@ -45,7 +45,7 @@ def check_dtype(dtype: object, name: str = "dtype", default: object = np.float32
             resolved = np.dtype(dtype)
         except TypeError:
             resolved = None
-    if resolved not in DTYPES:
+    if resolved is None or resolved not in DTYPES:  # numpy: dtype('float64') == None is True
         raise TypeError(
             f"{name} must be float32 or float64 (a numpy dtype, its name, or torch.float32 / "
             f"torch.float64), got {dtype!r}"
