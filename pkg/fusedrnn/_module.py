@@ -301,7 +301,15 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} defines no forward")
 
-    def backward(self, *args, **kwargs):
+    def backward(self, *args, retain_graph: bool = False, **kwargs):
+        """Gradients through the last forward: every module's takes the gradient of its
+        output(s), adds into its parameters' ``grad`` and returns the gradient of its input(s).
+
+        One forward has one backward, as in PyTorch: backward frees what its forward saved,
+        and a second raises a RuntimeError, unless the first was given ``retain_graph=True``
+        (then it adds into the gradients again). A backward that raises for its arguments
+        frees nothing and adds nothing.
+        """
         raise NotImplementedError(f"{type(self).__name__} defines no backward")
 
     @property

@@ -468,9 +468,7 @@ class MultiheadAttention(Module):
         Parameters
         ----------
         d_output : the shape of output
-        retain_graph : bool, default False
-            Keep what the forward saved, for another backward through it; by default it is
-            freed and a second backward raises (PyTorch's rule).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------

@@ -13,7 +13,36 @@ from collections.abc import Iterable, Iterator, Mapping
 from ._module import Module
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """What `Sequential` and `ModuleList` share: children named '0', '1', ... in order, read by
+    position (a slice gives a container of the same kind), iterated, appended to."""
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int | slice):
+        modules = list(self._modules.values())
+        if isinstance(index, slice):
+            return type(self)._from_list(modules[index])
+        return modules[_check_index(index, len(self))]
+
+    @classmethod
+    def _from_list(cls, modules: list[Module]) -> _ModuleSequence:
+        sequence = cls()
+        for module in modules:
+            sequence.append(module)
+        return sequence
+
+    def append(self, module: Module):
+        """Add ``module`` at the end; returns self."""
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class Sequential(_ModuleSequence):
     """Modules run one after another: ``forward`` passes each one's output to the next, and
     ``backward`` runs their backwards in reverse, each one's input gradient into the one before.
 
@@ -43,22 +72,6 @@ class Sequential(Module):
             for index, module in enumerate(modules):
                 self.add_module(str(index), module)
 
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def __getitem__(self, index: int | slice) -> Module:
-        if isinstance(index, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[index]))
-        return list(self._modules.values())[_check_index(index, len(self))]
-
-    def append(self, module: Module) -> Sequential:
-        """Add ``module`` at the end; returns self."""
-        self.add_module(str(len(self)), module)
-        return self
-
     def forward(self, x):
         """Every child's forward in order, each one's output into the next."""
         for module in self:
@@ -74,7 +87,7 @@ class Sequential(Module):
         return grad
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of modules whose parameters are the container's (``'0.weight'``, ...), as
     ``torch.nn.ModuleList``: index, iterate, ``append``, ``extend``, ``insert``."""
 
@@ -83,25 +96,8 @@ class ModuleList(Module):
         if modules is not None:
             self.extend(modules)
 
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def __getitem__(self, index: int | slice) -> Module | ModuleList:
-        modules = list(self._modules.values())
-        if isinstance(index, slice):
-            return ModuleList(modules[index])
-        return modules[_check_index(index, len(self))]
-
     def __setitem__(self, index: int, module: Module) -> None:
         self.add_module(str(_check_index(index, len(self))), module)
-
-    def append(self, module: Module) -> ModuleList:
-        """Add ``module`` at the end; returns self."""
-        self.add_module(str(len(self)), module)
-        return self
 
     def extend(self, modules: Iterable[Module]) -> ModuleList:
         """Add every module of ``modules`` at the end; returns self."""

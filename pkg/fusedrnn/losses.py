@@ -266,9 +266,7 @@ class NLLLoss(_ClassTargetLoss):
         ----------
         d_loss : a real number (default 1), or for reduction='none' an array of the loss's
             shape and dtype
-        retain_graph : bool, default False
-            Keep the forward for another backward (by default it is freed, and a second
-            backward raises, as in PyTorch).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -389,9 +387,7 @@ class CrossEntropyLoss(_ClassTargetLoss):
         ----------
         d_loss : a real number (default 1), or for reduction='none' an array of the loss's
             shape and dtype
-        retain_graph : bool, default False
-            Keep the forward for another backward (by default it is freed, and a second
-            backward raises, as in PyTorch).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -457,9 +453,7 @@ class MSELoss(_Loss):
         ----------
         d_loss : a real number (default 1), or for reduction='none' an array of the loss's
             shape and dtype
-        retain_graph : bool, default False
-            Keep the forward for another backward (by default it is freed, and a second
-            backward raises, as in PyTorch).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------

@@ -114,9 +114,7 @@ class Linear(Module):
         Parameters
         ----------
         d_output : (..., out_features), the shape of the output
-        retain_graph : bool, default False
-            Keep what the forward saved, for another backward through it; by default it is
-            freed and a second backward raises (PyTorch's rule).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -222,9 +220,7 @@ class Embedding(Module):
         Parameters
         ----------
         d_output : (..., embedding_dim), the shape of the output
-        retain_graph : bool, default False
-            Keep what the forward saved, for another backward through it; by default it is
-            freed and a second backward raises (PyTorch's rule).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
         """
         indices = self._require_saved()
         self._check_array(

@@ -100,9 +100,7 @@ class Dropout(Module):
         Parameters
         ----------
         d_output : the shape and dtype of the output
-        retain_graph : bool, default False
-            Keep the forward for another backward (by default it is freed, and a second
-            backward raises, as in PyTorch).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -164,9 +162,7 @@ class LogSoftmax(Module):
         Parameters
         ----------
         d_output : the shape and dtype of the output
-        retain_graph : bool, default False
-            Keep the forward for another backward (by default it is freed, and a second
-            backward raises, as in PyTorch).
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------

@@ -228,8 +228,7 @@ class RecurrentLayer(RecurrentModule):
             equals cutting the state every k steps (PyTorch: ``h = h.detach()``). The spans run
             in C++ from the one saved forward. For sequences longer than memory, run the
             layer chunk by chunk instead (see the README, "Long sequences").
-        retain_graph : bool, default False
-            Keep what the forward saved, for another backward through it.
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
