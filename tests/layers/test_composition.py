@@ -352,3 +352,13 @@ def test_a_given_hx_takes_the_place_of_the_learned_state():
     plain = GRU(2, 3, dtype=F64, seed=0)
     np.testing.assert_array_equal(y, plain(x)[0])
     assert "learn_initial_state=True" in repr(layer)
+
+
+def test_a_refused_backward_keeps_the_forward_and_adds_nothing():
+    layer = LSTM(3, 4, dtype=F64, seed=0)
+    y, _ = layer(np.ones((5, 2, 3)))
+    with pytest.raises(ValueError, match="d_output"):
+        layer.backward(np.ones((5, 2, 5)))
+    assert not any(p.grad.any() for p in layer.parameters())
+    layer.backward(np.ones_like(y))  # the forward is still there
+    assert layer.weight_ih_l0.grad.any()
