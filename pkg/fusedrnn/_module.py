@@ -514,6 +514,8 @@ class Module:
     def grads(self) -> dict[str, np.ndarray]:
         """``{name: parameter.grad}`` keyed like ``state_dict()``: the gradient arrays themselves,
         which every backward adds into (a tied parameter's under each of its names)."""
+        if not self._modules:  # a layer: its own parameters (the per-call path, kept short)
+            return {name: p.grad for name, p in self._params.items()}
         return {name: p.grad for name, p in self.named_parameters(remove_duplicate=False)}
 
     # ------------------------------------------------------------ state
