@@ -8,8 +8,8 @@ text (negative log-likelihood, ``clip_grad_norm_``, the manual SGD update over
 ``model.parameters()``), the learning rate divided by 4 whenever the validation loss does not
 improve, and the best model saved and reloaded for the test loss. The options are PyTorch's::
 
-    python examples/word_language_model.py                   # LSTM, about 30 s an epoch here
-    python examples/word_language_model.py --model GRU --tied --epochs 6
+    python examples/word_language_model.py                   # LSTM, 6 epochs of about 30 s
+    python examples/word_language_model.py --model GRU --tied --epochs 3
     python examples/word_language_model.py --data ./data/wikitext-2   # PyTorch's own data
 
 The data: without ``--data``, the text of the Python documentation that every Python
@@ -30,7 +30,13 @@ What differs from PyTorch's, and why:
   keeps what its last forward saved for backward, so one module used twice in a forward would
   lose the first use's mask (PyTorch records every call).
 - ``--accel``, ``--use-optimizer`` (AdamW), ``--onnx-export``, ``--nhead`` and the Transformer
-  model are left out; ``--dtype`` is added (float32 as PyTorch's default, or float64).
+  model are left out; ``--dtype`` is added (float32 as PyTorch's default, or float64). The
+  defaults are PyTorch's but ``--epochs`` (6, not 40) and ``--log-interval`` (40, not 200), for
+  a corpus 20 times smaller than WikiText-2.
+
+Measured on 2026-12-06 on a 2-core AMD EPYC shared with other jobs (load about 4): an epoch of
+the defaults (136 steps of 20 x 35 words) took 26-28 s; the validation perplexity was 105 after
+the first epoch and 67 after the second.
 
 The training step, from ``model.zero_grad()`` to the update (the lines of code of the plain-SGD
 path, ``get_batch`` and the logging left out): PyTorch's main.py has 8 lines (zero_grad,
@@ -315,7 +321,7 @@ def evaluate(model: RNNModel, criterion, data_source: np.ndarray, bptt: int) -> 
     for i in range(0, data_source.shape[0] - 1, bptt):
         data, targets = get_batch(data_source, i, bptt)
         output, hidden = model(data, hidden)
-        total_loss += len(data) * float(criterion(output, targets))
+        total_loss += len(data) * criterion(output, targets).item()
     return total_loss / (len(data_source) - 1)
 
 
@@ -342,8 +348,8 @@ def train(
         for p in model.parameters():
             p -= lr * p.grad
 
-        total_loss += float(loss)
-        losses.append(float(loss))
+        total_loss += loss.item()
+        losses.append(loss.item())
 
         if batch % args.log_interval == 0 and batch > 0:
             cur_loss = total_loss / args.log_interval
