@@ -395,9 +395,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tied", action="store_true", help="tie the word embedding and softmax weights"
     )
     parser.add_argument("--seed", type=int, default=1111, help="random seed")
-    parser.add_argument(
-        "--log-interval", type=int, default=40, metavar="N", help="report interval"
-    )
+    parser.add_argument("--log-interval", type=int, default=40, metavar="N", help="report interval")
     parser.add_argument("--save", type=str, default="model.pt", help="path to save the final model")
     parser.add_argument(
         "--dtype",

@@ -4,7 +4,8 @@ With PyTorch installed: PyTorch's own model (``model.py``'s RNNModel, copied bel
 example's, from the same weights (torch's ``state_dict`` loaded into ours, tied weights included),
 trained side by side in float64 with dropout 0 by PyTorch's loop (copied below) and the example's
 ``train``: every step's loss and the final parameters agree, for the four cell types, tied and
-untied; the ``state_dict`` keys are PyTorch's. Without PyTorch: the example's ``main`` runs end to
+untied, and with dropout on when PyTorch's model replays our dropout masks; the ``state_dict``
+keys are PyTorch's. Without PyTorch: the example's ``main`` runs end to
 end (trains, anneals, saves the best model, reloads it, reports a finite test loss), also in a
 process where ``import torch`` fails.
 """
@@ -182,6 +183,49 @@ def test_training_matches_pytorch_step_by_step(torch, wlm, rnn_type, tied):
     for name, value in expected.items():
         np.testing.assert_allclose(final[name], value, rtol=rtol, atol=atol, err_msg=name)
     assert (ours.decoder.weight is ours.encoder.weight) == tied  # training kept the tie
+
+
+@pytest.mark.filterwarnings("ignore:dropout.*num_layers:UserWarning")  # 1 layer: on purpose
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_training_with_dropout_matches_pytorch_replaying_our_masks(torch, wlm, tied):
+    """Dropout on: the masks our two Dropout modules draw, replayed by PyTorch's ``self.drop``
+    (called in the same order: embeddings, then the recurrent output), give the same steps.
+    One recurrent layer, since the masks between layers are drawn inside each library's LSTM."""
+    torch.manual_seed(0)
+    theirs = torch_rnn_model(torch, "LSTM", NTOKEN, NINP, NINP, 1, 0.3, tied).double()
+    ours = wlm.RNNModel("LSTM", NTOKEN, NINP, NINP, 1, 0.3, tied, dtype=np.float64, seed=2)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+
+    masks = []  # every mask our Dropout modules applied, in the order they applied them
+    for drop in (ours.drop_in, ours.drop_out):
+
+        def recording_forward(x, forward=drop.forward):
+            y = forward(x)
+            masks.append(y / x)  # x is never 0 here: embeddings and LSTM outputs
+            return y
+
+        drop.forward = recording_forward
+
+    class Replay(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.from_numpy(masks.pop(0))
+
+    theirs.drop = Replay()
+    args = SimpleNamespace(bptt=BPTT, batch_size=BSZ, clip=0.25, log_interval=10**9, dry_run=False)
+    tokens = np.random.default_rng(1).integers(0, NTOKEN, BSZ * (BPTT * CHUNKS + 1))
+    train_data = wlm.batchify(tokens, BSZ)
+    our_losses = wlm.train(ours, fusedrnn.NLLLoss(), train_data, 20.0, args)
+    assert len(masks) == 2 * CHUNKS and any((mask == 0).any() for mask in masks)
+    their_losses = torch_train(
+        torch, theirs, torch.nn.NLLLoss(), torch.from_numpy(train_data), 20.0, args
+    )
+
+    rtol, atol = tolerances(np.float64)
+    assert not masks  # PyTorch's model used every one of them
+    np.testing.assert_allclose(our_losses, their_losses, rtol=rtol, atol=0)
+    final = ours.state_dict()
+    for name, value in theirs.state_dict().items():
+        np.testing.assert_allclose(final[name], value.numpy(), rtol=rtol, atol=atol, err_msg=name)
 
 
 def write_splits(folder, lines: list[list[str]]) -> None:
