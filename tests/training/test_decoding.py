@@ -13,7 +13,8 @@ from scipy import stats
 
 from fusedrnn import char_lm
 from fusedrnn.decoding import beam_search, greedy_decode, sample_decode
-from fusedrnn.sampling import sample, softmax
+from fusedrnn.sampling import sample
+from tests.helpers.sampling import processed_distribution
 
 # ---------------------------------------------------------------- step functions
 
@@ -145,24 +146,6 @@ def test_sample_decode_draws_what_sample_draws_step_by_step():
     )
 
 
-def processed_distribution(logits, temperature, top_k, top_p):
-    """Temperature, then top-k, then top-p, written out directly for one row."""
-    p = softmax(logits / temperature)
-    order = sorted(range(len(p)), key=lambda i: (-p[i], i))
-    kept = order[:top_k]
-    q = np.zeros_like(p)
-    q[kept] = p[kept] / p[kept].sum()
-    nucleus, mass = [], 0.0
-    for i in kept:
-        nucleus.append(i)
-        mass += q[i]
-        if mass >= top_p:
-            break
-    r = np.zeros_like(p)
-    r[nucleus] = q[nucleus] / q[nucleus].sum()
-    return r
-
-
 def test_sampled_sequences_follow_the_processed_distribution():
     """20000 sequences drawn at once from a Markov chain with EOS: the frequency of each whole
     sequence against its exact probability (chi-square, fixed seed)."""
@@ -185,7 +168,6 @@ def test_sampled_sequences_follow_the_processed_distribution():
         counts[tokens] += 1
     assert all(counts[t] == 0 for t, p in exact.items() if p == 0)
     possible = [t for t, p in exact.items() if p > 0]
-    print(len(possible), len(exact))
     assert 5 < len(possible) < len(exact)  # top-k and top-p remove some, not all
     observed = np.array([counts[t] for t in possible])
     expected = np.array([exact[t] for t in possible]) * n
@@ -351,18 +333,22 @@ def test_every_form_of_state_is_reordered_alike():
 
 
 def test_ties_are_broken_by_beam_then_token():
-    """Uniform logits: every continuation ties; the lowest token ids win, the same every run."""
+    """Uniform logits: every continuation ties; the lowest token ids win. Logits of three
+    values over 150 classes: the first step keeps the lowest ids of the largest value."""
 
     def uniform(tokens, state):
-        return np.zeros((len(tokens), 50)), state  # many: numpy sorts a few stably anyway
+        return np.zeros((len(tokens), 50)), state
 
-    results = [
-        beam_search(uniform, None, [1, 1], 3, beam_width=3, n_best=3, eos=None) for _ in range(2)
-    ]
-    expected = [[0, 0, 0], [0, 0, 1], [0, 0, 2]]
-    for run in results:
-        for item in run:
-            assert [h.tokens.tolist() for h in item] == expected
+    for _ in range(2):
+        for item in beam_search(uniform, None, [1, 1], 3, beam_width=3, n_best=3):
+            assert [h.tokens.tolist() for h in item] == [[0, 0, 0], [0, 0, 1], [0, 0, 2]]
+    levels = -np.random.default_rng(0).integers(0, 3, 150).astype(np.float64)
+
+    def three_levels(tokens, state):
+        return np.tile(levels, (len(tokens), 1)), state
+
+    (item,) = beam_search(three_levels, None, 0, 1, beam_width=4, n_best=4)
+    assert [h.tokens.tolist() for h in item] == [[i] for i in np.flatnonzero(levels == 0)[:4]]
 
 
 def test_max_len_zero_and_items_that_cannot_continue():
