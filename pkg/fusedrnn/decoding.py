@@ -44,27 +44,41 @@ Step = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 
 
 class Decoded(NamedTuple):
-    """The output of `greedy_decode` and `sample_decode`, one row per start token."""
+    """What `greedy_decode` and `sample_decode` return, one row per start token.
+
+    Attributes
+    ----------
+    tokens : (N, T) int64
+        Each row's generated tokens (its EOS included), then -1 past its length; T is the
+        longest row's length.
+    lengths : (N,) int64
+        The number of tokens each row generated, its EOS included.
+    log_probs : (N,) float64
+        The sum of ``log_softmax(logits)`` over each row's tokens: the model's log-probability
+        of them (before temperature, top-k and top-p).
+    """
 
     tokens: np.ndarray
-    """(N, T) int64: each row's generated tokens (its EOS included), then -1 past its length;
-    T is the longest row's length."""
     lengths: np.ndarray
-    """(N,) int64: the number of tokens each row generated, its EOS included."""
     log_probs: np.ndarray
-    """(N,) float64: the sum of ``log_softmax(logits)`` over each row's tokens: the model's
-    log-probability of them (before temperature, top-k or top-p)."""
 
 
 class Hypothesis(NamedTuple):
-    """One output of `beam_search`."""
+    """One output of `beam_search`.
+
+    Attributes
+    ----------
+    tokens : (length,) int64
+        The generated tokens, ending with EOS unless cut at ``max_len``.
+    score : float
+        ``log_prob / ((5 + length) / 6) ** length_penalty``, what hypotheses are ranked by.
+    log_prob : float
+        The sum of ``log_softmax(logits)`` over the tokens (EOS included).
+    """
 
     tokens: np.ndarray
-    """(length,) int64: the generated tokens, ending with EOS unless cut at ``max_len``."""
     score: float
-    """``log_prob / ((5 + length) / 6) ** length_penalty``: what the hypotheses are ranked by."""
     log_prob: float
-    """The sum of ``log_softmax(logits)`` over the tokens (EOS included)."""
 
 
 # ---------------------------------------------------------------- checks
@@ -186,7 +200,12 @@ def _generate(
 
 
 def greedy_decode(
-    step: Step, state: Any, start: int | np.ndarray, max_len: int | np.ndarray, *, eos=None
+    step: Step,
+    state: Any,
+    start: int | np.ndarray,
+    max_len: int | np.ndarray,
+    *,
+    eos: int | None = None,
 ) -> Decoded:
     """The most likely token at every step (`fusedrnn.sampling.greedy`: the first on ties), for
     N rows at once.
@@ -218,7 +237,7 @@ def sample_decode(
     start: int | np.ndarray,
     max_len: int | np.ndarray,
     *,
-    eos=None,
+    eos: int | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -325,7 +344,7 @@ def beam_search(
     *,
     beam_width: int,
     n_best: int = 1,
-    eos=None,
+    eos: int | None = None,
     length_penalty: float = 0.0,
     batch_axis: int = 0,
     select: Callable[[Any, np.ndarray], Any] | None = None,
