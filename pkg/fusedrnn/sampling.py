@@ -15,9 +15,10 @@ logits and calls `sample` (see `fusedrnn.char_lm`)::
 from __future__ import annotations
 
 import numbers
-import operator
 
 import numpy as np
+
+from ._checks import check_size
 
 __all__ = ["greedy", "sample", "softmax"]
 
@@ -53,12 +54,7 @@ def _check_temperature(temperature: object) -> float:
 def _check_top_k(top_k: object, num_classes: int) -> int | None:
     if top_k is None:
         return None
-    if isinstance(top_k, (bool, np.bool_)):
-        raise TypeError(f"top_k must be an integer or None, got {top_k!r}")
-    try:
-        top_k = operator.index(top_k)
-    except TypeError:
-        raise TypeError(f"top_k must be an integer or None, got {type(top_k).__name__}") from None
+    top_k = check_size(top_k, "top_k", minimum=None)
     if not 1 <= top_k <= num_classes:
         raise ValueError(f"top_k must be in [1, num_classes] = [1, {num_classes}], got {top_k}")
     return top_k
