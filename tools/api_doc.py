@@ -62,7 +62,7 @@ GROUPS: list[tuple[str, list[str]]] = [
         "Configuration",
         ["show_config", "set_num_threads", "get_num_threads", "empty_cache", "__version__"],
     ),
-    ("Modules", ["functional", "reference", "optim", "sampling"]),
+    ("Modules", ["functional", "reference", "optim", "sampling", "decoding"]),
 ]
 
 HEADER = """\
@@ -84,7 +84,9 @@ def _text_block(text: str) -> str:
 
 
 def _annotation(annotation: object) -> str:
-    # Modules written with `from __future__ import annotations` give strings: shown unquoted.
+    # Modules written with `from __future__ import annotations` give strings (a NamedTuple's
+    # fields: ForwardRefs to them): shown unquoted.
+    annotation = getattr(annotation, "__forward_arg__", annotation)
     return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
 
 
