@@ -1,10 +1,12 @@
-"""`LSTM`, `GRU`, `RNN` and the three cells: subclasses of their ``torch.nn`` namesakes whose
-forward runs the fused kernels (the ``fusedrnn::stack_forward`` operator), and `convert`.
+"""`LSTM`, `GRU`, `RNN` and the three cells: ``torch.nn``'s modules whose forward runs the fused
+kernels (the ``fusedrnn::stack_forward`` operator), and `convert`.
 
-Being subclasses, they have ``torch.nn``'s constructor, Parameters, ``state_dict``, ``repr`` and
-``isinstance`` as they are; only ``forward`` differs, and only where the kernels serve the call
-(CPU tensors of float32 or float64, no autocast). Anything else runs ``torch.nn``'s own forward,
-with one warning per module: never a wrong answer.
+The cells subclass their ``torch.nn`` namesakes; `LSTM`, `GRU`, `RNN` subclass
+``torch.nn.RNNBase``, as their namesakes do (why not the namesakes themselves: `_FusedStack`).
+So they have ``torch.nn``'s constructor, Parameters, ``state_dict``, ``flatten_parameters`` and
+``repr`` as they are; only ``forward`` differs, and only where the kernels serve the call (CPU
+tensors of float32 or float64, no autocast). Anything else runs ``torch.nn``'s own forward, with
+one warning per module: never a wrong answer.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def unserved_reason(tensors: list[Tensor | None]) -> str | None:
     call is left to PyTorch, which raises its own error for the mismatch.
     """
     first = tensors[0]
-    if first.device.type != "cpu":
+    if first.device.type not in ("cpu", "meta"):  # meta: the operators' fake implementations
         return f"{first.device.type} tensors"
     if first.dtype not in FUSED_DTYPES:
         return f"dtype {first.dtype}"
@@ -72,10 +74,17 @@ def dropout_masks(module, T: int, B: int, like: Tensor) -> Tensor | None:
 
 
 class _FusedStack:
-    """The forward of `LSTM`, `GRU` and `RNN`: ``torch.nn.RNNBase.forward``'s contract on the
-    fused kernels. Mixed in before the ``torch.nn`` class, whose forward is the fallback."""
+    """The forward of `LSTM`, `GRU` and `RNN`: the contract of ``torch.nn.LSTM.forward`` (and
+    GRU's, RNN's) on the fused kernels.
+
+    The three derive from ``torch.nn.RNNBase``, not from ``torch.nn.LSTM`` / ``GRU`` / ``RNN``:
+    ``torch.compile`` refuses any instance of those three (``torch._dynamo.config.allow_rnn``),
+    and would refuse these too. So ``isinstance(m, torch.nn.RNNBase)`` holds, ``isinstance(m,
+    torch.nn.LSTM)`` does not; ``m.mode`` is "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" as there.
+    """
 
     _fused_mode: ClassVar[str]  # the kernel family: "lstm", "gru" or "rnn"
+    _torch_class: ClassVar[type]  # the torch.nn class: its forward is the fallback
     reset_after: bool = True  # GRU only; a class default, so that `convert` needs no __init__
 
     def forward(self, input, hx=None):
@@ -92,7 +101,7 @@ class _FusedStack:
                     f"and the fused kernels cannot serve {reason or 'mixed devices or dtypes'}"
                 )
             warn_fallback(self, type(self).__name__, reason)
-            return super().forward(input, hx)
+            return self._torch_class.forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         return self._forward_padded(input, hx)
@@ -183,7 +192,7 @@ class _FusedStack:
         return h0
 
 
-class LSTM(_FusedStack, torch.nn.LSTM):
+class LSTM(_FusedStack, torch.nn.RNNBase):
     """``torch.nn.LSTM`` on fusedrnn's kernels: the same constructor, Parameters and forward.
 
     Examples
@@ -193,9 +202,18 @@ class LSTM(_FusedStack, torch.nn.LSTM):
     """
 
     _fused_mode = "lstm"
+    _torch_class = torch.nn.LSTM
+    # torch.nn.LSTM's own (h, c) handling, borrowed: this class cannot inherit it (see
+    # _FusedStack)
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs) -> None:
+        torch.nn.RNNBase.__init__(self, "LSTM", *args, **kwargs)
 
 
-class GRU(_FusedStack, torch.nn.GRU):
+class GRU(_FusedStack, torch.nn.RNNBase):
     """``torch.nn.GRU`` on fusedrnn's kernels, plus ``reset_after``.
 
     ``reset_after=True`` (default) is PyTorch's form ``n = tanh(W_in x + b_in + r * (W_hn h +
@@ -204,19 +222,38 @@ class GRU(_FusedStack, torch.nn.GRU):
     """
 
     _fused_mode = "gru"
+    _torch_class = torch.nn.GRU
 
     def __init__(self, *args, reset_after: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        if "proj_size" in kwargs:  # torch.nn.GRU's check
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        torch.nn.RNNBase.__init__(self, "GRU", *args, **kwargs)
         self.reset_after = bool(reset_after)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
 
-class RNN(_FusedStack, torch.nn.RNN):
+class RNN(_FusedStack, torch.nn.RNNBase):
     """``torch.nn.RNN`` (tanh or relu) on fusedrnn's kernels."""
 
     _fused_mode = "rnn"
+    _torch_class = torch.nn.RNN
+
+    def __init__(self, *args, **kwargs) -> None:
+        # torch.nn.RNN's parsing: nonlinearity is the fourth positional argument
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        torch.nn.RNNBase.__init__(self, mode, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- cells
