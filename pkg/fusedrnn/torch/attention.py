@@ -53,13 +53,16 @@ def scaled_dot_product_attention(
     or dtypes, autocast, and a float attn_mask that requires grad (the kernels give no gradient
     of the mask).
     """
-    reason = unserved_reason([query, key, value, attn_mask])
-    if reason is None and attn_mask is not None and attn_mask.requires_grad:
-        reason = "an attn_mask that requires grad"
+    reason = unserved_reason([query, key, value])
+    if reason is None and attn_mask is not None:  # bool or query's dtype: the function checks
+        if attn_mask.device != query.device:
+            reason = ""  # PyTorch raises its own error
+        elif attn_mask.requires_grad:
+            reason = "an attn_mask that requires grad"
     if reason is not None:
         warn_fallback(_warned, "scaled_dot_product_attention", reason)
         return F.scaled_dot_product_attention(
-            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa=enable_gqa
+            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
         )
     seed = 0
     if dropout_p > 0:
