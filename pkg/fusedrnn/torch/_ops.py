@@ -34,7 +34,9 @@ def use_torch_threads() -> None:
     is the one setting, so that a call of ours never runs more threads than PyTorch's own ops.
     """
     wanted = torch.get_num_threads()
-    if _core.get_num_threads() != wanted:
+    # torch.set_num_threads sets the shared OpenMP runtime's count, which the kernels read, but
+    # not that of the BLAS they call (scipy's OpenBLAS, its own threads): check both
+    if _core.get_num_threads() != wanted or _config._blas_threads() not in (None, wanted):
         _config.set_num_threads(wanted)
 
 
