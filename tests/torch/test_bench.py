@@ -6,7 +6,7 @@ import numpy as np
 
 from fusedrnn.__main__ import main
 from fusedrnn.bench import torch_training
-from tests.torch.cases import torch
+from tests.torch.cases import torch  # noqa: F401  (skips this module without PyTorch)
 
 TINY = [
     torch_training.TrainingCase("char", "LSTM", 20, 8, bptt=4, batch=3),
