@@ -197,7 +197,7 @@ def _run_torch_training(args: argparse.Namespace) -> int:
         print("--torch-training has LSTM and GRU rows only (--only lstm,gru)", file=sys.stderr)
         return 2
     try:
-        lines = torch_training.run(cases, np.dtype(args.dtype), args.threads, args.repeats or 5)
+        lines = torch_training.run(cases, np.dtype(args.dtype), args.threads, args.repeats or 15)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 2

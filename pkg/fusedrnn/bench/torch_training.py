@@ -12,7 +12,7 @@ about ten times the recurrent work).
 
 Each row builds the model twice from one seed, once with ``torch.nn``'s layer and once converted
 with `fusedrnn.torch.convert`, checks that one step without dropout gives the same loss and
-gradients (float32 tolerance), then times the step of each, alternating, after a warm-up.
+gradients (float32 tolerance), then times the steps of the two, alternating, after a warm-up.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -28,12 +29,9 @@ import numpy as np
 
 from .. import _config
 from .machine import cpu_name
-from .timing import SETTLE_SECONDS, measure, thread_limit
+from .timing import thread_limit
 
 BPTT, BATCH, LAYERS, DROPOUT, CLIP, LR = 35, 20, 2, 0.2, 0.25, 20.0
-ROUNDS = 3
-"""Each implementation is timed this many times, alternating, and the median is kept: a slow
-spell of the shared machine then hits both, not one."""
 
 
 @dataclass(frozen=True)
@@ -164,11 +162,15 @@ def run_case(torch: ModuleType, case: TrainingCase, dtype, repeats: int) -> Trai
         )
         for fused in (False, True)
     }
+    for trainer in trainers.values():  # warm-up: first-call allocations, caches
+        trainer.step()
+    # One step of each in turn: a slow spell of the shared machine then hits both alike
     times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(ROUNDS):
+    for _ in range(repeats):
         for fused, trainer in trainers.items():
-            timing = measure(trainer.step, repeats, budget=10.0, settle=SETTLE_SECONDS)
-            times[fused].append(timing.seconds)
+            start = time.perf_counter()
+            trainer.step()
+            times[fused].append(time.perf_counter() - start)
     return TrainingRow(
         case,
         1e3 * statistics.median(times[False]),
@@ -185,7 +187,7 @@ def run(
     cases: Sequence[TrainingCase] = CASES,
     dtype: np.dtype | type = np.float32,
     threads: int | None = None,
-    repeats: int = 5,
+    repeats: int = 15,
 ) -> list[str]:
     """Check and time every case; the lines of the report (header, table, summary).
 
@@ -216,8 +218,9 @@ def run(
         f"# one training step of PyTorch's word_language_model example: embedding, dropout "
         f"{DROPOUT}, {LAYERS}-layer RNN, linear decoder, log-softmax + NLL, backward, clip "
         f"{CLIP}, SGD; bptt {BPTT}, batch {BATCH}, emsize = nhid",
-        f"# ms: median of {ROUNDS} alternating measurements, each the median of >= {repeats} "
-        f"steps; check: largest relative difference of the loss and gradients, no dropout",
+        f"# ms: median of {repeats} steps of each, alternating (one torch.nn step, one fusedrnn "
+        f"step), after a warm-up step; check: largest relative difference of the loss and "
+        f"gradients of one step without dropout",
         "",
         f"{'model':<38} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'check':>9}",
     ]

@@ -68,6 +68,15 @@ def _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size) -> 
     return {name: as_array(w) for name, w in zip(names, weights)}
 
 
+def _stack_arrays(h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias,
+                  proj_size) -> tuple:  # fmt: skip
+    """``(hx, params, dropout_masks)`` as `fusedrnn.functional`'s stack functions take them."""
+    params = _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size)
+    hx = (as_array(h0), as_array(c0)) if mode == "lstm" else as_array(h0)
+    masks = None if dropout_masks is None else list(as_array(dropout_masks))
+    return hx, params, masks
+
+
 def _hidden_size(mode: str, weights: list[Tensor]) -> int:
     return weights[1].shape[0] // GATES[mode]
 
@@ -97,9 +106,9 @@ def stack_forward(
     (empty unless ``training``).
     """
     use_torch_threads()
-    params = _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size)
-    hx = (as_array(h0), as_array(c0)) if mode == "lstm" else as_array(h0)
-    masks = None if dropout_masks is None else list(as_array(dropout_masks))
+    hx, params, masks = _stack_arrays(
+        h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias, proj_size
+    )
     y, h_n, c_n, saved = functional.stack_forward(
         mode,
         as_array(x),
@@ -167,9 +176,9 @@ def stack_backward(
     # the batch packing forward made is rebuilt from the same lengths (it is not a tensor)
     packing = functional._packing(lengths_array, x_array)
     saved = functional.StackSaved(as_array(workspace), packing)
-    params = _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size)
-    hx = (as_array(h0), as_array(c0)) if mode == "lstm" else as_array(h0)
-    masks = None if dropout_masks is None else list(as_array(dropout_masks))
+    hx, params, masks = _stack_arrays(
+        h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias, proj_size
+    )
     dx, dh0, dc0, grads = functional.stack_backward(
         mode,
         x_array,

@@ -54,6 +54,17 @@ def warn_fallback(owner: object, what: str, reason: str) -> None:
         )
 
 
+def before_fallback(module, reason: str) -> None:
+    """Before a module runs ``torch.nn``'s forward for ``reason``: its one warning, or a
+    ValueError when there is no such forward (GRU's reset_after=False)."""
+    if not module.reset_after:
+        raise ValueError(
+            f"{type(module).__name__}(reset_after=False) has no PyTorch implementation to fall "
+            f"back to, and the fused kernels cannot serve {reason or 'mixed devices or dtypes'}"
+        )
+    warn_fallback(module, type(module).__name__, reason)
+
+
 def needs_grad(tensors: list[Tensor | None]) -> bool:
     """Whether autograd will want a backward: the forward must then save its workspace."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -95,12 +106,7 @@ class _FusedStack:
         states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
         reason = unserved_reason([data, *states, *self._flat_weights])
         if reason is not None:
-            if not self.reset_after:
-                raise ValueError(
-                    f"GRU(reset_after=False) has no PyTorch implementation to fall back to, "
-                    f"and the fused kernels cannot serve {reason or 'mixed devices or dtypes'}"
-                )
-            warn_fallback(self, type(self).__name__, reason)
+            before_fallback(self, reason)
             return self._torch_class.forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
@@ -272,12 +278,7 @@ class _FusedCell:
         weights = [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         reason = unserved_reason([input, *states, *weights])
         if reason is not None:
-            if not self.reset_after:
-                raise ValueError(
-                    f"GRUCell(reset_after=False) has no PyTorch implementation to fall back "
-                    f"to, and the fused kernels cannot serve {reason or 'mixed devices or dtypes'}"
-                )
-            warn_fallback(self, type(self).__name__, reason)
+            before_fallback(self, reason)
             return super().forward(input, hx)
         name = type(self).__name__
         if input.dim() not in (1, 2):
