@@ -34,8 +34,15 @@ def _input(module, batched: bool, dtype):
 
 
 def _leaves(x, hx, module) -> list:
-    states = list(hx) if isinstance(hx, tuple) else [hx]
+    """What the gradients are taken of: x, the states given (none for None), the Parameters."""
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
     return [x, *states, *module.parameters()]
+
+
+def _with_state(x, module, batched: bool, with_hx: bool, dtype) -> tuple:
+    """``((x, hx), leaves)``: a random hx (or None) for ``module`` and what to differentiate."""
+    hx = random_state(module, B if batched else None, dtype) if with_hx else None
+    return (x, hx), _leaves(x, hx, module)
 
 
 def _run_both(reference, fused, make_args):
@@ -57,10 +64,7 @@ def test_stack_equals_torch(case, dtype, batched, with_hx):
     reference, fused = twins(*case, dtype)
 
     def make_args(module):
-        x = _input(module, batched, dtype)
-        hx = random_state(module, B if batched else None, dtype) if with_hx else None
-        leaves = _leaves(x, hx, module) if with_hx else [x, *module.parameters()]
-        return (x, hx), leaves
+        return _with_state(_input(module, batched, dtype), module, batched, with_hx, dtype)
 
     (out_ref, grads_ref), (out_fused, grads_fused) = _run_both(reference, fused, make_args)
     assert_close_all(out_fused, out_ref, dtype)
@@ -95,11 +99,9 @@ def test_cell_equals_torch(case, dtype, batched, with_hx):
     reference, fused = twins(*case, dtype)
 
     def make_args(module):
-        x = torch.randn((B, INPUT_SIZE) if batched else (INPUT_SIZE,), dtype=dtype,
-                        requires_grad=True)  # fmt: skip
-        hx = random_state(module, B if batched else None, dtype) if with_hx else None
-        leaves = _leaves(x, hx, module) if with_hx else [x, *module.parameters()]
-        return (x, hx), leaves
+        shape = (B, INPUT_SIZE) if batched else (INPUT_SIZE,)
+        x = torch.randn(shape, dtype=dtype, requires_grad=True)
+        return _with_state(x, module, batched, with_hx, dtype)
 
     (out_ref, grads_ref), (out_fused, grads_fused) = _run_both(reference, fused, make_args)
     assert_close_all(out_fused, out_ref, dtype)
