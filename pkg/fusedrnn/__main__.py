@@ -115,6 +115,16 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         dest="sweep",
         help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several minutes)",
     )
+    size.add_argument(
+        "--torch-training",
+        action="store_const",
+        const="torch-training",
+        dest="sweep",
+        help="instead of the kernels: one whole PyTorch training step of PyTorch's "
+        "word-language-model example (embedding, 2-layer LSTM or GRU, linear decoder, "
+        "cross-entropy, backward, SGD; char- and word-level vocabularies) with torch.nn's "
+        "layer and with fusedrnn.torch's, side by side (6 rows, a few minutes; needs PyTorch)",
+    )
     # Internal: an explicit case list, for the tests (seconds instead of minutes).
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
     parser.set_defaults(sweep="default")
@@ -174,7 +184,30 @@ def selected_cases(args: argparse.Namespace) -> list[bench.Case]:
     return cases
 
 
+def _run_torch_training(args: argparse.Namespace) -> int:
+    from .bench import torch_training
+
+    if args.json or args.plot:
+        print("--json and --plot are not available with --torch-training", file=sys.stderr)
+        return 2
+    cases = [
+        case for case in torch_training.CASES if not args.only or case.cell.lower() in args.only
+    ]
+    if not cases:
+        print("--torch-training has LSTM and GRU rows only (--only lstm,gru)", file=sys.stderr)
+        return 2
+    try:
+        lines = torch_training.run(cases, np.dtype(args.dtype), args.threads, args.repeats or 15)
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 1 if lines[-1].startswith("FAILED") else 0
+
+
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.sweep == "torch-training":
+        return _run_torch_training(args)
     sweep = bench.SWEEPS[args.sweep]
     cases = selected_cases(args)
     if not cases:

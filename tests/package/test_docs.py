@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -182,13 +183,27 @@ def _subcommand_help(subcommand: str) -> str:
     return done.stdout
 
 
+def _module_exists(name: str) -> bool:
+    """Whether ``python -m name`` finds a module. pip is looked up by its installed metadata:
+    asking the import system about pip makes setuptools' import hook (_distutils_hack) give up
+    its own distutils for the rest of the process, and a later `import setuptools` (PyTorch's
+    inductor does one in torch.compile) then fails on an assertion."""
+    if name == "pip":
+        try:
+            importlib.metadata.distribution("pip")
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        return True
+    return importlib.util.find_spec(name) is not None
+
+
 def _check_python(words: list[str], where: str) -> None:
     args = words[1:]
     if args[:1] == ["-c"]:
         return
     if args[:1] == ["-m"]:
         module = args[1]
-        assert importlib.util.find_spec(module) is not None, f"{where}: no module {module}"
+        assert _module_exists(module), f"{where}: no module {module}"
         if module == "pip":
             _check_pip(args[2:], where)
         if module == "fusedrnn" and len(args) > 2:
@@ -216,7 +231,7 @@ def _check_command(words: list[str], where: str) -> None:
     if program in {"python", "python3"}:
         _check_python(words, where)
     elif program == "pip":
-        assert importlib.util.find_spec("pip") is not None, f"{where}: pip is not installed"
+        assert _module_exists("pip"), f"{where}: pip is not installed"
         _check_pip(words[1:], where)
     elif program in {"bash", "sh"}:
         script = ROOT / words[1]

@@ -1,0 +1,238 @@
+"""A whole PyTorch training step, ``torch.nn`` against ``fusedrnn.torch``, side by side in one run:
+``python -m fusedrnn bench --torch-training``.
+
+The model and the step are those of PyTorch's word-language-model example
+(github.com/pytorch/examples, ``word_language_model``): an embedding, dropout, a 2-layer LSTM or
+GRU with dropout between the layers, dropout, a linear decoder, log-softmax and the negative
+log-likelihood; backward, ``clip_grad_norm_(0.25)`` and SGD at lr 20; the hidden state carried
+from step to step, detached. emsize = nhid = 200, bptt 35, batch 20, dropout 0.2. Rows: a
+character-level vocabulary (100 symbols, where the recurrent layers are most of the work, also
+with nhid 512) and a word-level one (WikiText-2's 33,278 words, where the decoder's GEMM is
+about ten times the recurrent work).
+
+Each row builds the model twice from one seed, once with ``torch.nn``'s layer and once converted
+with `fusedrnn.torch.convert`, checks that one step without dropout gives the same loss and
+gradients (float32 tolerance), then times the steps of the two, alternating, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from .. import _config
+from .machine import cpu_name
+from .timing import thread_limit
+
+BPTT, BATCH, LAYERS, DROPOUT, CLIP, LR = 35, 20, 2, 0.2, 0.25, 20.0
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One row: the model's vocabulary, recurrent cell and sizes (emsize = nhid)."""
+
+    level: str  # "char" or "word": what the vocabulary is
+    cell: str  # "LSTM" or "GRU"
+    vocab: int
+    nhid: int
+    bptt: int = BPTT
+    batch: int = BATCH
+
+    @property
+    def label(self) -> str:
+        shape = (
+            "" if (self.bptt, self.batch) == (BPTT, BATCH) else f" bptt={self.bptt} B={self.batch}"
+        )
+        return f"{self.level}-level {self.cell} vocab={self.vocab} nhid={self.nhid}{shape}"
+
+
+CASES = (
+    TrainingCase("char", "LSTM", 100, 200),
+    TrainingCase("char", "GRU", 100, 200),
+    TrainingCase("char", "LSTM", 100, 512),
+    TrainingCase("char", "GRU", 100, 512),
+    TrainingCase("word", "LSTM", 33278, 200),
+    TrainingCase("word", "GRU", 33278, 200),
+)
+
+
+@dataclass
+class TrainingRow:
+    case: TrainingCase
+    torch_ms: float
+    fused_ms: float
+    max_difference: float  # of the loss and the gradients of the checked step, relative
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_ms / self.fused_ms
+
+
+def make_model(torch: ModuleType, case: TrainingCase, dropout: float, dtype):
+    """The word-language-model example's ``RNNModel`` (untied weights), seeded."""
+
+    class RNNModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = torch.nn.Dropout(dropout)
+            self.encoder = torch.nn.Embedding(case.vocab, case.nhid)
+            self.rnn = getattr(torch.nn, case.cell)(case.nhid, case.nhid, LAYERS, dropout=dropout)
+            self.decoder = torch.nn.Linear(case.nhid, case.vocab)
+
+        def forward(self, tokens, hidden):
+            output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)
+            decoded = self.decoder(self.drop(output)).view(-1, case.vocab)
+            return torch.nn.functional.log_softmax(decoded, dim=1), hidden
+
+    torch.manual_seed(0)
+    return RNNModel().to(dtype)
+
+
+def _initial_hidden(torch: ModuleType, case: TrainingCase, dtype):
+    h = torch.zeros(LAYERS, case.batch, case.nhid, dtype=dtype)
+    return (h, h.clone()) if case.cell == "LSTM" else h
+
+
+def _detach(hidden):
+    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+
+
+class _Trainer:
+    """The example's ``train()`` loop body, one step per call, on fixed random batches."""
+
+    def __init__(self, torch: ModuleType, model, case: TrainingCase, dtype) -> None:
+        self.torch, self.model = torch, model
+        generator = torch.Generator().manual_seed(1)
+        self.data = torch.randint(0, case.vocab, (case.bptt, case.batch), generator=generator)
+        self.targets = torch.randint(0, case.vocab, (case.bptt * case.batch,), generator=generator)
+        self.hidden = _initial_hidden(torch, case, dtype)
+        self.criterion = torch.nn.NLLLoss()
+
+    def step(self, update: bool = True):
+        torch, model = self.torch, self.model
+        self.hidden = _detach(self.hidden)
+        model.zero_grad()
+        output, self.hidden = model(self.data, self.hidden)
+        loss = self.criterion(output, self.targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        if update:
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-LR)
+        return loss
+
+
+def check_case(torch: ModuleType, case: TrainingCase, dtype) -> float:
+    """One step without dropout through both models: the largest difference of the loss and of
+    any gradient, relative to that tensor's largest magnitude."""
+    import fusedrnn.torch as ft
+
+    results = []
+    for fused in (False, True):
+        model = make_model(torch, case, 0.0, dtype)
+        if fused:
+            ft.convert(model)
+        loss = _Trainer(torch, model, case, dtype).step(update=False)
+        results.append([loss.detach(), *(p.grad for p in model.parameters())])
+    return max(
+        float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        for a, b in zip(results[1], results[0])
+    )
+
+
+def run_case(torch: ModuleType, case: TrainingCase, dtype, repeats: int) -> TrainingRow:
+    import fusedrnn.torch as ft
+
+    difference = check_case(torch, case, dtype)
+    trainers = {
+        fused: _Trainer(
+            torch,
+            ft.convert(make_model(torch, case, DROPOUT, dtype))
+            if fused
+            else make_model(torch, case, DROPOUT, dtype),
+            case,
+            dtype,
+        )
+        for fused in (False, True)
+    }
+    for trainer in trainers.values():  # warm-up: first-call allocations, caches
+        trainer.step()
+    # One step of each in turn: a slow spell of the shared machine then hits both alike
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for fused, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.step()
+            times[fused].append(time.perf_counter() - start)
+    return TrainingRow(
+        case,
+        1e3 * statistics.median(times[False]),
+        1e3 * statistics.median(times[True]),
+        difference,
+    )
+
+
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+"""The largest relative difference `check_case` accepts."""
+
+
+def run(
+    cases: Sequence[TrainingCase] = CASES,
+    dtype: np.dtype | type = np.float32,
+    threads: int | None = None,
+    repeats: int = 15,
+) -> list[str]:
+    """Check and time every case; the lines of the report (header, table, summary).
+
+    Raises
+    ------
+    RuntimeError
+        When PyTorch cannot be imported.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError(
+            "--torch-training needs PyTorch: pip install 'fusedrnn[torch]' (install the CPU "
+            "build of torch first, see docs/install.md)"
+        ) from None
+    dtype = np.dtype(dtype)
+    torch_dtype = getattr(torch, dtype.name)
+    threads = threads or _config.get_num_threads()
+    load_at_start = os.getloadavg()[0]
+    with thread_limit(threads, torch):
+        rows = [run_case(torch, case, torch_dtype, repeats) for case in cases]
+    lines = [
+        f"# fusedrnn bench --torch-training, "
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {dtype.name}",
+        f"# CPU: {cpu_name()} ({os.cpu_count()} cores); threads: {threads}; "
+        f"PyTorch {torch.__version__}",
+        f"# load average (1 min) at start / end: {load_at_start:.2f} / {os.getloadavg()[0]:.2f}",
+        f"# one training step of PyTorch's word_language_model example: embedding, dropout "
+        f"{DROPOUT}, {LAYERS}-layer RNN, linear decoder, log-softmax + NLL, backward, clip "
+        f"{CLIP}, SGD; bptt {BPTT}, batch {BATCH}, emsize = nhid",
+        f"# ms: median of {repeats} steps of each, alternating (one torch.nn step, one fusedrnn "
+        f"step), after a warm-up step; check: largest relative difference of the loss and "
+        f"gradients of one step without dropout",
+        "",
+        f"{'model':<38} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'check':>9}",
+    ]
+    failed = []
+    for row in rows:
+        ok = row.max_difference <= TOLERANCE[dtype]
+        if not ok:
+            failed.append(row.case.label)
+        lines.append(
+            f"{row.case.label:<38} {row.torch_ms:>12.2f} {row.fused_ms:>12.2f} "
+            f"{row.speedup:>8.2f}x {row.max_difference:>9.1e}" + ("" if ok else " FAIL")
+        )
+    if failed:
+        lines.append(f"FAILED the check: {', '.join(failed)}")
+    return lines

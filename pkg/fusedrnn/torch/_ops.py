@@ -1,0 +1,344 @@
+"""The fused kernels as PyTorch operators: ``fusedrnn::stack_forward`` / ``stack_backward`` and
+``fusedrnn::attention_forward`` / ``attention_backward``.
+
+Each is a ``torch.library.custom_op`` built on the NumPy functions of `fusedrnn.functional`, with
+a fake implementation (shapes only, for ``torch.compile`` and meta tensors) and, for the forward
+ones, an autograd formula that calls the backward one. Contiguous CPU tensors cross as NumPy
+views of their memory and the results come back as tensors over the arrays the kernels filled:
+no copies either way. The workspace a training forward keeps is an output tensor that autograd
+saves, so it is freed with the graph. The backward operators have no derivative themselves:
+asking for one (double backward) raises `DOUBLE_BACKWARD_MESSAGE`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusedrnn import _config, _core, functional
+from fusedrnn._spec import GATES, num_directions, stack_param_names
+
+Tensor = torch.Tensor
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "{op} has no derivative: fusedrnn's operators support one backward pass, not gradients of "
+    "gradients (create_graph=True, torch.autograd.grad of a grad, torch.func.hessian). Use "
+    "torch.nn's own module for double backward."
+)
+
+
+def use_torch_threads() -> None:
+    """Run the kernels with ``torch.get_num_threads()`` threads (docs/torch.md, "Threads").
+
+    PyTorch and fusedrnn share one OpenMP runtime in a process; inside PyTorch, its thread count
+    is the one setting, so that a call of ours never runs more threads than PyTorch's own ops.
+    """
+    wanted = torch.get_num_threads()
+    # torch.set_num_threads sets the shared OpenMP runtime's count, which the kernels read, but
+    # not that of the BLAS they call (scipy's OpenBLAS, its own threads): check both
+    if _core.get_num_threads() != wanted or _config._blas_threads() not in (None, wanted):
+        _config.set_num_threads(wanted)
+
+
+def as_array(tensor: Tensor | None) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor's memory (no copy when it is contiguous)."""
+    if tensor is None:
+        return None
+    return tensor.detach().contiguous().numpy()
+
+
+def as_tensor(array: np.ndarray | None, like: Tensor) -> Tensor:
+    """The tensor over ``array``'s memory (no copy); an empty one of ``like``'s dtype for None."""
+    if array is None:
+        return like.new_empty(0)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+# ---------------------------------------------------------------- layer stacks
+
+
+def _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size) -> dict:
+    """PyTorch's names (``_flat_weights_names``) for the flat weights, as NumPy views."""
+    names = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
+    if len(names) != len(weights):
+        raise ValueError(
+            f"weights must hold the {len(names)} tensors {names} of a {num_layers}-layer "
+            f"{mode} stack, got {len(weights)}"
+        )
+    return {name: as_array(w) for name, w in zip(names, weights)}
+
+
+def _stack_arrays(h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias,
+                  proj_size) -> tuple:  # fmt: skip
+    """``(hx, params, dropout_masks)`` as `fusedrnn.functional`'s stack functions take them."""
+    params = _stack_params(mode, weights, num_layers, bidirectional, bias, proj_size)
+    hx = (as_array(h0), as_array(c0)) if mode == "lstm" else as_array(h0)
+    masks = None if dropout_masks is None else list(as_array(dropout_masks))
+    return hx, params, masks
+
+
+def _hidden_size(mode: str, weights: list[Tensor]) -> int:
+    return weights[1].shape[0] // GATES[mode]
+
+
+@torch.library.custom_op("fusedrnn::stack_forward", mutates_args=(), device_types="cpu")
+def stack_forward(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    weights: list[Tensor],
+    lengths: Tensor | None,
+    dropout_masks: Tensor | None,
+    mode: str,
+    num_layers: int,
+    bidirectional: bool,
+    bias: bool,
+    proj_size: int,
+    reset_after: bool,
+    nonlinearity: str,
+    training: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`fusedrnn.functional.stack_forward` on tensors.
+
+    x (T, B, input_size); h0 (L*D, B, H_out); c0 (L*D, B, H) for LSTM, else None; weights in
+    the order of ``torch.nn.LSTM._flat_weights``; lengths (B,) int64 or None; dropout_masks
+    (L-1, T, B, D*H_out) or None. Returns y, h_n, c_n (empty unless LSTM) and the workspace
+    (empty unless ``training``).
+    """
+    use_torch_threads()
+    hx, params, masks = _stack_arrays(
+        h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias, proj_size
+    )
+    y, h_n, c_n, saved = functional.stack_forward(
+        mode,
+        as_array(x),
+        hx,
+        params,
+        num_layers,
+        bidirectional,
+        lengths=as_array(lengths),
+        dropout_masks=masks,
+        training=training,
+        reset_after=reset_after,
+        nonlinearity=nonlinearity,
+        proj_size=proj_size,
+    )
+    workspace = None if saved is None else saved.workspace
+    return as_tensor(y, x), as_tensor(h_n, x), as_tensor(c_n, x), as_tensor(workspace, x)
+
+
+@stack_forward.register_fake
+def _(x, h0, c0, weights, lengths, dropout_masks, mode, num_layers, bidirectional, bias,
+      proj_size, reset_after, nonlinearity, training):  # fmt: skip
+    T, B, input_size = x.shape
+    H = _hidden_size(mode, weights)
+    H_out = proj_size or H
+    D = num_directions(bidirectional)
+    y = x.new_empty(T, B, D * H_out)
+    h_n = x.new_empty(num_layers * D, B, H_out)
+    c_n = x.new_empty(num_layers * D, B, H) if mode == "lstm" else x.new_empty(0)
+    if not training:
+        size = 0
+    elif all(isinstance(n, int) for n in (T, B, input_size)):
+        size = _core.stack_saved_size(mode, T, B, input_size, H, proj_size, num_layers,
+                                      bidirectional)  # fmt: skip
+    else:  # symbolic sizes (torch.compile(dynamic=True)): a size known when the kernel runs
+        size = torch.library.get_ctx().new_dynamic_size()
+    return y, h_n, c_n, x.new_empty(size)
+
+
+@torch.library.custom_op("fusedrnn::stack_backward", mutates_args=(), device_types="cpu")
+def stack_backward(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    weights: list[Tensor],
+    lengths: Tensor | None,
+    dropout_masks: Tensor | None,
+    y: Tensor,
+    workspace: Tensor,
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor | None,
+    mode: str,
+    num_layers: int,
+    bidirectional: bool,
+    bias: bool,
+    proj_size: int,
+    reset_after: bool,
+    nonlinearity: str,
+) -> list[Tensor]:
+    """`fusedrnn.functional.stack_backward` on tensors: ``[dx, dh0, dc0, *dweights]`` (dc0 is
+    empty unless LSTM), the arguments of `stack_forward` plus what it returned."""
+    use_torch_threads()
+    x_array = as_array(x)
+    lengths_array = as_array(lengths)
+    # the batch packing forward made is rebuilt from the same lengths (it is not a tensor)
+    packing = functional._packing(lengths_array, x_array)
+    saved = functional.StackSaved(as_array(workspace), packing)
+    hx, params, masks = _stack_arrays(
+        h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias, proj_size
+    )
+    dx, dh0, dc0, grads = functional.stack_backward(
+        mode,
+        x_array,
+        hx,
+        params,
+        num_layers,
+        as_array(y),
+        saved,
+        dy=as_array(dy),
+        dh_n=as_array(dh_n),
+        dc_n=as_array(dc_n),
+        bidirectional=bidirectional,
+        lengths=lengths_array,
+        dropout_masks=masks,
+        reset_after=reset_after,
+        nonlinearity=nonlinearity,
+        proj_size=proj_size,
+    )
+    return [as_tensor(dx, x), as_tensor(dh0, x), as_tensor(dc0, x)] + [
+        as_tensor(grads[name], x) for name in params
+    ]
+
+
+@stack_backward.register_fake
+def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, mode,
+      num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity):  # fmt: skip
+    dc0 = torch.empty_like(c0) if c0 is not None else x.new_empty(0)
+    return [torch.empty_like(x), torch.empty_like(h0), dc0] + [torch.empty_like(w) for w in weights]
+
+
+_STACK_CONFIG = ("mode", "num_layers", "bidirectional", "bias", "proj_size", "reset_after",
+                 "nonlinearity")  # fmt: skip
+
+
+def _stack_setup_context(ctx, inputs, output) -> None:
+    x, h0, c0, weights, lengths, masks, *config, training = inputs
+    y, _, _, workspace = output
+    ctx.mark_non_differentiable(workspace)
+    ctx.training = training
+    ctx.config = config
+    ctx.num_weights = len(weights)
+    ctx.save_for_backward(x, h0, c0, lengths, masks, y, workspace, *weights)
+
+
+def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace):
+    if not ctx.training:
+        raise RuntimeError(
+            "fusedrnn::stack_forward ran with training=False, which saves nothing for "
+            "backward; call it with training=True when a gradient is wanted"
+        )
+    x, h0, c0, lengths, masks, y, workspace, *weights = ctx.saved_tensors
+    mode = ctx.config[0]
+    dx, dh0, dc0, *dweights = stack_backward(
+        x, h0, c0, weights, lengths, masks, y, workspace, dy, dh_n,
+        dc_n if mode == "lstm" else None, *ctx.config,
+    )  # fmt: skip
+    return dx, dh0, (dc0 if mode == "lstm" else None), dweights, None, None, *[None] * 8
+
+
+stack_forward.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)
+
+
+def _no_double_backward(op_name: str):
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op=op_name))
+
+    return backward, setup_context
+
+
+_backward, _setup = _no_double_backward("fusedrnn::stack_backward")
+stack_backward.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- attention
+
+
+@torch.library.custom_op("fusedrnn::attention_forward", mutates_args=(), device_types="cpu")
+def attention_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """`fusedrnn.functional.attention_forward` on tensors: ``(out, lse)``."""
+    use_torch_threads()
+    out, lse = functional.attention_forward(
+        as_array(q), as_array(k), as_array(v), as_array(attn_mask), is_causal, scale,
+        enable_gqa, dropout_p=dropout_p, seed=seed,
+    )  # fmt: skip
+    return as_tensor(out, q), as_tensor(lse, q)
+
+
+def attention_out_shape(q: Tensor, k: Tensor, v: Tensor) -> tuple:
+    """The shape of the output: the broadcast batch dimensions, (Hq, L, Ev); 2-D: (L, Ev)."""
+    if q.dim() == k.dim() == v.dim() == 2:
+        return (q.shape[0], v.shape[-1])
+    batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    return (*batch, heads, q.shape[-2], v.shape[-1])
+
+
+@attention_forward.register_fake
+def _(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed):
+    shape = attention_out_shape(q, k, v)
+    return q.new_empty(shape), q.new_empty(shape[:-1])
+
+
+@torch.library.custom_op("fusedrnn::attention_backward", mutates_args=(), device_types="cpu")
+def attention_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    d_out: Tensor,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`fusedrnn.functional.attention_backward` on tensors: ``(dq, dk, dv)``."""
+    use_torch_threads()
+    dq, dk, dv = functional.attention_backward(
+        as_array(q), as_array(k), as_array(v), as_array(out), as_array(lse), as_array(d_out),
+        as_array(attn_mask), is_causal, scale, enable_gqa, dropout_p=dropout_p, seed=seed,
+    )  # fmt: skip
+    return as_tensor(dq, q), as_tensor(dk, q), as_tensor(dv, q)
+
+
+@attention_backward.register_fake
+def _(q, k, v, out, lse, d_out, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, attn_mask, *options = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.options = options
+    ctx.save_for_backward(q, k, v, attn_mask, out, lse)
+
+
+def _attention_backward_formula(ctx, d_out, _dlse):
+    q, k, v, attn_mask, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_backward(q, k, v, out, lse, d_out, attn_mask, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+attention_forward.register_autograd(
+    _attention_backward_formula, setup_context=_attention_setup_context
+)
+_backward, _setup = _no_double_backward("fusedrnn::attention_backward")
+attention_backward.register_autograd(_backward, setup_context=_setup)

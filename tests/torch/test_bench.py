@@ -1,0 +1,33 @@
+"""``python -m fusedrnn bench --torch-training``: the training-step rows, on tiny sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusedrnn.__main__ import main
+from fusedrnn.bench import torch_training
+from tests.torch.cases import torch  # noqa: F401  (skips this module without PyTorch)
+
+TINY = [
+    torch_training.TrainingCase("char", "LSTM", 20, 8, bptt=4, batch=3),
+    torch_training.TrainingCase("word", "GRU", 50, 8, bptt=4, batch=3),
+]
+
+
+def test_the_rows_check_both_models_and_time_them():
+    lines = torch_training.run(TINY, np.float64, threads=1, repeats=1)
+    rows = [line for line in lines if line.startswith(("char-level", "word-level"))]
+    assert len(rows) == 2
+    for row in rows:
+        *_, torch_ms, fused_ms, speedup, check = row.split()
+        assert float(torch_ms) > 0 and float(fused_ms) > 0
+        assert float(speedup.rstrip("x")) > 0
+        assert float(check) <= torch_training.TOLERANCE[np.dtype(np.float64)]
+    assert not lines[-1].startswith("FAILED")
+    assert any("PyTorch 2" in line for line in lines)
+
+
+def test_command_line_refuses_what_it_cannot_do(capsys):
+    assert main(["bench", "--torch-training", "--json", "out.json"]) == 2
+    assert main(["bench", "--torch-training", "--only", "rnn"]) == 2
+    assert "LSTM and GRU rows only" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""fusedrnn.torch under torch.compile(fullgraph=True) (no graph break, the same numbers as
+eager) and under DistributedDataParallel with gloo, two processes on this machine (the same
+parameters after a few steps as one process on the combined batch)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.torch.cases import ft, torch
+
+VOCAB, EMBED, HIDDEN, T, B = 11, 5, 6, 7, 4
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding, a 2-layer fusedrnn.torch.LSTM with dropout, a GRU cell, a linear decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, EMBED)
+        self.rnn = ft.LSTM(EMBED, HIDDEN, num_layers=2, bidirectional=True)
+        self.cell = ft.GRUCell(2 * HIDDEN, HIDDEN)
+        self.decode = torch.nn.Linear(HIDDEN, VOCAB)
+
+    def forward(self, tokens):
+        output, _ = self.rnn(self.embed(tokens))
+        return self.decode(self.cell(output[-1]))
+
+
+def _step(model, tokens, targets) -> tuple:
+    model.zero_grad()
+    logits = model(tokens)
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    loss.backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_torch_compile_fullgraph_gives_the_eager_numbers():
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    tokens = torch.randint(0, VOCAB, (T, B))
+    targets = torch.randint(0, VOCAB, (B,))
+    eager = _step(model, tokens, targets)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    for _ in range(2):  # the second call runs the compiled graph without compiling again
+        logits, grads = _step(compiled, tokens, targets)
+        torch.testing.assert_close(logits, eager[0], rtol=1e-10, atol=1e-12)
+        for grad, expected in zip(grads, eager[1]):
+            torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- DDP
+
+STEPS, LR = 3, 0.5
+
+
+def _batches():
+    generator = torch.Generator().manual_seed(1)
+    return [
+        (torch.randint(0, VOCAB, (T, 2 * B), generator=generator),
+         torch.randint(0, VOCAB, (2 * B,), generator=generator))
+        for _ in range(STEPS)
+    ]  # fmt: skip
+
+
+def _initial_model():
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    model.rnn.dropout = 0.0  # the two runs draw different masks; dropout is tested elsewhere
+    return model
+
+
+def _train(model, batches, rows: slice) -> list:
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for tokens, targets in batches:
+        optimizer.zero_grad()
+        logits = model(tokens[:, rows])
+        torch.nn.functional.cross_entropy(logits, targets[rows]).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _ddp_worker(rank: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)  # fmt: skip
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_initial_model())
+        # each process takes its half of every batch; DDP averages the gradients
+        params = _train(model, _batches(), slice(rank * B, (rank + 1) * B))
+        queue.put((rank, [p.numpy() for p in params]))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes_equal_one_process_on_the_combined_batch():
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.fail("this PyTorch build has no gloo backend")
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    processes = mp.start_processes(
+        _ddp_worker, args=(_free_port(), queue), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not processes.join(timeout=2):
+            if time.monotonic() > deadline:
+                pytest.fail("the two DDP processes did not finish within 300 s")
+    finally:
+        for process in processes.processes:
+            if process.is_alive():
+                process.kill()
+    results = dict(queue.get() for _ in range(2))
+    expected = _train(_initial_model(), _batches(), slice(0, 2 * B))
+    for rank in (0, 1):
+        for got, want in zip(results[rank], expected):
+            torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-10, atol=1e-12)

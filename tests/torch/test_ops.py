@@ -1,0 +1,136 @@
+"""The operators themselves: torch.library.opcheck (schema, fake implementation, autograd
+registration, AOT dispatch), no copies of contiguous tensors, the workspace's lifetime (a
+tensor autograd saves, freed with the graph), and the clear error of double backward."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from fusedrnn import _core
+from fusedrnn.torch import _ops
+from tests.torch.cases import torch
+
+T, B, I, H = 4, 3, 2, 3
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _stack_args(mode, num_layers=2, bidirectional=True, lengths=None, masks=False, proj=0):
+    """Arguments of fusedrnn::stack_forward, every tensor requiring grad."""
+    torch.manual_seed(0)
+    D = 2 if bidirectional else 1
+    H_out = proj or H
+    weights = []
+    for layer in range(num_layers):
+        layer_input = I if layer == 0 else D * H_out
+        for _ in range(D):
+            weights += [
+                torch.randn(GATES[mode] * H, layer_input),
+                torch.randn(GATES[mode] * H, H_out),
+            ]
+            weights += [torch.randn(GATES[mode] * H), torch.randn(GATES[mode] * H)]
+            if proj:
+                weights.append(torch.randn(proj, H))
+    weights = [w.double().requires_grad_() for w in weights]
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(num_layers * D, B, H_out, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(num_layers * D, B, H, dtype=torch.float64, requires_grad=True)
+    mask = None
+    if masks:
+        mask = (torch.rand(num_layers - 1, T, B, D * H_out) > 0.3).double() / 0.7
+    lengths = None if lengths is None else torch.tensor(lengths)
+    return (x, h0, c0 if mode == "lstm" else None, weights, lengths, mask, mode, num_layers,
+            bidirectional, True, proj, True, "tanh", True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        _stack_args("lstm", proj=2, masks=True),
+        _stack_args("gru", lengths=[2, 4, 1]),
+        _stack_args("rnn", num_layers=1, bidirectional=False),
+    ],
+    ids=["lstm-proj-dropout", "gru-lengths", "rnn"],
+)
+def test_stack_forward_passes_opcheck(args):
+    torch.library.opcheck(_ops.stack_forward, args)
+
+
+def test_attention_forward_passes_opcheck():
+    q = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 6, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 6, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(5, 6) > 0.3
+    torch.library.opcheck(_ops.attention_forward, (q, k, v, mask, True, 0.4, True, 0.0, 0))
+
+
+def test_contiguous_tensors_cross_without_copies():
+    x = torch.randn(3, 4)
+    array = _ops.as_array(x)
+    assert array.ctypes.data == x.data_ptr()
+    back = _ops.as_tensor(array, x)
+    assert back.data_ptr() == x.data_ptr()
+    y = torch.randn(4, 3).T  # not contiguous: one documented copy
+    assert _ops.as_array(y).ctypes.data != y.data_ptr()
+    np.testing.assert_array_equal(_ops.as_array(y), y.numpy())
+
+
+def test_the_workspace_is_an_output_autograd_saves_and_frees_with_the_graph():
+    args = _stack_args("lstm", num_layers=2, bidirectional=True)
+    y, h_n, c_n, workspace = _ops.stack_forward(*args)
+    assert workspace.numel() == _core.stack_saved_size("lstm", T, B, I, H, 0, 2, True)
+    assert not workspace.requires_grad
+    alive = weakref.ref(workspace)
+    del workspace
+    gc.collect()
+    assert alive() is not None  # held by the graph of y, h_n, c_n
+    del y, h_n, c_n
+    gc.collect()
+    assert alive() is None
+    inference = _ops.stack_forward(*args[:-1], False)
+    assert inference[3].numel() == 0
+
+
+def test_backward_of_an_inference_forward_is_a_clear_error():
+    args = _stack_args("gru", num_layers=1, bidirectional=False)
+    y = _ops.stack_forward(*args[:-1], False)[0]
+    with pytest.raises(RuntimeError, match="training=False"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("mode", ["lstm", "attention"])
+def test_double_backward_is_a_clear_error(mode):
+    if mode == "lstm":
+        args = _stack_args("lstm", num_layers=1, bidirectional=False)
+        x, output = args[0], _ops.stack_forward(*args)[0]
+    else:
+        x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        output = _ops.attention_forward(x, x, x, None, False, None, False, 0.0, 0)[0]
+    (grad,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"has no derivative: .* gradients of gradients"):
+        grad.sum().backward()
+
+
+def test_meta_tensors_run_the_fake_implementation():
+    args = list(_stack_args("lstm", proj=2))
+    args[:4] = [a.to("meta") for a in args[:3] if a is not None] + [[w.to("meta") for w in args[3]]]
+    y, h_n, c_n, workspace = _ops.stack_forward(*args)
+    assert y.device.type == "meta"
+    assert (y.shape, h_n.shape, c_n.shape) == ((T, B, 4), (4, B, 2), (4, B, H))
+    assert workspace.numel() == _core.stack_saved_size("lstm", T, B, I, H, 2, 2, True)
+
+
+def test_wrong_weights_and_lengths_are_clear_errors():
+    args = list(_stack_args("gru", num_layers=1, bidirectional=False))
+    with pytest.raises(ValueError, match=r"weights must hold the 4 tensors"):
+        _ops.stack_forward(*args[:3], args[3][:3], *args[4:])
+    args[4] = torch.tensor([1, 9, 2])
+    with pytest.raises(ValueError, match=r"lengths must be in 1\.\.T"):
+        _ops.stack_forward(*args)
+    args[4] = None
+    args[0] = args[0].float()
+    with pytest.raises(TypeError, match="dtype"):
+        _ops.stack_forward(*args)
