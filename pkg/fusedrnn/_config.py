@@ -73,8 +73,8 @@ def empty_cache() -> None:
     The arrays the kernels return (outputs, workspaces, gradients) and their scratch come from a
     pool: once Python frees an array, or a call ends, its memory serves the next buffer of the
     same size, so a training loop does not pay each step for fresh pages. Up to 256 MiB is kept.
-    Like ``torch.cuda.empty_cache``, this returns that memory to the system; arrays still alive
-    are not affected.
+    Like ``torch.cuda.empty_cache``, this returns that memory to the system (with glibc, the free
+    pages of the C heap too: ``malloc_trim``); arrays still alive are not affected.
     """
     _core.release_cached_memory()
 
