@@ -59,7 +59,7 @@ class ArgChecker {
 };
 
 // The stop poll of a kernel call (called without the GIL): on Python's main thread, at most every
-// kSignalPollInterval, takes the GIL and runs the handlers of the signals that came
+// kSignalPollIntervalNs (30 ms), takes the GIL and runs the handlers of the signals that came
 // (PyErr_CheckSignals); true when one raised, its exception then pending. Other threads never stop:
 // Python runs signal handlers on the main thread only.
 bool python_signal_pending();
