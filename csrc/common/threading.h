@@ -121,7 +121,8 @@ struct TeamMember {
 template <typename Body>
 void run_team(int threads, Body&& body) {
   if (stop_requested()) return;
-#ifdef FUSEDRNN_OPENMP
+#ifdef FUSEDRNN_OPENMP  // (the pool needs no OpenMP, but a build without it runs on one thread,
+                        // as documented; OpenMP gives the default count, OMP_NUM_THREADS)
   if (threads > 1 && !inside_team()) threads = reserve_team(threads);
   if (threads > 1 && !inside_team()) {
     struct Team {
