@@ -23,8 +23,6 @@ import functools
 import threading
 from collections.abc import Callable
 
-_lock = threading.Lock()  # held only to read and set the markers below, never during a call
-
 SHARED = (
     "{name}.{method}: {what}. One module's training state (what a forward saves for backward, "
     "the grads backward adds into) cannot be shared by threads: give each thread its own module "
@@ -52,17 +50,18 @@ def _one_thread_at_a_time(function: Callable, method: str) -> Callable:
             if self._saves_in_eval:  # what a backward would now use is this thread's
                 state["_state_thread"] = me
             return result
-        with _lock:
-            busy = state.get("_busy_thread")
-            if busy is not None and busy != me:
-                what = "another thread is running this module's forward or backward"
-            elif not is_forward and state.get("_state_thread", me) != me:
-                what = "the forward whose saved state backward would use ran on another thread"
-            else:
-                what = None
-                state["_busy_thread"] = me
-                state["_busy_depth"] = state.get("_busy_depth", 0) + 1
+        # The marker of the thread inside: claimed with one dict.setdefault, which no other
+        # thread can split (no lock to take: this runs on every call).
+        outermost = state.get("_busy_thread") is None
+        if state.setdefault("_busy_thread", me) != me:
+            what = "another thread is running this module's forward or backward"
+        elif not is_forward and state.get("_state_thread", me) != me:
+            what = "the forward whose saved state backward would use ran on another thread"
+        else:
+            what = None
         if what is not None:
+            if outermost and state.get("_busy_thread") == me:
+                del state["_busy_thread"]
             raise RuntimeError(SHARED.format(name=type(self).__name__, method=method, what=what))
         try:
             result = function(self, *args, **kwargs)
@@ -70,9 +69,7 @@ def _one_thread_at_a_time(function: Callable, method: str) -> Callable:
                 state["_state_thread"] = me
             return result
         finally:
-            with _lock:
-                state["_busy_depth"] -= 1
-                if state["_busy_depth"] == 0:
-                    state["_busy_thread"] = None
+            if outermost:
+                del state["_busy_thread"]
 
     return guarded
