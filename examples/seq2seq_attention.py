@@ -15,9 +15,10 @@ The model (Luong et al. 2015, with Bahdanau's additive scoring):
 - output: ``softmax(W_s tanh(W_c [decoder state; context]))`` over the digits and an end token.
 
 Without attention the output layer sees the decoder state alone: the source must squeeze through
-the encoder's final state. Decoding is greedy, or beam search (summed log-probabilities, the best
-finished hypothesis wins). Accuracy is exact-sequence accuracy on held-out sequences of length 5
-to 15 that training never sees. Adam, gradient clipping; everything else is plain NumPy.
+the encoder's final state. Decoding is greedy, or beam search (summed log-probabilities, no length
+penalty), both from `fusedrnn.decoding` over the decoder's step. Accuracy is exact-sequence
+accuracy on held-out sequences of length 5 to 15 that training never sees. Adam, gradient
+clipping; everything else is plain NumPy.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ class Seq2Seq:
     # ------------------------------------------------------------ decoding
 
     def step(self, tokens, state, keys, pad) -> tuple:
-        """One decoder step for a batch of hypotheses: log-probabilities (N, OUT), new state."""
+        """One decoder step for a batch of hypotheses: log-probabilities (N, OUT) in float64 (the
+        logits `fusedrnn.decoding` takes: their log-softmax is themselves), new state."""
         x = self.params["tgt_embed"][tokens][None]  # (1, N, embed)
         dec, state = self.decoder(x, state)
         logits, _ = self.readout(dec[0][:, None], keys, pad)
@@ -222,45 +224,40 @@ class Seq2Seq:
         return logits - np.log(np.exp(logits).sum(-1, keepdims=True)), state
 
     def decode(self, sequences: list[tuple], beam: int = 1, with_scores: bool = False) -> list:
-        """Greedy (beam = 1) or beam-search outputs, up to the EOS token; with_scores: pairs
-        (output, summed log-probability of the output and its EOS)."""
+        """Greedy (beam = 1) or beam-search outputs (`fusedrnn.decoding`), up to the EOS token;
+        with_scores: pairs (output, summed log-probability of the output and its EOS)."""
         batch = batch_arrays(sequences)
         self.train(False)
-        keys, (h, c) = self.encode(batch["src"], batch["lengths"])
+        keys, state = self.encode(batch["src"], batch["lengths"])
         pad = (batch["src"] == PAD).T
-        B, k = len(sequences), beam
-        # every hypothesis is a row: example b's beams are rows b*k .. b*k + k - 1
-        keys, pad = np.repeat(keys, k, axis=0), np.repeat(pad, k, axis=0)
-        state = (np.repeat(h, k, axis=1), np.repeat(c, k, axis=1))
-        tokens = np.full(B * k, BOS)
-        scores = np.tile(np.r_[0.0, np.full(k - 1, -np.inf)], B)  # start from one live beam
-        finished = np.zeros(B * k, bool)
-        history = np.zeros((B * k, 0), np.int64)
+        # beam search runs example b's hypotheses as rows b*beam .. b*beam + beam - 1: they all
+        # attend to example b's encoder states, whichever hypotheses survive
+        keys, pad = np.repeat(keys, beam, axis=0), np.repeat(pad, beam, axis=0)
+
+        def step(tokens, state):
+            return self.step(tokens, state, keys, pad)
+
+        start = np.full(len(sequences), BOS)
         # each example stops 2 steps past its own length (so batching does not change results)
-        limit = np.repeat(batch["lengths"] + 2, k)
-        for t in range(int(batch["lengths"].max()) + 2):
-            logp, state = self.step(tokens, state, keys, pad)
-            # a finished hypothesis only continues with EOS, at no cost: its score is final
-            logp[finished] = -np.inf
-            logp[finished, EOS] = 0.0
-            total = (scores[:, None] + logp).reshape(B, k * OUT)
-            best = np.argsort(-total, axis=1)[:, :k]  # the k best continuations per example
-            rows = (np.arange(B)[:, None] * k + best // OUT).reshape(-1)
-            tokens = (best % OUT).reshape(-1)
-            scores = np.take_along_axis(total, best, 1).reshape(-1)
-            history = np.concatenate([history[rows], tokens[:, None]], axis=1)
-            finished = finished[rows] | (tokens == EOS) | (t + 1 >= limit)
-            state = (state[0][:, rows], state[1][:, rows])
-            if finished.all():
-                break
+        max_len = batch["lengths"] + 2
+        if beam == 1:
+            result = fusedrnn.decoding.greedy_decode(step, state, start, max_len, eos=EOS)
+            found = [
+                (tokens[:length], log_prob)
+                for tokens, length, log_prob in zip(result.tokens, result.lengths, result.log_probs)
+            ]
+        else:
+            # the decoder's (h, c) are (1, rows, hidden): the hypotheses are on axis 1
+            best = fusedrnn.decoding.beam_search(
+                step, state, start, max_len, beam_width=beam, eos=EOS, batch_axis=1
+            )
+            found = [(hypothesis.tokens, hypothesis.log_prob) for (hypothesis,) in best]
         self.train(True)
-        scores = np.where(finished, scores, -np.inf).reshape(B, k)
-        winners = np.arange(B) * k + np.argmax(scores, axis=1)
         outputs = []
-        for row in winners:
-            seq = history[row].tolist()
+        for tokens, log_prob in found:
+            seq = tokens.tolist()
             out = tuple(seq[: seq.index(EOS)] if EOS in seq else seq)
-            outputs.append((out, float(scores.reshape(-1)[row])) if with_scores else out)
+            outputs.append((out, float(log_prob)) if with_scores else out)
         return outputs
 
 

@@ -28,6 +28,7 @@ API_FILE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # The order of the reference: what a user meets first comes first. A public name missing here
 # still gets a section, under "Other".
 GROUPS: list[tuple[str, list[str]]] = [
+    ("Modules and parameters", ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict"]),
     ("Recurrent layers", ["LSTM", "GRU", "RNN"]),
     ("Cells", ["LSTMCell", "GRUCell", "RNNCell"]),
     (
@@ -44,18 +45,24 @@ GROUPS: list[tuple[str, list[str]]] = [
         [
             "Embedding",
             "Linear",
+            "Dropout",
+            "LogSoftmax",
             "CrossEntropyLoss",
+            "NLLLoss",
+            "MSELoss",
             "SGD",
             "Adam",
             "clip_grad_norm_",
             "clip_grad_value_",
+            "save",
+            "load",
         ],
     ),
     (
         "Configuration",
         ["show_config", "set_num_threads", "get_num_threads", "empty_cache", "__version__"],
     ),
-    ("Modules", ["functional", "reference", "optim", "sampling"]),
+    ("Modules", ["functional", "reference", "optim", "sampling", "decoding"]),
 ]
 
 HEADER = """\
@@ -77,7 +84,9 @@ def _text_block(text: str) -> str:
 
 
 def _annotation(annotation: object) -> str:
-    # Modules written with `from __future__ import annotations` give strings: shown unquoted.
+    # Modules written with `from __future__ import annotations` give strings (a NamedTuple's
+    # fields: ForwardRefs to them): shown unquoted.
+    annotation = getattr(annotation, "__forward_arg__", annotation)
     return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
 
 

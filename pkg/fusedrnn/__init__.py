@@ -1,7 +1,8 @@
 """fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
-from . import functional, optim, reference, sampling
+from . import decoding, functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
+from ._module import Module, Parameter
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
@@ -9,10 +10,13 @@ from .attention import (
     ScaledDotProductAttention,
     scaled_dot_product_attention,
 )
+from .containers import ModuleDict, ModuleList, Sequential
 from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .losses import CrossEntropyLoss
+from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
+from .parameter_free import Dropout, LogSoftmax
+from .serialization import load, save
 
 __all__ = [
     "GRU",
@@ -22,22 +26,34 @@ __all__ = [
     "Adam",
     "AdditiveAttention",
     "CrossEntropyLoss",
+    "Dropout",
     "Embedding",
     "GRUCell",
     "LSTMCell",
     "Linear",
+    "LogSoftmax",
+    "MSELoss",
+    "Module",
+    "ModuleDict",
+    "ModuleList",
     "MultiheadAttention",
+    "NLLLoss",
+    "Parameter",
     "RNNCell",
     "ScaledDotProductAttention",
+    "Sequential",
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "decoding",
     "empty_cache",
     "functional",
     "get_num_threads",
+    "load",
     "optim",
     "reference",
     "sampling",
+    "save",
     "scaled_dot_product_attention",
     "set_num_threads",
     "show_config",

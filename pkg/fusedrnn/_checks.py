@@ -26,15 +26,34 @@ def _type_name(value: object) -> str:
 # ---------------------------------------------------------------- scalars
 
 
-def check_dtype(dtype: object) -> np.dtype:
-    """A module's dtype: float32 or float64, else ValueError."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in DTYPES:
-        raise ValueError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}")
+def check_dtype(dtype: object, name: str = "dtype", default: object = np.float32) -> np.dtype:
+    """A module's dtype: float32 or float64, else TypeError naming ``name``.
+
+    Accepts numpy dtypes and scalar types, their names ('float32', 'f8', 'double', ...) and
+    PyTorch's ``torch.float32`` / ``torch.float64`` (read by name: torch is not imported);
+    None means ``default``.
+    """
+    if dtype is None:
+        dtype = default
+    resolved = None
+    if type(dtype).__module__ == "torch":  # torch.float32 is a torch.dtype, not a numpy one
+        resolved = (
+            np.dtype(str(dtype).removeprefix("torch.")) if str(dtype) in _TORCH_DTYPES else None
+        )
+    elif isinstance(dtype, (str, type, np.dtype)):
+        try:
+            resolved = np.dtype(dtype)
+        except TypeError:
+            resolved = None
+    if resolved is None or resolved not in DTYPES:  # numpy: dtype('float64') == None is True
+        raise TypeError(
+            f"{name} must be float32 or float64 (a numpy dtype, its name, or torch.float32 / "
+            f"torch.float64), got {dtype!r}"
+        )
     return resolved
+
+
+_TORCH_DTYPES = ("torch.float32", "torch.float64")
 
 
 def check_size(value: object, name: str, minimum: int | None = 1) -> int:
@@ -119,6 +138,29 @@ def fits_shape(value: np.ndarray, shape: tuple) -> bool:
     elif len(actual) != len(shape):
         return False
     return all(not (want is not None and want != got) for want, got in zip(shape, actual))
+
+
+def check_float_array(value: object, name: str) -> np.ndarray:
+    """``value`` if it is a numpy array of float32 or float64 (for a module without a dtype of
+    its own, which takes its input's); TypeError naming ``name`` otherwise. Never casts."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of float32 or float64, got {_type_name(value)}"
+        )
+    if value.dtype not in DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, but has {value.dtype}")
+    return value
+
+
+def check_axis(axis: object, name: str, ndim: int) -> int:
+    """``axis`` as a non-negative axis of an array with ``ndim`` axes (negative counts from the
+    end, as numpy's and PyTorch's ``dim``)."""
+    axis = check_size(axis, name, minimum=None)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name} must be in [-{ndim}, {ndim}) for an input of {ndim} axes, got {axis}"
+        )
+    return axis % ndim
 
 
 def check_array(

@@ -21,6 +21,7 @@ import numpy as np
 from ._attention_args import dropout_keep
 from ._checks import check_flag, check_probability, check_size
 from ._module import DTypeLike, Module, backend_module
+from .nn import Linear
 
 
 def _fresh_seed() -> int:
@@ -140,12 +141,15 @@ class ScaledDotProductAttention(Module):
         )
         return out
 
-    def backward(self, d_out: np.ndarray) -> tuple:
+    def backward(self, d_out: np.ndarray, *, retain_graph: bool = False) -> tuple:
         """Gradients ``(dq, dk, dv)`` of the last forward for ``d_out`` (the shape of out): the
         shapes of q, k, v (under GQA and batch broadcasting, summed over what shared each k / v
-        entry)."""
+        entry). ``retain_graph``: keep the forward for another backward (by default it is
+        freed, and a second backward raises, as in PyTorch)."""
         q, k, v, mask, out, lse, options = self._require_saved()
-        return self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+        grads = self._backend.attention_backward(q, k, v, out, lse, d_out, mask, **options)
+        self._release_saved(retain_graph)
+        return grads
 
 
 # ---------------------------------------------------------------- layers
@@ -230,11 +234,14 @@ class MultiheadAttention(Module):
             values["v_proj_weight"] = _xavier_uniform(self._rng, (E, self.vdim))
         if self.bias:
             values["in_proj_bias"] = np.zeros(3 * E)
-        bound = 1.0 / np.sqrt(E)
-        values["out_proj.weight"] = self._rng.uniform(-bound, bound, (E, E))
-        if self.bias:
-            values["out_proj.bias"] = np.zeros(E)
         self._set_parameters(values)
+        # a Linear submodule, as PyTorch's (mha.out_proj.weight); the layer runs its GEMMs itself
+        self.out_proj = Linear(E, E, bias=self.bias, dtype=self.dtype, backend=self.backend)
+        bound = 1.0 / np.sqrt(E)
+        out_values = {"weight": self._rng.uniform(-bound, bound, (E, E))}
+        if self.bias:
+            out_values["bias"] = np.zeros(E)
+        self.out_proj._set_parameters(out_values)
 
     def _repr_args(self) -> list:
         args = [str(self.embed_dim), str(self.num_heads), *super()._repr_args()]
@@ -401,8 +408,8 @@ class MultiheadAttention(Module):
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
         out = self._backend.linear_forward(
             merged,
-            self._params["out_proj.weight"],
-            self._params["out_proj.bias"] if self.bias else None,
+            self.out_proj.weight,
+            self.out_proj.bias,
         )
         out = out.reshape(N, L, self.embed_dim)
         weights = None
@@ -456,12 +463,13 @@ class MultiheadAttention(Module):
 
     # ------------------------------------------------------------ backward
 
-    def backward(self, d_output: np.ndarray) -> tuple:
-        """Gradients through the last forward; adds every parameter's into ``grads``.
+    def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> tuple:
+        """Gradients through the last forward; adds every parameter's into its ``grad``.
 
         Parameters
         ----------
         d_output : the shape of output
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -483,12 +491,8 @@ class MultiheadAttention(Module):
         H, D, E = self.num_heads, self.head_dim, self.embed_dim
         flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
-        out_grads = {
-            "weight": self.grads["out_proj.weight"],
-            **({"bias": self.grads["out_proj.bias"]} if self.bias else {}),
-        }
         d_merged, _ = self._backend.linear_backward(
-            saved["merged"], self._params["out_proj.weight"], flat, grads=out_grads, bias=self.bias
+            saved["merged"], self.out_proj.weight, flat, grads=self.out_proj.grads, bias=self.bias
         )
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
@@ -519,6 +523,7 @@ class MultiheadAttention(Module):
                 bias=d_bias is not None,
             )
             grads_in.append(self._to_layout(dx.reshape(N, length, features), unbatched))
+        self._release_saved(retain_graph)
         return tuple(grads_in)
 
 
@@ -641,8 +646,10 @@ class AdditiveAttention(Module):
             context, weights = context[:, 0], weights[:, 0]
         return context, (weights.copy() if need_weights else None)
 
-    def backward(self, d_context: np.ndarray) -> tuple:
-        """Gradients through the last forward; adds into ``grads``.
+    def backward(self, d_context: np.ndarray, *, retain_graph: bool = False) -> tuple:
+        """Gradients through the last forward; adds into every parameter's ``grad``.
+        ``retain_graph``: keep the forward for another backward (by default it is freed, and a
+        second backward raises, as in PyTorch).
 
         Returns
         -------
@@ -675,4 +682,5 @@ class AdditiveAttention(Module):
             d_values = None
         if s["single_step"]:
             d_query = d_query[:, 0]
+        self._release_saved(retain_graph)
         return d_query, d_keys, d_values

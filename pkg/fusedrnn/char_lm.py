@@ -39,7 +39,7 @@ import numpy as np
 
 import fusedrnn
 from fusedrnn._spec import CELL_PARAMETERS, layer_suffix
-from fusedrnn.sampling import sample
+from fusedrnn.decoding import sample_decode
 
 UNKNOWN = "\ufffd"  # stands for every character too rare to get its own class
 
@@ -208,23 +208,27 @@ def generate(
     top_k: int | None,
     rng: np.random.Generator,
 ) -> str:
-    """Feed the prompt, then draw n characters one at a time through the cells."""
+    """Feed the prompt, then draw n characters one at a time through the cells
+    (`fusedrnn.decoding.sample_decode`)."""
     model.train(False)
     cells = model.cells()
-    states = [None] * len(cells)
+
+    def step(tokens: np.ndarray, states: list) -> tuple:
+        h = model.embedding(tokens)  # (rows, embed)
+        new_states = []
+        for cell, state in zip(cells, states):
+            state = cell(h, state)
+            h = state[0] if isinstance(state, tuple) else state
+            new_states.append(state)
+        return model.head(h), new_states
+
     ids = list(vocab.encode(prompt)) or [0]
-    out = []
-    for i in range(len(ids) + n - 1):
-        token = ids[i] if i < len(ids) else out[-1]
-        h = model.embedding(np.array([token]))  # (1, embed)
-        for k, cell in enumerate(cells):
-            states[k] = cell(h, states[k])
-            h = states[k][0] if isinstance(states[k], tuple) else states[k]
-        if i >= len(ids) - 1:
-            logits = model.head(h)[0]
-            out.append(sample(logits, temperature=temperature, top_k=top_k, rng=rng))
+    states = [None] * len(cells)
+    for token in ids[:-1]:  # the prompt but its last character: only the states
+        _, states = step(np.array([token]), states)
+    out = sample_decode(step, states, ids[-1], n, temperature=temperature, top_k=top_k, rng=rng)
     model.train(True)
-    return prompt + vocab.decode(out)
+    return prompt + vocab.decode(out.tokens[0])
 
 
 def evaluate(model: CharLM, data: np.ndarray, streams: int = 16, chunk: int = 256) -> float:
@@ -327,7 +331,8 @@ def train(cfg: Config) -> dict:
         t0 = time.perf_counter()
         # the learning rate falls linearly to a tenth over the run
         done = step / cfg.steps if cfg.steps else elapsed / cfg.time
-        optimizer.lr = cfg.lr * (1 - 0.9 * min(done, 1.0))
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * (1 - 0.9 * min(done, 1.0))
         loss, state = model.forward(
             x_streams[position : position + T], y_streams[position : position + T], state
         )

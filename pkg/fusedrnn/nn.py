@@ -105,15 +105,16 @@ class Linear(Module):
         self._keep_for_backward((x.copy() if x.flags.writeable else x) if self.training else None)
         return y
 
-    def backward(self, d_output: np.ndarray) -> np.ndarray:
+    def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> np.ndarray:
         """Gradients through the last training-mode forward.
 
-        Adds ``d_output^T x`` into ``grads['weight']`` and the sum of ``d_output`` over every
-        leading axis into ``grads['bias']``.
+        Adds ``d_output^T x`` into ``weight.grad`` and the sum of ``d_output`` over every
+        leading axis into ``bias.grad``.
 
         Parameters
         ----------
         d_output : (..., out_features), the shape of the output
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -130,6 +131,7 @@ class Linear(Module):
             grads=self.grads,
             bias=self._has_bias,
         )
+        self._release_saved(retain_graph)
         return dx.reshape(x.shape)
 
 
@@ -210,14 +212,15 @@ class Embedding(Module):
         self._keep_for_backward(indices.copy() if self.training else None)
         return out
 
-    def backward(self, d_output: np.ndarray) -> None:
-        """Adds the rows of ``d_output`` into ``grads['weight']`` at the last forward's indices
+    def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> None:
+        """Adds the rows of ``d_output`` into ``weight.grad`` at the last forward's indices
         (repeated indices add up; ``padding_idx`` gets nothing). The indices have no gradient,
         so this returns None.
 
         Parameters
         ----------
         d_output : (..., embedding_dim), the shape of the output
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
         """
         indices = self._require_saved()
         self._check_array(
@@ -228,4 +231,5 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, rows = flat[keep], rows[keep]
-        np.add.at(self.grads["weight"], flat, rows)
+        np.add.at(self.weight.grad, flat, rows)
+        self._release_saved(retain_graph)

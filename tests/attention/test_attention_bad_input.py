@@ -243,7 +243,7 @@ def test_additive_rejects(backend):
 def test_layers_reject():
     with pytest.raises(ValueError, match="embed_dim = 10 must be divisible by num_heads = 4"):
         fusedrnn.MultiheadAttention(10, 4)
-    with pytest.raises(ValueError, match=r"dtype must be numpy\.float32 or numpy\.float64"):
+    with pytest.raises(TypeError, match=r"dtype must be float32 or float64"):
         fusedrnn.MultiheadAttention(8, 2, dtype=np.int32)
     with pytest.raises(ValueError, match="backend must be 'fused' or 'reference'"):
         fusedrnn.AdditiveAttention(3, 4, 5, backend="gpu")

@@ -41,9 +41,12 @@ def test_sdpa_module_backward_equals_functional_and_repeats():
     assert_close(out, expected_out, np.float64)
     expected = reference.attention_backward(q, k, v, expected_out, lse, d_out, mask, **options)
     q += 1.0  # the module kept its own copies
-    for _ in range(2):  # backward may run again on the same forward
-        for a, b in zip(sdpa.backward(d_out), expected):
-            assert_close(a, b, np.float64)
+    for a, b in zip(sdpa.backward(d_out, retain_graph=True), expected):
+        assert_close(a, b, np.float64)
+    for a, b in zip(sdpa.backward(d_out), expected):  # again, since the first retained it
+        assert_close(a, b, np.float64)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        sdpa.backward(d_out)  # the second freed it
 
 
 def test_sdpa_fresh_dropout_seed_per_call():
@@ -146,7 +149,9 @@ def test_multihead_gradients_by_central_differences():
 
 def test_multihead_state_grads_and_modes():
     layer = fusedrnn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True, seed=1)
-    assert repr(layer) == "MultiheadAttention(8, 2, dropout=0.5, batch_first=True)"
+    assert repr(layer) == (
+        "MultiheadAttention(8, 2, dropout=0.5, batch_first=True\n  (out_proj): Linear(8, 8)\n)"
+    )
     x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
     # dropout is drawn anew in training mode, off in eval mode
     assert not np.allclose(layer(x, x, x)[0], layer(x, x, x)[0])
@@ -155,7 +160,7 @@ def test_multihead_state_grads_and_modes():
     # grads accumulate over backward calls, zero_grad clears them in place
     d_out = np.ones((2, 5, 8), np.float32)
     arrays = dict(layer.grads)
-    layer.backward(d_out)
+    layer.backward(d_out, retain_graph=True)
     once = {name: g.copy() for name, g in layer.grads.items()}
     layer.backward(d_out)
     for name, g in layer.grads.items():

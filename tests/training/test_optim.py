@@ -8,22 +8,30 @@ import math
 import numpy as np
 import pytest
 
-from fusedrnn import SGD, Adam, Embedding, Linear, clip_grad_norm_, clip_grad_value_
+from fusedrnn import (
+    SGD,
+    Adam,
+    Embedding,
+    Linear,
+    Module,
+    Parameter,
+    clip_grad_norm_,
+    clip_grad_value_,
+)
 
 
-class Params:
-    """The minimal protocol: named_parameters() of live arrays and a grads dict."""
+class Params(Module):
+    """A user module with two parameters of its own."""
 
     def __init__(self, dtype=np.float64, seed=0):
+        super().__init__()
         rng = np.random.default_rng(seed)
-        self.p = {
-            "a": rng.standard_normal((3, 4)).astype(dtype),
-            "b": rng.standard_normal(5).astype(dtype),
-        }
-        self.grads = {k: np.zeros_like(v) for k, v in self.p.items()}
+        self.a = Parameter(rng.standard_normal((3, 4)).astype(dtype))
+        self.b = Parameter(rng.standard_normal(5).astype(dtype))
 
-    def named_parameters(self):
-        return iter(self.p.items())
+    @property
+    def p(self):
+        return dict(self.named_parameters())
 
 
 def grad_sequence(params, steps, seed=1):
@@ -38,7 +46,7 @@ def run(optimizer_class, options, steps=4, dtype=np.float64):
     params = Params(dtype)
     start = {k: v.copy() for k, v in params.p.items()}
     grads = grad_sequence(params, steps)
-    opt = optimizer_class(params, **options)
+    opt = optimizer_class(params.parameters(), **options)
     for g in grads:
         for k in params.grads:
             params.grads[k][...] = g[k]
@@ -143,23 +151,6 @@ def test_optimizers_update_the_live_arrays_of_several_layers():
     assert not any(g.any() for layer in (emb, lin) for g in layer.grads.values())
 
 
-def test_an_object_with_a_parameters_dict_is_accepted():
-    class DictParams:
-        def __init__(self):
-            self.w = np.ones(3)
-            self.grads = {"w": np.full(3, 2.0)}
-
-        def parameters(self):
-            return {"w": self.w}
-
-    layer = DictParams()
-    opt = SGD(layer, lr=0.25)
-    opt.step()
-    np.testing.assert_allclose(layer.w, 0.5)
-    opt.zero_grad()  # no zero_grad method: the grads are filled with zeros
-    assert not layer.grads["w"].any()
-
-
 def test_a_parameter_loaded_in_place_keeps_its_optimizer_state():
     lin = Linear(2, 2, dtype=np.float64, seed=0)
     opt = SGD(lin, lr=1.0, momentum=1.0)
@@ -173,25 +164,26 @@ def test_a_parameter_loaded_in_place_keeps_its_optimizer_state():
 @pytest.mark.parametrize(
     ("make", "error", "pattern"),
     [
-        (lambda: SGD([object()], lr=0.1), TypeError, r"modules\[0\] \(object\) has no grads"),
-        (lambda: SGD([], lr=0.1), ValueError, r"at least one layer"),
-        (
-            lambda: SGD(type("NoParams", (), {"grads": {}})(), lr=0.1),
-            TypeError,
-            r"NoParams has neither named_parameters\(\) nor parameters\(\)",
-        ),
-        (lambda: SGD(_missing_grad(), lr=0.1), ValueError, r"has no grads\['b'\]"),
-        (
-            lambda: SGD(_wrong_grad_shape(), lr=0.1),
-            ValueError,
-            r"grads\['a'\] must be an array of the parameter's shape \(3, 4\)",
-        ),
+        (lambda: SGD([object()], lr=0.1), TypeError, r"params\[0\] must be a fusedrnn.Parameter"),
+        (lambda: SGD([np.ones(3)], lr=0.1), TypeError, r"a plain array has no gradient"),
+        (lambda: SGD(np.ones(3), lr=0.1), TypeError, r"params must be parameters"),
+        (lambda: SGD([], lr=0.1), ValueError, r"at least one parameter"),
         (lambda: SGD(Params(), lr=-1), ValueError, r"lr must be >= 0.0, got -1.0"),
         (lambda: SGD(Params(), lr="0.1"), TypeError, r"lr must be a number"),
         (lambda: SGD(Params(), lr=0.1, nesterov=True), ValueError, r"nesterov momentum needs"),
         (lambda: Adam(Params(), betas=(0.9, 1.0)), ValueError, r"betas must be in \[0, 1\)"),
         (lambda: Adam(Params(), betas=0.9), TypeError, r"betas must be a pair"),
         (lambda: Adam(Params(), eps=float("nan")), ValueError, r"eps must be >= 0.0, got nan"),
+        (
+            lambda: SGD([{"params": [Params().a], "momentun": 0.9}], lr=0.1),
+            ValueError,
+            r"unknown options \['momentun'\]",
+        ),
+        (
+            lambda: (lambda m: SGD([{"params": [m.a]}, {"params": [m.a, m.b]}], lr=0.1))(Params()),
+            ValueError,
+            r"more than one parameter group",
+        ),
     ],
 )
 def test_bad_arguments(make, error, pattern):
@@ -199,16 +191,78 @@ def test_bad_arguments(make, error, pattern):
         make()
 
 
-def _missing_grad():
-    p = Params()
-    del p.grads["b"]
-    return p
+def test_a_refused_step_changes_nothing():
+    model = Params()
+    for p in model.parameters():
+        p.grad.fill(1.0)
+    model.b.flags.writeable = False
+    before = model.state_dict()
+    opt = Adam(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"read-only.*nothing was updated"):
+        opt.step()
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    assert opt.state == {}
 
 
-def _wrong_grad_shape():
-    p = Params()
-    p.grads["a"] = np.zeros((4, 3))
-    return p
+def test_param_groups_state_dict_and_torch_agree():
+    """Two groups with their own lr and momentum, and a state_dict saved mid-training and loaded
+    into a fresh optimizer, step for step as torch.optim.SGD (and torch's layout of the dict)."""
+    torch = pytest.importorskip("torch")
+    model, start = Params(), None
+    start = {k: v.copy() for k, v in model.p.items()}
+    groups = [{"params": [model.a], "lr": 0.05, "momentum": 0.5}, {"params": [model.b]}]
+    opt = SGD(groups, lr=0.1, momentum=0.9)
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in start.items()}
+    torch_opt = torch.optim.SGD(
+        [{"params": [tensors["a"]], "lr": 0.05, "momentum": 0.5}, {"params": [tensors["b"]]}],
+        lr=0.1,
+        momentum=0.9,
+    )
+    for step, g in enumerate(grad_sequence(model, 6)):
+        for k, p in model.p.items():
+            p.grad[...] = g[k]
+            tensors[k].grad = torch.tensor(g[k])
+        opt.step()
+        torch_opt.step()
+        if step == 2:  # save, and go on with a fresh optimizer that loaded it
+            saved = opt.state_dict()
+            assert saved["param_groups"][0]["params"] == [0]
+            assert saved["param_groups"][1]["params"] == [1]
+            assert sorted(saved["state"]) == sorted(torch_opt.state_dict()["state"])
+            opt = SGD([{"params": [model.a]}, {"params": [model.b]}], lr=1.0)
+            opt.load_state_dict(saved)
+            assert opt.param_groups[0]["lr"] == 0.05 and opt.param_groups[1]["momentum"] == 0.9
+    for k, tensor in tensors.items():
+        np.testing.assert_allclose(model.p[k], tensor.detach().numpy(), rtol=1e-12, err_msg=k)
+
+
+def test_load_state_dict_refuses_what_does_not_fit():
+    opt = Adam(Params().parameters())
+    other = Adam([Parameter(np.zeros(2))])
+    other.param_groups[0]["params"][0].grad.fill(1.0)
+    other.step()
+    with pytest.raises(ValueError, match=r"parameter group 0 has 1 parameters in state_dict, 2"):
+        opt.load_state_dict(other.state_dict())
+    assert opt.state == {}
+
+
+def test_a_tied_parameter_is_updated_once_with_the_sum_of_its_uses():
+    emb, lin = Embedding(5, 3, dtype=np.float64, seed=0), Linear(3, 5, dtype=np.float64, seed=1)
+    lin.weight = emb.weight  # tied
+    emb(np.array([1, 2]))
+    emb.backward(np.ones((2, 3)))
+    lin(np.ones((4, 3)))
+    lin.backward(np.ones((4, 5)))
+    expected_grad = np.full((5, 3), 4.0)
+    expected_grad[[1, 2]] += 1.0
+    np.testing.assert_allclose(emb.weight.grad, expected_grad)
+    before = emb.weight.copy()
+    opt = SGD([emb, lin], lr=0.5)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2  # weight once, and lin.bias
+    opt.step()
+    np.testing.assert_allclose(emb.weight, before - 0.5 * expected_grad)
+    assert lin.weight is emb.weight
 
 
 # ---------------------------------------------------------------- clipping
@@ -250,10 +304,10 @@ def test_clip_grad_norm_leaves_small_gradients_alone():
     np.testing.assert_array_equal(all_grads(layers), flat)
 
 
-def test_clip_grad_norm_takes_grads_dicts_and_float32():
+def test_clip_grad_norm_takes_parameters_and_float32():
     layers = filled_layers(dtype=np.float32)
     flat = all_grads(layers).astype(np.float64)
-    total = clip_grad_norm_([layers[0].grads, layers[1]], max_norm=1.0)
+    total = clip_grad_norm_([*layers[0].parameters(), layers[1]], max_norm=1.0)
     np.testing.assert_allclose(total, np.linalg.norm(flat), rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(all_grads(layers).astype(np.float64)), 1.0, rtol=1e-5)
     assert all(g.dtype == np.float32 for layer in layers for g in layer.grads.values())
@@ -293,5 +347,5 @@ def test_clip_grad_value():
     np.testing.assert_array_equal(all_grads(layers), np.clip(flat, -0.3, 0.3))
     with pytest.raises(ValueError, match=r"clip_value must be >= 0\.0"):
         clip_grad_value_(layers, -1)
-    with pytest.raises(TypeError, match=r"modules\[0\] must be a layer with a grads dict"):
+    with pytest.raises(TypeError, match=r"parameters\[0\] must be a fusedrnn.Parameter"):
         clip_grad_value_([3], 1.0)

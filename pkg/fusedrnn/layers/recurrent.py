@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_lengths, check_probability, check_size
-from .._module import DTypeLike
+from .._module import DTypeLike, Parameter
 from .._spec import layer_roles, layer_suffix, num_directions
 from ._base import RecurrentModule, State, check_nonlinearity
 
@@ -36,6 +36,7 @@ class _SavedForward:
     lengths: np.ndarray | None  # (B,) int64
     dropout_masks: list | None  # L-1 arrays (T, B, D*H_out)
     unbatched: bool
+    learned_state: bool  # hx was the learned h0 (and c0), broadcast over the batch
 
 
 class RecurrentLayer(RecurrentModule):
@@ -62,6 +63,7 @@ class RecurrentLayer(RecurrentModule):
         ("proj_size", 0),
         ("nonlinearity", "tanh"),
         ("reset_after", True),
+        ("learn_initial_state", False),
     )
 
     def __init__(
@@ -76,6 +78,7 @@ class RecurrentLayer(RecurrentModule):
         *,
         proj_size: int = 0,
         options: dict | None = None,
+        learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -100,6 +103,12 @@ class RecurrentLayer(RecurrentModule):
                 f"got {self.proj_size}"
             )
         self._reset_parameters()
+        self.learn_initial_state = bool(learn_initial_state)
+        if self.learn_initial_state:  # zeros (no draw: the weights and masks stay the same)
+            L_D = self.num_layers * self.num_directions
+            self.h0 = Parameter(np.zeros((L_D, self._output_size)), self.dtype)
+            if self._has_cell_state:
+                self.c0 = Parameter(np.zeros((L_D, self.hidden_size)), self.dtype)
 
     @property
     def _output_size(self) -> int:
@@ -129,7 +138,8 @@ class RecurrentLayer(RecurrentModule):
         x : (T, B, input_size), (B, T, input_size) with batch_first, or unbatched (T, input_size)
             A numpy array of the layer's dtype.
         hx : h_0 (L*D, B, H_out), or for LSTM a tuple (h_0, c_0 (L*D, B, hidden_size)); None
-            means zeros. Unbatched: no B axis.
+            means zeros, or with ``learn_initial_state`` the parameters ``h0`` (and ``c0``)
+            for every item. Unbatched: no B axis.
         lengths : (B,) integers in 1..T, any order, or None
             Variable-length items, as PyTorch's packed sequences: item b runs its first
             lengths[b] steps; its output is zero after them and h_n / c_n are its state after
@@ -148,6 +158,9 @@ class RecurrentLayer(RecurrentModule):
         if unbatched:
             h0, c0 = _batch_axis(h0), _batch_axis(c0)
         hx_stack = None if hx is None else ((h0, c0) if self._has_cell_state else h0)
+        learned_state = hx is None and self.learn_initial_state
+        if learned_state:
+            hx_stack = self._learned_state(B)
         if lengths is not None and unbatched:
             raise ValueError(
                 "lengths needs batched input; unbatched x (T, input_size) is one "
@@ -162,7 +175,7 @@ class RecurrentLayer(RecurrentModule):
             self._mode,
             x_time_major,
             hx_stack,
-            self._params,
+            self._stack_weights,
             self.num_layers,
             bidirectional=self.bidirectional,
             lengths=lengths,
@@ -173,7 +186,9 @@ class RecurrentLayer(RecurrentModule):
         if self.training:
             y.flags.writeable = False
         self._keep_for_backward(
-            _SavedForward(x_time_major, hx_stack, y, saved, lengths, masks, unbatched)
+            _SavedForward(
+                x_time_major, hx_stack, y, saved, lengths, masks, unbatched, learned_state
+            )
             if self.training
             else None
         )
@@ -191,12 +206,13 @@ class RecurrentLayer(RecurrentModule):
         *,
         truncate: int | None = None,
         truncate_stride: int | None = None,
+        retain_graph: bool = False,
     ) -> tuple:
         """Gradients through the last training-mode forward.
 
-        Adds every parameter's gradient into ``self.grads`` and returns those of the inputs.
-        The saved state is not consumed: calling backward again (e.g. with other output
-        gradients) adds into ``grads`` again.
+        Adds every parameter's gradient into its ``grad`` and returns those of the inputs.
+        What the forward saved is freed, so a second backward raises, unless
+        ``retain_graph=True`` keeps it (PyTorch's rule).
 
         Parameters
         ----------
@@ -212,6 +228,7 @@ class RecurrentLayer(RecurrentModule):
             equals cutting the state every k steps (PyTorch: ``h = h.detach()``). The spans run
             in C++ from the one saved forward. For sequences longer than memory, run the
             layer chunk by chunk instead (see the README, "Long sequences").
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
 
         Returns
         -------
@@ -235,7 +252,7 @@ class RecurrentLayer(RecurrentModule):
             self._mode,
             saved.x,
             saved.hx,
-            self._params,
+            self._stack_weights,
             self.num_layers,
             saved.y,
             saved.saved,
@@ -250,6 +267,11 @@ class RecurrentLayer(RecurrentModule):
             truncate_stride=truncate_stride,
             **self._stack_options,
         )
+        if saved.learned_state:  # forward: h_0[:, b] = h0 for every item b
+            self.h0.grad += dh0.sum(axis=1)
+            if self._has_cell_state:
+                self.c0.grad += dc0.sum(axis=1)
+        self._release_saved(retain_graph)
         dx = self._from_time_major(dx, saved.unbatched)
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
@@ -312,6 +334,19 @@ class RecurrentLayer(RecurrentModule):
             return a[:, 0]
         return a.swapaxes(0, 1) if self.batch_first else a
 
+    @property
+    def _stack_weights(self) -> dict:
+        """The parameters the stack functions take: all but the learned initial state."""
+        if not self.learn_initial_state:
+            return self._params
+        return {name: p for name, p in self._params.items() if name not in ("h0", "c0")}
+
+    def _learned_state(self, B: int) -> np.ndarray | tuple:
+        """The learned h0 (and c0) repeated over a batch of B: (L*D, B, ...) arrays of their
+        own."""
+        h0 = np.repeat(self.h0[:, None], B, axis=1)
+        return (h0, np.repeat(self.c0[:, None], B, axis=1)) if self._has_cell_state else h0
+
     def _dropout_masks(self, T: int, B: int) -> list | None:
         """num_layers - 1 masks (T, B, D*H_out): Bernoulli(1-p) / (1-p), training mode only."""
         if not self.training or self.dropout == 0 or self.num_layers == 1:
@@ -361,6 +396,11 @@ class LSTM(RecurrentLayer):
     bidirectional : bool, default False
     proj_size : int, default 0
         If > 0 (and < hidden_size), ``h_t = W_hr (o_t * tanh(c_t))`` of size proj_size.
+    learn_initial_state : bool, default False
+        Adds the parameters ``h0`` (L*D, H_out) and ``c0`` (L*D, hidden_size), zero at first:
+        a forward without ``hx`` starts every item from them, and backward adds their
+        gradient (summed over the batch). Not in PyTorch's modules (their state_dicts lack
+        these two names).
     dtype : numpy.float32 (default) or numpy.float64
         Of the parameters and of every array the layer accepts (no silent casts).
     seed : int or None
@@ -393,6 +433,7 @@ class LSTM(RecurrentLayer):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -406,6 +447,7 @@ class LSTM(RecurrentLayer):
             dropout,
             bidirectional,
             proj_size=proj_size,
+            learn_initial_state=learn_initial_state,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -434,6 +476,7 @@ class GRU(RecurrentLayer):
         bidirectional: bool = False,
         *,
         reset_after: bool = True,
+        learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -447,6 +490,7 @@ class GRU(RecurrentLayer):
             dropout,
             bidirectional,
             options={"reset_after": bool(reset_after)},
+            learn_initial_state=learn_initial_state,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -473,6 +517,7 @@ class RNN(RecurrentLayer):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -486,6 +531,7 @@ class RNN(RecurrentLayer):
             dropout,
             bidirectional,
             options={"nonlinearity": check_nonlinearity(nonlinearity)},
+            learn_initial_state=learn_initial_state,
             dtype=dtype,
             seed=seed,
             backend=backend,
