@@ -38,38 +38,57 @@ def guard_training_state(cls: type) -> None:
             setattr(cls, method, _one_thread_at_a_time(cls.__dict__[method], method))
 
 
+class _Markers(dict):
+    """A module's markers: "busy", the thread inside its forward or backward, and "state", the
+    thread whose forward saved what backward would use. A copy or a pickle of the module starts
+    without them (a module saved while a thread was inside must not stay busy when loaded)."""
+
+    def __reduce__(self):
+        return _Markers, ()
+
+    def __deepcopy__(self, memo: dict) -> _Markers:
+        return _Markers()
+
+
+def _markers(module) -> _Markers:
+    markers = module.__dict__.get("_thread_markers")
+    if markers is None:
+        markers = module.__dict__.setdefault("_thread_markers", _Markers())
+    return markers
+
+
 def _one_thread_at_a_time(function: Callable, method: str) -> Callable:
     is_forward = method == "forward"
 
     @functools.wraps(function)
     def guarded(self, *args, **kwargs):
-        state = self.__dict__
+        markers = _markers(self)
         me = threading.get_ident()
         if is_forward and not self.training:
             result = function(self, *args, **kwargs)
             if self._saves_in_eval:  # what a backward would now use is this thread's
-                state["_state_thread"] = me
+                markers["state"] = me
             return result
-        # The marker of the thread inside: claimed with one dict.setdefault, which no other
-        # thread can split (no lock to take: this runs on every call).
-        outermost = state.get("_busy_thread") is None
-        if state.setdefault("_busy_thread", me) != me:
+        # Claimed with one dict.setdefault, which no other thread can split (no lock to take:
+        # this runs on every call).
+        outermost = markers.get("busy") is None
+        if markers.setdefault("busy", me) != me:
             what = "another thread is running this module's forward or backward"
-        elif not is_forward and state.get("_state_thread", me) != me:
+        elif not is_forward and markers.get("state", me) != me:
             what = "the forward whose saved state backward would use ran on another thread"
         else:
             what = None
         if what is not None:
-            if outermost and state.get("_busy_thread") == me:
-                del state["_busy_thread"]
+            if outermost and markers.get("busy") == me:
+                del markers["busy"]
             raise RuntimeError(SHARED.format(name=type(self).__name__, method=method, what=what))
         try:
             result = function(self, *args, **kwargs)
             if is_forward:
-                state["_state_thread"] = me
+                markers["state"] = me
             return result
         finally:
             if outermost:
-                del state["_busy_thread"]
+                del markers["busy"]
 
     return guarded
