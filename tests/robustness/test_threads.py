@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -463,6 +464,7 @@ def test_a_second_thread_training_a_busy_layer_is_told_not_queued():
     holder.start()
     try:
         assert inside.wait(30)
+        copied = copy.deepcopy(layer)  # (so would a pickle) made while that thread is inside
         with pytest.raises(RuntimeError, match=r"HeldLSTM.forward: another thread is running"):
             layer(x)
         with pytest.raises(RuntimeError, match=r"HeldLSTM.backward: another thread is running"):
@@ -473,6 +475,8 @@ def test_a_second_thread_training_a_busy_layer_is_told_not_queued():
     # (that thread's forward saved the state; this thread's own forward and backward then work)
     output, _ = layer(x)
     layer.backward(np.ones_like(output))
+    output, _ = copied(x)  # the copy is nobody's: not busy, its state this thread's
+    copied.backward(np.ones_like(output))
 
 
 def test_backward_of_another_threads_forward_raises():
