@@ -93,6 +93,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
         set_tile_dropout(t, opt, keys);
         t.p_drop = t.dropout ? pdrop : pbuf;  // without dropout, dv uses p itself
         for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+          if (stop_requested()) break;
           const int64_t pair = u / chunks, chunk = u % chunks;
           const int64_t batch_item = pair / s.heads_kv, head_kv = pair % s.heads_kv;
           T* dq_target = chunk == 0 ? dq : dq_parts + (chunk - 1) * round_block(rows_total * E);
@@ -112,6 +113,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
               const int64_t bh = batch_item * s.heads_q + head_kv * group + g;
               // causal: query tiles before the one holding row j0 see none of these keys
               for (int64_t qt = opt.causal ? j0 / BQ : 0; qt < query_tiles; ++qt) {
+                if (stop_requested()) break;  // (the outputs are undefined then)
                 const int64_t i0 = qt * BQ;
                 const int64_t rows = std::min(BQ, L - i0);
                 const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows - j0) : cols_all;

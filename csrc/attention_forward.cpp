@@ -99,6 +99,7 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
     t.ldo = Ev;
     set_tile_dropout(t, opt, keys);
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
+      if (stop_requested()) break;
       const int64_t bh = u / query_tiles;
       const int64_t i0 = (query_tiles - 1 - u % query_tiles) * BQ;
       const int64_t rows = std::min(BQ, L - i0);
@@ -116,6 +117,7 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
       // top-left causal mask: row i sees keys j <= i, so no key past the tile's last row
       const int64_t kv_end = opt.causal ? std::min(S, i0 + rows) : S;
       for (int64_t j0 = 0; j0 < kv_end; j0 += BK) {
+        if (stop_requested()) break;  // (the outputs are undefined then)
         const int64_t cols = std::min(BK, kv_end - j0);
         // s = scale * q_i k_j^T
         tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kg + j0 * E, E, false, sbuf, BK,

@@ -82,6 +82,7 @@ void gru_backward(const CellBackwardArgs<T>& a) {
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       const T* g = saved.gates + t * B * G + r0 * G + j0;
       const T* h_prev = t ? y + (t - 1) * B * H : h0;

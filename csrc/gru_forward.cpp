@@ -84,6 +84,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = 0; t < steps; ++t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* gates = training ? saved.gates + t * B * G : scratch.proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {

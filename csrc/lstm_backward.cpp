@@ -85,6 +85,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
           : PackedWeights<T>{};
     const int64_t p0 = columns.begin, pw = columns.width;  // with a projection, R = P
     for (int64_t t = steps - 1; t >= 0; --t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* dg = dgates + t * B * G;
       const T* c_prev = t ? saved.c + (t - 1) * B * H : c0;

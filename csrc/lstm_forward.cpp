@@ -87,6 +87,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
         P ? pack_weights(step_kernel, scratch.packed_hr, w_hr, 1, H, H, 1, P, outputs)
           : PackedWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* gates = training ? saved.gates + t * B * G : scratch.proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection

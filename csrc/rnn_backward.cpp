@@ -63,6 +63,7 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
     for (int64_t t = steps - 1; t >= 0; --t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* dp = dpre + t * B * H;
       kernel(rows, H, w, dp + at, dh0 + at, dy ? dy + t * B * H + at : nullptr, y + t * B * H + at);

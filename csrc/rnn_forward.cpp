@@ -58,6 +58,7 @@ void rnn_forward(const CellForwardArgs<T>& a) {
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {
+      if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* h = y + t * B * H + r0 * H;
       step_gemm(step_kernel, w_hh_t, 0, 1, split.units, rows, (t ? h - B * H : h0 + r0 * H), H, h,

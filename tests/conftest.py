@@ -22,9 +22,26 @@ def threading_mode(request):
     fusedrnn.set_num_threads(before)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--isa",
+        default=None,
+        help="run every test on this instruction-set path of the kernels (baseline, avx2, avx512; "
+        "the CPU must have it) instead of the widest the CPU has; tools/sanitize.sh uses it. "
+        "tests/package checks the choice made without forcing: leave it out then",
+    )
+
+
+def pytest_configure(config):
+    isa = config.getoption("--isa")
+    if isa is not None:
+        _core.select_isa(isa)  # ValueError when unknown or not supported by this CPU
+
+
 def pytest_report_header(config):
-    """Which build the tests run against (tools/sanitize.sh checks it is the installed one)."""
-    return f"fusedrnn._core: {_core.__file__}"
+    """Which build the tests run against (tools/sanitize.sh checks it is the installed one), and
+    the instruction-set path in use."""
+    return [f"fusedrnn._core: {_core.__file__}", f"fusedrnn isa: {_core.active_isa()}"]
 
 
 def pytest_collection_modifyitems(config, items):

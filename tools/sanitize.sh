@@ -7,6 +7,14 @@
 #
 # The tests marked slow are left out as in the default run; add -m "" to run them too.
 #
+# Every instruction-set path of the kernels the CPU can run is exercised: the whole suite runs on
+# the widest (tests/kernels force each supported one in turn), then the tests that reach the
+# kernels through the layers and bindings (tests/layers, attention, robustness, training) run again
+# with each other supported path forced (pytest --isa, tests/conftest.py): the portable baseline
+# and AVX2 on any x86-64 machine with AVX2, AVX-512 only where the CPU has it (it cannot be
+# emulated here; the summary says which paths ran). With pytest args, the forced runs take them
+# instead of those folders.
+#
 # What is built: a clean copy of the source in a temporary folder, never the checkout itself,
 # whose build/ folder, in-place _core*.so and egg-info could otherwise be picked up by pip and
 # installed uninstrumented. By default the copy holds the working tree as it is, uncommitted
@@ -114,22 +122,46 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
   | grep -qxF "$core" || fail "with the sanitizers preloaded fusedrnn._core is not $core"
 
 cd "$src"
-# PYTHONSAFEPATH: `python -m pytest` puts no source folder on sys.path. Not -q: the report
-# header (tests/conftest.py) names the _core the test process really imported, checked below.
-set +e
-PYTHONSAFEPATH=1 python -m pytest -p no:cacheprovider --capture=sys "$@" 2>&1 | tee "$work/pytest.log"
-status=${PIPESTATUS[0]}
-set -e
-unset LD_PRELOAD
+supported_isas="$(PYTHONSAFEPATH=1 python -c 'from fusedrnn import _core
+print(" ".join(i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)))')"
+default_isa="$(PYTHONSAFEPATH=1 python -c 'from fusedrnn import _core; print(_core.active_isa())')"
+status=0
+summary=()
+# One pytest run: its log is $work/pytest.<name>.log. PYTHONSAFEPATH: `python -m pytest` puts no
+# source folder on sys.path. Not -q: the report header (tests/conftest.py) names the _core the
+# test process really imported and the instruction-set path in use, both checked.
+run_pytest() {
+  local name="$1" isa="$2"
+  shift 2
+  local log="$work/pytest.$name.log" run_status
+  set +e
+  PYTHONSAFEPATH=1 python -m pytest -p no:cacheprovider --capture=sys "$@" 2>&1 | tee "$log"
+  run_status=${PIPESTATUS[0]}
+  set -e
+  if ! grep -qxF "fusedrnn._core: $core" "$log"; then
+    echo "sanitize.sh: the test process did not report importing $core" >&2
+    run_status=1
+  fi
+  if ! grep -qxF "fusedrnn isa: $isa" "$log"; then
+    echo "sanitize.sh: the $name run did not run on the $isa path" >&2
+    run_status=1
+  fi
+  [[ $run_status -eq 0 ]] || status=1
+  summary+=("$name ($isa): $(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=')")
+  # A UBSan report: its "file:line:col: runtime error: ..." line and the stack lines after it.
+  awk '/: runtime error: /{on=1} on && !/^( +#[0-9]|0x[0-9a-f]+: note|  *\^| [0-9a-f ]+$|.*: runtime error: )/{on=0} on' \
+    "$log" > "$logs/ubsan.$name.from-stderr"
+  [[ -s "$logs/ubsan.$name.from-stderr" ]] || rm -f "$logs/ubsan.$name.from-stderr"
+}
 
-if ! grep -qxF "fusedrnn._core: $core" "$work/pytest.log"; then
-  echo "sanitize.sh: the test process did not report importing $core" >&2
-  status=1
-fi
-# A UBSan report: its "file:line:col: runtime error: ..." line and the stack lines after it.
-awk '/: runtime error: /{on=1} on && !/^( +#[0-9]|0x[0-9a-f]+: note|  *\^| [0-9a-f ]+$|.*: runtime error: )/{on=0} on' \
-  "$work/pytest.log" > "$logs/ubsan.from-stderr"
-[[ -s "$logs/ubsan.from-stderr" ]] || rm -f "$logs/ubsan.from-stderr"
+run_pytest suite "$default_isa" "$@"
+forced_targets=("$@")
+[[ $# -gt 0 ]] || forced_targets=(tests/layers tests/attention tests/robustness tests/training)
+for isa in $supported_isas; do
+  [[ $isa == "$default_isa" ]] && continue
+  run_pytest "forced-$isa" "$isa" --isa "$isa" "${forced_targets[@]}"
+done
+unset LD_PRELOAD
 # With allocator_may_return_null, ASan still notes each refused huge allocation (tests/robustness/test_sizes
 # asks for them): printed, not counted. Any other line in a report fails the run.
 benign='^==[0-9]+==WARNING: AddressSanitizer failed to allocate 0x[0-9a-f]+ bytes$'
@@ -148,6 +180,11 @@ if [[ $failed_reports -gt 0 ]]; then
   echo "sanitize.sh: $failed_reports sanitizer report(s) with errors above" >&2
   status=1
 fi
+echo "sanitize.sh: instruction-set paths this CPU runs: $supported_isas (default $default_isa)"
+for isa in baseline avx2 avx512; do
+  [[ " $supported_isas " == *" $isa "* ]] || echo "  $isa: not supported by this CPU, not run"
+done
+printf '  %s\n' "${summary[@]}"
 echo "sanitize.sh: wall time $((SECONDS - start)) s; logs in $work"
 if [[ $status -ne 0 ]]; then
   echo "sanitizers: FAILED (pytest exit status and reports above)" >&2

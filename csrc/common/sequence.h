@@ -112,14 +112,22 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
 // [blocks*H, I]: the input projection of all steps at once (rows = T*B), or a dense layer, in one
 // GEMM on a team of its own sized by the work, each member packing (into packed
 // [packed_weights_size(I, blocks, H)]) and multiplying its panels of W_ih^T.
+// The rows go in chunks of about kStopCheckWork multiply-adds (a millisecond or two), between
+// which the call may stop (stop_requested): a long sequence's projection takes seconds. Each
+// output element is one chain over I whatever the chunk (common/step_gemm.h).
+constexpr int64_t kStopCheckWork = int64_t(1) << 24;
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
                     int64_t I, int64_t blocks, int64_t H, bool accumulate = false) {
   const auto& kernel = step_gemm_kernels<T>();
+  const int64_t row_work = std::max<int64_t>(1, blocks * H * I);
+  const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, kernel.panel_width, member, members);
     const PackedWeights<T> w_ih_t = pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
-    step_gemm(kernel, w_ih_t, 0, blocks, share, rows, x, I, out, ldo, accumulate);
+    for (int64_t r0 = 0; r0 < rows && !stop_requested(); r0 += chunk_rows)
+      step_gemm(kernel, w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
+                out + r0 * ldo, ldo, accumulate);
   });
 }
 

@@ -3,37 +3,74 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#ifdef FUSEDRNN_OPENMP
-#include <omp.h>
-#endif
 
 #include "common/blas.h"
 
 namespace fusedrnn {
 
 int get_num_threads();
+// How long an idle worker thread of the kernels keeps its core (spinning, then yielding it to
+// anyone who needs it between checks) before it sleeps until the next team.
+int64_t worker_idle_microseconds();
 void set_num_threads(int n);  // n >= 1
 bool have_openmp();
 
 // True on the members of a running team: work they start runs on them alone (no nested teams).
 bool& inside_team();
 
+// Stopping a call early (Ctrl-C). The caller of a kernel may install, for its thread, a function
+// that says whether to stop (StopScope); the kernels ask at step and tile boundaries
+// (stop_requested()) and, once told, skip the rest of the call: its outputs are then undefined
+// (the memory is still all the caller's). Only the installing thread calls the function; the
+// members of its teams see the answer through the shared flag.
+using StopPoll = bool (*)();
+struct StopState {
+  StopPoll poll = nullptr;
+  const void* owner = nullptr;  // the installing thread's identity (its current_stop() slot)
+  std::atomic<bool> stopped{false};
+};
+// The stop state of the call the calling thread works for (null: nobody asks to stop).
+StopState*& current_stop();
+
+class StopScope {
+ public:
+  explicit StopScope(StopPoll poll);
+  ~StopScope();
+  StopScope(const StopScope&) = delete;
+  StopScope& operator=(const StopScope&) = delete;
+  bool stopped() const { return state_.stopped.load(std::memory_order_acquire); }
+
+ private:
+  StopState state_;
+  StopState* enclosing_;
+};
+
+// True once the call should stop (sticky for the rest of the call).
+inline bool stop_requested() {
+  StopState* const state = current_stop();
+  if (!state) return false;
+  if (state->stopped.load(std::memory_order_relaxed)) return true;
+  if (state->poll && state->owner == &current_stop() && state->poll()) {
+    state->stopped.store(true, std::memory_order_release);
+    return true;
+  }
+  return false;
+}
+
 // The barrier of a team's time loop, met every step. A waiter spins briefly (a step's partner is
 // microseconds away on a quiet machine), then keeps checking with sched_yield between checks, so
 // that on a busy machine it hands its core to whoever needs it (its partner, or another program)
 // and never sleeps in the kernel: waking a sleeping thread costs tens to hundreds of microseconds
-// on a virtual machine, more than a whole step. libgomp's own barrier either spins for
-// milliseconds or sleeps, by GOMP_SPINCOUNT (measured: LSTM B=16 H=128 forward+backward took
-// 400 ms instead of 25 ms on a busy machine with libgomp's default spin).
+// on a virtual machine, more than a whole step. Once the call is stopped (`stop`), every wait
+// returns at once: a member that stopped never comes again, and the others must not wait for it.
 class SpinBarrier {
  public:
-  explicit SpinBarrier(int members) : members_(members) {}
+  SpinBarrier(int members, const StopState* stop) : members_(members), stop_(stop) {}
   void wait();
-  // Before any wait: libgomp may give a team fewer threads than asked.
-  void set_members(int members) { members_ = members; }
 
  private:
   int members_;
+  const StopState* stop_;
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> generation_{0};
 };
@@ -49,29 +86,56 @@ int current_cpu();
 // and on this machine a third of small calls did.
 void leave_cpu(int cpu);
 
+// What a team member runs: body(member, members), type-erased for the thread pool.
+using TeamMemberFn = void (*)(void* body, int member, int members);
+
+// Makes the calling thread's pool of worker threads ready for a team of `threads` (the caller
+// and threads-1 workers); returns the team size it can run: fewer only if the system refused
+// new threads.
+int reserve_team(int threads);
+// Runs fn(body, m, members) for m = 1 .. members-1 on the pool's workers and fn(body, 0, members)
+// on the calling thread, and returns when all are done. members: at most reserve_team's answer.
+void run_on_pool(int members, TeamMemberFn fn, void* body);
+
+// The members' side of run_team: the thread-local state of a team member around body.
+struct TeamMember {
+  TeamMember(SpinBarrier* barrier, StopState* stop);
+  ~TeamMember();
+  TeamMember(const TeamMember&) = delete;
+  TeamMember& operator=(const TeamMember&) = delete;
+
+ private:
+  StopState* enclosing_stop_;
+};
+
 // Runs body(member, members) on a team of up to `threads` threads; each member's BLAS calls run on
 // that member alone (restore_blas_threads_after_team), so the team owns the cores. body may call
-// team_barrier() (all members must reach it equally often). One thread, or called from a team
-// (the two directions of a layer): body(0, 1) on the calling thread alone, whose team_barrier()
-// then waits for nobody.
+// team_barrier() (all members must reach it equally often, or stop: stop_requested()). One
+// thread, or called from a team (the two directions of a layer): body(0, 1) on the calling thread
+// alone, whose team_barrier() then waits for nobody. A stopped call runs no more teams.
+//
+// The teams run on fusedrnn's own worker threads (one pool per calling thread, as libgomp keeps
+// one), not OpenMP's: their idle policy is the kernels' own whatever library loaded libgomp first
+// (GOMP_SPINCOUNT is read once, when libgomp loads), and a forked child starts a fresh pool
+// instead of waiting forever for its parent's threads, which fork does not copy.
 template <typename Body>
 void run_team(int threads, Body&& body) {
-#ifdef FUSEDRNN_OPENMP
+  if (stop_requested()) return;
+#ifdef FUSEDRNN_OPENMP  // (the pool needs no OpenMP, but a build without it runs on one thread,
+                        // as documented; OpenMP gives the default count, OMP_NUM_THREADS)
+  if (threads > 1 && !inside_team()) threads = reserve_team(threads);
   if (threads > 1 && !inside_team()) {
-    SpinBarrier barrier(threads);
-    const int caller_cpu = current_cpu();
-#pragma omp parallel num_threads(threads)
-    {
-      if (omp_get_thread_num() != 0) leave_cpu(caller_cpu);
-#pragma omp single
-      barrier.set_members(omp_get_num_threads());  // (single ends with libgomp's barrier)
-      inside_team() = true;
-      current_barrier() = &barrier;
-      body(omp_get_thread_num(), omp_get_num_threads());
-      current_barrier() = nullptr;
-      inside_team() = false;
-      restore_blas_threads_after_team();
-    }
+    struct Team {
+      Body& body;
+      SpinBarrier barrier;
+      StopState* stop;
+    } team{body, SpinBarrier(threads, current_stop()), current_stop()};
+    const TeamMemberFn member_fn = [](void* p, int member, int members) {
+      Team& t = *static_cast<Team*>(p);
+      const TeamMember scope(&t.barrier, t.stop);
+      t.body(member, members);
+    };
+    run_on_pool(threads, member_fn, &team);
     return;
   }
 #endif

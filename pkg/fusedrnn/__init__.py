@@ -1,17 +1,5 @@
 """fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
-import os
-
-# How long libgomp's idle threads spin before they sleep, between the kernels' OpenMP teams (the
-# time loops' per-step barrier is the kernels' own, csrc/common/threading.h, and yields the core
-# on a busy machine). Too short and a call's second team wakes a sleeping thread, which the
-# scheduler then often places on the caller's own core: on this 2-core machine an RNN forward of
-# 0.24 ms took 0.8 ms at random with 10,000 rounds, steadily 0.24 ms with 100,000. libgomp's
-# default, 300,000, spins for milliseconds, which on a busy machine burns cores others need.
-# Read once, when libgomp loads (with the extension, below); a value the user set is kept.
-# fusedrnn.show_config() shows it.
-os.environ.setdefault("GOMP_SPINCOUNT", "100000")
-
 from . import decoding, functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._module import Module, Parameter

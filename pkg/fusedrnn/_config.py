@@ -73,8 +73,8 @@ def empty_cache() -> None:
     The arrays the kernels return (outputs, workspaces, gradients) and their scratch come from a
     pool: once Python frees an array, or a call ends, its memory serves the next buffer of the
     same size, so a training loop does not pay each step for fresh pages. Up to 256 MiB is kept.
-    Like ``torch.cuda.empty_cache``, this returns that memory to the system; arrays still alive
-    are not affected.
+    Like ``torch.cuda.empty_cache``, this returns that memory to the system (with glibc, the free
+    pages of the C heap too: ``malloc_trim``); arrays still alive are not affected.
     """
     _core.release_cached_memory()
 
@@ -90,6 +90,18 @@ def _blas_threads() -> int | None:
     if _openblas is None:
         return None
     return int(_openblas.scipy_openblas_get_num_threads())
+
+
+def _idle_threads() -> str:
+    """What the kernels' idle worker threads do between calls (their own policy: they are not
+    OpenMP's threads, so GOMP_SPINCOUNT, read once by whichever library loaded libgomp first,
+    does not apply to them)."""
+    if not _core.have_openmp():
+        return "none (one thread)"
+    return (
+        f"spin, then yield the core, then sleep after {_core.worker_idle_microseconds()} us "
+        "(fusedrnn's own threads: GOMP_SPINCOUNT does not apply)"
+    )
 
 
 def _isa_vectors(isa: str) -> str:
@@ -120,7 +132,7 @@ def config() -> dict:
         "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),
-        "omp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
+        "idle_threads": _idle_threads(),
         "cached_bytes": _core.cached_bytes(),
         "blas": _blas_description(),
         "blas_threads": _blas_threads(),

@@ -39,6 +39,7 @@ __all__: list[str] = [
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
+    "worker_idle_microseconds",
 ]
 
 def _attention_tiles(causal: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -327,6 +328,11 @@ def stack_saved_size(
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
+    """
+
+def worker_idle_microseconds() -> int:
+    """
+    How long an idle worker thread of the kernels keeps its core before it sleeps.
     """
 
 compiler: str

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from ._checks import check_array, check_choice, check_dtype
+from ._thread_guard import guard_training_state
 
 DTypeLike = type | str | np.dtype
 BACKENDS = ("fused", "reference")
@@ -293,6 +294,10 @@ class Module:
         self._no_saved_reason = NO_FORWARD_YET
 
     # ------------------------------------------------------------ calling
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        guard_training_state(cls)  # its forward / backward: one thread at a time (_thread_guard)
 
     def __call__(self, *args, **kwargs):
         """Same as ``forward``."""

@@ -394,7 +394,8 @@ class MultiheadAttention(Module):
 
         def project_heads(x, which, length):  # x W^T + b, (N, T, E_in) -> (N, H, T, D)
             weight, bias = self._projection(which)[:2]
-            y = self._backend.linear_forward(x.reshape(N * length, -1), weight, bias)
+            # (every size spelt out: an empty batch or sequence has no -1 to infer)
+            y = self._backend.linear_forward(x.reshape(N * length, x.shape[-1]), weight, bias)
             return np.ascontiguousarray(y.reshape(N, length, H, D).transpose(0, 2, 1, 3))
 
         q = project_heads(q_in, 0, L)
@@ -513,10 +514,15 @@ class MultiheadAttention(Module):
             dy = np.ascontiguousarray(dh.transpose(0, 2, 1, 3)).reshape(N * length, E)
             weight, _, d_weight, d_bias = self._projection(which)
             grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
+            features = x_in.shape[-1]
             dx, _ = self._backend.linear_backward(
-                x_in.reshape(N * length, -1), weight, dy, grads=grads, bias=d_bias is not None
+                x_in.reshape(N * length, features),
+                weight,
+                dy,
+                grads=grads,
+                bias=d_bias is not None,
             )
-            grads_in.append(self._to_layout(dx.reshape(N, length, -1), unbatched))
+            grads_in.append(self._to_layout(dx.reshape(N, length, features), unbatched))
         self._release_saved(retain_graph)
         return tuple(grads_in)
 

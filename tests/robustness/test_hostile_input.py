@@ -527,6 +527,23 @@ def test_layer_rejects_lengths_for_an_empty_sequence():
         layer(x[:0], hx, lengths=[1] * LB)
 
 
+@pytest.mark.parametrize(("N", "L", "S"), [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 0, 0)])
+def test_multihead_attention_takes_empty_batches_and_sequences(N, L, S):
+    """Empty batch, queries or keys: the empty (or, with no keys, bias-only) result of the
+    reference backend, and gradients of the inputs' shapes, parameter grads included."""
+    rng = np.random.default_rng(0)
+    query, key, value = (rng.standard_normal((n, N, 8)) for n in (L, S, S))
+    results = {}
+    for backend in ("fused", "reference"):
+        layer = fusedrnn.MultiheadAttention(8, 2, dtype=np.float64, seed=0, backend=backend)
+        output, weights = layer(query, key, value, need_weights=True)
+        assert output.shape == (L, N, 8) and weights.shape == (N, L, S)
+        d_query, d_key, d_value = layer.backward(np.ones_like(output))
+        assert (d_query.shape, d_key.shape, d_value.shape) == (query.shape, key.shape, value.shape)
+        results[backend] = (output, weights, d_query, d_key, d_value, layer.grads)
+    assert not results_equal(results["fused"], results["reference"], exact=False)
+
+
 def test_layers_refuse_non_float_state_dicts_and_keep_their_weights():
     layer = LSTM(3, 4, dtype=np.float32, seed=0)
     before = layer.state_dict()

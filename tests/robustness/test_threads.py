@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -441,3 +442,114 @@ def test_attention_kernel_calls_of_two_threads_overlap(restore_threads):
     duration = a_window["end"] - a_window["start"]
     assert duration > 0.05, f"A's kernel ran {duration:.3f} s: too short to tell"
     assert len(inside) >= 3, f"only {len(inside)} of B's calls ran inside A's {duration:.3f} s"
+
+
+# ---------------------------------------------------------------- one layer's training state
+
+
+def test_a_second_thread_training_a_busy_layer_is_told_not_queued():
+    """While one thread is inside a training forward of a layer, another thread's training
+    forward or backward on that layer raises RuntimeError at once; its eval forward runs."""
+    inside, release = threading.Event(), threading.Event()
+
+    class HeldLSTM(LSTM):  # holds its forward open until told (its forward is guarded too)
+        def forward(self, *args, **kwargs):
+            inside.set()
+            release.wait(30)
+            return super().forward(*args, **kwargs)
+
+    layer = HeldLSTM(5, 7, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 4, 5))
+    holder = threading.Thread(target=layer, args=(x,))
+    holder.start()
+    try:
+        assert inside.wait(30)
+        copied = copy.deepcopy(layer)  # (so would a pickle) made while that thread is inside
+        with pytest.raises(RuntimeError, match=r"HeldLSTM.forward: another thread is running"):
+            layer(x)
+        with pytest.raises(RuntimeError, match=r"HeldLSTM.backward: another thread is running"):
+            layer.backward(np.ones((6, 4, 7)))
+    finally:
+        release.set()
+        holder.join(30)
+    # (that thread's forward saved the state; this thread's own forward and backward then work)
+    output, _ = layer(x)
+    layer.backward(np.ones_like(output))
+    output, _ = copied(x)  # the copy is nobody's: not busy, its state this thread's
+    copied.backward(np.ones_like(output))
+
+
+def test_backward_of_another_threads_forward_raises():
+    """Thread A's forward, then thread B's, then A's backward: the saved state is B's, so A's
+    backward raises instead of returning B's gradients; B's own backward works."""
+    layer = LSTM(5, 7, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x_a, x_b = rng.standard_normal((6, 4, 5)), rng.standard_normal((6, 4, 5))
+    d_out = np.ones((6, 4, 7))
+    errors = []
+
+    def in_thread(call):
+        def run():
+            try:
+                call()
+            except RuntimeError as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(30)
+
+    in_thread(lambda: layer(x_a))
+    layer(x_b)  # this (the main) thread
+    in_thread(lambda: layer.backward(d_out))
+    assert len(errors) == 1 and "ran on another thread" in str(errors[0]), errors
+    reference = LSTM(5, 7, dtype=np.float64, seed=0)
+    reference(x_b)
+    expected = reference.backward(d_out)
+    assert not results_equal(layer.backward(d_out), expected)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRUCell], ids=["LSTM", "GRUCell"])
+def test_one_training_layer_used_by_two_threads_never_gives_wrong_numbers(cls):
+    """Two threads train one layer at once, many times: every step either raises RuntimeError
+    or returns what a layer of its own would, and the layer's grads are the sum of the steps
+    that ran (before, the two threads' backward kernels added into grads at once and lost
+    updates: wrong gradients, silently)."""
+    rng = np.random.default_rng(0)
+    shape = (32, 5) if cls is GRUCell else (30, 4, 5)
+    inputs = [rng.standard_normal(shape) for _ in range(2)]
+
+    def fresh():
+        return cls(5, 128, dtype=np.float64, seed=0)
+
+    def step(layer, x):
+        output = layer(x)
+        output = output if cls is GRUCell else output[0]
+        return output.copy(), layer.backward(np.ones_like(output))
+
+    alone = [fresh() for _ in inputs]
+    expected = [step(layer, x) for layer, x in zip(alone, inputs)]
+    shared = fresh()
+    ran, refused, wrong = [0, 0], [0, 0], [0, 0]
+    barrier = threading.Barrier(2)
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(50):
+            try:
+                result = step(shared, inputs[i])
+            except RuntimeError:
+                refused[i] += 1
+                continue
+            ran[i] += 1
+            wrong[i] += bool(results_equal(result, expected[i]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert wrong == [0, 0] and sum(ran) > 0, (ran, refused, wrong)
+    for name, grad in shared.grads.items():
+        want = ran[0] * alone[0].grads[name] + ran[1] * alone[1].grads[name]
+        np.testing.assert_allclose(grad, want, rtol=1e-10, atol=1e-10, err_msg=name)
