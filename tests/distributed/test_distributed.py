@@ -10,6 +10,7 @@ The programs the ranks run are in `mpi_cases.py`; its one-process twins run here
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 
 import fusedrnn
+from fusedrnn.bench.distributed import PRESETS
+from fusedrnn.char_lm import CharLM, Config
 from tests.distributed import mpi_cases
 
 pytest.importorskip("mpi4py")
@@ -42,12 +45,18 @@ def mpiexec() -> str:
     return found
 
 
+def package_env(**variables: str) -> dict[str, str]:
+    """This environment, with the fusedrnn under test importable in a subprocess."""
+    env = dict(os.environ, **variables)
+    package_root = str(Path(fusedrnn.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
 def run_mpi(args: list[str], timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """``mpiexec -n 2 python ARGS`` with this fusedrnn importable and 1 thread per rank; killed
     (with every rank) and failed if it runs past ``timeout`` seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    package_root = str(Path(fusedrnn.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env = package_env(OMP_NUM_THREADS="1")
     command = [mpiexec(), "-n", str(RANKS), sys.executable, *args]
     process = subprocess.Popen(
         command,
@@ -235,3 +244,30 @@ def test_a_bad_batch_ends_every_rank_with_the_reason(text_file):
     done = run_mpi(["-m", "fusedrnn", "train-charlm", "--distributed", *options], timeout=60)
     assert done.returncode != 0
     assert "--batch 5 must be a multiple of the 2 ranks" in done.stderr, done.stderr
+
+
+def test_bench_distributed_measures_and_models(tmp_path):
+    """The tool behind docs/distributed.md's numbers runs end to end (tiny: 1 round of 2
+    steps; the numbers themselves depend on the machine and are not asserted)."""
+    path = tmp_path / "numbers.json"
+    command = [sys.executable, "-m", "fusedrnn", "bench-distributed", "--rounds", "1"]
+    done = subprocess.run(
+        [*command, "--steps", "2", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=package_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "predicted 2 ranks x 1 thread" in done.stdout and "64 " in done.stdout
+    numbers = json.loads(path.read_text())
+    char = PRESETS["char"]
+    model = CharLM(char.vocab, Config(embed=char.embed, hidden=char.hidden))
+    assert numbers["gradient_bytes"] == sum(p.nbytes for p in model.parameters())
+    assert set(numbers["rate"]) == {
+        "1 rank x 1 thread", "1 rank x 2 threads", "2 ranks x 1 thread",
+        "1 rank x 1 thread, batch 16",
+    }  # fmt: skip
+    assert all(rate > 0 for rate in numbers["rate"].values())
+    assert numbers["per_mb"] > 0 and numbers["predicted_ratio"] > 0
+    assert all(0 < e <= 1 for row in numbers["efficiency"].values() for e in row.values())
