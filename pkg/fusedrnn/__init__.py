@@ -12,7 +12,7 @@ import os
 # fusedrnn.show_config() shows it.
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
-from . import functional, optim, reference, sampling
+from . import distributed, functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._module import Module, Parameter
 from ._version import __version__
@@ -57,6 +57,7 @@ __all__ = [
     "__version__",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "distributed",
     "empty_cache",
     "functional",
     "get_num_threads",
