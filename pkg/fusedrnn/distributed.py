@@ -128,8 +128,8 @@ def _pack(arrays: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
 def _unpack(flat: np.ndarray, arrays: list[np.ndarray]) -> None:
     """Copy ``flat`` back into ``arrays`` (the inverse of `_pack`), in place."""
     offset = 0
-    for a in arrays:
-        a.reshape(-1)[...] = flat[offset : offset + a.size]
+    for a in arrays:  # copyto: also into a gradient a user replaced by a non-contiguous array
+        np.copyto(a, flat[offset : offset + a.size].reshape(a.shape))
         offset += a.size
 
 
