@@ -81,27 +81,26 @@ def worker(preset: Preset, batch: int, steps: int, warmup: int, threads: int, co
     ids = rng.integers(0, preset.vocab, ((warmup + steps) * preset.seq_len + 1, batch))
     phases, state, T = [], None, preset.seq_len
     for k in range(warmup + steps):
-        if k == warmup:
-            if comm is not None:
-                comm.Barrier()
-            start = time.perf_counter()
+        if comm is not None and k == warmup:
+            comm.Barrier()  # the timed steps start together
         seconds: dict = {}
         chunk = ids[k * T : (k + 1) * T + 1]
+        t0 = time.perf_counter()
         _, state = train_step(model, optimizer, chunk[:-1], chunk[1:], state, 1.0, comm, seconds)
+        seconds["step"] = time.perf_counter() - t0
         if k >= warmup:
             phases.append(seconds)
-    if comm is not None:
-        comm.Barrier()
-    wall = time.perf_counter() - start
+    # medians over the steps: a step slowed by another program's burst weighs little
+    median = {name: statistics.median(p[name] for p in phases) for name in phases[0]}
     result = {
         "ranks": ranks,
         "threads": threads,
         "batch_per_rank": batch,
         "steps": steps,
-        "step_seconds": wall / steps,
-        "chars_per_second": steps * batch * ranks * T / wall,
+        "step_seconds": median["step"],
+        "chars_per_second": batch * ranks * T / median["step"],
         "gradient_bytes": sum(p.grad.nbytes for p in model.parameters()),
-        **{name: statistics.median(p[name] for p in phases) for name in phases[0]},
+        **{name: value for name, value in median.items() if name != "step"},
     }
     if comm is not None:
         result["allreduce_curve"] = allreduce_curve(comm)
