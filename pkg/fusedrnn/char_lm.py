@@ -315,7 +315,10 @@ def train_step(
 def _start_distributed(cfg: Config):
     """The communicator of a ``--distributed`` run (None otherwise), and the kernels' threads:
     ``--threads``, else OMP_NUM_THREADS, else this machine's cores shared among its ranks."""
-    comm = distributed.world() if cfg.distributed else None
+    try:
+        comm = distributed.world() if cfg.distributed else None
+    except ImportError as error:  # no mpi4py: say what to install, without a traceback
+        raise SystemExit(f"--distributed: {error}") from None
     if cfg.threads:
         fusedrnn.set_num_threads(cfg.threads)
     elif comm is not None and "OMP_NUM_THREADS" not in os.environ:

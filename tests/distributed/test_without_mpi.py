@@ -88,7 +88,7 @@ def test_the_collectives_refuse_what_is_not_a_model_or_a_communicator():
 
 def test_importing_fusedrnn_never_imports_mpi4py():
     """mpi4py is optional: fusedrnn and fusedrnn.distributed import without it, and using a
-    collective without it says what to install."""
+    collective (or train-charlm --distributed) without it says what to install."""
     code = (
         "import sys; sys.modules['mpi4py'] = None\n"  # as if not installed
         "import fusedrnn, fusedrnn.distributed, fusedrnn.char_lm\n"
@@ -97,6 +97,10 @@ def test_importing_fusedrnn_never_imports_mpi4py():
         "    fusedrnn.distributed.world()\n"
         "except ImportError as error:\n"
         "    print(error)\n"
+        "try:\n"
+        "    fusedrnn.char_lm.train(fusedrnn.char_lm.Config(distributed=True, steps=1))\n"
+        "except SystemExit as stop:\n"
+        "    print(stop)\n"
     )
     env = dict(os.environ)
     package_root = str(Path(fusedrnn.__file__).resolve().parents[1])
@@ -105,7 +109,8 @@ def test_importing_fusedrnn_never_imports_mpi4py():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert 'pip install "fusedrnn[mpi]"' in done.stdout
+    assert 'needs mpi4py and an MPI: pip install "fusedrnn[mpi]"' in done.stdout
+    assert "--distributed: fusedrnn.distributed needs mpi4py" in done.stdout  # train-charlm
 
 
 def test_the_cost_model_terms():

@@ -205,10 +205,13 @@ def run(preset_name: str, ranks: int, rounds: int, steps: int) -> dict:
             runs[name].append(_launch(preset_name, n, batch, threads, steps))
             rate = runs[name][-1]["chars_per_second"]
             print(f"  round {r + 1}/{rounds}: {name}: {rate / 1e3:.1f}k chars/s", flush=True)
-    return report(preset, ranks, runs, list(configs), load)
+    numbers = report(preset, ranks, runs, list(configs))
+    numbers["load_average"] = [load, os.getloadavg()[0]]
+    print(f"\nload average before {load:.2f}, after {os.getloadavg()[0]:.2f}")
+    return numbers
 
 
-def report(preset: Preset, ranks: int, runs: dict, names: list[str], load: float) -> dict:
+def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
     """Print the measured throughputs (medians over the rounds, and ratios to 1 rank x 1
     thread within each round) and the cost model's predictions; return every number."""
     base, _, multi_rank, half = names  # 1 x 1, 1 x R threads, R ranks x 1, 1 x 1 at B / R
@@ -225,9 +228,13 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str], load: float
 
     # the cost model, from single-rank numbers and the allreduce curve
     gradient_bytes = runs[base][0]["gradient_bytes"]
-    curve = [point for r in runs[multi_rank] for point in r["allreduce_curve"]]
-    latency, per_mb = fit_line(curve)
-    allreduce_here = latency + per_mb * gradient_bytes / 2**20
+    points = [point for r in runs[multi_rank] for point in r["allreduce_curve"]]
+    latency, per_mb = fit_line(points)
+    # the median time of each size over the rounds, interpolated at the gradients' size (caches
+    # make the small buffers' time per MB smaller than the line's)
+    sizes = sorted({mb for mb, _ in points})
+    times = [statistics.median(t for mb, t in points if mb == size) for size in sizes]
+    allreduce_here = float(np.interp(gradient_bytes / 2**20, sizes, times))
     one = statistics.median(r["step_seconds"] for r in runs[base])
     shard = statistics.median(r["step_seconds"] for r in runs[half])
     predicted_step = shard + allreduce_here
@@ -235,7 +242,9 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str], load: float
     measured_allreduce = statistics.median(r["allreduce"] for r in runs[multi_rank])
     print(
         f"\ncost model: gradients {gradient_bytes / 2**20:.2f} MB per step; allreduce here "
-        f"(shared memory) {latency * 1e6:.0f} us + {per_mb * 1e3:.2f} ms/MB -> "
+        f"(shared memory): "
+        + ", ".join(f"{mb:g} MB {t * 1e3:.2f} ms" for mb, t in zip(sizes, times))
+        + f" (a line: {latency * 1e6:.0f} us + {per_mb * 1e3:.2f} ms/MB) -> "
         f"{allreduce_here * 1e3:.2f} ms per step (measured in the step, waiting for the "
         f"slower rank included: {measured_allreduce * 1e3:.2f} ms)\n"
         f"  step at batch {preset.batch}: {one * 1e3:.1f} ms; at batch "
@@ -264,10 +273,11 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str], load: float
         "gradient_bytes": gradient_bytes,
         "latency": latency,
         "per_mb": per_mb,
+        "allreduce_curve": dict(zip(sizes, times)),
+        "allreduce_here": allreduce_here,
         "predicted_ratio": predicted,
         "measured_ratio": ratio[multi_rank],
         "efficiency": table,
-        "load_before": load,
         "runs": runs,
     }
 
