@@ -266,8 +266,9 @@ def test_bench_distributed_measures_and_models(tmp_path):
     assert numbers["gradient_bytes"] == sum(p.nbytes for p in model.parameters())
     assert set(numbers["rate"]) == {
         "1 rank x 1 thread", "1 rank x 2 threads", "2 ranks x 1 thread",
-        "1 rank x 1 thread, batch 16",
+        "1 rank x 1 thread, batch 16", "2 independent x 1 thread, batch 16",
     }  # fmt: skip
     assert all(rate > 0 for rate in numbers["rate"].values())
     assert numbers["per_mb"] > 0 and numbers["predicted_ratio"] > 0
+    assert numbers["predicted_ratio_shared_cores"] > 0
     assert all(0 < e <= 1 for row in numbers["efficiency"].values() for e in row.values())

@@ -7,7 +7,10 @@ that a change in the machine's load hits every configuration alike:
 - 1 rank x 1 thread and 1 rank x R threads at the global batch B, R ranks x 1 thread
   (``mpiexec -n R``) at B / R streams each: the char-LM's training step (`char_lm.train_step`:
   forward, backward, gradient allreduce, clipping, Adam) on the same global batch;
-- 1 rank x 1 thread at the per-rank batch B / R: the compute time the cost model needs.
+- 1 rank x 1 thread at the per-rank batch B / R: the compute time the cost model needs;
+- R such processes at once, without communication (``mpiexec -n R`` without ``--worker-mpi``):
+  the compute time the cores give R ranks when they all run (on a machine shared with other
+  programs, less than a core each).
 
 The R-rank job also times ``Allreduce`` on buffers of 0.06 to 16 MB (latency and time per MB,
 here through shared memory). The cost model then predicts the R-rank step here, to compare with
@@ -158,20 +161,25 @@ def efficiency(step_seconds: float, comm_seconds: float, overlap: bool = False) 
 # ---------------------------------------------------------------- the launcher
 
 
-def _launch(preset_name: str, ranks: int, batch: int, threads: int, steps: int) -> dict:
-    """One worker job: ``[mpiexec -n ranks] python -m fusedrnn bench-distributed --worker``."""
+def _launch(
+    preset_name: str, ranks: int, batch: int, threads: int, steps: int, together: bool = True
+) -> dict:
+    """One worker job: ``[mpiexec -n ranks] python -m fusedrnn bench-distributed --worker``;
+    with ``together=False`` the ranks train independently (no MPI communication), and the
+    slowest one's numbers are returned."""
     command = [sys.executable, "-m", "fusedrnn", "bench-distributed", "--worker"]
     command += ["--model", preset_name, "--worker-batch", str(batch)]
     command += ["--worker-threads", str(threads), "--steps", str(steps)]
     if ranks > 1:
-        command = [_mpiexec(), "-n", str(ranks), *command, "--worker-mpi"]
+        command = [_mpiexec(), "-n", str(ranks), *command, *(["--worker-mpi"] * together)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     package_root = str(Path(char_lm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return max(results, key=lambda result: result["step_seconds"])
 
 
 def _mpiexec() -> str:
@@ -190,19 +198,20 @@ def run(preset_name: str, ranks: int, rounds: int, steps: int) -> dict:
     B = preset.batch
     if B % ranks:
         raise SystemExit(f"the {preset_name} model's batch {B} is not a multiple of {ranks} ranks")
-    configs = {
-        "1 rank x 1 thread": (1, B, 1),
-        f"1 rank x {ranks} threads": (1, B, ranks),
-        f"{ranks} ranks x 1 thread": (ranks, B // ranks, 1),
-        f"1 rank x 1 thread, batch {B // ranks}": (1, B // ranks, 1),
+    configs = {  # name: (processes, batch each, threads each, communicating)
+        "1 rank x 1 thread": (1, B, 1, True),
+        f"1 rank x {ranks} threads": (1, B, ranks, True),
+        f"{ranks} ranks x 1 thread": (ranks, B // ranks, 1, True),
+        f"1 rank x 1 thread, batch {B // ranks}": (1, B // ranks, 1, True),
+        f"{ranks} independent x 1 thread, batch {B // ranks}": (ranks, B // ranks, 1, False),
     }
     load = os.getloadavg()[0]
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average before: {load:.2f}")
     print(f"model: {preset_name} ({preset.note}), global batch {B} x {preset.seq_len} steps")
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     for r in range(rounds):
-        for name, (n, batch, threads) in configs.items():
-            runs[name].append(_launch(preset_name, n, batch, threads, steps))
+        for name, (n, batch, threads, together) in configs.items():
+            runs[name].append(_launch(preset_name, n, batch, threads, steps, together))
             rate = runs[name][-1]["chars_per_second"]
             print(f"  round {r + 1}/{rounds}: {name}: {rate / 1e3:.1f}k chars/s", flush=True)
     numbers = report(preset, ranks, runs, list(configs))
@@ -214,7 +223,8 @@ def run(preset_name: str, ranks: int, rounds: int, steps: int) -> dict:
 def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
     """Print the measured throughputs (medians over the rounds, and ratios to 1 rank x 1
     thread within each round) and the cost model's predictions; return every number."""
-    base, _, multi_rank, half = names  # 1 x 1, 1 x R threads, R ranks x 1, 1 x 1 at B / R
+    # 1 x 1, 1 x R threads, R ranks x 1, 1 x 1 at B / R, R processes at once at B / R
+    base, _, multi_rank, half, concurrent = names
     rate = {name: statistics.median(r["chars_per_second"] for r in runs[name]) for name in names}
     ratio = {
         name: statistics.median(
@@ -223,7 +233,7 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
         for name in names
     }
     print(f"\nthroughput, median of {len(runs[base])} rounds (ratio: within each round)")
-    for name in names[:3]:
+    for name in [base, names[1], multi_rank]:
         print(f"  {name:24s} {rate[name] / 1e3:8.1f}k chars/s   {ratio[name]:.2f}x")
 
     # the cost model, from single-rank numbers and the allreduce curve
@@ -237,8 +247,11 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
     allreduce_here = float(np.interp(gradient_bytes / 2**20, sizes, times))
     one = statistics.median(r["step_seconds"] for r in runs[base])
     shard = statistics.median(r["step_seconds"] for r in runs[half])
-    predicted_step = shard + allreduce_here
-    predicted = one / predicted_step
+    predicted = one / (shard + allreduce_here)
+    # the same with the compute time R processes get when they run at once (the slowest):
+    # what the cores give R ranks, without any communication
+    shared = statistics.median(r["step_seconds"] for r in runs[concurrent])
+    predicted_shared = one / (shared + allreduce_here)
     measured_allreduce = statistics.median(r["allreduce"] for r in runs[multi_rank])
     print(
         f"\ncost model: gradients {gradient_bytes / 2**20:.2f} MB per step; allreduce here "
@@ -250,7 +263,10 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
         f"  step at batch {preset.batch}: {one * 1e3:.1f} ms; at batch "
         f"{preset.batch // ranks}: {shard * 1e3:.1f} ms (1 thread)\n"
         f"  predicted {ranks} ranks x 1 thread: {shard * 1e3:.1f} + {allreduce_here * 1e3:.2f} "
-        f"ms per step = {predicted:.2f}x one rank; measured {ratio[multi_rank]:.2f}x"
+        f"ms per step = {predicted:.2f}x one rank, if each rank has a core to itself\n"
+        f"  {ranks} independent processes at once (no communication): {shared * 1e3:.1f} ms "
+        f"per step (the slowest); with the allreduce: {predicted_shared:.2f}x one rank\n"
+        f"  measured {ranks} ranks x 1 thread: {ratio[multi_rank]:.2f}x"
     )
     print(
         f"\npredicted efficiency, {shard * 1e3:.1f} ms of compute per step per machine "
@@ -276,6 +292,7 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
         "allreduce_curve": dict(zip(sizes, times)),
         "allreduce_here": allreduce_here,
         "predicted_ratio": predicted,
+        "predicted_ratio_shared_cores": predicted_shared,
         "measured_ratio": ratio[multi_rank],
         "efficiency": table,
         "runs": runs,
