@@ -243,6 +243,9 @@ def _add_bench_distributed(subparsers: argparse._SubParsersAction) -> None:
         help="char: train-charlm's default model; word: PyTorch's word_language_model sizes",
     )
     parser.add_argument("--ranks", type=_positive_int, default=2, help="ranks (and threads)")
+    parser.add_argument(
+        "--batch", type=_positive_int, help="the global batch (default: the model's; char 32)"
+    )
     parser.add_argument("--rounds", type=_positive_int, default=3, help="rounds of every job")
     parser.add_argument("--steps", type=_positive_int, default=30, help="timed steps per job")
     parser.add_argument("--json", metavar="PATH", help="write every measured number as JSON")
@@ -262,7 +265,7 @@ def _run_bench_distributed(args: argparse.Namespace) -> int:
             args.model, args.worker_batch, args.worker_threads, args.steps, args.worker_mpi
         )
         return 0
-    numbers = bench_distributed.run(args.model, args.ranks, args.rounds, args.steps)
+    numbers = bench_distributed.run(args.model, args.ranks, args.rounds, args.steps, args.batch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(numbers, f, indent=1, default=str)

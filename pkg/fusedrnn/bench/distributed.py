@@ -21,6 +21,7 @@ Gbit/s (docs/distributed.md explains each term).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -162,7 +163,7 @@ def efficiency(step_seconds: float, comm_seconds: float, overlap: bool = False) 
 
 
 def _launch(
-    preset_name: str, ranks: int, batch: int, threads: int, steps: int, together: bool = True
+    preset_name: str, ranks: int, batch: int, threads: int, steps: int, together: bool
 ) -> dict:
     """One worker job: ``[mpiexec -n ranks] python -m fusedrnn bench-distributed --worker``;
     with ``together=False`` the ranks train independently (no MPI communication), and the
@@ -192,9 +193,12 @@ def _mpiexec() -> str:
     return found
 
 
-def run(preset_name: str, ranks: int, rounds: int, steps: int) -> dict:
-    """Measure (rounds of interleaved jobs) and print the throughputs and the cost model."""
+def run(preset_name: str, ranks: int, rounds: int, steps: int, batch: int | None = None) -> dict:
+    """Measure (rounds of interleaved jobs) and print the throughputs and the cost model;
+    ``batch`` replaces the preset's global batch."""
     preset = PRESETS[preset_name]
+    if batch is not None:
+        preset = dataclasses.replace(preset, batch=batch)
     B = preset.batch
     if B % ranks:
         raise SystemExit(f"the {preset_name} model's batch {B} is not a multiple of {ranks} ranks")
