@@ -62,7 +62,7 @@ GROUPS: list[tuple[str, list[str]]] = [
         "Configuration",
         ["show_config", "set_num_threads", "get_num_threads", "empty_cache", "__version__"],
     ),
-    ("Modules", ["functional", "reference", "optim", "sampling", "decoding"]),
+    ("Modules", ["functional", "reference", "optim", "sampling", "decoding", "distributed"]),
 ]
 
 HEADER = """\

@@ -1,6 +1,6 @@
 """fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
-from . import decoding, functional, optim, reference, sampling
+from . import decoding, distributed, functional, optim, reference, sampling
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._module import Module, Parameter
 from ._version import __version__
@@ -46,6 +46,7 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "decoding",
+    "distributed",
     "empty_cache",
     "functional",
     "get_num_threads",

@@ -1,4 +1,4 @@
-"""The ``fusedrnn`` command line: ``python -m fusedrnn bench [...]``, ``train-charlm [...]``.
+"""The ``fusedrnn`` command line: ``python -m fusedrnn bench | train-charlm | bench-distributed``.
 
 Each subcommand adds its parser in a ``_add_<name>`` function and sets ``handler``; `main` is the
 console-script entry point declared in pyproject.toml.
@@ -7,6 +7,7 @@ console-script entry point declared in pyproject.toml.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -257,12 +258,61 @@ def _run_train_charlm(argv: Sequence[str]) -> int:
     return 0
 
 
+def _add_bench_distributed(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench-distributed",
+        help="time data-parallel char-LM training on MPI ranks and print the cost model "
+        "(needs fusedrnn[mpi])",
+        description="Time the char-LM's training step (same global batch) as 1 rank x 1 "
+        "thread, 1 rank x N threads and N ranks x 1 thread (mpiexec -n N), in interleaved "
+        "rounds; time MPI Allreduce against the buffer size; then print the cost model of "
+        "docs/distributed.md: its prediction for N ranks here next to the measurement, and "
+        "the predicted scaling efficiency at 2-64 machines for 1-100 Gbit/s networks.",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("char", "word"),
+        default="char",
+        help="char: train-charlm's default model; word: PyTorch's word_language_model sizes",
+    )
+    parser.add_argument("--ranks", type=_positive_int, default=2, help="ranks (and threads)")
+    parser.add_argument(
+        "--batch", type=_positive_int, help="the global batch (default: the model's; char 32)"
+    )
+    parser.add_argument("--rounds", type=_positive_int, default=3, help="rounds of every job")
+    parser.add_argument("--steps", type=_positive_int, default=30, help="timed steps per job")
+    parser.add_argument("--json", metavar="PATH", help="write every measured number as JSON")
+    # Internal: one timed job, started by the launcher (under mpiexec with --worker-mpi).
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-mpi", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-batch", type=_positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-threads", type=_positive_int, help=argparse.SUPPRESS)
+    parser.set_defaults(handler=_run_bench_distributed)
+
+
+def _run_bench_distributed(args: argparse.Namespace) -> int:
+    from .bench import distributed as bench_distributed
+
+    if args.worker:
+        bench_distributed.main_worker(
+            args.model, args.worker_batch, args.worker_threads, args.steps, args.worker_mpi
+        )
+        return 0
+    numbers = bench_distributed.run(args.model, args.ranks, args.rounds, args.steps, args.batch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(numbers, f, indent=1, default=str)
+        print(f"wrote every number to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fusedrnn`` parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_bench(subparsers)
     _add_train_charlm(subparsers)
+    _add_bench_distributed(subparsers)
     return parser
 
 

@@ -17,6 +17,14 @@ Run::
     python -m fusedrnn train-charlm --text book.txt        # any text file
     python -m fusedrnn train-charlm --backend reference    # the same on the NumPy reference
     python examples/char_lm.py [options]                   # the same program, as a script
+    mpiexec -n 2 python -m fusedrnn train-charlm --distributed   # data-parallel on 2 ranks
+
+With ``--distributed`` (under ``mpiexec``, ``pip install "fusedrnn[mpi]"``) the ``--batch``
+streams are dealt out over the ranks (`fusedrnn.distributed.DistributedSampler`): each rank runs
+its own streams, carries their recurrent state across steps, and the gradients are averaged
+(`fusedrnn.distributed.allreduce_gradients`), so the run trains the model one process would
+with the same global batch. Rank 0's clock decides when to stop and sets the learning rate;
+rank 0 alone evaluates, prints and samples.
 
 Everything it uses is public fusedrnn API: ``Embedding``, ``LSTM`` / ``GRU``, ``Linear``,
 ``CrossEntropyLoss``, ``clip_grad_norm_``, ``Adam``, the cells and ``fusedrnn.sampling``.
@@ -38,6 +46,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 import fusedrnn
+from fusedrnn import distributed
 from fusedrnn._spec import CELL_PARAMETERS, layer_suffix
 from fusedrnn.decoding import sample_decode
 
@@ -71,6 +80,7 @@ class Config:
     threads: int | None = None
     seed: int = 0
     quiet: bool = False
+    distributed: bool = False  # data-parallel over the MPI ranks (under mpiexec)
 
 
 # ---------------------------------------------------------------- data
@@ -147,10 +157,11 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, V: int) -> float:
 # ---------------------------------------------------------------- model
 
 
-class CharLM:
+class CharLM(fusedrnn.Module):
     """Embedding -> LSTM/GRU -> Linear, with the loss, on either backend."""
 
     def __init__(self, V: int, cfg: Config) -> None:
+        super().__init__()
         dtype = np.dtype(cfg.dtype)
         recurrent = {"lstm": fusedrnn.LSTM, "gru": fusedrnn.GRU}[cfg.cell]
         self.cfg = cfg
@@ -163,10 +174,6 @@ class CharLM:
         )
         self.loss = fusedrnn.CrossEntropyLoss(backend=cfg.backend)
         self.layers = [self.embedding, self.rnn, self.head]
-
-    def train(self, mode: bool = True) -> None:
-        for part in [*self.layers, self.loss]:
-            part.train(mode)
 
     def forward(self, x: np.ndarray, y: np.ndarray, state):
         """x, y: (T, B) character ids; returns (mean loss, final state)."""
@@ -274,17 +281,78 @@ class Progress:
             print(("\n" if self.tty else "") + text, flush=True)
 
 
+def train_step(
+    model: CharLM,
+    optimizer: fusedrnn.optim.Optimizer,
+    x: np.ndarray,
+    y: np.ndarray,
+    state,
+    clip: float,
+    comm=None,
+    seconds: dict | None = None,
+):
+    """One training step: forward ``x`` (T, B) from the carried ``state``, backward to the step's
+    start, the gradients averaged over the ranks of ``comm`` (when given), clipped to the global
+    norm ``clip``, and the optimizer's step.
+
+    Returns (this rank's mean loss, an array; the state to carry on). ``seconds``, when given,
+    collects the time spent in ``'compute'`` (forward and backward), ``'allreduce'`` and
+    ``'update'`` (clipping and the step): `fusedrnn.bench.distributed` times the step with it.
+    """
+    t0 = time.perf_counter()
+    loss, state = model.forward(x, y, state)
+    optimizer.zero_grad()
+    model.backward()
+    t1 = time.perf_counter()
+    if comm is not None:
+        distributed.allreduce_gradients(model, comm)
+    t2 = time.perf_counter()
+    fusedrnn.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    if seconds is not None:
+        t3 = time.perf_counter()
+        for name, span in (("compute", t1 - t0), ("allreduce", t2 - t1), ("update", t3 - t2)):
+            seconds[name] = seconds.get(name, 0.0) + span
+    return loss, state
+
+
+def _start_distributed(cfg: Config):
+    """The communicator of a ``--distributed`` run (None otherwise), and the kernels' threads:
+    ``--threads``, else OMP_NUM_THREADS, else this machine's cores shared among its ranks."""
+    try:
+        comm = distributed.world() if cfg.distributed else None
+    except ImportError as error:  # no mpi4py: say what to install, without a traceback
+        raise SystemExit(f"--distributed: {error}") from None
+    if cfg.threads:
+        fusedrnn.set_num_threads(cfg.threads)
+    elif comm is not None and "OMP_NUM_THREADS" not in os.environ:
+        fusedrnn.set_num_threads(distributed.threads_per_rank(comm))
+    return comm
+
+
 def train(cfg: Config) -> dict:
-    """Train; return the numbers (losses, throughput, a sample).
+    """Train; return the numbers (losses, throughput, a sample) and the model.
 
     ``evals`` lists ``(seconds, step, held-out loss)`` of every evaluation: the untrained model's,
     one every ``eval_every`` seconds and the final one (``held_out``), all on the same
     ``held_out_chars`` held-out characters.
+
+    With ``cfg.distributed`` every rank of ``MPI.COMM_WORLD`` calls this; rank 0 evaluates,
+    prints and samples, the other ranks return None for those numbers (see the module doc).
+    An exception on one rank ends the whole job (`fusedrnn.distributed.abort_on_error`).
     """
+    comm = _start_distributed(cfg)
+    if comm is None:
+        return _train(cfg, None)
+    with distributed.abort_on_error(comm):
+        return _train(cfg, comm)
+
+
+def _train(cfg: Config, comm) -> dict:
     if not cfg.time and cfg.steps is None:
         raise SystemExit("give a time limit (--time SECONDS) or a number of steps (--steps N)")
-    if cfg.threads:
-        fusedrnn.set_num_threads(cfg.threads)
+    rank, ranks = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    is_root = rank == 0
     rng = np.random.default_rng(cfg.seed)
     train_text, val_text, source = load_text(cfg)
     vocab = Vocabulary(train_text)
@@ -295,26 +363,38 @@ def train(cfg: Config) -> dict:
             f"the training text has {len(train_ids)} characters, fewer than "
             f"batch * (seq_len + 1) = {B * (T + 1)}"
         )
+    if B % ranks:
+        raise SystemExit(
+            f"--batch {B} must be a multiple of the {ranks} ranks: each rank runs an equal "
+            "share of the streams"
+        )
     unigram = unigram_loss(train_ids, val_ids, V)
     model = CharLM(V, cfg)
-    optimizer = fusedrnn.Adam(model.layers, lr=cfg.lr)
-    progress = Progress(cfg.time, cfg.quiet)
+    optimizer = fusedrnn.Adam(model.parameters(), lr=cfg.lr)
+    if comm is not None:
+        distributed.broadcast_parameters(model, comm, optimizer)
+    progress = Progress(cfg.time, cfg.quiet or not is_root)
+    placement = f", {ranks} ranks of {B // ranks} streams" if comm is not None else ""
     progress.message(
         f"text: {source}: {len(train_ids):,} characters to train on, "
         f"{len(val_ids):,} held out (every evaluation uses them all), {V} "
         "classes\n"
         f"model: embedding {cfg.embed} -> {cfg.cell.upper()} {cfg.layers}x"
-        f"{cfg.hidden} -> linear {V}; batch {B} x {T} steps, backend {cfg.backend}, "
-        f"{fusedrnn.get_num_threads()} threads\n"
+        f"{cfg.hidden} -> linear {V}; batch {B} x {T} steps{placement}, backend {cfg.backend}, "
+        f"{fusedrnn.get_num_threads()} threads{' per rank' if placement else ''}\n"
         f"held-out loss of the unigram model: {unigram:.3f} nats/char"
     )
-    initial = evaluate(model, val_ids)
+    initial = evaluate(model, val_ids) if is_root else None
 
     # B streams, each a contiguous stretch of the text; a step takes the next T characters of
-    # every stream and carries the state on (the gradient stops at the step's start)
+    # every stream and carries the state on (the gradient stops at the step's start). With
+    # ranks, each takes its share of the streams and carries their state.
     length = (len(train_ids) - 1) // B
     x_streams = train_ids[: B * length].reshape(B, length).T  # (length, B)
     y_streams = train_ids[1 : B * length + 1].reshape(B, length).T
+    if comm is not None:
+        mine = distributed.DistributedSampler(B, comm, shuffle=False).indices()
+        x_streams, y_streams = x_streams[:, mine], y_streams[:, mine]
     position, state = 0, None
     history, evals = [], [(0.0, 0, initial)]
     running = None
@@ -324,30 +404,37 @@ def train(cfg: Config) -> dict:
     step = 0
     while True:
         elapsed = time.perf_counter() - start
-        if (cfg.steps is not None and step >= cfg.steps) or (cfg.time and elapsed >= cfg.time):
+        stop = (cfg.steps is not None and step >= cfg.steps) or (cfg.time and elapsed >= cfg.time)
+        done = step / cfg.steps if cfg.steps else elapsed / cfg.time
+        if comm is not None:  # rank 0's clock decides for every rank, which must agree
+            stop, done = comm.bcast((stop, done), root=0)
+        if stop:
             break
         if position + T > length:
             position, state = 0, None  # an epoch done: start the streams again
         t0 = time.perf_counter()
         # the learning rate falls linearly to a tenth over the run
-        done = step / cfg.steps if cfg.steps else elapsed / cfg.time
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * (1 - 0.9 * min(done, 1.0))
-        loss, state = model.forward(
-            x_streams[position : position + T], y_streams[position : position + T], state
+        loss, state = train_step(
+            model,
+            optimizer,
+            x_streams[position : position + T],
+            y_streams[position : position + T],
+            state,
+            cfg.clip,
+            comm,
         )
-        optimizer.zero_grad()
-        model.backward()
-        fusedrnn.clip_grad_norm_(model.layers, cfg.clip)
-        optimizer.step()
         position += T
         step += 1
         train_time += time.perf_counter() - t0
         loss = float(loss)
+        if comm is not None:  # the mean over the global batch, as one process would report
+            loss = comm.allreduce(loss) / ranks
         history.append(loss)
         running = loss if running is None else 0.95 * running + 0.05 * loss
         progress.update(step, time.perf_counter() - start, running, step * B * T / train_time)
-        if time.perf_counter() - start >= next_eval:
+        if is_root and time.perf_counter() - start >= next_eval:
             held_out = evaluate(model, val_ids)
             evals.append((time.perf_counter() - start, step, held_out))
             text = generate(
@@ -359,17 +446,19 @@ def train(cfg: Config) -> dict:
             )
             next_eval += cfg.eval_every
     elapsed = time.perf_counter() - start
-    final = evaluate(model, val_ids)
-    evals.append((elapsed, step, final))
-    text = generate(model, vocab, cfg.prompt, cfg.sample_chars, cfg.temperature, cfg.top_k, rng)
     rate = step * B * T / train_time if train_time else 0.0
-    progress.message(
-        f"done: {step} steps, {step * B * T:,} characters in {elapsed:.0f}s "
-        f"({rate / 1000:.1f}k chars/s in training steps)\n"
-        f"held-out loss {final:.3f} nats/char ({final / math.log(2):.2f} bits), "
-        f"unigram model {unigram:.3f}, untrained {initial:.3f}\n"
-        f"sample (temperature {cfg.temperature}):\n---\n{text}\n---"
-    )
+    final = text = None
+    if is_root:
+        final = evaluate(model, val_ids)
+        evals.append((elapsed, step, final))
+        text = generate(model, vocab, cfg.prompt, cfg.sample_chars, cfg.temperature, cfg.top_k, rng)
+        progress.message(
+            f"done: {step} steps, {step * B * T:,} characters in {elapsed:.0f}s "
+            f"({rate / 1000:.1f}k chars/s in training steps)\n"
+            f"held-out loss {final:.3f} nats/char ({final / math.log(2):.2f} bits), "
+            f"unigram model {unigram:.3f}, untrained {initial:.3f}\n"
+            f"sample (temperature {cfg.temperature}):\n---\n{text}\n---"
+        )
     return {
         "held_out": final,
         "unigram": unigram,
@@ -378,10 +467,13 @@ def train(cfg: Config) -> dict:
         "chars_per_second": rate,
         "seconds": elapsed,
         "history": history,
-        "evals": evals,
+        "evals": evals if is_root else None,
         "sample": text,
         "vocab_size": V,
         "held_out_chars": len(val_ids),
+        "model": model,
+        "rank": rank,
+        "ranks": ranks,
     }
 
 
@@ -420,6 +512,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "char_lm.py") -> C
         "share the cores, 1 can be several times faster)",
         "seed": "random seed",
         "quiet": "print nothing",
+        "distributed": "data-parallel over the MPI ranks: run under mpiexec -n N (needs "
+        "fusedrnn[mpi]); --batch is the global batch, split among the ranks",
     }
     for f in fields(Config):
         name = "--" + f.name.replace("_", "-")

@@ -5,7 +5,8 @@
   ``<!-- docs-test: requires MODULE -->`` is skipped only when MODULE cannot be imported.
 - ```bash blocks are commands a user types: every command must exist here (an executable on
   PATH, a module for ``python -m``, a file for ``python FILE`` / ``bash FILE``, an extra that
-  pyproject.toml declares for ``pip install ".[extra]"``), and every ``--option`` given to
+  pyproject.toml declares for ``pip install ".[extra]"``; for ``mpiexec [options] python ...``
+  the python command, and mpiexec itself where mpi4py is installed), and every ``--option`` given to
   ``python -m fusedrnn SUBCOMMAND`` must appear in that subcommand's ``--help``.
 - ```text and ```console blocks are not run; a signature written in a text block as
   ``name(arg, ...)`` at the start of a line, for a function of ``fusedrnn.functional``, must
@@ -226,10 +227,23 @@ def _check_pip(args: list[str], where: str) -> None:
         assert not unknown, f"{where}: pyproject.toml declares no extra {sorted(unknown)}"
 
 
+def _launched_command(words: list[str], where: str) -> list[str]:
+    """The command ``mpiexec [options]`` runs on every rank: what follows its options."""
+    for i, word in enumerate(words):
+        if word in {"python", "python3"}:
+            return words[i:]
+    raise AssertionError(f"{where}: `{' '.join(words)}` launches no python program")
+
+
 def _check_command(words: list[str], where: str) -> None:
     program = words[0]
     if program in {"python", "python3"}:
         _check_python(words, where)
+    elif program == "mpiexec":
+        # the mpi extra's launcher: on PATH where mpi4py is installed (CI), not in every venv
+        if importlib.util.find_spec("mpi4py") is not None:
+            assert shutil.which(program), f"{where}: mpi4py is installed but mpiexec is not"
+        _check_python(_launched_command(words, where), where)
     elif program == "pip":
         assert _module_exists("pip"), f"{where}: pip is not installed"
         _check_pip(words[1:], where)

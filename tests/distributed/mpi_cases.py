@@ -1,0 +1,243 @@
+"""The programs the tests of this folder run on 2 ranks, and their one-process twins.
+
+Run by `test_distributed.py` as ``mpiexec -n 2 python mpi_cases.py OUT_DIR CASE [CASE ...]``:
+each rank runs each case and writes what it saw to ``OUT_DIR/<case>.rank<r>.npz``; the test then
+compares the ranks with each other and with the same training in one process (`run_case` with
+``comm=None``, in the test's own process, which needs no MPI).
+
+A case that raises on a rank records the error (``error``) rather than ending the run, so that
+the other cases still run; the fault cases (``raise_*``) are the exception: they are about how the
+job ends.
+
+Imports only numpy and fusedrnn here (mpi4py inside `main`): the test imports this file too.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fusedrnn
+from fusedrnn import distributed
+from fusedrnn.optim import grad_norm
+
+VOCAB, WIDTH, STEPS_PER_CHUNK, GLOBAL_BATCH, CHUNKS = 11, 6, 5, 4, 4
+DTYPE = np.float64
+
+
+class TinyLM(fusedrnn.Module):
+    """Embedding -> LSTM -> (Dropout) -> Linear, the output layer tied to the embedding (one
+    parameter used twice: one gradient, sent once)."""
+
+    def __init__(self, seed: int = 0, hidden: int = WIDTH, dropout_seed: int | None = None):
+        super().__init__()
+        self.encoder = fusedrnn.Embedding(VOCAB, WIDTH, dtype=DTYPE, seed=seed)
+        self.rnn = fusedrnn.LSTM(WIDTH, hidden, dtype=DTYPE, seed=seed + 1)
+        self.drop = None if dropout_seed is None else fusedrnn.Dropout(0.3, seed=dropout_seed)
+        self.decoder = fusedrnn.Linear(hidden, VOCAB, dtype=DTYPE, seed=seed + 2)
+        if hidden == WIDTH:
+            self.decoder.weight = self.encoder.weight
+        self.loss = fusedrnn.CrossEntropyLoss()  # the mean over the batch's T * B tokens
+
+    def forward(self, x, y, state=None):
+        output, state = self.rnn(self.encoder(x), state)
+        if self.drop is not None:
+            output = self.drop(output)
+            self.dropped = output == 0  # the mask this rank's stream drew
+        return self.loss(self.decoder(output), y), state
+
+    def backward(self):
+        d_output = self.decoder.backward(self.loss.backward())
+        if self.drop is not None:
+            d_output = self.drop.backward(d_output)
+        dx, _ = self.rnn.backward(d_output)
+        self.encoder.backward(dx)
+
+
+class ReorderedLM(TinyLM):
+    """TinyLM with its submodules set in another order: the same arrays, named in another order."""
+
+    def __init__(self):
+        fusedrnn.Module.__init__(self)
+        self.rnn = fusedrnn.LSTM(WIDTH, WIDTH, dtype=DTYPE, seed=1)
+        self.encoder = fusedrnn.Embedding(VOCAB, WIDTH, dtype=DTYPE, seed=0)
+        self.decoder = fusedrnn.Linear(WIDTH, VOCAB, dtype=DTYPE, seed=2)
+
+
+def streams() -> np.ndarray:
+    """(CHUNKS * STEPS_PER_CHUNK + 1, GLOBAL_BATCH) token ids: one stream per column."""
+    rng = np.random.default_rng(42)
+    return rng.integers(0, VOCAB, (CHUNKS * STEPS_PER_CHUNK + 1, GLOBAL_BATCH))
+
+
+def make_optimizer(kind: str, model: fusedrnn.Module):
+    if kind == "adam":
+        return fusedrnn.Adam(model.parameters(), lr=0.05)
+    return fusedrnn.SGD(model.parameters(), lr=0.5, momentum=0.9)
+
+
+# name: (optimizer, clip max_norm or None, dropout)
+TRAINING_CASES = {
+    "sgd": ("sgd", None, False),
+    "clip": ("sgd", 0.05, False),
+    "adam": ("adam", 0.5, False),
+    "dropout": ("adam", None, True),
+}
+
+
+def train(case: str, comm=None) -> dict[str, np.ndarray]:
+    """Train TinyLM for CHUNKS steps of truncated BPTT on this rank's streams (all of them
+    without ``comm``), the state carried from step to step; what the tests compare."""
+    kind, clip, dropout = TRAINING_CASES[case]
+    rank = comm.Get_rank() if comm is not None else 0
+    # a seed per rank on purpose: broadcast_parameters must make the models equal
+    model = TinyLM(seed=10 * rank, dropout_seed=100 + rank if dropout else None)
+    optimizer = make_optimizer(kind, model)
+    data = streams()
+    if comm is not None:
+        distributed.broadcast_parameters(model, comm, optimizer)
+        data = data[:, distributed.DistributedSampler(GLOBAL_BATCH, comm, shuffle=False).indices()]
+    state, norms, local_norms, losses, first_masks = None, [], [], [], []
+    for k in range(CHUNKS):
+        chunk = data[k * STEPS_PER_CHUNK : (k + 1) * STEPS_PER_CHUNK + 1]
+        loss, state = model(chunk[:-1], chunk[1:], state)
+        if dropout and k == 0:
+            first_masks.append(model.dropped)
+        optimizer.zero_grad()
+        model.backward()
+        local_norms.append(grad_norm([p.grad for p in model.parameters()]))
+        if comm is not None:
+            distributed.allreduce_gradients(model, comm)
+        if clip is not None:
+            norms.append(fusedrnn.clip_grad_norm_(model.parameters(), clip))
+        optimizer.step()
+        losses.append(float(loss))
+    result = {f"param.{name}": p.copy() for name, p in model.named_parameters()}
+    result.update(norms=np.array(norms), local_norms=np.array(local_norms))
+    result.update(losses=np.array(losses), masks=np.array(first_masks))
+    return result
+
+
+def allreduce_nan(comm) -> dict[str, np.ndarray]:
+    """Known gradients, one NaN on rank 1, through a model of two dtypes: the averages, the NaN
+    on every rank, and how many Allreduce calls of what size carried them."""
+    rank = comm.Get_rank()
+    model = fusedrnn.Module()
+    model.small = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
+    model.wide = fusedrnn.Linear(4, 5, dtype=np.float64, seed=0)
+    model.tied = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
+    model.tied.weight = model.small.weight  # one parameter in two modules: sent once
+    for i, p in enumerate(model.parameters()):
+        p.grad[...] = (rank + 1) * (i + 1)
+    if rank == 1:
+        model.wide.weight.grad[2, 3] = np.nan
+    calls = []
+
+    class CountingComm:
+        """The communicator, with every Allreduce recorded (dtype, elements)."""
+
+        def __getattr__(self, name):
+            return getattr(comm, name)
+
+        def Allreduce(self, send, receive, op):  # mpi4py's name
+            calls.append((str(receive.dtype), receive.size))
+            return comm.Allreduce(send, receive, op=op)
+
+    sent = distributed.allreduce_gradients(model, CountingComm())
+    result = {f"grad.{name}": p.grad.copy() for name, p in model.named_parameters()}
+    result["call_dtypes"] = np.array([dtype for dtype, _ in calls])
+    result["call_sizes"] = np.array([size for _, size in calls])
+    result["sent"] = np.array(sent)
+    return result
+
+
+def broadcast_mismatch(comm, which: str) -> dict[str, np.ndarray]:
+    """Rank 1 builds another model (another hidden size, or another parameter order): the error
+    every rank raises, and that the job goes on afterwards (an allreduce still works)."""
+    rank = comm.Get_rank()
+    if rank == 1:
+        model = TinyLM(hidden=WIDTH + 1) if which == "shape" else ReorderedLM()
+    else:
+        model = TinyLM()
+    try:
+        distributed.broadcast_parameters(model, comm)
+        error = ""
+    except ValueError as failure:
+        error = str(failure)
+    alive = comm.allreduce(1)
+    return {"error": np.array(error), "alive": np.array(alive)}
+
+
+def raise_on_one_rank(comm) -> None:
+    """Rank 1 fails before the allreduce rank 0 waits in."""
+    model = TinyLM()
+    with distributed.abort_on_error(comm):
+        if comm.Get_rank() == 1:
+            raise RuntimeError("rank 1 fails on purpose")
+        distributed.allreduce_gradients(model, comm)
+        time.sleep(3600)  # never reached by a correct abort: rank 0 waits above
+
+
+def char_lm_config(text_file: str, distributed: bool):
+    from fusedrnn import char_lm
+
+    return char_lm.Config(
+        text=text_file,
+        embed=8,
+        hidden=16,
+        batch=4,
+        seq_len=8,
+        time=0,
+        steps=3,
+        eval_every=0,
+        sample_chars=5,
+        dtype="float64",
+        threads=1,
+        quiet=True,
+        distributed=distributed,
+    )
+
+
+def char_lm_run(text_file: str, comm=None) -> dict[str, np.ndarray]:
+    """Three steps of the char-LM program (`fusedrnn.char_lm.train`), distributed or not."""
+    from fusedrnn import char_lm
+
+    result = char_lm.train(char_lm_config(text_file, comm is not None))
+    params = {f"param.{n}": p.copy() for n, p in result["model"].named_parameters()}
+    return {**params, "history": np.array(result["history"])}
+
+
+def run_case(case: str, comm=None, text_file: str | None = None) -> dict[str, np.ndarray]:
+    if case in TRAINING_CASES:
+        return train(case, comm)
+    if case == "allreduce_nan":
+        return allreduce_nan(comm)
+    if case.startswith("mismatch_"):
+        return broadcast_mismatch(comm, case.removeprefix("mismatch_"))
+    if case == "char_lm":
+        return char_lm_run(text_file, comm)
+    if case == "raise_guarded":
+        return raise_on_one_rank(comm)
+    raise ValueError(f"unknown case {case!r}")
+
+
+def main(argv: list[str]) -> None:
+    out, cases = Path(argv[0]), argv[1:]
+    comm = distributed.world()
+    text_file = None
+    for case in cases:
+        if case.startswith("text="):
+            text_file = case.removeprefix("text=")
+            continue
+        try:
+            result = run_case(case, comm, text_file)
+        except Exception as failure:  # recorded, so that the test shows it
+            result = {"error": np.array(f"{type(failure).__name__}: {failure}")}
+        np.savez(out / f"{case}.rank{comm.Get_rank()}.npz", **result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
