@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from fusedrnn import _core
-from fusedrnn.torch import _ops
-from tests.torch.cases import torch
+from tests.torch.cases import torch  # skips this module without PyTorch
+
+from fusedrnn.torch import _ops  # isort: skip  (needs PyTorch)
 
 T, B, I, H = 4, 3, 2, 3
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
