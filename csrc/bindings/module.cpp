@@ -43,6 +43,11 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   });
   m.def("have_openmp", &have_openmp);
+  m.def("set_openmp_teams", &set_openmp_teams, py::arg("on"),
+        "Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or "
+        "on fusedrnn's own pool (False, the default).");
+  m.def("openmp_teams", &openmp_teams,
+        "Whether the teams run on OpenMP's threads now (never in a forked child).");
   m.def("worker_idle_microseconds", &worker_idle_microseconds,
         "How long an idle worker thread of the kernels keeps its core before it sleeps.");
   m.def("cached_bytes", &cached_bytes,

@@ -254,6 +254,13 @@ std::unique_ptr<WorkerPool>& thread_pool() {
 // dropped, unjoined (its memory is left: its mutex may be held by a worker that no longer exists),
 // and the child's next team starts a pool of its own.
 void forget_pool_after_fork() { (void)thread_pool().release(); }
+
+std::atomic<bool> openmp_teams_asked{false};
+std::atomic<bool> forked_child{false};
+void mark_forked_child() { forked_child.store(true, std::memory_order_relaxed); }
+// Registered when the extension loads, before any team: every fork's child is marked.
+[[maybe_unused]] const int fork_marker_registered =
+    pthread_atfork(nullptr, nullptr, mark_forked_child);
 }  // namespace
 
 int reserve_team(int threads) {
@@ -273,6 +280,17 @@ int64_t worker_idle_microseconds() { return kIdleYield.count(); }
 bool have_openmp() {
 #ifdef FUSEDRNN_OPENMP
   return true;
+#else
+  return false;
+#endif
+}
+
+void set_openmp_teams(bool on) { openmp_teams_asked.store(on, std::memory_order_relaxed); }
+
+bool openmp_teams() {
+#ifdef FUSEDRNN_OPENMP
+  return openmp_teams_asked.load(std::memory_order_relaxed) &&
+         !forked_child.load(std::memory_order_relaxed);
 #else
   return false;
 #endif

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#ifdef FUSEDRNN_OPENMP
+#include <omp.h>
+#endif
 
 #include "common/blas.h"
 
@@ -67,6 +70,8 @@ class SpinBarrier {
  public:
   SpinBarrier(int members, const StopState* stop) : members_(members), stop_(stop) {}
   void wait();
+  // Before any wait: OpenMP may give a team fewer threads than asked.
+  void set_members(int members) { members_ = members; }
 
  private:
   int members_;
@@ -97,6 +102,14 @@ int reserve_team(int threads);
 // on the calling thread, and returns when all are done. members: at most reserve_team's answer.
 void run_on_pool(int members, TeamMemberFn fn, void* body);
 
+// Whose threads run the teams: fusedrnn's own pool (the default), or OpenMP's, which a process
+// that also runs PyTorch should use (fusedrnn.torch asks for it): PyTorch's OpenMP threads spin
+// after each of its operations and take the cores from a second set of threads (a 2-layer LSTM
+// step of fusedrnn.torch on 2 cores: 24 ms on OpenMP's threads, 40 ms on the pool). A forked
+// child always uses the pool: OpenMP's threads do not survive fork (the child would hang).
+void set_openmp_teams(bool on);
+bool openmp_teams();  // in force: asked for, built with OpenMP, and not in a forked child
+
 // The members' side of run_team: the thread-local state of a team member around body.
 struct TeamMember {
   TeamMember(SpinBarrier* barrier, StopState* stop);
@@ -123,6 +136,20 @@ void run_team(int threads, Body&& body) {
   if (stop_requested()) return;
 #ifdef FUSEDRNN_OPENMP  // (the pool needs no OpenMP, but a build without it runs on one thread,
                         // as documented; OpenMP gives the default count, OMP_NUM_THREADS)
+  if (threads > 1 && !inside_team() && openmp_teams()) {
+    SpinBarrier barrier(threads, current_stop());
+    StopState* const stop = current_stop();
+    const int caller_cpu = current_cpu();
+#pragma omp parallel num_threads(threads)
+    {
+      if (omp_get_thread_num() != 0) leave_cpu(caller_cpu);
+#pragma omp single
+      barrier.set_members(omp_get_num_threads());  // (single ends with OpenMP's barrier)
+      const TeamMember scope(&barrier, stop);
+      body(omp_get_thread_num(), omp_get_num_threads());
+    }
+    return;
+  }
   if (threads > 1 && !inside_team()) threads = reserve_team(threads);
   if (threads > 1 && !inside_team()) {
     struct Team {

@@ -29,6 +29,7 @@ __all__: list[str] = [
     "lstm_backward",
     "lstm_forward",
     "lstm_workspace_size",
+    "openmp_teams",
     "release_cached_memory",
     "rnn_backward",
     "rnn_forward",
@@ -36,6 +37,7 @@ __all__: list[str] = [
     "set_blas",
     "set_blas_threads_local",
     "set_num_threads",
+    "set_openmp_teams",
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
@@ -328,6 +330,16 @@ def stack_saved_size(
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
+    """
+
+def set_openmp_teams(on: bool) -> None:
+    """
+    Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or on fusedrnn's own pool (False, the default).
+    """
+
+def openmp_teams() -> bool:
+    """
+    Whether the teams run on OpenMP's threads now (never in a forked child).
     """
 
 def worker_idle_microseconds() -> int:

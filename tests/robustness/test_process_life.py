@@ -63,6 +63,7 @@ FORK_SCRIPT = """
 
     fusedrnn.set_num_threads(2)
     _core._set_team_thresholds(0, 1)  # every time loop and GEMM on a team, even this small one
+    # {setup}
     layer = fusedrnn.LSTM(8, 32, dtype=np.float64, seed=0)
     x = np.random.default_rng(0).standard_normal((12, 4, 8))
 
@@ -74,13 +75,21 @@ FORK_SCRIPT = """
     in_parent = fingerprint(None)  # the parent has run teams before it forks
     with multiprocessing.get_context("fork").Pool(2) as pool:
         in_children = pool.map(fingerprint, range(4))
-    print(json.dumps({"parent": in_parent, "children": in_children, "pid": os.getpid()}))
+        child_teams = pool.apply(_core.openmp_teams)
+    teams = [_core.openmp_teams(), child_teams]
+    print(json.dumps({"parent": in_parent, "children": in_children, "pid": os.getpid(),
+                      "openmp_teams": teams}))
 """
 
 
 @needs_threads
-def test_forked_children_run_the_kernels_after_the_parent_used_threads():
-    result = run_script(FORK_SCRIPT, timeout=30)
+@pytest.mark.parametrize("teams", ["pool", "openmp"])
+def test_forked_children_run_the_kernels_after_the_parent_used_threads(teams):
+    """On fusedrnn's own pool (the default) and on OpenMP's threads (what fusedrnn.torch asks
+    for): the children run on a pool of their own either way."""
+    setup = "_core.set_openmp_teams(True)" if teams == "openmp" else ""
+    result = run_script(FORK_SCRIPT.replace("# {setup}", setup), timeout=30)
+    assert result["openmp_teams"] == [teams == "openmp", False]  # in the parent, in a child
     parent_y, parent_dx, parent_pid = result["parent"]
     assert parent_pid == result["pid"]
     assert len(result["children"]) == 4
