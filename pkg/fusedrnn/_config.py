@@ -98,6 +98,12 @@ def _idle_threads() -> str:
     does not apply to them)."""
     if not _core.have_openmp():
         return "none (one thread)"
+    if _core.openmp_teams():  # fusedrnn.torch: the teams run on PyTorch's OpenMP threads
+        spin = os.environ.get("GOMP_SPINCOUNT", "libgomp's default")
+        return (
+            "OpenMP's threads, shared with PyTorch: OpenMP's idle policy (GOMP_SPINCOUNT as it "
+            f"was when OpenMP loaded; now {spin})"
+        )
     return (
         f"spin, then yield the core, then sleep after {_core.worker_idle_microseconds()} us "
         "(fusedrnn's own threads: GOMP_SPINCOUNT does not apply)"

@@ -51,3 +51,17 @@ def test_torch_imported_first():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     _check(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_the_teams_run_on_pytorchs_openmp_threads_and_show_config_says_so():
+    """Once fusedrnn.torch has run an operator the kernels' teams run on OpenMP's threads,
+    PyTorch's own, instead of a second set that would find the cores taken by PyTorch's spinning
+    threads."""
+    from fusedrnn import _config, _core
+    from fusedrnn.torch import LSTM
+
+    LSTM(2, 3)(torch.zeros(4, 1, 2))
+
+    assert _core.openmp_teams() == _core.have_openmp()
+    if _core.have_openmp():
+        assert _config.config()["idle_threads"].startswith("OpenMP's threads, shared with PyTorch")

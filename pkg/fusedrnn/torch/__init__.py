@@ -8,15 +8,9 @@ autograd formulas, so they run under ``torch.compile``. See docs/torch.md.
 
 from __future__ import annotations
 
-from fusedrnn import _core
 from fusedrnn.torch import _ops  # noqa: F401  (registers the operators)
 from fusedrnn.torch.attention import scaled_dot_product_attention
 from fusedrnn.torch.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
-
-# In a process with PyTorch the kernels' teams run on OpenMP's threads, PyTorch's own: its threads
-# spin after each of its operations, and a second set of threads would find the cores taken
-# (docs/benchmarks.md, "Issue 23 before and after").
-_core.set_openmp_teams(True)
 
 __all__ = [
     "GRU",

@@ -33,6 +33,10 @@ def use_torch_threads() -> None:
     PyTorch and fusedrnn share one OpenMP runtime in a process; inside PyTorch, its thread count
     is the one setting, so that a call of ours never runs more threads than PyTorch's own ops.
     """
+    # The teams run on OpenMP's threads, PyTorch's own: they spin after each of its operations,
+    # and a second set of threads (fusedrnn's pool) would find the cores taken (docs/design.md,
+    # "Threads"). A forked child still uses a pool of its own.
+    _core.set_openmp_teams(True)
     wanted = torch.get_num_threads()
     # torch.set_num_threads sets the shared OpenMP runtime's count, which the kernels read, but
     # not that of the BLAS they call (scipy's OpenBLAS, its own threads): check both
