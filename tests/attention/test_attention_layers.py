@@ -11,21 +11,7 @@ import fusedrnn
 from fusedrnn import functional, reference
 from tests.helpers.attention_cases import make_qkv
 from tests.helpers.cells import assert_close
-
-
-def central_differences(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, g = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        g[i] = (up - down) / (2 * eps)
-    return grad
-
+from tests.helpers.numgrad import central_differences
 
 # ---------------------------------------------------------------- ScaledDotProductAttention
 

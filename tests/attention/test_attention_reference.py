@@ -10,6 +10,7 @@ import pytest
 from fusedrnn import reference
 from fusedrnn.reference.attention import dropout_keep
 from tests.helpers.attention_cases import make_qkv
+from tests.helpers.numgrad import central_differences
 
 
 def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
@@ -102,20 +103,6 @@ def test_fully_masked_rows_are_zero_with_zero_gradients():
     # S = 0: every row is fully masked
     out, lse = reference.attention_forward(q, k[..., :0, :], v[..., :0, :])
     assert out.shape == (2, 2, 4, 2) and np.all(out == 0) and np.all(lse == np.inf)
-
-
-def central_differences(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, g = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        g[i] = (up - down) / (2 * eps)
-    return grad
 
 
 GRADCHECK_CASES = {

@@ -1,4 +1,4 @@
-"""Central differences for the tests of the training pieces (losses, Embedding, Linear)."""
+"""Central differences: the numerical gradients every gradient test checks against."""
 
 from __future__ import annotations
 

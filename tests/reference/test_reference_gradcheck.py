@@ -12,23 +12,10 @@ import numpy as np
 import pytest
 
 from tests.helpers.cells import CASES, PARAMS, backward, forward, loss, loss_weights, make_inputs
+from tests.helpers.numgrad import central_differences
 
 SIZES = [(3, 2, 3, 4), (1, 1, 3, 4)]  # (T, B, I, H)
 RTOL, ATOL = 1e-6, 1e-8  # float64 against central differences
-
-
-def central_differences(f, array, eps=1e-6):
-    """d f() / d array by central differences, perturbing ``array`` in place (then restoring)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + eps
-        f_plus = f()
-        array[index] = saved - eps
-        f_minus = f()
-        array[index] = saved
-        grad[index] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 # ---------------------------------------------------------------- gradients

@@ -15,6 +15,7 @@ import pytest
 from fusedrnn import reference
 from fusedrnn._spec import STACK_ROLES, layer_suffix, stack_param_names
 from tests.helpers.cells import CASES, GATES
+from tests.helpers.numgrad import central_differences
 
 T, B, I, H, P = 4, 3, 2, 3, 2  # small: central differences run the stack ~700 times per case
 LENGTHS = [3, 1, 4]  # unsorted, a length-1 item and a full-length one
@@ -123,20 +124,6 @@ def differentiable_inputs(setup):
     else:
         arrays["h0"] = setup["hx"]
     return {**arrays, **setup["params"]}
-
-
-def central_differences(f, array, eps=1e-6):
-    """d f() / d array by central differences, perturbing ``array`` in place (then restoring)."""
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + eps
-        f_plus = f()
-        array[index] = saved - eps
-        f_minus = f()
-        array[index] = saved
-        grad[index] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 def padded(lengths, T_=T):
