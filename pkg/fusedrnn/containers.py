@@ -14,8 +14,8 @@ from ._module import Module
 
 
 class _ModuleSequence(Module):
-    """What `Sequential` and `ModuleList` share: children named '0', '1', ... in order, read by
-    position (a slice gives a container of the same kind), iterated, appended to."""
+    """What `Sequential` and `ModuleList` share: children in order, read by position (a slice
+    gives a container of the same kind), iterated, appended to (named by their position)."""
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -24,17 +24,14 @@ class _ModuleSequence(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, index: int | slice):
-        modules = list(self._modules.values())
         if isinstance(index, slice):
-            return type(self)._from_list(modules[index])
-        return modules[_check_index(index, len(self))]
+            return self._slice(list(self._modules.items())[index])
+        return list(self._modules.values())[_check_index(index, len(self))]
 
-    @classmethod
-    def _from_list(cls, modules: list[Module]) -> _ModuleSequence:
-        sequence = cls()
-        for module in modules:
-            sequence.append(module)
-        return sequence
+    def _slice(self, items: list) -> _ModuleSequence:
+        """A container of the same kind holding ``items`` (name, module), numbered anew, as
+        PyTorch's ModuleList does (Sequential keeps the names)."""
+        return type(self)(module for _, module in items)
 
     def append(self, module: Module):
         """Add ``module`` at the end; returns self."""
@@ -71,6 +68,9 @@ class Sequential(_ModuleSequence):
         else:
             for index, module in enumerate(modules):
                 self.add_module(str(index), module)
+
+    def _slice(self, items: list) -> Sequential:
+        return Sequential(OrderedDict(items))
 
     def forward(self, x):
         """Every child's forward in order, each one's output into the next."""

@@ -362,3 +362,14 @@ def test_a_refused_backward_keeps_the_forward_and_adds_nothing():
     assert not any(p.grad.any() for p in layer.parameters())
     layer.backward(np.ones_like(y))  # the forward is still there
     assert layer.weight_ih_l0.grad.any()
+
+
+def test_a_slice_of_a_sequential_keeps_the_names_as_pytorch():
+    from collections import OrderedDict
+
+    model = Sequential(OrderedDict([("a", Linear(2, 3)), ("b", Linear(3, 4)), ("c", Linear(4, 1))]))
+    head = model[1:]
+    assert isinstance(head, Sequential) and list(dict(head.named_children())) == ["b", "c"]
+    assert head.b is model.b
+    layers = fusedrnn.ModuleList([Linear(2, 2), Linear(2, 2), Linear(2, 2)])
+    assert list(dict(layers[1:].named_children())) == ["0", "1"]

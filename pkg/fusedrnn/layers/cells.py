@@ -182,7 +182,7 @@ class RecurrentCell(RecurrentModule):
     def _grad_buffers(self) -> dict:
         """The one-layer functions' grads dict: ours, with throw-away biases when bias=False."""
         if self.bias:
-            return dict(self.grads)
+            return self.grads  # a fresh dict of the parameters' grad arrays
         rows = self._params["weight_ih"].shape[0]
         return {
             **self.grads,
