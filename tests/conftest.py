@@ -16,7 +16,7 @@ def threading_mode(request):
     defaults = _core._team_thresholds()
     if request.param == "team":
         fusedrnn.set_num_threads(2)
-        _core._set_team_thresholds(0, 1)
+        _core._set_team_thresholds(0, 1, False)
     yield request.param
     _core._set_team_thresholds(*defaults)
     fusedrnn.set_num_threads(before)

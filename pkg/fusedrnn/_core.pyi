@@ -4,6 +4,8 @@
 fusedrnn's compiled kernels; use the wrappers in fusedrnn.functional.
 """
 
+from __future__ import annotations
+
 import typing
 
 import numpy
@@ -41,6 +43,7 @@ __all__: list[str] = [
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
+    "team_stalls",
     "worker_idle_microseconds",
 ]
 
@@ -65,12 +68,13 @@ def _set_attention_tiles(
 def _set_team_thresholds(
     min_step_work: typing.SupportsInt | typing.SupportsIndex,
     min_units_per_member: typing.SupportsInt | typing.SupportsIndex,
+    pause_stalled_teams: bool = True,
 ) -> None:
     """
-    Testing knob: when the recurrent time loops split their hidden units across threads.
+    Testing knob: when the recurrent time loops split their hidden units across threads, and whether a thread whose team was stalled runs its next teams on one thread for a while (team_stalls).
     """
 
-def _team_thresholds() -> tuple[int, int]: ...
+def _team_thresholds() -> tuple[int, int, bool]: ...
 def active_isa() -> str: ...
 def additive_attention_backward(
     d_context: typing.Any,
@@ -230,6 +234,11 @@ def lstm_workspace_size(
     H: typing.SupportsInt | typing.SupportsIndex,
     P: typing.SupportsInt | typing.SupportsIndex = 0,
 ) -> int: ...
+def openmp_teams() -> bool:
+    """
+    Whether the teams run on OpenMP's threads now (never in a forked child).
+    """
+
 def release_cached_memory() -> None:
     """
     Give the memory of freed outputs and scratch kept for later calls back to the system.
@@ -277,6 +286,11 @@ def set_blas_threads_local(fn: typing.SupportsInt | typing.SupportsIndex) -> Non
     """
 
 def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+def set_openmp_teams(on: bool) -> None:
+    """
+    Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or on fusedrnn's own pool (False, the default).
+    """
+
 def stack_backward(
     mode: str,
     x: typing.Any,
@@ -332,14 +346,9 @@ def stack_saved_size(
     Elements of the `saved` array a training stack_forward keeps.
     """
 
-def set_openmp_teams(on: bool) -> None:
+def team_stalls() -> dict:
     """
-    Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or on fusedrnn's own pool (False, the default).
-    """
-
-def openmp_teams() -> bool:
-    """
-    Whether the teams run on OpenMP's threads now (never in a forked child).
+    The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how many were stalled by a member without a core, how many ran on one thread during the pauses that followed, the current pause in microseconds, and whether one is on now.
     """
 
 def worker_idle_microseconds() -> int:
