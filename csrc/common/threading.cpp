@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <ctime>
 #include <memory>
 #include <mutex>
 #include <pthread.h>
@@ -98,24 +99,43 @@ void SpinBarrier::wait() {
     generation_.store(generation + 1, std::memory_order_release);
     return;
   }
-  int64_t stalled_since = 0;  // when the spinning ended (0: still spinning)
+  StallClock stall;  // started when the spinning ends
   for (int round = 0; generation_.load(std::memory_order_acquire) == generation; ++round) {
     if (stop_ && stop_->stopped.load(std::memory_order_relaxed)) break;
     if (round < kSpinRounds) {
       cpu_relax();
     } else {
-      if (round == kSpinRounds) stalled_since = steady_nanoseconds();
+      if (round == kSpinRounds) stall.start();
       sched_yield();
     }
   }
-  if (stalled_since)
-    stalled_ns_.fetch_add(steady_nanoseconds() - stalled_since, std::memory_order_relaxed);
+  if (const int64_t stalled = stall.stalled_ns(members_))
+    stalled_ns_.fetch_add(stalled, std::memory_order_relaxed);
 }
 
 int64_t steady_nanoseconds() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+namespace {
+int64_t process_cpu_nanoseconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);  // (a system call: only once a wait is long)
+  return int64_t(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+}  // namespace
+
+void StallClock::start() {
+  wall_ns_ = steady_nanoseconds();
+  cpu_ns_ = process_cpu_nanoseconds();
+}
+
+int64_t StallClock::stalled_ns(int members) const {
+  if (wall_ns_ == 0) return 0;
+  const int64_t wall = steady_nanoseconds() - wall_ns_, cpu = process_cpu_nanoseconds() - cpu_ns_;
+  return std::max<int64_t>(0, members * wall - cpu);
 }
 
 namespace {
@@ -246,16 +266,16 @@ class WorkerPool {
       wake_.notify_all();
     }
     fn(body, 0, members);
-    int64_t stalled_since = 0;  // (as in SpinBarrier::wait)
+    StallClock stall;  // (as in SpinBarrier::wait)
     for (int round = 0; finished_.load(std::memory_order_acquire) != members - 1; ++round) {
       if (round < kSpinRounds) {
         cpu_relax();
       } else {
-        if (round == kSpinRounds) stalled_since = steady_nanoseconds();
+        if (round == kSpinRounds) stall.start();
         sched_yield();
       }
     }
-    return stalled_since ? steady_nanoseconds() - stalled_since : 0;
+    return stall.stalled_ns(members);
   }
 
  private:

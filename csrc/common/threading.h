@@ -72,7 +72,8 @@ class SpinBarrier {
   void wait();
   // Before any wait: OpenMP may give a team fewer threads than asked.
   void set_members(int members) { members_ = members; }
-  // Nanoseconds the members waited here past their spinning, summed (see TeamStalls).
+  // Nanoseconds the members waited here past their spinning for members that did not run, summed
+  // (see TeamStalls).
   int64_t stalled_ns() const { return stalled_ns_.load(std::memory_order_relaxed); }
 
  private:
@@ -87,11 +88,14 @@ class SpinBarrier {
 // every barrier of its team until the scheduler gives it back (milliseconds), and a per-step
 // barrier then makes a call slower than on one thread (measured on this 2-core Zen 3 with one
 // busy-looping process beside: GRU B=1 fwd+bwd 8.0 ms on 2 threads against 4.7 on one, RNN 8.0
-// against 1.5). So each calling thread watches its teams: after a team whose members waited, past
-// their spinning (about 55 us here: a member that is not running), for a quarter of its time or
-// more, that thread's next calls run on one thread for a pause, then one call tries the team
-// again; the pause doubles while the tries stall too and starts again short after a good one.
-// Results do not change: they never depend on the thread count.
+// against 1.5). So each calling thread watches its teams: a wait that outlasts its spinning
+// (about 55 us here) counts as stalled for the time the team did not run, measured by the
+// process's CPU time (members x the wait's length, less the CPU time the process used meanwhile:
+// a member that is merely behind, or has more of a dynamic share, runs and does not count). After
+// a team stalled for a quarter of its time or more, that thread's next calls run on one thread
+// for a pause, then one call tries the team again; the pause doubles while the tries stall too
+// and starts again short after a good one. Results do not change: they never depend on the
+// thread count.
 struct TeamStalls {
   int64_t teams_stalled = 0;  // teams judged stalled so far
   int64_t calls_alone = 0;    // teams that ran on one thread because of a pause
@@ -104,6 +108,16 @@ bool take_team_pause();
 // After a team of the calling thread: its wall time and its members' stalled waits (summed).
 void note_team_waits(int64_t wall_ns, int64_t stalled_ns);
 int64_t steady_nanoseconds();
+// A wait past spinning: from start() on, how long `members` threads of a team were not running
+// (members x the time, less the CPU time the process used meanwhile; 0 if never started).
+class StallClock {
+ public:
+  void start();
+  int64_t stalled_ns(int members) const;
+
+ private:
+  int64_t wall_ns_ = 0, cpu_ns_ = 0;
+};
 
 // The barrier of the team the calling thread is a member of (null outside a team).
 SpinBarrier*& current_barrier();
