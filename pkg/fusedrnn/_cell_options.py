@@ -18,16 +18,17 @@ import numpy as np
 from ._checks import check_choice
 
 # ONNX's activation functions: name -> (default alpha, default beta), None where unused. The
-# order is the kernels' `Activation` enum (csrc/recurrent_cell.h). The defaults are those of
-# the ONNX operators of the same names (and onnxruntime's for ScaledTanh and Affine).
+# order is the kernels' `Activation` enum (csrc/recurrent_cell.h). The defaults are those of the
+# ONNX operators of the same names, as the LSTM / GRU / RNN operators define them; Affine and
+# ScaledTanh are no ONNX operators (any more), and take onnxruntime's 0 (docs/onnx.md).
 _ACTIVATIONS: dict[str, tuple[float | None, float | None]] = {
     "Sigmoid": (None, None),
     "Tanh": (None, None),
     "Relu": (None, None),
-    "Affine": (1.0, 0.0),
+    "Affine": (0.0, 0.0),
     "LeakyRelu": (0.01, None),
     "ThresholdedRelu": (1.0, None),
-    "ScaledTanh": (1.0, 1.0),
+    "ScaledTanh": (0.0, 0.0),
     "HardSigmoid": (0.2, 0.5),
     "Elu": (1.0, None),
     "Softsign": (None, None),
