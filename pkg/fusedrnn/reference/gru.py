@@ -89,6 +89,8 @@ def gru_forward(
     reverse : bool
         Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
         bidirectional layer). ``y`` stays indexed by time.
+    options : CellOptions, optional
+        ONNX's activations and clip (module docstring). ``None``: PyTorch's cell.
 
     Returns
     -------
@@ -182,7 +184,7 @@ def gru_backward(
     grads : dict, optional
         ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse
+    lengths, reverse, options
         As given to the forward.
 
     Returns

@@ -93,6 +93,8 @@ def rnn_forward(
     reverse : bool
         Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
         bidirectional layer). ``y`` stays indexed by time.
+    options : CellOptions, optional
+        ONNX's activations and clip (module docstring). ``None``: PyTorch's cell.
 
     Returns
     -------
@@ -168,7 +170,7 @@ def rnn_backward(
     grads : dict, optional
         ``weight_ih`` (H, I), ``weight_hh`` (H, H), ``bias_ih`` (H,), ``bias_hh`` (H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse
+    lengths, reverse, options
         As given to the forward.
 
     Returns
