@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import _core, cell_options, functional, reference
+from fusedrnn import cell_options, functional, reference
 from fusedrnn._cell_options import ACTIVATION_NAMES
 from tests.helpers.cells import assert_close
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 from tests.kernels.test_stack_fused_vs_reference import make_params
-
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def with_peepholes(params, layers, D, H, rng, dtype):
