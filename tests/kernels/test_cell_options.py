@@ -402,3 +402,13 @@ def test_default_layers_take_pytorchs_path():
     assert cell_options("gru", 2, activations=["sigmoid", "TANH"]) is None  # names: any case
     assert cell_options("rnn", activations=["Relu"]) is not None  # not the tanh default
     assert fusedrnn.LSTM(2, 3)._cell_options is None
+
+
+def test_a_layer_with_options_saves_and_loads(tmp_path):
+    lstm = fusedrnn.LSTM(3, 4, peephole=True, clip=1.5, activations=["HardSigmoid", "Elu", "Tanh"])
+    path = tmp_path / "lstm.pkl"
+    fusedrnn.save(lstm, path)
+    again = fusedrnn.load(path)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(again(x)[0], lstm(x)[0])
+    assert repr(again) == repr(lstm)
