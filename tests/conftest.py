@@ -6,6 +6,15 @@ import fusedrnn
 from fusedrnn import _core
 
 
+@pytest.fixture(params=[i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+def isa(request):
+    """Run the test on one compiled instruction set, then restore the best one."""
+    default = _core.active_isa()
+    _core.select_isa(request.param)
+    yield request.param
+    _core.select_isa(default)
+
+
 @pytest.fixture(params=["auto", "team"])
 def threading_mode(request):
     """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,

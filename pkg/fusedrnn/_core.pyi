@@ -314,6 +314,7 @@ def stack_backward(
     nonlinearity: str,
     truncate: typing.SupportsInt | typing.SupportsIndex = 0,
     truncate_stride: typing.SupportsInt | typing.SupportsIndex = 0,
+    cell_options: typing.Any = None,
 ) -> tuple: ...
 def stack_forward(
     mode: str,
@@ -331,6 +332,7 @@ def stack_forward(
     reset_after: bool,
     nonlinearity: str,
     training: bool,
+    cell_options: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
     mode: str,
@@ -341,6 +343,7 @@ def stack_saved_size(
     proj_size: typing.SupportsInt | typing.SupportsIndex,
     num_layers: typing.SupportsInt | typing.SupportsIndex,
     bidirectional: bool,
+    cell_options: typing.Any = None,
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
