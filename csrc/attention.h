@@ -9,8 +9,8 @@
 //   p[i,:] = softmax(s[i,:])       out[n,h,i,:] = sum_j p[i,j] * z[i,j] * v[n,g,j,:]
 //   lse[n,h,i] = log sum_j exp(s[i,j])
 //
-// z is the dropout factor: keep(n,h,i,j) / (1 - dropout_p), keep drawn by attention_dropout_keep
-// below (counter-based, so backward redraws the same); z = 1 without dropout.
+// z is the dropout factor: keep(n,h,i,j) / (1 - dropout_p), keep drawn by counter_keep
+// (common/counter_rng.h; counter-based, so backward redraws the same); z = 1 without dropout.
 // A row whose keys are all masked (every s[i,j] = -inf, or S = 0) has out = 0, lse = +inf and
 // zero gradients: p = exp(s - lse) = 0 then, in forward and in backward.
 //
@@ -26,6 +26,8 @@
 // under GQA dk, dv hold the sum over the Hq/Hkv query heads that share a kv head.
 #pragma once
 #include <cstdint>
+
+#include "common/counter_rng.h"
 
 namespace fusedrnn {
 
@@ -80,29 +82,9 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
                         const T* v, const AttentionMask& mask, const T* out, const T* lse,
                         const AttentionShape& s, const AttentionOptions& opt);
 
-// ---- the dropout draw, written once (the NumPy twin: fusedrnn/reference/attention.py) ----
-// Element (row, j) with row = (n*Hq + h)*L + i is kept iff
-//   lowbias32(row_key(seed, row) ^ (j * 0x9E3779B9)) >= dropout_threshold(p)   (uint32 math)
-inline uint32_t lowbias32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
-inline uint32_t attention_row_key(uint64_t seed, uint64_t row) {
-  const uint32_t a = lowbias32(static_cast<uint32_t>(row) ^ static_cast<uint32_t>(seed));
-  return lowbias32(a ^ static_cast<uint32_t>(row >> 32) ^
-                   lowbias32(static_cast<uint32_t>(seed >> 32)));
-}
-// p * 2^32 rounded, saturated: p = 0 keeps everything, p = 1 drops everything (keep scale 0).
-inline uint64_t attention_dropout_threshold(double p) {
-  if (p <= 0) return 0;
-  if (p >= 1) return 4294967296ULL;
-  const double t = p * 4294967296.0 + 0.5;
-  return t >= 4294967295.0 ? 4294967295ULL : static_cast<uint64_t>(t);
-}
+// ---- the dropout draw: common/counter_rng.h (the NumPy twin: fusedrnn/_counter_rng.py) ----
+// Element (row, j) with row = (n*Hq + h)*L + i is kept iff counter_keep(counter_row_key(seed, row),
+// j, counter_threshold(p)).
 
 // ---- additive (Bahdanau) attention ----
 //   e[b,t,s] = w_v . tanh(qp[b,t,:] + kp[b,s,:])   with qp = query @ w_q^T, kp = keys @ w_k^T

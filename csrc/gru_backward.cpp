@@ -3,6 +3,7 @@
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "gru.h"
+#include "recurrent_noise.h"
 
 namespace fusedrnn {
 
@@ -21,6 +22,11 @@ struct GruBackwardScratch {
   T* input_tails;
   T* recurrent_tails;
   T* rh_tail;
+  // recurrent_noise.h (options only)
+  T* dh_keep;     // [B,H]: a*dL/dh_t, the part of dL/dh_{t-1} that zoneout passes
+  T* drop_scale;  // [B,H]: the recurrent dropout's keep / (1 - p)
+  T* dh_gemm;     // [B,H]: dgates W_hh before the dropout's mask
+  T* h_dropped;   // [T+1,B,H]: h0 and y dropped, for dW_hh
   int64_t size;
 };
 
@@ -36,6 +42,11 @@ GruBackwardScratch<T> gru_backward_scratch(T* base, const CellShape& s) {
   b.input_tails = carve.take(input_gradients_scratch_size(G, TB));
   b.recurrent_tails = carve.take(recurrent_weight_gradient_scratch_size(s.steps, s.batch));
   b.rh_tail = carve.take(tail_panel_size(TB));
+  const RecurrentNoise& noise = s.options.noise;
+  b.dh_keep = carve.take(noise.zoneout_h > 0 ? s.batch * H : 0);
+  b.drop_scale = carve.take(noise.dropout() ? s.batch * H : 0);
+  b.dh_gemm = carve.take(noise.dropout() ? s.batch * H : 0);
+  b.h_dropped = carve.take(noise.dropout() ? TB * H + s.batch * H : 0);
   b.size = carve.used;
   return b;
 }
@@ -58,6 +69,8 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   const GruBackwardScratch<T> scratch = gru_backward_scratch(a.scratch, a.shape);
   const auto& kernels = pointwise<T>();
   const CellOptions& options = a.shape.options;
+  const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
+  const bool zoneout = options.enabled && noise.zoneout_h > 0;
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T *dgates_x = scratch.dgates_x, *dgates_h = scratch.dgates_h, *d_rh = scratch.d_rh;
@@ -67,6 +80,7 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   // dh0 carries dL/dh backwards in time and ends as dL/dh0; rows past their length at a step are
   // not touched, so dh_n reaches each row's last step.
   copy_or_zero(dh0, a.dh_n, B * H);
+  if (noise.dropout()) recurrent_dropout_scale(noise, B, H, scratch.drop_scale);
   // The time loop on a team, split by units or rows as in lstm_backward. By units, the units a
   // member owns are the columns of dh_prev its panels of W_hh hold.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
@@ -91,6 +105,16 @@ void gru_backward(const CellBackwardArgs<T>& a) {
       T* dgx = dgates_x + t * B * G;
       T* dgh = dgates_h + t * B * G;
       T* my_dgx = dgx + r0 * G + j0;
+      if (zoneout) {  // forward: h = a*h_prev + (1-a)*h~: the passes below differentiate h~
+        zoneout_gradients(noise, NoiseMask::zoneout_h, noise.zoneout_h, a.first_step + t, r0, rows,
+                          j0, w, H, dh0 + at, dy_t, dh0 + at, scratch.dh_keep + at);
+        dy_t = nullptr;
+      }
+      // forward (zoneout): h = a*h_prev + (1-a)*h~  ->  dL/dh_{t-1} so far += a*dL/dh_t
+      const auto add_zoneout_part = [&] {
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t j = 0; j < w; ++j) dh0[at + b * H + j] += scratch.dh_keep[at + b * H + j];
+      };
       if (reset_after) {
         if (options.enabled)
           kernels.gru_backward_options(options, rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at,
@@ -98,12 +122,14 @@ void gru_backward(const CellBackwardArgs<T>& a) {
         else
           kernels.gru_backward(rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at, dy_t, g,
                                saved.extra + t * B * H + at, h_prev + at);
+        if (zoneout) add_zoneout_part();
       } else {
         if (options.enabled)
           kernels.gru_rb_backward_state_options(options, rows, H, w, my_dgx, dh0 + at, dy_t, g,
                                                 h_prev + at);
         else
           kernels.gru_rb_backward_state(rows, H, w, my_dgx, dh0 + at, dy_t, g, h_prev + at);
+        if (zoneout) add_zoneout_part();
         split.share_step_results();  // d(r*h) reads every unit's n-gate gradient
         // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
         step_gemm(step_kernel, w_hn, 0, 1, split.units, rows, dgx + r0 * G + 2 * H, G,
@@ -120,21 +146,38 @@ void gru_backward(const CellBackwardArgs<T>& a) {
       }
       split.share_step_results();
       // forward: hproj = h_prev W_h^T  ->  dh_prev += dg W_h
-      step_gemm(step_kernel, w_h, 0, 1, split.units, rows, dgh + r0 * G, G, dh0 + r0 * H, H, true);
+      if (noise.dropout()) {  // forward: hproj = (h_prev * drop_scale) W_h^T
+        step_gemm(step_kernel, w_h, 0, 1, split.units, rows, dgh + r0 * G, G,
+                  scratch.dh_gemm + r0 * H, H, false);
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t k = at + b * H + j;
+            dh0[k] += scratch.drop_scale[k] * scratch.dh_gemm[k];
+          }
+      } else
+        step_gemm(step_kernel, w_h, 0, 1, split.units, rows, dgh + r0 * G, G, dh0 + r0 * H, H,
+                  true);
     }
   });
 
   // Everything that does not recur, over all steps at once, on a team of its own, each member its
   // share. forward: gates_x = x W_ih^T + b_ih, hproj = h_prev W_h^T + b_hh
   const int64_t TB = steps * B;
+  const T *h_seq = y, *h_first = h0;  // the h_{t-1} the recurrent GEMM read
+  if (noise.dropout()) {
+    h_first = scratch.h_dropped;
+    h_seq = scratch.h_dropped + B * H;
+    drop_recurrent(scratch.h_dropped, h0, scratch.drop_scale, 1, B, H);
+    drop_recurrent(scratch.h_dropped + B * H, y, scratch.drop_scale, steps, B, H);
+  }
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
     input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates_x, G, G, x, w_ih, TB, I);
     if (a.g.db_ih) add_column_sums(team, a.g.db_ih, dgates_x, TB, G, G);
     if (a.g.db_hh) add_column_sums(team, a.g.db_hh, dgates_h, TB, G, G);
     // the blocks that see h_{t-1}: all three, or r and z
-    recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks, y,
-                              h0, steps, B, H);
+    recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks,
+                              h_seq, h_first, steps, B, H);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> rh =

@@ -3,6 +3,7 @@
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "gru.h"
+#include "recurrent_noise.h"
 
 namespace fusedrnn {
 
@@ -23,6 +24,8 @@ struct GruForwardScratch {
   T* packed_ih;   // W_ih^T in panels
   T* extra_step;  // [B,H]: hn or r*h of one step (inference)
   T* proj;        // [chunk,B,3H]: the input projection of a chunk of steps (inference)
+  T* drop_scale;  // [B,H]: the recurrent dropout's keep / (1 - p) (recurrent_noise.h)
+  T* h_dropped;   // [2,B,H]: h_{t-1} * drop_scale as the GEMM reads it, by step parity
   int64_t size;
 };
 
@@ -38,6 +41,8 @@ GruForwardScratch<T> gru_forward_scratch(T* base, const CellShape& s, bool train
   f.packed_ih = carve.take(packed_weights_size(s.input, kGruGates, H));
   f.extra_step = carve.take(training ? 0 : B * H);
   f.proj = carve.take(training ? 0 : projection_chunk_steps(s.steps, B) * B * G);
+  f.drop_scale = carve.take(s.options.noise.dropout() ? B * H : 0);
+  f.h_dropped = carve.take(s.options.noise.dropout() ? 2 * B * H : 0);
   f.size = carve.used;
   return f;
 }
@@ -59,10 +64,15 @@ void gru_forward(const CellForwardArgs<T>& a) {
   const GruSaved<T> saved = gru_saved(a.workspace, steps, B, H);
   const auto& kernels = pointwise<T>();
   const CellOptions& options = a.shape.options;
+  const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
+  if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped
+    recurrent_dropout_scale(noise, B, H, scratch.drop_scale);
+    drop_recurrent(scratch.h_dropped + B * H, h0, scratch.drop_scale, 1, B, H);
+  }
   T *bias_ih = scratch.bias_ih, *bias_hh = scratch.bias_hh, *hproj = scratch.hproj;
   copy_or_zero(bias_ih, a.w.b_ih, G);
   copy_or_zero(bias_hh, a.w.b_hh, G);
@@ -98,7 +108,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
       T* h = y + t * B * H;
       T* my_gates = gates + r0 * G + j0;
       if (reset_after) {
-        step_gemm(step_kernel, w_hh_t, 0, kGruGates, split.units, rows, h_prev + r0 * H, H,
+        const T* h_gemm = noise.dropout() ? scratch.h_dropped + (t + 1) % 2 * B * H : h_prev;
+        step_gemm(step_kernel, w_hh_t, 0, kGruGates, split.units, rows, h_gemm + r0 * H, H,
                   hproj + r0 * G, G, false);
         if (options.enabled)
           kernels.gru_forward_options(options, rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
@@ -126,6 +137,15 @@ void gru_forward(const CellForwardArgs<T>& a) {
           kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
                                        hproj_n + at, h_prev + at, h + at);
       }
+      if (options.enabled && noise.zoneout_h > 0)  // h = a*h_prev + (1-a)*h~
+        zoneout_states(noise, NoiseMask::zoneout_h, noise.zoneout_h, t, r0, rows, j0, w, H,
+                       h_prev ? h_prev + at : nullptr, h + at, h + at);
+      if (options.enabled && noise.dropout())  // what the next step's GEMM reads
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t k = at + b * H + j;
+            scratch.h_dropped[t % 2 * B * H + k] = h[k] * scratch.drop_scale[k];
+          }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, H);
         if (training) {

@@ -3,6 +3,7 @@
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "lstm.h"
+#include "recurrent_noise.h"
 
 namespace fusedrnn {
 
@@ -20,6 +21,12 @@ struct LstmBackwardScratch {
   T* recurrent_tails;
   T* hr_tail;
   T* m_tail;
+  // recurrent_noise.h (options only)
+  T* dh_cand;     // [B,H]: dL/dh~ of the current step (zoneout)
+  T* dc_keep;     // [B,H]: a_c * dL/dc_t, the part of dL/dc_{t-1} that zoneout passes (zoneout)
+  T* drop_scale;  // [B,H]: the recurrent dropout's keep / (1 - p)
+  T* dh_gemm;     // [B,H]: dgates W_hh before the dropout's mask
+  T* h_dropped;   // [T+1,B,H]: h0 and y dropped, for dW_hh
   int64_t size;
 };
 
@@ -37,19 +44,26 @@ LstmBackwardScratch<T> lstm_backward_scratch(T* base, const CellShape& s) {
   b.recurrent_tails = carve.take(recurrent_weight_gradient_scratch_size(s.steps, s.batch));
   b.hr_tail = carve.take(P ? tail_panel_size(P) : 0);
   b.m_tail = carve.take(P ? tail_panel_size(TB) : 0);
+  const RecurrentNoise& noise = s.options.noise;
+  b.dh_cand = carve.take(noise.zoneout() ? s.batch * H : 0);
+  b.dc_keep = carve.take(noise.zoneout() ? s.batch * H : 0);
+  b.drop_scale = carve.take(noise.dropout() ? s.batch * H : 0);
+  b.dh_gemm = carve.take(noise.dropout() ? s.batch * H : 0);
+  b.h_dropped = carve.take(noise.dropout() ? TB * H + s.batch * H : 0);
   b.size = carve.used;
   return b;
 }
 // forward: pi += p_i*c_prev, pf += p_f*c_prev, po += p_o*c  ->  dp_i += sum dpi*c_prev, ...
 // over every step and row (rows past their length have zero gradients), units [j0, j0 + w).
+// c_seen: the c that o saw (c, or with zoneout on c the candidate c~).
 template <typename T>
-void add_peephole_gradients(T* dpeephole, const T* dgates, const T* c, const T* c0,
+void add_peephole_gradients(T* dpeephole, const T* dgates, const T* c, const T* c_seen, const T* c0,
                             const PanelShare& units, int64_t steps, int64_t B, int64_t H) {
   for (int64_t t = 0; t < steps; ++t)
     for (int64_t b = 0; b < B; ++b) {
       const T* dg = dgates + (t * B + b) * kLstmGates * H;
-      const T* c_now = c + (t * B + b) * H;
-      const T* c_prev = t ? c_now - B * H : c0 + b * H;
+      const T* c_now = c_seen + (t * B + b) * H;
+      const T* c_prev = t ? c + ((t - 1) * B + b) * H : c0 + b * H;
       for (int64_t j = units.begin; j < units.begin + units.width; ++j) {
         dpeephole[j] += dg[j] * c_prev[j];
         dpeephole[H + j] += dg[H + j] * c_prev[j];
@@ -72,10 +86,13 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   const T *w_ih = a.w.w_ih, *w_hh = a.w.w_hh, *w_hr = a.w.w_hr;
   const int64_t* batch_sizes = a.batch_sizes;
   T *dh0 = a.dh0, *dc0 = a.dc0;
-  const LstmSaved<const T> saved = lstm_saved(a.workspace, a.saved_steps, B, H, P).at(a.first_step);
+  const CellOptions& options = a.shape.options;
+  const RecurrentNoise& noise = options.noise;  // (needs options.enabled)
+  const LstmSaved<const T> saved =
+      lstm_saved(a.workspace, a.saved_steps, B, H, P, nullptr, noise.zoneout_c > 0)
+          .at(a.first_step);
   const LstmBackwardScratch<T> scratch = lstm_backward_scratch(a.scratch, a.shape);
   const auto& kernels = pointwise<T>();
-  const CellOptions& options = a.shape.options;
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T* dgates = scratch.dgates;
@@ -84,6 +101,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   // past their length at a step are not touched, so dh_n / dc_n reach each row's last step.
   copy_or_zero(dh0, a.dh_n, B * R);
   copy_or_zero(dc0, a.dc_n, B * H);
+  if (noise.dropout()) recurrent_dropout_scale(noise, B, H, scratch.drop_scale);
   // The time loop on a team (StepSplit). By units, each member owns hidden units [j0, j0 + w)
   // (and outputs [p0, p0+pw) of a projection): it computes their gate gradients, then, after a
   // barrier (every gate column enters every dh_prev column), the columns of dh_prev its panels of
@@ -125,7 +143,21 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
       const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
       const T* dy_at = dy_t ? dy_t + r0 * R + j0 : nullptr;
       const T* gates_at = saved.gates + t * B * G + r0 * G + j0;
-      if (options.enabled)
+      if (options.enabled && noise.zoneout()) {  // (no projection: R = H, dh is dh0)
+        // forward: h = a_h*h_prev + (1-a_h)*h~, c = a_c*c_prev + (1-a_c)*c~; the pass below
+        // differentiates h~ and c~; dh0 keeps a_h*dL/dh for dh_prev, dc_keep a_c*dL/dc.
+        const int64_t step = a.first_step + t;
+        zoneout_gradients(noise, NoiseMask::zoneout_h, noise.zoneout_h, step, r0, rows, j0, w, H,
+                          dh0 + at, dy_at, scratch.dh_cand + at, dh0 + at);
+        zoneout_gradients<T>(noise, NoiseMask::zoneout_c, noise.zoneout_c, step, r0, rows, j0, w, H,
+                             dc0 + at, nullptr, dc0 + at, scratch.dc_keep + at);
+        const T* c_cand = noise.zoneout_c > 0 ? saved.c_cand : saved.c;
+        kernels.lstm_backward_options(options, rows, H, w, peephole, dg + r0 * G + j0, dc0 + at,
+                                      scratch.dh_cand + at, nullptr, gates_at,
+                                      c_cand + t * B * H + at, c_prev + at);
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t j = 0; j < w; ++j) dc0[at + b * H + j] += scratch.dc_keep[at + b * H + j];
+      } else if (options.enabled)
         kernels.lstm_backward_options(options, rows, H, w, peephole, dg + r0 * G + j0, dc0 + at,
                                       dh + r0 * R + j0, dy_at, gates_at, saved.c + t * B * H + at,
                                       c_prev + at);
@@ -134,9 +166,20 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
                               gates_at, saved.c + t * B * H + at, c_prev + at);
       if (member == 0) zero_rows(dg, n, B, G);
       split.share_step_results();
-      // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
-      step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
-                false);
+      // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only); with
+      // zoneout dh0 holds a_h*dL/dh already, which the GEMM adds to
+      if (noise.dropout()) {  // forward: gates += (h_prev * drop_scale) W_hh^T
+        step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G,
+                  scratch.dh_gemm + r0 * R, R, false);
+        for (int64_t b = r0; b < r0 + rows; ++b)
+          for (int64_t j = dh_columns.begin; j < dh_columns.begin + dh_columns.width; ++j) {
+            const int64_t k = b * H + j;
+            const T kept = noise.zoneout() ? dh0[k] : T(0);
+            dh0[k] = kept + scratch.drop_scale[k] * scratch.dh_gemm[k];
+          }
+      } else
+        step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
+                  noise.zoneout());
     }
   });
 
@@ -144,11 +187,18 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   // on a team of its own, each member its share. forward: gates = x W_ih^T + b_ih + h_prev W_hh^T
   // + b_hh (and h = m W_hr^T)
   const int64_t TB = steps * B;
+  const T *h_seq = y, *h_first = h0;  // the h_{t-1} the recurrent GEMM read
+  if (noise.dropout()) {
+    h_first = scratch.h_dropped;
+    h_seq = scratch.h_dropped + B * H;
+    drop_recurrent(scratch.h_dropped, h0, scratch.drop_scale, 1, B, H);
+    drop_recurrent(scratch.h_dropped + B * H, y, scratch.drop_scale, steps, B, H);
+  }
   run_team(gemm_team_size(TB * G * (I + R)), [&](int member, int members) {
     const Team team{member, members};
     input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates, G, G, x, w_ih, TB, I);
-    recurrent_weight_gradient(team, a.g.dw_hh, R, scratch.recurrent_tails, dgates, G, G, y, h0,
-                              steps, B, R);
+    recurrent_weight_gradient(team, a.g.dw_hh, R, scratch.recurrent_tails, dgates, G, G, h_seq,
+                              h_first, steps, B, R);
     add_column_sums(team, a.g.db_ih, a.g.db_hh, dgates, TB, G, G);
     if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
       const PanelShare share = panel_share(H, nr, member, members);
@@ -157,8 +207,8 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
       step_gemm(step_kernel, ms, 0, 1, share, P, scratch.dhs, P, a.g.dw_hr, H, true, true);
     }
     if (a.w.peephole && a.g.dpeephole)  // this member's units of the peephole gradients
-      add_peephole_gradients(a.g.dpeephole, dgates, saved.c, c0, panel_share(H, 1, member, members),
-                             steps, B, H);
+      add_peephole_gradients(a.g.dpeephole, dgates, saved.c, saved.c_cand ? saved.c_cand : saved.c,
+                             c0, panel_share(H, 1, member, members), steps, B, H);
   });
 }
 

@@ -3,12 +3,13 @@
 #include "common/sequence.h"
 #include "common/threading.h"
 #include "lstm.h"
+#include "recurrent_noise.h"
 
 namespace fusedrnn {
 
-int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P) {
+int64_t lstm_workspace_size(int64_t T, int64_t B, int64_t H, int64_t P, bool cell_zoneout) {
   int64_t size = 0;
-  lstm_saved<float>(nullptr, T, B, H, P, &size);
+  lstm_saved<float>(nullptr, T, B, H, P, &size, cell_zoneout);
   return size;
 }
 
@@ -22,6 +23,10 @@ struct LstmForwardScratch {
   T* packed_hr;  // W_hr^T in panels (projection only)
   T* m_step;     // [B,H]: m of one step (inference with a projection)
   T* proj;       // [chunk,B,4H]: the input projection of a chunk of steps (inference)
+  // recurrent_noise.h (options only)
+  T* c_cand;      // [B,H]: c~ of one step (inference with zoneout on c)
+  T* drop_scale;  // [B,H]: the recurrent dropout's keep / (1 - p)
+  T* h_dropped;   // [2,B,H]: h_{t-1} * drop_scale as the GEMM reads it, by step parity
   int64_t size;
 };
 
@@ -37,6 +42,10 @@ LstmForwardScratch<T> lstm_forward_scratch(T* base, const CellShape& s, bool tra
   f.packed_hr = carve.take(P ? packed_weights_size(H, 1, P) : 0);
   f.m_step = carve.take(P && !training ? B * H : 0);
   f.proj = carve.take(training ? 0 : projection_chunk_steps(s.steps, B) * B * G);
+  const RecurrentNoise& noise = s.options.noise;
+  f.c_cand = carve.take(!training && noise.zoneout_c > 0 ? B * H : 0);
+  f.drop_scale = carve.take(noise.dropout() ? B * H : 0);
+  f.h_dropped = carve.take(noise.dropout() ? 2 * B * H : 0);
   f.size = carve.used;
   return f;
 }
@@ -54,9 +63,10 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const T *x = a.x, *h0 = a.h0, *c0 = a.c0, *w_ih = a.w.w_ih, *w_hh = a.w.w_hh, *w_hr = a.w.w_hr;
   const int64_t* batch_sizes = a.batch_sizes;
   T *y = a.y, *h_n = a.h_n, *c_n = a.c_n;
-  const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P);
-  const auto& kernels = pointwise<T>();
   const CellOptions& options = a.shape.options;
+  const RecurrentNoise& noise = options.noise;  // (needs options.enabled)
+  const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P, nullptr, noise.zoneout_c > 0);
+  const auto& kernels = pointwise<T>();
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   const bool training = saved.gates != nullptr;
@@ -65,6 +75,10 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const int64_t chunk = training ? steps : projection_chunk_steps(steps, B);
 
   if (!training) copy_or_zero(c_n, c0, B * H);  // inference updates c in place in c_n
+  if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped
+    recurrent_dropout_scale(noise, B, H, scratch.drop_scale);
+    drop_recurrent(scratch.h_dropped + B * H, h0, scratch.drop_scale, 1, B, H);
+  }
 
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
@@ -103,14 +117,30 @@ void lstm_forward(const CellForwardArgs<T>& a) {
       T* m = P ? (training ? saved.m + t * B * H : scratch.m_step) : nullptr;
       T* h = y + t * B * R;
       // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
-      step_gemm(step_kernel, w_hh_t, 0, kLstmGates, split.units, rows, h_prev + r0 * R, R,
+      const T* h_gemm = noise.dropout() ? scratch.h_dropped + (t + 1) % 2 * B * H : h_prev;
+      step_gemm(step_kernel, w_hh_t, 0, kLstmGates, split.units, rows, h_gemm + r0 * R, R,
                 gates + r0 * G, G, true);
       T* h_out = (P ? m + r0 * H : h + r0 * R) + j0;
-      if (options.enabled)  // ONNX's options: the gates keep their pre-activations
+      if (options.enabled) {             // ONNX's options: the gates keep their pre-activations
+        const int64_t at = r0 * H + j0;  // (no projection with zoneout or dropout: R = H)
+        T* c_cand =
+            noise.zoneout_c > 0 ? (training ? saved.c_cand + t * B * H : scratch.c_cand) : c;
         kernels.lstm_forward_options(options, rows, H, w, scratch.bias + j0, peephole,
-                                     gates + r0 * G + j0, c_prev + r0 * H + j0, c + r0 * H + j0,
-                                     h_out);
-      else
+                                     gates + r0 * G + j0, c_prev + r0 * H + j0, c_cand + at, h_out);
+        if (noise.zoneout()) {  // c = a_c*c_prev + (1-a_c)*c~, h = a_h*h_prev + (1-a_h)*h~
+          if (noise.zoneout_c > 0)
+            zoneout_states(noise, NoiseMask::zoneout_c, noise.zoneout_c, t, r0, rows, j0, w, H,
+                           c_prev ? c_prev + at : nullptr, c_cand + at, c + at);
+          zoneout_states(noise, NoiseMask::zoneout_h, noise.zoneout_h, t, r0, rows, j0, w, H,
+                         h_prev ? h_prev + at : nullptr, h_out, h_out);
+        }
+        if (noise.dropout())  // what the next step's GEMM reads
+          for (int64_t b = 0; b < rows; ++b)
+            for (int64_t j = 0; j < w; ++j) {
+              const int64_t k = at + b * H + j;
+              scratch.h_dropped[t % 2 * B * H + k] = h[k] * scratch.drop_scale[k];
+            }
+      } else
         kernels.lstm_forward(rows, H, w, scratch.bias + j0, gates + r0 * G + j0,
                              c_prev + r0 * H + j0, c + r0 * H + j0, h_out);
       if (P) {  // h = m W_hr^T needs every unit of m
@@ -123,6 +153,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
           zero_rows(gates, n, B, G);
           zero_rows(c, n, B, H);
           if (P) zero_rows(m, n, B, H);
+          if (saved.c_cand) zero_rows(saved.c_cand + t * B * H, n, B, H);
         }
       }
       split.share_step_results();

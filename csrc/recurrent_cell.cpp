@@ -9,7 +9,7 @@ namespace fusedrnn {
 int64_t cell_workspace_size(CellKind cell, const CellShape& s) {
   switch (cell) {
     case CellKind::lstm:
-      return lstm_workspace_size(s.steps, s.batch, s.hidden, s.proj);
+      return lstm_workspace_size(s.steps, s.batch, s.hidden, s.proj, s.options.noise.zoneout_c > 0);
     case CellKind::gru:
       return gru_workspace_size(s.steps, s.batch, s.hidden);
     default:  // the RNN reads its derivative off y; with options, it saves its pre-activations

@@ -48,6 +48,22 @@ struct ActivationFn {
   double alpha = 0, beta = 0;
 };
 
+// Zoneout (Krueger et al. 2016) and variational recurrent dropout (Gal and Ghahramani 2016) of
+// the LSTM and GRU (recurrent_noise.h has the formulas; docs/layers.md). Their masks are drawn by
+// common/counter_rng.h from (seed, stream, step, row, unit), so backward redraws them.
+struct RecurrentNoise {
+  double zoneout_h = 0;          // P(a unit of h keeps its previous value), in [0, 1)
+  double zoneout_c = 0;          // the same for the LSTM's c
+  double recurrent_dropout = 0;  // P(a unit of h_{t-1} is dropped where it enters W_hh), [0, 1)
+  bool sample = false;           // training: masks drawn; eval: zoneout's expectation, no dropout
+  uint64_t seed = 0;             // of the whole call
+  int64_t stream = 0;            // layer * directions + direction (set by the layer stack)
+  const int64_t* row_ids = nullptr;  // [B]: the caller's row of each (length-sorted) row; null: b
+  bool zoneout() const { return zoneout_h > 0 || zoneout_c > 0; }
+  bool dropout() const { return sample && recurrent_dropout > 0; }
+  bool any() const { return zoneout() || dropout(); }
+};
+
 // ONNX's attributes beyond PyTorch's cells (docs/onnx.md). Not enabled: the cell is PyTorch's,
 // through its own fused passes, and nothing below is read. Enabled: one generic pass per cell
 // that applies them, and the workspace saves the gate pre-activations (bias and peepholes added,
@@ -60,6 +76,7 @@ struct CellOptions {
   ActivationFn act[3] = {{Activation::sigmoid}, {Activation::tanh}, {Activation::tanh}};
   double clip = 0;            // > 0: every gate pre-activation clipped to [-clip, clip]
   bool input_forget = false;  // LSTM: f = 1 - i (the forget gate's weights are unused)
+  RecurrentNoise noise;       // zoneout and recurrent dropout (they need enabled)
 };
 
 // The sizes of one pass, and the variant of the cell.

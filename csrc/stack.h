@@ -33,6 +33,7 @@ struct StackShape : CellShape {
     c.input = layer_input(layer);
     c.steps = steps;
     if (direction == 1) c.options = reverse_options;
+    c.options.noise.stream = layer * directions + direction;
     return c;
   }
 };

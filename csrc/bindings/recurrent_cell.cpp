@@ -235,7 +235,10 @@ void bind_recurrent_cell(py::module_& m) {
   m.def("rnn_backward", &rnn_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "nonlinearity"_a, "dweight_ih"_a, "dweight_hh"_a,
         "dbias_ih"_a, "dbias_hh"_a);
-  m.def("lstm_workspace_size", &lstm_workspace_size, "T"_a, "B"_a, "H"_a, "P"_a = 0);
+  m.def(
+      "lstm_workspace_size",
+      [](int64_t T, int64_t B, int64_t H, int64_t P) { return lstm_workspace_size(T, B, H, P); },
+      "T"_a, "B"_a, "H"_a, "P"_a = 0);
   m.def("gru_workspace_size", &gru_workspace_size, "T"_a, "B"_a, "H"_a);
 }
 

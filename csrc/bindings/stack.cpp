@@ -209,6 +209,44 @@ struct StackCall {
     return out;
   }
 
+  // Zoneout and recurrent dropout (recurrent_noise.h) from what fusedrnn/_recurrent_noise.py's
+  // RecurrentNoise.kernel_args gives: None, or (zoneout_h, zoneout_c, recurrent_dropout, seed,
+  // sample, row_ids [B] int64 or None). They need the options' pass, which they enable.
+  void set_noise(py::handle noise) {
+    if (noise.is_none()) return;
+    const py::tuple spec = py::reinterpret_borrow<py::tuple>(noise);
+    if (spec.size() != 6)
+      throw py::value_error(
+          "noise must be (zoneout_h, zoneout_c, recurrent_dropout, seed, sample, row_ids)");
+    RecurrentNoise n;
+    n.zoneout_h = spec[0].cast<double>();
+    n.zoneout_c = spec[1].cast<double>();
+    n.recurrent_dropout = spec[2].cast<double>();
+    n.seed = spec[3].cast<uint64_t>();
+    n.sample = spec[4].cast<bool>();
+    for (double p : {n.zoneout_h, n.zoneout_c, n.recurrent_dropout})
+      if (!(p >= 0 && p < 1))
+        throw py::value_error("zoneout and recurrent_dropout must be in [0, 1)");
+    if (shape.cell == CellKind::rnn && n.any())
+      throw py::value_error("zoneout and recurrent_dropout apply to an LSTM or a GRU");
+    if (n.zoneout_c > 0 && shape.cell != CellKind::lstm)
+      throw py::value_error("zoneout_cell applies to an LSTM only");
+    if (shape.proj && (n.zoneout() || n.recurrent_dropout > 0))
+      throw py::value_error("zoneout and recurrent_dropout need proj_size = 0");
+    if (!shape.reset_after && n.recurrent_dropout > 0)
+      throw py::value_error("recurrent_dropout needs reset_after=True (PyTorch's GRU)");
+    if (!spec[5].is_none()) {
+      py::array_t<int64_t> ids = spec[5].cast<py::array_t<int64_t>>();
+      if (ids.ndim() != 1 || ids.shape(0) != shape.batch || !(ids.flags() & py::array::c_style))
+        throw py::value_error("row_ids must be a contiguous int64 array (B,)");
+      keep.push_back(ids);
+      n.row_ids = ids.data();
+    }
+    if (!n.zoneout() && n.recurrent_dropout == 0) return;
+    shape.options.noise = shape.reverse_options.noise = n;
+    shape.options.enabled = shape.reverse_options.enabled = true;
+  }
+
   // An LSTM layer's peepholes [3H] (p_i, p_f, p_o): the weights tuple's sixth entry, or None.
   // They need the options' pass, which they enable (with PyTorch's activations if none given).
   py::object peephole_of(py::tuple w, const char* name) {
@@ -258,10 +296,11 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
                            py::handle weights, py::handle dropout_masks, py::handle batch_sizes,
                            py::handle lengths, int64_t num_layers, bool bidirectional,
                            int64_t hidden, int64_t proj, bool reset_after,
-                           const std::string& nonlinearity, bool training,
-                           py::handle cell_options) {
+                           const std::string& nonlinearity, bool training, py::handle cell_options,
+                           py::handle noise) {
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
                  hidden, proj, reset_after, nonlinearity, cell_options);
+  call.set_noise(noise);
   const StackShape& s = call.shape;
   const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions;
   const ArgChecker& c = call.checker;
@@ -293,7 +332,7 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             py::handle dropout_masks, py::handle batch_sizes, py::handle lengths,
                             int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
                             bool reset_after, const std::string& nonlinearity, int64_t truncate,
-                            int64_t stride, py::handle cell_options) {
+                            int64_t stride, py::handle cell_options, py::handle noise) {
   if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
     throw py::value_error(
         "truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
@@ -303,6 +342,7 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
     throw py::value_error("truncated backpropagation through time needs a unidirectional layer");
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
                  hidden, proj, reset_after, nonlinearity, cell_options);
+  call.set_noise(noise);
   const StackShape& s = call.shape;
   const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions, W = s.directions * s.out();
   const ArgChecker& c = call.checker;
@@ -367,12 +407,12 @@ void bind_stack(py::module_& m) {
   m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a,
-        "cell_options"_a = py::none());
+        "cell_options"_a = py::none(), "noise"_a = py::none());
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,
         "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0,
-        "cell_options"_a = py::none());
+        "cell_options"_a = py::none(), "noise"_a = py::none());
 }
 
 }  // namespace fusedrnn

@@ -82,14 +82,14 @@ template <typename T>
 void set_tile_dropout(AttentionTile<T>& t, const AttentionOptions& opt, uint32_t* row_keys) {
   t.dropout = opt.dropout_p > 0;
   t.row_keys = row_keys;
-  t.threshold = attention_dropout_threshold(opt.dropout_p);
+  t.threshold = counter_threshold(opt.dropout_p);
   t.keep_scale = opt.dropout_p >= 1 ? T(0) : static_cast<T>(1.0 / (1.0 - opt.dropout_p));
 }
 
 // The keys of rows [first_row, first_row + rows) (row = bh*L + i).
 inline void fill_row_keys(uint32_t* keys, uint64_t seed, int64_t first_row, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r)
-    keys[r] = attention_row_key(seed, static_cast<uint64_t>(first_row + r));
+    keys[r] = counter_row_key(seed, static_cast<uint64_t>(first_row + r));
 }
 
 }  // namespace fusedrnn

@@ -5,6 +5,7 @@ from ._cell_options import CellOptions, cell_options
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._module import Module, Parameter
 from ._onnx_recurrent import from_onnx_node, onnx_forward, to_onnx_weights
+from ._recurrent_noise import RecurrentNoise, recurrent_noise
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
@@ -43,6 +44,7 @@ __all__ = [
     "NLLLoss",
     "Parameter",
     "RNNCell",
+    "RecurrentNoise",
     "ScaledDotProductAttention",
     "Sequential",
     "__version__",
@@ -58,6 +60,7 @@ __all__ = [
     "load",
     "onnx_forward",
     "optim",
+    "recurrent_noise",
     "reference",
     "sampling",
     "save",

@@ -315,6 +315,7 @@ def stack_backward(
     truncate: typing.SupportsInt | typing.SupportsIndex = 0,
     truncate_stride: typing.SupportsInt | typing.SupportsIndex = 0,
     cell_options: typing.Any = None,
+    noise: typing.Any = None,
 ) -> tuple: ...
 def stack_forward(
     mode: str,
@@ -333,6 +334,7 @@ def stack_forward(
     nonlinearity: str,
     training: bool,
     cell_options: typing.Any = None,
+    noise: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
     mode: str,

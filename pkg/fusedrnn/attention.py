@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._attention_args import dropout_keep
 from ._checks import check_flag, check_probability, check_size
+from ._counter_rng import dropout_keep
 from ._module import DTypeLike, Module, backend_module
 from .nn import Linear
 

@@ -25,6 +25,7 @@ from ._checks import (
     check_size,
     require_array,
 )
+from ._recurrent_noise import RecurrentNoise
 from ._spec import (
     CELL_PARAMETERS,
     GATES,
@@ -467,6 +468,20 @@ def _kernel_options(cell_options: CellOptions | None):
     return cell_options.kernel_args()
 
 
+def _noise_args(noise: RecurrentNoise | None, packing: _Packing | None):
+    """What the bindings take for ``noise``: its options and, with the batch sorted by length,
+    each sorted row's item (the masks follow the caller's rows)."""
+    if noise is None:
+        return None
+    if not isinstance(noise, RecurrentNoise):
+        raise TypeError(
+            f"noise must be a RecurrentNoise (fusedrnn.recurrent_noise(...)) or None, "
+            f"got {type(noise).__name__}"
+        )
+    row_ids = None if packing is None else np.ascontiguousarray(packing.order, dtype=np.int64)
+    return noise.kernel_args(row_ids)
+
+
 def _stack_call(
     mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, packing_of
 ) -> _StackCall:
@@ -536,6 +551,7 @@ def stack_forward(
     nonlinearity: str = "tanh",
     proj_size: int = 0,
     cell_options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ):
     """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
 
@@ -550,6 +566,8 @@ def stack_forward(
     cell_options : `fusedrnn.cell_options(...)`: ONNX's activations, clip, input_forget
         (docs/onnx.md); None: PyTorch's cell. LSTM peepholes: the parameters
         ``weight_peephole_l{k}{sfx}`` (3H,) in ``params``.
+    noise : `fusedrnn.recurrent_noise(...)`: zoneout and recurrent dropout of an LSTM or GRU
+        (docs/layers.md), their masks drawn from its seed; give `stack_backward` the same.
 
     Returns
     -------
@@ -566,7 +584,11 @@ def stack_forward(
     )
     config = call.config(reset_after, nonlinearity)
     y, h_n, c_n, workspace = _core.stack_forward(
-        *call.inputs, *config, bool(training), _kernel_options(cell_options)
+        *call.inputs,
+        *config,
+        bool(training),
+        _kernel_options(cell_options),
+        _noise_args(noise, call.packing),
     )
     packing = call.packing
     if packing is not None:
@@ -596,11 +618,13 @@ def stack_backward(
     truncate: int | None = None,
     truncate_stride: int | None = None,
     cell_options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
     The arguments of the forward, with the same ``lengths`` (whose batch packing ``saved``
-    holds), and ``y`` and ``saved`` as it returned them. ``grads`` (keyed like ``params``) is
+    holds), ``cell_options`` and ``noise`` (backward redraws its masks from its seed), and ``y``
+    and ``saved`` as it returned them. ``grads`` (keyed like ``params``) is
     accumulated into; None makes a fresh zeroed dict. ``dy`` (T, B, D*H_out), ``dh_n`` /
     ``dc_n`` as ``h_n`` / ``c_n``; None = zeros.
 
@@ -658,6 +682,7 @@ def stack_backward(
         k2,
         k1,
         _kernel_options(cell_options),
+        _noise_args(noise, call.packing),
     )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)

@@ -17,6 +17,7 @@ import numpy as np
 from .._cell_options import cell_options
 from .._checks import check_lengths, check_probability, check_size
 from .._module import DTypeLike, Parameter
+from .._recurrent_noise import RecurrentNoise, recurrent_noise
 from .._spec import layer_roles, layer_suffix, num_directions
 from ._base import RecurrentModule, State, check_nonlinearity
 
@@ -39,6 +40,7 @@ class _SavedForward:
     dropout_masks: list | None  # L-1 arrays (T, B, D*H_out)
     unbatched: bool
     learned_state: bool  # hx was the learned h0 (and c0), broadcast over the batch
+    noise: RecurrentNoise | None  # zoneout and recurrent dropout, with the forward's seed
 
 
 class RecurrentLayer(RecurrentModule):
@@ -72,6 +74,9 @@ class RecurrentLayer(RecurrentModule):
         ("activation_beta", ()),
         ("clip", None),
         ("input_forget", False),
+        ("zoneout", 0.0),
+        ("zoneout_cell", 0.0),
+        ("recurrent_dropout", 0.0),
     )
 
     def __init__(
@@ -92,6 +97,9 @@ class RecurrentLayer(RecurrentModule):
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
         input_forget: bool = False,
+        zoneout: float = 0.0,
+        zoneout_cell: float = 0.0,
+        recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
@@ -128,6 +136,18 @@ class RecurrentLayer(RecurrentModule):
             peephole=peephole,
             nonlinearity=self._options.get("nonlinearity", "tanh"),
         )
+        # zoneout and recurrent dropout (fusedrnn's, not torch.nn's; docs/layers.md), checked once
+        recurrent_noise(
+            self._mode,
+            zoneout=zoneout,
+            zoneout_cell=zoneout_cell,
+            recurrent_dropout=recurrent_dropout,
+            proj_size=self.proj_size,
+            reset_after=self._options.get("reset_after", True),
+        )
+        self.zoneout = float(zoneout)
+        self.zoneout_cell = float(zoneout_cell)
+        self.recurrent_dropout = float(recurrent_dropout)
         self.peephole = bool(peephole)
         self.activations = None if activations is None else tuple(activations)
         self.activation_alpha = tuple(activation_alpha)
@@ -200,6 +220,7 @@ class RecurrentLayer(RecurrentModule):
             )
         lengths = check_lengths(lengths, T, B)  # here, before the dropout masks are drawn
         masks = self._dropout_masks(T, B)
+        noise = self._call_noise()
         if self.training:  # own copies: the caller may refill its buffers before backward
             x_time_major = _own_copy(x_time_major, x)
             hx_stack = _own_copy(hx_stack, hx)
@@ -213,13 +234,14 @@ class RecurrentLayer(RecurrentModule):
             lengths=lengths,
             dropout_masks=masks,
             training=self.training,
+            noise=noise,
             **self._stack_options,
         )
         if self.training:
             y.flags.writeable = False
         self._keep_for_backward(
             _SavedForward(
-                x_time_major, hx_stack, y, saved, lengths, masks, unbatched, learned_state
+                x_time_major, hx_stack, y, saved, lengths, masks, unbatched, learned_state, noise
             )
             if self.training
             else None
@@ -297,6 +319,7 @@ class RecurrentLayer(RecurrentModule):
             grads=self.grads,
             truncate=truncate,
             truncate_stride=truncate_stride,
+            noise=saved.noise,
             **self._stack_options,
         )
         if saved.learned_state:  # forward: h_0[:, b] = h0 for every item b
@@ -379,6 +402,24 @@ class RecurrentLayer(RecurrentModule):
         h0 = np.repeat(self.h0[:, None], B, axis=1)
         return (h0, np.repeat(self.c0[:, None], B, axis=1)) if self._has_cell_state else h0
 
+    def _call_noise(self) -> RecurrentNoise | None:
+        """Zoneout and recurrent dropout of one forward, or None. In training mode each forward
+        draws a seed of its own from the layer's generator (so two forwards draw different
+        masks) that its backward redraws the masks from; in eval mode, zoneout's expectation."""
+        if self.zoneout == self.zoneout_cell == self.recurrent_dropout == 0:
+            return None
+        seed = int(self._rng.integers(2**64, dtype=np.uint64)) if self.training else 0
+        return recurrent_noise(
+            self._mode,
+            zoneout=self.zoneout,
+            zoneout_cell=self.zoneout_cell,
+            recurrent_dropout=self.recurrent_dropout,
+            seed=seed,
+            training=self.training,
+            proj_size=self.proj_size,
+            reset_after=self._options.get("reset_after", True),
+        )
+
     def _dropout_masks(self, T: int, B: int) -> list | None:
         """num_layers - 1 masks (T, B, D*H_out): Bernoulli(1-p) / (1-p), training mode only."""
         if not self.training or self.dropout == 0 or self.num_layers == 1:
@@ -438,6 +479,16 @@ class LSTM(RecurrentLayer):
         g (cell input) and h (of the cell state), default ('Sigmoid', 'Tanh', 'Tanh'), per
         direction or for all; ``clip`` clips every gate pre-activation to [-clip, clip];
         ``input_forget`` couples the gates, ``f = 1 - i``.
+    zoneout, zoneout_cell : float in [0, 1), default 0
+        Zoneout (Krueger et al. 2016) of h and of c, fusedrnn's options (not torch.nn's): in
+        training mode each unit of the state keeps its previous value with this probability,
+        ``h_t = d*h_{t-1} + (1-d)*h~_t``, d drawn per (item, step, unit); in eval mode the
+        expectation ``h_t = p*h_{t-1} + (1-p)*h~_t``. h~ and c~ are the step's own (h~ = o *
+        tanh(c~)). Not with proj_size. docs/layers.md.
+    recurrent_dropout : float in [0, 1), default 0
+        Variational dropout (Gal and Ghahramani 2016; Keras' ``recurrent_dropout``) of
+        ``h_{t-1}`` where it enters ``W_hh``: one mask per item over the hidden units, the same
+        at every step, ``h_{t-1} * m / (1-p)``; training mode only. Not with proj_size.
     learn_initial_state : bool, default False
         Adds the parameters ``h0`` (L*D, H_out) and ``c0`` (L*D, hidden_size), zero at first:
         a forward without ``hx`` starts every item from them, and backward adds their
@@ -446,7 +497,8 @@ class LSTM(RecurrentLayer):
     dtype : numpy.float32 (default) or numpy.float64
         Of the parameters and of every array the layer accepts (no silent casts).
     seed : int or None
-        Seeds the generator of the initialisation and the dropout masks.
+        Seeds the generator of the initialisation, the dropout masks and the seeds of zoneout
+        and recurrent dropout (one drawn per training forward).
     backend : 'fused' (C++ kernels, default) or 'reference' (plain NumPy)
 
     Parameters are named as PyTorch's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``,
@@ -481,6 +533,9 @@ class LSTM(RecurrentLayer):
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
         input_forget: bool = False,
+        zoneout: float = 0.0,
+        zoneout_cell: float = 0.0,
+        recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
@@ -501,6 +556,9 @@ class LSTM(RecurrentLayer):
             activation_beta=activation_beta,
             clip=clip,
             input_forget=input_forget,
+            zoneout=zoneout,
+            zoneout_cell=zoneout_cell,
+            recurrent_dropout=recurrent_dropout,
             learn_initial_state=learn_initial_state,
             dtype=dtype,
             seed=seed,
@@ -516,7 +574,8 @@ class GRU(RecurrentLayer):
     2014, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``, which has no PyTorch twin (ONNX's
     ``linear_before_reset=0``). Gates stacked r, z, n. ONNX's ``activations`` (f for r and z,
     g for n; default ('Sigmoid', 'Tanh')), ``activation_alpha``, ``activation_beta`` and ``clip``
-    as in `LSTM` (docs/onnx.md).
+    as in `LSTM` (docs/onnx.md). ``zoneout`` (of h) and ``recurrent_dropout`` (with
+    reset_after=True) as in `LSTM`: fusedrnn's options, not torch.nn's (docs/layers.md).
     """
 
     _mode = "gru"
@@ -536,6 +595,8 @@ class GRU(RecurrentLayer):
         activation_alpha: Sequence[float] = (),
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
@@ -554,6 +615,8 @@ class GRU(RecurrentLayer):
             activation_alpha=activation_alpha,
             activation_beta=activation_beta,
             clip=clip,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
             learn_initial_state=learn_initial_state,
             dtype=dtype,
             seed=seed,

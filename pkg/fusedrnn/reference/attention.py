@@ -16,8 +16,8 @@ from .._attention_args import (
     additive_grads,
     additive_saved,
     attention_args,
-    dropout_keep,  # the counter-based draw (shared with MultiheadAttention's weights)
 )
+from .._counter_rng import dropout_keep  # the kernels' counter-based draw (csrc/common)
 
 # ---------------------------------------------------------------- the dropout draw
 

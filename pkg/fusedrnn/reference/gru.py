@@ -14,6 +14,10 @@ With ONNX's options (``options``, a `fusedrnn._cell_options.CellOptions`; docs/o
 workspace holds those pre-activations (``x_r + h_r``, ``x_z + h_z``, the argument of n) in place
 of the activated gates.
 
+With zoneout or recurrent dropout (``noise``, a `fusedrnn._recurrent_noise.RecurrentNoise`;
+docs/layers.md; recurrent dropout with reset_after only), the recurrent products read
+``h * scale`` (the dropout's mask, or h; ``z * h`` reads h) and ``h' = zone_h(h, h')``.
+
 Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
 item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
 ``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._recurrent_noise import NoiseMask
 from ._common import (
     accumulate_linear,
     advance,
@@ -48,6 +53,7 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._cell_options import CellOptions
+    from .._recurrent_noise import RecurrentNoise
 
 
 def gru_forward(
@@ -63,6 +69,7 @@ def gru_forward(
     lengths: ArrayLike | None = None,
     reverse: bool = False,
     options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a GRU over a sequence.
 
@@ -91,6 +98,8 @@ def gru_forward(
         bidirectional layer). ``y`` stays indexed by time.
     options : CellOptions, optional
         ONNX's activations and clip (module docstring). ``None``: PyTorch's cell.
+    noise : RecurrentNoise, optional
+        Zoneout and recurrent dropout (module docstring).
 
     Returns
     -------
@@ -117,14 +126,16 @@ def gru_forward(
     # (T, B, 3H): the input part of every step at once
     x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
     f_gate, g_gate = (sigmoid, np.tanh) if options is None else (g.value for g in options.gates())
+    scale = None if noise is None else noise.dropout_scale(B, H, x.dtype)
     h = h0
     for t in range(T):
         x_r, x_z, x_n = np.split(x_proj[t], 3, axis=1)
-        h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1)
+        h_in = h if scale is None else h * scale  # what the recurrent products read
+        h_r, h_z = np.split(linear(h_in, W_hrz, b_hrz), 2, axis=1)
         pre_r, pre_z = x_r + h_r, x_z + h_z
         r, z = f_gate(pre_r), f_gate(pre_z)
         if reset_after:
-            hn = linear(h, W_hn, b_hn)
+            hn = linear(h_in, W_hn, b_hn)
             pre_n = x_n + r * hn
             hn_or_rh[t] = only_valid(valid[t], hn)
         else:
@@ -133,6 +144,8 @@ def gru_forward(
             hn_or_rh[t] = only_valid(valid[t], rh)
         n = g_gate(pre_n)
         h_new = (1 - z) * n + z * h
+        if noise is not None:  # zoneout: each unit keeps its previous value where zoned
+            h_new = noise.zone(NoiseMask.ZONEOUT_H, t, h, h_new)
         # items past their own last step keep their state and save / output zeros
         h = advance(valid[t], h_new, h)
         saved = [r, z, n] if options is None else [pre_r, pre_z, pre_n]
@@ -162,6 +175,7 @@ def gru_backward(
     lengths: ArrayLike | None = None,
     reverse: bool = False,
     options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``gru_forward``.
 
@@ -184,7 +198,7 @@ def gru_backward(
     grads : dict, optional
         ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse, options
+    lengths, reverse, options, noise
         As given to the forward.
 
     Returns
@@ -211,13 +225,16 @@ def gru_backward(
     dh = grad_or_zeros(dh_n, (B, H), x.dtype)
     h_prev = previous_states(h0, in_step_order(y, lengths, reverse))
     W_hrz, W_hn = weight_hh[: 2 * H], weight_hh[2 * H :]
+    scale = None if noise is None else noise.dropout_scale(B, H, x.dtype)
 
     d_x_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # gradient of x_r, x_z, x_n
     d_h_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # of h_r, h_z and W_hn's output
     for t in reversed(range(T)):
         (r, z, n), (slope_r, slope_z, slope_n) = _gates_and_slopes(gates[t], options)
         # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
-        dh_new = dh + dy[t]
+        dh_new, dh_keep = dh + dy[t], 0
+        if noise is not None:  # forward: h_new = zone_h(h, h_new)
+            dh_new, dh_keep = noise.zone_gradient(NoiseMask.ZONEOUT_H, t, dh_new)
         # forward: h_new = (1 - z) * n + z * h
         dn = dh_new * (1 - z)
         dz = dh_new * (h_prev[t] - n)
@@ -228,8 +245,8 @@ def gru_backward(
             # forward: n = np.tanh(x_n + r * hn)
             dr = d_x_n * saved[t]
             d_hn = d_x_n * r
-            # forward: hn = linear(h, W_hn, b_hn)
-            dh_prev = dh_prev + d_hn @ W_hn
+            # forward: hn = linear(h_in, W_hn, b_hn), h_in = h * scale
+            dh_prev = dh_prev + _times(d_hn @ W_hn, scale)
         else:
             # forward: n = np.tanh(x_n + linear(rh, W_hn, b_hn))
             d_hn = d_x_n
@@ -241,18 +258,19 @@ def gru_backward(
         d_rz = np.concatenate([dr * slope_r, dz * slope_z], axis=1)
         d_x_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_x_n], axis=1))
         d_h_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_hn], axis=1))
-        # forward: h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1)
-        dh_prev = dh_prev + d_rz @ W_hrz
+        # forward: h_r, h_z = np.split(linear(h_in, W_hrz, b_hrz), 2, axis=1), h_in = h * scale
+        dh_prev = dh_prev + _times(d_rz @ W_hrz, scale) + dh_keep
         # forward: h = advance(valid[t], h_new, h)
         dh = advance(valid[t], dh_prev, dh)
 
     grads = grads_or_zeros(grads, weight_ih, weight_hh)
-    # forward: h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1), for all t
+    h_in = h_prev if scale is None else h_prev * scale
+    # forward: h_r, h_z = np.split(linear(h_in, W_hrz, b_hrz), 2, axis=1), for all t
     accumulate_linear(
-        grads["weight_hh"][: 2 * H], grads["bias_hh"][: 2 * H], h_prev, d_h_proj[..., : 2 * H]
+        grads["weight_hh"][: 2 * H], grads["bias_hh"][: 2 * H], h_in, d_h_proj[..., : 2 * H]
     )
-    # forward: hn = linear(h, W_hn, b_hn)  or  n = np.tanh(x_n + linear(rh, W_hn, b_hn))
-    hn_input = h_prev if reset_after else saved
+    # forward: hn = linear(h_in, W_hn, b_hn)  or  n = np.tanh(x_n + linear(rh, W_hn, b_hn))
+    hn_input = h_in if reset_after else saved
     accumulate_linear(
         grads["weight_hh"][2 * H :], grads["bias_hh"][2 * H :], hn_input, d_h_proj[..., 2 * H :]
     )
@@ -261,6 +279,11 @@ def gru_backward(
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_x_proj @ weight_ih), lengths, reverse)
     return dx, dh, grads
+
+
+def _times(a: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """``a * scale`` (the recurrent dropout's mask), or ``a`` without one."""
+    return a if scale is None else a * scale
 
 
 def _gates_and_slopes(saved: np.ndarray, options: CellOptions | None) -> tuple:

@@ -13,6 +13,12 @@ step, gates f, g and h the options' activations of ``clip(pre)``:
 with ``weight_peephole`` ``(3H,)`` = p_i, p_f, p_o. The workspace then holds the gates'
 pre-activations (peepholes added, not clipped) in place of their activated values.
 
+With zoneout or recurrent dropout (``noise``, a `fusedrnn._recurrent_noise.RecurrentNoise`;
+docs/layers.md), the recurrent product reads ``h * scale`` (the dropout's mask, or h), and after
+the step above ``c' = zone_c(c, c')``, ``h' = zone_h(h, h')``: h' is computed from the candidate
+c' before zoneout, as in Krueger et al. (2016). The workspace's c is the state after zoneout;
+backward recomputes the candidate ``f*c + i*g`` from the gates.
+
 Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
 item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
 ``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
@@ -26,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._recurrent_noise import NoiseMask
 from ._common import (
     accumulate_linear,
     advance,
@@ -47,6 +54,7 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._cell_options import CellOptions
+    from .._recurrent_noise import RecurrentNoise
 
 
 def lstm_forward(
@@ -64,6 +72,7 @@ def lstm_forward(
     weight_hr: np.ndarray | None = None,
     weight_peephole: np.ndarray | None = None,
     options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Run an LSTM over a sequence.
 
@@ -97,6 +106,8 @@ def lstm_forward(
         Peepholes p_i, p_f, p_o (needs ``options``). ``None``: none.
     options : CellOptions, optional
         ONNX's activations, clip and input_forget (module docstring). ``None``: PyTorch's cell.
+    noise : RecurrentNoise, optional
+        Zoneout and recurrent dropout (module docstring); needs ``weight_hr`` None.
 
     Returns
     -------
@@ -131,9 +142,13 @@ def lstm_forward(
 
     # the input part of every step at once
     x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
+    scale = None if noise is None else noise.dropout_scale(B, H, x.dtype)
     h, c = h0, c0
     for t in range(T):
-        pre_i, pre_f, pre_g, pre_o = np.split(x_proj[t] + linear(h, weight_hh, bias_hh), 4, axis=1)
+        h_in = h if scale is None else h * scale
+        pre_i, pre_f, pre_g, pre_o = np.split(
+            x_proj[t] + linear(h_in, weight_hh, bias_hh), 4, axis=1
+        )
         if options is None:
             i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
             c_new = f * c + i * g
@@ -153,6 +168,9 @@ def lstm_forward(
             saved = np.concatenate([pre_i, pre_f, pre_g, pre_o], axis=1)
         if weight_hr is not None:
             h_new = h_new @ weight_hr.T
+        if noise is not None:  # zoneout: each state keeps its previous value where zoned
+            c_new = noise.zone(NoiseMask.ZONEOUT_C, t, c, c_new)
+            h_new = noise.zone(NoiseMask.ZONEOUT_H, t, h, h_new)
         # items past their own last step keep their state and save / output zeros
         c = advance(valid[t], c_new, c)
         h = advance(valid[t], h_new, h)
@@ -186,6 +204,7 @@ def lstm_backward(
     weight_hr: np.ndarray | None = None,
     weight_peephole: np.ndarray | None = None,
     options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``lstm_forward``.
 
@@ -209,7 +228,7 @@ def lstm_backward(
         ``weight_ih`` (4H, I), ``weight_hh`` (4H, P), ``bias_ih`` (4H,), ``bias_hh`` (4H,) and,
         with a projection, ``weight_hr`` (P, H), with peepholes ``weight_peephole`` (3H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse, weight_hr, weight_peephole, options
+    lengths, reverse, weight_hr, weight_peephole, options, noise
         As given to the forward.
 
     Returns
@@ -249,19 +268,30 @@ def lstm_backward(
     dc = grad_or_zeros(dc_n, (B, H), x.dtype)
     h_prev = previous_states(h0, in_step_order(y, lengths, reverse))
     c_prev = previous_states(c0, c_all)
+    scale = None if noise is None else noise.dropout_scale(B, H, x.dtype)
+    c_seen = c_all  # the c that o and h saw: the candidate, before zoneout
 
     d_pre = np.zeros((T, B, 4 * H), dtype=x.dtype)  # gradient of the pre-activations i, f, g, o
     d_h_new = np.zeros((T, B, P), dtype=x.dtype)  # of each step's new h (for W_hr)
     peepholes = None if weight_peephole is None else np.split(weight_peephole, 3)
+    if noise is not None:
+        c_seen = c_all.copy()
     for t in reversed(range(T)):
         # the gates and their slopes in their pre-activations, and h(c_new) and its slope
         (i, f, g, o), slopes, (h_c, dh_c) = _gates_and_slopes(gates[t], c_all[t], options)
+        dh_step, dc_step, dh_keep, dc_keep = dh + dy[t], dc, 0, 0
+        if noise is not None:
+            # forward: c_new = f * c + i * g, then c_new = zone_c(c, c_new), h_new = zone_h(h, ..)
+            c_seen[t] = only_valid(valid[t], f * c_prev[t] + i * g)
+            (i, f, g, o), slopes, (h_c, dh_c) = _gates_and_slopes(gates[t], c_seen[t], options)
+            dh_step, dh_keep = noise.zone_gradient(NoiseMask.ZONEOUT_H, t, dh_step)
+            dc_step, dc_keep = noise.zone_gradient(NoiseMask.ZONEOUT_C, t, dc_step)
         # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
-        d_h_new[t] = only_valid(valid[t], dh + dy[t])
+        d_h_new[t] = only_valid(valid[t], dh_step)
         # forward: h_new = o * np.tanh(c_new)  [then h_new = h_new @ weight_hr.T]
         d_o_tanh_c = d_h_new[t] if weight_hr is None else d_h_new[t] @ weight_hr
         do = d_o_tanh_c * h_c
-        dc_new = dc + d_o_tanh_c * o * dh_c
+        dc_new = dc_step + d_o_tanh_c * o * dh_c
         if peepholes is not None:  # forward: pre_o = pre_o + p_o * c_new
             dc_new = dc_new + do * slopes[3] * peepholes[2]
         # forward: c_new = f * c + i * g  (input_forget: f = 1 - i)
@@ -277,13 +307,15 @@ def lstm_backward(
                 [di * slopes[0], df * slopes[1], dg * slopes[2], do * slopes[3]], axis=1
             ),
         )
-        # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh); c = advance(valid[t], ...)
-        dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
+        # forward: pre = x_proj[t] + linear(h_in, weight_hh, bias_hh), h_in = h * scale;
+        # c = advance(valid[t], ...)
+        dh_in = d_pre[t] @ weight_hh
+        dh = advance(valid[t], (dh_in if scale is None else dh_in * scale) + dh_keep, dh)
         dc_prev = dc_new * f
         if peepholes is not None:  # forward: pre_i, pre_f = pre_i + p_i * c, pre_f + p_f * c
             d_pre_i, d_pre_f = np.split(d_pre[t], 4, axis=1)[:2]
             dc_prev = dc_prev + d_pre_i * peepholes[0] + d_pre_f * peepholes[1]
-        dc = advance(valid[t], dc_prev, dc)
+        dc = advance(valid[t], dc_prev + dc_keep, dc)
 
     grads = grads_or_zeros(grads, weight_ih, weight_hh, weight_hr)
     if weight_hr is not None:
@@ -303,11 +335,12 @@ def lstm_backward(
         grads["weight_peephole"] += np.concatenate(
             [
                 (d * c).sum(axis=(0, 1))
-                for d, c in ((d_pre_i, c_prev), (d_pre_f, c_prev), (d_pre_o, c_all))
+                for d, c in ((d_pre_i, c_prev), (d_pre_f, c_prev), (d_pre_o, c_seen))
             ]
         )
-    # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh), for all t
-    accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
+    # forward: pre = x_proj[t] + linear(h * scale, weight_hh, bias_hh), for all t
+    h_in = h_prev if scale is None else h_prev * scale
+    accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_in, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf

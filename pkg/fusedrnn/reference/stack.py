@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike
 
 from .._cell_options import CellOptions, cell_options
 from .._checks import check_choice, check_lengths, check_size
+from .._recurrent_noise import RecurrentNoise
 from .._spec import BIASES, GATES, MODES, PEEPHOLE, layer_roles, layer_suffix
 from .._truncation import truncation_steps
 from ._common import grad_or_zeros
@@ -179,6 +180,11 @@ def _direction_options(
     return None if options is None else options.direction(d)
 
 
+def _stream_noise(noise: RecurrentNoise | None, stream: int) -> RecurrentNoise | None:
+    """The noise of layer and direction ``stream`` (``k*D + d``), or None."""
+    return None if noise is None else noise.for_stream(stream)
+
+
 def _initial_states(
     mode: str, hx: Hidden, sizes: _Sizes, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -243,6 +249,8 @@ def _cell_forward(
     weights = (w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"])
     steps = {"lengths": options["lengths"], "reverse": options["reverse"]}
     steps["options"] = options["cell_options"]
+    if options["noise"] is not None:
+        steps["noise"] = options["noise"]
     training = options["training"]
     if mode == "lstm":
         return lstm_forward(
@@ -279,6 +287,8 @@ def _cell_backward(
     """One layer, one direction: ``(dx, dh0, dc0 or None)``, accumulating into ``grads``."""
     steps = {"lengths": options["lengths"], "reverse": options["reverse"]}
     steps["options"] = options["cell_options"]
+    if options["noise"] is not None:
+        steps["noise"] = options["noise"]
     args = (x, h0, c0) if mode == "lstm" else (x, h0)
     args += (w["weight_ih"], w["weight_hh"], y, workspace, dy, dh_n)
     if mode == "lstm":
@@ -305,6 +315,7 @@ def stack_forward(
     nonlinearity: str = "tanh",
     proj_size: int = 0,
     cell_options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackSaved | None]:
     """Run a stack of recurrent layers over a sequence, like ``torch.nn.LSTM`` / ``GRU`` / ``RNN``.
 
@@ -344,6 +355,9 @@ def stack_forward(
     cell_options : CellOptions, optional
         ONNX's activations, clip and input_forget (``fusedrnn.cell_options``, docs/onnx.md).
         LSTM peepholes are the parameters ``weight_peephole_l{k}{sfx}`` (3H,) = p_i, p_f, p_o.
+    noise : RecurrentNoise, optional
+        Zoneout and recurrent dropout (``fusedrnn.recurrent_noise``, docs/layers.md); layer k,
+        direction d draws its masks from stream ``k*D + d``.
 
     Returns
     -------
@@ -382,6 +396,7 @@ def stack_forward(
                     **options,
                     "reverse": d == 1,
                     "cell_options": _direction_options(mode, params, cell_options, d),
+                    "noise": _stream_noise(noise, j),
                 },
             )
             if c_n is not None:
@@ -419,6 +434,7 @@ def stack_backward(
     truncate: int | None = None,
     truncate_stride: int | None = None,
     cell_options: CellOptions | None = None,
+    noise: RecurrentNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
@@ -427,7 +443,7 @@ def stack_backward(
     Parameters
     ----------
     mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, reset_after,
-    nonlinearity, proj_size, cell_options
+    nonlinearity, proj_size, cell_options, noise
         As given to ``stack_forward``.
     y : (T, B, D*H_out) array
         The forward's ``y``.
@@ -501,6 +517,7 @@ def stack_backward(
                 "nonlinearity": nonlinearity,
                 "proj_size": proj_size,
                 "cell_options": cell_options,
+                "noise": noise,
             },
             grads,
             k2,
@@ -533,6 +550,7 @@ def stack_backward(
                     **options,
                     "reverse": d == 1,
                     "cell_options": _direction_options(mode, params, cell_options, d),
+                    "noise": _stream_noise(noise, j),
                 },
             )
             if dc0 is not None:

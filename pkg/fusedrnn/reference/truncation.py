@@ -72,6 +72,9 @@ def truncated_stack_backward(
         span_lengths = np.minimum(lengths_all[rows], end) - begin
         masks = None if dropout_masks is None else [m[begin:end][:, rows] for m in dropout_masks]
         x_span = x[begin:end][:, rows]
+        span_options = dict(options)
+        if options.get("noise") is not None:  # the span's steps and rows: the forward's masks
+            span_options["noise"] = options["noise"].for_span(begin, rows)
         y_span, _, _, saved_span = stack_forward(
             mode,
             x_span,
@@ -80,7 +83,7 @@ def truncated_stack_backward(
             num_layers,
             lengths=span_lengths,
             dropout_masks=masks,
-            **options,
+            **span_options,
         )
         d_out = dy[begin:end][:, rows].copy()
         d_out[: chunk_begin - begin] = 0  # the look-back steps: no output gradient of this chunk
@@ -100,7 +103,7 @@ def truncated_stack_backward(
             lengths=span_lengths,
             dropout_masks=masks,
             grads=grads,
-            **options,
+            **span_options,
         )
         dx[begin:end, rows] += dx_span
         if begin == 0:  # only spans that start at step 0 reach the initial states
