@@ -58,6 +58,7 @@ struct RecurrentNoise {
   bool sample = false;           // training: masks drawn; eval: zoneout's expectation, no dropout
   uint64_t seed = 0;             // of the whole call
   int64_t stream = 0;            // layer * directions + direction (set by the layer stack)
+  int64_t first_step = 0;        // the step of the sequence where the call starts
   const int64_t* row_ids = nullptr;  // [B]: the caller's row of each (length-sorted) row; null: b
   bool zoneout() const { return zoneout_h > 0 || zoneout_c > 0; }
   bool dropout() const { return sample && recurrent_dropout > 0; }

@@ -24,13 +24,15 @@ namespace fusedrnn {
 enum class NoiseMask : int { recurrent_dropout = 0, zoneout_h = 1, zoneout_c = 2 };
 
 // The key of one row of a mask: each layer, direction and mask its own stream (seed); a row per
-// (step, row) for zoneout, one per row for the recurrent dropout (the same at every step).
+// (step of the sequence, row) for zoneout, one per row for the recurrent dropout (the same at
+// every step). `step` counts from the call's first step (nz.first_step).
 inline uint32_t noise_row_key(const RecurrentNoise& nz, NoiseMask mask, int64_t step, int64_t row) {
   const uint64_t id = nz.row_ids ? static_cast<uint64_t>(nz.row_ids[row]) : uint64_t(row);
   const uint64_t stream = static_cast<uint64_t>(nz.stream * 3 + int(mask) + 1);
   const uint64_t seed = nz.seed + stream * 0x9E3779B97F4A7C15ULL;
+  const uint64_t absolute = static_cast<uint64_t>(nz.first_step + step);
   const bool per_step = mask != NoiseMask::recurrent_dropout;
-  return counter_row_key(seed, per_step ? (static_cast<uint64_t>(step) << 32) | id : id);
+  return counter_row_key(seed, per_step ? (absolute << 32) | id : id);
 }
 
 // a of every (row, unit) of the slice, through `use(k, a_is_one, a_is_zero, a)` with k the

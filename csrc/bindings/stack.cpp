@@ -211,23 +211,28 @@ struct StackCall {
 
   // Zoneout and recurrent dropout (recurrent_noise.h) from what fusedrnn/_recurrent_noise.py's
   // RecurrentNoise.kernel_args gives: None, or (zoneout_h, zoneout_c, recurrent_dropout, seed,
-  // sample, row_ids [B] int64 or None). They need the options' pass, which they enable.
+  // sample, first_step, row_ids [B] int64 or None). They need the options' pass, which they
+  // enable.
   void set_noise(py::handle noise) {
     if (noise.is_none()) return;
     const py::tuple spec = py::reinterpret_borrow<py::tuple>(noise);
-    if (spec.size() != 6)
+    if (spec.size() != 7)
       throw py::value_error(
-          "noise must be (zoneout_h, zoneout_c, recurrent_dropout, seed, sample, row_ids)");
+          "noise must be (zoneout_h, zoneout_c, recurrent_dropout, seed, sample, first_step, "
+          "row_ids)");
     RecurrentNoise n;
     n.zoneout_h = spec[0].cast<double>();
     n.zoneout_c = spec[1].cast<double>();
     n.recurrent_dropout = spec[2].cast<double>();
     n.seed = spec[3].cast<uint64_t>();
     n.sample = spec[4].cast<bool>();
+    n.first_step = spec[5].cast<int64_t>();
+    if (n.first_step < 0 || n.first_step >= (int64_t(1) << 32))
+      throw py::value_error("first_step must be in [0, 2**32)");
     for (double p : {n.zoneout_h, n.zoneout_c, n.recurrent_dropout})
       if (!(p >= 0 && p < 1))
         throw py::value_error("zoneout and recurrent_dropout must be in [0, 1)");
-    if (shape.cell == CellKind::rnn && n.any())
+    if (shape.cell == CellKind::rnn && (n.zoneout() || n.recurrent_dropout > 0))
       throw py::value_error("zoneout and recurrent_dropout apply to an LSTM or a GRU");
     if (n.zoneout_c > 0 && shape.cell != CellKind::lstm)
       throw py::value_error("zoneout_cell applies to an LSTM only");
@@ -235,14 +240,14 @@ struct StackCall {
       throw py::value_error("zoneout and recurrent_dropout need proj_size = 0");
     if (!shape.reset_after && n.recurrent_dropout > 0)
       throw py::value_error("recurrent_dropout needs reset_after=True (PyTorch's GRU)");
-    if (!spec[5].is_none()) {
-      py::array_t<int64_t> ids = spec[5].cast<py::array_t<int64_t>>();
+    if (!spec[6].is_none()) {
+      py::array_t<int64_t> ids = spec[6].cast<py::array_t<int64_t>>();
       if (ids.ndim() != 1 || ids.shape(0) != shape.batch || !(ids.flags() & py::array::c_style))
         throw py::value_error("row_ids must be a contiguous int64 array (B,)");
       keep.push_back(ids);
       n.row_ids = ids.data();
     }
-    if (!n.zoneout() && n.recurrent_dropout == 0) return;
+    if (!n.any()) return;  // (eval: recurrent dropout does nothing)
     shape.options.noise = shape.reverse_options.noise = n;
     shape.options.enabled = shape.reverse_options.enabled = true;
   }

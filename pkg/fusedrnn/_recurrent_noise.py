@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._checks import check_flag, check_probability, check_seed
+from ._checks import check_flag, check_probability, check_seed, check_size
 from ._counter_rng import dropout_keep
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -50,8 +50,12 @@ class RecurrentNoise:
         True: masks drawn; False: zoneout's expectation and no dropout.
     stream : int
         The layer and direction, ``layer * D + direction`` (the reference stack sets it).
-    first_step, rows : the step of the sequence where the call starts and the row of the
-        sequence of each of its rows (None: 0..B-1); the reference's truncation sets them.
+    first_step : int in [0, 2**32)
+        The step of the sequence where the call starts (zoneout's masks are drawn per step of
+        the sequence): a sequence run chunk by chunk with one seed keeps its recurrent dropout
+        mask and draws zoneout's masks as a whole-sequence call would.
+    rows : the row of the sequence of each row of the call (None: 0..B-1); the reference's
+        truncated backpropagation sets it.
     """
 
     zoneout: float = 0.0
@@ -70,7 +74,8 @@ class RecurrentNoise:
     def for_span(self, first_step: int, rows: np.ndarray) -> RecurrentNoise:
         """The same masks for a call over steps from ``first_step`` of the rows ``rows`` (the
         reference's truncated backpropagation re-runs spans of a sequence this way)."""
-        return replace(self, first_step=int(first_step), rows=tuple(int(r) for r in rows))
+        rows = tuple(int(r) for r in rows)
+        return replace(self, first_step=self.first_step + int(first_step), rows=rows)
 
     def kernel_args(self, row_ids: np.ndarray | None = None) -> tuple:
         """What the bindings take (csrc/bindings/stack.cpp, set_noise); ``row_ids`` (B,) int64:
@@ -81,6 +86,7 @@ class RecurrentNoise:
             self.recurrent_dropout,
             self.seed,
             self.training,
+            self.first_step,
             row_ids,
         )
 
@@ -150,10 +156,12 @@ def recurrent_noise(
     recurrent_dropout: float = 0.0,
     seed: int = 0,
     training: bool = True,
+    first_step: int = 0,
     proj_size: int = 0,
     reset_after: bool = True,
 ) -> RecurrentNoise | None:
-    """Check zoneout and recurrent dropout of a ``mode`` stack; None if they do nothing.
+    """Check zoneout and recurrent dropout of a ``mode`` stack; None if they do nothing (all
+    zero, or in eval mode recurrent dropout alone).
 
     Parameters
     ----------
@@ -163,6 +171,8 @@ def recurrent_noise(
     recurrent_dropout : float in [0, 1)
     seed : int in [0, 2**64)
     training : bool (masks drawn) or eval (zoneout's expectation, no dropout)
+    first_step : int in [0, 2**32), the step of the sequence where the call starts (see
+        `RecurrentNoise`)
     proj_size, reset_after : the stack's; neither option takes a projection, and recurrent
         dropout takes PyTorch's GRU (reset_after) only
     """
@@ -171,6 +181,9 @@ def recurrent_noise(
     recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
     seed = check_seed(seed)
     training = check_flag(training, "training")
+    first_step = check_size(first_step, "first_step", minimum=0)
+    if first_step >= 2**32:
+        raise ValueError(f"first_step must be < 2**32, got {first_step}")
     if zoneout == zoneout_cell == recurrent_dropout == 0:
         return None
     if mode == "rnn":
@@ -183,4 +196,8 @@ def recurrent_noise(
         )
     if recurrent_dropout and not reset_after:
         raise ValueError("recurrent_dropout needs reset_after=True (PyTorch's GRU)")
-    return RecurrentNoise(zoneout, zoneout_cell, recurrent_dropout, seed, training)
+    if not training and zoneout == zoneout_cell == 0:
+        return None  # in eval mode recurrent dropout does nothing
+    return RecurrentNoise(
+        zoneout, zoneout_cell, recurrent_dropout, seed, training, first_step=first_step
+    )
