@@ -163,13 +163,10 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   // Everything that does not recur, over all steps at once, on a team of its own, each member its
   // share. forward: gates_x = x W_ih^T + b_ih, hproj = h_prev W_h^T + b_hh
   const int64_t TB = steps * B;
-  const T *h_seq = y, *h_first = h0;  // the h_{t-1} the recurrent GEMM read
-  if (noise.dropout()) {
-    h_first = scratch.h_dropped;
-    h_seq = scratch.h_dropped + B * H;
-    drop_recurrent(scratch.h_dropped, h0, scratch.drop_scale, 1, B, H);
-    drop_recurrent(scratch.h_dropped + B * H, y, scratch.drop_scale, steps, B, H);
-  }
+  // the h_{t-1} the recurrent GEMM read: h0, then y
+  const std::pair<const T*, const T*> h_read =
+      recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H);
+  const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
     input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates_x, G, G, x, w_ih, TB, I);

@@ -15,6 +15,7 @@
 // their pointers already at (r0, j0).
 #pragma once
 #include <cstdint>
+#include <utility>
 
 #include "common/counter_rng.h"
 #include "recurrent_cell.h"
@@ -100,6 +101,18 @@ template <typename T>
 void drop_recurrent(T* out, const T* h, const T* scale, int64_t steps, int64_t B, int64_t H) {
   for (int64_t t = 0; t < steps; ++t)
     for (int64_t k = 0; k < B * H; ++k) out[t * B * H + k] = h ? h[t * B * H + k] * scale[k] : T(0);
+}
+
+// The states the recurrent GEMM read, for dW_hh: (h0, y) as given, or with recurrent dropout
+// their dropped copies in `buffer` [T+1,B,H] (h0 first, then the T steps of y).
+template <typename T>
+std::pair<const T*, const T*> recurrent_inputs(const RecurrentNoise& nz, const T* h0, const T* y,
+                                               const T* scale, T* buffer, int64_t steps, int64_t B,
+                                               int64_t H) {
+  if (!nz.dropout()) return {h0, y};
+  drop_recurrent(buffer, h0, scale, 1, B, H);
+  drop_recurrent(buffer + B * H, y, scale, steps, B, H);
+  return {buffer, buffer + B * H};
 }
 
 }  // namespace fusedrnn

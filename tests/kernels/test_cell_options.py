@@ -12,7 +12,7 @@ import fusedrnn
 from fusedrnn import cell_options, functional, reference
 from fusedrnn._cell_options import ACTIVATION_NAMES
 from tests.helpers.cells import assert_close
-from tests.helpers.numgrad import ATOL, RTOL, central_differences
+from tests.helpers.numgrad import assert_stack_gradients
 from tests.kernels.test_stack_fused_vs_reference import make_params
 
 
@@ -93,9 +93,11 @@ def run_stack(backend, mode, x, hx, params, layers, kw, seed=5):
     return dict(y=y, h_n=h_n, c_n=c_n, dx=dx, dh0=dh0, dc0=dc0, **grads)
 
 
-def make_case(mode, options, peephole, reset_after, layers, bidirectional, lengths, dtype, seed=3):
+def make_case(
+    mode, options, peephole, reset_after, layers, bidirectional, lengths, dtype, seed=3, T=7
+):
     rng = np.random.default_rng(seed)
-    T, B, I, H = 7, 5, 6, 9
+    B, I, H = 5, 6, 9
     D = 2 if bidirectional else 1
     params = make_params(mode, I, H, layers, bidirectional, True, 0, rng, dtype)
     if peephole:
@@ -266,39 +268,7 @@ def test_reference_options_against_central_differences(mode, options, peephole, 
     }
     if mode == "gru":
         kw["reset_after"] = reset_after
-    weights = {
-        k: rng.standard_normal(s)
-        for k, s in (("y", (T, B, 2 * H)), ("h", (2, B, H)), ("c", (2, B, H)))
-    }
-
-    def hx():
-        return (h0, c0) if mode == "lstm" else h0
-
-    def loss():
-        y, h_n, c_n, _ = reference.stack_forward(mode, x, hx(), params, 1, training=False, **kw)
-        total = (y * weights["y"]).sum() + (h_n * weights["h"]).sum()
-        return total + (0 if c_n is None else (c_n * weights["c"]).sum())
-
-    y, _, c_n, saved = reference.stack_forward(mode, x, hx(), params, 1, **kw)
-    dx, dh0, dc0, grads = reference.stack_backward(
-        mode,
-        x,
-        hx(),
-        params,
-        1,
-        y,
-        saved,
-        weights["y"],
-        weights["h"],
-        None if c_n is None else weights["c"],
-        **kw,
-    )
-    checks = {"x": (x, dx), "h0": (h0, dh0), **{k: (params[k], grads[k]) for k in params}}
-    if mode == "lstm":
-        checks["c0"] = (c0, dc0)
-    for name, (array, analytic) in checks.items():
-        numeric = central_differences(loss, array)
-        np.testing.assert_allclose(analytic, numeric, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_stack_gradients(reference, mode, x, h0, c0, params, kw, rng)
 
 
 # ------------------------------------------------------------ the layers

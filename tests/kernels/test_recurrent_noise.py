@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusedrnn import RecurrentNoise, cell_options, functional, recurrent_noise, reference
+from fusedrnn import RecurrentNoise, functional, recurrent_noise, reference
+from fusedrnn._counter_rng import dropout_keep
 from fusedrnn._recurrent_noise import NoiseMask
 from tests.helpers.cells import assert_close
-from tests.helpers.numgrad import ATOL, RTOL, central_differences
-from tests.kernels.test_cell_options import run_stack, with_peepholes
+from tests.helpers.numgrad import assert_stack_gradients
+from tests.kernels.test_cell_options import make_case as options_case
+from tests.kernels.test_cell_options import run_stack
 from tests.kernels.test_stack_fused_vs_reference import make_params
 
 # (mode, recurrent_noise arguments, layers, bidirectional, lengths, reset_after, peephole, clip)
@@ -34,26 +36,16 @@ IDS = [f"{c[0]}-{'-'.join(c[1])}-L{c[2]}{'-bi' if c[3] else ''}" for c in CASES]
 
 
 def make_case(mode, noise, layers, bidirectional, lengths, reset_after, peephole, clip, dtype,
-              *, training=True, seed=3, T=7, B=5, I=6, H=9):  # fmt: skip
-    rng = np.random.default_rng(seed)
-    D = 2 if bidirectional else 1
-    params = make_params(mode, I, H, layers, bidirectional, True, 0, rng, dtype)
-    if peephole:
-        params = with_peepholes(params, layers, D, H, rng, dtype)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((layers * D, B, H)).astype(dtype)
-    hx = (h0, rng.standard_normal((layers * D, B, H)).astype(dtype)) if mode == "lstm" else h0
-    kw = {
-        "bidirectional": bidirectional,
-        "lengths": None if lengths is None else np.array(lengths),
-        "noise": recurrent_noise(
-            mode, seed=2**63 + 12345, training=training, reset_after=reset_after, **noise
-        ),
-    }
-    if peephole or clip:
-        kw["cell_options"] = cell_options(mode, D, peephole=peephole, clip=clip)
-    if mode == "gru":
-        kw["reset_after"] = reset_after
+              *, training=True, T=7):  # fmt: skip
+    """test_cell_options' case (x (T, 5, 6), H = 9) with ``noise`` (recurrent_noise's
+    arguments) under a fixed seed."""
+    options = {} if clip is None else {"clip": clip}
+    x, hx, params, kw = options_case(
+        mode, options, peephole, reset_after, layers, bidirectional, lengths, dtype, T=T
+    )
+    kw["noise"] = recurrent_noise(
+        mode, seed=2**63 + 12345, training=training, reset_after=reset_after, **noise
+    )
     return x, hx, params, kw
 
 
@@ -119,61 +111,8 @@ def test_reference_and_fused_against_central_differences(mode, noise, reset_afte
     }
     if mode == "gru":
         kw["reset_after"] = reset_after
-    weights = {
-        k: rng.standard_normal(s)
-        for k, s in (("y", (T, B, 2 * H)), ("h", (2, B, H)), ("c", (2, B, H)))
-    }
-
-    def hx():
-        return (h0, c0) if mode == "lstm" else h0
-
-    def loss():
-        y, h_n, c_n, _ = reference.stack_forward(mode, x, hx(), params, 1, training=False, **kw)
-        total = (weights["y"] * y).sum() + (weights["h"] * h_n).sum()
-        return total + (0 if c_n is None else (weights["c"] * c_n).sum())
-
     for backend in (reference, functional):
-        y, _, c_n, saved = backend.stack_forward(mode, x, hx(), params, 1, **kw)
-        dx, dh0, dc0, grads = backend.stack_backward(
-            mode, x, hx(), params, 1, y, saved, weights["y"], weights["h"],
-            None if c_n is None else weights["c"], **kw,
-        )  # fmt: skip
-        checks = {"x": (x, dx), "h0": (h0, dh0), **{k: (params[k], grads[k]) for k in params}}
-        if mode == "lstm":
-            checks["c0"] = (c0, dc0)
-        for name, (array, analytic) in checks.items():
-            numeric = central_differences(loss, array)
-            np.testing.assert_allclose(
-                analytic, numeric, rtol=RTOL, atol=ATOL, err_msg=f"{backend.__name__}: {name}"
-            )
-
-
-@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_chunks_with_first_step_draw_the_masks_of_the_whole_sequence(mode, backend):
-    kw = {"zoneout_cell": 0.3} if mode == "lstm" else {}
-    x, hx, params, _ = make_case(mode, {}, 2, False, None, True, False, None, np.float64, T=9)
-    whole_noise = recurrent_noise(mode, zoneout=0.4, recurrent_dropout=0.3, seed=21, **kw)
-    whole = backend.stack_forward(mode, x, hx, params, 2, noise=whole_noise)[0]
-    state, parts = hx, []
-    for start, end in ((0, 4), (4, 5), (5, 9)):
-        noise = recurrent_noise(
-            mode, zoneout=0.4, recurrent_dropout=0.3, seed=21, first_step=start, **kw
-        )
-        y, h_n, c_n, _ = backend.stack_forward(mode, x[start:end], state, params, 2, noise=noise)
-        state = h_n if c_n is None else (h_n, c_n)
-        parts.append(y)
-    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-13, atol=1e-14)
-    # without first_step, each chunk would draw zoneout's masks of steps 0, 1, ... again
-    again = backend.stack_forward(mode, x[4:5], hx, params, 2, noise=whole_noise)[0]
-    first = backend.stack_forward(mode, x[4:5], hx, params, 2, noise=noise_at(mode, 4, kw))[0]
-    assert np.abs(again - first).max() > 1e-6
-
-
-def noise_at(mode, start, kw):
-    return recurrent_noise(
-        mode, zoneout=0.4, recurrent_dropout=0.3, seed=21, first_step=start, **kw
-    )
+        assert_stack_gradients(backend, mode, x, h0, c0, params, kw, rng)
 
 
 # ------------------------------------------------------------ the published formulas
@@ -295,8 +234,6 @@ def test_the_draw_is_the_kernels_formula():
     # one formula: the stream seed and row counters of csrc/recurrent_noise.h
     noise = RecurrentNoise(zoneout=0.5, seed=2**64 - 1, stream=3)
     zoned = noise._zoned(NoiseMask.ZONEOUT_H, 2, 4, 8)
-    from fusedrnn._counter_rng import dropout_keep
-
     seed = (2**64 - 1 + (3 * 3 + 1 + 1) * 0x9E3779B97F4A7C15) % 2**64
     rows = (np.uint64(2) << np.uint64(32)) | np.arange(4, dtype=np.uint64)
     np.testing.assert_array_equal(zoned, ~dropout_keep(seed, rows, 8, 0.5))
