@@ -115,6 +115,33 @@ def test_reference_and_fused_against_central_differences(mode, noise, reset_afte
         assert_stack_gradients(backend, mode, x, h0, c0, params, kw, rng)
 
 
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_chunks_with_first_step_draw_the_masks_of_the_whole_sequence(mode, backend):
+    kw = {"zoneout_cell": 0.3} if mode == "lstm" else {}
+    x, hx, params, _ = make_case(mode, {}, 2, False, None, True, False, None, np.float64, T=9)
+    whole_noise = noise_at(mode, 0, kw)
+    whole = backend.stack_forward(mode, x, hx, params, 2, noise=whole_noise)[0]
+    state, parts = hx, []
+    for start, end in ((0, 4), (4, 5), (5, 9)):
+        noise = noise_at(mode, start, kw)
+        y, h_n, c_n, _ = backend.stack_forward(mode, x[start:end], state, params, 2, noise=noise)
+        state = h_n if c_n is None else (h_n, c_n)
+        parts.append(y)
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-13, atol=1e-14)
+    # without first_step, each chunk would draw zoneout's masks of steps 0, 1, ... again
+    again = backend.stack_forward(mode, x[4:5], hx, params, 2, noise=whole_noise)[0]
+    first = backend.stack_forward(mode, x[4:5], hx, params, 2, noise=noise_at(mode, 4, kw))[0]
+    assert np.abs(again - first).max() > 1e-6
+
+
+def noise_at(mode, start, kw):
+    """The noise of a chunk of the sequence starting at step ``start`` (one seed)."""
+    return recurrent_noise(
+        mode, zoneout=0.4, recurrent_dropout=0.3, seed=21, first_step=start, **kw
+    )
+
+
 # ------------------------------------------------------------ the published formulas
 
 
