@@ -204,8 +204,8 @@ py::tuple ln_lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::han
 }
 
 py::tuple ln_lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle weights,
-                              py::handle y, py::handle workspace, py::handle dy,
-                              py::handle dh_n, py::handle dc_n, py::handle grads_) {
+                              py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
+                              py::handle dc_n, py::handle grads_) {
   LnCellCall a(CellKind::lstm, x, h0, weights);
   auto& c = a.c;
   py::array c0a = a.state(c0, "c0");
@@ -276,7 +276,8 @@ py::tuple ln_gru_forward_py(py::handle x, py::handle h0, py::handle weights, dou
   return py::make_tuple(y, h_n, ws);
 }
 
-py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
+py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py::handle y,
+                             py::handle workspace, py::handle dy, py::handle dh_n,
                              py::handle grads_) {
   LnCellCall a(CellKind::gru, x, h0, weights);
   auto& c = a.c;
@@ -327,11 +328,12 @@ void bind_layer_norm(py::module_& m) {
         "rstd"_a, "dweight"_a, "dbias"_a, "has_weight"_a, "has_bias"_a);
   m.def("ln_lstm_forward", &ln_lstm_forward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
-  m.def("ln_lstm_backward", &ln_lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a, "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a);
+  m.def("ln_lstm_backward", &ln_lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
+        "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a);
   m.def("ln_gru_forward", &ln_gru_forward_py, "x"_a, "h0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
-  m.def("ln_gru_backward", &ln_gru_backward_py, "x"_a, "h0"_a, "weights"_a, "y"_a,
-        "workspace"_a, "dy"_a, "dh_n"_a, "grads"_a);
+  m.def("ln_gru_backward", &ln_gru_backward_py, "x"_a, "h0"_a, "weights"_a, "y"_a, "workspace"_a,
+        "dy"_a, "dh_n"_a, "grads"_a);
   m.def("ln_cell_workspace_size", [](const std::string& cell, int64_t T, int64_t B, int64_t H) {
     if (cell != "lstm" && cell != "gru")
       throw py::value_error("cell must be 'lstm' or 'gru', got '" + cell + "'");
