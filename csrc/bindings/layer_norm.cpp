@@ -334,11 +334,14 @@ void bind_layer_norm(py::module_& m) {
         "training"_a = true);
   m.def("ln_gru_backward", &ln_gru_backward_py, "x"_a, "h0"_a, "weights"_a, "y"_a, "workspace"_a,
         "dy"_a, "dh_n"_a, "grads"_a);
-  m.def("ln_cell_workspace_size", [](const std::string& cell, int64_t T, int64_t B, int64_t H) {
-    if (cell != "lstm" && cell != "gru")
-      throw py::value_error("cell must be 'lstm' or 'gru', got '" + cell + "'");
-    return ln_cell_workspace_size(cell == "lstm" ? CellKind::lstm : CellKind::gru, T, B, H);
-  });
+  m.def(
+      "ln_cell_workspace_size",
+      [](const std::string& cell, int64_t T, int64_t B, int64_t H) {
+        if (cell != "lstm" && cell != "gru")
+          throw py::value_error("cell must be 'lstm' or 'gru', got '" + cell + "'");
+        return ln_cell_workspace_size(cell == "lstm" ? CellKind::lstm : CellKind::gru, T, B, H);
+      },
+      "cell"_a, "T"_a, "B"_a, "H"_a);
 }
 
 }  // namespace fusedrnn

@@ -8,23 +8,14 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import _core, functional, reference
+from fusedrnn import functional, reference
 from tests.helpers.cells import assert_close
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float64, np.float32]
 # (M, N): one value, odd widths around the vector widths, no rows, enough for a team
 SHAPES = [(1, 1), (3, 5), (7, 33), (5, 64), (0, 4), (300, 520)]
 AFFINE = ["none", "weight", "weight+bias"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def rows_case(M, N, dtype, affine, seed=0):

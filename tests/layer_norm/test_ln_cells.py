@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import _core, functional, reference
+from fusedrnn import functional, reference
 from tests.helpers.cells import assert_close
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 from tests.layer_norm.cases import CELLS, cell_inputs, run_cell
 
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float64, np.float32]
 # (T, B, I, H): one step and item, I != H, odd sizes, H past a vector, a batch a team splits
 SIZES = [(1, 1, 1, 1), (3, 2, 5, 3), (4, 3, 7, 19), (5, 4, 9, 40), (3, 17, 6, 24)]
 LAYERS = {"lstm": fusedrnn.LayerNormLSTM, "gru": fusedrnn.LayerNormGRU}
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
@@ -42,6 +33,22 @@ def test_fused_equals_reference(cell, size, dtype, bias, isa, threading_mode):
         assert_close(out_f[name], out_r[name], dtype, name)
     for name in grads_r:
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
+
+
+@pytest.mark.parametrize("size", [(0, 3, 4, 5), (4, 0, 4, 5)], ids=["T0", "B0"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_empty_sequence_or_batch(cell, size):
+    """No steps: h_n = h0 and dh0 = dh_n; no rows: empty results. Both as the reference."""
+    a = cell_inputs(cell, *size, dtype=np.float64, seed=6)
+    out_f, grads_f = run_cell(functional, cell, a)
+    out_r, grads_r = run_cell(reference, cell, a)
+    for name in out_r:
+        np.testing.assert_array_equal(out_f[name], out_r[name], err_msg=name)
+    for name in grads_r:
+        np.testing.assert_array_equal(grads_f[name], grads_r[name], err_msg=name)
+    if size[0] == 0:
+        np.testing.assert_array_equal(out_f["h_n"], a["h0"])
+        np.testing.assert_array_equal(grads_f["h0"], a["dh_n"])
 
 
 @pytest.mark.parametrize("cell", CELLS)

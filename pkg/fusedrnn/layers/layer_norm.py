@@ -62,16 +62,16 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         self,
         input_size: int,
         hidden_size: int,
-        num_layers: int,
-        bias: bool,
-        batch_first: bool,
-        dropout: float,
-        bidirectional: bool,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
-        eps: float,
-        dtype: DTypeLike,
-        seed: int | None,
-        backend: str,
+        eps: float = 1e-5,
+        dtype: DTypeLike = np.float32,
+        seed: int | None = None,
+        backend: str = "fused",
     ) -> None:
         self.eps = check_eps(eps)
         super().__init__(
@@ -319,35 +319,6 @@ class LayerNormLSTM(LayerNormRecurrentLayer):
     _mode = "lstm"
     _has_cell_state = True
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        eps: float = 1e-5,
-        dtype: DTypeLike = np.float32,
-        seed: int | None = None,
-        backend: str = "fused",
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            eps=eps,
-            dtype=dtype,
-            seed=seed,
-            backend=backend,
-        )
-
 
 class LayerNormGRU(LayerNormRecurrentLayer):
     """Multi-layer layer-normalised GRU, PyTorch's GRU form with LN on the input and recurrent
@@ -364,32 +335,3 @@ class LayerNormGRU(LayerNormRecurrentLayer):
     """
 
     _mode = "gru"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        eps: float = 1e-5,
-        dtype: DTypeLike = np.float32,
-        seed: int | None = None,
-        backend: str = "fused",
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            eps=eps,
-            dtype=dtype,
-            seed=seed,
-            backend=backend,
-        )
