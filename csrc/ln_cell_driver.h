@@ -23,17 +23,19 @@ inline int ln_team_size(int64_t B, int64_t H, int64_t G) {
                                                                      : 1;
 }
 
-// A member of such a loop: it packs its panels of W_hh (packs), then, after a barrier, multiplies
-// its rows [row0, row0 + rows) by all of them (all).
-struct LnRowSplit {
-  PanelShare packs, all;
-  int64_t row0, rows;
-  LnRowSplit(int member, int members, int64_t B, int64_t H, int64_t nr)
-      : packs(panel_share(H, nr, member, members)),
-        all(panel_share(H, nr, 0, 1)),
-        row0(share_begin(B, member, members)),
-        rows(share_begin(B, member + 1, members) - row0) {}
-};
+// The split of such a loop: always by batch rows (StepSplit's by_rows, common/step_gemm.h), since
+// a row's LN needs all its units. A member packs its panels of W_hh (packs), waits for the
+// others' (wait_for_all_panels), then multiplies its rows [row0, row0 + rows) by all of them
+// (units: every hidden unit).
+inline StepSplit ln_row_split(int member, int members, int64_t B, int64_t H, int64_t nr) {
+  StepSplit s;
+  s.by_rows = members > 1;
+  s.packs = panel_share(H, nr, member, members);
+  s.units = panel_share(H, nr, 0, 1);
+  s.row0 = share_begin(B, member, members);
+  s.rows = share_begin(B, member + 1, members) - s.row0;
+  return s;
+}
 
 // The forward's scratch: W_hh^T and W_ih^T in panels and, in inference, the parts a training
 // forward saves (the per-step ones for one step).
@@ -101,16 +103,16 @@ void ln_forward_loop(CellKind cell, const CellShape& shape, const T* w_hh, T* pa
   const int64_t blocks = gates_of(cell), G = blocks * H;
   const auto& kernel = step_gemm_kernels<T>();
   run_team(ln_team_size(B, H, G), [&](int member, int members) {
-    const LnRowSplit split(member, members, B, H, kernel.panel_width);
+    const StepSplit split = ln_row_split(member, members, B, H, kernel.panel_width);
     const PackedWeights<T> w_hh_t =
         pack_weights(kernel, packed_hh, w_hh, 1, H, H, blocks, H, split.packs);
-    team_barrier();  // every member's panels are there for all
+    split.wait_for_all_panels();
     const int64_t r0 = split.row0;
     for (int64_t t = 0; t < steps; ++t) {
       if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t s = training ? t : 0;
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
-      step_gemm(kernel, w_hh_t, 0, blocks, split.all, split.rows, h_prev + r0 * H, H,
+      step_gemm(kernel, w_hh_t, 0, blocks, split.units, split.rows, h_prev + r0 * H, H,
                 xhat_h + s * B * G + r0 * G, G, false);
       pass(t, s, r0, split.rows);
     }
@@ -127,16 +129,16 @@ void ln_backward_loop(CellKind cell, const CellShape& shape, const T* w_hh, T* p
   const int64_t G = gates_of(cell) * H;
   const auto& kernel = step_gemm_kernels<T>();
   run_team(ln_team_size(B, H, G), [&](int member, int members) {
-    const LnRowSplit split(member, members, B, H, kernel.panel_width);
+    const StepSplit split = ln_row_split(member, members, B, H, kernel.panel_width);
     // forward: hproj = h_prev W_hh^T  ->  dh_prev = dhproj W_hh; W_hh [G,H] is B [K=G, H]
     const PackedWeights<T> w_hh_panels =
         pack_weights(kernel, packed, w_hh, H, 1, G, 1, H, split.packs);
-    team_barrier();
+    split.wait_for_all_panels();
     const int64_t r0 = split.row0;
     for (int64_t t = steps - 1; t >= 0; --t) {
       if (stop_requested()) break;
       pass(t, r0, split.rows);
-      step_gemm(kernel, w_hh_panels, 0, 1, split.all, split.rows, dhproj + t * B * G + r0 * G, G,
+      step_gemm(kernel, w_hh_panels, 0, 1, split.units, split.rows, dhproj + t * B * G + r0 * G, G,
                 dh + r0 * H, H, accumulate);
     }
   });
