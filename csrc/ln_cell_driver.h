@@ -173,7 +173,7 @@ void ln_backward_over_steps(CellKind cell, const CellShape& shape, const LnBackw
     const int64_t r0 = team.begin(TB), rows = team.end(TB) - r0;
     if (rows > 0)
       ln.backward_rows(rows, G, b.d_ax + r0 * G, saved.xhat_x + r0 * G, gamma_ih, nullptr,
-                       saved.rstd_x + r0, b.d_ax + r0 * G);
+                       saved.rstd_x + r0, b.d_ax + r0 * G, nullptr, nullptr);
     team_barrier();
     input_gradients(team, dx, dw_ih, b.input_tails, b.d_ax, G, G, x, w_ih, TB, I);
     recurrent_weight_gradient(team, dw_hh, H, b.recurrent_tails, b.dhproj, G, G, y, h0, steps, B,

@@ -58,12 +58,13 @@ py::tuple layer_norm_backward_py(py::handle dy_, py::handle x_, py::handle weigh
   py::object gb =
       has_bias ? py::object(c.accumulator(dbias, "grads['bias']", {{"N", N}})) : py::none();
   py::array dx = c.output({M, N});
+  const ScratchMemory scratch = c.scratch(layer_norm_backward_scratch_size(M, N));
   dispatch_dtype(c, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
-    layer_norm_backward<F>(data_of<F>(dx), data_of<F>(gw), data_of<F>(gb), cdata_of<F>(dy),
-                           cdata_of<F>(xa), cdata_of<F>(w), cdata_of<F>(mean), cdata_of<F>(rstd), M,
-                           N);
+    layer_norm_backward<F>(data_of<F>(dx), data_of<F>(gw), data_of<F>(gb), scratch.data<F>(),
+                           cdata_of<F>(dy), cdata_of<F>(xa), cdata_of<F>(w), cdata_of<F>(mean),
+                           cdata_of<F>(rstd), M, N);
   });
   return py::make_tuple(dx, gw, gb);
 }

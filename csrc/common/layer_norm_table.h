@@ -41,8 +41,10 @@ struct LayerNormKernels {
                        T eps, T* mean, T* rstd);
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * gamma (gamma null: 1) and
   // xhat = (x - mean) * rstd, or xhat = x when mean is null (x then holds xhat). dx may alias dy.
+  // In the same pass over each row, dgamma[j] += dy * xhat and dbeta[j] += dy ([N]; either
+  // null: skipped).
   void (*backward_rows)(int64_t rows, int64_t N, const T* dy, const T* x, const T* gamma,
-                        const T* mean, const T* rstd, T* dx);
+                        const T* mean, const T* rstd, T* dx, T* dgamma, T* dbeta);
   // Over the columns [0, width) of rows with row stride ld (pointers advanced to the first
   // column): dgamma[j] += sum_r dy[r,j] * xhat[r,j], dbeta[j] += sum_r dy[r,j] (either null:
   // skipped), xhat as backward_rows reads it (mean null: x is xhat).
