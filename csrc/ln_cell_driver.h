@@ -94,18 +94,27 @@ void ln_project_inputs(T* xhat_x, T* rstd_x, T* packed_ih, const T* x, const T* 
   layer_norm_forward<T>(xhat_x, nullptr, rstd_x, xhat_x, nullptr, nullptr, eps, rows, G);
 }
 
-// The forward time loop: per step, hproj = h_{t-1} W_hh^T for this member's rows into
-// xhat_h (of step s = t, or 0 in inference), then pass(t, s, row0, rows), the fused pass.
+// A forward over the sequence: the input projection of every step and its LN at once, then the
+// time loop: per step, hproj = h_{t-1} W_hh^T for this member's rows into xhat_h (of step s = t,
+// or 0 in inference), then pass(saved, t, s, row0, rows), the cell's fused pass. The parts are in
+// the workspace (training) or in the scratch (inference, workspace null); returns them.
 template <typename T, typename StepPass>
-void ln_forward_loop(CellKind cell, const CellShape& shape, const T* w_hh, T* packed_hh,
-                     const T* h0, T* y, T* xhat_h, bool training, StepPass&& pass) {
-  const int64_t steps = shape.steps, B = shape.batch, H = shape.hidden;
+LnSaved<T> ln_forward_sequence(CellKind cell, const CellShape& shape, const LnCellWeights<T>& w,
+                               const T* x, const T* h0, T* y, T* workspace, T* scratch_base, T eps,
+                               StepPass&& pass) {
+  const int64_t steps = shape.steps, B = shape.batch, I = shape.input, H = shape.hidden;
   const int64_t blocks = gates_of(cell), G = blocks * H;
+  const bool training = workspace != nullptr;
+  const LnForwardScratch<T> scratch = ln_forward_scratch(scratch_base, cell, shape, training);
+  const LnSaved<T> saved =
+      training ? ln_saved(workspace, cell, steps, steps, B, H) : scratch.inference;
+  ln_project_inputs(saved.xhat_x, saved.rstd_x, scratch.packed_ih, x, w.w_ih, steps * B, I, blocks,
+                    H, eps);
   const auto& kernel = step_gemm_kernels<T>();
   run_team(ln_team_size(B, H, G), [&](int member, int members) {
     const StepSplit split = ln_row_split(member, members, B, H, kernel.panel_width);
     const PackedWeights<T> w_hh_t =
-        pack_weights(kernel, packed_hh, w_hh, 1, H, H, blocks, H, split.packs);
+        pack_weights(kernel, scratch.packed_hh, w.w_hh, 1, H, H, blocks, H, split.packs);
     split.wait_for_all_panels();
     const int64_t r0 = split.row0;
     for (int64_t t = 0; t < steps; ++t) {
@@ -113,10 +122,11 @@ void ln_forward_loop(CellKind cell, const CellShape& shape, const T* w_hh, T* pa
       const int64_t s = training ? t : 0;
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
       step_gemm(kernel, w_hh_t, 0, blocks, split.units, split.rows, h_prev + r0 * H, H,
-                xhat_h + s * B * G + r0 * G, G, false);
-      pass(t, s, r0, split.rows);
+                saved.xhat_h + s * B * G + r0 * G, G, false);
+      pass(saved, t, s, r0, split.rows);
     }
   });
+  return saved;
 }
 
 // The backward time loop, from the last step: pass(t, row0, rows), the fused pass that writes
