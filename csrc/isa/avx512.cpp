@@ -7,4 +7,6 @@
 #define FUSEDRNN_ISA_TABLE isa_kernels_avx512
 #define FUSEDRNN_ISA_NAME "avx512"
 #include "isa/isa_kernels.inc"
+#define FUSEDRNN_LN_TABLE layer_norm_kernels_avx512
+#include "isa/layer_norm_kernels.inc"
 #endif

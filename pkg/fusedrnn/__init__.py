@@ -13,9 +13,10 @@ from .attention import (
     scaled_dot_product_attention,
 )
 from .containers import ModuleDict, ModuleList, Sequential
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, RNNCell
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
+from .normalization import LayerNorm
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
 from .parameter_free import Dropout, LogSoftmax
 from .serialization import load, save
@@ -33,6 +34,9 @@ __all__ = [
     "Embedding",
     "GRUCell",
     "LSTMCell",
+    "LayerNorm",
+    "LayerNormGRU",
+    "LayerNormLSTM",
     "Linear",
     "LogSoftmax",
     "MSELoss",

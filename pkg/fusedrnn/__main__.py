@@ -117,6 +117,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several minutes)",
     )
     size.add_argument(
+        "--layer-norm",
+        action="store_const",
+        const="layer-norm",
+        dest="sweep",
+        help=f"layer normalisation and the layer-normalised LSTM and GRU ({rows['layer-norm']} "
+        "rows): fusedrnn.LayerNorm's kernels against torch.nn.LayerNorm, the cells against "
+        "the per-step PyTorch module users write",
+    )
+    size.add_argument(
         "--torch-training",
         action="store_const",
         const="torch-training",

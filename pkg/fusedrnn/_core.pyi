@@ -26,8 +26,15 @@ __all__: list[str] = [
     "gru_workspace_size",
     "have_openmp",
     "isa_supported",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "linear_backward",
     "linear_forward",
+    "ln_cell_workspace_size",
+    "ln_gru_backward",
+    "ln_gru_forward",
+    "ln_lstm_backward",
+    "ln_lstm_forward",
     "lstm_backward",
     "lstm_forward",
     "lstm_workspace_size",
@@ -192,6 +199,24 @@ def gru_workspace_size(
 ) -> int: ...
 def have_openmp() -> bool: ...
 def isa_supported(arg0: str) -> bool: ...
+def layer_norm_backward(
+    dy: typing.Any,
+    x: typing.Any,
+    weight: typing.Any,
+    mean: typing.Any,
+    rstd: typing.Any,
+    dweight: typing.Any,
+    dbias: typing.Any,
+    has_weight: bool,
+    has_bias: bool,
+) -> tuple: ...
+def layer_norm_forward(
+    x: typing.Any,
+    weight: typing.Any,
+    bias: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
 def linear_backward(
     x: typing.Any,
     weight: typing.Any,
@@ -202,6 +227,49 @@ def linear_backward(
     need_dx: bool,
 ) -> tuple: ...
 def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any) -> numpy.ndarray: ...
+def ln_cell_workspace_size(
+    cell: str,
+    T: typing.SupportsInt | typing.SupportsIndex,
+    B: typing.SupportsInt | typing.SupportsIndex,
+    H: typing.SupportsInt | typing.SupportsIndex,
+) -> int: ...
+def ln_gru_backward(
+    x: typing.Any,
+    h0: typing.Any,
+    weights: typing.Any,
+    y: typing.Any,
+    workspace: typing.Any,
+    dy: typing.Any,
+    dh_n: typing.Any,
+    grads: typing.Any,
+) -> tuple: ...
+def ln_gru_forward(
+    x: typing.Any,
+    h0: typing.Any,
+    weights: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
+def ln_lstm_backward(
+    x: typing.Any,
+    h0: typing.Any,
+    c0: typing.Any,
+    weights: typing.Any,
+    y: typing.Any,
+    workspace: typing.Any,
+    dy: typing.Any,
+    dh_n: typing.Any,
+    dc_n: typing.Any,
+    grads: typing.Any,
+) -> tuple: ...
+def ln_lstm_forward(
+    x: typing.Any,
+    h0: typing.Any,
+    c0: typing.Any,
+    weights: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
 def lstm_backward(
     x: typing.Any,
     h0: typing.Any,

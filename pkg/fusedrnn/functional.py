@@ -8,6 +8,7 @@ Gradient dicts passed as ``grads`` are accumulated into in place (``+=``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,8 +20,10 @@ from ._cell_options import CellOptions
 from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
+    check_eps,
     check_ignore_index,
     check_lengths,
+    check_normalized_shape,
     check_rows,
     check_size,
     require_array,
@@ -915,3 +918,162 @@ def additive_attention_backward(
         grads["w_v"],
     )
     return d_query, d_keys, d_values, grads
+
+
+# ---------------------------------------------------------------- layer normalisation
+
+
+def layer_norm_forward(x, weight=None, bias=None, eps: float = 1e-5, training: bool = True):
+    """Layer normalisation of the rows of x: ``(x - mean) / sqrt(var + eps) * weight + bias``
+    with each row's mean and biased variance, forward fused in C++ (csrc/layer_norm.h). Twin:
+    `fusedrnn.reference.layer_norm_forward`.
+
+    Parameters
+    ----------
+    x : (M, N)
+    weight, bias : (N,) or None (1 and 0)
+    eps : float >= 0
+    training : bool
+        Also return what backward needs.
+
+    Returns
+    -------
+    y : (M, N)
+    mean, rstd : (M,) each, rstd = 1 / sqrt(var + eps); None when not training
+    """
+    return _core.layer_norm_forward(x, weight, bias, check_eps(eps), bool(training))
+
+
+def layer_norm_backward(x, weight, mean, rstd, dy, grads=None, bias: bool = True):
+    """Gradients of `layer_norm_forward`, fused in C++.
+
+    Parameters
+    ----------
+    x, weight : as given to `layer_norm_forward` (weight None: no affine parameters)
+    mean, rstd : as it returned them
+    dy : (M, N)
+    grads : dict with 'weight' and, when ``bias``, 'bias' (N,), added into (``+=``); None (or
+        missing keys) makes fresh zeroed ones. Without a weight nothing is added.
+    bias : bool
+        Whether the affine map has a bias.
+
+    Returns
+    -------
+    dx : (M, N)
+    grads : the dict (empty without a weight)
+    """
+    if grads is not None and not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    grads = {} if grads is None else grads
+    affine = weight is not None
+    dx, dweight, dbias = _core.layer_norm_backward(
+        dy,
+        x,
+        weight,
+        mean,
+        rstd,
+        grads.get("weight"),
+        grads.get("bias"),
+        affine,
+        affine and bool(bias),
+    )
+    if affine:
+        grads["weight"] = dweight
+        if bias:
+            grads["bias"] = dbias
+    return dx, grads
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """``torch.nn.functional.layer_norm`` on numpy arrays, fused in C++ (no backward: use
+    `fusedrnn.LayerNorm` to train).
+
+    Parameters
+    ----------
+    x : (..., *normalized_shape), float32 or float64
+    normalized_shape : int or tuple of ints, the trailing axes normalised together
+    weight, bias : normalized_shape, or None
+    eps : float >= 0
+
+    Returns
+    -------
+    y : the shape of x
+    """
+    shape = check_normalized_shape(normalized_shape)
+    require_array(x, "x")
+    if x.shape[x.ndim - len(shape) :] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"x must have shape (..., {', '.join(map(str, shape))}) (its last axes "
+            f"normalized_shape = {shape}), but has {x.shape}"
+        )
+    N = math.prod(shape)
+    flat = [
+        None if a is None else _flat_parameter(a, name, shape)
+        for name, a in (("weight", weight), ("bias", bias))
+    ]
+    y, _, _ = layer_norm_forward(x.reshape(-1, N), *flat, eps=eps, training=False)
+    return y.reshape(x.shape)
+
+
+def _flat_parameter(a, name: str, shape: tuple) -> np.ndarray:
+    require_array(a, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape normalized_shape = {shape}, but has {a.shape}")
+    return a.reshape(-1)
+
+
+def ln_lstm_forward(x, h0, c0, weights, eps: float = 1e-5, training: bool = True):
+    """Layer-normalised LSTM over a sequence (csrc/ln_cell.h), fused in C++. Twin:
+    `fusedrnn.reference.ln_lstm_forward`, which documents the arguments.
+
+    Returns
+    -------
+    y : (T, B, H);  h_n, c_n : (B, H);  workspace : (T*B*(14H+3),) or None
+    """
+    return _core.ln_lstm_forward(x, h0, c0, _weights_dict(weights), check_eps(eps), bool(training))
+
+
+def ln_lstm_backward(x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None):
+    """Gradients of `ln_lstm_forward`, fused in C++: dx, dh0, dc0 and grads (a dict by role,
+    added into; None or missing roles make fresh zeros)."""
+    return _core.ln_lstm_backward(
+        x, h0, c0, _weights_dict(weights), y, workspace, dy, dh_n, dc_n, _grads_by_role(grads)
+    )
+
+
+def ln_gru_forward(x, h0, weights, eps: float = 1e-5, training: bool = True):
+    """Layer-normalised GRU over a sequence (csrc/ln_cell.h), fused in C++. Twin:
+    `fusedrnn.reference.ln_gru_forward`, which documents the arguments.
+
+    Returns
+    -------
+    y : (T, B, H);  h_n : (B, H);  workspace : (T*B*(9H+2),) or None
+    """
+    return _core.ln_gru_forward(x, h0, _weights_dict(weights), check_eps(eps), bool(training))
+
+
+def ln_gru_backward(x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None):
+    """Gradients of `ln_gru_forward`, fused in C++: dx, dh0 and grads (a dict by role, added
+    into; None or missing roles make fresh zeros)."""
+    return _core.ln_gru_backward(
+        x, h0, _weights_dict(weights), y, workspace, dy, dh_n, _grads_by_role(grads)
+    )
+
+
+def ln_workspace_size(cell: str, T: int, B: int, H: int) -> int:
+    """Length of the workspace a training `ln_lstm_forward` ('lstm': T*B*(14H+3)) or
+    `ln_gru_forward` ('gru': T*B*(9H+2)) saves."""
+    sizes = [check_size(value, name, 0) for name, value in (("T", T), ("B", B), ("H", H))]
+    return _core.ln_cell_workspace_size(check_choice(cell, "cell", ("lstm", "gru")), *sizes)
+
+
+def _weights_dict(weights) -> dict:
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a dict of arrays by role, got {type(weights).__name__}")
+    return weights if isinstance(weights, dict) else dict(weights)
+
+
+def _grads_by_role(grads) -> dict | None:
+    if grads is not None and not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    return grads

@@ -393,6 +393,33 @@ def test_stack_rows_validate_against_reference_and_torch(capsys):
         assert all(float(row["torch ms"]) > 0 for row in rows)
 
 
+def test_layer_norm_rows_validate_against_reference_and_torch(capsys):
+    """The layer-normalised LSTM and GRU (PyTorch: the per-step module) and LayerNorm
+    (PyTorch: torch.nn.LayerNorm), every pass of a B=1 case and the training ones of a batch."""
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--cases",
+        "ln-lstm:1,5,4,6;ln-gru:3,5,4,6;layer-norm:3,5,7,7",
+        "--repeats",
+        "1",
+    )
+    assert code == 0, err
+    rows = table_rows(out)
+    assert [(row["case"], row["pass"]) for row in rows] == [
+        ("ln-lstm", "fwd"),
+        ("ln-lstm", "fwd+bwd"),
+        ("ln-lstm", "infer"),
+        ("ln-gru", "fwd"),
+        ("ln-gru", "fwd+bwd"),
+        ("layer-norm", "fwd"),
+        ("layer-norm", "fwd+bwd"),
+    ]
+    assert all(float(row["fused ms"]) > 0 for row in rows)
+    if HAS_TORCH:
+        assert all(float(row["torch ms"]) > 0 for row in rows)
+
+
 def test_stack_flops_add_up_layers_and_directions():
     case = bench.Case(bench.VARIANTS["lstm-2layer-bidir"], 4, 10, 8, 6)
     one = bench.flops("lstm", 10, 4, 8, 6, "forward+backward")
@@ -553,7 +580,7 @@ def fake_report(cases, torch: bool = True, fused_ms: float = 12345.6) -> bench.R
 
 
 @pytest.mark.parametrize("torch", [True, False], ids=["with_torch", "without_torch"])
-@pytest.mark.parametrize("sweep", ["default", "full", "deepbench"])
+@pytest.mark.parametrize("sweep", ["default", "full", "layer-norm", "deepbench"])
 def test_every_line_of_a_named_sweep_fits_120_columns(sweep, torch):
     report = fake_report(bench.SWEEPS[sweep].cases, torch=torch)
     text = report.table() + "\n" + "\n".join(report.summary())

@@ -33,8 +33,9 @@ class Variant:
     ----------
     name : str
         The name in the table and in ``--only`` (``lstm``, ``gru``, ``gru-cho``, ...).
-    cell : {"lstm", "gru", "rnn", "attention"}
-        The kernel family, as in ``functional.<cell>_forward``.
+    cell : {"lstm", "gru", "rnn", "attention", "ln_lstm", "ln_gru", "layer_norm"}
+        The kernel family, as in ``functional.<cell>_forward`` (the last three:
+        `fusedrnn.bench.layer_norm`).
     options : mapping
         Keyword options of the forward and backward (``reset_after``, ``nonlinearity``,
         ``is_causal``).
@@ -66,7 +67,9 @@ class Variant:
     @property
     def states(self) -> tuple[str, ...]:
         """The initial states by their contract names: ``h0, c0`` (LSTM) or ``h0``."""
-        return _STATES[: 2 if self.cell == "lstm" else 1]
+        return _STATES[
+            : 2 if self.cell in ("lstm", "ln_lstm") else 0 if self.cell in _NO_STATE else 1
+        ]
 
     @property
     def finals(self) -> tuple[str, ...]:
@@ -75,6 +78,8 @@ class Variant:
 
 
 _STATES, _FINALS = ("h0", "c0"), ("h_n", "c_n")
+_NO_STATE = ("layer_norm",)
+_LN_FAMILIES = {"ln_lstm": "lstm", "ln_gru": "gru"}  # layer-normalised cells: their GEMMs
 
 
 VARIANTS = {
@@ -92,6 +97,11 @@ VARIANTS = {
         # scaled dot-product attention, self-attention shapes (S = L)
         Variant("attention", "attention", MappingProxyType({"is_causal": False})),
         Variant("attention-causal", "attention", MappingProxyType({"is_causal": True})),
+        # layer normalisation (rows = T*B, N = H) and the layer-normalised cells, against
+        # torch.nn.LayerNorm and the per-step PyTorch module (fusedrnn.bench.layer_norm)
+        Variant("layer-norm", "layer_norm"),
+        Variant("ln-lstm", "ln_lstm"),
+        Variant("ln-gru", "ln_gru"),
     )
 }
 
@@ -150,7 +160,10 @@ class Case:
             return attention_flops(
                 self.B, self.H, self.T, self.I, bool(self.variant.options["is_causal"]), pass_name
             )
-        return flops(self.variant.cell, self.T, self.B, self.I, self.H, pass_name)
+        if self.variant.cell == "layer_norm":
+            return layer_norm_flops(self.T * self.B, self.H, pass_name)
+        cell = _LN_FAMILIES.get(self.variant.cell, self.variant.cell)
+        return flops(cell, self.T, self.B, self.I, self.H, pass_name)
 
     def workspace_bytes(self, dtype: np.dtype | type) -> int:
         """Bytes a training forward keeps for backward: the workspace, or for attention its
@@ -158,6 +171,10 @@ class Case:
         v = self.variant
         if v.cell == "attention":
             elements = self.B * self.H * self.T * (self.I + 1)
+        elif v.cell == "layer_norm":
+            elements = 2 * self.T * self.B  # mean and rstd of each row
+        elif v.cell in _LN_FAMILIES:
+            elements = functional.ln_workspace_size(_LN_FAMILIES[v.cell], self.T, self.B, self.H)
         elif v.is_stack:
             elements = _core.stack_saved_size(
                 v.cell, self.T, self.B, self.I, self.H, 0, v.layers, v.bidirectional
@@ -242,6 +259,17 @@ SWEEPS = {
         7,
         1.0,
     ),
+    "layer-norm": Sweep(
+        "layer-norm",
+        tuple(
+            cases_for(["ln-lstm", "ln-gru"], _square([(1, 100, 256), (32, 100, 256)]))
+            + cases_for(["layer-norm"], [(32, 100, 512, 512), (64, 50, 1024, 1024)])
+        ),
+        7,
+        0.5,
+        note="ln-lstm / ln-gru: PyTorch is a per-step module of nn.Linear and layer_norm (what "
+        "users write); layer-norm: T*B rows of H values, PyTorch's torch.nn.LayerNorm",
+    ),
     "deepbench": Sweep(
         "deepbench",
         tuple(
@@ -266,7 +294,8 @@ SWEEPS = {
 }
 """The named sweeps of ``python -m fusedrnn bench``: ``default`` (21 rows, under a minute);
 ``full`` (52 rows, minutes: every variant at four shapes, both stacks at two, attention at two; the
-default sweep until issue 17); ``deepbench`` (DeepBench's shapes)."""
+default sweep until issue 17); ``layer-norm`` (layer normalisation and the layer-normalised
+cells); ``deepbench`` (DeepBench's shapes)."""
 
 
 def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
@@ -329,3 +358,15 @@ def attention_flops(B: int, heads: int, L: int, E: int, causal: bool, pass_name:
             f"pass_name must be one of {TRAINING_PASSES} for attention, got {pass_name!r}"
         )
     return 7 * gemm
+
+
+def layer_norm_flops(rows: int, N: int, pass_name: str) -> int:
+    """Elementwise operations of layer normalisation over ``rows`` rows of ``N`` values (it has
+    no GEMM): 8 per value forward (mean, centring, variance, scaling, gain, bias), 11 more
+    backward (the two row sums, dx, the gain's and bias's column sums)."""
+    forward = 8 * rows * N
+    if pass_name in ("forward", "inference"):
+        return forward
+    if pass_name != "forward+backward":
+        raise ValueError(f"pass_name must be one of {PASSES}, got {pass_name!r}")
+    return forward + 11 * rows * N

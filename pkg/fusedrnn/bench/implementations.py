@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import functional
 from .._spec import CELL_PARAMETERS, GATES, layer_suffix
+from . import layer_norm
 from .cases import TRAINING_PASSES, Case
 
 Outputs = dict[str, np.ndarray]
@@ -50,6 +51,8 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     """
     rng = np.random.default_rng(seed)
     T, B, I, H = case.T, case.B, case.I, case.H
+    if case.variant.cell in layer_norm.CELLS:
+        return layer_norm.make_inputs(case, dtype, rng)
     if case.variant.cell == "attention":  # q, k, v and the output gradient, (B, heads, L, E)
         return {
             name: rng.standard_normal((B, H, T, I)).astype(dtype)
@@ -152,6 +155,8 @@ def numpy_pass(
     cell, options = variant.cell, dict(variant.options)
     if cell == "attention":
         return _attention_pass(module, inputs, pass_name, options)
+    if cell in layer_norm.CELLS:
+        return layer_norm.numpy_pass(module, case, inputs, pass_name)
     if variant.is_stack:
         return _stack_pass(module, case, inputs, pass_name)
     states = [inputs[name] for name in variant.states]
@@ -238,6 +243,8 @@ def torch_pass(
     variant = case.variant
     if variant.cell == "attention":
         return _torch_attention_pass(torch, inputs, pass_name, bool(variant.options["is_causal"]))
+    if variant.cell in layer_norm.CELLS:
+        return layer_norm.torch_pass(torch, case, inputs, pass_name)
     if variant.is_stack:
         return _torch_stack_pass(torch, case, inputs, pass_name)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[variant.cell]
