@@ -17,6 +17,10 @@ from .._attention_args import (
     additive_saved,
     attention_args,
     dropout_keep,  # the counter-based draw (shared with MultiheadAttention's weights)
+    float32_to_half,
+    half_backward,
+    half_inputs_as_float32,
+    half_kind,
 )
 
 # ---------------------------------------------------------------- the dropout draw
@@ -41,13 +45,7 @@ def _probabilities(a: AttentionArgs) -> tuple:
     for the query heads that share them (GQA). A row with every key masked: p = 0, lse = inf."""
     k = np.repeat(a.k, a.group, axis=1)
     v = np.repeat(a.v, a.group, axis=1)
-    s = a.scale * (a.q @ np.swapaxes(k, -1, -2))
-    mask = a.mask_full()
-    if mask is not None:
-        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
-    if a.is_causal:  # top-left aligned, as torch: query i sees keys j <= i
-        allowed = np.tril(np.ones((a.L, a.S), dtype=bool))
-        s = np.where(allowed, s, -np.inf)
+    s = a.scores(k)  # scaled, soft-capped, masked (the causal bound, window and key lengths too)
     m = np.max(s, axis=-1, keepdims=True) if a.S else np.full((*s.shape[:-1], 1), -np.inf)
     masked_row = m == -np.inf
     e = np.exp(s - np.where(masked_row, 0, m))
@@ -59,16 +57,46 @@ def _probabilities(a: AttentionArgs) -> tuple:
 
 
 def attention_forward(
-    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, dropout_p=0.0, seed=0
+    q,
+    k,
+    v,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    *,
+    dropout_p=0.0,
+    seed=0,
+    causal_alignment="top_left",
+    window=None,
+    softcap=None,
+    key_lengths=None,
+    dtype=None,
 ):
     """Scaled dot-product attention; see `fusedrnn.functional.attention_forward`.
+
+    16-bit inputs: the float32 computation on the inputs widened exactly, the output rounded.
 
     Returns
     -------
     out : (..., Hq, L, Ev)
     lse : (..., Hq, L), the log-sum-exp of each row's masked scores (inf for a masked row)
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    options = dict(
+        dropout_p=dropout_p,
+        seed=seed,
+        causal_alignment=causal_alignment,
+        window=window,
+        softcap=softcap,
+        key_lengths=key_lengths,
+    )
+    half = half_kind(q, dtype)
+    if half:
+        user = q.dtype
+        q, k, v = half_inputs_as_float32(half, user, q=q, k=k, v=v)
+        out, lse = attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
+        return float32_to_half(out, half).view(user), lse
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
     p, lse, _, v_rep = _probabilities(a)
     out = (p * _dropout_factor(a)) @ v_rep
     return a.to_user(out.astype(a.dtype), lse)
@@ -88,12 +116,31 @@ def attention_backward(
     *,
     dropout_p=0.0,
     seed=0,
+    causal_alignment="top_left",
+    window=None,
+    softcap=None,
+    key_lengths=None,
+    dtype=None,
 ):
     """Gradients of `attention_forward`; see `fusedrnn.functional.attention_backward`.
 
     Recomputes the probabilities from q and k (``out`` and ``lse`` are checked, not used).
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    options = dict(
+        dropout_p=dropout_p,
+        seed=seed,
+        causal_alignment=causal_alignment,
+        window=window,
+        softcap=softcap,
+        key_lengths=key_lengths,
+    )
+    half = half_kind(q, dtype)
+    if half:
+        return half_backward(
+            attention_backward, half, q, k, v, out, lse, d_out, attn_mask, is_causal, scale,
+            enable_gqa, **options
+        )  # fmt: skip
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
     _, _, d_out = a.saved(out, lse, d_out)
     p, _, k_rep, v_rep = _probabilities(a)
     z = _dropout_factor(a)
@@ -102,6 +149,9 @@ def attention_backward(
     dp = (d_out @ np.swapaxes(v_rep, -1, -2)) * z
     # forward: p = softmax(s)
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    if a.softcap:  # forward: s = softcap * tanh(c / softcap), c = scale * q k^T
+        c = a.scale * (a.q @ np.swapaxes(k_rep, -1, -2))
+        ds = ds * (1 - np.tanh(c / a.softcap) ** 2)
     # forward: s = scale * q k^T
     dq = a.scale * (ds @ k_rep)
     dk = a.scale * (np.swapaxes(ds, -1, -2) @ a.q)
