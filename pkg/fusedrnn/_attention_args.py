@@ -221,7 +221,7 @@ def _unbroadcast(grad: np.ndarray, batch: tuple, shape: tuple) -> np.ndarray:
 
 
 def half_kind(q, dtype) -> str | None:
-    """"float16" or "bfloat16" when q holds 16-bit floats, else None: a float16 array, an
+    """ "float16" or "bfloat16" when q holds 16-bit floats, else None: a float16 array, an
     ``ml_dtypes.bfloat16`` array, or a uint16 array of their bits with ``dtype`` naming which."""
     if dtype is not None:
         check_choice(dtype, "dtype", HALF_DTYPES)
@@ -297,9 +297,7 @@ def _check_key_lengths(key_lengths, batch: tuple, S: int) -> np.ndarray | None:
         ) from None
     bad = np.flatnonzero((lengths < 0) | (lengths > S))
     if bad.size:
-        raise ValueError(
-            f"key_lengths must be in 0..S = 0..{S}, got {lengths.reshape(-1)[bad[0]]}"
-        )
+        raise ValueError(f"key_lengths must be in 0..S = 0..{S}, got {lengths.reshape(-1)[bad[0]]}")
     return np.ascontiguousarray(lengths.reshape(-1), dtype=np.int64)
 
 

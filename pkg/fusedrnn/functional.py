@@ -871,14 +871,14 @@ def attention_backward(
         heads that share a kv head; over broadcast batch dimensions they are summed likewise.
         16-bit inputs: computed in float32 from the inputs widened exactly, rounded to q's dtype.
     """
-    options = dict(
-        dropout_p=dropout_p,
-        seed=seed,
-        causal_alignment=causal_alignment,
-        window=window,
-        softcap=softcap,
-        key_lengths=key_lengths,
-    )
+    options = {
+        "dropout_p": dropout_p,
+        "seed": seed,
+        "causal_alignment": causal_alignment,
+        "window": window,
+        "softcap": softcap,
+        "key_lengths": key_lengths,
+    }
     half = half_kind(q, dtype)
     if half:
         return half_backward(

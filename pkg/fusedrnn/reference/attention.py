@@ -82,14 +82,14 @@ def attention_forward(
     out : (..., Hq, L, Ev)
     lse : (..., Hq, L), the log-sum-exp of each row's masked scores (inf for a masked row)
     """
-    options = dict(
-        dropout_p=dropout_p,
-        seed=seed,
-        causal_alignment=causal_alignment,
-        window=window,
-        softcap=softcap,
-        key_lengths=key_lengths,
-    )
+    options = {
+        "dropout_p": dropout_p,
+        "seed": seed,
+        "causal_alignment": causal_alignment,
+        "window": window,
+        "softcap": softcap,
+        "key_lengths": key_lengths,
+    }
     half = half_kind(q, dtype)
     if half:
         user = q.dtype
@@ -126,14 +126,14 @@ def attention_backward(
 
     Recomputes the probabilities from q and k (``out`` and ``lse`` are checked, not used).
     """
-    options = dict(
-        dropout_p=dropout_p,
-        seed=seed,
-        causal_alignment=causal_alignment,
-        window=window,
-        softcap=softcap,
-        key_lengths=key_lengths,
-    )
+    options = {
+        "dropout_p": dropout_p,
+        "seed": seed,
+        "causal_alignment": causal_alignment,
+        "window": window,
+        "softcap": softcap,
+        "key_lengths": key_lengths,
+    }
     half = half_kind(q, dtype)
     if half:
         return half_backward(
