@@ -6,6 +6,7 @@ from ._module import Module, Parameter
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
+    KVCache,
     MultiheadAttention,
     ScaledDotProductAttention,
     scaled_dot_product_attention,
@@ -29,6 +30,7 @@ __all__ = [
     "Dropout",
     "Embedding",
     "GRUCell",
+    "KVCache",
     "LSTMCell",
     "Linear",
     "LogSoftmax",

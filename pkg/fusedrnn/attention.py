@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._attention_args import ALIGNMENTS, dropout_keep
+from ._attention_args import ALIGNMENTS, attention_args, dropout_keep
 from ._checks import check_choice, check_flag, check_probability, check_size
 from ._module import DTypeLike, Module, backend_module
 from .nn import Linear
@@ -479,6 +479,12 @@ class MultiheadAttention(Module):
             )
         return weight, None, d_weight, None
 
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty `KVCache` for decoding ``batch`` sequences of up to ``max_len`` positions
+        with this layer (``forward(..., cache=cache)``): num_heads heads of head_dim features
+        of the layer's dtype."""
+        return KVCache(batch, self.num_heads, max_len, self.head_dim, dtype=self.dtype)
+
     # ------------------------------------------------------------ forward
 
     def _layout(
@@ -554,6 +560,8 @@ class MultiheadAttention(Module):
         attn_mask: np.ndarray | None = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
+        *,
+        cache: KVCache | None = None,
     ) -> tuple:
         """Attention of query over key / value.
 
@@ -573,6 +581,12 @@ class MultiheadAttention(Module):
         is_causal : bool
             Apply the causal mask (query i attends to keys j <= i). Unlike PyTorch, where it is
             only a hint about attn_mask, it needs no attn_mask; given both, both apply.
+        cache : KVCache, keyword-only, optional
+            Incremental decoding (`new_cache`): key and value are the new positions', their
+            projections are appended to the cache, and query attends to all it holds, the
+            causal mask aligned to its end (new query i of L sees the stored keys
+            j <= i + length - L). The masks' S is then the cache's length after the append.
+            For inference: such a forward keeps nothing for backward.
 
         Returns
         -------
@@ -600,7 +614,8 @@ class MultiheadAttention(Module):
         S = k_in.shape[1]
         if unbatched and key_padding_mask is not None and isinstance(key_padding_mask, np.ndarray):
             key_padding_mask = key_padding_mask[None]
-        mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S)
+        S_total = S if cache is None else _check_cache(cache).length + S
+        mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S_total)
         H, D = self.num_heads, self.head_dim
 
         def project_heads(x, which, length):  # x W^T + b, (N, T, E_in) -> (N, H, T, D)
@@ -615,6 +630,16 @@ class MultiheadAttention(Module):
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
+        if cache is not None:
+            if cache.dtype != self.dtype or cache.heads != H or cache.head_dim != D:
+                raise ValueError(
+                    f"cache must hold {H} heads of {D} features of {self.dtype} "
+                    f"(this layer's new_cache makes one), got {cache!r}"
+                )
+            cache.append(k, v)
+            reads = cache.attention_options(mask, None)
+            k, v, mask = reads.pop("k"), reads.pop("v"), reads.pop("attn_mask")
+            options.update(reads)
         attn, lse = self._backend.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
         out = self._backend.linear_forward(
@@ -628,6 +653,11 @@ class MultiheadAttention(Module):
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
             if unbatched:
                 weights = weights[0]
+            if cache is not None:
+                weights = weights[..., : cache.length]
+        if cache is not None:
+            self._forget_saved("a forward with a cache is for inference and keeps nothing")
+            return self._to_layout(out, unbatched), weights
         self._keep_for_backward(
             {
                 "q_in": q_in.copy(),
@@ -651,11 +681,7 @@ class MultiheadAttention(Module):
         """softmax(q k^T / sqrt(D) + mask) (after dropout in training), from the saved lse."""
         N, H, L, _ = q.shape
         S = k.shape[2]
-        s = (q @ np.swapaxes(k, -1, -2)) * (1.0 / np.sqrt(self.head_dim))
-        if mask is not None:
-            s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
-        if options["is_causal"]:
-            s = np.where(np.tril(np.ones((L, S), dtype=bool)), s, -np.inf)
+        s = attention_args(q, k, k, mask, **options).scores(k)
         with np.errstate(invalid="ignore", over="ignore"):
             p = np.where(np.isinf(lse)[..., None], 0.0, np.exp(s - lse[..., None]))
         if options["dropout_p"] > 0:
