@@ -12,8 +12,9 @@
 //   lse[n,h,i] = log sum_j exp(s[i,j])
 //
 // Visibility (no L x S matrix: whole tiles outside it are skipped). With S_n = key_lengths[n]
-// (or S) and the alignment shift d = 0 (top-left, torch's is_causal) or S_n - L (bottom-right,
-// ONNX's for L != S, a decoder's queries being the last L of S_n positions), key j is visible to
+// (or S) and the alignment shift d = query_offset (0: top-left, torch's is_causal; the length
+// of a cache before the new keys: ONNX's past_key) or S_n - L (bottom-right, ONNX's with
+// nonpad_kv_seqlen, the queries being the last L of S_n positions), key j is visible to
 // query i iff  j < S_n,  and if causal: j <= i + d,  and if window w > 0: i + d - j < w (the
 // window bounds the keys from below: with causal, Mistral's and Gemma's sliding window; without,
 // ONNX's left_window_size = w - 1 with later keys all visible).
@@ -64,7 +65,8 @@ struct AttentionOptions {
   bool causal = false;
   double dropout_p = 0.0;  // in [0, 1]
   uint64_t seed = 0;
-  bool bottom_right = false;             // alignment: d = S_n - L instead of 0
+  bool bottom_right = false;             // alignment: d = S_n - L instead of query_offset
+  int64_t query_offset = 0;              // d without bottom_right: query i at key position i+d
   int64_t window = 0;                    // > 0: sliding window; 0: none
   double softcap = 0.0;                  // > 0: c = softcap * tanh(c / softcap); 0: none
   const int64_t* key_lengths = nullptr;  // [N], each in [0, S], or null: S for every item
@@ -78,7 +80,7 @@ struct KeyRange {
 inline KeyRange visible_keys(const AttentionOptions& o, int64_t L, int64_t S, int64_t n,
                              int64_t i0, int64_t i1) {
   const int64_t len = o.key_lengths ? o.key_lengths[n] : S;
-  const int64_t d = o.bottom_right ? len - L : 0;
+  const int64_t d = o.bottom_right ? len - L : o.query_offset;
   int64_t begin = 0, end = len;
   if (o.causal) end = end < i1 + d ? end : i1 + d;  // the last row sees j <= i1 - 1 + d
   if (o.window > 0) begin = i0 + d - o.window + 1 > 0 ? i0 + d - o.window + 1 : 0;

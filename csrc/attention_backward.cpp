@@ -108,7 +108,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
               share_begin(key_tiles, static_cast<int>(chunk + 1), static_cast<int>(chunks));
           // the keys of this item, and its alignment shift (csrc/attention.h)
           const int64_t length = opt.key_lengths ? opt.key_lengths[batch_item] : S;
-          const int64_t d = opt.bottom_right ? length - L : 0;
+          const int64_t d = opt.bottom_right ? length - L : opt.query_offset;
           for (int64_t kt = kt0; kt < kt1; ++kt) {
             const int64_t j0 = kt * BK;
             if (j0 >= length) break;  // keys no query sees: their gradients stay zero

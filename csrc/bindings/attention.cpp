@@ -95,6 +95,8 @@ struct AttentionCall {
       const std::string key = py::str(item.first);
       if (key == "bottom_right") {
         options.bottom_right = py::cast<bool>(item.second);
+      } else if (key == "query_offset") {
+        options.query_offset = py::cast<int64_t>(item.second);
       } else if (key == "window") {
         options.window = py::cast<int64_t>(item.second);
         if (options.window < 0) throw py::value_error("window must be >= 0 (0: none)");
@@ -374,7 +376,7 @@ void bind_attention(py::module_& m) {
         "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
         "extra"_a = py::dict(), "half"_a = "",
         "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. "
-        "extra: bottom_right, window, softcap, key_lengths [N]; half: '', 'float16' or "
+        "extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or "
         "'bfloat16' (q, k, v as uint16 bits, out too; lse float32).");
   m.def("attention_backward", &attention_backward_py, "d_out"_a, "q"_a, "k"_a, "v"_a, "out"_a,
         "lse"_a, "mask"_a, "mask_offsets"_a, "mask_row_stride"_a, "mask_col_stride"_a,

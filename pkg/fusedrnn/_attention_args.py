@@ -85,6 +85,7 @@ class AttentionArgs:
     dropout_p: float
     seed: int
     bottom_right: bool  # the causal / window alignment: query i at key position i + S_n - L
+    query_offset: int  # without bottom_right: query i at key position i + query_offset
     window: int  # > 0: key j visible to query i only if i + d - j < window; 0: none
     softcap: float  # > 0: scores softcap * tanh(scores / softcap) before the mask; 0: none
     key_lengths: np.ndarray | None  # (N,) int64: keys j >= key_lengths[n] masked; None: all S
@@ -130,6 +131,7 @@ class AttentionArgs:
             self.seed,
             {
                 "bottom_right": self.bottom_right,
+                "query_offset": self.query_offset,
                 "window": self.window,
                 "softcap": self.softcap,
                 "key_lengths": self.key_lengths,
@@ -145,7 +147,7 @@ class AttentionArgs:
         lengths = np.full(N, self.S) if self.key_lengths is None else self.key_lengths
         i = np.arange(self.L)[None, :, None]
         j = np.arange(self.S)[None, None, :]
-        shift = lengths - self.L if self.bottom_right else np.zeros(N, np.int64)
+        shift = lengths - self.L if self.bottom_right else np.full(N, self.query_offset)
         position = i + shift[:, None, None]
         allowed = j < lengths[:, None, None]
         if self.is_causal:
@@ -218,6 +220,20 @@ def _unbroadcast(grad: np.ndarray, batch: tuple, shape: tuple) -> np.ndarray:
         full = full.sum(axis=axes, keepdims=True)
         full = full.reshape(full.shape[lead:])
     return np.ascontiguousarray(full.reshape(shape))
+
+
+def check_alignment(causal_alignment) -> int:
+    """ "top_left", "bottom_right" or an int (the key position of query 0); the int, or 0."""
+    if isinstance(causal_alignment, str):
+        check_choice(causal_alignment, "causal_alignment", ALIGNMENTS)
+        return 0
+    try:
+        return check_size(causal_alignment, "causal_alignment", minimum=None)
+    except TypeError:
+        raise TypeError(
+            f"causal_alignment must be 'top_left', 'bottom_right' or an int (the key position "
+            f"of query 0), got {_type_name(causal_alignment)}"
+        ) from None
 
 
 def half_kind(q, dtype) -> str | None:
@@ -324,7 +340,7 @@ def attention_args(
     k = _check_float_array(k, "k", q.dtype)
     v = _check_float_array(v, "v", q.dtype)
     is_causal = check_flag(is_causal, "is_causal")
-    check_choice(causal_alignment, "causal_alignment", ALIGNMENTS)
+    query_offset = check_alignment(causal_alignment)
     window = 0 if window is None else check_size(window, "window")
     if softcap is None:
         softcap = 0.0
@@ -402,6 +418,7 @@ def attention_args(
         dropout_p=dropout_p,
         seed=seed,
         bottom_right=causal_alignment == "bottom_right",
+        query_offset=query_offset,
         window=window,
         softcap=float(softcap),
         key_lengths=_check_key_lengths(key_lengths, batch, S),

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._attention_args import ALIGNMENTS, attention_args, dropout_keep
-from ._checks import check_choice, check_flag, check_probability, check_size
+from ._attention_args import attention_args, check_alignment, dropout_keep
+from ._checks import check_flag, check_probability, check_size
 from ._module import DTypeLike, Module, backend_module
 from .nn import Linear
 
@@ -34,8 +34,9 @@ class KVCache:
     """The keys and values of a decoder's past positions, preallocated for ``max_len`` of them.
 
     Decoding appends each step's keys and values (`append`) and attends to everything stored,
-    the new queries aligned to the END of the cache (bottom-right): new query i of L sees the
-    stored keys j <= i + length - L. Attention reads the buffers in place, passing
+    the new queries aligned with the new keys: query i sees the stored keys j <= i + p, p the
+    length before the append (ONNX's past_key rule; with as many queries as new keys, the
+    bottom-right alignment to the end of the cache). Attention reads the buffers in place, passing
     ``key_lengths`` so that the kernel skips the unused tail: one step costs O(length), never
     the prefix recomputed. `scaled_dot_product_attention` and `MultiheadAttention` take it as
     ``cache=``; ``MultiheadAttention(...).new_cache(batch, max_len)`` makes one that fits.
@@ -140,10 +141,11 @@ class KVCache:
         self.keys[:, :, stored] = self.keys[indices, :, stored]
         self.values[:, :, stored] = self.values[indices, :, stored]
 
-    def attention_options(self, attn_mask, causal_alignment) -> dict:
-        """The attention arguments that read the cache in place: k, v (the whole buffers), the
-        key lengths, the alignment (bottom-right unless given) and ``attn_mask`` over the
-        ``length`` stored keys padded to max_len (the padding is never read)."""
+    def attention_options(self, attn_mask, causal_alignment, appended: int) -> dict:
+        """The attention arguments that read the cache in place after ``appended`` positions
+        were appended: k, v (the whole buffers), the key lengths, the alignment (unless given:
+        query 0 at the first appended position) and ``attn_mask`` over the ``length`` stored
+        keys padded to max_len (the padding is never read)."""
         if attn_mask is not None:
             if not isinstance(attn_mask, np.ndarray) or attn_mask.shape[-1:] != (self.length,):
                 raise ValueError(
@@ -157,7 +159,9 @@ class KVCache:
             "v": self.values,
             "attn_mask": attn_mask,
             "key_lengths": self.key_lengths,
-            "causal_alignment": "bottom_right" if causal_alignment is None else causal_alignment,
+            "causal_alignment": (
+                self.length - appended if causal_alignment is None else causal_alignment
+            ),
         }
 
 
@@ -167,11 +171,11 @@ def _check_cache(cache) -> KVCache:
     return cache
 
 
-_EXTRA_DOC = """causal_alignment : "top_left", "bottom_right" or None, keyword-only
+_EXTRA_DOC = """causal_alignment : "top_left", "bottom_right", int or None, keyword-only
         Where the queries sit among the keys for ``is_causal`` and ``window``: query i sees
-        keys j <= i + d with d = 0 (top-left, PyTorch's is_causal) or d = S_n - L (bottom-right,
-        ONNX's Attention: the queries are the last L positions). None: top-left, or
-        bottom-right with a cache.
+        keys j <= i + d with d = 0 (top-left, PyTorch's is_causal), d = S_n - L
+        (bottom-right: the queries are the last L positions), or d = the int given. None:
+        top-left, or with a cache its length before the new keys.
     window : int, keyword-only, optional
         Sliding window: query i sees key j only if ``i + d - j < window``.
     softcap : float, keyword-only, optional
@@ -195,14 +199,14 @@ def _sdpa_call(
     cache = extra.pop("cache", None)
     alignment = extra.pop("causal_alignment", None)
     if alignment is not None:
-        check_choice(alignment, "causal_alignment", ALIGNMENTS)
+        check_alignment(alignment)
     options = {"causal_alignment": alignment or "top_left", **extra}
     if cache is not None:
         cache = _check_cache(cache)
         if extra.get("key_lengths") is not None:
             raise ValueError("key_lengths and cache exclude each other: the cache sets them")
         cache.append(k, v)
-        reads = cache.attention_options(attn_mask, alignment)
+        reads = cache.attention_options(attn_mask, alignment, k.shape[2])
         k, v, attn_mask = reads.pop("k"), reads.pop("v"), reads.pop("attn_mask")
         options.update(reads)
     options.update(dropout_p=dropout_p, seed=seed)
@@ -584,8 +588,9 @@ class MultiheadAttention(Module):
         cache : KVCache, keyword-only, optional
             Incremental decoding (`new_cache`): key and value are the new positions', their
             projections are appended to the cache, and query attends to all it holds, the
-            causal mask aligned to its end (new query i of L sees the stored keys
-            j <= i + length - L). The masks' S is then the cache's length after the append.
+            causal mask aligned with the new keys (new query i sees the stored keys j <= i + p,
+            p the cache's length before; with L new keys, its end). The masks' S is then the
+            cache's length after the append.
             For inference: such a forward keeps nothing for backward.
 
         Returns
@@ -637,7 +642,7 @@ class MultiheadAttention(Module):
                     f"(this layer's new_cache makes one), got {cache!r}"
                 )
             cache.append(k, v)
-            reads = cache.attention_options(mask, None)
+            reads = cache.attention_options(mask, None, S)
             k, v, mask = reads.pop("k"), reads.pop("v"), reads.pop("attn_mask")
             options.update(reads)
         attn, lse = self._backend.attention_forward(q, k, v, mask, **options)

@@ -781,8 +781,9 @@ def attention_forward(
         Dropout on the attention weights, drawn from ``seed`` by a counter-based hash, so
         `attention_backward` with the same seed redraws the same.
     seed : int
-    causal_alignment : "top_left" or "bottom_right"
-        Where query i sits among the keys (d above), for is_causal and window.
+    causal_alignment : "top_left", "bottom_right" or int
+        Where query i sits among the keys (d above), for is_causal and window; an int p puts
+        query i at key position i + p (ONNX's past_key rule: p the length of the past).
     window : int or None
         Sliding window: query i sees key j only if ``i + d - j < window`` (the ``window`` keys
         up to its own position); key tiles wholly outside are skipped. With is_causal, the
