@@ -77,8 +77,8 @@ struct AttentionOptions {
 struct KeyRange {
   int64_t begin, end, shift;
 };
-inline KeyRange visible_keys(const AttentionOptions& o, int64_t L, int64_t S, int64_t n,
-                             int64_t i0, int64_t i1) {
+inline KeyRange visible_keys(const AttentionOptions& o, int64_t L, int64_t S, int64_t n, int64_t i0,
+                             int64_t i1) {
   const int64_t len = o.key_lengths ? o.key_lengths[n] : S;
   const int64_t d = o.bottom_right ? len - L : o.query_offset;
   int64_t begin = 0, end = len;

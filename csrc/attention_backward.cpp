@@ -130,8 +130,7 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
                 const int64_t i0 = qt * BQ;
                 const int64_t rows = std::min(BQ, L - i0);
                 // causal: no key past the one the tile's last row sees
-                const int64_t cols =
-                    opt.causal ? std::min(cols_all, i0 + rows + d - j0) : cols_all;
+                const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows + d - j0) : cols_all;
                 const T* qi = q + (bh * L + i0) * E;
                 const T* doi = d_out + (bh * L + i0) * Ev;
                 T* dqi = dq_target + (bh * L + i0) * E;

@@ -25,10 +25,9 @@ AttentionTiles forced_or(AttentionTiles tuned) {
 int64_t forward_member_size(const AttentionTiles& t, const AttentionShape& s, bool staged) {
   // score tile, running max m, running sum l, dropout row keys, the GEMMs' panels; 16-bit
   // inputs: float copies of a q tile, a k and a v tile, and the output tile
-  const int64_t staging =
-      staged ? round_block(t.block_q * s.E) + round_block(t.block_k * s.E) +
-                   round_block(t.block_k * s.Ev) + round_block(t.block_q * s.Ev)
-             : 0;
+  const int64_t staging = staged ? round_block(t.block_q * s.E) + round_block(t.block_k * s.E) +
+                                       round_block(t.block_k * s.Ev) + round_block(t.block_q * s.Ev)
+                                 : 0;
   return round_block(t.block_q * t.block_k) + 3 * round_block(t.block_q) +
          attention_panels_size(t, s.E, s.Ev) + staging;
 }
@@ -98,8 +97,8 @@ double visible_share(const AttentionShape& s, const AttentionOptions& opt) {
 // cost), the costliest query tiles of each head first. T is the type of the arithmetic, Src that
 // of q, k, v and out (T itself, or 16 bits converted to and from T tile by tile).
 template <typename T, typename Src>
-void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const Src* k,
-                             const Src* v, const AttentionMask& mask, const AttentionShape& s,
+void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const Src* k, const Src* v,
+                             const AttentionMask& mask, const AttentionShape& s,
                              const AttentionOptions& opt) {
   constexpr bool convert = !std::is_same_v<Src, T>;
   const AttentionTiles tiles = attention_forward_tiles(s, opt.causal);
@@ -212,8 +211,7 @@ template void attention_forward_half<float16_bits>(float16_bits*, float*, float*
 template void attention_forward_half<bfloat16_bits>(bfloat16_bits*, float*, float*,
                                                     const bfloat16_bits*, const bfloat16_bits*,
                                                     const bfloat16_bits*, const AttentionMask&,
-                                                    const AttentionShape&,
-                                                    const AttentionOptions&);
+                                                    const AttentionShape&, const AttentionOptions&);
 
 namespace {
 // The scratch of an additive forward, in order (a null base only counts).

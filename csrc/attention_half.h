@@ -25,7 +25,9 @@ inline uint32_t float_to_bits(float f) {
   return x;
 }
 
-inline float to_float(bfloat16_bits h) { return bits_to_float(static_cast<uint32_t>(h.bits) << 16); }
+inline float to_float(bfloat16_bits h) {
+  return bits_to_float(static_cast<uint32_t>(h.bits) << 16);
+}
 
 inline float to_float(float16_bits h) {
   const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;

@@ -372,12 +372,13 @@ py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handl
 
 void bind_attention(py::module_& m) {
   using namespace pybind11::literals;
-  m.def("attention_forward", &attention_forward_py, "q"_a, "k"_a, "v"_a, "mask"_a, "mask_offsets"_a,
-        "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
-        "extra"_a = py::dict(), "half"_a = "",
-        "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. "
-        "extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or "
-        "'bfloat16' (q, k, v as uint16 bits, out too; lse float32).");
+  m.def(
+      "attention_forward", &attention_forward_py, "q"_a, "k"_a, "v"_a, "mask"_a, "mask_offsets"_a,
+      "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
+      "extra"_a = py::dict(), "half"_a = "",
+      "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. "
+      "extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or "
+      "'bfloat16' (q, k, v as uint16 bits, out too; lse float32).");
   m.def("attention_backward", &attention_backward_py, "d_out"_a, "q"_a, "k"_a, "v"_a, "out"_a,
         "lse"_a, "mask"_a, "mask_offsets"_a, "mask_row_stride"_a, "mask_col_stride"_a,
         "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a, "extra"_a = py::dict(),
