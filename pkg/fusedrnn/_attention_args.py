@@ -11,6 +11,7 @@ Also the dropout draw of the attention weights (`dropout_keep`), which the refer
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -289,13 +290,41 @@ def half_inputs_as_float32(half: str, user_dtype: np.dtype, **arrays) -> list:
     return [half_to_float32(half_bits(a, half, user_dtype, n), half) for n, a in arrays.items()]
 
 
-def half_backward(backward32, half: str, q, k, v, out, lse, d_out, *args, **kwargs) -> tuple:
-    """The gradients of a 16-bit forward: float32 arithmetic on the inputs widened exactly
-    (``backward32``, the float32 backward), each gradient rounded to q's 16-bit dtype."""
-    user = q.dtype
-    q, k, v, out, d_out = half_inputs_as_float32(half, user, q=q, k=k, v=v, out=out, d_out=d_out)
-    grads = backward32(q, k, v, out, lse, d_out, *args, **kwargs)
-    return tuple(float32_to_half(g, half).view(user) for g in grads)
+def widening_forward(forward):
+    """``forward`` (an attention forward of float32 / float64) taking 16-bit q, k, v too: on
+    the inputs widened exactly to float32, the output rounded to q's 16-bit dtype once."""
+
+    @functools.wraps(forward)
+    def wrapper(q, k, v, *args, dtype=None, **kwargs):
+        half = half_kind(q, dtype)
+        if half is None:
+            return forward(q, k, v, *args, **kwargs)
+        user = q.dtype
+        q, k, v = half_inputs_as_float32(half, user, q=q, k=k, v=v)
+        out, lse = forward(q, k, v, *args, **kwargs)
+        return float32_to_half(out, half).view(user), lse
+
+    return wrapper
+
+
+def widening_backward(backward):
+    """``backward`` (an attention backward of float32 / float64) taking the 16-bit q, k, v,
+    out, d_out of a 16-bit forward too: float32 arithmetic on the inputs widened exactly, each
+    gradient rounded to q's 16-bit dtype."""
+
+    @functools.wraps(backward)
+    def wrapper(q, k, v, out, lse, d_out, *args, dtype=None, **kwargs):
+        half = half_kind(q, dtype)
+        if half is None:
+            return backward(q, k, v, out, lse, d_out, *args, **kwargs)
+        user = q.dtype
+        q, k, v, out, d_out = half_inputs_as_float32(
+            half, user, q=q, k=k, v=v, out=out, d_out=d_out
+        )
+        grads = backward(q, k, v, out, lse, d_out, *args, **kwargs)
+        return tuple(float32_to_half(g, half).view(user) for g in grads)
+
+    return wrapper
 
 
 def _check_key_lengths(key_lengths, batch: tuple, S: int) -> np.ndarray | None:
@@ -327,7 +356,6 @@ def attention_args(
     enable_gqa=False,
     dropout_p=0.0,
     seed=0,
-    *,
     causal_alignment="top_left",
     window=None,
     softcap=None,

@@ -20,9 +20,9 @@ from ._attention_args import (
     additive_saved,
     attention_args,
     float32_to_half,
-    half_backward,
     half_bits,
     half_kind,
+    widening_backward,
 )
 from ._checks import (
     MAX_BLAS_DIM,
@@ -809,22 +809,8 @@ def attention_forward(
     user_dtype = q.dtype if half else None
     if half:
         q, k, v = (half_bits(x, half, user_dtype, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
-    a = attention_args(
-        q,
-        k,
-        v,
-        attn_mask,
-        is_causal,
-        scale,
-        enable_gqa,
-        dropout_p,
-        seed,
-        causal_alignment=causal_alignment,
-        window=window,
-        softcap=softcap,
-        key_lengths=key_lengths,
-        half=half,
-    )
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths, half)  # fmt: skip
     if a.empty:
         out, lse = _empty_attention(a)
         return (float32_to_half(out, half).view(user_dtype) if half else out), lse
@@ -837,6 +823,7 @@ def attention_forward(
     return a.to_user(out, lse)
 
 
+@widening_backward
 def attention_backward(
     q,
     k,
@@ -872,21 +859,9 @@ def attention_backward(
         heads that share a kv head; over broadcast batch dimensions they are summed likewise.
         16-bit inputs: computed in float32 from the inputs widened exactly, rounded to q's dtype.
     """
-    options = {
-        "dropout_p": dropout_p,
-        "seed": seed,
-        "causal_alignment": causal_alignment,
-        "window": window,
-        "softcap": softcap,
-        "key_lengths": key_lengths,
-    }
-    half = half_kind(q, dtype)
-    if half:
-        return half_backward(
-            attention_backward, half, q, k, v, out, lse, d_out, attn_mask, is_causal, scale,
-            enable_gqa, **options
-        )  # fmt: skip
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
+    # (dtype: 16-bit inputs never get here, @widening_backward widens them)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     out4, lse4, d_out4 = a.saved(out, lse, d_out)
     N = a.q.shape[0]
     if a.empty:

@@ -17,10 +17,8 @@ from .._attention_args import (
     additive_saved,
     attention_args,
     dropout_keep,  # the counter-based draw (shared with MultiheadAttention's weights)
-    float32_to_half,
-    half_backward,
-    half_inputs_as_float32,
-    half_kind,
+    widening_backward,
+    widening_forward,
 )
 
 # ---------------------------------------------------------------- the dropout draw
@@ -56,6 +54,7 @@ def _probabilities(a: AttentionArgs) -> tuple:
     return p.astype(a.dtype), lse.astype(a.dtype), k, v
 
 
+@widening_forward
 def attention_forward(
     q,
     k,
@@ -82,26 +81,15 @@ def attention_forward(
     out : (..., Hq, L, Ev)
     lse : (..., Hq, L), the log-sum-exp of each row's masked scores (inf for a masked row)
     """
-    options = {
-        "dropout_p": dropout_p,
-        "seed": seed,
-        "causal_alignment": causal_alignment,
-        "window": window,
-        "softcap": softcap,
-        "key_lengths": key_lengths,
-    }
-    half = half_kind(q, dtype)
-    if half:
-        user = q.dtype
-        q, k, v = half_inputs_as_float32(half, user, q=q, k=k, v=v)
-        out, lse = attention_forward(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
-        return float32_to_half(out, half).view(user), lse
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
+    # (dtype: 16-bit inputs never get here, @widening_forward widens them)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     p, lse, _, v_rep = _probabilities(a)
     out = (p * _dropout_factor(a)) @ v_rep
     return a.to_user(out.astype(a.dtype), lse)
 
 
+@widening_backward
 def attention_backward(
     q,
     k,
@@ -126,21 +114,8 @@ def attention_backward(
 
     Recomputes the probabilities from q and k (``out`` and ``lse`` are checked, not used).
     """
-    options = {
-        "dropout_p": dropout_p,
-        "seed": seed,
-        "causal_alignment": causal_alignment,
-        "window": window,
-        "softcap": softcap,
-        "key_lengths": key_lengths,
-    }
-    half = half_kind(q, dtype)
-    if half:
-        return half_backward(
-            attention_backward, half, q, k, v, out, lse, d_out, attn_mask, is_causal, scale,
-            enable_gqa, **options
-        )  # fmt: skip
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, **options)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     _, _, d_out = a.saved(out, lse, d_out)
     p, _, k_rep, v_rep = _probabilities(a)
     z = _dropout_factor(a)
