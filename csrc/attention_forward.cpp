@@ -112,6 +112,8 @@ void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const S
   const T scale = static_cast<T>(opt.scale);
   const T inf = std::numeric_limits<T>::infinity();
   const auto tile_kernel = attention_kernels<T>().forward_tile;
+  const auto row_scores = attention_kernels<T>().row_scores;
+  const auto row_values = attention_kernels<T>().row_values;
   std::atomic<int64_t> next{0};
   // the multiply-adds of q k^T and p v
   const double work = static_cast<double>(heads) * L * S * (E + Ev) * visible_share(s, opt);
@@ -162,15 +164,21 @@ void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const S
         const int64_t cols = std::min(BK, range.end - j0);
         const T* kj = staged<T>(kg + j0 * E, cols * E, k_stage);
         const T* vj = staged<T>(vg + j0 * Ev, cols * Ev, v_stage);
-        // s = scale * q_i k_j^T
-        tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, sbuf, BK, panels);
+        // s = scale * q_i k_j^T (one row, a decoding step: dot products, no packing)
+        if (rows == 1)
+          row_scores(cols, E, scale, qi, kj, E, sbuf);
+        else
+          tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, sbuf, BK, panels);
         t.cols = cols;
         t.j0 = j0;
         set_tile_bounds(t, opt, range.shift, i0, rows, j0, cols);
         set_tile_mask(t, mask, bh, i0, j0);
         tile_kernel(t);
         // o_i += (p*z) v_j   (o_i rescaled by the tile kernel when the row maximum grew)
-        tile_gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vj, Ev, true, oi, Ev, panels);
+        if (rows == 1)
+          row_values(cols, Ev, sbuf, vj, Ev, oi);
+        else
+          tile_gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vj, Ev, true, oi, Ev, panels);
       }
       for (int64_t r = 0; r < rows; ++r) {
         T* orow = oi + r * Ev;

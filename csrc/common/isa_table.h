@@ -109,6 +109,10 @@ template <typename T>
 struct AttentionKernels {
   // Masks the scores (s), updates m and l, rescales o, writes p*z into s.
   void (*forward_tile)(const AttentionTile<T>& t);
+  // A tile of one query row: s[j] = alpha * q . k[j*ldk ...] over n keys of E features.
+  void (*row_scores)(int64_t n, int64_t E, T alpha, const T* q, const T* k, int64_t ldk, T* s);
+  // Its o[e] += sum_j p[j] * v[j*ldv + e] over n keys of Ev features.
+  void (*row_values)(int64_t n, int64_t Ev, const T* p, const T* v, int64_t ldv, T* o);
   // p = exp(masked s - lse) into s (and p*z into p_drop with dropout).
   void (*backward_probs)(const AttentionTile<T>& t);
   // dS = p * (dP*z - delta) (times the soft-cap slope) into dp.

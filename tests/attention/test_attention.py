@@ -144,6 +144,22 @@ CASES = {
         {"softcap": 2.0, "dropout_p": 0.3, "seed": 9, "is_causal": True},
     ),
     "key_lengths": ((3,), 2, 2, 19, 27, 8, 5, None, {"key_lengths": np.array([27, 0, 5])}),
+    "decode_step": (  # one query row: dot products instead of the tile GEMMs
+        (2,),
+        4,
+        2,
+        1,
+        300,
+        37,
+        21,
+        "additive_heads",
+        {
+            "is_causal": True,
+            "causal_alignment": "bottom_right",
+            "key_lengths": np.array([300, 123]),
+            "enable_gqa": True,
+        },
+    ),
     "key_lengths_everything": (
         (2, 2),
         4,
@@ -215,7 +231,16 @@ def test_fused_equals_reference(case, dtype, tiles, threads):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize(
-    "case", ["plain", "causal_L_gt_S", "bool_full", "dropout", "gqa", "key_lengths_everything"]
+    "case",
+    [
+        "plain",
+        "causal_L_gt_S",
+        "bool_full",
+        "dropout",
+        "gqa",
+        "key_lengths_everything",
+        "decode_step",
+    ],
 )
 def test_every_isa(case, dtype, isa):
     _core._set_attention_tiles(8, 16)
