@@ -565,6 +565,8 @@ class MultiheadAttention(Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
         *,
+        window: int | None = None,
+        softcap: float | None = None,
         cache: KVCache | None = None,
     ) -> tuple:
         """Attention of query over key / value.
@@ -585,6 +587,11 @@ class MultiheadAttention(Module):
         is_causal : bool
             Apply the causal mask (query i attends to keys j <= i). Unlike PyTorch, where it is
             only a hint about attn_mask, it needs no attn_mask; given both, both apply.
+        window : int, keyword-only, optional
+            Sliding window: query i sees key j only if ``i - j < window`` (aligned as the
+            causal mask; docs/attention.md).
+        softcap : float, keyword-only, optional
+            Scores become ``softcap * tanh(scores / softcap)`` before the masks (Gemma 2).
         cache : KVCache, keyword-only, optional
             Incremental decoding (`new_cache`): key and value are the new positions', their
             projections are appended to the cache, and query attends to all it holds, the
@@ -635,6 +642,7 @@ class MultiheadAttention(Module):
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
+        options.update(window=window, softcap=softcap)
         if cache is not None:
             if cache.dtype != self.dtype or cache.heads != H or cache.head_dim != D:
                 raise ValueError(
