@@ -92,13 +92,14 @@ struct AttentionTiles {
   int64_t block_q, block_k;
 };
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal);
-AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal);
+// window > 0: key tiles about as wide as the window, so that a key tile's queries are few
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal, int64_t window = 0);
 // Testing knob: force tile sizes (0, 0 restores the tuned choice).
 void set_attention_tiles(int64_t block_q, int64_t block_k);
 
 // half: for attention_forward_half (room for the float copies of the 16-bit tiles)
 int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal, bool half = false);
-int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal);
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal, int64_t window = 0);
 
 template <typename T>
 void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,

@@ -17,8 +17,8 @@ int64_t backward_member_size(const AttentionTiles& t, const AttentionShape& s) {
 }
 }  // namespace
 
-int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal) {
-  const AttentionTiles tiles = attention_backward_tiles(s, causal);
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal, int64_t window) {
+  const AttentionTiles tiles = attention_backward_tiles(s, causal, window);
   const int64_t rows = s.batch * s.heads_q * s.L;
   const int64_t chunks = attention_backward_chunks(s, ceil_div(s.S, tiles.block_k));
   return round_block(rows) + (chunks - 1) * round_block(rows * s.E) +
@@ -35,7 +35,7 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T* q, const T* k,
                         const T* v, const AttentionMask& mask, const T* out, const T* lse,
                         const AttentionShape& s, const AttentionOptions& opt) {
-  const AttentionTiles tiles = attention_backward_tiles(s, opt.causal);
+  const AttentionTiles tiles = attention_backward_tiles(s, opt.causal, opt.window);
   const int64_t BQ = tiles.block_q, BK = tiles.block_k;
   const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
   const int64_t heads = s.batch * s.heads_q;

@@ -58,8 +58,12 @@ AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 512});
 }
 
-AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal, int64_t window) {
   (void)s;
+  // A key tile is seen by the queries of its width plus the window: 256 keys would keep every
+  // query of a 256-long sequence busy whatever the window. Narrower tiles skip the rest.
+  if (window > 0 && window < 256)
+    return forced_or(AttentionTiles{64, std::max<int64_t>(64, (window + 15) / 16 * 16)});
   return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
 }
 

@@ -225,7 +225,8 @@ py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py
   py::array dq = c.checker.output({N, Hq, s.L, s.E});
   py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
   py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
-  const ScratchMemory scratch = c.checker.scratch(attention_backward_scratch_size(s, causal));
+  const ScratchMemory scratch =
+      c.checker.scratch(attention_backward_scratch_size(s, causal, c.options.window));
   dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
