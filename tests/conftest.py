@@ -5,10 +5,12 @@ import pytest
 import fusedrnn
 from fusedrnn import _core
 
+ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 
-@pytest.fixture(params=[i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+
+@pytest.fixture(params=ISAS)
 def isa(request):
-    """Run the test on one compiled instruction set, then restore the best one."""
+    """Run the test on each compiled instruction set this CPU has, then restore the active one."""
     default = _core.active_isa()
     _core.select_isa(request.param)
     yield request.param
@@ -29,19 +31,6 @@ def threading_mode(request):
     yield request.param
     _core._set_team_thresholds(*defaults)
     fusedrnn.set_num_threads(before)
-
-
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test on each compiled instruction set this CPU has, then restore the active one
-    (a test module may define its own)."""
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def pytest_addoption(parser):

@@ -8,6 +8,7 @@ from ._onnx_recurrent import from_onnx_node, onnx_forward, to_onnx_weights
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
+    KVCache,
     MultiheadAttention,
     ScaledDotProductAttention,
     scaled_dot_product_attention,
@@ -33,6 +34,7 @@ __all__ = [
     "Dropout",
     "Embedding",
     "GRUCell",
+    "KVCache",
     "LSTMCell",
     "LayerNorm",
     "LayerNormGRU",

@@ -131,6 +131,7 @@ def attention_backward(
     scale: typing.SupportsFloat | typing.SupportsIndex,
     dropout_p: typing.SupportsFloat | typing.SupportsIndex,
     seed: typing.SupportsInt | typing.SupportsIndex,
+    extra: dict = {},
 ) -> tuple:
     """
     -> (dq, dk, dv); see csrc/attention.h.
@@ -148,9 +149,11 @@ def attention_forward(
     scale: typing.SupportsFloat | typing.SupportsIndex,
     dropout_p: typing.SupportsFloat | typing.SupportsIndex,
     seed: typing.SupportsInt | typing.SupportsIndex,
+    extra: dict = {},
+    half: str = "",
 ) -> tuple:
     """
-    Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h.
+    Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or 'bfloat16' (q, k, v as uint16 bits, out too; lse float32).
     """
 
 def blas_threads_local_available() -> bool: ...

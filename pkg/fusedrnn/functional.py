@@ -15,7 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
+from ._attention_args import (
+    additive_args,
+    additive_grads,
+    additive_saved,
+    attention_args,
+    float32_to_half,
+    half_bits,
+    half_kind,
+    widening_backward,
+)
 from ._cell_options import CellOptions
 from ._checks import (
     MAX_BLAS_DIM,
@@ -774,24 +783,35 @@ def attention_forward(
     *,
     dropout_p: float = 0.0,
     seed: int = 0,
+    causal_alignment: str = "top_left",
+    window: int | None = None,
+    softcap: float | None = None,
+    key_lengths=None,
+    dtype: str | None = None,
 ):
     """Scaled dot-product attention, fused: tiles with an online softmax, never the L x S matrix.
 
     The semantics of ``torch.nn.functional.scaled_dot_product_attention``; a row whose keys are
-    all masked gives zeros (and zero gradients), never NaN.
+    all masked gives zeros (and zero gradients), never NaN. Past torch: the bottom-right causal
+    alignment, sliding windows, soft-capping, per-item key lengths and 16-bit inputs
+    (docs/attention.md).
 
     Parameters
     ----------
     q : (..., Hq, L, E)
     k : (..., Hkv, S, E)
     v : (..., Hkv, S, Ev)
-        One dtype, float32 or float64. The batch dimensions ``...`` broadcast against each
-        other (any number, also none); 2-D ``(L, E)`` arrays have no head axis.
-    attn_mask : bool or q's dtype, broadcastable to (..., Hq, L, S), or None
+        One dtype: float32, float64, or 16 bits (float16, ``ml_dtypes.bfloat16``, or uint16
+        bits with ``dtype``), converted a tile at a time with float32 arithmetic. The batch
+        dimensions ``...`` broadcast against each other (any number, also none); 2-D ``(L, E)``
+        arrays have no head axis.
+    attn_mask : bool or q's dtype (float32 for 16-bit q), broadcastable to (..., Hq, L, S)
         bool: True = may attend. Float: added to the scaled scores (-inf masks).
     is_causal : bool
-        Query i attends to keys j <= i (top-left aligned, as torch, also when L != S);
-        combined with attn_mask when both are given.
+        Query i attends to keys j <= i + d: d = 0 with ``causal_alignment="top_left"`` (torch's
+        is_causal, also when L != S), d = S_n - L with ``"bottom_right"`` (ONNX's Attention:
+        the queries are the last L of the S_n keys' positions, as when decoding with a cache).
+        Combined with attn_mask when both are given.
     scale : float or None
         Multiplies q k^T; None = 1/sqrt(E).
     enable_gqa : bool
@@ -800,21 +820,49 @@ def attention_forward(
         Dropout on the attention weights, drawn from ``seed`` by a counter-based hash, so
         `attention_backward` with the same seed redraws the same.
     seed : int
+    causal_alignment : "top_left", "bottom_right" or int
+        Where query i sits among the keys (d above), for is_causal and window; an int p puts
+        query i at key position i + p (ONNX's past_key rule: p the length of the past).
+    window : int or None
+        Sliding window: query i sees key j only if ``i + d - j < window`` (the ``window`` keys
+        up to its own position); key tiles wholly outside are skipped. With is_causal, the
+        sliding window of Mistral and Gemma 2; without, ONNX's ``left_window_size = window-1``.
+    softcap : float or None
+        Scores become ``softcap * tanh(scores / softcap)`` after the scale, before the mask
+        (Gemma 2, ONNX Attention). None or 0: none.
+    key_lengths : ints broadcastable to the batch shape ``...``, or None
+        Item n attends to its first key_lengths[n] keys only (padding without a mask tensor;
+        the rest are skipped tile by tile). With "bottom_right", d = key_lengths[n] - L.
+    dtype : "float16", "bfloat16" or None
+        Only for uint16 q, k, v: which 16-bit floats their bits are (bfloat16 without
+        ml_dtypes). The output then is uint16 bits too.
 
     Returns
     -------
-    out : (..., Hq, L, Ev)
+    out : (..., Hq, L, Ev), q's dtype
     lse : (..., Hq, L)
         Log-sum-exp of each row's masked, scaled scores (+inf for a row with every key masked):
-        with out, all that backward needs.
+        with out, all that backward needs. float32 for 16-bit inputs.
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    half = half_kind(q, dtype)
+    user_dtype = q.dtype if half else None
+    if half:
+        q, k, v = (half_bits(x, half, user_dtype, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths, half)  # fmt: skip
     if a.empty:
-        return _empty_attention(a)
+        out, lse = _empty_attention(a)
+        return (float32_to_half(out, half).view(user_dtype) if half else out), lse
+    if half:
+        qkv = (np.ascontiguousarray(x) for x in (a.q, a.k, a.v))
+        out, lse = _core.attention_forward(*qkv, *a.kernel_options(), half=half)
+        out, lse = a.to_user(out, lse)
+        return out.view(user_dtype), lse
     out, lse = _core.attention_forward(a.q, a.k, a.v, *a.kernel_options())
     return a.to_user(out, lse)
 
 
+@widening_backward
 def attention_backward(
     q,
     k,
@@ -829,21 +877,30 @@ def attention_backward(
     *,
     dropout_p: float = 0.0,
     seed: int = 0,
+    causal_alignment: str = "top_left",
+    window: int | None = None,
+    softcap: float | None = None,
+    key_lengths=None,
+    dtype: str | None = None,
 ):
     """Gradients of `attention_forward`, recomputing the probabilities tile by tile from lse.
 
     Parameters
     ----------
-    q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed : as given to forward
+    q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed, causal_alignment,
+    window, softcap, key_lengths, dtype : as given to forward
     out : (..., Hq, L, Ev);  lse : (..., Hq, L) as forward returned them
-    d_out : (..., Hq, L, Ev)
+    d_out : (..., Hq, L, Ev), out's dtype
 
     Returns
     -------
     dq, dk, dv : the shapes of q, k, v (fresh arrays). Under GQA dk and dv sum over the query
         heads that share a kv head; over broadcast batch dimensions they are summed likewise.
+        16-bit inputs: computed in float32 from the inputs widened exactly, rounded to q's dtype.
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    # (dtype: 16-bit inputs never get here, @widening_backward widens them)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     out4, lse4, d_out4 = a.saved(out, lse, d_out)
     N = a.q.shape[0]
     if a.empty:

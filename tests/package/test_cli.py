@@ -359,8 +359,10 @@ def test_only_attention_keeps_both_attention_rows_of_the_issue():
     shapes = {(c.variant.name, c.B, c.H, c.T, c.I) for c in cli.selected_cases(args)}
     assert shapes == {
         (name, B, H, L, E)
-        for name in ("attention", "attention-causal")
+        for name in ("attention", "attention-causal", "attention-window")
         for B, H, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))
+    } | {
+        (name, B, 8, 1024, 64) for name in ("attention-decode", "attention-nocache") for B in (1, 4)
     }
 
 
@@ -732,6 +734,6 @@ def test_help_names_the_sweeps(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--full" in help_text and "--deepbench" in help_text
     assert (
-        "The default sweep (21 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) ="
+        "The default sweep (25 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) ="
         in help_text
     )
