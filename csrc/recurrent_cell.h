@@ -14,6 +14,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/step_gemm.h"
+
 namespace fusedrnn {
 
 enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
@@ -38,13 +40,25 @@ struct CellShape {
   int64_t out() const { return proj ? proj : hidden; }  // R
 };
 
+// An inference's 16-bit copy of one layer and direction's weight matrices (weights_dtype, float
+// layers only): each packed once ahead by pack_half_panels (common/step_gemm.h) for the panel
+// width of the active instruction set, which the kernels then multiply in place of w_ih, w_hh
+// and w_hr; the biases stay float.
+struct HalfLayerWeights {
+  HalfFormat format = HalfFormat::float16;
+  const uint16_t* w_ih = nullptr;  // W_ih^T: K = I, blocks = gates, cols = H
+  const uint16_t* w_hh = nullptr;  // W_hh^T: K = R, blocks = gates, cols = H
+  const uint16_t* w_hr = nullptr;  // W_hr^T: K = H, one block of P columns; null without
+};
+
 template <typename T>
-struct LayerWeights {  // one layer, one direction
-  const T* w_ih;       // [G,I]
-  const T* w_hh;       // [G,R]
-  const T* b_ih;       // [G] or null (zeros)
-  const T* b_hh;       // [G] or null (zeros)
-  const T* w_hr;       // [P,H]; null without a projection
+struct LayerWeights {                      // one layer, one direction
+  const T* w_ih;                           // [G,I]
+  const T* w_hh;                           // [G,R]
+  const T* b_ih;                           // [G] or null (zeros)
+  const T* b_hh;                           // [G] or null (zeros)
+  const T* w_hr;                           // [P,H]; null without a projection
+  const HalfLayerWeights* half = nullptr;  // inference only, T = float: multiplied instead
 };
 
 template <typename T>

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
+from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
@@ -516,6 +517,8 @@ def stack_forward(
     reset_after: bool = True,
     nonlinearity: str = "tanh",
     proj_size: int = 0,
+    weights_dtype: str | None = None,
+    half_weights: HalfWeights | None = None,
 ):
     """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
 
@@ -527,6 +530,14 @@ def stack_forward(
     params : mapping of PyTorch's names (weight_ih_l0, weight_hh_l0_reverse, ...) to arrays
     lengths : (B,) ints in 1..T, any order, or None
     dropout_masks : num_layers - 1 arrays (T, B, D*H_out), or None
+    weights_dtype : None, 'float16' or 'bfloat16'
+        Inference (training=False) of float32 arrays only: multiply with the weight matrices
+        rounded to 16 bits (the biases and all arithmetic stay float32; docs/layers.md,
+        "Half-precision weights"). They are packed on each call, unless ``half_weights`` brings
+        them packed.
+    half_weights : HalfWeights, optional
+        ``pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)``: the 16-bit
+        weights packed once, for calls that reuse them.
 
     Returns
     -------
@@ -542,7 +553,12 @@ def stack_forward(
         mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, new_packing
     )
     config = call.config(reset_after, nonlinearity)
-    y, h_n, c_n, workspace = _core.stack_forward(*call.inputs, *config, bool(training))
+    weights_dtype = inference_weights_dtype(weights_dtype, half_weights, training, x.dtype)
+    if weights_dtype is not None and half_weights is None:
+        half_weights = pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)
+    y, h_n, c_n, workspace = _core.stack_forward(
+        *call.inputs, *config, bool(training), None if weights_dtype is None else half_weights
+    )
     packing = call.packing
     if packing is not None:
         y, h_n, c_n = packing.unsort(y), packing.unsort(h_n), packing.unsort(c_n)

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._checks import check_choice, check_lengths, check_size
+from .._half import HalfWeights, inference_weights_dtype, rounded_params
 from .._spec import BIASES, GATES, MODES, layer_roles, layer_suffix
 from .._truncation import truncation_steps
 from ._common import grad_or_zeros
@@ -269,6 +270,8 @@ def stack_forward(
     reset_after: bool = True,
     nonlinearity: str = "tanh",
     proj_size: int = 0,
+    weights_dtype: str | None = None,
+    half_weights: HalfWeights | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackSaved | None]:
     """Run a stack of recurrent layers over a sequence, like ``torch.nn.LSTM`` / ``GRU`` / ``RNN``.
 
@@ -305,6 +308,11 @@ def stack_forward(
         RNN only.
     proj_size : int
         LSTM only: ``P > 0`` projects ``h`` to size P with ``weight_hr``.
+    weights_dtype : None, 'float16' or 'bfloat16'
+        Inference of float32 arrays only: the weight matrices (not the biases) are rounded to
+        that format, to nearest, ties to even, and the stack runs in float32 with them.
+    half_weights : HalfWeights, optional
+        The fused twin's packed 16-bit weights; here only their ``weights_dtype`` is read.
 
     Returns
     -------
@@ -318,6 +326,8 @@ def stack_forward(
         What ``stack_backward`` needs; None when not training.
     """
     sizes = _check_sizes(mode, x, params, num_layers, bidirectional, proj_size)
+    weights_dtype = inference_weights_dtype(weights_dtype, half_weights, training, x.dtype)
+    params = rounded_params(params, weights_dtype)
     if lengths is not None:  # None stays None: T = 0 has no valid full length
         lengths = check_lengths(lengths, sizes.T, sizes.B)
     h0, c0 = _initial_states(mode, hx, sizes, x.dtype)
