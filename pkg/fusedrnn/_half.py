@@ -120,6 +120,14 @@ class HalfWeights(NamedTuple):
     layers: list  # per layer and direction: (w_ih, w_hh, w_hr or None) packed uint16 arrays
 
 
+def packed_for_active_isa(half_weights: HalfWeights | None) -> bool:
+    """Whether ``half_weights`` exist and fit the instruction set the kernels now run
+    (``fusedrnn.select_isa`` may change its panel width)."""
+    from . import _core
+
+    return half_weights is not None and half_weights.panel_width == _core.step_panel_width()
+
+
 def pack_half_weights(
     mode: str,
     params: Mapping[str, np.ndarray],
