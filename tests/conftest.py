@@ -22,6 +22,18 @@ def threading_mode(request):
     fusedrnn.set_num_threads(before)
 
 
+ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test on one compiled instruction set, then restore the best one."""
+    default = _core.active_isa()
+    _core.select_isa(request.param)
+    yield request.param
+    _core.select_isa(default)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--isa",

@@ -400,8 +400,9 @@ void bind_stack(py::module_& m) {
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a,
         "half_weights"_a = py::none());
-  m.def("step_panel_width", [] { return step_gemm_kernels<float>().panel_width; },
-        "Columns of a float step-GEMM panel on the active instruction set.");
+  m.def(
+      "step_panel_width", [] { return step_gemm_kernels<float>().panel_width; },
+      "Columns of a float step-GEMM panel on the active instruction set.");
   m.def(
       "pack_half_panels",
       [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> w, int64_t blocks) {

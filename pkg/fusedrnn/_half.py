@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ._spec import GATES, STACK_ROLES, num_directions, stack_role_names
 
@@ -21,7 +22,7 @@ WEIGHTS_DTYPES = ("float16", "bfloat16")
 HALF_ROLES = ("weight_ih", "weight_hh", "weight_hr")
 
 
-def check_weights_dtype(value: object, dtype: np.dtype = np.dtype(np.float32)) -> str | None:
+def check_weights_dtype(value: object, dtype: DTypeLike = np.float32) -> str | None:
     """``weights_dtype`` as 'float16', 'bfloat16' or None (the parameters' own float32).
 
     ``dtype`` is the layer's: 16-bit weights are for float32 layers only.
@@ -44,15 +45,26 @@ def check_weights_dtype(value: object, dtype: np.dtype = np.dtype(np.float32)) -
     return value
 
 
-def weight_bits(w: np.ndarray, weights_dtype: str) -> np.ndarray:
+# The largest finite float16; finite weights beyond it would become infinite.
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def weight_bits(w: np.ndarray, weights_dtype: str, name: str = "w") -> np.ndarray:
     """The bits (uint16) of float32 ``w`` rounded to ``weights_dtype``, to nearest, ties to even.
 
-    float16: numpy's conversion (magnitudes past 65504 become infinite). bfloat16: the top 16
-    bits of the float32 after adding half a unit of the last kept bit (plus one when that bit is
-    odd: ties to even); NaN stays a quiet NaN.
+    float16: numpy's conversion; a finite weight past float16's range (65504) is a ValueError
+    naming ``name``. bfloat16: the top 16 bits of the float32 after adding half a unit of the
+    last kept bit (plus one when that bit is odd: ties to even); NaN stays a quiet NaN.
     """
     w = np.asarray(w, np.float32)
     if weights_dtype == "float16":
+        finite = np.abs(w[np.isfinite(w)])
+        if finite.size and finite.max() > FLOAT16_MAX:
+            raise ValueError(
+                f"weights_dtype='float16' cannot hold {name}: its largest magnitude "
+                f"{finite.max():.6g} is past float16's {FLOAT16_MAX:g} (bfloat16 has float32's "
+                f"range)"
+            )
         return w.astype(np.float16).view(np.uint16)
     bits = w.view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
@@ -66,17 +78,17 @@ def bits_to_float32(bits: np.ndarray, weights_dtype: str) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def round_weights(w: np.ndarray, weights_dtype: str) -> np.ndarray:
+def round_weights(w: np.ndarray, weights_dtype: str, name: str = "w") -> np.ndarray:
     """float32 ``w`` rounded to the nearest ``weights_dtype`` number, as a float32 array: what
     the kernels multiply with."""
-    return bits_to_float32(weight_bits(w, weights_dtype), weights_dtype)
+    return bits_to_float32(weight_bits(w, weights_dtype, name), weights_dtype)
 
 
 def rounded_params(params: Mapping[str, np.ndarray], weights_dtype: str | None) -> dict:
     """``params`` with every weight matrix rounded to ``weights_dtype`` (biases as they are)."""
     return {
         name: (
-            round_weights(value, weights_dtype)
+            round_weights(value, weights_dtype, name)
             if weights_dtype and name.startswith(HALF_ROLES)
             else value
         )
@@ -147,13 +159,14 @@ def pack_half_weights(
         raise ValueError("pack_half_weights needs weights_dtype 'float16' or 'bfloat16', got None")
     blocks = {"weight_ih": GATES[mode], "weight_hh": GATES[mode], "weight_hr": 1}
 
-    def packed(w: np.ndarray | None, role: str) -> np.ndarray | None:
-        if w is None:  # (weight_hr without a projection)
+    def packed(name: str, role: str) -> np.ndarray | None:
+        if name not in params:  # (weight_hr without a projection)
             return None
-        return _core.pack_half_panels(weight_bits(np.asarray(w), weights_dtype), blocks[role])
+        bits = weight_bits(np.asarray(params[name]), weights_dtype, name)
+        return _core.pack_half_panels(bits, blocks[role])
 
     layers = [
-        tuple(packed(params.get(named[role]), role) for role in HALF_ROLES)
+        tuple(packed(named[role], role) for role in HALF_ROLES)
         for named in (
             dict(zip(STACK_ROLES, names))
             for names in stack_role_names(num_layers, num_directions(bidirectional))

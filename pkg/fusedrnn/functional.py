@@ -15,7 +15,6 @@ import numpy as np
 
 from . import _core
 from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
-from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
@@ -25,6 +24,7 @@ from ._checks import (
     check_size,
     require_array,
 )
+from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._spec import (
     CELL_PARAMETERS,
     GATES,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import _core, functional, reference
+from fusedrnn import functional, reference
 from tests.helpers.cells import (
     CASES,
     assert_close,
@@ -22,19 +22,9 @@ from tests.helpers.cells import (
     make_inputs,
 )
 
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 # (T, B, I, H): single step, single item, I != H, odd sizes, H past one vector, a wider batch
 SIZES = [(1, 1, 1, 1), (1, 3, 5, 2), (6, 1, 7, 19), (5, 3, 16, 33), (4, 6, 9, 64)]
 DTYPES = [np.float64, np.float32]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test on one compiled instruction set, then restore the best one."""
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def run_both(case, size, dtype, seed=0):
