@@ -12,6 +12,13 @@
 namespace fusedrnn {
 namespace {
 
+HalfFormat parse_half_format(const std::string& format) {
+  if (format == "float16") return HalfFormat::float16;
+  if (format == "bfloat16") return HalfFormat::bfloat16;
+  throw py::value_error("the format of 16-bit weights must be 'float16' or 'bfloat16', got '" +
+                        format + "'");
+}
+
 std::string param_name(const char* kind, int64_t layer, int64_t direction) {
   return std::string(kind) + "_l" + std::to_string(layer) + (direction ? "_reverse" : "");
 }
@@ -220,10 +227,7 @@ struct StackCall {
           "16-bit weights (weights_dtype) are for inference: training must be False");
     py::tuple t = py::reinterpret_borrow<py::tuple>(spec);
     if (t.size() != 3) throw py::value_error("half_weights must be (format, panel_width, layers)");
-    const std::string format = py::str(t[0]);
-    if (format != "float16" && format != "bfloat16")
-      throw py::value_error("half_weights format must be 'float16' or 'bfloat16', got '" + format +
-                            "'");
+    const HalfFormat format = parse_half_format(py::str(t[0]));
     const int64_t nr = t[1].cast<int64_t>(), active_nr = step_gemm_kernels<float>().panel_width;
     if (nr != active_nr)
       throw py::value_error("half_weights were packed for panels of " + std::to_string(nr) +
@@ -245,7 +249,7 @@ struct StackCall {
     };
     for_each_layer(t[2], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
       HalfLayerWeights h;
-      h.format = format == "float16" ? HalfFormat::float16 : HalfFormat::bfloat16;
+      h.format = format;
       h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
       h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
       h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
@@ -405,16 +409,18 @@ void bind_stack(py::module_& m) {
       "Columns of a float step-GEMM panel on the active instruction set.");
   m.def(
       "pack_half_panels",
-      [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> w, int64_t blocks) {
+      [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> w, int64_t blocks,
+         const std::string& format) {
         if (w.ndim() != 2 || blocks < 1 || w.shape(0) % blocks)
           throw py::value_error("w must be a 2-D uint16 array of blocks*cols rows");
         const int64_t K = w.shape(1), cols = w.shape(0) / blocks;
         const int64_t nr = step_gemm_kernels<float>().panel_width;
         py::array_t<uint16_t> packed(half_panels_size(K, blocks, cols, nr));
-        pack_half_panels(packed.mutable_data(), w.data(), K, blocks, cols, nr);
+        pack_half_panels(packed.mutable_data(), w.data(), K, blocks, cols, nr,
+                         parse_half_format(format));
         return packed;
       },
-      "w"_a, "blocks"_a,
+      "w"_a, "blocks"_a, "format"_a,
       "The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read "
       "(for the active instruction set's step_panel_width).");
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,

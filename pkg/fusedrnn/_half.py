@@ -163,7 +163,7 @@ def pack_half_weights(
         if name not in params:  # (weight_hr without a projection)
             return None
         bits = weight_bits(np.asarray(params[name]), weights_dtype, name)
-        return _core.pack_half_panels(bits, blocks[role])
+        return _core.pack_half_panels(bits, blocks[role], weights_dtype)
 
     layers = [
         tuple(packed(named[role], role) for role in HALF_ROLES)
