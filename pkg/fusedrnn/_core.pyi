@@ -4,9 +4,12 @@
 fusedrnn's compiled kernels; use the wrappers in fusedrnn.functional.
 """
 
+from __future__ import annotations
+
 import typing
 
 import numpy
+import numpy.typing
 
 __all__: list[str] = [
     "active_isa",
@@ -30,6 +33,7 @@ __all__: list[str] = [
     "lstm_forward",
     "lstm_workspace_size",
     "openmp_teams",
+    "pack_half_panels",
     "release_cached_memory",
     "rnn_backward",
     "rnn_forward",
@@ -41,6 +45,7 @@ __all__: list[str] = [
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
+    "step_panel_width",
     "worker_idle_microseconds",
 ]
 
@@ -230,6 +235,20 @@ def lstm_workspace_size(
     H: typing.SupportsInt | typing.SupportsIndex,
     P: typing.SupportsInt | typing.SupportsIndex = 0,
 ) -> int: ...
+def openmp_teams() -> bool:
+    """
+    Whether the teams run on OpenMP's threads now (never in a forked child).
+    """
+
+def pack_half_panels(
+    w: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16],
+    blocks: typing.SupportsInt | typing.SupportsIndex,
+    format: str,
+) -> numpy.typing.NDArray[numpy.uint16]:
+    """
+    The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read (for the active instruction set's step_panel_width).
+    """
+
 def release_cached_memory() -> None:
     """
     Give the memory of freed outputs and scratch kept for later calls back to the system.
@@ -277,6 +296,11 @@ def set_blas_threads_local(fn: typing.SupportsInt | typing.SupportsIndex) -> Non
     """
 
 def set_num_threads(arg0: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+def set_openmp_teams(on: bool) -> None:
+    """
+    Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or on fusedrnn's own pool (False, the default).
+    """
+
 def stack_backward(
     mode: str,
     x: typing.Any,
@@ -317,6 +341,7 @@ def stack_forward(
     reset_after: bool,
     nonlinearity: str,
     training: bool,
+    half_weights: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
     mode: str,
@@ -332,14 +357,9 @@ def stack_saved_size(
     Elements of the `saved` array a training stack_forward keeps.
     """
 
-def set_openmp_teams(on: bool) -> None:
+def step_panel_width() -> int:
     """
-    Run the kernels' teams on OpenMP's threads (True: what a process with PyTorch wants) or on fusedrnn's own pool (False, the default).
-    """
-
-def openmp_teams() -> bool:
-    """
-    Whether the teams run on OpenMP's threads now (never in a forked child).
+    Columns of a float step-GEMM panel on the active instruction set.
     """
 
 def worker_idle_microseconds() -> int:
