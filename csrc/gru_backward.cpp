@@ -57,6 +57,7 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   const GruSaved<const T> saved = gru_saved(a.workspace, a.saved_steps, B, H).at(a.first_step);
   const GruBackwardScratch<T> scratch = gru_backward_scratch(a.scratch, a.shape);
   const auto& kernels = pointwise<T>();
+  const CellOptions& options = a.shape.options;
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T *dgates_x = scratch.dgates_x, *dgates_h = scratch.dgates_h, *d_rh = scratch.d_rh;
@@ -91,15 +92,27 @@ void gru_backward(const CellBackwardArgs<T>& a) {
       T* dgh = dgates_h + t * B * G;
       T* my_dgx = dgx + r0 * G + j0;
       if (reset_after) {
-        kernels.gru_backward(rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at, dy_t, g,
-                             saved.extra + t * B * H + at, h_prev + at);
+        if (options.enabled)
+          kernels.gru_backward_options(options, rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at,
+                                       dy_t, g, saved.extra + t * B * H + at, h_prev + at);
+        else
+          kernels.gru_backward(rows, H, w, my_dgx, dgh + r0 * G + j0, dh0 + at, dy_t, g,
+                               saved.extra + t * B * H + at, h_prev + at);
       } else {
-        kernels.gru_rb_backward_state(rows, H, w, my_dgx, dh0 + at, dy_t, g, h_prev + at);
+        if (options.enabled)
+          kernels.gru_rb_backward_state_options(options, rows, H, w, my_dgx, dh0 + at, dy_t, g,
+                                                h_prev + at);
+        else
+          kernels.gru_rb_backward_state(rows, H, w, my_dgx, dh0 + at, dy_t, g, h_prev + at);
         split.share_step_results();  // d(r*h) reads every unit's n-gate gradient
         // forward: hproj_n = rh W_hn^T  ->  d_rh = dn_pre W_hn
         step_gemm(step_kernel, w_hn, 0, 1, split.units, rows, dgx + r0 * G + 2 * H, G,
                   d_rh + r0 * H, H, false);
-        kernels.gru_rb_backward_gates(rows, H, w, my_dgx, dh0 + at, d_rh + at, g, h_prev + at);
+        if (options.enabled)
+          kernels.gru_rb_backward_gates_options(options, rows, H, w, my_dgx, dh0 + at, d_rh + at, g,
+                                                h_prev + at);
+        else
+          kernels.gru_rb_backward_gates(rows, H, w, my_dgx, dh0 + at, d_rh + at, g, h_prev + at);
       }
       if (member == 0) {
         zero_rows(dgx, n, B, G);

@@ -58,6 +58,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
   T *y = a.y, *h_n = a.h_n;
   const GruSaved<T> saved = gru_saved(a.workspace, steps, B, H);
   const auto& kernels = pointwise<T>();
+  const CellOptions& options = a.shape.options;
   const int64_t nr = step_gemm_kernels<T>().panel_width;
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
@@ -97,17 +98,30 @@ void gru_forward(const CellForwardArgs<T>& a) {
       if (reset_after) {
         step_gemm(w_hh_t, 0, kGruGates, split.units, rows, h_prev + r0 * H, H, hproj + r0 * G, G,
                   false);
-        kernels.gru_forward(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj + r0 * G + j0,
-                            h_prev + at, extra + at, h + at);
+        if (options.enabled)
+          kernels.gru_forward_options(options, rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
+                                      hproj + r0 * G + j0, h_prev + at, extra + at, h + at);
+        else
+          kernels.gru_forward(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj + r0 * G + j0,
+                              h_prev + at, extra + at, h + at);
       } else {
         step_gemm(w_hh_t, 0, 2, split.units, rows, h_prev + r0 * H, H, hproj + r0 * 2 * H, 2 * H,
                   false);
-        kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
-                                     hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
+        if (options.enabled)
+          kernels.gru_rb_forward_gates_options(options, rows, H, w, bias_ih + j0, bias_hh + j0,
+                                               my_gates, hproj + r0 * 2 * H + j0, h_prev + at,
+                                               extra + at);
+        else
+          kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
+                                       hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
         split.share_step_results();  // W_hn (r*h) reads every unit of r*h
         step_gemm(w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H, hproj_n + r0 * H, H, false);
-        kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj_n + at,
-                                     h_prev + at, h + at);
+        if (options.enabled)
+          kernels.gru_rb_forward_state_options(options, rows, H, w, bias_ih + j0, bias_hh + j0,
+                                               my_gates, hproj_n + at, h_prev + at, h + at);
+        else
+          kernels.gru_rb_forward_state(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
+                                       hproj_n + at, h_prev + at, h + at);
       }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, H);

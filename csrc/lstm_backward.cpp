@@ -40,6 +40,23 @@ LstmBackwardScratch<T> lstm_backward_scratch(T* base, const CellShape& s) {
   b.size = carve.used;
   return b;
 }
+// forward: pi += p_i*c_prev, pf += p_f*c_prev, po += p_o*c  ->  dp_i += sum dpi*c_prev, ...
+// over every step and row (rows past their length have zero gradients), units [j0, j0 + w).
+template <typename T>
+void add_peephole_gradients(T* dpeephole, const T* dgates, const T* c, const T* c0,
+                            const PanelShare& units, int64_t steps, int64_t B, int64_t H) {
+  for (int64_t t = 0; t < steps; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* dg = dgates + (t * B + b) * kLstmGates * H;
+      const T* c_now = c + (t * B + b) * H;
+      const T* c_prev = t ? c_now - B * H : c0 + b * H;
+      for (int64_t j = units.begin; j < units.begin + units.width; ++j) {
+        dpeephole[j] += dg[j] * c_prev[j];
+        dpeephole[H + j] += dg[H + j] * c_prev[j];
+        dpeephole[2 * H + j] += dg[3 * H + j] * c_now[j];
+      }
+    }
+}
 }  // namespace
 
 int64_t lstm_backward_scratch_size(const CellShape& s) {
@@ -58,6 +75,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   const LstmSaved<const T> saved = lstm_saved(a.workspace, a.saved_steps, B, H, P).at(a.first_step);
   const LstmBackwardScratch<T> scratch = lstm_backward_scratch(a.scratch, a.shape);
   const auto& kernels = pointwise<T>();
+  const CellOptions& options = a.shape.options;
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T* dgates = scratch.dgates;
@@ -80,6 +98,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
     split.wait_for_all_panels();
     const PanelShare& dh_columns = split.by_rows ? split.units : columns;  // (R = H by rows)
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
+    const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;
     const PackedWeights<T> w_hr_panels =  // W_hr [P,H] read in place: dm = dh W_hr
         P ? in_place_panels(step_kernel, w_hr, H, P, H, scratch.hr_tail, split.units)
           : PackedWeights<T>{};
@@ -104,10 +123,15 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
         dy_t = nullptr;
       }
       const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
-      kernels.lstm_backward(rows, H, w, dg + r0 * G + j0, dc0 + at, dh + r0 * R + j0,
-                            dy_t ? dy_t + r0 * R + j0 : nullptr,
-                            saved.gates + t * B * G + r0 * G + j0, saved.c + t * B * H + at,
-                            c_prev + at);
+      const T* dy_at = dy_t ? dy_t + r0 * R + j0 : nullptr;
+      const T* gates_at = saved.gates + t * B * G + r0 * G + j0;
+      if (options.enabled)
+        kernels.lstm_backward_options(options, rows, H, w, peephole, dg + r0 * G + j0, dc0 + at,
+                                      dh + r0 * R + j0, dy_at, gates_at, saved.c + t * B * H + at,
+                                      c_prev + at);
+      else
+        kernels.lstm_backward(rows, H, w, dg + r0 * G + j0, dc0 + at, dh + r0 * R + j0, dy_at,
+                              gates_at, saved.c + t * B * H + at, c_prev + at);
       if (member == 0) zero_rows(dg, n, B, G);
       split.share_step_results();
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only)
@@ -132,6 +156,9 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
           in_place_panels(step_kernel, saved.m, H, TB, H, scratch.m_tail, share);
       step_gemm(step_kernel, ms, 0, 1, share, P, scratch.dhs, P, a.g.dw_hr, H, true, true);
     }
+    if (a.w.peephole && a.g.dpeephole)  // this member's units of the peephole gradients
+      add_peephole_gradients(a.g.dpeephole, dgates, saved.c, c0, panel_share(H, 1, member, members),
+                             steps, B, H);
   });
 }
 

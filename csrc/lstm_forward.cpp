@@ -56,6 +56,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   T *y = a.y, *h_n = a.h_n, *c_n = a.c_n;
   const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P);
   const auto& kernels = pointwise<T>();
+  const CellOptions& options = a.shape.options;
   const int64_t nr = step_gemm_kernels<T>().panel_width;
   const bool training = saved.gates != nullptr;
   const LstmForwardScratch<T> scratch = lstm_forward_scratch(a.scratch, a.shape, training);
@@ -80,6 +81,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
                                scratch.packed_ih, w_ih, I, training, a.w.half);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
+    const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
     const StepWeights<T> w_hr_t = P ? step_weights(a.w.half, a.w.half ? a.w.half->w_hr : nullptr,
@@ -101,8 +103,14 @@ void lstm_forward(const CellForwardArgs<T>& a) {
       // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
       step_gemm(w_hh_t, 0, kLstmGates, split.units, rows, h_prev + r0 * R, R, gates + r0 * G, G,
                 true);
-      kernels.lstm_forward(rows, H, w, scratch.bias + j0, gates + r0 * G + j0, c_prev + r0 * H + j0,
-                           c + r0 * H + j0, (P ? m + r0 * H : h + r0 * R) + j0);
+      T* h_out = (P ? m + r0 * H : h + r0 * R) + j0;
+      if (options.enabled)  // ONNX's options: the gates keep their pre-activations
+        kernels.lstm_forward_options(options, rows, H, w, scratch.bias + j0, peephole,
+                                     gates + r0 * G + j0, c_prev + r0 * H + j0, c + r0 * H + j0,
+                                     h_out);
+      else
+        kernels.lstm_forward(rows, H, w, scratch.bias + j0, gates + r0 * G + j0,
+                             c_prev + r0 * H + j0, c + r0 * H + j0, h_out);
       if (P) {  // h = m W_hr^T needs every unit of m
         team_barrier();
         step_gemm(w_hr_t, 0, 1, outputs, n, m, H, h, P, false);

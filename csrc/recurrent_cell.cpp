@@ -12,8 +12,8 @@ int64_t cell_workspace_size(CellKind cell, const CellShape& s) {
       return lstm_workspace_size(s.steps, s.batch, s.hidden, s.proj);
     case CellKind::gru:
       return gru_workspace_size(s.steps, s.batch, s.hidden);
-    default:
-      return 0;  // the RNN reads its derivative off y
+    default:  // the RNN reads its derivative off y; with options, it saves its pre-activations
+      return s.options.enabled ? s.steps * s.batch * s.hidden : 0;
   }
 }
 

@@ -28,6 +28,42 @@ constexpr int64_t gates_of(CellKind cell) {
 
 enum class RnnActivation : int { tanh = 0, relu = 1 };
 
+// The activation functions of ONNX's LSTM / GRU / RNN operators (their `activations`), with
+// ONNX's definitions: affine a*x + b, leaky_relu x < 0 ? a*x : x, thresholded_relu x > a ? x : 0,
+// scaled_tanh a*tanh(b*x), hard_sigmoid clamp(a*x + b, 0, 1), elu x < 0 ? a*(exp(x) - 1) : x,
+// softsign x/(1 + |x|), softplus log(1 + exp(x)). The order is fusedrnn/_cell_options.py's.
+enum class Activation : int {
+  sigmoid = 0,
+  tanh,
+  relu,
+  affine,
+  leaky_relu,
+  thresholded_relu,
+  scaled_tanh,
+  hard_sigmoid,
+  elu,
+  softsign,
+  softplus
+};
+struct ActivationFn {
+  Activation kind = Activation::sigmoid;
+  double alpha = 0, beta = 0;
+};
+
+// ONNX's attributes beyond PyTorch's cells (docs/onnx.md). Not enabled: the cell is PyTorch's,
+// through its own fused passes, and nothing below is read. Enabled: one generic pass per cell
+// that applies them, and the workspace saves the gate pre-activations (bias and peepholes added,
+// before clipping) instead of the activated gates, from which backward recomputes them; the
+// RNN then saves its pre-activations [T,B,H] too.
+struct CellOptions {
+  bool enabled = false;
+  // LSTM: f (gates i, f, o), g (cell input), h (of the cell state); GRU: f (r, z), g (n);
+  // RNN: f. Defaults: PyTorch's (sigmoid, tanh, tanh).
+  ActivationFn act[3] = {{Activation::sigmoid}, {Activation::tanh}, {Activation::tanh}};
+  double clip = 0;            // > 0: every gate pre-activation clipped to [-clip, clip]
+  bool input_forget = false;  // LSTM: f = 1 - i (the forget gate's weights are unused)
+};
+
 // The sizes of one pass, and the variant of the cell.
 struct CellShape {
   int64_t steps = 0;                        // T
@@ -37,6 +73,7 @@ struct CellShape {
   int64_t proj = 0;                         // P: LSTM only, 0 = no projection
   bool reset_after = true;                  // GRU: PyTorch's form (true) or Cho 2014's (false)
   RnnActivation act = RnnActivation::tanh;  // Elman RNN
+  CellOptions options;                      // ONNX's attributes (not enabled: none)
   int64_t out() const { return proj ? proj : hidden; }  // R
 };
 
@@ -52,13 +89,17 @@ struct HalfLayerWeights {
 };
 
 template <typename T>
-struct LayerWeights {                      // one layer, one direction
-  const T* w_ih;                           // [G,I]
-  const T* w_hh;                           // [G,R]
-  const T* b_ih;                           // [G] or null (zeros)
-  const T* b_hh;                           // [G] or null (zeros)
-  const T* w_hr;                           // [P,H]; null without a projection
-  const HalfLayerWeights* half = nullptr;  // inference only, T = float: multiplied instead
+struct LayerWeights {  // one layer, one direction
+  const T* w_ih;       // [G,I]
+  const T* w_hh;       // [G,R]
+  const T* b_ih;       // [G] or null (zeros)
+  const T* b_hh;       // [G] or null (zeros)
+  const T* w_hr;       // [P,H]; null without a projection
+
+  // LSTM peepholes [3H] p_i, p_f, p_o, or null (none); they need options.enabled
+  const T* peephole = nullptr;
+  // inference only, T = float: 16-bit weight matrices multiplied instead of w_ih, w_hh, w_hr
+  const HalfLayerWeights* half = nullptr;
 };
 
 template <typename T>
@@ -68,6 +109,8 @@ struct LayerGrads {  // accumulated into (+=); null biases are skipped
   T* db_ih;          // [G] or null
   T* db_hh;          // [G] or null
   T* dw_hr;          // [P,H]; null without a projection
+
+  T* dpeephole = nullptr;  // [3H] with peepholes
 };
 
 template <typename T>

@@ -45,6 +45,9 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
   T* dh0 = a.dh0;
   const RnnBackwardScratch<T> scratch = rnn_backward_scratch(a.scratch, a.shape);
   const auto kernel = pointwise<T>().rnn_backward[static_cast<int>(a.shape.act)];
+  const CellOptions& options = a.shape.options;
+  // with options: the pre-activations [saved_steps,B,H] the forward saved, from first_step on
+  const T* saved_pre = options.enabled ? a.workspace + a.first_step * B * H : nullptr;
   const auto& step_kernel = step_gemm_kernels<T>();
   const int64_t nr = step_kernel.panel_width;
   T* dpre = scratch.dpre;
@@ -66,7 +69,12 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
       if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* dp = dpre + t * B * H;
-      kernel(rows, H, w, dp + at, dh0 + at, dy ? dy + t * B * H + at : nullptr, y + t * B * H + at);
+      const T* dy_at = dy ? dy + t * B * H + at : nullptr;
+      if (options.enabled)
+        pointwise<T>().rnn_backward_options(options, rows, H, w, dp + at, dh0 + at, dy_at,
+                                            saved_pre + t * B * H + at);
+      else
+        kernel(rows, H, w, dp + at, dh0 + at, dy_at, y + t * B * H + at);
       if (member == 0) zero_rows(dp, n, B, H);
       split.share_step_results();
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)

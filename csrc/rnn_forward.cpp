@@ -42,6 +42,8 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   T *y = a.y, *h_n = a.h_n;
   const RnnForwardScratch<T> scratch = rnn_forward_scratch(a.scratch, a.shape);
   const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(a.shape.act)];
+  const CellOptions& options = a.shape.options;
+  T* saved_pre = options.enabled ? a.workspace : nullptr;  // [T,B,H] with options (training)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
   T* bias = scratch.bias;
   sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
@@ -61,8 +63,16 @@ void rnn_forward(const CellForwardArgs<T>& a) {
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* h = y + t * B * H + r0 * H;
       step_gemm(w_hh_t, 0, 1, split.units, rows, (t ? h - B * H : h0 + r0 * H), H, h, H, true);
-      kernel(rows, H, w, bias + j0, h + j0);
-      if (member == 0) zero_rows(y + t * B * H, n, B, H);  // rows past their length output zeros
+      if (options.enabled)
+        pointwise<T>().rnn_forward_options(
+            options, rows, H, w, bias + j0, h + j0,
+            saved_pre ? saved_pre + t * B * H + r0 * H + j0 : nullptr);
+      else
+        kernel(rows, H, w, bias + j0, h + j0);
+      if (member == 0) {  // rows past their length output zeros (and save them)
+        zero_rows(y + t * B * H, n, B, H);
+        if (saved_pre) zero_rows(saved_pre + t * B * H, n, B, H);
+      }
       split.share_step_results();
     }
   });

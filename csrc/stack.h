@@ -26,11 +26,13 @@ struct StackShape : CellShape {
   int64_t directions = 1;  // D
   int64_t gates() const { return gates_of(cell); }
   int64_t layer_input(int64_t layer) const { return layer ? directions * out() : input; }
-  // The cell of layer `layer` over `steps` steps.
-  CellShape layer_cell(int64_t layer, int64_t steps) const {
+  CellOptions reverse_options;  // of direction 1 (ONNX's activations may differ per direction)
+  // The cell of layer `layer`, direction `direction` over `steps` steps.
+  CellShape layer_cell(int64_t layer, int64_t steps, int64_t direction = 0) const {
     CellShape c = *this;
     c.input = layer_input(layer);
     c.steps = steps;
+    if (direction == 1) c.options = reverse_options;
     return c;
   }
 };

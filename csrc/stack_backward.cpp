@@ -190,7 +190,7 @@ void stack_backward(const StackBackwardArgs<T>& a) {
       cell.c0 = lstm ? a.in.c0 + k * B * H : nullptr;
       cell.y = here.output[d];
       cell.batch_sizes = a.in.batch_sizes;
-      cell.shape = s.layer_cell(l, s.steps);
+      cell.shape = s.layer_cell(l, s.steps, d);
       cell_backward(s.cell, cell);
     });
     // Both directions read the same input: their gradients add up.

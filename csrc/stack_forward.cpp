@@ -85,7 +85,7 @@ void stack_forward(const StackForwardArgs<T>& a) {
       cell.batch_sizes = batch_sizes;
       cell.workspace = training ? here.workspace[d] : nullptr;
       cell.scratch = f.cell[d];
-      cell.shape = s.layer_cell(l, s.steps);
+      cell.shape = s.layer_cell(l, s.steps, d);
       cell_forward(s.cell, cell);
       copy_processing_order<false>(out + d * R, width, cell.y, R, R, lengths, s.steps, B, reverse);
     });

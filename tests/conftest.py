@@ -6,6 +6,15 @@ import fusedrnn
 from fusedrnn import _core
 
 
+@pytest.fixture(params=[i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+def isa(request):
+    """Run the test on one compiled instruction set, then restore the best one."""
+    default = _core.active_isa()
+    _core.select_isa(request.param)
+    yield request.param
+    _core.select_isa(default)
+
+
 @pytest.fixture(params=["auto", "team"])
 def threading_mode(request):
     """'auto': the kernels' own choice; 'team': split even tiny time loops across two threads,
@@ -16,22 +25,10 @@ def threading_mode(request):
     defaults = _core._team_thresholds()
     if request.param == "team":
         fusedrnn.set_num_threads(2)
-        _core._set_team_thresholds(0, 1)
+        _core._set_team_thresholds(0, 1, False)
     yield request.param
     _core._set_team_thresholds(*defaults)
     fusedrnn.set_num_threads(before)
-
-
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test on one compiled instruction set, then restore the best one."""
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def pytest_addoption(parser):

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -131,6 +132,30 @@ RnnActivation parse_nonlinearity(const std::string& nonlinearity) {
   if (nonlinearity == "tanh") return RnnActivation::tanh;
   if (nonlinearity == "relu") return RnnActivation::relu;
   throw py::value_error("nonlinearity must be 'tanh' or 'relu', got '" + nonlinearity + "'");
+}
+
+CellOptions parse_cell_options(py::handle options, int64_t direction) {
+  CellOptions o;
+  if (options.is_none()) return o;
+  const py::tuple spec = py::reinterpret_borrow<py::tuple>(options);
+  if (spec.size() != 3)
+    throw py::value_error("cell options must be (clip, input_forget, activations)");
+  o.enabled = true;
+  o.clip = spec[0].cast<double>();
+  o.input_forget = spec[1].cast<bool>();
+  const py::tuple per_direction = spec[2].cast<py::tuple>();
+  if (per_direction.size() == 0) return o;
+  const py::tuple acts =
+      per_direction[std::min<size_t>(direction, per_direction.size() - 1)].cast<py::tuple>();
+  if (acts.size() > 3) throw py::value_error("a cell takes at most 3 activation functions");
+  for (size_t k = 0; k < acts.size(); ++k) {
+    const py::tuple fn = acts[k].cast<py::tuple>();
+    const int kind = fn[0].cast<int>();
+    if (kind < 0 || kind > static_cast<int>(Activation::softplus))
+      throw py::value_error("unknown activation function " + std::to_string(kind));
+    o.act[k] = {static_cast<Activation>(kind), fn[1].cast<double>(), fn[2].cast<double>()};
+  }
+  return o;
 }
 
 void check_blas_dim(int64_t value, const char* what) {

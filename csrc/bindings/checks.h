@@ -92,6 +92,12 @@ auto dispatch_dtype(const ArgChecker& checker, Body&& body) {
 // 'tanh' or 'relu', else a ValueError naming the argument.
 RnnActivation parse_nonlinearity(const std::string& nonlinearity);
 
+// ONNX's cell options of one direction (recurrent_cell.h, CellOptions) from what
+// fusedrnn/_cell_options.py's CellOptions.kernel_args gives: None (not enabled), or
+// (clip, input_forget, activations), activations one tuple per direction of (kind, alpha, beta)
+// triples. A direction past those given takes the first's.
+CellOptions parse_cell_options(py::handle options, int64_t direction);
+
 // A size that must be positive-or-zero and fit one BLAS argument.
 void check_blas_dim(int64_t value, const char* what);
 

@@ -50,21 +50,38 @@ PYBIND11_MODULE(_core, m) {
         "Whether the teams run on OpenMP's threads now (never in a forked child).");
   m.def("worker_idle_microseconds", &worker_idle_microseconds,
         "How long an idle worker thread of the kernels keeps its core before it sleeps.");
+  m.def(
+      "team_stalls",
+      [] {
+        const TeamStalls s = team_stalls();
+        py::dict d;
+        d["teams_stalled"] = s.teams_stalled;
+        d["calls_alone"] = s.calls_alone;
+        d["pause_us"] = s.pause_us;
+        d["paused"] = s.paused;
+        return d;
+      },
+      "The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how "
+      "many were stalled by a member without a core, how many ran on one thread during the pauses "
+      "that followed, the current pause in microseconds, and whether one is on now.");
   m.def("cached_bytes", &cached_bytes,
         "Bytes of freed outputs and scratch kept for the next calls' buffers of the same sizes.");
   m.def("release_cached_memory", &release_cached_memory,
         "Give the memory of freed outputs and scratch kept for later calls back to the system.");
   m.def(
       "_set_team_thresholds",
-      [](int64_t min_step_work, int64_t min_units_per_member) {
+      [](int64_t min_step_work, int64_t min_units_per_member, bool pause_stalled_teams) {
         if (min_step_work < 0 || min_units_per_member < 1)
           throw py::value_error("thresholds must be >= 0 and >= 1");
-        team_thresholds() = {min_step_work, min_units_per_member};
+        team_thresholds() = {min_step_work, min_units_per_member, pause_stalled_teams};
       },
-      "min_step_work"_a, "min_units_per_member"_a,
-      "Testing knob: when the recurrent time loops split their hidden units across threads.");
+      "min_step_work"_a, "min_units_per_member"_a, "pause_stalled_teams"_a = true,
+      "Testing knob: when the recurrent time loops split their hidden units across threads, and "
+      "whether a thread whose team was stalled runs its next teams on one thread for a while "
+      "(team_stalls).");
   m.def("_team_thresholds", [] {
-    return py::make_tuple(team_thresholds().min_step_work, team_thresholds().min_units_per_member);
+    const TeamThresholds& t = team_thresholds();
+    return py::make_tuple(t.min_step_work, t.min_units_per_member, t.pause_stalled_teams);
   });
   m.def("active_isa", [] { return std::string(active_isa().name); });
   m.def("isa_supported", [](const std::string& name) { return isa_supported(name.c_str()); });

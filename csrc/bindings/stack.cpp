@@ -47,7 +47,7 @@ struct StackCall {
   StackCall(const std::string& mode, py::handle x_, py::handle h0_, py::handle c0_,
             py::handle masks_, py::handle batch_sizes_, py::handle lengths_, int64_t num_layers,
             bool bidirectional, int64_t hidden, int64_t proj, bool reset_after,
-            const std::string& nonlinearity)
+            const std::string& nonlinearity, py::handle cell_options)
       : checker(x_, "x") {
     const CellKind cell = cell_of(mode);
     const RnnActivation act = parse_nonlinearity(nonlinearity);
@@ -67,6 +67,8 @@ struct StackCall {
                         bidirectional);
     shape.reset_after = reset_after;
     shape.act = act;
+    shape.options = parse_cell_options(cell_options, 0);
+    shape.reverse_options = parse_cell_options(cell_options, 1);
     if (shape.input < 1) throw py::value_error("x must have input_size >= 1, but has 0");
     const int64_t T = shape.steps, B = shape.batch, R = shape.out(),
                   LD = num_layers * shape.directions;
@@ -193,6 +195,7 @@ struct StackCall {
       const std::string n_ih = param_name("weight_ih", l, d), n_hh = param_name("weight_hh", l, d);
       const std::string n_bi = param_name("bias_ih", l, d), n_bh = param_name("bias_hh", l, d);
       const std::string n_hr = param_name("weight_hr", l, d);
+      const std::string n_p = param_name("weight_peephole", l, d);
       py::array w_ih =
           checker.input(w[0], n_ih.c_str(),
                         {{"gates*hidden_size", G}, {"layer input size", shape.layer_input(l)}});
@@ -205,9 +208,11 @@ struct StackCall {
               ? py::object(checker.input(
                     w[4], n_hr.c_str(), {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}}))
               : py::none();
-      for (py::object o : {py::object(w_ih), py::object(w_hh), b_ih, b_hh, w_hr}) keep.push_back(o);
+      py::object peephole = peephole_of(w, n_p.c_str());
+      for (py::object o : {py::object(w_ih), py::object(w_hh), b_ih, b_hh, w_hr, peephole})
+        keep.push_back(o);
       out.push_back({cdata_of<T>(w_ih), cdata_of<T>(w_hh), cdata_of<T>(b_ih), cdata_of<T>(b_hh),
-                     cdata_of<T>(w_hr)});
+                     cdata_of<T>(w_hr), cdata_of<T>(peephole)});
     });
     return out;
   }
@@ -258,6 +263,16 @@ struct StackCall {
     return out;
   }
 
+  // An LSTM layer's peepholes [3H] (p_i, p_f, p_o): the weights tuple's sixth entry, or None.
+  // They need the options' pass, which they enable (with PyTorch's activations if none given).
+  py::object peephole_of(py::tuple w, const char* name) {
+    if (w.size() < 6 || w[5].is_none()) return py::none();
+    if (shape.cell != CellKind::lstm)
+      throw py::value_error(std::string(name) + ": only an LSTM has peepholes");
+    shape.options.enabled = shape.reverse_options.enabled = true;
+    return checker.input(w[5], name, {{"3*hidden_size", 3 * shape.hidden}});
+  }
+
   // The gradient buffers, same structure, accumulated into in place.
   template <typename T>
   std::vector<LayerGrads<T>> grads(py::handle list) {
@@ -279,12 +294,15 @@ struct StackCall {
       py::object db_hh = acc(g[3], "bias_hh", {{"gates*hidden_size", G}});
       py::object dw_hr =
           acc(g[4], "weight_hr", {{"proj_size", shape.proj}, {"hidden_size", shape.hidden}});
+      py::object dpeephole =
+          g.size() > 5 ? acc(g[5], "weight_peephole", {{"3*hidden_size", 3 * shape.hidden}})
+                       : py::none();
       if (dw_ih.is_none() || dw_hh.is_none() || (shape.proj && dw_hr.is_none()))
         throw py::value_error("grads of " + param_name("weight_ih", l, d) +
                               " / weight_hh / weight_hr are required");
-      for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr}) keep.push_back(o);
+      for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeephole}) keep.push_back(o);
       out.push_back({data_of<T>(dw_ih), data_of<T>(dw_hh), data_of<T>(db_ih), data_of<T>(db_hh),
-                     data_of<T>(dw_hr)});
+                     data_of<T>(dw_hr), data_of<T>(dpeephole)});
     });
     return out;
   }
@@ -294,10 +312,10 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
                            py::handle weights, py::handle dropout_masks, py::handle batch_sizes,
                            py::handle lengths, int64_t num_layers, bool bidirectional,
                            int64_t hidden, int64_t proj, bool reset_after,
-                           const std::string& nonlinearity, bool training,
+                           const std::string& nonlinearity, bool training, py::handle cell_options,
                            py::handle half_weights) {
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
-                 hidden, proj, reset_after, nonlinearity);
+                 hidden, proj, reset_after, nonlinearity, cell_options);
   const std::vector<HalfLayerWeights> half = call.half_weights(half_weights, training);
   const StackShape& s = call.shape;
   const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions;
@@ -331,7 +349,7 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             py::handle dropout_masks, py::handle batch_sizes, py::handle lengths,
                             int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
                             bool reset_after, const std::string& nonlinearity, int64_t truncate,
-                            int64_t stride) {
+                            int64_t stride, py::handle cell_options) {
   if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
     throw py::value_error(
         "truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
@@ -340,7 +358,7 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
   if (truncate && bidirectional)
     throw py::value_error("truncated backpropagation through time needs a unidirectional layer");
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
-                 hidden, proj, reset_after, nonlinearity);
+                 hidden, proj, reset_after, nonlinearity, cell_options);
   const StackShape& s = call.shape;
   const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions, W = s.directions * s.out();
   const ArgChecker& c = call.checker;
@@ -394,16 +412,18 @@ void bind_stack(py::module_& m) {
   m.def(
       "stack_saved_size",
       [](const std::string& mode, int64_t T, int64_t B, int64_t I, int64_t H, int64_t proj,
-         int64_t layers, bool bidirectional) {
-        return stack_saved_size(
-            stack_shape(cell_of(mode), T, B, I, H, proj, layers, bidirectional));
+         int64_t layers, bool bidirectional, py::handle cell_options) {
+        StackShape s = stack_shape(cell_of(mode), T, B, I, H, proj, layers, bidirectional);
+        s.options = parse_cell_options(cell_options, 0);
+        return stack_saved_size(s);
       },
       "mode"_a, "T"_a, "B"_a, "I"_a, "H"_a, "proj_size"_a, "num_layers"_a, "bidirectional"_a,
+      "cell_options"_a = py::none(),
       "Elements of the `saved` array a training stack_forward keeps.");
   m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a,
-        "half_weights"_a = py::none());
+        "cell_options"_a = py::none(), "half_weights"_a = py::none());
   m.def(
       "step_panel_width", [] { return step_gemm_kernels<float>().panel_width; },
       "Columns of a float step-GEMM panel on the active instruction set.");
@@ -426,7 +446,8 @@ void bind_stack(py::module_& m) {
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,
-        "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0);
+        "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0,
+        "cell_options"_a = py::none());
 }
 
 }  // namespace fusedrnn

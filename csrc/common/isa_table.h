@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/step_gemm.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 
@@ -58,6 +59,40 @@ struct PointwiseKernels {
   // dpre [rows,H] out; dh recurrent gradient in; dy or null; h the saved output.
   void (*rnn_backward[2])(int64_t rows, int64_t H, int64_t width, T* dpre, const T* dh, const T* dy,
                           const T* h);
+
+  // ---- the cells with ONNX's options (CellOptions; csrc/cell_options_pointwise.inc) ----
+  // As the passes above, but `gates` hold the pre-activations (bias and peepholes added, not
+  // clipped) on return from a forward and as backward reads them. LSTM: peephole [3H] p_i, p_f,
+  // p_o, or null.
+  void (*lstm_forward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                               const T* bias, const T* peephole, T* gates, const T* c_prev, T* c,
+                               T* h);
+  void (*lstm_backward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                                const T* peephole, T* dgates, T* dc, const T* dh, const T* dy,
+                                const T* gates, const T* c, const T* c_prev);
+  void (*gru_forward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                              const T* bias_ih, const T* bias_hh, T* gates, const T* hproj,
+                              const T* h_prev, T* hn, T* h);
+  void (*gru_backward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                               T* dgates_x, T* dgates_h, T* dh, const T* dy, const T* gates,
+                               const T* hn, const T* h_prev);
+  void (*gru_rb_forward_gates_options)(const CellOptions& opt, int64_t rows, int64_t H,
+                                       int64_t width, const T* bias_ih, const T* bias_hh, T* gates,
+                                       const T* hproj_rz, const T* h_prev, T* rh);
+  void (*gru_rb_forward_state_options)(const CellOptions& opt, int64_t rows, int64_t H,
+                                       int64_t width, const T* bias_ih, const T* bias_hh, T* gates,
+                                       const T* hproj_n, const T* h_prev, T* h);
+  void (*gru_rb_backward_state_options)(const CellOptions& opt, int64_t rows, int64_t H,
+                                        int64_t width, T* dgates, T* dh, const T* dy,
+                                        const T* gates, const T* h_prev);
+  void (*gru_rb_backward_gates_options)(const CellOptions& opt, int64_t rows, int64_t H,
+                                        int64_t width, T* dgates, T* dh, const T* d_rh,
+                                        const T* gates, const T* h_prev);
+  // RNN: pre [rows,H] out the pre-activations (null: not saved); backward reads them.
+  void (*rnn_forward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                              const T* bias, T* h, T* pre);
+  void (*rnn_backward_options)(const CellOptions& opt, int64_t rows, int64_t H, int64_t width,
+                               T* dpre, const T* dh, const T* dy, const T* pre);
 
   // ---- softmax cross-entropy (whole rows of V classes; not per hidden unit) ----
   // logits [rows,V]; targets [rows] in [0,V) or == ignore_index; losses [rows] out (0 if ignored);

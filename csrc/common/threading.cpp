@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <ctime>
 #include <memory>
 #include <mutex>
 #include <pthread.h>
@@ -98,13 +99,88 @@ void SpinBarrier::wait() {
     generation_.store(generation + 1, std::memory_order_release);
     return;
   }
+  StallClock stall;  // started when the spinning ends
   for (int round = 0; generation_.load(std::memory_order_acquire) == generation; ++round) {
-    if (stop_ && stop_->stopped.load(std::memory_order_relaxed)) return;
-    if (round < kSpinRounds)
+    if (stop_ && stop_->stopped.load(std::memory_order_relaxed)) break;
+    if (round < kSpinRounds) {
       cpu_relax();
-    else
+    } else {
+      if (round == kSpinRounds) stall.start();
       sched_yield();
+    }
   }
+  if (const int64_t stalled = stall.stalled_ns(members_))
+    stalled_ns_.fetch_add(stalled, std::memory_order_relaxed);
+}
+
+int64_t steady_nanoseconds() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+int64_t process_cpu_nanoseconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);  // (a system call: only once a wait is long)
+  return int64_t(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+}  // namespace
+
+void StallClock::start() {
+  wall_ns_ = steady_nanoseconds();
+  cpu_ns_ = process_cpu_nanoseconds();
+}
+
+int64_t StallClock::stalled_ns(int members) const {
+  if (wall_ns_ == 0) return 0;
+  const int64_t wall = steady_nanoseconds() - wall_ns_, cpu = process_cpu_nanoseconds() - cpu_ns_;
+  return std::max<int64_t>(0, members * wall - cpu);
+}
+
+namespace {
+// TeamStalls' policy: a team is stalled when its members' waits past spinning add up to this
+// share of its wall time or more; the first pause, and the longest.
+constexpr int64_t kStalledShareInverse = 4;  // a quarter
+constexpr int64_t kFirstPauseNs = 20'000'000;
+constexpr int64_t kLongestPauseNs = 1'000'000'000;
+struct TeamStallState {
+  TeamStalls counts;
+  int64_t pause_ns = 0;      // the pause after the next stall (0: the first)
+  int64_t paused_until = 0;  // steady_nanoseconds; teams before it run on one thread
+};
+TeamStallState& team_stall_state() {
+  thread_local TeamStallState state;
+  return state;
+}
+}  // namespace
+
+TeamStalls team_stalls() {
+  const TeamStallState& state = team_stall_state();
+  TeamStalls counts = state.counts;
+  counts.paused = state.paused_until > steady_nanoseconds();
+  return counts;
+}
+
+bool take_team_pause() {
+  if (!team_thresholds().pause_stalled_teams) return false;
+  TeamStallState& state = team_stall_state();
+  if (state.paused_until == 0 || steady_nanoseconds() >= state.paused_until) return false;
+  ++state.counts.calls_alone;
+  return true;
+}
+
+void note_team_waits(int64_t wall_ns, int64_t stalled_ns) {
+  TeamStallState& state = team_stall_state();
+  if (stalled_ns * kStalledShareInverse < wall_ns) {
+    // A good team: the pause after the next stall starts short again.
+    state.pause_ns = 0;
+    return;
+  }
+  ++state.counts.teams_stalled;
+  state.pause_ns = state.pause_ns ? std::min(2 * state.pause_ns, kLongestPauseNs) : kFirstPauseNs;
+  state.counts.pause_us = state.pause_ns / 1000;
+  state.paused_until = steady_nanoseconds() + state.pause_ns;
 }
 
 int current_cpu() {
@@ -169,7 +245,7 @@ class WorkerPool {
     return std::min<int>(members, static_cast<int>(workers_.size()) + 1);
   }
 
-  void run(int members, TeamMemberFn fn, void* body) {
+  int64_t run(int members, TeamMemberFn fn, void* body) {
     finished_.store(0, std::memory_order_relaxed);
     const int caller_cpu = current_cpu();
     bool sleeper = false;
@@ -190,12 +266,16 @@ class WorkerPool {
       wake_.notify_all();
     }
     fn(body, 0, members);
+    StallClock stall;  // (as in SpinBarrier::wait)
     for (int round = 0; finished_.load(std::memory_order_acquire) != members - 1; ++round) {
-      if (round < kSpinRounds)
+      if (round < kSpinRounds) {
         cpu_relax();
-      else
+      } else {
+        if (round == kSpinRounds) stall.start();
         sched_yield();
+      }
     }
+    return stall.stalled_ns(members);
   }
 
  private:
@@ -271,8 +351,8 @@ int reserve_team(int threads) {
   return pool->reserve(threads);
 }
 
-void run_on_pool(int members, TeamMemberFn fn, void* body) {
-  thread_pool()->run(members, fn, body);
+int64_t run_on_pool(int members, TeamMemberFn fn, void* body) {
+  return thread_pool()->run(members, fn, body);
 }
 
 int64_t worker_idle_microseconds() { return kIdleYield.count(); }

@@ -72,12 +72,51 @@ class SpinBarrier {
   void wait();
   // Before any wait: OpenMP may give a team fewer threads than asked.
   void set_members(int members) { members_ = members; }
+  // Nanoseconds the members waited here past their spinning for members that did not run, summed
+  // (see TeamStalls).
+  int64_t stalled_ns() const { return stalled_ns_.load(std::memory_order_relaxed); }
 
  private:
   int members_;
   const StopState* stop_;
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> generation_{0};
+  alignas(64) std::atomic<int64_t> stalled_ns_{0};
+};
+
+// Teams on a shared machine. A member that another program has taken the core from holds up
+// every barrier of its team until the scheduler gives it back (milliseconds), and a per-step
+// barrier then makes a call slower than on one thread (measured on this 2-core Zen 3 with one
+// busy-looping process beside: GRU B=1 fwd+bwd 8.0 ms on 2 threads against 4.7 on one, RNN 8.0
+// against 1.5). So each calling thread watches its teams: a wait that outlasts its spinning
+// (about 55 us here) counts as stalled for the time the team did not run, measured by the
+// process's CPU time (members x the wait's length, less the CPU time the process used meanwhile:
+// a member that is merely behind, or has more of a dynamic share, runs and does not count). After
+// a team stalled for a quarter of its time or more, that thread's next calls run on one thread
+// for a pause, then one call tries the team again; the pause doubles while the tries stall too
+// and starts again short after a good one. Results do not change: they never depend on the
+// thread count.
+struct TeamStalls {
+  int64_t teams_stalled = 0;  // teams judged stalled so far
+  int64_t calls_alone = 0;    // teams that ran on one thread because of a pause
+  int64_t pause_us = 0;       // the current (or last) pause
+  bool paused = false;        // the calling thread's teams are paused now
+};
+TeamStalls team_stalls();  // of the calling thread
+// Whether the calling thread's next team is to run on one thread (and counts it as such).
+bool take_team_pause();
+// After a team of the calling thread: its wall time and its members' stalled waits (summed).
+void note_team_waits(int64_t wall_ns, int64_t stalled_ns);
+int64_t steady_nanoseconds();
+// A wait past spinning: from start() on, how long `members` threads of a team were not running
+// (members x the time, less the CPU time the process used meanwhile; 0 if never started).
+class StallClock {
+ public:
+  void start();
+  int64_t stalled_ns(int members) const;
+
+ private:
+  int64_t wall_ns_ = 0, cpu_ns_ = 0;
 };
 
 // The barrier of the team the calling thread is a member of (null outside a team).
@@ -100,7 +139,8 @@ using TeamMemberFn = void (*)(void* body, int member, int members);
 int reserve_team(int threads);
 // Runs fn(body, m, members) for m = 1 .. members-1 on the pool's workers and fn(body, 0, members)
 // on the calling thread, and returns when all are done. members: at most reserve_team's answer.
-void run_on_pool(int members, TeamMemberFn fn, void* body);
+// Returns the nanoseconds the calling thread waited for the workers past its spinning.
+int64_t run_on_pool(int members, TeamMemberFn fn, void* body);
 
 // Whose threads run the teams: fusedrnn's own pool (the default), or OpenMP's, which a process
 // that also runs PyTorch should use (fusedrnn.torch asks for it): PyTorch's OpenMP threads spin
@@ -136,10 +176,12 @@ void run_team(int threads, Body&& body) {
   if (stop_requested()) return;
 #ifdef FUSEDRNN_OPENMP  // (the pool needs no OpenMP, but a build without it runs on one thread,
                         // as documented; OpenMP gives the default count, OMP_NUM_THREADS)
+  if (threads > 1 && !inside_team() && take_team_pause()) threads = 1;  // (TeamStalls)
   if (threads > 1 && !inside_team() && openmp_teams()) {
     SpinBarrier barrier(threads, current_stop());
     StopState* const stop = current_stop();
     const int caller_cpu = current_cpu();
+    const int64_t start = steady_nanoseconds();
 #pragma omp parallel num_threads(threads)
     {
       if (omp_get_thread_num() != 0) leave_cpu(caller_cpu);
@@ -148,6 +190,7 @@ void run_team(int threads, Body&& body) {
       const TeamMember scope(&barrier, stop);
       body(omp_get_thread_num(), omp_get_num_threads());
     }
+    note_team_waits(steady_nanoseconds() - start, barrier.stalled_ns());
     return;
   }
   if (threads > 1 && !inside_team()) threads = reserve_team(threads);
@@ -162,7 +205,9 @@ void run_team(int threads, Body&& body) {
       const TeamMember scope(&t.barrier, t.stop);
       t.body(member, members);
     };
-    run_on_pool(threads, member_fn, &team);
+    const int64_t start = steady_nanoseconds();
+    const int64_t join_stalled_ns = run_on_pool(threads, member_fn, &team);
+    note_team_waits(steady_nanoseconds() - start, team.barrier.stalled_ns() + join_stalled_ns);
     return;
   }
 #endif
@@ -191,6 +236,7 @@ inline int64_t share_begin(int64_t n, int m, int members) { return n * m / membe
 struct TeamThresholds {
   int64_t min_step_work = 1 << 17;
   int64_t min_units_per_member = 16;
+  bool pause_stalled_teams = true;  // TeamStalls' policy (tests that force teams turn it off)
 };
 TeamThresholds& team_thresholds();
 

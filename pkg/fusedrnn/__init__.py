@@ -1,8 +1,10 @@
 """fusedrnn: fused C++ CPU kernels for recurrent networks and attention, behind a NumPy API."""
 
 from . import decoding, distributed, functional, optim, reference, sampling
+from ._cell_options import CellOptions, cell_options
 from ._config import empty_cache, get_num_threads, set_num_threads, show_config
 from ._module import Module, Parameter
+from ._onnx_recurrent import from_onnx_node, onnx_forward, to_onnx_weights
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
@@ -25,6 +27,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdditiveAttention",
+    "CellOptions",
     "CrossEntropyLoss",
     "Dropout",
     "Embedding",
@@ -43,14 +46,17 @@ __all__ = [
     "ScaledDotProductAttention",
     "Sequential",
     "__version__",
+    "cell_options",
     "clip_grad_norm_",
     "clip_grad_value_",
     "decoding",
     "distributed",
     "empty_cache",
+    "from_onnx_node",
     "functional",
     "get_num_threads",
     "load",
+    "onnx_forward",
     "optim",
     "reference",
     "sampling",
@@ -58,4 +64,5 @@ __all__ = [
     "scaled_dot_product_attention",
     "set_num_threads",
     "show_config",
+    "to_onnx_weights",
 ]

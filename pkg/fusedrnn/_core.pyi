@@ -46,6 +46,7 @@ __all__: list[str] = [
     "stack_forward",
     "stack_saved_size",
     "step_panel_width",
+    "team_stalls",
     "worker_idle_microseconds",
 ]
 
@@ -70,12 +71,13 @@ def _set_attention_tiles(
 def _set_team_thresholds(
     min_step_work: typing.SupportsInt | typing.SupportsIndex,
     min_units_per_member: typing.SupportsInt | typing.SupportsIndex,
+    pause_stalled_teams: bool = True,
 ) -> None:
     """
-    Testing knob: when the recurrent time loops split their hidden units across threads.
+    Testing knob: when the recurrent time loops split their hidden units across threads, and whether a thread whose team was stalled runs its next teams on one thread for a while (team_stalls).
     """
 
-def _team_thresholds() -> tuple[int, int]: ...
+def _team_thresholds() -> tuple[int, int, bool]: ...
 def active_isa() -> str: ...
 def additive_attention_backward(
     d_context: typing.Any,
@@ -324,6 +326,7 @@ def stack_backward(
     nonlinearity: str,
     truncate: typing.SupportsInt | typing.SupportsIndex = 0,
     truncate_stride: typing.SupportsInt | typing.SupportsIndex = 0,
+    cell_options: typing.Any = None,
 ) -> tuple: ...
 def stack_forward(
     mode: str,
@@ -341,6 +344,7 @@ def stack_forward(
     reset_after: bool,
     nonlinearity: str,
     training: bool,
+    cell_options: typing.Any = None,
     half_weights: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
@@ -352,6 +356,7 @@ def stack_saved_size(
     proj_size: typing.SupportsInt | typing.SupportsIndex,
     num_layers: typing.SupportsInt | typing.SupportsIndex,
     bidirectional: bool,
+    cell_options: typing.Any = None,
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
@@ -360,6 +365,11 @@ def stack_saved_size(
 def step_panel_width() -> int:
     """
     Columns of a float step-GEMM panel on the active instruction set.
+    """
+
+def team_stalls() -> dict:
+    """
+    The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how many were stalled by a member without a core, how many ran on one thread during the pauses that followed, the current pause in microseconds, and whether one is on now.
     """
 
 def worker_idle_microseconds() -> int:

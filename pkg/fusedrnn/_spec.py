@@ -19,7 +19,10 @@ MODES = tuple(GATES)  # the kernel families, "lstm", "gru", "rnn"
 CELL_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 BIASES = ("bias_ih", "bias_hh")  # the roles a layer built with bias=False lacks
 PROJECTION = "weight_hr"  # LSTM with proj_size > 0 only: h = weight_hr (o * tanh(c))
-STACK_ROLES = (*CELL_PARAMETERS, PROJECTION)
+# LSTM with peepholes only (ONNX's P, oneDNN's): (3*hidden_size,) = p_i, p_f, p_o in fusedrnn's
+# gate order (ONNX stores them p_i, p_o, p_f); i and f see c_{t-1}, o sees c_t.
+PEEPHOLE = "weight_peephole"
+STACK_ROLES = (*CELL_PARAMETERS, PROJECTION, PEEPHOLE)
 
 DIRECTION_SUFFIXES = ("", "_reverse")  # direction 0 runs forward in time, 1 backward
 
@@ -34,18 +37,27 @@ def layer_suffix(layer: int, direction: int) -> str:
     return f"_l{layer}{DIRECTION_SUFFIXES[direction]}"
 
 
-def layer_roles(bias: bool = True, proj_size: int = 0) -> tuple:
-    """The roles every layer and direction of a stack has, in PyTorch's order."""
-    return (CELL_PARAMETERS if bias else CELL_PARAMETERS[:2]) + ((PROJECTION,) if proj_size else ())
+def layer_roles(bias: bool = True, proj_size: int = 0, peephole: bool = False) -> tuple:
+    """The roles every layer and direction of a stack has, in PyTorch's order (peepholes last)."""
+    return (
+        (CELL_PARAMETERS if bias else CELL_PARAMETERS[:2])
+        + ((PROJECTION,) if proj_size else ())
+        + ((PEEPHOLE,) if peephole else ())
+    )
 
 
 def stack_param_names(
-    mode: str, num_layers: int, bidirectional: bool, bias: bool = True, proj_size: int = 0
+    mode: str,
+    num_layers: int,
+    bidirectional: bool,
+    bias: bool = True,
+    proj_size: int = 0,
+    peephole: bool = False,
 ) -> list:
     """PyTorch's parameter names of a stack, in its order (``_flat_weights_names``).
 
     ``mode`` is the cell ('lstm', 'gru', 'rnn'); the names are the same for all three (only an
-    LSTM has ``proj_size``).
+    LSTM has ``proj_size`` and ``peephole``).
 
     Examples
     --------
@@ -53,13 +65,17 @@ def stack_param_names(
     ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
     """
     return list(
-        _stack_param_names(num_layers, num_directions(bidirectional), bias, bool(proj_size))
+        _stack_param_names(
+            num_layers, num_directions(bidirectional), bias, bool(proj_size), bool(peephole)
+        )
     )
 
 
 @functools.lru_cache(maxsize=64)
-def _stack_param_names(num_layers: int, D: int, bias: bool, projection: bool) -> tuple:
-    roles = layer_roles(bias, projection)
+def _stack_param_names(
+    num_layers: int, D: int, bias: bool, projection: bool, peephole: bool
+) -> tuple:
+    roles = layer_roles(bias, projection, peephole)
     return tuple(
         name
         for layer_names in stack_role_names(num_layers, D)

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
+from ._cell_options import CellOptions
 from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
@@ -29,6 +30,7 @@ from ._spec import (
     CELL_PARAMETERS,
     GATES,
     MODES,
+    PEEPHOLE,
     num_directions,
     stack_param_names,
     stack_role_names,
@@ -212,7 +214,8 @@ def rnn_backward(
 
 
 def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
-    """The per-layer tuples (w_ih, w_hh, b_ih, b_hh, w_hr) the kernels take, checked by name."""
+    """The per-layer tuples (w_ih, w_hh, b_ih, b_hh, w_hr, w_peephole) the kernels take, checked
+    by name."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
     D = num_directions(bidirectional)
@@ -223,7 +226,10 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
             f"{'bidirectional ' if bidirectional else ''}{mode} need"
         )
     bias = "bias_ih_l0" in params
-    expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size)
+    peephole = f"{PEEPHOLE}_l0" in params
+    if peephole and mode != "lstm":
+        raise ValueError(f"params hold {PEEPHOLE}_l0, but only an LSTM has peepholes, not a {mode}")
+    expected = stack_param_names(mode, num_layers, bidirectional, bias, proj_size, peephole)
     missing = [k for k in expected if k not in params]
     expected_set = set(expected)
     extra = [k for k in params if k not in expected_set]
@@ -241,7 +247,8 @@ def _stack_weights(mode, params, num_layers, bidirectional, proj_size):
 
 def _per_layer(named, num_layers: int, D: int) -> list:
     """The entries of ``named`` (params or their grads) as one tuple of the roles
-    (w_ih, w_hh, b_ih, b_hh, w_hr) per layer and direction; None where a role is absent."""
+    (w_ih, w_hh, b_ih, b_hh, w_hr, w_peephole) per layer and direction; None where a role is
+    absent."""
     return [tuple(map(named.get, names)) for names in stack_role_names(num_layers, D)]
 
 
@@ -449,6 +456,18 @@ class _StackCall:
         return (*self.layout, bool(reset_after), nonlinearity)
 
 
+def _kernel_options(cell_options: CellOptions | None):
+    """What the bindings take for ``cell_options`` (None: PyTorch's cell)."""
+    if cell_options is None:
+        return None
+    if not isinstance(cell_options, CellOptions):
+        raise TypeError(
+            f"cell_options must be a CellOptions (fusedrnn.cell_options(...)) or None, "
+            f"got {type(cell_options).__name__}"
+        )
+    return cell_options.kernel_args()
+
+
 def _stack_call(
     mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, packing_of
 ) -> _StackCall:
@@ -517,6 +536,7 @@ def stack_forward(
     reset_after: bool = True,
     nonlinearity: str = "tanh",
     proj_size: int = 0,
+    cell_options: CellOptions | None = None,
     weights_dtype: str | None = None,
     half_weights: HalfWeights | None = None,
 ):
@@ -530,6 +550,9 @@ def stack_forward(
     params : mapping of PyTorch's names (weight_ih_l0, weight_hh_l0_reverse, ...) to arrays
     lengths : (B,) ints in 1..T, any order, or None
     dropout_masks : num_layers - 1 arrays (T, B, D*H_out), or None
+    cell_options : `fusedrnn.cell_options(...)`: ONNX's activations, clip, input_forget
+        (docs/onnx.md); None: PyTorch's cell. LSTM peepholes: the parameters
+        ``weight_peephole_l{k}{sfx}`` (3H,) in ``params``.
     weights_dtype : None, 'float16' or 'bfloat16'
         Inference (training=False) of float32 arrays only: multiply with the weight matrices
         rounded to 16 bits (the biases and all arithmetic stay float32; docs/layers.md,
@@ -557,7 +580,11 @@ def stack_forward(
     if weights_dtype is not None and half_weights is None:
         half_weights = pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)
     y, h_n, c_n, workspace = _core.stack_forward(
-        *call.inputs, *config, bool(training), None if weights_dtype is None else half_weights
+        *call.inputs,
+        *config,
+        bool(training),
+        _kernel_options(cell_options),
+        None if weights_dtype is None else half_weights,
     )
     packing = call.packing
     if packing is not None:
@@ -586,6 +613,7 @@ def stack_backward(
     grads=None,
     truncate: int | None = None,
     truncate_stride: int | None = None,
+    cell_options: CellOptions | None = None,
 ):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
@@ -637,7 +665,17 @@ def stack_backward(
                 _check_batch_axis(value, name, x.shape[1])
         y, dy, dh_n, dc_n = (packing.sort(a) for a in (y, dy, dh_n, dc_n))
     dx, dh0, dc0 = _core.stack_backward(
-        *call.inputs, y, workspace, dy, dh_n, dc_n, grad_list, *config, k2, k1
+        *call.inputs,
+        y,
+        workspace,
+        dy,
+        dh_n,
+        dc_n,
+        grad_list,
+        *config,
+        k2,
+        k1,
+        _kernel_options(cell_options),
     )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)

@@ -34,6 +34,9 @@ OPTIONS = [
     ("gru", {"num_layers": 2, "batch_first": True}),
     ("gru", {"bidirectional": True, "reset_after": False}),
     ("rnn", {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True}),
+    # ONNX's options: the peepholes stay float32, as the biases
+    ("lstm", {"peephole": True, "clip": 2.0, "input_forget": True}),
+    ("gru", {"activations": ["HardSigmoid", "Tanh"], "activation_alpha": [0.3]}),
 ]
 
 

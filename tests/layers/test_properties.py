@@ -59,7 +59,7 @@ class forced_team:
         self.thresholds = _core._team_thresholds()
         if self.on:
             set_num_threads(2)
-            _core._set_team_thresholds(0, 1)
+            _core._set_team_thresholds(0, 1, False)
 
     def __exit__(self, *exc):
         _core._set_team_thresholds(*self.thresholds)

@@ -31,7 +31,7 @@ COLUMNS = [
     "H",
     "pass",
     "fused ms",
-    "ref ms",
+    "spread",
     "torch ms",
     "x ref",
     "x torch",
@@ -164,6 +164,8 @@ def test_json_has_rows_and_the_machine(capsys, tmp_path, no_torch):
     assert [row["pass_name"] for row in data["rows"]] == ["forward", "forward+backward"]
     row = data["rows"][1]
     assert row["check"] == "ok" and row["fused_ms"] > 0 and row["reference_ms"] > 0
+    assert 0 < row["fused_min_ms"] <= row["fused_ms"] and row["spread"] >= 1.0
+    assert 0 < row["reference_min_ms"] <= row["reference_ms"]
     assert row["flops"] == bench.flops("rnn", 3, 2, 4, 5, "forward+backward")
     assert row["torch_ms"] is None and row["torch_status"] == "not installed"
     if os.path.exists("/proc/self/clear_refs"):  # Linux: the peak of the first fused call
@@ -185,7 +187,7 @@ def test_a_wrong_fused_result_is_a_fail_and_not_timed(capsys, monkeypatch, no_to
     for pass_name in ("fwd", "fwd+bwd"):
         row = rows["lstm", pass_name]
         assert row["fused ms"] == "FAIL"
-        assert row["ref ms"] == "-" and row["x ref"] == "-"
+        assert row["spread"] == "-" and row["x ref"] == "-"
     assert float(rows["rnn", "fwd"]["fused ms"]) > 0
     assert "mismatch, lstm B=2 T=3 I=4 H=5 forward: fused y: max |error|" in out
 
@@ -428,6 +430,26 @@ def test_measure_times_fast_calls_for_min_seconds_and_exactly_repeats_without():
     assert capped.calls <= 12
 
 
+def test_measure_gives_the_median_and_the_fastest_call(monkeypatch):
+    """The spread of a row is its median over its fastest call: both come from the same timed
+    calls (not the warm-up), whatever their order."""
+    durations = iter([9.0, 0.003, 0.001, 0.002, 0.005, 0.004])  # the first: the warm-up
+    clock = [0.0]
+    monkeypatch.setattr(bench.timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.timing.time, "sleep", lambda seconds: None)
+
+    def call():
+        clock[0] += next(durations)
+
+    timed = bench.measure(call, repeats=5, budget=100.0)
+    assert timed.calls == 5
+    assert (timed.seconds, timed.minimum) == pytest.approx((0.003, 0.001), rel=1e-9)
+    row = bench.Row("lstm", "lstm", 1, 1, 1, 1, "forward", "float32", 1, None)
+    assert row.spread is None  # not timed
+    row.fused_ms, row.fused_min_ms = timed.seconds * 1e3, timed.minimum * 1e3
+    assert row.spread == pytest.approx(3.0)
+
+
 def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
     clock = [0.0]  # every call takes exactly 10 ms of a fake clock, however busy the machine
     monkeypatch.setattr(bench.timing.time, "perf_counter", lambda: clock[0])
@@ -457,6 +479,7 @@ def test_reference_is_timed_on_its_share_of_the_budget(monkeypatch):
         ceiling=1.0,
     )
     assert row.calls["fused"] == pytest.approx(budget / 0.01, abs=1)
+    assert row.fused_min_ms == pytest.approx(10.0) and row.spread == pytest.approx(1.0)
     assert row.calls["reference"] == pytest.approx(
         bench.REFERENCE_BUDGET_SHARE * budget / 0.01, abs=1
     )
@@ -498,6 +521,7 @@ def fake_report(cases, torch: bool = True, fused_ms: float = 12345.6) -> bench.R
                 workspace_bytes=1023 * 2**20 + 1,
             )
             row.fused_ms, row.reference_ms = fused_ms, 99999.0
+            row.fused_min_ms = fused_ms / 99.99  # the widest spread the column prints
             row.speedup_reference, row.gflops, row.ceiling_percent = 999.0, 9999.9, 999.0
             if torch and case.variant.in_torch:
                 row.torch_ms, row.torch_status, row.speedup_torch = 99999.0, "ok", 999.0
@@ -618,9 +642,10 @@ def test_the_run_ends_with_a_summary_and_what_to_try_next(capsys):
     assert code == 0
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("summary: "))
-    summary = lines[start : start + 3]
+    summary = lines[start : start + 4]
     assert "fused is faster" in summary[0] and "of 5 rows" in summary[0]
     assert summary[1].startswith("  vs PyTorch") and summary[2].startswith("  vs reference")
+    assert summary[3].startswith("  spread") and "of its fastest call in" in summary[3]
     rows = table_rows(out)
     ratios = {
         f"{row['case']} B={row['B']} T={row['T']} I={row['I']} H={row['H']} {row['pass']}": row[
@@ -630,7 +655,7 @@ def test_the_run_ends_with_a_summary_and_what_to_try_next(capsys):
     }
     best = max(ratios, key=lambda label: float(ratios[label].rstrip("x")))
     assert f"{ratios[best]} {best};" in summary[2]
-    tail = "\n".join(lines[start + 3 :])
+    tail = "\n".join(lines[start + 4 :])
     for option in ("--full", "--deepbench", "--only", "--json", "--plot"):
         assert option in tail
 
@@ -642,7 +667,9 @@ def test_summary_names_the_best_and_worst_row():
         row.speedup_reference = next(speedups)
     for row, torch_ratio in zip(report.rows[:5], [1.2, 0.8, 2.5, 1.1, 0.95]):
         row.speedup_torch = torch_ratio  # the lstm rows; gru-cho has no PyTorch twin
-    first, torch_line, reference_line = report.summary()
+    for row, spread in zip(report.rows, [1.23, 1.0, 2.5, 1.1, 1.2, 1.19, 1.0, 1.3, 1.05, 1.01]):
+        row.fused_min_ms = row.fused_ms / spread
+    first, torch_line, reference_line, spread_line = report.summary()
     assert "faster than PyTorch in 3 of 5 rows" in first
     assert "than the reference in 8 of 10 rows" in first
     assert torch_line == (
@@ -650,6 +677,10 @@ def test_summary_names_the_best_and_worst_row():
     )
     assert reference_line == (
         "  vs reference  7.00x lstm B=1 T=5 I=4 H=3 infer; 0.50x lstm B=1 T=5 I=4 H=3 fwd+bwd"
+    )
+    assert spread_line == (
+        "  spread       fused median within 1.2x of its fastest call in 7 of 10 rows; widest "
+        "2.50x lstm B=1 T=5 I=4 H=3 infer"
     )
 
 

@@ -62,7 +62,7 @@ FORK_SCRIPT = """
     from fusedrnn import _core
 
     fusedrnn.set_num_threads(2)
-    _core._set_team_thresholds(0, 1)  # every time loop and GEMM on a team, even this small one
+    _core._set_team_thresholds(0, 1, False)  # every loop and GEMM on a team, even this small one
     # {setup}
     layer = fusedrnn.LSTM(8, 32, dtype=np.float64, seed=0)
     x = np.random.default_rng(0).standard_normal((12, 4, 8))
@@ -270,7 +270,7 @@ IDLE_SCRIPT = """
     from fusedrnn import _core
 
     fusedrnn.set_num_threads(2)
-    _core._set_team_thresholds(0, 1)  # the time loops on a team of two
+    _core._set_team_thresholds(0, 1, False)  # the time loops on a team of two
     layer = fusedrnn.GRU(16, 64, dtype=np.float32, seed=0).eval()
     x = np.random.default_rng(0).standard_normal((20, 4, 16)).astype(np.float32)
     layer(x)
@@ -299,3 +299,47 @@ def test_idle_threads_leave_the_cores_whichever_library_loaded_first(first):
     )
     assert result["idle_cpu"] < 0.02, f"{result['idle_cpu'] * 1e3:.1f} ms of CPU in 10 idle waits"
     assert "GOMP_SPINCOUNT does not apply" in result["idle_threads"]
+
+
+# ---------------------------------------------------------------- a team without its cores
+
+STALL_SCRIPT = """
+    import json, os, time
+    import numpy as np
+    import fusedrnn
+    from fusedrnn import _core
+
+    os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})  # two threads on one CPU
+    fusedrnn.set_num_threads(1)
+    layer = fusedrnn.GRU(16, 64, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((50, 4, 16))
+    alone = layer(x)[0]
+    fusedrnn.set_num_threads(2)
+    _core._set_team_thresholds(0, 1, {pause})  # the time loops on a team of two
+    same = True
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # until a pause has run a call alone (or 5 s)
+        same = same and bool(np.array_equal(layer(x)[0], alone))
+        if _core.team_stalls()["calls_alone"] >= 3:
+            break
+    print(json.dumps({{**_core.team_stalls(), "same": same}}))
+"""
+
+
+@needs_threads
+@pytest.mark.parametrize("pause", [True, False], ids=["pausing", "not_pausing"])
+def test_a_team_stalled_by_a_member_without_a_core_runs_alone_for_a_while(pause):
+    """A team whose member has no core of its own (here: two threads on one CPU, as when another
+    program holds the other core) waits at every step's barrier for a member that is not
+    running. The calling thread notices (its members waited past their spinning for a quarter
+    of the team's time or more), runs its next calls on one thread for a pause, then tries the
+    team again: `team_stalls` counts both. The results are the same bits either way. With the
+    pauses turned off (the testing knob), every call runs on the team."""
+    result = run_script(STALL_SCRIPT.format(pause=pause), timeout=60)
+    assert result["same"], "a call on the stalled team or alone changed the results"
+    assert result["teams_stalled"] >= 1, result
+    if pause:
+        assert result["calls_alone"] >= 3, result
+        assert result["pause_us"] >= 20_000, result
+    else:
+        assert result["calls_alone"] == 0, result

@@ -90,7 +90,7 @@ def layer_job(cls, dtype, seed, **options):
 def test_different_layers_in_threads_equal_serial_calls(dtype, team, restore_threads):
     if team:
         fusedrnn.set_num_threads(2)
-        _core._set_team_thresholds(0, 1)
+        _core._set_team_thresholds(0, 1, False)
     jobs = [
         layer_job(LSTM, dtype, 0, num_layers=2, bidirectional=True, proj_size=3),
         layer_job(GRU, dtype, 1, num_layers=2, reset_after=False),
@@ -256,7 +256,7 @@ def test_thread_count_does_not_change_small_float64_results_at_all(what, restore
 def test_a_given_thread_count_is_reproducible(case, restore_threads):
     """Same thread count, same inputs: the same bits, run after run, teams or not."""
     fusedrnn.set_num_threads(max(2, min(CORES, 4)))
-    for thresholds in (DEFAULT_THRESHOLDS, (0, 1)):
+    for thresholds in (DEFAULT_THRESHOLDS, (0, 1, False)):
         _core._set_team_thresholds(*thresholds)
         first = one_layer_results(case, MEDIUM, np.float64)
         for _ in range(3):
@@ -280,7 +280,7 @@ def test_thread_count_does_not_change_results_at_all(case, size, team, dtype, re
     element. So any thread count gives the same bits, in both dtypes, with teams of the kernels'
     own choosing or forced on every loop."""
     if team:  # every time loop and every GEMM on a team of up to n members
-        _core._set_team_thresholds(0, 1)
+        _core._set_team_thresholds(0, 1, False)
     results = results_by_thread_count(lambda: one_layer_results(case, size, dtype))
     for n, result in results.items():
         for name, value in results[1].items():
@@ -306,7 +306,7 @@ def test_inference_by_batch_rows_equals_training(case, restore_threads):
 @pytest.mark.parametrize("what", ["stack_lstm", "stack_gru", "stack_rnn"])
 def test_thread_count_does_not_change_stack_results_with_teams(what, restore_threads):
     """Stacks (bidirectional, packed lengths, an LSTM projection) with every loop on a team."""
-    _core._set_team_thresholds(0, 1)
+    _core._set_team_thresholds(0, 1, False)
     results = results_by_thread_count(lambda: stack_results(what[len("stack_") :], np.float64))
     for n, result in results.items():
         for name, value in results[1].items():

@@ -17,7 +17,8 @@ from .machine import BUSY_LOAD, GEMM_SIZE
 class Row:
     """One line of the table: a case, a pass, the three timings and what follows from them.
 
-    Times are milliseconds; ``None`` where not measured, with the reason in ``check``
+    Times are milliseconds, ``<name>_ms`` the median of the timed calls and ``<name>_min_ms`` the
+    fastest; ``None`` where not measured, with the reason in ``check``
     (``"FAIL"``: the fused result did not match the reference, nothing was timed) or in
     ``torch_status`` (``"not installed"``, ``"n/a"`` for a variant PyTorch does not have,
     ``"FAIL"``, ``"not run"`` after a fused FAIL). ``calls`` counts the timed calls per
@@ -41,6 +42,9 @@ class Row:
     fused_ms: float | None = None
     reference_ms: float | None = None
     torch_ms: float | None = None
+    fused_min_ms: float | None = None
+    reference_min_ms: float | None = None
+    torch_min_ms: float | None = None
     torch_status: str = "not run"
     calls: dict[str, int] = field(default_factory=dict)
     speedup_reference: float | None = None
@@ -57,6 +61,14 @@ class Row:
     def short_label(self) -> str:
         """`label` and the pass as the table names it: ``lstm B=1 T=100 I=256 H=256 fwd+bwd``."""
         return f"{self.label} {PASS_NAMES[self.pass_name]}"
+
+    @property
+    def spread(self) -> float | None:
+        """The fused calls' median over their fastest (1.0: every call as fast as the best);
+        None when not timed."""
+        if self.fused_ms is None or not self.fused_min_ms:
+            return None
+        return self.fused_ms / self.fused_min_ms
 
     @property
     def over_ceiling(self) -> bool:
@@ -203,15 +215,37 @@ class Report:
                 f"{label} {_fmt_ratio(getattr(best, attr))} {best.short_label}; "
                 f"{_fmt_ratio(getattr(worst, attr))} {worst.short_label}"
             )
+        lines.append(self._spread_line())
         return _wrap(lines, " " * 16)
 
+    def _spread_line(self) -> str:
+        """How steady the fused times were: in how many rows the median is within `STEADY_SPREAD`
+        of the fastest call, and the widest spread."""
+        spread_rows = [row for row in self.rows if row.spread is not None]
+        label = f"  {'spread':<12}"
+        if not spread_rows:
+            return f"{label} not measured: no row was timed"
+        steady = sum(row.spread <= STEADY_SPREAD for row in spread_rows)
+        widest = max(spread_rows, key=lambda row: row.spread)
+        return (
+            f"{label} fused median within {STEADY_SPREAD}x of its fastest call in {steady} of "
+            f"{len(spread_rows)} rows; widest {_fmt_ratio(widest.spread)} {widest.short_label}"
+        )
+
     def to_json(self) -> dict:
-        """Everything, rows included, as JSON-ready data."""
-        return asdict(self)
+        """Everything, rows included, as JSON-ready data (each row with its ``spread``)."""
+        data = asdict(self)
+        for row, row_data in zip(self.rows, data["rows"]):
+            row_data["spread"] = row.spread
+        return data
 
 
 WIDTH = 120
 """Columns the header, the table of a named sweep and the summary fit in."""
+
+STEADY_SPREAD = 1.2
+"""A fused row whose median time is within this factor of its fastest call is steady (the summary
+counts them): on a quiet machine every row is."""
 
 TORCH_MISSING = "not installed"
 """`Report.torch` and `Row.torch_status` when PyTorch cannot be imported."""
@@ -229,9 +263,11 @@ PASS_NAMES = {"forward": "fwd", "forward+backward": "fwd+bwd", "inference": "inf
 
 LEGEND = [
     "# ms: median time of one call, conversions included; x ref, x torch: fused speed-up (their ms "
-    "/ fused ms)",
+    "/ fused ms; the reference's ms are in --json)",
     "# GFLOP/s: the fused rate, GEMM work only (fusedrnn.bench.flops); % peak: its share of the "
     "GEMM ceiling",
+    "# spread: fused median / fastest fused call (over 1.2: the machine was busy or the kernel "
+    "waited on a member)",
     "# pass: fwd = training forward, fwd+bwd = it and the backward, infer = inference; saved: what "
     "fwd keeps for bwd",
     "# attention rows: q, k, v are (B, H, T, I) = (batch, heads, L queries and keys, E head size)",
@@ -253,7 +289,7 @@ COLUMNS = [
     "H",
     "pass",
     "fused ms",
-    "ref ms",
+    "spread",
     "torch ms",
     "x ref",
     "x torch",
@@ -316,7 +352,7 @@ def _row_cells(row: Row, columns: list[str]) -> list[str]:
         "H": str(row.H),
         "pass": PASS_NAMES[row.pass_name],
         "fused ms": "FAIL" if failed else _fmt_ms(row.fused_ms, "-"),
-        "ref ms": _fmt_ms(row.reference_ms, "-"),
+        "spread": "-" if row.spread is None else f"{row.spread:.2f}",
         "torch ms": _fmt_ms(row.torch_ms, "-" if failed else row.torch_status),
         "x ref": _fmt_ratio(row.speedup_reference),
         "x torch": _fmt_ratio(row.speedup_torch),

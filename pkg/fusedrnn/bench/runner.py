@@ -176,7 +176,8 @@ def _time_calls(
     min_seconds: float = 0.0,
     reference_warm_up: float | None = None,
 ) -> None:
-    """Time each call into ``row.<name>_ms``, then fill in the ratios that follow from them.
+    """Time each call into ``row.<name>_ms`` (the median) and ``row.<name>_min_ms`` (the fastest
+    call), then fill in the ratios that follow from them.
 
     ``reference_warm_up``: seconds of the reference's call of this very pass made for the truth,
     which then serves as the reference's warm-up (`measure`).
@@ -194,6 +195,7 @@ def _time_calls(
         else:
             measured = measure(call, repeats, budget, timing.SETTLE_SECONDS, min_seconds)
         setattr(row, f"{name}_ms", measured.seconds * 1e3)
+        setattr(row, f"{name}_min_ms", measured.minimum * 1e3)
         row.calls[name] = measured.calls
     row.speedup_reference = row.reference_ms / row.fused_ms
     if row.torch_ms is not None:

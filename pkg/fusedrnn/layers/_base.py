@@ -67,6 +67,7 @@ class RecurrentModule(Module):
             "bias_ih": (rows,),
             "bias_hh": (rows,),
             "weight_hr": (proj_size, self.hidden_size),
+            "weight_peephole": (3 * self.hidden_size,),
         }
 
     def _parameter_shapes(self) -> dict[str, tuple]:

@@ -9,10 +9,12 @@ PyTorch's constructor signature.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .._cell_options import cell_options
 from .._checks import check_lengths, check_probability, check_size
 from .._half import check_weights_dtype, pack_half_weights, packed_for_active_isa
 from .._module import LOADED, DTypeLike, Parameter
@@ -65,6 +67,12 @@ class RecurrentLayer(RecurrentModule):
         ("nonlinearity", "tanh"),
         ("reset_after", True),
         ("learn_initial_state", False),
+        ("peephole", False),
+        ("activations", None),
+        ("activation_alpha", ()),
+        ("activation_beta", ()),
+        ("clip", None),
+        ("input_forget", False),
         ("weights_dtype", None),
     )
 
@@ -80,6 +88,12 @@ class RecurrentLayer(RecurrentModule):
         *,
         proj_size: int = 0,
         options: dict | None = None,
+        peephole: bool = False,
+        activations: Sequence[str] | None = None,
+        activation_alpha: Sequence[float] = (),
+        activation_beta: Sequence[float] = (),
+        clip: float | None = None,
+        input_forget: bool = False,
         learn_initial_state: bool = False,
         weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
@@ -106,6 +120,24 @@ class RecurrentLayer(RecurrentModule):
                 f"proj_size must be smaller than hidden_size = {self.hidden_size}, "
                 f"got {self.proj_size}"
             )
+        # ONNX's attributes beyond PyTorch's (docs/onnx.md), checked once
+        self._cell_options = cell_options(
+            self._mode,
+            self.num_directions,
+            activations=activations,
+            activation_alpha=activation_alpha,
+            activation_beta=activation_beta,
+            clip=clip,
+            input_forget=input_forget,
+            peephole=peephole,
+            nonlinearity=self._options.get("nonlinearity", "tanh"),
+        )
+        self.peephole = bool(peephole)
+        self.activations = None if activations is None else tuple(activations)
+        self.activation_alpha = tuple(activation_alpha)
+        self.activation_beta = tuple(activation_beta)
+        self.clip = clip
+        self.input_forget = bool(input_forget)
         self._reset_parameters()
         self.learn_initial_state = bool(learn_initial_state)
         if self.learn_initial_state:  # zeros (no draw: the weights and masks stay the same)
@@ -168,7 +200,7 @@ class RecurrentLayer(RecurrentModule):
             layer_input = self.input_size if layer == 0 else self.num_directions * H_out
             role_shapes = self._role_shapes(layer_input, H_out, self.proj_size)
             for direction in range(self.num_directions):
-                for role in layer_roles(self.bias, self.proj_size):
+                for role in layer_roles(self.bias, self.proj_size, self.peephole):
                     shapes[f"{role}{layer_suffix(layer, direction)}"] = role_shapes[role]
         return shapes
 
@@ -328,7 +360,7 @@ class RecurrentLayer(RecurrentModule):
 
     @property
     def _stack_options(self) -> dict:
-        return {"proj_size": self.proj_size, **self._options}
+        return {"proj_size": self.proj_size, "cell_options": self._cell_options, **self._options}
 
     def _state_shapes(self, B: int, unbatched: bool) -> tuple:
         """Shapes and axis names of h and c: (L*D, B, H_out) and (L*D, B, hidden_size)."""
@@ -443,6 +475,16 @@ class LSTM(RecurrentLayer):
     bidirectional : bool, default False
     proj_size : int, default 0
         If > 0 (and < hidden_size), ``h_t = W_hr (o_t * tanh(c_t))`` of size proj_size.
+    peephole : bool, default False
+        Peephole connections (ONNX's and oneDNN's form): ``i`` and ``f`` see ``p_i * c_{t-1}``,
+        ``p_f * c_{t-1}``, ``o`` sees ``p_o * c_t``. Adds the parameters
+        ``weight_peephole_l{k}`` (3*hidden_size,) = p_i, p_f, p_o (ONNX's ``P`` orders them
+        p_i, p_o, p_f; see docs/onnx.md).
+    activations, activation_alpha, activation_beta, clip, input_forget
+        ONNX's attributes (docs/onnx.md): ``activations`` names the functions f (gates i, f, o),
+        g (cell input) and h (of the cell state), default ('Sigmoid', 'Tanh', 'Tanh'), per
+        direction or for all; ``clip`` clips every gate pre-activation to [-clip, clip];
+        ``input_forget`` couples the gates, ``f = 1 - i``.
     learn_initial_state : bool, default False
         Adds the parameters ``h0`` (L*D, H_out) and ``c0`` (L*D, hidden_size), zero at first:
         a forward without ``hx`` starts every item from them, and backward adds their
@@ -485,6 +527,12 @@ class LSTM(RecurrentLayer):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        peephole: bool = False,
+        activations: Sequence[str] | None = None,
+        activation_alpha: Sequence[float] = (),
+        activation_beta: Sequence[float] = (),
+        clip: float | None = None,
+        input_forget: bool = False,
         learn_initial_state: bool = False,
         weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
@@ -500,6 +548,12 @@ class LSTM(RecurrentLayer):
             dropout,
             bidirectional,
             proj_size=proj_size,
+            peephole=peephole,
+            activations=activations,
+            activation_alpha=activation_alpha,
+            activation_beta=activation_beta,
+            clip=clip,
+            input_forget=input_forget,
             learn_initial_state=learn_initial_state,
             weights_dtype=weights_dtype,
             dtype=dtype,
@@ -513,8 +567,10 @@ class GRU(RecurrentLayer):
 
     Arguments as `LSTM` (without proj_size), plus ``reset_after``: True (default) is PyTorch's
     and cuDNN's form ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; False is Cho et al.
-    2014, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``, which has no PyTorch twin.
-    Gates stacked r, z, n.
+    2014, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``, which has no PyTorch twin (ONNX's
+    ``linear_before_reset=0``). Gates stacked r, z, n. ONNX's ``activations`` (f for r and z,
+    g for n; default ('Sigmoid', 'Tanh')), ``activation_alpha``, ``activation_beta`` and ``clip``
+    as in `LSTM` (docs/onnx.md).
     """
 
     _mode = "gru"
@@ -530,6 +586,10 @@ class GRU(RecurrentLayer):
         bidirectional: bool = False,
         *,
         reset_after: bool = True,
+        activations: Sequence[str] | None = None,
+        activation_alpha: Sequence[float] = (),
+        activation_beta: Sequence[float] = (),
+        clip: float | None = None,
         learn_initial_state: bool = False,
         weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
@@ -545,6 +605,10 @@ class GRU(RecurrentLayer):
             dropout,
             bidirectional,
             options={"reset_after": bool(reset_after)},
+            activations=activations,
+            activation_alpha=activation_alpha,
+            activation_beta=activation_beta,
+            clip=clip,
             learn_initial_state=learn_initial_state,
             weights_dtype=weights_dtype,
             dtype=dtype,
@@ -557,7 +621,9 @@ class RNN(RecurrentLayer):
     """Multi-layer Elman RNN, as ``torch.nn.RNN``, on numpy arrays.
 
     Arguments as `LSTM` (without proj_size), plus ``nonlinearity`` 'tanh' (default) or 'relu',
-    fourth as in PyTorch's signature.
+    fourth as in PyTorch's signature. ONNX's ``activations`` (one function f; overrides
+    ``nonlinearity``), ``activation_alpha``, ``activation_beta`` and ``clip`` as in `LSTM`
+    (docs/onnx.md).
     """
 
     _mode = "rnn"
@@ -573,6 +639,10 @@ class RNN(RecurrentLayer):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        activations: Sequence[str] | None = None,
+        activation_alpha: Sequence[float] = (),
+        activation_beta: Sequence[float] = (),
+        clip: float | None = None,
         learn_initial_state: bool = False,
         weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
@@ -588,6 +658,10 @@ class RNN(RecurrentLayer):
             dropout,
             bidirectional,
             options={"nonlinearity": check_nonlinearity(nonlinearity)},
+            activations=activations,
+            activation_alpha=activation_alpha,
+            activation_beta=activation_beta,
+            clip=clip,
             learn_initial_state=learn_initial_state,
             weights_dtype=weights_dtype,
             dtype=dtype,

@@ -9,6 +9,11 @@ Per step, with ``x_r, x_z, x_n = linear(x_t, W_ih, b_ih)`` and the recurrent wei
 Workspace (docs/kernels.md): ``gates (T, B, 3H)`` = r, z, n after their nonlinearity, then
 ``(T, B, H)``: ``hn = linear(h, W_hn, b_hn)`` (reset_after) or ``rh = r * h`` (reset_before).
 
+With ONNX's options (``options``, a `fusedrnn._cell_options.CellOptions`; docs/onnx.md), ``r``,
+``z`` and ``n`` are the options' activations f, f and g of their clipped pre-activations, and the
+workspace holds those pre-activations (``x_r + h_r``, ``x_z + h_z``, the argument of n) in place
+of the activated gates.
+
 Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
 item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
 ``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
@@ -16,6 +21,8 @@ that read ``x[t]``, and padded positions ``t >= lengths[b]`` hold zeros.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,6 +46,9 @@ from ._common import (
     valid_steps,
 )
 
+if TYPE_CHECKING:
+    from .._cell_options import CellOptions
+
 
 def gru_forward(
     x: np.ndarray,
@@ -52,6 +62,7 @@ def gru_forward(
     *,
     lengths: ArrayLike | None = None,
     reverse: bool = False,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a GRU over a sequence.
 
@@ -78,6 +89,8 @@ def gru_forward(
     reverse : bool
         Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
         bidirectional layer). ``y`` stays indexed by time.
+    options : CellOptions, optional
+        ONNX's activations and clip (module docstring). ``None``: PyTorch's cell.
 
     Returns
     -------
@@ -103,24 +116,27 @@ def gru_forward(
 
     # (T, B, 3H): the input part of every step at once
     x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
+    f_gate, g_gate = (sigmoid, np.tanh) if options is None else (g.value for g in options.gates())
     h = h0
     for t in range(T):
         x_r, x_z, x_n = np.split(x_proj[t], 3, axis=1)
         h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1)
-        r = sigmoid(x_r + h_r)
-        z = sigmoid(x_z + h_z)
+        pre_r, pre_z = x_r + h_r, x_z + h_z
+        r, z = f_gate(pre_r), f_gate(pre_z)
         if reset_after:
             hn = linear(h, W_hn, b_hn)
-            n = np.tanh(x_n + r * hn)
+            pre_n = x_n + r * hn
             hn_or_rh[t] = only_valid(valid[t], hn)
         else:
             rh = r * h
-            n = np.tanh(x_n + linear(rh, W_hn, b_hn))
+            pre_n = x_n + linear(rh, W_hn, b_hn)
             hn_or_rh[t] = only_valid(valid[t], rh)
+        n = g_gate(pre_n)
         h_new = (1 - z) * n + z * h
         # items past their own last step keep their state and save / output zeros
         h = advance(valid[t], h_new, h)
-        gates_all[t] = only_valid(valid[t], np.concatenate([r, z, n], axis=1))
+        saved = [r, z, n] if options is None else [pre_r, pre_z, pre_n]
+        gates_all[t] = only_valid(valid[t], np.concatenate(saved, axis=1))
         y[t] = only_valid(valid[t], h_new)
 
     workspace = new_workspace("gru", T, B, H, x.dtype)
@@ -145,6 +161,7 @@ def gru_backward(
     *,
     lengths: ArrayLike | None = None,
     reverse: bool = False,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``gru_forward``.
 
@@ -167,7 +184,7 @@ def gru_backward(
     grads : dict, optional
         ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih`` (3H,), ``bias_hh`` (3H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse
+    lengths, reverse, options
         As given to the forward.
 
     Returns
@@ -198,7 +215,7 @@ def gru_backward(
     d_x_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # gradient of x_r, x_z, x_n
     d_h_proj = np.zeros((T, B, 3 * H), dtype=x.dtype)  # of h_r, h_z and W_hn's output
     for t in reversed(range(T)):
-        r, z, n = np.split(gates[t], 3, axis=1)
+        (r, z, n), (slope_r, slope_z, slope_n) = _gates_and_slopes(gates[t], options)
         # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
         dh_new = dh + dy[t]
         # forward: h_new = (1 - z) * n + z * h
@@ -206,7 +223,7 @@ def gru_backward(
         dz = dh_new * (h_prev[t] - n)
         dh_prev = dh_new * z
         # forward: n = np.tanh(x_n + ...), in both variants
-        d_x_n = dn * dtanh(n)
+        d_x_n = dn * slope_n
         if reset_after:
             # forward: n = np.tanh(x_n + r * hn)
             dr = d_x_n * saved[t]
@@ -221,7 +238,7 @@ def gru_backward(
             dr = d_rh * h_prev[t]
             dh_prev = dh_prev + d_rh * r
         # forward: r = sigmoid(x_r + h_r); z = sigmoid(x_z + h_z)
-        d_rz = np.concatenate([dr * dsigmoid(r), dz * dsigmoid(z)], axis=1)
+        d_rz = np.concatenate([dr * slope_r, dz * slope_z], axis=1)
         d_x_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_x_n], axis=1))
         d_h_proj[t] = only_valid(valid[t], np.concatenate([d_rz, d_hn], axis=1))
         # forward: h_r, h_z = np.split(linear(h, W_hrz, b_hrz), 2, axis=1)
@@ -244,3 +261,17 @@ def gru_backward(
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_x_proj @ weight_ih), lengths, reverse)
     return dx, dh, grads
+
+
+def _gates_and_slopes(saved: np.ndarray, options: CellOptions | None) -> tuple:
+    """One step's gates ``(r, z, n)`` and their slopes in their pre-activations, from what the
+    forward saved: the activated gates (PyTorch's cell) or their pre-activations (options)."""
+    if options is None:
+        r, z, n = np.split(saved, 3, axis=1)
+        return (r, z, n), (dsigmoid(r), dsigmoid(z), dtanh(n))
+    f_gate, g_gate = options.gates()
+    pre = np.split(saved, 3, axis=1)
+    gates = (f_gate, f_gate, g_gate)
+    return tuple(g.value(p) for g, p in zip(gates, pre)), tuple(
+        g.slope(p) for g, p in zip(gates, pre)
+    )

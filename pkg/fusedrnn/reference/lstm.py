@@ -6,6 +6,13 @@ Per step, with ``pre = linear(x_t, W_ih, b_ih) + linear(h, W_hh, b_hh)`` split i
 Workspace (docs/kernels.md): ``gates (T, B, 4H)`` = i, f, g, o after their nonlinearity, then
 ``c (T, B, H)`` = the cell state after each step.
 
+With ONNX's options (``options``, a `fusedrnn._cell_options.CellOptions`; docs/onnx.md), per
+step, gates f, g and h the options' activations of ``clip(pre)``:
+``i = f(pre_i + p_i*c)``, ``f = f(pre_f + p_f*c)`` (or ``1 - i`` with ``input_forget``),
+``c' = f*c + i*g(pre_g)``, ``o = f(pre_o + p_o*c')``, ``h' = o*h(c')``, the peephole terms only
+with ``weight_peephole`` ``(3H,)`` = p_i, p_f, p_o. The workspace then holds the gates'
+pre-activations (peepholes added, not clipped) in place of their activated values.
+
 Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
 item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
 ``reverse``). The workspace keeps the layout above, indexed by time: position ``t`` holds the step
@@ -13,6 +20,8 @@ that read ``x[t]``, and padded positions ``t >= lengths[b]`` hold zeros.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -36,6 +45,9 @@ from ._common import (
     valid_steps,
 )
 
+if TYPE_CHECKING:
+    from .._cell_options import CellOptions
+
 
 def lstm_forward(
     x: np.ndarray,
@@ -50,6 +62,8 @@ def lstm_forward(
     lengths: ArrayLike | None = None,
     reverse: bool = False,
     weight_hr: np.ndarray | None = None,
+    weight_peephole: np.ndarray | None = None,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Run an LSTM over a sequence.
 
@@ -79,6 +93,10 @@ def lstm_forward(
         bidirectional layer). ``y`` stays indexed by time.
     weight_hr : (P, H) array, optional
         Projection: ``h' = W_hr (o * tanh(c'))``. ``None``: no projection.
+    weight_peephole : (3H,) array, optional
+        Peepholes p_i, p_f, p_o (needs ``options``). ``None``: none.
+    options : CellOptions, optional
+        ONNX's activations, clip and input_forget (module docstring). ``None``: PyTorch's cell.
 
     Returns
     -------
@@ -116,15 +134,29 @@ def lstm_forward(
     h, c = h0, c0
     for t in range(T):
         pre_i, pre_f, pre_g, pre_o = np.split(x_proj[t] + linear(h, weight_hh, bias_hh), 4, axis=1)
-        i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
-        c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
+        if options is None:
+            i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
+            c_new = f * c + i * g
+            h_new = o * np.tanh(c_new)
+            saved = np.concatenate([i, f, g, o], axis=1)
+        else:
+            f_gate, g_gate, h_act = options.gates()
+            if weight_peephole is not None:  # i and f see c, o sees c_new
+                p_i, p_f, p_o = np.split(weight_peephole, 3)
+                pre_i, pre_f = pre_i + p_i * c, pre_f + p_f * c
+            i = f_gate.value(pre_i)
+            f = 1 - i if options.input_forget else f_gate.value(pre_f)
+            c_new = f * c + i * g_gate.value(pre_g)
+            if weight_peephole is not None:
+                pre_o = pre_o + p_o * c_new
+            h_new = f_gate.value(pre_o) * h_act.act.value(c_new)  # (h is not clipped)
+            saved = np.concatenate([pre_i, pre_f, pre_g, pre_o], axis=1)
         if weight_hr is not None:
             h_new = h_new @ weight_hr.T
         # items past their own last step keep their state and save / output zeros
         c = advance(valid[t], c_new, c)
         h = advance(valid[t], h_new, h)
-        gates_all[t] = only_valid(valid[t], np.concatenate([i, f, g, o], axis=1))
+        gates_all[t] = only_valid(valid[t], saved)
         c_all[t] = only_valid(valid[t], c_new)
         y[t] = only_valid(valid[t], h_new)
 
@@ -152,6 +184,8 @@ def lstm_backward(
     lengths: ArrayLike | None = None,
     reverse: bool = False,
     weight_hr: np.ndarray | None = None,
+    weight_peephole: np.ndarray | None = None,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``lstm_forward``.
 
@@ -173,9 +207,9 @@ def lstm_backward(
         Likewise for ``c_n``.
     grads : dict, optional
         ``weight_ih`` (4H, I), ``weight_hh`` (4H, P), ``bias_ih`` (4H,), ``bias_hh`` (4H,) and,
-        with a projection, ``weight_hr`` (P, H): accumulated into with ``+=``. ``None`` makes a
-        fresh zeroed dict.
-    lengths, reverse, weight_hr
+        with a projection, ``weight_hr`` (P, H), with peepholes ``weight_peephole`` (3H,):
+        accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
+    lengths, reverse, weight_hr, weight_peephole, options
         As given to the forward.
 
     Returns
@@ -218,35 +252,60 @@ def lstm_backward(
 
     d_pre = np.zeros((T, B, 4 * H), dtype=x.dtype)  # gradient of the pre-activations i, f, g, o
     d_h_new = np.zeros((T, B, P), dtype=x.dtype)  # of each step's new h (for W_hr)
+    peepholes = None if weight_peephole is None else np.split(weight_peephole, 3)
     for t in reversed(range(T)):
-        i, f, g, o = np.split(gates[t], 4, axis=1)
-        tanh_c = np.tanh(c_all[t])
+        # the gates and their slopes in their pre-activations, and h(c_new) and its slope
+        (i, f, g, o), slopes, (h_c, dh_c) = _gates_and_slopes(gates[t], c_all[t], options)
         # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
         d_h_new[t] = only_valid(valid[t], dh + dy[t])
         # forward: h_new = o * np.tanh(c_new)  [then h_new = h_new @ weight_hr.T]
         d_o_tanh_c = d_h_new[t] if weight_hr is None else d_h_new[t] @ weight_hr
-        do = d_o_tanh_c * tanh_c
-        dc_new = dc + d_o_tanh_c * o * dtanh(tanh_c)
-        # forward: c_new = f * c + i * g
+        do = d_o_tanh_c * h_c
+        dc_new = dc + d_o_tanh_c * o * dh_c
+        if peepholes is not None:  # forward: pre_o = pre_o + p_o * c_new
+            dc_new = dc_new + do * slopes[3] * peepholes[2]
+        # forward: c_new = f * c + i * g  (input_forget: f = 1 - i)
         df = dc_new * c_prev[t]
         di = dc_new * g
         dg = dc_new * i
+        if options is not None and options.input_forget:
+            di, df = di - df, np.zeros_like(df)
         # forward: i, f, g, o = sigmoid(pre_i), sigmoid(pre_f), np.tanh(pre_g), sigmoid(pre_o)
         d_pre[t] = only_valid(
             valid[t],
             np.concatenate(
-                [di * dsigmoid(i), df * dsigmoid(f), dg * dtanh(g), do * dsigmoid(o)], axis=1
+                [di * slopes[0], df * slopes[1], dg * slopes[2], do * slopes[3]], axis=1
             ),
         )
         # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh); c = advance(valid[t], ...)
         dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
-        dc = advance(valid[t], dc_new * f, dc)
+        dc_prev = dc_new * f
+        if peepholes is not None:  # forward: pre_i, pre_f = pre_i + p_i * c, pre_f + p_f * c
+            d_pre_i, d_pre_f = np.split(d_pre[t], 4, axis=1)[:2]
+            dc_prev = dc_prev + d_pre_i * peepholes[0] + d_pre_f * peepholes[1]
+        dc = advance(valid[t], dc_prev, dc)
 
     grads = grads_or_zeros(grads, weight_ih, weight_hh, weight_hr)
     if weight_hr is not None:
         # forward: h_new = (o * np.tanh(c_new)) @ weight_hr.T, for all t (zero where padded)
-        o_tanh_c = np.split(gates, 4, axis=2)[3] * np.tanh(c_all)
+        o = np.split(gates, 4, axis=2)[3]
+        if options is None:
+            o_tanh_c = o * np.tanh(c_all)
+        else:
+            f_gate, _, h_act = options.gates()
+            o_tanh_c = only_valid(valid, f_gate.value(o) * h_act.act.value(c_all))
         accumulate_linear(grads["weight_hr"], None, o_tanh_c, d_h_new)
+    if weight_peephole is not None:
+        # forward: pre_i += p_i * c, pre_f += p_f * c, pre_o += p_o * c_new, for all t
+        d_pre_i, d_pre_f, _, d_pre_o = np.split(d_pre, 4, axis=2)
+        if "weight_peephole" not in grads:
+            grads["weight_peephole"] = np.zeros_like(weight_peephole)
+        grads["weight_peephole"] += np.concatenate(
+            [
+                (d * c).sum(axis=(0, 1))
+                for d, c in ((d_pre_i, c_prev), (d_pre_f, c_prev), (d_pre_o, c_all))
+            ]
+        )
     # forward: pre = x_proj[t] + linear(h, weight_hh, bias_hh), for all t
     accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
@@ -254,3 +313,21 @@ def lstm_backward(
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
     return dx, dh, dc, grads
+
+
+def _gates_and_slopes(saved: np.ndarray, c_new: np.ndarray, options: CellOptions | None) -> tuple:
+    """One step's gates ``(i, f, g, o)``, their slopes in their pre-activations, and
+    ``(h(c_new), h'(c_new))``, from what the forward saved: the activated gates (PyTorch's cell)
+    or their pre-activations (with options)."""
+    if options is None:
+        i, f, g, o = np.split(saved, 4, axis=1)
+        tanh_c = np.tanh(c_new)
+        slopes = (dsigmoid(i), dsigmoid(f), dtanh(g), dsigmoid(o))
+        return (i, f, g, o), slopes, (tanh_c, dtanh(tanh_c))
+    f_gate, g_gate, h_act = options.gates()
+    pre_i, pre_f, pre_g, pre_o = np.split(saved, 4, axis=1)
+    i = f_gate.value(pre_i)
+    f = 1 - i if options.input_forget else f_gate.value(pre_f)
+    values = (i, f, g_gate.value(pre_g), f_gate.value(pre_o))
+    slopes = (f_gate.slope(pre_i), f_gate.slope(pre_f), g_gate.slope(pre_g), f_gate.slope(pre_o))
+    return values, slopes, (h_act.act.value(c_new), h_act.act.slope(c_new))

@@ -3,12 +3,18 @@
 Per step ``h' = act(linear(x_t, W_ih, b_ih) + linear(h, W_hh, b_hh))``, ``act`` tanh or relu.
 The workspace is empty: backward reads the activation's derivative off ``y``.
 
+With ONNX's options (``options``, a `fusedrnn._cell_options.CellOptions`; docs/onnx.md),
+``act`` is the options' activation f of the clipped pre-activation (``nonlinearity`` is not
+read), and the workspace is the pre-activations ``(T, B, H)``, flat (zero where padded).
+
 Variable lengths and the reverse direction follow the layer-stack contract (docs/kernels.md):
 item b runs only its own steps ``0 .. lengths[b]-1`` (backwards from ``lengths[b]-1`` when
 ``reverse``); the workspace stays empty.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -29,6 +35,9 @@ from ._common import (
     split_workspace,
     valid_steps,
 )
+
+if TYPE_CHECKING:
+    from .._cell_options import CellOptions
 
 
 def _relu(a: np.ndarray) -> np.ndarray:
@@ -62,6 +71,7 @@ def rnn_forward(
     *,
     lengths: ArrayLike | None = None,
     reverse: bool = False,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run an Elman RNN over a sequence.
 
@@ -83,6 +93,8 @@ def rnn_forward(
     reverse : bool
         Run each item from its own last step ``lengths[b] - 1`` back to 0 (the reverse half of a
         bidirectional layer). ``y`` stays indexed by time.
+    options : CellOptions, optional
+        ONNX's activations and clip (module docstring). ``None``: PyTorch's cell.
 
     Returns
     -------
@@ -94,10 +106,11 @@ def rnn_forward(
     workspace : (0,) array or None
         Empty, of the input dtype, when training; ``None`` otherwise.
     """
-    act, _ = _activation(nonlinearity)
+    act = _activation(nonlinearity)[0] if options is None else options.gates()[0].value
     T, B, _, H = check_shapes(
         "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh
     )
+    pre_all = np.zeros((T, B, H), dtype=x.dtype)  # with options: saved for backward
     lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)  # (T, B, 1); in step order too, as the own steps are a prefix
     y = np.zeros((T, B, H), dtype=x.dtype)  # in step order
@@ -106,12 +119,17 @@ def rnn_forward(
     x_proj = linear(in_step_order(x, lengths, reverse), weight_ih, bias_ih)
     h = h0
     for t in range(T):
-        h_new = act(x_proj[t] + linear(h, weight_hh, bias_hh))
+        pre = x_proj[t] + linear(h, weight_hh, bias_hh)
+        h_new = act(pre)
+        if options is not None:
+            pre_all[t] = only_valid(valid[t], pre)
         # items past their own last step keep their state and output zeros
         h = advance(valid[t], h_new, h)
         y[t] = only_valid(valid[t], h_new)
 
     workspace = new_workspace("rnn", T, B, H, x.dtype) if training else None
+    if training and options is not None:
+        workspace = in_step_order(pre_all, lengths, reverse).reshape(-1)
     return in_step_order(y, lengths, reverse), h.copy(), workspace
 
 
@@ -129,6 +147,7 @@ def rnn_backward(
     *,
     lengths: ArrayLike | None = None,
     reverse: bool = False,
+    options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``rnn_forward``.
 
@@ -151,7 +170,7 @@ def rnn_backward(
     grads : dict, optional
         ``weight_ih`` (H, I), ``weight_hh`` (H, H), ``bias_ih`` (H,), ``bias_hh`` (H,):
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
-    lengths, reverse
+    lengths, reverse, options
         As given to the forward.
 
     Returns
@@ -162,12 +181,19 @@ def rnn_backward(
     grads : dict
         The accumulated (or fresh) parameter gradients.
     """
-    _, dact = _activation(nonlinearity)
     T, B, _, H = check_shapes(
         "rnn", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, y=y, dy=dy, dh_n=dh_n
     )
-    if workspace is not None:
-        split_workspace(workspace, "rnn", T, B, H, x.dtype)  # only checks it is the empty one
+    if options is None:
+        dact = _activation(nonlinearity)[1]
+        if workspace is not None:
+            split_workspace(workspace, "rnn", T, B, H, x.dtype)  # only checks it is the empty one
+    elif workspace is None or workspace.shape != (T * B * H,) or workspace.dtype != x.dtype:
+        raise ValueError(
+            f"rnn with options: workspace must be the forward's pre-activations, flat "
+            f"(T*B*H = {T * B * H},) of dtype {x.dtype}; got "
+            f"{None if workspace is None else (workspace.shape, workspace.dtype)}"
+        )
     lengths = lengths_or_full(lengths, T, B)
     valid = valid_steps(lengths, T)
     # everything below in step order (the order the forward ran its steps)
@@ -178,13 +204,16 @@ def rnn_backward(
     dy = only_valid(valid, in_step_order(grad_or_zeros(dy, (T, B, H), x.dtype), lengths, reverse))
     dh = grad_or_zeros(dh_n, (B, H), x.dtype)
     h_prev = previous_states(h0, y)
+    if options is not None:  # the slope of act in the saved pre-activations, in step order
+        pre = in_step_order(workspace.reshape(T, B, H), lengths, reverse)
+        slope = options.gates()[0].slope(pre)
 
     d_pre = np.zeros((T, B, H), dtype=x.dtype)  # gradient of the pre-activation
     for t in reversed(range(T)):
         # forward: y[t] = h_new  (h_new also feeds step t+1, whose gradient is already in dh)
         dh_new = dh + dy[t]
         # forward: h_new = act(x_proj[t] + linear(h, weight_hh, bias_hh)), act' read off y[t]
-        d_pre[t] = only_valid(valid[t], dh_new * dact(y[t]))
+        d_pre[t] = only_valid(valid[t], dh_new * (dact(y[t]) if options is None else slope[t]))
         # forward: h = advance(valid[t], h_new, h)
         dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
 

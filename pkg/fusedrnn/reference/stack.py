@@ -21,9 +21,10 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._cell_options import CellOptions, cell_options
 from .._checks import check_choice, check_lengths, check_size
 from .._half import HalfWeights, inference_weights_dtype, rounded_params
-from .._spec import BIASES, GATES, MODES, layer_roles, layer_suffix
+from .._spec import BIASES, GATES, MODES, PEEPHOLE, layer_roles, layer_suffix
 from .._truncation import truncation_steps
 from ._common import grad_or_zeros
 from .gru import gru_backward, gru_forward
@@ -72,9 +73,9 @@ def _name(role: str, k: int, d: int) -> str:
     return f"{role}{layer_suffix(k, d)}"
 
 
-def _roles(proj_size: int) -> tuple[str, ...]:
+def _roles(proj_size: int, peephole: bool = False) -> tuple[str, ...]:
     """Every role a layer may have (the biases are optional)."""
-    return layer_roles(True, proj_size)
+    return layer_roles(True, proj_size, peephole)
 
 
 def _check_array(name: str, value: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -113,10 +114,11 @@ def _check_sizes(
         raise TypeError(f"params must be a mapping of names to arrays, got {type(params).__name__}")
 
     L, D = int(num_layers), 2 if bidirectional else 1
+    peephole = _has_peepholes(mode, params)
     setting = f"(mode={mode!r}, num_layers={L}, bidirectional={bool(bidirectional)}, "
-    setting += f"proj_size={proj_size})"
+    setting += f"proj_size={proj_size}, peephole={peephole})"
     layers = [(k, d) for k in range(L) for d in range(D)]
-    roles = _roles(proj_size)
+    roles = _roles(proj_size, peephole)
     required = {_name(role, k, d) for k, d in layers for role in roles if role not in BIASES}
     optional = {_name(role, k, d) for k, d in layers for role in BIASES}
     missing = sorted(required - set(params))
@@ -140,6 +142,7 @@ def _check_sizes(
             "bias_ih": (G * H,),
             "bias_hh": (G * H,),
             "weight_hr": (proj_size, H),
+            PEEPHOLE: (3 * H,),
         }
         for role in roles:
             name = _name(role, k, d)
@@ -154,7 +157,27 @@ def _layer_params(
     """The one-layer cell's parameters of layer ``k``, direction ``d``, by their role (an absent
     bias is zeros; ``weight_hr`` only with a projection)."""
     zeros = np.zeros(sizes.G * sizes.H, dtype=params["weight_ih_l0"].dtype)
-    return {role: params.get(_name(role, k, d), zeros) for role in _roles(proj_size)}
+    roles = _roles(proj_size, f"{PEEPHOLE}_l0" in params)
+    return {role: params.get(_name(role, k, d), zeros) for role in roles}
+
+
+def _has_peepholes(mode: str, params: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``params`` hold an LSTM's peepholes (``weight_peephole_l0`` and the others)."""
+    if f"{PEEPHOLE}_l0" not in params:
+        return False
+    if mode != "lstm":
+        raise ValueError(f"params hold {PEEPHOLE}_l0, but only an LSTM has peepholes, not a {mode}")
+    return True
+
+
+def _direction_options(
+    mode: str, params: Mapping[str, np.ndarray], options: CellOptions | None, d: int
+) -> CellOptions | None:
+    """The cell options of direction ``d``: those given, PyTorch's activations when only
+    peepholes ask for the options' cell, or None."""
+    if options is None and _has_peepholes(mode, params):
+        options = cell_options(mode, peephole=True)
+    return None if options is None else options.direction(d)
 
 
 def _initial_states(
@@ -220,9 +243,19 @@ def _cell_forward(
     """One layer, one direction: ``(y, h_n, c_n or None, workspace)``."""
     weights = (w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"])
     steps = {"lengths": options["lengths"], "reverse": options["reverse"]}
+    steps["options"] = options["cell_options"]
     training = options["training"]
     if mode == "lstm":
-        return lstm_forward(x, h0, c0, *weights, training, weight_hr=w.get("weight_hr"), **steps)
+        return lstm_forward(
+            x,
+            h0,
+            c0,
+            *weights,
+            training,
+            weight_hr=w.get("weight_hr"),
+            weight_peephole=w.get(PEEPHOLE),
+            **steps,
+        )
     if mode == "gru":
         y, h_n, workspace = gru_forward(x, h0, *weights, options["reset_after"], training, **steps)
     else:
@@ -246,10 +279,12 @@ def _cell_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One layer, one direction: ``(dx, dh0, dc0 or None)``, accumulating into ``grads``."""
     steps = {"lengths": options["lengths"], "reverse": options["reverse"]}
+    steps["options"] = options["cell_options"]
     args = (x, h0, c0) if mode == "lstm" else (x, h0)
     args += (w["weight_ih"], w["weight_hh"], y, workspace, dy, dh_n)
     if mode == "lstm":
-        return lstm_backward(*args, dc_n, grads, weight_hr=w.get("weight_hr"), **steps)[:3]
+        peephole = {"weight_hr": w.get("weight_hr"), "weight_peephole": w.get(PEEPHOLE)}
+        return lstm_backward(*args, dc_n, grads, **peephole, **steps)[:3]
     if mode == "gru":
         dx, dh0, _ = gru_backward(*args, options["reset_after"], grads, **steps)
     else:
@@ -270,6 +305,7 @@ def stack_forward(
     reset_after: bool = True,
     nonlinearity: str = "tanh",
     proj_size: int = 0,
+    cell_options: CellOptions | None = None,
     weights_dtype: str | None = None,
     half_weights: HalfWeights | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackSaved | None]:
@@ -308,6 +344,9 @@ def stack_forward(
         RNN only.
     proj_size : int
         LSTM only: ``P > 0`` projects ``h`` to size P with ``weight_hr``.
+    cell_options : CellOptions, optional
+        ONNX's activations, clip and input_forget (``fusedrnn.cell_options``, docs/onnx.md).
+        LSTM peepholes are the parameters ``weight_peephole_l{k}{sfx}`` (3H,) = p_i, p_f, p_o.
     weights_dtype : None, 'float16' or 'bfloat16'
         Inference of float32 arrays only: the weight matrices (not the biases) are rounded to
         that format, to nearest, ties to even, and the stack runs in float32 with them.
@@ -349,7 +388,11 @@ def stack_forward(
                 h0[j],
                 None if c0 is None else c0[j],
                 _layer_params(params, sizes, proj_size, k, d),
-                {**options, "reverse": d == 1},
+                {
+                    **options,
+                    "reverse": d == 1,
+                    "cell_options": _direction_options(mode, params, cell_options, d),
+                },
             )
             if c_n is not None:
                 c_n[j] = c_n_j
@@ -385,6 +428,7 @@ def stack_backward(
     grads: dict[str, np.ndarray] | None = None,
     truncate: int | None = None,
     truncate_stride: int | None = None,
+    cell_options: CellOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
@@ -393,7 +437,7 @@ def stack_backward(
     Parameters
     ----------
     mode, x, hx, params, num_layers, bidirectional, lengths, dropout_masks, reset_after,
-    nonlinearity, proj_size
+    nonlinearity, proj_size, cell_options
         As given to ``stack_forward``.
     y : (T, B, D*H_out) array
         The forward's ``y``.
@@ -462,7 +506,12 @@ def stack_backward(
             dc_n,
             lengths,
             dropout_masks,
-            {"reset_after": reset_after, "nonlinearity": nonlinearity, "proj_size": proj_size},
+            {
+                "reset_after": reset_after,
+                "nonlinearity": nonlinearity,
+                "proj_size": proj_size,
+                "cell_options": cell_options,
+            },
             grads,
             k2,
             k1,
@@ -490,7 +539,11 @@ def stack_backward(
                 dh_n[j],
                 None if dc_n is None else dc_n[j],
                 _layer_grads(grads, params, sizes, proj_size, k, d),
-                {**options, "reverse": d == 1},
+                {
+                    **options,
+                    "reverse": d == 1,
+                    "cell_options": _direction_options(mode, params, cell_options, d),
+                },
             )
             if dc0 is not None:
                 dc0[j] = dc0_j
@@ -550,5 +603,5 @@ def _layer_grads(
     scratch = np.zeros(sizes.G * sizes.H, dtype=grads["weight_ih_l0"].dtype)
     return {
         role: grads[_name(role, k, d)] if _name(role, k, d) in params else scratch.copy()
-        for role in _roles(proj_size)
+        for role in _roles(proj_size, f"{PEEPHOLE}_l0" in params)
     }
