@@ -170,6 +170,7 @@ struct IsaKernels {
   AttentionKernels<double> attention_f64;
   StepGemmKernels<float> step_gemm_f32;
   StepGemmKernels<double> step_gemm_f64;
+  HalfStepGemmKernels step_gemm_half;  // float with 16-bit weights, panels as step_gemm_f32's
 };
 
 // The x86 instruction sets beyond the baseline are compiled on x86 only (csrc/isa/avx*.cpp). Other
@@ -224,6 +225,9 @@ inline const StepGemmKernels<float>& step_gemm_kernels<float>() {
 template <>
 inline const StepGemmKernels<double>& step_gemm_kernels<double>() {
   return active_isa().step_gemm_f64;
+}
+inline HalfMultiply half_step_gemm(HalfFormat format) {
+  return active_isa().step_gemm_half.multiply[static_cast<int>(format)];
 }
 
 }  // namespace fusedrnn

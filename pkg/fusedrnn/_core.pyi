@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 
 import numpy
+import numpy.typing
 
 __all__: list[str] = [
     "active_isa",
@@ -39,6 +40,7 @@ __all__: list[str] = [
     "lstm_forward",
     "lstm_workspace_size",
     "openmp_teams",
+    "pack_half_panels",
     "release_cached_memory",
     "rnn_backward",
     "rnn_forward",
@@ -50,6 +52,7 @@ __all__: list[str] = [
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
+    "step_panel_width",
     "team_stalls",
     "worker_idle_microseconds",
 ]
@@ -310,6 +313,15 @@ def openmp_teams() -> bool:
     Whether the teams run on OpenMP's threads now (never in a forked child).
     """
 
+def pack_half_panels(
+    w: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16],
+    blocks: typing.SupportsInt | typing.SupportsIndex,
+    format: str,
+) -> numpy.typing.NDArray[numpy.uint16]:
+    """
+    The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read (for the active instruction set's step_panel_width).
+    """
+
 def release_cached_memory() -> None:
     """
     Give the memory of freed outputs and scratch kept for later calls back to the system.
@@ -404,6 +416,7 @@ def stack_forward(
     nonlinearity: str,
     training: bool,
     cell_options: typing.Any = None,
+    half_weights: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
     mode: str,
@@ -418,6 +431,11 @@ def stack_saved_size(
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
+    """
+
+def step_panel_width() -> int:
+    """
+    Columns of a float step-GEMM panel on the active instruction set.
     """
 
 def team_stalls() -> dict:

@@ -37,6 +37,7 @@ from ._checks import (
     check_size,
     require_array,
 )
+from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._spec import (
     CELL_PARAMETERS,
     GATES,
@@ -548,6 +549,8 @@ def stack_forward(
     nonlinearity: str = "tanh",
     proj_size: int = 0,
     cell_options: CellOptions | None = None,
+    weights_dtype: str | None = None,
+    half_weights: HalfWeights | None = None,
 ):
     """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
 
@@ -562,6 +565,14 @@ def stack_forward(
     cell_options : `fusedrnn.cell_options(...)`: ONNX's activations, clip, input_forget
         (docs/onnx.md); None: PyTorch's cell. LSTM peepholes: the parameters
         ``weight_peephole_l{k}{sfx}`` (3H,) in ``params``.
+    weights_dtype : None, 'float16' or 'bfloat16'
+        Inference (training=False) of float32 arrays only: multiply with the weight matrices
+        rounded to 16 bits (the biases and all arithmetic stay float32; docs/layers.md,
+        "Half-precision weights"). They are packed on each call, unless ``half_weights`` brings
+        them packed.
+    half_weights : HalfWeights, optional
+        ``pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)``: the 16-bit
+        weights packed once, for calls that reuse them.
 
     Returns
     -------
@@ -577,8 +588,15 @@ def stack_forward(
         mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, new_packing
     )
     config = call.config(reset_after, nonlinearity)
+    weights_dtype = inference_weights_dtype(weights_dtype, half_weights, training, x.dtype)
+    if weights_dtype is not None and half_weights is None:
+        half_weights = pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)
     y, h_n, c_n, workspace = _core.stack_forward(
-        *call.inputs, *config, bool(training), _kernel_options(cell_options)
+        *call.inputs,
+        *config,
+        bool(training),
+        _kernel_options(cell_options),
+        None if weights_dtype is None else half_weights,
     )
     packing = call.packing
     if packing is not None:

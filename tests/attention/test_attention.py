@@ -14,7 +14,6 @@ from fusedrnn import _core, functional, reference
 from tests.helpers.attention_cases import assert_runs_close, make_qkv, run
 from tests.helpers.cells import assert_close
 
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float64, np.float32]
 
 
@@ -201,14 +200,6 @@ def threads(request):
     yield request.param
     _core._set_attention_team_threshold(threshold)
     fusedrnn.set_num_threads(before)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
 
 
 def run_case(name, dtype):

@@ -16,7 +16,8 @@ import numpy as np
 
 from .._cell_options import cell_options
 from .._checks import check_lengths, check_probability, check_size
-from .._module import DTypeLike, Parameter
+from .._half import check_weights_dtype, pack_half_weights, packed_for_active_isa
+from .._module import LOADED, DTypeLike, Parameter
 from .._spec import layer_roles, layer_suffix, num_directions
 from ._base import RecurrentModule, State, check_nonlinearity
 
@@ -72,6 +73,7 @@ class RecurrentLayer(RecurrentModule):
         ("activation_beta", ()),
         ("clip", None),
         ("input_forget", False),
+        ("weights_dtype", None),
     )
 
     def __init__(
@@ -93,11 +95,13 @@ class RecurrentLayer(RecurrentModule):
         clip: float | None = None,
         input_forget: bool = False,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
     ) -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
+        self.weights_dtype = weights_dtype
         self.num_layers = check_size(num_layers, "num_layers")
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -141,6 +145,48 @@ class RecurrentLayer(RecurrentModule):
             self.h0 = Parameter(np.zeros((L_D, self._output_size)), self.dtype)
             if self._has_cell_state:
                 self.c0 = Parameter(np.zeros((L_D, self.hidden_size)), self.dtype)
+
+    # ------------------------------------------------------------ 16-bit weights (inference)
+
+    @property
+    def weights_dtype(self) -> str | None:
+        """None, 'float16' or 'bfloat16': the format an eval-mode forward multiplies the weight
+        matrices in (docs/layers.md, "Half-precision weights"). Setting it (again) rebuilds the
+        16-bit copy at the next eval-mode forward."""
+        return self._weights_dtype
+
+    @weights_dtype.setter
+    def weights_dtype(self, value: str | None) -> None:
+        self._weights_dtype = check_weights_dtype(value, self.dtype)
+        self._half_weights = None  # packed at the next eval-mode forward
+
+    def _inference_options(self) -> dict:
+        """The 16-bit options of this forward: none in training mode (float32 weights, which
+        training changes: the 16-bit copy is dropped) or without weights_dtype; otherwise the
+        copy, packed once for the parameters and the active instruction set."""
+        if self.training or self._weights_dtype is None:
+            self._half_weights = None
+            return {}
+        if self.backend != "fused":  # the reference rounds the weights itself
+            return {"weights_dtype": self._weights_dtype}
+        if not packed_for_active_isa(self._half_weights):
+            self._half_weights = pack_half_weights(
+                self._mode,
+                self._stack_weights,
+                self.num_layers,
+                self.bidirectional,
+                self._weights_dtype,
+            )
+        return {"half_weights": self._half_weights}
+
+    def _assign_parameter(self, name: str, value: object) -> None:
+        super()._assign_parameter(name, value)
+        self._half_weights = None  # of the old array
+
+    def _forget_saved(self, reason: str) -> None:
+        super()._forget_saved(reason)
+        if reason == LOADED:  # load_state_dict copied new values in
+            self._half_weights = None
 
     @property
     def _output_size(self) -> int:
@@ -214,6 +260,7 @@ class RecurrentLayer(RecurrentModule):
             dropout_masks=masks,
             training=self.training,
             **self._stack_options,
+            **self._inference_options(),
         )
         if self.training:
             y.flags.writeable = False
@@ -443,6 +490,11 @@ class LSTM(RecurrentLayer):
         a forward without ``hx`` starts every item from them, and backward adds their
         gradient (summed over the batch). Not in PyTorch's modules (their state_dicts lack
         these two names).
+    weights_dtype : None (default), 'float16' or 'bfloat16'
+        Eval mode only, float32 layers only: multiply with the weight matrices rounded to 16
+        bits (a copy made once; the parameters, biases and all arithmetic stay float32), for
+        faster inference at small batch. Training mode ignores it. See docs/layers.md,
+        "Half-precision weights".
     dtype : numpy.float32 (default) or numpy.float64
         Of the parameters and of every array the layer accepts (no silent casts).
     seed : int or None
@@ -482,6 +534,7 @@ class LSTM(RecurrentLayer):
         clip: float | None = None,
         input_forget: bool = False,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -502,6 +555,7 @@ class LSTM(RecurrentLayer):
             clip=clip,
             input_forget=input_forget,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -537,6 +591,7 @@ class GRU(RecurrentLayer):
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -555,6 +610,7 @@ class GRU(RecurrentLayer):
             activation_beta=activation_beta,
             clip=clip,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -588,6 +644,7 @@ class RNN(RecurrentLayer):
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -606,6 +663,7 @@ class RNN(RecurrentLayer):
             activation_beta=activation_beta,
             clip=clip,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,
