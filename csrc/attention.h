@@ -4,11 +4,20 @@
 // the work split of FlashAttention-2). For each flattened batch item n and query head h, with
 // kv head g = h / (Hq / Hkv) (grouped-query attention; g = h when Hq = Hkv):
 //
-//   s[i,j] = scale * q[n,h,i,:] . k[n,g,j,:]  (+ mask[n,h,i,j] if additive; -inf where a boolean
-//            mask is false; -inf where causal and j > i: the top-left aligned causal mask)
+//   c[i,j] = scale * q[n,h,i,:] . k[n,g,j,:], soft-capped when softcap > 0:
+//            c = softcap * tanh(c / softcap) (Gemma 2, ONNX Attention), before the mask
+//   s[i,j] = c[i,j] (+ mask[n,h,i,j] if additive; -inf where a boolean mask is false; -inf
+//            where key j is not visible to query i, below)
 //   p[i,:] = softmax(s[i,:])       out[n,h,i,:] = sum_j p[i,j] * z[i,j] * v[n,g,j,:]
 //   lse[n,h,i] = log sum_j exp(s[i,j])
 //
+// Visibility (no L x S matrix: whole tiles outside it are skipped). With S_n = key_lengths[n]
+// (or S) and the alignment shift d = query_offset (0: top-left, torch's is_causal; the length
+// of a cache before the new keys: ONNX's past_key) or S_n - L (bottom-right, ONNX's with
+// nonpad_kv_seqlen, the queries being the last L of S_n positions), key j is visible to
+// query i iff  j < S_n,  and if causal: j <= i + d,  and if window w > 0: i + d - j < w (the
+// window bounds the keys from below: with causal, Mistral's and Gemma's sliding window; without,
+// ONNX's left_window_size = w - 1 with later keys all visible).
 // z is the dropout factor: keep(n,h,i,j) / (1 - dropout_p), keep drawn by counter_keep
 // (common/counter_rng.h; counter-based, so backward redraws the same); z = 1 without dropout.
 // A row whose keys are all masked (every s[i,j] = -inf, or S = 0) has out = 0, lse = +inf and
@@ -58,24 +67,53 @@ struct AttentionOptions {
   bool causal = false;
   double dropout_p = 0.0;  // in [0, 1]
   uint64_t seed = 0;
+  bool bottom_right = false;             // alignment: d = S_n - L instead of query_offset
+  int64_t query_offset = 0;              // d without bottom_right: query i at key position i+d
+  int64_t window = 0;                    // > 0: sliding window; 0: none
+  double softcap = 0.0;                  // > 0: c = softcap * tanh(c / softcap); 0: none
+  const int64_t* key_lengths = nullptr;  // [N], each in [0, S], or null: S for every item
 };
+
+// The keys [begin, end) that query rows [i0, i1) of batch item n may see, as a whole (each row
+// sees a sub-range: AttentionTile's row bounds), and the alignment shift d of that item.
+struct KeyRange {
+  int64_t begin, end, shift;
+};
+inline KeyRange visible_keys(const AttentionOptions& o, int64_t L, int64_t S, int64_t n, int64_t i0,
+                             int64_t i1) {
+  const int64_t len = o.key_lengths ? o.key_lengths[n] : S;
+  const int64_t d = o.bottom_right ? len - L : o.query_offset;
+  int64_t begin = 0, end = len;
+  if (o.causal) end = end < i1 + d ? end : i1 + d;  // the last row sees j <= i1 - 1 + d
+  if (o.window > 0) begin = i0 + d - o.window + 1 > 0 ? i0 + d - o.window + 1 : 0;
+  return {begin, end > begin ? end : begin, d};
+}
 
 // Tile sizes: block_q query rows x block_k keys per score tile.
 struct AttentionTiles {
   int64_t block_q, block_k;
 };
 AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal);
-AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal);
+// window > 0: key tiles about as wide as the window, so that a key tile's queries are few
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal, int64_t window = 0);
 // Testing knob: force tile sizes (0, 0 restores the tuned choice).
 void set_attention_tiles(int64_t block_q, int64_t block_k);
 
-int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal);
-int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal);
+// half: for attention_forward_half (room for the float copies of the 16-bit tiles)
+int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal, bool half = false);
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal, int64_t window = 0);
 
 template <typename T>
 void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,
                        const AttentionMask& mask, const AttentionShape& s,
                        const AttentionOptions& opt);
+
+// q, k, v and out of 16 bits (float16_bits / bfloat16_bits, csrc/attention_half.h), converted
+// tile by tile; the arithmetic, lse and scratch in float.
+template <typename Half>
+void attention_forward_half(Half* out, float* lse, float* scratch, const Half* q, const Half* k,
+                            const Half* v, const AttentionMask& mask, const AttentionShape& s,
+                            const AttentionOptions& opt);
 
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T* q, const T* k,

@@ -11,14 +11,14 @@
 namespace fusedrnn {
 namespace {
 int64_t backward_member_size(const AttentionTiles& t, const AttentionShape& s) {
-  // p, dP / dS, p*z (dropout), dropout row keys, the GEMMs' panels
-  return 3 * round_block(t.block_q * t.block_k) + round_block(t.block_q) +
+  // p, dP / dS, p*z (dropout), the soft-cap slope, dropout row keys, the GEMMs' panels
+  return 4 * round_block(t.block_q * t.block_k) + round_block(t.block_q) +
          attention_panels_size(t, s.E, s.Ev);
 }
 }  // namespace
 
-int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal) {
-  const AttentionTiles tiles = attention_backward_tiles(s, causal);
+int64_t attention_backward_scratch_size(const AttentionShape& s, bool causal, int64_t window) {
+  const AttentionTiles tiles = attention_backward_tiles(s, causal, window);
   const int64_t rows = s.batch * s.heads_q * s.L;
   const int64_t chunks = attention_backward_chunks(s, ceil_div(s.S, tiles.block_k));
   return round_block(rows) + (chunks - 1) * round_block(rows * s.E) +
@@ -35,13 +35,13 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T* q, const T* k,
                         const T* v, const AttentionMask& mask, const T* out, const T* lse,
                         const AttentionShape& s, const AttentionOptions& opt) {
-  const AttentionTiles tiles = attention_backward_tiles(s, opt.causal);
+  const AttentionTiles tiles = attention_backward_tiles(s, opt.causal, opt.window);
   const int64_t BQ = tiles.block_q, BK = tiles.block_k;
   const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
   const int64_t heads = s.batch * s.heads_q;
   const int64_t pairs = s.batch * s.heads_kv;
   const int64_t group = s.heads_q / s.heads_kv;
-  const int64_t query_tiles = ceil_div(L, BQ), key_tiles = ceil_div(S, BK);
+  const int64_t key_tiles = ceil_div(S, BK);
   const int64_t chunks = attention_backward_chunks(s, key_tiles);
   const int64_t units = pairs * chunks;
   const int64_t rows_total = heads * L;
@@ -51,8 +51,9 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
   const T scale = static_cast<T>(opt.scale);
   const auto& kern = attention_kernels<T>();
   std::atomic<int64_t> next{0};
-  const double work =
-      static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * (opt.causal ? 0.5 : 1.0);
+  double share = opt.causal ? 0.5 : 1.0;  // of the scores computed (need not be exact)
+  if (opt.window > 0 && S > 0) share = std::min(share, static_cast<double>(opt.window) / S);
+  const double work = static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * share;
   // one thread for small calls; units < threads still uses the team for the passes over rows
   run_team(
       attention_team_size(s.threads, std::max<int64_t>(units, s.threads), work),
@@ -84,14 +85,18 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
         T* pbuf = tile_scratch + member * backward_member_size(tiles, s);
         T* dpbuf = pbuf + round_block(BQ * BK);
         T* pdrop = dpbuf + round_block(BQ * BK);
-        uint32_t* keys = reinterpret_cast<uint32_t*>(pdrop + round_block(BQ * BK));
-        T* panels = pdrop + round_block(BQ * BK) + round_block(BQ);
+        T* slope = pdrop + round_block(BQ * BK);
+        uint32_t* keys = reinterpret_cast<uint32_t*>(slope + round_block(BQ * BK));
+        T* panels = slope + round_block(BQ * BK) + round_block(BQ);
         AttentionTile<T> t;
         t.s = pbuf;
         t.dp = dpbuf;
         t.ld = BK;
         set_tile_dropout(t, opt, keys);
         t.p_drop = t.dropout ? pdrop : pbuf;  // without dropout, dv uses p itself
+        t.capped = opt.softcap > 0;
+        t.softcap = static_cast<T>(opt.softcap);
+        t.slope = slope;
         for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
           if (stop_requested()) break;
           const int64_t pair = u / chunks, chunk = u % chunks;
@@ -101,30 +106,38 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
               share_begin(key_tiles, static_cast<int>(chunk), static_cast<int>(chunks));
           const int64_t kt1 =
               share_begin(key_tiles, static_cast<int>(chunk + 1), static_cast<int>(chunks));
+          // the keys of this item, and its alignment shift (csrc/attention.h)
+          const int64_t length = opt.key_lengths ? opt.key_lengths[batch_item] : S;
+          const int64_t d = opt.bottom_right ? length - L : opt.query_offset;
           for (int64_t kt = kt0; kt < kt1; ++kt) {
             const int64_t j0 = kt * BK;
-            if (opt.causal && j0 >= L) break;  // keys no query sees: their gradients stay zero
-            const int64_t cols_all = std::min(BK, S - j0);
+            if (j0 >= length) break;  // keys no query sees: their gradients stay zero
+            const int64_t cols_all = std::min(BK, length - j0);
+            // the query rows that see some of these keys: causal, i + d >= j0; window,
+            // i + d - window + 1 <= the last key
+            const int64_t first_row = opt.causal ? std::max<int64_t>(0, j0 - d) : 0;
+            const int64_t last_row =
+                opt.window > 0 ? std::min(L - 1, j0 + cols_all - 2 - d + opt.window) : L - 1;
+            if (first_row > last_row) continue;
             const T* kj = k + (pair * S + j0) * E;
             const T* vj = v + (pair * S + j0) * Ev;
             T* dkj = dk + (pair * S + j0) * E;
             T* dvj = dv + (pair * S + j0) * Ev;
             for (int64_t g = 0; g < group; ++g) {
               const int64_t bh = batch_item * s.heads_q + head_kv * group + g;
-              // causal: query tiles before the one holding row j0 see none of these keys
-              for (int64_t qt = opt.causal ? j0 / BQ : 0; qt < query_tiles; ++qt) {
+              for (int64_t qt = first_row / BQ; qt <= last_row / BQ; ++qt) {
                 if (stop_requested()) break;  // (the outputs are undefined then)
                 const int64_t i0 = qt * BQ;
                 const int64_t rows = std::min(BQ, L - i0);
-                const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows - j0) : cols_all;
+                // causal: no key past the one the tile's last row sees
+                const int64_t cols = opt.causal ? std::min(cols_all, i0 + rows + d - j0) : cols_all;
                 const T* qi = q + (bh * L + i0) * E;
                 const T* doi = d_out + (bh * L + i0) * Ev;
                 T* dqi = dq_target + (bh * L + i0) * E;
                 t.rows = rows;
                 t.cols = cols;
                 t.j0 = j0;
-                t.causal = opt.causal && j0 + cols - 1 > i0;
-                t.causal_offset = i0 - j0;
+                set_tile_bounds(t, opt, d, i0, rows, j0, cols);
                 t.lse = lse + bh * L + i0;
                 t.delta = delta + bh * L + i0;
                 set_tile_mask(t, mask, bh, i0, j0);

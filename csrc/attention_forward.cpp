@@ -2,8 +2,10 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "attention.h"
+#include "attention_half.h"
 #include "common/attention_layout.h"
 #include "common/carver.h"
 #include "common/isa_table.h"
@@ -20,10 +22,14 @@ AttentionTiles forced_or(AttentionTiles tuned) {
   return bq > 0 && bk > 0 ? AttentionTiles{bq, bk} : tuned;
 }
 
-int64_t forward_member_size(const AttentionTiles& t, const AttentionShape& s) {
-  // score tile, running max m, running sum l, dropout row keys, the GEMMs' panels
+int64_t forward_member_size(const AttentionTiles& t, const AttentionShape& s, bool staged) {
+  // score tile, running max m, running sum l, dropout row keys, the GEMMs' panels; 16-bit
+  // inputs: float copies of a q tile, a k and a v tile, and the output tile
+  const int64_t staging = staged ? round_block(t.block_q * s.E) + round_block(t.block_k * s.E) +
+                                       round_block(t.block_k * s.Ev) + round_block(t.block_q * s.Ev)
+                                 : 0;
   return round_block(t.block_q * t.block_k) + 3 * round_block(t.block_q) +
-         attention_panels_size(t, s.E, s.Ev);
+         attention_panels_size(t, s.E, s.Ev) + staging;
 }
 }  // namespace
 
@@ -52,24 +58,53 @@ AttentionTiles attention_forward_tiles(const AttentionShape& s, bool causal) {
   return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 512});
 }
 
-AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal) {
+AttentionTiles attention_backward_tiles(const AttentionShape& s, bool causal, int64_t window) {
   (void)s;
+  // A key tile is seen by the queries of its width plus the window: 256 keys would keep every
+  // query of a 256-long sequence busy whatever the window. Narrower tiles skip the rest.
+  if (window > 0 && window < 256)
+    return forced_or(AttentionTiles{64, std::max<int64_t>(64, (window + 15) / 16 * 16)});
   return forced_or(causal ? AttentionTiles{64, 256} : AttentionTiles{256, 256});
 }
 
-int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal) {
+int64_t attention_forward_scratch_size(const AttentionShape& s, bool causal, bool half) {
   return static_cast<int64_t>(std::max(1, s.threads)) *
-         forward_member_size(attention_forward_tiles(s, causal), s);
+         forward_member_size(attention_forward_tiles(s, causal), s, half);
 }
+
+namespace {
+// The kernels compute in T; inputs of another type Src (16 bits) are converted a tile at a time.
+template <typename T, typename Src>
+const T* staged(const Src* src, int64_t n, T* buffer) {
+  if constexpr (std::is_same_v<Src, T>) {
+    (void)n;
+    (void)buffer;
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buffer[i] = to_float(src[i]);
+    return buffer;
+  }
+}
+
+// The share of the L x S scores a call computes (for the team-size estimate; need not be exact).
+double visible_share(const AttentionShape& s, const AttentionOptions& opt) {
+  double share = opt.causal ? 0.5 : 1.0;
+  if (opt.window > 0 && s.S > 0)
+    share = std::min(share, static_cast<double>(opt.window) / static_cast<double>(s.S));
+  return share;
+}
+}  // namespace
 
 // q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  mask: broadcast [N,Hq,L,S] or none
 // out: [N,Hq,L,Ev]  lse: [N,Hq,L]  scratch: [attention_forward_scratch_size]
 // Work items: (batch item, head, query tile), handed out dynamically (the causal tiles differ in
-// cost), the costliest query tiles of each head first.
-template <typename T>
-void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,
-                       const AttentionMask& mask, const AttentionShape& s,
-                       const AttentionOptions& opt) {
+// cost), the costliest query tiles of each head first. T is the type of the arithmetic, Src that
+// of q, k, v and out (T itself, or 16 bits converted to and from T tile by tile).
+template <typename T, typename Src>
+void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const Src* k, const Src* v,
+                             const AttentionMask& mask, const AttentionShape& s,
+                             const AttentionOptions& opt) {
+  constexpr bool convert = !std::is_same_v<Src, T>;
   const AttentionTiles tiles = attention_forward_tiles(s, opt.causal);
   const int64_t BQ = tiles.block_q, BK = tiles.block_k;
   const int64_t L = s.L, S = s.S, E = s.E, Ev = s.Ev;
@@ -81,15 +116,21 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
   const T scale = static_cast<T>(opt.scale);
   const T inf = std::numeric_limits<T>::infinity();
   const auto tile_kernel = attention_kernels<T>().forward_tile;
+  const auto row_scores = attention_kernels<T>().row_scores;
+  const auto row_values = attention_kernels<T>().row_values;
   std::atomic<int64_t> next{0};
-  // the multiply-adds of q k^T and p v (a causal mask halves them; the estimate need not be exact)
-  const double work = static_cast<double>(heads) * L * S * (E + Ev) * (opt.causal ? 0.5 : 1.0);
+  // the multiply-adds of q k^T and p v
+  const double work = static_cast<double>(heads) * L * S * (E + Ev) * visible_share(s, opt);
   run_team(attention_team_size(s.threads, units, work), [&](int member, int) {
-    T* sbuf = scratch + member * forward_member_size(tiles, s);
+    T* sbuf = scratch + member * forward_member_size(tiles, s, convert);
     T* m = sbuf + round_block(BQ * BK);
     T* l = m + round_block(BQ);
     uint32_t* keys = reinterpret_cast<uint32_t*>(l + round_block(BQ));
     T* panels = l + 2 * round_block(BQ);
+    T* q_stage = panels + attention_panels_size(tiles, E, Ev);
+    T* k_stage = q_stage + round_block(BQ * E);
+    T* v_stage = k_stage + round_block(BK * E);
+    T* o_stage = v_stage + round_block(BK * Ev);
     AttentionTile<T> t;
     t.s = sbuf;
     t.ld = BK;
@@ -97,6 +138,8 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
     t.l = l;
     t.ev = Ev;
     t.ldo = Ev;
+    t.capped = opt.softcap > 0;
+    t.softcap = static_cast<T>(opt.softcap);
     set_tile_dropout(t, opt, keys);
     for (int64_t u; (u = next.fetch_add(1, std::memory_order_relaxed)) < units;) {
       if (stop_requested()) break;
@@ -104,48 +147,83 @@ void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const
       const int64_t i0 = (query_tiles - 1 - u % query_tiles) * BQ;
       const int64_t rows = std::min(BQ, L - i0);
       const int64_t kv = (bh / s.heads_q) * s.heads_kv + (bh % s.heads_q) / group;
-      const T* qi = q + (bh * L + i0) * E;
-      const T* kg = k + kv * S * E;
-      const T* vg = v + kv * S * Ev;
-      T* oi = out + (bh * L + i0) * Ev;
+      const T* qi = staged<T>(q + (bh * L + i0) * E, rows * E, q_stage);
+      const Src* kg = k + kv * S * E;
+      const Src* vg = v + kv * S * Ev;
+      T* oi;
+      if constexpr (convert)
+        oi = o_stage;
+      else
+        oi = out + (bh * L + i0) * Ev;
       std::fill(m, m + rows, -inf);
       std::fill(l, l + rows, T(0));
       std::fill(oi, oi + rows * Ev, T(0));
       if (t.dropout) fill_row_keys(keys, opt.seed, bh * L + i0, rows);
       t.rows = rows;
       t.o = oi;
-      // top-left causal mask: row i sees keys j <= i, so no key past the tile's last row
-      const int64_t kv_end = opt.causal ? std::min(S, i0 + rows) : S;
-      for (int64_t j0 = 0; j0 < kv_end; j0 += BK) {
+      // the keys some row of the tile sees (tiles wholly before or after them are skipped)
+      const KeyRange range = visible_keys(opt, L, S, bh / s.heads_q, i0, i0 + rows);
+      for (int64_t j0 = range.begin; j0 < range.end; j0 += BK) {
         if (stop_requested()) break;  // (the outputs are undefined then)
-        const int64_t cols = std::min(BK, kv_end - j0);
-        // s = scale * q_i k_j^T
-        tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kg + j0 * E, E, false, sbuf, BK,
-                     panels);
+        const int64_t cols = std::min(BK, range.end - j0);
+        const T* kj = staged<T>(kg + j0 * E, cols * E, k_stage);
+        const T* vj = staged<T>(vg + j0 * Ev, cols * Ev, v_stage);
+        // s = scale * q_i k_j^T (one row, a decoding step: dot products, no packing)
+        if (rows == 1)
+          row_scores(cols, E, scale, qi, kj, E, sbuf);
+        else
+          tile_gemm<T>(false, true, rows, cols, E, scale, qi, E, kj, E, false, sbuf, BK, panels);
         t.cols = cols;
         t.j0 = j0;
-        t.causal = opt.causal && j0 + cols - 1 > i0;  // the tile crosses the diagonal
-        t.causal_offset = i0 - j0;
+        set_tile_bounds(t, opt, range.shift, i0, rows, j0, cols);
         set_tile_mask(t, mask, bh, i0, j0);
         tile_kernel(t);
         // o_i += (p*z) v_j   (o_i rescaled by the tile kernel when the row maximum grew)
-        tile_gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vg + j0 * Ev, Ev, true, oi, Ev,
-                     panels);
+        if (rows == 1)
+          row_values(cols, Ev, sbuf, vj, Ev, oi);
+        else
+          tile_gemm<T>(false, false, rows, Ev, cols, T(1), sbuf, BK, vj, Ev, true, oi, Ev, panels);
       }
       for (int64_t r = 0; r < rows; ++r) {
         T* orow = oi + r * Ev;
         if (l[r] == T(0)) {  // every key masked: zeros, and lse = +inf makes backward's p zero
           std::fill(orow, orow + Ev, T(0));
           lse[bh * L + i0 + r] = inf;
-          continue;
+        } else {
+          const T inv = T(1) / l[r];
+          for (int64_t e = 0; e < Ev; ++e) orow[e] *= inv;
+          lse[bh * L + i0 + r] = m[r] + std::log(l[r]);
         }
-        const T inv = T(1) / l[r];
-        for (int64_t e = 0; e < Ev; ++e) orow[e] *= inv;
-        lse[bh * L + i0 + r] = m[r] + std::log(l[r]);
+        if constexpr (convert) {
+          Src* dst = out + (bh * L + i0 + r) * Ev;
+          for (int64_t e = 0; e < Ev; ++e) dst[e] = from_float<Src>(orow[e]);
+        }
       }
     }
   });
 }
+
+template <typename T>
+void attention_forward(T* out, T* lse, T* scratch, const T* q, const T* k, const T* v,
+                       const AttentionMask& mask, const AttentionShape& s,
+                       const AttentionOptions& opt) {
+  attention_forward_tiled<T, T>(out, lse, scratch, q, k, v, mask, s, opt);
+}
+
+template <typename Half>
+void attention_forward_half(Half* out, float* lse, float* scratch, const Half* q, const Half* k,
+                            const Half* v, const AttentionMask& mask, const AttentionShape& s,
+                            const AttentionOptions& opt) {
+  attention_forward_tiled<float, Half>(out, lse, scratch, q, k, v, mask, s, opt);
+}
+template void attention_forward_half<float16_bits>(float16_bits*, float*, float*,
+                                                   const float16_bits*, const float16_bits*,
+                                                   const float16_bits*, const AttentionMask&,
+                                                   const AttentionShape&, const AttentionOptions&);
+template void attention_forward_half<bfloat16_bits>(bfloat16_bits*, float*, float*,
+                                                    const bfloat16_bits*, const bfloat16_bits*,
+                                                    const bfloat16_bits*, const AttentionMask&,
+                                                    const AttentionShape&, const AttentionOptions&);
 
 namespace {
 // The scratch of an additive forward, in order (a null base only counts).

@@ -65,8 +65,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
   const auto& kernels = pointwise<T>();
   const CellOptions& options = a.shape.options;
   const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
-  const auto& step_kernel = step_gemm_kernels<T>();
-  const int64_t nr = step_kernel.panel_width;
+  const int64_t nr = step_gemm_kernels<T>().panel_width;
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
   if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped
@@ -90,7 +89,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
     const auto [w_hh_t, w_ih_t] =
         pack_gate_loop_weights(split.packs, kGruGates, H, scratch.packed_hh, w_hh, H,
-                               scratch.packed_ih, w_ih, I, training);
+                               scratch.packed_ih, w_ih, I, training, a.w.half);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
@@ -100,8 +99,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
       T* gates = training ? saved.gates + t * B * G : scratch.proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {
         const int64_t n_steps = std::min(chunk, steps - t);
-        project_chunk(split, step_kernel, w_ih_t, kGruGates, n_steps * B, x + t * B * I, I,
-                      scratch.proj, G);
+        project_chunk(split, w_ih_t, kGruGates, n_steps * B, x + t * B * I, I, scratch.proj, G);
       }
       const T* h_prev = t ? y + (t - 1) * B * H : h0;
       T* extra = training ? saved.extra + t * B * H : scratch.extra_step;  // hn or r*h
@@ -109,8 +107,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
       T* my_gates = gates + r0 * G + j0;
       if (reset_after) {
         const T* h_gemm = noise.dropout() ? scratch.h_dropped + (t + 1) % 2 * B * H : h_prev;
-        step_gemm(step_kernel, w_hh_t, 0, kGruGates, split.units, rows, h_gemm + r0 * H, H,
-                  hproj + r0 * G, G, false);
+        step_gemm(w_hh_t, 0, kGruGates, split.units, rows, h_gemm + r0 * H, H, hproj + r0 * G, G,
+                  false);
         if (options.enabled)
           kernels.gru_forward_options(options, rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
                                       hproj + r0 * G + j0, h_prev + at, extra + at, h + at);
@@ -118,8 +116,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
           kernels.gru_forward(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates, hproj + r0 * G + j0,
                               h_prev + at, extra + at, h + at);
       } else {
-        step_gemm(step_kernel, w_hh_t, 0, 2, split.units, rows, h_prev + r0 * H, H,
-                  hproj + r0 * 2 * H, 2 * H, false);
+        step_gemm(w_hh_t, 0, 2, split.units, rows, h_prev + r0 * H, H, hproj + r0 * 2 * H, 2 * H,
+                  false);
         if (options.enabled)
           kernels.gru_rb_forward_gates_options(options, rows, H, w, bias_ih + j0, bias_hh + j0,
                                                my_gates, hproj + r0 * 2 * H + j0, h_prev + at,
@@ -128,8 +126,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
           kernels.gru_rb_forward_gates(rows, H, w, bias_ih + j0, bias_hh + j0, my_gates,
                                        hproj + r0 * 2 * H + j0, h_prev + at, extra + at);
         split.share_step_results();  // W_hn (r*h) reads every unit of r*h
-        step_gemm(step_kernel, w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H, hproj_n + r0 * H,
-                  H, false);
+        step_gemm(w_hh_t, 2, 1, split.units, rows, extra + r0 * H, H, hproj_n + r0 * H, H, false);
         if (options.enabled)
           kernels.gru_rb_forward_state_options(options, rows, H, w, bias_ih + j0, bias_hh + j0,
                                                my_gates, hproj_n + at, h_prev + at, h + at);

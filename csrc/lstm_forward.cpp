@@ -67,8 +67,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const RecurrentNoise& noise = options.noise;  // (needs options.enabled)
   const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P, nullptr, noise.zoneout_c > 0);
   const auto& kernels = pointwise<T>();
-  const auto& step_kernel = step_gemm_kernels<T>();
-  const int64_t nr = step_kernel.panel_width;
+  const int64_t nr = step_gemm_kernels<T>().panel_width;
   const bool training = saved.gates != nullptr;
   const LstmForwardScratch<T> scratch = lstm_forward_scratch(a.scratch, a.shape, training);
   sum_biases(scratch.bias, a.w.b_ih, a.w.b_hh, G);
@@ -93,23 +92,22 @@ void lstm_forward(const CellForwardArgs<T>& a) {
         step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
     const auto [w_hh_t, w_ih_t] =
         pack_gate_loop_weights(split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R,
-                               scratch.packed_ih, w_ih, I, training);
+                               scratch.packed_ih, w_ih, I, training, a.w.half);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
-    const PackedWeights<T> w_hr_t =
-        P ? pack_weights(step_kernel, scratch.packed_hr, w_hr, 1, H, H, 1, P, outputs)
-          : PackedWeights<T>{};
+    const StepWeights<T> w_hr_t = P ? step_weights(a.w.half, a.w.half ? a.w.half->w_hr : nullptr,
+                                                   scratch.packed_hr, w_hr, H, 1, P, outputs)
+                                    : StepWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
       if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* gates = training ? saved.gates + t * B * G : scratch.proj + (t % chunk) * B * G;
       if (!training && t % chunk == 0) {  // this member's columns of the next chunk's projection
         const int64_t n_steps = std::min(chunk, steps - t);
-        project_chunk(split, step_kernel, w_ih_t, kLstmGates, n_steps * B, x + t * B * I, I,
-                      scratch.proj, G);
+        project_chunk(split, w_ih_t, kLstmGates, n_steps * B, x + t * B * I, I, scratch.proj, G);
       }
       const T* h_prev = t ? y + (t - 1) * B * R : h0;
       const T* c_prev = training ? (t ? saved.c + (t - 1) * B * H : c0) : c_n;
@@ -118,8 +116,8 @@ void lstm_forward(const CellForwardArgs<T>& a) {
       T* h = y + t * B * R;
       // gates += h_prev W_hh^T; then bias, nonlinearities and c = f*c_prev + i*g, h = o*tanh(c)
       const T* h_gemm = noise.dropout() ? scratch.h_dropped + (t + 1) % 2 * B * H : h_prev;
-      step_gemm(step_kernel, w_hh_t, 0, kLstmGates, split.units, rows, h_gemm + r0 * R, R,
-                gates + r0 * G, G, true);
+      step_gemm(w_hh_t, 0, kLstmGates, split.units, rows, h_gemm + r0 * R, R, gates + r0 * G, G,
+                true);
       T* h_out = (P ? m + r0 * H : h + r0 * R) + j0;
       if (options.enabled) {             // ONNX's options: the gates keep their pre-activations
         const int64_t at = r0 * H + j0;  // (no projection with zoneout or dropout: R = H)
@@ -145,7 +143,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
                              c_prev + r0 * H + j0, c + r0 * H + j0, h_out);
       if (P) {  // h = m W_hr^T needs every unit of m
         team_barrier();
-        step_gemm(step_kernel, w_hr_t, 0, 1, outputs, n, m, H, h, P, false);
+        step_gemm(w_hr_t, 0, 1, outputs, n, m, H, h, P, false);
       }
       if (member == 0) {  // rows past their length: zero outputs and saved entries
         zero_rows(h, n, B, R);

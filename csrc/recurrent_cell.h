@@ -14,6 +14,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/step_gemm.h"
+
 namespace fusedrnn {
 
 enum class CellKind : int { lstm = 0, gru = 1, rnn = 2 };
@@ -93,6 +95,17 @@ struct CellShape {
   int64_t out() const { return proj ? proj : hidden; }  // R
 };
 
+// An inference's 16-bit copy of one layer and direction's weight matrices (weights_dtype, float
+// layers only): each packed once ahead by pack_half_panels (common/step_gemm.h) for the panel
+// width of the active instruction set, which the kernels then multiply in place of w_ih, w_hh
+// and w_hr; the biases stay float.
+struct HalfLayerWeights {
+  HalfFormat format = HalfFormat::float16;
+  const uint16_t* w_ih = nullptr;  // W_ih^T: K = I, blocks = gates, cols = H
+  const uint16_t* w_hh = nullptr;  // W_hh^T: K = R, blocks = gates, cols = H
+  const uint16_t* w_hr = nullptr;  // W_hr^T: K = H, one block of P columns; null without
+};
+
 template <typename T>
 struct LayerWeights {  // one layer, one direction
   const T* w_ih;       // [G,I]
@@ -103,6 +116,8 @@ struct LayerWeights {  // one layer, one direction
 
   // LSTM peepholes [3H] p_i, p_f, p_o, or null (none); they need options.enabled
   const T* peephole = nullptr;
+  // inference only, T = float: 16-bit weight matrices multiplied instead of w_ih, w_hh, w_hr
+  const HalfLayerWeights* half = nullptr;
 };
 
 template <typename T>

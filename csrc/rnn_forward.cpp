@@ -44,27 +44,25 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   const auto kernel = pointwise<T>().rnn_forward[static_cast<int>(a.shape.act)];
   const CellOptions& options = a.shape.options;
   T* saved_pre = options.enabled ? a.workspace : nullptr;  // [T,B,H] with options (training)
-  const auto& step_kernel = step_gemm_kernels<T>();
-  const int64_t nr = step_kernel.panel_width;
+  const int64_t nr = step_gemm_kernels<T>().panel_width;
   T* bias = scratch.bias;
   sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
-  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H);
+  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H, false, a.w.half);
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
-    const PackedWeights<T> w_hh_t =
-        pack_weights(step_kernel, scratch.packed_hh, w_hh, 1, H, H, 1, H, split.packs);
+    const StepWeights<T> w_hh_t = step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr,
+                                               scratch.packed_hh, w_hh, H, 1, H, split.packs);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {
       if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);
       T* h = y + t * B * H + r0 * H;
-      step_gemm(step_kernel, w_hh_t, 0, 1, split.units, rows, (t ? h - B * H : h0 + r0 * H), H, h,
-                H, true);
+      step_gemm(w_hh_t, 0, 1, split.units, rows, (t ? h - B * H : h0 + r0 * H), H, h, H, true);
       if (options.enabled)
         pointwise<T>().rnn_forward_options(
             options, rows, H, w, bias + j0, h + j0,

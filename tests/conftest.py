@@ -5,10 +5,12 @@ import pytest
 import fusedrnn
 from fusedrnn import _core
 
+ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 
-@pytest.fixture(params=[i for i in ("baseline", "avx2", "avx512") if _core.isa_supported(i)])
+
+@pytest.fixture(params=ISAS)
 def isa(request):
-    """Run the test on one compiled instruction set, then restore the best one."""
+    """Run the test on each compiled instruction set this CPU has, then restore the active one."""
     default = _core.active_isa()
     _core.select_isa(request.param)
     yield request.param

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "attention.h"
+#include "attention_half.h"
 #include "bindings/checks.h"
 #include "common/attention_layout.h"
 #include "common/threading.h"
@@ -34,11 +35,15 @@ struct AttentionCall {
   // the mask: the array read, its offsets, and the kernel's view of both
   py::object mask_array, mask_offsets;
   AttentionMask mask;
+  py::object key_lengths;  // kept alive for options.key_lengths
+  // q, k, v (and out) of 16 bits: 0 none, 1 float16, 2 bfloat16 (their bits as uint16 arrays;
+  // the arithmetic, lse and an additive mask in float32)
+  int half = 0;
 
   AttentionCall(py::handle q_, py::handle k_, py::handle v_, py::handle mask_, py::handle offsets_,
                 int64_t row_stride, int64_t col_stride, bool causal, double scale, double dropout_p,
-                uint64_t seed)
-      : checker(q_, "q") {
+                uint64_t seed, py::dict extra = py::dict(), int half_ = 0)
+      : checker(half_ ? py::handle(py::array_t<float>(0)) : q_, "q"), half(half_) {
     py::array qa = rank4(q_, "q", "(N, Hq, L, E)");
     py::array ka = rank4(k_, "k", "(N, Hkv, S, E)");
     py::array va = rank4(v_, "v", "(N, Hkv, S, Ev)");
@@ -57,14 +62,66 @@ struct AttentionCall {
     // Before input() copies a non-contiguous q, k, v: a broadcast view too big for the BLAS is
     // refused, not first copied.
     for (int64_t d : {shape.L, shape.S, shape.E, shape.Ev}) check_blas_dim(d, "an attention size");
-    q = checker.input(q_, "q", {{"N", N}, {"Hq", Hq}, {"L", shape.L}, {"E", shape.E}});
-    k = checker.input(k_, "k", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"E", shape.E}});
-    v = checker.input(v_, "v", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"Ev", shape.Ev}});
+    q = input(q_, "q", {{"N", N}, {"Hq", Hq}, {"L", shape.L}, {"E", shape.E}});
+    k = input(k_, "k", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"E", shape.E}});
+    v = input(v_, "v", {{"N", N}, {"Hkv", Hkv}, {"S", shape.S}, {"Ev", shape.Ev}});
     if (!(dropout_p >= 0 && dropout_p <= 1))
       throw py::value_error("dropout_p must be in [0, 1], got " + std::to_string(dropout_p));
     options = {scale, causal, dropout_p, seed};
+    set_extra(extra);
     shape.threads = get_num_threads();
     set_mask(mask_, offsets_, row_stride, col_stride);
+  }
+
+  // A 16-bit input (bits in a uint16 array, C-contiguous: the wrapper copies) or a float one.
+  py::array input(py::handle obj, const char* name, std::initializer_list<Dim> dims) const {
+    if (!half) return checker.input(obj, name, dims);
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().equal(py::dtype::of<uint16_t>()))
+      throw py::type_error(std::string(name) + " must hold 16-bit values as uint16, got " +
+                           std::string(py::str(a.dtype())));
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error(std::string(name) + " must be C-contiguous (the wrapper copies it)");
+    int64_t axis = 0;
+    for (const Dim& d : dims)
+      if (a.shape(axis++) != d.size)
+        throw py::value_error(std::string(name) + " must have " + d.name + " = " + str(d.size));
+    return a;
+  }
+
+  // The options past torch's: alignment, window, soft-cap and the keys of each item.
+  void set_extra(const py::dict& extra) {
+    for (auto item : extra) {
+      const std::string key = py::str(item.first);
+      if (key == "bottom_right") {
+        options.bottom_right = py::cast<bool>(item.second);
+      } else if (key == "query_offset") {
+        options.query_offset = py::cast<int64_t>(item.second);
+      } else if (key == "window") {
+        options.window = py::cast<int64_t>(item.second);
+        if (options.window < 0) throw py::value_error("window must be >= 0 (0: none)");
+      } else if (key == "softcap") {
+        options.softcap = py::cast<double>(item.second);
+        if (!(options.softcap >= 0 && options.softcap < 1e300))
+          throw py::value_error("softcap must be finite and >= 0 (0: none)");
+      } else if (key == "key_lengths") {
+        if (item.second.is_none()) continue;
+        py::array_t<int64_t> lengths = py::cast<py::array_t<int64_t>>(item.second);
+        if (lengths.ndim() != 1 || lengths.shape(0) != shape.batch ||
+            !(lengths.flags() & py::array::c_style))
+          throw py::value_error("key_lengths must be a contiguous int64 array of N = " +
+                                str(shape.batch) + " entries");
+        const int64_t* l = lengths.data();
+        for (int64_t n = 0; n < shape.batch; ++n)
+          if (l[n] < 0 || l[n] > shape.S)
+            throw py::value_error("key_lengths must be in [0, S = " + str(shape.S) + "], got " +
+                                  str(l[n]));
+        key_lengths = lengths;
+        options.key_lengths = l;
+      } else {
+        throw py::type_error("unknown attention option " + key);
+      }
+    }
   }
 
   void set_mask(py::handle mask_, py::handle offsets_, int64_t row_stride, int64_t col_stride) {
@@ -112,9 +169,36 @@ struct AttentionCall {
 
 py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::handle mask,
                                py::handle offsets, int64_t row_stride, int64_t col_stride,
-                               bool causal, double scale, double dropout_p, uint64_t seed) {
-  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed);
+                               bool causal, double scale, double dropout_p, uint64_t seed,
+                               py::dict extra, std::string half) {
+  const int half_kind = half.empty() ? 0 : half == "float16" ? 1 : half == "bfloat16" ? 2 : -1;
+  if (half_kind < 0) throw py::value_error("half must be '', 'float16' or 'bfloat16'");
+  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed,
+                  extra, half_kind);
   const AttentionShape& s = c.shape;
+  if (half_kind) {
+    py::array out = py::array(py::dtype::of<uint16_t>(), {s.batch, s.heads_q, s.L, s.Ev});
+    py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
+    const ScratchMemory scratch =
+        c.checker.scratch(attention_forward_scratch_size(s, causal, true));
+    void* out_bits = out.mutable_data();
+    const void *q_bits = c.q.data(), *k_bits = c.k.data(), *v_bits = c.v.data();
+    dispatch_dtype(c.checker, [&](auto) {
+      py::gil_scoped_release release;
+      auto run = [&](auto tag) {
+        using H = decltype(tag);
+        attention_forward_half<H>(static_cast<H*>(out_bits), data_of<float>(lse),
+                                  scratch.data<float>(), static_cast<const H*>(q_bits),
+                                  static_cast<const H*>(k_bits), static_cast<const H*>(v_bits),
+                                  c.mask, s, c.options);
+      };
+      if (half_kind == 1)
+        run(float16_bits{});
+      else
+        run(bfloat16_bits{});
+    });
+    return py::make_tuple(out, lse);
+  }
   py::array out = c.checker.output({s.batch, s.heads_q, s.L, s.Ev});
   py::array lse = c.checker.output({s.batch, s.heads_q, s.L});
   const ScratchMemory scratch = c.checker.scratch(attention_forward_scratch_size(s, causal));
@@ -130,8 +214,9 @@ py::tuple attention_forward_py(py::handle q, py::handle k, py::handle v, py::han
 py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py::handle v,
                                 py::handle out, py::handle lse, py::handle mask, py::handle offsets,
                                 int64_t row_stride, int64_t col_stride, bool causal, double scale,
-                                double dropout_p, uint64_t seed) {
-  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed);
+                                double dropout_p, uint64_t seed, py::dict extra) {
+  AttentionCall c(q, k, v, mask, offsets, row_stride, col_stride, causal, scale, dropout_p, seed,
+                  extra);
   const AttentionShape& s = c.shape;
   const int64_t N = s.batch, Hq = s.heads_q;
   py::array da = c.checker.input(d_out, "d_out", {{"N", N}, {"Hq", Hq}, {"L", s.L}, {"Ev", s.Ev}});
@@ -140,7 +225,8 @@ py::tuple attention_backward_py(py::handle d_out, py::handle q, py::handle k, py
   py::array dq = c.checker.output({N, Hq, s.L, s.E});
   py::array dk = c.checker.output({N, s.heads_kv, s.S, s.E});
   py::array dv = c.checker.output({N, s.heads_kv, s.S, s.Ev});
-  const ScratchMemory scratch = c.checker.scratch(attention_backward_scratch_size(s, causal));
+  const ScratchMemory scratch =
+      c.checker.scratch(attention_backward_scratch_size(s, causal, c.options.window));
   dispatch_dtype(c.checker, [&](auto tag) {
     using F = decltype(tag);
     py::gil_scoped_release release;
@@ -287,12 +373,16 @@ py::tuple additive_backward_py(py::handle d_context, py::handle query, py::handl
 
 void bind_attention(py::module_& m) {
   using namespace pybind11::literals;
-  m.def("attention_forward", &attention_forward_py, "q"_a, "k"_a, "v"_a, "mask"_a, "mask_offsets"_a,
-        "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
-        "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h.");
+  m.def(
+      "attention_forward", &attention_forward_py, "q"_a, "k"_a, "v"_a, "mask"_a, "mask_offsets"_a,
+      "mask_row_stride"_a, "mask_col_stride"_a, "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
+      "extra"_a = py::dict(), "half"_a = "",
+      "Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. "
+      "extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or "
+      "'bfloat16' (q, k, v as uint16 bits, out too; lse float32).");
   m.def("attention_backward", &attention_backward_py, "d_out"_a, "q"_a, "k"_a, "v"_a, "out"_a,
         "lse"_a, "mask"_a, "mask_offsets"_a, "mask_row_stride"_a, "mask_col_stride"_a,
-        "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a,
+        "is_causal"_a, "scale"_a, "dropout_p"_a, "seed"_a, "extra"_a = py::dict(),
         "-> (dq, dk, dv); see csrc/attention.h.");
   m.def("additive_attention_forward", &additive_forward_py, "query"_a, "keys"_a, "values"_a,
         "w_q"_a, "w_k"_a, "w_v"_a, "key_mask"_a, "-> (context, weights, qp, kp)");

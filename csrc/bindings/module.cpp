@@ -15,6 +15,7 @@ void bind_recurrent_cell(py::module_& m);
 void bind_stack(py::module_& m);
 void bind_training(py::module_& m);
 void bind_attention(py::module_& m);
+void bind_layer_norm(py::module_& m);
 }  // namespace fusedrnn
 
 PYBIND11_MODULE(_core, m) {
@@ -97,4 +98,5 @@ PYBIND11_MODULE(_core, m) {
   bind_stack(m);
   bind_training(m);
   bind_attention(m);
+  bind_layer_norm(m);
 }

@@ -6,10 +6,18 @@
 #include <vector>
 
 #include "bindings/checks.h"
+#include "common/isa_table.h"
 #include "stack.h"
 
 namespace fusedrnn {
 namespace {
+
+HalfFormat parse_half_format(const std::string& format) {
+  if (format == "float16") return HalfFormat::float16;
+  if (format == "bfloat16") return HalfFormat::bfloat16;
+  throw py::value_error("the format of 16-bit weights must be 'float16' or 'bfloat16', got '" +
+                        format + "'");
+}
 
 std::string param_name(const char* kind, int64_t layer, int64_t direction) {
   return std::string(kind) + "_l" + std::to_string(layer) + (direction ? "_reverse" : "");
@@ -252,6 +260,52 @@ struct StackCall {
     shape.options.enabled = shape.reverse_options.enabled = true;
   }
 
+  // An inference's 16-bit weights (weights_dtype): (format, panel_width, one tuple (w_ih, w_hh,
+  // w_hr or None) per layer and direction of uint16 panels from pack_half_panels), checked
+  // against the stack's sizes and the active instruction set's panel width; pointed to by
+  // `weights`. None: the float weights. Float32 inference only.
+  std::vector<HalfLayerWeights> half_weights(py::handle spec, bool training) {
+    std::vector<HalfLayerWeights> out;
+    if (spec.is_none()) return out;
+    if (!checker.is_float32())
+      throw py::type_error("16-bit weights (weights_dtype) need float32 arrays, got " +
+                           checker.dtype_name());
+    if (training)
+      throw py::value_error(
+          "16-bit weights (weights_dtype) are for inference: training must be False");
+    py::tuple t = py::reinterpret_borrow<py::tuple>(spec);
+    if (t.size() != 3) throw py::value_error("half_weights must be (format, panel_width, layers)");
+    const HalfFormat format = parse_half_format(py::str(t[0]));
+    const int64_t nr = t[1].cast<int64_t>(), active_nr = step_gemm_kernels<float>().panel_width;
+    if (nr != active_nr)
+      throw py::value_error("half_weights were packed for panels of " + std::to_string(nr) +
+                            " columns, but the active instruction set takes " +
+                            std::to_string(active_nr) + ": pack them again");
+    const int64_t G = shape.gates(), H = shape.hidden, R = shape.out(), P = shape.proj;
+    auto panels = [&](py::handle obj, const std::string& name, int64_t K, int64_t blocks,
+                      int64_t cols) {
+      if (!py::isinstance<py::array_t<uint16_t>>(obj) ||
+          !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<uint16_t>()))
+        throw py::type_error(name + " must be a uint16 numpy.ndarray");
+      py::array a = py::reinterpret_borrow<py::array>(obj);
+      const int64_t size = half_panels_size(K, blocks, cols, nr);
+      if (a.ndim() != 1 || a.shape(0) != size || !(a.flags() & py::array::c_style))
+        throw py::value_error(name + " must be a contiguous array of " + std::to_string(size) +
+                              " elements (pack_half_panels)");
+      keep.push_back(a);
+      return static_cast<const uint16_t*>(a.data());
+    };
+    for_each_layer(t[2], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
+      HalfLayerWeights h;
+      h.format = format;
+      h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
+      h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
+      h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
+      out.push_back(h);
+    });
+    return out;
+  }
+
   // An LSTM layer's peepholes [3H] (p_i, p_f, p_o): the weights tuple's sixth entry, or None.
   // They need the options' pass, which they enable (with PyTorch's activations if none given).
   py::object peephole_of(py::tuple w, const char* name) {
@@ -302,10 +356,11 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
                            py::handle lengths, int64_t num_layers, bool bidirectional,
                            int64_t hidden, int64_t proj, bool reset_after,
                            const std::string& nonlinearity, bool training, py::handle cell_options,
-                           py::handle noise) {
+                           py::handle noise, py::handle half_weights) {
   StackCall call(mode, x, h0, c0, dropout_masks, batch_sizes, lengths, num_layers, bidirectional,
                  hidden, proj, reset_after, nonlinearity, cell_options);
   call.set_noise(noise);
+  const std::vector<HalfLayerWeights> half = call.half_weights(half_weights, training);
   const StackShape& s = call.shape;
   const int64_t T = s.steps, B = s.batch, LD = s.layers * s.directions;
   const ArgChecker& c = call.checker;
@@ -317,6 +372,7 @@ py::tuple stack_forward_py(const std::string& mode, py::handle x, py::handle h0,
   dispatch_dtype(call.checker, [&](auto tag) {
     using F = decltype(tag);
     auto w = call.weights<F>(weights);
+    for (size_t i = 0; i < half.size(); ++i) w[i].half = &half[i];
     py::gil_scoped_release release;
     StackForwardArgs<F> k;
     k.y = data_of<F>(y);
@@ -412,7 +468,26 @@ void bind_stack(py::module_& m) {
   m.def("stack_forward", &stack_forward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a,
         "dropout_masks"_a, "batch_sizes"_a, "lengths"_a, "num_layers"_a, "bidirectional"_a,
         "hidden_size"_a, "proj_size"_a, "reset_after"_a, "nonlinearity"_a, "training"_a,
-        "cell_options"_a = py::none(), "noise"_a = py::none());
+        "cell_options"_a = py::none(), "noise"_a = py::none(), "half_weights"_a = py::none());
+  m.def(
+      "step_panel_width", [] { return step_gemm_kernels<float>().panel_width; },
+      "Columns of a float step-GEMM panel on the active instruction set.");
+  m.def(
+      "pack_half_panels",
+      [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> w, int64_t blocks,
+         const std::string& format) {
+        if (w.ndim() != 2 || blocks < 1 || w.shape(0) % blocks)
+          throw py::value_error("w must be a 2-D uint16 array of blocks*cols rows");
+        const int64_t K = w.shape(1), cols = w.shape(0) / blocks;
+        const int64_t nr = step_gemm_kernels<float>().panel_width;
+        py::array_t<uint16_t> packed(half_panels_size(K, blocks, cols, nr));
+        pack_half_panels(packed.mutable_data(), w.data(), K, blocks, cols, nr,
+                         parse_half_format(format));
+        return packed;
+      },
+      "w"_a, "blocks"_a, "format"_a,
+      "The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read "
+      "(for the active instruction set's step_panel_width).");
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,

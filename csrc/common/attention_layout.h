@@ -77,6 +77,20 @@ void set_tile_mask(AttentionTile<T>& t, const AttentionMask& mask, int64_t bh, i
   t.mask_col_stride = mask.col_stride;
 }
 
+// Which rows of the tile [i0, i0+rows) x [j0, j0+cols) the causal bound and the window cut
+// (d: the alignment shift of its batch item, csrc/attention.h). A tile that no row's bound
+// crosses keeps the flag off, and its rows run without the bound checks.
+template <typename T>
+void set_tile_bounds(AttentionTile<T>& t, const AttentionOptions& opt, int64_t d, int64_t i0,
+                     int64_t rows, int64_t j0, int64_t cols) {
+  // row r sees the columns c <= i0 + d + r - j0: the first row's bound inside the tile cuts it
+  t.causal_offset = i0 + d - j0;
+  t.causal = opt.causal && t.causal_offset < cols - 1;
+  // and c >= i0 + d - window + 1 + r - j0: the last row's bound past column 0 cuts it
+  t.window_offset = i0 + d - opt.window + 1 - j0;
+  t.windowed = opt.window > 0 && t.window_offset + rows - 1 > 0;
+}
+
 // Dropout settings of every tile of a call.
 template <typename T>
 void set_tile_dropout(AttentionTile<T>& t, const AttentionOptions& opt, uint32_t* row_keys) {

@@ -115,7 +115,14 @@ struct AttentionTile {
   const void* mask = nullptr;
   int64_t mask_row_stride = 0, mask_col_stride = 0;
   bool causal = false;
-  int64_t causal_offset = 0;  // i0 - j0: row r sees the columns c <= causal_offset + r
+  int64_t causal_offset = 0;  // i0 + d - j0: row r sees the columns c <= causal_offset + r
+  bool windowed = false;
+  int64_t window_offset = 0;  // i0 + d - window + 1 - j0: row r sees the columns c >= it + r
+  // soft-capping: c = softcap * tanh(c / softcap) before the mask; backward keeps its slope
+  // 1 - tanh^2 in `slope` [rows, ld]
+  bool capped = false;
+  T softcap = 0;
+  T* slope = nullptr;
   // forward: running max m, running sum l of each row (in/out); o [rows, ev] (row stride ldo) is
   // rescaled by exp(m_old - m_new)
   T* m = nullptr;
@@ -137,9 +144,13 @@ template <typename T>
 struct AttentionKernels {
   // Masks the scores (s), updates m and l, rescales o, writes p*z into s.
   void (*forward_tile)(const AttentionTile<T>& t);
+  // A tile of one query row: s[j] = alpha * q . k[j*ldk ...] over n keys of E features.
+  void (*row_scores)(int64_t n, int64_t E, T alpha, const T* q, const T* k, int64_t ldk, T* s);
+  // Its o[e] += sum_j p[j] * v[j*ldv + e] over n keys of Ev features.
+  void (*row_values)(int64_t n, int64_t Ev, const T* p, const T* v, int64_t ldv, T* o);
   // p = exp(masked s - lse) into s (and p*z into p_drop with dropout).
   void (*backward_probs)(const AttentionTile<T>& t);
-  // dS = p * (dP*z - delta) into dp.
+  // dS = p * (dP*z - delta) (times the soft-cap slope) into dp.
   void (*backward_ds)(const AttentionTile<T>& t);
   // Additive attention, one query row over S keys: e[s] = w_v . tanh(qp + kp[s,:]) for the keys
   // whose key_mask is nonzero (or every key when null), -inf for the others. kp [S,A].
@@ -159,6 +170,7 @@ struct IsaKernels {
   AttentionKernels<double> attention_f64;
   StepGemmKernels<float> step_gemm_f32;
   StepGemmKernels<double> step_gemm_f64;
+  HalfStepGemmKernels step_gemm_half;  // float with 16-bit weights, panels as step_gemm_f32's
 };
 
 // The x86 instruction sets beyond the baseline are compiled on x86 only (csrc/isa/avx*.cpp). Other
@@ -213,6 +225,9 @@ inline const StepGemmKernels<float>& step_gemm_kernels<float>() {
 template <>
 inline const StepGemmKernels<double>& step_gemm_kernels<double>() {
   return active_isa().step_gemm_f64;
+}
+inline HalfMultiply half_step_gemm(HalfFormat format) {
+  return active_isa().step_gemm_half.multiply[static_cast<int>(format)];
 }
 
 }  // namespace fusedrnn

@@ -8,6 +8,7 @@
 #include "common/isa_table.h"
 #include "common/step_gemm.h"
 #include "common/threading.h"
+#include "recurrent_cell.h"
 
 namespace fusedrnn {
 
@@ -108,6 +109,25 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
   step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
 }
 
+// This member's weights of a forward's GEMM with B = W^T, W [blocks*cols, K]: the layer's
+// 16-bit panels of W, packed ahead, when it has them (`half` non-null: nothing to pack here), or
+// its `share` of the panels of w, packed now into `packed` [packed_weights_size(K, blocks, cols)].
+template <typename T>
+StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_panels, T* packed,
+                            const T* w, int64_t K, int64_t blocks, int64_t cols,
+                            const PanelShare& share) {
+  StepWeights<T> weights;
+  weights.kernel = &step_gemm_kernels<T>();
+  const int64_t nr = weights.kernel->panel_width;
+  if (half) {
+    weights.multiply_half = half_step_gemm(half->format);
+    weights.half = packed_half_panels(half_panels, K, blocks, cols, nr);
+  } else {
+    weights.native = pack_weights(*weights.kernel, packed, w, 1, K, K, blocks, cols, share);
+  }
+  return weights;
+}
+
 // out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
 // [blocks*H, I]: the input projection of all steps at once (rows = T*B), or a dense layer, in one
 // GEMM on a team of its own sized by the work, each member packing (into packed
@@ -116,17 +136,20 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
 // which the call may stop (stop_requested): a long sequence's projection takes seconds. Each
 // output element is one chain over I whatever the chunk (common/step_gemm.h).
 constexpr int64_t kStopCheckWork = int64_t(1) << 24;
+// With `half` (an inference with 16-bit weights) W_ih^T is its panels instead.
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
-                    int64_t I, int64_t blocks, int64_t H, bool accumulate = false) {
-  const auto& kernel = step_gemm_kernels<T>();
+                    int64_t I, int64_t blocks, int64_t H, bool accumulate = false,
+                    const HalfLayerWeights* half = nullptr) {
+  const int64_t nr = step_gemm_kernels<T>().panel_width;
   const int64_t row_work = std::max<int64_t>(1, blocks * H * I);
   const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
-    const PanelShare share = panel_share(H, kernel.panel_width, member, members);
-    const PackedWeights<T> w_ih_t = pack_weights(kernel, packed, w_ih, 1, I, I, blocks, H, share);
+    const PanelShare share = panel_share(H, nr, member, members);
+    const StepWeights<T> w_ih_t =
+        step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I, blocks, H, share);
     for (int64_t r0 = 0; r0 < rows && !stop_requested(); r0 += chunk_rows)
-      step_gemm(kernel, w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
+      step_gemm(w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
                 out + r0 * ldo, ldo, accumulate);
   });
 }
@@ -134,19 +157,21 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
 // What a member of a gate cell's forward time loop packs, for its panels `packs` (the hidden
 // units [packs.begin, packs.begin + packs.width) of every gate block): its panels of W_hh^T
 // (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
-// projects the inputs chunk by chunk.
+// projects the inputs chunk by chunk. With `half` (inference) nothing: the layer packed them.
 template <typename T>
 struct GateLoopWeights {
-  PackedWeights<T> w_hh_t, w_ih_t;
+  StepWeights<T> w_hh_t, w_ih_t;
 };
 template <typename T>
 GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t blocks, int64_t H,
                                           T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
-                                          const T* w_ih, int64_t I, bool training) {
-  const auto& kernel = step_gemm_kernels<T>();
+                                          const T* w_ih, int64_t I, bool training,
+                                          const HalfLayerWeights* half) {
   GateLoopWeights<T> m;
-  m.w_hh_t = pack_weights(kernel, packed_hh, w_hh, 1, R, R, blocks, H, packs);
-  if (!training) m.w_ih_t = pack_weights(kernel, packed_ih, w_ih, 1, I, I, blocks, H, packs);
+  m.w_hh_t = step_weights(half, half ? half->w_hh : nullptr, packed_hh, w_hh, R, blocks, H, packs);
+  if (!training)
+    m.w_ih_t =
+        step_weights(half, half ? half->w_ih : nullptr, packed_ih, w_ih, I, blocks, H, packs);
   return m;
 }
 
@@ -205,11 +230,10 @@ inline StepSplit step_split(int member, int members, int64_t B, int64_t H, int64
 // then reads every column of its own rows: barriers before (every member done with the last
 // chunk) and after (every column projected).
 template <typename T>
-void project_chunk(const StepSplit& split, const StepGemmKernels<T>& kernel,
-                   const PackedWeights<T>& w_ih_t, int64_t blocks, int64_t rows, const T* x,
-                   int64_t I, T* proj, int64_t G) {
+void project_chunk(const StepSplit& split, const StepWeights<T>& w_ih_t, int64_t blocks,
+                   int64_t rows, const T* x, int64_t I, T* proj, int64_t G) {
   if (split.by_rows) team_barrier();
-  step_gemm(kernel, w_ih_t, 0, blocks, split.packs, rows, x, I, proj, G, false);
+  step_gemm(w_ih_t, 0, blocks, split.packs, rows, x, I, proj, G, false);
   if (split.by_rows) team_barrier();
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/threading.h"
 
@@ -35,13 +36,14 @@ inline void* transposed_a_block_buffer() {
 //   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
 //   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
 //   (cols <= panel_count * nr; the columns past cols are read but not stored).
-template <typename T>
+// B's elements are of T, or (BT = uint16_t, T = float) the bits of float16 or bfloat16 weights.
+template <typename T, typename BT = T>
 struct PanelProduct {
   int64_t rows = 0, K = 0;
   const T* a = nullptr;
   int64_t lda = 0;
   bool a_transposed = false;
-  const T* b = nullptr;
+  const BT* b = nullptr;
   int64_t ldb = 0, panel_stride = 0, panel_count = 0, cols = 0;
   T* out = nullptr;
   int64_t ldo = 0;
@@ -57,6 +59,34 @@ struct StepGemmKernels {
   void (*multiply)(const PanelProduct<T>& m);
   void (*pack_transposed)(T* panel, const T* w, int64_t ld, int64_t K, int64_t valid);
 };
+
+// The 16-bit formats of weights an inference may keep (weights_dtype): the micro-kernel widens
+// them to float as it loads them (csrc/step_gemm.inc).
+enum class HalfFormat : int { float16 = 0, bfloat16 = 1 };
+using HalfMultiply = void (*)(const PanelProduct<float, uint16_t>& m);
+struct HalfStepGemmKernels {
+  HalfMultiply multiply[2];  // by HalfFormat
+};
+
+// The float value of the IEEE half-precision number with these bits (subnormals, infinities and
+// NaN included): the portable build's conversion, where x86 has F16C.
+inline float float16_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {  // infinity or NaN
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {  // normal: rebias the exponent (127 - 15)
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else {  // zero or subnormal: mantissa * 2^-24, exact in float
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    __builtin_memcpy(&bits, &magnitude, sizeof(bits));
+    bits |= sign;
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
 
 // B [K, blocks * cols] as panels of nr columns: for each block of `cols` columns, ceil(cols / nr)
 // panels. A panel is either packed ([K][nr] contiguous, the columns past `cols` zero) or, for a
@@ -156,12 +186,14 @@ PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src,
 // block g goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of
 // out.
 // A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed.
-template <typename T>
-void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
-               int64_t count, const PanelShare& share, int64_t rows, const T* a, int64_t lda,
-               T* out, int64_t ldo, bool accumulate, bool a_transposed = false, T alpha = T(1)) {
+// `multiply`: the micro-kernel for panels of BT (StepGemmKernels<T>::multiply for BT = T).
+template <typename T, typename BT>
+void step_gemm(void (*multiply)(const PanelProduct<T, BT>&), const PackedWeights<BT>& w,
+               int64_t first, int64_t count, const PanelShare& share, int64_t rows, const T* a,
+               int64_t lda, T* out, int64_t ldo, bool accumulate, bool a_transposed = false,
+               T alpha = T(1)) {
   if (share.width <= 0 || rows <= 0) return;
-  PanelProduct<T> m;
+  PanelProduct<T, BT> m;
   m.alpha = alpha;
   m.rows = rows;
   m.K = w.K;
@@ -181,7 +213,7 @@ void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int6
       m.panel_count = full_panels;
       m.cols = std::min(full_panels * w.nr, share.width);
       m.out = block_out + share.begin;
-      kernel.multiply(m);
+      multiply(m);
     }
     if (has_tail) {  // in place: the packed last panel (one block)
       const int64_t p = w.panels() - 1;
@@ -191,9 +223,72 @@ void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int6
       m.panel_count = 1;
       m.cols = w.cols - p * w.nr;
       m.out = block_out + p * w.nr;
-      kernel.multiply(m);
+      multiply(m);
     }
   }
+}
+template <typename T>
+void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int64_t first,
+               int64_t count, const PanelShare& share, int64_t rows, const T* a, int64_t lda,
+               T* out, int64_t ldo, bool accumulate, bool a_transposed = false, T alpha = T(1)) {
+  step_gemm(kernel.multiply, w, first, count, share, rows, a, lda, out, ldo, accumulate,
+            a_transposed, alpha);
+}
+
+// The weights of a forward's step GEMMs: panels of T packed by the call (`native`), or, in a
+// float inference with weights_dtype, 16-bit panels the layer packed once ahead (`half`,
+// multiplied by `multiply_half`; packed_half_panels below gives their layout).
+template <typename T>
+struct StepWeights {
+  const StepGemmKernels<T>* kernel = nullptr;
+  PackedWeights<T> native;
+  HalfMultiply multiply_half = nullptr;
+  PackedWeights<uint16_t> half;
+};
+template <typename T>
+void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const PanelShare& share,
+               int64_t rows, const T* a, int64_t lda, T* out, int64_t ldo, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (w.multiply_half) {
+      step_gemm(w.multiply_half, w.half, first, count, share, rows, a, lda, out, ldo, accumulate);
+      return;
+    }
+  }
+  step_gemm(*w.kernel, w.native, first, count, share, rows, a, lda, out, ldo, accumulate);
+}
+
+// 16-bit weights packed ahead, once: W [blocks * cols, K] (row-major, as the layer's parameter)
+// becomes B = W^T as `packed_weights` would pack it for panels of nr columns (zero past cols),
+// all panels of every block. half_panels_size elements.
+inline int64_t half_panels_size(int64_t K, int64_t blocks, int64_t cols, int64_t nr) {
+  return blocks * ceil_div(cols, nr) * nr * K;
+}
+// Where column c (< nr) of a row of a bfloat16 panel is stored: the micro-kernel unpacks the
+// row's two vectors from 4 words of each 128-bit lane at a time (BFloat16Panels in
+// csrc/step_gemm.inc): column c of vector c / W (W = nr / 2 floats) is lane j / 4's word j % 4
+// of that vector's unpack, j = c % W. (The identity for nr = 8, the portable build's panels.)
+inline int64_t bfloat16_panel_position(int64_t c, int64_t nr) {
+  const int64_t W = nr / 2, vector = c / W, j = c % W;
+  return (j / 4) * 8 + vector * 4 + j % 4;
+}
+// `format` decides the order of a panel's row: float16 in column order, bfloat16 as above.
+inline void pack_half_panels(uint16_t* dst, const uint16_t* w, int64_t K, int64_t blocks,
+                             int64_t cols, int64_t nr, HalfFormat format) {
+  for (int64_t g = 0; g < blocks; ++g)
+    for (int64_t p = 0; p < ceil_div(cols, nr); ++p)
+      for (int64_t k = 0; k < K; ++k, dst += nr)
+        for (int64_t c = 0; c < nr; ++c) {
+          const int64_t col = p * nr + c;
+          const int64_t at = format == HalfFormat::bfloat16 ? bfloat16_panel_position(c, nr) : c;
+          dst[at] = col < cols ? w[(g * cols + col) * K + k] : uint16_t(0);
+        }
+}
+// The view of such a packing (every member's panels are there).
+inline PackedWeights<uint16_t> packed_half_panels(const uint16_t* data, int64_t K, int64_t blocks,
+                                                  int64_t cols, int64_t nr) {
+  PackedWeights<uint16_t> packed{data, K, blocks, cols, nr, nr, K * nr, 0, nullptr};
+  packed.block_stride = packed.panels() * packed.panel_stride;
+  return packed;
 }
 
 }  // namespace fusedrnn

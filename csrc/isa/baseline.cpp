@@ -5,3 +5,5 @@
 #define FUSEDRNN_ISA_TABLE isa_kernels_baseline
 #define FUSEDRNN_ISA_NAME "baseline"
 #include "isa/isa_kernels.inc"
+#define FUSEDRNN_LN_TABLE layer_norm_kernels_baseline
+#include "isa/layer_norm_kernels.inc"

@@ -9,14 +9,16 @@ from ._recurrent_noise import RecurrentNoise, recurrent_noise
 from ._version import __version__
 from .attention import (
     AdditiveAttention,
+    KVCache,
     MultiheadAttention,
     ScaledDotProductAttention,
     scaled_dot_product_attention,
 )
 from .containers import ModuleDict, ModuleList, Sequential
-from .layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .layers import GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, RNNCell
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
+from .normalization import LayerNorm
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
 from .parameter_free import Dropout, LogSoftmax
 from .serialization import load, save
@@ -33,7 +35,11 @@ __all__ = [
     "Dropout",
     "Embedding",
     "GRUCell",
+    "KVCache",
     "LSTMCell",
+    "LayerNorm",
+    "LayerNormGRU",
+    "LayerNormLSTM",
     "Linear",
     "LogSoftmax",
     "MSELoss",

@@ -117,6 +117,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         help=f"DeepBench's RNN shapes ({rows['deepbench']} rows, several minutes)",
     )
     size.add_argument(
+        "--layer-norm",
+        action="store_const",
+        const="layer-norm",
+        dest="sweep",
+        help=f"layer normalisation and the layer-normalised LSTM and GRU ({rows['layer-norm']} "
+        "rows): fusedrnn.LayerNorm's kernels against torch.nn.LayerNorm, the cells against "
+        "the per-step PyTorch module users write",
+    )
+    size.add_argument(
         "--torch-training",
         action="store_const",
         const="torch-training",
@@ -125,6 +134,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         "word-language-model example (embedding, 2-layer LSTM or GRU, linear decoder, "
         "cross-entropy, backward, SGD; char- and word-level vocabularies) with torch.nn's "
         "layer and with fusedrnn.torch's, side by side (6 rows, a few minutes; needs PyTorch)",
+    )
+    size.add_argument(
+        "--half-weights",
+        action="store_const",
+        const="half-weights",
+        dest="sweep",
+        help="instead of the sweep: batch-1 inference of LSTM and GRU (T=100, H=256) with "
+        "float32, float16 and bfloat16 weights (weights_dtype), and onnxruntime's float32 when "
+        "onnx and onnxruntime are installed, timed interleaved (a minute or less)",
     )
     # Internal: an explicit case list, for the tests (seconds instead of minutes).
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)
@@ -206,9 +224,26 @@ def _run_torch_training(args: argparse.Namespace) -> int:
     return 1 if lines[-1].startswith("FAILED") else 0
 
 
+def _run_half_weights(args: argparse.Namespace) -> int:
+    from .bench import half_weights
+
+    if args.json or args.plot or args.dtype != "float32":
+        print("--half-weights prints its table only, of float32 layers", file=sys.stderr)
+        return 2
+    cells = tuple(c for c in ("lstm", "gru") if not args.only or c in args.only)
+    if not cells:
+        print("--half-weights has LSTM and GRU rows only (--only lstm,gru)", file=sys.stderr)
+        return 2
+    lines = half_weights.run(args.threads, args.repeats or 200, cells)
+    print("\n".join(lines))
+    return 1 if any(line.startswith("FAILED") for line in lines) else 0
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     if args.sweep == "torch-training":
         return _run_torch_training(args)
+    if args.sweep == "half-weights":
+        return _run_half_weights(args)
     sweep = bench.SWEEPS[args.sweep]
     cases = selected_cases(args)
     if not cases:

@@ -5,19 +5,33 @@ and reject exactly the same calls. Users see shapes ``q (..., Hq, L, E)``, ``k (
 ``v (..., Hkv, S, Ev)`` with any broadcastable batch dimensions ``...`` (also none, and also 2-D
 ``(L, E)`` arrays without a head axis); the kernels see ``(N, H, L, E)`` with the batch flattened.
 
-Also the dropout draw of the attention weights (`dropout_keep`), which the reference computes and
-`fusedrnn.MultiheadAttention` replays to return the weights after dropout.
+The dropout draw of the attention weights (`dropout_keep`, which the reference computes and
+`fusedrnn.MultiheadAttention` replays to return the weights after dropout) is the kernels'
+counter-based draw in `fusedrnn._counter_rng`, shared with the recurrent cells' zoneout.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import DTYPES, check_flag, check_probability, check_seed, fits_shape, shape_text
+from ._checks import (
+    DTYPES,
+    check_choice,
+    check_flag,
+    check_probability,
+    check_seed,
+    check_size,
+    fits_shape,
+    shape_text,
+)
+
+ALIGNMENTS = ("top_left", "bottom_right")
+HALF_DTYPES = ("float16", "bfloat16")
 
 
 def _type_name(value) -> str:
@@ -25,6 +39,8 @@ def _type_name(value) -> str:
 
 
 def _check_float_array(value, name: str, dtype=None) -> np.ndarray:
+    if isinstance(value, np.ndarray) and dtype == np.uint16 and value.dtype == np.uint16:
+        return value  # the bits of 16-bit floats (see half_kind)
     if not isinstance(value, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray of float32 or float64, got {_type_name(value)}"
@@ -70,6 +86,12 @@ class AttentionArgs:
     scale: float
     dropout_p: float
     seed: int
+    bottom_right: bool  # the causal / window alignment: query i at key position i + S_n - L
+    query_offset: int  # without bottom_right: query i at key position i + query_offset
+    window: int  # > 0: key j visible to query i only if i + d - j < window; 0: none
+    softcap: float  # > 0: scores softcap * tanh(scores / softcap) before the mask; 0: none
+    key_lengths: np.ndarray | None  # (N,) int64: keys j >= key_lengths[n] masked; None: all S
+    half: str | None  # q, k, v hold the bits (uint16) of "float16" / "bfloat16" values
     # the mask: C-contiguous, bool (True = may attend) or additive of q's dtype; None = no mask
     mask: np.ndarray | None
     mask_view: np.ndarray | None  # the mask broadcast to (..., Hq, L, S): a view, no copy
@@ -79,7 +101,8 @@ class AttentionArgs:
 
     @property
     def dtype(self) -> np.dtype:
-        return self.q.dtype
+        """The dtype of the arithmetic (and of lse and an additive mask): float32 for 16 bits."""
+        return np.dtype(np.float32) if self.half else self.q.dtype
 
     @property
     def group(self) -> int:
@@ -108,7 +131,44 @@ class AttentionArgs:
             self.scale,
             self.dropout_p,
             self.seed,
+            {
+                "bottom_right": self.bottom_right,
+                "query_offset": self.query_offset,
+                "window": self.window,
+                "softcap": self.softcap,
+                "key_lengths": self.key_lengths,
+            },
         )
+
+    def visible(self) -> np.ndarray | None:
+        """Which keys each query may see by the causal bound, the window and the key lengths
+        (not the mask): bool (N, 1, L, S), or None when every key is visible."""
+        if not (self.is_causal or self.window or self.key_lengths is not None):
+            return None
+        N = self.q.shape[0]
+        lengths = np.full(N, self.S) if self.key_lengths is None else self.key_lengths
+        i = np.arange(self.L)[None, :, None]
+        j = np.arange(self.S)[None, None, :]
+        shift = lengths - self.L if self.bottom_right else np.full(N, self.query_offset)
+        position = i + shift[:, None, None]
+        allowed = j < lengths[:, None, None]
+        if self.is_causal:
+            allowed = allowed & (j <= position)
+        if self.window:
+            allowed = allowed & (position - j < self.window)
+        return allowed[:, None]
+
+    def scores(self, k: np.ndarray) -> np.ndarray:
+        """The masked scores (N, Hq, L, S) of q against ``k`` (repeated for GQA), in float64
+        or the call's dtype: scale, soft-cap, then the mask and the visibility."""
+        s = self.scale * (self.q @ np.swapaxes(k, -1, -2))
+        if self.softcap:
+            s = self.softcap * np.tanh(s / self.softcap)
+        mask = self.mask_full()
+        if mask is not None:
+            s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
+        visible = self.visible()
+        return s if visible is None else np.where(visible, s, -np.inf)
 
     # ---------------------------------------------------------------- user shapes
 
@@ -164,14 +224,159 @@ def _unbroadcast(grad: np.ndarray, batch: tuple, shape: tuple) -> np.ndarray:
     return np.ascontiguousarray(full.reshape(shape))
 
 
+def check_alignment(causal_alignment) -> int:
+    """ "top_left", "bottom_right" or an int (the key position of query 0); the int, or 0."""
+    if isinstance(causal_alignment, str):
+        check_choice(causal_alignment, "causal_alignment", ALIGNMENTS)
+        return 0
+    try:
+        return check_size(causal_alignment, "causal_alignment", minimum=None)
+    except TypeError:
+        raise TypeError(
+            f"causal_alignment must be 'top_left', 'bottom_right' or an int (the key position "
+            f"of query 0), got {_type_name(causal_alignment)}"
+        ) from None
+
+
+def half_kind(q, dtype) -> str | None:
+    """ "float16" or "bfloat16" when q holds 16-bit floats, else None: a float16 array, an
+    ``ml_dtypes.bfloat16`` array, or a uint16 array of their bits with ``dtype`` naming which."""
+    if dtype is not None:
+        check_choice(dtype, "dtype", HALF_DTYPES)
+        if not isinstance(q, np.ndarray) or q.dtype != np.uint16:
+            raise TypeError(
+                f"dtype={dtype!r} says q, k, v hold the bits of {dtype} values: they must be "
+                f"uint16 arrays, but q is {getattr(q, 'dtype', _type_name(q))}"
+            )
+        return dtype
+    if isinstance(q, np.ndarray) and q.dtype == np.float16:
+        return "float16"
+    if isinstance(q, np.ndarray) and q.dtype.name == "bfloat16" and q.dtype.itemsize == 2:
+        return "bfloat16"  # ml_dtypes' (never imported here: any such dtype has these bits)
+    return None
+
+
+def half_bits(a, half: str, user_dtype: np.dtype, name: str) -> np.ndarray:
+    """The uint16 bits of a 16-bit input of the user's dtype (checked), C-contiguous."""
+    if not isinstance(a, np.ndarray) or a.dtype != user_dtype:
+        raise TypeError(
+            f"{name} must have dtype {user_dtype} like q (all arrays of one call share one "
+            f"dtype; nothing is cast silently), got {getattr(a, 'dtype', _type_name(a))}"
+        )
+    return np.ascontiguousarray(a).view(np.uint16)
+
+
+def half_to_float32(bits: np.ndarray, half: str) -> np.ndarray:
+    """16-bit values (their uint16 bits) as float32, exactly."""
+    if half == "float16":
+        return bits.view(np.float16).astype(np.float32)
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def float32_to_half(x: np.ndarray, half: str) -> np.ndarray:
+    """float32 values rounded to the nearest 16-bit value (ties to even), as uint16 bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if half == "float16":
+        return x.astype(np.float16).view(np.uint16)
+    bits = x.view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> 16).astype(
+        np.uint16
+    )
+    nan = ((bits >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return np.where(np.isnan(x), nan, rounded)
+
+
+def half_inputs_as_float32(half: str, user_dtype: np.dtype, **arrays) -> list:
+    """16-bit arrays of the user's dtype (checked, named by their keywords) as float32."""
+    return [half_to_float32(half_bits(a, half, user_dtype, n), half) for n, a in arrays.items()]
+
+
+def widening_forward(forward):
+    """``forward`` (an attention forward of float32 / float64) taking 16-bit q, k, v too: on
+    the inputs widened exactly to float32, the output rounded to q's 16-bit dtype once."""
+
+    @functools.wraps(forward)
+    def wrapper(q, k, v, *args, dtype=None, **kwargs):
+        half = half_kind(q, dtype)
+        if half is None:
+            return forward(q, k, v, *args, **kwargs)
+        user = q.dtype
+        q, k, v = half_inputs_as_float32(half, user, q=q, k=k, v=v)
+        out, lse = forward(q, k, v, *args, **kwargs)
+        return float32_to_half(out, half).view(user), lse
+
+    return wrapper
+
+
+def widening_backward(backward):
+    """``backward`` (an attention backward of float32 / float64) taking the 16-bit q, k, v,
+    out, d_out of a 16-bit forward too: float32 arithmetic on the inputs widened exactly, each
+    gradient rounded to q's 16-bit dtype."""
+
+    @functools.wraps(backward)
+    def wrapper(q, k, v, out, lse, d_out, *args, dtype=None, **kwargs):
+        half = half_kind(q, dtype)
+        if half is None:
+            return backward(q, k, v, out, lse, d_out, *args, **kwargs)
+        user = q.dtype
+        q, k, v, out, d_out = half_inputs_as_float32(
+            half, user, q=q, k=k, v=v, out=out, d_out=d_out
+        )
+        grads = backward(q, k, v, out, lse, d_out, *args, **kwargs)
+        return tuple(float32_to_half(g, half).view(user) for g in grads)
+
+    return wrapper
+
+
+def _check_key_lengths(key_lengths, batch: tuple, S: int) -> np.ndarray | None:
+    if key_lengths is None:
+        return None
+    lengths = np.asarray(key_lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"key_lengths must hold integers, but has dtype {lengths.dtype}")
+    try:
+        lengths = np.broadcast_to(lengths, batch)
+    except ValueError:
+        raise ValueError(
+            f"key_lengths of shape {lengths.shape} does not broadcast to the batch shape "
+            f"{batch} of q, k, v (all but their last three axes)"
+        ) from None
+    bad = np.flatnonzero((lengths < 0) | (lengths > S))
+    if bad.size:
+        raise ValueError(f"key_lengths must be in 0..S = 0..{S}, got {lengths.reshape(-1)[bad[0]]}")
+    return np.ascontiguousarray(lengths.reshape(-1), dtype=np.int64)
+
+
 def attention_args(
-    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, dropout_p=0.0, seed=0
+    q,
+    k,
+    v,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    dropout_p=0.0,
+    seed=0,
+    causal_alignment="top_left",
+    window=None,
+    softcap=None,
+    key_lengths=None,
+    half=None,
 ) -> AttentionArgs:
-    """Check one call and bring it to the kernels' layout (see the module docstring)."""
-    q = _check_float_array(q, "q")
+    """Check one call and bring it to the kernels' layout (see the module docstring).
+    ``half``: q, k, v are the uint16 bits of 16-bit values (see `half_kind`)."""
+    q = _check_float_array(q, "q", np.uint16 if half else None)
     k = _check_float_array(k, "k", q.dtype)
     v = _check_float_array(v, "v", q.dtype)
     is_causal = check_flag(is_causal, "is_causal")
+    query_offset = check_alignment(causal_alignment)
+    window = 0 if window is None else check_size(window, "window")
+    if softcap is None:
+        softcap = 0.0
+    elif isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be a positive number or None, got {_type_name(softcap)}")
+    elif not 0 <= float(softcap) < math.inf:
+        raise ValueError(f"softcap must be a positive number or None (0: none), got {softcap}")
     enable_gqa = check_flag(enable_gqa, "enable_gqa")
     dropout_p = check_probability(dropout_p, "dropout_p")
     seed = check_seed(seed)
@@ -241,6 +446,12 @@ def attention_args(
         scale=float(scale),
         dropout_p=dropout_p,
         seed=seed,
+        bottom_right=causal_alignment == "bottom_right",
+        query_offset=query_offset,
+        window=window,
+        softcap=float(softcap),
+        key_lengths=_check_key_lengths(key_lengths, batch, S),
+        half=half,
         mask=None,
         mask_view=None,
         mask_offsets=None,

@@ -8,6 +8,7 @@ every axis) and leave the rest to the function they call.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -96,6 +97,29 @@ def check_probability(value: object, name: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return float(value)
+
+
+def check_eps(value: object, name: str = "eps") -> float:
+    """A finite real number >= 0 (added to a variance), as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {_type_name(value)}")
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_normalized_shape(value: object) -> tuple:
+    """``normalized_shape`` of a layer norm (torch.nn.LayerNorm's): an int or a non-empty
+    sequence of ints >= 1, as a tuple."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(
+            f"normalized_shape must be an int or a tuple of ints, got {_type_name(value)}"
+        )
+    if not value:
+        raise ValueError("normalized_shape must have at least one axis, got ()")
+    return tuple(check_size(v, f"normalized_shape[{k}]") for k, v in enumerate(value))
 
 
 def check_seed(value: object, name: str = "seed") -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 
 import numpy
+import numpy.typing
 
 __all__: list[str] = [
     "active_isa",
@@ -26,12 +27,20 @@ __all__: list[str] = [
     "gru_workspace_size",
     "have_openmp",
     "isa_supported",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "linear_backward",
     "linear_forward",
+    "ln_cell_workspace_size",
+    "ln_gru_backward",
+    "ln_gru_forward",
+    "ln_lstm_backward",
+    "ln_lstm_forward",
     "lstm_backward",
     "lstm_forward",
     "lstm_workspace_size",
     "openmp_teams",
+    "pack_half_panels",
     "release_cached_memory",
     "rnn_backward",
     "rnn_forward",
@@ -43,6 +52,7 @@ __all__: list[str] = [
     "stack_backward",
     "stack_forward",
     "stack_saved_size",
+    "step_panel_width",
     "team_stalls",
     "worker_idle_microseconds",
 ]
@@ -124,6 +134,7 @@ def attention_backward(
     scale: typing.SupportsFloat | typing.SupportsIndex,
     dropout_p: typing.SupportsFloat | typing.SupportsIndex,
     seed: typing.SupportsInt | typing.SupportsIndex,
+    extra: dict = {},
 ) -> tuple:
     """
     -> (dq, dk, dv); see csrc/attention.h.
@@ -141,9 +152,11 @@ def attention_forward(
     scale: typing.SupportsFloat | typing.SupportsIndex,
     dropout_p: typing.SupportsFloat | typing.SupportsIndex,
     seed: typing.SupportsInt | typing.SupportsIndex,
+    extra: dict = {},
+    half: str = "",
 ) -> tuple:
     """
-    Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h.
+    Scaled dot-product attention on (N, H, L, E) arrays -> (out, lse); see csrc/attention.h. extra: bottom_right, query_offset, window, softcap, key_lengths [N]; half: '', 'float16' or 'bfloat16' (q, k, v as uint16 bits, out too; lse float32).
     """
 
 def blas_threads_local_available() -> bool: ...
@@ -192,6 +205,24 @@ def gru_workspace_size(
 ) -> int: ...
 def have_openmp() -> bool: ...
 def isa_supported(arg0: str) -> bool: ...
+def layer_norm_backward(
+    dy: typing.Any,
+    x: typing.Any,
+    weight: typing.Any,
+    mean: typing.Any,
+    rstd: typing.Any,
+    dweight: typing.Any,
+    dbias: typing.Any,
+    has_weight: bool,
+    has_bias: bool,
+) -> tuple: ...
+def layer_norm_forward(
+    x: typing.Any,
+    weight: typing.Any,
+    bias: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
 def linear_backward(
     x: typing.Any,
     weight: typing.Any,
@@ -202,6 +233,49 @@ def linear_backward(
     need_dx: bool,
 ) -> tuple: ...
 def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any) -> numpy.ndarray: ...
+def ln_cell_workspace_size(
+    cell: str,
+    T: typing.SupportsInt | typing.SupportsIndex,
+    B: typing.SupportsInt | typing.SupportsIndex,
+    H: typing.SupportsInt | typing.SupportsIndex,
+) -> int: ...
+def ln_gru_backward(
+    x: typing.Any,
+    h0: typing.Any,
+    weights: typing.Any,
+    y: typing.Any,
+    workspace: typing.Any,
+    dy: typing.Any,
+    dh_n: typing.Any,
+    grads: typing.Any,
+) -> tuple: ...
+def ln_gru_forward(
+    x: typing.Any,
+    h0: typing.Any,
+    weights: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
+def ln_lstm_backward(
+    x: typing.Any,
+    h0: typing.Any,
+    c0: typing.Any,
+    weights: typing.Any,
+    y: typing.Any,
+    workspace: typing.Any,
+    dy: typing.Any,
+    dh_n: typing.Any,
+    dc_n: typing.Any,
+    grads: typing.Any,
+) -> tuple: ...
+def ln_lstm_forward(
+    x: typing.Any,
+    h0: typing.Any,
+    c0: typing.Any,
+    weights: typing.Any,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    training: bool = True,
+) -> tuple: ...
 def lstm_backward(
     x: typing.Any,
     h0: typing.Any,
@@ -237,6 +311,15 @@ def lstm_workspace_size(
 def openmp_teams() -> bool:
     """
     Whether the teams run on OpenMP's threads now (never in a forked child).
+    """
+
+def pack_half_panels(
+    w: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16],
+    blocks: typing.SupportsInt | typing.SupportsIndex,
+    format: str,
+) -> numpy.typing.NDArray[numpy.uint16]:
+    """
+    The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read (for the active instruction set's step_panel_width).
     """
 
 def release_cached_memory() -> None:
@@ -335,6 +418,7 @@ def stack_forward(
     training: bool,
     cell_options: typing.Any = None,
     noise: typing.Any = None,
+    half_weights: typing.Any = None,
 ) -> tuple: ...
 def stack_saved_size(
     mode: str,
@@ -349,6 +433,11 @@ def stack_saved_size(
 ) -> int:
     """
     Elements of the `saved` array a training stack_forward keeps.
+    """
+
+def step_panel_width() -> int:
+    """
+    Columns of a float step-GEMM panel on the active instruction set.
     """
 
 def team_stalls() -> dict:

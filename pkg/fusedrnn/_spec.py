@@ -95,3 +95,21 @@ def stack_role_names(num_layers: int, D: int) -> tuple:
         for layer in range(num_layers)
         for direction in range(D)
     )
+
+
+# The parameters of one layer-normalised cell (one layer, one direction; csrc/ln_cell.h) in a
+# layer's order: a stack's are these roles with the suffix `layer_suffix(k, d)`. The roles in
+# LN_CELL_BIASES are what a layer built with bias=False lacks (the kernels read zeros).
+LN_CELL_PARAMETERS = {
+    "lstm": (
+        "weight_ih",
+        "weight_hh",
+        "bias",
+        "ln_ih_weight",
+        "ln_hh_weight",
+        "ln_cell_weight",
+        "ln_cell_bias",
+    ),
+    "gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight"),
+}
+LN_CELL_BIASES = ("bias", "bias_ih", "bias_hh", "ln_cell_bias")

@@ -4,7 +4,9 @@
   arrays (masks, causal, GQA), on the fused tiled kernel.
 - `ScaledDotProductAttention`: the same, remembering what backward needs; ``backward(d_out)``
   returns ``(dq, dk, dv)``.
-- `MultiheadAttention`: ``torch.nn.MultiheadAttention``'s parameters, names, masks and results.
+- `MultiheadAttention`: ``torch.nn.MultiheadAttention``'s parameters, names, masks and results,
+  plus incremental decoding with a `KVCache` (``mha.new_cache(batch, max_len)``).
+- `KVCache`: the preallocated keys and values of a decoder's past positions.
 - `AdditiveAttention`: Bahdanau scoring ``v^T tanh(W_q q + W_k k)`` for a batch of decoder steps
   over all encoder states, with a key padding mask.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._attention_args import attention_args, check_alignment
 from ._checks import check_flag, check_probability, check_size
 from ._counter_rng import dropout_keep
 from ._module import DTypeLike, Module, backend_module
@@ -26,6 +29,192 @@ from .nn import Linear
 
 def _fresh_seed() -> int:
     return int(np.random.default_rng().integers(2**63))
+
+
+class KVCache:
+    """The keys and values of a decoder's past positions, preallocated for ``max_len`` of them.
+
+    Decoding appends each step's keys and values (`append`) and attends to everything stored,
+    the new queries aligned with the new keys: query i sees the stored keys j <= i + p, p the
+    length before the append (ONNX's past_key rule; with as many queries as new keys, the
+    bottom-right alignment to the end of the cache). Attention reads the buffers in place, passing
+    ``key_lengths`` so that the kernel skips the unused tail: one step costs O(length), never
+    the prefix recomputed. `scaled_dot_product_attention` and `MultiheadAttention` take it as
+    ``cache=``; ``MultiheadAttention(...).new_cache(batch, max_len)`` makes one that fits.
+
+    Parameters
+    ----------
+    batch, heads, max_len, head_dim : int
+        The buffers are ``keys (batch, heads, max_len, head_dim)`` and
+        ``values (batch, heads, max_len, value_dim)``.
+    value_dim : int, optional
+        Default head_dim.
+    dtype : float32, float64 or float16 (or ml_dtypes.bfloat16), default float32
+
+    Attributes
+    ----------
+    keys, values : the buffers; positions ``[0, length)`` hold the past.
+    length : int
+        The positions stored, the same for every item (the next token's position).
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        max_len: int,
+        head_dim: int,
+        value_dim: int | None = None,
+        dtype=np.float32,
+    ) -> None:
+        self.batch = check_size(batch, "batch", minimum=0)
+        self.heads = check_size(heads, "heads")
+        self.max_len = check_size(max_len, "max_len")
+        self.head_dim = check_size(head_dim, "head_dim")
+        self.value_dim = self.head_dim if value_dim is None else check_size(value_dim, "value_dim")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64, np.float16) and dtype.name != "bfloat16":
+            raise TypeError(
+                f"dtype must be float32, float64, float16 or ml_dtypes.bfloat16, got {dtype}"
+            )
+        self.keys = np.zeros((self.batch, self.heads, self.max_len, self.head_dim), dtype)
+        self.values = np.zeros((self.batch, self.heads, self.max_len, self.value_dim), dtype)
+        self.length = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(batch={self.batch}, heads={self.heads}, length={self.length}, "
+            f"max_len={self.max_len}, head_dim={self.head_dim}, dtype={self.keys.dtype})"
+        )
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.keys.dtype
+
+    @property
+    def key_lengths(self) -> np.ndarray:
+        """(batch,) int64: the keys each item attends to (``length`` for all)."""
+        return np.full(self.batch, self.length, np.int64)
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Store the keys ``k (batch, heads, T, head_dim)`` and values ``v (batch, heads, T,
+        value_dim)`` of the next T positions (copied in). ValueError when they do not fit."""
+        for name, x, width, axis in (
+            ("k", k, self.head_dim, "head_dim"),
+            ("v", v, self.value_dim, "value_dim"),
+        ):
+            if not isinstance(x, np.ndarray):
+                raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+            if x.dtype != self.dtype:
+                raise TypeError(f"{name} must have the cache's dtype {self.dtype}, got {x.dtype}")
+            if x.ndim != 4 or x.shape[:2] != (self.batch, self.heads) or x.shape[3] != width:
+                raise ValueError(
+                    f"{name} must have shape (batch, heads, T, {axis}) = ({self.batch}, "
+                    f"{self.heads}, T, {width}), but has shape {x.shape}"
+                )
+        T = k.shape[2]
+        if v.shape[2] != T:
+            raise ValueError(f"k and v must hold the same T positions, got {T} and {v.shape[2]}")
+        if self.length + T > self.max_len:
+            raise ValueError(
+                f"the KVCache overflows: it holds {self.length} of max_len = {self.max_len} "
+                f"positions and {T} more do not fit (make it with a larger max_len)"
+            )
+        self.keys[:, :, self.length : self.length + T] = k
+        self.values[:, :, self.length : self.length + T] = v
+        self.length += T
+
+    def reset(self) -> None:
+        """Forget the stored positions (the buffers are reused)."""
+        self.length = 0
+
+    def reorder(self, indices) -> None:
+        """Item b becomes the old item ``indices[b]`` (beam search keeping its best beams)."""
+        indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu" or indices.shape != (self.batch,):
+            raise ValueError(f"indices must be {self.batch} integers, got {indices!r}")
+        if np.any((indices < 0) | (indices >= self.batch)):
+            raise ValueError(f"indices must be in 0..{self.batch - 1}, got {indices}")
+        stored = slice(0, self.length)
+        self.keys[:, :, stored] = self.keys[indices, :, stored]
+        self.values[:, :, stored] = self.values[indices, :, stored]
+
+    def attention_options(self, attn_mask, causal_alignment, appended: int) -> dict:
+        """The attention arguments that read the cache in place after ``appended`` positions
+        were appended: k, v (the whole buffers), the key lengths, the alignment (unless given:
+        query 0 at the first appended position) and ``attn_mask`` over the ``length`` stored
+        keys padded to max_len (the padding is never read)."""
+        if attn_mask is not None:
+            if not isinstance(attn_mask, np.ndarray) or attn_mask.shape[-1:] != (self.length,):
+                raise ValueError(
+                    f"with a cache, attn_mask must cover the {self.length} stored keys (its last "
+                    f"axis), got shape {getattr(attn_mask, 'shape', type(attn_mask).__name__)}"
+                )
+            pad = [(0, 0)] * (attn_mask.ndim - 1) + [(0, self.max_len - self.length)]
+            attn_mask = np.pad(attn_mask, pad)
+        return {
+            "k": self.keys,
+            "v": self.values,
+            "attn_mask": attn_mask,
+            "key_lengths": self.key_lengths,
+            "causal_alignment": (
+                self.length - appended if causal_alignment is None else causal_alignment
+            ),
+        }
+
+
+def _check_cache(cache) -> KVCache:
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be a fusedrnn.KVCache or None, got {type(cache).__name__}")
+    return cache
+
+
+_EXTRA_DOC = """causal_alignment : "top_left", "bottom_right", int or None, keyword-only
+        Where the queries sit among the keys for ``is_causal`` and ``window``: query i sees
+        keys j <= i + d with d = 0 (top-left, PyTorch's is_causal), d = S_n - L
+        (bottom-right: the queries are the last L positions), or d = the int given. None:
+        top-left, or with a cache its length before the new keys.
+    window : int, keyword-only, optional
+        Sliding window: query i sees key j only if ``i + d - j < window``.
+    softcap : float, keyword-only, optional
+        Scores become ``softcap * tanh(scores / softcap)`` before the mask (Gemma 2).
+    key_lengths : ints broadcastable to the batch shape, keyword-only, optional
+        Item n attends to its first key_lengths[n] keys (padding without a mask tensor).
+    dtype : "float16" or "bfloat16", keyword-only, optional
+        Only for uint16 q, k, v holding 16-bit floats' bits (bfloat16 without ml_dtypes).
+    cache : KVCache, keyword-only, optional
+        k and v are the new positions' (``(batch, heads, T, head_dim)``): appended to the
+        cache, then q attends to everything it holds. attn_mask then covers the stored keys."""
+
+
+def _sdpa_call(
+    backend, q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed, extra
+) -> tuple:
+    """out, lse and the arguments of one call, with a cache's appended and read in place."""
+    check_flag(is_causal, "is_causal")  # before anything else: catches torch's positional dropout_p
+    seed = _fresh_seed() if seed is None else seed
+    extra = {name: value for name, value in extra.items() if value is not None}
+    cache = extra.pop("cache", None)
+    alignment = extra.pop("causal_alignment", None)
+    if alignment is not None:
+        check_alignment(alignment)
+    options = {"causal_alignment": alignment or "top_left", **extra}
+    if cache is not None:
+        cache = _check_cache(cache)
+        if extra.get("key_lengths") is not None:
+            raise ValueError("key_lengths and cache exclude each other: the cache sets them")
+        cache.append(k, v)
+        reads = cache.attention_options(attn_mask, alignment, k.shape[2])
+        k, v, attn_mask = reads.pop("k"), reads.pop("v"), reads.pop("attn_mask")
+        options.update(reads)
+    options.update(dropout_p=dropout_p, seed=seed)
+    out, lse = backend.attention_forward(
+        q, k, v, attn_mask, is_causal, scale, enable_gqa, **options
+    )
+    return out, lse, (k, v, attn_mask, options)
 
 
 def scaled_dot_product_attention(
@@ -40,6 +229,12 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     seed: int | None = None,
     backend: str = "fused",
+    causal_alignment: str | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    key_lengths=None,
+    dtype: str | None = None,
+    cache: KVCache | None = None,
 ) -> np.ndarray:
     """Scaled dot-product attention, as ``torch.nn.functional.scaled_dot_product_attention``.
 
@@ -51,13 +246,14 @@ def scaled_dot_product_attention(
     q : (..., Hq, L, E)
     k : (..., Hkv, S, E)
     v : (..., Hkv, S, Ev)
-        float32 or float64, one dtype. ``...``: any batch dimensions, broadcast together (also
-        none; 2-D ``(L, E)`` arrays have no head axis).
+        float32, float64 or 16 bits (float16, ml_dtypes.bfloat16), one dtype. ``...``: any
+        batch dimensions, broadcast together (also none; 2-D ``(L, E)`` arrays have no head
+        axis).
     attn_mask : bool or q's dtype, broadcastable to (..., Hq, L, S), optional
         bool: True = may attend. Float: added to the scaled scores (``-inf`` masks).
     is_causal : bool
-        Query i attends to keys j <= i (top-left aligned, as PyTorch, also when L != S);
-        combined with ``attn_mask`` when both are given.
+        Query i attends to keys j <= i (top-left aligned, as PyTorch, also when L != S; see
+        causal_alignment); combined with ``attn_mask`` when both are given.
     scale : float, optional
         Default ``1/sqrt(E)``.
     enable_gqa : bool
@@ -67,18 +263,31 @@ def scaled_dot_product_attention(
     seed : int, keyword-only
         Seed of the dropout draw; None draws a fresh one.
     backend : "fused" or "reference"
+    {extra}
 
     Returns
     -------
     out : (..., Hq, L, Ev)
         A query whose keys are all masked gets zeros.
     """
-    check_flag(is_causal, "is_causal")  # before anything else: catches torch's positional dropout_p
-    seed = _fresh_seed() if seed is None else seed
-    out, _ = backend_module(backend).attention_forward(
-        q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p, seed=seed
-    )
+    extra = {
+        "causal_alignment": causal_alignment,
+        "window": window,
+        "softcap": softcap,
+        "key_lengths": key_lengths,
+        "dtype": dtype,
+        "cache": cache,
+    }
+    out, _, _ = _sdpa_call(
+        backend_module(backend), q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p,
+        seed, extra
+    )  # fmt: skip
     return out
+
+
+scaled_dot_product_attention.__doc__ = scaled_dot_product_attention.__doc__.replace(
+    "{extra}", _EXTRA_DOC
+)
 
 
 class ScaledDotProductAttention(Module):
@@ -87,7 +296,8 @@ class ScaledDotProductAttention(Module):
     ``out = sdpa(q, k, v, ...)`` then ``dq, dk, dv = sdpa.backward(d_out)``. The forward keeps
     its own copies of q, k, v and the mask (the caller may reuse its buffers) plus the output and
     one log-sum-exp per query row, never the attention weights. ``out`` is read-only, since
-    backward reads it. backward may run any number of times after one forward.
+    backward reads it. backward may run any number of times after one forward. A forward with a
+    ``cache`` is for inference (decoding): it keeps nothing, and backward says so.
 
     Parameters
     ----------
@@ -114,31 +324,37 @@ class ScaledDotProductAttention(Module):
         *,
         dropout_p: float = 0.0,
         seed: int | None = None,
+        causal_alignment: str | None = None,
+        window: int | None = None,
+        softcap: float | None = None,
+        key_lengths=None,
+        dtype: str | None = None,
+        cache: KVCache | None = None,
     ) -> np.ndarray:
-        """The arguments and result of `scaled_dot_product_attention`."""
-        check_flag(is_causal, "is_causal")
-        seed = _fresh_seed() if seed is None else seed
-        out, lse = self._backend.attention_forward(
-            q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p, seed=seed
-        )
+        """The arguments (also those past torch's: causal_alignment, window, softcap,
+        key_lengths, dtype, cache) and result of `scaled_dot_product_attention`."""
+        extra = {
+            "causal_alignment": causal_alignment,
+            "window": window,
+            "softcap": softcap,
+            "key_lengths": key_lengths,
+            "dtype": dtype,
+            "cache": cache,
+        }
+        out, lse, (k_read, v_read, mask, options) = _sdpa_call(
+            self._backend, q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+            extra
+        )  # fmt: skip
+        if cache is not None:
+            self._forget_saved("a forward with a cache is for inference and keeps nothing")
+            return out
         copies = tuple(
-            np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in (q, k, v, attn_mask)
+            np.array(a, copy=True) if isinstance(a, np.ndarray) else a
+            for a in (q, k_read, v_read, mask)
         )
         out.flags.writeable = False
-        self._keep_for_backward(
-            (
-                *copies,
-                out,
-                lse,
-                {
-                    "is_causal": is_causal,
-                    "scale": scale,
-                    "enable_gqa": enable_gqa,
-                    "dropout_p": dropout_p,
-                    "seed": seed,
-                },
-            )
-        )
+        options = {"is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa, **options}
+        self._keep_for_backward((*copies, out, lse, options))
         return out
 
     def backward(self, d_out: np.ndarray, *, retain_graph: bool = False) -> tuple:
@@ -268,6 +484,12 @@ class MultiheadAttention(Module):
             )
         return weight, None, d_weight, None
 
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty `KVCache` for decoding ``batch`` sequences of up to ``max_len`` positions
+        with this layer (``forward(..., cache=cache)``): num_heads heads of head_dim features
+        of the layer's dtype."""
+        return KVCache(batch, self.num_heads, max_len, self.head_dim, dtype=self.dtype)
+
     # ------------------------------------------------------------ forward
 
     def _layout(
@@ -343,6 +565,10 @@ class MultiheadAttention(Module):
         attn_mask: np.ndarray | None = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
+        *,
+        window: int | None = None,
+        softcap: float | None = None,
+        cache: KVCache | None = None,
     ) -> tuple:
         """Attention of query over key / value.
 
@@ -362,6 +588,18 @@ class MultiheadAttention(Module):
         is_causal : bool
             Apply the causal mask (query i attends to keys j <= i). Unlike PyTorch, where it is
             only a hint about attn_mask, it needs no attn_mask; given both, both apply.
+        window : int, keyword-only, optional
+            Sliding window: query i sees key j only if ``i - j < window`` (aligned as the
+            causal mask; docs/attention.md).
+        softcap : float, keyword-only, optional
+            Scores become ``softcap * tanh(scores / softcap)`` before the masks (Gemma 2).
+        cache : KVCache, keyword-only, optional
+            Incremental decoding (`new_cache`): key and value are the new positions', their
+            projections are appended to the cache, and query attends to all it holds, the
+            causal mask aligned with the new keys (new query i sees the stored keys j <= i + p,
+            p the cache's length before; with L new keys, its end). The masks' S is then the
+            cache's length after the append.
+            For inference: such a forward keeps nothing for backward.
 
         Returns
         -------
@@ -389,7 +627,8 @@ class MultiheadAttention(Module):
         S = k_in.shape[1]
         if unbatched and key_padding_mask is not None and isinstance(key_padding_mask, np.ndarray):
             key_padding_mask = key_padding_mask[None]
-        mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S)
+        S_total = S if cache is None else _check_cache(cache).length + S
+        mask = self._combined_mask(attn_mask, key_padding_mask, N, L, S_total)
         H, D = self.num_heads, self.head_dim
 
         def project_heads(x, which, length):  # x W^T + b, (N, T, E_in) -> (N, H, T, D)
@@ -404,6 +643,17 @@ class MultiheadAttention(Module):
         dropout_p = self.dropout if self.training else 0.0
         seed = int(self._rng.integers(2**63)) if dropout_p > 0 else 0
         options = {"is_causal": is_causal, "dropout_p": dropout_p, "seed": seed}
+        options.update(window=window, softcap=softcap)
+        if cache is not None:
+            if cache.dtype != self.dtype or cache.heads != H or cache.head_dim != D:
+                raise ValueError(
+                    f"cache must hold {H} heads of {D} features of {self.dtype} "
+                    f"(this layer's new_cache makes one), got {cache!r}"
+                )
+            cache.append(k, v)
+            reads = cache.attention_options(mask, None, S)
+            k, v, mask = reads.pop("k"), reads.pop("v"), reads.pop("attn_mask")
+            options.update(reads)
         attn, lse = self._backend.attention_forward(q, k, v, mask, **options)
         merged = np.ascontiguousarray(attn.transpose(0, 2, 1, 3)).reshape(N * L, self.embed_dim)
         out = self._backend.linear_forward(
@@ -417,6 +667,11 @@ class MultiheadAttention(Module):
             weights = self._weights(q, k, mask, lse, options, average_attn_weights)
             if unbatched:
                 weights = weights[0]
+            if cache is not None:
+                weights = weights[..., : cache.length]
+        if cache is not None:
+            self._forget_saved("a forward with a cache is for inference and keeps nothing")
+            return self._to_layout(out, unbatched), weights
         self._keep_for_backward(
             {
                 "q_in": q_in.copy(),
@@ -440,11 +695,7 @@ class MultiheadAttention(Module):
         """softmax(q k^T / sqrt(D) + mask) (after dropout in training), from the saved lse."""
         N, H, L, _ = q.shape
         S = k.shape[2]
-        s = (q @ np.swapaxes(k, -1, -2)) * (1.0 / np.sqrt(self.head_dim))
-        if mask is not None:
-            s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
-        if options["is_causal"]:
-            s = np.where(np.tril(np.ones((L, S), dtype=bool)), s, -np.inf)
+        s = attention_args(q, k, k, mask, **options).scores(k)
         with np.errstate(invalid="ignore", over="ignore"):
             p = np.where(np.isinf(lse)[..., None], 0.0, np.exp(s - lse[..., None]))
         if options["dropout_p"] > 0:

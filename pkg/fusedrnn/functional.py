@@ -8,23 +8,36 @@ Gradient dicts passed as ``grads`` are accumulated into in place (``+=``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
-from ._attention_args import additive_args, additive_grads, additive_saved, attention_args
+from ._attention_args import (
+    additive_args,
+    additive_grads,
+    additive_saved,
+    attention_args,
+    float32_to_half,
+    half_bits,
+    half_kind,
+    widening_backward,
+)
 from ._cell_options import CellOptions
 from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
+    check_eps,
     check_ignore_index,
     check_lengths,
+    check_normalized_shape,
     check_rows,
     check_size,
     require_array,
 )
+from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._recurrent_noise import RecurrentNoise
 from ._spec import (
     CELL_PARAMETERS,
@@ -552,6 +565,8 @@ def stack_forward(
     proj_size: int = 0,
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
+    weights_dtype: str | None = None,
+    half_weights: HalfWeights | None = None,
 ):
     """A stack of layers, one or two directions each, over a sequence (docs/kernels.md).
 
@@ -568,6 +583,14 @@ def stack_forward(
         ``weight_peephole_l{k}{sfx}`` (3H,) in ``params``.
     noise : `fusedrnn.recurrent_noise(...)`: zoneout and recurrent dropout of an LSTM or GRU
         (docs/layers.md), their masks drawn from its seed; give `stack_backward` the same.
+    weights_dtype : None, 'float16' or 'bfloat16'
+        Inference (training=False) of float32 arrays only: multiply with the weight matrices
+        rounded to 16 bits (the biases and all arithmetic stay float32; docs/layers.md,
+        "Half-precision weights"). They are packed on each call, unless ``half_weights`` brings
+        them packed.
+    half_weights : HalfWeights, optional
+        ``pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)``: the 16-bit
+        weights packed once, for calls that reuse them.
 
     Returns
     -------
@@ -583,12 +606,16 @@ def stack_forward(
         mode, x, hx, params, num_layers, bidirectional, dropout_masks, proj_size, new_packing
     )
     config = call.config(reset_after, nonlinearity)
+    weights_dtype = inference_weights_dtype(weights_dtype, half_weights, training, x.dtype)
+    if weights_dtype is not None and half_weights is None:
+        half_weights = pack_half_weights(mode, params, num_layers, bidirectional, weights_dtype)
     y, h_n, c_n, workspace = _core.stack_forward(
         *call.inputs,
         *config,
         bool(training),
         _kernel_options(cell_options),
         _noise_args(noise, call.packing),
+        None if weights_dtype is None else half_weights,
     )
     packing = call.packing
     if packing is not None:
@@ -796,24 +823,35 @@ def attention_forward(
     *,
     dropout_p: float = 0.0,
     seed: int = 0,
+    causal_alignment: str = "top_left",
+    window: int | None = None,
+    softcap: float | None = None,
+    key_lengths=None,
+    dtype: str | None = None,
 ):
     """Scaled dot-product attention, fused: tiles with an online softmax, never the L x S matrix.
 
     The semantics of ``torch.nn.functional.scaled_dot_product_attention``; a row whose keys are
-    all masked gives zeros (and zero gradients), never NaN.
+    all masked gives zeros (and zero gradients), never NaN. Past torch: the bottom-right causal
+    alignment, sliding windows, soft-capping, per-item key lengths and 16-bit inputs
+    (docs/attention.md).
 
     Parameters
     ----------
     q : (..., Hq, L, E)
     k : (..., Hkv, S, E)
     v : (..., Hkv, S, Ev)
-        One dtype, float32 or float64. The batch dimensions ``...`` broadcast against each
-        other (any number, also none); 2-D ``(L, E)`` arrays have no head axis.
-    attn_mask : bool or q's dtype, broadcastable to (..., Hq, L, S), or None
+        One dtype: float32, float64, or 16 bits (float16, ``ml_dtypes.bfloat16``, or uint16
+        bits with ``dtype``), converted a tile at a time with float32 arithmetic. The batch
+        dimensions ``...`` broadcast against each other (any number, also none); 2-D ``(L, E)``
+        arrays have no head axis.
+    attn_mask : bool or q's dtype (float32 for 16-bit q), broadcastable to (..., Hq, L, S)
         bool: True = may attend. Float: added to the scaled scores (-inf masks).
     is_causal : bool
-        Query i attends to keys j <= i (top-left aligned, as torch, also when L != S);
-        combined with attn_mask when both are given.
+        Query i attends to keys j <= i + d: d = 0 with ``causal_alignment="top_left"`` (torch's
+        is_causal, also when L != S), d = S_n - L with ``"bottom_right"`` (ONNX's Attention:
+        the queries are the last L of the S_n keys' positions, as when decoding with a cache).
+        Combined with attn_mask when both are given.
     scale : float or None
         Multiplies q k^T; None = 1/sqrt(E).
     enable_gqa : bool
@@ -822,21 +860,49 @@ def attention_forward(
         Dropout on the attention weights, drawn from ``seed`` by a counter-based hash, so
         `attention_backward` with the same seed redraws the same.
     seed : int
+    causal_alignment : "top_left", "bottom_right" or int
+        Where query i sits among the keys (d above), for is_causal and window; an int p puts
+        query i at key position i + p (ONNX's past_key rule: p the length of the past).
+    window : int or None
+        Sliding window: query i sees key j only if ``i + d - j < window`` (the ``window`` keys
+        up to its own position); key tiles wholly outside are skipped. With is_causal, the
+        sliding window of Mistral and Gemma 2; without, ONNX's ``left_window_size = window-1``.
+    softcap : float or None
+        Scores become ``softcap * tanh(scores / softcap)`` after the scale, before the mask
+        (Gemma 2, ONNX Attention). None or 0: none.
+    key_lengths : ints broadcastable to the batch shape ``...``, or None
+        Item n attends to its first key_lengths[n] keys only (padding without a mask tensor;
+        the rest are skipped tile by tile). With "bottom_right", d = key_lengths[n] - L.
+    dtype : "float16", "bfloat16" or None
+        Only for uint16 q, k, v: which 16-bit floats their bits are (bfloat16 without
+        ml_dtypes). The output then is uint16 bits too.
 
     Returns
     -------
-    out : (..., Hq, L, Ev)
+    out : (..., Hq, L, Ev), q's dtype
     lse : (..., Hq, L)
         Log-sum-exp of each row's masked, scaled scores (+inf for a row with every key masked):
-        with out, all that backward needs.
+        with out, all that backward needs. float32 for 16-bit inputs.
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    half = half_kind(q, dtype)
+    user_dtype = q.dtype if half else None
+    if half:
+        q, k, v = (half_bits(x, half, user_dtype, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths, half)  # fmt: skip
     if a.empty:
-        return _empty_attention(a)
+        out, lse = _empty_attention(a)
+        return (float32_to_half(out, half).view(user_dtype) if half else out), lse
+    if half:
+        qkv = (np.ascontiguousarray(x) for x in (a.q, a.k, a.v))
+        out, lse = _core.attention_forward(*qkv, *a.kernel_options(), half=half)
+        out, lse = a.to_user(out, lse)
+        return out.view(user_dtype), lse
     out, lse = _core.attention_forward(a.q, a.k, a.v, *a.kernel_options())
     return a.to_user(out, lse)
 
 
+@widening_backward
 def attention_backward(
     q,
     k,
@@ -851,21 +917,30 @@ def attention_backward(
     *,
     dropout_p: float = 0.0,
     seed: int = 0,
+    causal_alignment: str = "top_left",
+    window: int | None = None,
+    softcap: float | None = None,
+    key_lengths=None,
+    dtype: str | None = None,
 ):
     """Gradients of `attention_forward`, recomputing the probabilities tile by tile from lse.
 
     Parameters
     ----------
-    q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed : as given to forward
+    q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed, causal_alignment,
+    window, softcap, key_lengths, dtype : as given to forward
     out : (..., Hq, L, Ev);  lse : (..., Hq, L) as forward returned them
-    d_out : (..., Hq, L, Ev)
+    d_out : (..., Hq, L, Ev), out's dtype
 
     Returns
     -------
     dq, dk, dv : the shapes of q, k, v (fresh arrays). Under GQA dk and dv sum over the query
         heads that share a kv head; over broadcast batch dimensions they are summed likewise.
+        16-bit inputs: computed in float32 from the inputs widened exactly, rounded to q's dtype.
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    # (dtype: 16-bit inputs never get here, @widening_backward widens them)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     out4, lse4, d_out4 = a.saved(out, lse, d_out)
     N = a.q.shape[0]
     if a.empty:
@@ -940,3 +1015,162 @@ def additive_attention_backward(
         grads["w_v"],
     )
     return d_query, d_keys, d_values, grads
+
+
+# ---------------------------------------------------------------- layer normalisation
+
+
+def layer_norm_forward(x, weight=None, bias=None, eps: float = 1e-5, training: bool = True):
+    """Layer normalisation of the rows of x: ``(x - mean) / sqrt(var + eps) * weight + bias``
+    with each row's mean and biased variance, forward fused in C++ (csrc/layer_norm.h). Twin:
+    `fusedrnn.reference.layer_norm_forward`.
+
+    Parameters
+    ----------
+    x : (M, N)
+    weight, bias : (N,) or None (1 and 0)
+    eps : float >= 0
+    training : bool
+        Also return what backward needs.
+
+    Returns
+    -------
+    y : (M, N)
+    mean, rstd : (M,) each, rstd = 1 / sqrt(var + eps); None when not training
+    """
+    return _core.layer_norm_forward(x, weight, bias, check_eps(eps), bool(training))
+
+
+def layer_norm_backward(x, weight, mean, rstd, dy, grads=None, bias: bool = True):
+    """Gradients of `layer_norm_forward`, fused in C++.
+
+    Parameters
+    ----------
+    x, weight : as given to `layer_norm_forward` (weight None: no affine parameters)
+    mean, rstd : as it returned them
+    dy : (M, N)
+    grads : dict with 'weight' and, when ``bias``, 'bias' (N,), added into (``+=``); None (or
+        missing keys) makes fresh zeroed ones. Without a weight nothing is added.
+    bias : bool
+        Whether the affine map has a bias.
+
+    Returns
+    -------
+    dx : (M, N)
+    grads : the dict (empty without a weight)
+    """
+    if grads is not None and not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    grads = {} if grads is None else grads
+    affine = weight is not None
+    dx, dweight, dbias = _core.layer_norm_backward(
+        dy,
+        x,
+        weight,
+        mean,
+        rstd,
+        grads.get("weight"),
+        grads.get("bias"),
+        affine,
+        affine and bool(bias),
+    )
+    if affine:
+        grads["weight"] = dweight
+        if bias:
+            grads["bias"] = dbias
+    return dx, grads
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """``torch.nn.functional.layer_norm`` on numpy arrays, fused in C++ (no backward: use
+    `fusedrnn.LayerNorm` to train).
+
+    Parameters
+    ----------
+    x : (..., *normalized_shape), float32 or float64
+    normalized_shape : int or tuple of ints, the trailing axes normalised together
+    weight, bias : normalized_shape, or None
+    eps : float >= 0
+
+    Returns
+    -------
+    y : the shape of x
+    """
+    shape = check_normalized_shape(normalized_shape)
+    require_array(x, "x")
+    if x.shape[x.ndim - len(shape) :] != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"x must have shape (..., {', '.join(map(str, shape))}) (its last axes "
+            f"normalized_shape = {shape}), but has {x.shape}"
+        )
+    N = math.prod(shape)
+    flat = [
+        None if a is None else _flat_parameter(a, name, shape)
+        for name, a in (("weight", weight), ("bias", bias))
+    ]
+    y, _, _ = layer_norm_forward(x.reshape(-1, N), *flat, eps=eps, training=False)
+    return y.reshape(x.shape)
+
+
+def _flat_parameter(a, name: str, shape: tuple) -> np.ndarray:
+    require_array(a, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape normalized_shape = {shape}, but has {a.shape}")
+    return a.reshape(-1)
+
+
+def ln_lstm_forward(x, h0, c0, weights, eps: float = 1e-5, training: bool = True):
+    """Layer-normalised LSTM over a sequence (csrc/ln_cell.h), fused in C++. Twin:
+    `fusedrnn.reference.ln_lstm_forward`, which documents the arguments.
+
+    Returns
+    -------
+    y : (T, B, H);  h_n, c_n : (B, H);  workspace : (T*B*(14H+3),) or None
+    """
+    return _core.ln_lstm_forward(x, h0, c0, _weights_dict(weights), check_eps(eps), bool(training))
+
+
+def ln_lstm_backward(x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None):
+    """Gradients of `ln_lstm_forward`, fused in C++: dx, dh0, dc0 and grads (a dict by role,
+    added into; None or missing roles make fresh zeros)."""
+    return _core.ln_lstm_backward(
+        x, h0, c0, _weights_dict(weights), y, workspace, dy, dh_n, dc_n, _grads_by_role(grads)
+    )
+
+
+def ln_gru_forward(x, h0, weights, eps: float = 1e-5, training: bool = True):
+    """Layer-normalised GRU over a sequence (csrc/ln_cell.h), fused in C++. Twin:
+    `fusedrnn.reference.ln_gru_forward`, which documents the arguments.
+
+    Returns
+    -------
+    y : (T, B, H);  h_n : (B, H);  workspace : (T*B*(9H+2),) or None
+    """
+    return _core.ln_gru_forward(x, h0, _weights_dict(weights), check_eps(eps), bool(training))
+
+
+def ln_gru_backward(x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None):
+    """Gradients of `ln_gru_forward`, fused in C++: dx, dh0 and grads (a dict by role, added
+    into; None or missing roles make fresh zeros)."""
+    return _core.ln_gru_backward(
+        x, h0, _weights_dict(weights), y, workspace, dy, dh_n, _grads_by_role(grads)
+    )
+
+
+def ln_workspace_size(cell: str, T: int, B: int, H: int) -> int:
+    """Length of the workspace a training `ln_lstm_forward` ('lstm': T*B*(14H+3)) or
+    `ln_gru_forward` ('gru': T*B*(9H+2)) saves."""
+    sizes = [check_size(value, name, 0) for name, value in (("T", T), ("B", B), ("H", H))]
+    return _core.ln_cell_workspace_size(check_choice(cell, "cell", ("lstm", "gru")), *sizes)
+
+
+def _weights_dict(weights) -> dict:
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a dict of arrays by role, got {type(weights).__name__}")
+    return weights if isinstance(weights, dict) else dict(weights)
+
+
+def _grads_by_role(grads) -> dict | None:
+    if grads is not None and not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    return grads

@@ -14,7 +14,6 @@ from fusedrnn import _core, functional, reference
 from tests.helpers.attention_cases import assert_runs_close, make_qkv, run
 from tests.helpers.cells import assert_close
 
-ISAS = [isa for isa in ("baseline", "avx2", "avx512") if _core.isa_supported(isa)]
 DTYPES = [np.float64, np.float32]
 
 
@@ -95,6 +94,91 @@ CASES = {
     "single_key_and_row": ((2,), 2, 2, 1, 1, 3, 2, None, {}),
     "one_feature": ((2,), 2, 2, 9, 11, 1, 1, None, {"is_causal": True}),
     "wide_features": ((1,), 2, 2, 20, 20, 33, 70, None, {}),
+    # past torch: alignment, window, soft-cap, key lengths (docs/attention.md)
+    "bottom_right_L_lt_S": (
+        (2,),
+        2,
+        2,
+        13,
+        29,
+        8,
+        5,
+        None,
+        {"is_causal": True, "causal_alignment": "bottom_right"},
+    ),
+    "bottom_right_L_gt_S": (  # rows before L - S see no key at all
+        (2,),
+        2,
+        2,
+        29,
+        13,
+        8,
+        5,
+        "bool_keys",
+        {"is_causal": True, "causal_alignment": "bottom_right"},
+    ),
+    "window_causal": ((2,), 2, 2, 37, 37, 8, 5, None, {"is_causal": True, "window": 6}),
+    "window_bottom_right_gqa": (
+        (2,),
+        4,
+        2,
+        11,
+        40,
+        8,
+        5,
+        "additive_heads",
+        {"is_causal": True, "window": 9, "causal_alignment": "bottom_right", "enable_gqa": True},
+    ),
+    "window_without_causal": ((1,), 2, 2, 23, 31, 8, 5, None, {"window": 4}),
+    "softcap": ((2,), 2, 2, 19, 27, 8, 5, None, {"softcap": 1.5, "scale": 1.0}),
+    "softcap_mask_dropout": (
+        (2,),
+        2,
+        2,
+        19,
+        27,
+        8,
+        5,
+        "additive_full",
+        {"softcap": 2.0, "dropout_p": 0.3, "seed": 9, "is_causal": True},
+    ),
+    "key_lengths": ((3,), 2, 2, 19, 27, 8, 5, None, {"key_lengths": np.array([27, 0, 5])}),
+    "decode_step": (  # one query row: dot products instead of the tile GEMMs
+        (2,),
+        4,
+        2,
+        1,
+        300,
+        37,
+        21,
+        "additive_heads",
+        {
+            "is_causal": True,
+            "causal_alignment": "bottom_right",
+            "key_lengths": np.array([300, 123]),
+            "enable_gqa": True,
+        },
+    ),
+    "key_lengths_everything": (
+        (2, 2),
+        4,
+        2,
+        17,
+        30,
+        8,
+        5,
+        "bool_full",
+        {
+            "key_lengths": np.array([[30, 3], [12, 29]]),
+            "is_causal": True,
+            "causal_alignment": "bottom_right",
+            "window": 7,
+            "softcap": 3.0,
+            "enable_gqa": True,
+            "dropout_p": 0.2,
+            "seed": 3,
+        },
+    ),
 }
 
 TILES = {"tuned": (0, 0), "8x16": (8, 16), "5x7": (5, 7)}
@@ -118,14 +202,6 @@ def threads(request):
     fusedrnn.set_num_threads(before)
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = _core.active_isa()
-    _core.select_isa(request.param)
-    yield request.param
-    _core.select_isa(default)
-
-
 def run_case(name, dtype):
     batch, Hq, Hkv, L, S, E, Ev, mask_kind, options = CASES[name]
     q, k, v, d_out = make_qkv(batch, Hq, Hkv, L, S, E, Ev, dtype=dtype, seed=len(name))
@@ -145,7 +221,18 @@ def test_fused_equals_reference(case, dtype, tiles, threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
-@pytest.mark.parametrize("case", ["plain", "causal_L_gt_S", "bool_full", "dropout", "gqa"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "causal_L_gt_S",
+        "bool_full",
+        "dropout",
+        "gqa",
+        "key_lengths_everything",
+        "decode_step",
+    ],
+)
 def test_every_isa(case, dtype, isa):
     _core._set_attention_tiles(8, 16)
     try:

@@ -123,6 +123,45 @@ def args(**changes):
         ({}, {"enable_gqa": True, "dropout_p": 1.5}, ValueError, r"dropout_p must be in \[0, 1\]"),
         ({}, {"enable_gqa": True, "scale": "big"}, TypeError, r"scale must be a real number"),
         ({}, {"enable_gqa": True, "seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        (
+            {},
+            {"enable_gqa": True, "causal_alignment": "bottom"},
+            ValueError,
+            r"causal_alignment must be 'top_left' or 'bottom_right', got 'bottom'",
+        ),
+        (
+            {},
+            {"enable_gqa": True, "causal_alignment": 1.5},
+            TypeError,
+            r"causal_alignment must be 'top_left', 'bottom_right' or an int .* got float",
+        ),
+        ({}, {"enable_gqa": True, "window": 0}, ValueError, r"window must be >= 1, got 0"),
+        ({}, {"enable_gqa": True, "window": 2.0}, TypeError, r"window must be an integer"),
+        (
+            {},
+            {"enable_gqa": True, "softcap": -1.0},
+            ValueError,
+            r"softcap must be a positive number or None \(0: none\), got -1.0",
+        ),
+        ({}, {"enable_gqa": True, "softcap": "2"}, TypeError, r"softcap must be a positive number"),
+        (
+            {},
+            {"enable_gqa": True, "key_lengths": [7, 8]},
+            ValueError,
+            r"key_lengths must be in 0..S = 0..7, got 8",
+        ),
+        (
+            {},
+            {"enable_gqa": True, "key_lengths": [1, 2, 3]},
+            ValueError,
+            r"key_lengths of shape \(3,\) does not broadcast to the batch shape \(2,\)",
+        ),
+        (
+            {},
+            {"enable_gqa": True, "key_lengths": [1.0, 2.0]},
+            TypeError,
+            r"key_lengths must hold integers, but has dtype float64",
+        ),
     ],
 )
 def test_forward_rejects(backend, change, options, error, pattern):
@@ -193,6 +232,20 @@ def test_binding_checks_what_the_wrapper_hands_it():
         call(q[0], k, v, None, None, 0, 0, False, 1.0, 0.0, 0)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\]"):
         call(q, k, v, None, None, 0, 0, False, 1.0, -0.5, 0)
+    with pytest.raises(ValueError, match=r"key_lengths must be in \[0, S = 7\], got 8"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {"key_lengths": np.array([1, 8])})
+    with pytest.raises(ValueError, match="key_lengths must be a contiguous int64 array of N = 2"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {"key_lengths": np.array([1])})
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {"window": -1})
+    with pytest.raises(ValueError, match="softcap must be finite and >= 0"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {"softcap": float("nan")})
+    with pytest.raises(TypeError, match="unknown attention option sliding"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {"sliding": 1})
+    with pytest.raises(TypeError, match="q must hold 16-bit values as uint16, got float64"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {}, "float16")
+    with pytest.raises(ValueError, match="half must be '', 'float16' or 'bfloat16'"):
+        call(q, k, v, None, None, 0, 0, False, 1.0, 0.0, 0, {}, "float8")
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=["fused", "reference"])

@@ -106,6 +106,34 @@ def test_multihead_backends_agree(options):
         assert_close(p1[name], p2[name], dtype, name)
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_multihead_window_and_softcap_gradients_by_central_differences(backend):
+    """The sliding window and the soft-cap through the layer: its gradients (inputs and
+    parameters) by central differences, and the window's effect on the weights."""
+    layer = fusedrnn.MultiheadAttention(6, 2, dtype=np.float64, seed=1, backend=backend)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((7, 2, 6))
+    d_out = rng.standard_normal((7, 2, 6))
+    options = {"is_causal": True, "window": 3, "softcap": 1.2}
+
+    def loss():
+        return np.sum(layer(x, x, x, **options)[0] * d_out)
+
+    _, weights = layer(x, x, x, need_weights=True, **options)
+    i, j = np.arange(7)[:, None], np.arange(7)[None, :]
+    assert np.all(weights[:, (i - j >= 3) | (j > i)] == 0)
+    assert np.all(weights[:, (i - j < 3) & (j <= i)] > 0)
+    layer(x, x, x, **options)
+    (d_query, d_key, d_value) = layer.backward(d_out)
+    np.testing.assert_allclose(
+        d_query + d_key + d_value, central_differences(loss, x), rtol=1e-6, atol=1e-8
+    )
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(
+            layer.grads[name], central_differences(loss, p), rtol=1e-6, atol=1e-8, err_msg=name
+        )
+
+
 def test_multihead_gradients_by_central_differences():
     layer = fusedrnn.MultiheadAttention(6, 2, kdim=4, vdim=5, dtype=np.float64, seed=0)
     rng = np.random.default_rng(3)

@@ -13,7 +13,7 @@ from tests.helpers.attention_cases import make_qkv
 from tests.helpers.numgrad import central_differences
 
 
-def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
+def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None, softcap=None):
     """softmax(scale q k^T + mask) v, one (batch, head, row) at a time; (N, H, L, E) arrays with
     Hq == Hkv; mask (N, H, L, S) bool or additive; z (N, H, L, S) dropout factors."""
     N, H, L, E = q.shape
@@ -24,12 +24,11 @@ def loop_attention(q, k, v, mask=None, causal=False, scale=None, z=None):
         for h in range(H):
             for i in range(L):
                 s = np.array([scale * q[n, h, i] @ k[n, h, j] for j in range(S)])
+                if softcap is not None:
+                    s = softcap * np.tanh(s / softcap)
                 if mask is not None:
-                    s = (
-                        np.where(mask[n, h, i], s, -np.inf)
-                        if mask.dtype == bool
-                        else s + mask[n, h, i]
-                    )
+                    m = mask[n, min(h, mask.shape[1] - 1), i]
+                    s = np.where(m, s, -np.inf) if mask.dtype == bool else s + m
                 if causal:
                     s[i + 1 :] = -np.inf
                 if np.all(s == -np.inf):
@@ -87,6 +86,53 @@ def test_causal_is_top_left_aligned():
     assert np.any(dk[..., :3, :] != 0)
 
 
+def visible_by_definition(L, S, length, causal, alignment, window):
+    """The documented rule, one (i, j) at a time: j < length, causal j <= i + d, window
+    i + d - j < window, with d = 0 (top-left) or length - L (bottom-right)."""
+    d = length - L if alignment == "bottom_right" else 0
+    return np.array(
+        [
+            [
+                j < length and (not causal or j <= i + d) and (window is None or i + d - j < window)
+                for j in range(S)
+            ]
+            for i in range(L)
+        ]
+    )
+
+
+@pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
+@pytest.mark.parametrize(
+    ("causal", "window", "lengths"),
+    [
+        (True, None, None),
+        (True, 3, None),
+        (False, 2, None),
+        (True, None, (7, 4)),
+        (True, 2, (5, 7)),
+    ],
+)
+@pytest.mark.parametrize(("L", "S"), [(4, 7), (7, 4)])
+def test_visibility_rules_equal_a_boolean_mask(L, S, causal, window, lengths, alignment):
+    """Alignment, window and key lengths are a boolean mask written from the definition (and the
+    soft-cap is softcap * tanh(s / softcap) before it)."""
+    q, k, v, _d_out = make_qkv((2,), 2, 2, L, S, 4, 3, seed=L + S)
+    lengths = None if lengths is None else np.minimum(lengths, S)
+    options = {"is_causal": causal, "window": window, "key_lengths": lengths}
+    options["causal_alignment"] = alignment
+    out, _lse = reference.attention_forward(q, k, v, softcap=1.3, **options)
+    mask = np.stack(
+        [
+            visible_by_definition(
+                L, S, S if lengths is None else lengths[n], causal, alignment, window
+            )
+            for n in range(2)
+        ]
+    )[:, None]
+    capped = loop_attention(q, k, v, mask, scale=1 / 2, softcap=1.3)
+    np.testing.assert_allclose(out, capped, rtol=1e-12, atol=1e-12)
+
+
 def test_fully_masked_rows_are_zero_with_zero_gradients():
     q, k, v, d_out = make_qkv((2,), 2, 2, 4, 5, 3, 2)
     mask = np.ones((2, 2, 4, 5), bool)
@@ -113,6 +159,18 @@ GRADCHECK_CASES = {
     "gqa": {"shape": ((1,), 4, 2, 3, 4), "options": {"enable_gqa": True, "scale": 0.3}},
     "dropout": {"shape": ((2,), 2, 2, 3, 4), "options": {"dropout_p": 0.3, "seed": 11}},
     "batch_broadcast": {"shape": None, "options": {}},
+    "softcap": {
+        "shape": ((2,), 2, 2, 3, 4),
+        "options": {"softcap": 0.8, "scale": 1.0, "attn_mask": "additive"},
+    },
+    "window_bottom_right": {
+        "shape": ((1,), 2, 2, 3, 6),
+        "options": {"is_causal": True, "causal_alignment": "bottom_right", "window": 2},
+    },
+    "key_lengths": {
+        "shape": ((2,), 2, 2, 3, 5),
+        "options": {"key_lengths": np.array([2, 5]), "is_causal": True, "window": 3},
+    },
 }
 
 

@@ -213,3 +213,51 @@ def test_multihead_attention_without_weights_matches_and_returns_none():
     assert weights is None
     out_t, _ = theirs(torch.tensor(x), torch.tensor(x), torch.tensor(x), need_weights=False)
     assert_close(out, out_t.detach().numpy(), np.float32)
+
+
+def test_bottom_right_causal_equals_torch_causal_lower_right():
+    """causal_alignment="bottom_right" is torch's causal_lower_right bias (and ONNX's is_causal
+    for L != S): outputs and gradients, L < S as when decoding after a prefix."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    q, k, v, d_out = make_qkv((2,), 3, 3, 7, 19, 8, 5, seed=4)
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=causal_lower_right(7, 19))
+    out.backward(torch.tensor(d_out))
+    expected = [x.detach().numpy() for x in (out, tq.grad, tk.grad, tv.grad)]
+    got = fused_sdpa(q, k, v, d_out, is_causal=True, causal_alignment="bottom_right")
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        assert_close(a, b, np.float64, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_window_softcap_and_key_lengths_equal_torch_autograd_of_the_formula(dtype):
+    """Sliding window, soft-cap and key lengths against torch's autograd of the written formula
+    (Gemma 2's: scale, softcap * tanh(s / softcap), then the mask) on a boolean mask."""
+    L, S, window, softcap, lengths = 13, 30, 5, 2.5, np.array([30, 17])
+    q, k, v, d_out = (x.astype(dtype) for x in make_qkv((2,), 4, 2, L, S, 8, 6, seed=5))
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    position = i + (lengths - L)[:, None, None]  # bottom-right
+    visible = (j <= position) & (position - j < window) & (j < lengths[:, None, None])
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    tk_rep, tv_rep = (x.repeat_interleave(2, dim=1) for x in (tk, tv))
+    s = (tq @ tk_rep.transpose(-1, -2)) / np.sqrt(8)
+    s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~torch.tensor(visible)[:, None], -torch.inf)
+    out = torch.softmax(s, dim=-1) @ tv_rep
+    out.backward(torch.tensor(d_out))
+    expected = [x.detach().numpy() for x in (out, tq.grad, tk.grad, tv.grad)]
+    got = fused_sdpa(
+        q,
+        k,
+        v,
+        d_out,
+        is_causal=True,
+        causal_alignment="bottom_right",
+        window=window,
+        softcap=softcap,
+        key_lengths=lengths,
+        enable_gqa=True,
+    )
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        assert_close(a, b, dtype, name)

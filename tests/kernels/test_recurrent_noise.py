@@ -62,6 +62,20 @@ def test_fused_equals_reference(case, dtype, training, isa, threading_mode):
             assert_close(fused[key], value, dtype, key)
 
 
+@pytest.mark.parametrize("weights_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_eval_with_16_bit_weights_equals_reference(case, weights_dtype, isa, threading_mode):
+    # inference with weights_dtype runs the options' pass too: zoneout's expectation after the
+    # 16-bit step GEMM; the reference rounds the weights and applies the same formula
+    x, hx, params, kw = make_case(*case, np.float32, training=False)
+    kw = {**kw, "training": False, "weights_dtype": weights_dtype}
+    got = functional.stack_forward(case[0], x, hx, params, case[2], **kw)
+    want = reference.stack_forward(case[0], x, hx, params, case[2], **kw)
+    for name, a, b in zip(("y", "h_n", "c_n"), got[:3], want[:3]):
+        if b is not None:
+            assert_close(a, b, np.float32, name)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", [c for c in CASES if not c[3]], ids=lambda c: c[0])
 @pytest.mark.parametrize(("truncate", "stride"), [(3, 3), (5, 2)])

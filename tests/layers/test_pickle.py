@@ -160,6 +160,15 @@ CASES = {
     "AdditiveAttention": (lambda: fusedrnn.AdditiveAttention(4, 6, 5, dtype=F64, seed=0), additive),
     "ScaledDotProductAttention": (fusedrnn.ScaledDotProductAttention, sdpa),
     "Linear": (lambda: fusedrnn.Linear(3, 5, dtype=F64, seed=0), linear),
+    "LayerNorm": (lambda: fusedrnn.LayerNorm(3, dtype=F64), linear),
+    "LayerNormLSTM": (
+        lambda: fusedrnn.LayerNormLSTM(3, 4, num_layers=2, dropout=0.2, dtype=F64, seed=0),
+        recurrent,
+    ),
+    "LayerNormGRU": (
+        lambda: fusedrnn.LayerNormGRU(3, 4, bidirectional=True, dtype=F64, seed=0),
+        recurrent,
+    ),
     "Embedding": (lambda: fusedrnn.Embedding(10, 4, padding_idx=0, dtype=F64, seed=0), embedding),
     "CrossEntropyLoss": (fusedrnn.CrossEntropyLoss, class_loss),
     "CrossEntropyLoss_smoothing_weight": (

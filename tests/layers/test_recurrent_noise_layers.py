@@ -90,6 +90,41 @@ def test_eval_is_deterministic_and_without_recurrent_dropout():
     assert np.abs(no_zoneout(x)[0] - out).max() > 1e-3  # eval: zoneout's expectation acts
 
 
+@pytest.mark.parametrize("weights_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (fusedrnn.LSTM, {"zoneout": 0.3, "zoneout_cell": 0.2, "recurrent_dropout": 0.25}),
+        (fusedrnn.GRU, {"zoneout": 0.4, "recurrent_dropout": 0.3, "bidirectional": True}),
+    ],
+    ids=["LSTM", "GRU"],
+)
+def test_16_bit_weights_with_zoneout(cls, kwargs, weights_dtype):
+    """weights_dtype and zoneout together: eval multiplies with the 16-bit weights and applies
+    zoneout's expectation (recurrent dropout does nothing), as the reference layer with the
+    rounded weights does; training mode is the float32 layer's, masks and all."""
+    fused, ref = pair(cls, kwargs, np.float32, weights_dtype=weights_dtype)
+    x = np.random.default_rng(6).standard_normal((7, 3, 6)).astype(np.float32)
+    lengths = np.array([7, 2, 5])
+    float32_layer, _ = pair(cls, kwargs, np.float32)
+    np.testing.assert_array_equal(fused(x)[0], float32_layer(x)[0])  # training: float32
+    for layer in (fused, ref, float32_layer):
+        layer.eval()
+    expected = ref(x, lengths=lengths)[0]
+    half = fused(x, lengths=lengths)[0]
+    assert_close(half, expected, np.float32, "eval with 16-bit weights and zoneout")
+    # the 16-bit weights act (not the float32 layer's numbers) ...
+    assert np.abs(half - float32_layer(x, lengths=lengths)[0]).max() > 1e-6
+    # ... and so does zoneout's expectation
+    without_zoneout, _ = pair(
+        cls,
+        {"bidirectional": kwargs.get("bidirectional", False)},
+        np.float32,
+        weights_dtype=weights_dtype,
+    )
+    assert np.abs(without_zoneout.eval()(x, lengths=lengths)[0] - half).max() > 1e-3
+
+
 def test_truncated_backward_of_a_layer_equals_the_reference_layer():
     fused, ref = pair(fusedrnn.LSTM, {"zoneout": 0.3, "recurrent_dropout": 0.3}, np.float64)
     x = np.random.default_rng(5).standard_normal((9, 3, 6))

@@ -22,6 +22,8 @@ from tests.helpers.cells import assert_close
 onnx = pytest.importorskip("onnx")
 from onnx import numpy_helper  # noqa: E402  (after the importorskip)
 
+from tests.onnx.node_cases import all_node_cases  # noqa: E402
+
 OPS = ("LSTM", "GRU", "RNN")
 PREFIXES = ("test_lstm_", "test_gru_", "test_rnn_", "test_simple_rnn_")
 # case name -> why fusedrnn cannot run it: the start of the ValueError from_onnx_node must raise
@@ -51,11 +53,8 @@ def _data_dir_cases() -> dict:
 
 
 def _generated_cases() -> dict:
-    from onnx.backend.test.case import node as node_cases
-
-    # (one call: the module builds its cases on the first, for that call's op_type only)
     cases = {}
-    for case in node_cases.collect_testcases():
+    for case in all_node_cases():
         if case.name.startswith(PREFIXES) and case.model.graph.node[0].op_type in OPS:
             inputs, outputs = case.data_sets[0]
             cases[case.name] = (case.model, list(inputs), list(outputs))

@@ -359,8 +359,10 @@ def test_only_attention_keeps_both_attention_rows_of_the_issue():
     shapes = {(c.variant.name, c.B, c.H, c.T, c.I) for c in cli.selected_cases(args)}
     assert shapes == {
         (name, B, H, L, E)
-        for name in ("attention", "attention-causal")
+        for name in ("attention", "attention-causal", "attention-window")
         for B, H, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))
+    } | {
+        (name, B, 8, 1024, 64) for name in ("attention-decode", "attention-nocache") for B in (1, 4)
     }
 
 
@@ -388,6 +390,33 @@ def test_stack_rows_validate_against_reference_and_torch(capsys):
     assert code == 0, err
     rows = table_rows(out)
     assert [row["case"] for row in rows] == ["lstm-2layer-bidir"] * 2 + ["lstm-lengths"] * 2
+    assert all(float(row["fused ms"]) > 0 for row in rows)
+    if HAS_TORCH:
+        assert all(float(row["torch ms"]) > 0 for row in rows)
+
+
+def test_layer_norm_rows_validate_against_reference_and_torch(capsys):
+    """The layer-normalised LSTM and GRU (PyTorch: the per-step module) and LayerNorm
+    (PyTorch: torch.nn.LayerNorm), every pass of a B=1 case and the training ones of a batch."""
+    code, out, err = run(
+        capsys,
+        "bench",
+        "--cases",
+        "ln-lstm:1,5,4,6;ln-gru:3,5,4,6;layer-norm:3,5,7,7",
+        "--repeats",
+        "1",
+    )
+    assert code == 0, err
+    rows = table_rows(out)
+    assert [(row["case"], row["pass"]) for row in rows] == [
+        ("ln-lstm", "fwd"),
+        ("ln-lstm", "fwd+bwd"),
+        ("ln-lstm", "infer"),
+        ("ln-gru", "fwd"),
+        ("ln-gru", "fwd+bwd"),
+        ("layer-norm", "fwd"),
+        ("layer-norm", "fwd+bwd"),
+    ]
     assert all(float(row["fused ms"]) > 0 for row in rows)
     if HAS_TORCH:
         assert all(float(row["torch ms"]) > 0 for row in rows)
@@ -553,7 +582,7 @@ def fake_report(cases, torch: bool = True, fused_ms: float = 12345.6) -> bench.R
 
 
 @pytest.mark.parametrize("torch", [True, False], ids=["with_torch", "without_torch"])
-@pytest.mark.parametrize("sweep", ["default", "full", "deepbench"])
+@pytest.mark.parametrize("sweep", ["default", "full", "layer-norm", "deepbench"])
 def test_every_line_of_a_named_sweep_fits_120_columns(sweep, torch):
     report = fake_report(bench.SWEEPS[sweep].cases, torch=torch)
     text = report.table() + "\n" + "\n".join(report.summary())
@@ -705,6 +734,6 @@ def test_help_names_the_sweeps(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--full" in help_text and "--deepbench" in help_text
     assert (
-        "The default sweep (21 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) ="
+        "The default sweep (25 rows, under a minute) is lstm, gru, rnn at (B, T, I, H) ="
         in help_text
     )

@@ -17,6 +17,8 @@ import numpy as np
 from .. import _core, functional
 from .._spec import GATES
 
+ATTENTION_WINDOW = 64
+"""The window of the ``attention-window`` rows."""
 TRAINING_PASSES = ("forward", "forward+backward")
 """``forward``: a training forward (keeps the workspace); ``forward+backward``: that forward then
 the backward with given output gradients."""
@@ -33,8 +35,9 @@ class Variant:
     ----------
     name : str
         The name in the table and in ``--only`` (``lstm``, ``gru``, ``gru-cho``, ...).
-    cell : {"lstm", "gru", "rnn", "attention"}
-        The kernel family, as in ``functional.<cell>_forward``.
+    cell : {"lstm", "gru", "rnn", "attention", "ln_lstm", "ln_gru", "layer_norm"}
+        The kernel family, as in ``functional.<cell>_forward`` (the last three:
+        `fusedrnn.bench.layer_norm`).
     options : mapping
         Keyword options of the forward and backward (``reset_after``, ``nonlinearity``,
         ``is_causal``).
@@ -66,7 +69,9 @@ class Variant:
     @property
     def states(self) -> tuple[str, ...]:
         """The initial states by their contract names: ``h0, c0`` (LSTM) or ``h0``."""
-        return _STATES[: 2 if self.cell == "lstm" else 1]
+        return _STATES[
+            : 2 if self.cell in ("lstm", "ln_lstm") else 0 if self.cell in _NO_STATE else 1
+        ]
 
     @property
     def finals(self) -> tuple[str, ...]:
@@ -75,6 +80,8 @@ class Variant:
 
 
 _STATES, _FINALS = ("h0", "c0"), ("h_n", "c_n")
+_NO_STATE = ("layer_norm",)
+_LN_FAMILIES = {"ln_lstm": "lstm", "ln_gru": "gru"}  # layer-normalised cells: their GEMMs
 
 
 VARIANTS = {
@@ -92,8 +99,27 @@ VARIANTS = {
         # scaled dot-product attention, self-attention shapes (S = L)
         Variant("attention", "attention", MappingProxyType({"is_causal": False})),
         Variant("attention-causal", "attention", MappingProxyType({"is_causal": True})),
+        # causal with a sliding window of 64 keys (torch: its flash kernel with the window as a
+        # boolean mask, what users write without a windowed kernel)
+        Variant(
+            "attention-window",
+            "attention",
+            MappingProxyType({"is_causal": True, "window": ATTENTION_WINDOW}),
+        ),
+        # one decoding step: the last position's query over the L keys of a KVCache (the buffer
+        # read in place with key lengths), against recomputing the prefix without a cache (the
+        # causal forward over all L positions); inference passes
+        Variant("attention-decode", "attention", MappingProxyType({"decode": True})),
+        Variant("attention-nocache", "attention", MappingProxyType({"is_causal": True})),
+        # layer normalisation (rows = T*B, N = H) and the layer-normalised cells, against
+        # torch.nn.LayerNorm and the per-step PyTorch module (fusedrnn.bench.layer_norm)
+        Variant("layer-norm", "layer_norm"),
+        Variant("ln-lstm", "ln_lstm"),
+        Variant("ln-gru", "ln_gru"),
     )
 }
+"""The variants by name; the attention rows' options are those of ``attention_forward`` (plus
+``decode``: one query over a cache)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +143,8 @@ class Case:
     @property
     def passes(self) -> tuple[str, ...]:
         """The passes measured for this case, in table order."""
+        if self.variant.name in _INFERENCE_ONLY:  # decoding: no backward
+            return ("inference",)
         if self.variant.cell == "attention":  # no separate inference pass
             return TRAINING_PASSES
         return PASSES if self.B == 1 else TRAINING_PASSES
@@ -147,10 +175,22 @@ class Case:
                 for k in range(v.layers)
             )
         if self.variant.cell == "attention":
+            options = self.variant.options
+            if options.get("decode"):  # one query row over T keys: q k^T and p v
+                return 2 * 2 * self.B * self.H * self.T * self.I
             return attention_flops(
-                self.B, self.H, self.T, self.I, bool(self.variant.options["is_causal"]), pass_name
+                self.B,
+                self.H,
+                self.T,
+                self.I,
+                bool(options["is_causal"]),
+                "forward" if pass_name == "inference" else pass_name,
+                window=options.get("window"),
             )
-        return flops(self.variant.cell, self.T, self.B, self.I, self.H, pass_name)
+        if self.variant.cell == "layer_norm":
+            return layer_norm_flops(self.T * self.B, self.H, pass_name)
+        cell = _LN_FAMILIES.get(self.variant.cell, self.variant.cell)
+        return flops(cell, self.T, self.B, self.I, self.H, pass_name)
 
     def workspace_bytes(self, dtype: np.dtype | type) -> int:
         """Bytes a training forward keeps for backward: the workspace, or for attention its
@@ -158,6 +198,10 @@ class Case:
         v = self.variant
         if v.cell == "attention":
             elements = self.B * self.H * self.T * (self.I + 1)
+        elif v.cell == "layer_norm":
+            elements = 2 * self.T * self.B  # mean and rstd of each row
+        elif v.cell in _LN_FAMILIES:
+            elements = functional.ln_workspace_size(_LN_FAMILIES[v.cell], self.T, self.B, self.H)
         elif v.is_stack:
             elements = _core.stack_saved_size(
                 v.cell, self.T, self.B, self.I, self.H, 0, v.layers, v.bidirectional
@@ -190,7 +234,11 @@ _FULL_SHAPES = _square([(1, 100, 256), (16, 50, 128), (32, 100, 256), (64, 50, 5
 _FULL_VARIANTS = ("lstm", "gru", "gru-cho", "rnn")
 # (B, heads, L, E) of the attention rows, as Case's (B, T=L, I=E, H=heads)
 _ATTENTION_SHAPES = [(B, L, E, heads) for B, heads, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))]
-_ATTENTION_VARIANTS = ("attention", "attention-causal")
+_ATTENTION_VARIANTS = ("attention", "attention-causal", "attention-window")
+# a decoding step at prefix 1024 (B, heads, L, E) with and without a cache
+_DECODE_SHAPES = [(B, L, E, heads) for B, heads, L, E in ((1, 8, 1024, 64), (4, 8, 1024, 64))]
+_DECODE_VARIANTS = ("attention-decode", "attention-nocache")
+_INFERENCE_ONLY = _DECODE_VARIANTS
 # The layers' path: a 2-layer bidirectional stack and a variable-lengths batch (PyTorch: packed)
 _STACK_SHAPES = _square([(16, 50, 128), (32, 100, 256)])
 _STACK_VARIANTS = ("lstm-2layer-bidir", "lstm-lengths")
@@ -202,6 +250,7 @@ _DEFAULT_CASES = (
     cases_for(("lstm", "gru", "rnn"), [_FULL_SHAPES[0], _FULL_SHAPES[2]])
     + cases_for(_STACK_VARIANTS[:1], _STACK_SHAPES[:1])
     + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES[:1])
+    + cases_for(_DECODE_VARIANTS, _DECODE_SHAPES[:1])
 )
 
 
@@ -238,9 +287,21 @@ SWEEPS = {
             cases_for(_FULL_VARIANTS, _FULL_SHAPES)
             + cases_for(_STACK_VARIANTS, _STACK_SHAPES)
             + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)
+            + cases_for(_DECODE_VARIANTS, _DECODE_SHAPES)
         ),
         7,
         1.0,
+    ),
+    "layer-norm": Sweep(
+        "layer-norm",
+        tuple(
+            cases_for(["ln-lstm", "ln-gru"], _square([(1, 100, 256), (32, 100, 256)]))
+            + cases_for(["layer-norm"], [(32, 100, 512, 512), (64, 50, 1024, 1024)])
+        ),
+        7,
+        0.5,
+        note="ln-lstm / ln-gru: PyTorch is a per-step module of nn.Linear and layer_norm (what "
+        "users write); layer-norm: T*B rows of H values, PyTorch's torch.nn.LayerNorm",
     ),
     "deepbench": Sweep(
         "deepbench",
@@ -264,9 +325,10 @@ SWEEPS = {
         "inference",
     ),
 }
-"""The named sweeps of ``python -m fusedrnn bench``: ``default`` (21 rows, under a minute);
-``full`` (52 rows, minutes: every variant at four shapes, both stacks at two, attention at two; the
-default sweep until issue 17); ``deepbench`` (DeepBench's shapes)."""
+"""The named sweeps of ``python -m fusedrnn bench``: ``default`` (25 rows, under a minute);
+``full`` (60 rows, minutes: every variant at four shapes, both stacks at two, attention at two,
+decoding at two; the default sweep until issue 17); ``layer-norm`` (layer normalisation and the
+layer-normalised cells); ``deepbench`` (DeepBench's shapes)."""
 
 
 def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
@@ -311,16 +373,22 @@ def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
     return forward + dh + dx + dweight_ih + dweight_hh
 
 
-def attention_flops(B: int, heads: int, L: int, E: int, causal: bool, pass_name: str) -> int:
+def attention_flops(
+    B: int, heads: int, L: int, E: int, causal: bool, pass_name: str, window: int | None = None
+) -> int:
     """Floating-point operations of one pass of self-attention, ``2*M*N*K`` per GEMM.
 
     Per head, forward is ``s = q k^T`` and ``out = p v``, each ``2*P*E`` for the ``P`` (query,
-    key) pairs that are computed: ``L*L``, or ``L*(L+1)/2`` under the causal mask. Backward
+    key) pairs that are computed: ``L*L``, or ``L*(L+1)/2`` under the causal mask, or
+    ``sum_i min(i+1, window)`` with a sliding window as well. Backward
     recomputes ``s`` and does ``dv = p^T do``, ``dp = do v^T``, ``dq = ds k``, ``dk = ds^T q``:
     five more of that size (the FlashAttention count, recomputation included). The softmax and
     the other elementwise work, O(P) per head, is ignored.
     """
     pairs = L * (L + 1) // 2 if causal else L * L
+    if window:
+        w = min(window, L)
+        pairs = w * (w + 1) // 2 + (L - w) * w if causal else pairs
     gemm = 2 * B * heads * pairs * E
     if pass_name == "forward":
         return 2 * gemm
@@ -329,3 +397,15 @@ def attention_flops(B: int, heads: int, L: int, E: int, causal: bool, pass_name:
             f"pass_name must be one of {TRAINING_PASSES} for attention, got {pass_name!r}"
         )
     return 7 * gemm
+
+
+def layer_norm_flops(rows: int, N: int, pass_name: str) -> int:
+    """Elementwise operations of layer normalisation over ``rows`` rows of ``N`` values (it has
+    no GEMM): 8 per value forward (mean, centring, variance, scaling, gain, bias), 11 more
+    backward (the two row sums, dx, the gain's and bias's column sums)."""
+    forward = 8 * rows * N
+    if pass_name in ("forward", "inference"):
+        return forward
+    if pass_name != "forward+backward":
+        raise ValueError(f"pass_name must be one of {PASSES}, got {pass_name!r}")
+    return forward + 11 * rows * N

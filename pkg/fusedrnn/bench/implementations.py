@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import functional
 from .._spec import CELL_PARAMETERS, GATES, layer_suffix
+from . import layer_norm
 from .cases import TRAINING_PASSES, Case
 
 Outputs = dict[str, np.ndarray]
@@ -50,6 +51,16 @@ def make_inputs(case: Case, dtype: np.dtype | type = np.float32, seed: int = 0) 
     """
     rng = np.random.default_rng(seed)
     T, B, I, H = case.T, case.B, case.I, case.H
+    if case.variant.cell in layer_norm.CELLS:
+        return layer_norm.make_inputs(case, dtype, rng)
+    if case.variant.options.get("decode"):
+        # the last position's query, and a KVCache's buffers holding T keys of T + 64
+        arrays = {
+            "q": rng.standard_normal((B, H, 1, I)),
+            "k": rng.standard_normal((B, H, T + 64, I)),
+            "v": rng.standard_normal((B, H, T + 64, I)),
+        }
+        return {name: a.astype(dtype) for name, a in arrays.items()}
     if case.variant.cell == "attention":  # q, k, v and the output gradient, (B, heads, L, E)
         return {
             name: rng.standard_normal((B, H, T, I)).astype(dtype)
@@ -151,7 +162,12 @@ def numpy_pass(
     variant = case.variant
     cell, options = variant.cell, dict(variant.options)
     if cell == "attention":
+        if options.pop("decode", False):  # the cache's call: its T keys read in place
+            options.update(is_causal=True, key_lengths=np.full(case.B, case.T))
+            options["causal_alignment"] = "bottom_right"
         return _attention_pass(module, inputs, pass_name, options)
+    if cell in layer_norm.CELLS:
+        return layer_norm.numpy_pass(module, case, inputs, pass_name)
     if variant.is_stack:
         return _stack_pass(module, case, inputs, pass_name)
     states = [inputs[name] for name in variant.states]
@@ -237,7 +253,9 @@ def torch_pass(
     """
     variant = case.variant
     if variant.cell == "attention":
-        return _torch_attention_pass(torch, inputs, pass_name, bool(variant.options["is_causal"]))
+        return _torch_attention_pass(torch, case, inputs, pass_name)
+    if variant.cell in layer_norm.CELLS:
+        return layer_norm.torch_pass(torch, case, inputs, pass_name)
     if variant.is_stack:
         return _torch_stack_pass(torch, case, inputs, pass_name)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[variant.cell]
@@ -332,20 +350,31 @@ def _torch_stack_pass(
 
 
 def _torch_attention_pass(
-    torch: ModuleType, inputs: Outputs, pass_name: str, causal: bool
+    torch: ModuleType, case: Case, inputs: Outputs, pass_name: str
 ) -> Callable[[], Outputs]:
     """`torch_pass` of attention: ``torch.nn.functional.scaled_dot_product_attention`` on
-    ``torch.from_numpy`` views, the gradients by ``out.backward(d_out)``."""
+    ``torch.from_numpy`` views, the gradients by ``out.backward(d_out)``. A window is a boolean
+    mask there; a decoding step reads the cache's first T keys (a view) without a mask."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    options = case.variant.options
+    decode = bool(options.get("decode"))
+    arguments = {"is_causal": bool(options.get("is_causal"))}
+    if options.get("window"):
+        i = np.arange(case.T)[:, None]
+        j = np.arange(case.T)[None, :]
+        visible = (j <= i) & (i - j < options["window"])
+        arguments = {"attn_mask": torch.from_numpy(visible)}
 
     def run() -> Outputs:
         q, k, v = (torch.from_numpy(inputs[name]) for name in ("q", "k", "v"))
+        if decode:
+            k, v = k[:, :, : case.T], v[:, :, : case.T]
         if pass_name != "forward+backward":
             with torch.no_grad():
-                return {"out": sdpa(q, k, v, is_causal=causal).numpy()}
+                return {"out": sdpa(q, k, v, **arguments).numpy()}
         for tensor in (q, k, v):
             tensor.requires_grad_(True)
-        out = sdpa(q, k, v, is_causal=causal)
+        out = sdpa(q, k, v, **arguments)
         out.backward(torch.from_numpy(inputs["d_out"]))
         return {
             "out": out.detach().numpy(),

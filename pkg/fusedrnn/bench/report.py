@@ -271,6 +271,8 @@ LEGEND = [
     "# pass: fwd = training forward, fwd+bwd = it and the backward, infer = inference; saved: what "
     "fwd keeps for bwd",
     "# attention rows: q, k, v are (B, H, T, I) = (batch, heads, L queries and keys, E head size)",
+    "# attention-window: causal, window 64; attention-decode: one query over T cached keys, "
+    "attention-nocache: the causal forward of all T (a decoder without a cache)",
 ]
 """The legend printed above the table."""
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from .._cell_options import cell_options
 from .._checks import check_lengths, check_probability, check_size
-from .._module import DTypeLike, Parameter
+from .._half import check_weights_dtype, pack_half_weights, packed_for_active_isa
+from .._module import LOADED, DTypeLike, Parameter
 from .._recurrent_noise import RecurrentNoise, recurrent_noise
 from .._spec import layer_roles, layer_suffix, num_directions
 from ._base import RecurrentModule, State, check_nonlinearity
@@ -77,6 +78,7 @@ class RecurrentLayer(RecurrentModule):
         ("zoneout", 0.0),
         ("zoneout_cell", 0.0),
         ("recurrent_dropout", 0.0),
+        ("weights_dtype", None),
     )
 
     def __init__(
@@ -101,11 +103,13 @@ class RecurrentLayer(RecurrentModule):
         zoneout_cell: float = 0.0,
         recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
     ) -> None:
         super().__init__(input_size, hidden_size, bias, dtype, seed, backend, options)
+        self.weights_dtype = weights_dtype
         self.num_layers = check_size(num_layers, "num_layers")
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -161,6 +165,48 @@ class RecurrentLayer(RecurrentModule):
             self.h0 = Parameter(np.zeros((L_D, self._output_size)), self.dtype)
             if self._has_cell_state:
                 self.c0 = Parameter(np.zeros((L_D, self.hidden_size)), self.dtype)
+
+    # ------------------------------------------------------------ 16-bit weights (inference)
+
+    @property
+    def weights_dtype(self) -> str | None:
+        """None, 'float16' or 'bfloat16': the format an eval-mode forward multiplies the weight
+        matrices in (docs/layers.md, "Half-precision weights"). Setting it (again) rebuilds the
+        16-bit copy at the next eval-mode forward."""
+        return self._weights_dtype
+
+    @weights_dtype.setter
+    def weights_dtype(self, value: str | None) -> None:
+        self._weights_dtype = check_weights_dtype(value, self.dtype)
+        self._half_weights = None  # packed at the next eval-mode forward
+
+    def _inference_options(self) -> dict:
+        """The 16-bit options of this forward: none in training mode (float32 weights, which
+        training changes: the 16-bit copy is dropped) or without weights_dtype; otherwise the
+        copy, packed once for the parameters and the active instruction set."""
+        if self.training or self._weights_dtype is None:
+            self._half_weights = None
+            return {}
+        if self.backend != "fused":  # the reference rounds the weights itself
+            return {"weights_dtype": self._weights_dtype}
+        if not packed_for_active_isa(self._half_weights):
+            self._half_weights = pack_half_weights(
+                self._mode,
+                self._stack_weights,
+                self.num_layers,
+                self.bidirectional,
+                self._weights_dtype,
+            )
+        return {"half_weights": self._half_weights}
+
+    def _assign_parameter(self, name: str, value: object) -> None:
+        super()._assign_parameter(name, value)
+        self._half_weights = None  # of the old array
+
+    def _forget_saved(self, reason: str) -> None:
+        super()._forget_saved(reason)
+        if reason == LOADED:  # load_state_dict copied new values in
+            self._half_weights = None
 
     @property
     def _output_size(self) -> int:
@@ -236,6 +282,7 @@ class RecurrentLayer(RecurrentModule):
             training=self.training,
             noise=noise,
             **self._stack_options,
+            **self._inference_options(),
         )
         if self.training:
             y.flags.writeable = False
@@ -494,6 +541,11 @@ class LSTM(RecurrentLayer):
         a forward without ``hx`` starts every item from them, and backward adds their
         gradient (summed over the batch). Not in PyTorch's modules (their state_dicts lack
         these two names).
+    weights_dtype : None (default), 'float16' or 'bfloat16'
+        Eval mode only, float32 layers only: multiply with the weight matrices rounded to 16
+        bits (a copy made once; the parameters, biases and all arithmetic stay float32), for
+        faster inference at small batch. Training mode ignores it. See docs/layers.md,
+        "Half-precision weights".
     dtype : numpy.float32 (default) or numpy.float64
         Of the parameters and of every array the layer accepts (no silent casts).
     seed : int or None
@@ -537,6 +589,7 @@ class LSTM(RecurrentLayer):
         zoneout_cell: float = 0.0,
         recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -560,6 +613,7 @@ class LSTM(RecurrentLayer):
             zoneout_cell=zoneout_cell,
             recurrent_dropout=recurrent_dropout,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -598,6 +652,7 @@ class GRU(RecurrentLayer):
         zoneout: float = 0.0,
         recurrent_dropout: float = 0.0,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -618,6 +673,7 @@ class GRU(RecurrentLayer):
             zoneout=zoneout,
             recurrent_dropout=recurrent_dropout,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,
@@ -651,6 +707,7 @@ class RNN(RecurrentLayer):
         activation_beta: Sequence[float] = (),
         clip: float | None = None,
         learn_initial_state: bool = False,
+        weights_dtype: str | None = None,
         dtype: DTypeLike = np.float32,
         seed: int | None = None,
         backend: str = "fused",
@@ -669,6 +726,7 @@ class RNN(RecurrentLayer):
             activation_beta=activation_beta,
             clip=clip,
             learn_initial_state=learn_initial_state,
+            weights_dtype=weights_dtype,
             dtype=dtype,
             seed=seed,
             backend=backend,

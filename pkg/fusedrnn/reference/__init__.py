@@ -6,7 +6,8 @@ Every fused kernel is tested against these functions, and the workspaces are int
 projections, dropout masks) with a Python loop over the one-layer cells. ``attention_forward`` /
 ``attention_backward`` and the additive pair compute attention from the full score matrix.
 ``cross_entropy`` is the twin of the fused softmax cross-entropy (loss and gradient of the
-logits), ``linear_forward`` / ``linear_backward`` of the dense layer.
+logits), ``linear_forward`` / ``linear_backward`` of the dense layer, ``layer_norm_*`` of layer
+normalisation and ``ln_lstm_*`` / ``ln_gru_*`` of the layer-normalised cells.
 """
 
 from ._common import workspace_size
@@ -18,6 +19,14 @@ from .attention import (
 )
 from .cross_entropy import cross_entropy
 from .gru import gru_backward, gru_forward
+from .layer_norm import (
+    layer_norm_backward,
+    layer_norm_forward,
+    ln_gru_backward,
+    ln_gru_forward,
+    ln_lstm_backward,
+    ln_lstm_forward,
+)
 from .linear import linear_backward, linear_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -32,8 +41,14 @@ __all__ = [
     "cross_entropy",
     "gru_backward",
     "gru_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "linear_backward",
     "linear_forward",
+    "ln_gru_backward",
+    "ln_gru_forward",
+    "ln_lstm_backward",
+    "ln_lstm_forward",
     "lstm_backward",
     "lstm_forward",
     "rnn_backward",

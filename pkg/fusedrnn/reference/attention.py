@@ -16,6 +16,8 @@ from .._attention_args import (
     additive_grads,
     additive_saved,
     attention_args,
+    widening_backward,
+    widening_forward,
 )
 from .._counter_rng import dropout_keep  # the kernels' counter-based draw (csrc/common)
 
@@ -41,13 +43,7 @@ def _probabilities(a: AttentionArgs) -> tuple:
     for the query heads that share them (GQA). A row with every key masked: p = 0, lse = inf."""
     k = np.repeat(a.k, a.group, axis=1)
     v = np.repeat(a.v, a.group, axis=1)
-    s = a.scale * (a.q @ np.swapaxes(k, -1, -2))
-    mask = a.mask_full()
-    if mask is not None:
-        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
-    if a.is_causal:  # top-left aligned, as torch: query i sees keys j <= i
-        allowed = np.tril(np.ones((a.L, a.S), dtype=bool))
-        s = np.where(allowed, s, -np.inf)
+    s = a.scores(k)  # scaled, soft-capped, masked (the causal bound, window and key lengths too)
     m = np.max(s, axis=-1, keepdims=True) if a.S else np.full((*s.shape[:-1], 1), -np.inf)
     masked_row = m == -np.inf
     e = np.exp(s - np.where(masked_row, 0, m))
@@ -58,22 +54,42 @@ def _probabilities(a: AttentionArgs) -> tuple:
     return p.astype(a.dtype), lse.astype(a.dtype), k, v
 
 
+@widening_forward
 def attention_forward(
-    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, dropout_p=0.0, seed=0
+    q,
+    k,
+    v,
+    attn_mask=None,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    *,
+    dropout_p=0.0,
+    seed=0,
+    causal_alignment="top_left",
+    window=None,
+    softcap=None,
+    key_lengths=None,
+    dtype=None,
 ):
     """Scaled dot-product attention; see `fusedrnn.functional.attention_forward`.
+
+    16-bit inputs: the float32 computation on the inputs widened exactly, the output rounded.
 
     Returns
     -------
     out : (..., Hq, L, Ev)
     lse : (..., Hq, L), the log-sum-exp of each row's masked scores (inf for a masked row)
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    # (dtype: 16-bit inputs never get here, @widening_forward widens them)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     p, lse, _, v_rep = _probabilities(a)
     out = (p * _dropout_factor(a)) @ v_rep
     return a.to_user(out.astype(a.dtype), lse)
 
 
+@widening_backward
 def attention_backward(
     q,
     k,
@@ -88,12 +104,18 @@ def attention_backward(
     *,
     dropout_p=0.0,
     seed=0,
+    causal_alignment="top_left",
+    window=None,
+    softcap=None,
+    key_lengths=None,
+    dtype=None,
 ):
     """Gradients of `attention_forward`; see `fusedrnn.functional.attention_backward`.
 
     Recomputes the probabilities from q and k (``out`` and ``lse`` are checked, not used).
     """
-    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed)
+    a = attention_args(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed,
+                       causal_alignment, window, softcap, key_lengths)  # fmt: skip
     _, _, d_out = a.saved(out, lse, d_out)
     p, _, k_rep, v_rep = _probabilities(a)
     z = _dropout_factor(a)
@@ -102,6 +124,9 @@ def attention_backward(
     dp = (d_out @ np.swapaxes(v_rep, -1, -2)) * z
     # forward: p = softmax(s)
     ds = p * (dp - np.sum(p * dp, axis=-1, keepdims=True))
+    if a.softcap:  # forward: s = softcap * tanh(c / softcap), c = scale * q k^T
+        c = a.scale * (a.q @ np.swapaxes(k_rep, -1, -2))
+        ds = ds * (1 - np.tanh(c / a.softcap) ** 2)
     # forward: s = scale * q k^T
     dq = a.scale * (ds @ k_rep)
     dk = a.scale * (np.swapaxes(ds, -1, -2) @ a.q)

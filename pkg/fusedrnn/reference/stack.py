@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike
 
 from .._cell_options import CellOptions, cell_options
 from .._checks import check_choice, check_lengths, check_size
+from .._half import HalfWeights, inference_weights_dtype, rounded_params
 from .._recurrent_noise import RecurrentNoise
 from .._spec import BIASES, GATES, MODES, PEEPHOLE, layer_roles, layer_suffix
 from .._truncation import truncation_steps
@@ -316,6 +317,8 @@ def stack_forward(
     proj_size: int = 0,
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
+    weights_dtype: str | None = None,
+    half_weights: HalfWeights | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackSaved | None]:
     """Run a stack of recurrent layers over a sequence, like ``torch.nn.LSTM`` / ``GRU`` / ``RNN``.
 
@@ -358,6 +361,11 @@ def stack_forward(
     noise : RecurrentNoise, optional
         Zoneout and recurrent dropout (``fusedrnn.recurrent_noise``, docs/layers.md); layer k,
         direction d draws its masks from stream ``k*D + d``.
+    weights_dtype : None, 'float16' or 'bfloat16'
+        Inference of float32 arrays only: the weight matrices (not the biases) are rounded to
+        that format, to nearest, ties to even, and the stack runs in float32 with them.
+    half_weights : HalfWeights, optional
+        The fused twin's packed 16-bit weights; here only their ``weights_dtype`` is read.
 
     Returns
     -------
@@ -371,6 +379,8 @@ def stack_forward(
         What ``stack_backward`` needs; None when not training.
     """
     sizes = _check_sizes(mode, x, params, num_layers, bidirectional, proj_size)
+    weights_dtype = inference_weights_dtype(weights_dtype, half_weights, training, x.dtype)
+    params = rounded_params(params, weights_dtype)
     if lengths is not None:  # None stays None: T = 0 has no valid full length
         lengths = check_lengths(lengths, sizes.T, sizes.B)
     h0, c0 = _initial_states(mode, hx, sizes, x.dtype)

@@ -1,0 +1,193 @@
+"""Inference with 16-bit weights (``weights_dtype``): the fused stack against the float32 reference
+run with the weights rounded the same way, on every compiled instruction set and with the time
+loops on a team; and the rounding itself (float16 by numpy, bfloat16 by PyTorch when installed,
+and by its definition on chosen bit patterns)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusedrnn import _core, functional, reference
+from fusedrnn._half import (
+    bits_to_float32,
+    pack_half_weights,
+    round_weights,
+    weight_bits,
+)
+from tests.helpers.cells import assert_close
+from tests.kernels.test_stack_fused_vs_reference import CASES, make_params
+
+WEIGHTS_DTYPES = ["float16", "bfloat16"]
+
+
+def stack_inputs(mode, layers, bidirectional, proj, T, B, I, H, seed=3):
+    """float32 inputs, states and weights of a stack."""
+    rng = np.random.default_rng(seed)
+    D = 2 if bidirectional else 1
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((layers * D, B, proj or H)).astype(np.float32)
+    hx = (h0, rng.standard_normal((layers * D, B, H)).astype(np.float32)) if mode == "lstm" else h0
+    return x, hx
+
+
+@pytest.mark.parametrize("weights_dtype", WEIGHTS_DTYPES)
+@pytest.mark.parametrize(
+    ("mode", "options", "layers", "bidirectional", "bias", "proj", "lengths"), CASES
+)
+def test_fused_equals_reference_with_rounded_weights(
+    mode, options, layers, bidirectional, bias, proj, lengths, weights_dtype, isa, threading_mode
+):
+    T, B, I, H = 7, 5, 6, 9
+    params = make_params(
+        mode, I, H, layers, bidirectional, bias, proj, np.random.default_rng(1), np.float32
+    )
+    x, hx = stack_inputs(mode, layers, bidirectional, proj, T, B, I, H)
+    kw = dict(
+        lengths=None if lengths is None else np.array(lengths),
+        proj_size=proj,
+        bidirectional=bidirectional,
+        training=False,
+        **options,
+    )
+    fused = functional.stack_forward(mode, x, hx, params, layers, weights_dtype=weights_dtype, **kw)
+    # the definition: the float32 stack with every weight matrix rounded, the biases as they are
+    rounded = {
+        k: round_weights(v, weights_dtype) if k.startswith("weight") else v
+        for k, v in params.items()
+    }
+    expected = reference.stack_forward(mode, x, hx, rounded, layers, **kw)
+    for name, got, want in zip(("y", "h_n", "c_n"), fused[:3], expected[:3]):
+        if want is not None:
+            assert_close(got, want, np.float32, name)
+    # and the rounding matters: the float32 weights give other numbers
+    unrounded = reference.stack_forward(mode, x, hx, params, layers, **kw)
+    assert np.max(np.abs(unrounded[0] - expected[0])) > 1e-5
+
+
+@pytest.mark.parametrize("weights_dtype", WEIGHTS_DTYPES)
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(("B", "H"), [(1, 256), (3, 40), (16, 70)])
+def test_batch_one_and_wide_hidden(mode, B, H, weights_dtype, isa):
+    """The batch-1 tiles (several panels at once), a partial last panel, and full row tiles."""
+    T, I = 6, 24
+    params = make_params(mode, I, H, 1, False, True, 0, np.random.default_rng(2), np.float32)
+    # weights of PyTorch's scale (1/sqrt(H)): at +-0.5 a wide RNN is chaotic, and the last bit of
+    # a sum (the reference's BLAS adds in another order) would grow past any tolerance
+    params = {k: v * np.float32(2 / np.sqrt(H)) for k, v in params.items()}
+    x, hx = stack_inputs(mode, 1, False, 0, T, B, I, H)
+    packed = pack_half_weights(mode, params, 1, False, weights_dtype)
+    fused = functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=packed)
+    expected = reference.stack_forward(
+        mode, x, hx, params, 1, training=False, weights_dtype=weights_dtype
+    )
+    assert_close(fused[0], expected[0], np.float32, "y")
+
+
+def test_packing_is_reused_and_checked():
+    """A packing serves many calls; one made for another panel width, another format or of
+    the wrong size is refused."""
+    mode, T, B, I, H = "gru", 4, 2, 5, 8
+    params = make_params(mode, I, H, 1, False, True, 0, np.random.default_rng(0), np.float32)
+    x, hx = stack_inputs(mode, 1, False, 0, T, B, I, H)
+    packed = pack_half_weights(mode, params, 1, False, "float16")
+    first = functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=packed)
+    again = functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=packed)
+    np.testing.assert_array_equal(first[0], again[0])
+    with pytest.raises(ValueError, match="bfloat16"):
+        functional.stack_forward(
+            mode, x, hx, params, 1, training=False, weights_dtype="bfloat16", half_weights=packed
+        )
+    other_width = packed._replace(panel_width=packed.panel_width * 2)
+    with pytest.raises(ValueError, match="pack them again"):
+        functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=other_width)
+    short = packed._replace(layers=[(packed.layers[0][0][:-1], *packed.layers[0][1:])])
+    with pytest.raises(ValueError, match="half weight_ih_l0"):
+        functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=short)
+    with pytest.raises(TypeError, match="HalfWeights"):
+        functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=("float16",))
+
+
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+def test_bad_arguments(backend):
+    mode, T, B, I, H = "lstm", 3, 2, 4, 5
+    params = make_params(mode, I, H, 1, False, True, 0, np.random.default_rng(0), np.float32)
+    x, hx = stack_inputs(mode, 1, False, 0, T, B, I, H)
+    with pytest.raises(ValueError, match="training=False"):
+        backend.stack_forward(mode, x, hx, params, 1, training=True, weights_dtype="float16")
+    with pytest.raises(ValueError, match="'float16' or 'bfloat16', got 'half'"):
+        backend.stack_forward(mode, x, hx, params, 1, training=False, weights_dtype="half")
+    with pytest.raises(TypeError, match="got int"):
+        backend.stack_forward(mode, x, hx, params, 1, training=False, weights_dtype=16)
+    params64 = {k: v.astype(np.float64) for k, v in params.items()}
+    hx64 = tuple(h.astype(np.float64) for h in hx)
+    with pytest.raises(TypeError, match="float32 layer"):
+        backend.stack_forward(
+            mode, x.astype(np.float64), hx64, params64, 1, training=False, weights_dtype="float16"
+        )
+
+
+# ---------------------------------------------------------------- the rounding
+
+
+def test_float16_bits_are_numpys():
+    w = np.array([0.1, -2.5, 1e-6, 65504, np.inf, -0.0], np.float32)
+    np.testing.assert_array_equal(weight_bits(w, "float16"), w.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(round_weights(w, "float16"), w.astype(np.float16))
+
+
+def test_weights_past_float16s_range_are_refused():
+    params = make_params("rnn", 3, 4, 1, False, True, 0, np.random.default_rng(0), np.float32)
+    params["weight_hh_l0"][1, 2] = -7e4
+    x = np.ones((2, 1, 3), np.float32)
+    for backend in (functional, reference):
+        with pytest.raises(ValueError, match=r"cannot hold weight_hh_l0: .* 70000 is past"):
+            backend.stack_forward(
+                "rnn", x, None, params, 1, training=False, weights_dtype="float16"
+            )
+    y = functional.stack_forward(
+        "rnn", x, None, params, 1, training=False, weights_dtype="bfloat16"
+    )
+    assert np.all(np.isfinite(y[0]))
+
+
+def test_bfloat16_rounds_to_nearest_even():
+    # bit patterns: exact, just below half (down), exactly half with an even kept bit (down),
+    # exactly half with an odd one (up), just above half (up), the largest finite float (up to
+    # infinity), NaN (stays NaN), a subnormal
+    bits = np.array(
+        [0x3F800000, 0x3F807FFF, 0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF, 0x7FC00001, 1],
+        np.uint32,
+    )
+    expected = np.array([0x3F80, 0x3F80, 0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x7FC0, 0x0000], np.uint16)
+    np.testing.assert_array_equal(weight_bits(bits.view(np.float32), "bfloat16"), expected)
+    assert np.isnan(bits_to_float32(weight_bits(np.float32([np.nan]), "bfloat16"), "bfloat16"))
+
+
+def test_bfloat16_rounding_equals_pytorchs():
+    torch = pytest.importorskip("torch")
+    w = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 3
+    ours = round_weights(w, "bfloat16")
+    theirs = torch.from_numpy(w).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_baseline_float16_conversion_of_special_values():
+    """The portable build widens float16 without F16C: subnormals, infinities, signed zero."""
+    if not _core.isa_supported("baseline"):
+        pytest.skip("no baseline build")
+    special = np.array([6e-8, -6e-5, 65504, -np.inf, np.inf, -0.0, 1.0, 1 / 3], np.float32)
+    T, B, H = 1, 1, len(special)
+    # an RNN with relu, no bias, h0 = 0 and W_ih = I (one input per unit) passes x W_ih^T through
+    params = {"weight_ih_l0": np.diag(special), "weight_hh_l0": np.zeros((H, H), np.float32)}
+    x = np.ones((T, B, H), np.float32)
+    default = _core.active_isa()
+    try:
+        _core.select_isa("baseline")
+        y = functional.stack_forward(
+            "rnn", x, None, params, 1, training=False, nonlinearity="relu", weights_dtype="float16"
+        )[0]
+    finally:
+        _core.select_isa(default)
+    expected = np.maximum(special.astype(np.float16).astype(np.float32), 0)
+    np.testing.assert_array_equal(y[0, 0], expected)
