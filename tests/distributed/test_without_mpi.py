@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn.bench.distributed import efficiency, fit_line, ring_allreduce_seconds
+from fusedrnn.bench.distributed import _json_objects, efficiency, fit_line, ring_allreduce_seconds
 from fusedrnn.distributed import DistributedSampler, allreduce_gradients, broadcast_parameters
 
 
@@ -125,3 +125,15 @@ def test_the_cost_model_terms():
     assert efficiency(1.0, 3.0, overlap=True) == pytest.approx(1 / 3)
     latency, per_mb = fit_line([(1.0, 0.003), (2.0, 0.005), (4.0, 0.009)])
     assert latency == pytest.approx(0.001) and per_mb == pytest.approx(0.002)
+
+
+def test_the_ranks_numbers_are_read_even_when_their_lines_arrive_glued():
+    """mpiexec forwards each rank's output as it comes: under load one rank's JSON line arrived
+    glued to the other's (CI saw two objects on one line)."""
+    glued = 'warning: x\n{"step_seconds": 1.5, "rank": 0}{"step_seconds": 2.0, "rank": 1}\n\n'
+    assert _json_objects(glued) == [
+        {"step_seconds": 1.5, "rank": 0},
+        {"step_seconds": 2.0, "rank": 1},
+    ]
+    assert _json_objects('{"a": {"b": 1}}\n{"a": 2}\n') == [{"a": {"b": 1}}, {"a": 2}]
+    assert _json_objects("no numbers\n") == []

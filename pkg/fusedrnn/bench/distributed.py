@@ -179,8 +179,19 @@ def _launch(
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return max(results, key=lambda result: result["step_seconds"])
+    return max(_json_objects(done.stdout), key=lambda result: result["step_seconds"])
+
+
+def _json_objects(text: str) -> list[dict]:
+    """The JSON objects printed by the ranks, in order. mpiexec forwards each rank's output as it
+    comes, so one rank's line may arrive glued to another's (seen under load: two objects on one
+    line): the objects are read one after another, not line by line."""
+    decoder, objects, start = json.JSONDecoder(), [], text.find("{")
+    while start != -1:
+        found, end = decoder.raw_decode(text, start)
+        objects.append(found)
+        start = text.find("{", end)
+    return objects
 
 
 def _mpiexec() -> str:
@@ -310,5 +321,6 @@ def main_worker(preset_name: str, batch: int, threads: int, steps: int, use_mpi:
     guard = distributed.abort_on_error(comm) if use_mpi else contextlib.nullcontext()
     with guard:
         result = worker(PRESETS[preset_name], batch, steps, max(2, steps // 5), threads, comm)
-    if result:
-        print(json.dumps(result))
+    if result:  # one write of the whole line (mpiexec forwards each write as it comes)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
