@@ -46,6 +46,7 @@ class Config:
     d_ff: int = 512
     context: int = 64  # characters per window: the positions the model knows
     positions: str = "sinusoidal"
+    activation: str = "relu"
     dropout: float = 0.0
     batch: int = 32
     lr: float = 3e-3
@@ -71,6 +72,7 @@ HELPS = {
     "d_ff": "width of the feed-forward layer inside a block",
     "context": "characters per window (training, evaluation, and the longest prompt + sample)",
     "positions": "sinusoidal (fixed) or learned positional encoding",
+    "activation": "the feed-forward layer's activation: relu or gelu (exact, slower)",
     "dropout": "dropout in the blocks (attention weights, feed-forward, residual branches)",
     "sample_chars": "characters per sample (at most context - len(prompt) + 1)",
 }
@@ -102,6 +104,7 @@ class CharTransformer(fusedrnn.Module):
                 cfg.heads,
                 cfg.d_ff,
                 dropout=cfg.dropout,
+                activation=cfg.activation,
                 dtype=dtype,
                 seed=cfg.seed + 2 + k,
                 backend=cfg.backend,
@@ -209,8 +212,9 @@ def train(cfg: Config) -> dict:
         f"text: {source}: {len(train_ids):,} characters to train on, {len(val_ids):,} held "
         f"out, {V} classes\n"
         f"model: {cfg.layers} blocks of d_model {cfg.d_model}, {cfg.heads} heads, d_ff "
-        f"{cfg.d_ff}, {cfg.positions} positions, context {T}: {n_params:,} parameters; batch "
-        f"{B}, backend {cfg.backend}, {fusedrnn.get_num_threads()} threads\n"
+        f"{cfg.d_ff} ({cfg.activation}), {cfg.positions} positions, context {T}: "
+        f"{n_params:,} parameters; batch {B}, backend {cfg.backend}, "
+        f"{fusedrnn.get_num_threads()} threads\n"
         f"held-out loss of the unigram model: {unigram:.3f} nats/char"
     )
     initial = evaluate(model, val_ids)
@@ -274,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "examples/char_transformer.py",
         Config,
         HELPS,
-        {"positions": ["sinusoidal", "learned"]},
+        {"positions": ["sinusoidal", "learned"], "activation": ["relu", "gelu"]},
         description=__doc__.split("\n\n")[0],
     )
     return train(cfg)

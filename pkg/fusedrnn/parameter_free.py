@@ -177,13 +177,15 @@ class LogSoftmax(Module):
 
 
 class _Elementwise(Module):
-    """An activation applied entry by entry: ``forward`` keeps its input, ``backward`` multiplies
-    the gradient by the derivative there. A subclass gives `_function` and `_derivative`."""
+    """An activation applied entry by entry: ``forward`` keeps what the derivative needs,
+    ``backward`` multiplies the gradient by the derivative. A subclass gives `_apply` and
+    `_derivative`."""
 
-    def _function(self, x: np.ndarray) -> np.ndarray:
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+        """(the activation of x, what `_derivative` needs)."""
         raise NotImplementedError
 
-    def _derivative(self, x: np.ndarray) -> np.ndarray:
+    def _derivative(self, kept: object) -> np.ndarray:
         raise NotImplementedError
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -198,8 +200,9 @@ class _Elementwise(Module):
         y : the shape and dtype of x, a fresh array
         """
         x = check_float_array(x, "x")
-        self._keep_for_backward(x.copy() if self.training else None)
-        return self._function(x)
+        y, kept = self._apply(x)
+        self._keep_for_backward((kept, x.shape, x.dtype) if self.training else None)
+        return y
 
     def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> np.ndarray:
         """``d_output`` times the derivative at the last training-mode forward's input.
@@ -213,31 +216,40 @@ class _Elementwise(Module):
         -------
         dx : the shape of x, a fresh array
         """
-        x = self._require_saved()
-        check_array(d_output, "d_output", x.dtype, x.shape)
+        kept, shape, dtype = self._require_saved()
+        check_array(d_output, "d_output", dtype, shape)
         self._release_saved(retain_graph)
-        return d_output * self._derivative(x)
+        return d_output * self._derivative(kept)
 
 
 class ReLU(_Elementwise):
     """``max(x, 0)``, as ``torch.nn.ReLU`` (its derivative at 0 is 0, as PyTorch's)."""
 
-    def _function(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, 0)
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positive = x > 0
+        return np.maximum(x, 0), positive
 
-    def _derivative(self, x: np.ndarray) -> np.ndarray:
-        return (x > 0).astype(x.dtype)
+    def _derivative(self, positive: np.ndarray) -> np.ndarray:
+        return positive
 
 
 class GELU(_Elementwise):
     """``x * Phi(x)``, Phi the standard normal CDF, as ``torch.nn.GELU()`` (its exact form, not
-    the tanh approximation)."""
+    the tanh approximation), computed in the dtype of x."""
 
-    def _function(self, x: np.ndarray) -> np.ndarray:
-        return (x * (0.5 * (1 + erf(x / np.sqrt(2))))).astype(x.dtype, copy=False)
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+        dtype = x.dtype.type
+        cdf = erf(x * dtype(1 / np.sqrt(2)))
+        cdf += 1
+        cdf *= dtype(0.5)
+        return x * cdf, (x.copy(), cdf)
 
-    def _derivative(self, x: np.ndarray) -> np.ndarray:
-        # d/dx x Phi(x) = Phi(x) + x phi(x)
-        cdf = 0.5 * (1 + erf(x / np.sqrt(2)))
-        pdf = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
-        return (cdf + x * pdf).astype(x.dtype, copy=False)
+    def _derivative(self, kept: tuple) -> np.ndarray:
+        # d/dx x Phi(x) = Phi(x) + x phi(x), phi the normal density
+        x, cdf = kept
+        dtype = x.dtype.type
+        derivative = np.exp(x * x * dtype(-0.5))
+        derivative *= x
+        derivative *= dtype(1 / np.sqrt(2 * np.pi))
+        derivative += cdf
+        return derivative

@@ -62,8 +62,12 @@ def tiny(example, text_file, **options):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"positions": "learned", "dtype": "float64"}, {"dropout": 0.1, "backend": "reference"}],
-    ids=["sinusoidal", "learned_float64", "dropout_reference"],
+    [
+        {},
+        {"positions": "learned", "dtype": "float64", "activation": "gelu"},
+        {"dropout": 0.1, "backend": "reference"},
+    ],
+    ids=["sinusoidal", "learned_gelu_float64", "dropout_reference"],
 )
 def test_loss_falls_and_cached_generation_is_the_same(example, text_file, options):
     before = fusedrnn.get_num_threads()
