@@ -41,6 +41,16 @@ GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
+        "Transformer",
+        [
+            "TransformerDecoderBlock",
+            "SinusoidalPositionalEncoding",
+            "LearnedPositionalEncoding",
+            "ReLU",
+            "GELU",
+        ],
+    ),
+    (
         "Training",
         [
             "Embedding",

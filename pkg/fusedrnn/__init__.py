@@ -20,10 +20,16 @@ from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .normalization import LayerNorm
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
-from .parameter_free import Dropout, LogSoftmax
+from .parameter_free import GELU, Dropout, LogSoftmax, ReLU
 from .serialization import load, save
+from .transformer import (
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    TransformerDecoderBlock,
+)
 
 __all__ = [
+    "GELU",
     "GRU",
     "LSTM",
     "RNN",
@@ -40,6 +46,7 @@ __all__ = [
     "LayerNorm",
     "LayerNormGRU",
     "LayerNormLSTM",
+    "LearnedPositionalEncoding",
     "Linear",
     "LogSoftmax",
     "MSELoss",
@@ -50,9 +57,12 @@ __all__ = [
     "NLLLoss",
     "Parameter",
     "RNNCell",
+    "ReLU",
     "RecurrentNoise",
     "ScaledDotProductAttention",
     "Sequential",
+    "SinusoidalPositionalEncoding",
+    "TransformerDecoderBlock",
     "__version__",
     "cell_options",
     "clip_grad_norm_",

@@ -148,6 +148,16 @@ class Vocabulary:
         return "".join(self.chars[i] for i in ids)
 
 
+def text_streams(ids: np.ndarray, streams: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` cut into ``streams`` contiguous stretches side by side: inputs ``x (length,
+    streams)`` and the next characters ``y`` (x shifted by one), ``length = (len(ids) - 1) //
+    streams``."""
+    length = (len(ids) - 1) // streams
+    x = ids[: streams * length].reshape(streams, length).T
+    y = ids[1 : streams * length + 1].reshape(streams, length).T
+    return x, y
+
+
 def unigram_loss(train: np.ndarray, val: np.ndarray, V: int) -> float:
     """Held-out cross-entropy (nats/char) of character frequencies (add-one smoothed)."""
     counts = np.bincount(train, minlength=V) + 1.0
@@ -240,17 +250,30 @@ def generate(
 
 def evaluate(model: CharLM, data: np.ndarray, streams: int = 16, chunk: int = 256) -> float:
     """Mean held-out loss (nats/char) over ``streams`` parallel streams, state carried."""
+
+    def logits(x: np.ndarray, state):
+        output, state = model.rnn(model.embedding(x), state)
+        return model.head(output), state
+
+    return held_out_loss(model, logits, data, streams, chunk)
+
+
+def held_out_loss(
+    model: fusedrnn.Module, logits, data: np.ndarray, streams: int = 16, chunk: int = 256
+) -> float:
+    """Mean loss (nats/char) of ``model`` in eval mode on ``data`` cut into ``streams`` parallel
+    streams (`text_streams`) read ``chunk`` characters at a time: ``logits(x, state)`` maps the
+    ids ``x (chunk, streams)`` and the state the last chunk returned (None at first) to
+    ``(logits (chunk, streams, V), state)``."""
     model.train(False)
-    length = (len(data) - 1) // streams
-    x_all = data[: streams * length].reshape(streams, length).T  # (length, streams)
-    y_all = data[1 : streams * length + 1].reshape(streams, length).T
+    x_all, y_all = text_streams(data, streams)
     loss_fn = fusedrnn.CrossEntropyLoss(reduction="sum", backend=model.cfg.backend).eval()
     total, state = 0.0, None
-    for t in range(0, length, chunk):
-        output, state = model.rnn(model.embedding(x_all[t : t + chunk]), state)
-        total += float(loss_fn(model.head(output), y_all[t : t + chunk]))
+    for t in range(0, len(x_all), chunk):
+        chunk_logits, state = logits(x_all[t : t + chunk], state)
+        total += float(loss_fn(chunk_logits, y_all[t : t + chunk]))
     model.train(True)
-    return total / (length * streams)
+    return total / x_all.size
 
 
 # ---------------------------------------------------------------- training
@@ -389,9 +412,8 @@ def _train(cfg: Config, comm) -> dict:
     # B streams, each a contiguous stretch of the text; a step takes the next T characters of
     # every stream and carries the state on (the gradient stops at the step's start). With
     # ranks, each takes its share of the streams and carries their state.
-    length = (len(train_ids) - 1) // B
-    x_streams = train_ids[: B * length].reshape(B, length).T  # (length, B)
-    y_streams = train_ids[1 : B * length + 1].reshape(B, length).T
+    x_streams, y_streams = text_streams(train_ids, B)  # (length, B)
+    length = len(x_streams)
     if comm is not None:
         mine = distributed.DistributedSampler(B, comm, shuffle=False).indices()
         x_streams, y_streams = x_streams[:, mine], y_streams[:, mine]
@@ -477,58 +499,74 @@ def _train(cfg: Config, comm) -> dict:
     }
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str = "char_lm.py") -> Config:
-    """The `Config` of a command line (``--hidden 128 --cell gru ...``, one option per field)."""
-    defaults = Config()
+# the help of every option of `Config` and the choices of those that have them
+HELPS = {
+    "text": "train on this text file instead of the standard library's source",
+    "max_chars": "characters of standard-library text to read at most",
+    "val_chars": "held-out characters, the same for every evaluation",
+    "cell": "lstm or gru",
+    "embed": "embedding size",
+    "hidden": "hidden size",
+    "layers": "recurrent layers",
+    "batch": "parallel streams",
+    "seq_len": "characters per stream per step (the TBPTT window)",
+    "truncate": "truncate the gradient inside a step to this many steps (kernel TBPTT k2)",
+    "truncate_stride": "TBPTT k1 (with --truncate)",
+    "lr": "Adam's learning rate",
+    "clip": "clip the gradients' global norm to this",
+    "time": "seconds to train (0: no limit, use --steps)",
+    "steps": "steps to train",
+    "eval_every": "seconds between held-out evaluations and samples (0: at the end only)",
+    "sample_chars": "characters per sample",
+    "temperature": "sampling temperature",
+    "top_k": "sample among the k most likely characters",
+    "prompt": "text samples start with",
+    "backend": "fused (C++ kernels) or reference (NumPy)",
+    "dtype": "float32 or float64",
+    "threads": "threads of the kernels (default: all cores; where other busy processes "
+    "share the cores, 1 can be several times faster)",
+    "seed": "random seed",
+    "quiet": "print nothing",
+    "distributed": "data-parallel over the MPI ranks: run under mpiexec -n N (needs "
+    "fusedrnn[mpi]); --batch is the global batch, split among the ranks",
+}
+CHOICES = {
+    "cell": ["lstm", "gru"],
+    "backend": ["fused", "reference"],
+    "dtype": ["float32", "float64"],
+}
+
+
+def parse_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "char_lm.py",
+    config: type = Config,
+    helps: dict | None = None,
+    choices: dict | None = None,
+    description: str | None = None,
+):
+    """The ``config`` (default `Config`) of a command line (``--hidden 128 --cell gru ...``, one
+    option per field, described by ``helps``, default `HELPS`); the fields of `CHOICES` and of
+    ``choices`` take one of the values listed."""
+    helps = HELPS if helps is None else helps
+    choices = {**CHOICES, **(choices or {})}
+    defaults = config()
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=__doc__.split("\n\n")[0],
+        description=description or __doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    helps = {
-        "text": "train on this text file instead of the standard library's source",
-        "max_chars": "characters of standard-library text to read at most",
-        "val_chars": "held-out characters, the same for every evaluation",
-        "cell": "lstm or gru",
-        "embed": "embedding size",
-        "hidden": "hidden size",
-        "layers": "recurrent layers",
-        "batch": "parallel streams",
-        "seq_len": "characters per stream per step (the TBPTT window)",
-        "truncate": "truncate the gradient inside a step to this many steps (kernel TBPTT k2)",
-        "truncate_stride": "TBPTT k1 (with --truncate)",
-        "lr": "Adam's learning rate",
-        "clip": "clip the gradients' global norm to this",
-        "time": "seconds to train (0: no limit, use --steps)",
-        "steps": "steps to train",
-        "eval_every": "seconds between held-out evaluations and samples (0: at the end only)",
-        "sample_chars": "characters per sample",
-        "temperature": "sampling temperature",
-        "top_k": "sample among the k most likely characters",
-        "prompt": "text samples start with",
-        "backend": "fused (C++ kernels) or reference (NumPy)",
-        "dtype": "float32 or float64",
-        "threads": "threads of the kernels (default: all cores; where other busy processes "
-        "share the cores, 1 can be several times faster)",
-        "seed": "random seed",
-        "quiet": "print nothing",
-        "distributed": "data-parallel over the MPI ranks: run under mpiexec -n N (needs "
-        "fusedrnn[mpi]); --batch is the global batch, split among the ranks",
-    }
-    for f in fields(Config):
+    for f in fields(config):
         name = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.type == "bool":
             parser.add_argument(name, action="store_true", help=helps[f.name])
             continue
         kind = {"str": str, "int": int, "float": float}[f.type.split(" ")[0]]
-        choices = {
-            "cell": ["lstm", "gru"],
-            "backend": ["fused", "reference"],
-            "dtype": ["float32", "float64"],
-        }.get(f.name)
-        parser.add_argument(name, type=kind, default=default, choices=choices, help=helps[f.name])
-    return Config(**vars(parser.parse_args(argv)))
+        parser.add_argument(
+            name, type=kind, default=default, choices=choices.get(f.name), help=helps[f.name]
+        )
+    return config(**vars(parser.parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "char_lm.py") -> dict:

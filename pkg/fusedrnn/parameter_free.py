@@ -1,5 +1,5 @@
-"""`Dropout` and `LogSoftmax`: the layers without parameters, as ``torch.nn.Dropout`` and
-``torch.nn.LogSoftmax``, in vectorised NumPy.
+"""`Dropout`, `LogSoftmax`, `ReLU` and `GELU`: the layers without parameters, as
+``torch.nn.Dropout``, ``LogSoftmax``, ``ReLU`` and ``GELU``, in vectorised NumPy.
 
 What the two share is that they have no parameters (neither is elementwise across a row:
 LogSoftmax couples the entries of its axis): they take the dtype of their input, float32 or
@@ -10,6 +10,7 @@ float64, rather than having one of their own, and their ``grads`` are empty. `lo
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import erf
 
 from ._checks import (
     check_array,
@@ -173,3 +174,82 @@ class LogSoftmax(Module):
         check_array(d_output, "d_output", out.dtype, out.shape)
         self._release_saved(retain_graph)
         return log_softmax_backward(out, d_output, axis)
+
+
+class _Elementwise(Module):
+    """An activation applied entry by entry: ``forward`` keeps what the derivative needs,
+    ``backward`` multiplies the gradient by the derivative. A subclass gives `_apply` and
+    `_derivative`."""
+
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, object]:
+        """(the activation of x, what `_derivative` needs)."""
+        raise NotImplementedError
+
+    def _derivative(self, kept: object) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The activation of every entry.
+
+        Parameters
+        ----------
+        x : (...), float32 or float64
+
+        Returns
+        -------
+        y : the shape and dtype of x, a fresh array
+        """
+        x = check_float_array(x, "x")
+        y, kept = self._apply(x)
+        self._keep_for_backward((kept, x.shape, x.dtype) if self.training else None)
+        return y
+
+    def backward(self, d_output: np.ndarray, *, retain_graph: bool = False) -> np.ndarray:
+        """``d_output`` times the derivative at the last training-mode forward's input.
+
+        Parameters
+        ----------
+        d_output : the shape and dtype of the output
+        retain_graph : bool, default False (see `fusedrnn.Module.backward`)
+
+        Returns
+        -------
+        dx : the shape of x, a fresh array
+        """
+        kept, shape, dtype = self._require_saved()
+        check_array(d_output, "d_output", dtype, shape)
+        self._release_saved(retain_graph)
+        return d_output * self._derivative(kept)
+
+
+class ReLU(_Elementwise):
+    """``max(x, 0)``, as ``torch.nn.ReLU`` (its derivative at 0 is 0, as PyTorch's)."""
+
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positive = x > 0
+        return np.maximum(x, 0), positive
+
+    def _derivative(self, positive: np.ndarray) -> np.ndarray:
+        return positive
+
+
+class GELU(_Elementwise):
+    """``x * Phi(x)``, Phi the standard normal CDF, as ``torch.nn.GELU()`` (its exact form, not
+    the tanh approximation), computed in the dtype of x."""
+
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+        dtype = x.dtype.type
+        cdf = erf(x * dtype(1 / np.sqrt(2)))
+        cdf += 1
+        cdf *= dtype(0.5)
+        return x * cdf, (x.copy(), cdf)
+
+    def _derivative(self, kept: tuple) -> np.ndarray:
+        # d/dx x Phi(x) = Phi(x) + x phi(x), phi the normal density
+        x, cdf = kept
+        dtype = x.dtype.type
+        derivative = np.exp(x * x * dtype(-0.5))
+        derivative *= x
+        derivative *= dtype(1 / np.sqrt(2 * np.pi))
+        derivative += cdf
+        return derivative

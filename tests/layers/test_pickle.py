@@ -58,6 +58,11 @@ def elementwise(rng, layer):
     return [y, layer.backward(randn(rng, *y.shape))]
 
 
+def block(rng, layer):
+    y = layer(randn(rng, 2, 4, 8))
+    return [y, layer.backward(randn(rng, *y.shape))]
+
+
 def linear(rng, layer):
     y = layer(randn(rng, 4, 3))
     return [y, layer.backward(randn(rng, *y.shape))]
@@ -179,6 +184,20 @@ CASES = {
     "MSELoss": (fusedrnn.MSELoss, mse),
     "Dropout": (lambda: fusedrnn.Dropout(0.3, seed=0), elementwise),
     "LogSoftmax": (lambda: fusedrnn.LogSoftmax(0), elementwise),
+    "ReLU": (fusedrnn.ReLU, elementwise),
+    "GELU": (fusedrnn.GELU, elementwise),
+    "SinusoidalPositionalEncoding": (
+        lambda: fusedrnn.SinusoidalPositionalEncoding(7, 10, dtype=F64),
+        elementwise,
+    ),
+    "LearnedPositionalEncoding": (
+        lambda: fusedrnn.LearnedPositionalEncoding(10, 7, dtype=F64, seed=0),
+        elementwise,
+    ),
+    "TransformerDecoderBlock": (
+        lambda: fusedrnn.TransformerDecoderBlock(8, 2, 16, dropout=0.2, dtype=F64, seed=0),
+        block,
+    ),
 }
 
 ROUND_TRIPS = {
