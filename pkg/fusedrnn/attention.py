@@ -469,19 +469,17 @@ class MultiheadAttention(Module):
         """(weight, bias or None, the grads' views) of the q (0), k (1) or v (2) projection."""
         E = self.embed_dim
         rows = slice(which * E, (which + 1) * E)
+        # (each parameter's own .grad: self.grads walks every submodule, a cost per decoding step)
+        params = self._params
         if self._qkv_same_embed_dim:
-            weight = self._params["in_proj_weight"][rows]
-            d_weight = self.grads["in_proj_weight"][rows]
+            weight = params["in_proj_weight"][rows]
+            d_weight = params["in_proj_weight"].grad[rows]
         else:
             name = ("q_proj_weight", "k_proj_weight", "v_proj_weight")[which]
-            weight, d_weight = self._params[name], self.grads[name]
+            weight, d_weight = params[name], params[name].grad
         if self.bias:
-            return (
-                weight,
-                self._params["in_proj_bias"][rows],
-                d_weight,
-                self.grads["in_proj_bias"][rows],
-            )
+            bias = params["in_proj_bias"]
+            return weight, bias[rows], d_weight, bias.grad[rows]
         return weight, None, d_weight, None
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
