@@ -3,6 +3,9 @@
 #include <cstring>
 
 #include "common/isa_table.h"
+#if FUSEDRNN_X86 && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 namespace fusedrnn {
 namespace {
@@ -16,16 +19,23 @@ const IsaKernels* table_named(const char* name) {
   return nullptr;
 }
 
+#if FUSEDRNN_X86 && defined(__GNUC__)
+// F16C (the 16-bit weights' conversions), from CPUID leaf 1 (ECX bit 29): clang 14's
+// __builtin_cpu_supports does not know "f16c".
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+#endif
+
 bool cpu_has(const char* name) {
 #if FUSEDRNN_X86 && defined(__GNUC__)  // (GCC and clang)
   if (std::strcmp(name, "avx2") == 0)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
   if (std::strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 #endif
   return std::strcmp(name, "baseline") == 0;
 }
