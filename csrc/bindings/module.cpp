@@ -63,8 +63,9 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       "The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how "
-      "many were stalled by a member without a core, how many ran on one thread during the pauses "
-      "that followed, the current pause in microseconds, and whether one is on now.");
+      "many windows of its teams were stalled by members without a core, how many teams ran on "
+      "one thread during the pauses that followed, the current pause in microseconds, and "
+      "whether one is on now.");
   m.def("cached_bytes", &cached_bytes,
         "Bytes of freed outputs and scratch kept for the next calls' buffers of the same sizes.");
   m.def("release_cached_memory", &release_cached_memory,

@@ -91,13 +91,13 @@ class SpinBarrier {
 // against 1.5). So each calling thread watches its teams: a wait that outlasts its spinning
 // (about 55 us here) counts as stalled for the time the team did not run, measured by the
 // process's CPU time (members x the wait's length, less the CPU time the process used meanwhile:
-// a member that is merely behind, or has more of a dynamic share, runs and does not count). After
-// a team stalled for a quarter of its time or more, that thread's next calls run on one thread
-// for a pause, then one call tries the team again; the pause doubles while the tries stall too
-// and starts again short after a good one. Results do not change: they never depend on the
-// thread count.
+// a member that is merely behind, or has more of a dynamic share, runs and does not count). The
+// teams are judged over windows of 20 ms of their time (threading.cpp says why); after a window
+// stalled for a quarter of its time or more, that thread's next calls run on one thread for a
+// pause, then the team is tried again; the pause doubles while the tries stall too and starts
+// again short after a good window. Results do not change: they never depend on the thread count.
 struct TeamStalls {
-  int64_t teams_stalled = 0;  // teams judged stalled so far
+  int64_t teams_stalled = 0;  // windows of teams judged stalled so far
   int64_t calls_alone = 0;    // teams that ran on one thread because of a pause
   int64_t pause_us = 0;       // the current (or last) pause
   bool paused = false;        // the calling thread's teams are paused now
@@ -139,7 +139,8 @@ using TeamMemberFn = void (*)(void* body, int member, int members);
 int reserve_team(int threads);
 // Runs fn(body, m, members) for m = 1 .. members-1 on the pool's workers and fn(body, 0, members)
 // on the calling thread, and returns when all are done. members: at most reserve_team's answer.
-// Returns the nanoseconds the calling thread waited for the workers past its spinning.
+// Returns the nanoseconds the calling thread waited past its spinning for workers that did not
+// run (StallClock), or -1 when it had to wake a sleeping worker (then the wait is the wake-up's).
 int64_t run_on_pool(int members, TeamMemberFn fn, void* body);
 
 // Whose threads run the teams: fusedrnn's own pool (the default), or OpenMP's, which a process
@@ -207,7 +208,8 @@ void run_team(int threads, Body&& body) {
     };
     const int64_t start = steady_nanoseconds();
     const int64_t join_stalled_ns = run_on_pool(threads, member_fn, &team);
-    note_team_waits(steady_nanoseconds() - start, team.barrier.stalled_ns() + join_stalled_ns);
+    if (join_stalled_ns >= 0)
+      note_team_waits(steady_nanoseconds() - start, team.barrier.stalled_ns() + join_stalled_ns);
     return;
   }
 #endif
