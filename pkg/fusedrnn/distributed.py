@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 MPI_HINT = 'fusedrnn.distributed needs mpi4py and an MPI: pip install "fusedrnn[mpi]"'
+ABORT_GRACE_SECONDS = 0.5
+"""How long `abort_on_error` waits between writing the error and aborting the job, so that
+``mpiexec`` forwards the message before it stops every rank."""
 
 
 def _mpi() -> Any:
@@ -408,5 +412,8 @@ def _abort(comm: Any, error: BaseException) -> None:
     )
     sys.stderr.flush()
     sys.stdout.flush()
+    # mpiexec stops forwarding the ranks' output once a rank aborts: give it a moment to pass on
+    # what was just written (CI, on a busy machine, once lost the message whole)
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.Abort(1)
     os._exit(1)  # Abort does not return; should an MPI let it, still never go on
