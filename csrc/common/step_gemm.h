@@ -30,12 +30,21 @@ inline void* transposed_a_block_buffer() {
   alignas(64) static thread_local unsigned char buffer[kTransposedABlockBytes];
   return buffer;
 }
+// This thread's buffer for a copied block of panels of a B read in place (csrc/step_gemm.inc):
+// k steps x the panels of a group, at most kPanelGroupBytes.
+constexpr int64_t kPanelGroupBytes = 256 * 1024;
+inline void* panel_group_buffer() {
+  alignas(64) static thread_local unsigned char buffer[kPanelGroupBytes];
+  return buffer;
+}
 
 // One call of the micro-kernel: out[rows, cols] = alpha * A[rows, K] @ P (+ out if
 // accumulate), where
 //   A[r, k] = a[r * lda + k], or a[k * lda + r] if a_transposed;
 //   P[k, p * nr + c] = b[p * panel_stride + k * ldb + c] for the panels p < panel_count
-//   (cols <= panel_count * nr; the columns past cols are read but not stored).
+//   (cols <= panel_count * nr; the columns past cols are read but not stored), except that with
+//   `tail` (B read in place, whose partial last panel is packed) the last panel is
+//   P[k, p * nr + c] = tail[k * nr + c].
 // B's elements are of T, or (BT = uint16_t, T = float) the bits of float16 or bfloat16 weights.
 template <typename T, typename BT = T>
 struct PanelProduct {
@@ -45,6 +54,7 @@ struct PanelProduct {
   bool a_transposed = false;
   const BT* b = nullptr;
   int64_t ldb = 0, panel_stride = 0, panel_count = 0, cols = 0;
+  const BT* tail = nullptr;
   T* out = nullptr;
   int64_t ldo = 0;
   bool accumulate = false;
@@ -202,29 +212,18 @@ void step_gemm(void (*multiply)(const PanelProduct<T, BT>&), const PackedWeights
   m.a_transposed = a_transposed;
   m.ldo = ldo;
   m.accumulate = accumulate;
+  // in place, a partial last panel is packed: the micro-kernel reads it from w.tail
   const bool has_tail = w.tail && share.p1 == w.panels();
-  const int64_t full_panels = share.p1 - share.p0 - (has_tail ? 1 : 0);
   for (int64_t g = first; g < first + count; ++g) {
     T* block_out = out + (g - first) * w.cols;
-    if (full_panels > 0) {
-      m.b = w.panel(g, share.p0);
-      m.ldb = w.ld;
-      m.panel_stride = w.panel_stride;
-      m.panel_count = full_panels;
-      m.cols = std::min(full_panels * w.nr, share.width);
-      m.out = block_out + share.begin;
-      multiply(m);
-    }
-    if (has_tail) {  // in place: the packed last panel (one block)
-      const int64_t p = w.panels() - 1;
-      m.b = w.tail;
-      m.ldb = w.nr;
-      m.panel_stride = w.K * w.nr;
-      m.panel_count = 1;
-      m.cols = w.cols - p * w.nr;
-      m.out = block_out + p * w.nr;
-      multiply(m);
-    }
+    m.b = w.panel(g, share.p0);
+    m.ldb = w.ld;
+    m.panel_stride = w.panel_stride;
+    m.panel_count = share.p1 - share.p0;
+    m.cols = share.width;
+    m.tail = has_tail ? w.tail : nullptr;
+    m.out = block_out + share.begin;
+    multiply(m);
   }
 }
 template <typename T>
