@@ -135,3 +135,69 @@ def test_wrong_weights_and_lengths_are_clear_errors():
     args[0] = args[0].float()
     with pytest.raises(TypeError, match="dtype"):
         _ops.stack_forward(*args)
+
+
+# ---------------------------------------------------------------- eager calls (run_stack, ...)
+
+
+def _gradients(outputs, inputs):
+    """Gradients of a fixed weighted sum of the outputs with respect to every input."""
+    torch.manual_seed(1)
+    loss = sum((o * torch.randn_like(o)).sum() for o in outputs if o.numel())
+    return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_eager_stack_equals_the_operator_bit_for_bit(mode):
+    """run_stack on plain CPU tensors skips the dispatcher (an autograd.Function of its own)
+    and gives the operator's bits, outputs and every gradient."""
+    args = _stack_args(mode, lengths=[2, 4, 1], masks=True, proj=2 if mode == "lstm" else 0)
+    x, h0, c0, weights = args[:4]
+    inputs = [t for t in (x, h0, c0, *weights) if t is not None]
+    eager = _ops.run_stack(*args)
+    operator = _ops.stack_forward(*args)
+    assert type(eager[0].grad_fn).__name__ == "_EagerStackBackward"
+    assert "fusedrnn_stack_forward" in type(operator[0].grad_fn).__name__
+    for got, expected in zip(eager[:3], operator[:3]):
+        assert torch.equal(got, expected)
+    for got, expected in zip(_gradients(eager[:3], inputs), _gradients(operator[:3], inputs)):
+        assert torch.equal(got, expected)
+
+
+def test_eager_attention_equals_the_operator_bit_for_bit():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    options = (None, True, 0.7, False, 0.0, 0)
+    eager = _ops.run_attention(q, k, v, *options)
+    operator = _ops.attention_forward(q, k, v, *options)
+    assert type(eager[0].grad_fn).__name__ == "_EagerAttentionBackward"
+    assert torch.equal(eager[0], operator[0])
+    for got, expected in zip(_gradients(eager[:1], (q, k, v)), _gradients(operator[:1], (q, k, v))):
+        assert torch.equal(got, expected)
+
+
+def test_calls_the_eager_path_cannot_serve_take_the_operator():
+    """Dispatch modes (here FlopCounterMode) and meta tensors see the operator, never the
+    autograd.Function; torch.compile is tested in test_compile_and_ddp.py."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args = _stack_args("gru", num_layers=1, bidirectional=False)
+    with FlopCounterMode(display=False):
+        y = _ops.run_stack(*args)[0]
+    assert "fusedrnn_stack_forward" in type(y.grad_fn).__name__
+    meta = list(args)
+    meta[:4] = [args[0].to("meta"), args[1].to("meta"), None, [w.to("meta") for w in args[3]]]
+    assert _ops.run_stack(*meta)[0].device.type == "meta"
+
+
+@pytest.mark.parametrize("mode", ["lstm", "attention"])
+def test_double_backward_of_an_eager_call_is_a_clear_error(mode):
+    if mode == "lstm":
+        args = _stack_args("lstm", num_layers=1, bidirectional=False)
+        x, output = args[0], _ops.run_stack(*args)[0]
+    else:
+        x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+        output = _ops.run_attention(x, x, x, None, False, None, False, 0.0, 0)[0]
+    (grad,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"has no derivative: .* gradients of gradients"):
+        grad.sum().backward()

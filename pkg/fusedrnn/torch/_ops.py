@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from fusedrnn import _config, _core, functional
 from fusedrnn._spec import GATES, num_directions, stack_param_names
@@ -85,8 +86,7 @@ def _hidden_size(mode: str, weights: list[Tensor]) -> int:
     return weights[1].shape[0] // GATES[mode]
 
 
-@torch.library.custom_op("fusedrnn::stack_forward", mutates_args=(), device_types="cpu")
-def stack_forward(
+def _stack_forward_impl(
     x: Tensor,
     h0: Tensor,
     c0: Tensor | None,
@@ -131,6 +131,11 @@ def stack_forward(
     return as_tensor(y, x), as_tensor(h_n, x), as_tensor(c_n, x), as_tensor(workspace, x)
 
 
+stack_forward = torch.library.custom_op(
+    "fusedrnn::stack_forward", mutates_args=(), device_types="cpu"
+)(_stack_forward_impl)
+
+
 @stack_forward.register_fake
 def _(x, h0, c0, weights, lengths, dropout_masks, mode, num_layers, bidirectional, bias,
       proj_size, reset_after, nonlinearity, training):  # fmt: skip
@@ -151,8 +156,7 @@ def _(x, h0, c0, weights, lengths, dropout_masks, mode, num_layers, bidirectiona
     return y, h_n, c_n, x.new_empty(size)
 
 
-@torch.library.custom_op("fusedrnn::stack_backward", mutates_args=(), device_types="cpu")
-def stack_backward(
+def _stack_backward_impl(
     x: Tensor,
     h0: Tensor,
     c0: Tensor | None,
@@ -206,11 +210,25 @@ def stack_backward(
     ]
 
 
+stack_backward = torch.library.custom_op(
+    "fusedrnn::stack_backward", mutates_args=(), device_types="cpu"
+)(_stack_backward_impl)
+
+
 @stack_backward.register_fake
 def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, mode,
       num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity):  # fmt: skip
     dc0 = torch.empty_like(c0) if c0 is not None else x.new_empty(0)
     return [torch.empty_like(x), torch.empty_like(h0), dc0] + [torch.empty_like(w) for w in weights]
+
+
+def _backward_function(ctx, operator):
+    """What an autograd formula calls for the gradients: the backward operator, or, after an
+    eager forward (`run_stack`, `run_attention`), its Python function without the dispatcher.
+    With create_graph=True always the operator, whose autograd raises DOUBLE_BACKWARD_MESSAGE
+    when the gradients are differentiated."""
+    eager = getattr(ctx, "eager_backward", None)
+    return operator if eager is None or torch.is_grad_enabled() else eager
 
 
 _STACK_CONFIG = ("mode", "num_layers", "bidirectional", "bias", "proj_size", "reset_after",
@@ -235,7 +253,7 @@ def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace):
         )
     x, h0, c0, lengths, masks, y, workspace, *weights = ctx.saved_tensors
     mode = ctx.config[0]
-    dx, dh0, dc0, *dweights = stack_backward(
+    dx, dh0, dc0, *dweights = _backward_function(ctx, stack_backward)(
         x, h0, c0, weights, lengths, masks, y, workspace, dy, dh_n,
         dc_n if mode == "lstm" else None, *ctx.config,
     )  # fmt: skip
@@ -262,8 +280,7 @@ stack_backward.register_autograd(_backward, setup_context=_setup)
 # ---------------------------------------------------------------- attention
 
 
-@torch.library.custom_op("fusedrnn::attention_forward", mutates_args=(), device_types="cpu")
-def attention_forward(
+def _attention_forward_impl(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -283,6 +300,11 @@ def attention_forward(
     return as_tensor(out, q), as_tensor(lse, q)
 
 
+attention_forward = torch.library.custom_op(
+    "fusedrnn::attention_forward", mutates_args=(), device_types="cpu"
+)(_attention_forward_impl)
+
+
 def attention_out_shape(q: Tensor, k: Tensor, v: Tensor) -> tuple:
     """The shape of the output: the broadcast batch dimensions, (Hq, L, Ev); 2-D: (L, Ev)."""
     if q.dim() == k.dim() == v.dim() == 2:
@@ -298,8 +320,7 @@ def _(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed):
     return q.new_empty(shape), q.new_empty(shape[:-1])
 
 
-@torch.library.custom_op("fusedrnn::attention_backward", mutates_args=(), device_types="cpu")
-def attention_backward(
+def _attention_backward_impl(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -322,6 +343,11 @@ def attention_backward(
     return as_tensor(dq, q), as_tensor(dk, q), as_tensor(dv, q)
 
 
+attention_backward = torch.library.custom_op(
+    "fusedrnn::attention_backward", mutates_args=(), device_types="cpu"
+)(_attention_backward_impl)
+
+
 @attention_backward.register_fake
 def _(q, k, v, out, lse, d_out, attn_mask, is_causal, scale, enable_gqa, dropout_p, seed):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -337,7 +363,8 @@ def _attention_setup_context(ctx, inputs, output) -> None:
 
 def _attention_backward_formula(ctx, d_out, _dlse):
     q, k, v, attn_mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward(q, k, v, out, lse, d_out, attn_mask, *ctx.options)
+    backward = _backward_function(ctx, attention_backward)
+    dq, dk, dv = backward(q, k, v, out, lse, d_out, attn_mask, *ctx.options)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -346,3 +373,72 @@ attention_forward.register_autograd(
 )
 _backward, _setup = _no_double_backward("fusedrnn::attention_backward")
 attention_backward.register_autograd(_backward, setup_context=_setup)
+
+
+# ---------------------------------------------------------------- eager calls
+
+# A forward+backward through an operator pays PyTorch's dispatcher and the custom-op wrapper in
+# Python: about 0.9 ms on a Zen 3 core for a small 2-layer LSTM, where the kernels take 0.2 ms.
+# Eager CPU calls (most training loops) skip it: an autograd.Function with the operators'
+# functions and formulas (0.48 ms). torch.compile, torch.func's transforms, dispatch modes
+# (FakeTensor, meta), tracing and tensor subclasses keep the operators.
+
+
+def _eager(tensors) -> bool:
+    """Whether a call on these tensors may skip the operators (see above)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, ...
+        return False
+    if is_in_torch_dispatch_mode():  # FakeTensorMode, FlopCounterMode, ...
+        return False
+    plain = (Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
+    return all(t is None or (type(t) in plain and t.device.type == "cpu") for t in tensors)
+
+
+class _EagerStack(torch.autograd.Function):
+    """fusedrnn::stack_forward and its autograd formula, without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, lengths, masks, options, *weights):
+        inputs = (x, h0, c0, list(weights), lengths, masks, *options)
+        output = _stack_forward_impl(*inputs)
+        _stack_setup_context(ctx, inputs, output)
+        ctx.eager_backward = _stack_backward_impl
+        return output
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n, dworkspace):
+        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(ctx, dy, dh_n, dc_n, dworkspace)
+        return dx, dh0, dc0, None, None, None, *dweights
+
+
+def run_stack(x, h0, c0, weights, lengths, dropout_masks, *options) -> tuple:
+    """`stack_forward` (the same arguments; options: mode, ..., training), eager where it may
+    be (see `_eager`)."""
+    if _eager([x, h0, c0, lengths, dropout_masks, *weights]):
+        return _EagerStack.apply(x, h0, c0, lengths, dropout_masks, options, *weights)
+    return stack_forward(x, h0, c0, weights, lengths, dropout_masks, *options)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """fusedrnn::attention_forward and its autograd formula, without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, *options):
+        inputs = (q, k, v, attn_mask, *options)
+        output = _attention_forward_impl(*inputs)
+        _attention_setup_context(ctx, inputs, output)
+        ctx.eager_backward = _attention_backward_impl
+        return output
+
+    @staticmethod
+    def backward(ctx, d_out, dlse):
+        return _attention_backward_formula(ctx, d_out, dlse)
+
+
+def run_attention(q, k, v, attn_mask, *options) -> tuple:
+    """`attention_forward` (same arguments), eager where it may be (see `_eager`)."""
+    if _eager([q, k, v, attn_mask]):
+        return _EagerAttention.apply(q, k, v, attn_mask, *options)
+    return attention_forward(q, k, v, attn_mask, *options)

@@ -67,7 +67,7 @@ def scaled_dot_product_attention(
     seed = 0
     if dropout_p > 0:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    out, _ = _ops.attention_forward(
+    out, _ = _ops.run_attention(
         query.contiguous(),
         key.contiguous(),
         value.contiguous(),

@@ -161,7 +161,7 @@ class _FusedStack:
         h0, c0 = (hx[0], hx[1]) if self._fused_mode == "lstm" else (hx, None)
         weights = list(self._flat_weights)
         training = needs_grad([x, h0, c0, *weights])
-        y, h_n, c_n, _ = _ops.stack_forward(
+        y, h_n, c_n, _ = _ops.run_stack(
             x.contiguous(),
             h0.contiguous(),
             None if c0 is None else c0.contiguous(),
@@ -299,7 +299,7 @@ class _FusedCell:
         h0 = batched_state(states[0])
         c0 = batched_state(states[1]) if lstm else None
         weights = [w for w in weights if w is not None]
-        _, h_n, c_n, _ = _ops.stack_forward(
+        _, h_n, c_n, _ = _ops.run_stack(
             x.unsqueeze(0).contiguous(),
             h0.unsqueeze(0).contiguous(),
             None if c0 is None else c0.unsqueeze(0).contiguous(),
