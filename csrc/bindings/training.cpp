@@ -6,6 +6,7 @@
 #include "bindings/checks.h"
 #include "cross_entropy.h"
 #include "linear.h"
+#include "optim.h"
 
 namespace fusedrnn {
 namespace {
@@ -142,6 +143,49 @@ py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py:
   return py::make_tuple(dx, dwa, dba);
 }
 
+// Flat (n,) views of a parameter and its optimizer state (the Python side ravels them).
+void adam_update_py(py::handle param, py::handle grad, py::handle exp_avg, py::handle exp_avg_sq,
+                    py::handle max_exp_avg_sq, double lr, double beta1, double beta2, double eps,
+                    double weight_decay, bool decoupled_weight_decay, bool maximize, int64_t step) {
+  ArgChecker c(param, "param");
+  const int64_t n = py::reinterpret_borrow<py::array>(param).size();
+  const std::initializer_list<Dim> flat = {{"n", n}};
+  py::array pa = c.accumulator(param, "param", flat);
+  py::array ga = c.input(grad, "grad", flat);
+  py::array ma = c.accumulator(exp_avg, "exp_avg", flat);
+  py::array va = c.accumulator(exp_avg_sq, "exp_avg_sq", flat);
+  py::object vmax = max_exp_avg_sq.is_none()
+                        ? py::object(py::none())
+                        : py::object(c.accumulator(max_exp_avg_sq, "max_exp_avg_sq", flat));
+  if (step < 1) throw py::value_error("step must be >= 1, got " + std::to_string(step));
+  AdamStep s;
+  s.lr = lr;
+  s.beta1 = beta1;
+  s.beta2 = beta2;
+  s.eps = eps;
+  s.weight_decay = weight_decay;
+  s.decoupled_weight_decay = decoupled_weight_decay;
+  s.maximize = maximize;
+  s.step = step;
+  dispatch_dtype(c, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    adam_update<F>(data_of<F>(pa), data_of<F>(ma), data_of<F>(va), data_of<F>(vmax),
+                   cdata_of<F>(ga), n, s);
+  });
+}
+
+double sum_of_squares_py(py::handle x) {
+  ArgChecker c(x, "x");
+  const int64_t n = py::reinterpret_borrow<py::array>(x).size();
+  py::array xa = c.input(x, "x", {{"n", n}});
+  return dispatch_dtype(c, [&](auto tag) {
+    using F = decltype(tag);
+    py::gil_scoped_release release;
+    return sum_of_squares<F>(cdata_of<F>(xa), n);
+  });
+}
+
 }  // namespace
 
 void bind_training(py::module_& m) {
@@ -151,6 +195,12 @@ void bind_training(py::module_& m) {
   m.def("linear_forward", &linear_forward_py, "x"_a, "weight"_a, "bias"_a);
   m.def("linear_backward", &linear_backward_py, "x"_a, "weight"_a, "dy"_a, "dweight"_a, "dbias"_a,
         "has_bias"_a, "need_dx"_a);
+  m.def("adam_update", &adam_update_py, "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a,
+        "max_exp_avg_sq"_a, "lr"_a, "beta1"_a, "beta2"_a, "eps"_a, "weight_decay"_a,
+        "decoupled_weight_decay"_a, "maximize"_a, "step"_a,
+        "Adam's update of one parameter in place (csrc/optim.h); flat (n,) arrays of one dtype.");
+  m.def("sum_of_squares", &sum_of_squares_py, "x"_a,
+        "The sum of the squares of a flat (n,) array's elements, in float64 (csrc/optim.h).");
 }
 
 }  // namespace fusedrnn

@@ -13,6 +13,7 @@ import numpy.typing
 
 __all__: list[str] = [
     "active_isa",
+    "adam_update",
     "additive_attention_backward",
     "additive_attention_forward",
     "attention_backward",
@@ -53,6 +54,7 @@ __all__: list[str] = [
     "stack_forward",
     "stack_saved_size",
     "step_panel_width",
+    "sum_of_squares",
     "team_stalls",
     "worker_idle_microseconds",
 ]
@@ -86,6 +88,25 @@ def _set_team_thresholds(
 
 def _team_thresholds() -> tuple[int, int, bool]: ...
 def active_isa() -> str: ...
+def adam_update(
+    param: typing.Any,
+    grad: typing.Any,
+    exp_avg: typing.Any,
+    exp_avg_sq: typing.Any,
+    max_exp_avg_sq: typing.Any,
+    lr: typing.SupportsFloat | typing.SupportsIndex,
+    beta1: typing.SupportsFloat | typing.SupportsIndex,
+    beta2: typing.SupportsFloat | typing.SupportsIndex,
+    eps: typing.SupportsFloat | typing.SupportsIndex,
+    weight_decay: typing.SupportsFloat | typing.SupportsIndex,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    step: typing.SupportsInt | typing.SupportsIndex,
+) -> None:
+    """
+    Adam's update of one parameter in place (csrc/optim.h); flat (n,) arrays of one dtype.
+    """
+
 def additive_attention_backward(
     d_context: typing.Any,
     query: typing.Any,
@@ -438,6 +459,11 @@ def stack_saved_size(
 def step_panel_width() -> int:
     """
     Columns of a float step-GEMM panel on the active instruction set.
+    """
+
+def sum_of_squares(x: typing.Any) -> float:
+    """
+    The sum of the squares of a flat (n,) array's elements, in float64 (csrc/optim.h).
     """
 
 def team_stalls() -> dict:

@@ -749,6 +749,71 @@ def cross_entropy(
     )
 
 
+def adam_update(
+    param,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    step: int,
+) -> None:
+    """Adam's update of one parameter in place, in one pass over its elements (csrc/optim.h;
+    the formula: `fusedrnn.optim.Adam`). Twin: `fusedrnn.reference.adam_update`.
+
+    Parameters
+    ----------
+    param, exp_avg, exp_avg_sq : arrays of one shape and dtype (float32 or float64), C-contiguous
+        and writeable: updated in place.
+    grad : array of that shape and dtype
+    max_exp_avg_sq : such an array (amsgrad), or None
+    lr, beta1, beta2, eps, weight_decay : float
+    decoupled_weight_decay, maximize : bool
+    step : int >= 1
+        The parameter's step t, for the bias corrections.
+    """
+    _core.adam_update(
+        _flat(param, "param", in_place=True),
+        _flat(grad, "grad"),
+        _flat(exp_avg, "exp_avg", in_place=True),
+        _flat(exp_avg_sq, "exp_avg_sq", in_place=True),
+        None if max_exp_avg_sq is None else _flat(max_exp_avg_sq, "max_exp_avg_sq", True),
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(decoupled_weight_decay),
+        bool(maximize),
+        int(step),
+    )
+
+
+def sum_of_squares(x) -> float:
+    """The sum of the squares of ``x``'s elements (any shape, float32 or float64), summed in
+    float64 in one pass (csrc/optim.h). Twin: `fusedrnn.reference.sum_of_squares`."""
+    return _core.sum_of_squares(_flat(x, "x"))
+
+
+def _flat(array, name: str, in_place: bool = False):
+    """``array`` as a flat (n,) view of its memory. An input that is not C-contiguous is copied
+    first; an array updated in place must be C-contiguous already (a copy would hide the
+    update)."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if not array.flags.c_contiguous:
+        if in_place:
+            raise ValueError(f"{name} is updated in place, so it must be C-contiguous")
+        array = np.ascontiguousarray(array)
+    return array.reshape(-1)
+
+
 def linear_forward(x, weight, bias=None):
     """Dense layer over rows: ``x @ weight.T + bias`` as one GEMM (the step kernel's from 4 rows
     on, BLAS's GEMV below), the bias fused into it (csrc/linear.h). Twin:

@@ -349,3 +349,95 @@ def test_clip_grad_value():
         clip_grad_value_(layers, -1)
     with pytest.raises(TypeError, match=r"parameters\[0\] must be a fusedrnn.Parameter"):
         clip_grad_value_([3], 1.0)
+
+
+# ---------------------------------------------------------------- the fused update and its twin
+
+ADAM_OPTIONS = [
+    {},
+    {"amsgrad": True},
+    {"maximize": True},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    {"amsgrad": True, "weight_decay": 0.05, "maximize": True},
+]
+# float32: a few roundings of the update; float64: the same at its precision
+UPDATE_RTOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=lambda o: ",".join(o) or "default")
+def test_fused_adam_update_equals_its_numpy_twin(options, dtype):
+    """fusedrnn.functional.adam_update (one pass in C++) against fusedrnn.reference's, five
+    steps of one (7, 33) parameter and its state."""
+    from fusedrnn import functional, reference
+
+    rng = np.random.default_rng(0)
+    amsgrad = options.get("amsgrad", False)
+    start = rng.standard_normal((7, 33)).astype(dtype)
+
+    def fresh():
+        zeros = np.zeros((7, 33), dtype)
+        return {"p": start.copy(), "m": zeros.copy(), "v": zeros.copy(),
+                "v_max": zeros.copy() if amsgrad else None}  # fmt: skip
+
+    fused, twin = fresh(), fresh()
+    for step in range(1, 6):
+        grad = rng.standard_normal((7, 33)).astype(dtype)
+        args = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8,
+                "weight_decay": options.get("weight_decay", 0.0),
+                "decoupled_weight_decay": options.get("decoupled_weight_decay", False),
+                "maximize": options.get("maximize", False), "step": step}  # fmt: skip
+        for fn, s in ((functional.adam_update, fused), (reference.adam_update, twin)):
+            fn(s["p"], grad, s["m"], s["v"], s["v_max"], **args)
+    for name in ("p", "m", "v") + (("v_max",) if amsgrad else ()):
+        np.testing.assert_allclose(fused[name], twin[name], rtol=UPDATE_RTOL[dtype], atol=0,
+                                   err_msg=name)  # fmt: skip
+    assert np.abs(fused["p"] - start).min() > 0  # every element moved
+
+
+def test_fused_adam_update_propagates_nan_as_numpy():
+    from fusedrnn import functional, reference
+
+    results = []
+    for fn in (functional.adam_update, reference.adam_update):
+        p, m, v, v_max = np.ones(5), np.zeros(5), np.zeros(5), np.zeros(5)
+        grad = np.array([1.0, np.nan, -2.0, 0.0, np.inf])
+        with np.errstate(invalid="ignore"):  # inf / inf
+            fn(p, grad, m, v, v_max, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, 1)
+        results.append((p, m, v, v_max))
+    for fused, twin in zip(*results):
+        np.testing.assert_array_equal(np.isnan(fused), np.isnan(twin))
+        np.testing.assert_allclose(fused, twin, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sum_of_squares_equals_its_numpy_twin(dtype):
+    from fusedrnn import functional, reference
+
+    x = np.random.default_rng(0).standard_normal((31, 17)).astype(dtype)
+    got = functional.sum_of_squares(x)
+    assert isinstance(got, float)
+    assert got == pytest.approx(reference.sum_of_squares(x), rel=1e-13)
+    assert functional.sum_of_squares(x[:, ::2]) == pytest.approx(
+        reference.sum_of_squares(x[:, ::2]), rel=1e-13
+    )  # a strided input is read through a copy
+    assert functional.sum_of_squares(np.zeros(0, dtype)) == 0.0
+
+
+def test_fused_adam_update_bad_input_is_a_clear_error():
+    from fusedrnn import functional
+
+    p, g = np.zeros((4, 6)), np.ones((4, 6))
+    args = (1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match="param is updated in place, so it must be C-contiguous"):
+        functional.adam_update(p.T, g.T, np.zeros((6, 4)), np.zeros((6, 4)), None, *args)
+    with pytest.raises(TypeError, match="float64"):
+        functional.adam_update(p, g.astype(np.float32), np.zeros_like(p), np.zeros_like(p),
+                               None, *args)  # fmt: skip
+    with pytest.raises(ValueError, match="exp_avg"):
+        functional.adam_update(p, g, np.zeros(5), np.zeros_like(p), None, *args)
+    with pytest.raises(TypeError, match=r"grad must be a numpy\.ndarray"):
+        functional.adam_update(p, [1.0], np.zeros_like(p), np.zeros_like(p), None, *args)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        functional.adam_update(p, g, np.zeros_like(p), np.zeros_like(p), None, *args[:-1], 0)

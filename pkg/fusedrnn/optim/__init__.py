@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from .. import functional
 from .._module import Module, Parameter
 from . import lr_scheduler  # fusedrnn.optim.lr_scheduler, as torch.optim.lr_scheduler
 
@@ -339,35 +340,29 @@ class Adam(Optimizer):
             group[flag] = bool(group[flag])
 
     def _update(self, param: Parameter, grad: np.ndarray, state: dict, group: dict) -> None:
-        dt = param.dtype.type
         beta1, beta2 = group["betas"]
         lr, t = group["lr"], state["step"]
-        g = -grad if group["maximize"] else grad
-        if group["weight_decay"]:
-            if group["decoupled_weight_decay"]:
-                param *= dt(1 - lr * group["weight_decay"])
-            else:
-                g = g + dt(group["weight_decay"]) * param
         if "exp_avg" not in state:
             state["exp_avg"] = np.zeros_like(param.view(np.ndarray))
             state["exp_avg_sq"] = np.zeros_like(param.view(np.ndarray))
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = np.zeros_like(param.view(np.ndarray))
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= dt(beta1)
-        m += dt(1 - beta1) * g
-        v *= dt(beta2)
-        v += dt(1 - beta2) * (g * g)
-        if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        step_size = lr / (1 - beta1**t)
-        denom = np.sqrt(v)
-        denom /= dt(math.sqrt(1 - beta2**t))
-        denom += dt(group["eps"])
-        np.divide(m, denom, out=denom)
-        denom *= dt(step_size)
-        param -= denom
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = np.zeros_like(param.view(np.ndarray))
+        # the formula above, in one pass (csrc/optim.h; twin: fusedrnn.reference.adam_update)
+        functional.adam_update(
+            param.view(np.ndarray),
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["max_exp_avg_sq"] if group["amsgrad"] else None,
+            lr,
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            group["decoupled_weight_decay"],
+            group["maximize"],
+            t,
+        )
 
 
 # ---------------------------------------------------------------- clipping
@@ -427,10 +422,18 @@ def grad_norm(arrays: list[np.ndarray], norm_type: float = 2.0) -> float:
     if math.isinf(norm_type):
         return max((float(np.max(np.abs(g))) if g.size else 0.0) for g in arrays)
     if norm_type == 2.0:
-        # squares summed in float64, without BLAS (np.dot would wake numpy's BLAS threads)
-        return math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays))
+        # squares summed in float64 in one pass each, without BLAS (np.dot would wake numpy's
+        # BLAS threads)
+        return math.sqrt(sum(_squares(g) for g in arrays))
     total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)
     return total ** (1.0 / norm_type)
+
+
+def _squares(g: np.ndarray) -> float:
+    """The sum of the squares of g's elements, in float64."""
+    if g.dtype in (np.float32, np.float64):
+        return functional.sum_of_squares(g)
+    return float(np.sum(np.square(g, dtype=np.float64)))
 
 
 def clip_grad_value_(parameters: object, clip_value: float) -> None:

@@ -7,7 +7,8 @@ projections, dropout masks) with a Python loop over the one-layer cells. ``atten
 ``attention_backward`` and the additive pair compute attention from the full score matrix.
 ``cross_entropy`` is the twin of the fused softmax cross-entropy (loss and gradient of the
 logits), ``linear_forward`` / ``linear_backward`` of the dense layer, ``layer_norm_*`` of layer
-normalisation and ``ln_lstm_*`` / ``ln_gru_*`` of the layer-normalised cells.
+normalisation and ``ln_lstm_*`` / ``ln_gru_*`` of the layer-normalised cells; ``adam_update``
+and ``sum_of_squares`` of the optimizer's update and of the gradient norm.
 """
 
 from ._common import workspace_size
@@ -29,11 +30,13 @@ from .layer_norm import (
 )
 from .linear import linear_backward, linear_forward
 from .lstm import lstm_backward, lstm_forward
+from .optim import adam_update, sum_of_squares
 from .rnn import rnn_backward, rnn_forward
 from .stack import StackSaved, stack_backward, stack_forward
 
 __all__ = [
     "StackSaved",
+    "adam_update",
     "additive_attention_backward",
     "additive_attention_forward",
     "attention_backward",
@@ -55,5 +58,6 @@ __all__ = [
     "rnn_forward",
     "stack_backward",
     "stack_forward",
+    "sum_of_squares",
     "workspace_size",
 ]
