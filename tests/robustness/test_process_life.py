@@ -109,6 +109,10 @@ INTERRUPT_SCRIPT = """
     import fusedrnn
     from fusedrnn import _core, functional
 
+    # Ctrl-C as an interactive Python has it, whatever the parent left: Python keeps SIGINT
+    # ignored when it starts ignored, as in a job a script put in the background with &.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     {setup}
 
     def interrupted_call():
