@@ -262,13 +262,12 @@ void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const Pane
 inline int64_t half_panels_size(int64_t K, int64_t blocks, int64_t cols, int64_t nr) {
   return blocks * ceil_div(cols, nr) * nr * K;
 }
-// Where column c (< nr) of a row of a bfloat16 panel is stored: the micro-kernel unpacks the
-// row's two vectors from 4 words of each 128-bit lane at a time (BFloat16Panels in
-// csrc/step_gemm.inc): column c of vector c / W (W = nr / 2 floats) is lane j / 4's word j % 4
-// of that vector's unpack, j = c % W. (The identity for nr = 8, the portable build's panels.)
+// Where column c (< nr) of a row of a bfloat16 panel is stored: the micro-kernel takes the row's
+// two vectors from the lower and the upper halves of its 32-bit lanes (BFloat16Panels in
+// csrc/step_gemm.inc), so column c of vector c / W (W = nr / 2 floats) is word 2 (c % W) + c / W.
 inline int64_t bfloat16_panel_position(int64_t c, int64_t nr) {
-  const int64_t W = nr / 2, vector = c / W, j = c % W;
-  return (j / 4) * 8 + vector * 4 + j % 4;
+  const int64_t W = nr / 2;
+  return 2 * (c % W) + c / W;
 }
 // `format` decides the order of a panel's row: float16 in column order, bfloat16 as above.
 inline void pack_half_panels(uint16_t* dst, const uint16_t* w, int64_t K, int64_t blocks,
