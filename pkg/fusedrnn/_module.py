@@ -620,14 +620,15 @@ class Module:
         """After a forward: keep ``saved`` for backward, or, after an eval-mode forward of a
         module that saves nothing then, forget the last one (backward then says why)."""
         if self.training or self._saves_in_eval:
-            self._saved = saved
-        else:
+            self.__dict__["_saved"] = saved  # (plain attributes: not through __setattr__,
+        else:  # which every forward of every module paid for twice)
             self._forget_saved(EVAL_FORWARD)
 
     def _forget_saved(self, reason: str) -> None:
         """Drop what forwards saved for backward; a backward then fails saying ``reason``."""
-        self._saved = None
-        self._no_saved_reason = reason
+        state = self.__dict__
+        state["_saved"] = None
+        state["_no_saved_reason"] = reason
 
     def _require_saved(self):
         """What the last forward kept for backward, or a RuntimeError that says why there is
