@@ -4,27 +4,18 @@ very characters that recomputing the prefix gives, from the same seed."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
 import fusedrnn
 from fusedrnn import char_lm
-
-PATH = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "char_transformer.py")
+from tests.helpers.examples import example_module
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("char_transformer", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with example_module("char_transformer") as module:
+        yield module
 
 
 def tiny(example, text_file, **options):

@@ -4,15 +4,11 @@ worse summed log-probability). Seconds, not the minutes of a training run."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 import fusedrnn
-
-PATH = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "seq2seq_attention.py")
+from tests.helpers.examples import example_module
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +16,8 @@ def s2s():
     # tiny layers: one thread, so no thread pool waits on another between the many small calls
     before = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("seq2seq_attention", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+    with example_module("seq2seq_attention") as module:
+        yield module
     fusedrnn.set_num_threads(before)
 
 

@@ -12,7 +12,6 @@ process where ``import torch`` fails.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 import fusedrnn
 from tests.helpers.cells import tolerances
+from tests.helpers.examples import example_module
 
 PATH = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "word_language_model.py")
 RNN_TYPES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
@@ -35,12 +35,8 @@ def wlm():
     """The example as a module, registered under its name so that pickle finds RNNModel."""
     before = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(1)  # tiny layers: no team of threads waiting on each other
-    spec = importlib.util.spec_from_file_location("word_language_model", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with example_module("word_language_model") as module:
+        yield module
     fusedrnn.set_num_threads(before)
 
 
