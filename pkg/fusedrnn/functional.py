@@ -805,8 +805,7 @@ def _flat(array, name: str, in_place: bool = False):
     """``array`` as a flat (n,) view of its memory. An input that is not C-contiguous is copied
     first; an array updated in place must be C-contiguous already (a copy would hide the
     update)."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    array = require_array(array, name)
     if not array.flags.c_contiguous:
         if in_place:
             raise ValueError(f"{name} is updated in place, so it must be C-contiguous")

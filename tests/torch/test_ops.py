@@ -102,14 +102,18 @@ def test_backward_of_an_inference_forward_is_a_clear_error():
         y.sum().backward()
 
 
+@pytest.mark.parametrize("path", ["operator", "eager"])
 @pytest.mark.parametrize("mode", ["lstm", "attention"])
-def test_double_backward_is_a_clear_error(mode):
+def test_double_backward_is_a_clear_error(mode, path):
+    """Through the operators and through the eager calls (run_stack, run_attention) alike."""
+    stack = _ops.stack_forward if path == "operator" else _ops.run_stack
+    attention = _ops.attention_forward if path == "operator" else _ops.run_attention
     if mode == "lstm":
         args = _stack_args("lstm", num_layers=1, bidirectional=False)
-        x, output = args[0], _ops.stack_forward(*args)[0]
+        x, output = args[0], stack(*args)[0]
     else:
         x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-        output = _ops.attention_forward(x, x, x, None, False, None, False, 0.0, 0)[0]
+        output = attention(x, x, x, None, False, None, False, 0.0, 0)[0]
     (grad,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"has no derivative: .* gradients of gradients"):
         grad.sum().backward()
@@ -188,16 +192,3 @@ def test_calls_the_eager_path_cannot_serve_take_the_operator():
     meta = list(args)
     meta[:4] = [args[0].to("meta"), args[1].to("meta"), None, [w.to("meta") for w in args[3]]]
     assert _ops.run_stack(*meta)[0].device.type == "meta"
-
-
-@pytest.mark.parametrize("mode", ["lstm", "attention"])
-def test_double_backward_of_an_eager_call_is_a_clear_error(mode):
-    if mode == "lstm":
-        args = _stack_args("lstm", num_layers=1, bidirectional=False)
-        x, output = args[0], _ops.run_stack(*args)[0]
-    else:
-        x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-        output = _ops.run_attention(x, x, x, None, False, None, False, 0.0, 0)[0]
-    (grad,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"has no derivative: .* gradients of gradients"):
-        grad.sum().backward()

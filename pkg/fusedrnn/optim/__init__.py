@@ -424,16 +424,9 @@ def grad_norm(arrays: list[np.ndarray], norm_type: float = 2.0) -> float:
     if norm_type == 2.0:
         # squares summed in float64 in one pass each, without BLAS (np.dot would wake numpy's
         # BLAS threads)
-        return math.sqrt(sum(_squares(g) for g in arrays))
+        return math.sqrt(sum(functional.sum_of_squares(g) for g in arrays))
     total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in arrays)
     return total ** (1.0 / norm_type)
-
-
-def _squares(g: np.ndarray) -> float:
-    """The sum of the squares of g's elements, in float64."""
-    if g.dtype in (np.float32, np.float64):
-        return functional.sum_of_squares(g)
-    return float(np.sum(np.square(g, dtype=np.float64)))
 
 
 def clip_grad_value_(parameters: object, clip_value: float) -> None:
