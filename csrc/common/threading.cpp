@@ -67,7 +67,9 @@ StopScope::StopScope(StopPoll poll) : enclosing_(current_stop()) {
 
 StopScope::~StopScope() { current_stop() = enclosing_; }
 
-TeamMember::TeamMember(SpinBarrier* barrier, StopState* stop) : enclosing_stop_(current_stop()) {
+TeamMember::TeamMember(SpinBarrier* barrier, StopState* stop, int member)
+    : enclosing_stop_(current_stop()) {
+  barrier->clocks().register_member(member);
   inside_team() = true;
   current_barrier() = barrier;
   current_stop() = stop;
@@ -105,11 +107,11 @@ void SpinBarrier::wait() {
     if (round < kSpinRounds) {
       cpu_relax();
     } else {
-      if (round == kSpinRounds) stall.start();
+      if (round == kSpinRounds) stall.start(clocks_);
       sched_yield();
     }
   }
-  if (const int64_t stalled = stall.stalled_ns(members_))
+  if (const int64_t stalled = stall.stalled_ns(clocks_))
     stalled_ns_.fetch_add(stalled, std::memory_order_relaxed);
 }
 
@@ -120,31 +122,56 @@ int64_t steady_nanoseconds() {
 }
 
 namespace {
-int64_t process_cpu_nanoseconds() {
+constexpr int64_t kNotStarted = -1;
+// (A system call: only once a wait is long.)
+int64_t clock_nanoseconds(clockid_t clock) {
   timespec now{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);  // (a system call: only once a wait is long)
+  if (clock_gettime(clock, &now) != 0) return kNotStarted;
   return int64_t(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
 }
 }  // namespace
 
-void StallClock::start() {
-  wall_ns_ = steady_nanoseconds();
-  cpu_ns_ = process_cpu_nanoseconds();
+void MemberClocks::resize(int members) {
+  members_ = members;
+  clocks_ = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(members));
+  for (int m = 0; m < members; ++m) clocks_[m].store(kNotStarted, std::memory_order_relaxed);
 }
 
-int64_t StallClock::stalled_ns(int members) const {
+void MemberClocks::register_member(int member) {
+  clockid_t clock;
+  if (member < 0 || member >= members_ || pthread_getcpuclockid(pthread_self(), &clock) != 0)
+    return;
+  clocks_[member].store(static_cast<int64_t>(clock), std::memory_order_release);
+}
+
+int64_t MemberClocks::cpu_ns(int m) const {
+  const int64_t clock = clocks_[m].load(std::memory_order_acquire);
+  return clock == kNotStarted ? kNotStarted : clock_nanoseconds(static_cast<clockid_t>(clock));
+}
+
+void StallClock::start(const MemberClocks& clocks) {
+  wall_ns_ = steady_nanoseconds();
+  cpu_ns_.resize(static_cast<size_t>(clocks.members()));
+  for (int m = 0; m < clocks.members(); ++m) cpu_ns_[m] = clocks.cpu_ns(m);
+}
+
+int64_t StallClock::stalled_ns(const MemberClocks& clocks) const {
   if (wall_ns_ == 0) return 0;
-  const int64_t wall = steady_nanoseconds() - wall_ns_, cpu = process_cpu_nanoseconds() - cpu_ns_;
-  return std::max<int64_t>(0, members * wall - cpu);
+  const int64_t wall = steady_nanoseconds() - wall_ns_;
+  int64_t stalled = 0;
+  for (int m = 0; m < static_cast<int>(cpu_ns_.size()); ++m) {
+    const int64_t now = cpu_ns_[m] == kNotStarted ? kNotStarted : clocks.cpu_ns(m);
+    const int64_t ran = now == kNotStarted ? 0 : now - cpu_ns_[m];
+    stalled += std::max<int64_t>(0, wall - ran);
+  }
+  return stalled;
 }
 
 namespace {
 // TeamStalls' policy. The teams are judged together, over windows of at least kWindowNs of
-// their time: the process's CPU clock counts another thread's time only at scheduler ticks, so a
-// single short team can read a running member as stalled for up to a tick (measured on this idle
-// Zen 3: 19-30 teams a second of batch-1 GRU or LSTM calls, each judged alone, read stalled),
-// while a window's sum is off by little. A window is stalled when its teams' stalled waits add
-// up to kStalledShareInverse-th of its time or more.
+// their time, so that one short unlucky team (a member preempted once) does not count alone. A
+// window is stalled when its teams' stalled waits add up to kStalledShareInverse-th of its
+// time or more.
 constexpr int64_t kWindowNs = 20'000'000;
 constexpr int64_t kStalledShareInverse = 4;  // a quarter
 constexpr int64_t kFirstPauseNs = 20'000'000;
@@ -182,6 +209,7 @@ void note_team_waits(int64_t wall_ns, int64_t stalled_ns) {
   state.window_stalled_ns += stalled_ns;
   if (state.window_ns < kWindowNs) return;
   const bool stalled = state.window_stalled_ns * kStalledShareInverse >= state.window_ns;
+  ++state.counts.windows_judged;
   state.window_ns = state.window_stalled_ns = 0;
   if (!stalled) {
     // A good window: the pause after the next stall starts short again.
@@ -256,7 +284,7 @@ class WorkerPool {
     return std::min<int>(members, static_cast<int>(workers_.size()) + 1);
   }
 
-  int64_t run(int members, TeamMemberFn fn, void* body) {
+  int64_t run(int members, TeamMemberFn fn, void* body, const MemberClocks& clocks) {
     finished_.store(0, std::memory_order_relaxed);
     const int caller_cpu = current_cpu();
     bool sleeper = false;
@@ -282,13 +310,13 @@ class WorkerPool {
       if (round < kSpinRounds) {
         cpu_relax();
       } else {
-        if (round == kSpinRounds) stall.start();
+        if (round == kSpinRounds) stall.start(clocks);
         sched_yield();
       }
     }
     // A team that had to wake a sleeping worker waited for the wake-up, not for a taken core:
     // not judged (-1).
-    return sleeper ? -1 : stall.stalled_ns(members);
+    return sleeper ? -1 : stall.stalled_ns(clocks);
   }
 
  private:
@@ -364,8 +392,8 @@ int reserve_team(int threads) {
   return pool->reserve(threads);
 }
 
-int64_t run_on_pool(int members, TeamMemberFn fn, void* body) {
-  return thread_pool()->run(members, fn, body);
+int64_t run_on_pool(int members, TeamMemberFn fn, void* body, const MemberClocks& clocks) {
+  return thread_pool()->run(members, fn, body, clocks);
 }
 
 int64_t worker_idle_microseconds() { return kIdleYield.count(); }

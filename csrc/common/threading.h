@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <vector>
 #ifdef FUSEDRNN_OPENMP
 #include <omp.h>
 #endif
@@ -60,6 +62,38 @@ inline bool stop_requested() {
   return false;
 }
 
+// The CPU-time clocks of a team's members (their threads'), so that a member waiting for the
+// others can tell whether they ran meanwhile. Each member registers its own as it starts.
+class MemberClocks {
+ public:
+  void resize(int members);          // before any member registers
+  void register_member(int member);  // by the calling thread, member `member` of the team
+  int members() const { return members_; }
+  // The CPU nanoseconds member m has used so far, or -1 if it has not registered yet.
+  int64_t cpu_ns(int m) const;
+
+ private:
+  int members_ = 0;
+  std::unique_ptr<std::atomic<int64_t>[]> clocks_;  // clockid_t, or -1: not registered yet
+};
+
+// A wait past spinning: from start() on, how long the members of a team (the waiter included)
+// were not running: the wait's length less the CPU time each used meanwhile, by their own
+// threads' clocks. A member that is merely behind runs and does not count; one whose core another
+// thread holds does, whether that thread is another program's, another library's in this process
+// (spinning after its call), or the team's own (two members on one core: the waiter yields its
+// core to the other). A member not yet started counts as not running. The clocks are read
+// (system calls) only in start() and stalled_ns(): only once a wait is long.
+class StallClock {
+ public:
+  void start(const MemberClocks& clocks);
+  int64_t stalled_ns(const MemberClocks& clocks) const;
+
+ private:
+  int64_t wall_ns_ = 0;
+  std::vector<int64_t> cpu_ns_;  // each member's at start (-1: not started)
+};
+
 // The barrier of a team's time loop, met every step. A waiter spins briefly (a step's partner is
 // microseconds away on a quiet machine), then keeps checking with sched_yield between checks, so
 // that on a busy machine it hands its core to whoever needs it (its partner, or another program)
@@ -68,39 +102,48 @@ inline bool stop_requested() {
 // returns at once: a member that stopped never comes again, and the others must not wait for it.
 class SpinBarrier {
  public:
-  SpinBarrier(int members, const StopState* stop) : members_(members), stop_(stop) {}
+  SpinBarrier(int members, const StopState* stop) : members_(members), stop_(stop) {
+    clocks_.resize(members);
+  }
   void wait();
-  // Before any wait: OpenMP may give a team fewer threads than asked.
-  void set_members(int members) { members_ = members; }
-  // Nanoseconds the members waited here past their spinning for members that did not run, summed
+  // Before any wait and any member's start: OpenMP may give a team fewer threads than asked.
+  void set_members(int members) {
+    members_ = members;
+    clocks_.resize(members);
+  }
+  MemberClocks& clocks() { return clocks_; }
+  // Nanoseconds the members did not run while members waited here past their spinning, summed
   // (see TeamStalls).
   int64_t stalled_ns() const { return stalled_ns_.load(std::memory_order_relaxed); }
 
  private:
   int members_;
   const StopState* stop_;
+  MemberClocks clocks_;
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> generation_{0};
   alignas(64) std::atomic<int64_t> stalled_ns_{0};
 };
 
-// Teams on a shared machine. A member that another program has taken the core from holds up
+// Teams on a shared machine. A member that another thread has taken the core from holds up
 // every barrier of its team until the scheduler gives it back (milliseconds), and a per-step
-// barrier then makes a call slower than on one thread (measured on this 2-core Zen 3 with one
-// busy-looping process beside: GRU B=1 fwd+bwd 8.0 ms on 2 threads against 4.7 on one, RNN 8.0
-// against 1.5). So each calling thread watches its teams: a wait that outlasts its spinning
-// (about 55 us here) counts as stalled for the time the team did not run, measured by the
-// process's CPU time (members x the wait's length, less the CPU time the process used meanwhile:
-// a member that is merely behind, or has more of a dynamic share, runs and does not count). The
-// teams are judged over windows of 20 ms of their time (threading.cpp says why); after a window
-// stalled for a quarter of its time or more, that thread's next calls run on one thread for a
-// pause, then the team is tried again; the pause doubles while the tries stall too and starts
-// again short after a good window. Results do not change: they never depend on the thread count.
+// barrier then makes a call slower than on one thread. Measured on this 2-core Zen 3: with one
+// busy-looping process beside, GRU B=1 fwd+bwd 8.0 ms on 2 threads against 4.7 on one, RNN 8.0
+// against 1.5; with numpy's OpenBLAS threads spinning after a matmul in the same process, GRU
+// B=1 inference 3.7 ms against 1.8, LSTM B=16 34 against 21. So each calling thread watches its
+// teams: a wait that outlasts its spinning (about 55 us here) counts as stalled for the time the
+// members did not run (StallClock: their threads' CPU clocks; a member that is merely behind, or
+// has more of a dynamic share, runs and does not count). The teams are judged over
+// windows of 20 ms of their time; after a window stalled for a quarter of its time or more, that
+// thread's next calls run on one thread for a pause, then the team is tried again; the pause
+// doubles while the tries stall too and starts again short after a good window. Results do not
+// change: they never depend on the thread count.
 struct TeamStalls {
-  int64_t teams_stalled = 0;  // windows of teams judged stalled so far
-  int64_t calls_alone = 0;    // teams that ran on one thread because of a pause
-  int64_t pause_us = 0;       // the current (or last) pause
-  bool paused = false;        // the calling thread's teams are paused now
+  int64_t windows_judged = 0;  // windows of teams judged so far
+  int64_t teams_stalled = 0;   // windows of teams judged stalled so far
+  int64_t calls_alone = 0;     // teams that ran on one thread because of a pause
+  int64_t pause_us = 0;        // the current (or last) pause
+  bool paused = false;         // the calling thread's teams are paused now
 };
 TeamStalls team_stalls();  // of the calling thread
 // Whether the calling thread's next team is to run on one thread (and counts it as such).
@@ -108,16 +151,6 @@ bool take_team_pause();
 // After a team of the calling thread: its wall time and its members' stalled waits (summed).
 void note_team_waits(int64_t wall_ns, int64_t stalled_ns);
 int64_t steady_nanoseconds();
-// A wait past spinning: from start() on, how long `members` threads of a team were not running
-// (members x the time, less the CPU time the process used meanwhile; 0 if never started).
-class StallClock {
- public:
-  void start();
-  int64_t stalled_ns(int members) const;
-
- private:
-  int64_t wall_ns_ = 0, cpu_ns_ = 0;
-};
 
 // The barrier of the team the calling thread is a member of (null outside a team).
 SpinBarrier*& current_barrier();
@@ -139,9 +172,11 @@ using TeamMemberFn = void (*)(void* body, int member, int members);
 int reserve_team(int threads);
 // Runs fn(body, m, members) for m = 1 .. members-1 on the pool's workers and fn(body, 0, members)
 // on the calling thread, and returns when all are done. members: at most reserve_team's answer.
-// Returns the nanoseconds the calling thread waited past its spinning for workers that did not
-// run (StallClock), or -1 when it had to wake a sleeping worker (then the wait is the wake-up's).
-int64_t run_on_pool(int members, TeamMemberFn fn, void* body);
+// Returns the nanoseconds the workers did not run while the calling thread waited past its
+// spinning for them (StallClock), or -1 when it had to wake a sleeping worker (then the wait is
+// the wake-up's).
+// `clocks`: the team's, which its members register as they start.
+int64_t run_on_pool(int members, TeamMemberFn fn, void* body, const MemberClocks& clocks);
 
 // Whose threads run the teams: fusedrnn's own pool (the default), or OpenMP's, which a process
 // that also runs PyTorch should use (fusedrnn.torch asks for it): PyTorch's OpenMP threads spin
@@ -153,7 +188,7 @@ bool openmp_teams();  // in force: asked for, built with OpenMP, and not in a fo
 
 // The members' side of run_team: the thread-local state of a team member around body.
 struct TeamMember {
-  TeamMember(SpinBarrier* barrier, StopState* stop);
+  TeamMember(SpinBarrier* barrier, StopState* stop, int member);
   ~TeamMember();
   TeamMember(const TeamMember&) = delete;
   TeamMember& operator=(const TeamMember&) = delete;
@@ -188,7 +223,7 @@ void run_team(int threads, Body&& body) {
       if (omp_get_thread_num() != 0) leave_cpu(caller_cpu);
 #pragma omp single
       barrier.set_members(omp_get_num_threads());  // (single ends with OpenMP's barrier)
-      const TeamMember scope(&barrier, stop);
+      const TeamMember scope(&barrier, stop, omp_get_thread_num());
       body(omp_get_thread_num(), omp_get_num_threads());
     }
     note_team_waits(steady_nanoseconds() - start, barrier.stalled_ns());
@@ -203,11 +238,11 @@ void run_team(int threads, Body&& body) {
     } team{body, SpinBarrier(threads, current_stop()), current_stop()};
     const TeamMemberFn member_fn = [](void* p, int member, int members) {
       Team& t = *static_cast<Team*>(p);
-      const TeamMember scope(&t.barrier, t.stop);
+      const TeamMember scope(&t.barrier, t.stop, member);
       t.body(member, members);
     };
     const int64_t start = steady_nanoseconds();
-    const int64_t join_stalled_ns = run_on_pool(threads, member_fn, &team);
+    const int64_t join_stalled_ns = run_on_pool(threads, member_fn, &team, team.barrier.clocks());
     if (join_stalled_ns >= 0)
       note_team_waits(steady_nanoseconds() - start, team.barrier.stalled_ns() + join_stalled_ns);
     return;

@@ -468,7 +468,7 @@ def sum_of_squares(x: typing.Any) -> float:
 
 def team_stalls() -> dict:
     """
-    The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how many windows of its teams were stalled by members without a core, how many teams ran on one thread during the pauses that followed, the current pause in microseconds, and whether one is on now.
+    The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how many windows of its teams were judged and how many of them were stalled by members without a core, how many teams ran on one thread during the pauses that followed, the current pause in microseconds, and whether one is on now.
     """
 
 def worker_idle_microseconds() -> int:

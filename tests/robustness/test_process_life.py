@@ -347,3 +347,60 @@ def test_a_team_stalled_by_a_member_without_a_core_runs_alone_for_a_while(pause)
         assert result["pause_us"] >= 20_000, result
     else:
         assert result["calls_alone"] == 0, result
+
+
+NEIGHBOUR_SCRIPT = """
+    import json, os, threading, time
+    import numpy as np
+    import fusedrnn
+    from fusedrnn import _core
+
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # two CPUs, three threads
+    fusedrnn.set_num_threads(1)
+    layer = fusedrnn.GRU(16, 64, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((50, 4, 16))
+    alone = layer(x)[0]
+    fusedrnn.set_num_threads(2)
+    _core._set_team_thresholds(0, 1, {pause})  # the time loops on a team of two
+
+    done = threading.Event()
+
+    def neighbour():  # another library's thread in this process: numpy's ufunc loop runs
+        big = np.ones(1 << 20)  # without the GIL, so it takes a core
+        while not done.is_set():
+            np.sin(big, out=big)
+
+    thread = threading.Thread(target=neighbour)
+    thread.start()
+    same = True
+    deadline = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:  # until a pause has run calls alone, or 10 windows
+            same = same and bool(np.array_equal(layer(x)[0], alone))
+            stalls = _core.team_stalls()
+            if stalls["calls_alone"] >= 3 or stalls["windows_judged"] >= 10:
+                break
+    finally:
+        done.set()
+        thread.join()
+    print(json.dumps({{**_core.team_stalls(), "same": same}}))
+"""
+
+
+@needs_threads
+@pytest.mark.parametrize("pause", [True, False], ids=["pausing", "not_pausing"])
+def test_a_team_stalled_by_a_thread_of_this_process_runs_alone_for_a_while(pause):
+    """The team's stalls are told by its members' own CPU clocks, so a thread of another
+    library in the same process that takes a core (here numpy's ufunc loop; in the field
+    OpenBLAS's or onnxruntime's threads spinning after their calls) is seen. Before, the
+    process's CPU clock counted that thread's time as the team's: a GRU at B=1 ran 2x slower on
+    two threads than on one, and only a window now and then (the clock's ticks) read stalled;
+    with the pauses off, most windows must."""
+    result = run_script(NEIGHBOUR_SCRIPT.format(pause=pause), timeout=60)
+    assert result["same"], "a call on the stalled team or alone changed the results"
+    if pause:
+        assert result["teams_stalled"] >= 1, result
+        assert result["calls_alone"] >= 3, result
+    else:
+        assert result["windows_judged"] >= 10, result
+        assert result["teams_stalled"] >= 7, result
