@@ -142,7 +142,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         dest="sweep",
         help="instead of the sweep: batch-1 inference of LSTM and GRU (T=100, H=256) with "
         "float32, float16 and bfloat16 weights (weights_dtype), and onnxruntime's float32 when "
-        "onnx and onnxruntime are installed, timed interleaved (a minute or less)",
+        "onnx and onnxruntime are installed, timed in interleaved blocks (a minute or less)",
     )
     # Internal: an explicit case list, for the tests (seconds instead of minutes).
     size.add_argument("--cases", type=_case_list, help=argparse.SUPPRESS)

@@ -5,9 +5,14 @@ mode with float32 weights, with ``weights_dtype="float16"`` and with ``"bfloat16
 ``onnx`` and ``onnxruntime`` can be imported, onnxruntime runs the same layer as an ONNX LSTM /
 GRU node in float32. Each is first checked: the float32 runs against the float32 NumPy reference,
 the 16-bit ones against the reference with the weights rounded the same way. Then the calls are
-timed interleaved, one call of each per round (so a busy spell of this shared machine slows them
-alike), and the table gives each one's minimum and median and the ratios to float32 and to
-onnxruntime, of the minima and of the medians.
+timed in short blocks, interleaved (each implementation one block per round, so a busy spell of
+this shared machine slows them alike), and the table gives each one's minimum and median and the
+ratios to float32 and to onnxruntime, of the minima and of the medians.
+
+Blocks, not single calls, with a pause before each: onnxruntime's pool threads keep spinning for
+about 55 ms after its last call (measured on a 2-core Zen 3: 48 ms of CPU in a 50 ms sleep).
+Interleaved call by call, they held a core all through the fused calls' two-thread team, which
+then ran slower than on one thread (GRU bfloat16 median 1.8-2.5 ms against 1.0 alone).
 """
 
 from __future__ import annotations
@@ -140,27 +145,42 @@ def _calls(cell: str, B: int, T: int, I: int, H: int, threads: int) -> tuple[dic
     return calls, problems
 
 
-def time_interleaved(calls: dict[str, Callable], rounds: int) -> list[Timings]:
-    """Each call once per round, in an order that rotates every round, after a warm-up round."""
+BLOCK_CALLS = 10
+"""Timed calls of one implementation in a row (`time_in_blocks`)."""
+SETTLE_SECONDS = 0.1
+"""Pause before each block, longer than onnxruntime's threads spin after a call (55 ms)."""
+
+
+def time_in_blocks(
+    calls: dict[str, Callable], timed: int, settle: float = SETTLE_SECONDS
+) -> list[Timings]:
+    """``timed`` timed calls of each, in blocks of up to `BLOCK_CALLS`: per round one block of
+    each implementation, in an order that rotates every round; before each block a pause of
+    ``settle`` seconds (the last block's threads go idle) and one untimed call (the first
+    after a pause finds cold caches)."""
     names = list(calls)
-    for name in names:
-        calls[name]()
+    block = min(BLOCK_CALLS, timed)
     seconds = {name: [] for name in names}
-    for r in range(rounds):
+    for r in range(-(-timed // block)):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            time.sleep(settle)
             calls[name]()
-            seconds[name].append(time.perf_counter() - start)
+            for _ in range(min(block, timed - len(seconds[name]))):
+                start = time.perf_counter()
+                calls[name]()
+                seconds[name].append(time.perf_counter() - start)
     return [Timings(name, seconds[name]) for name in names]
 
 
-def run(threads: int | None = None, rounds: int = 200, cells: tuple = ("lstm", "gru")) -> list:
-    """Validate and time every case of ``cells``; the lines of the table and its notes."""
+def run(threads: int | None = None, timed: int = 200, cells: tuple = ("lstm", "gru")) -> list:
+    """Validate and time every case of ``cells`` (``timed`` calls of each implementation); the
+    lines of the table and its notes."""
     threads = threads or _config.get_num_threads()
     load = os.getloadavg()[0]
     lines = [
         f"batch-1 inference with 16-bit weights: {cpu_name()}, {threads} threads, "
-        f"{rounds} interleaved rounds, load average {load:.2f} at the start",
+        f"{timed} timed calls each, interleaved in blocks of {min(BLOCK_CALLS, timed)}, "
+        f"load average {load:.2f} at the start",
         f"{'case':<24} {'implementation':<20} {'min ms':>8} {'median ms':>10} "
         f"{'float32/this':>13} {'onnxruntime/this':>17}",
     ]
@@ -173,7 +193,7 @@ def run(threads: int | None = None, rounds: int = 200, cells: tuple = ("lstm", "
                 continue
             calls, found = _calls(cell, B, T, I, H, threads)
             problems += found
-            timings = {t.name: t for t in time_interleaved(calls, rounds)}
+            timings = {t.name: t for t in time_in_blocks(calls, timed)}
             base, ort = timings.get("fused float32"), timings.get("onnxruntime float32")
             lines += [
                 f"{f'{cell} B={B} T={T} I={I} H={H}':<24} {t.name:<20} "
