@@ -51,9 +51,8 @@ void attention_backward(T* dq, T* dk, T* dv, T* scratch, const T* d_out, const T
   const T scale = static_cast<T>(opt.scale);
   const auto& kern = attention_kernels<T>();
   std::atomic<int64_t> next{0};
-  double share = opt.causal ? 0.5 : 1.0;  // of the scores computed (need not be exact)
-  if (opt.window > 0 && S > 0) share = std::min(share, static_cast<double>(opt.window) / S);
-  const double work = static_cast<double>(heads) * L * S * (3 * E + 2 * Ev) * share;
+  // the multiply-adds of s, dp, dv, dq and dk, and the keys and values read
+  const double work = attention_work(s, opt).weighted(3 * E + 2 * Ev, E + Ev);
   // one thread for small calls; units < threads still uses the team for the passes over rows
   run_team(
       attention_team_size(s.threads, std::max<int64_t>(units, s.threads), work),

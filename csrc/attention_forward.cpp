@@ -85,14 +85,6 @@ const T* staged(const Src* src, int64_t n, T* buffer) {
     return buffer;
   }
 }
-
-// The share of the L x S scores a call computes (for the team-size estimate; need not be exact).
-double visible_share(const AttentionShape& s, const AttentionOptions& opt) {
-  double share = opt.causal ? 0.5 : 1.0;
-  if (opt.window > 0 && s.S > 0)
-    share = std::min(share, static_cast<double>(opt.window) / static_cast<double>(s.S));
-  return share;
-}
 }  // namespace
 
 // q: [N,Hq,L,E]  k: [N,Hkv,S,E]  v: [N,Hkv,S,Ev]  mask: broadcast [N,Hq,L,S] or none
@@ -119,8 +111,8 @@ void attention_forward_tiled(Src* out, T* lse, T* scratch, const Src* q, const S
   const auto row_scores = attention_kernels<T>().row_scores;
   const auto row_values = attention_kernels<T>().row_values;
   std::atomic<int64_t> next{0};
-  // the multiply-adds of q k^T and p v
-  const double work = static_cast<double>(heads) * L * S * (E + Ev) * visible_share(s, opt);
+  // the multiply-adds of q k^T and p v, and the keys and values read
+  const double work = attention_work(s, opt).weighted(E + Ev, E + Ev);
   run_team(attention_team_size(s.threads, units, work), [&](int member, int) {
     T* sbuf = scratch + member * forward_member_size(tiles, s, convert);
     T* m = sbuf + round_block(BQ * BK);

@@ -19,6 +19,44 @@ inline int64_t round_block(int64_t n) { return (n + 15) / 16 * 16; }
 // it to 0 to run the team on tiny sizes.
 std::atomic<int64_t>& attention_min_team_work();
 
+// sum over i in [0, L) of clamp(i + c, 0, len): the keys below a bound that moves with the row.
+inline int64_t sum_of_clamped_rows(int64_t L, int64_t c, int64_t len) {
+  const int64_t first = std::min(L, std::max<int64_t>(0, -c));  // i + c > 0 from here on
+  const int64_t full = std::min(L, std::max(first, len - c));   // i + c >= len from here on
+  const int64_t n = full - first;
+  return n * (first + full - 1) / 2 + n * c + (L - full) * len;
+}
+
+// What a call of attention costs, for the team-size decision (attention_team_size): the
+// multiply-adds of its visible (query, key) pairs per feature, and the keys and values it reads
+// (a decoding step, one query over a cache, is bound by reading them).
+struct AttentionWork {
+  double pairs = 0;      // visible (query, key) pairs, over the batch and the query heads
+  double keys_read = 0;  // visible keys, over the batch and the kv heads
+  // multiply-adds `macs_per_pair` per visible pair, plus a read key's `features` (E + Ev), each
+  // weighted as kReadWeight multiply-adds: on one Zen 3 core a step of attention reads memory at
+  // about 6.5 G values/s and multiplies-adds at about 50 G/s.
+  static constexpr double kReadWeight = 8;
+  double weighted(double macs_per_pair, double features) const {
+    return pairs * macs_per_pair + kReadWeight * keys_read * features;
+  }
+};
+inline AttentionWork attention_work(const AttentionShape& s, const AttentionOptions& o) {
+  AttentionWork w;
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const int64_t len = o.key_lengths ? o.key_lengths[n] : s.S;
+    const KeyRange keys = visible_keys(o, s.L, s.S, n, 0, s.L);
+    const int64_t d = keys.shift;
+    // row i sees the keys [lower(i), upper(i)): upper = min(len, i + d + 1) if causal, else len;
+    // lower = max(0, i + d - window + 1) with a window, else 0 (both clamped to [0, len])
+    const int64_t upper = o.causal ? sum_of_clamped_rows(s.L, d + 1, len) : s.L * len;
+    const int64_t lower = o.window > 0 ? sum_of_clamped_rows(s.L, d - o.window + 1, len) : 0;
+    w.pairs += static_cast<double>(upper - lower) * static_cast<double>(s.heads_q);
+    w.keys_read += static_cast<double>(keys.end - keys.begin) * static_cast<double>(s.heads_kv);
+  }
+  return w;
+}
+
 // Threads for a call of `work` multiply-adds split into `units` work items.
 inline int attention_team_size(int threads, int64_t units, double work) {
   if (work < static_cast<double>(attention_min_team_work().load(std::memory_order_relaxed)))
