@@ -159,6 +159,9 @@ CASES = {
             "enable_gqa": True,
         },
     ),
+    # a step with more value features than the kernel keeps in registers at once (8 vectors),
+    # key counts not multiples of the 8 keys scored together
+    "decode_step_wide": ((2,), 2, 2, 1, 45, 70, 150, None, {"key_lengths": np.array([45, 13])}),
     "key_lengths_everything": (
         (2, 2),
         4,
@@ -231,6 +234,7 @@ def test_fused_equals_reference(case, dtype, tiles, threads):
         "gqa",
         "key_lengths_everything",
         "decode_step",
+        "decode_step_wide",
     ],
 )
 def test_every_isa(case, dtype, isa):
