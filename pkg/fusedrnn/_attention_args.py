@@ -251,7 +251,7 @@ def half_kind(q, dtype) -> str | None:
         return dtype
     if isinstance(q, np.ndarray) and q.dtype == np.float16:
         return "float16"
-    if isinstance(q, np.ndarray) and q.dtype.name == "bfloat16" and q.dtype.itemsize == 2:
+    if isinstance(q, np.ndarray) and q.dtype.itemsize == 2 and q.dtype.name == "bfloat16":
         return "bfloat16"  # ml_dtypes' (never imported here: any such dtype has these bits)
     return None
 
@@ -334,15 +334,16 @@ def _check_key_lengths(key_lengths, batch: tuple, S: int) -> np.ndarray | None:
     lengths = np.asarray(key_lengths)
     if lengths.dtype.kind not in "iu":
         raise TypeError(f"key_lengths must hold integers, but has dtype {lengths.dtype}")
-    try:
-        lengths = np.broadcast_to(lengths, batch)
-    except ValueError:
-        raise ValueError(
-            f"key_lengths of shape {lengths.shape} does not broadcast to the batch shape "
-            f"{batch} of q, k, v (all but their last three axes)"
-        ) from None
-    bad = np.flatnonzero((lengths < 0) | (lengths > S))
-    if bad.size:
+    if lengths.shape != batch:  # (np.broadcast_to takes microseconds: a decoding step's)
+        try:
+            lengths = np.broadcast_to(lengths, batch)
+        except ValueError:
+            raise ValueError(
+                f"key_lengths of shape {lengths.shape} does not broadcast to the batch shape "
+                f"{batch} of q, k, v (all but their last three axes)"
+            ) from None
+    if lengths.size and (lengths.min() < 0 or lengths.max() > S):
+        bad = np.flatnonzero((lengths < 0) | (lengths > S))
         raise ValueError(f"key_lengths must be in 0..S = 0..{S}, got {lengths.reshape(-1)[bad[0]]}")
     return np.ascontiguousarray(lengths.reshape(-1), dtype=np.int64)
 
@@ -411,7 +412,9 @@ def attention_args(
             f"the key/value heads Hkv = {Hkv}"
         )
     try:
-        batch = np.broadcast_shapes(q3.shape[:-3], k3.shape[:-3], v3.shape[:-3])
+        batch = q3.shape[:-3]
+        if not batch == k3.shape[:-3] == v3.shape[:-3]:  # (np.broadcast_shapes is slow)
+            batch = np.broadcast_shapes(q3.shape[:-3], k3.shape[:-3], v3.shape[:-3])
     except ValueError:
         raise ValueError(
             f"the batch dimensions of q {q.shape[:-3]}, k {k.shape[:-3]} and v "
@@ -425,7 +428,9 @@ def attention_args(
         raise TypeError(f"scale must be a real number or None, got {_type_name(scale)}")
 
     def flat(a, heads, rows, cols):
-        return np.broadcast_to(a, batch + a.shape[-3:]).reshape(N, heads, rows, cols)
+        if a.shape[:-3] != batch:
+            a = np.broadcast_to(a, batch + a.shape[-3:])
+        return a.reshape(N, heads, rows, cols)
 
     args = AttentionArgs(
         q=flat(q3, Hq, L, E),
