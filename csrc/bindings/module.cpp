@@ -64,7 +64,8 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       "The calling thread's teams on a shared machine (csrc/common/threading.h, TeamStalls): how "
-      "many windows of its teams were judged and how many of them were stalled by members without a core, how many teams ran on "
+      "many windows of its teams were judged and how many of them were stalled by members without "
+      "a core, how many teams ran on "
       "one thread during the pauses that followed, the current pause in microseconds, and "
       "whether one is on now.");
   m.def("cached_bytes", &cached_bytes,
