@@ -87,9 +87,9 @@ void gru_forward(const CellForwardArgs<T>& a) {
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
-    const auto [w_hh_t, w_ih_t] =
-        pack_gate_loop_weights(split.packs, kGruGates, H, scratch.packed_hh, w_hh, H,
-                               scratch.packed_ih, w_ih, I, training, a.w.half);
+    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(
+        split.packs, kGruGates, H, scratch.packed_hh, w_hh, H, scratch.packed_ih, w_ih, I, training,
+        a.w.half, in_place_step(steps, B));
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers

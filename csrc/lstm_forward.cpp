@@ -90,9 +90,9 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
-    const auto [w_hh_t, w_ih_t] =
-        pack_gate_loop_weights(split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R,
-                               scratch.packed_ih, w_ih, I, training, a.w.half);
+    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(
+        split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R, scratch.packed_ih, w_ih, I,
+        training, a.w.half, in_place_step(steps, B));
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;

@@ -54,8 +54,9 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
-    const StepWeights<T> w_hh_t = step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr,
-                                               scratch.packed_hh, w_hh, H, 1, H, split.packs);
+    const StepWeights<T> w_hh_t =
+        step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr, scratch.packed_hh, w_hh, H, 1,
+                     H, split.packs, in_place_step(steps, B));
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {

@@ -112,16 +112,21 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
 // This member's weights of a forward's GEMM with B = W^T, W [blocks*cols, K]: the layer's
 // 16-bit panels of W, packed ahead, when it has them (`half` non-null: nothing to pack here), or
 // its `share` of the panels of w, packed now into `packed` [packed_weights_size(K, blocks, cols)].
+// `in_place`: w is to be read as it is (StepWeights), for a single step of few rows.
 template <typename T>
 StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_panels, T* packed,
                             const T* w, int64_t K, int64_t blocks, int64_t cols,
-                            const PanelShare& share) {
+                            const PanelShare& share, bool in_place = false) {
   StepWeights<T> weights;
   weights.kernel = &step_gemm_kernels<T>();
   const int64_t nr = weights.kernel->panel_width;
   if (half) {
     weights.multiply_half = half_step_gemm(half->format);
     weights.half = packed_half_panels(half_panels, K, blocks, cols, nr);
+  } else if (in_place) {
+    weights.in_place = w;
+    weights.in_place_K = K;
+    weights.in_place_cols = cols;
   } else {
     weights.native = pack_weights(*weights.kernel, packed, w, 1, K, K, blocks, cols, share);
   }
@@ -137,6 +142,7 @@ StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_p
 // output element is one chain over I whatever the chunk (common/step_gemm.h).
 constexpr int64_t kStopCheckWork = int64_t(1) << 24;
 // With `half` (an inference with 16-bit weights) W_ih^T is its panels instead.
+// Rows <= kMaxInPlaceRows (a single step of an inference) read W_ih in place.
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
                     int64_t I, int64_t blocks, int64_t H, bool accumulate = false,
@@ -146,8 +152,8 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
   const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
-    const StepWeights<T> w_ih_t =
-        step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I, blocks, H, share);
+    const StepWeights<T> w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I,
+                                               blocks, H, share, rows <= kMaxInPlaceRows);
     for (int64_t r0 = 0; r0 < rows && !stop_requested(); r0 += chunk_rows)
       step_gemm(w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
                 out + r0 * ldo, ldo, accumulate);
@@ -158,20 +164,24 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
 // units [packs.begin, packs.begin + packs.width) of every gate block): its panels of W_hh^T
 // (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
 // projects the inputs chunk by chunk. With `half` (inference) nothing: the layer packed them.
+// A single step of few rows (in_place_step) reads both in place, in training as in inference
+// (the two then give the same bits, as project_inputs does for so few rows).
 template <typename T>
 struct GateLoopWeights {
   StepWeights<T> w_hh_t, w_ih_t;
 };
+inline bool in_place_step(int64_t steps, int64_t B) { return steps == 1 && B <= kMaxInPlaceRows; }
 template <typename T>
 GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t blocks, int64_t H,
                                           T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
                                           const T* w_ih, int64_t I, bool training,
-                                          const HalfLayerWeights* half) {
+                                          const HalfLayerWeights* half, bool in_place) {
   GateLoopWeights<T> m;
-  m.w_hh_t = step_weights(half, half ? half->w_hh : nullptr, packed_hh, w_hh, R, blocks, H, packs);
+  m.w_hh_t = step_weights(half, half ? half->w_hh : nullptr, packed_hh, w_hh, R, blocks, H, packs,
+                          in_place);
   if (!training)
-    m.w_ih_t =
-        step_weights(half, half ? half->w_ih : nullptr, packed_ih, w_ih, I, blocks, H, packs);
+    m.w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed_ih, w_ih, I, blocks, H, packs,
+                            in_place);
   return m;
 }
 
