@@ -36,7 +36,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import check_axis, check_size
-from .sampling import RngLike, _check_temperature, _check_top_p, as_generator, greedy, sample
+from .sampling import (
+    RngLike,
+    _check_temperature,
+    _check_top_k,
+    _check_top_p,
+    _draw,
+    as_generator,
+    greedy,
+)
 
 __all__ = ["Decoded", "Hypothesis", "beam_search", "greedy_decode", "sample_decode"]
 
@@ -150,9 +158,11 @@ def _check_step_output(output: object, rows: int, num_classes: int | None, eos: 
         raise ValueError(
             f"eos must be < V = {logits.shape[1]} (the classes of the logits), got {eos}"
         )
-    if np.isnan(logits).any() or np.isposinf(logits).any():
-        raise ValueError("step returned logits with NaN or +inf")
+    # a row's maximum is NaN or +inf if the row holds one, -inf if it holds nothing finite: one
+    # reduction tells all three (the messages below say which)
     if not np.isfinite(logits.max(axis=1)).all():
+        if np.isnan(logits).any() or np.isposinf(logits).any():
+            raise ValueError("step returned logits with NaN or +inf")
         raise ValueError("step returned a row of logits with no finite value")
     return logits, state
 
@@ -268,8 +278,8 @@ def sample_decode(
     top_p = _check_top_p(top_p)
     rng = as_generator(rng)
 
-    def choose(logits: np.ndarray) -> np.ndarray:
-        return sample(logits, temperature, top_k, rng, top_p=top_p)
+    def choose(logits: np.ndarray) -> np.ndarray:  # (checked by _check_step_output)
+        return _draw(logits, temperature, _check_top_k(top_k, logits.shape[1]), top_p, rng)
 
     return _generate(step, state, start, max_len, eos, choose)
 

@@ -111,10 +111,16 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     temperature = _check_temperature(temperature)
     if temperature == 0:
         raise ValueError("temperature must be > 0 for softmax (0 is greedy: use greedy())")
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
+    return _softmax(np.asarray(logits, dtype=np.float64), temperature)
+
+
+def _softmax(z: np.ndarray, temperature: float) -> np.ndarray:
+    """`softmax` of float64 logits, temperature > 0 (checked by the caller)."""
+    z = z / temperature
+    z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 def sample(
@@ -155,19 +161,32 @@ def sample(
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
-    V = logits.shape[-1]
-    top_k = _check_top_k(top_k, V)
+    top_k = _check_top_k(top_k, logits.shape[-1])
     top_p = _check_top_p(top_p)
-    rng = as_generator(rng)
+    choice = _draw(np.atleast_2d(logits), temperature, top_k, top_p, as_generator(rng))
+    return int(choice[0]) if logits.ndim == 1 else choice
+
+
+def _draw(
+    logits: np.ndarray,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`sample`'s draw, one per row of ``logits`` (B, V), with every argument already checked
+    as `sample` checks it (the decoding loops check once per sequence, not per step); (B,)
+    int64."""
+    V = logits.shape[-1]
     if temperature == 0 or top_k == 1:
-        return greedy(logits)
-    rows = np.atleast_2d(logits).astype(np.float64)
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    rows = logits.astype(np.float64)
     if top_k is not None and top_k < V:
         keep = np.argpartition(rows, V - top_k, axis=-1)[:, V - top_k :]
         masked = np.full_like(rows, -np.inf)
         np.put_along_axis(masked, keep, np.take_along_axis(rows, keep, axis=-1), axis=-1)
         rows = masked
-    p = softmax(rows, temperature)
+    p = _softmax(rows, temperature)
     if top_p is not None and top_p < 1:
         p = _nucleus(p, top_p)
     # inverse CDF: the first class whose cumulative probability exceeds u * total; a class of
@@ -177,8 +196,7 @@ def sample(
     choice = np.sum(cdf <= u, axis=-1)
     # rounding (u * total == total) could step past the last class of positive probability
     last = V - 1 - np.argmax(p[:, ::-1] > 0, axis=-1)
-    choice = np.minimum(choice, last).astype(np.int64)
-    return int(choice[0]) if logits.ndim == 1 else choice
+    return np.minimum(choice, last).astype(np.int64)
 
 
 def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
