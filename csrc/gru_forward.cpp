@@ -80,7 +80,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
 
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
-    project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kGruGates, H);
+    project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kGruGates, H, false,
+                   nullptr, in_place_step(steps, B));
 
   // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
   // variant needs all of r*h before its second GEMM: a second barrier.

@@ -81,7 +81,8 @@ void lstm_forward(const CellForwardArgs<T>& a) {
 
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
-    project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kLstmGates, H);
+    project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kLstmGates, H, false,
+                   nullptr, in_place_step(steps, B));
 
   // The time loop on a team (StepSplit): by units, each member owns the hidden units
   // [j0, j0 + w) of every gate that its panels of W_hh^T hold (and the outputs of a projection its

@@ -49,7 +49,8 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
-  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H, false, a.w.half);
+  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H, false, a.w.half,
+                 in_place_step(steps, B));
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =

@@ -133,6 +133,10 @@ StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_p
   return weights;
 }
 
+// A single step of few rows reads its weights in place (StepWeights), in training as in
+// inference (the two then give the same bits).
+inline bool in_place_step(int64_t steps, int64_t B) { return steps == 1 && B <= kMaxInPlaceRows; }
+
 // out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
 // [blocks*H, I]: the input projection of all steps at once (rows = T*B), or a dense layer, in one
 // GEMM on a team of its own sized by the work, each member packing (into packed
@@ -142,18 +146,18 @@ StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_p
 // output element is one chain over I whatever the chunk (common/step_gemm.h).
 constexpr int64_t kStopCheckWork = int64_t(1) << 24;
 // With `half` (an inference with 16-bit weights) W_ih^T is its panels instead.
-// Rows <= kMaxInPlaceRows (a single step of an inference) read W_ih in place.
+// `in_place` (a single step of few rows: in_place_step) reads W_ih in place.
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
                     int64_t I, int64_t blocks, int64_t H, bool accumulate = false,
-                    const HalfLayerWeights* half = nullptr) {
+                    const HalfLayerWeights* half = nullptr, bool in_place = false) {
   const int64_t nr = step_gemm_kernels<T>().panel_width;
   const int64_t row_work = std::max<int64_t>(1, blocks * H * I);
   const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
     const StepWeights<T> w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I,
-                                               blocks, H, share, rows <= kMaxInPlaceRows);
+                                               blocks, H, share, in_place);
     for (int64_t r0 = 0; r0 < rows && !stop_requested(); r0 += chunk_rows)
       step_gemm(w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
                 out + r0 * ldo, ldo, accumulate);
@@ -164,13 +168,11 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
 // units [packs.begin, packs.begin + packs.width) of every gate block): its panels of W_hh^T
 // (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
 // projects the inputs chunk by chunk. With `half` (inference) nothing: the layer packed them.
-// A single step of few rows (in_place_step) reads both in place, in training as in inference
-// (the two then give the same bits, as project_inputs does for so few rows).
+// A single step of few rows (in_place_step) reads both in place.
 template <typename T>
 struct GateLoopWeights {
   StepWeights<T> w_hh_t, w_ih_t;
 };
-inline bool in_place_step(int64_t steps, int64_t B) { return steps == 1 && B <= kMaxInPlaceRows; }
 template <typename T>
 GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t blocks, int64_t H,
                                           T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,

@@ -68,9 +68,10 @@ struct StepGemmKernels {
   int64_t panel_width;  // nr
   void (*multiply)(const PanelProduct<T>& m);
   void (*pack_transposed)(T* panel, const T* w, int64_t ld, int64_t K, int64_t valid);
-  // y[j] = alpha * (x . w_j) (+ y[j] if accumulate), j < n, w_j = w + j*ldw (csrc/row_dot.inc)
-  void (*dot_rows)(int64_t n, int64_t k, T alpha, const T* x, const T* w, int64_t ldw, T* y,
-                   bool accumulate);
+  // y[r*ldy + j] (+)= x_r . w_j for rows x_r = x + r*ldx, j < n, w_j = w + j*ldw: W read in
+  // place (csrc/row_dot.inc)
+  void (*dot_rows)(int64_t n, int64_t k, const T* x, int64_t ldx, int64_t rows, const T* w,
+                   int64_t ldw, T* y, int64_t ldy, bool accumulate);
 };
 
 // The 16-bit formats of weights an inference may keep (weights_dtype): the micro-kernel widens
@@ -239,11 +240,11 @@ void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int6
 
 // The weights of a forward's step GEMMs: panels of T packed by the call (`native`); in a float
 // inference with weights_dtype, 16-bit panels the layer packed once ahead (`half`, multiplied by
-// `multiply_half`; packed_half_panels below gives their layout); or, for a single step of one or
-// two rows (kMaxInPlaceRows), W itself read in place (`in_place`, [blocks * cols, K] row-major,
-// multiplied row by row with dot products: packing would read and write it once more than the
-// product reads it).
-constexpr int64_t kMaxInPlaceRows = 2;
+// `multiply_half`; packed_half_panels below gives their layout); or, for a single step of up to
+// kMaxInPlaceRows rows, W itself read in place (`in_place`, [blocks * cols, K] row-major,
+// multiplied by dot products, each row of W once per 4 rows: packing would read and write it
+// once more than the product reads it, and transpose it on the way).
+constexpr int64_t kMaxInPlaceRows = 16;
 template <typename T>
 struct StepWeights {
   const StepGemmKernels<T>* kernel = nullptr;
@@ -260,10 +261,8 @@ void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const Pane
     if (share.width <= 0) return;
     const int64_t K = w.in_place_K, cols = w.in_place_cols;
     for (int64_t g = first; g < first + count; ++g)
-      for (int64_t r = 0; r < rows; ++r)
-        w.kernel->dot_rows(share.width, K, T(1), a + r * lda,
-                           w.in_place + (g * cols + share.begin) * K, K,
-                           out + r * ldo + (g - first) * cols + share.begin, accumulate);
+      w.kernel->dot_rows(share.width, K, a, lda, rows, w.in_place + (g * cols + share.begin) * K, K,
+                         out + (g - first) * cols + share.begin, ldo, accumulate);
     return;
   }
   if constexpr (std::is_same_v<T, float>) {

@@ -23,8 +23,17 @@ from tests.helpers.cells import (
 )
 
 # (T, B, I, H): single step, single item, I != H, odd sizes, H past one vector, a wider batch;
-# a single step of two rows with more gate rows than one pass of the in-place product takes (8)
-SIZES = [(1, 1, 1, 1), (1, 3, 5, 2), (6, 1, 7, 19), (5, 3, 16, 33), (4, 6, 9, 64), (1, 2, 13, 37)]
+# single steps of 2 and 5 rows (read in place: 2 rows, 4 + 1) with more gate rows than one pass
+# of the in-place product takes
+SIZES = [
+    (1, 1, 1, 1),
+    (1, 3, 5, 2),
+    (6, 1, 7, 19),
+    (5, 3, 16, 33),
+    (4, 6, 9, 64),
+    (1, 2, 13, 37),
+    (1, 5, 13, 37),
+]
 DTYPES = [np.float64, np.float32]
 
 

@@ -264,9 +264,18 @@ def test_a_given_thread_count_is_reproducible(case, restore_threads):
 
 
 # Batch 1, odd sizes, a hidden size of several panels of the step kernel; and a batch whose rows
-# two or three members split between them (csrc/common/sequence.h, StepSplit: from 8 rows each).
+# two or three members split between them (csrc/common/sequence.h, StepSplit: from 8 rows each);
+# single steps of 1 and 3 rows, whose products read the weights in place (csrc/row_dot.inc).
 ROW_SPLIT = (30, 24, 9, 100)
-EXACT_SIZES = [SMALL, MEDIUM, (6, 1, 9, 100), (3, 5, 33, 97), ROW_SPLIT]
+EXACT_SIZES = [
+    SMALL,
+    MEDIUM,
+    (6, 1, 9, 100),
+    (3, 5, 33, 97),
+    ROW_SPLIT,
+    (1, 1, 9, 100),
+    (1, 3, 9, 100),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
