@@ -96,7 +96,7 @@ void SpinBarrier::wait() {
   const int generation = generation_.load(std::memory_order_acquire);
   // The last to arrive resets the count and opens the barrier; its release (and the acq_rel
   // chain of the arrivals) publishes every member's writes before the barrier to every member.
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == members_ - 1) {
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == clocks_.members() - 1) {
     arrived_.store(0, std::memory_order_relaxed);
     generation_.store(generation + 1, std::memory_order_release);
     return;

@@ -102,24 +102,18 @@ class StallClock {
 // returns at once: a member that stopped never comes again, and the others must not wait for it.
 class SpinBarrier {
  public:
-  SpinBarrier(int members, const StopState* stop) : members_(members), stop_(stop) {
-    clocks_.resize(members);
-  }
+  SpinBarrier(int members, const StopState* stop) : stop_(stop) { clocks_.resize(members); }
   void wait();
   // Before any wait and any member's start: OpenMP may give a team fewer threads than asked.
-  void set_members(int members) {
-    members_ = members;
-    clocks_.resize(members);
-  }
+  void set_members(int members) { clocks_.resize(members); }
   MemberClocks& clocks() { return clocks_; }
   // Nanoseconds the members did not run while members waited here past their spinning, summed
   // (see TeamStalls).
   int64_t stalled_ns() const { return stalled_ns_.load(std::memory_order_relaxed); }
 
  private:
-  int members_;
   const StopState* stop_;
-  MemberClocks clocks_;
+  MemberClocks clocks_;  // one per member: their count is the team's
   alignas(64) std::atomic<int> arrived_{0};
   alignas(64) std::atomic<int> generation_{0};
   alignas(64) std::atomic<int64_t> stalled_ns_{0};

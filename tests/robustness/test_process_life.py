@@ -308,54 +308,13 @@ def test_idle_threads_leave_the_cores_whichever_library_loaded_first(first):
 # ---------------------------------------------------------------- a team without its cores
 
 STALL_SCRIPT = """
-    import json, os, time
-    import numpy as np
-    import fusedrnn
-    from fusedrnn import _core
-
-    os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})  # two threads on one CPU
-    fusedrnn.set_num_threads(1)
-    layer = fusedrnn.GRU(16, 64, dtype=np.float64, seed=0)
-    x = np.random.default_rng(0).standard_normal((50, 4, 16))
-    alone = layer(x)[0]
-    fusedrnn.set_num_threads(2)
-    _core._set_team_thresholds(0, 1, {pause})  # the time loops on a team of two
-    same = True
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # until a pause has run a call alone (or 5 s)
-        same = same and bool(np.array_equal(layer(x)[0], alone))
-        if _core.team_stalls()["calls_alone"] >= 3:
-            break
-    print(json.dumps({{**_core.team_stalls(), "same": same}}))
-"""
-
-
-@needs_threads
-@pytest.mark.parametrize("pause", [True, False], ids=["pausing", "not_pausing"])
-def test_a_team_stalled_by_a_member_without_a_core_runs_alone_for_a_while(pause):
-    """A team whose member has no core of its own (here: two threads on one CPU, as when another
-    program holds the other core) waits at every step's barrier for a member that is not
-    running. The calling thread notices (its members waited past their spinning for a quarter
-    of the team's time or more), runs its next calls on one thread for a pause, then tries the
-    team again: `team_stalls` counts both. The results are the same bits either way. With the
-    pauses turned off (the testing knob), every call runs on the team."""
-    result = run_script(STALL_SCRIPT.format(pause=pause), timeout=60)
-    assert result["same"], "a call on the stalled team or alone changed the results"
-    assert result["teams_stalled"] >= 1, result
-    if pause:
-        assert result["calls_alone"] >= 3, result
-        assert result["pause_us"] >= 20_000, result
-    else:
-        assert result["calls_alone"] == 0, result
-
-
-NEIGHBOUR_SCRIPT = """
     import json, os, threading, time
     import numpy as np
     import fusedrnn
     from fusedrnn import _core
 
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # two CPUs, three threads
+    cpus = sorted(os.sched_getaffinity(0))[:{cpus}]
+    os.sched_setaffinity(0, cpus)  # the team's two threads, and the neighbour if any
     fusedrnn.set_num_threads(1)
     layer = fusedrnn.GRU(16, 64, dtype=np.float64, seed=0)
     x = np.random.default_rng(0).standard_normal((50, 4, 16))
@@ -370,8 +329,9 @@ NEIGHBOUR_SCRIPT = """
         while not done.is_set():
             np.sin(big, out=big)
 
-    thread = threading.Thread(target=neighbour)
-    thread.start()
+    thread = threading.Thread(target=neighbour) if {neighbour} else None
+    if thread:
+        thread.start()
     same = True
     deadline = time.monotonic() + 5
     try:
@@ -382,9 +342,35 @@ NEIGHBOUR_SCRIPT = """
                 break
     finally:
         done.set()
-        thread.join()
+        if thread:
+            thread.join()
     print(json.dumps({{**_core.team_stalls(), "same": same}}))
 """
+
+
+def stall_script(pause: bool, neighbour: bool) -> str:
+    """A GRU on a team of two without a core of its own: on one CPU, or on two CPUs beside a
+    thread of the same process that keeps one busy (``neighbour``)."""
+    return STALL_SCRIPT.format(pause=pause, neighbour=neighbour, cpus=2 if neighbour else 1)
+
+
+@needs_threads
+@pytest.mark.parametrize("pause", [True, False], ids=["pausing", "not_pausing"])
+def test_a_team_stalled_by_a_member_without_a_core_runs_alone_for_a_while(pause):
+    """A team whose member has no core of its own (here: two threads on one CPU, as when another
+    program holds the other core) waits at every step's barrier for a member that is not
+    running. The calling thread notices (its members waited past their spinning for a quarter
+    of the team's time or more), runs its next calls on one thread for a pause, then tries the
+    team again: `team_stalls` counts both. The results are the same bits either way. With the
+    pauses turned off (the testing knob), every call runs on the team."""
+    result = run_script(stall_script(pause, neighbour=False), timeout=60)
+    assert result["same"], "a call on the stalled team or alone changed the results"
+    assert result["teams_stalled"] >= 1, result
+    if pause:
+        assert result["calls_alone"] >= 3, result
+        assert result["pause_us"] >= 20_000, result
+    else:
+        assert result["calls_alone"] == 0, result
 
 
 @needs_threads
@@ -396,7 +382,7 @@ def test_a_team_stalled_by_a_thread_of_this_process_runs_alone_for_a_while(pause
     process's CPU clock counted that thread's time as the team's: a GRU at B=1 ran 2x slower on
     two threads than on one, and only a window now and then (the clock's ticks) read stalled;
     with the pauses off, most windows must."""
-    result = run_script(NEIGHBOUR_SCRIPT.format(pause=pause), timeout=60)
+    result = run_script(stall_script(pause, neighbour=True), timeout=60)
     assert result["same"], "a call on the stalled team or alone changed the results"
     if pause:
         assert result["teams_stalled"] >= 1, result
