@@ -28,6 +28,12 @@ DOUBLE_BACKWARD_MESSAGE = (
 )
 
 
+FORWARD_MODE_MESSAGE = (
+    "{op} has no forward-mode derivative (torch.func.jvp, jacfwd, and hessian, which is jacfwd "
+    "of jacrev): use reverse mode (torch.func.grad, vjp, jacrev), or torch.nn's own module"
+)
+
+
 def use_torch_threads() -> None:
     """Run the kernels with ``torch.get_num_threads()`` threads (docs/torch.md, "Threads").
 
@@ -224,9 +230,12 @@ def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, 
 
 def _backward_function(ctx, operator):
     """What an autograd formula calls for the gradients: the backward operator, or, after an
-    eager forward (`run_stack`, `run_attention`), its Python function without the dispatcher.
+    eager forward (`run_stack`, `run_attention`), its Python function without the dispatcher;
+    under torch.func's transforms the operator inside an autograd.Function (`_FuncBackward`).
     With create_graph=True always the operator, whose autograd raises DOUBLE_BACKWARD_MESSAGE
     when the gradients are differentiated."""
+    if getattr(ctx, "func_transform", False):
+        return lambda *args: _func_backward(operator, args)
     eager = getattr(ctx, "eager_backward", None)
     return operator if eager is None or torch.is_grad_enabled() else eager
 
@@ -375,6 +384,137 @@ _backward, _setup = _no_double_backward("fusedrnn::attention_backward")
 attention_backward.register_autograd(_backward, setup_context=_setup)
 
 
+# ---------------------------------------------------------------- torch.func's transforms
+
+# vmap: every operator maps over a dimension one index at a time, the results stacked along a
+# new first dimension. Correct whatever is mapped (inputs, states, weights, lengths, masks), and
+# per-sample gradients (vmap of grad) need it: folding the mapped dimension into the batch would
+# sum the weight gradients over it.
+
+
+def _select(arg, dim, index: int | None):
+    """``arg`` at ``index`` of its mapped dimension ``dim`` (None: not mapped), lists itemwise;
+    index None: a meta tensor of one index's shape, for every tensor."""
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_select(a, d, index) for a, d in zip(arg, dim))
+    if index is None and isinstance(arg, Tensor):
+        shape = arg.shape if dim is None else arg.shape[:dim] + arg.shape[dim + 1 :]
+        return arg.new_empty(shape, device="meta")
+    return arg if dim is None else arg.select(dim, index)
+
+
+def _vmap_by_index(operator):
+    """The vmap rule of ``operator``: one call per index, the results stacked."""
+
+    def rule(info, in_dims, *args):
+        count = info.batch_size
+        # an empty mapped dimension: the results' shapes from one call on meta tensors
+        indices = range(count) if count else [None]
+        results = [operator(*(_select(a, d, i) for a, d in zip(args, in_dims))) for i in indices]
+        stacked = type(results[0])(
+            torch.stack(parts) if count else torch.empty(0, *parts[0].shape, dtype=parts[0].dtype)
+            for parts in zip(*results)
+        )
+        return stacked, type(results[0])(0 for _ in stacked)
+
+    return rule
+
+
+for _operator in (stack_forward, stack_backward, attention_forward, attention_backward):
+    torch.library.register_vmap(_operator, _vmap_by_index(_operator))
+
+
+# grad, vjp, jacrev: PyTorch's transforms take an autograd.Function only with a setup_context
+# staticmethod, which the one register_autograd generates lacks (pytorch/pytorch#168393), so
+# under a transform the forward operators run inside these Functions, with the same formulas.
+# generate_vmap_rule: under vmap their bodies run on batched tensors, which the operators'
+# rules above take.
+
+
+class _FuncStack(torch.autograd.Function):
+    """fusedrnn::stack_forward and its autograd formula, for torch.func's transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, h0, c0, lengths, masks, options, *weights):
+        return stack_forward(x, h0, c0, list(weights), lengths, masks, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, lengths, masks, options, *weights = inputs
+        _stack_setup_context(ctx, (x, h0, c0, weights, lengths, masks, *options), output)
+        ctx.func_transform = True
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n, dworkspace):
+        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(ctx, dy, dh_n, dc_n, dworkspace)
+        return dx, dh0, dc0, None, None, None, *dweights
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(FORWARD_MODE_MESSAGE.format(op="fusedrnn::stack_forward"))
+
+
+class _FuncAttention(torch.autograd.Function):
+    """fusedrnn::attention_forward and its autograd formula, for torch.func's transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, attn_mask, *options):
+        return attention_forward(q, k, v, attn_mask, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _attention_setup_context(ctx, inputs, output)
+        ctx.func_transform = True
+
+    @staticmethod
+    def backward(ctx, d_out, dlse):
+        return _attention_backward_formula(ctx, d_out, dlse)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(FORWARD_MODE_MESSAGE.format(op="fusedrnn::attention_forward"))
+
+
+def _func_backward(operator, args: tuple) -> tuple:
+    """``operator(*args)`` through `_FuncBackward`, the list arguments (weights) spread out: a
+    transform sees only the tensors among an autograd.Function's own arguments."""
+    flat, sizes = [], []
+    for arg in args:
+        is_list = isinstance(arg, list)
+        flat.extend(arg if is_list else [arg])
+        sizes.append(len(arg) if is_list else None)
+    return _FuncBackward.apply(operator, tuple(sizes), *flat)
+
+
+class _FuncBackward(torch.autograd.Function):
+    """A backward operator under torch.func's transforms (arguments: `_func_backward`); its
+    gradient (hessian, jacrev of grad) raises DOUBLE_BACKWARD_MESSAGE."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(operator, sizes, *flat):
+        rest = iter(flat)
+        args = [next(rest) if size is None else [next(rest) for _ in range(size)] for size in sizes]
+        return tuple(operator(*args))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.name = inputs[0]._qualname
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op=ctx.name))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op=ctx.name))
+
+
 # ---------------------------------------------------------------- eager calls
 
 # A forward+backward through an operator pays PyTorch's dispatcher and the custom-op wrapper in
@@ -384,11 +524,18 @@ attention_backward.register_autograd(_backward, setup_context=_setup)
 # (FakeTensor, meta), tracing and tensor subclasses keep the operators.
 
 
+def _in_func_transform() -> bool:
+    """Whether torch.func's transforms (vmap, grad, ...) are running, outside torch.compile."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def _eager(tensors) -> bool:
     """Whether a call on these tensors may skip the operators (see above)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, ...
+    if _in_func_transform():
         return False
     if is_in_torch_dispatch_mode():  # FakeTensorMode, FlopCounterMode, ...
         return False
@@ -418,6 +565,8 @@ def run_stack(x, h0, c0, weights, lengths, dropout_masks, *options) -> tuple:
     be (see `_eager`)."""
     if _eager([x, h0, c0, lengths, dropout_masks, *weights]):
         return _EagerStack.apply(x, h0, c0, lengths, dropout_masks, options, *weights)
+    if _in_func_transform():
+        return _FuncStack.apply(x, h0, c0, lengths, dropout_masks, options, *weights)
     return stack_forward(x, h0, c0, weights, lengths, dropout_masks, *options)
 
 
@@ -441,4 +590,6 @@ def run_attention(q, k, v, attn_mask, *options) -> tuple:
     """`attention_forward` (same arguments), eager where it may be (see `_eager`)."""
     if _eager([q, k, v, attn_mask]):
         return _EagerAttention.apply(q, k, v, attn_mask, *options)
+    if _in_func_transform():
+        return _FuncAttention.apply(q, k, v, attn_mask, *options)
     return attention_forward(q, k, v, attn_mask, *options)

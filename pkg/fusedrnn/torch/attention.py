@@ -66,7 +66,14 @@ def scaled_dot_product_attention(
         )
     seed = 0
     if dropout_p > 0:
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        drawn = torch.randint(0, 2**62, (), dtype=torch.int64)
+        if torch._C._functorch.is_batchedtensor(drawn):  # one seed per vmapped index
+            raise RuntimeError(
+                "fusedrnn.torch.scaled_dot_product_attention: dropout under "
+                "torch.vmap(randomness='different') is not supported; use randomness='same' "
+                "(the same dropout mask at every index) or dropout_p=0"
+            )
+        seed = int(drawn)
     out, _ = _ops.run_attention(
         query.contiguous(),
         key.contiguous(),
