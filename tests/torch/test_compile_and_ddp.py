@@ -1,6 +1,7 @@
 """fusedrnn.torch under torch.compile(fullgraph=True) (no graph break, the same numbers as
-eager) and under DistributedDataParallel with gloo, two processes on this machine (the same
-parameters after a few steps as one process on the combined batch)."""
+eager), torch.jit.trace and torch.export, and under DistributedDataParallel with gloo, two
+processes on this machine (the same parameters after a few steps as one process on the combined
+batch)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,25 @@ def test_torch_compile_fullgraph_gives_the_eager_numbers():
         torch.testing.assert_close(logits, eager[0], rtol=1e-10, atol=1e-12)
         for grad, expected in zip(grads, eager[1]):
             torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["jit.trace", "export"])
+def test_a_traced_or_exported_model_gives_the_eager_numbers(how):
+    """torch.jit.trace (its check traces a second time, under no_grad) and torch.export: the
+    outputs, and through the traced module the gradients, of the eager model."""
+    torch.manual_seed(0)
+    model = TinyLM().double().eval()  # (eval: no dropout masks to draw differently)
+    tokens = torch.randint(0, VOCAB, (T, B))
+    targets = torch.randint(0, VOCAB, (B,))
+    if how == "jit.trace":
+        traced = torch.jit.trace(model, (tokens,))
+    else:
+        traced = torch.export.export(model, (tokens,)).module()
+    eager = _step(model, tokens, targets)
+    for got, expected in zip(_step(traced, tokens, targets)[1], eager[1]):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(tokens), model(tokens), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- DDP

@@ -66,7 +66,11 @@ def before_fallback(module, reason: str) -> None:
 
 
 def needs_grad(tensors: list[Tensor | None]) -> bool:
-    """Whether autograd will want a backward: the forward must then save its workspace."""
+    """Whether autograd will want a backward: the forward must then save its workspace. Always
+    while torch.jit.trace records: its graph serves every later call, with gradients or without
+    (and its check traces again under no_grad: the two graphs must be the same)."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
