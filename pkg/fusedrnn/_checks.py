@@ -161,7 +161,8 @@ def fits_shape(value: np.ndarray, shape: tuple) -> bool:
         actual = actual[len(actual) - len(shape) :]
     elif len(actual) != len(shape):
         return False
-    for want, got in zip(shape, actual):  # (a loop: every module call checks several arrays)
+    # a loop, not all() over a generator (SIM110): every module call checks several arrays
+    for want, got in zip(shape, actual):  # noqa: SIM110
         if want is not None and want != got:
             return False
     return True
