@@ -46,10 +46,9 @@ GROUPS: list[tuple[str, list[str]]] = [
             "TransformerDecoderBlock",
             "SinusoidalPositionalEncoding",
             "LearnedPositionalEncoding",
-            "ReLU",
-            "GELU",
         ],
     ),
+    ("Activations", ["ReLU", "GELU", "Tanh", "Sigmoid"]),
     (
         "Training",
         [

@@ -20,7 +20,7 @@ from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .normalization import LayerNorm
 from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
-from .parameter_free import GELU, Dropout, LogSoftmax, ReLU
+from .parameter_free import GELU, Dropout, LogSoftmax, ReLU, Sigmoid, Tanh
 from .serialization import load, save
 from .transformer import (
     LearnedPositionalEncoding,
@@ -61,7 +61,9 @@ __all__ = [
     "RecurrentNoise",
     "ScaledDotProductAttention",
     "Sequential",
+    "Sigmoid",
     "SinusoidalPositionalEncoding",
+    "Tanh",
     "TransformerDecoderBlock",
     "__version__",
     "cell_options",

@@ -1,5 +1,5 @@
-"""`Dropout`, `LogSoftmax`, `ReLU` and `GELU`: the layers without parameters, as
-``torch.nn.Dropout``, ``LogSoftmax``, ``ReLU`` and ``GELU``, in vectorised NumPy.
+"""`Dropout`, `LogSoftmax`, `ReLU`, `GELU`, `Tanh` and `Sigmoid`: the layers without parameters,
+as ``torch.nn``'s of the same names, in vectorised NumPy.
 
 What the two share is that they have no parameters (neither is elementwise across a row:
 LogSoftmax couples the entries of its axis): they take the dtype of their input, float32 or
@@ -10,7 +10,7 @@ float64, rather than having one of their own, and their ``grads`` are empty. `lo
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, expit
 
 from ._checks import (
     check_array,
@@ -253,3 +253,26 @@ class GELU(_Elementwise):
         derivative *= dtype(1 / np.sqrt(2 * np.pi))
         derivative += cdf
         return derivative
+
+
+class Tanh(_Elementwise):
+    """``tanh(x)``, as ``torch.nn.Tanh``, in the dtype of x."""
+
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = np.tanh(x)
+        return y, y.copy()  # (the caller may write into the y it gets)
+
+    def _derivative(self, y: np.ndarray) -> np.ndarray:
+        return 1 - y * y
+
+
+class Sigmoid(_Elementwise):
+    """``1 / (1 + exp(-x))``, as ``torch.nn.Sigmoid``, in the dtype of x (scipy's ``expit``:
+    no overflow at any x)."""
+
+    def _apply(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y = expit(x)
+        return y, y.copy()
+
+    def _derivative(self, y: np.ndarray) -> np.ndarray:
+        return y * (1 - y)

@@ -186,6 +186,8 @@ CASES = {
     "LogSoftmax": (lambda: fusedrnn.LogSoftmax(0), elementwise),
     "ReLU": (fusedrnn.ReLU, elementwise),
     "GELU": (fusedrnn.GELU, elementwise),
+    "Tanh": (fusedrnn.Tanh, elementwise),
+    "Sigmoid": (fusedrnn.Sigmoid, elementwise),
     "SinusoidalPositionalEncoding": (
         lambda: fusedrnn.SinusoidalPositionalEncoding(7, 10, dtype=F64),
         elementwise,

@@ -84,7 +84,9 @@ def test_positional_encoding_bad_input():
 # ---------------------------------------------------------------- activations
 
 
-@pytest.mark.parametrize("activation", [fusedrnn.GELU, fusedrnn.ReLU])
+@pytest.mark.parametrize(
+    "activation", [fusedrnn.GELU, fusedrnn.ReLU, fusedrnn.Tanh, fusedrnn.Sigmoid]
+)
 def test_activation_gradient(activation):
     x = np.random.default_rng(2).standard_normal((3, 5)) * 2
     module = activation()
@@ -103,6 +105,22 @@ def test_gelu_is_the_normal_cdf_form():
     np.testing.assert_allclose(fusedrnn.GELU()(x), want, rtol=1e-15, atol=1e-15)
     assert fusedrnn.GELU()(x.astype(np.float32)).dtype == np.float32
     np.testing.assert_array_equal(fusedrnn.ReLU()(x), np.maximum(x, 0))
+
+
+def test_tanh_and_sigmoid_values_dtypes_and_extremes():
+    x = np.array([-1000.0, -30.0, -1.0, 0.0, 0.5, 30.0, 1000.0])
+    np.testing.assert_allclose(fusedrnn.Tanh()(x), [math.tanh(v) for v in x], rtol=1e-15)
+    want = [1 / (1 + math.exp(-v)) if v > -700 else 0.0 for v in x]
+    np.testing.assert_allclose(fusedrnn.Sigmoid()(x), want, rtol=1e-15, atol=1e-300)
+    for activation in (fusedrnn.Tanh(), fusedrnn.Sigmoid()):
+        with np.errstate(all="raise"):  # no overflow warning at +-1000
+            y = activation(x.astype(np.float32))
+        assert y.dtype == np.float32 and np.isfinite(y).all()
+        # the derivative is kept apart from the output a caller may overwrite
+        y = activation(x)
+        y[:] = 7.0
+        dx = activation.backward(np.ones_like(x))
+        assert np.isfinite(dx).all() and np.all(np.abs(dx) <= 1)
 
 
 # ---------------------------------------------------------------- the block

@@ -2,7 +2,7 @@
 torch.nn.LayerNorm, nn.MultiheadAttention with a causal mask and nn.Linear, and
 torch.nn.TransformerEncoderLayer(norm_first=True) with a causal mask; both state dicts load as
 they are, and the outputs, the input's gradient and every parameter's gradient match (skipped
-without PyTorch). Also GELU and ReLU against torch.nn's."""
+without PyTorch). Also GELU, ReLU, Tanh and Sigmoid against torch.nn's."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_block_matches_torch(theirs_kind, activation, backend):
     assert set(ours.grads) == {name for name, _ in theirs.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["GELU", "ReLU"])
+@pytest.mark.parametrize("name", ["GELU", "ReLU", "Tanh", "Sigmoid"])
 def test_activations_match_torch(name):
     x = np.random.default_rng(1).standard_normal((4, 6)) * 3
     dy = np.random.default_rng(2).standard_normal(x.shape)
