@@ -1,7 +1,7 @@
 """fusedrnn.torch under torch.compile(fullgraph=True) (no graph break, the same numbers as
-eager), torch.jit.trace and torch.export, and under DistributedDataParallel with gloo, two
-processes on this machine (the same parameters after a few steps as one process on the combined
-batch)."""
+eager), torch.jit.trace and torch.export (torch.jit.script: a clear error), and under
+DistributedDataParallel with gloo, two processes on this machine (the same parameters after a
+few steps as one process on the combined batch)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,15 @@ def test_a_traced_or_exported_model_gives_the_eager_numbers(how):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(traced(tokens), model(tokens), rtol=1e-10, atol=1e-12)
+
+
+def test_torch_jit_script_raises_a_clear_error_and_leaves_the_model_as_it_was():
+    model = TinyLM()
+    with pytest.raises(RuntimeError, match=r"torch.jit.script cannot compile fusedrnn.torch.LSTM"):
+        torch.jit.script(model)
+    assert type(model.rnn) is ft.LSTM and type(model.cell) is ft.GRUCell
+    with pytest.raises(RuntimeError, match=r"cannot compile fusedrnn.torch.GRUCell"):
+        torch.jit.script(model.cell)
 
 
 # ---------------------------------------------------------------- DDP

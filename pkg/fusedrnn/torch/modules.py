@@ -65,6 +65,19 @@ def before_fallback(module, reason: str) -> None:
     warn_fallback(module, type(module).__name__, reason)
 
 
+def refuse_script(module) -> None:
+    """``torch.jit.script``'s hook (``__prepare_scriptable__``): a clear error. TorchScript cannot
+    compile a forward that calls Python operators, and the hook's other use, handing script a
+    ``torch.nn`` module in this one's place, would put that module into the caller's own model
+    too (script writes the hook's result back into the parent module)."""
+    name = type(module).__name__
+    raise RuntimeError(
+        f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls fusedrnn's "
+        f"operators from Python. torch.jit.trace and torch.export record those operators, and "
+        f"torch.compile runs them; or script a model built on torch.nn.{name}"
+    )
+
+
 def needs_grad(tensors: list[Tensor | None]) -> bool:
     """Whether autograd will want a backward: the forward must then save its workspace. Always
     while torch.jit.trace records: its graph serves every later call, with gradients or without
@@ -103,6 +116,9 @@ class _FusedStack:
     _fused_mode: ClassVar[str]  # the kernel family: "lstm", "gru" or "rnn"
     _torch_class: ClassVar[type]  # the torch.nn class: its forward is the fallback
     reset_after: bool = True  # GRU only; a class default, so that `convert` needs no __init__
+
+    def __prepare_scriptable__(self):
+        refuse_script(self)
 
     def forward(self, input, hx=None):
         """As ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: ``(output, h_n)``, or for LSTM
@@ -276,6 +292,9 @@ class _FusedCell:
 
     _fused_mode: ClassVar[str]
     reset_after: bool = True
+
+    def __prepare_scriptable__(self):
+        refuse_script(self)
 
     def forward(self, input: Tensor, hx=None):
         """As ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell``: h', or for LSTMCell (h', c')."""
