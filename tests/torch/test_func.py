@@ -233,6 +233,20 @@ def test_forward_mode_raises_a_clear_error(transform):
         transform(lambda i: ft.scaled_dot_product_attention(i, k, v).sum(), q)
 
 
+def test_dual_tensors_of_forward_ad_raise_the_same_error():
+    """Outside torch.func too (the eager path): torch.autograd.forward_ad."""
+    import torch.autograd.forward_ad as forward_ad
+
+    module = ft.LSTM(INPUT_SIZE, 4).double()
+    x = torch.randn(T, B, INPUT_SIZE, dtype=torch.float64)
+    q, k, v = _qkv()
+    with forward_ad.dual_level():
+        with pytest.raises(RuntimeError, match="fusedrnn::stack_forward has no forward-mode"):
+            module(forward_ad.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(RuntimeError, match="fusedrnn::attention_forward has no forward-mode"):
+            ft.scaled_dot_product_attention(forward_ad.make_dual(q, torch.ones_like(q)), k, v)
+
+
 def test_gradients_of_gradients_raise_the_double_backward_error():
     module = ft.RNN(INPUT_SIZE, 4).double()
     x = torch.randn(T, B, INPUT_SIZE, dtype=torch.float64)

@@ -559,6 +559,8 @@ class _EagerStack(torch.autograd.Function):
         dx, dh0, dc0, dweights, *_ = _stack_backward_formula(ctx, dy, dh_n, dc_n, dworkspace)
         return dx, dh0, dc0, None, None, None, *dweights
 
+    jvp = _FuncStack.jvp  # (torch.autograd.forward_ad's dual tensors)
+
 
 def run_stack(x, h0, c0, weights, lengths, dropout_masks, *options) -> tuple:
     """`stack_forward` (the same arguments; options: mode, ..., training), eager where it may
@@ -584,6 +586,8 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, dlse):
         return _attention_backward_formula(ctx, d_out, dlse)
+
+    jvp = _FuncAttention.jvp
 
 
 def run_attention(q, k, v, attn_mask, *options) -> tuple:
