@@ -125,10 +125,56 @@ def test_vmap_of_inputs_and_of_an_ensemble_equals_a_loop(case):
         assert_close_all(_grads_flat(_index(got, k)), _grads_flat(member(xs[0])), dtype)
 
 
+@pytest.mark.parametrize(
+    "case", STACK_CASES[1:3] + STACK_CASES[5:6] + STACK_CASES[7:8], ids=case_id
+)
+def test_vmap_of_an_inference_is_one_call_equal_to_a_loop(case, monkeypatch):
+    """Without gradients and with the same weights at every index, the mapped inputs (or states)
+    run side by side in one batch: one kernel call, the bits of one call per index."""
+    from fusedrnn import functional
+
+    dtype = torch.float64
+    _, fused = twins(*case, dtype)
+    calls = []
+    forward = functional.stack_forward
+    monkeypatch.setattr(
+        functional, "stack_forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+    )
+    torch.manual_seed(6)
+    shape = (B, T, INPUT_SIZE) if fused.batch_first else (T, B, INPUT_SIZE)
+    xs = torch.randn((5, *shape), dtype=dtype)
+    hx = random_state(fused, B, dtype, requires_grad=False)
+    hxs = torch.utils._pytree.tree_map(lambda h: torch.stack([h + i for i in range(5)], 2), hx)
+    with torch.no_grad():
+        for in_dim in (0, 1, 2):
+            calls.clear()
+            got = func.vmap(fused, in_dims=(in_dim, None))(xs.movedim(0, in_dim), hx)
+            assert len(calls) == 1
+            for i in range(5):
+                assert_equal_all(_index(got, i), fused(xs[i], hx))
+        calls.clear()  # the states mapped (at dim 2), the input not
+        got = func.vmap(fused, in_dims=(None, 2))(xs[0], hxs)
+        assert len(calls) == 1
+        for i in range(5):
+            assert_equal_all(_index(got, i), fused(xs[0], _index_at(hxs, 2, i)))
+
+
+def assert_equal_all(got, expected) -> None:
+    for a, b in zip(_grads_flat(got), _grads_flat(expected), strict=True):
+        assert torch.equal(a, b)
+
+
+def _index_at(output, dim: int, i: int):
+    return torch.utils._pytree.tree_map(lambda t: t.select(dim, i), output)
+
+
 def test_vmap_over_an_empty_dimension_gives_empty_results_of_the_right_shapes():
     module = ft.LSTM(INPUT_SIZE, 4, num_layers=2, proj_size=2).double()
-    y, (h_n, c_n) = func.vmap(module)(torch.randn(0, T, B, INPUT_SIZE, dtype=torch.float64))
-    assert (y.shape, h_n.shape, c_n.shape) == ((0, T, B, 2), (0, 2, B, 2), (0, 2, B, 4))
+    x = torch.randn(0, T, B, INPUT_SIZE, dtype=torch.float64)
+    for grad_mode in (torch.enable_grad, torch.no_grad):  # index by index; one folded call
+        with grad_mode():
+            y, (h_n, c_n) = func.vmap(module)(x)
+        assert (y.shape, h_n.shape, c_n.shape) == ((0, T, B, 2), (0, 2, B, 2), (0, 2, B, 4))
     q = torch.randn(0, 2, 5, 3, dtype=torch.float64)
     grads = func.vmap(func.grad(lambda q: ft.scaled_dot_product_attention(q, q, q).sum()))(q)
     assert grads.shape == q.shape

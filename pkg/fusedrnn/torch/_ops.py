@@ -386,10 +386,11 @@ attention_backward.register_autograd(_backward, setup_context=_setup)
 
 # ---------------------------------------------------------------- torch.func's transforms
 
-# vmap: every operator maps over a dimension one index at a time, the results stacked along a
-# new first dimension. Correct whatever is mapped (inputs, states, weights, lengths, masks), and
+# vmap: an operator maps over a dimension one index at a time, the results stacked along a new
+# first dimension. Correct whatever is mapped (inputs, states, weights, lengths, masks), and
 # per-sample gradients (vmap of grad) need it: folding the mapped dimension into the batch would
-# sum the weight gradients over it.
+# sum the weight gradients over it. An inference with the same weights at every index folds
+# (_stack_forward_vmap).
 
 
 def _select(arg, dim, index: int | None):
@@ -420,7 +421,42 @@ def _vmap_by_index(operator):
     return rule
 
 
-for _operator in (stack_forward, stack_backward, attention_forward, attention_backward):
+def _batch_folded(t: Tensor | None, dim: int | None, count: int) -> Tensor | None:
+    """``t`` of one index, (S, B, ...), for all ``count`` indices at once: (S, count*B, ...),
+    index-major (``t`` mapped at ``dim``, or the same for every index when dim is None)."""
+    if t is None:
+        return None
+    t = t.unsqueeze(1).expand(t.shape[0], count, *t.shape[1:]) if dim is None else t.movedim(dim, 1)
+    return t.reshape(t.shape[0], count * t.shape[2], *t.shape[3:])
+
+
+def _stack_forward_vmap(info, in_dims, x, h0, c0, weights, lengths, masks, *config):
+    """vmap of stack_forward: an inference over mapped inputs or states with the same weights
+    (and lengths) at every index is one call, the indices side by side in the batch; anything
+    else (training: its workspace is per index; mapped weights) one call per index."""
+    x_dim, h0_dim, c0_dim, weight_dims, lengths_dim, masks_dim = in_dims[:6]
+    training = config[-1]
+    mapped_weights = any(d is not None for d in weight_dims)
+    if training or masks_dim is not None or lengths_dim is not None or mapped_weights:
+        return _vmap_by_index(stack_forward)(info, in_dims, x, h0, c0, weights, lengths, masks,
+                                             *config)  # fmt: skip
+    count = info.batch_size
+    T, B = (x.shape[:x_dim] + x.shape[x_dim + 1 :] if x_dim is not None else x.shape)[:2]
+    if lengths is not None:
+        lengths = lengths.repeat(count)
+    y, h_n, c_n, workspace = stack_forward(
+        _batch_folded(x, x_dim, count), _batch_folded(h0, h0_dim, count),
+        _batch_folded(c0, c0_dim, count), weights, lengths, masks, *config,
+    )  # fmt: skip
+    y = y.view(T, count, B, *y.shape[2:])
+    h_n = h_n.view(h_n.shape[0], count, B, *h_n.shape[2:])
+    lstm = config[0] == "lstm"  # (else c_n is an empty placeholder)
+    c_n = c_n.view(c_n.shape[0], count, B, *c_n.shape[2:]) if lstm else c_n
+    return (y, h_n, c_n, workspace), (1, 1, 1 if lstm else None, None)
+
+
+torch.library.register_vmap(stack_forward, _stack_forward_vmap)
+for _operator in (stack_backward, attention_forward, attention_backward):
     torch.library.register_vmap(_operator, _vmap_by_index(_operator))
 
 
