@@ -7,7 +7,9 @@ ones, an autograd formula that calls the backward one. Contiguous CPU tensors cr
 views of their memory and the results come back as tensors over the arrays the kernels filled:
 no copies either way. The workspace a training forward keeps is an output tensor that autograd
 saves, so it is freed with the graph. The backward operators have no derivative themselves:
-asking for one (double backward) raises `DOUBLE_BACKWARD_MESSAGE`.
+asking for one (double backward) raises `DOUBLE_BACKWARD_MESSAGE`. Every operator has a vmap
+rule, and under torch.func's transforms the forward ones run inside autograd.Functions with the
+same formulas (`_FuncStack`, `_FuncAttention`: "torch.func's transforms" below).
 """
 
 from __future__ import annotations
