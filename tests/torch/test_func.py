@@ -159,6 +159,28 @@ def test_vmap_of_an_inference_is_one_call_equal_to_a_loop(case, monkeypatch):
             assert_equal_all(_index(got, i), fused(xs[0], _index_at(hxs, 2, i)))
 
 
+def test_vmap_of_states_in_a_training_mode_inference_folds_the_dropout_masks(monkeypatch):
+    """Train mode without gradients: the masks drawn once (randomness="same", the input not
+    mapped) serve every index of the one folded call, as one call per index with them."""
+    from fusedrnn import functional
+
+    module = ft.LSTM(INPUT_SIZE, 4, num_layers=2, dropout=0.5).double().train()
+    x = torch.randn(T, B, INPUT_SIZE, dtype=torch.float64)
+    hs = torch.randn(3, 2, B, 4, dtype=torch.float64)
+    calls = []
+    forward = functional.stack_forward
+    monkeypatch.setattr(
+        functional, "stack_forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+    )
+    with torch.no_grad():
+        torch.manual_seed(8)
+        got = func.vmap(lambda h: module(x, (h, h))[0], randomness="same")(hs)
+        assert len(calls) == 1
+        for i in range(3):
+            torch.manual_seed(8)  # the same masks
+            assert torch.equal(got[i], module(x, (hs[i], hs[i]))[0])
+
+
 def assert_equal_all(got, expected) -> None:
     for a, b in zip(_grads_flat(got), _grads_flat(expected), strict=True):
         assert torch.equal(a, b)

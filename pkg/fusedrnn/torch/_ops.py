@@ -423,23 +423,27 @@ def _vmap_by_index(operator):
     return rule
 
 
-def _batch_folded(t: Tensor | None, dim: int | None, count: int) -> Tensor | None:
-    """``t`` of one index, (S, B, ...), for all ``count`` indices at once: (S, count*B, ...),
-    index-major (``t`` mapped at ``dim``, or the same for every index when dim is None)."""
+def _batch_folded(t: Tensor | None, dim: int | None, count: int, axis: int = 1) -> Tensor | None:
+    """``t`` of one index, its batch B at ``axis``, for all ``count`` indices at once: the batch
+    count*B, index-major (``t`` mapped at ``dim``, or the same for every index when dim is None)."""
     if t is None:
         return None
-    t = t.unsqueeze(1).expand(t.shape[0], count, *t.shape[1:]) if dim is None else t.movedim(dim, 1)
-    return t.reshape(t.shape[0], count * t.shape[2], *t.shape[3:])
+    if dim is None:
+        t = t.unsqueeze(axis).expand(*t.shape[:axis], count, *t.shape[axis:])
+    else:
+        t = t.movedim(dim, axis)
+    return t.reshape(*t.shape[:axis], count * t.shape[axis + 1], *t.shape[axis + 2 :])
 
 
 def _stack_forward_vmap(info, in_dims, x, h0, c0, weights, lengths, masks, *config):
-    """vmap of stack_forward: an inference over mapped inputs or states with the same weights
-    (and lengths) at every index is one call, the indices side by side in the batch; anything
-    else (training: its workspace is per index; mapped weights) one call per index."""
+    """vmap of stack_forward: an inference over mapped inputs, states or dropout masks with the
+    same weights (and lengths) at every index is one call, the indices side by side in the
+    batch; anything else (training: its workspace is per index; mapped weights) one call per
+    index."""
     x_dim, h0_dim, c0_dim, weight_dims, lengths_dim, masks_dim = in_dims[:6]
     training = config[-1]
     mapped_weights = any(d is not None for d in weight_dims)
-    if training or masks_dim is not None or lengths_dim is not None or mapped_weights:
+    if training or lengths_dim is not None or mapped_weights:
         return _vmap_by_index(stack_forward)(info, in_dims, x, h0, c0, weights, lengths, masks,
                                              *config)  # fmt: skip
     count = info.batch_size
@@ -448,7 +452,8 @@ def _stack_forward_vmap(info, in_dims, x, h0, c0, weights, lengths, masks, *conf
         lengths = lengths.repeat(count)
     y, h_n, c_n, workspace = stack_forward(
         _batch_folded(x, x_dim, count), _batch_folded(h0, h0_dim, count),
-        _batch_folded(c0, c0_dim, count), weights, lengths, masks, *config,
+        _batch_folded(c0, c0_dim, count), weights, lengths,
+        _batch_folded(masks, masks_dim, count, axis=2), *config,
     )  # fmt: skip
     y = y.view(T, count, B, *y.shape[2:])
     h_n = h_n.view(h_n.shape[0], count, B, *h_n.shape[2:])
@@ -548,10 +553,6 @@ class _FuncBackward(torch.autograd.Function):
     def backward(ctx, *grads):
         raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op=ctx.name))
 
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op=ctx.name))
-
 
 # ---------------------------------------------------------------- eager calls
 
@@ -573,7 +574,7 @@ def _eager(tensors) -> bool:
     """Whether a call on these tensors may skip the operators (see above)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if _in_func_transform():
+    if torch._C._functorch.peek_interpreter_stack() is not None:  # vmap, grad, ...
         return False
     if is_in_torch_dispatch_mode():  # FakeTensorMode, FlopCounterMode, ...
         return False
