@@ -435,7 +435,19 @@ def _masks(dropout_masks, num_layers, shape, dtype):
                 f"{name} must have shape (T, B, num_directions*H_out) = {shape}, "
                 f"but has shape {mask.shape}"
             )
+    if isinstance(dropout_masks, _StackedMasks):
+        return dropout_masks.stacked
     return np.stack(dropout_masks)
+
+
+class _StackedMasks(list):
+    """Dropout masks that are the rows of one C-contiguous (L-1, T, B, D*H_out) array, as
+    fusedrnn.torch holds them: a list to every check, and the kernels read the array as it is
+    instead of a stacked copy."""
+
+    def __init__(self, stacked: np.ndarray) -> None:
+        super().__init__(stacked)
+        self.stacked = np.ascontiguousarray(stacked)
 
 
 def _check_x(x) -> None:

@@ -71,6 +71,30 @@ def test_stack_equals_torch(case, dtype, batched, with_hx):
     assert_close_all(grads_fused, grads_ref, dtype)
 
 
+@pytest.mark.parametrize(
+    ("name", "used"),
+    [("LSTM", "y"), ("LSTM", "h_n"), ("LSTM", "c_n"), ("GRU", "y"), ("GRU", "h_n")],
+)
+def test_gradients_through_one_output(name, used):
+    """A loss on one output: the others (and the workspace) reach backward as None, which must
+    count as zeros."""
+    dtype = torch.float64
+    reference, fused = twins(name, {"num_layers": 2}, dtype)
+
+    def make_args(module):
+        return _with_state(_input(module, True, dtype), module, True, True, dtype)
+
+    results = []
+    for module in (reference, fused):
+        torch.manual_seed(1)
+        args, leaves = make_args(module)
+        y, state = module(*args)
+        h_n, c_n = state if isinstance(state, tuple) else (state, None)
+        output = {"y": y, "h_n": h_n, "c_n": c_n}[used]
+        results.append(grads_of([output], leaves))
+    assert_close_all(results[1], results[0], dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", STACK_CASES, ids=case_id)
 def test_packed_sequence_equals_torch(case, dtype):
