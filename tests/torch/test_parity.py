@@ -4,6 +4,8 @@ precision; PackedSequence in and out; dropout between layers; convert()."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from tests.torch.cases import (
@@ -146,6 +148,73 @@ def test_a_sequence_of_cell_steps_equals_torch():
         loss = torch.stack(outputs).square().sum()
         results.append([loss, *torch.autograd.grad(loss, list(module.parameters()))])
     assert_close_all(results[1], results[0], torch.float64)
+
+
+MORE_CELL_CASES = [*CELL_CASES, ("LSTMCell", {"bias": False}), ("RNNCell", {})]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", MORE_CELL_CASES, ids=case_id)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode", "no_requires_grad"])
+def test_cell_step_without_gradients_equals_torch(case, dtype, batched, grad_mode):
+    """A step that wants no gradient runs on arrays straight away (_ops.run_cell): the same
+    numbers, and outputs that need no grad."""
+    reference, fused = twins(*case, dtype)
+    torch.manual_seed(1)
+    x = torch.randn((B, INPUT_SIZE) if batched else (INPUT_SIZE,), dtype=dtype)
+    hx = random_state(reference, B if batched else None, dtype, requires_grad=False)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+    outputs = []
+    for module in (reference, fused):
+        if grad_mode == "no_requires_grad":
+            module.requires_grad_(False)
+        with context.get(grad_mode, contextlib.nullcontext)():
+            outputs.append(flat(module(x, hx)))
+    assert_close_all(outputs[1], outputs[0], dtype)
+    assert not any(o.requires_grad for o in outputs[1])
+
+
+@pytest.mark.parametrize("case", MORE_CELL_CASES, ids=case_id)
+def test_cell_gradients_of_gradients_raise_the_double_backward_error(case):
+    """create_graph=True: the first gradients as torch.nn's; differentiating them again raises
+    the operators' error."""
+    reference, fused = twins(*case, torch.float64)
+    x = torch.randn(B, INPUT_SIZE, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for module in (reference, fused):
+        h = flat(module(x))[0]
+        grads.append(torch.autograd.grad(h.square().sum(), x, create_graph=True)[0])
+    assert_close_all(grads[1:], grads[:1], torch.float64)
+    with pytest.raises(RuntimeError, match=r"has no derivative: .* gradients of gradients"):
+        grads[1].sum().backward()
+
+
+def test_cell_step_with_dual_tensors_raises_the_forward_mode_error():
+    import torch.autograd.forward_ad as forward_ad
+
+    cell = ft.GRUCell(INPUT_SIZE, 4).double()
+    x = torch.randn(B, INPUT_SIZE, dtype=torch.float64)
+    with (
+        forward_ad.dual_level(),
+        torch.no_grad(),
+        pytest.raises(RuntimeError, match="has no forward-mode"),
+    ):
+        cell(forward_ad.make_dual(x, torch.ones_like(x)))
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+def test_cell_step_sees_an_in_place_change_of_what_its_backward_reads(name):
+    """As torch.nn's cells: a state changed in place after the step makes backward raise
+    instead of giving gradients of other numbers."""
+    cell = getattr(ft, name)(INPUT_SIZE, 4).double()
+    h0 = torch.randn(B, 4, dtype=torch.float64, requires_grad=True) * 1  # not a leaf
+    hx = (h0, h0.clone()) if name == "LSTMCell" else h0
+    h = flat(cell(torch.randn(B, INPUT_SIZE, dtype=torch.float64), hx))[0]
+    with torch.no_grad():
+        h0.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])

@@ -118,6 +118,15 @@ def _stack_forward_impl(
     (empty unless ``training``).
     """
     use_torch_threads()
+    one_layer = num_layers == 1 and not bidirectional and not proj_size
+    if not training and one_layer and lengths is None and dropout_masks is None:
+        c0_array = None if c0 is None else as_array(c0)[0]
+        w = _cell_weights(weights, bias)
+        y, h_n, c_n, _ = _one_layer_forward(
+            as_array(x), as_array(h0)[0], c0_array, w, mode, reset_after, nonlinearity, False
+        )
+        c_n = x.new_empty(0) if c_n is None else as_tensor(c_n[None], x)
+        return as_tensor(y, x), as_tensor(h_n[None], x), c_n, x.new_empty(0)  # (no aliases)
     hx, params, masks = _stack_arrays(
         h0, c0, weights, dropout_masks, mode, num_layers, bidirectional, bias, proj_size
     )
@@ -137,6 +146,27 @@ def _stack_forward_impl(
     )
     workspace = None if saved is None else saved.workspace
     return as_tensor(y, x), as_tensor(h_n, x), as_tensor(c_n, x), as_tensor(workspace, x)
+
+
+def _one_layer_forward(x, h0, c0, weights, mode, reset_after, nonlinearity, training) -> tuple:
+    """One unidirectional layer without lengths, dropout or projection, on arrays: x (T, B, I),
+    h0 and c0 (B, H) (c0 None unless LSTM), weights (w_ih, w_hh, b_ih, b_hh) as
+    `_cell_weights` gives them. Returns y, h_n, c_n (None unless LSTM) and the workspace.
+
+    The layer's own kernel (`fusedrnn.functional.lstm_forward`, ...): the stack's arithmetic
+    with fewer checks in Python, which a loop of cell steps pays every step.
+    """
+    if mode == "lstm":
+        return functional.lstm_forward(x, h0, c0, *weights, training=training)
+    if mode == "gru":
+        y, h_n, workspace = functional.gru_forward(
+            x, h0, *weights, reset_after=reset_after, training=training
+        )
+    else:
+        y, h_n, workspace = functional.rnn_forward(
+            x, h0, *weights, nonlinearity=nonlinearity, training=training
+        )
+    return y, h_n, None, workspace
 
 
 stack_forward = torch.library.custom_op(
@@ -579,7 +609,7 @@ def _eager(tensors) -> bool:
     if is_in_torch_dispatch_mode():  # FakeTensorMode, FlopCounterMode, ...
         return False
     plain = (Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
-    return all(t is None or (type(t) in plain and t.device.type == "cpu") for t in tensors)
+    return all(t is None or (type(t) in plain and t.is_cpu) for t in tensors)
 
 
 class _EagerStack(torch.autograd.Function):
@@ -609,10 +639,140 @@ def run_stack(x, h0, c0, weights, lengths, dropout_masks, *options) -> tuple:
     """`stack_forward` (the same arguments; options: mode, ..., training), eager where it may
     be (see `_eager`)."""
     if _eager([x, h0, c0, lengths, dropout_masks, *weights]):
+        if not options[-1] and _no_dual_level():  # no gradient wanted: no autograd node either
+            return _stack_forward_impl(x, h0, c0, weights, lengths, dropout_masks, *options)
         return _EagerStack.apply(x, h0, c0, lengths, dropout_masks, options, *weights)
     if _in_func_transform():
         return _FuncStack.apply(x, h0, c0, lengths, dropout_masks, options, *weights)
     return stack_forward(x, h0, c0, weights, lengths, dropout_masks, *options)
+
+
+def _no_dual_level() -> bool:
+    """Whether no forward-mode level is open (torch.autograd.forward_ad.dual_level): then no
+    input can carry a tangent that a call on arrays would drop. Unknown: assume one is."""
+    return getattr(torch.autograd.forward_ad, "_current_level", 0) < 0
+
+
+def _cell_weights(weights, bias: bool) -> list:
+    """The one-layer kernels' (w_ih, w_hh, b_ih, b_hh) as arrays: zero biases without bias."""
+    w = [as_array(t) for t in weights]
+    if not bias:
+        zeros = np.zeros(w[0].shape[0], w[0].dtype)
+        w += [zeros, zeros]
+    return w
+
+
+class _EagerCell(torch.autograd.Function):
+    """One step of a cell on the one-layer kernels (`fusedrnn.functional.lstm_forward` and
+    `lstm_backward`, GRU's, RNN's), with eager autograd: the arithmetic of the stack operator
+    at T = 1, with the Python of a one-layer call, which a loop of steps pays every step."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, config, *weights):
+        mode, bias, reset_after, nonlinearity = config
+        use_torch_threads()
+        c = None if c0 is None else as_array(c0)
+        w = _cell_weights(weights, bias)
+        y, h_n, c_n, workspace = _one_layer_forward(
+            as_array(x)[None], as_array(h0), c, w, mode, reset_after, nonlinearity, True
+        )
+        # saved as tensors, so that autograd's check of in-place changes covers them; y and the
+        # workspace are the kernel's own (freed with the graph's node)
+        ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.outputs = (y, workspace)
+        ctx.config = config
+        ctx.set_materialize_grads(False)  # an unused c' or h': None, read as zeros
+        return torch.from_numpy(h_n), (x.new_empty(0) if c_n is None else torch.from_numpy(c_n))
+
+    @staticmethod
+    def backward(ctx, dh, dc):
+        mode, bias, reset_after, nonlinearity = ctx.config
+        x, h0, c0, *weights = ctx.saved_tensors
+        xs, h = as_array(x)[None], as_array(h0)
+        c = None if c0 is None else as_array(c0)
+        w = _cell_weights(weights, bias)
+        y, workspace = ctx.outputs
+        dh_n = None if dh is None else as_array(dh)
+        if mode == "lstm":
+            dc_n = None if dc is None else as_array(dc)
+            dx, dh0, dc0, grads = functional.lstm_backward(
+                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=dc_n
+            )
+        elif mode == "gru":
+            dx, dh0, grads = functional.gru_backward(
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, reset_after=reset_after
+            )
+            dc0 = None
+        else:
+            dx, dh0, grads = functional.rnn_backward(
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, nonlinearity=nonlinearity
+            )
+            dc0 = None
+        names = (
+            ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
+        )
+        results = [torch.from_numpy(dx[0]), torch.from_numpy(dh0)]
+        results += [None if dc0 is None else torch.from_numpy(dc0)]
+        results += [torch.from_numpy(grads[name]) for name in names]
+        if torch.is_grad_enabled():  # create_graph=True: these gradients have no derivative
+            results = list(_NoDerivative.apply(len(results), *results, *ctx.saved_tensors))
+        return results[0], results[1], results[2], None, *results[3:]
+
+    jvp = _FuncStack.jvp  # (torch.autograd.forward_ad's dual tensors)
+
+
+class _NoDerivative(torch.autograd.Function):
+    """The identity on a cell step's ``count`` gradients, whose own backward raises the
+    double-backward error, as the stack operator's does. The step's inputs come after them:
+    the gradients depend on those, which gives the results a node to raise from."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        return tuple(t.clone() if t is not None else None for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(op="fusedrnn::stack_backward"))
+
+
+def run_cell(x, h0, c0, weights, mode, bias, reset_after, nonlinearity, training) -> tuple:
+    """One step of a cell: x (B, I), h0 and c0 (B, H) (c0 None unless LSTM), weights as
+    `run_stack`'s. Returns (h', c'), c' None unless LSTM.
+
+    Eager calls (outside compile, tracing and transforms) run on the one-layer kernels: on
+    arrays straight away when no gradient is wanted (``training`` False), else `_EagerCell`.
+    A decoding loop pays this path's overhead every step.
+    """
+    if _eager([x, h0, c0, *weights]) and _no_dual_level():
+        if training:
+            h_n, c_n = _EagerCell.apply(
+                x, h0, c0, (mode, bias, reset_after, nonlinearity), *weights
+            )
+            return h_n, (c_n if c0 is not None else None)
+        use_torch_threads()
+        w = _cell_weights(weights, bias)
+        c0_array = None if c0 is None else as_array(c0)
+        _, h_n, c_n, _ = _one_layer_forward(
+            as_array(x)[None], as_array(h0), c0_array, w, mode, reset_after, nonlinearity, False
+        )
+        return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
+    _, h_n, c_n, _ = run_stack(
+        x.unsqueeze(0).contiguous(),
+        h0.unsqueeze(0).contiguous(),
+        None if c0 is None else c0.unsqueeze(0).contiguous(),
+        weights,
+        None,
+        None,
+        mode,
+        1,
+        False,
+        bias,
+        0,
+        reset_after,
+        nonlinearity,
+        training,
+    )
+    return h_n[0], (c_n[0] if c0 is not None else None)
 
 
 class _EagerAttention(torch.autograd.Function):

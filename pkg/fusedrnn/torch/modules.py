@@ -30,14 +30,15 @@ def unserved_reason(tensors: list[Tensor | None]) -> str | None:
     call is left to PyTorch, which raises its own error for the mismatch.
     """
     first = tensors[0]
-    if first.device.type not in ("cpu", "meta"):  # meta: the operators' fake implementations
+    if not (first.is_cpu or first.is_meta):  # meta: the operators' fake implementations
         return f"{first.device.type} tensors"
-    if first.dtype not in FUSED_DTYPES:
-        return f"dtype {first.dtype}"
+    dtype, place = first.dtype, (first.is_cpu, first.is_meta)
+    if dtype not in FUSED_DTYPES:
+        return f"dtype {dtype}"
     if torch.is_autocast_enabled("cpu"):
         return "autocast"
     for t in tensors[1:]:
-        if t is not None and (t.device != first.device or t.dtype != first.dtype):
+        if t is not None and ((t.is_cpu, t.is_meta) != place or t.dtype != dtype):
             return ""  # a mismatch: PyTorch's forward raises its own error for it
     return None
 
@@ -316,34 +317,24 @@ class _FusedCell:
                 )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        zeros = x.new_zeros(x.shape[0], self.hidden_size)
 
         def batched_state(state: Tensor | None) -> Tensor:
-            return zeros if state is None else (state if batched else state.unsqueeze(0))
+            if state is None:
+                return x.new_zeros(x.shape[0], self.hidden_size)
+            return state if batched else state.unsqueeze(0)
 
         h0 = batched_state(states[0])
         c0 = batched_state(states[1]) if lstm else None
         weights = [w for w in weights if w is not None]
-        _, h_n, c_n, _ = _ops.run_stack(
-            x.unsqueeze(0).contiguous(),
-            h0.unsqueeze(0).contiguous(),
-            None if c0 is None else c0.unsqueeze(0).contiguous(),
-            weights,
-            None,
-            None,
-            self._fused_mode,
-            1,
-            False,
-            self.bias,
-            0,
-            self.reset_after,
-            getattr(self, "nonlinearity", "tanh"),
+        # (RNNCell's own attribute; the others have none: no __getattr__ and its exception)
+        nonlinearity = self.__dict__.get("nonlinearity", "tanh")
+        h, c = _ops.run_cell(
+            x, h0, c0, weights, self._fused_mode, self.bias, self.reset_after, nonlinearity,
             needs_grad([x, h0, c0, *weights]),
-        )
-        h = h_n[0] if batched else h_n[0, 0]
-        if lstm:
-            return h, (c_n[0] if batched else c_n[0, 0])
-        return h
+        )  # fmt: skip
+        if not batched:
+            h, c = h[0], (None if c is None else c[0])
+        return (h, c) if lstm else h
 
 
 class LSTMCell(_FusedCell, torch.nn.LSTMCell):
