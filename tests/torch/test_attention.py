@@ -52,6 +52,22 @@ def test_equals_torchs_function(name, dtype):
     assert_close_all(results[1], results[0], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode", "no_requires_grad"])
+def test_without_gradients_equals_torchs_function(name, dtype, grad_mode):
+    """No gradient wanted: the call runs without an autograd node (_ops.run_attention)."""
+    options = _options(name, dtype)
+    q, k, v = _inputs(dtype, "enable_gqa" in options, requires_grad=grad_mode != "no_requires_grad")
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+    outputs = []
+    for function in (F.scaled_dot_product_attention, ft.scaled_dot_product_attention):
+        with context.get(grad_mode, torch.enable_grad)():
+            outputs.append(function(q, k, v, **options))
+    assert_close_all(outputs[1:], outputs[:1], dtype)
+    assert not outputs[1].requires_grad
+
+
 @pytest.mark.parametrize("name", ["causal", "float-mask", "gqa"])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 def test_gradcheck(name, dropout_p):

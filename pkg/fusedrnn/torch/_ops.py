@@ -53,6 +53,15 @@ def use_torch_threads() -> None:
         _config.set_num_threads(wanted)
 
 
+def needs_grad(tensors: list[Tensor | None]) -> bool:
+    """Whether autograd will want a backward: the forward must then save its workspace. Always
+    while torch.jit.trace records: its graph serves every later call, with gradients or without
+    (and its check traces again under no_grad: the two graphs must be the same)."""
+    if torch.jit.is_tracing():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def as_array(tensor: Tensor | None) -> np.ndarray | None:
     """A NumPy view of a CPU tensor's memory (no copy when it is contiguous)."""
     if tensor is None:
@@ -403,6 +412,8 @@ def _attention_setup_context(ctx, inputs, output) -> None:
 
 
 def _attention_backward_formula(ctx, d_out, _dlse):
+    if d_out is None:  # (eager calls: an undefined gradient of out) zero gradients
+        return (None,) * 9
     q, k, v, attn_mask, out, lse = ctx.saved_tensors
     backward = _backward_function(ctx, attention_backward)
     dq, dk, dv = backward(q, k, v, out, lse, d_out, attn_mask, *ctx.options)
@@ -784,6 +795,7 @@ class _EagerAttention(torch.autograd.Function):
         output = _attention_forward_impl(*inputs)
         _attention_setup_context(ctx, inputs, output)
         ctx.eager_backward = _attention_backward_impl
+        ctx.set_materialize_grads(False)  # lse never has a gradient: no zeros filled for it
         return output
 
     @staticmethod
@@ -796,6 +808,8 @@ class _EagerAttention(torch.autograd.Function):
 def run_attention(q, k, v, attn_mask, *options) -> tuple:
     """`attention_forward` (same arguments), eager where it may be (see `_eager`)."""
     if _eager([q, k, v, attn_mask]):
+        if not needs_grad([q, k, v, attn_mask]) and _no_dual_level():  # no autograd node
+            return _attention_forward_impl(q, k, v, attn_mask, *options)
         return _EagerAttention.apply(q, k, v, attn_mask, *options)
     if _in_func_transform():
         return _FuncAttention.apply(q, k, v, attn_mask, *options)

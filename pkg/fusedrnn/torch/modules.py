@@ -79,15 +79,6 @@ def refuse_script(module) -> None:
     )
 
 
-def needs_grad(tensors: list[Tensor | None]) -> bool:
-    """Whether autograd will want a backward: the forward must then save its workspace. Always
-    while torch.jit.trace records: its graph serves every later call, with gradients or without
-    (and its check traces again under no_grad: the two graphs must be the same)."""
-    if torch.jit.is_tracing():
-        return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def dropout_masks(module, T: int, B: int, like: Tensor) -> Tensor | None:
     """The L-1 inverted-dropout masks (L-1, T, B, D*H_out) between layers, training mode only:
     1/(1-p) with probability 1-p, else 0, drawn from PyTorch's generator."""
@@ -183,7 +174,7 @@ class _FusedStack:
         T, B = x.shape[0], x.shape[1]
         h0, c0 = (hx[0], hx[1]) if self._fused_mode == "lstm" else (hx, None)
         weights = list(self._flat_weights)
-        training = needs_grad([x, h0, c0, *weights])
+        training = _ops.needs_grad([x, h0, c0, *weights])
         y, h_n, c_n, _ = _ops.run_stack(
             x.contiguous(),
             h0.contiguous(),
@@ -330,7 +321,7 @@ class _FusedCell:
         nonlinearity = self.__dict__.get("nonlinearity", "tanh")
         h, c = _ops.run_cell(
             x, h0, c0, weights, self._fused_mode, self.bias, self.reset_after, nonlinearity,
-            needs_grad([x, h0, c0, *weights]),
+            _ops.needs_grad([x, h0, c0, *weights]),
         )  # fmt: skip
         if not batched:
             h, c = h[0], (None if c is None else c[0])
