@@ -99,6 +99,23 @@ def test_gradients_through_one_output(name, used):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", STACK_CASES, ids=case_id)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no-hx"])
+def test_stack_without_gradients_equals_torch(case, dtype, batched, with_hx):
+    """No gradient wanted: no autograd node, and one-layer stacks run the one-layer kernels
+    (_ops._one_layer_forward)."""
+    reference, fused = twins(*case, dtype)
+    torch.manual_seed(1)
+    x = _input(reference, batched, dtype).detach()
+    hx = random_state(reference, B if batched else None, dtype, False) if with_hx else None
+    with torch.no_grad():
+        outputs = [flat(module(x, hx)) for module in (reference, fused)]
+    assert_close_all(outputs[1], outputs[0], dtype)
+    assert not any(o.requires_grad for o in outputs[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", STACK_CASES, ids=case_id)
 def test_packed_sequence_equals_torch(case, dtype):
     reference, fused = twins(*case, dtype)
     lengths = torch.tensor([3, 5, 1])  # unsorted: sorted_indices and unsorted_indices matter
