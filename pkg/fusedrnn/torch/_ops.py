@@ -130,10 +130,10 @@ def _stack_forward_impl(
     one_layer = num_layers == 1 and not bidirectional and not proj_size
     if not training and one_layer and lengths is None and dropout_masks is None:
         c0_array = None if c0 is None else as_array(c0)[0]
-        w = _cell_weights(weights, bias)
         y, h_n, c_n, _ = _one_layer_forward(
-            as_array(x), as_array(h0)[0], c0_array, w, mode, reset_after, nonlinearity, False
-        )
+            as_array(x), as_array(h0)[0], c0_array, weights, mode, bias, reset_after,
+            nonlinearity, False,
+        )  # fmt: skip
         c_n = x.new_empty(0) if c_n is None else as_tensor(c_n[None], x)
         return as_tensor(y, x), as_tensor(h_n[None], x), c_n, x.new_empty(0)  # (no aliases)
     hx, params, masks = _stack_arrays(
@@ -157,23 +157,26 @@ def _stack_forward_impl(
     return as_tensor(y, x), as_tensor(h_n, x), as_tensor(c_n, x), as_tensor(workspace, x)
 
 
-def _one_layer_forward(x, h0, c0, weights, mode, reset_after, nonlinearity, training) -> tuple:
-    """One unidirectional layer without lengths, dropout or projection, on arrays: x (T, B, I),
-    h0 and c0 (B, H) (c0 None unless LSTM), weights (w_ih, w_hh, b_ih, b_hh) as
-    `_cell_weights` gives them. Returns y, h_n, c_n (None unless LSTM) and the workspace.
+def _one_layer_forward(
+    x, h0, c0, weights, mode, bias, reset_after, nonlinearity, training
+) -> tuple:
+    """One unidirectional layer without lengths, dropout or projection: x (T, B, I), h0 and c0
+    (B, H) (c0 None unless LSTM) as arrays, weights the layer's tensors (w_ih, w_hh[, b_ih,
+    b_hh]). Returns the arrays y, h_n, c_n (None unless LSTM) and the workspace.
 
     The layer's own kernel (`fusedrnn.functional.lstm_forward`, ...): the stack's arithmetic
     with fewer checks in Python, which a loop of cell steps pays every step.
     """
+    w = _cell_weights(weights, bias)
     if mode == "lstm":
-        return functional.lstm_forward(x, h0, c0, *weights, training=training)
+        return functional.lstm_forward(x, h0, c0, *w, training=training)
     if mode == "gru":
         y, h_n, workspace = functional.gru_forward(
-            x, h0, *weights, reset_after=reset_after, training=training
+            x, h0, *w, reset_after=reset_after, training=training
         )
     else:
         y, h_n, workspace = functional.rnn_forward(
-            x, h0, *weights, nonlinearity=nonlinearity, training=training
+            x, h0, *w, nonlinearity=nonlinearity, training=training
         )
     return y, h_n, None, workspace
 
@@ -680,12 +683,10 @@ class _EagerCell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, config, *weights):
-        mode, bias, reset_after, nonlinearity = config
+        # config: (mode, bias, reset_after, nonlinearity)
         use_torch_threads()
-        c = None if c0 is None else as_array(c0)
-        w = _cell_weights(weights, bias)
         y, h_n, c_n, workspace = _one_layer_forward(
-            as_array(x)[None], as_array(h0), c, w, mode, reset_after, nonlinearity, True
+            as_array(x)[None], as_array(h0), as_array(c0), weights, *config, True
         )
         # saved as tensors, so that autograd's check of in-place changes covers them; y and the
         # workspace are the kernel's own (freed with the graph's node)
@@ -699,15 +700,13 @@ class _EagerCell(torch.autograd.Function):
     def backward(ctx, dh, dc):
         mode, bias, reset_after, nonlinearity = ctx.config
         x, h0, c0, *weights = ctx.saved_tensors
-        xs, h = as_array(x)[None], as_array(h0)
-        c = None if c0 is None else as_array(c0)
+        xs, h, c = as_array(x)[None], as_array(h0), as_array(c0)
         w = _cell_weights(weights, bias)
         y, workspace = ctx.outputs
-        dh_n = None if dh is None else as_array(dh)
+        dh_n = as_array(dh)  # (None: no gradient of h', read as zeros)
         if mode == "lstm":
-            dc_n = None if dc is None else as_array(dc)
             dx, dh0, dc0, grads = functional.lstm_backward(
-                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=dc_n
+                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=as_array(dc)
             )
         elif mode == "gru":
             dx, dh0, grads = functional.gru_backward(
@@ -761,11 +760,10 @@ def run_cell(x, h0, c0, weights, mode, bias, reset_after, nonlinearity, training
             )
             return h_n, (c_n if c0 is not None else None)
         use_torch_threads()
-        w = _cell_weights(weights, bias)
-        c0_array = None if c0 is None else as_array(c0)
         _, h_n, c_n, _ = _one_layer_forward(
-            as_array(x)[None], as_array(h0), c0_array, w, mode, reset_after, nonlinearity, False
-        )
+            as_array(x)[None], as_array(h0), as_array(c0), weights, mode, bias, reset_after,
+            nonlinearity, False,
+        )  # fmt: skip
         return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
     _, h_n, c_n, _ = run_stack(
         x.unsqueeze(0).contiguous(),
