@@ -87,12 +87,12 @@ void gru_backward(const CellBackwardArgs<T>& a) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
     const PackedWeights<T> w_h =
-        pack_weights(step_kernel, scratch.packed, w_hh, H, 1, h_blocks, 1, H, split.packs);
+        backward_step_panels(step_kernel, scratch.packed, w_hh, h_blocks, H, split.packs, steps);
     T* packed_n = scratch.packed + packed_weights_size(h_blocks, 1, H);
     const PackedWeights<T> w_hn =  // reset_before: the n rows, which see r*h_prev
-        reset_after
-            ? w_h
-            : pack_weights(step_kernel, packed_n, w_hh + 2 * H * H, H, 1, H, 1, H, split.packs);
+        reset_after ? w_h
+                    : backward_step_panels(step_kernel, packed_n, w_hh + 2 * H * H, H, H,
+                                           split.packs, steps);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers

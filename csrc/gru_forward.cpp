@@ -66,6 +66,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
   const CellOptions& options = a.shape.options;
   const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
+  const int64_t w_hh_bytes = G * H * int64_t(sizeof(T));  // (StepSplit, in_place_step)
+  const bool in_place = in_place_step(steps, B, w_hh_bytes);
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
   if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped
@@ -81,16 +83,15 @@ void gru_forward(const CellForwardArgs<T>& a) {
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
     project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kGruGates, H, false,
-                   nullptr, in_place_step(steps, B));
+                   nullptr, in_place);
 
   // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
   // variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split =
-        step_split(member, members, B, H, nr, G * H * int64_t(sizeof(T)), !batch_sizes);
-    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(
-        split.packs, kGruGates, H, scratch.packed_hh, w_hh, H, scratch.packed_ih, w_ih, I, training,
-        a.w.half, in_place_step(steps, B));
+    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes);
+    const auto [w_hh_t, w_ih_t] =
+        pack_gate_loop_weights(split.packs, kGruGates, H, scratch.packed_hh, w_hh, H,
+                               scratch.packed_ih, w_ih, I, training, a.w.half, in_place);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers

@@ -110,9 +110,9 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
-    const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev, packed here
-    const PackedWeights<T> w_hh_packed =
-        pack_weights(step_kernel, scratch.packed, w_hh, R, 1, G, 1, R, columns);
+    const PanelShare columns = panel_share(R, nr, member, members);  // of dh_prev, its panels
+    const PackedWeights<T> w_hh_panels =
+        backward_step_panels(step_kernel, scratch.packed, w_hh, G, R, columns, steps);
     split.wait_for_all_panels();
     const PanelShare& dh_columns = split.by_rows ? split.units : columns;  // (R = H by rows)
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
@@ -169,7 +169,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
       // forward: gates += h_prev W_hh^T  ->  dh_prev = dgates W_hh (running rows only); with
       // zoneout dh0 holds a_h*dL/dh already, which the GEMM adds to
       if (noise.dropout()) {  // forward: gates += (h_prev * drop_scale) W_hh^T
-        step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G,
+        step_gemm(step_kernel, w_hh_panels, 0, 1, dh_columns, rows, dg + r0 * G, G,
                   scratch.dh_gemm + r0 * R, R, false);
         for (int64_t b = r0; b < r0 + rows; ++b)
           for (int64_t j = dh_columns.begin; j < dh_columns.begin + dh_columns.width; ++j) {
@@ -178,7 +178,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
             dh0[k] = kept + scratch.drop_scale[k] * scratch.dh_gemm[k];
           }
       } else
-        step_gemm(step_kernel, w_hh_packed, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
+        step_gemm(step_kernel, w_hh_panels, 0, 1, dh_columns, rows, dg + r0 * G, G, dh0 + r0 * R, R,
                   noise.zoneout());
     }
   });

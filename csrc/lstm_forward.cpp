@@ -68,6 +68,8 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P, nullptr, noise.zoneout_c > 0);
   const auto& kernels = pointwise<T>();
   const int64_t nr = step_gemm_kernels<T>().panel_width;
+  const int64_t w_hh_bytes = G * R * int64_t(sizeof(T));  // (StepSplit, in_place_step)
+  const bool in_place = in_place_step(steps, B, w_hh_bytes);
   const bool training = saved.gates != nullptr;
   const LstmForwardScratch<T> scratch = lstm_forward_scratch(a.scratch, a.shape, training);
   sum_biases(scratch.bias, a.w.b_ih, a.w.b_hh, G);
@@ -82,18 +84,17 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
     project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kLstmGates, H, false,
-                   nullptr, in_place_step(steps, B));
+                   nullptr, in_place);
 
   // The time loop on a team (StepSplit): by units, each member owns the hidden units
   // [j0, j0 + w) of every gate that its panels of W_hh^T hold (and the outputs of a projection its
   // panels of W_hr^T hold), does their share of each GEMM and of the fused pass, and a barrier
   // per step publishes h_t to all; by rows, each member runs its rows through every unit.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split =
-        step_split(member, members, B, H, nr, G * R * int64_t(sizeof(T)), !batch_sizes && !P);
-    const auto [w_hh_t, w_ih_t] = pack_gate_loop_weights(
-        split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R, scratch.packed_ih, w_ih, I,
-        training, a.w.half, in_place_step(steps, B));
+    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes && !P);
+    const auto [w_hh_t, w_ih_t] =
+        pack_gate_loop_weights(split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R,
+                               scratch.packed_ih, w_ih, I, training, a.w.half, in_place);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;

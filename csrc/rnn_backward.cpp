@@ -60,8 +60,8 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split =
         step_split(member, members, B, H, nr, H * H * int64_t(sizeof(T)), !batch_sizes);
-    const PackedWeights<T> w_hh_packed =
-        pack_weights(step_kernel, scratch.packed, w_hh, H, 1, H, 1, H, split.packs);
+    const PackedWeights<T> w_hh_panels =
+        backward_step_panels(step_kernel, scratch.packed, w_hh, H, H, split.packs, steps);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     const int64_t at = r0 * H + j0;  // this member's first (row, unit) in [B,H] buffers
@@ -78,7 +78,7 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
       if (member == 0) zero_rows(dp, n, B, H);
       split.share_step_results();
       // forward: pre += h_prev W_hh^T  ->  dh_prev = dpre W_hh (running rows only)
-      step_gemm(step_kernel, w_hh_packed, 0, 1, split.units, rows, dp + r0 * H, H, dh0 + r0 * H, H,
+      step_gemm(step_kernel, w_hh_panels, 0, 1, split.units, rows, dp + r0 * H, H, dh0 + r0 * H, H,
                 false);
     }
   });

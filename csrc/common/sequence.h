@@ -134,8 +134,12 @@ StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_p
 }
 
 // A single step of few rows reads its weights in place (StepWeights), in training as in
-// inference (the two then give the same bits).
-inline bool in_place_step(int64_t steps, int64_t B) { return steps == 1 && B <= kMaxInPlaceRows; }
+// inference (the two then give the same bits). weight_bytes: the size of W_hh (every gate).
+inline bool in_place_step(int64_t steps, int64_t B, int64_t weight_bytes) {
+  const int64_t max_rows =
+      weight_bytes >= kInPlaceWeightBytes ? kMaxInPlaceRowsLargeWeights : kMaxInPlaceRows;
+  return steps == 1 && B <= max_rows;
+}
 
 // out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
 // [blocks*H, I]: the input projection of all steps at once (rows = T*B), or a dense layer, in one

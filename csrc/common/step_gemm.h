@@ -196,6 +196,19 @@ PackedWeights<T> in_place_panels(const StepGemmKernels<T>& kernel, const T* src,
   return in_place;
 }
 
+// The panels of B = W [K, cols] (row-major) by which a backward's time loop multiplies the gate
+// gradients, dh_prev = dgates W, for this member's share: packed into `packed`
+// [packed_weights_size(K, 1, cols)] when the loop reads them step after step; for a single step
+// read in place, since packing would read and write W once more than its one product reads it
+// (the partial last panel still goes into `packed`). Either way the same bits.
+template <typename T>
+PackedWeights<T> backward_step_panels(const StepGemmKernels<T>& kernel, T* packed, const T* w,
+                                      int64_t K, int64_t cols, const PanelShare& share,
+                                      int64_t steps) {
+  if (steps == 1) return in_place_panels(kernel, w, cols, K, cols, packed, share);
+  return pack_weights(kernel, packed, w, cols, 1, K, 1, cols, share);
+}
+
 // out (+)= alpha * A[rows, K] @ B for the blocks [first, first + count) and this member's panels;
 // block g goes to the columns (g - first) * cols + [share.begin, share.begin + share.width) of
 // out.
@@ -240,11 +253,20 @@ void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int6
 
 // The weights of a forward's step GEMMs: panels of T packed by the call (`native`); in a float
 // inference with weights_dtype, 16-bit panels the layer packed once ahead (`half`, multiplied by
-// `multiply_half`; packed_half_panels below gives their layout); or, for a single step of up to
-// kMaxInPlaceRows rows, W itself read in place (`in_place`, [blocks * cols, K] row-major,
-// multiplied by dot products, each row of W once per 4 rows: packing would read and write it
-// once more than the product reads it, and transpose it on the way).
+// `multiply_half`; packed_half_panels below gives their layout); or, for a single step of few
+// rows (in_place_step in common/sequence.h), W itself read in place (`in_place`, [blocks * cols,
+// K] row-major, multiplied by dot products, each row of W read from memory once: packing would
+// read and write it once more than the product reads it, and transpose it on the way).
+// Up to kMaxInPlaceRows rows always; up to kMaxInPlaceRowsLargeWeights when W_hh takes at least
+// kInPlaceWeightBytes, past a core's L2, where packing costs a pass through L3 each way.
+// Measured on Zen 3, one single step, packed time / in-place time (> 1: in place is faster),
+// float32, 1 thread: LSTM H=512 (4 MiB) 1.27-1.50 at 24-32 rows, 1.06-1.13 at 48-64, 0.98-1.11
+// at 96-128; H=1024 1.48-1.73 at 24-32, 1.08-1.31 at 48-64; but H=128 (256 KiB) 0.90-0.96 at
+// 24-32 and 0.77-0.83 at 48-64, H=256 (1 MiB) 0.91-1.09 at 24-32. GRU and RNN alike; float64
+// LSTM H=256 (2 MiB) 1.16-1.48 at 24-32.
 constexpr int64_t kMaxInPlaceRows = 16;
+constexpr int64_t kMaxInPlaceRowsLargeWeights = 64;
+constexpr int64_t kInPlaceWeightBytes = int64_t(3) << 19;  // 1.5 MiB
 template <typename T>
 struct StepWeights {
   const StepGemmKernels<T>* kernel = nullptr;

@@ -24,6 +24,13 @@ PARAMS = CELL_PARAMETERS
 # ---------------------------------------------------------------- helpers: one interface for all
 
 
+def large_weights_hidden(case, dtype):
+    """The smallest hidden size whose W_hh takes 1.5 MiB (csrc/common/step_gemm.h,
+    kInPlaceWeightBytes): its single steps read the weights in place up to 64 rows."""
+    gates = GATES[CASES[case][0]]
+    return int(np.ceil(np.sqrt(1.5 * 2**20 / (gates * np.dtype(dtype).itemsize))))
+
+
 def make_inputs(case, T, B, I, H, dtype=np.float64, seed=0):
     """Random forward inputs by their contract names, weights small enough not to saturate."""
     cell, _ = CASES[case]

@@ -18,6 +18,7 @@ from tests.helpers.cells import (
     assert_within_float32_error,
     backward,
     forward,
+    large_weights_hidden,
     loss_weights,
     make_inputs,
 )
@@ -54,6 +55,21 @@ def run_both(case, size, dtype, seed=0):
 @pytest.mark.parametrize("case", CASES)
 def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
     _, results = run_both(case, size, dtype)
+    (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
+    for name in out_r:
+        assert_close(out_f[name], out_r[name], dtype, name)
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
+
+
+# 23 rows: five groups of 4 and one of 3 against triples of weight rows (csrc/row_dot.inc), in
+# several blocks of rows; 64, the most read in place; 65, packed again
+@pytest.mark.parametrize("B", [23, 64, 65])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_single_step_of_large_weights_equals_reference(case, dtype, B, isa):
+    H = large_weights_hidden(case, dtype)
+    _, results = run_both(case, (1, B, 7, H), dtype)
     (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
     for name in out_r:
         assert_close(out_f[name], out_r[name], dtype, name)

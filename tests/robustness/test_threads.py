@@ -21,7 +21,15 @@ import pytest
 
 import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, _core, functional
-from tests.helpers.cells import CASES, assert_close, backward, forward, loss_weights, make_inputs
+from tests.helpers.cells import (
+    CASES,
+    assert_close,
+    backward,
+    forward,
+    large_weights_hidden,
+    loss_weights,
+    make_inputs,
+)
 from tests.helpers.hostile import results_equal, stack_inputs
 
 CORES = os.cpu_count() or 1
@@ -310,6 +318,26 @@ def test_inference_by_batch_rows_equals_training(case, restore_threads):
         assert inferred.pop("workspace") is None
         for name, value in inferred.items():
             np.testing.assert_array_equal(value, trained[name], err_msg=f"{name}, {n} threads")
+
+
+@pytest.mark.parametrize("B", [23, 64])
+@pytest.mark.parametrize("case", ["lstm", "gru_reset_before", "rnn_tanh"])
+def test_single_step_of_large_weights_is_exact(case, B, restore_threads):
+    """A single step of 17-64 rows with 1.5 MiB of W_hh reads its weights in place
+    (csrc/common/sequence.h, in_place_step) in training and in inference alike: the same bits
+    either way, with every thread count."""
+    H = large_weights_hidden(case, np.float32)
+    inputs = make_inputs(case, 1, B, 7, H, dtype=np.float32)
+    first = None
+    for n in THREAD_COUNTS:
+        fusedrnn.set_num_threads(n)
+        trained = forward(case, inputs, training=True, backend=functional)
+        inferred = forward(case, inputs, training=False, backend=functional)
+        inferred.pop("workspace")
+        first = first or inferred
+        for name, value in inferred.items():
+            np.testing.assert_array_equal(value, trained[name], err_msg=f"{name}, {n} threads")
+            np.testing.assert_array_equal(value, first[name], err_msg=f"{name}, {n} threads")
 
 
 @pytest.mark.parametrize("what", ["stack_lstm", "stack_gru", "stack_rnn"])
