@@ -232,6 +232,11 @@ def _square(shapes: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int,
 # The shapes of the full sweep (the default one before it was cut down to a minute)
 _FULL_SHAPES = _square([(1, 100, 256), (16, 50, 128), (32, 100, 256), (64, 50, 512)])
 _FULL_VARIANTS = ("lstm", "gru", "gru-cho", "rnn")
+# A single step of 32 rows with 4 MiB of LSTM weights (a decoder's beams, teacher forcing one
+# token at a time): the product reads the weights in place, packing them would be two more
+# passes over them (csrc/common/step_gemm.h, StepWeights)
+_STEP_SHAPES = _square([(32, 1, 512)])
+_STEP_VARIANTS = ("lstm", "gru", "rnn")
 # (B, heads, L, E) of the attention rows, as Case's (B, T=L, I=E, H=heads)
 _ATTENTION_SHAPES = [(B, L, E, heads) for B, heads, L, E in ((8, 8, 256, 64), (4, 8, 1024, 64))]
 _ATTENTION_VARIANTS = ("attention", "attention-causal", "attention-window")
@@ -285,6 +290,7 @@ SWEEPS = {
         "full",
         tuple(
             cases_for(_FULL_VARIANTS, _FULL_SHAPES)
+            + cases_for(_STEP_VARIANTS, _STEP_SHAPES)
             + cases_for(_STACK_VARIANTS, _STACK_SHAPES)
             + cases_for(_ATTENTION_VARIANTS, _ATTENTION_SHAPES)
             + cases_for(_DECODE_VARIANTS, _DECODE_SHAPES)
@@ -326,9 +332,10 @@ SWEEPS = {
     ),
 }
 """The named sweeps of ``python -m fusedrnn bench``: ``default`` (25 rows, under a minute);
-``full`` (60 rows, minutes: every variant at four shapes, both stacks at two, attention at two,
-decoding at two; the default sweep until issue 17); ``layer-norm`` (layer normalisation and the
-layer-normalised cells); ``deepbench`` (DeepBench's shapes)."""
+``full`` (66 rows, minutes: every variant at four shapes, each cell at a single step, both
+stacks at two, attention at two, decoding at two; the default sweep until issue 17);
+``layer-norm`` (layer normalisation and the layer-normalised cells); ``deepbench``
+(DeepBench's shapes)."""
 
 
 def flops(cell: str, T: int, B: int, I: int, H: int, pass_name: str) -> int:
