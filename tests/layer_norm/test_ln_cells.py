@@ -10,7 +10,7 @@ import pytest
 
 import fusedrnn
 from fusedrnn import functional, reference
-from tests.helpers.cells import assert_close
+from tests.helpers.cells import assert_close, assert_within_float32_error
 from tests.helpers.numgrad import ATOL, RTOL, central_differences
 from tests.layer_norm.cases import CELLS, cell_inputs, run_cell
 
@@ -90,32 +90,59 @@ LAYER_OPTIONS = [
 ]
 
 
+def _layer_results(layer, x, hx, dtype):
+    """``(output, h_n, dx, dhx, grads)`` of a forward and a backward of ``layer`` in ``dtype``."""
+    x = x.astype(dtype)
+    hx = tuple(h.astype(dtype) for h in hx) if isinstance(hx, tuple) else hx.astype(dtype)
+    out, h_n = layer(x, hx)
+    # (values of float32 in every dtype: the float64 reference of a float32 run gets the same)
+    d_out = np.linspace(-1, 1, out.size).reshape(out.shape).astype(np.float32).astype(dtype)
+    dx, dhx = layer.backward(d_out, h_n)
+    return out, h_n, dx, dhx, layer.grads
+
+
+def _parts(results):
+    """``(name, array)`` of every output and gradient in ``_layer_results``' order."""
+    for name, value in zip(("output", "h_n", "dx", "dhx"), results[:4]):
+        for part in np.atleast_1d(value):
+            yield name, np.asarray(part)
+    for name in sorted(results[4]):
+        yield "d" + name, results[4][name]
+
+
 @pytest.mark.parametrize("options", LAYER_OPTIONS, ids=["1", "2bf", "2bidir", "3drop_nobias"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_layer_fused_equals_reference(cell, dtype, options):
+    """float64: the two backends agree within float64's tolerance. float32: the fused error
+    against a float64 reference on the same (float32) weights is at most 3x the float32
+    reference's own (GUIDE.md's rule: three stacked normalised layers with dropout amplify
+    rounding past float32's fixed tolerance, and which backend rounds which way depends on how
+    the compiler contracts the multiply-adds)."""
     layers = {
         backend: LAYERS[cell](5, 6, seed=7, dtype=dtype, backend=backend, **options)
         for backend in ("fused", "reference")
     }
     L, D = layers["fused"].num_layers, layers["fused"].num_directions
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((3, 4, 5) if options.get("batch_first") else (4, 3, 5)).astype(dtype)
-    h0 = rng.standard_normal((L * D, 3, 6)).astype(dtype)
-    hx = (h0, rng.standard_normal((L * D, 3, 6)).astype(dtype)) if cell == "lstm" else h0
-    results = {}
-    for backend, layer in layers.items():
-        out, h_n = layer(x, hx)
-        d_out = np.linspace(-1, 1, out.size).reshape(out.shape).astype(dtype)
-        dx, dhx = layer.backward(d_out, h_n)
-        results[backend] = (out, h_n, dx, dhx, layer.grads)
+    x = rng.standard_normal((3, 4, 5) if options.get("batch_first") else (4, 3, 5))
+    h0 = rng.standard_normal((L * D, 3, 6))
+    hx = (h0, rng.standard_normal((L * D, 3, 6))) if cell == "lstm" else h0
+    results = {backend: _layer_results(layer, x, hx, dtype) for backend, layer in layers.items()}
     fused, ref = results["fused"], results["reference"]
-    for name, got, want in zip(("output", "h_n", "dx", "dhx"), fused[:4], ref[:4]):
-        for part_got, part_want in zip(np.atleast_1d(got), np.atleast_1d(want)):
-            assert_close(np.asarray(part_got), np.asarray(part_want), dtype, name)
     assert fused[4].keys() == ref[4].keys()
-    for name in ref[4]:
-        assert_close(fused[4][name], ref[4][name], dtype, "d" + name)
+    if dtype == np.float64:
+        for (name, got), (_, want) in zip(_parts(fused), _parts(ref)):
+            assert_close(got, want, dtype, name)
+        return
+    exact = LAYERS[cell](5, 6, seed=7, dtype=np.float64, backend="reference", **options)
+    exact.load_state_dict(
+        {k: v.astype(np.float64) for k, v in layers["fused"].state_dict().items()}
+    )
+    hx32 = tuple(h.astype(dtype) for h in hx) if cell == "lstm" else hx.astype(dtype)
+    ref64 = _layer_results(exact, x.astype(dtype), hx32, np.float64)
+    for (name, got), (_, want32), (_, want64) in zip(_parts(fused), _parts(ref), _parts(ref64)):
+        assert_within_float32_error(got, want32, want64, name)
 
 
 @pytest.mark.parametrize("cell", CELLS)
