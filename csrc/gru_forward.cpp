@@ -66,8 +66,9 @@ void gru_forward(const CellForwardArgs<T>& a) {
   const CellOptions& options = a.shape.options;
   const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = G * H * int64_t(sizeof(T));  // (StepSplit, in_place_step)
-  const bool in_place = in_place_step(steps, B, w_hh_bytes);
+  const int64_t w_hh_bytes = G * H * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
+  const InPlaceWeights in_place =
+      in_place_weights(steps, B, G * I * int64_t(sizeof(T)), w_hh_bytes);
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
   if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped
@@ -83,7 +84,7 @@ void gru_forward(const CellForwardArgs<T>& a) {
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
     project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kGruGates, H, false,
-                   nullptr, in_place);
+                   nullptr, in_place.ih);
 
   // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
   // variant needs all of r*h before its second GEMM: a second barrier.

@@ -68,8 +68,9 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P, nullptr, noise.zoneout_c > 0);
   const auto& kernels = pointwise<T>();
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = G * R * int64_t(sizeof(T));  // (StepSplit, in_place_step)
-  const bool in_place = in_place_step(steps, B, w_hh_bytes);
+  const int64_t w_hh_bytes = G * R * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
+  const InPlaceWeights in_place =
+      in_place_weights(steps, B, G * I * int64_t(sizeof(T)), w_hh_bytes);
   const bool training = saved.gates != nullptr;
   const LstmForwardScratch<T> scratch = lstm_forward_scratch(a.scratch, a.shape, training);
   sum_biases(scratch.bias, a.w.b_ih, a.w.b_hh, G);
@@ -84,7 +85,7 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   // Training: every step's input projection in one GEMM, straight into the saved gates.
   if (training)
     project_inputs(saved.gates, G, scratch.packed_ih, x, w_ih, steps * B, I, kLstmGates, H, false,
-                   nullptr, in_place);
+                   nullptr, in_place.ih);
 
   // The time loop on a team (StepSplit): by units, each member owns the hidden units
   // [j0, j0 + w) of every gate that its panels of W_hh^T hold (and the outputs of a projection its

@@ -45,19 +45,21 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   const CellOptions& options = a.shape.options;
   T* saved_pre = options.enabled ? a.workspace : nullptr;  // [T,B,H] with options (training)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = H * H * int64_t(sizeof(T));  // (StepSplit, in_place_step)
-  const bool in_place = in_place_step(steps, B, w_hh_bytes);
+  const int64_t w_hh_bytes = H * H * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
+  const InPlaceWeights in_place =
+      in_place_weights(steps, B, H * I * int64_t(sizeof(T)), w_hh_bytes);
   T* bias = scratch.bias;
   sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and
   // activates it.
-  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H, false, a.w.half, in_place);
+  project_inputs(y, H, scratch.packed_ih, x, w_ih, steps * B, I, 1, H, false, a.w.half,
+                 in_place.ih);
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
     const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes);
     const StepWeights<T> w_hh_t =
         step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr, scratch.packed_hh, w_hh, H, 1,
-                     H, split.packs, in_place);
+                     H, split.packs, in_place.hh);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {

@@ -133,12 +133,20 @@ StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_p
   return weights;
 }
 
-// A single step of few rows reads its weights in place (StepWeights), in training as in
-// inference (the two then give the same bits). weight_bytes: the size of W_hh (every gate).
+// A single step of few rows reads a weight matrix in place (StepWeights), in training as in
+// inference (the two then give the same bits); how many rows depends on the matrix's size,
+// weight_bytes (every gate), so W_ih and W_hh are judged each by its own.
 inline bool in_place_step(int64_t steps, int64_t B, int64_t weight_bytes) {
   const int64_t max_rows =
       weight_bytes >= kInPlaceWeightBytes ? kMaxInPlaceRowsLargeWeights : kMaxInPlaceRows;
   return steps == 1 && B <= max_rows;
+}
+struct InPlaceWeights {
+  bool ih = false, hh = false;  // W_ih, W_hh read in place
+};
+inline InPlaceWeights in_place_weights(int64_t steps, int64_t B, int64_t ih_bytes,
+                                       int64_t hh_bytes) {
+  return {in_place_step(steps, B, ih_bytes), in_place_step(steps, B, hh_bytes)};
 }
 
 // out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
@@ -172,7 +180,7 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
 // units [packs.begin, packs.begin + packs.width) of every gate block): its panels of W_hh^T
 // (w_hh [blocks*H, R]) and, in inference, of W_ih^T (w_ih [blocks*H, I]), with which the loop
 // projects the inputs chunk by chunk. With `half` (inference) nothing: the layer packed them.
-// A single step of few rows (in_place_step) reads both in place.
+// A single step of few rows reads them in place as `in_place` says (in_place_weights).
 template <typename T>
 struct GateLoopWeights {
   StepWeights<T> w_hh_t, w_ih_t;
@@ -181,13 +189,13 @@ template <typename T>
 GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t blocks, int64_t H,
                                           T* packed_hh, const T* w_hh, int64_t R, T* packed_ih,
                                           const T* w_ih, int64_t I, bool training,
-                                          const HalfLayerWeights* half, bool in_place) {
+                                          const HalfLayerWeights* half, InPlaceWeights in_place) {
   GateLoopWeights<T> m;
   m.w_hh_t = step_weights(half, half ? half->w_hh : nullptr, packed_hh, w_hh, R, blocks, H, packs,
-                          in_place);
+                          in_place.hh);
   if (!training)
     m.w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed_ih, w_ih, I, blocks, H, packs,
-                            in_place);
+                            in_place.ih);
   return m;
 }
 

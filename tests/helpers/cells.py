@@ -26,9 +26,16 @@ PARAMS = CELL_PARAMETERS
 
 def large_weights_hidden(case, dtype):
     """The smallest hidden size whose W_hh takes 1.5 MiB (csrc/common/step_gemm.h,
-    kInPlaceWeightBytes): its single steps read the weights in place up to 64 rows."""
+    kInPlaceWeightBytes): its single steps read W_hh in place up to 64 rows."""
     gates = GATES[CASES[case][0]]
     return int(np.ceil(np.sqrt(1.5 * 2**20 / (gates * np.dtype(dtype).itemsize))))
+
+
+def large_weights_input(case, dtype, H):
+    """The smallest input size whose W_ih takes 1.5 MiB at hidden size ``H``: single steps read
+    W_ih in place up to 64 rows (and W_hh, judged alone, up to 16)."""
+    gates = GATES[CASES[case][0]]
+    return int(np.ceil(1.5 * 2**20 / (gates * H * np.dtype(dtype).itemsize)))
 
 
 def make_inputs(case, T, B, I, H, dtype=np.float64, seed=0):

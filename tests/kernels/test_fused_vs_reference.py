@@ -12,6 +12,7 @@ import pytest
 
 import fusedrnn
 from fusedrnn import functional, reference
+from fusedrnn._spec import GATES
 from tests.helpers.cells import (
     CASES,
     assert_close,
@@ -19,6 +20,7 @@ from tests.helpers.cells import (
     backward,
     forward,
     large_weights_hidden,
+    large_weights_input,
     loss_weights,
     make_inputs,
 )
@@ -50,6 +52,23 @@ def run_both(case, size, dtype, seed=0):
     return inputs, results
 
 
+def assert_within_float32_rule(case, inputs, results, seed=0):
+    """float32 results of `run_both` held to the rule of GUIDE.md: each fused error against the
+    float64 reference on the very same (float32-rounded) inputs and output gradients is at most
+    3x the float32 reference's own."""
+    (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
+    inputs64 = {name: value.astype(np.float64) for name, value in inputs.items()}
+    out64 = forward(case, inputs64, backend=reference)
+    weights64 = {
+        name: w.astype(np.float64) for name, w in loss_weights(case, out_r, seed=seed + 1).items()
+    }
+    grads64, _ = backward(case, inputs64, out64, weights64, backend=reference)
+    for name in out_r:
+        assert_within_float32_error(out_f[name], out_r[name], out64[name], name)
+    for name in grads_r:
+        assert_within_float32_error(grads_f[name], grads_r[name], grads64[name], "d" + name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("case", CASES)
@@ -63,13 +82,23 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
 
 
 # 23 rows: five groups of 4 and one of 3 against triples of weight rows (csrc/row_dot.inc), in
-# several blocks of rows; 64, the most read in place; 65, packed again
+# several blocks of rows; 64, the most read in place; 65, packed again. "hh": a large W_hh (and a
+# small W_ih, packed from 17 rows on); "ih": a large W_ih (input sizes of 328-656) and a W_hh
+# under 1.5 MiB.
+@pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("B", [23, 64, 65])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
-def test_single_step_of_large_weights_equals_reference(case, dtype, B, isa):
-    H = large_weights_hidden(case, dtype)
-    _, results = run_both(case, (1, B, 7, H), dtype)
+def test_single_step_of_large_weights_equals_reference(case, dtype, B, large, isa):
+    if large == "hh":
+        I, H = 7, large_weights_hidden(case, dtype)
+    else:
+        H = 600 // GATES[CASES[case][0]]
+        I, H = large_weights_input(case, dtype, H), H
+    inputs, results = run_both(case, (1, B, I, H), dtype)
+    if dtype == np.float32:  # (sums of hundreds of products)
+        assert_within_float32_rule(case, inputs, results)
+        return
     (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
     for name in out_r:
         assert_close(out_f[name], out_r[name], dtype, name)
@@ -98,18 +127,7 @@ def test_threaded_elementwise_pass_equals_reference(case):
     the small-size tolerance near zero, so the float32 results are held to the rule of GUIDE.md:
     the fused error against a float64 reference is at most 3x the float32 reference's own."""
     inputs, results = run_both(case, (3, 64, 32, 256), np.float32)
-    (out_f, grads_f), (out_r, grads_r) = results["fused"], results["reference"]
-    # The float64 reference on the very same (float32-rounded) inputs and output gradients.
-    inputs64 = {name: value.astype(np.float64) for name, value in inputs.items()}
-    out64 = forward(case, inputs64, backend=reference)
-    weights64 = {
-        name: w.astype(np.float64) for name, w in loss_weights(case, out_r, seed=1).items()
-    }
-    grads64, _ = backward(case, inputs64, out64, weights64, backend=reference)
-    for name in out_r:
-        assert_within_float32_error(out_f[name], out_r[name], out64[name], name)
-    for name in grads_r:
-        assert_within_float32_error(grads_f[name], grads_r[name], grads64[name], "d" + name)
+    assert_within_float32_rule(case, inputs, results)
 
 
 @pytest.mark.parametrize("case", CASES)

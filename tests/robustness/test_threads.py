@@ -21,12 +21,14 @@ import pytest
 
 import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, _core, functional
+from fusedrnn._spec import GATES
 from tests.helpers.cells import (
     CASES,
     assert_close,
     backward,
     forward,
     large_weights_hidden,
+    large_weights_input,
     loss_weights,
     make_inputs,
 )
@@ -320,14 +322,19 @@ def test_inference_by_batch_rows_equals_training(case, restore_threads):
             np.testing.assert_array_equal(value, trained[name], err_msg=f"{name}, {n} threads")
 
 
+@pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("B", [23, 64])
 @pytest.mark.parametrize("case", ["lstm", "gru_reset_before", "rnn_tanh"])
-def test_single_step_of_large_weights_is_exact(case, B, restore_threads):
-    """A single step of 17-64 rows with 1.5 MiB of W_hh reads its weights in place
-    (csrc/common/sequence.h, in_place_step) in training and in inference alike: the same bits
+def test_single_step_of_large_weights_is_exact(case, B, large, restore_threads):
+    """A single step of 17-64 rows reads a matrix of 1.5 MiB or more (W_hh, or W_ih) in place
+    (csrc/common/sequence.h, in_place_weights) in training and in inference alike: the same bits
     either way, with every thread count."""
-    H = large_weights_hidden(case, np.float32)
-    inputs = make_inputs(case, 1, B, 7, H, dtype=np.float32)
+    if large == "hh":
+        I, H = 7, large_weights_hidden(case, np.float32)
+    else:
+        H = 600 // GATES[CASES[case][0]]
+        I, H = large_weights_input(case, np.float32, H), H
+    inputs = make_inputs(case, 1, B, I, H, dtype=np.float32)
     first = None
     for n in THREAD_COUNTS:
         fusedrnn.set_num_threads(n)
