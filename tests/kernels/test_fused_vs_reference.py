@@ -106,6 +106,22 @@ def test_single_step_of_large_weights_equals_reference(case, dtype, B, large, is
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
+@pytest.mark.parametrize("B", [8, 65], ids=["in_place", "packed"])
+def test_long_input_float32_error(B, isa):
+    """A float32 step of 32,768 input features, with its weights read in place (8 rows) and
+    packed (65): each sum goes in blocks (csrc/row_dot.inc, kDotBlock; the packed kernel's
+    blocks of k), so the error against float64 stays within 3x numpy's float32 product's own.
+    (One chain per lane over all the features erred 5x numpy's at 65,536.)"""
+    I, H = 32768, 16
+    inputs = make_inputs("rnn_relu", 1, B, I, H, dtype=np.float32, seed=3)
+    inputs["h0"][:] = 0  # y = relu(x W_ih^T + b): the long sums alone
+    y = forward("rnn_relu", inputs, training=False, backend=functional)["y"]
+    y32 = forward("rnn_relu", inputs, training=False, backend=reference)["y"]
+    inputs64 = {name: value.astype(np.float64) for name, value in inputs.items()}
+    y64 = forward("rnn_relu", inputs64, training=False, backend=reference)["y"]
+    assert_within_float32_error(y, y32, y64, "y")
+
+
 @pytest.mark.parametrize(
     ("case", "dtype", "H"),
     [("lstm", np.float64, 128), ("lstm", np.float32, 256), ("rnn_tanh", np.float64, 512)],
