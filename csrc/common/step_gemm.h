@@ -7,8 +7,8 @@
 // weights. BLAS packs the weights again on every call (measured: about 15% of an LSTM's
 // samples at B=64, H=512) and picks other kernels, with other rounding, for a member's slice than
 // for the whole matrix. Here every output element is one chain of multiply-adds over k in order
-// per block of 256 k (the blocks added in order), whatever the tile, the panel or the thread that computes
-// it: the results do not depend on the number of threads, bit for bit.
+// per block of 256 k (the blocks added in order), whatever the tile, the panel or the thread that
+// computes it: the results do not depend on the number of threads, bit for bit.
 #pragma once
 #include <algorithm>
 #include <cstdint>
