@@ -24,18 +24,17 @@ PARAMS = CELL_PARAMETERS
 # ---------------------------------------------------------------- helpers: one interface for all
 
 
-def large_weights_hidden(case, dtype):
-    """The smallest hidden size whose W_hh takes 1.5 MiB (csrc/common/step_gemm.h,
-    kInPlaceWeightBytes): its single steps read W_hh in place up to 64 rows."""
+def large_weights_sizes(case, dtype, large):
+    """``(I, H)`` of a single step with one weight matrix of 1.5 MiB or more
+    (csrc/common/step_gemm.h, kInPlaceWeightBytes: read in place up to 64 rows) and the other
+    smaller: ``large="hh"``, W_hh at the smallest such hidden size with 7 inputs; ``"ih"``,
+    W_ih at the smallest such input size with 600 gate rows (W_hh under 1.5 MiB)."""
     gates = GATES[CASES[case][0]]
-    return int(np.ceil(np.sqrt(1.5 * 2**20 / (gates * np.dtype(dtype).itemsize))))
-
-
-def large_weights_input(case, dtype, H):
-    """The smallest input size whose W_ih takes 1.5 MiB at hidden size ``H``: single steps read
-    W_ih in place up to 64 rows (and W_hh, judged alone, up to 16)."""
-    gates = GATES[CASES[case][0]]
-    return int(np.ceil(1.5 * 2**20 / (gates * H * np.dtype(dtype).itemsize)))
+    itemsize = np.dtype(dtype).itemsize
+    if large == "hh":
+        return 7, int(np.ceil(np.sqrt(1.5 * 2**20 / (gates * itemsize))))
+    H = 600 // gates
+    return int(np.ceil(1.5 * 2**20 / (gates * H * itemsize))), H
 
 
 def make_inputs(case, T, B, I, H, dtype=np.float64, seed=0):

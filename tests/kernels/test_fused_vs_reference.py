@@ -12,15 +12,13 @@ import pytest
 
 import fusedrnn
 from fusedrnn import functional, reference
-from fusedrnn._spec import GATES
 from tests.helpers.cells import (
     CASES,
     assert_close,
     assert_within_float32_error,
     backward,
     forward,
-    large_weights_hidden,
-    large_weights_input,
+    large_weights_sizes,
     loss_weights,
     make_inputs,
 )
@@ -90,11 +88,7 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 def test_single_step_of_large_weights_equals_reference(case, dtype, B, large, isa):
-    if large == "hh":
-        I, H = 7, large_weights_hidden(case, dtype)
-    else:
-        H = 600 // GATES[CASES[case][0]]
-        I, H = large_weights_input(case, dtype, H), H
+    I, H = large_weights_sizes(case, dtype, large)
     inputs, results = run_both(case, (1, B, I, H), dtype)
     if dtype == np.float32:  # (sums of hundreds of products)
         assert_within_float32_rule(case, inputs, results)

@@ -21,14 +21,12 @@ import pytest
 
 import fusedrnn
 from fusedrnn import GRU, LSTM, RNN, GRUCell, _core, functional
-from fusedrnn._spec import GATES
 from tests.helpers.cells import (
     CASES,
     assert_close,
     backward,
     forward,
-    large_weights_hidden,
-    large_weights_input,
+    large_weights_sizes,
     loss_weights,
     make_inputs,
 )
@@ -329,11 +327,7 @@ def test_single_step_of_large_weights_is_exact(case, B, large, restore_threads):
     """A single step of 17-64 rows reads a matrix of 1.5 MiB or more (W_hh, or W_ih) in place
     (csrc/common/sequence.h, in_place_weights) in training and in inference alike: the same bits
     either way, with every thread count."""
-    if large == "hh":
-        I, H = 7, large_weights_hidden(case, np.float32)
-    else:
-        H = 600 // GATES[CASES[case][0]]
-        I, H = large_weights_input(case, np.float32, H), H
+    I, H = large_weights_sizes(case, np.float32, large)
     inputs = make_inputs(case, 1, B, I, H, dtype=np.float32)
     first = None
     for n in THREAD_COUNTS:
