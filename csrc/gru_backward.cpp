@@ -169,18 +169,20 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates_x, G, G, x, w_ih, TB, I);
-    if (a.g.db_ih) add_column_sums(team, a.g.db_ih, dgates_x, TB, G, G);
-    if (a.g.db_hh) add_column_sums(team, a.g.db_hh, dgates_h, TB, G, G);
+    const bool fresh = a.g.fresh;
+    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates_x, G, G, x, w_ih, TB, I,
+                    fresh);
+    if (a.g.db_ih) add_column_sums(team, a.g.db_ih, dgates_x, TB, G, G, fresh);
+    if (a.g.db_hh) add_column_sums(team, a.g.db_hh, dgates_h, TB, G, G, fresh);
     // the blocks that see h_{t-1}: all three, or r and z
     recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks,
-                              h_seq, h_first, steps, B, H);
+                              h_seq, h_first, steps, B, H, fresh);
     if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> rh =
           in_place_panels(step_kernel, saved.extra, H, TB, H, scratch.rh_tail, share);
       step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, a.g.dw_hh + 2 * H * H, H,
-                true, true);
+                !fresh, true);
     }
   });
 }

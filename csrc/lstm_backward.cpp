@@ -58,7 +58,11 @@ LstmBackwardScratch<T> lstm_backward_scratch(T* base, const CellShape& s) {
 // c_seen: the c that o saw (c, or with zoneout on c the candidate c~).
 template <typename T>
 void add_peephole_gradients(T* dpeephole, const T* dgates, const T* c, const T* c_seen, const T* c0,
-                            const PanelShare& units, int64_t steps, int64_t B, int64_t H) {
+                            const PanelShare& units, int64_t steps, int64_t B, int64_t H,
+                            bool fresh) {
+  if (fresh)
+    for (int64_t gate = 0; gate < 3; ++gate)
+      std::fill_n(dpeephole + gate * H + units.begin, units.width, T(0));
   for (int64_t t = 0; t < steps; ++t)
     for (int64_t b = 0; b < B; ++b) {
       const T* dg = dgates + (t * B + b) * kLstmGates * H;
@@ -193,19 +197,21 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + R)), [&](int member, int members) {
     const Team team{member, members};
-    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates, G, G, x, w_ih, TB, I);
+    const bool fresh = a.g.fresh;
+    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dgates, G, G, x, w_ih, TB, I,
+                    fresh);
     recurrent_weight_gradient(team, a.g.dw_hh, R, scratch.recurrent_tails, dgates, G, G, h_seq,
-                              h_first, steps, B, R);
-    add_column_sums(team, a.g.db_ih, a.g.db_hh, dgates, TB, G, G);
+                              h_first, steps, B, R, fresh);
+    add_column_sums(team, a.g.db_ih, a.g.db_hh, dgates, TB, G, G, fresh);
     if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> ms =
           in_place_panels(step_kernel, saved.m, H, TB, H, scratch.m_tail, share);
-      step_gemm(step_kernel, ms, 0, 1, share, P, scratch.dhs, P, a.g.dw_hr, H, true, true);
+      step_gemm(step_kernel, ms, 0, 1, share, P, scratch.dhs, P, a.g.dw_hr, H, !fresh, true);
     }
     if (a.w.peephole && a.g.dpeephole)  // this member's units of the peephole gradients
       add_peephole_gradients(a.g.dpeephole, dgates, saved.c, saved.c_cand ? saved.c_cand : saved.c,
-                             c0, panel_share(H, 1, member, members), steps, B, H);
+                             c0, panel_share(H, 1, member, members), steps, B, H, fresh);
   });
 }
 

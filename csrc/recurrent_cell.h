@@ -129,6 +129,10 @@ struct LayerGrads {  // accumulated into (+=); null biases are skipped
   T* dw_hr;          // [P,H]; null without a projection
 
   T* dpeephole = nullptr;  // [3H] with peepholes
+  // The arrays hold nothing yet (the binding allocated them for this call): the backward sets
+  // them (=) instead of adding, which saves zero-filling them first (8 MiB for an LSTMCell(512)).
+  // Only for a call with T*B > 0, whose backward writes every element.
+  bool fresh = false;
 };
 
 template <typename T>

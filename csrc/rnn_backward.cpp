@@ -88,10 +88,11 @@ void rnn_backward(const CellBackwardArgs<T>& a) {
   const int64_t TB = steps * B;
   run_team(gemm_team_size(TB * H * (I + H)), [&](int member, int members) {
     const Team team{member, members};
-    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dpre, H, H, x, w_ih, TB, I);
+    const bool fresh = a.g.fresh;
+    input_gradients(team, a.dx, a.g.dw_ih, scratch.input_tails, dpre, H, H, x, w_ih, TB, I, fresh);
     recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dpre, H, H, y, h0, steps,
-                              B, H);
-    add_column_sums(team, a.g.db_ih, a.g.db_hh, dpre, TB, H, H);
+                              B, H, fresh);
+    add_column_sums(team, a.g.db_ih, a.g.db_hh, dpre, TB, H, H, fresh);
   });
 }
 

@@ -132,12 +132,21 @@ struct CellCall {
     py::object dya = optional_outputs(dy, "dy"), dhn = optional_state(dh_n, "dh_n");
     py::object dcn = lstm ? optional_state(dc_n, "dc_n") : py::none();
     const char* rows = gate_rows.c_str();
-    py::array gw_ih =
-        c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}});
-    py::array gw_hh =
-        c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}});
-    py::array gb_ih = c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}});
-    py::array gb_hh = c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}});
+    // No grads given: fresh arrays that the kernel sets rather than adds into, so that they need
+    // no zero-filling first (LayerGrads::fresh); a call with no rows writes nothing, so there
+    // they are zeros.
+    const bool fresh =
+        dw_ih.is_none() && dw_hh.is_none() && db_ih.is_none() && db_hh.is_none() && T * B > 0;
+    const auto grad = [&](py::handle given, const char* name, std::initializer_list<Dim> dims) {
+      if (!fresh) return c.accumulator(given, name, dims);
+      std::vector<int64_t> shape;
+      for (const Dim& d : dims) shape.push_back(d.size);
+      return c.output(shape);
+    };
+    py::array gw_ih = grad(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}});
+    py::array gw_hh = grad(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}});
+    py::array gb_ih = grad(db_ih, "grads['bias_ih']", {{rows, G * H}});
+    py::array gb_hh = grad(db_hh, "grads['bias_hh']", {{rows, G * H}});
     py::array dx = c.output({T, B, I}), dh0 = c.output({B, H});
     py::object dc0 = lstm ? py::object(c.output({B, H})) : py::none();
     const ScratchMemory scratch = c.scratch(cell_backward_scratch_size(cell, shape));
@@ -150,6 +159,7 @@ struct CellCall {
       k.dh0 = data_of<F>(dh0);
       k.dc0 = data_of<F>(dc0);
       k.g = {data_of<F>(gw_ih), data_of<F>(gw_hh), data_of<F>(gb_ih), data_of<F>(gb_hh), nullptr};
+      k.g.fresh = fresh;
       k.dy = cdata_of<F>(dya);
       k.dh_n = cdata_of<F>(dhn);
       k.dc_n = cdata_of<F>(dcn);

@@ -39,13 +39,18 @@ struct Team {
 
 // out[j] += sum over rows of a[r, j] for this member's columns j, and the same into out2 unless
 // it is null (the two biases of a gate, whose gradients are the same sums: a is read once); a has
-// row stride lda. Either output may be null.
+// row stride lda. Either output may be null. `fresh`: the outputs hold nothing yet, so = instead
+// of += (LayerGrads::fresh).
 template <typename T>
 void add_column_sums(const Team& team, T* out, T* out2, const T* a, int64_t rows, int64_t cols,
-                     int64_t lda) {
+                     int64_t lda, bool fresh = false) {
   if (!out) std::swap(out, out2);
   if (!out) return;
   const int64_t j0 = team.begin(cols), j1 = team.end(cols);
+  if (fresh) {
+    std::fill(out + j0, out + j1, T(0));
+    if (out2) std::fill(out2 + j0, out2 + j1, T(0));
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* row = a + r * lda;
     if (out2)
@@ -58,9 +63,9 @@ void add_column_sums(const Team& team, T* out, T* out2, const T* a, int64_t rows
   }
 }
 template <typename T>
-void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t cols,
-                     int64_t lda) {
-  add_column_sums(team, out, static_cast<T*>(nullptr), a, rows, cols, lda);
+void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t cols, int64_t lda,
+                     bool fresh = false) {
+  add_column_sums(team, out, static_cast<T*>(nullptr), a, rows, cols, lda, fresh);
 }
 
 // Scratch of input_gradients and recurrent_weight_gradient: the packed last panels of the
@@ -76,9 +81,11 @@ inline int64_t recurrent_weight_gradient_scratch_size(int64_t steps, int64_t B) 
 // columns of x (of I), the GEMM's rows being `rows` = T*B:
 //   forward: gates = x W_ih^T   ->   dx = dgates W_ih (=),  dW_ih += dgates^T x
 // dgates [rows, G] (row stride ldg), x [rows, I], w_ih [G, I], dw_ih [G, I]; dx may be null.
+// `fresh`: dw_ih holds nothing yet, so = instead of += (LayerGrads::fresh; rows > 0).
 template <typename T>
 void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dgates, int64_t ldg,
-                     int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I) {
+                     int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I,
+                     bool fresh = false) {
   const auto& kernel = step_gemm_kernels<T>();
   const PanelShare share = panel_share(I, kernel.panel_width, team.member, team.members);
   if (dx) {
@@ -87,22 +94,24 @@ void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dga
   }
   const PackedWeights<T> xs =
       in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share);
-  step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, true, true);
+  step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, !fresh, true);
 }
 
 // The gradient of the recurrent weights over all steps, for this member's columns of dw:
 //   dw[G,H] += sum_t dgates[t]^T @ h_{t-1},  h_{t-1} = y[t-1] for t >= 1 and h0 for t = 0,
 // where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw.
+// `fresh`: dw holds nothing yet, so the first step's product sets it (LayerGrads::fresh;
+// steps * B > 0).
 template <typename T>
 void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch, const T* dgates,
                                int64_t ldg, int64_t G, const T* y, const T* h0, int64_t steps,
-                               int64_t B, int64_t H) {
+                               int64_t B, int64_t H, bool fresh = false) {
   if (steps == 0) return;
   const auto& kernel = step_gemm_kernels<T>();
   const int64_t nr = kernel.panel_width;
   const PanelShare share = panel_share(H, nr, team.member, team.members);
   const PackedWeights<T> first = in_place_panels(kernel, h0, H, B, H, scratch, share);
-  step_gemm(kernel, first, 0, 1, share, G, dgates, ldg, dw, ldw, true, true);
+  step_gemm(kernel, first, 0, 1, share, G, dgates, ldg, dw, ldw, !fresh, true);
   if (steps == 1) return;
   const PackedWeights<T> rest =
       in_place_panels(kernel, y, H, (steps - 1) * B, H, scratch + tail_panel_size(B), share);

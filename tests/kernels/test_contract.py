@@ -16,6 +16,7 @@ from tests.helpers.cells import (
     PARAMS,
     backward,
     forward,
+    large_weights_sizes,
     loss_weights,
     make_inputs,
 )
@@ -204,3 +205,40 @@ def test_fused_outputs_reuse_freed_buffers_but_never_live_ones():
     reused = {value.ctypes.data for value in third.values() if isinstance(value, np.ndarray)}
     assert reused <= freed
     np.testing.assert_array_equal(third["y"], second["y"])
+
+
+# (T, B, I, H): one step of one row; a sequence whose GEMMs a team splits; the single step of
+# many rows with a large W_hh (read in place) that the fresh write is for; no steps; no rows
+FRESH_SIZES = [(1, 1, 3, 4), (5, 17, 6, 40), (1, 32, None, None), (0, 3, 4, 5), (4, 0, 4, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("size", FRESH_SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("case", CASES)
+def test_fused_backward_without_grads_sets_every_element(case, size, dtype, threading_mode):
+    """Without a grads dict the fused backward sets the parameter gradients in fresh arrays
+    instead of adding into zero-filled ones (csrc/recurrent_cell.h, LayerGrads::fresh): the same
+    bits as adding into zeros given, and every element written. The arrays come from the memory
+    pool, so the first call's gradients are filled with NaN and freed before the second: an
+    element the kernel left unwritten would hold a NaN."""
+    from fusedrnn import functional
+
+    T, B, I, H = size
+    if I is None:
+        I, H = large_weights_sizes(case, dtype, "hh")
+    inputs = make_inputs(case, T, B, I, H, dtype=dtype)
+    out = forward(case, inputs, backend=functional)
+    weights = loss_weights(case, out)
+    zeros = {name: np.zeros_like(inputs[name]) for name in PARAMS}
+    added, _ = backward(case, inputs, out, weights, grads=zeros, backend=functional)
+    poisoned = backward(case, inputs, out, weights, backend=functional)[0]
+    addresses = set()
+    for name in PARAMS:
+        poisoned[name].fill(np.nan)
+        addresses.add(poisoned[name].__array_interface__["data"][0])
+    del poisoned
+    fresh, _ = backward(case, inputs, out, weights, backend=functional)
+    reused = {fresh[name].__array_interface__["data"][0] for name in PARAMS} & addresses
+    assert reused or not T * B, "the pool handed out other memory: nothing was poisoned"
+    for name in PARAMS:
+        np.testing.assert_array_equal(fresh[name], added[name], err_msg=name)
