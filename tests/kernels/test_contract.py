@@ -207,15 +207,24 @@ def test_fused_outputs_reuse_freed_buffers_but_never_live_ones():
     np.testing.assert_array_equal(third["y"], second["y"])
 
 
-# (T, B, I, H): one step of one row; a sequence whose GEMMs a team splits; the single step of
-# many rows with a large W_hh (read in place) that the fresh write is for; no steps; no rows
-FRESH_SIZES = [(1, 1, 3, 4), (5, 17, 6, 40), (1, 32, None, None), (0, 3, 4, 5), (4, 0, 4, 5)]
+# (T, B, I, H): one step of one row; a sequence whose GEMMs a team splits, over more than one
+# block of 256 rows of k (csrc/step_gemm.inc, kBlockK); the RNN's 3 gate rows, a tile of few
+# rows; the single step of many rows with a large W_hh (read in place) that the fresh write is
+# for; no steps; no rows
+FRESH_SIZES = [
+    (1, 1, 3, 4),
+    (20, 17, 6, 40),
+    (20, 13, 5, 3),
+    (1, 32, None, None),
+    (0, 3, 4, 5),
+    (4, 0, 4, 5),
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("size", FRESH_SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("case", CASES)
-def test_fused_backward_without_grads_sets_every_element(case, size, dtype, threading_mode):
+def test_fused_backward_without_grads_sets_every_element(case, size, dtype, isa, threading_mode):
     """Without a grads dict the fused backward sets the parameter gradients in fresh arrays
     instead of adding into zero-filled ones (csrc/recurrent_cell.h, LayerGrads::fresh): the same
     bits as adding into zeros given, and every element written. The arrays come from the memory
