@@ -19,9 +19,10 @@ def test_the_rows_check_both_models_and_time_them():
     rows = [line for line in lines if line.startswith(("char-level", "word-level"))]
     assert len(rows) == 2
     for row in rows:
-        *_, torch_ms, fused_ms, speedup, check = row.split()
+        *_, torch_ms, fused_ms, speedup, paired, check = row.split()
         assert float(torch_ms) > 0 and float(fused_ms) > 0
         assert float(speedup.rstrip("x")) > 0
+        assert paired == speedup  # one pair of steps: its ratio is the medians' ratio
         assert float(check) <= torch_training.TOLERANCE[np.dtype(np.float64)]
     assert not lines[-1].startswith("FAILED")
     assert any("PyTorch 2" in line for line in lines)
