@@ -696,9 +696,11 @@ def stack_backward(
         grads = {k: np.zeros_like(v) for k, v in params.items()}
     elif not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    missing = [k for k in params if k not in grads]
-    if missing:
-        raise ValueError(f"grads must have the keys of params; missing {missing}")
+    if set(grads) != set(params):  # (the reference's rule and words)
+        raise ValueError(
+            f"grads must have exactly the keys of params; missing "
+            f"{sorted(set(params) - set(grads))}, unexpected {sorted(set(grads) - set(params))}"
+        )
     # the gradient of every parameter there is; None for an absent one (a bias, weight_hr)
     grad_list = _per_layer(
         {k: grads[k] for k in params}, call.num_layers, num_directions(bidirectional)

@@ -304,11 +304,14 @@ def test_other_dtypes_are_type_errors(dtype):
 # ---------------------------------------------------------------- learned initial state
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
 @pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
-def test_learned_initial_state_equals_pytorch_with_a_broadcast_parameter(cls, unbatched):
+def test_learned_initial_state_equals_pytorch_with_a_broadcast_parameter(cls, unbatched, backend):
     torch = pytest.importorskip("torch")
-    layer = cls(3, 4, num_layers=2, bidirectional=True, learn_initial_state=True, dtype=F64)
+    layer = cls(
+        3, 4, num_layers=2, bidirectional=True, learn_initial_state=True, dtype=F64, backend=backend
+    )
     names = [name for name, _ in layer.named_parameters()]
     assert names[-2:] == ["h0", "c0"] if cls is LSTM else names[-1] == "h0"
     assert not layer.h0.any()  # zeros at first: the same as no initial state
@@ -340,6 +343,26 @@ def test_learned_initial_state_equals_pytorch_with_a_broadcast_parameter(cls, un
         assert_close(layer.c0.grad, c0.grad.numpy(), F64, "c0")
     for name, param in theirs.named_parameters():
         assert_close(layer.grads[name], param.grad.numpy(), F64, name)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+def test_learned_initial_state_trains_alike_on_both_backends(cls):
+    """The reference backend's backward refused the layer's gradients with h0 among them."""
+    layers = [
+        cls(3, 4, num_layers=2, learn_initial_state=True, dtype=F64, seed=1, backend=backend)
+        for backend in ("fused", "reference")
+    ]
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    for layer in layers:
+        layer.h0[...] = 0.5
+        layer(x)
+        layer.backward(dy)
+    fused, ref = (dict(layer.grads) for layer in layers)
+    assert fused.keys() == ref.keys() and "h0" in fused
+    assert np.abs(fused["h0"]).max() > 0
+    for name in ref:
+        assert_close(fused[name], ref[name], F64, name)
 
 
 def test_a_given_hx_takes_the_place_of_the_learned_state():

@@ -353,18 +353,31 @@ def test_params_with_missing_unexpected_or_none_entries_are_named():
         functional.stack_forward(**{**base, "params": params})
 
 
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+def test_stack_gradient_dicts_have_exactly_the_keys_of_params(backend):
+    """Both backends, the same words: a missing gradient and one of no parameter (a layer's
+    learned h0 passed along with the stack's) are refused, never skipped or ignored."""
+    kwargs = stack_inputs("lstm")
+    y, _h_n, _c_n, saved = backend.stack_forward(**kwargs)
+    grads = {k: np.zeros_like(v) for k, v in kwargs["params"].items()}
+    missing = {k: v for k, v in grads.items() if k != "bias_hh_l0"}
+    with pytest.raises(
+        ValueError, match=r"exactly the keys of params; missing \['bias_hh_l0'\], unexpected \[\]"
+    ):
+        backend.stack_backward(**kwargs, y=y, saved=saved, grads=missing)
+    extra = {**grads, "h0": np.zeros(3)}
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['h0'\]"):
+        backend.stack_backward(**kwargs, y=y, saved=saved, grads=extra)
+    with pytest.raises(TypeError, match="grads must be a dict of arrays or None, got list"):
+        backend.stack_backward(**kwargs, y=y, saved=saved, grads=[1])
+
+
 def test_bad_stack_gradient_dicts_are_named():
     kwargs = stack_inputs("lstm")
     y, _h_n, _c_n, saved = functional.stack_forward(**kwargs)
     grads = {k: np.zeros_like(v) for k, v in kwargs["params"].items()}
     with pytest.raises(TypeError, match="grads must be a dict"):
         functional.stack_backward(**kwargs, y=y, saved=saved, grads=[1])
-    with pytest.raises(
-        ValueError, match=r"grads must have the keys of params; missing \['bias_hh_l0'\]"
-    ):
-        functional.stack_backward(
-            **kwargs, y=y, saved=saved, grads={k: v for k, v in grads.items() if k != "bias_hh_l0"}
-        )
     with pytest.raises(ValueError, match=r"grads of weight_ih_l0 .* are required"):
         functional.stack_backward(**kwargs, y=y, saved=saved, grads={**grads, "weight_ih_l0": None})
     with pytest.raises(ValueError, match="saved is None"):

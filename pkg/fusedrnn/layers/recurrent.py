@@ -363,7 +363,7 @@ class RecurrentLayer(RecurrentModule):
             bidirectional=self.bidirectional,
             lengths=saved.lengths,
             dropout_masks=saved.dropout_masks,
-            grads=self.grads,
+            grads=self._stack_grads,
             truncate=truncate,
             truncate_stride=truncate_stride,
             noise=saved.noise,
@@ -442,6 +442,11 @@ class RecurrentLayer(RecurrentModule):
         if not self.learn_initial_state:
             return self._params
         return {name: p for name, p in self._params.items() if name not in ("h0", "c0")}
+
+    @property
+    def _stack_grads(self) -> dict:
+        """The gradients of `_stack_weights`, keyed alike (the same arrays as in ``grads``)."""
+        return {name: self.grads[name] for name in self._stack_weights}
 
     def _learned_state(self, B: int) -> np.ndarray | tuple:
         """The learned h0 (and c0) repeated over a batch of B: (L*D, B, ...) arrays of their

@@ -596,8 +596,8 @@ def _grads_or_zeros(
     """``grads`` checked against ``params`` (same keys, shapes, dtypes), or fresh zeros."""
     if grads is None:
         return {name: np.zeros_like(value) for name, value in params.items()}
-    if not isinstance(grads, dict):
-        raise TypeError(f"grads must be None or a dict of arrays, got {type(grads).__name__}")
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
     if set(grads) != set(params):
         raise ValueError(
             f"grads must have exactly the keys of params; missing "
