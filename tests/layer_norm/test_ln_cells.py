@@ -35,6 +35,20 @@ def test_fused_equals_reference(cell, size, dtype, bias, isa, threading_mode):
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_unit_for_several_items(cell):
+    """H = 1 with B > 1: the reference read a saved row of c (one number at H = 1) as a per-row
+    rstd, and its backward failed to broadcast. float64 only: LN over one unit (c) or four
+    (the gates) is too ill-conditioned for float32's fixed tolerance."""
+    a = cell_inputs(cell, 3, 4, 2, 1, dtype=np.float64, seed=3)
+    out_f, grads_f = run_cell(functional, cell, a)
+    out_r, grads_r = run_cell(reference, cell, a)
+    for name in out_r:
+        assert_close(out_f[name], out_r[name], np.float64, name)
+    for name in grads_r:
+        assert_close(grads_f[name], grads_r[name], np.float64, "d" + name)
+
+
 @pytest.mark.parametrize("size", [(0, 3, 4, 5), (4, 0, 4, 5)], ids=["T0", "B0"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_empty_sequence_or_batch(cell, size):

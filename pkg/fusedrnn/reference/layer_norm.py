@@ -102,15 +102,19 @@ _SAVED_PARTS = {  # name: (per step of the input, width in units of G or H)
 }
 
 
-def _part_width(name: str, G: int, H: int) -> int:
-    return 1 if name.startswith("rstd") else G if name in ("xhat_x", "xhat_h", "gates") else H
+def _part_shape(name: str, T: int, B: int, G: int, H: int) -> tuple:
+    """A saved part's shape: an rstd holds one number per row, the others a row of G or H
+    (by name, not by width: at H = 1 a row of c is one number too, yet not an rstd)."""
+    if name.startswith("rstd"):
+        return (T, B)
+    return (T, B, G if name in ("xhat_x", "xhat_h", "gates") else H)
 
 
 def ln_workspace_size(cell: str, T: int, B: int, H: int) -> int:
     """Length of the workspace of a training forward (csrc/ln_cell.h): T*B*(14H+3) (lstm),
     T*B*(9H+2) (gru)."""
     G = {"lstm": 4, "gru": 3}[cell] * H
-    return sum(T * B * _part_width(name, G, H) for name in _SAVED_PARTS[cell])
+    return sum(int(np.prod(_part_shape(name, T, B, G, H))) for name in _SAVED_PARTS[cell])
 
 
 def _pack(cell: str, parts: dict) -> np.ndarray:
@@ -131,9 +135,8 @@ def _unpack(cell: str, workspace: np.ndarray, T: int, B: int, H: int) -> dict:
         )
     parts, start = {}, 0
     for name in _SAVED_PARTS[cell]:
-        width = _part_width(name, G, H)
-        size = T * B * width
-        shape = (T, B) if width == 1 else (T, B, width)
+        shape = _part_shape(name, T, B, G, H)
+        size = int(np.prod(shape))
         parts[name] = workspace[start : start + size].reshape(shape)
         start += size
     return parts
