@@ -100,14 +100,14 @@ py::object ArgChecker::optional_input(py::handle obj, const char* name,
   return input(obj, name, dims);
 }
 
-py::array ArgChecker::accumulator(py::handle obj, const char* name,
-                                  std::initializer_list<Dim> dims) const {
+py::array ArgChecker::accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims,
+                                  bool zero_new) const {
   if (obj.is_none()) {
     std::vector<int64_t> shape;
     for (const Dim& d : dims) shape.push_back(d.size);
-    py::array zeros = output(shape);
-    std::memset(zeros.mutable_data(), 0, static_cast<size_t>(zeros.nbytes()));
-    return zeros;
+    py::array fresh = output(shape);
+    if (zero_new) std::memset(fresh.mutable_data(), 0, static_cast<size_t>(fresh.nbytes()));
+    return fresh;
   }
   py::array a = checked_array(obj, name, dims);
   if (!(a.flags() & py::array::c_style))

@@ -43,8 +43,10 @@ class ArgChecker {
   // A gradient buffer accumulated into in place: it must already be writeable, C-contiguous,
   // aligned, of the call's dtype and exact shape, since a copy would hide the result from the
   // caller.
-  // None allocates a zeroed one (as output()).
-  py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims) const;
+  // None allocates a zeroed one (as output()), or with `zero_new` false an uninitialised one,
+  // for a kernel that sets every element rather than adding (LayerGrads::fresh).
+  py::array accumulator(py::handle obj, const char* name, std::initializer_list<Dim> dims,
+                        bool zero_new = true) const;
   // A fresh uninitialised output of the call's dtype, 64-byte aligned (memory_pool.h).
   py::array output(const std::vector<int64_t>& shape) const;
   // The scratch of a kernel call of the call's dtype (memory_pool.h).

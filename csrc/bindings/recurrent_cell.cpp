@@ -137,16 +137,12 @@ struct CellCall {
     // they are zeros.
     const bool fresh =
         dw_ih.is_none() && dw_hh.is_none() && db_ih.is_none() && db_hh.is_none() && T * B > 0;
-    const auto grad = [&](py::handle given, const char* name, std::initializer_list<Dim> dims) {
-      if (!fresh) return c.accumulator(given, name, dims);
-      std::vector<int64_t> shape;
-      for (const Dim& d : dims) shape.push_back(d.size);
-      return c.output(shape);
-    };
-    py::array gw_ih = grad(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}});
-    py::array gw_hh = grad(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}});
-    py::array gb_ih = grad(db_ih, "grads['bias_ih']", {{rows, G * H}});
-    py::array gb_hh = grad(db_hh, "grads['bias_hh']", {{rows, G * H}});
+    py::array gw_ih =
+        c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}}, !fresh);
+    py::array gw_hh =
+        c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}}, !fresh);
+    py::array gb_ih = c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}}, !fresh);
+    py::array gb_hh = c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}}, !fresh);
     py::array dx = c.output({T, B, I}), dh0 = c.output({B, H});
     py::object dc0 = lstm ? py::object(c.output({B, H})) : py::none();
     const ScratchMemory scratch = c.scratch(cell_backward_scratch_size(cell, shape));
