@@ -2,6 +2,7 @@
 // (fusedrnn/functional.py: stack_forward / stack_backward) sorts the batch by length and builds
 // batch_sizes; everything is checked again here, since a wrong size would read out of bounds.
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -480,14 +481,25 @@ void bind_stack(py::module_& m) {
           throw py::value_error("w must be a 2-D uint16 array of blocks*cols rows");
         const int64_t K = w.shape(1), cols = w.shape(0) / blocks;
         const int64_t nr = step_gemm_kernels<float>().panel_width;
-        py::array_t<uint16_t> packed(half_panels_size(K, blocks, cols, nr));
+        // The panels start on a cache line (numpy aligns to 16 bytes only): a panel row's
+        // vector load (64 bytes on AVX-512) then never spans two lines. A view of a larger
+        // array. On a Xeon with AVX-512, a GRU inference with bfloat16 weights 16 bytes off a
+        // line took 0.95 ms against 0.63 (B=1, T=100, H=256, 1 thread).
+        const int64_t size = half_panels_size(K, blocks, cols, nr);
+        constexpr int64_t line = 64, per_line = line / sizeof(uint16_t);
+        py::array_t<uint16_t> storage(size + per_line);
+        const auto address = reinterpret_cast<std::uintptr_t>(storage.data());
+        const int64_t skip =
+            static_cast<int64_t>((line - address % line) % line / sizeof(uint16_t));
+        py::array_t<uint16_t> packed({size}, {int64_t(sizeof(uint16_t))},
+                                     storage.mutable_data() + skip, storage);
         pack_half_panels(packed.mutable_data(), w.data(), K, blocks, cols, nr,
                          parse_half_format(format));
         return packed;
       },
       "w"_a, "blocks"_a, "format"_a,
       "The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read "
-      "(for the active instruction set's step_panel_width).");
+      "(for the active instruction set's step_panel_width), starting on a 64-byte boundary.");
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,

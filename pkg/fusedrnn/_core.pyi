@@ -340,7 +340,7 @@ def pack_half_panels(
     format: str,
 ) -> numpy.typing.NDArray[numpy.uint16]:
     """
-    The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read (for the active instruction set's step_panel_width).
+    The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read (for the active instruction set's step_panel_width), starting on a 64-byte boundary.
     """
 
 def release_cached_memory() -> None:
