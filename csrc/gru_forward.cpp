@@ -66,9 +66,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
   const CellOptions& options = a.shape.options;
   const RecurrentNoise& noise = options.noise;  // (needs options.enabled; dropout reset_after)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = G * H * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
-  const InPlaceWeights in_place =
-      in_place_weights(steps, B, G * I * int64_t(sizeof(T)), w_hh_bytes);
+  const int64_t w_hh_bytes = G * H * int64_t(sizeof(T));  // (StepSplit)
+  const InPlaceWeights in_place = in_place_weights<T>(steps, B, G, I, H);
   const bool training = saved.gates != nullptr;
   const GruForwardScratch<T> scratch = gru_forward_scratch(a.scratch, a.shape, training);
   if (noise.dropout()) {  // the mask of the whole sequence; the GEMM of step 0 reads h0 dropped

@@ -68,9 +68,8 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   const LstmSaved<T> saved = lstm_saved(a.workspace, steps, B, H, P, nullptr, noise.zoneout_c > 0);
   const auto& kernels = pointwise<T>();
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = G * R * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
-  const InPlaceWeights in_place =
-      in_place_weights(steps, B, G * I * int64_t(sizeof(T)), w_hh_bytes);
+  const int64_t w_hh_bytes = G * R * int64_t(sizeof(T));  // (StepSplit)
+  const InPlaceWeights in_place = in_place_weights<T>(steps, B, G, I, R);
   const bool training = saved.gates != nullptr;
   const LstmForwardScratch<T> scratch = lstm_forward_scratch(a.scratch, a.shape, training);
   sum_biases(scratch.bias, a.w.b_ih, a.w.b_hh, G);

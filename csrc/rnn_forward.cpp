@@ -45,9 +45,8 @@ void rnn_forward(const CellForwardArgs<T>& a) {
   const CellOptions& options = a.shape.options;
   T* saved_pre = options.enabled ? a.workspace : nullptr;  // [T,B,H] with options (training)
   const int64_t nr = step_gemm_kernels<T>().panel_width;
-  const int64_t w_hh_bytes = H * H * int64_t(sizeof(T));  // (StepSplit, in_place_weights)
-  const InPlaceWeights in_place =
-      in_place_weights(steps, B, H * I * int64_t(sizeof(T)), w_hh_bytes);
+  const int64_t w_hh_bytes = H * H * int64_t(sizeof(T));  // (StepSplit)
+  const InPlaceWeights in_place = in_place_weights<T>(steps, B, H, I, H);
   T* bias = scratch.bias;
   sum_biases(bias, a.w.b_ih, a.w.b_hh, H);
   // Every input's projection goes straight into y, in one GEMM; each step then adds W_hh h and

@@ -121,41 +121,51 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
 // This member's weights of a forward's GEMM with B = W^T, W [blocks*cols, K]: the layer's
 // 16-bit panels of W, packed ahead, when it has them (`half` non-null: nothing to pack here), or
 // its `share` of the panels of w, packed now into `packed` [packed_weights_size(K, blocks, cols)].
-// `in_place`: w is to be read as it is (StepWeights), for a single step of few rows.
+// `in_place` (in_place_step): w is to be read as it is (StepWeights), for a single step of few
+// rows.
+enum class InPlace { no, dot_rows, transposed };
 template <typename T>
 StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_panels, T* packed,
                             const T* w, int64_t K, int64_t blocks, int64_t cols,
-                            const PanelShare& share, bool in_place = false) {
+                            const PanelShare& share, InPlace in_place = InPlace::no) {
   StepWeights<T> weights;
   weights.kernel = &step_gemm_kernels<T>();
   const int64_t nr = weights.kernel->panel_width;
   if (half) {
     weights.multiply_half = half_step_gemm(half->format);
     weights.half = packed_half_panels(half_panels, K, blocks, cols, nr);
-  } else if (in_place) {
+  } else if (in_place != InPlace::no) {
     weights.in_place = w;
     weights.in_place_K = K;
     weights.in_place_cols = cols;
+    weights.in_place_transposed = in_place == InPlace::transposed;
   } else {
     weights.native = pack_weights(*weights.kernel, packed, w, 1, K, K, blocks, cols, share);
   }
   return weights;
 }
 
-// A single step of few rows reads a weight matrix in place (StepWeights), in training as in
-// inference (the two then give the same bits); how many rows depends on the matrix's size,
-// weight_bytes (every gate), so W_ih and W_hh are judged each by its own.
-inline bool in_place_step(int64_t steps, int64_t B, int64_t weight_bytes) {
-  const int64_t max_rows =
-      weight_bytes >= kInPlaceWeightBytes ? kMaxInPlaceRowsLargeWeights : kMaxInPlaceRows;
-  return steps == 1 && B <= max_rows;
+// A single step of few rows reads a weight matrix [G, K] in place (StepWeights), in training as
+// in inference (the two then give the same bits); how many rows depends on the matrix's size,
+// weight_bytes (every gate), so W_ih and W_hh are judged each by its own; and how
+// (transposed_step_fits) on the step's rows B.
+template <typename T>
+InPlace in_place_step(int64_t steps, int64_t B, int64_t K, int64_t weight_bytes) {
+  if (steps != 1) return InPlace::no;
+  const bool transposed = transposed_step_fits(step_gemm_kernels<T>(), B, K);
+  const int64_t max_rows = weight_bytes >= kInPlaceWeightBytes ? kMaxInPlaceRowsLargeWeights
+                           : transposed                        ? kMaxTransposedInPlaceRows
+                                                               : kMaxInPlaceRows;
+  if (B > max_rows) return InPlace::no;
+  return transposed ? InPlace::transposed : InPlace::dot_rows;
 }
 struct InPlaceWeights {
-  bool ih = false, hh = false;  // W_ih, W_hh read in place
+  InPlace ih = InPlace::no, hh = InPlace::no;  // W_ih [G, I], W_hh [G, R]
 };
-inline InPlaceWeights in_place_weights(int64_t steps, int64_t B, int64_t ih_bytes,
-                                       int64_t hh_bytes) {
-  return {in_place_step(steps, B, ih_bytes), in_place_step(steps, B, hh_bytes)};
+template <typename T>
+InPlaceWeights in_place_weights(int64_t steps, int64_t B, int64_t G, int64_t I, int64_t R) {
+  const int64_t bytes = G * int64_t(sizeof(T));
+  return {in_place_step<T>(steps, B, I, bytes * I), in_place_step<T>(steps, B, R, bytes * R)};
 }
 
 // out[rows, blocks*H] (row stride ldo) = x[rows, I] @ W_ih^T (+ out if accumulate), W_ih
@@ -171,7 +181,7 @@ constexpr int64_t kStopCheckWork = int64_t(1) << 24;
 template <typename T>
 void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, int64_t rows,
                     int64_t I, int64_t blocks, int64_t H, bool accumulate = false,
-                    const HalfLayerWeights* half = nullptr, bool in_place = false) {
+                    const HalfLayerWeights* half = nullptr, InPlace in_place = InPlace::no) {
   const int64_t nr = step_gemm_kernels<T>().panel_width;
   const int64_t row_work = std::max<int64_t>(1, blocks * H * I);
   const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);

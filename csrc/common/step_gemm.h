@@ -72,6 +72,8 @@ struct StepGemmKernels {
   // place (csrc/row_dot.inc)
   void (*dot_rows)(int64_t n, int64_t k, const T* x, int64_t ldx, int64_t rows, const T* w,
                    int64_t ldw, T* y, int64_t ldy, bool accumulate);
+  // whether a single step may read W in place as out^T = W a^T (transposed_step_fits)
+  bool transposed_single_step;
 };
 
 // The 16-bit formats of weights an inference may keep (weights_dtype): the micro-kernel widens
@@ -266,6 +268,11 @@ void step_gemm(const StepGemmKernels<T>& kernel, const PackedWeights<T>& w, int6
 // 24-32 and 0.77-0.83 at 48-64, H=256 (1 MiB) 0.91-1.09 at 24-32. GRU and RNN alike; float64
 // LSTM H=256 (2 MiB) 1.16-1.48 at 24-32.
 constexpr int64_t kMaxInPlaceRows = 16;
+// Read in place as out^T = W a^T (transposed_step_fits), up to 32 rows whatever the size: on a
+// Xeon with AVX-512 (1 thread, float32, packed against in place) an LSTM step at H = 256 (1 MiB)
+// took 0.52 against 0.37 ms at 32 rows, a GRU 0.39 against 0.27; at H = 128 the two were even,
+// and at 64 rows too (H = 256: 0.77 ms).
+constexpr int64_t kMaxTransposedInPlaceRows = 32;
 constexpr int64_t kMaxInPlaceRowsLargeWeights = 64;
 constexpr int64_t kInPlaceWeightBytes = int64_t(3) << 19;  // 1.5 MiB
 template <typename T>
@@ -276,13 +283,106 @@ struct StepWeights {
   PackedWeights<uint16_t> half;
   const T* in_place = nullptr;
   int64_t in_place_K = 0, in_place_cols = 0;
+  bool in_place_transposed = false;  // in place as out^T = W a^T (transposed_step_gemm)
 };
+
+// A single step's product read in place the other way round, out^T = W a^T: the rows of a
+// (few, and short) are packed into panels, and W's rows are the micro-kernel's A, read in place
+// as it broadcasts their elements. Its multiply-adds then run from registers as in a sequence's
+// steps, where a dot product of rows (csrc/row_dot.inc) ends each output in a sum of lanes and
+// rereads W from L2 for every few rows. Each output is the same chain of multiply-adds, in the
+// same blocks of k, as with W packed (fma(w, x, acc) = fma(x, w, acc)): a single step gives the
+// bits of a sequence's step.
+// Its time hardly changes with the rows that fill a panel. Measured on a Xeon with AVX-512 (1
+// thread, one LSTM step at I = H = 512, best of 150), float32: 1.12-1.25 ms at 16-32 rows and
+// 2.15-2.29 at 40-64, where the dot products took 0.77 ms at 8 rows, 1.40 at 16, 2.53-2.63 at 32
+// and 5.1 at 64; float64: 1.26-2.28 ms at 12-32 rows against 2.15-5.32. So it takes a step from
+// half a panel of rows on (transposed_step_fits), on the instruction sets where it pays
+// (kTransposedSingleStep in csrc/step_gemm.inc).
+// W's rows per multiply: their block of out^T [rows of W][a's rows] is copied out (and, when
+// the product adds to out, in) while it is in L1.
+constexpr int64_t kTransposedStepChunk = 64;
+// This thread's buffer for a's panels and a chunk of out^T.
+constexpr int64_t kTransposedStepBytes = 256 * 1024;
+inline void* transposed_step_buffer() {
+  alignas(64) static thread_local unsigned char buffer[kTransposedStepBytes];
+  return buffer;
+}
+// Panels of a's rows that fit the buffer at a time beside a chunk of out^T (0: not one, for K
+// past about 2000 in float on AVX-512).
+template <typename T>
+int64_t transposed_step_panels(const StepGemmKernels<T>& kernel, int64_t K) {
+  return kTransposedStepBytes /
+         ((K + kTransposedStepChunk) * kernel.panel_width * int64_t(sizeof(T)));
+}
+// Whether a single step of B rows (all of a step's, whichever of them a member then runs) by a
+// W with K columns is read in place as out^T = W a^T rather than by dot products: from half a
+// panel of rows on, and when one panel of them fits the buffer. Decided by B, never by a
+// member's rows, so the split of a team never changes a bit.
+template <typename T>
+bool transposed_step_fits(const StepGemmKernels<T>& kernel, int64_t B, int64_t K) {
+  return kernel.transposed_single_step && 2 * B >= kernel.panel_width &&
+         transposed_step_panels(kernel, K) > 0;
+}
+// For the blocks g in [first, first + count) of W [blocks * cols, K] (read in place), the
+// member's columns `share` of out[r, (g - first) * cols + j] (+)= a_r . w_{g * cols + j}, r <
+// rows (a_r = a + r*lda, out's row stride ldo), as out^T = W a^T, a's rows in groups of as many
+// panels as fit the buffer (transposed_step_panels must be at least 1).
+template <typename T>
+void transposed_step_gemm(const StepGemmKernels<T>& kernel, const T* w, int64_t K, int64_t cols,
+                          int64_t first, int64_t count, const PanelShare& share, const T* a,
+                          int64_t lda, int64_t rows, T* out, int64_t ldo, bool accumulate) {
+  const int64_t nr = kernel.panel_width;
+  const int64_t group_rows = transposed_step_panels(kernel, K) * nr;
+  T* const a_panels = static_cast<T*>(transposed_step_buffer());  // [panels][K][nr]
+  for (int64_t r0 = 0; r0 < rows; r0 += group_rows) {
+    const int64_t group = std::min(group_rows, rows - r0);
+    const int64_t panels = ceil_div(group, nr), padded = panels * nr;
+    T* const out_t = a_panels + K * padded;  // [chunk][padded]
+    for (int64_t p = 0; p < panels; ++p)
+      kernel.pack_transposed(a_panels + p * K * nr, a + (r0 + p * nr) * lda, lda, K,
+                             std::min(nr, group - p * nr));
+    PanelProduct<T> m;
+    m.K = K;
+    m.lda = K;
+    m.b = a_panels;
+    m.ldb = nr;
+    m.panel_stride = K * nr;
+    m.panel_count = panels;
+    m.cols = group;
+    m.out = out_t;
+    m.ldo = padded;
+    m.accumulate = accumulate;
+    for (int64_t g = first; g < first + count; ++g) {
+      const T* w_g = w + (g * cols + share.begin) * K;
+      T* out_g = out + r0 * ldo + (g - first) * cols + share.begin;
+      for (int64_t j0 = 0; j0 < share.width; j0 += kTransposedStepChunk) {
+        const int64_t nj = std::min(kTransposedStepChunk, share.width - j0);
+        T* const o = out_g + j0;
+        if (accumulate)
+          for (int64_t j = 0; j < nj; ++j)
+            for (int64_t r = 0; r < group; ++r) out_t[j * padded + r] = o[r * ldo + j];
+        m.rows = nj;
+        m.a = w_g + j0 * K;
+        kernel.multiply(m);
+        for (int64_t r = 0; r < group; ++r)
+          for (int64_t j = 0; j < nj; ++j) o[r * ldo + j] = out_t[j * padded + r];
+      }
+    }
+  }
+}
+
 template <typename T>
 void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const PanelShare& share,
                int64_t rows, const T* a, int64_t lda, T* out, int64_t ldo, bool accumulate) {
   if (w.in_place) {
     if (share.width <= 0) return;
     const int64_t K = w.in_place_K, cols = w.in_place_cols;
+    if (w.in_place_transposed) {
+      transposed_step_gemm(*w.kernel, w.in_place, K, cols, first, count, share, a, lda, rows, out,
+                           ldo, accumulate);
+      return;
+    }
     for (int64_t g = first; g < first + count; ++g)
       w.kernel->dot_rows(share.width, K, a, lda, rows, w.in_place + (g * cols + share.begin) * K, K,
                          out + (g - first) * cols + share.begin, ldo, accumulate);

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import functional, reference
+from fusedrnn import _core, functional, reference
 from tests.helpers.cells import (
     CASES,
     assert_close,
@@ -79,10 +79,11 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
-# 23 rows: five groups of 4 and one of 3 against triples of weight rows (csrc/row_dot.inc), in
-# several blocks of rows; 64, the most read in place; 65, packed again. "hh": a large W_hh (and a
-# small W_ih, packed from 17 rows on); "ih": a large W_ih (input sizes of 328-656) and a W_hh
-# under 1.5 MiB.
+# 23 rows: as out^T = W x^T, all in one panel of rows (float on AVX-512) or one panel and 7 rows
+# by dot products (float64 there, float on AVX2: csrc/common/step_gemm.h, transposed_step_rows),
+# the dot products in groups of 4 and 3 against triples of weight rows (csrc/row_dot.inc); 64,
+# the most read in place; 65, packed again. "hh": a large W_hh (and a small W_ih, packed from 33
+# rows on); "ih": a large W_ih (input sizes of 328-656) and a W_hh under 1.5 MiB.
 @pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("B", [23, 64, 65])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
@@ -98,6 +99,40 @@ def test_single_step_of_large_weights_equals_reference(case, dtype, B, large, is
         assert_close(out_f[name], out_r[name], dtype, name)
     for name in grads_r:
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
+
+
+@pytest.mark.skipif(
+    not _core.isa_supported("avx512"), reason="the transposed single step runs on AVX-512 only"
+)
+@pytest.mark.parametrize("rows", ["half_panel", "panel", "panel_and_a_half"])
+@pytest.mark.parametrize("large", ["hh", "ih"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_single_step_read_in_place_gives_the_bits_of_a_sequences_step(
+    case, dtype, large, rows, threading_mode
+):
+    """On AVX-512 a single step from half a panel of rows on reads its weights in place as
+    out^T = W x^T (csrc/common/step_gemm.h, transposed_step_gemm): each output the same chain of
+    multiply-adds as with the weights packed, so its output equals, bit for bit, the first step of
+    a sequence of two (packed weights), for W_ih and W_hh, whichever is large; on a team split by
+    units or by rows alike."""
+    default = _core.active_isa()
+    _core.select_isa("avx512")
+    try:
+        check_single_step_bits(case, dtype, large, rows)
+    finally:
+        _core.select_isa(default)
+
+
+def check_single_step_bits(case, dtype, large, rows):
+    float_width = _core.step_panel_width()
+    width = float_width if dtype == np.float32 else float_width // 2  # (vectors of doubles)
+    B = {"half_panel": width // 2, "panel": width, "panel_and_a_half": width + width // 2}[rows]
+    I, H = large_weights_sizes(case, dtype, large)
+    inputs = make_inputs(case, 2, B, I, H, dtype=dtype, seed=5)
+    sequence = forward(case, inputs, backend=functional)["y"]
+    step = forward(case, {**inputs, "x": inputs["x"][:1]}, backend=functional)["y"]
+    np.testing.assert_array_equal(step[0], sequence[0])
 
 
 @pytest.mark.parametrize("B", [8, 65], ids=["in_place", "packed"])
