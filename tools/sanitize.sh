@@ -149,7 +149,7 @@ run_pytest() {
   [[ $run_status -eq 0 ]] || status=1
   summary+=("$name ($isa): $(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=')")
   # A UBSan report: its "file:line:col: runtime error: ..." line and the stack lines after it.
-  awk '/: runtime error: /{on=1} on && !/^( +#[0-9]|0x[0-9a-f]+: note|  *\^| [0-9a-f ]+$|.*: runtime error: )/{on=0} on' \
+  LD_PRELOAD= awk '/: runtime error: /{on=1} on && !/^( +#[0-9]|0x[0-9a-f]+: note|  *\^| [0-9a-f ]+$|.*: runtime error: )/{on=0} on' \
     "$log" > "$logs/ubsan.$name.from-stderr"
   [[ -s "$logs/ubsan.$name.from-stderr" ]] || rm -f "$logs/ubsan.$name.from-stderr"
 }
