@@ -123,9 +123,6 @@ def inference_weights_dtype(
     return weights_dtype
 
 
-CACHE_LINE_BYTES = 64  # where pack_half_panels starts the panels
-
-
 class HalfWeights(NamedTuple):
     """A layer stack's weight matrices in 16 bits, packed for the active instruction set: what
     ``functional.stack_forward(..., half_weights=...)`` multiplies with."""
@@ -137,21 +134,10 @@ class HalfWeights(NamedTuple):
 
 def packed_for_active_isa(half_weights: HalfWeights | None) -> bool:
     """Whether ``half_weights`` exist and fit the instruction set the kernels now run
-    (``fusedrnn.select_isa`` may change its panel width), their panels starting on a cache line
-    as ``_core.pack_half_panels`` made them: a copy (``copy.deepcopy``, pickle) keeps numpy's
-    16-byte alignment only, and runs slower (AVX-512 loads spanning two lines)."""
+    (``fusedrnn.select_isa`` may change its panel width)."""
     from . import _core
 
-    return (
-        half_weights is not None
-        and half_weights.panel_width == _core.step_panel_width()
-        and all(
-            panels.ctypes.data % CACHE_LINE_BYTES == 0
-            for layer in half_weights.layers
-            for panels in layer
-            if panels is not None
-        )
-    )
+    return half_weights is not None and half_weights.panel_width == _core.step_panel_width()
 
 
 def pack_half_weights(

@@ -79,10 +79,10 @@ def test_fused_equals_reference(case, size, dtype, isa, threading_mode):
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
-# 23 rows: as out^T = W x^T, all in one panel of rows (float on AVX-512) or one panel and 7 rows
-# by dot products (float64 there, float on AVX2: csrc/common/step_gemm.h, transposed_step_rows),
-# the dot products in groups of 4 and 3 against triples of weight rows (csrc/row_dot.inc); 64,
-# the most read in place; 65, packed again. "hh": a large W_hh (and a small W_ih, packed from 33
+# 23 rows: on AVX-512 as out^T = W x^T, in one panel of rows (float) or two (float64:
+# csrc/common/step_gemm.h, transposed_step_fits); elsewhere by dot products, in groups of 4 and 3
+# against triples of weight rows (csrc/row_dot.inc); 64, the most read in place; 65, packed
+# again. "hh": a large W_hh (and a small W_ih, packed from 33
 # rows on); "ih": a large W_ih (input sizes of 328-656) and a W_hh under 1.5 MiB.
 @pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("B", [23, 64, 65])
