@@ -78,7 +78,7 @@ struct StackForwardArgs {
 template <typename T>
 struct StackBackwardArgs {
   // outputs
-  T* dx = nullptr;                       // [T,B,I] (=)
+  T* dx = nullptr;                       // [T,B,I] (=); null: not computed
   T* dh0 = nullptr;                      // [L*D,B,R] (=)
   T* dc0 = nullptr;                      // [L*D,B,H] (=) (LSTM; null for the others)
   const LayerGrads<T>* grads = nullptr;  // [L*D] (+=)

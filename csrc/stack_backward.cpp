@@ -70,7 +70,7 @@ CellBackwardArgs<T> layer_backward_args(const StackBackwardArgs<T>& a, int64_t l
                                         const BackwardScratch<T>& b) {
   const int64_t k = l * a.shape.directions + d;
   CellBackwardArgs<T> cell;
-  cell.dx = b.dx[d];
+  cell.dx = l == 0 && !a.dx ? nullptr : b.dx[d];  // (no dx wanted: layer 0 computes none)
   cell.g = a.grads[k];
   cell.w = a.in.weights[k];
   cell.workspace = here.workspace[d];
@@ -91,7 +91,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
   const int64_t k1 = a.stride, k2 = a.truncate;
   const int64_t B = s.batch, H = s.hidden, R = s.out(), T_ = s.steps, TB = T_ * B;
   const bool lstm = s.cell == CellKind::lstm;
-  copy_or_zero<T>(a.dx, nullptr, TB * s.input);
+  if (a.dx) copy_or_zero<T>(a.dx, nullptr, TB * s.input);
   copy_or_zero<T>(a.dh0, nullptr, s.layers * B * R);
   if (lstm) copy_or_zero<T>(a.dc0, nullptr, s.layers * B * H);
   for (int64_t chunk_begin = (T_ - 1) / k1 * k1; chunk_begin >= 0; chunk_begin -= k1) {
@@ -140,7 +140,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
             a.in.dropout_masks ? a.in.dropout_masks + (l - 1) * TB * R + begin * B * R : nullptr;
         for (int64_t i = 0; i < n * B * R; ++i)
           b.d_output[i] = mask ? b.dx[0][i] * mask[i] : b.dx[0][i];
-      } else {
+      } else if (a.dx) {
         add_into(a.dx + begin * B * s.input, b.dx[0], n * B * s.input);
       }
     }
@@ -193,6 +193,7 @@ void stack_backward(const StackBackwardArgs<T>& a) {
       cell.shape = s.layer_cell(l, s.steps, d);
       cell_backward(s.cell, cell);
     });
+    if (!d_in) break;  // layer 0, whose dx is not wanted
     // Both directions read the same input: their gradients add up.
     copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, a.in.lengths, s.steps, B,
                                  false);

@@ -394,7 +394,8 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             py::handle dropout_masks, py::handle batch_sizes, py::handle lengths,
                             int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
                             bool reset_after, const std::string& nonlinearity, int64_t truncate,
-                            int64_t stride, py::handle cell_options, py::handle noise) {
+                            int64_t stride, py::handle cell_options, py::handle noise,
+                            bool input_grad) {
   if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
     throw py::value_error(
         "truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
@@ -424,7 +425,9 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                  dc_n, "dc_n",
                  {{"num_layers*num_directions", LD}, {"B", B}, {"hidden_size", s.hidden}})
            : py::none();
-  py::array dx = c.output({T, B, s.input}), dh0 = c.output({LD, B, s.out()});
+  // input_grad false: dx is None, not computed (layer 0's dgates W_ih is skipped)
+  py::object dx = input_grad ? py::object(c.output({T, B, s.input})) : py::none();
+  py::array dh0 = c.output({LD, B, s.out()});
   py::object dc0 = lstm ? py::object(c.output({LD, B, s.hidden})) : py::none();
   const ScratchMemory scratch = c.scratch(stack_backward_scratch_size(s));
   dispatch_dtype(call.checker, [&](auto tag) {
@@ -504,7 +507,7 @@ void bind_stack(py::module_& m) {
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,
         "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0,
-        "cell_options"_a = py::none(), "noise"_a = py::none());
+        "cell_options"_a = py::none(), "noise"_a = py::none(), "input_grad"_a = true);
 }
 
 }  // namespace fusedrnn

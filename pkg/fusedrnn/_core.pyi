@@ -208,6 +208,7 @@ def gru_backward(
     dweight_hh: typing.Any,
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
+    input_grad: bool = True,
 ) -> tuple: ...
 def gru_forward(
     x: typing.Any,
@@ -312,6 +313,7 @@ def lstm_backward(
     dweight_hh: typing.Any,
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
+    input_grad: bool = True,
 ) -> tuple: ...
 def lstm_forward(
     x: typing.Any,
@@ -362,6 +364,7 @@ def rnn_backward(
     dweight_hh: typing.Any,
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
+    input_grad: bool = True,
 ) -> tuple: ...
 def rnn_forward(
     x: typing.Any,
@@ -420,6 +423,7 @@ def stack_backward(
     truncate_stride: typing.SupportsInt | typing.SupportsIndex = 0,
     cell_options: typing.Any = None,
     noise: typing.Any = None,
+    input_grad: bool = True,
 ) -> tuple: ...
 def stack_forward(
     mode: str,

@@ -115,7 +115,19 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, training: bo
 
 
 def lstm_backward(
-    x, h0, c0, weight_ih, weight_hh, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None
+    x,
+    h0,
+    c0,
+    weight_ih,
+    weight_hh,
+    y,
+    workspace,
+    dy=None,
+    dh_n=None,
+    dc_n=None,
+    grads=None,
+    *,
+    input_grad: bool = True,
 ):
     """Gradients of an LSTM sequence.
 
@@ -125,13 +137,26 @@ def lstm_backward(
     y, workspace : as returned by a training `lstm_forward`
     dy : (T, B, H) or None;  dh_n, dc_n : (B, H) or None (None = zeros)
     grads : dict of weight_ih, weight_hh, bias_ih, bias_hh arrays to accumulate into, or None
+    input_grad : False when x is data whose gradient is not wanted: dx is then None and
+        ``dgates @ weight_ih`` (a quarter of the GEMM work at input_size = H) is skipped
 
     Returns
     -------
-    dx : (T, B, input_size);  dh0, dc0 : (B, H);  grads : dict
+    dx : (T, B, input_size) or None;  dh0, dc0 : (B, H);  grads : dict
     """
     dx, dh0, dc0, *params = _core.lstm_backward(
-        x, h0, c0, weight_ih, weight_hh, y, workspace, dy, dh_n, dc_n, *_grad_buffers(grads)
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        y,
+        workspace,
+        dy,
+        dh_n,
+        dc_n,
+        *_grad_buffers(grads),
+        input_grad=bool(input_grad),
     )
     return dx, dh0, dc0, _grads_dict(grads, params)
 
@@ -166,6 +191,8 @@ def gru_backward(
     dh_n=None,
     reset_after: bool = True,
     grads=None,
+    *,
+    input_grad: bool = True,
 ):
     """Gradients of a GRU sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     dx, dh0, *params = _core.gru_backward(
@@ -179,6 +206,7 @@ def gru_backward(
         dh_n,
         bool(reset_after),
         *_grad_buffers(grads),
+        input_grad=bool(input_grad),
     )
     return dx, dh0, _grads_dict(grads, params)
 
@@ -214,11 +242,23 @@ def rnn_backward(
     dh_n=None,
     nonlinearity: str = "tanh",
     grads=None,
+    *,
+    input_grad: bool = True,
 ):
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     dx, dh0, *params = _core.rnn_backward(
-        x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, nonlinearity, *_grad_buffers(grads)
+        x,
+        h0,
+        weight_ih,
+        weight_hh,
+        y,
+        workspace,
+        dy,
+        dh_n,
+        nonlinearity,
+        *_grad_buffers(grads),
+        input_grad=bool(input_grad),
     )
     return dx, dh0, _grads_dict(grads, params)
 
@@ -658,6 +698,7 @@ def stack_backward(
     truncate_stride: int | None = None,
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
+    input_grad: bool = True,
 ):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
@@ -673,6 +714,9 @@ def stack_backward(
     at most k2 - k1 steps before it, in every layer; the states entering that span are constants
     (only spans starting at step 0 reach ``hx``). k1 = k2 = k equals cutting the state every k
     steps (PyTorch: ``h = h.detach()``). None: full backpropagation through time.
+
+    ``input_grad=False``: x is data whose gradient is not wanted; dx is None, and layer 0 skips
+    ``dgates @ weight_ih`` (a quarter of its GEMM work when input_size = hidden_size).
     """
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
     workspace = None
@@ -724,6 +768,7 @@ def stack_backward(
         k1,
         _kernel_options(cell_options),
         _noise_args(noise, call.packing),
+        bool(input_grad),
     )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)

@@ -63,16 +63,17 @@ def forward(case, inputs, training=True, backend=reference):
     return {"y": y, "h_n": h_n, "workspace": workspace}
 
 
-def backward(case, inputs, out, out_grads, grads=None, backend=reference):
+def backward(case, inputs, out, out_grads, grads=None, backend=reference, **extra):
     """Run the case's backward; return (gradients keyed by input name, the grads dict itself).
 
-    ``out_grads`` holds ``dy``, ``dh_n`` and for LSTM ``dc_n`` (any may be None).
+    ``out_grads`` holds ``dy``, ``dh_n`` and for LSTM ``dc_n`` (any may be None); ``extra``
+    goes to the backward as it is (``input_grad``).
     """
     cell, options = CASES[case]
     args = {
         name: inputs[name] for name in ("x", "h0", "c0", "weight_ih", "weight_hh") if name in inputs
     }
-    common = {"y": out["y"], "workspace": out["workspace"], **out_grads, "grads": grads}
+    common = {"y": out["y"], "workspace": out["workspace"], **out_grads, "grads": grads, **extra}
     if cell == "lstm":
         dx, dh0, dc0, grads = backend.lstm_backward(**args, **common)
         activations = {"x": dx, "h0": dh0, "c0": dc0}

@@ -101,6 +101,26 @@ def test_single_step_of_large_weights_equals_reference(case, dtype, B, large, is
         assert_close(grads_f[name], grads_r[name], dtype, "d" + name)
 
 
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("size", [(1, 24, 40, 24), (5, 3, 16, 33)], ids=["one_step", "sequence"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("case", CASES)
+def test_input_grad_false_gives_no_dx_and_the_same_other_gradients(
+    case, size, dtype, backend, threading_mode
+):
+    """``input_grad=False`` (x is data): dx is None, and dh0, dc0 and every parameter's gradient
+    have the bits of the call that computes dx (the kernels skip dgates W_ih and nothing else)."""
+    inputs = make_inputs(case, *size, dtype=dtype)
+    out = forward(case, inputs, backend=backend)
+    weights = loss_weights(case, out)
+    full, _ = backward(case, inputs, out, weights, backend=backend)
+    skipped, _ = backward(case, inputs, out, weights, backend=backend, input_grad=False)
+    assert skipped.pop("x") is None
+    assert full["x"] is not None
+    for name, value in skipped.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=name)
+
+
 @pytest.mark.skipif(
     not _core.isa_supported("avx512"), reason="the transposed single step runs on AVX-512 only"
 )

@@ -87,6 +87,58 @@ def test_stack_fused_equals_reference(
     assert set(outs["fused"]) == set(outs["reference"])
 
 
+INPUT_GRAD_CASES = [
+    pytest.param(*case, truncate, id=f"{case[0]}-{i}-truncate{truncate}")
+    for i, case in enumerate(CASES)
+    for truncate in (None, 3)
+    if not (truncate and case[3])  # (truncation: one direction only)
+]
+
+
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+@pytest.mark.parametrize(
+    ("mode", "options", "layers", "bidirectional", "bias", "proj", "lengths", "truncate"),
+    INPUT_GRAD_CASES,
+)
+def test_stack_input_grad_false_gives_no_dx_and_the_same_other_gradients(
+    mode, options, layers, bidirectional, bias, proj, lengths, truncate, backend, threading_mode
+):
+    """``input_grad=False`` (x is data): dx is None, and dh0, dc0 and every parameter's gradient
+    have the bits of the call that computes dx (layer 0 skips dgates W_ih and nothing else), with
+    lengths, dropout masks, projections and truncation."""
+    rng = np.random.default_rng(11)
+    T, B, I, H = 7, 5, 6, 9
+    D = 2 if bidirectional else 1
+    R = proj or H
+    params = make_params(mode, I, H, layers, bidirectional, bias, proj, rng, np.float64)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((layers * D, B, R))
+    hx = (h0, rng.standard_normal((layers * D, B, H))) if mode == "lstm" else h0
+    masks = [(rng.random((T, B, D * R)) > 0.3) / 0.7 for _ in range(layers - 1)]
+    kw = dict(
+        lengths=None if lengths is None else np.array(lengths),
+        dropout_masks=masks,
+        proj_size=proj,
+        bidirectional=bidirectional,
+        truncate=truncate,
+        **options,
+    )
+    y, _, _, saved = backend.stack_forward(
+        mode, x, hx, params, layers, **{k: v for k, v in kw.items() if k != "truncate"}
+    )
+    dy = rng.standard_normal(y.shape)
+    full = backend.stack_backward(mode, x, hx, params, layers, y, saved, dy, **kw)
+    skipped = backend.stack_backward(
+        mode, x, hx, params, layers, y, saved, dy, input_grad=False, **kw
+    )
+    assert skipped[0] is None and full[0] is not None
+    for name, a, b in (("dh0", skipped[1], full[1]), ("dc0", skipped[2], full[2])):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert set(skipped[3]) == set(full[3])
+    for name in full[3]:
+        np.testing.assert_array_equal(skipped[3][name], full[3][name], err_msg=name)
+
+
 def test_inference_stack_equals_training_stack(threading_mode):
     rng = np.random.default_rng(0)
     params = make_params("lstm", 4, 6, 2, True, True, 3, rng, np.float64)

@@ -249,6 +249,41 @@ def test_absent_initial_state_is_zeros_and_still_gets_a_gradient(family):
     assert absent["dstate0"].shape == zeros[0].shape and np.any(absent["dstate0"])
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backward_without_input_grad_gives_no_dx_and_the_same_other_gradients(family, backend):
+    """``backward(..., input_grad=False)`` (x is data) returns None for dx, and the state and
+    parameter gradients of the call that computes dx; the cells' backward alike."""
+    layer = make_layer(family, num_layers=2, backend=backend)
+    x, hx, lengths = scenario_inputs(layer, "hx_unsorted_lengths", np.float64)
+    output, _ = layer(x, hx, lengths=lengths)
+    d_output = np.random.default_rng(3).standard_normal(output.shape)
+    dx, dhx = layer.backward(d_output, retain_graph=True)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    layer.zero_grad()
+    no_dx, no_dx_dhx = layer.backward(d_output, input_grad=False)
+    assert dx is not None and no_dx is None
+    for got, expected in zip(state_parts(no_dx_dhx), state_parts(dhx)):
+        np.testing.assert_array_equal(got, expected)
+    for name, expected in grads.items():
+        np.testing.assert_array_equal(layer.grads[name], expected, err_msg=name)
+    cell_class = FAMILIES[family][1]
+    if cell_class is None:
+        return
+    cell = cell_class(I, H, seed=0, backend=backend, dtype=np.float64, **FAMILIES[family][2])
+    cell(x[0])  # two equal steps on the tape, one for each backward
+    cell(x[0])
+    cell_dx, cell_dhx = cell.backward(np.ones((B, H)))
+    cell_grads = {k: v.copy() for k, v in cell.grads.items()}
+    cell.zero_grad()
+    no_cell_dx, no_cell_dhx = cell.backward(np.ones((B, H)), input_grad=False)
+    assert cell_dx is not None and no_cell_dx is None
+    for got, expected in zip(state_parts(no_cell_dhx), state_parts(cell_dhx)):
+        np.testing.assert_array_equal(got, expected)
+    for name, expected in cell_grads.items():
+        np.testing.assert_array_equal(cell.grads[name], expected, err_msg=name)
+
+
 @pytest.mark.parametrize("family", ["lstm", "gru"])
 def test_none_output_gradients_are_zeros(family):
     layer = make_layer(family, num_layers=2)

@@ -168,6 +168,63 @@ def test_eager_stack_equals_the_operator_bit_for_bit(mode):
         assert torch.equal(got, expected)
 
 
+def _spy_input_grad(monkeypatch, name):
+    """Record the ``input_grad`` of every call of fusedrnn.functional's ``name``."""
+    seen = []
+    real = getattr(_ops.functional, name)
+
+    def spy(*args, input_grad=True, **kwargs):
+        seen.append(input_grad)
+        return real(*args, input_grad=input_grad, **kwargs)
+
+    monkeypatch.setattr(_ops.functional, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["eager", "operator"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_an_input_that_needs_no_grad_is_not_differentiated(mode, path, monkeypatch):
+    """An x that needs no gradient (data): the backward is asked for no dx (input_grad=False,
+    which spares layer 0's dgates W_ih), and every other gradient has the bits of a call whose
+    x needs one."""
+    seen = _spy_input_grad(monkeypatch, "stack_backward")
+    run = _ops.run_stack if path == "eager" else _ops.stack_forward
+    args = _stack_args(mode, lengths=[2, 4, 1], masks=True, proj=2 if mode == "lstm" else 0)
+    x, h0, c0, weights = args[:4]
+    others = [t for t in (h0, c0, *weights) if t is not None]
+    with_dx = _gradients(run(*args)[:3], [x, *others])
+    data = x.detach()
+    without_dx = _gradients(run(data, *args[1:])[:3], others)
+    assert seen == [True, False]
+    for got, expected in zip(without_dx, with_dx[1:]):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_a_cell_step_on_data_is_not_differentiated_by_its_input(mode, monkeypatch):
+    """The cells' eager step (`run_cell`): an x that needs no gradient asks the one-layer
+    backward for no dx, and the other gradients keep their bits."""
+    seen = _spy_input_grad(monkeypatch, f"{mode}_backward")
+    torch.manual_seed(1)
+    G = GATES[mode] * H
+    weights = [torch.randn(G, I), torch.randn(G, H), torch.randn(G), torch.randn(G)]
+    weights = [w.double().requires_grad_() for w in weights]
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if mode == "lstm" else None
+    others = [t for t in (h0, c0, *weights) if t is not None]
+    options = (mode, True, True, "tanh", True)
+
+    def step(x):  # (h', c'), c' None unless LSTM
+        return [s for s in _ops.run_cell(x, h0, c0, weights, *options) if s is not None]
+
+    with_dx = _gradients(step(x), [x, *others])
+    without_dx = _gradients(step(x.detach()), others)
+    assert seen == [True, False]
+    for got, expected in zip(without_dx, with_dx[1:]):
+        assert torch.equal(got, expected)
+
+
 def test_eager_attention_equals_the_operator_bit_for_bit():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))

@@ -176,6 +176,7 @@ def gru_backward(
     reverse: bool = False,
     options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
+    input_grad: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``gru_forward``.
 
@@ -200,10 +201,13 @@ def gru_backward(
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
     lengths, reverse, options, noise
         As given to the forward.
+    input_grad : bool
+        False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
+        kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
 
     Returns
     -------
-    dx : (T, B, I) array
+    dx : (T, B, I) array, or None (``input_grad=False``)
         Zero at padded positions.
     dh0 : (B, H) array
     grads : dict
@@ -278,7 +282,7 @@ def gru_backward(
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_x_proj)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_x_proj @ weight_ih), lengths, reverse)
-    return dx, dh, grads
+    return (dx if input_grad else None), dh, grads
 
 
 def _times(a: np.ndarray, scale: np.ndarray | None) -> np.ndarray:

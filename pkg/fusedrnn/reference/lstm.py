@@ -205,6 +205,7 @@ def lstm_backward(
     weight_peephole: np.ndarray | None = None,
     options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
+    input_grad: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``lstm_forward``.
 
@@ -230,10 +231,13 @@ def lstm_backward(
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
     lengths, reverse, weight_hr, weight_peephole, options, noise
         As given to the forward.
+    input_grad : bool
+        False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
+        kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
 
     Returns
     -------
-    dx : (T, B, I) array
+    dx : (T, B, I) array, or None (``input_grad=False``)
         Zero at padded positions.
     dh0 : (B, P) array
     dc0 : (B, H) array
@@ -345,7 +349,7 @@ def lstm_backward(
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
-    return dx, dh, dc, grads
+    return (dx if input_grad else None), dh, dc, grads
 
 
 def _gates_and_slopes(saved: np.ndarray, c_new: np.ndarray, options: CellOptions | None) -> tuple:

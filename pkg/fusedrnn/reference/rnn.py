@@ -148,6 +148,7 @@ def rnn_backward(
     lengths: ArrayLike | None = None,
     reverse: bool = False,
     options: CellOptions | None = None,
+    input_grad: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``rnn_forward``.
 
@@ -172,10 +173,13 @@ def rnn_backward(
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
     lengths, reverse, options
         As given to the forward.
+    input_grad : bool
+        False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
+        kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
 
     Returns
     -------
-    dx : (T, B, I) array
+    dx : (T, B, I) array, or None (``input_grad=False``)
         Zero at padded positions.
     dh0 : (B, H) array
     grads : dict
@@ -224,4 +228,4 @@ def rnn_backward(
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
-    return dx, dh, grads
+    return (dx if input_grad else None), dh, grads

@@ -445,7 +445,8 @@ def stack_backward(
     truncate_stride: int | None = None,
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    input_grad: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
     Sizes and names as in ``stack_forward``.
@@ -472,10 +473,14 @@ def stack_backward(
     truncate, truncate_stride : int, optional
         TBPTT(k1 = truncate_stride, k2 = truncate), one direction only: see
         ``fusedrnn.reference.truncation``. None: full backpropagation through time.
+    input_grad : bool
+        False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
+        kernels then skip layer 0's ``dgates @ weight_ih``; the reference computes it and drops
+        it.)
 
     Returns
     -------
-    dx : (T, B, I) array
+    dx : (T, B, I) array, or None (``input_grad=False``)
         Zero at padded positions.
     dh0 : (L*D, B, H_out) array
     dc0 : (L*D, B, H) array or None
@@ -506,7 +511,7 @@ def stack_backward(
     dh_n = grad_or_zeros(dh_n, h0.shape, x.dtype)
     dc_n = None if c0 is None else grad_or_zeros(dc_n, c0.shape, x.dtype)
     if k2:
-        return truncated_stack_backward(
+        dx, dh0, dc0, grads = truncated_stack_backward(
             stack_forward,
             stack_backward,
             mode,
@@ -533,6 +538,7 @@ def stack_backward(
             k2,
             k1,
         )
+        return (dx if input_grad else None), dh0, dc0, grads
     options = {"lengths": lengths, "reset_after": reset_after, "nonlinearity": nonlinearity}
     dh0 = np.zeros_like(h0)
     dc0 = None if c0 is None else np.zeros_like(c0)
@@ -568,7 +574,7 @@ def stack_backward(
             d_input += dx_d  # both directions read the same input
         if k > 0:
             d_output = _dropped(d_input, dropout_masks, k - 1)
-    return d_input, dh0, dc0, grads
+    return (d_input if input_grad else None), dh0, dc0, grads
 
 
 def _check_saved(saved: StackSaved | None, sizes: _Sizes, out_shape: tuple[int, ...]) -> None:

@@ -225,9 +225,11 @@ def _stack_backward_impl(
     proj_size: int,
     reset_after: bool,
     nonlinearity: str,
+    input_grad: bool = True,
 ) -> list[Tensor]:
     """`fusedrnn.functional.stack_backward` on tensors: ``[dx, dh0, dc0, *dweights]`` (dc0 is
-    empty unless LSTM), the arguments of `stack_forward` plus what it returned."""
+    empty unless LSTM; dx empty when not ``input_grad``), the arguments of `stack_forward` plus
+    what it returned."""
     use_torch_threads()
     x_array = as_array(x)
     lengths_array = as_array(lengths)
@@ -254,6 +256,7 @@ def _stack_backward_impl(
         reset_after=reset_after,
         nonlinearity=nonlinearity,
         proj_size=proj_size,
+        input_grad=input_grad,
     )
     return [as_tensor(dx, x), as_tensor(dh0, x), as_tensor(dc0, x)] + [
         as_tensor(grads[name], x) for name in params
@@ -267,9 +270,11 @@ stack_backward = torch.library.custom_op(
 
 @stack_backward.register_fake
 def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, mode,
-      num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity):  # fmt: skip
+      num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity,
+      input_grad=True):  # fmt: skip
     dc0 = torch.empty_like(c0) if c0 is not None else x.new_empty(0)
-    return [torch.empty_like(x), torch.empty_like(h0), dc0] + [torch.empty_like(w) for w in weights]
+    dx = torch.empty_like(x) if input_grad else x.new_empty(0)
+    return [dx, torch.empty_like(h0), dc0] + [torch.empty_like(w) for w in weights]
 
 
 def _backward_function(ctx, operator):
@@ -306,10 +311,14 @@ def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace):
         )
     x, h0, c0, lengths, masks, y, workspace, *weights = ctx.saved_tensors
     mode = ctx.config[0]
+    # x is the first input of the operator and of _EagerStack and _FuncStack alike. An x that
+    # needs no gradient (data) spares layer 0's dgates W_ih, a quarter of its GEMM work.
+    input_grad = ctx.needs_input_grad[0]
     dx, dh0, dc0, *dweights = _backward_function(ctx, stack_backward)(
         x, h0, c0, weights, lengths, masks, y, workspace, dy, dh_n,
-        dc_n if mode == "lstm" else None, *ctx.config,
+        dc_n if mode == "lstm" else None, *ctx.config, input_grad,
     )  # fmt: skip
+    dx = dx if input_grad else None
     return dx, dh0, (dc0 if mode == "lstm" else None), dweights, None, None, *[None] * 8
 
 
@@ -704,24 +713,29 @@ class _EagerCell(torch.autograd.Function):
         w = _cell_weights(weights, bias)
         y, workspace = ctx.outputs
         dh_n = as_array(dh)  # (None: no gradient of h', read as zeros)
+        # an x that needs no gradient (data) spares dgates W_ih, a quarter of the GEMM work
+        input_grad = ctx.needs_input_grad[0]
         if mode == "lstm":
             dx, dh0, dc0, grads = functional.lstm_backward(
-                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=as_array(dc)
-            )
+                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=as_array(dc),
+                input_grad=input_grad,
+            )  # fmt: skip
         elif mode == "gru":
             dx, dh0, grads = functional.gru_backward(
-                xs, h, *w[:2], y, workspace, dh_n=dh_n, reset_after=reset_after
-            )
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, reset_after=reset_after,
+                input_grad=input_grad,
+            )  # fmt: skip
             dc0 = None
         else:
             dx, dh0, grads = functional.rnn_backward(
-                xs, h, *w[:2], y, workspace, dh_n=dh_n, nonlinearity=nonlinearity
-            )
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, nonlinearity=nonlinearity,
+                input_grad=input_grad,
+            )  # fmt: skip
             dc0 = None
         names = (
             ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
         )
-        results = [torch.from_numpy(dx[0]), torch.from_numpy(dh0)]
+        results = [None if dx is None else torch.from_numpy(dx[0]), torch.from_numpy(dh0)]
         results += [None if dc0 is None else torch.from_numpy(dc0)]
         results += [torch.from_numpy(grads[name]) for name in names]
         if torch.is_grad_enabled():  # create_graph=True: these gradients have no derivative
