@@ -124,7 +124,7 @@ def test_input_grad_false_gives_no_dx_and_the_same_other_gradients(
 @pytest.mark.skipif(
     not _core.isa_supported("avx512"), reason="the transposed single step runs on AVX-512 only"
 )
-@pytest.mark.parametrize("rows", ["half_panel", "panel", "panel_and_a_half"])
+@pytest.mark.parametrize("rows", ["half_panel", "panel", "panel_and_a_half", "two_panels"])
 @pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
@@ -147,7 +147,12 @@ def test_single_step_read_in_place_gives_the_bits_of_a_sequences_step(
 def check_single_step_bits(case, dtype, large, rows):
     float_width = _core.step_panel_width()
     width = float_width if dtype == np.float32 else float_width // 2  # (vectors of doubles)
-    B = {"half_panel": width // 2, "panel": width, "panel_and_a_half": width + width // 2}[rows]
+    B = {
+        "half_panel": width // 2,
+        "panel": width,
+        "panel_and_a_half": width + width // 2,
+        "two_panels": 2 * width,  # (in float64 a team of two splits them by rows: whole panels)
+    }[rows]
     I, H = large_weights_sizes(case, dtype, large)
     inputs = make_inputs(case, 2, B, I, H, dtype=dtype, seed=5)
     sequence = forward(case, inputs, backend=functional)["y"]
