@@ -131,8 +131,8 @@ def _stack_forward_impl(
     if not training and one_layer and lengths is None and dropout_masks is None:
         c0_array = None if c0 is None else as_array(c0)[0]
         y, h_n, c_n, _ = _one_layer_forward(
-            as_array(x), as_array(h0)[0], c0_array, weights, mode, bias, reset_after,
-            nonlinearity, False,
+            as_array(x), as_array(h0)[0], c0_array, _cell_weights(weights, bias), mode,
+            reset_after, nonlinearity, False,
         )  # fmt: skip
         c_n = x.new_empty(0) if c_n is None else as_tensor(c_n[None], x)
         return as_tensor(y, x), as_tensor(h_n[None], x), c_n, x.new_empty(0)  # (no aliases)
@@ -157,17 +157,14 @@ def _stack_forward_impl(
     return as_tensor(y, x), as_tensor(h_n, x), as_tensor(c_n, x), as_tensor(workspace, x)
 
 
-def _one_layer_forward(
-    x, h0, c0, weights, mode, bias, reset_after, nonlinearity, training
-) -> tuple:
+def _one_layer_forward(x, h0, c0, w, mode, reset_after, nonlinearity, training) -> tuple:
     """One unidirectional layer without lengths, dropout or projection: x (T, B, I), h0 and c0
-    (B, H) (c0 None unless LSTM) as arrays, weights the layer's tensors (w_ih, w_hh[, b_ih,
-    b_hh]). Returns the arrays y, h_n, c_n (None unless LSTM) and the workspace.
+    (B, H) (c0 None unless LSTM) and the weights w (`_cell_weights`) as arrays. Returns the
+    arrays y, h_n, c_n (None unless LSTM) and the workspace.
 
     The layer's own kernel (`fusedrnn.functional.lstm_forward`, ...): the stack's arithmetic
     with fewer checks in Python, which a loop of cell steps pays every step.
     """
-    w = _cell_weights(weights, bias)
     if mode == "lstm":
         return functional.lstm_forward(x, h0, c0, *w, training=training)
     if mode == "gru":
@@ -693,13 +690,15 @@ class _EagerCell(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, config, *weights):
         # config: (mode, bias, reset_after, nonlinearity)
+        mode, bias, reset_after, nonlinearity = config
         use_torch_threads()
-        y, h_n, c_n, workspace = _one_layer_forward(
-            as_array(x)[None], as_array(h0), as_array(c0), weights, *config, True
-        )
-        # saved as tensors, so that autograd's check of in-place changes covers them; y and the
-        # workspace are the kernel's own (freed with the graph's node)
+        arrays = (as_array(x)[None], as_array(h0), as_array(c0), _cell_weights(weights, bias))
+        y, h_n, c_n, workspace = _one_layer_forward(*arrays, mode, reset_after, nonlinearity, True)
+        # saved as tensors, so that autograd's check of in-place changes covers them; backward
+        # reads them through the arrays over their memory (made once: a loop of steps pays
+        # every conversion). y and the workspace are the kernel's own (freed with the node).
         ctx.save_for_backward(x, h0, c0, *weights)
+        ctx.arrays = arrays
         ctx.outputs = (y, workspace)
         ctx.config = config
         ctx.set_materialize_grads(False)  # an unused c' or h': None, read as zeros
@@ -708,9 +707,8 @@ class _EagerCell(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dc):
         mode, bias, reset_after, nonlinearity = ctx.config
-        x, h0, c0, *weights = ctx.saved_tensors
-        xs, h, c = as_array(x)[None], as_array(h0), as_array(c0)
-        w = _cell_weights(weights, bias)
+        saved = ctx.saved_tensors  # (raises if one was changed in place since the forward)
+        xs, h, c, w = ctx.arrays
         y, workspace = ctx.outputs
         dh_n = as_array(dh)  # (None: no gradient of h', read as zeros)
         # an x that needs no gradient (data) spares dgates W_ih, a quarter of the GEMM work
@@ -739,7 +737,7 @@ class _EagerCell(torch.autograd.Function):
         results += [None if dc0 is None else torch.from_numpy(dc0)]
         results += [torch.from_numpy(grads[name]) for name in names]
         if torch.is_grad_enabled():  # create_graph=True: these gradients have no derivative
-            results = list(_NoDerivative.apply(len(results), *results, *ctx.saved_tensors))
+            results = list(_NoDerivative.apply(len(results), *results, *saved))
         return results[0], results[1], results[2], None, *results[3:]
 
     jvp = _FuncStack.jvp  # (torch.autograd.forward_ad's dual tensors)
@@ -775,8 +773,8 @@ def run_cell(x, h0, c0, weights, mode, bias, reset_after, nonlinearity, training
             return h_n, (c_n if c0 is not None else None)
         use_torch_threads()
         _, h_n, c_n, _ = _one_layer_forward(
-            as_array(x)[None], as_array(h0), as_array(c0), weights, mode, bias, reset_after,
-            nonlinearity, False,
+            as_array(x)[None], as_array(h0), as_array(c0), _cell_weights(weights, bias), mode,
+            reset_after, nonlinearity, False,
         )  # fmt: skip
         return torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
     _, h_n, c_n, _ = run_stack(
