@@ -11,13 +11,17 @@ from tests.torch.cases import torch  # noqa: F401  (skips this module without Py
 TINY = [
     torch_training.TrainingCase("char", "LSTM", 20, 8, bptt=4, batch=3),
     torch_training.TrainingCase("word", "GRU", 50, 8, bptt=4, batch=3),
+    torch_training.CellLoopCase("LSTMCell", 8, steps=3, batch=2),
+    torch_training.CellLoopCase("GRUCell", 8, steps=3, batch=2),
+    torch_training.CellLoopCase("RNNCell", 8, steps=3, batch=2),
 ]
 
 
 def test_the_rows_check_both_models_and_time_them():
     lines = torch_training.run(TINY, np.float64, threads=1, repeats=1)
-    rows = [line for line in lines if line.startswith(("char-level", "word-level"))]
-    assert len(rows) == 2
+    rows = [line for line in lines if line.startswith(("char-level", "word-level", "LSTMCell",
+                                                       "GRUCell", "RNNCell"))]  # fmt: skip
+    assert len(rows) == 5
     for row in rows:
         *_, torch_ms, fused_ms, speedup, paired, check = row.split()
         assert float(torch_ms) > 0 and float(fused_ms) > 0
@@ -30,5 +34,5 @@ def test_the_rows_check_both_models_and_time_them():
 
 def test_command_line_refuses_what_it_cannot_do(capsys):
     assert main(["bench", "--torch-training", "--json", "out.json"]) == 2
-    assert main(["bench", "--torch-training", "--only", "rnn"]) == 2
-    assert "LSTM and GRU rows only" in capsys.readouterr().err
+    assert main(["bench", "--torch-training", "--only", "attention"]) == 2
+    assert "LSTM, GRU and RNN rows only" in capsys.readouterr().err

@@ -13,6 +13,12 @@ about ten times the recurrent work).
 Each row builds the model twice from one seed, once with ``torch.nn``'s layer and once converted
 with `fusedrnn.torch.convert`, checks that one step without dropout gives the same loss and
 gradients (float32 tolerance), then times the steps of the two, alternating, after a warm-up.
+
+The cell-loop rows train a cell in a Python loop, as a decoder or a custom recurrent model does:
+20 steps of ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell`` (or ``fusedrnn.torch``'s) at
+batch 32 on data (inputs that need no gradient), a linear readout of every step's h and the mean
+squared error against fixed targets; backward and SGD. Each step's Python, autograd's bookkeeping
+and the gradients it adds up over the steps are there as the kernels are.
 """
 
 from __future__ import annotations
@@ -52,6 +58,29 @@ class TrainingCase:
         )
         return f"{self.level}-level {self.cell} vocab={self.vocab} nhid={self.nhid}{shape}"
 
+    @property
+    def family(self) -> str:  # "lstm" or "gru": what --only names
+        return self.cell.lower()
+
+
+@dataclass(frozen=True)
+class CellLoopCase:
+    """One row of a cell trained in a Python loop of ``steps`` steps (see the top)."""
+
+    cell: str  # "LSTMCell", "GRUCell" or "RNNCell"
+    hidden: int  # = input size
+    steps: int = 20
+    batch: int = 32
+    outputs: int = 10  # of the readout
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell}({self.hidden}) loop T={self.steps} B={self.batch}"
+
+    @property
+    def family(self) -> str:  # "lstm", "gru", "rnn": what --only names
+        return self.cell.removesuffix("Cell").lower()
+
 
 CASES = (
     TrainingCase("char", "LSTM", 100, 200),
@@ -60,12 +89,17 @@ CASES = (
     TrainingCase("char", "GRU", 100, 512),
     TrainingCase("word", "LSTM", 33278, 200),
     TrainingCase("word", "GRU", 33278, 200),
+    CellLoopCase("LSTMCell", 256),
+    CellLoopCase("LSTMCell", 512),
+    CellLoopCase("GRUCell", 256),
+    CellLoopCase("GRUCell", 512),
+    CellLoopCase("RNNCell", 256),
 )
 
 
 @dataclass
 class TrainingRow:
-    case: TrainingCase
+    case: TrainingCase | CellLoopCase
     torch_ms: float
     fused_ms: float
     max_difference: float  # of the loss and the gradients of the checked step, relative
@@ -133,39 +167,70 @@ class _Trainer:
         return loss
 
 
-def check_case(torch: ModuleType, case: TrainingCase, dtype) -> float:
-    """One step without dropout through both models: the largest difference of the loss and of
-    any gradient, relative to that tensor's largest magnitude."""
+class _CellLoopTrainer:
+    """A cell and its readout trained in a Python loop over the steps (`CellLoopCase`)."""
+
+    LR = 0.01
+
+    def __init__(self, torch: ModuleType, case: CellLoopCase, fused: bool, dtype) -> None:
+        import fusedrnn.torch as ft
+
+        self.torch, self.case = torch, case
+        torch.manual_seed(0)
+        cell = getattr(torch.nn, case.cell)(case.hidden, case.hidden)
+        readout = torch.nn.Linear(case.hidden, case.outputs)
+        self.model = torch.nn.ModuleDict({"cell": cell, "readout": readout}).to(dtype)
+        if fused:
+            ft.convert(self.model)
+        generator = torch.Generator().manual_seed(1)
+        shape = (case.steps, case.batch)
+        self.inputs = torch.randn(*shape, case.hidden, generator=generator).to(dtype)
+        self.targets = torch.randn(*shape, case.outputs, generator=generator).to(dtype)
+
+    def step(self, update: bool = True):
+        torch, case, model = self.torch, self.case, self.model
+        model.zero_grad()
+        h = torch.zeros(case.batch, case.hidden, dtype=self.inputs.dtype)
+        state = (h, h.clone()) if case.cell == "LSTMCell" else h
+        outputs = []
+        for t in range(case.steps):
+            state = model["cell"](self.inputs[t], state)
+            outputs.append(model["readout"](state[0] if isinstance(state, tuple) else state))
+        loss = torch.nn.functional.mse_loss(torch.stack(outputs), self.targets)
+        loss.backward()
+        if update:
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-self.LR)
+        return loss
+
+
+def _trainer(torch: ModuleType, case, fused: bool, dtype, dropout: float):
+    """A trainer (``.model``, ``.step(update)``) of the row's model, torch.nn's or fused."""
     import fusedrnn.torch as ft
 
+    if isinstance(case, CellLoopCase):
+        return _CellLoopTrainer(torch, case, fused, dtype)
+    model = make_model(torch, case, dropout, dtype)
+    return _Trainer(torch, ft.convert(model) if fused else model, case, dtype)
+
+
+def check_case(torch: ModuleType, case, dtype) -> float:
+    """One step without dropout through both models: the largest difference of the loss and of
+    any gradient, relative to that tensor's largest magnitude."""
     results = []
     for fused in (False, True):
-        model = make_model(torch, case, 0.0, dtype)
-        if fused:
-            ft.convert(model)
-        loss = _Trainer(torch, model, case, dtype).step(update=False)
-        results.append([loss.detach(), *(p.grad for p in model.parameters())])
+        trainer = _trainer(torch, case, fused, dtype, 0.0)
+        loss = trainer.step(update=False)
+        results.append([loss.detach(), *(p.grad for p in trainer.model.parameters())])
     return max(
         float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
         for a, b in zip(results[1], results[0])
     )
 
 
-def run_case(torch: ModuleType, case: TrainingCase, dtype, repeats: int) -> TrainingRow:
-    import fusedrnn.torch as ft
-
+def run_case(torch: ModuleType, case, dtype, repeats: int) -> TrainingRow:
     difference = check_case(torch, case, dtype)
-    trainers = {
-        fused: _Trainer(
-            torch,
-            ft.convert(make_model(torch, case, DROPOUT, dtype))
-            if fused
-            else make_model(torch, case, DROPOUT, dtype),
-            case,
-            dtype,
-        )
-        for fused in (False, True)
-    }
+    trainers = {fused: _trainer(torch, case, fused, dtype, DROPOUT) for fused in (False, True)}
     for trainer in trainers.values():  # warm-up: first-call allocations, caches
         trainer.step()
     # One step of each in turn: a slow spell of the shared machine then hits both alike
@@ -189,7 +254,7 @@ TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
 
 def run(
-    cases: Sequence[TrainingCase] = CASES,
+    cases: Sequence[TrainingCase | CellLoopCase] = CASES,
     dtype: np.dtype | type = np.float32,
     threads: int | None = None,
     repeats: int = 15,
@@ -223,12 +288,14 @@ def run(
         f"# one training step of PyTorch's word_language_model example: embedding, dropout "
         f"{DROPOUT}, {LAYERS}-layer RNN, linear decoder, log-softmax + NLL, backward, clip "
         f"{CLIP}, SGD; bptt {BPTT}, batch {BATCH}, emsize = nhid",
+        "# cell loops: a cell stepped in a Python loop on data, a linear readout of each h, MSE, "
+        "backward, SGD",
         f"# ms: median of {repeats} steps of each, alternating (one torch.nn step, one fusedrnn "
         f"step), after a warm-up step; speed-up: of the medians; paired: the median of each "
         f"pair's ratio (a torch.nn step / the fusedrnn step after it); check: largest relative "
         f"difference of the loss and gradients of one step without dropout",
         "",
-        f"{'model':<38} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'paired':>7} "
+        f"{'model':<40} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'paired':>7} "
         f"{'check':>9}",
     ]
     failed = []
@@ -237,7 +304,7 @@ def run(
         if not ok:
             failed.append(row.case.label)
         lines.append(
-            f"{row.case.label:<38} {row.torch_ms:>12.2f} {row.fused_ms:>12.2f} "
+            f"{row.case.label:<40} {row.torch_ms:>12.2f} {row.fused_ms:>12.2f} "
             f"{row.speedup:>8.2f}x {row.paired_speedup:>6.2f}x {row.max_difference:>9.1e}"
             + ("" if ok else " FAIL")
         )
