@@ -145,19 +145,9 @@ def lstm_backward(
     dx : (T, B, input_size) or None;  dh0, dc0 : (B, H);  grads : dict
     """
     dx, dh0, dc0, *params = _core.lstm_backward(
-        x,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        y,
-        workspace,
-        dy,
-        dh_n,
-        dc_n,
-        *_grad_buffers(grads),
+        x, h0, c0, weight_ih, weight_hh, y, workspace, dy, dh_n, dc_n, *_grad_buffers(grads),
         input_grad=bool(input_grad),
-    )
+    )  # fmt: skip
     return dx, dh0, dc0, _grads_dict(grads, params)
 
 
@@ -196,18 +186,9 @@ def gru_backward(
 ):
     """Gradients of a GRU sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     dx, dh0, *params = _core.gru_backward(
-        x,
-        h0,
-        weight_ih,
-        weight_hh,
-        y,
-        workspace,
-        dy,
-        dh_n,
-        bool(reset_after),
-        *_grad_buffers(grads),
-        input_grad=bool(input_grad),
-    )
+        x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, bool(reset_after),
+        *_grad_buffers(grads), input_grad=bool(input_grad),
+    )  # fmt: skip
     return dx, dh0, _grads_dict(grads, params)
 
 
@@ -248,18 +229,9 @@ def rnn_backward(
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
     dx, dh0, *params = _core.rnn_backward(
-        x,
-        h0,
-        weight_ih,
-        weight_hh,
-        y,
-        workspace,
-        dy,
-        dh_n,
-        nonlinearity,
-        *_grad_buffers(grads),
-        input_grad=bool(input_grad),
-    )
+        x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, nonlinearity,
+        *_grad_buffers(grads), input_grad=bool(input_grad),
+    )  # fmt: skip
     return dx, dh0, _grads_dict(grads, params)
 
 
