@@ -206,7 +206,7 @@ py::tuple ln_lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::han
 
 py::tuple ln_lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle weights,
                               py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
-                              py::handle dc_n, py::handle grads_) {
+                              py::handle dc_n, py::handle grads_, bool input_grad) {
   LnCellCall a(CellKind::lstm, x, h0, weights);
   auto& c = a.c;
   py::array c0a = a.state(c0, "c0");
@@ -223,7 +223,9 @@ py::tuple ln_lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::ha
   py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}});
   py::object gg_c = a.accumulator(grads, "ln_cell_weight", {{"hidden_size", a.H}});
   py::object gb_c = a.accumulator(grads, "ln_cell_bias", {{"hidden_size", a.H}});
-  py::array dx = c.output({a.T, a.B, a.I}), dh0 = c.output({a.B, a.H}), dc0 = c.output({a.B, a.H});
+  // input_grad false: dx is None, not computed (as the plain cells' backward)
+  py::object dx = input_grad ? py::object(c.output({a.T, a.B, a.I})) : py::none();
+  py::array dh0 = c.output({a.B, a.H}), dc0 = c.output({a.B, a.H});
   const ScratchMemory scratch = c.scratch(ln_cell_backward_scratch_size(a.cell, a.shape));
   dispatch_dtype(c, [&](auto tag) {
     using F = decltype(tag);
@@ -279,7 +281,7 @@ py::tuple ln_gru_forward_py(py::handle x, py::handle h0, py::handle weights, dou
 
 py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py::handle y,
                              py::handle workspace, py::handle dy, py::handle dh_n,
-                             py::handle grads_) {
+                             py::handle grads_, bool input_grad) {
   LnCellCall a(CellKind::gru, x, h0, weights);
   auto& c = a.c;
   py::array ya = c.input(y, "y", {{"T", a.T}, {"B", a.B}, {"hidden_size", a.H}});
@@ -294,7 +296,8 @@ py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py
   py::object gb_hh = a.accumulator(grads, "bias_hh", {{rows, a.G}});
   py::object gg_ih = a.accumulator(grads, "ln_ih_weight", {{rows, a.G}});
   py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}});
-  py::array dx = c.output({a.T, a.B, a.I}), dh0 = c.output({a.B, a.H});
+  py::object dx = input_grad ? py::object(c.output({a.T, a.B, a.I})) : py::none();
+  py::array dh0 = c.output({a.B, a.H});
   const ScratchMemory scratch = c.scratch(ln_cell_backward_scratch_size(a.cell, a.shape));
   dispatch_dtype(c, [&](auto tag) {
     using F = decltype(tag);
@@ -330,11 +333,11 @@ void bind_layer_norm(py::module_& m) {
   m.def("ln_lstm_forward", &ln_lstm_forward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
   m.def("ln_lstm_backward", &ln_lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
-        "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a);
+        "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "input_grad"_a = true);
   m.def("ln_gru_forward", &ln_gru_forward_py, "x"_a, "h0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
   m.def("ln_gru_backward", &ln_gru_backward_py, "x"_a, "h0"_a, "weights"_a, "y"_a, "workspace"_a,
-        "dy"_a, "dh_n"_a, "grads"_a);
+        "dy"_a, "dh_n"_a, "grads"_a, "input_grad"_a = true);
   m.def(
       "ln_cell_workspace_size",
       [](const std::string& cell, int64_t T, int64_t B, int64_t H) {

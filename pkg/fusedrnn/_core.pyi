@@ -270,6 +270,7 @@ def ln_gru_backward(
     dy: typing.Any,
     dh_n: typing.Any,
     grads: typing.Any,
+    input_grad: bool = True,
 ) -> tuple: ...
 def ln_gru_forward(
     x: typing.Any,
@@ -289,6 +290,7 @@ def ln_lstm_backward(
     dh_n: typing.Any,
     dc_n: typing.Any,
     grads: typing.Any,
+    input_grad: bool = True,
 ) -> tuple: ...
 def ln_lstm_forward(
     x: typing.Any,

@@ -1225,12 +1225,17 @@ def ln_lstm_forward(x, h0, c0, weights, eps: float = 1e-5, training: bool = True
     return _core.ln_lstm_forward(x, h0, c0, _weights_dict(weights), check_eps(eps), bool(training))
 
 
-def ln_lstm_backward(x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None):
+def ln_lstm_backward(
+    x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None, *,
+    input_grad: bool = True,
+):  # fmt: skip
     """Gradients of `ln_lstm_forward`, fused in C++: dx, dh0, dc0 and grads (a dict by role,
-    added into; None or missing roles make fresh zeros)."""
+    added into; None or missing roles make fresh zeros). ``input_grad=False`` (x is data): dx
+    is None, its product with W_ih skipped (as `lstm_backward`)."""
     return _core.ln_lstm_backward(
-        x, h0, c0, _weights_dict(weights), y, workspace, dy, dh_n, dc_n, _grads_by_role(grads)
-    )
+        x, h0, c0, _weights_dict(weights), y, workspace, dy, dh_n, dc_n, _grads_by_role(grads),
+        input_grad=bool(input_grad),
+    )  # fmt: skip
 
 
 def ln_gru_forward(x, h0, weights, eps: float = 1e-5, training: bool = True):
@@ -1244,12 +1249,16 @@ def ln_gru_forward(x, h0, weights, eps: float = 1e-5, training: bool = True):
     return _core.ln_gru_forward(x, h0, _weights_dict(weights), check_eps(eps), bool(training))
 
 
-def ln_gru_backward(x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None):
+def ln_gru_backward(
+    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True
+):
     """Gradients of `ln_gru_forward`, fused in C++: dx, dh0 and grads (a dict by role, added
-    into; None or missing roles make fresh zeros)."""
+    into; None or missing roles make fresh zeros). ``input_grad=False`` (x is data): dx is
+    None, its product with W_ih skipped (as `gru_backward`)."""
     return _core.ln_gru_backward(
-        x, h0, _weights_dict(weights), y, workspace, dy, dh_n, _grads_by_role(grads)
-    )
+        x, h0, _weights_dict(weights), y, workspace, dy, dh_n, _grads_by_role(grads),
+        input_grad=bool(input_grad),
+    )  # fmt: skip
 
 
 def ln_workspace_size(cell: str, T: int, B: int, H: int) -> int:

@@ -51,19 +51,30 @@ def cell_inputs(cell: str, T: int, B: int, I: int, H: int, dtype, seed: int = 0,
     }
 
 
-def run_cell(backend, cell: str, a: dict, eps: float = 1e-5, grads=None) -> tuple:
-    """Forward and backward of one backend: (outputs, gradients by name)."""
+def run_cell(backend, cell: str, a: dict, eps: float = 1e-5, grads=None, **extra) -> tuple:
+    """Forward and backward of one backend: (outputs, gradients by name); ``extra`` goes to
+    the backward (``input_grad``)."""
     if cell == "lstm":
         y, h_n, c_n, ws = backend.ln_lstm_forward(a["x"], a["h0"], a["c0"], a["weights"], eps)
         dx, dh0, dc0, g = backend.ln_lstm_backward(
-            a["x"], a["h0"], a["c0"], a["weights"], y, ws, a["dy"], a["dh_n"], a["dc_n"], grads
+            a["x"],
+            a["h0"],
+            a["c0"],
+            a["weights"],
+            y,
+            ws,
+            a["dy"],
+            a["dh_n"],
+            a["dc_n"],
+            grads,
+            **extra,
         )
         outputs = {"y": y, "h_n": h_n, "c_n": c_n, "workspace": ws}
         gradients = {"x": dx, "h0": dh0, "c0": dc0}
     else:
         y, h_n, ws = backend.ln_gru_forward(a["x"], a["h0"], a["weights"], eps)
         dx, dh0, g = backend.ln_gru_backward(
-            a["x"], a["h0"], a["weights"], y, ws, a["dy"], a["dh_n"], grads
+            a["x"], a["h0"], a["weights"], y, ws, a["dy"], a["dh_n"], grads, **extra
         )
         outputs = {"y": y, "h_n": h_n, "workspace": ws}
         gradients = {"x": dx, "h0": dh0}

@@ -87,6 +87,32 @@ def test_backward_adds_into_grads(cell):
         np.testing.assert_allclose(grads[role], 2 * once[f"weights[{role!r}]"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_input_grad_false_gives_no_dx_and_the_same_other_gradients(cell, backend):
+    """``input_grad=False`` (x is data): dx is None, every other gradient has the bits of the
+    call that computes dx; and a layer's ``backward(input_grad=False)`` alike."""
+    a = cell_inputs(cell, 4, 3, 7, 19, np.float64, seed=3)
+    _, full = run_cell(backend, cell, a)
+    _, skipped = run_cell(backend, cell, a, input_grad=False)
+    assert full["x"] is not None and skipped.pop("x") is None
+    for name, value in skipped.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=name)
+    layer = LAYERS[cell](5, 6, num_layers=2, bidirectional=True, seed=2, dtype=np.float64,
+                         backend="fused" if backend is functional else "reference")  # fmt: skip
+    x = np.random.default_rng(4).standard_normal((4, 3, 5))
+    out, _ = layer(x)
+    dx, dhx = layer.backward(np.ones_like(out), retain_graph=True)
+    grads = {name: g.copy() for name, g in layer.grads.items()}
+    layer.zero_grad()
+    no_dx, no_dx_dhx = layer.backward(np.ones_like(out), input_grad=False)
+    assert dx is not None and no_dx is None
+    for got, want in zip(np.atleast_1d(no_dx_dhx), np.atleast_1d(dhx)):
+        np.testing.assert_array_equal(got, want)
+    for name, want in grads.items():
+        np.testing.assert_array_equal(layer.grads[name], want, err_msg=name)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_workspace_size_agrees(cell):
     assert functional.ln_workspace_size(cell, 7, 3, 11) == reference.layer_norm.ln_workspace_size(

@@ -204,6 +204,7 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         d_hx: State | None = None,
         *,
         retain_graph: bool = False,
+        input_grad: bool = True,
     ) -> tuple:
         """Gradients through the last training-mode forward: adds every parameter's gradient
         into its ``grad`` and returns those of the inputs.
@@ -214,10 +215,13 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         d_hx : shape of ``h_n`` (LSTM: a tuple (dh_n, dc_n), either part None for zeros), or
             None for zeros
         retain_graph : bool, default False (see `fusedrnn.Module.backward`)
+        input_grad : bool, default True
+            False when x is data whose gradient is not wanted: ``dx`` is then None, and the
+            first layer skips its product with ``weight_ih_l0``.
 
         Returns
         -------
-        dx : shape of x
+        dx : shape of x, or None (``input_grad=False``)
         dhx : shape of hx (LSTM: (dh_0, dc_0))
         """
         saved = self._require_saved()
@@ -250,30 +254,37 @@ class LayerNormRecurrentLayer(RecurrentLayer):
                     dy,
                     None if dh_n is None else dh_n[k],
                     None if dc_n is None else dc_n[k],
+                    input_grad=input_grad or layer > 0,
                 )
-                dx = dx if direction == 0 else dx[::-1]
-                d_in = dx if d_in is None else d_in + dx
+                if dx is not None:
+                    dx = dx if direction == 0 else dx[::-1]
+                    d_in = dx if d_in is None else d_in + dx
             d_out = d_in
         self._release_saved(retain_graph)
-        dx = self._from_time_major(d_out, saved.unbatched)
+        dx = None if d_out is None else self._from_time_major(d_out, saved.unbatched)
         dh0 = np.stack(dh0)
         dc0 = np.stack(dc0) if self._has_cell_state else None
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
         return dx, ((dh0, dc0) if self._has_cell_state else dh0)
 
-    def _run_cell_backward(self, layer, direction, call: _CellCall, dy, dh_n, dc_n) -> tuple:
-        """(dx, dh0, dc0 or None) of one layer and direction; adds into its parameters' grad."""
+    def _run_cell_backward(
+        self, layer, direction, call: _CellCall, dy, dh_n, dc_n, input_grad: bool
+    ) -> tuple:
+        """(dx or None, dh0, dc0 or None) of one layer and direction; adds into its parameters'
+        grad."""
         weights = self._cell_parameters(layer, direction)
         grads = self._cell_parameters(layer, direction, grads=True)
         if self._has_cell_state:
             dx, dh0, dc0, _ = self._backend.ln_lstm_backward(
-                call.x, call.h0, call.c0, weights, call.y, call.workspace, dy, dh_n, dc_n, grads
-            )
+                call.x, call.h0, call.c0, weights, call.y, call.workspace, dy, dh_n, dc_n, grads,
+                input_grad=input_grad,
+            )  # fmt: skip
             return dx, dh0, dc0
         dx, dh0, _ = self._backend.ln_gru_backward(
-            call.x, call.h0, weights, call.y, call.workspace, dy, dh_n, grads
-        )
+            call.x, call.h0, weights, call.y, call.workspace, dy, dh_n, grads,
+            input_grad=input_grad,
+        )  # fmt: skip
         return dx, dh0, None
 
 

@@ -231,9 +231,13 @@ def _cell_norm_output(w: dict, chat: np.ndarray) -> np.ndarray:
     return u + w["ln_cell_bias"] if w["ln_cell_bias"] is not None else u
 
 
-def ln_lstm_backward(x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None):
+def ln_lstm_backward(
+    x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None, *,
+    input_grad: bool = True,
+):  # fmt: skip
     """Gradients of `ln_lstm_forward`: dx (T, B, input_size), dh0, dc0 (B, H), and grads (a
-    dict by role, added into; None makes fresh zeros)."""
+    dict by role, added into; None makes fresh zeros). ``input_grad=False`` (x is data): dx is
+    None (computed here and dropped; the fused kernel skips it)."""
     w = _weights("lstm", weights)
     T, B, _, H = _check_cell(x, h0, w)
     s = _unpack("lstm", workspace, T, B, H)
@@ -271,7 +275,7 @@ def ln_lstm_backward(x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=
     if w["ln_cell_bias"] is not None:
         grads["ln_cell_bias"] += du.sum(axis=(0, 1))
     dx = _input_and_weight_grads(w, grads, x, h0, y, dpre, dhproj, s)
-    return dx, dh, dc, grads
+    return (dx if input_grad else None), dh, dc, grads
 
 
 def _input_and_weight_grads(w, grads, x, h0, y, d_ax, dhproj, s) -> np.ndarray:
@@ -329,9 +333,12 @@ def _gru_parts(w: dict, xhat_x: np.ndarray, xhat_h: np.ndarray) -> tuple:
     return a, b
 
 
-def ln_gru_backward(x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None):
+def ln_gru_backward(
+    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True
+):
     """Gradients of `ln_gru_forward`: dx (T, B, input_size), dh0 (B, H), and grads (a dict by
-    role, added into; None makes fresh zeros)."""
+    role, added into; None makes fresh zeros). ``input_grad=False`` (x is data): dx is None
+    (computed here and dropped; the fused kernel skips it)."""
     w = _weights("gru", weights)
     T, B, _, H = _check_cell(x, h0, w)
     s = _unpack("gru", workspace, T, B, H)
@@ -360,4 +367,4 @@ def ln_gru_backward(x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None
     if w["bias_hh"] is not None:
         grads["bias_hh"] += d_ah.sum(axis=(0, 1))
     dx = _input_and_weight_grads(w, grads, x, h0, y, d_ax, dhproj, s)
-    return dx, dh, grads
+    return (dx if input_grad else None), dh, grads
