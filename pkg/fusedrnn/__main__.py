@@ -210,7 +210,6 @@ def _run_torch_training(args: argparse.Namespace) -> int:
     if args.json or args.plot:
         print("--json and --plot are not available with --torch-training", file=sys.stderr)
         return 2
-
     cases = [case for case in torch_training.CASES if not args.only or case.family in args.only]
     if not cases:
         print(
