@@ -165,7 +165,8 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   const int64_t TB = steps * B;
   // the h_{t-1} the recurrent GEMM read: h0, then y
   const std::pair<const T*, const T*> h_read =
-      recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H);
+      a.g.dw_hh ? recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H)
+                : std::pair<const T*, const T*>{h0, y};
   const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};
@@ -177,7 +178,7 @@ void gru_backward(const CellBackwardArgs<T>& a) {
     // the blocks that see h_{t-1}: all three, or r and z
     recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks,
                               h_seq, h_first, steps, B, H, fresh);
-    if (!reset_after) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
+    if (!reset_after && a.g.dw_hh) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> rh =
           in_place_panels(step_kernel, saved.extra, H, TB, H, scratch.rh_tail, share);

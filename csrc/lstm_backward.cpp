@@ -193,7 +193,8 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
   const int64_t TB = steps * B;
   // the h_{t-1} the recurrent GEMM read: h0, then y
   const std::pair<const T*, const T*> h_read =
-      recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H);
+      a.g.dw_hh ? recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H)
+                : std::pair<const T*, const T*>{h0, y};
   const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + R)), [&](int member, int members) {
     const Team team{member, members};
@@ -203,7 +204,7 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
     recurrent_weight_gradient(team, a.g.dw_hh, R, scratch.recurrent_tails, dgates, G, G, h_seq,
                               h_first, steps, B, R, fresh);
     add_column_sums(team, a.g.db_ih, a.g.db_hh, dgates, TB, G, G, fresh);
-    if (P) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns of m
+    if (P && a.g.dw_hr) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns
       const PanelShare share = panel_share(H, nr, member, members);
       const PackedWeights<T> ms =
           in_place_panels(step_kernel, saved.m, H, TB, H, scratch.m_tail, share);

@@ -120,13 +120,15 @@ struct LayerWeights {  // one layer, one direction
   const HalfLayerWeights* half = nullptr;
 };
 
+// Accumulated into (+=). A null array is a gradient not wanted (a parameter without one, or one
+// that is frozen): nothing computes it, so a backward without dW_ih and dW_hh skips their GEMMs.
 template <typename T>
-struct LayerGrads {  // accumulated into (+=); null biases are skipped
-  T* dw_ih;          // [G,I]
-  T* dw_hh;          // [G,R]
-  T* db_ih;          // [G] or null
-  T* db_hh;          // [G] or null
-  T* dw_hr;          // [P,H]; null without a projection
+struct LayerGrads {
+  T* dw_ih;  // [G,I] or null
+  T* dw_hh;  // [G,R] or null
+  T* db_ih;  // [G] or null
+  T* db_hh;  // [G] or null
+  T* dw_hr;  // [P,H]; null without a projection
 
   T* dpeephole = nullptr;  // [3H] with peepholes
   // The arrays hold nothing yet (the binding allocated them for this call): the backward sets

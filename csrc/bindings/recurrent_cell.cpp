@@ -117,9 +117,12 @@ struct CellCall {
   // which saves nothing.
   // input_grad false: dx is not computed (None), which saves dx = dgates W_ih, a quarter of the
   // GEMM work of a backward whose input_size is hidden_size (an input that is data).
+  // frozen: the roles ("weight_ih", ...) whose gradients are not wanted: None, not computed (a
+  // frozen weight saves its dW GEMM, a quarter of the backward's work at input_size = H).
   py::tuple backward(py::handle c0, py::handle y, py::handle workspace, const char* ws_size,
                      py::handle dy, py::handle dh_n, py::handle dc_n, py::handle dw_ih,
-                     py::handle dw_hh, py::handle db_ih, py::handle db_hh, bool input_grad) const {
+                     py::handle dw_hh, py::handle db_ih, py::handle db_hh, bool input_grad,
+                     py::handle frozen) const {
     const bool lstm = cell == CellKind::lstm;
     py::object c0a = lstm ? py::object(state(c0, "c0")) : py::none();
     py::array ya = c.input(y, "y", {{"T", T}, {"B", B}, {"hidden_size", H}});
@@ -137,14 +140,22 @@ struct CellCall {
     // No grads given: fresh arrays that the kernel sets rather than adds into, so that they need
     // no zero-filling first (LayerGrads::fresh); a call with no rows writes nothing, so there
     // they are zeros.
-    const bool fresh =
-        dw_ih.is_none() && dw_hh.is_none() && db_ih.is_none() && db_hh.is_none() && T * B > 0;
-    py::array gw_ih =
-        c.accumulator(dw_ih, "grads['weight_ih']", {{rows, G * H}, {"input_size", I}}, !fresh);
-    py::array gw_hh =
-        c.accumulator(dw_hh, "grads['weight_hh']", {{rows, G * H}, {"hidden_size", H}}, !fresh);
-    py::array gb_ih = c.accumulator(db_ih, "grads['bias_ih']", {{rows, G * H}}, !fresh);
-    py::array gb_hh = c.accumulator(db_hh, "grads['bias_hh']", {{rows, G * H}}, !fresh);
+    auto wanted = [&](const char* role) {
+      return !py::cast<bool>(frozen.attr("__contains__")(role));
+    };
+    const bool fresh = (dw_ih.is_none() || !wanted("weight_ih")) &&
+                       (dw_hh.is_none() || !wanted("weight_hh")) &&
+                       (db_ih.is_none() || !wanted("bias_ih")) &&
+                       (db_hh.is_none() || !wanted("bias_hh")) && T * B > 0;
+    auto gradient = [&](py::handle given, const char* role, std::initializer_list<Dim> dims) {
+      const std::string name = std::string("grads['") + role + "']";
+      return wanted(role) ? py::object(c.accumulator(given, name.c_str(), dims, !fresh))
+                          : py::none();
+    };
+    py::object gw_ih = gradient(dw_ih, "weight_ih", {{rows, G * H}, {"input_size", I}});
+    py::object gw_hh = gradient(dw_hh, "weight_hh", {{rows, G * H}, {"hidden_size", H}});
+    py::object gb_ih = gradient(db_ih, "bias_ih", {{rows, G * H}});
+    py::object gb_hh = gradient(db_hh, "bias_hh", {{rows, G * H}});
     py::object dx = input_grad ? py::object(c.output({T, B, I})) : py::none();
     py::array dh0 = c.output({B, H});
     py::object dc0 = lstm ? py::object(c.output({B, H})) : py::none();
@@ -181,10 +192,10 @@ py::tuple lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::handle
 py::tuple lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle w_ih,
                            py::handle w_hh, py::handle y, py::handle workspace, py::handle dy,
                            py::handle dh_n, py::handle dc_n, py::handle dw_ih, py::handle dw_hh,
-                           py::handle db_ih, py::handle db_hh, bool input_grad) {
+                           py::handle db_ih, py::handle db_hh, bool input_grad, py::handle frozen) {
   return CellCall(CellKind::lstm, x, h0, w_ih, w_hh)
       .backward(c0, y, workspace, "T*B*5*hidden_size", dy, dh_n, dc_n, dw_ih, dw_hh, db_ih, db_hh,
-                input_grad);
+                input_grad, frozen);
 }
 
 // ---------------------------------------------------------------- GRU
@@ -198,11 +209,11 @@ py::tuple gru_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
 py::tuple gru_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                           py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
                           bool reset_after, py::handle dw_ih, py::handle dw_hh, py::handle db_ih,
-                          py::handle db_hh, bool input_grad) {
+                          py::handle db_hh, bool input_grad, py::handle frozen) {
   CellCall a(CellKind::gru, x, h0, w_ih, w_hh);
   a.shape.reset_after = reset_after;
   return a.backward(py::none(), y, workspace, "T*B*4*hidden_size", dy, dh_n, py::none(), dw_ih,
-                    dw_hh, db_ih, db_hh, input_grad);
+                    dw_hh, db_ih, db_hh, input_grad, frozen);
 }
 
 // ---------------------------------------------------------------- RNN
@@ -218,12 +229,12 @@ py::tuple rnn_forward_py(py::handle x, py::handle h0, py::handle w_ih, py::handl
 py::tuple rnn_backward_py(py::handle x, py::handle h0, py::handle w_ih, py::handle w_hh,
                           py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
                           const std::string& nonlinearity, py::handle dw_ih, py::handle dw_hh,
-                          py::handle db_ih, py::handle db_hh, bool input_grad) {
+                          py::handle db_ih, py::handle db_hh, bool input_grad, py::handle frozen) {
   const RnnActivation act = parse_nonlinearity(nonlinearity);
   CellCall a(CellKind::rnn, x, h0, w_ih, w_hh);
   a.shape.act = act;
   return a.backward(py::none(), y, workspace, "0", dy, dh_n, py::none(), dw_ih, dw_hh, db_ih, db_hh,
-                    input_grad);
+                    input_grad, frozen);
 }
 
 }  // namespace
@@ -234,17 +245,17 @@ void bind_recurrent_cell(py::module_& m) {
         "bias_ih"_a, "bias_hh"_a, "training"_a = true);
   m.def("lstm_backward", &lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weight_ih"_a, "weight_hh"_a,
         "y"_a, "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "dweight_ih"_a, "dweight_hh"_a,
-        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true);
+        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true, "frozen"_a = py::tuple());
   m.def("gru_forward", &gru_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "bias_ih"_a,
         "bias_hh"_a, "reset_after"_a = true, "training"_a = true);
   m.def("gru_backward", &gru_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "reset_after"_a, "dweight_ih"_a, "dweight_hh"_a,
-        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true);
+        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true, "frozen"_a = py::tuple());
   m.def("rnn_forward", &rnn_forward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "bias_ih"_a,
         "bias_hh"_a, "nonlinearity"_a = "tanh", "training"_a = true);
   m.def("rnn_backward", &rnn_backward_py, "x"_a, "h0"_a, "weight_ih"_a, "weight_hh"_a, "y"_a,
         "workspace"_a, "dy"_a, "dh_n"_a, "nonlinearity"_a, "dweight_ih"_a, "dweight_hh"_a,
-        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true);
+        "dbias_ih"_a, "dbias_hh"_a, "input_grad"_a = true, "frozen"_a = py::tuple());
   m.def(
       "lstm_workspace_size",
       [](int64_t T, int64_t B, int64_t H, int64_t P) { return lstm_workspace_size(T, B, H, P); },

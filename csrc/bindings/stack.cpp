@@ -317,7 +317,8 @@ struct StackCall {
     return checker.input(w[5], name, {{"3*hidden_size", 3 * shape.hidden}});
   }
 
-  // The gradient buffers, same structure, accumulated into in place.
+  // The gradient buffers, same structure, accumulated into in place; None: not wanted (a frozen
+  // parameter, or one the layer does not have), not computed.
   template <typename T>
   std::vector<LayerGrads<T>> grads(py::handle list) {
     const int64_t G = shape.gates() * shape.hidden, R = shape.out();
@@ -341,9 +342,6 @@ struct StackCall {
       py::object dpeephole =
           g.size() > 5 ? acc(g[5], "weight_peephole", {{"3*hidden_size", 3 * shape.hidden}})
                        : py::none();
-      if (dw_ih.is_none() || dw_hh.is_none() || (shape.proj && dw_hr.is_none()))
-        throw py::value_error("grads of " + param_name("weight_ih", l, d) +
-                              " / weight_hh / weight_hr are required");
       for (py::object o : {dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeephole}) keep.push_back(o);
       out.push_back({data_of<T>(dw_ih), data_of<T>(dw_hh), data_of<T>(db_ih), data_of<T>(db_hh),
                      data_of<T>(dw_hr), data_of<T>(dpeephole)});

@@ -80,8 +80,9 @@ inline int64_t recurrent_weight_gradient_scratch_size(int64_t steps, int64_t B) 
 // The gradients of an input projection over all steps, with the step kernel, for this member's
 // columns of x (of I), the GEMM's rows being `rows` = T*B:
 //   forward: gates = x W_ih^T   ->   dx = dgates W_ih (=),  dW_ih += dgates^T x
-// dgates [rows, G] (row stride ldg), x [rows, I], w_ih [G, I], dw_ih [G, I]; dx may be null.
-// `fresh`: dw_ih holds nothing yet, so = instead of += (LayerGrads::fresh; rows > 0).
+// dgates [rows, G] (row stride ldg), x [rows, I], w_ih [G, I], dw_ih [G, I]; either dx or dw_ih
+// may be null (not wanted: not computed). `fresh`: dw_ih holds nothing yet, so = instead of +=
+// (LayerGrads::fresh; rows > 0).
 template <typename T>
 void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dgates, int64_t ldg,
                      int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I,
@@ -92,6 +93,7 @@ void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dga
     const PackedWeights<T> w = in_place_panels(kernel, w_ih, I, G, I, scratch, share);
     step_gemm(kernel, w, 0, 1, share, rows, dgates, ldg, dx, I, false);
   }
+  if (!dw_ih) return;
   const PackedWeights<T> xs =
       in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share);
   step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, !fresh, true);
@@ -99,14 +101,14 @@ void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dga
 
 // The gradient of the recurrent weights over all steps, for this member's columns of dw:
 //   dw[G,H] += sum_t dgates[t]^T @ h_{t-1},  h_{t-1} = y[t-1] for t >= 1 and h0 for t = 0,
-// where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw.
-// `fresh`: dw holds nothing yet, so the first step's product sets it (LayerGrads::fresh;
-// steps * B > 0).
+// where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw
+// (null: not wanted, nothing computed). `fresh`: dw holds nothing yet, so the first step's product
+// sets it (LayerGrads::fresh; steps * B > 0).
 template <typename T>
 void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch, const T* dgates,
                                int64_t ldg, int64_t G, const T* y, const T* h0, int64_t steps,
                                int64_t B, int64_t H, bool fresh = false) {
-  if (steps == 0) return;
+  if (steps == 0 || !dw) return;
   const auto& kernel = step_gemm_kernels<T>();
   const int64_t nr = kernel.panel_width;
   const PanelShare share = panel_share(H, nr, team.member, team.members);

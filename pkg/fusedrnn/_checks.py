@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -88,6 +89,49 @@ def check_flag(value: object, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r}")
     return bool(value)
+
+
+def check_frozen(frozen: object, names) -> frozenset:
+    """The parameter names in ``frozen`` (a collection of strings, each one of ``names``): the
+    parameters whose gradients a backward is not to compute. A single string, a name that is not
+    a parameter, or anything but a collection of strings is an error naming what came."""
+    if isinstance(frozen, (str, bytes)) or not hasattr(frozen, "__iter__"):
+        raise TypeError(
+            f"frozen must be a collection of parameter names, got {_type_name(frozen)} {frozen!r}"
+        )
+    out = frozenset(frozen)
+    unknown = sorted(repr(n) for n in out if not isinstance(n, str) or n not in names)
+    if unknown:
+        raise ValueError(
+            f"frozen must name parameters of this call ({', '.join(names)}); "
+            f"got {', '.join(unknown)}"
+        )
+    return out
+
+
+def stack_grads_or_zeros(grads: object, params, frozen: frozenset) -> dict:
+    """The gradient dict a stack's backward adds into: ``grads``, keyed like ``params`` (a
+    frozen parameter's key may be there or not; its array is not touched), or fresh zeros for
+    every parameter not frozen. The shapes and dtypes are the caller's to check."""
+    wanted = [name for name in params if name not in frozen]
+    if grads is None:
+        return {name: np.zeros_like(params[name]) for name in wanted}
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {_type_name(grads)}")
+    missing, unexpected = sorted(set(wanted) - set(grads)), sorted(set(grads) - set(params))
+    if missing or unexpected:
+        left_out = " (a frozen one may be left out)" if frozen else ""
+        raise ValueError(
+            f"grads must have exactly the keys of params{left_out}; missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    nones = [name for name in wanted if grads[name] is None]
+    if nones:
+        raise TypeError(
+            f"grads[{nones[0]!r}] must be an array to add into, got None (a gradient that is "
+            f"not wanted is named in frozen)"
+        )
+    return grads
 
 
 def check_probability(value: object, name: str) -> float:

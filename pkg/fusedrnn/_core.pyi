@@ -209,6 +209,7 @@ def gru_backward(
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
     input_grad: bool = True,
+    frozen: typing.Any = (),
 ) -> tuple: ...
 def gru_forward(
     x: typing.Any,
@@ -316,6 +317,7 @@ def lstm_backward(
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
     input_grad: bool = True,
+    frozen: typing.Any = (),
 ) -> tuple: ...
 def lstm_forward(
     x: typing.Any,
@@ -367,6 +369,7 @@ def rnn_backward(
     dbias_ih: typing.Any,
     dbias_hh: typing.Any,
     input_grad: bool = True,
+    frozen: typing.Any = (),
 ) -> tuple: ...
 def rnn_forward(
     x: typing.Any,

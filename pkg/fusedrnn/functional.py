@@ -30,12 +30,14 @@ from ._checks import (
     MAX_BLAS_DIM,
     check_choice,
     check_eps,
+    check_frozen,
     check_ignore_index,
     check_lengths,
     check_normalized_shape,
     check_rows,
     check_size,
     require_array,
+    stack_grads_or_zeros,
 )
 from ._half import HalfWeights, inference_weights_dtype, pack_half_weights
 from ._recurrent_noise import RecurrentNoise
@@ -54,23 +56,27 @@ _MAX_INT64 = 2**63 - 1
 _NONLINEARITIES = ("tanh", "relu")
 
 
-def _grad_buffers(grads: Mapping[str, np.ndarray] | None) -> list:
+def _grad_buffers(grads: Mapping[str, np.ndarray] | None, frozen: frozenset) -> list:
+    """The arrays a one-layer backward adds into, in CELL_PARAMETERS order (None: fresh ones);
+    a frozen parameter's may be missing (its gradient is not computed)."""
     if grads is None:
         return [None] * 4
     if not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    missing = [k for k in CELL_PARAMETERS if k not in grads]
+    missing = [k for k in CELL_PARAMETERS if k not in grads and k not in frozen]
     if missing:
         raise ValueError(f"grads must have the keys {list(CELL_PARAMETERS)}; missing {missing}")
-    return [grads[k] for k in CELL_PARAMETERS]
+    return [grads.get(k) for k in CELL_PARAMETERS]
 
 
-def _grads_dict(grads, arrays) -> dict:
-    out = dict(zip(CELL_PARAMETERS, arrays))
+def _grads_dict(grads, arrays, frozen: frozenset) -> dict:
+    """The gradients a one-layer backward returns: ``grads`` with the kernel's arrays (the same
+    ones, accumulated into in place), or a new dict; a frozen parameter has none."""
+    out = {k: a for k, a in zip(CELL_PARAMETERS, arrays) if k not in frozen}
     if grads is not None and not isinstance(grads, dict):
         return out
     if grads is not None:
-        grads.update(out)  # the same arrays, accumulated into in place
+        grads.update(out)
         return grads
     return out
 
@@ -128,6 +134,7 @@ def lstm_backward(
     grads=None,
     *,
     input_grad: bool = True,
+    frozen=(),
 ):
     """Gradients of an LSTM sequence.
 
@@ -139,16 +146,21 @@ def lstm_backward(
     grads : dict of weight_ih, weight_hh, bias_ih, bias_hh arrays to accumulate into, or None
     input_grad : False when x is data whose gradient is not wanted: dx is then None and
         ``dgates @ weight_ih`` (a quarter of the GEMM work at input_size = H) is skipped
+    frozen : names of parameters (of weight_ih, weight_hh, bias_ih, bias_hh) whose gradients
+        are not wanted (PyTorch's ``requires_grad=False``): not computed, absent from the
+        returned dict, and a given ``grads`` keeps its arrays for them untouched. A frozen
+        weight spares its ``dgates^T @ input`` GEMM, a quarter of the work at input_size = H.
 
     Returns
     -------
     dx : (T, B, input_size) or None;  dh0, dc0 : (B, H);  grads : dict
     """
+    frozen = check_frozen(frozen, CELL_PARAMETERS)
     dx, dh0, dc0, *params = _core.lstm_backward(
-        x, h0, c0, weight_ih, weight_hh, y, workspace, dy, dh_n, dc_n, *_grad_buffers(grads),
-        input_grad=bool(input_grad),
+        x, h0, c0, weight_ih, weight_hh, y, workspace, dy, dh_n, dc_n,
+        *_grad_buffers(grads, frozen), input_grad=bool(input_grad), frozen=tuple(frozen),
     )  # fmt: skip
-    return dx, dh0, dc0, _grads_dict(grads, params)
+    return dx, dh0, dc0, _grads_dict(grads, params, frozen)
 
 
 def gru_forward(
@@ -183,13 +195,15 @@ def gru_backward(
     grads=None,
     *,
     input_grad: bool = True,
+    frozen=(),
 ):
     """Gradients of a GRU sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
+    frozen = check_frozen(frozen, CELL_PARAMETERS)
     dx, dh0, *params = _core.gru_backward(
         x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, bool(reset_after),
-        *_grad_buffers(grads), input_grad=bool(input_grad),
+        *_grad_buffers(grads, frozen), input_grad=bool(input_grad), frozen=tuple(frozen),
     )  # fmt: skip
-    return dx, dh0, _grads_dict(grads, params)
+    return dx, dh0, _grads_dict(grads, params, frozen)
 
 
 def rnn_forward(
@@ -225,14 +239,16 @@ def rnn_backward(
     grads=None,
     *,
     input_grad: bool = True,
+    frozen=(),
 ):
     """Gradients of an RNN sequence. Returns ``(dx, dh0, grads)``; see `lstm_backward`."""
     check_choice(nonlinearity, "nonlinearity", _NONLINEARITIES)
+    frozen = check_frozen(frozen, CELL_PARAMETERS)
     dx, dh0, *params = _core.rnn_backward(
         x, h0, weight_ih, weight_hh, y, workspace, dy, dh_n, nonlinearity,
-        *_grad_buffers(grads), input_grad=bool(input_grad),
+        *_grad_buffers(grads, frozen), input_grad=bool(input_grad), frozen=tuple(frozen),
     )  # fmt: skip
-    return dx, dh0, _grads_dict(grads, params)
+    return dx, dh0, _grads_dict(grads, params, frozen)
 
 
 # ---------------------------------------------------------------- layer stacks
@@ -671,6 +687,7 @@ def stack_backward(
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
+    frozen=(),
 ):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
@@ -689,6 +706,10 @@ def stack_backward(
 
     ``input_grad=False``: x is data whose gradient is not wanted; dx is None, and layer 0 skips
     ``dgates @ weight_ih`` (a quarter of its GEMM work when input_size = hidden_size).
+
+    ``frozen``: names of ``params`` whose gradients are not wanted (PyTorch's
+    ``requires_grad=False``): not computed (a frozen weight spares its GEMM), absent from the
+    returned dict, and a given ``grads`` need not have them (what it has for them is untouched).
     """
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
     workspace = None
@@ -708,18 +729,13 @@ def stack_backward(
             require_array(value, name)
             if value.ndim != 3:
                 raise ValueError(f"{name} must have 3 dimensions, but has {value.ndim}")
-    if grads is None:
-        grads = {k: np.zeros_like(v) for k, v in params.items()}
-    elif not isinstance(grads, Mapping):
-        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    if set(grads) != set(params):  # (the reference's rule and words)
-        raise ValueError(
-            f"grads must have exactly the keys of params; missing "
-            f"{sorted(set(params) - set(grads))}, unexpected {sorted(set(grads) - set(params))}"
-        )
-    # the gradient of every parameter there is; None for an absent one (a bias, weight_hr)
+    frozen = check_frozen(frozen, tuple(params))
+    grads = stack_grads_or_zeros(grads, params, frozen)
+    # the gradient of every parameter there is; None for an absent or frozen one
     grad_list = _per_layer(
-        {k: grads[k] for k in params}, call.num_layers, num_directions(bidirectional)
+        {k: None if k in frozen else grads[k] for k in params},
+        call.num_layers,
+        num_directions(bidirectional),
     )
     packing = call.packing
     if packing is not None:

@@ -67,7 +67,7 @@ def backward(case, inputs, out, out_grads, grads=None, backend=reference, **extr
     """Run the case's backward; return (gradients keyed by input name, the grads dict itself).
 
     ``out_grads`` holds ``dy``, ``dh_n`` and for LSTM ``dc_n`` (any may be None); ``extra``
-    goes to the backward as it is (``input_grad``).
+    goes to the backward as it is (``input_grad``, ``frozen``: a frozen parameter has no entry).
     """
     cell, options = CASES[case]
     args = {
@@ -81,7 +81,7 @@ def backward(case, inputs, out, out_grads, grads=None, backend=reference, **extr
         run = backend.gru_backward if cell == "gru" else backend.rnn_backward
         dx, dh0, grads = run(**args, **common, **options)
         activations = {"x": dx, "h0": dh0}
-    return {**activations, **{name: grads[name] for name in PARAMS}}, grads
+    return {**activations, **{name: grads[name] for name in PARAMS if name in grads}}, grads
 
 
 def loss_weights(case, out, seed=1):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fusedrnn import _core
+from fusedrnn._spec import stack_param_names
 from tests.torch.cases import torch  # skips this module without PyTorch
 
 from fusedrnn.torch import _ops  # isort: skip  (needs PyTorch)
@@ -223,6 +224,67 @@ def test_a_cell_step_on_data_is_not_differentiated_by_its_input(mode, monkeypatc
     assert seen == [True, False]
     for got, expected in zip(without_dx, with_dx[1:]):
         assert torch.equal(got, expected)
+
+
+def _spy_frozen(monkeypatch, name):
+    """Record the ``frozen`` names of every call of fusedrnn.functional's ``name``."""
+    seen = []
+    real = getattr(_ops.functional, name)
+
+    def spy(*args, frozen=(), **kwargs):
+        seen.append(sorted(frozen))
+        return real(*args, frozen=frozen, **kwargs)
+
+    monkeypatch.setattr(_ops.functional, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["eager", "operator"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_weights_that_need_no_grad_are_not_differentiated(mode, path, monkeypatch):
+    """Parameters that need no gradient (requires_grad=False: a frozen layer, biases trained
+    alone) reach the backward as ``frozen`` (their GEMMs skipped), get no gradient, and every
+    other gradient has the bits of a call where all of them need one."""
+    seen = _spy_frozen(monkeypatch, "stack_backward")
+    run = _ops.run_stack if path == "eager" else _ops.stack_forward
+    proj = 2 if mode == "lstm" else 0
+    args = _stack_args(mode, lengths=[2, 4, 1], masks=True, proj=proj)
+    x, h0, c0, weights = args[:4]
+    names = stack_param_names(mode, 2, True, True, proj)
+    inputs = [t for t in (x, h0, c0, *weights) if t is not None]
+    full = dict(zip(["x", "h0", "c0"][: len(inputs) - len(weights)] + names,
+                    _gradients(run(*args)[:3], inputs)))  # fmt: skip
+    frozen = {names[0], names[5 if proj else 4], *(n for n in names if n.startswith("bias_hh"))}
+    partly = [w.detach() if name in frozen else w for name, w in zip(names, weights)]
+    trained = [name for name in names if name not in frozen]
+    got = _gradients(run(x, h0, c0, partly, *args[4:])[:3], [w for w in partly if w.requires_grad])
+    assert seen == [[], sorted(frozen)]
+    for name, value in zip(trained, got):
+        assert torch.equal(value, full[name]), name
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_a_cell_steps_frozen_weights_are_not_differentiated(mode, monkeypatch):
+    """The cells' eager step: a weight that needs no gradient is ``frozen`` in the one-layer
+    backward, and the other gradients keep their bits."""
+    seen = _spy_frozen(monkeypatch, f"{mode}_backward")
+    torch.manual_seed(1)
+    G = GATES[mode] * H
+    weights = [torch.randn(G, I), torch.randn(G, H), torch.randn(G), torch.randn(G)]
+    weights = [w.double().requires_grad_() for w in weights]
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if mode == "lstm" else None
+    options = (mode, True, True, "tanh", True)
+
+    def step(weights):  # (h', c'), c' None unless LSTM
+        return [s for s in _ops.run_cell(x, h0, c0, weights, *options) if s is not None]
+
+    full = _gradients(step(weights), weights)
+    partly = [weights[0], weights[1].detach(), weights[2].detach(), weights[3]]
+    got = _gradients(step(partly), [partly[0], partly[3]])
+    assert seen == [[], ["bias_ih", "weight_hh"]]
+    assert torch.equal(got[0], full[0]) and torch.equal(got[1], full[3])
 
 
 def test_eager_attention_equals_the_operator_bit_for_bit():

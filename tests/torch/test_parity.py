@@ -99,6 +99,28 @@ def test_gradients_through_one_output(name, used):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", STACK_CASES, ids=case_id)
+def test_frozen_parameters_equal_torch(case, dtype):
+    """Parameters set to requires_grad=False (every other one: weights and biases, layers and
+    directions) keep no gradient, as torch.nn's, and the rest equal torch.nn's."""
+    reference, fused = twins(*case, dtype)
+    for module in (reference, fused):
+        for parameter in list(module.parameters())[::2]:
+            parameter.requires_grad_(False)
+
+    results = []
+    for module in (reference, fused):  # a training step's backward, into .grad
+        torch.manual_seed(1)
+        x = _input(module, True, dtype)
+        outputs = flat(module(x))
+        sum(o.square().sum() for o in outputs).backward()
+        results.append([x.grad] + [p.grad for p in module.parameters()])
+    assert [g is None for g in results[1]] == [g is None for g in results[0]]
+    assert sum(g is None for g in results[0]) == len(list(fused.parameters())[::2])
+    assert_close_all(*([g for g in grads if g is not None] for grads in results[::-1]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", STACK_CASES, ids=case_id)
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no-hx"])
 def test_stack_without_gradients_equals_torch(case, dtype, batched, with_hx):

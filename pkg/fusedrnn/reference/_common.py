@@ -9,8 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._checks import check_lengths
-from .._spec import GATES  # gate blocks of H rows each in weight_ih / weight_hh
+from .._checks import check_frozen, check_lengths
+from .._spec import (
+    CELL_PARAMETERS,
+    GATES,  # gate blocks of H rows each in weight_ih / weight_hh
+)
 
 # The workspace layout per cell (docs/kernels.md): a gates part (T, B, GATES*H) then a second
 # part (T, B, SAVED*H).
@@ -238,3 +241,33 @@ def grads_or_zeros(
     if weight_hr is not None:
         fresh["weight_hr"] = np.zeros_like(weight_hr)
     return fresh
+
+
+def frozen_names(frozen: object, weight_hr=None, weight_peephole=None) -> frozenset:
+    """``frozen`` checked against a one-layer call's parameters: ``CELL_PARAMETERS``, and
+    ``weight_hr`` / ``weight_peephole`` when the call has them."""
+    names = CELL_PARAMETERS + ("weight_hr",) * (weight_hr is not None)
+    return check_frozen(frozen, names + ("weight_peephole",) * (weight_peephole is not None))
+
+
+def keep_wanted(
+    computed: dict[str, np.ndarray], given: dict[str, np.ndarray] | None, frozen: frozenset
+) -> dict[str, np.ndarray]:
+    """The gradients a backward returns when ``frozen`` names some that are not wanted.
+
+    The reference computes every gradient (into ``computed``, fresh when ``frozen`` is not
+    empty) and drops the frozen ones: the wanted ones are added into ``given`` (whose arrays for
+    frozen parameters stay untouched), or returned on their own. Without frozen parameters
+    ``computed`` is ``given`` or fresh, and is returned as it is.
+    """
+    if not frozen:
+        return computed
+    wanted = {name: value for name, value in computed.items() if name not in frozen}
+    if given is None:
+        return wanted
+    for name, value in wanted.items():
+        if name in given:
+            given[name] += value
+        else:
+            given[name] = value
+    return given

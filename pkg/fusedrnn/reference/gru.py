@@ -38,9 +38,11 @@ from ._common import (
     check_shapes,
     dsigmoid,
     dtanh,
+    frozen_names,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    keep_wanted,
     lengths_or_full,
     linear,
     new_workspace,
@@ -177,6 +179,7 @@ def gru_backward(
     options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
+    frozen=(),
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``gru_forward``.
 
@@ -204,6 +207,10 @@ def gru_backward(
     input_grad : bool
         False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
         kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
+    frozen : collection of str
+        Names of parameters whose gradients are not wanted (PyTorch's ``requires_grad=False``):
+        they are absent from the returned dict, and a given ``grads`` keeps its arrays for them
+        untouched. (The fused kernels skip their GEMMs; the reference computes and drops them.)
 
     Returns
     -------
@@ -217,6 +224,7 @@ def gru_backward(
         "gru", x, h0, weight_ih=weight_ih, weight_hh=weight_hh, y=y, dy=dy, dh_n=dh_n
     )
     lengths = lengths_or_full(lengths, T, B)
+    frozen = frozen_names(frozen)
     valid = valid_steps(lengths, T)
     saved_gates, saved_hn_or_rh = split_workspace(workspace, "gru", T, B, H, x.dtype)
     # everything below in step order (the order the forward ran its steps)
@@ -267,7 +275,8 @@ def gru_backward(
         # forward: h = advance(valid[t], h_new, h)
         dh = advance(valid[t], dh_prev, dh)
 
-    grads = grads_or_zeros(grads, weight_ih, weight_hh)
+    given = grads
+    grads = grads_or_zeros(None if frozen else grads, weight_ih, weight_hh)
     h_in = h_prev if scale is None else h_prev * scale
     # forward: h_r, h_z = np.split(linear(h_in, W_hrz, b_hrz), 2, axis=1), for all t
     accumulate_linear(
@@ -282,7 +291,7 @@ def gru_backward(
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_x_proj)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_x_proj @ weight_ih), lengths, reverse)
-    return (dx if input_grad else None), dh, grads
+    return (dx if input_grad else None), dh, keep_wanted(grads, given, frozen)
 
 
 def _times(a: np.ndarray, scale: np.ndarray | None) -> np.ndarray:

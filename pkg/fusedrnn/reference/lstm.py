@@ -39,9 +39,11 @@ from ._common import (
     check_shapes,
     dsigmoid,
     dtanh,
+    frozen_names,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    keep_wanted,
     lengths_or_full,
     linear,
     new_workspace,
@@ -206,6 +208,7 @@ def lstm_backward(
     options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
+    frozen=(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``lstm_forward``.
 
@@ -234,6 +237,10 @@ def lstm_backward(
     input_grad : bool
         False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
         kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
+    frozen : collection of str
+        Names of parameters whose gradients are not wanted (PyTorch's ``requires_grad=False``):
+        they are absent from the returned dict, and a given ``grads`` keeps its arrays for them
+        untouched. (The fused kernels skip their GEMMs; the reference computes and drops them.)
 
     Returns
     -------
@@ -258,6 +265,7 @@ def lstm_backward(
         dc_n=dc_n,
     )
     lengths = lengths_or_full(lengths, T, B)
+    frozen = frozen_names(frozen, weight_hr, weight_peephole)
     valid = valid_steps(lengths, T)
     P = h0.shape[1]
     saved_gates, saved_c = split_workspace(workspace, "lstm", T, B, H, x.dtype)
@@ -321,7 +329,8 @@ def lstm_backward(
             dc_prev = dc_prev + d_pre_i * peepholes[0] + d_pre_f * peepholes[1]
         dc = advance(valid[t], dc_prev + dc_keep, dc)
 
-    grads = grads_or_zeros(grads, weight_ih, weight_hh, weight_hr)
+    given = grads
+    grads = grads_or_zeros(None if frozen else grads, weight_ih, weight_hh, weight_hr)
     if weight_hr is not None:
         # forward: h_new = (o * np.tanh(c_new)) @ weight_hr.T, for all t (zero where padded)
         o = np.split(gates, 4, axis=2)[3]
@@ -349,7 +358,7 @@ def lstm_backward(
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
-    return (dx if input_grad else None), dh, dc, grads
+    return (dx if input_grad else None), dh, dc, keep_wanted(grads, given, frozen)
 
 
 def _gates_and_slopes(saved: np.ndarray, c_new: np.ndarray, options: CellOptions | None) -> tuple:

@@ -24,9 +24,11 @@ from ._common import (
     advance,
     check_shapes,
     dtanh,
+    frozen_names,
     grad_or_zeros,
     grads_or_zeros,
     in_step_order,
+    keep_wanted,
     lengths_or_full,
     linear,
     new_workspace,
@@ -149,6 +151,7 @@ def rnn_backward(
     reverse: bool = False,
     options: CellOptions | None = None,
     input_grad: bool = True,
+    frozen=(),
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backpropagate through ``rnn_forward``.
 
@@ -176,6 +179,10 @@ def rnn_backward(
     input_grad : bool
         False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
         kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
+    frozen : collection of str
+        Names of parameters whose gradients are not wanted (PyTorch's ``requires_grad=False``):
+        they are absent from the returned dict, and a given ``grads`` keeps its arrays for them
+        untouched. (The fused kernels skip their GEMMs; the reference computes and drops them.)
 
     Returns
     -------
@@ -199,6 +206,7 @@ def rnn_backward(
             f"{None if workspace is None else (workspace.shape, workspace.dtype)}"
         )
     lengths = lengths_or_full(lengths, T, B)
+    frozen = frozen_names(frozen)
     valid = valid_steps(lengths, T)
     # everything below in step order (the order the forward ran its steps)
     # padded steps are no input: whatever x holds there (np.empty garbage, NaN) must not
@@ -221,11 +229,12 @@ def rnn_backward(
         # forward: h = advance(valid[t], h_new, h)
         dh = advance(valid[t], d_pre[t] @ weight_hh, dh)
 
-    grads = grads_or_zeros(grads, weight_ih, weight_hh)
+    given = grads
+    grads = grads_or_zeros(None if frozen else grads, weight_ih, weight_hh)
     # forward: h = act(x_proj[t] + linear(h, weight_hh, bias_hh)), for all t
     accumulate_linear(grads["weight_hh"], grads["bias_hh"], h_prev, d_pre)
     # forward: x_proj = linear(x, weight_ih, bias_ih)
     accumulate_linear(grads["weight_ih"], grads["bias_ih"], x, d_pre)
     # zero at padded steps (the contract), also when weight_ih holds NaN / Inf
     dx = in_step_order(only_valid(valid, d_pre @ weight_ih), lengths, reverse)
-    return (dx if input_grad else None), dh, grads
+    return (dx if input_grad else None), dh, keep_wanted(grads, given, frozen)

@@ -22,12 +22,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._cell_options import CellOptions, cell_options
-from .._checks import check_choice, check_lengths, check_size
+from .._checks import check_choice, check_frozen, check_lengths, check_size, stack_grads_or_zeros
 from .._half import HalfWeights, inference_weights_dtype, rounded_params
 from .._recurrent_noise import RecurrentNoise
 from .._spec import BIASES, GATES, MODES, PEEPHOLE, layer_roles, layer_suffix
 from .._truncation import truncation_steps
-from ._common import grad_or_zeros
+from ._common import grad_or_zeros, keep_wanted
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
@@ -446,6 +446,7 @@ def stack_backward(
     cell_options: CellOptions | None = None,
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
+    frozen=(),
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
@@ -477,6 +478,11 @@ def stack_backward(
         False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
         kernels then skip layer 0's ``dgates @ weight_ih``; the reference computes it and drops
         it.)
+    frozen : collection of str
+        Names of ``params`` whose gradients are not wanted (PyTorch's ``requires_grad=False``):
+        absent from the returned dict; a given ``grads`` need not have them, and what it has for
+        them stays untouched. (The fused kernels skip their GEMMs; the reference computes and
+        drops them.)
 
     Returns
     -------
@@ -504,7 +510,9 @@ def stack_backward(
             raise ValueError(f"dc_n is only for mode='lstm', got mode={mode!r}")
         _check_array("dc_n", dc_n, c0.shape, x.dtype)
     _check_saved(saved, sizes, out_shape)
-    grads = _grads_or_zeros(grads, params)
+    frozen = check_frozen(frozen, tuple(params))
+    given = _grads_or_zeros(grads, params, frozen)
+    grads = _grads_or_zeros(None, params) if frozen else given  # (frozen: computed, dropped)
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
 
     dy = grad_or_zeros(dy, out_shape, x.dtype)
@@ -538,7 +546,7 @@ def stack_backward(
             k2,
             k1,
         )
-        return (dx if input_grad else None), dh0, dc0, grads
+        return (dx if input_grad else None), dh0, dc0, keep_wanted(grads, given, frozen)
     options = {"lengths": lengths, "reset_after": reset_after, "nonlinearity": nonlinearity}
     dh0 = np.zeros_like(h0)
     dc0 = None if c0 is None else np.zeros_like(c0)
@@ -574,7 +582,7 @@ def stack_backward(
             d_input += dx_d  # both directions read the same input
         if k > 0:
             d_output = _dropped(d_input, dropout_masks, k - 1)
-    return (d_input if input_grad else None), dh0, dc0, grads
+    return (d_input if input_grad else None), dh0, dc0, keep_wanted(grads, given, frozen)
 
 
 def _check_saved(saved: StackSaved | None, sizes: _Sizes, out_shape: tuple[int, ...]) -> None:
@@ -597,20 +605,16 @@ def _check_saved(saved: StackSaved | None, sizes: _Sizes, out_shape: tuple[int, 
 
 
 def _grads_or_zeros(
-    grads: dict[str, np.ndarray] | None, params: Mapping[str, np.ndarray]
+    grads: dict[str, np.ndarray] | None,
+    params: Mapping[str, np.ndarray],
+    frozen: frozenset = frozenset(),
 ) -> dict[str, np.ndarray]:
-    """``grads`` checked against ``params`` (same keys, shapes, dtypes), or fresh zeros."""
-    if grads is None:
-        return {name: np.zeros_like(value) for name, value in params.items()}
-    if not isinstance(grads, Mapping):
-        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    if set(grads) != set(params):
-        raise ValueError(
-            f"grads must have exactly the keys of params; missing "
-            f"{sorted(set(params) - set(grads))}, unexpected {sorted(set(grads) - set(params))}"
-        )
+    """``grads`` checked against ``params`` (same keys but for frozen ones, shapes, dtypes), or
+    fresh zeros for every parameter not frozen."""
+    grads = stack_grads_or_zeros(grads, params, frozen)
     for name, value in params.items():
-        _check_array(f"grads[{name!r}]", grads[name], value.shape, value.dtype)
+        if name in grads:
+            _check_array(f"grads[{name!r}]", grads[name], value.shape, value.dtype)
     return grads
 
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from fusedrnn import _config, _core, functional
-from fusedrnn._spec import GATES, num_directions, stack_param_names
+from fusedrnn._spec import CELL_PARAMETERS, GATES, num_directions, stack_param_names
 
 Tensor = torch.Tensor
 
@@ -223,10 +223,12 @@ def _stack_backward_impl(
     reset_after: bool,
     nonlinearity: str,
     input_grad: bool = True,
+    weight_grads: list[bool] | None = None,
 ) -> list[Tensor]:
     """`fusedrnn.functional.stack_backward` on tensors: ``[dx, dh0, dc0, *dweights]`` (dc0 is
     empty unless LSTM; dx empty when not ``input_grad``), the arguments of `stack_forward` plus
-    what it returned."""
+    what it returned. ``weight_grads``: which of ``weights`` want a gradient (None: all); the
+    others' are not computed (their GEMMs skipped) and come back empty."""
     use_torch_threads()
     x_array = as_array(x)
     lengths_array = as_array(lengths)
@@ -254,10 +256,20 @@ def _stack_backward_impl(
         nonlinearity=nonlinearity,
         proj_size=proj_size,
         input_grad=input_grad,
+        frozen=_frozen_names(params, weight_grads),
     )
     return [as_tensor(dx, x), as_tensor(dh0, x), as_tensor(dc0, x)] + [
-        as_tensor(grads[name], x) for name in params
+        as_tensor(grads.get(name), x) for name in params
     ]
+
+
+def _frozen_names(names, wanted: list[bool] | None) -> list[str]:
+    """The parameter names (in the weights' order) whose flag in ``wanted`` is False."""
+    if wanted is None:
+        return []
+    if len(wanted) != len(names):
+        raise ValueError(f"weight_grads must hold {len(names)} flags, got {len(wanted)}")
+    return [name for name, flag in zip(names, wanted) if not flag]
 
 
 stack_backward = torch.library.custom_op(
@@ -268,10 +280,12 @@ stack_backward = torch.library.custom_op(
 @stack_backward.register_fake
 def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, mode,
       num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity,
-      input_grad=True):  # fmt: skip
+      input_grad=True, weight_grads=None):  # fmt: skip
     dc0 = torch.empty_like(c0) if c0 is not None else x.new_empty(0)
     dx = torch.empty_like(x) if input_grad else x.new_empty(0)
-    return [dx, torch.empty_like(h0), dc0] + [torch.empty_like(w) for w in weights]
+    wanted = [True] * len(weights) if weight_grads is None else weight_grads
+    dweights = [torch.empty_like(w) if flag else x.new_empty(0) for w, flag in zip(weights, wanted)]
+    return [dx, torch.empty_like(h0), dc0, *dweights]
 
 
 def _backward_function(ctx, operator):
@@ -300,7 +314,9 @@ def _stack_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, h0, c0, lengths, masks, y, workspace, *weights)
 
 
-def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace):
+def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace, weights_need_grad=None):
+    """The gradients of a stack's forward. ``weights_need_grad``: autograd's flags for the
+    weights (None: the operator's, whose weights are one list argument)."""
     if not ctx.training:
         raise RuntimeError(
             "fusedrnn::stack_forward ran with training=False, which saves nothing for "
@@ -311,11 +327,15 @@ def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace):
     # x is the first input of the operator and of _EagerStack and _FuncStack alike. An x that
     # needs no gradient (data) spares layer 0's dgates W_ih, a quarter of its GEMM work.
     input_grad = ctx.needs_input_grad[0]
+    # A frozen weight (requires_grad=False) spares its dW GEMM, about a quarter of the backward.
+    wanted = [bool(flag) for flag in (weights_need_grad or ctx.needs_input_grad[3])]
+    weight_grads = None if all(wanted) else wanted
     dx, dh0, dc0, *dweights = _backward_function(ctx, stack_backward)(
         x, h0, c0, weights, lengths, masks, y, workspace, dy, dh_n,
-        dc_n if mode == "lstm" else None, *ctx.config, input_grad,
+        dc_n if mode == "lstm" else None, *ctx.config, input_grad, weight_grads,
     )  # fmt: skip
     dx = dx if input_grad else None
+    dweights = [d if flag else None for d, flag in zip(dweights, wanted)]
     return dx, dh0, (dc0 if mode == "lstm" else None), dweights, None, None, *[None] * 8
 
 
@@ -541,7 +561,9 @@ class _FuncStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, dworkspace):
-        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(ctx, dy, dh_n, dc_n, dworkspace)
+        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(
+            ctx, dy, dh_n, dc_n, dworkspace, ctx.needs_input_grad[6:]
+        )
         return dx, dh0, dc0, None, None, None, *dweights
 
     @staticmethod
@@ -649,7 +671,9 @@ class _EagerStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, dworkspace):
-        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(ctx, dy, dh_n, dc_n, dworkspace)
+        dx, dh0, dc0, dweights, *_ = _stack_backward_formula(
+            ctx, dy, dh_n, dc_n, dworkspace, ctx.needs_input_grad[6:]
+        )
         return dx, dh0, dc0, None, None, None, *dweights
 
     jvp = _FuncStack.jvp  # (torch.autograd.forward_ad's dual tensors)
@@ -711,31 +735,30 @@ class _EagerCell(torch.autograd.Function):
         xs, h, c, w = ctx.arrays
         y, workspace = ctx.outputs
         dh_n = as_array(dh)  # (None: no gradient of h', read as zeros)
-        # an x that needs no gradient (data) spares dgates W_ih, a quarter of the GEMM work
+        # an x that needs no gradient (data) spares dgates W_ih, a quarter of the GEMM work;
+        # a frozen weight (requires_grad=False) its dW GEMM. Without bias the kernel's zero
+        # biases need no gradient either.
         input_grad = ctx.needs_input_grad[0]
+        names = CELL_PARAMETERS if bias else CELL_PARAMETERS[:2]
+        frozen = _frozen_names(CELL_PARAMETERS, [*ctx.needs_input_grad[4:], False, False][:4])
+        kw = {"input_grad": input_grad, "frozen": frozen}
         if mode == "lstm":
             dx, dh0, dc0, grads = functional.lstm_backward(
-                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=as_array(dc),
-                input_grad=input_grad,
-            )  # fmt: skip
+                xs, h, c, w[0], w[1], y, workspace, dh_n=dh_n, dc_n=as_array(dc), **kw
+            )
         elif mode == "gru":
             dx, dh0, grads = functional.gru_backward(
-                xs, h, *w[:2], y, workspace, dh_n=dh_n, reset_after=reset_after,
-                input_grad=input_grad,
-            )  # fmt: skip
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, reset_after=reset_after, **kw
+            )
             dc0 = None
         else:
             dx, dh0, grads = functional.rnn_backward(
-                xs, h, *w[:2], y, workspace, dh_n=dh_n, nonlinearity=nonlinearity,
-                input_grad=input_grad,
-            )  # fmt: skip
+                xs, h, *w[:2], y, workspace, dh_n=dh_n, nonlinearity=nonlinearity, **kw
+            )
             dc0 = None
-        names = (
-            ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
-        )
         results = [None if dx is None else torch.from_numpy(dx[0]), torch.from_numpy(dh0)]
         results += [None if dc0 is None else torch.from_numpy(dc0)]
-        results += [torch.from_numpy(grads[name]) for name in names]
+        results += [torch.from_numpy(grads[name]) if name in grads else None for name in names]
         if torch.is_grad_enabled():  # create_graph=True: these gradients have no derivative
             results = list(_NoDerivative.apply(len(results), *results, *saved))
         return results[0], results[1], results[2], None, *results[3:]
