@@ -135,6 +135,8 @@ struct LayerGrads {
   // them (=) instead of adding, which saves zero-filling them first (8 MiB for an LSTMCell(512)).
   // Only for a call with T*B > 0, whose backward writes every element.
   bool fresh = false;
+
+  bool any_wanted() const { return dw_ih || dw_hh || db_ih || db_hh || dw_hr || dpeephole; }
 };
 
 template <typename T>

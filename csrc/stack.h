@@ -94,6 +94,10 @@ struct StackBackwardArgs {
   StackShape shape;
   int64_t truncate = 0;  // k2; 0: full backpropagation through time
   int64_t stride = 0;    // k1, in 1..truncate when truncate > 0
+  // false: dh0 / dc0 are not wanted (their contents are then unspecified). With dx null too, the
+  // layers below the lowest one with a parameter gradient wanted give nothing anyone wants, and
+  // are skipped (a fine-tuned top over frozen layers on data).
+  bool state_grads = true;
 };
 
 template <typename T>

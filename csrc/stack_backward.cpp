@@ -61,16 +61,35 @@ void rows_ending_in(T* dst, const T* src, int64_t width, const int64_t* lengths,
   }
 }
 
+// The lowest layer whose backward runs: 0 when dx or the initial states' gradients are wanted,
+// else the lowest layer with a parameter gradient wanted (the layers below it give nothing that
+// anyone wants); the layer count when nothing is wanted at all.
+template <typename T>
+int64_t lowest_layer_wanted(const StackBackwardArgs<T>& a) {
+  if (a.dx || a.state_grads) return 0;
+  const int64_t D = a.shape.directions;
+  for (int64_t k = 0; k < a.shape.layers * D; ++k)
+    if (a.grads[k].any_wanted()) return k / D;
+  return a.shape.layers;
+}
+
+// Whether layer l's backward computes the gradient of its input: wanted by a layer below, or as
+// dx (layer `lowest`, the lowest that runs, computes none unless it is layer 0 and dx is wanted).
+template <typename T>
+bool input_gradient_wanted(const StackBackwardArgs<T>& a, int64_t l, int64_t lowest) {
+  return l > lowest || a.dx;
+}
+
 // What the backward of layer l, direction d's cell takes from the stack's arrays: its weights,
 // gradients, workspace and scratch, and its input gradient's buffer (the other arguments depend
 // on the span of steps it runs).
 template <typename T>
 CellBackwardArgs<T> layer_backward_args(const StackBackwardArgs<T>& a, int64_t l, int64_t d,
-                                        const SavedLayout<const T>& here,
+                                        int64_t lowest, const SavedLayout<const T>& here,
                                         const BackwardScratch<T>& b) {
   const int64_t k = l * a.shape.directions + d;
   CellBackwardArgs<T> cell;
-  cell.dx = l == 0 && !a.dx ? nullptr : b.dx[d];  // (no dx wanted: layer 0 computes none)
+  cell.dx = input_gradient_wanted(a, l, lowest) ? b.dx[d] : nullptr;
   cell.g = a.grads[k];
   cell.w = a.in.weights[k];
   cell.workspace = here.workspace[d];
@@ -94,6 +113,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
   if (a.dx) copy_or_zero<T>(a.dx, nullptr, TB * s.input);
   copy_or_zero<T>(a.dh0, nullptr, s.layers * B * R);
   if (lstm) copy_or_zero<T>(a.dc0, nullptr, s.layers * B * H);
+  const int64_t lowest = lowest_layer_wanted(a);
   for (int64_t chunk_begin = (T_ - 1) / k1 * k1; chunk_begin >= 0; chunk_begin -= k1) {
     const int64_t end = std::min(chunk_begin + k1, T_);
     const int64_t begin = std::max<int64_t>(0, chunk_begin - (k2 - k1));  // the span
@@ -101,7 +121,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
     // The gradient of this chunk's outputs; the look-back steps before the chunk have none.
     copy_or_zero(b.d_output, a.dy ? a.dy + begin * B * R : nullptr, n * B * R);
     zero_rows(b.d_output, 0, (chunk_begin - begin) * B, R);
-    for (int64_t l = s.layers - 1; l >= 0; --l) {
+    for (int64_t l = s.layers - 1; l >= lowest; --l) {
       const SavedLayout<const T> here = saved_layout(a.saved, s, l);
       const int64_t in_size = s.layer_input(l);
       const T* in = l == 0 ? a.in.x : here.layer_input;
@@ -116,7 +136,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
       if (lstm)
         rows_ending_in(b.dc_end, a.dc_n ? a.dc_n + l * B * H : nullptr, H, a.in.lengths, T_, B,
                        chunk_begin, end);
-      CellBackwardArgs<T> cell = layer_backward_args(a, l, 0, here, b);
+      CellBackwardArgs<T> cell = layer_backward_args(a, l, 0, lowest, here, b);
       cell.dh0 = b.dh_start;  // the state gradients at the span's two ends
       cell.dc0 = lstm ? b.dc_start : nullptr;
       cell.dy = b.d_output;
@@ -134,7 +154,7 @@ void truncated_backward(const StackBackwardArgs<T>& a, const BackwardScratch<T>&
         add_into(a.dh0 + l * B * R, b.dh_start, B * R);
         if (lstm) add_into(a.dc0 + l * B * H, b.dc_start, B * H);
       }
-      if (l > 0) {
+      if (l > lowest) {
         // forward: input of layer l = output of layer l-1 times its dropout mask
         const T* mask =
             a.in.dropout_masks ? a.in.dropout_masks + (l - 1) * TB * R + begin * B * R : nullptr;
@@ -163,7 +183,8 @@ void stack_backward(const StackBackwardArgs<T>& a) {
   }
 
   copy_or_zero(b.d_output, a.dy, TB * width);
-  for (int64_t l = s.layers - 1; l >= 0; --l) {
+  const int64_t lowest = lowest_layer_wanted(a);
+  for (int64_t l = s.layers - 1; l >= lowest; --l) {
     const SavedLayout<const T> here = saved_layout(a.saved, s, l);
     const int64_t in_size = s.layer_input(l);
     const T* in = l == 0 ? a.in.x : here.layer_input;
@@ -179,7 +200,7 @@ void stack_backward(const StackBackwardArgs<T>& a) {
                                      s.steps, B, true);
         x_d = b.reversed_input;
       }
-      CellBackwardArgs<T> cell = layer_backward_args(a, l, d, here, b);
+      CellBackwardArgs<T> cell = layer_backward_args(a, l, d, lowest, here, b);
       cell.dh0 = a.dh0 + k * B * R;
       cell.dc0 = lstm ? a.dc0 + k * B * H : nullptr;
       cell.dy = b.dy[d];
@@ -193,7 +214,7 @@ void stack_backward(const StackBackwardArgs<T>& a) {
       cell.shape = s.layer_cell(l, s.steps, d);
       cell_backward(s.cell, cell);
     });
-    if (!d_in) break;  // layer 0, whose dx is not wanted
+    if (!input_gradient_wanted(a, l, lowest)) break;
     // Both directions read the same input: their gradients add up.
     copy_processing_order<false>(d_in, in_size, b.dx[0], in_size, in_size, a.in.lengths, s.steps, B,
                                  false);

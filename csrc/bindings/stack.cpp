@@ -393,7 +393,7 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
                             int64_t num_layers, bool bidirectional, int64_t hidden, int64_t proj,
                             bool reset_after, const std::string& nonlinearity, int64_t truncate,
                             int64_t stride, py::handle cell_options, py::handle noise,
-                            bool input_grad) {
+                            bool input_grad, bool state_grad) {
   if (truncate < 0 || stride < 0 || (truncate && (stride < 1 || stride > truncate)))
     throw py::value_error(
         "truncate and truncate_stride must satisfy 1 <= truncate_stride <= "
@@ -447,8 +447,12 @@ py::tuple stack_backward_py(const std::string& mode, py::handle x, py::handle h0
     k.shape = s;
     k.truncate = truncate;
     k.stride = stride;
+    k.state_grads = state_grad;
     stack_backward(k);
   });
+  // state_grad false: dh0 and dc0 are not wanted (None; the layers below the lowest one with a
+  // parameter gradient are skipped when dx is not wanted either)
+  if (!state_grad) return py::make_tuple(dx, py::none(), py::none());
   return py::make_tuple(dx, dh0, dc0);
 }
 
@@ -505,7 +509,8 @@ void bind_stack(py::module_& m) {
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,
         "reset_after"_a, "nonlinearity"_a, "truncate"_a = 0, "truncate_stride"_a = 0,
-        "cell_options"_a = py::none(), "noise"_a = py::none(), "input_grad"_a = true);
+        "cell_options"_a = py::none(), "noise"_a = py::none(), "input_grad"_a = true,
+        "state_grad"_a = true);
 }
 
 }  // namespace fusedrnn

@@ -429,6 +429,7 @@ def stack_backward(
     cell_options: typing.Any = None,
     noise: typing.Any = None,
     input_grad: bool = True,
+    state_grad: bool = True,
 ) -> tuple: ...
 def stack_forward(
     mode: str,

@@ -688,6 +688,7 @@ def stack_backward(
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
     frozen=(),
+    state_grad: bool = True,
 ):
     """Gradients of `stack_forward`: returns ``(dx, dh0, dc0, grads)``.
 
@@ -710,6 +711,11 @@ def stack_backward(
     ``frozen``: names of ``params`` whose gradients are not wanted (PyTorch's
     ``requires_grad=False``): not computed (a frozen weight spares its GEMM), absent from the
     returned dict, and a given ``grads`` need not have them (what it has for them is untouched).
+
+    ``state_grad=False``: the initial states' gradients are not wanted (``hx`` is None or
+    constant); dh0 and dc0 are None. With ``input_grad=False`` too, the layers below the lowest
+    one with a parameter gradient wanted are not differentiated at all (fine-tuning the top of a
+    stack whose lower layers are frozen).
     """
     k2, k1 = truncation_steps(truncate, truncate_stride, bidirectional)
     workspace = None
@@ -757,6 +763,7 @@ def stack_backward(
         _kernel_options(cell_options),
         _noise_args(noise, call.packing),
         bool(input_grad),
+        bool(state_grad),
     )
     if packing is not None:
         dx, dh0, dc0 = packing.unsort(dx), packing.unsort(dh0), packing.unsort(dc0)

@@ -2,8 +2,9 @@
 fused kernels skip those gradients' GEMMs and the reference drops them. Every other gradient, and
 dx, dh0, dc0, keep the bits of the call that computes everything: one-layer cells (one step and a
 sequence) and stacks (layers, directions, lengths, projections, peepholes, recurrent noise,
-truncation), both backends; a given ``grads`` keeps its arrays for frozen parameters untouched;
-bad names are errors naming them."""
+truncation; without dx and the states' gradients, where frozen bottom layers are skipped), both
+backends. A given ``grads`` keeps its arrays for frozen parameters untouched; bad names are
+errors naming them."""
 
 from __future__ import annotations
 
@@ -127,12 +128,18 @@ STACK_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("input_grad", [True, False], ids=["dx", "no_dx"])
+@pytest.mark.parametrize(
+    ("input_grad", "state_grad"),
+    [(True, True), (False, True), (False, False)],
+    ids=["dx", "no_dx", "no_dx_no_states"],
+)
 @pytest.mark.parametrize("backend", BACKENDS, ids=BACKEND_IDS)
 @pytest.mark.parametrize(("case", "choice"), STACK_PARAMS)
 def test_stack_frozen_gradients_are_absent_and_the_others_keep_their_bits(
-    case, choice, backend, input_grad, threading_mode
+    case, choice, backend, input_grad, state_grad, threading_mode
 ):
+    """Also without dx and the states' gradients (``state_grad=False``), where the fused stack
+    skips the layers below the lowest one with a gradient wanted (a frozen bottom layer)."""
     mode, x, hx, params, layers, kw = case
     frozen = _frozen_choices(params)[choice]
     forward_kw = {k: v for k, v in kw.items() if k != "truncate"}
@@ -140,13 +147,17 @@ def test_stack_frozen_gradients_are_absent_and_the_others_keep_their_bits(
     dy = np.random.default_rng(5).standard_normal(y.shape)
     full = backend.stack_backward(mode, x, hx, params, layers, y, saved, dy, **kw)
     part = backend.stack_backward(
-        mode, x, hx, params, layers, y, saved, dy, frozen=frozen, input_grad=input_grad, **kw
-    )
+        mode, x, hx, params, layers, y, saved, dy, frozen=frozen, input_grad=input_grad,
+        state_grad=state_grad, **kw,
+    )  # fmt: skip
     assert (part[0] is None) != input_grad
     if input_grad:
         np.testing.assert_array_equal(part[0], full[0], err_msg="dx")
+    if not state_grad:
+        assert part[1] is None and part[2] is None
     for name, a, b in (("dh0", part[1], full[1]), ("dc0", part[2], full[2])):
-        np.testing.assert_array_equal(a, b, err_msg=name)
+        if state_grad:
+            np.testing.assert_array_equal(a, b, err_msg=name)
     assert set(part[3]) == set(params) - set(frozen)
     for name in part[3]:
         np.testing.assert_array_equal(part[3][name], full[3][name], err_msg=name)
@@ -197,3 +208,13 @@ def test_bad_frozen_names_raise_naming_them(backend, frozen, error, match):
     stack_names = frozen if not isinstance(frozen, list) else [*frozen, "weight_ih_l0"]
     with pytest.raises(error, match=match):
         backend.stack_backward(mode, x, hx, params, layers, y, saved, frozen=stack_names, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=BACKEND_IDS)
+def test_stack_with_nothing_wanted_returns_nothing(backend):
+    """Every parameter frozen, no dx, no states' gradients: nothing to compute, nothing back."""
+    _, (mode, x, hx, params, layers, kw) = next(_stack_cases())
+    y, _, _, saved = backend.stack_forward(mode, x, hx, params, layers, **kw)
+    got = backend.stack_backward(mode, x, hx, params, layers, y, saved, y, frozen=list(params),
+                                 input_grad=False, state_grad=False, **kw)  # fmt: skip
+    assert got == (None, None, None, {})

@@ -263,6 +263,35 @@ def test_weights_that_need_no_grad_are_not_differentiated(mode, path, monkeypatc
         assert torch.equal(value, full[name]), name
 
 
+@pytest.mark.parametrize("path", ["eager", "operator"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_a_frozen_bottom_layer_on_data_with_constant_states_is_skipped(mode, path, monkeypatch):
+    """x data, h0 / c0 constants and layer 0 frozen: the backward is asked for no dx, no
+    states' gradients and none of layer 0's (so the kernel skips layer 0), and layer 1's
+    gradients have the bits of a call that computes everything."""
+    seen = []
+    real = _ops.functional.stack_backward
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["input_grad"], kwargs["state_grad"], sorted(kwargs["frozen"])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_ops.functional, "stack_backward", spy)
+    run = _ops.run_stack if path == "eager" else _ops.stack_forward
+    args = _stack_args(mode, masks=True)
+    x, h0, c0, weights = args[:4]
+    names = stack_param_names(mode, 2, True, True, 0)
+    full = _gradients(run(*args)[:1], weights)
+    layer0 = [name for name in names if name.endswith(("_l0", "_l0_reverse"))]
+    partly = [w.detach() if name in layer0 else w for name, w in zip(names, weights)]
+    constants = [None if t is None else t.detach() for t in (x, h0, c0)]
+    trained = [w for w in partly if w.requires_grad]
+    got = _gradients(run(*constants, partly, *args[4:])[:1], trained)
+    assert seen[-1] == (False, False, sorted(layer0))
+    for value, name in zip(got, [n for n in names if n not in layer0]):
+        assert torch.equal(value, full[names.index(name)]), name
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
 def test_a_cell_steps_frozen_weights_are_not_differentiated(mode, monkeypatch):
     """The cells' eager step: a weight that needs no gradient is ``frozen`` in the one-layer

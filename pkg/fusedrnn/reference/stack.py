@@ -447,7 +447,8 @@ def stack_backward(
     noise: RecurrentNoise | None = None,
     input_grad: bool = True,
     frozen=(),
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    state_grad: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
     """Backpropagate through ``stack_forward``.
 
     Sizes and names as in ``stack_forward``.
@@ -483,14 +484,18 @@ def stack_backward(
         absent from the returned dict; a given ``grads`` need not have them, and what it has for
         them stays untouched. (The fused kernels skip their GEMMs; the reference computes and
         drops them.)
+    state_grad : bool
+        False: the initial states' gradients are not wanted: ``dh0`` and ``dc0`` are None. (With
+        ``input_grad=False`` the fused kernels then skip the layers below the lowest one with a
+        parameter gradient wanted; the reference computes them and drops them.)
 
     Returns
     -------
     dx : (T, B, I) array, or None (``input_grad=False``)
         Zero at padded positions.
-    dh0 : (L*D, B, H_out) array
+    dh0 : (L*D, B, H_out) array, or None (``state_grad=False``)
     dc0 : (L*D, B, H) array or None
-        None for GRU and RNN.
+        None for GRU and RNN, or with ``state_grad=False``.
     grads : dict
         The accumulated (or fresh) parameter gradients, keyed like ``params``.
     """
@@ -546,7 +551,8 @@ def stack_backward(
             k2,
             k1,
         )
-        return (dx if input_grad else None), dh0, dc0, keep_wanted(grads, given, frozen)
+        states = (dh0, dc0) if state_grad else (None, None)
+        return (dx if input_grad else None), *states, keep_wanted(grads, given, frozen)
     options = {"lengths": lengths, "reset_after": reset_after, "nonlinearity": nonlinearity}
     dh0 = np.zeros_like(h0)
     dc0 = None if c0 is None else np.zeros_like(c0)
@@ -582,7 +588,8 @@ def stack_backward(
             d_input += dx_d  # both directions read the same input
         if k > 0:
             d_output = _dropped(d_input, dropout_masks, k - 1)
-    return (d_input if input_grad else None), dh0, dc0, keep_wanted(grads, given, frozen)
+    states = (dh0, dc0) if state_grad else (None, None)
+    return (d_input if input_grad else None), *states, keep_wanted(grads, given, frozen)
 
 
 def _check_saved(saved: StackSaved | None, sizes: _Sizes, out_shape: tuple[int, ...]) -> None:

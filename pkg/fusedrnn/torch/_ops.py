@@ -224,11 +224,14 @@ def _stack_backward_impl(
     nonlinearity: str,
     input_grad: bool = True,
     weight_grads: list[bool] | None = None,
+    state_grad: bool = True,
 ) -> list[Tensor]:
     """`fusedrnn.functional.stack_backward` on tensors: ``[dx, dh0, dc0, *dweights]`` (dc0 is
     empty unless LSTM; dx empty when not ``input_grad``), the arguments of `stack_forward` plus
     what it returned. ``weight_grads``: which of ``weights`` want a gradient (None: all); the
-    others' are not computed (their GEMMs skipped) and come back empty."""
+    others' are not computed (their GEMMs skipped) and come back empty. ``state_grad=False``:
+    dh0 and dc0 are not wanted (empty), and without dx the layers below the lowest one with a
+    gradient wanted are skipped."""
     use_torch_threads()
     x_array = as_array(x)
     lengths_array = as_array(lengths)
@@ -257,6 +260,7 @@ def _stack_backward_impl(
         proj_size=proj_size,
         input_grad=input_grad,
         frozen=_frozen_names(params, weight_grads),
+        state_grad=state_grad,
     )
     return [as_tensor(dx, x), as_tensor(dh0, x), as_tensor(dc0, x)] + [
         as_tensor(grads.get(name), x) for name in params
@@ -280,12 +284,13 @@ stack_backward = torch.library.custom_op(
 @stack_backward.register_fake
 def _(x, h0, c0, weights, lengths, dropout_masks, y, workspace, dy, dh_n, dc_n, mode,
       num_layers, bidirectional, bias, proj_size, reset_after, nonlinearity,
-      input_grad=True, weight_grads=None):  # fmt: skip
-    dc0 = torch.empty_like(c0) if c0 is not None else x.new_empty(0)
+      input_grad=True, weight_grads=None, state_grad=True):  # fmt: skip
+    dc0 = torch.empty_like(c0) if c0 is not None and state_grad else x.new_empty(0)
+    dh0 = torch.empty_like(h0) if state_grad else x.new_empty(0)
     dx = torch.empty_like(x) if input_grad else x.new_empty(0)
     wanted = [True] * len(weights) if weight_grads is None else weight_grads
     dweights = [torch.empty_like(w) if flag else x.new_empty(0) for w, flag in zip(weights, wanted)]
-    return [dx, torch.empty_like(h0), dc0, *dweights]
+    return [dx, dh0, dc0, *dweights]
 
 
 def _backward_function(ctx, operator):
@@ -327,16 +332,20 @@ def _stack_backward_formula(ctx, dy, dh_n, dc_n, _dworkspace, weights_need_grad=
     # x is the first input of the operator and of _EagerStack and _FuncStack alike. An x that
     # needs no gradient (data) spares layer 0's dgates W_ih, a quarter of its GEMM work.
     input_grad = ctx.needs_input_grad[0]
-    # A frozen weight (requires_grad=False) spares its dW GEMM, about a quarter of the backward.
+    # A frozen weight (requires_grad=False) spares its dW GEMM, about a quarter of the backward;
+    # constant initial states (hx None) with data as x spare the layers below the lowest one
+    # whose weights need a gradient.
     wanted = [bool(flag) for flag in (weights_need_grad or ctx.needs_input_grad[3])]
     weight_grads = None if all(wanted) else wanted
+    state_grad = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
     dx, dh0, dc0, *dweights = _backward_function(ctx, stack_backward)(
         x, h0, c0, weights, lengths, masks, y, workspace, dy, dh_n,
-        dc_n if mode == "lstm" else None, *ctx.config, input_grad, weight_grads,
+        dc_n if mode == "lstm" else None, *ctx.config, input_grad, weight_grads, state_grad,
     )  # fmt: skip
     dx = dx if input_grad else None
+    dh0, dc0 = (dh0, dc0 if mode == "lstm" else None) if state_grad else (None, None)
     dweights = [d if flag else None for d, flag in zip(dweights, wanted)]
-    return dx, dh0, (dc0 if mode == "lstm" else None), dweights, None, None, *[None] * 8
+    return dx, dh0, dc0, dweights, None, None, *[None] * 8
 
 
 stack_forward.register_autograd(_stack_backward_formula, setup_context=_stack_setup_context)
