@@ -8,7 +8,9 @@ log-likelihood; backward, ``clip_grad_norm_(0.25)`` and SGD at lr 20; the hidden
 from step to step, detached. emsize = nhid = 200, bptt 35, batch 20, dropout 0.2. Rows: a
 character-level vocabulary (100 symbols, where the recurrent layers are most of the work, also
 with nhid 512) and a word-level one (WikiText-2's 33,278 words, where the decoder's GEMM is
-about ten times the recurrent work).
+about ten times the recurrent work). Fine-tuning rows freeze the embedding and the recurrent
+layer 0 (``requires_grad_(False)``): only layer 1 and the decoder train, and nothing below
+layer 1 needs a gradient.
 
 Each row builds the model twice from one seed, once with ``torch.nn``'s layer and once converted
 with `fusedrnn.torch.convert`, checks that one step without dropout gives the same loss and
@@ -50,13 +52,15 @@ class TrainingCase:
     nhid: int
     bptt: int = BPTT
     batch: int = BATCH
+    frozen_bottom: bool = False  # the embedding and layer 0 frozen (fine-tuning the top)
 
     @property
     def label(self) -> str:
         shape = (
             "" if (self.bptt, self.batch) == (BPTT, BATCH) else f" bptt={self.bptt} B={self.batch}"
         )
-        return f"{self.level}-level {self.cell} vocab={self.vocab} nhid={self.nhid}{shape}"
+        frozen = ", layer 0 frozen" if self.frozen_bottom else ""
+        return f"{self.level}-level {self.cell} vocab={self.vocab} nhid={self.nhid}{shape}{frozen}"
 
     @property
     def family(self) -> str:  # "lstm" or "gru": what --only names
@@ -89,6 +93,8 @@ CASES = (
     TrainingCase("char", "GRU", 100, 512),
     TrainingCase("word", "LSTM", 33278, 200),
     TrainingCase("word", "GRU", 33278, 200),
+    TrainingCase("char", "LSTM", 100, 200, frozen_bottom=True),
+    TrainingCase("char", "GRU", 100, 200, frozen_bottom=True),
     CellLoopCase("LSTMCell", 256),
     CellLoopCase("LSTMCell", 512),
     CellLoopCase("GRUCell", 256),
@@ -130,7 +136,12 @@ def make_model(torch: ModuleType, case: TrainingCase, dropout: float, dtype):
             return torch.nn.functional.log_softmax(decoded, dim=1), hidden
 
     torch.manual_seed(0)
-    return RNNModel().to(dtype)
+    model = RNNModel().to(dtype)
+    if case.frozen_bottom:
+        for name, parameter in model.named_parameters():
+            if name.startswith("encoder.") or name.endswith("_l0"):
+                parameter.requires_grad_(False)
+    return model
 
 
 def _initial_hidden(torch: ModuleType, case: TrainingCase, dtype):
@@ -163,7 +174,8 @@ class _Trainer:
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         if update:
             for p in model.parameters():
-                p.data.add_(p.grad, alpha=-LR)
+                if p.grad is not None:  # (a frozen parameter has none)
+                    p.data.add_(p.grad, alpha=-LR)
         return loss
 
 
@@ -221,7 +233,8 @@ def check_case(torch: ModuleType, case, dtype) -> float:
     for fused in (False, True):
         trainer = _trainer(torch, case, fused, dtype, 0.0)
         loss = trainer.step(update=False)
-        results.append([loss.detach(), *(p.grad for p in trainer.model.parameters())])
+        grads = (p.grad for p in trainer.model.parameters() if p.requires_grad)
+        results.append([loss.detach(), *grads])
     return max(
         float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
         for a, b in zip(results[1], results[0])
