@@ -292,6 +292,7 @@ def run(
     load_at_start = os.getloadavg()[0]
     with thread_limit(threads, torch):
         rows = [run_case(torch, case, torch_dtype, repeats) for case in cases]
+    width = max([40, *(len(row.case.label) for row in rows)])  # of the model column
     lines = [
         f"# fusedrnn bench --torch-training, "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {dtype.name}",
@@ -308,7 +309,7 @@ def run(
         f"pair's ratio (a torch.nn step / the fusedrnn step after it); check: largest relative "
         f"difference of the loss and gradients of one step without dropout",
         "",
-        f"{'model':<40} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'paired':>7} "
+        f"{'model':<{width}} {'torch.nn ms':>12} {'fusedrnn ms':>12} {'speed-up':>9} {'paired':>7} "
         f"{'check':>9}",
     ]
     failed = []
@@ -317,7 +318,7 @@ def run(
         if not ok:
             failed.append(row.case.label)
         lines.append(
-            f"{row.case.label:<40} {row.torch_ms:>12.2f} {row.fused_ms:>12.2f} "
+            f"{row.case.label:<{width}} {row.torch_ms:>12.2f} {row.fused_ms:>12.2f} "
             f"{row.speedup:>8.2f}x {row.paired_speedup:>6.2f}x {row.max_difference:>9.1e}"
             + ("" if ok else " FAIL")
         )
