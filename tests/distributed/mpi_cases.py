@@ -79,19 +79,20 @@ def make_optimizer(kind: str, model: fusedrnn.Module):
     return fusedrnn.SGD(model.parameters(), lr=0.5, momentum=0.9)
 
 
-# name: (optimizer, clip max_norm or None, dropout)
+# name: (optimizer, clip max_norm or None, dropout, gradient_as_bucket_view)
 TRAINING_CASES = {
-    "sgd": ("sgd", None, False),
-    "clip": ("sgd", 0.05, False),
-    "adam": ("adam", 0.5, False),
-    "dropout": ("adam", None, True),
+    "sgd": ("sgd", None, False, False),
+    "clip": ("sgd", 0.05, False, False),
+    "adam": ("adam", 0.5, False, False),
+    "dropout": ("adam", None, True, False),
+    "adam_bucket": ("adam", 0.5, False, True),
 }
 
 
 def train(case: str, comm=None) -> dict[str, np.ndarray]:
     """Train TinyLM for CHUNKS steps of truncated BPTT on this rank's streams (all of them
     without ``comm``), the state carried from step to step; what the tests compare."""
-    kind, clip, dropout = TRAINING_CASES[case]
+    kind, clip, dropout, bucket_view = TRAINING_CASES[case]
     rank = comm.Get_rank() if comm is not None else 0
     # a seed per rank on purpose: broadcast_parameters must make the models equal
     model = TinyLM(seed=10 * rank, dropout_seed=100 + rank if dropout else None)
@@ -110,7 +111,7 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
         model.backward()
         local_norms.append(grad_norm([p.grad for p in model.parameters()]))
         if comm is not None:
-            distributed.allreduce_gradients(model, comm)
+            distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=bucket_view)
         if clip is not None:
             norms.append(fusedrnn.clip_grad_norm_(model.parameters(), clip))
         optimizer.step()
@@ -118,6 +119,10 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
     result = {f"param.{name}": p.copy() for name, p in model.named_parameters()}
     result.update(norms=np.array(norms), local_norms=np.array(local_norms))
     result.update(losses=np.array(losses), masks=np.array(first_masks))
+    # whether the gradients are views of one buffer (gradient_as_bucket_view)
+    grads = [p.grad for p in model.parameters()]
+    owners = {id(g.base) for g in grads if g.base is not None}
+    result["one_buffer"] = np.array(len(owners) == 1 and all(g.base is not None for g in grads))
     return result
 
 

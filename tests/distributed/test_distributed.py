@@ -140,6 +140,17 @@ def test_ranks_train_the_model_one_process_trains_on_the_combined_batch(on_ranks
     np.testing.assert_allclose(mean_loss, one_process["losses"], rtol=EXACT)
 
 
+def test_gradients_as_bucket_views_give_the_same_bits_with_no_copies(on_ranks):
+    """``gradient_as_bucket_view=True``: the gradients become views of the allreduce's flat
+    buffer (summed where they are), and training gives the bits of the copying path."""
+    for copied, viewed in zip(on_ranks["adam"], on_ranks["adam_bucket"]):
+        assert not copied["one_buffer"] and viewed["one_buffer"]
+        for key, value in parameters(copied).items():
+            np.testing.assert_array_equal(viewed[key], value, err_msg=key)
+        np.testing.assert_array_equal(viewed["norms"], copied["norms"])
+    assert_ranks_identical(on_ranks["adam_bucket"])
+
+
 def test_clipping_uses_the_global_norm_of_the_averaged_gradient(on_ranks):
     results = on_ranks["clip"]
     one_process = mpi_cases.train("clip")
