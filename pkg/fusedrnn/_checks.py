@@ -95,6 +95,8 @@ def check_frozen(frozen: object, names) -> frozenset:
     """The parameter names in ``frozen`` (a collection of strings, each one of ``names``): the
     parameters whose gradients a backward is not to compute. A single string, a name that is not
     a parameter, or anything but a collection of strings is an error naming what came."""
+    if type(frozen) in (tuple, list, frozenset, set) and not frozen:
+        return frozenset()  # (the usual case, on every step of a cell loop: no work)
     if isinstance(frozen, (str, bytes)) or not hasattr(frozen, "__iter__"):
         raise TypeError(
             f"frozen must be a collection of parameter names, got {_type_name(frozen)} {frozen!r}"
