@@ -61,6 +61,11 @@ struct PanelProduct {
   T alpha = 1;
 };
 
+// Which single steps of an instruction set read W in place as out^T = W a^T
+// (transposed_step_fits): none, those of half a panel of rows or more, or those whose rows fill
+// whole panels (kTransposedSingleStep in csrc/step_gemm.inc).
+enum class TransposedStep { never, from_half_panel, whole_panels };
+
 // The micro-kernel of one instruction set (csrc/step_gemm.inc), in the ISA table, and its packing
 // of a panel of B = W^T: panel[k * nr + c] = w[c * ld + k] for c < valid (zero up to nr), k < K.
 template <typename T>
@@ -73,7 +78,7 @@ struct StepGemmKernels {
   void (*dot_rows)(int64_t n, int64_t k, const T* x, int64_t ldx, int64_t rows, const T* w,
                    int64_t ldw, T* y, int64_t ldy, bool accumulate);
   // whether a single step may read W in place as out^T = W a^T (transposed_step_fits)
-  bool transposed_single_step;
+  TransposedStep transposed_single_step;
 };
 
 // The 16-bit formats of weights an inference may keep (weights_dtype): the micro-kernel widens
@@ -321,8 +326,12 @@ int64_t transposed_step_panels(const StepGemmKernels<T>& kernel, int64_t K) {
 // member's rows, so the split of a team never changes a bit.
 template <typename T>
 bool transposed_step_fits(const StepGemmKernels<T>& kernel, int64_t B, int64_t K) {
-  return kernel.transposed_single_step && 2 * B >= kernel.panel_width &&
-         transposed_step_panels(kernel, K) > 0;
+  const bool rows_fit = kernel.transposed_single_step == TransposedStep::from_half_panel
+                            ? 2 * B >= kernel.panel_width
+                        : kernel.transposed_single_step == TransposedStep::whole_panels
+                            ? B > 0 && B % kernel.panel_width == 0
+                            : false;
+  return rows_fit && transposed_step_panels(kernel, K) > 0;
 }
 // For the blocks g in [first, first + count) of W [blocks * cols, K] (read in place), the
 // member's columns `share` of out[r, (g - first) * cols + j] (+)= a_r . w_{g * cols + j}, r <

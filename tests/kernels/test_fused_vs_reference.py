@@ -121,23 +121,30 @@ def test_input_grad_false_gives_no_dx_and_the_same_other_gradients(
         np.testing.assert_array_equal(value, full[name], err_msg=name)
 
 
-@pytest.mark.skipif(
-    not _core.isa_supported("avx512"), reason="the transposed single step runs on AVX-512 only"
-)
-@pytest.mark.parametrize("rows", ["half_panel", "panel", "panel_and_a_half", "two_panels"])
+# AVX-512 reads a single step in place from half a panel of rows on; AVX2 only whole panels
+# (part of a panel goes by dot products there, with other bits)
+TRANSPOSED_STEPS = [
+    *(("avx512", rows) for rows in ("half_panel", "panel", "panel_and_a_half", "two_panels")),
+    *(("avx2", rows) for rows in ("panel", "two_panels")),
+]
+
+
+@pytest.mark.parametrize(("isa_name", "rows"), TRANSPOSED_STEPS)
 @pytest.mark.parametrize("large", ["hh", "ih"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("case", CASES)
 def test_single_step_read_in_place_gives_the_bits_of_a_sequences_step(
-    case, dtype, large, rows, threading_mode
+    case, dtype, large, rows, isa_name, threading_mode
 ):
-    """On AVX-512 a single step from half a panel of rows on reads its weights in place as
-    out^T = W x^T (csrc/common/step_gemm.h, transposed_step_gemm): each output the same chain of
-    multiply-adds as with the weights packed, so its output equals, bit for bit, the first step of
-    a sequence of two (packed weights), for W_ih and W_hh, whichever is large; on a team split by
-    units or by rows alike."""
+    """A single step reads its weights in place as out^T = W x^T (csrc/common/step_gemm.h,
+    transposed_step_gemm) on AVX-512 from half a panel of rows on, on AVX2 when its rows fill
+    whole panels: each output the same chain of multiply-adds as with the weights packed, so its
+    output equals, bit for bit, the first step of a sequence of two (packed weights), for W_ih
+    and W_hh, whichever is large; on a team split by units or by rows alike."""
+    if not _core.isa_supported(isa_name):
+        pytest.skip(f"this CPU has no {isa_name}")
     default = _core.active_isa()
-    _core.select_isa("avx512")
+    _core.select_isa(isa_name)
     try:
         check_single_step_bits(case, dtype, large, rows)
     finally:
