@@ -17,7 +17,7 @@ from tests.helpers.cells import CASES, PARAMS, backward, forward, loss_weights, 
 from tests.kernels.test_recurrent_noise import CASES as NOISE_CASES
 from tests.kernels.test_recurrent_noise import make_case as noise_case
 from tests.kernels.test_stack_fused_vs_reference import CASES as STACK_CASES
-from tests.kernels.test_stack_fused_vs_reference import make_params
+from tests.kernels.test_stack_fused_vs_reference import make_stack_inputs
 
 BACKENDS = [functional, reference]
 BACKEND_IDS = ["fused", "reference"]
@@ -98,21 +98,9 @@ def _stack_cases():
     dropout between layers, projections, no bias; one direction also truncated) and
     test_recurrent_noise's (zoneout, recurrent dropout, peepholes, clipping)."""
     rng = np.random.default_rng(21)
-    T, B, I, H = 7, 5, 6, 9
-    for i, (mode, options, layers, bidirectional, bias, proj, lengths) in enumerate(STACK_CASES):
-        D = 2 if bidirectional else 1
-        R = proj or H
-        params = make_params(mode, I, H, layers, bidirectional, bias, proj, rng, np.float64)
-        x = rng.standard_normal((T, B, I))
-        h0 = rng.standard_normal((layers * D, B, R))
-        hx = (h0, rng.standard_normal((layers * D, B, H))) if mode == "lstm" else h0
-        kw = dict(
-            lengths=None if lengths is None else np.array(lengths),
-            dropout_masks=[(rng.random((T, B, D * R)) > 0.3) / 0.7 for _ in range(layers - 1)],
-            proj_size=proj,
-            bidirectional=bidirectional,
-            **options,
-        )
+    for i, case in enumerate(STACK_CASES):
+        mode, layers, bidirectional = case[0], case[2], case[3]
+        x, hx, params, kw = make_stack_inputs(*case, rng)
         yield f"{mode}-{i}", (mode, x, hx, params, layers, kw)
         if not bidirectional:
             yield f"{mode}-{i}-truncate3", (mode, x, hx, params, layers, {**kw, "truncate": 3})

@@ -87,6 +87,26 @@ def test_stack_fused_equals_reference(
     assert set(outs["fused"]) == set(outs["reference"])
 
 
+def make_stack_inputs(mode, options, layers, bidirectional, bias, proj, lengths, rng):
+    """(x, hx, params, kw) of a float64 case of CASES at T, B, I, H = 7, 5, 6, 9: random
+    initial states, dropout masks between the layers, and the forward's keywords."""
+    T, B, I, H = 7, 5, 6, 9
+    D = 2 if bidirectional else 1
+    R = proj or H
+    params = make_params(mode, I, H, layers, bidirectional, bias, proj, rng, np.float64)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((layers * D, B, R))
+    hx = (h0, rng.standard_normal((layers * D, B, H))) if mode == "lstm" else h0
+    kw = dict(
+        lengths=None if lengths is None else np.array(lengths),
+        dropout_masks=[(rng.random((T, B, D * R)) > 0.3) / 0.7 for _ in range(layers - 1)],
+        proj_size=proj,
+        bidirectional=bidirectional,
+        **options,
+    )
+    return x, hx, params, kw
+
+
 INPUT_GRAD_CASES = [
     pytest.param(*case, truncate, id=f"{case[0]}-{i}-truncate{truncate}")
     for i, case in enumerate(CASES)
@@ -107,25 +127,11 @@ def test_stack_input_grad_false_gives_no_dx_and_the_same_other_gradients(
     have the bits of the call that computes dx (layer 0 skips dgates W_ih and nothing else), with
     lengths, dropout masks, projections and truncation."""
     rng = np.random.default_rng(11)
-    T, B, I, H = 7, 5, 6, 9
-    D = 2 if bidirectional else 1
-    R = proj or H
-    params = make_params(mode, I, H, layers, bidirectional, bias, proj, rng, np.float64)
-    x = rng.standard_normal((T, B, I))
-    h0 = rng.standard_normal((layers * D, B, R))
-    hx = (h0, rng.standard_normal((layers * D, B, H))) if mode == "lstm" else h0
-    masks = [(rng.random((T, B, D * R)) > 0.3) / 0.7 for _ in range(layers - 1)]
-    kw = dict(
-        lengths=None if lengths is None else np.array(lengths),
-        dropout_masks=masks,
-        proj_size=proj,
-        bidirectional=bidirectional,
-        truncate=truncate,
-        **options,
+    x, hx, params, kw = make_stack_inputs(
+        mode, options, layers, bidirectional, bias, proj, lengths, rng
     )
-    y, _, _, saved = backend.stack_forward(
-        mode, x, hx, params, layers, **{k: v for k, v in kw.items() if k != "truncate"}
-    )
+    y, _, _, saved = backend.stack_forward(mode, x, hx, params, layers, **kw)
+    kw["truncate"] = truncate
     dy = rng.standard_normal(y.shape)
     full = backend.stack_backward(mode, x, hx, params, layers, y, saved, dy, **kw)
     skipped = backend.stack_backward(

@@ -169,17 +169,32 @@ def test_eager_stack_equals_the_operator_bit_for_bit(mode):
         assert torch.equal(got, expected)
 
 
-def _spy_input_grad(monkeypatch, name):
-    """Record the ``input_grad`` of every call of fusedrnn.functional's ``name``."""
+def _spy(monkeypatch, name, *keywords):
+    """Record the ``keywords`` arguments of every call of fusedrnn.functional's ``name``: one
+    value per call for one keyword, a tuple for several (``frozen`` sorted)."""
     seen = []
     real = getattr(_ops.functional, name)
 
-    def spy(*args, input_grad=True, **kwargs):
-        seen.append(input_grad)
-        return real(*args, input_grad=input_grad, **kwargs)
+    def spy(*args, **kwargs):
+        values = tuple(sorted(kwargs[k]) if k == "frozen" else kwargs[k] for k in keywords)
+        seen.append(values[0] if len(values) == 1 else values)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(_ops.functional, name, spy)
     return seen
+
+
+def _cell_args(mode):
+    """x (B, I), h0, c0 (B, H; c0 None unless LSTM) and the 4 weights of a cell step, float64,
+    every tensor requiring grad."""
+    torch.manual_seed(1)
+    G = GATES[mode] * H
+    weights = [torch.randn(G, I), torch.randn(G, H), torch.randn(G), torch.randn(G)]
+    weights = [w.double().requires_grad_() for w in weights]
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if mode == "lstm" else None
+    return x, h0, c0, weights
 
 
 @pytest.mark.parametrize("path", ["eager", "operator"])
@@ -188,7 +203,7 @@ def test_an_input_that_needs_no_grad_is_not_differentiated(mode, path, monkeypat
     """An x that needs no gradient (data): the backward is asked for no dx (input_grad=False,
     which spares layer 0's dgates W_ih), and every other gradient has the bits of a call whose
     x needs one."""
-    seen = _spy_input_grad(monkeypatch, "stack_backward")
+    seen = _spy(monkeypatch, "stack_backward", "input_grad")
     run = _ops.run_stack if path == "eager" else _ops.stack_forward
     args = _stack_args(mode, lengths=[2, 4, 1], masks=True, proj=2 if mode == "lstm" else 0)
     x, h0, c0, weights = args[:4]
@@ -205,14 +220,8 @@ def test_an_input_that_needs_no_grad_is_not_differentiated(mode, path, monkeypat
 def test_a_cell_step_on_data_is_not_differentiated_by_its_input(mode, monkeypatch):
     """The cells' eager step (`run_cell`): an x that needs no gradient asks the one-layer
     backward for no dx, and the other gradients keep their bits."""
-    seen = _spy_input_grad(monkeypatch, f"{mode}_backward")
-    torch.manual_seed(1)
-    G = GATES[mode] * H
-    weights = [torch.randn(G, I), torch.randn(G, H), torch.randn(G), torch.randn(G)]
-    weights = [w.double().requires_grad_() for w in weights]
-    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if mode == "lstm" else None
+    seen = _spy(monkeypatch, f"{mode}_backward", "input_grad")
+    x, h0, c0, weights = _cell_args(mode)
     others = [t for t in (h0, c0, *weights) if t is not None]
     options = (mode, True, True, "tanh", True)
 
@@ -226,26 +235,13 @@ def test_a_cell_step_on_data_is_not_differentiated_by_its_input(mode, monkeypatc
         assert torch.equal(got, expected)
 
 
-def _spy_frozen(monkeypatch, name):
-    """Record the ``frozen`` names of every call of fusedrnn.functional's ``name``."""
-    seen = []
-    real = getattr(_ops.functional, name)
-
-    def spy(*args, frozen=(), **kwargs):
-        seen.append(sorted(frozen))
-        return real(*args, frozen=frozen, **kwargs)
-
-    monkeypatch.setattr(_ops.functional, name, spy)
-    return seen
-
-
 @pytest.mark.parametrize("path", ["eager", "operator"])
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
 def test_weights_that_need_no_grad_are_not_differentiated(mode, path, monkeypatch):
     """Parameters that need no gradient (requires_grad=False: a frozen layer, biases trained
     alone) reach the backward as ``frozen`` (their GEMMs skipped), get no gradient, and every
     other gradient has the bits of a call where all of them need one."""
-    seen = _spy_frozen(monkeypatch, "stack_backward")
+    seen = _spy(monkeypatch, "stack_backward", "frozen")
     run = _ops.run_stack if path == "eager" else _ops.stack_forward
     proj = 2 if mode == "lstm" else 0
     args = _stack_args(mode, lengths=[2, 4, 1], masks=True, proj=proj)
@@ -269,14 +265,7 @@ def test_a_frozen_bottom_layer_on_data_with_constant_states_is_skipped(mode, pat
     """x data, h0 / c0 constants and layer 0 frozen: the backward is asked for no dx, no
     states' gradients and none of layer 0's (so the kernel skips layer 0), and layer 1's
     gradients have the bits of a call that computes everything."""
-    seen = []
-    real = _ops.functional.stack_backward
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["input_grad"], kwargs["state_grad"], sorted(kwargs["frozen"])))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_ops.functional, "stack_backward", spy)
+    seen = _spy(monkeypatch, "stack_backward", "input_grad", "state_grad", "frozen")
     run = _ops.run_stack if path == "eager" else _ops.stack_forward
     args = _stack_args(mode, masks=True)
     x, h0, c0, weights = args[:4]
@@ -296,14 +285,8 @@ def test_a_frozen_bottom_layer_on_data_with_constant_states_is_skipped(mode, pat
 def test_a_cell_steps_frozen_weights_are_not_differentiated(mode, monkeypatch):
     """The cells' eager step: a weight that needs no gradient is ``frozen`` in the one-layer
     backward, and the other gradients keep their bits."""
-    seen = _spy_frozen(monkeypatch, f"{mode}_backward")
-    torch.manual_seed(1)
-    G = GATES[mode] * H
-    weights = [torch.randn(G, I), torch.randn(G, H), torch.randn(G), torch.randn(G)]
-    weights = [w.double().requires_grad_() for w in weights]
-    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if mode == "lstm" else None
+    seen = _spy(monkeypatch, f"{mode}_backward", "frozen")
+    x, h0, c0, weights = _cell_args(mode)
     options = (mode, True, True, "tanh", True)
 
     def step(weights):  # (h', c'), c' None unless LSTM
