@@ -52,6 +52,33 @@ def test_torch_compile_fullgraph_gives_the_eager_numbers():
             torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_torch_compile_of_a_model_with_frozen_parameters_gives_the_eager_numbers():
+    """The embedding and the LSTM's layer 0 frozen (requires_grad=False): the compiled graph's
+    backward skips them (frozen= and state_grad=False reach the operator as constants) and
+    gives the eager gradients; the frozen ones get none."""
+    torch.manual_seed(0)
+    model = TinyLM().double()
+    for name, parameter in model.named_parameters():
+        if name.startswith("embed.") or "_l0" in name:
+            parameter.requires_grad_(False)
+    tokens = torch.randint(0, VOCAB, (T, B))
+    targets = torch.randint(0, VOCAB, (B,))
+
+    def step(module) -> list:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(module(tokens), targets).backward()
+        return [p.grad for p in model.parameters()]
+
+    eager = step(model)
+    torch._dynamo.reset()
+    compiled = step(torch.compile(model, fullgraph=True))
+    assert [g is None for g in compiled] == [not p.requires_grad for p in model.parameters()]
+    assert any(g is None for g in compiled) and any(g is not None for g in compiled)
+    for grad, expected in zip(compiled, eager):
+        if expected is not None:
+            torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("how", ["jit.trace", "export"])
 def test_a_traced_or_exported_model_gives_the_eager_numbers(how):
     """torch.jit.trace (its check traces a second time, under no_grad) and torch.export: the
