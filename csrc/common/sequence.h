@@ -68,6 +68,44 @@ void add_column_sums(const Team& team, T* out, const T* a, int64_t rows, int64_t
   add_column_sums(team, out, static_cast<T*>(nullptr), a, rows, cols, lda, fresh);
 }
 
+// How a team shares one GEMM over all steps, out [rows, cols] (cols in panels of nr): each
+// member its panels of the columns when they spread evenly over the members; else each member
+// its rows, in whole tiles of kGemmShareRows, with every panel. Panels that do not spread evenly
+// leave members idle: 200 columns are 7 panels of 32 on AVX-512, 4 and 3 on 2 threads, so the dx
+// and weight-gradient GEMMs of an LSTM at H = 200 ran at 7/8 of the team's rate. Each output
+// element is the same sum either way (a tile's rows do not change it: csrc/step_gemm.inc).
+constexpr int64_t kGemmShareRows = 8;
+struct GemmShare {
+  bool by_rows = false;
+  PanelShare columns;          // this member's panels (by rows: all of them)
+  int64_t row0 = 0, rows = 0;  // this member's rows
+  // The panels this member packs of a B read in place (in_place_panels packs the partial last
+  // one of those it is given): by rows one member packs it for all, before a team_barrier().
+  PanelShare packs;
+};
+inline GemmShare gemm_share(const Team& team, int64_t rows, int64_t cols, int64_t nr) {
+  GemmShare s;
+  const int64_t panels = ceil_div(cols, nr);
+  s.by_rows =
+      team.members > 1 && panels % team.members != 0 && rows >= 2 * kGemmShareRows * team.members;
+  if (!s.by_rows) {
+    s.columns = s.packs = panel_share(cols, nr, team.member, team.members);
+    s.rows = rows;
+    return s;
+  }
+  s.columns = panel_share(cols, nr, 0, 1);
+  if (team.member == 0) s.packs = s.columns;
+  const int64_t tiles = ceil_div(rows, kGemmShareRows);
+  s.row0 = std::min(rows, share_begin(tiles, team.member, team.members) * kGemmShareRows);
+  s.rows =
+      std::min(rows, share_begin(tiles, team.member + 1, team.members) * kGemmShareRows) - s.row0;
+  return s;
+}
+// After packing the partial last panel of a B read in place: by rows every member reads it.
+inline void wait_for_packs(const GemmShare& share) {
+  if (share.by_rows) team_barrier();
+}
+
 // Scratch of input_gradients and recurrent_weight_gradient: the packed last panels of the
 // matrices they read in place.
 inline int64_t input_gradients_scratch_size(int64_t G, int64_t rows) {
@@ -88,15 +126,20 @@ void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dga
                      int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I,
                      bool fresh = false) {
   const auto& kernel = step_gemm_kernels<T>();
-  const PanelShare share = panel_share(I, kernel.panel_width, team.member, team.members);
-  if (dx) {
-    const PackedWeights<T> w = in_place_panels(kernel, w_ih, I, G, I, scratch, share);
-    step_gemm(kernel, w, 0, 1, share, rows, dgates, ldg, dx, I, false);
+  if (dx) {  // out [rows, I]
+    const GemmShare share = gemm_share(team, rows, I, kernel.panel_width);
+    const PackedWeights<T> w = in_place_panels(kernel, w_ih, I, G, I, scratch, share.packs);
+    wait_for_packs(share);
+    step_gemm(kernel, w, 0, 1, share.columns, share.rows, dgates + share.row0 * ldg, ldg,
+              dx + share.row0 * I, I, false);
   }
-  if (!dw_ih) return;
+  if (!dw_ih) return;  // out [G, I], A = dgates^T
+  const GemmShare share = gemm_share(team, G, I, kernel.panel_width);
   const PackedWeights<T> xs =
-      in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share);
-  step_gemm(kernel, xs, 0, 1, share, G, dgates, ldg, dw_ih, I, !fresh, true);
+      in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share.packs);
+  wait_for_packs(share);
+  step_gemm(kernel, xs, 0, 1, share.columns, share.rows, dgates + share.row0, ldg,
+            dw_ih + share.row0 * I, I, !fresh, true);
 }
 
 // The gradient of the recurrent weights over all steps, for this member's columns of dw:
@@ -110,14 +153,19 @@ void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch,
                                int64_t B, int64_t H, bool fresh = false) {
   if (steps == 0 || !dw) return;
   const auto& kernel = step_gemm_kernels<T>();
-  const int64_t nr = kernel.panel_width;
-  const PanelShare share = panel_share(H, nr, team.member, team.members);
-  const PackedWeights<T> first = in_place_panels(kernel, h0, H, B, H, scratch, share);
-  step_gemm(kernel, first, 0, 1, share, G, dgates, ldg, dw, ldw, !fresh, true);
-  if (steps == 1) return;
-  const PackedWeights<T> rest =
-      in_place_panels(kernel, y, H, (steps - 1) * B, H, scratch + tail_panel_size(B), share);
-  step_gemm(kernel, rest, 0, 1, share, G, dgates + B * ldg, ldg, dw, ldw, true, true);
+  const GemmShare share = gemm_share(team, G, H, kernel.panel_width);  // out [G, H]
+  const PackedWeights<T> first = in_place_panels(kernel, h0, H, B, H, scratch, share.packs);
+  const PackedWeights<T> rest = steps == 1
+                                    ? PackedWeights<T>{}
+                                    : in_place_panels(kernel, y, H, (steps - 1) * B, H,
+                                                      scratch + tail_panel_size(B), share.packs);
+  wait_for_packs(share);
+  const T* a = dgates + share.row0;  // A = dgates^T: this member's rows of A are its columns
+  T* out = dw + share.row0 * ldw;
+  step_gemm(kernel, first, 0, 1, share.columns, share.rows, a, ldg, out, ldw, !fresh, true);
+  if (steps > 1)
+    step_gemm(kernel, rest, 0, 1, share.columns, share.rows, a + B * ldg, ldg, out, ldw, true,
+              true);
 }
 
 // This member's weights of a forward's GEMM with B = W^T, W [blocks*cols, K]: the layer's
