@@ -178,13 +178,9 @@ void gru_backward(const CellBackwardArgs<T>& a) {
     // the blocks that see h_{t-1}: all three, or r and z
     recurrent_weight_gradient(team, a.g.dw_hh, H, scratch.recurrent_tails, dgates_h, G, h_blocks,
                               h_seq, h_first, steps, B, H, fresh);
-    if (!reset_after && a.g.dw_hh) {  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
-      const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> rh =
-          in_place_panels(step_kernel, saved.extra, H, TB, H, scratch.rh_tail, share);
-      step_gemm(step_kernel, rh, 0, 1, share, H, dgates_h + 2 * H, G, a.g.dw_hh + 2 * H * H, H,
-                !fresh, true);
-    }
+    if (!reset_after && a.g.dw_hh)  // the n block sees r*h_{t-1}, saved as rh [T*B,H]
+      weight_gradient(team, a.g.dw_hh + 2 * H * H, H, scratch.rh_tail, dgates_h + 2 * H, G, H,
+                      saved.extra, TB, H, !fresh);
   });
 }
 

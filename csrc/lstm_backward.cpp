@@ -204,12 +204,9 @@ void lstm_backward(const CellBackwardArgs<T>& a) {
     recurrent_weight_gradient(team, a.g.dw_hh, R, scratch.recurrent_tails, dgates, G, G, h_seq,
                               h_first, steps, B, R, fresh);
     add_column_sums(team, a.g.db_ih, a.g.db_hh, dgates, TB, G, G, fresh);
-    if (P && a.g.dw_hr) {  // forward: h = m W_hr^T  ->  dW_hr += dh^T m, this member's columns
-      const PanelShare share = panel_share(H, nr, member, members);
-      const PackedWeights<T> ms =
-          in_place_panels(step_kernel, saved.m, H, TB, H, scratch.m_tail, share);
-      step_gemm(step_kernel, ms, 0, 1, share, P, scratch.dhs, P, a.g.dw_hr, H, !fresh, true);
-    }
+    if (P && a.g.dw_hr)  // forward: h = m W_hr^T  ->  dW_hr += dh^T m
+      weight_gradient(team, a.g.dw_hr, H, scratch.m_tail, scratch.dhs, P, P, saved.m, TB, H,
+                      !fresh);
     if (a.w.peephole && a.g.dpeephole)  // this member's units of the peephole gradients
       add_peephole_gradients(a.g.dpeephole, dgates, saved.c, saved.c_cand ? saved.c_cand : saved.c,
                              c0, panel_share(H, 1, member, members), steps, B, H, fresh);

@@ -106,6 +106,22 @@ inline void wait_for_packs(const GemmShare& share) {
   if (share.by_rows) team_barrier();
 }
 
+// A weight gradient over all steps, this member's share of it (gemm_share):
+//   dw [G, cols] (+)= dgates^T @ b,  dgates [K, G] (row stride ldg), b [K, cols] read in place
+// (its partial last panel packed into `tail` [tail_panel_size(K)]); dw has row stride ldw.
+// accumulate false: dw is set (LayerGrads::fresh).
+template <typename T>
+void weight_gradient(const Team& team, T* dw, int64_t ldw, T* tail, const T* dgates, int64_t ldg,
+                     int64_t G, const T* b, int64_t K, int64_t cols, bool accumulate) {
+  const auto& kernel = step_gemm_kernels<T>();
+  const GemmShare share = gemm_share(team, G, cols, kernel.panel_width);
+  const PackedWeights<T> panels = in_place_panels(kernel, b, cols, K, cols, tail, share.packs);
+  wait_for_packs(share);
+  // A = dgates^T: this member's rows of A are its columns of dgates
+  step_gemm(kernel, panels, 0, 1, share.columns, share.rows, dgates + share.row0, ldg,
+            dw + share.row0 * ldw, ldw, accumulate, true);
+}
+
 // Scratch of input_gradients and recurrent_weight_gradient: the packed last panels of the
 // matrices they read in place.
 inline int64_t input_gradients_scratch_size(int64_t G, int64_t rows) {
@@ -115,8 +131,8 @@ inline int64_t recurrent_weight_gradient_scratch_size(int64_t steps, int64_t B) 
   return tail_panel_size(B) + tail_panel_size(std::max<int64_t>(steps - 1, 0) * B);
 }
 
-// The gradients of an input projection over all steps, with the step kernel, for this member's
-// columns of x (of I), the GEMM's rows being `rows` = T*B:
+// The gradients of an input projection over all steps, with the step kernel, the GEMM's rows
+// being `rows` = T*B:
 //   forward: gates = x W_ih^T   ->   dx = dgates W_ih (=),  dW_ih += dgates^T x
 // dgates [rows, G] (row stride ldg), x [rows, I], w_ih [G, I], dw_ih [G, I]; either dx or dw_ih
 // may be null (not wanted: not computed). `fresh`: dw_ih holds nothing yet, so = instead of +=
@@ -125,47 +141,33 @@ template <typename T>
 void input_gradients(const Team& team, T* dx, T* dw_ih, T* scratch, const T* dgates, int64_t ldg,
                      int64_t G, const T* x, const T* w_ih, int64_t rows, int64_t I,
                      bool fresh = false) {
-  const auto& kernel = step_gemm_kernels<T>();
   if (dx) {  // out [rows, I]
+    const auto& kernel = step_gemm_kernels<T>();
     const GemmShare share = gemm_share(team, rows, I, kernel.panel_width);
     const PackedWeights<T> w = in_place_panels(kernel, w_ih, I, G, I, scratch, share.packs);
     wait_for_packs(share);
     step_gemm(kernel, w, 0, 1, share.columns, share.rows, dgates + share.row0 * ldg, ldg,
               dx + share.row0 * I, I, false);
   }
-  if (!dw_ih) return;  // out [G, I], A = dgates^T
-  const GemmShare share = gemm_share(team, G, I, kernel.panel_width);
-  const PackedWeights<T> xs =
-      in_place_panels(kernel, x, I, rows, I, scratch + tail_panel_size(G), share.packs);
-  wait_for_packs(share);
-  step_gemm(kernel, xs, 0, 1, share.columns, share.rows, dgates + share.row0, ldg,
-            dw_ih + share.row0 * I, I, !fresh, true);
+  if (dw_ih)
+    weight_gradient(team, dw_ih, I, scratch + tail_panel_size(G), dgates, ldg, G, x, rows, I,
+                    !fresh);
 }
 
-// The gradient of the recurrent weights over all steps, for this member's columns of dw:
+// The gradient of the recurrent weights over all steps, this member's share of dw:
 //   dw[G,H] += sum_t dgates[t]^T @ h_{t-1},  h_{t-1} = y[t-1] for t >= 1 and h0 for t = 0,
 // where dgates is [T*B, G] with row stride ldg, y [T,B,H], h0 [B,H] and dw has row stride ldw
-// (null: not wanted, nothing computed). `fresh`: dw holds nothing yet, so the first step's product
-// sets it (LayerGrads::fresh; steps * B > 0).
+// (null: not wanted, nothing computed). `fresh`: dw holds nothing yet, so the first step's
+// product sets it (LayerGrads::fresh; steps * B > 0).
 template <typename T>
 void recurrent_weight_gradient(const Team& team, T* dw, int64_t ldw, T* scratch, const T* dgates,
                                int64_t ldg, int64_t G, const T* y, const T* h0, int64_t steps,
                                int64_t B, int64_t H, bool fresh = false) {
   if (steps == 0 || !dw) return;
-  const auto& kernel = step_gemm_kernels<T>();
-  const GemmShare share = gemm_share(team, G, H, kernel.panel_width);  // out [G, H]
-  const PackedWeights<T> first = in_place_panels(kernel, h0, H, B, H, scratch, share.packs);
-  const PackedWeights<T> rest = steps == 1
-                                    ? PackedWeights<T>{}
-                                    : in_place_panels(kernel, y, H, (steps - 1) * B, H,
-                                                      scratch + tail_panel_size(B), share.packs);
-  wait_for_packs(share);
-  const T* a = dgates + share.row0;  // A = dgates^T: this member's rows of A are its columns
-  T* out = dw + share.row0 * ldw;
-  step_gemm(kernel, first, 0, 1, share.columns, share.rows, a, ldg, out, ldw, !fresh, true);
+  weight_gradient(team, dw, ldw, scratch, dgates, ldg, G, h0, B, H, !fresh);
   if (steps > 1)
-    step_gemm(kernel, rest, 0, 1, share.columns, share.rows, a + B * ldg, ldg, out, ldw, true,
-              true);
+    weight_gradient(team, dw, ldw, scratch + tail_panel_size(B), dgates + B * ldg, ldg, G, y,
+                    (steps - 1) * B, H, true);
 }
 
 // This member's weights of a forward's GEMM with B = W^T, W [blocks*cols, K]: the layer's
