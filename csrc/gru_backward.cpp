@@ -164,9 +164,8 @@ void gru_backward(const CellBackwardArgs<T>& a) {
   // share. forward: gates_x = x W_ih^T + b_ih, hproj = h_prev W_h^T + b_hh
   const int64_t TB = steps * B;
   // the h_{t-1} the recurrent GEMM read: h0, then y
-  const std::pair<const T*, const T*> h_read =
-      a.g.dw_hh ? recurrent_inputs(noise, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H)
-                : std::pair<const T*, const T*>{h0, y};
+  const std::pair<const T*, const T*> h_read = recurrent_inputs<T>(
+      noise, a.g.dw_hh, h0, y, scratch.drop_scale, scratch.h_dropped, steps, B, H);
   const T *h_first = h_read.first, *h_seq = h_read.second;
   run_team(gemm_team_size(TB * G * (I + H)), [&](int member, int members) {
     const Team team{member, members};

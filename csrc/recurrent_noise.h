@@ -104,12 +104,13 @@ void drop_recurrent(T* out, const T* h, const T* scale, int64_t steps, int64_t B
 }
 
 // The states the recurrent GEMM read, for dW_hh: (h0, y) as given, or with recurrent dropout
-// their dropped copies in `buffer` [T+1,B,H] (h0 first, then the T steps of y).
+// their dropped copies in `buffer` [T+1,B,H] (h0 first, then the T steps of y). Without dW_hh
+// wanted (`dw_hh` null: a frozen W_hh) nobody reads them, and nothing is copied.
 template <typename T>
-std::pair<const T*, const T*> recurrent_inputs(const RecurrentNoise& nz, const T* h0, const T* y,
-                                               const T* scale, T* buffer, int64_t steps, int64_t B,
-                                               int64_t H) {
-  if (!nz.dropout()) return {h0, y};
+std::pair<const T*, const T*> recurrent_inputs(const RecurrentNoise& nz, const T* dw_hh,
+                                               const T* h0, const T* y, const T* scale, T* buffer,
+                                               int64_t steps, int64_t B, int64_t H) {
+  if (!nz.dropout() || !dw_hh) return {h0, y};
   drop_recurrent(buffer, h0, scale, 1, B, H);
   drop_recurrent(buffer + B * H, y, scale, steps, B, H);
   return {buffer, buffer + B * H};

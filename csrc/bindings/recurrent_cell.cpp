@@ -140,22 +140,23 @@ struct CellCall {
     // No grads given: fresh arrays that the kernel sets rather than adds into, so that they need
     // no zero-filling first (LayerGrads::fresh); a call with no rows writes nothing, so there
     // they are zeros.
-    auto wanted = [&](const char* role) {
-      return !py::cast<bool>(frozen.attr("__contains__")(role));
+    const char* roles[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    const py::handle given[4] = {dw_ih, dw_hh, db_ih, db_hh};
+    bool wanted[4];
+    bool fresh = T * B > 0;
+    for (int i = 0; i < 4; ++i) {
+      wanted[i] = !py::cast<bool>(frozen.attr("__contains__")(roles[i]));
+      fresh = fresh && (given[i].is_none() || !wanted[i]);
+    }
+    auto gradient = [&](int i, std::initializer_list<Dim> dims) {
+      const std::string name = std::string("grads['") + roles[i] + "']";
+      return wanted[i] ? py::object(c.accumulator(given[i], name.c_str(), dims, !fresh))
+                       : py::none();
     };
-    const bool fresh = (dw_ih.is_none() || !wanted("weight_ih")) &&
-                       (dw_hh.is_none() || !wanted("weight_hh")) &&
-                       (db_ih.is_none() || !wanted("bias_ih")) &&
-                       (db_hh.is_none() || !wanted("bias_hh")) && T * B > 0;
-    auto gradient = [&](py::handle given, const char* role, std::initializer_list<Dim> dims) {
-      const std::string name = std::string("grads['") + role + "']";
-      return wanted(role) ? py::object(c.accumulator(given, name.c_str(), dims, !fresh))
-                          : py::none();
-    };
-    py::object gw_ih = gradient(dw_ih, "weight_ih", {{rows, G * H}, {"input_size", I}});
-    py::object gw_hh = gradient(dw_hh, "weight_hh", {{rows, G * H}, {"hidden_size", H}});
-    py::object gb_ih = gradient(db_ih, "bias_ih", {{rows, G * H}});
-    py::object gb_hh = gradient(db_hh, "bias_hh", {{rows, G * H}});
+    py::object gw_ih = gradient(0, {{rows, G * H}, {"input_size", I}});
+    py::object gw_hh = gradient(1, {{rows, G * H}, {"hidden_size", H}});
+    py::object gb_ih = gradient(2, {{rows, G * H}});
+    py::object gb_hh = gradient(3, {{rows, G * H}});
     py::object dx = input_grad ? py::object(c.output({T, B, I})) : py::none();
     py::array dh0 = c.output({B, H});
     py::object dc0 = lstm ? py::object(c.output({B, H})) : py::none();

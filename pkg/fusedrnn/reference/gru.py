@@ -204,13 +204,9 @@ def gru_backward(
         accumulated into with ``+=``. ``None`` makes a fresh zeroed dict.
     lengths, reverse, options, noise
         As given to the forward.
-    input_grad : bool
-        False: the input is data, whose gradient is not wanted: ``dx`` is None. (The fused
-        kernels then skip ``dgates @ weight_ih``; the reference computes it and drops it.)
-    frozen : collection of str
-        Names of parameters whose gradients are not wanted (PyTorch's ``requires_grad=False``):
-        they are absent from the returned dict, and a given ``grads`` keeps its arrays for them
-        untouched. (The fused kernels skip their GEMMs; the reference computes and drops them.)
+    input_grad, frozen
+        As in ``lstm_backward``: ``input_grad=False`` drops dx, ``frozen`` names parameters
+        whose gradients are dropped.
 
     Returns
     -------

@@ -620,7 +620,7 @@ def _grads_or_zeros(
     fresh zeros for every parameter not frozen."""
     grads = stack_grads_or_zeros(grads, params, frozen)
     for name, value in params.items():
-        if name in grads:
+        if name not in frozen:  # (a frozen one's array, given or not, is never read)
             _check_array(f"grads[{name!r}]", grads[name], value.shape, value.dtype)
     return grads
 
