@@ -33,7 +33,7 @@ void linear_forward(T* y, T* scratch, const T* x, const T* w, const T* b, int64_
     project_inputs(y, N, scratch, x, w, M, K, 1, N, b != nullptr);
 }
 
-// dx: [M,K] or null  dw: [N,K]  db: [N] or null  scratch: [linear_backward_scratch_size]
+// dx: [M,K] or null  dw: [N,K] or null  db: [N] or null  scratch: [linear_backward_scratch_size]
 // dy: [M,N]  x: [M,K]  w: [N,K]
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* scratch, const T* dy, const T* x, const T* w,

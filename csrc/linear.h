@@ -6,7 +6,7 @@
 // BLAS pool is never woken in a training loop.
 //
 // Shapes: x [M,K]  w [N,K]  b [N] or null  y [M,N]  dy [M,N]
-//         dx [M,K] or null (=)  dw [N,K] (+=)  db [N] or null (+=)
+//         dx [M,K] or null (=)  dw [N,K] or null (+=)  db [N] or null (+=); null: not wanted
 #pragma once
 #include <cstdint>
 

@@ -119,17 +119,20 @@ py::array linear_forward_py(py::handle x, py::handle weight, py::handle bias) {
   return y;
 }
 
+// weight_grad / bias_grad: whether dW / db are wanted (otherwise not computed, returned as None).
 py::tuple linear_backward_py(py::handle x, py::handle weight, py::handle dy, py::handle dweight,
-                             py::handle dbias, bool has_bias, bool need_dx) {
+                             py::handle dbias, bool weight_grad, bool bias_grad, bool need_dx) {
   int64_t M, K, N;
   linear_sizes(x, weight, M, K, N);
   ArgChecker c(x, "x");
   py::array xa = c.input(x, "x", {{"M", M}, {"in_features", K}});
   py::array wa = c.input(weight, "weight", {{"out_features", N}, {"in_features", K}});
   py::array dya = c.input(dy, "dy", {{"M", M}, {"out_features", N}});
-  py::array dwa =
-      c.accumulator(dweight, "grads['weight']", {{"out_features", N}, {"in_features", K}});
-  py::object dba = has_bias
+  py::object dwa = weight_grad
+                       ? py::object(c.accumulator(dweight, "grads['weight']",
+                                                  {{"out_features", N}, {"in_features", K}}))
+                       : py::none();
+  py::object dba = bias_grad
                        ? py::object(c.accumulator(dbias, "grads['bias']", {{"out_features", N}}))
                        : py::none();
   py::object dx = need_dx ? py::object(c.output({M, K})) : py::none();
@@ -194,7 +197,7 @@ void bind_training(py::module_& m) {
         "reduction"_a, "grad"_a);
   m.def("linear_forward", &linear_forward_py, "x"_a, "weight"_a, "bias"_a);
   m.def("linear_backward", &linear_backward_py, "x"_a, "weight"_a, "dy"_a, "dweight"_a, "dbias"_a,
-        "has_bias"_a, "need_dx"_a);
+        "weight_grad"_a, "bias_grad"_a, "need_dx"_a);
   m.def("adam_update", &adam_update_py, "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a,
         "max_exp_avg_sq"_a, "lr"_a, "beta1"_a, "beta2"_a, "eps"_a, "weight_decay"_a,
         "decoupled_weight_decay"_a, "maximize"_a, "step"_a,

@@ -252,7 +252,8 @@ def linear_backward(
     dy: typing.Any,
     dweight: typing.Any,
     dbias: typing.Any,
-    has_bias: bool,
+    weight_grad: bool,
+    bias_grad: bool,
     need_dx: bool,
 ) -> tuple: ...
 def linear_forward(x: typing.Any, weight: typing.Any, bias: typing.Any) -> numpy.ndarray: ...

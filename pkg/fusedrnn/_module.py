@@ -130,6 +130,12 @@ class Parameter(np.ndarray):
     Everything computed from a parameter (arithmetic, slices, ``copy()``, ``reshape``, ``.T``)
     is a plain numpy array; in-place updates (``p -= lr * p.grad``) change the parameter itself.
 
+    ``requires_grad_(False)`` freezes it, as in PyTorch: ``grad`` becomes None, backward does
+    not compute its gradient (the kernels skip that work where they can), and optimizers,
+    clipping, ``zero_grad`` and `fusedrnn.distributed.allreduce_gradients` pass it by.
+    ``requires_grad_(True)`` gives it a zeroed gradient again. ``requires_grad`` says which it
+    is: whether ``grad`` is an array.
+
     Parameters
     ----------
     data : array-like of real floating-point numbers
@@ -147,6 +153,28 @@ class Parameter(np.ndarray):
         param = np.ascontiguousarray(array, dtype=dtype).view(cls)
         param.grad = cache_aligned_zeros(param.shape, dtype)
         return param
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether backward computes this parameter's gradient (``grad`` is an array), as
+        ``torch.nn.Parameter.requires_grad``; assigning it is ``requires_grad_``."""
+        return self.grad is not None
+
+    @requires_grad.setter
+    def requires_grad(self, requires_grad: bool) -> None:
+        self.requires_grad_(requires_grad)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Parameter:
+        """Freeze (False) or unfreeze (True, the default) this parameter, in place; returns it.
+
+        Freezing drops the gradient (``grad`` becomes None); unfreezing a frozen parameter gives
+        it a zeroed one, and leaves a gradient it has as it is.
+        """
+        if not _check_requires_grad(requires_grad):
+            self.grad = None
+        elif self.grad is None:
+            self.grad = cache_aligned_zeros(self.shape, self.dtype)
+        return self
 
     def __array_finalize__(self, obj: object) -> None:
         # a view made by numpy itself carries no gradient; `__new__` and `_rebuild` set one
@@ -191,6 +219,13 @@ class Parameter(np.ndarray):
         return _rebuild_parameter, (self.copy(), self.grad)
 
 
+def _check_requires_grad(value: object) -> bool:
+    """``value`` if it is a bool (numpy's too); TypeError otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"requires_grad must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def _plain_method(name: str) -> Callable:
     method = getattr(np.ndarray, name)
 
@@ -206,11 +241,19 @@ for _name in ("reshape", "ravel", "flatten", "transpose", "swapaxes", "squeeze",
     setattr(Parameter, _name, _plain_method(_name))
 
 
+def grad_or_scratch(param: Parameter) -> np.ndarray:
+    """The gradient to add into for ``param``: its ``grad``, or for a frozen parameter a
+    throw-away array of zeros (for the backward functions that compute every gradient)."""
+    return np.zeros(param.shape, param.dtype) if param.grad is None else param.grad
+
+
 def _rebuild_parameter(data: np.ndarray, grad: np.ndarray | None) -> Parameter:
     """A parameter holding ``data`` (as it is) with the gradient ``grad`` (copied to aligned
-    memory); used by pickle and deepcopy."""
+    memory), frozen when ``grad`` is None; used by pickle and deepcopy."""
     param = Parameter(data)
-    if grad is not None:
+    if grad is None:
+        param.grad = None
+    else:
         param.grad[...] = grad
     return param
 
@@ -518,10 +561,23 @@ class Module:
     @property
     def grads(self) -> dict[str, np.ndarray]:
         """``{name: parameter.grad}`` keyed like ``state_dict()``: the gradient arrays themselves,
-        which every backward adds into (a tied parameter's under each of its names)."""
+        which every backward adds into (a tied parameter's under each of its names). A frozen
+        parameter (``requires_grad_(False)``) has none, so it is not in the dict."""
         if not self._modules:  # a layer: its own parameters (the per-call path, kept short)
-            return {name: p.grad for name, p in self._params.items()}
-        return {name: p.grad for name, p in self.named_parameters(remove_duplicate=False)}
+            return {name: p.grad for name, p in self._params.items() if p.grad is not None}
+        return {
+            name: p.grad
+            for name, p in self.named_parameters(remove_duplicate=False)
+            if p.grad is not None
+        }
+
+    def _frozen(self) -> frozenset:
+        """The names of this module's own parameters that are frozen (no ``grad``)."""
+        return frozenset(name for name, p in self._params.items() if p.grad is None)
+
+    def _grads_or_scratch(self) -> dict[str, np.ndarray]:
+        """This module's own parameters' gradients to add into, by name (`grad_or_scratch`)."""
+        return {name: grad_or_scratch(p) for name, p in self._params.items()}
 
     # ------------------------------------------------------------ state
 
@@ -584,9 +640,27 @@ class Module:
 
     def zero_grad(self) -> None:
         """Set the gradient of every parameter to zero, in place (each array stays the same
-        object, so a tied parameter's is zeroed once)."""
+        object, so a tied parameter's is zeroed once; a frozen parameter has none)."""
         for param in self.parameters():
-            param.grad.fill(0)
+            if param.grad is not None:
+                param.grad.fill(0)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Freeze (False) or unfreeze (True) every parameter of this module and its submodules,
+        as ``torch.nn.Module.requires_grad_``; returns self. See `Parameter.requires_grad_`:
+        backward then skips the frozen parameters' gradients, and optimizers skip them.
+
+        Examples
+        --------
+        Fine-tune a model's decoder only (the embedding and the recurrent layers as they are):
+
+        >>> model.requires_grad_(False)
+        >>> model.decoder.requires_grad_(True)
+        """
+        _check_requires_grad(requires_grad)
+        for param in self.parameters():
+            param.requires_grad_(requires_grad)
+        return self
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (default) for this module and every submodule: forward saves what

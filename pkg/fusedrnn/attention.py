@@ -466,21 +466,26 @@ class MultiheadAttention(Module):
         return args
 
     def _projection(self, which: int) -> tuple:
-        """(weight, bias or None, the grads' views) of the q (0), k (1) or v (2) projection."""
+        """(weight, bias or None, the grads' views) of the q (0), k (1) or v (2) projection, as
+        a `linear_forward` / `linear_backward` takes them: the grads in a dict ('weight',
+        'bias' when the layer has one), without a frozen parameter's."""
         E = self.embed_dim
         rows = slice(which * E, (which + 1) * E)
         # (each parameter's own .grad: self.grads walks every submodule, a cost per decoding step)
         params = self._params
         if self._qkv_same_embed_dim:
-            weight = params["in_proj_weight"][rows]
-            d_weight = params["in_proj_weight"].grad[rows]
+            weight, d_weight = params["in_proj_weight"][rows], params["in_proj_weight"].grad
+            d_weight = None if d_weight is None else d_weight[rows]
         else:
             name = ("q_proj_weight", "k_proj_weight", "v_proj_weight")[which]
             weight, d_weight = params[name], params[name].grad
-        if self.bias:
-            bias = params["in_proj_bias"]
-            return weight, bias[rows], d_weight, bias.grad[rows]
-        return weight, None, d_weight, None
+        grads = {} if d_weight is None else {"weight": d_weight}
+        if not self.bias:
+            return weight, None, grads
+        bias = params["in_proj_bias"]
+        if bias.grad is not None:
+            grads["bias"] = bias.grad[rows]
+        return weight, bias[rows], grads
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty `KVCache` for decoding ``batch`` sequences of up to ``max_len`` positions
@@ -741,7 +746,12 @@ class MultiheadAttention(Module):
         flat = np.ascontiguousarray(d_out).reshape(N * L, E)
         # forward: out = merged out_proj.weight^T + out_proj.bias
         d_merged, _ = self._backend.linear_backward(
-            saved["merged"], self.out_proj.weight, flat, grads=self.out_proj.grads, bias=self.bias
+            saved["merged"],
+            self.out_proj.weight,
+            flat,
+            grads=self.out_proj.grads,
+            bias=self.bias,
+            frozen=self.out_proj._frozen(),
         )
         d_merged = d_merged.reshape(N, L, H, D)
         d_attn = np.ascontiguousarray(d_merged.transpose(0, 2, 1, 3))
@@ -761,15 +771,16 @@ class MultiheadAttention(Module):
         ):
             # forward: y = x W^T + b, split into heads
             dy = np.ascontiguousarray(dh.transpose(0, 2, 1, 3)).reshape(N * length, E)
-            weight, _, d_weight, d_bias = self._projection(which)
-            grads = {"weight": d_weight, **({"bias": d_bias} if d_bias is not None else {})}
+            weight, _, grads = self._projection(which)
+            names = ("weight", "bias") if self.bias else ("weight",)
             features = x_in.shape[-1]
             dx, _ = self._backend.linear_backward(
                 x_in.reshape(N * length, features),
                 weight,
                 dy,
                 grads=grads,
-                bias=d_bias is not None,
+                bias=self.bias,
+                frozen=[name for name in names if name not in grads],
             )
             grads_in.append(self._to_layout(dx.reshape(N, length, features), unbatched))
         self._release_saved(retain_graph)
@@ -924,7 +935,7 @@ class AdditiveAttention(Module):
             s["kp"],
             d_context,
             s["key_mask"],
-            self.grads,
+            self._grads_or_scratch(),
         )
         if s["values"] is None:
             d_keys = d_keys + d_values

@@ -260,7 +260,9 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     The gradients are copied into one flat buffer per dtype, summed over the ranks by one
     ``comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)`` per buffer, divided by the number of
     ranks and copied back into each ``p.grad``. A tied parameter (one object in two modules)
-    is sent once. Every rank must call it at the same point, with the same model.
+    is sent once; a frozen one (``requires_grad_(False)``) has no gradient and is not sent.
+    Every rank must call it at the same point, with the same model and the same parameters
+    frozen.
 
     A NaN or infinity in any rank's gradient reaches every rank (the sum propagates it), so
     ``clip_grad_norm_(..., error_if_nonfinite=True)`` after it stops every rank alike.
@@ -284,7 +286,7 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
         docs/distributed.md counts them).
     """
     _check_comm(comm)
-    params = _parameter_list(model, "model")
+    params = [p for p in _parameter_list(model, "model") if p.grad is not None]
     size = comm.Get_size()
     MPI = _mpi()
     sent = 0

@@ -885,7 +885,7 @@ def linear_forward(x, weight, bias=None):
     return _core.linear_forward(x, weight, bias)
 
 
-def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool = True):
+def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool = True, frozen=()):
     """Gradients of `linear_forward`.
 
     Parameters
@@ -899,25 +899,38 @@ def linear_backward(x, weight, dy, grads=None, bias: bool = True, need_dx: bool 
         Whether the layer has a bias (its gradient is the column sums of dy).
     need_dx : bool
         False skips the input gradient (an input that needs none).
+    frozen : names of parameters ('weight', 'bias') whose gradients are not wanted (PyTorch's
+        ``requires_grad=False``): not computed (a frozen weight spares its GEMM), absent from
+        the returned dict, and a given ``grads`` need not have them (what it has is untouched).
 
     Returns
     -------
     dx : (M, in_features), or None when ``need_dx`` is False
     grads : the dict, ``weight`` (and ``bias``)
     """
-    if grads is not None and not isinstance(grads, Mapping):
-        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    if grads is not None and ("weight" not in grads or (bias and "bias" not in grads)):
-        raise ValueError(f"grads must have the keys {['weight', 'bias'] if bias else ['weight']}")
-    dweight = None if grads is None else grads["weight"]
-    dbias = None if grads is None or not bias else grads["bias"]
+    wanted, dweight, dbias = _linear_grads(grads, bias, frozen)
     dx, dweight, dbias = _core.linear_backward(
-        x, weight, dy, dweight, dbias, bool(bias), bool(need_dx)
+        x, weight, dy, dweight, dbias, "weight" in wanted, "bias" in wanted, bool(need_dx)
     )
-    out = {"weight": dweight, **({"bias": dbias} if bias else {})}
     if grads is None:
-        return dx, out
+        return dx, {k: v for k, v in (("weight", dweight), ("bias", dbias)) if k in wanted}
     return dx, grads
+
+
+def _linear_grads(grads, bias: bool, frozen) -> tuple:
+    """(the names of the gradients wanted, grads' weight array or None, its bias array or
+    None), the keys checked: every gradient wanted must be in a given ``grads``."""
+    names = ("weight", "bias") if bias else ("weight",)
+    frozen = check_frozen(frozen, names)
+    wanted = tuple(name for name in names if name not in frozen)
+    if grads is None:
+        return wanted, None, None
+    if not isinstance(grads, Mapping):
+        raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
+    if any(name not in grads for name in wanted):
+        left_out = " (a frozen one may be left out)" if frozen else ""
+        raise ValueError(f"grads must have the keys {list(names)}{left_out}")
+    return wanted, *(grads[name] if name in wanted else None for name in ("weight", "bias"))
 
 
 # ---------------------------------------------------------------- attention (docs/kernels.md)

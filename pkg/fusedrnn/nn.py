@@ -109,7 +109,7 @@ class Linear(Module):
         """Gradients through the last training-mode forward.
 
         Adds ``d_output^T x`` into ``weight.grad`` and the sum of ``d_output`` over every
-        leading axis into ``bias.grad``.
+        leading axis into ``bias.grad`` (a frozen parameter's is not computed).
 
         Parameters
         ----------
@@ -130,6 +130,7 @@ class Linear(Module):
             d_output.reshape(-1, self.out_features),
             grads=self.grads,
             bias=self._has_bias,
+            frozen=self._frozen(),
         )
         self._release_saved(retain_graph)
         return dx.reshape(x.shape)
@@ -231,5 +232,6 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, rows = flat[keep], rows[keep]
-        np.add.at(self.weight.grad, flat, rows)
+        if self.weight.grad is not None:  # (None: frozen)
+            np.add.at(self.weight.grad, flat, rows)
         self._release_saved(retain_graph)

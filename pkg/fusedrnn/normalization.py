@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ._checks import check_eps, check_normalized_shape
-from ._module import DTypeLike, Module
+from ._module import DTypeLike, Module, grad_or_scratch
 
 
 class LayerNorm(Module):
@@ -88,11 +88,12 @@ class LayerNorm(Module):
         return math.prod(self.normalized_shape)
 
     def _flat(self, name: str, of_grad: bool = False) -> np.ndarray | None:
-        """A parameter (or its gradient) as a (N,) view, or None."""
+        """A parameter (or its gradient: a frozen one's a throw-away array, `grad_or_scratch`)
+        as a (N,) view, or None."""
         param = self._params.get(name)
         if param is None:
             return None
-        return (param.grad if of_grad else param.view(np.ndarray)).reshape(-1)
+        return (grad_or_scratch(param) if of_grad else param.view(np.ndarray)).reshape(-1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalise x over its trailing ``normalized_shape`` axes.

@@ -159,8 +159,10 @@ class LearnedPositionalEncoding(_PositionalEncoding):
         return self._params["weight"].view(np.ndarray)
 
     def _accumulate(self, d_output: np.ndarray, offset: int) -> None:
-        rows = d_output.reshape(-1, *d_output.shape[-2:]).sum(axis=0)
-        self._params["weight"].grad[offset : offset + len(rows)] += rows
+        grad = self._params["weight"].grad
+        if grad is not None:  # (None: frozen)
+            rows = d_output.reshape(-1, *d_output.shape[-2:]).sum(axis=0)
+            grad[offset : offset + len(rows)] += rows
 
 
 ACTIVATIONS = {"relu": ReLU, "gelu": GELU}

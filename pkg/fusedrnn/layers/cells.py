@@ -17,6 +17,10 @@ from .._module import DTypeLike
 from .._spec import layer_roles
 from ._base import RecurrentModule, State, check_nonlinearity
 
+# A cell without biases (bias=False) runs the one-layer functions with zero biases, whose
+# gradients it does not want.
+_BIASES = frozenset({"bias_ih", "bias_hh"})
+
 
 @dataclass(frozen=True)
 class _TapeEntry:
@@ -121,7 +125,8 @@ class RecurrentCell(RecurrentModule):
     ) -> tuple:
         """Gradients through the most recent recorded step, which is popped off the tape.
 
-        Adds the parameter gradients into ``self.grads``.
+        Adds the parameter gradients into ``self.grads`` (a frozen parameter's is not
+        computed).
 
         Parameters
         ----------
@@ -163,8 +168,9 @@ class RecurrentCell(RecurrentModule):
             dh_n=dh,
             **cell_grads,
             **self._options,
-            grads=self._grad_buffers(),
+            grads=self.grads,
             input_grad=input_grad,
+            frozen=self._frozen() if self.bias else self._frozen() | _BIASES,
         )
         self._tape.pop()  # only now: a call rejected above leaves the step for a retry
         if dx is not None:
@@ -186,17 +192,6 @@ class RecurrentCell(RecurrentModule):
             return p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
         zeros = np.zeros(p["weight_ih"].shape[0], self.dtype)
         return p["weight_ih"], p["weight_hh"], zeros, zeros
-
-    def _grad_buffers(self) -> dict:
-        """The one-layer functions' grads dict: ours, with throw-away biases when bias=False."""
-        if self.bias:
-            return self.grads  # a fresh dict of the parameters' grad arrays
-        rows = self._params["weight_ih"].shape[0]
-        return {
-            **self.grads,
-            "bias_ih": np.zeros(rows, self.dtype),
-            "bias_hh": np.zeros(rows, self.dtype),
-        }
 
 
 def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:

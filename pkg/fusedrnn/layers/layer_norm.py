@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_eps
-from .._module import DTypeLike
+from .._module import DTypeLike, grad_or_scratch
 from .._spec import LN_CELL_BIASES, LN_CELL_PARAMETERS, layer_suffix
 from ._base import State
 from .recurrent import RecurrentLayer, _batch_axis, _own_copy
@@ -126,10 +126,11 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         self._set_parameters(params)
 
     def _cell_parameters(self, layer: int, direction: int, grads: bool = False) -> dict:
-        """One layer and direction's parameters (or their gradients) by role."""
+        """One layer and direction's parameters (or their gradients, a frozen one's a throw-away
+        array: the kernels compute every gradient) by role."""
         suffix = layer_suffix(layer, direction)
         return {
-            role: (p.grad if grads else p)
+            role: (grad_or_scratch(p) if grads else p)
             for role in self._roles
             for p in (self._params[role + suffix],)
         }

@@ -380,12 +380,14 @@ class RecurrentLayer(RecurrentModule):
             truncate_stride=truncate_stride,
             noise=saved.noise,
             input_grad=input_grad,
+            frozen=self._frozen().intersection(self._stack_weights),
             **self._stack_options,
         )
         if saved.learned_state:  # forward: h_0[:, b] = h0 for every item b
-            self.h0.grad += dh0.sum(axis=1)
-            if self._has_cell_state:
-                self.c0.grad += dc0.sum(axis=1)
+            learned = (("h0", dh0), ("c0", dc0)) if self._has_cell_state else (("h0", dh0),)
+            for name, d_state in learned:
+                if self._params[name].grad is not None:  # (None: frozen)
+                    self._params[name].grad += d_state.sum(axis=1)
         self._release_saved(retain_graph)
         dx = None if dx is None else self._from_time_major(dx, saved.unbatched)
         if saved.unbatched:
@@ -458,8 +460,9 @@ class RecurrentLayer(RecurrentModule):
 
     @property
     def _stack_grads(self) -> dict:
-        """The gradients of `_stack_weights`, keyed alike (the same arrays as in ``grads``)."""
-        return {name: self.grads[name] for name in self._stack_weights}
+        """The gradients of `_stack_weights`, keyed alike (the same arrays as in ``grads``); a
+        frozen parameter has none."""
+        return {name: p.grad for name, p in self._stack_weights.items() if p.grad is not None}
 
     def _learned_state(self, B: int) -> np.ndarray | tuple:
         """The learned h0 (and c0) repeated over a batch of B: (L*D, B, ...) arrays of their

@@ -55,6 +55,11 @@ def _parameter_list(params: object, name: str = "params") -> list[Parameter]:
     return list(found.values())
 
 
+def _trained(group: dict) -> list[Parameter]:
+    """The parameters of ``group`` that are not frozen (their gradient is an array)."""
+    return [param for param in group["params"] if param.grad is not None]
+
+
 def _check_hyper(value, name: str, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -122,20 +127,24 @@ class Optimizer:
         group["lr"] = _check_hyper(group["lr"], "lr")
 
     def zero_grad(self) -> None:
-        """Set the gradient of every parameter to zero, in place."""
+        """Set the gradient of every parameter to zero, in place (a frozen one has none)."""
         for group in self.param_groups:
             for param in group["params"]:
-                param.grad.fill(0)
+                if param.grad is not None:
+                    param.grad.fill(0)
 
     def step(self) -> None:
         """One update of every parameter from its gradient.
 
-        Every parameter is checked first (writeable; its gradient of its shape and dtype), so a
-        step that raises has changed nothing.
+        A frozen parameter (``requires_grad_(False)``: no gradient) is passed by, as PyTorch's
+        optimizers pass by a parameter whose ``grad`` is None: it does not change, and neither
+        does its state (its step count included). Every other parameter is checked first
+        (writeable; its gradient of its shape and dtype), so a step that raises has changed
+        nothing.
         """
         for group in self.param_groups:
             self._check_group(group)  # a schedule or a user may have set them
-            for param in group["params"]:
+            for param in _trained(group):
                 if not param.flags.writeable:
                     raise ValueError(
                         f"a parameter of shape {param.shape} is read-only, so "
@@ -153,7 +162,7 @@ class Optimizer:
                         f"{getattr(grad, 'shape', type(grad).__name__)}; nothing was updated"
                     )
         for group in self.param_groups:
-            for param in group["params"]:
+            for param in _trained(group):
                 state = self.state.setdefault(id(param), {})
                 state["step"] = state.get("step", 0) + 1
                 self._update(param, param.grad, state, group)
@@ -369,8 +378,10 @@ class Adam(Optimizer):
 
 
 def _gradients(parameters: object) -> list[np.ndarray]:
-    """The gradient of every parameter ``parameters`` stands for, each once."""
-    return [param.grad for param in _parameter_list(parameters, "parameters")]
+    """The gradient of every parameter ``parameters`` stands for, each once (a frozen
+    parameter has none)."""
+    params = _parameter_list(parameters, "parameters")
+    return [param.grad for param in params if param.grad is not None]
 
 
 def clip_grad_norm_(

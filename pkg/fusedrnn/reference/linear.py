@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._checks import check_frozen
+
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None):
     """``x @ weight.T + bias``: x (M, in_features), weight (out_features, in_features),
@@ -25,18 +27,25 @@ def linear_backward(
     grads=None,
     bias: bool = True,
     need_dx: bool = True,
+    frozen=(),
 ):
     """dx = dy @ weight (None unless ``need_dx``); grads['weight'] += dy^T x and, when ``bias``,
-    grads['bias'] += the column sums of dy. grads None makes a fresh zeroed dict."""
+    grads['bias'] += the column sums of dy, but for the names in ``frozen``. grads None makes a
+    fresh zeroed dict."""
     _check(x, weight, dy=dy)
+    frozen = check_frozen(frozen, ("weight", "bias") if bias else ("weight",))
+    wanted = {"weight": "weight" not in frozen, "bias": bias and "bias" not in frozen}
     if grads is None:
-        grads = {"weight": np.zeros_like(weight)}
-        if bias:
+        grads = {}
+        if wanted["weight"]:
+            grads["weight"] = np.zeros_like(weight)
+        if wanted["bias"]:
             grads["bias"] = np.zeros(weight.shape[0], weight.dtype)
     elif not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    grads["weight"] += dy.T @ x
-    if bias:
+    if wanted["weight"]:
+        grads["weight"] += dy.T @ x
+    if wanted["bias"]:
         grads["bias"] += dy.sum(axis=0)
     return (dy @ weight if need_dx else None), grads
 
