@@ -79,24 +79,28 @@ def make_optimizer(kind: str, model: fusedrnn.Module):
     return fusedrnn.SGD(model.parameters(), lr=0.5, momentum=0.9)
 
 
-# name: (optimizer, clip max_norm or None, dropout, gradient_as_bucket_view)
+# name: (optimizer, clip max_norm or None, dropout, gradient_as_bucket_view, frozen parameters)
 TRAINING_CASES = {
-    "sgd": ("sgd", None, False, False),
-    "clip": ("sgd", 0.05, False, False),
-    "adam": ("adam", 0.5, False, False),
-    "dropout": ("adam", None, True, False),
-    "adam_bucket": ("adam", 0.5, False, True),
+    "sgd": ("sgd", None, False, False, ()),
+    "clip": ("sgd", 0.05, False, False, ()),
+    "adam": ("adam", 0.5, False, False, ()),
+    "dropout": ("adam", None, True, False, ()),
+    "adam_bucket": ("adam", 0.5, False, True, ()),
+    "frozen_bucket": ("adam", 0.5, False, True, ("rnn.weight_ih_l0", "rnn.bias_hh_l0")),
 }
 
 
 def train(case: str, comm=None) -> dict[str, np.ndarray]:
     """Train TinyLM for CHUNKS steps of truncated BPTT on this rank's streams (all of them
     without ``comm``), the state carried from step to step; what the tests compare."""
-    kind, clip, dropout, bucket_view = TRAINING_CASES[case]
+    kind, clip, dropout, bucket_view, frozen = TRAINING_CASES[case]
     rank = comm.Get_rank() if comm is not None else 0
     # a seed per rank on purpose: broadcast_parameters must make the models equal
     model = TinyLM(seed=10 * rank, dropout_seed=100 + rank if dropout else None)
     optimizer = make_optimizer(kind, model)
+    for name, param in model.named_parameters():
+        if name in frozen:  # after the optimizer took it: the optimizer must pass it by
+            param.requires_grad_(False)
     data = streams()
     if comm is not None:
         distributed.broadcast_parameters(model, comm, optimizer)
@@ -109,7 +113,7 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
             first_masks.append(model.dropped)
         optimizer.zero_grad()
         model.backward()
-        local_norms.append(grad_norm([p.grad for p in model.parameters()]))
+        local_norms.append(grad_norm(list(model.grads.values())))
         if comm is not None:
             distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=bucket_view)
         if clip is not None:
@@ -120,7 +124,7 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
     result.update(norms=np.array(norms), local_norms=np.array(local_norms))
     result.update(losses=np.array(losses), masks=np.array(first_masks))
     # whether the gradients are views of one buffer (gradient_as_bucket_view)
-    grads = [p.grad for p in model.parameters()]
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
     owners = {id(g.base) for g in grads if g.base is not None}
     result["one_buffer"] = np.array(len(owners) == 1 and all(g.base is not None for g in grads))
     return result

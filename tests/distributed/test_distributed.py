@@ -151,6 +151,23 @@ def test_gradients_as_bucket_views_give_the_same_bits_with_no_copies(on_ranks):
     assert_ranks_identical(on_ranks["adam_bucket"])
 
 
+def test_frozen_parameters_are_not_sent_and_stay_rank_0s(on_ranks):
+    """Two parameters frozen (``requires_grad_(False)``): the others' gradients, bucket views
+    of one buffer without them, train as one process does; the frozen ones stay what
+    broadcast_parameters gave every rank."""
+    results = on_ranks["frozen_bucket"]
+    assert_ranks_identical(results)
+    frozen = mpi_cases.TRAINING_CASES["frozen_bucket"][4]
+    one_process = mpi_cases.train("frozen_bucket")
+    initial = dict(mpi_cases.TinyLM(seed=0).named_parameters())
+    for key, value in parameters(one_process).items():
+        np.testing.assert_allclose(results[0][key], value, rtol=EXACT, atol=EXACT, err_msg=key)
+    for name, param in initial.items():
+        trained = results[0][f"param.{name}"]
+        assert np.array_equal(trained, param) == (name in frozen), name
+    assert all(r["one_buffer"] for r in results)
+
+
 def test_clipping_uses_the_global_norm_of_the_averaged_gradient(on_ranks):
     results = on_ranks["clip"]
     one_process = mpi_cases.train("clip")

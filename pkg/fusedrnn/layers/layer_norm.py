@@ -206,6 +206,7 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         *,
         retain_graph: bool = False,
         input_grad: bool = True,
+        state_grad: bool = True,
     ) -> tuple:
         """Gradients through the last training-mode forward: adds every parameter's gradient
         into its ``grad`` and returns those of the inputs.
@@ -219,11 +220,13 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         input_grad : bool, default True
             False when x is data whose gradient is not wanted: ``dx`` is then None, and the
             first layer skips its product with ``weight_ih_l0``.
+        state_grad : bool, default True
+            False when the initial states' gradient is not wanted: ``dhx`` is then None.
 
         Returns
         -------
         dx : shape of x, or None (``input_grad=False``)
-        dhx : shape of hx (LSTM: (dh_0, dc_0))
+        dhx : shape of hx (LSTM: (dh_0, dc_0)), or None (``state_grad=False``)
         """
         saved = self._require_saved()
         out_shape, out_axes = self._output_layout(saved.T, saved.B, saved.unbatched)
@@ -263,6 +266,8 @@ class LayerNormRecurrentLayer(RecurrentLayer):
             d_out = d_in
         self._release_saved(retain_graph)
         dx = None if d_out is None else self._from_time_major(d_out, saved.unbatched)
+        if not state_grad:
+            return dx, None
         dh0 = np.stack(dh0)
         dc0 = np.stack(dc0) if self._has_cell_state else None
         if saved.unbatched:

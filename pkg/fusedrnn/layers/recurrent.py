@@ -316,6 +316,7 @@ class RecurrentLayer(RecurrentModule):
         truncate_stride: int | None = None,
         retain_graph: bool = False,
         input_grad: bool = True,
+        state_grad: bool = True,
     ) -> tuple:
         """Gradients through the last training-mode forward.
 
@@ -342,12 +343,18 @@ class RecurrentLayer(RecurrentModule):
             False when x is data whose gradient is not wanted (the first layer of a model):
             ``dx`` is then None, and the first layer skips ``dgates @ weight_ih``, a quarter
             of its backward's GEMM work when input_size equals hidden_size.
+        state_grad : bool, default True
+            False when the initial states' gradient is not wanted (forward was given no hx,
+            or data): ``dhx`` is then None. With ``input_grad=False`` as well, the layers below
+            the lowest one with a parameter to train (``requires_grad``) are not
+            differentiated at all: fine-tuning the top of a stack costs the top's backward.
+            (A learned initial state that trains still gets its gradient.)
 
         Returns
         -------
         dx : shape of x, or None (``input_grad=False``)
         dhx : shape of hx (LSTM: (dh_0, dc_0)); also when forward was given no hx, as the
-            gradient of its zero initial state
+            gradient of its zero initial state; None with ``state_grad=False``
         """
         saved = self._require_saved()
         T, B = saved.x.shape[:2]
@@ -381,6 +388,7 @@ class RecurrentLayer(RecurrentModule):
             noise=saved.noise,
             input_grad=input_grad,
             frozen=self._frozen().intersection(self._stack_weights),
+            state_grad=state_grad or (saved.learned_state and self._trains_initial_state),
             **self._stack_options,
         )
         if saved.learned_state:  # forward: h_0[:, b] = h0 for every item b
@@ -390,6 +398,8 @@ class RecurrentLayer(RecurrentModule):
                     self._params[name].grad += d_state.sum(axis=1)
         self._release_saved(retain_graph)
         dx = None if dx is None else self._from_time_major(dx, saved.unbatched)
+        if not state_grad:
+            return dx, None
         if saved.unbatched:
             dh0, dc0 = dh0[:, 0], (None if dc0 is None else dc0[:, 0])
         return dx, ((dh0, dc0) if self._has_cell_state else dh0)
@@ -457,6 +467,12 @@ class RecurrentLayer(RecurrentModule):
         if not self.learn_initial_state:
             return self._params
         return {name: p for name, p in self._params.items() if name not in ("h0", "c0")}
+
+    @property
+    def _trains_initial_state(self) -> bool:
+        """Whether a learned initial state (h0, c0) has a gradient to take."""
+        names = ("h0", "c0") if self._has_cell_state else ("h0",)
+        return any(self._params[name].grad is not None for name in names)
 
     @property
     def _stack_grads(self) -> dict:
