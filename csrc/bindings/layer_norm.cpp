@@ -142,9 +142,12 @@ struct LnCellCall {
     return c.optional_input(obj, name, {{"B", B}, {"hidden_size", H}});
   }
   // The gradient of a role, accumulated into grads[role] (fresh zeros when missing or None), or
-  // None for a role the cell lacks (an absent bias).
-  py::object accumulator(py::dict& grads, const char* role, std::initializer_list<Dim> dims) {
-    if (arrays[role].is_none()) return py::none();
+  // None for a role the cell lacks (an absent bias) or whose gradient is not wanted (`frozen`:
+  // a collection of roles; a frozen role's entry in grads, if any, is left as it is). The kernels
+  // skip a null gradient.
+  py::object accumulator(py::dict& grads, const char* role, std::initializer_list<Dim> dims,
+                         py::handle frozen) {
+    if (arrays[role].is_none() || frozen.contains(role)) return py::none();
     const std::string name = "grads['" + std::string(role) + "']";
     py::object given = grads.contains(role) ? py::object(grads[role]) : py::object(py::none());
     py::array a = c.accumulator(given, name.c_str(), dims);
@@ -206,7 +209,8 @@ py::tuple ln_lstm_forward_py(py::handle x, py::handle h0, py::handle c0, py::han
 
 py::tuple ln_lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::handle weights,
                               py::handle y, py::handle workspace, py::handle dy, py::handle dh_n,
-                              py::handle dc_n, py::handle grads_, bool input_grad) {
+                              py::handle dc_n, py::handle grads_, bool input_grad,
+                              py::handle frozen) {
   LnCellCall a(CellKind::lstm, x, h0, weights);
   auto& c = a.c;
   py::array c0a = a.state(c0, "c0");
@@ -216,13 +220,13 @@ py::tuple ln_lstm_backward_py(py::handle x, py::handle h0, py::handle c0, py::ha
   py::object dhn = a.optional_state(dh_n, "dh_n"), dcn = a.optional_state(dc_n, "dc_n");
   py::dict grads = grads_.is_none() ? py::dict() : py::reinterpret_borrow<py::dict>(grads_);
   const char* rows = a.gate_rows.c_str();
-  py::object gw_ih = a.accumulator(grads, "weight_ih", {{rows, a.G}, {"input_size", a.I}});
-  py::object gw_hh = a.accumulator(grads, "weight_hh", {{rows, a.G}, {"hidden_size", a.H}});
-  py::object gb = a.accumulator(grads, "bias", {{rows, a.G}});
-  py::object gg_ih = a.accumulator(grads, "ln_ih_weight", {{rows, a.G}});
-  py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}});
-  py::object gg_c = a.accumulator(grads, "ln_cell_weight", {{"hidden_size", a.H}});
-  py::object gb_c = a.accumulator(grads, "ln_cell_bias", {{"hidden_size", a.H}});
+  py::object gw_ih = a.accumulator(grads, "weight_ih", {{rows, a.G}, {"input_size", a.I}}, frozen);
+  py::object gw_hh = a.accumulator(grads, "weight_hh", {{rows, a.G}, {"hidden_size", a.H}}, frozen);
+  py::object gb = a.accumulator(grads, "bias", {{rows, a.G}}, frozen);
+  py::object gg_ih = a.accumulator(grads, "ln_ih_weight", {{rows, a.G}}, frozen);
+  py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}}, frozen);
+  py::object gg_c = a.accumulator(grads, "ln_cell_weight", {{"hidden_size", a.H}}, frozen);
+  py::object gb_c = a.accumulator(grads, "ln_cell_bias", {{"hidden_size", a.H}}, frozen);
   // input_grad false: dx is None, not computed (as the plain cells' backward)
   py::object dx = input_grad ? py::object(c.output({a.T, a.B, a.I})) : py::none();
   py::array dh0 = c.output({a.B, a.H}), dc0 = c.output({a.B, a.H});
@@ -281,7 +285,7 @@ py::tuple ln_gru_forward_py(py::handle x, py::handle h0, py::handle weights, dou
 
 py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py::handle y,
                              py::handle workspace, py::handle dy, py::handle dh_n,
-                             py::handle grads_, bool input_grad) {
+                             py::handle grads_, bool input_grad, py::handle frozen) {
   LnCellCall a(CellKind::gru, x, h0, weights);
   auto& c = a.c;
   py::array ya = c.input(y, "y", {{"T", a.T}, {"B", a.B}, {"hidden_size", a.H}});
@@ -290,12 +294,12 @@ py::tuple ln_gru_backward_py(py::handle x, py::handle h0, py::handle weights, py
   py::object dhn = a.optional_state(dh_n, "dh_n");
   py::dict grads = grads_.is_none() ? py::dict() : py::reinterpret_borrow<py::dict>(grads_);
   const char* rows = a.gate_rows.c_str();
-  py::object gw_ih = a.accumulator(grads, "weight_ih", {{rows, a.G}, {"input_size", a.I}});
-  py::object gw_hh = a.accumulator(grads, "weight_hh", {{rows, a.G}, {"hidden_size", a.H}});
-  py::object gb_ih = a.accumulator(grads, "bias_ih", {{rows, a.G}});
-  py::object gb_hh = a.accumulator(grads, "bias_hh", {{rows, a.G}});
-  py::object gg_ih = a.accumulator(grads, "ln_ih_weight", {{rows, a.G}});
-  py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}});
+  py::object gw_ih = a.accumulator(grads, "weight_ih", {{rows, a.G}, {"input_size", a.I}}, frozen);
+  py::object gw_hh = a.accumulator(grads, "weight_hh", {{rows, a.G}, {"hidden_size", a.H}}, frozen);
+  py::object gb_ih = a.accumulator(grads, "bias_ih", {{rows, a.G}}, frozen);
+  py::object gb_hh = a.accumulator(grads, "bias_hh", {{rows, a.G}}, frozen);
+  py::object gg_ih = a.accumulator(grads, "ln_ih_weight", {{rows, a.G}}, frozen);
+  py::object gg_hh = a.accumulator(grads, "ln_hh_weight", {{rows, a.G}}, frozen);
   py::object dx = input_grad ? py::object(c.output({a.T, a.B, a.I})) : py::none();
   py::array dh0 = c.output({a.B, a.H});
   const ScratchMemory scratch = c.scratch(ln_cell_backward_scratch_size(a.cell, a.shape));
@@ -333,11 +337,12 @@ void bind_layer_norm(py::module_& m) {
   m.def("ln_lstm_forward", &ln_lstm_forward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
   m.def("ln_lstm_backward", &ln_lstm_backward_py, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
-        "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "input_grad"_a = true);
+        "workspace"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "input_grad"_a = true,
+        "frozen"_a = py::tuple());
   m.def("ln_gru_forward", &ln_gru_forward_py, "x"_a, "h0"_a, "weights"_a, "eps"_a,
         "training"_a = true);
   m.def("ln_gru_backward", &ln_gru_backward_py, "x"_a, "h0"_a, "weights"_a, "y"_a, "workspace"_a,
-        "dy"_a, "dh_n"_a, "grads"_a, "input_grad"_a = true);
+        "dy"_a, "dh_n"_a, "grads"_a, "input_grad"_a = true, "frozen"_a = py::tuple());
   m.def(
       "ln_cell_workspace_size",
       [](const std::string& cell, int64_t T, int64_t B, int64_t H) {

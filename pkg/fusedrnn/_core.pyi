@@ -273,6 +273,7 @@ def ln_gru_backward(
     dh_n: typing.Any,
     grads: typing.Any,
     input_grad: bool = True,
+    frozen: typing.Any = (),
 ) -> tuple: ...
 def ln_gru_forward(
     x: typing.Any,
@@ -293,6 +294,7 @@ def ln_lstm_backward(
     dc_n: typing.Any,
     grads: typing.Any,
     input_grad: bool = True,
+    frozen: typing.Any = (),
 ) -> tuple: ...
 def ln_lstm_forward(
     x: typing.Any,

@@ -1263,14 +1263,16 @@ def ln_lstm_forward(x, h0, c0, weights, eps: float = 1e-5, training: bool = True
 
 def ln_lstm_backward(
     x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None, *,
-    input_grad: bool = True,
+    input_grad: bool = True, frozen=(),
 ):  # fmt: skip
     """Gradients of `ln_lstm_forward`, fused in C++: dx, dh0, dc0 and grads (a dict by role,
     added into; None or missing roles make fresh zeros). ``input_grad=False`` (x is data): dx
-    is None, its product with W_ih skipped (as `lstm_backward`)."""
+    is None, its product with W_ih skipped (as `lstm_backward`). ``frozen``: roles whose
+    gradients are not wanted: not computed, not in the returned dict (as `lstm_backward`)."""
+    weights = _weights_dict(weights)
     return _core.ln_lstm_backward(
-        x, h0, c0, _weights_dict(weights), y, workspace, dy, dh_n, dc_n, _grads_by_role(grads),
-        input_grad=bool(input_grad),
+        x, h0, c0, weights, y, workspace, dy, dh_n, dc_n, _grads_by_role(grads),
+        input_grad=bool(input_grad), frozen=check_frozen(frozen, tuple(weights)),
     )  # fmt: skip
 
 
@@ -1286,14 +1288,17 @@ def ln_gru_forward(x, h0, weights, eps: float = 1e-5, training: bool = True):
 
 
 def ln_gru_backward(
-    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True
-):
+    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True,
+    frozen=(),
+):  # fmt: skip
     """Gradients of `ln_gru_forward`, fused in C++: dx, dh0 and grads (a dict by role, added
     into; None or missing roles make fresh zeros). ``input_grad=False`` (x is data): dx is
-    None, its product with W_ih skipped (as `gru_backward`)."""
+    None, its product with W_ih skipped (as `gru_backward`). ``frozen``: roles whose gradients
+    are not wanted (as `ln_lstm_backward`)."""
+    weights = _weights_dict(weights)
     return _core.ln_gru_backward(
-        x, h0, _weights_dict(weights), y, workspace, dy, dh_n, _grads_by_role(grads),
-        input_grad=bool(input_grad),
+        x, h0, weights, y, workspace, dy, dh_n, _grads_by_role(grads),
+        input_grad=bool(input_grad), frozen=check_frozen(frozen, tuple(weights)),
     )  # fmt: skip
 
 

@@ -113,6 +113,31 @@ def test_input_grad_false_gives_no_dx_and_the_same_other_gradients(cell, backend
         np.testing.assert_array_equal(layer.grads[name], want, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("backend", [functional, reference], ids=["fused", "reference"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_roles_get_no_gradient_and_the_others_keep_their_bits(cell, backend, dtype):
+    """``frozen=`` (roles whose gradients are not wanted): absent from the returned dict, a
+    given dict's arrays for them untouched, every other gradient with the bits of the call
+    that computes all; an unknown role is an error naming it."""
+    a = cell_inputs(cell, 4, 3, 7, 19, dtype, seed=3)
+    _, full = run_cell(backend, cell, a)
+    roles = list(a["weights"])
+    for frozen in [[role] for role in roles] + [roles[::2], roles]:
+        _, part = run_cell(backend, cell, a, frozen=frozen)
+        assert set(part) == set(full) - {f"weights[{role!r}]" for role in frozen}
+        for name, value in part.items():
+            np.testing.assert_array_equal(value, full[name], err_msg=f"{name}, frozen {frozen}")
+        given = {role: np.full_like(w, 0.5) for role, w in a["weights"].items()}
+        run_cell(backend, cell, a, grads=given, frozen=frozen)
+        for role in roles:
+            want = 0.5 if role in frozen else 0.5 + full[f"weights[{role!r}]"]
+            tol = 1e-6 if dtype == np.float32 else 1e-14  # (+ 0.5 rounds to 0.5's ulp)
+            np.testing.assert_allclose(given[role], want, rtol=tol, atol=tol, err_msg=role)
+    with pytest.raises(ValueError, match="'weight_x'"):
+        run_cell(backend, cell, a, frozen=["weight_x"])
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_workspace_size_agrees(cell):
     assert functional.ln_workspace_size(cell, 7, 3, 11) == reference.layer_norm.ln_workspace_size(

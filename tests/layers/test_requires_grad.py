@@ -98,6 +98,13 @@ def test_the_layers_tell_the_kernels_what_not_to_compute(monkeypatch):
     cell.backward(np.ones_like(h))
     assert cell_calls == [{"weight_ih", "bias_ih", "bias_hh"}]  # no biases: none computed
 
+    ln_calls = spy_on(monkeypatch, "ln_gru_backward")
+    ln_gru = fusedrnn.LayerNormGRU(3, 4, num_layers=2, seed=0)
+    ln_gru.weight_ih_l1.requires_grad_(False)
+    y, _ = ln_gru(rng.standard_normal((5, 2, 3)).astype(np.float32))
+    ln_gru.backward(np.ones_like(y))
+    assert ln_calls == [{"weight_ih"}, set()]  # layer 1, then layer 0
+
     linear_calls = spy_on(monkeypatch, "linear_backward")
     attention = fusedrnn.MultiheadAttention(8, 2, seed=0)
     attention.in_proj_weight.requires_grad_(False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_eps
-from .._module import DTypeLike, grad_or_scratch
+from .._module import DTypeLike
 from .._spec import LN_CELL_BIASES, LN_CELL_PARAMETERS, layer_suffix
 from ._base import State
 from .recurrent import RecurrentLayer, _batch_axis, _own_copy
@@ -125,15 +125,16 @@ class LayerNormRecurrentLayer(RecurrentLayer):
                 params[name] = self._rng.uniform(-bound, bound, shape)
         self._set_parameters(params)
 
-    def _cell_parameters(self, layer: int, direction: int, grads: bool = False) -> dict:
-        """One layer and direction's parameters (or their gradients, a frozen one's a throw-away
-        array: the kernels compute every gradient) by role."""
+    def _cell_parameters(self, layer: int, direction: int) -> dict:
+        """One layer and direction's parameters by role."""
         suffix = layer_suffix(layer, direction)
-        return {
-            role: (grad_or_scratch(p) if grads else p)
-            for role in self._roles
-            for p in (self._params[role + suffix],)
-        }
+        return {role: self._params[role + suffix] for role in self._roles}
+
+    def _cell_gradients(self, layer: int, direction: int) -> tuple[dict, frozenset]:
+        """One layer and direction's gradients by role, and the roles frozen (no gradient)."""
+        params = self._cell_parameters(layer, direction)
+        grads = {role: p.grad for role, p in params.items() if p.grad is not None}
+        return grads, frozenset(params.keys() - grads.keys())
 
     # ------------------------------------------------------------ forward
 
@@ -280,16 +281,16 @@ class LayerNormRecurrentLayer(RecurrentLayer):
         """(dx or None, dh0, dc0 or None) of one layer and direction; adds into its parameters'
         grad."""
         weights = self._cell_parameters(layer, direction)
-        grads = self._cell_parameters(layer, direction, grads=True)
+        grads, frozen = self._cell_gradients(layer, direction)
         if self._has_cell_state:
             dx, dh0, dc0, _ = self._backend.ln_lstm_backward(
                 call.x, call.h0, call.c0, weights, call.y, call.workspace, dy, dh_n, dc_n, grads,
-                input_grad=input_grad,
+                input_grad=input_grad, frozen=frozen,
             )  # fmt: skip
             return dx, dh0, dc0
         dx, dh0, _ = self._backend.ln_gru_backward(
             call.x, call.h0, weights, call.y, call.workspace, dy, dh_n, grads,
-            input_grad=input_grad,
+            input_grad=input_grad, frozen=frozen,
         )  # fmt: skip
         return dx, dh0, None
 

@@ -18,8 +18,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._checks import check_frozen
 from .._spec import LN_CELL_BIASES, LN_CELL_PARAMETERS
-from ._common import dsigmoid, dtanh, sigmoid
+from ._common import dsigmoid, dtanh, keep_wanted, sigmoid
 
 # ---------------------------------------------------------------- LayerNorm over rows
 
@@ -153,10 +154,12 @@ def _weights(cell: str, weights: Mapping) -> dict:
     return {role: weights.get(role) for role in LN_CELL_PARAMETERS[cell]}
 
 
-def _grads(cell: str, grads, w: dict) -> dict:
+def _grads(grads, w: dict, frozen: frozenset) -> dict:
+    """The dict a backward adds into: ``grads`` (its missing roles get zeros), or fresh zeros;
+    fresh when some roles are frozen (`keep_wanted` then adds the wanted ones into ``grads``)."""
     if grads is not None and not isinstance(grads, Mapping):
         raise TypeError(f"grads must be a dict of arrays or None, got {type(grads).__name__}")
-    grads = {} if grads is None else grads
+    grads = {} if grads is None or frozen else grads
     for role, value in w.items():
         if value is not None and grads.get(role) is None:
             grads[role] = np.zeros_like(value)
@@ -233,15 +236,17 @@ def _cell_norm_output(w: dict, chat: np.ndarray) -> np.ndarray:
 
 def ln_lstm_backward(
     x, h0, c0, weights, y, workspace, dy=None, dh_n=None, dc_n=None, grads=None, *,
-    input_grad: bool = True,
+    input_grad: bool = True, frozen=(),
 ):  # fmt: skip
     """Gradients of `ln_lstm_forward`: dx (T, B, input_size), dh0, dc0 (B, H), and grads (a
     dict by role, added into; None makes fresh zeros). ``input_grad=False`` (x is data): dx is
-    None (computed here and dropped; the fused kernel skips it)."""
+    None; ``frozen`` (roles): their gradients are not returned and a given grads keeps its
+    arrays for them (both computed here and dropped; the fused kernel skips them)."""
     w = _weights("lstm", weights)
     T, B, _, H = _check_cell(x, h0, w)
     s = _unpack("lstm", workspace, T, B, H)
-    grads = _grads("lstm", grads, w)
+    frozen = check_frozen(frozen, tuple(weights))
+    given, grads = grads, _grads(grads, w, frozen)
     dh = np.zeros_like(h0) if dh_n is None else dh_n.copy()
     dc = np.zeros_like(c0) if dc_n is None else dc_n.copy()
     dpre = np.zeros((T, B, 4 * H), x.dtype)
@@ -275,7 +280,7 @@ def ln_lstm_backward(
     if w["ln_cell_bias"] is not None:
         grads["ln_cell_bias"] += du.sum(axis=(0, 1))
     dx = _input_and_weight_grads(w, grads, x, h0, y, dpre, dhproj, s)
-    return (dx if input_grad else None), dh, dc, grads
+    return (dx if input_grad else None), dh, dc, keep_wanted(grads, given, frozen)
 
 
 def _input_and_weight_grads(w, grads, x, h0, y, d_ax, dhproj, s) -> np.ndarray:
@@ -334,15 +339,17 @@ def _gru_parts(w: dict, xhat_x: np.ndarray, xhat_h: np.ndarray) -> tuple:
 
 
 def ln_gru_backward(
-    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True
-):
+    x, h0, weights, y, workspace, dy=None, dh_n=None, grads=None, *, input_grad: bool = True,
+    frozen=(),
+):  # fmt: skip
     """Gradients of `ln_gru_forward`: dx (T, B, input_size), dh0 (B, H), and grads (a dict by
-    role, added into; None makes fresh zeros). ``input_grad=False`` (x is data): dx is None
-    (computed here and dropped; the fused kernel skips it)."""
+    role, added into; None makes fresh zeros). ``input_grad`` and ``frozen``: as
+    `ln_lstm_backward`."""
     w = _weights("gru", weights)
     T, B, _, H = _check_cell(x, h0, w)
     s = _unpack("gru", workspace, T, B, H)
-    grads = _grads("gru", grads, w)
+    frozen = check_frozen(frozen, tuple(weights))
+    given, grads = grads, _grads(grads, w, frozen)
     dh = np.zeros_like(h0) if dh_n is None else dh_n.copy()
     d_ax = np.zeros((T, B, 3 * H), x.dtype)
     d_ah = np.zeros_like(d_ax)
@@ -367,4 +374,4 @@ def ln_gru_backward(
     if w["bias_hh"] is not None:
         grads["bias_hh"] += d_ah.sum(axis=(0, 1))
     dx = _input_and_weight_grads(w, grads, x, h0, y, d_ax, dhproj, s)
-    return (dx if input_grad else None), dh, grads
+    return (dx if input_grad else None), dh, keep_wanted(grads, given, frozen)
