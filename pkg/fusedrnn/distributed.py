@@ -163,20 +163,27 @@ def _unpack(flat: np.ndarray, arrays: list[np.ndarray], divisor: int = 1) -> Non
 # ---------------------------------------------------------------- broadcast
 
 
-def _signature(model: Module) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, dtype) of every parameter, each once, in order."""
-    return [(name, p.shape, p.dtype.name) for name, p in model.named_parameters()]
+def _signature(model: Module) -> list[tuple[str, tuple[int, ...], str, bool]]:
+    """(name, shape, dtype, requires_grad) of every parameter, each once, in order."""
+    return [(name, p.shape, p.dtype.name, p.requires_grad) for name, p in model.named_parameters()]
 
 
 def _signature_difference(mine: list, root: list, root_rank: int) -> str | None:
     """What differs between this rank's parameters and the root's, naming the first parameter
     that does; None if nothing does."""
     for i, (own, theirs) in enumerate(zip(mine, root)):
-        if own != theirs:
+        if own[:3] != theirs[:3]:
             return (
                 f"parameter {i} is {own[0]!r} of shape {own[1]} and dtype {own[2]}, but on rank "
                 f"{root_rank} it is {theirs[0]!r} of shape {theirs[1]} and dtype {theirs[2]}: "
                 "every rank must build the same model"
+            )
+        if own != theirs:
+            here, there = ("not frozen" if trained else "frozen" for trained in (own[3], theirs[3]))
+            return (
+                f"parameter {own[0]!r} is {here} (requires_grad={own[3]}), but on rank "
+                f"{root_rank} it is {there}: every rank must freeze the same parameters "
+                "(allreduce_gradients sends the gradients of the others)"
             )
     if len(mine) != len(root):
         extra = mine[len(root)][0] if len(mine) > len(root) else root[len(mine)][0]
@@ -194,7 +201,8 @@ def broadcast_parameters(
 
     Call it once on every rank, after building the model and the optimizer and before training
     (and after loading a checkpoint on the root only). It first checks that every rank has the
-    same parameter names, shapes and dtypes in the same order; if not, every rank raises the same
+    same parameter names, shapes and dtypes in the same order, each frozen
+    (``requires_grad_(False)``) on every rank or on none; if not, every rank raises the same
     ValueError naming the first parameter that differs (no rank is left waiting). Then the
     parameters travel in one flat buffer per dtype (``comm.Bcast``); they are loaded with
     ``load_state_dict``, so what earlier forwards saved for backward is discarded. Gradients are
@@ -262,7 +270,7 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     ranks and copied back into each ``p.grad``. A tied parameter (one object in two modules)
     is sent once; a frozen one (``requires_grad_(False)``) has no gradient and is not sent.
     Every rank must call it at the same point, with the same model and the same parameters
-    frozen.
+    frozen (`broadcast_parameters` checks both).
 
     A NaN or infinity in any rank's gradient reaches every rank (the sum propagates it), so
     ``clip_grad_norm_(..., error_if_nonfinite=True)`` after it stops every rank alike.

@@ -164,13 +164,15 @@ def allreduce_nan(comm) -> dict[str, np.ndarray]:
 
 
 def broadcast_mismatch(comm, which: str) -> dict[str, np.ndarray]:
-    """Rank 1 builds another model (another hidden size, or another parameter order): the error
-    every rank raises, and that the job goes on afterwards (an allreduce still works)."""
+    """Rank 1 builds another model (another hidden size, or another parameter order), or
+    freezes a parameter the others train: the error every rank raises, and that the job goes on
+    afterwards (an allreduce still works)."""
     rank = comm.Get_rank()
-    if rank == 1:
+    model = TinyLM()
+    if rank == 1 and which == "frozen":
+        model.rnn.bias_hh_l0.requires_grad_(False)
+    elif rank == 1:
         model = TinyLM(hidden=WIDTH + 1) if which == "shape" else ReorderedLM()
-    else:
-        model = TinyLM()
     try:
         distributed.broadcast_parameters(model, comm)
         error = ""

@@ -84,7 +84,8 @@ def text_file(tmp_path_factory) -> str:
     return str(path)
 
 
-RANK_CASES = [*mpi_cases.TRAINING_CASES, "allreduce_nan", "mismatch_shape", "mismatch_order"]
+MISMATCHES = ["mismatch_shape", "mismatch_order", "mismatch_frozen"]
+RANK_CASES = [*mpi_cases.TRAINING_CASES, "allreduce_nan", *MISMATCHES]
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +222,13 @@ def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
     [
         ("mismatch_shape", ["'rnn.weight_ih_l0'", "(28, 6)", "(24, 6)"]),
         ("mismatch_order", ["'rnn.weight_ih_l0'", "'encoder.weight'"]),
+        ("mismatch_frozen", ["'rnn.bias_hh_l0' is frozen", "on rank 0 it is not frozen"]),
     ],
 )
 def test_broadcast_refuses_models_that_differ_naming_the_parameter(on_ranks, case, named):
-    """Rank 1 built another model: every rank raises the same error, which names the first
-    parameter that differs, and no rank hangs (both reach the allreduce after it)."""
+    """Rank 1 built another model, or froze a parameter: every rank raises the same error,
+    which names the first parameter that differs, and no rank hangs (both reach the allreduce
+    after it)."""
     results = on_ranks[case]
     errors = [str(r["error"]) for r in results]
     assert errors[0] == errors[1] and "rank 1" in errors[0]
