@@ -31,7 +31,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from ._checks import check_array, check_choice, check_dtype
+from ._checks import check_array, check_choice, check_dtype, check_flag
 from ._thread_guard import guard_training_state
 
 DTypeLike = type | str | np.dtype
@@ -638,9 +638,15 @@ class Module:
             module._forget_saved(LOADED)  # the saved forwards used the old parameters
         return IncompatibleKeys(missing, unexpected)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         """Set the gradient of every parameter to zero, in place (each array stays the same
-        object, so a tied parameter's is zeroed once; a frozen parameter has none)."""
+        object, so a tied parameter's is zeroed once; a frozen parameter has none).
+
+        ``set_to_none`` is PyTorch's argument, taken so that ported code runs: here a gradient is
+        zeroed in place either way, since the kernels add into the arrays and a gradient of
+        None means a frozen parameter (`Parameter.requires_grad_`).
+        """
+        check_flag(set_to_none, "set_to_none")
         for param in self.parameters():
             if param.grad is not None:
                 param.grad.fill(0)

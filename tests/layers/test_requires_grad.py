@@ -279,3 +279,23 @@ def test_without_state_or_input_gradients_the_stack_skips_the_frozen_bottom(monk
         gru.backward(np.ones_like(y), input_grad=False, state_grad=False)
     # a learned initial state that trains needs the states' gradient
     assert calls == [(False, False), (False, True)]
+
+
+def test_zero_grad_takes_pytorchs_set_to_none_and_zeroes_in_place():
+    """Ported code calls ``zero_grad(set_to_none=...)``: either way the gradient arrays stay
+    (the kernels add into them) and are zeroed; None stays the mark of a frozen parameter."""
+    model = two_layers()
+    model[1].bias.requires_grad_(False)
+    optimizer = fusedrnn.SGD(model.parameters(), lr=0.1)
+    for zero_grad in (model.zero_grad, optimizer.zero_grad):
+        for set_to_none in (True, False):
+            arrays = [p.grad for p in model.parameters() if p.requires_grad]
+            for grad in arrays:
+                grad += 1.0
+            zero_grad(set_to_none=set_to_none)
+            kept = [p.grad for p in model.parameters() if p.requires_grad]
+            assert len(kept) == len(arrays) and all(a is b for a, b in zip(kept, arrays))
+            assert not any(grad.any() for grad in arrays)
+            assert model[1].bias.grad is None
+        with pytest.raises(TypeError, match="set_to_none must be a bool"):
+            zero_grad(set_to_none=None)

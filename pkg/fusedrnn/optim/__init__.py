@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .. import functional
+from .._checks import check_flag
 from .._module import Module, Parameter
 from . import lr_scheduler  # fusedrnn.optim.lr_scheduler, as torch.optim.lr_scheduler
 
@@ -126,8 +127,10 @@ class Optimizer:
         """Check (and normalise) a group's hyperparameters: ValueError / TypeError by name."""
         group["lr"] = _check_hyper(group["lr"], "lr")
 
-    def zero_grad(self) -> None:
-        """Set the gradient of every parameter to zero, in place (a frozen one has none)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set the gradient of every parameter to zero, in place (a frozen one has none);
+        ``set_to_none`` as in `fusedrnn.Module.zero_grad` (zeroed in place either way)."""
+        check_flag(set_to_none, "set_to_none")
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
