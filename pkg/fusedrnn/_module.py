@@ -170,7 +170,7 @@ class Parameter(np.ndarray):
         Freezing drops the gradient (``grad`` becomes None); unfreezing a frozen parameter gives
         it a zeroed one, and leaves a gradient it has as it is.
         """
-        if not _check_requires_grad(requires_grad):
+        if not check_flag(requires_grad, "requires_grad"):
             self.grad = None
         elif self.grad is None:
             self.grad = cache_aligned_zeros(self.shape, self.dtype)
@@ -217,13 +217,6 @@ class Parameter(np.ndarray):
     def __reduce__(self):
         # pickled with its gradient; pickle's memo keeps a tied parameter one object
         return _rebuild_parameter, (self.copy(), self.grad)
-
-
-def _check_requires_grad(value: object) -> bool:
-    """``value`` if it is a bool (numpy's too); TypeError otherwise."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"requires_grad must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _plain_method(name: str) -> Callable:
@@ -663,7 +656,7 @@ class Module:
         >>> model.requires_grad_(False)
         >>> model.decoder.requires_grad_(True)
         """
-        _check_requires_grad(requires_grad)
+        check_flag(requires_grad, "requires_grad")
         for param in self.parameters():
             param.requires_grad_(requires_grad)
         return self
