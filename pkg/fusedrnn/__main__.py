@@ -302,7 +302,7 @@ def _add_bench_distributed(subparsers: argparse._SubParsersAction) -> None:
         "(needs fusedrnn[mpi])",
         description="Time the char-LM's training step (same global batch) as 1 rank x 1 "
         "thread, 1 rank x N threads and N ranks x 1 thread (mpiexec -n N), in interleaved "
-        "rounds; time MPI Allreduce against the buffer size; then print the cost model of "
+        "rounds; time the gradient allreduce against its size; then print the cost model of "
         "docs/distributed.md: its prediction for N ranks here next to the measurement, and "
         "the predicted scaling efficiency at 2-64 machines for 1-100 Gbit/s networks.",
     )

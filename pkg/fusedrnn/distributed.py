@@ -29,9 +29,9 @@ import contextlib
 import math
 import os
 import sys
-import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -118,22 +118,6 @@ def _by_dtype(params: list[Parameter]) -> dict[np.dtype, list[Parameter]]:
     for param in params:
         groups.setdefault(param.dtype, []).append(param)
     return groups
-
-
-# The flat buffers of `allreduce_gradients`, one per (dtype, size) and thread, kept from step to
-# step: a new one each step (1.3 MB for the char-LM) cost fresh pages, their faults and a cold
-# buffer for MPI, about a third of the call (measured, 2 ranks on one machine). Every element is
-# written by `_pack` before it is read, so a buffer left by other parameters of the same size
-# serves as well.
-_flat_buffers = threading.local()
-
-
-def _flat_buffer(size: int, dtype: np.dtype) -> np.ndarray:
-    buffers = _flat_buffers.__dict__.setdefault("by_key", {})
-    key = (dtype, size)
-    if key not in buffers:
-        buffers[key] = cache_aligned_zeros((size,), dtype)
-    return buffers[key]
 
 
 def _pack(arrays: list[np.ndarray], dtype: np.dtype, flat: np.ndarray | None = None) -> np.ndarray:
@@ -265,12 +249,12 @@ def broadcast_parameters(
 def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bool = False) -> int:
     """Average every parameter's gradient over the ranks, in place.
 
-    The gradients are copied into one flat buffer per dtype, summed over the ranks by one
-    ``comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)`` per buffer, divided by the number of
-    ranks and copied back into each ``p.grad``. A tied parameter (one object in two modules)
-    is sent once; a frozen one (``requires_grad_(False)``) has no gradient and is not sent.
-    Every rank must call it at the same point, with the same model and the same parameters
-    frozen (`broadcast_parameters` checks both).
+    The gradients of one dtype travel in one flat buffer (a bucket), kept from call to call on
+    the parameters: the sum over the ranks, divided by the number of ranks, comes back into each
+    ``p.grad``. A tied parameter (one object in two modules) is sent once; a frozen one
+    (``requires_grad_(False)``) has no gradient and is not sent. Every rank must call it at the
+    same point, with the same model and the same parameters frozen (`broadcast_parameters`
+    checks both).
 
     A NaN or infinity in any rank's gradient reaches every rank (the sum propagates it), so
     ``clip_grad_norm_(..., error_if_nonfinite=True)`` after it stops every rank alike.
@@ -280,12 +264,15 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     model : Module, or ``model.parameters()`` (anything an optimizer takes)
     comm : mpi4py communicator, e.g. ``MPI.COMM_WORLD``
     gradient_as_bucket_view : bool, default False
-        As PyTorch DDP's option of that name: the gradients become views of the flat buffer
-        (the first call replaces each ``p.grad`` by a view holding the same values), so later
-        calls sum them where they are, with no copy in or out: the char-LM's step on 2 ranks
-        spent 0.35 ms in the call instead of 0.59. An array taken from ``p.grad`` before the
-        first call is then no longer the parameter's gradient; a ``p.grad`` replaced later is
-        taken into the buffer again at the next call. The values are the same bits either way.
+        As PyTorch DDP's option of that name: the gradients become views of the bucket (the
+        first call replaces each ``p.grad`` by a view holding the same values), so later calls
+        sum them where they are, with no copy in or out. An array taken from ``p.grad`` before
+        the first call is then no longer the parameter's gradient; a ``p.grad`` replaced later
+        is taken into the bucket again at the next call. When every rank of ``comm`` runs on
+        one machine, the buckets are then memory all of them map (an MPI-3 shared window) and
+        each rank sums its share of the elements over every rank's bucket, where they are,
+        instead of ``comm.Allreduce``: the char-LM's step on 2 ranks spent 0.2-0.3 ms in the
+        call instead of 0.65-0.75 (docs/distributed.md). The same bits either way.
 
     Returns
     -------
@@ -295,53 +282,176 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     """
     _check_comm(comm)
     params = [p for p in _parameter_list(model, "model") if p.grad is not None]
-    size = comm.Get_size()
-    MPI = _mpi()
     sent = 0
     for dtype, group in _by_dtype(params).items():
+        bucket = _bucket(group, dtype, comm, gradient_as_bucket_view)
         grads = [p.grad for p in group]
         if gradient_as_bucket_view:
-            flat = _bucket(group, dtype)
-            comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-            flat /= dtype.type(size)  # the mean, each gradient where it is
+            bucket.average()
         else:
-            flat = _pack(grads, dtype, _flat_buffer(sum(g.size for g in grads), dtype))
-            comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-            _unpack(flat, grads, divisor=size)  # the mean
+            _pack(grads, dtype, bucket.flat)
+            bucket.average(divide=False)
+            _unpack(bucket.flat, grads, divisor=comm.Get_size())  # the mean, on the way back
         sent += sum(g.nbytes for g in grads)
     return sent
 
 
 _BUCKET_ALIGN = 64  # bytes: each gradient of a bucket starts on a cache line, as a new one does
+_SHARED_MEMORY = True
+"""Whether the ranks of one machine sum bucket views in a shared window (the tests set it False
+to run MPI's Allreduce on one machine too)."""
 
 
-def _bucket(group: list[Parameter], dtype: np.dtype) -> np.ndarray:
-    """The flat buffer whose views are the gradients of ``group`` (one dtype), made and taken up
-    by the first call (``p.grad`` replaced by a view with its values; each view on a cache line,
-    the gaps zeros), kept on the group's first parameter; made again when a gradient is no longer
-    its view (replaced by the user) or the group changed."""
+class _Bucket:
+    """The flat buffer of one dtype's gradients, kept from call to call (on the first of its
+    parameters), and how it is averaged over the ranks.
+
+    ``flat`` holds the gradients of the parameters one after another; with ``views`` each
+    ``p.grad`` is a view of it, from a cache line (the gaps zeros). A bucket of views on a
+    communicator whose ranks all run on one machine is this rank's part of an MPI-3 shared
+    window (``MPI.Win.Allocate_shared``): `average` then has rank r add up the r-th share of
+    the elements over every rank's part, in rank order, divide, and write the mean into every
+    part, between two barriers, with no copy through MPI's buffers. Otherwise `average` is one
+    ``comm.Allreduce``. On 2 ranks both give the same bits (a sum of two is the same either way
+    round). The bucket holds its parameters weakly: it does not keep a deleted model alive.
+    """
+
+    def __init__(self, members: list[Parameter], dtype: np.dtype, comm: Any, views: bool):
+        self.members = [weakref.ref(p) for p in members]
+        self.comm, self.views, self.ranks = comm, views, comm.Get_size()
+        step = _BUCKET_ALIGN // dtype.itemsize if views else 1  # (copies: no gaps needed)
+        offsets, self.size = [], 0
+        for p in members:
+            offsets.append(self.size)
+            self.size += -(-p.size // step) * step
+        self.window = self.node = self.memory = None
+        self.parts: list[np.ndarray] = []
+        if views and _SHARED_MEMORY and self.ranks > 1:
+            self._share(dtype, step)  # collective: every rank comes to the same answer
+        own = self.parts[self.node.Get_rank()] if self.window is not None else None
+        self.flat = own if own is not None else cache_aligned_zeros((self.size,), dtype)
+        for p, offset in zip(members, offsets):
+            part = self.flat[offset : offset + p.size]
+            part[...] = p.grad.reshape(-1)
+            if views:
+                p.grad = part.reshape(p.shape)
+        self.grads = [p.grad for p in members]
+
+    def _share(self, dtype: np.dtype, step: int) -> None:
+        """The shared window, when every rank of ``comm`` runs on this machine."""
+        MPI = _mpi()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        if node.Get_size() != self.ranks:  # ranks on several machines: MPI's Allreduce
+            node.Free()
+            return
+        info = MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")  # each rank's part on pages of its own
+        try:
+            window = MPI.Win.Allocate_shared(
+                self.size * dtype.itemsize, dtype.itemsize, info, comm=node
+            )
+        finally:
+            info.Free()
+        window.Lock_all(MPI.MODE_NOCHECK)  # the passive epoch Sync needs, open till Free
+        self.node, self.window = node, window
+        self.parts = [
+            np.ndarray((self.size,), dtype, buffer=window.Shared_query(r)[0])
+            for r in range(self.ranks)
+        ]
+        # this rank's share: whole cache lines, so that no line is written by two ranks
+        bounds = [self.size * r // self.ranks // step * step for r in range(self.ranks)]
+        rank = node.Get_rank()
+        self.share = slice(bounds[rank], [*bounds[1:], self.size][rank])
+        _shared_buckets.append(self)
+
+    def fits(self, group: list[Parameter], comm: Any, views: bool) -> bool:
+        """Whether this bucket still serves ``group``: the same parameters, communicator and
+        kind, and (views) every gradient still its view."""
+        return (
+            comm is self.comm
+            and views == self.views
+            and len(group) == len(self.members)
+            and all(m() is p for m, p in zip(self.members, group))
+            and (not views or all(p.grad is g for p, g in zip(group, self.grads)))
+        )
+
+    def average(self, divide: bool = True) -> None:
+        """``flat`` becomes the sum of every rank's ``flat`` (the mean with ``divide``)."""
+        if self.window is None:
+            self.comm.Allreduce(_mpi().IN_PLACE, self.flat, op=_mpi().SUM)
+            if divide:
+                self.flat /= self.flat.dtype.type(self.ranks)
+            return
+        self._barrier()  # every rank's gradients are in its part
+        total = self.parts[0][self.share]  # the sum in rank order, into rank 0's part
+        for part in self.parts[1:]:
+            np.add(total, part[self.share], out=total)
+        if divide:
+            total /= total.dtype.type(self.ranks)
+        for part in self.parts[1:]:
+            part[self.share] = total
+        self._barrier()  # every share is in every part
+
+    def _barrier(self) -> None:
+        # (Sync around it: the memory barriers of the MPI-3 shared memory model)
+        self.window.Sync()
+        self.node.Barrier()
+        self.window.Sync()
+
+    def unused(self) -> bool:
+        """Whether this shared bucket serves no parameter any more (its model was deleted, or
+        its first parameter has another bucket now) and nothing holds an array of its memory
+        (a gradient view a user kept): then its window may be freed. Drops its own arrays
+        once it serves no parameter."""
+        owner = self.members[0]()
+        if owner is not None and getattr(owner, "_gradient_bucket", None) is self:
+            return False
+        if self.memory is None:
+            self.memory = weakref.ref(self.flat)
+            self.flat, self.parts, self.grads = None, [], []
+        return self.memory() is None
+
+    def free(self) -> None:
+        """Free the shared window: collective, every rank at once."""
+        self.window.Unlock_all()
+        self.window.Free()
+        self.node.Free()
+        self.window = self.node = None
+
+
+# The buckets in shared windows that are not freed yet, in the order they were made (the same
+# order on every rank, since making one is collective). `_bucket` frees those no rank needs.
+_shared_buckets: list[_Bucket] = []
+
+
+def _bucket(group: list[Parameter], dtype: np.dtype, comm: Any, views: bool) -> _Bucket:
+    """The bucket of ``group`` (one dtype), kept on its first parameter; made (again) when there
+    is none or it no longer fits.
+
+    Shared windows are made and freed collectively, so on that path the ranks first agree, in
+    one small Allreduce (which also waits for every rank's gradients), on whether any of them
+    needs a new bucket, and on which of the windows of ``comm`` no rank needs any more (`unused`
+    on every rank: those are freed). A window a user still holds a view of stays until it is
+    not held; what is left when the program ends, MPI frees when it finalizes.
+    """
     owner = group[0]
     bucket = getattr(owner, "_gradient_bucket", None)
-    if bucket is not None:
-        members, flat, views = bucket
-        if len(members) == len(group) and all(
-            m is p and p.grad is v for m, p, v in zip(members, group, views)
-        ):
-            return flat
-    step = _BUCKET_ALIGN // dtype.itemsize
-    offsets, total = [], 0
-    for p in group:
-        offsets.append(total)
-        total += -(-p.size // step) * step
-    flat = cache_aligned_zeros((total,), dtype)
-    views = []
-    for p, offset in zip(group, offsets):
-        view = flat[offset : offset + p.size].reshape(p.shape)
-        view[...] = p.grad
-        p.grad = view
-        views.append(view)
-    owner._gradient_bucket = (list(group), flat, views)
-    return flat
+    fits = bucket is not None and bucket.fits(group, comm, views)
+    if not (views and _SHARED_MEMORY and comm.Get_size() > 1):
+        if not fits:  # a bucket of this rank's own memory: no other rank needs to know
+            owner._gradient_bucket = bucket = _Bucket(group, dtype, comm, views)
+        return bucket
+    MPI = _mpi()
+    mine = [b for b in _shared_buckets if b.comm is comm]
+    votes = np.array([not fits, *(b.unused() for b in mine)], np.int64)
+    comm.Allreduce(MPI.IN_PLACE, votes, op=MPI.SUM)  # (ranks that need a new one, then free)
+    for b, count in zip(mine, votes[1:]):
+        if count == comm.Get_size():
+            b.free()
+            _shared_buckets.remove(b)
+    if votes[0] > 0:
+        owner._gradient_bucket = bucket = _Bucket(group, dtype, comm, views)
+    return bucket
 
 
 # ---------------------------------------------------------------- data

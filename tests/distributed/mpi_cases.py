@@ -79,7 +79,8 @@ def make_optimizer(kind: str, model: fusedrnn.Module):
     return fusedrnn.SGD(model.parameters(), lr=0.5, momentum=0.9)
 
 
-# name: (optimizer, clip max_norm or None, dropout, gradient_as_bucket_view, frozen parameters)
+# name: (optimizer, clip max_norm or None, dropout, gradient_as_bucket_view, frozen parameters);
+# gradient_as_bucket_view "allreduce": views summed by MPI's Allreduce, not in a shared window
 TRAINING_CASES = {
     "sgd": ("sgd", None, False, False, ()),
     "clip": ("sgd", 0.05, False, False, ()),
@@ -87,7 +88,9 @@ TRAINING_CASES = {
     "dropout": ("adam", None, True, False, ()),
     "adam_bucket": ("adam", 0.5, False, True, ()),
     "frozen_bucket": ("adam", 0.5, False, True, ("rnn.weight_ih_l0", "rnn.bias_hh_l0")),
+    "adam_bucket_allreduce": ("adam", 0.5, False, "allreduce", ()),
 }
+REFREEZE_AT = 2  # the chunk before which the "refreeze" case freezes a parameter
 
 
 def train(case: str, comm=None) -> dict[str, np.ndarray]:
@@ -102,6 +105,7 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
         if name in frozen:  # after the optimizer took it: the optimizer must pass it by
             param.requires_grad_(False)
     data = streams()
+    distributed._SHARED_MEMORY = bucket_view != "allreduce"
     if comm is not None:
         distributed.broadcast_parameters(model, comm, optimizer)
         data = data[:, distributed.DistributedSampler(GLOBAL_BATCH, comm, shuffle=False).indices()]
@@ -115,7 +119,7 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
         model.backward()
         local_norms.append(grad_norm(list(model.grads.values())))
         if comm is not None:
-            distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=bucket_view)
+            distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=bool(bucket_view))
         if clip is not None:
             norms.append(fusedrnn.clip_grad_norm_(model.parameters(), clip))
         optimizer.step()
@@ -127,7 +131,76 @@ def train(case: str, comm=None) -> dict[str, np.ndarray]:
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     owners = {id(g.base) for g in grads if g.base is not None}
     result["one_buffer"] = np.array(len(owners) == 1 and all(g.base is not None for g in grads))
+    distributed._SHARED_MEMORY = True
     return result
+
+
+def refreeze(comm=None, keep_a_view: bool = True) -> dict[str, np.ndarray]:
+    """Bucket views (in a shared window on 2 ranks of one machine), and before chunk REFREEZE_AT
+    ``rnn.bias_hh_l0`` is frozen: every rank makes a new bucket without it. A view of the old
+    bucket (``decoder.bias``'s gradient) is kept, as a user might, so the old window must stay
+    readable and untouched (without ``keep_a_view``, the ranks free it); the parameters, whether
+    the kept view did, and whether the old window was freed."""
+    rank = comm.Get_rank() if comm is not None else 0
+    model = TinyLM(seed=10 * rank)
+    optimizer = make_optimizer("adam", model)
+    data = streams()
+    if comm is not None:
+        distributed.broadcast_parameters(model, comm, optimizer)
+        data = data[:, distributed.DistributedSampler(GLOBAL_BATCH, comm, shuffle=False).indices()]
+    state, kept, kept_values, old = None, None, None, None
+    for k in range(CHUNKS):
+        if k == REFREEZE_AT:
+            model.rnn.bias_hh_l0.requires_grad_(False)
+        chunk = data[k * STEPS_PER_CHUNK : (k + 1) * STEPS_PER_CHUNK + 1]
+        _, state = model(chunk[:-1], chunk[1:], state)
+        optimizer.zero_grad()
+        model.backward()
+        if k == REFREEZE_AT and comm is not None:  # the bucket about to be replaced
+            old = model.encoder.weight._gradient_bucket  # (on the first parameter)
+            if keep_a_view:
+                kept, kept_values = model.decoder.bias.grad, model.decoder.bias.grad.copy()
+        if comm is not None:
+            distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=True)
+        optimizer.step()
+    result = {f"param.{name}": p.copy() for name, p in model.named_parameters()}
+    if kept is not None:
+        result["kept_still_holds"] = np.array(np.array_equal(kept, kept_values))
+        result["kept_is_not_the_gradient"] = np.array(kept is not model.decoder.bias.grad)
+    if old is not None:
+        result["old_window_freed"] = np.array(old.window is None)
+    return result
+
+
+def deleted_model(comm) -> dict[str, np.ndarray]:
+    """A model's gradients averaged as bucket views (a shared window on one machine), then the
+    model deleted and another one trained: the first window is freed at the next call, and
+    only the live model's remains."""
+    import gc
+
+    first = TinyLM()
+    first(streams()[:5], streams()[1:6])
+    first.backward()
+    distributed.allreduce_gradients(first, comm, gradient_as_bucket_view=True)
+    old = first.encoder.weight._gradient_bucket
+    had_window = old.window is not None
+    del first
+    gc.collect()
+    second = TinyLM(seed=3)
+    for _ in range(2):
+        second(streams()[:5], streams()[1:6])
+        second.zero_grad()
+        second.backward()
+        distributed.allreduce_gradients(second, comm, gradient_as_bucket_view=True)
+    live = [b for b in distributed._shared_buckets if b.comm is comm]
+    return {
+        "had_window": np.array(had_window),
+        "old_freed": np.array(old.window is None),
+        "live": np.array(len(live)),
+        "live_is_second": np.array(
+            len(live) == 1 and live[0] is second.encoder.weight._gradient_bucket
+        ),
+    }
 
 
 def allreduce_nan(comm) -> dict[str, np.ndarray]:
@@ -155,11 +228,20 @@ def allreduce_nan(comm) -> dict[str, np.ndarray]:
             calls.append((str(receive.dtype), receive.size))
             return comm.Allreduce(send, receive, op=op)
 
-    sent = distributed.allreduce_gradients(model, CountingComm())
+    counting = CountingComm()
+    initial = {name: p.grad.copy() for name, p in model.named_parameters()}
+    sent = distributed.allreduce_gradients(model, counting)
     result = {f"grad.{name}": p.grad.copy() for name, p in model.named_parameters()}
     result["call_dtypes"] = np.array([dtype for dtype, _ in calls])
     result["call_sizes"] = np.array([size for _, size in calls])
     result["sent"] = np.array(sent)
+    # again as bucket views: in a shared window, so no Allreduce carries the gradients
+    for name, p in model.named_parameters():
+        p.grad[...] = initial[name]
+    calls.clear()
+    distributed.allreduce_gradients(model, counting, gradient_as_bucket_view=True)
+    result.update({f"view.{name}": p.grad.copy() for name, p in model.named_parameters()})
+    result["view_call_dtypes"] = np.array([dtype for dtype, _ in calls])
     return result
 
 
@@ -224,6 +306,10 @@ def char_lm_run(text_file: str, comm=None) -> dict[str, np.ndarray]:
 def run_case(case: str, comm=None, text_file: str | None = None) -> dict[str, np.ndarray]:
     if case in TRAINING_CASES:
         return train(case, comm)
+    if case.startswith("refreeze"):
+        return refreeze(comm, keep_a_view=case == "refreeze_kept_view")
+    if case == "deleted_model":
+        return deleted_model(comm)
     if case == "allreduce_nan":
         return allreduce_nan(comm)
     if case.startswith("mismatch_"):

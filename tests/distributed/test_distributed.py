@@ -85,7 +85,8 @@ def text_file(tmp_path_factory) -> str:
 
 
 MISMATCHES = ["mismatch_shape", "mismatch_order", "mismatch_frozen"]
-RANK_CASES = [*mpi_cases.TRAINING_CASES, "allreduce_nan", *MISMATCHES]
+REFREEZES = ["refreeze", "refreeze_kept_view"]
+RANK_CASES = [*mpi_cases.TRAINING_CASES, *REFREEZES, "deleted_model", "allreduce_nan", *MISMATCHES]
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +144,34 @@ def test_ranks_train_the_model_one_process_trains_on_the_combined_batch(on_ranks
 
 def test_gradients_as_bucket_views_give_the_same_bits_with_no_copies(on_ranks):
     """``gradient_as_bucket_view=True``: the gradients become views of the allreduce's flat
-    buffer (summed where they are), and training gives the bits of the copying path."""
-    for copied, viewed in zip(on_ranks["adam"], on_ranks["adam_bucket"]):
-        assert not copied["one_buffer"] and viewed["one_buffer"]
+    buffer (summed where they are: in a shared window, both ranks being on this machine, or by
+    MPI's Allreduce), and training gives the bits of the copying path."""
+    for copied, viewed, reduced in zip(
+        on_ranks["adam"], on_ranks["adam_bucket"], on_ranks["adam_bucket_allreduce"]
+    ):
+        assert not copied["one_buffer"] and viewed["one_buffer"] and reduced["one_buffer"]
         for key, value in parameters(copied).items():
             np.testing.assert_array_equal(viewed[key], value, err_msg=key)
+            np.testing.assert_array_equal(reduced[key], value, err_msg=key)
         np.testing.assert_array_equal(viewed["norms"], copied["norms"])
     assert_ranks_identical(on_ranks["adam_bucket"])
+
+
+@pytest.mark.parametrize("case", REFREEZES)
+def test_a_new_bucket_after_freezing_trains_on_and_frees_the_old_one_unless_kept(on_ranks, case):
+    """A parameter frozen mid-training: the ranks agree to make new buckets (shared windows)
+    without it and train on as one process does. The old window is freed; but not under a view
+    of it that a user kept, which still holds what it held (nor written by the other rank)."""
+    results = on_ranks[case]
+    assert_ranks_identical(results)
+    one_process = mpi_cases.refreeze()
+    for key, value in parameters(one_process).items():
+        np.testing.assert_allclose(results[0][key], value, rtol=EXACT, atol=EXACT, err_msg=key)
+    kept = case == "refreeze_kept_view"
+    for result in results:
+        assert bool(result["old_window_freed"]) == (not kept)
+        if kept:
+            assert result["kept_still_holds"] and result["kept_is_not_the_gradient"]
 
 
 def test_frozen_parameters_are_not_sent_and_stay_rank_0s(on_ranks):
@@ -195,6 +217,15 @@ def test_dropout_each_rank_its_own_stream_and_the_ranks_stay_equal(on_ranks):
     assert not np.allclose(initial.rnn.weight_hh_l0, results[0]["param.rnn.weight_hh_l0"])
 
 
+def test_a_deleted_models_shared_window_is_freed(on_ranks):
+    """Each model's bucket views live in a shared window on this machine; once the model is
+    deleted, the next allreduce (of another model) frees it on every rank: a program that
+    trains model after model does not pile up windows until MPI finalizes."""
+    for result in on_ranks["deleted_model"]:
+        assert result["had_window"] and result["old_freed"]
+        assert int(result["live"]) == 1 and result["live_is_second"]
+
+
 def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
     """Rank r's gradients are (r + 1) * (i + 1) for parameter i; rank 1 puts one NaN in
     wide.weight. Every rank gets the means, and the NaN; one Allreduce per dtype, of the
@@ -215,6 +246,13 @@ def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
         np.testing.assert_array_equal(result["call_dtypes"], ["float32", "float64"])
         np.testing.assert_array_equal(result["call_sizes"], [6 + 2 + 2, 20 + 5])
         assert int(result["sent"]) == 10 * 4 + 25 * 8
+        # bucket views, the ranks on one machine: the same means in shared windows, MPI only
+        # carrying each bucket's agreement (a few counts), not the gradients
+        for name in names:
+            np.testing.assert_array_equal(
+                result[f"view.{name}"], result[f"grad.{name}"], err_msg=name
+            )
+        np.testing.assert_array_equal(result["view_call_dtypes"], ["int64", "int64"])
 
 
 @pytest.mark.parametrize(

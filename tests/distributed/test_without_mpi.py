@@ -140,11 +140,17 @@ def test_the_ranks_numbers_are_read_even_when_their_lines_arrive_glued():
 
 
 def test_a_gradient_bucket_holds_the_gradients_as_views_and_takes_back_a_replaced_one():
-    """`gradient_as_bucket_view`'s buffer (no MPI needed to build it): each ``p.grad`` becomes a
-    view of one flat buffer with its values, on its own cache line; the next call finds the
-    same buffer; a gradient the user replaced is taken in again, its values kept."""
+    """`gradient_as_bucket_view`'s buffer (no MPI needed to build it on one rank): each
+    ``p.grad`` becomes a view of one flat buffer with its values, on its own cache line; the
+    next call finds the same buffer; a gradient the user replaced is taken in again, its values
+    kept."""
     from fusedrnn.distributed import _bucket
 
+    class OneRank:  # what _bucket asks of a communicator of one rank
+        def Get_size(self):
+            return 1
+
+    comm = OneRank()
     model = fusedrnn.Module()
     model.a = fusedrnn.Linear(3, 5, seed=0)
     model.b = fusedrnn.Linear(5, 2, seed=1)
@@ -152,18 +158,25 @@ def test_a_gradient_bucket_holds_the_gradients_as_views_and_takes_back_a_replace
     for i, p in enumerate(params):
         p.grad[...] = np.arange(p.size).reshape(p.shape) + 100 * i
     before = [p.grad.copy() for p in params]
-    flat = _bucket(params, params[0].dtype)
+    bucket = _bucket(params, params[0].dtype, comm, True)
+    flat = bucket.flat
     for p, old in zip(params, before):
         assert np.shares_memory(p.grad, flat)
         assert p.grad.ctypes.data % 64 == 0
         np.testing.assert_array_equal(p.grad, old)
     flat *= 2  # the allreduce's work, in place
     np.testing.assert_array_equal(params[2].grad, 2 * before[2])
-    assert _bucket(params, params[0].dtype) is flat
+    assert _bucket(params, params[0].dtype, comm, True) is bucket
     params[1].grad = np.full(params[1].shape, 7.0, params[1].dtype)  # replaced by the user
-    again = _bucket(params, params[0].dtype)
-    assert again is not flat and np.shares_memory(params[1].grad, again)
+    again = _bucket(params, params[0].dtype, comm, True)
+    assert again is not bucket and np.shares_memory(params[1].grad, again.flat)
     np.testing.assert_array_equal(params[1].grad, 7.0)
     np.testing.assert_array_equal(params[0].grad, 2 * before[0])
     model.zero_grad()
-    assert not again.any()
+    assert not again.flat.any()
+    # the copying path's bucket is the gradients back to back, and leaves p.grad alone
+    grads = [p.grad for p in params]
+    copying = _bucket(params, params[0].dtype, comm, False)
+    assert copying.flat.size == sum(p.size for p in params)
+    assert all(p.grad is g for p, g in zip(params, grads))
+    assert _bucket(params, params[0].dtype, comm, False) is copying

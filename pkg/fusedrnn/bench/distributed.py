@@ -12,10 +12,11 @@ that a change in the machine's load hits every configuration alike:
   the compute time the cores give R ranks when they all run (on a machine shared with other
   programs, less than a core each).
 
-The R-rank job also times ``Allreduce`` on buffers of 0.06 to 16 MB (latency and time per MB,
-here through shared memory). The cost model then predicts the R-rank step here, to compare with
-the measurement, and the scaling efficiency at 2-64 machines for network bandwidths of 1-100
-Gbit/s (docs/distributed.md explains each term).
+The R-rank job also times `distributed.allreduce_gradients` on gradients of 0.06 to 16 MB
+(latency and time per MB; here, the ranks sharing a machine, in a shared window). The cost model
+then predicts the R-rank step here, to compare with the measurement, and the scaling efficiency
+at 2-64 machines for network bandwidths of 1-100 Gbit/s (docs/distributed.md explains each
+term).
 """
 
 from __future__ import annotations
@@ -112,17 +113,21 @@ def worker(preset: Preset, batch: int, steps: int, warmup: int, threads: int, co
 
 
 def allreduce_curve(comm, sizes_mb=ALLREDUCE_MB, repeats: int = 15) -> list[tuple[float, float]]:
-    """(MB, median seconds) of ``comm.Allreduce(MPI.IN_PLACE, float32 buffer, SUM)``."""
-    from mpi4py import MPI
+    """(MB, median seconds) of `distributed.allreduce_gradients` with bucket views, as the
+    char-LM calls it, over float32 gradients of that size: on one machine a shared window, on
+    several ``MPI_Allreduce``."""
+    import fusedrnn
 
     curve = []
     for mb in sizes_mb:
-        buffer = np.ones(int(mb * 2**20) // 4, np.float32)
+        holder = fusedrnn.Module()
+        holder.weight = fusedrnn.Parameter(np.ones(int(mb * 2**20) // 4, np.float32))
+        distributed.allreduce_gradients(holder, comm, gradient_as_bucket_view=True)  # makes it
         times = []
         for _ in range(repeats):
             comm.Barrier()
             t0 = time.perf_counter()
-            comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+            distributed.allreduce_gradients(holder, comm, gradient_as_bucket_view=True)
             times.append(time.perf_counter() - t0)
         # rank 0's median; the ranks' medians differ by the barrier's skew only
         curve.append((mb, statistics.median(times)))
@@ -270,7 +275,7 @@ def report(preset: Preset, ranks: int, runs: dict, names: list[str]) -> dict:
     measured_allreduce = statistics.median(r["allreduce"] for r in runs[multi_rank])
     print(
         f"\ncost model: gradients {gradient_bytes / 2**20:.2f} MB per step; allreduce here "
-        f"(shared memory): "
+        f"(allreduce_gradients, bucket views): "
         + ", ".join(f"{mb:g} MB {t * 1e3:.2f} ms" for mb, t in zip(sizes, times))
         + f" (a line: {latency * 1e6:.0f} us + {per_mb * 1e3:.2f} ms/MB) -> "
         f"{allreduce_here * 1e3:.2f} ms per step (measured in the step, waiting for the "
