@@ -19,7 +19,7 @@ from .layers import GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCe
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .nn import Embedding, Linear
 from .normalization import LayerNorm
-from .optim import SGD, Adam, clip_grad_norm_, clip_grad_value_
+from .optim import SGD, Adam, AdamW, clip_grad_norm_, clip_grad_value_
 from .parameter_free import GELU, Dropout, LogSoftmax, ReLU, Sigmoid, Tanh
 from .serialization import load, save
 from .transformer import (
@@ -35,6 +35,7 @@ __all__ = [
     "RNN",
     "SGD",
     "Adam",
+    "AdamW",
     "AdditiveAttention",
     "CellOptions",
     "CrossEntropyLoss",

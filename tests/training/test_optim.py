@@ -1,5 +1,6 @@
-"""SGD and Adam against their textbook update rules (and torch.optim when installed); gradient
-clipping against a direct computation (and torch.nn.utils); the layer protocol they rely on."""
+"""SGD, Adam and AdamW against their textbook update rules (and torch.optim when installed);
+gradient clipping against a direct computation (and torch.nn.utils); the layer protocol they
+rely on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from fusedrnn import (
     SGD,
     Adam,
+    AdamW,
     Embedding,
     Linear,
     Module,
@@ -113,15 +115,38 @@ def test_adam_is_the_textbook_rule(options):
         np.testing.assert_allclose(final[name], p, rtol=1e-10, atol=1e-13)
 
 
+ADAMW_OPTIONS = [
+    {"lr": 0.01},  # (the default weight_decay, 1e-2)
+    {"lr": 0.05, "weight_decay": 0.3, "betas": (0.8, 0.99)},
+    {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True, "maximize": True},
+]
+
+
+@pytest.mark.parametrize("options", ADAMW_OPTIONS, ids=str)
+def test_adamw_is_adam_with_decoupled_weight_decay(options):
+    """AdamW: Adam's update after ``p *= 1 - lr * weight_decay``, weight_decay 1e-2 unless
+    given; the same bits as ``Adam(decoupled_weight_decay=True)``, which its groups record."""
+    _, _, final = run(AdamW, options)
+    as_adam = {"weight_decay": 1e-2, **options, "decoupled_weight_decay": True}
+    _, _, expected = run(Adam, as_adam)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
+    group = AdamW(Params().parameters(), **options).param_groups[0]
+    assert group["decoupled_weight_decay"] is True
+    assert group["weight_decay"] == options.get("weight_decay", 1e-2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("SGD", o) for o in SGD_OPTIONS] + [("Adam", o) for o in ADAM_OPTIONS],
+    [("SGD", o) for o in SGD_OPTIONS]
+    + [("Adam", o) for o in ADAM_OPTIONS]
+    + [("AdamW", o) for o in ADAMW_OPTIONS],
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_matches_torch_optim(name, options, dtype):
     torch = pytest.importorskip("torch")
-    ours = {"SGD": SGD, "Adam": Adam}[name]
+    ours = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}[name]
     start, grads, final = run(ours, options, dtype=dtype)
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in start.items()}
     torch_opt = getattr(torch.optim, name)(list(tensors.values()), **options)

@@ -1,4 +1,4 @@
-"""Optimizers (SGD, Adam) and gradient clipping over parameters, as ``torch.optim`` and
+"""Optimizers (SGD, Adam, AdamW) and gradient clipping over parameters, as ``torch.optim`` and
 ``torch.nn.utils``.
 
 An optimizer takes what PyTorch's take: ``model.parameters()`` (any iterable of
@@ -7,9 +7,10 @@ hyperparameters that differ from the defaults). For convenience a module, or a l
 stands for all their parameters. Each parameter carries its gradient (``p.grad``), so a tied
 parameter, one object in two modules, is updated once with the sum of both uses.
 
-The updates are those of ``torch.optim.SGD`` and ``torch.optim.Adam``, written with in-place
-NumPy operations in each parameter's dtype. A step checks every parameter before it updates
-any, so a refused step changes nothing. Learning-rate schedules: `fusedrnn.optim.lr_scheduler`.
+The updates are those of ``torch.optim.SGD``, ``torch.optim.Adam`` and ``torch.optim.AdamW``,
+written with in-place operations in each parameter's dtype. A step checks every parameter
+before it updates any, so a refused step changes nothing. Learning-rate schedules:
+`fusedrnn.optim.lr_scheduler`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from .._checks import check_flag
 from .._module import Module, Parameter
 from . import lr_scheduler  # fusedrnn.optim.lr_scheduler, as torch.optim.lr_scheduler
 
-__all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm_", "clip_grad_value_", "lr_scheduler"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "lr_scheduler",
+]
 
 
 def _parameter_list(params: object, name: str = "params") -> list[Parameter]:
@@ -374,6 +383,37 @@ class Adam(Optimizer):
             group["decoupled_weight_decay"],
             group["maximize"],
             t,
+        )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov and Hutter, 2019), as ``torch.optim.AdamW``: `Adam` with the weight
+    decay decoupled from the gradient (``p *= 1 - lr * weight_decay`` before Adam's step), and
+    ``weight_decay`` 1e-2 by default. The same update as ``Adam(...,
+    decoupled_weight_decay=True)``, which its ``param_groups`` and ``state_dict`` record.
+
+    Parameters
+    ----------
+    params : ``model.parameters()``, parameter groups, or modules (see the module doc)
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 1e-2
+    amsgrad, maximize : bool, default False
+    """
+
+    def __init__(
+        self,
+        params: object,
+        lr: float = 1e-3,
+        betas: tuple = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay=True
         )
 
 
