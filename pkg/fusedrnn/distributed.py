@@ -341,8 +341,10 @@ class _Bucket:
         """The shared window, when every rank of ``comm`` runs on this machine."""
         MPI = _mpi()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        if node.Get_size() != self.ranks:  # ranks on several machines: MPI's Allreduce
-            node.Free()
+        # every rank on this machine, and room for the window beside what else uses the memory
+        room = _shared_memory_room() >= 2 * self.ranks * self.size * dtype.itemsize
+        if node.Get_size() != self.ranks or not node.allreduce(room, op=MPI.LAND):
+            node.Free()  # MPI's Allreduce
             return
         info = MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each rank's part on pages of its own
@@ -417,6 +419,20 @@ class _Bucket:
         self.window.Free()
         self.node.Free()
         self.window = self.node = None
+
+
+def _shared_memory_room() -> float:
+    """Bytes free in /dev/shm, where MPICH maps shared windows (unbounded where there is none).
+
+    A window larger than that is not refused when it is made: the process dies of a bus error
+    when it first touches the part that does not fit (as in a container's default 64 MB
+    /dev/shm), so buckets that would not fit twice over are summed by MPI's Allreduce instead.
+    """
+    try:
+        stat = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return math.inf
+    return stat.f_bavail * stat.f_frsize
 
 
 # The buckets in shared windows that are not freed yet, in the order they were made (the same

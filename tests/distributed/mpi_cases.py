@@ -203,6 +203,25 @@ def deleted_model(comm) -> dict[str, np.ndarray]:
     }
 
 
+def no_room(comm) -> dict[str, np.ndarray]:
+    """Bucket views when /dev/shm has no room for the window (a container's small one): the
+    ranks sum by MPI's Allreduce instead (a window that does not fit kills the process with a
+    bus error when touched), and get the mean."""
+    room = distributed._shared_memory_room
+    distributed._shared_memory_room = lambda: 0
+    try:
+        model = fusedrnn.Module()
+        model.weight = fusedrnn.Parameter(np.zeros(1000))
+        model.weight.grad[...] = comm.Get_rank() + 1
+        distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=True)
+        return {
+            "shared": np.array(model.weight._gradient_bucket.window is not None),
+            "grad": model.weight.grad.copy(),
+        }
+    finally:
+        distributed._shared_memory_room = room
+
+
 def allreduce_nan(comm) -> dict[str, np.ndarray]:
     """Known gradients, one NaN on rank 1, through a model of two dtypes: the averages, the NaN
     on every rank, and how many Allreduce calls of what size carried them."""
@@ -308,6 +327,8 @@ def run_case(case: str, comm=None, text_file: str | None = None) -> dict[str, np
         return train(case, comm)
     if case.startswith("refreeze"):
         return refreeze(comm, keep_a_view=case == "refreeze_kept_view")
+    if case == "no_room":
+        return no_room(comm)
     if case == "deleted_model":
         return deleted_model(comm)
     if case == "allreduce_nan":

@@ -86,7 +86,14 @@ def text_file(tmp_path_factory) -> str:
 
 MISMATCHES = ["mismatch_shape", "mismatch_order", "mismatch_frozen"]
 REFREEZES = ["refreeze", "refreeze_kept_view"]
-RANK_CASES = [*mpi_cases.TRAINING_CASES, *REFREEZES, "deleted_model", "allreduce_nan", *MISMATCHES]
+RANK_CASES = [
+    *mpi_cases.TRAINING_CASES,
+    *REFREEZES,
+    "deleted_model",
+    "no_room",
+    "allreduce_nan",
+    *MISMATCHES,
+]
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +231,14 @@ def test_a_deleted_models_shared_window_is_freed(on_ranks):
     for result in on_ranks["deleted_model"]:
         assert result["had_window"] and result["old_freed"]
         assert int(result["live"]) == 1 and result["live_is_second"]
+
+
+def test_without_room_in_dev_shm_bucket_views_are_summed_by_allreduce(on_ranks):
+    """A shared window that /dev/shm cannot hold would kill the ranks with a bus error when
+    first touched (a container's 64 MB one, a large model): then MPI's Allreduce sums."""
+    for result in on_ranks["no_room"]:
+        assert not result["shared"]
+        np.testing.assert_array_equal(result["grad"], 1.5)
 
 
 def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
