@@ -390,16 +390,8 @@ class AdamW(Adam):
     """AdamW (Loshchilov and Hutter, 2019), as ``torch.optim.AdamW``: `Adam` with the weight
     decay decoupled from the gradient (``p *= 1 - lr * weight_decay`` before Adam's step), and
     ``weight_decay`` 1e-2 by default. The same update as ``Adam(...,
-    decoupled_weight_decay=True)``, which its ``param_groups`` and ``state_dict`` record.
-
-    Parameters
-    ----------
-    params : ``model.parameters()``, parameter groups, or modules (see the module doc)
-    lr : float, default 1e-3
-    betas : (float, float), default (0.9, 0.999)
-    eps : float, default 1e-8
-    weight_decay : float, default 1e-2
-    amsgrad, maximize : bool, default False
+    decoupled_weight_decay=True)``, which its ``param_groups`` and ``state_dict`` record; the
+    parameters are `Adam`'s but that one.
     """
 
     def __init__(
