@@ -256,6 +256,12 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     same point, with the same model and the same parameters frozen (`broadcast_parameters`
     checks both).
 
+    When every rank of ``comm`` runs on one machine, the buckets are memory all of them map (an
+    MPI-3 shared window), and each rank sums its share of the elements over every rank's
+    bucket, where they are, instead of ``comm.Allreduce`` copying them through MPI's buffers:
+    with bucket views the char-LM's step on 2 ranks spent 0.3-0.4 ms in the call instead of
+    0.65-0.75 (docs/distributed.md). On 2 ranks, the same bits either way.
+
     A NaN or infinity in any rank's gradient reaches every rank (the sum propagates it), so
     ``clip_grad_norm_(..., error_if_nonfinite=True)`` after it stops every rank alike.
 
@@ -268,11 +274,7 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
         first call replaces each ``p.grad`` by a view holding the same values), so later calls
         sum them where they are, with no copy in or out. An array taken from ``p.grad`` before
         the first call is then no longer the parameter's gradient; a ``p.grad`` replaced later
-        is taken into the bucket again at the next call. When every rank of ``comm`` runs on
-        one machine, the buckets are then memory all of them map (an MPI-3 shared window) and
-        each rank sums its share of the elements over every rank's bucket, where they are,
-        instead of ``comm.Allreduce``: the char-LM's step on 2 ranks spent 0.2-0.3 ms in the
-        call instead of 0.65-0.75 (docs/distributed.md). The same bits either way.
+        is taken into the bucket again at the next call. The same bits either way.
 
     Returns
     -------
@@ -307,11 +309,11 @@ class _Bucket:
     parameters), and how it is averaged over the ranks.
 
     ``flat`` holds the gradients of the parameters one after another; with ``views`` each
-    ``p.grad`` is a view of it, from a cache line (the gaps zeros). A bucket of views on a
-    communicator whose ranks all run on one machine is this rank's part of an MPI-3 shared
-    window (``MPI.Win.Allocate_shared``): `average` then has rank r add up the r-th share of
-    the elements over every rank's part, in rank order, divide, and write the mean into every
-    part, between two barriers, with no copy through MPI's buffers. Otherwise `average` is one
+    ``p.grad`` is a view of it, from a cache line (the gaps zeros). A bucket on a communicator
+    whose ranks all run on one machine is this rank's part of an MPI-3 shared window
+    (``MPI.Win.Allocate_shared``): `average` then has rank r add up the r-th share of the
+    elements over every rank's part, in rank order, divide, and write the mean into every part,
+    between two barriers, with no copy through MPI's buffers. Otherwise `average` is one
     ``comm.Allreduce``. On 2 ranks both give the same bits (a sum of two is the same either way
     round). The bucket holds its parameters weakly: it does not keep a deleted model alive.
     """
@@ -326,8 +328,8 @@ class _Bucket:
             self.size += -(-p.size // step) * step
         self.window = self.node = self.memory = None
         self.parts: list[np.ndarray] = []
-        if views and _SHARED_MEMORY and self.ranks > 1:
-            self._share(dtype, step)  # collective: every rank comes to the same answer
+        if _SHARED_MEMORY and self.ranks > 1:
+            self._share(dtype)  # collective: every rank comes to the same answer
         own = self.parts[self.node.Get_rank()] if self.window is not None else None
         self.flat = own if own is not None else cache_aligned_zeros((self.size,), dtype)
         for p, offset in zip(members, offsets):
@@ -337,7 +339,7 @@ class _Bucket:
                 p.grad = part.reshape(p.shape)
         self.grads = [p.grad for p in members]
 
-    def _share(self, dtype: np.dtype, step: int) -> None:
+    def _share(self, dtype: np.dtype) -> None:
         """The shared window, when every rank of ``comm`` runs on this machine."""
         MPI = _mpi()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
@@ -361,6 +363,7 @@ class _Bucket:
             for r in range(self.ranks)
         ]
         # this rank's share: whole cache lines, so that no line is written by two ranks
+        step = _BUCKET_ALIGN // dtype.itemsize
         bounds = [self.size * r // self.ranks // step * step for r in range(self.ranks)]
         rank = node.Get_rank()
         self.share = slice(bounds[rank], [*bounds[1:], self.size][rank])
@@ -453,7 +456,7 @@ def _bucket(group: list[Parameter], dtype: np.dtype, comm: Any, views: bool) -> 
     owner = group[0]
     bucket = getattr(owner, "_gradient_bucket", None)
     fits = bucket is not None and bucket.fits(group, comm, views)
-    if not (views and _SHARED_MEMORY and comm.Get_size() > 1):
+    if not (_SHARED_MEMORY and comm.Get_size() > 1):
         if not fits:  # a bucket of this rank's own memory: no other rank needs to know
             owner._gradient_bucket = bucket = _Bucket(group, dtype, comm, views)
         return bucket

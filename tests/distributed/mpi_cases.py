@@ -224,17 +224,10 @@ def no_room(comm) -> dict[str, np.ndarray]:
 
 def allreduce_nan(comm) -> dict[str, np.ndarray]:
     """Known gradients, one NaN on rank 1, through a model of two dtypes: the averages, the NaN
-    on every rank, and how many Allreduce calls of what size carried them."""
+    on every rank, and which Allreduce calls (dtype, elements) carried them: by MPI's
+    Allreduce (``allreduce.*``), and in shared windows, copied (``shared.*``) and as bucket
+    views (``view.*``)."""
     rank = comm.Get_rank()
-    model = fusedrnn.Module()
-    model.small = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
-    model.wide = fusedrnn.Linear(4, 5, dtype=np.float64, seed=0)
-    model.tied = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
-    model.tied.weight = model.small.weight  # one parameter in two modules: sent once
-    for i, p in enumerate(model.parameters()):
-        p.grad[...] = (rank + 1) * (i + 1)
-    if rank == 1:
-        model.wide.weight.grad[2, 3] = np.nan
     calls = []
 
     class CountingComm:
@@ -248,19 +241,28 @@ def allreduce_nan(comm) -> dict[str, np.ndarray]:
             return comm.Allreduce(send, receive, op=op)
 
     counting = CountingComm()
-    initial = {name: p.grad.copy() for name, p in model.named_parameters()}
-    sent = distributed.allreduce_gradients(model, counting)
-    result = {f"grad.{name}": p.grad.copy() for name, p in model.named_parameters()}
-    result["call_dtypes"] = np.array([dtype for dtype, _ in calls])
-    result["call_sizes"] = np.array([size for _, size in calls])
-    result["sent"] = np.array(sent)
-    # again as bucket views: in a shared window, so no Allreduce carries the gradients
-    for name, p in model.named_parameters():
-        p.grad[...] = initial[name]
-    calls.clear()
-    distributed.allreduce_gradients(model, counting, gradient_as_bucket_view=True)
-    result.update({f"view.{name}": p.grad.copy() for name, p in model.named_parameters()})
-    result["view_call_dtypes"] = np.array([dtype for dtype, _ in calls])
+    result = {}
+    for run, shared, views in [("allreduce", False, False), ("shared", True, False),
+                               ("view", True, True)]:  # fmt: skip
+        model = fusedrnn.Module()  # (a new one each run: new buckets)
+        model.small = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
+        model.wide = fusedrnn.Linear(4, 5, dtype=np.float64, seed=0)
+        model.tied = fusedrnn.Linear(3, 2, dtype=np.float32, seed=0)
+        model.tied.weight = model.small.weight  # one parameter in two modules: sent once
+        for i, p in enumerate(model.parameters()):
+            p.grad[...] = (rank + 1) * (i + 1)
+        if rank == 1:
+            model.wide.weight.grad[2, 3] = np.nan
+        calls.clear()
+        distributed._SHARED_MEMORY = shared
+        try:
+            sent = distributed.allreduce_gradients(model, counting, gradient_as_bucket_view=views)
+        finally:
+            distributed._SHARED_MEMORY = True
+        result.update({f"{run}.{name}": p.grad.copy() for name, p in model.named_parameters()})
+        result[f"{run}_call_dtypes"] = np.array([dtype for dtype, _ in calls])
+        result[f"{run}_call_sizes"] = np.array([size for _, size in calls])
+        result[f"{run}_sent"] = np.array(sent)
     return result
 
 

@@ -243,31 +243,29 @@ def test_without_room_in_dev_shm_bucket_views_are_summed_by_allreduce(on_ranks):
 
 def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
     """Rank r's gradients are (r + 1) * (i + 1) for parameter i; rank 1 puts one NaN in
-    wide.weight. Every rank gets the means, and the NaN; one Allreduce per dtype, of the
-    parameters' elements, the tied weight once."""
+    wide.weight. Every rank gets the means, and the NaN, the tied weight sent once: by MPI, in
+    one Allreduce per dtype of the parameters' elements; with the ranks on one machine, in
+    shared windows (copied, or as bucket views), MPI carrying only each bucket's agreement (a
+    few counts), not the gradients."""
     results = on_ranks["allreduce_nan"]
     names = ["small.weight", "small.bias", "wide.weight", "wide.bias", "tied.bias"]
     for result in results:
-        assert sorted(k for k in result if k.startswith("grad.")) == sorted(
-            f"grad.{n}" for n in names
-        )
-        for i, name in enumerate(names):
-            grad = result[f"grad.{name}"]
-            expected = np.full(grad.shape, 1.5 * (i + 1), grad.dtype)
-            if name == "wide.weight":
-                assert np.isnan(grad[2, 3])
-                expected[2, 3] = np.nan
-            np.testing.assert_array_equal(grad, expected, err_msg=name)
-        np.testing.assert_array_equal(result["call_dtypes"], ["float32", "float64"])
-        np.testing.assert_array_equal(result["call_sizes"], [6 + 2 + 2, 20 + 5])
-        assert int(result["sent"]) == 10 * 4 + 25 * 8
-        # bucket views, the ranks on one machine: the same means in shared windows, MPI only
-        # carrying each bucket's agreement (a few counts), not the gradients
-        for name in names:
-            np.testing.assert_array_equal(
-                result[f"view.{name}"], result[f"grad.{name}"], err_msg=name
+        for run in ("allreduce", "shared", "view"):
+            assert sorted(k for k in result if k.startswith(f"{run}.")) == sorted(
+                f"{run}.{n}" for n in names
             )
-        np.testing.assert_array_equal(result["view_call_dtypes"], ["int64", "int64"])
+            for i, name in enumerate(names):
+                grad = result[f"{run}.{name}"]
+                expected = np.full(grad.shape, 1.5 * (i + 1), grad.dtype)
+                if name == "wide.weight":
+                    assert np.isnan(grad[2, 3])
+                    expected[2, 3] = np.nan
+                np.testing.assert_array_equal(grad, expected, err_msg=f"{run} {name}")
+            assert int(result[f"{run}_sent"]) == 10 * 4 + 25 * 8
+        np.testing.assert_array_equal(result["allreduce_call_dtypes"], ["float32", "float64"])
+        np.testing.assert_array_equal(result["allreduce_call_sizes"], [6 + 2 + 2, 20 + 5])
+        for run in ("shared", "view"):
+            np.testing.assert_array_equal(result[f"{run}_call_dtypes"], ["int64", "int64"])
 
 
 @pytest.mark.parametrize(
