@@ -321,6 +321,7 @@ class _Bucket:
     def __init__(self, members: list[Parameter], dtype: np.dtype, comm: Any, views: bool):
         self.members = [weakref.ref(p) for p in members]
         self.comm, self.views, self.ranks = comm, views, comm.Get_size()
+        self.shapes = tuple(p.shape for p in members)
         step = _BUCKET_ALIGN // dtype.itemsize if views else 1  # (copies: no gaps needed)
         offsets, self.size = [], 0
         for p in members:
@@ -343,9 +344,23 @@ class _Bucket:
         """The shared window, when every rank of ``comm`` runs on this machine."""
         MPI = _mpi()
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        # every rank on this machine, and room for the window beside what else uses the memory
+        if node.Get_size() != self.ranks:  # ranks on several machines: MPI's Allreduce
+            node.Free()
+            return
+        # room for the window beside what else uses the memory, on every rank; and the same
+        # gradients everywhere (MPI's Allreduce ends a job whose sizes differ; a rank here would
+        # fail alone and leave the others waiting in the barrier)
         room = _shared_memory_room() >= 2 * self.ranks * self.size * dtype.itemsize
-        if node.Get_size() != self.ranks or not node.allreduce(room, op=MPI.LAND):
+        rooms, shapes = zip(*node.allgather((room, self.shapes)))
+        for rank, theirs in enumerate(shapes):
+            if theirs != shapes[0]:
+                node.Free()
+                raise ValueError(
+                    f"allreduce_gradients: the ranks' {dtype} gradients differ: rank {rank} has "
+                    f"shapes {list(theirs)}, rank 0 {list(shapes[0])}; every rank must have the "
+                    "same model with the same parameters frozen (broadcast_parameters checks)"
+                )
+        if not all(rooms):
             node.Free()  # MPI's Allreduce
             return
         info = MPI.Info.Create()

@@ -203,6 +203,20 @@ def deleted_model(comm) -> dict[str, np.ndarray]:
     }
 
 
+def size_mismatch(comm) -> dict[str, np.ndarray]:
+    """Rank 1 has a larger model and no broadcast_parameters caught it: the first allreduce
+    raises the same error on every rank (none left waiting), and the job goes on."""
+    model = fusedrnn.Linear(3, 4 if comm.Get_rank() == 0 else 5, dtype=np.float64)
+    errors = []
+    for views in (False, True):
+        try:
+            distributed.allreduce_gradients(model, comm, gradient_as_bucket_view=views)
+            errors.append("")
+        except ValueError as failure:
+            errors.append(str(failure))
+    return {"errors": np.array(errors), "alive": np.array(comm.allreduce(1))}
+
+
 def no_room(comm) -> dict[str, np.ndarray]:
     """Bucket views when /dev/shm has no room for the window (a container's small one): the
     ranks sum by MPI's Allreduce instead (a window that does not fit kills the process with a
@@ -329,6 +343,8 @@ def run_case(case: str, comm=None, text_file: str | None = None) -> dict[str, np
         return train(case, comm)
     if case.startswith("refreeze"):
         return refreeze(comm, keep_a_view=case == "refreeze_kept_view")
+    if case == "size_mismatch":
+        return size_mismatch(comm)
     if case == "no_room":
         return no_room(comm)
     if case == "deleted_model":

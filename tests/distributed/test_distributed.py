@@ -91,6 +91,7 @@ RANK_CASES = [
     *REFREEZES,
     "deleted_model",
     "no_room",
+    "size_mismatch",
     "allreduce_nan",
     *MISMATCHES,
 ]
@@ -239,6 +240,18 @@ def test_without_room_in_dev_shm_bucket_views_are_summed_by_allreduce(on_ranks):
     for result in on_ranks["no_room"]:
         assert not result["shared"]
         np.testing.assert_array_equal(result["grad"], 1.5)
+
+
+def test_gradients_of_other_sizes_raise_on_every_rank(on_ranks):
+    """Models of other sizes on the two ranks, not checked by broadcast_parameters: making the
+    shared window raises the same error on both ranks, naming the shapes, copying or with views
+    (whose padded buckets are of one size here), and both go on."""
+    results = on_ranks["size_mismatch"]
+    for result in results:
+        assert int(result["alive"]) == RANKS
+        for error in result["errors"]:
+            assert "rank 1 has shapes [(5, 3), (5,)], rank 0 [(4, 3), (4,)]" in str(error), error
+    np.testing.assert_array_equal(results[0]["errors"], results[1]["errors"])
 
 
 def test_allreduce_averages_in_one_buffer_per_dtype_and_spreads_a_nan(on_ranks):
