@@ -421,6 +421,38 @@ def test_fused_adam_update_equals_its_numpy_twin(options, dtype):
     assert np.abs(fused["p"] - start).min() > 0  # every element moved
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adam_update_on_threads_gives_the_bits_of_one_thread(dtype):
+    """A parameter large enough for the update to split among threads (101,437 elements, not a
+    multiple of the members' shares): the bits of one thread, and the NumPy twin's values."""
+    import fusedrnn
+    from fusedrnn import functional, reference
+
+    rng = np.random.default_rng(1)
+    shape = (301, 337)
+    start = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
+    before = fusedrnn.get_num_threads()
+    results = []
+    try:
+        for fn, threads in ((functional.adam_update, 1), (functional.adam_update, 2),
+                            (reference.adam_update, 1)):  # fmt: skip
+            fusedrnn.set_num_threads(threads)
+            p, m, v, v_max = start.copy(), *(np.zeros(shape, dtype) for _ in range(3))
+            hyper = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.1,
+                     "decoupled_weight_decay": True, "maximize": False}  # fmt: skip
+            for step, grad in enumerate(grads, 1):
+                fn(p, grad, m, v, v_max, step=step, **hyper)
+            results.append((p, m, v, v_max))
+    finally:
+        fusedrnn.set_num_threads(before)
+    one, two, twin = results
+    for name, a, b, c in zip(("p", "m", "v", "v_max"), one, two, twin):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+        np.testing.assert_allclose(a, c, rtol=UPDATE_RTOL[dtype], atol=0, err_msg=name)
+    assert np.abs(one[0] - start).min() > 0  # every element moved
+
+
 def test_fused_adam_update_propagates_nan_as_numpy():
     from fusedrnn import functional, reference
 
