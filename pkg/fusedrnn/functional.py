@@ -819,7 +819,8 @@ def adam_update(
     step: int,
 ) -> None:
     """Adam's update of one parameter in place, in one pass over its elements (csrc/optim.h;
-    the formula: `fusedrnn.optim.Adam`). Twin: `fusedrnn.reference.adam_update`.
+    the formula: `fusedrnn.optim.Adam`), split among the threads from 32,768 elements on (the
+    same bits on any number). Twin: `fusedrnn.reference.adam_update`.
 
     Parameters
     ----------
