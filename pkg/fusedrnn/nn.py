@@ -232,6 +232,11 @@ class Embedding(Module):
         if self.padding_idx is not None:
             keep = flat != self.padding_idx
             flat, rows = flat[keep], rows[keep]
-        if self.weight.grad is not None:  # (None: frozen)
-            np.add.at(self.weight.grad, flat, rows)
+        if self.weight.grad is not None and flat.size:  # (None: frozen)
+            # the rows of each index summed (sorted, stably: in their order), then added once:
+            # np.add.at took 0.24 ms for the char-LM's 1024 rows of 32, this 0.07
+            order = np.argsort(flat, kind="stable")
+            ids = flat[order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            self.weight.grad[ids[starts]] += np.add.reduceat(rows[order], starts, axis=0)
         self._release_saved(retain_graph)

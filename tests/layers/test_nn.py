@@ -287,6 +287,25 @@ def test_embedding_gradient_matches_central_differences(padding_idx):
     np.testing.assert_allclose(emb.grads["weight"], numeric, rtol=RTOL, atol=ATOL)
 
 
+def test_embedding_backward_accumulates_and_takes_all_padding():
+    """Two backwards add up (repeated indices summed each time, in their order of appearance);
+    a batch of padding only adds nothing."""
+    emb = Embedding(5, 2, padding_idx=0, dtype=np.float64, seed=0)
+    idx = np.array([3, 1, 3, 0, 3])
+    d = np.arange(10, dtype=np.float64).reshape(5, 2)
+    expected = np.zeros((5, 2))
+    for _ in range(2):
+        emb(idx)
+        emb.backward(d)
+        for i, row in zip(idx, d):
+            if i != 0:
+                expected[i] += row
+    np.testing.assert_array_equal(emb.weight.grad, expected)
+    emb(np.zeros(4, np.int64))
+    emb.backward(np.ones((4, 2)))
+    np.testing.assert_array_equal(emb.weight.grad, expected)
+
+
 def test_embedding_is_torch_shaped_and_pads_like_torch():
     emb = Embedding(10, 4, padding_idx=-2, seed=0)
     assert emb.weight.shape == (10, 4) and emb.weight.dtype == np.float32
