@@ -300,7 +300,7 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
 
 _BUCKET_ALIGN = 64  # bytes: each gradient of a bucket starts on a cache line, as a new one does
 _SHARED_MEMORY = True
-"""Whether the ranks of one machine sum bucket views in a shared window (the tests set it False
+"""Whether the ranks of one machine sum their buckets in a shared window (the tests set it False
 to run MPI's Allreduce on one machine too)."""
 
 
