@@ -269,6 +269,8 @@ def allreduce_gradients(model: object, comm: Any, *, gradient_as_bucket_view: bo
     ----------
     model : Module, or ``model.parameters()`` (anything an optimizer takes)
     comm : mpi4py communicator, e.g. ``MPI.COMM_WORLD``
+        The same object at every call: a bucket belongs to the communicator it was made for
+        (another one, even of the same ranks, makes new buckets).
     gradient_as_bucket_view : bool, default False
         As PyTorch DDP's option of that name: the gradients become views of the bucket (the
         first call replaces each ``p.grad`` by a view holding the same values), so later calls
