@@ -237,6 +237,6 @@ class Embedding(Module):
             # np.add.at took 0.24 ms for the char-LM's 1024 rows of 32, this 0.07
             order = np.argsort(flat, kind="stable")
             ids = flat[order]
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
             self.weight.grad[ids[starts]] += np.add.reduceat(rows[order], starts, axis=0)
         self._release_saved(retain_graph)
