@@ -13,6 +13,19 @@
 namespace fusedrnn {
 namespace {
 
+// A uint16 array of `size` elements that starts on a cache line (numpy aligns to 16 bytes only),
+// a view of a larger one: a panel row's vector load (64 bytes on AVX-512) then never spans two
+// lines. On a Xeon with AVX-512, a GRU inference with bfloat16 weights 16 bytes off a line took
+// 0.95 ms against 0.63 (B=1, T=100, H=256, 1 thread).
+py::array_t<uint16_t> line_aligned_uint16(int64_t size) {
+  constexpr int64_t line = 64, per_line = line / sizeof(uint16_t);
+  py::array_t<uint16_t> storage(size + per_line);
+  const auto address = reinterpret_cast<std::uintptr_t>(storage.data());
+  const int64_t skip = static_cast<int64_t>((line - address % line) % line / sizeof(uint16_t));
+  return py::array_t<uint16_t>({size}, {int64_t(sizeof(uint16_t))}, storage.mutable_data() + skip,
+                               storage);
+}
+
 HalfFormat parse_half_format(const std::string& format) {
   if (format == "float16") return HalfFormat::float16;
   if (format == "bfloat16") return HalfFormat::bfloat16;
@@ -275,31 +288,44 @@ struct StackCall {
       throw py::value_error(
           "16-bit weights (weights_dtype) are for inference: training must be False");
     py::tuple t = py::reinterpret_borrow<py::tuple>(spec);
-    if (t.size() != 3) throw py::value_error("half_weights must be (format, panel_width, layers)");
+    if (t.size() != 4)
+      throw py::value_error("half_weights must be (format, panel_width, amx, layers)");
     const HalfFormat format = parse_half_format(py::str(t[0]));
     const int64_t nr = t[1].cast<int64_t>(), active_nr = step_gemm_kernels<float>().panel_width;
     if (nr != active_nr)
       throw py::value_error("half_weights were packed for panels of " + std::to_string(nr) +
                             " columns, but the active instruction set takes " +
                             std::to_string(active_nr) + ": pack them again");
+    const bool amx = t[2].cast<bool>();
+    if (amx != (format == HalfFormat::bfloat16 && amx_active()))
+      throw py::value_error(std::string("half_weights were packed ") + (amx ? "with" : "without") +
+                            " AMX's panels, but AMX is " +
+                            (amx_active() ? "active" : "not active") + ": pack them again");
     const int64_t G = shape.gates(), H = shape.hidden, R = shape.out(), P = shape.proj;
     auto panels = [&](py::handle obj, const std::string& name, int64_t K, int64_t blocks,
-                      int64_t cols) {
+                      int64_t cols, bool amx_layout = false) {
       if (!py::isinstance<py::array_t<uint16_t>>(obj) ||
           !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<uint16_t>()))
         throw py::type_error(name + " must be a uint16 numpy.ndarray");
       py::array a = py::reinterpret_borrow<py::array>(obj);
-      const int64_t size = half_panels_size(K, blocks, cols, nr);
+      const int64_t size =
+          amx_layout ? amx_panels_size(K, blocks, cols) : half_panels_size(K, blocks, cols, nr);
       if (a.ndim() != 1 || a.shape(0) != size || !(a.flags() & py::array::c_style))
-        throw py::value_error(name + " must be a contiguous array of " + std::to_string(size) +
-                              " elements (pack_half_panels)");
+        throw py::value_error(
+            name + " must be a contiguous array of " + std::to_string(size) +
+            (amx_layout ? " elements (pack_amx_panels)" : " elements (pack_half_panels)"));
       keep.push_back(a);
       return static_cast<const uint16_t*>(a.data());
     };
-    for_each_layer(t[2], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
+    for_each_layer(t[3], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
+      if (w.size() != 4)
+        throw py::value_error("half_weights' layers must be (w_ih, w_hh, w_hr, w_ih_amx) tuples");
       HalfLayerWeights h;
       h.format = format;
       h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
+      if (amx)
+        h.w_ih_amx =
+            panels(w[3], "AMX " + param_name("weight_ih", l, d), shape.layer_input(l), G, H, true);
       h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
       h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
       out.push_back(h);
@@ -486,18 +512,7 @@ void bind_stack(py::module_& m) {
           throw py::value_error("w must be a 2-D uint16 array of blocks*cols rows");
         const int64_t K = w.shape(1), cols = w.shape(0) / blocks;
         const int64_t nr = step_gemm_kernels<float>().panel_width;
-        // The panels start on a cache line (numpy aligns to 16 bytes only): a panel row's
-        // vector load (64 bytes on AVX-512) then never spans two lines. A view of a larger
-        // array. On a Xeon with AVX-512, a GRU inference with bfloat16 weights 16 bytes off a
-        // line took 0.95 ms against 0.63 (B=1, T=100, H=256, 1 thread).
-        const int64_t size = half_panels_size(K, blocks, cols, nr);
-        constexpr int64_t line = 64, per_line = line / sizeof(uint16_t);
-        py::array_t<uint16_t> storage(size + per_line);
-        const auto address = reinterpret_cast<std::uintptr_t>(storage.data());
-        const int64_t skip =
-            static_cast<int64_t>((line - address % line) % line / sizeof(uint16_t));
-        py::array_t<uint16_t> packed({size}, {int64_t(sizeof(uint16_t))},
-                                     storage.mutable_data() + skip, storage);
+        py::array_t<uint16_t> packed = line_aligned_uint16(half_panels_size(K, blocks, cols, nr));
         pack_half_panels(packed.mutable_data(), w.data(), K, blocks, cols, nr,
                          parse_half_format(format));
         return packed;
@@ -505,6 +520,28 @@ void bind_stack(py::module_& m) {
       "w"_a, "blocks"_a, "format"_a,
       "The bits of 16-bit weights W [blocks*cols, K] as the panels of W^T the kernels read "
       "(for the active instruction set's step_panel_width), starting on a 64-byte boundary.");
+  m.def(
+      "pack_amx_panels",
+      [](py::array_t<uint16_t, py::array::c_style | py::array::forcecast> w, int64_t blocks) {
+        if (w.ndim() != 2 || blocks < 1 || w.shape(0) % blocks)
+          throw py::value_error("w must be a 2-D uint16 array of blocks*cols rows");
+        const int64_t K = w.shape(1), cols = w.shape(0) / blocks;
+        py::array_t<uint16_t> packed = line_aligned_uint16(amx_panels_size(K, blocks, cols));
+        pack_amx_panels(packed.mutable_data(), w.data(), K, blocks, cols);
+        return packed;
+      },
+      "w"_a, "blocks"_a,
+      "The bits of bfloat16 weights W [blocks*cols, K] as the AMX tiles of W^T that an "
+      "inference's input projection reads (amx_active()), starting on a 64-byte boundary.");
+  m.def("amx_usable", &amx_usable,
+        "Whether this CPU and OS let fusedrnn use AMX's bfloat16 tiles (Intel Xeon from Sapphire "
+        "Rapids on, Linux 5.16 on).");
+  m.def("amx_active", &amx_active,
+        "Whether inference with bfloat16 weights projects its inputs on AMX now: usable, not "
+        "switched off, and the AVX-512 path active.");
+  m.def("_set_amx_enabled", &set_amx_enabled, "enabled"_a,
+        "Let AMX serve bfloat16 inference (True, the default) or not (tests and benchmarks "
+        "compare the two paths).");
   m.def("stack_backward", &stack_backward_py, "mode"_a, "x"_a, "h0"_a, "c0"_a, "weights"_a, "y"_a,
         "saved"_a, "dy"_a, "dh_n"_a, "dc_n"_a, "grads"_a, "dropout_masks"_a, "batch_sizes"_a,
         "lengths"_a, "num_layers"_a, "bidirectional"_a, "hidden_size"_a, "proj_size"_a,

@@ -188,13 +188,15 @@ enum class InPlace { no, dot_rows, transposed };
 template <typename T>
 StepWeights<T> step_weights(const HalfLayerWeights* half, const uint16_t* half_panels, T* packed,
                             const T* w, int64_t K, int64_t blocks, int64_t cols,
-                            const PanelShare& share, InPlace in_place = InPlace::no) {
+                            const PanelShare& share, InPlace in_place = InPlace::no,
+                            const uint16_t* amx_panels = nullptr) {
   StepWeights<T> weights;
   weights.kernel = &step_gemm_kernels<T>();
   const int64_t nr = weights.kernel->panel_width;
   if (half) {
     weights.multiply_half = half_step_gemm(half->format);
     weights.half = packed_half_panels(half_panels, K, blocks, cols, nr);
+    weights.amx = amx_panels;
   } else if (in_place != InPlace::no) {
     weights.in_place = w;
     weights.in_place_K = K;
@@ -248,8 +250,9 @@ void project_inputs(T* out, int64_t ldo, T* packed, const T* x, const T* w_ih, i
   const int64_t chunk_rows = std::max<int64_t>(64, kStopCheckWork / row_work / 64 * 64);
   run_team(gemm_team_size(rows * blocks * H * I), [&](int member, int members) {
     const PanelShare share = panel_share(H, nr, member, members);
-    const StepWeights<T> w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I,
-                                               blocks, H, share, in_place);
+    const StepWeights<T> w_ih_t =
+        step_weights(half, half ? half->w_ih : nullptr, packed, w_ih, I, blocks, H, share, in_place,
+                     half ? half->w_ih_amx : nullptr);
     for (int64_t r0 = 0; r0 < rows && !stop_requested(); r0 += chunk_rows)
       step_gemm(w_ih_t, 0, blocks, share, std::min(chunk_rows, rows - r0), x + r0 * I, I,
                 out + r0 * ldo, ldo, accumulate);
@@ -275,7 +278,7 @@ GateLoopWeights<T> pack_gate_loop_weights(const PanelShare& packs, int64_t block
                           in_place.hh);
   if (!training)
     m.w_ih_t = step_weights(half, half ? half->w_ih : nullptr, packed_ih, w_ih, I, blocks, H, packs,
-                            in_place.ih);
+                            in_place.ih, half ? half->w_ih_amx : nullptr);
   return m;
 }
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/amx.h"
 #include "common/threading.h"
 
 namespace fusedrnn {
@@ -286,6 +287,8 @@ struct StepWeights {
   PackedWeights<T> native;
   HalfMultiply multiply_half = nullptr;
   PackedWeights<uint16_t> half;
+  // bfloat16 W's AMX panels too (common/amx.h), for products of kAmxMinRows rows or more
+  const uint16_t* amx = nullptr;
   const T* in_place = nullptr;
   int64_t in_place_K = 0, in_place_cols = 0;
   bool in_place_transposed = false;  // in place as out^T = W a^T (transposed_step_gemm)
@@ -398,6 +401,11 @@ void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const Pane
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
+    if (w.amx && rows >= kAmxMinRows) {
+      amx_step_gemm(w.amx, w.half.K, w.half.cols, first, count, share, rows, a, lda, out, ldo,
+                    accumulate);
+      return;
+    }
     if (w.multiply_half) {
       step_gemm(w.multiply_half, w.half, first, count, share, rows, a, lda, out, ldo, accumulate);
       return;

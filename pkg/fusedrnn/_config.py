@@ -127,6 +127,15 @@ def _isa_vectors(isa: str) -> str:
     return f"portable 16-byte vectors ({unit})"
 
 
+def _amx_use() -> str:
+    """Whether AMX's tiles serve bfloat16 inference (its input projection) on this machine."""
+    if _core.amx_active():
+        return "yes: bfloat16 weights' input projection (weights_dtype='bfloat16')"
+    if _core.amx_usable():
+        return "available, not used on the active instruction set"
+    return "no (needs an Intel Xeon with AMX, Sapphire Rapids on, and Linux 5.16 on)"
+
+
 def config() -> dict:
     """The configuration as a dict (what `show_config` prints)."""
     from . import __version__
@@ -136,6 +145,7 @@ def config() -> dict:
         "isa": _core.active_isa(),
         "isa_vectors": _isa_vectors(_core.active_isa()),
         "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
+        "amx": _amx_use(),
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),
         "idle_threads": _idle_threads(),

@@ -16,6 +16,8 @@ __all__: list[str] = [
     "adam_update",
     "additive_attention_backward",
     "additive_attention_forward",
+    "amx_active",
+    "amx_usable",
     "attention_backward",
     "attention_forward",
     "blas_threads_local_available",
@@ -41,6 +43,7 @@ __all__: list[str] = [
     "lstm_forward",
     "lstm_workspace_size",
     "openmp_teams",
+    "pack_amx_panels",
     "pack_half_panels",
     "release_cached_memory",
     "rnn_backward",
@@ -62,6 +65,11 @@ __all__: list[str] = [
 def _attention_tiles(causal: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
     """
     The tile sizes in use: ((fwd block_q, block_k), (bwd block_q, block_k)).
+    """
+
+def _set_amx_enabled(enabled: bool) -> None:
+    """
+    Let AMX serve bfloat16 inference (True, the default) or not (tests and benchmarks compare the two paths).
     """
 
 def _set_attention_team_threshold(work: typing.SupportsInt | typing.SupportsIndex) -> int:
@@ -138,6 +146,16 @@ def additive_attention_forward(
 ) -> tuple:
     """
     -> (context, weights, qp, kp)
+    """
+
+def amx_active() -> bool:
+    """
+    Whether inference with bfloat16 weights projects its inputs on AMX now: usable, not switched off, and the AVX-512 path active.
+    """
+
+def amx_usable() -> bool:
+    """
+    Whether this CPU and OS let fusedrnn use AMX's bfloat16 tiles (Intel Xeon from Sapphire Rapids on, Linux 5.16 on).
     """
 
 def attention_backward(
@@ -341,6 +359,14 @@ def lstm_workspace_size(
 def openmp_teams() -> bool:
     """
     Whether the teams run on OpenMP's threads now (never in a forked child).
+    """
+
+def pack_amx_panels(
+    w: typing.Annotated[numpy.typing.ArrayLike, numpy.uint16],
+    blocks: typing.SupportsInt | typing.SupportsIndex,
+) -> numpy.typing.NDArray[numpy.uint16]:
+    """
+    The bits of bfloat16 weights W [blocks*cols, K] as the AMX tiles of W^T that an inference's input projection reads (amx_active()), starting on a 64-byte boundary.
     """
 
 def pack_half_panels(

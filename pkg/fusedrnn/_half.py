@@ -129,15 +129,31 @@ class HalfWeights(NamedTuple):
 
     weights_dtype: str
     panel_width: int  # the step GEMM's panel columns they were packed for
-    layers: list  # per layer and direction: (w_ih, w_hh, w_hr or None) packed uint16 arrays
+    amx: bool  # whether w_ih also has AMX's packing (bfloat16, where _core.amx_active())
+    # per layer and direction: (w_ih, w_hh, w_hr or None, w_ih in AMX's tiles or None), packed
+    # uint16 arrays
+    layers: list
+
+
+def amx_packing(weights_dtype: str) -> bool:
+    """Whether weights of ``weights_dtype`` packed now get AMX's packing of W_ih: bfloat16
+    inputs are projected on AMX's tiles where the CPU has them (``_core.amx_active()``), with
+    every product exact and float32 sums, as on the FMA path."""
+    from . import _core
+
+    return weights_dtype == "bfloat16" and _core.amx_active()
 
 
 def packed_for_active_isa(half_weights: HalfWeights | None) -> bool:
     """Whether ``half_weights`` exist and fit the instruction set the kernels now run
-    (``fusedrnn.select_isa`` may change its panel width)."""
+    (``fusedrnn.select_isa`` may change its panel width, and whether AMX is used)."""
     from . import _core
 
-    return half_weights is not None and half_weights.panel_width == _core.step_panel_width()
+    return (
+        half_weights is not None
+        and half_weights.panel_width == _core.step_panel_width()
+        and half_weights.amx == amx_packing(half_weights.weights_dtype)
+    )
 
 
 def pack_half_weights(
@@ -159,17 +175,25 @@ def pack_half_weights(
         raise ValueError("pack_half_weights needs weights_dtype 'float16' or 'bfloat16', got None")
     blocks = {"weight_ih": GATES[mode], "weight_hh": GATES[mode], "weight_hr": 1}
 
-    def packed(name: str, role: str) -> np.ndarray | None:
-        if name not in params:  # (weight_hr without a projection)
-            return None
-        bits = weight_bits(np.asarray(params[name]), weights_dtype, name)
-        return _core.pack_half_panels(bits, blocks[role], weights_dtype)
+    amx = amx_packing(weights_dtype)
+
+    def packed(named: dict) -> tuple:
+        bits = {
+            role: weight_bits(np.asarray(params[named[role]]), weights_dtype, named[role])
+            for role in HALF_ROLES
+            if named[role] in params  # (weight_hr without a projection)
+        }
+        panels = [
+            _core.pack_half_panels(bits[role], blocks[role], weights_dtype)
+            if role in bits
+            else None
+            for role in HALF_ROLES
+        ]
+        w_ih_amx = _core.pack_amx_panels(bits["weight_ih"], blocks["weight_ih"]) if amx else None
+        return (*panels, w_ih_amx)
 
     layers = [
-        tuple(packed(named[role], role) for role in HALF_ROLES)
-        for named in (
-            dict(zip(STACK_ROLES, names))
-            for names in stack_role_names(num_layers, num_directions(bidirectional))
-        )
+        packed(dict(zip(STACK_ROLES, names)))
+        for names in stack_role_names(num_layers, num_directions(bidirectional))
     ]
-    return HalfWeights(weights_dtype, _core.step_panel_width(), layers)
+    return HalfWeights(weights_dtype, _core.step_panel_width(), amx, layers)

@@ -5,9 +5,12 @@ and by its definition on chosen bit patterns)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
+import fusedrnn
 from fusedrnn import _core, functional, reference
 from fusedrnn._half import (
     bits_to_float32,
@@ -15,7 +18,7 @@ from fusedrnn._half import (
     round_weights,
     weight_bits,
 )
-from tests.helpers.cells import assert_close
+from tests.helpers.cells import assert_close, assert_within_float32_error
 from tests.kernels.test_stack_fused_vs_reference import CASES, make_params
 
 WEIGHTS_DTYPES = ["float16", "bfloat16"]
@@ -191,3 +194,125 @@ def test_baseline_float16_conversion_of_special_values():
         _core.select_isa(default)
     expected = np.maximum(special.astype(np.float16).astype(np.float32), 0)
     np.testing.assert_array_equal(y[0, 0], expected)
+
+
+# ---------------------------------------------------------------- AMX's input projection
+
+needs_amx = pytest.mark.skipif(
+    not _core.amx_usable(),
+    reason="needs AMX's bfloat16 tiles (an Intel Xeon from Sapphire Rapids on, Linux 5.16 on)",
+)
+
+
+@contextmanager
+def amx_enabled(on: bool):
+    """AMX on or off for bfloat16 inference (with the AVX-512 path active), then as it was."""
+    default = _core.active_isa()
+    _core.select_isa("avx512")
+    _core._set_amx_enabled(on)
+    try:
+        yield
+    finally:
+        _core._set_amx_enabled(True)
+        _core.select_isa(default)
+
+
+@needs_amx
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(
+    ("T", "B", "I", "H", "layers", "bidirectional"),
+    [
+        (7, 5, 6, 9, 1, False),  # K and the columns short of one tile
+        (60, 5, 256, 40, 1, False),  # four passes over the rows (80 a pass at K = 256)
+        (20, 1, 33, 70, 2, True),  # K one past a tile; the second layer's K = 2H
+        (4, 4, 2100, 16, 1, False),  # K past 2048: two groups of rows a pass
+    ],
+)
+def test_amx_projection_equals_the_fma_panels_and_the_reference(
+    mode, T, B, I, H, layers, bidirectional, threading_mode
+):
+    """bfloat16 inference with its input projection on AMX's tiles (x split exactly into three
+    bfloat16 parts) against the FMA panels and the float64 reference: float32's error, whether
+    the projection runs in one pass or several, on one thread or a team."""
+    params = make_params(
+        mode, I, H, layers, bidirectional, True, 0, np.random.default_rng(4), np.float32
+    )
+    params = {k: v * np.float32(2 / np.sqrt(max(I, H))) for k, v in params.items()}
+    x, hx = stack_inputs(mode, layers, bidirectional, 0, T, B, I, H)
+    kw = {"bidirectional": bidirectional, "training": False}
+    outputs = {}
+    for on in (True, False):
+        with amx_enabled(on):
+            packed = pack_half_weights(mode, params, layers, bidirectional, "bfloat16")
+            assert packed.amx is on
+            assert all((parts[3] is not None) is on for parts in packed.layers)
+            outputs[on] = functional.stack_forward(
+                mode, x, hx, params, layers, half_weights=packed, **kw
+            )
+    rounded = {
+        k: round_weights(v, "bfloat16") if k.startswith("weight") else v for k, v in params.items()
+    }
+    expected32 = reference.stack_forward(mode, x, hx, rounded, layers, **kw)
+    as64 = {k: v.astype(np.float64) for k, v in rounded.items()}
+    hx64 = tuple(h.astype(np.float64) for h in hx) if mode == "lstm" else hx.astype(np.float64)
+    expected64 = reference.stack_forward(mode, x.astype(np.float64), hx64, as64, layers, **kw)
+    for i, name in enumerate(("y", "h_n")):
+        for on in (True, False):
+            assert_within_float32_error(
+                outputs[on][i], expected32[i], expected64[i], f"{name}, AMX {on}"
+            )
+
+
+@needs_amx
+def test_amx_projection_of_special_inputs_is_exact():
+    """An RNN of one unit with W_ih = 1 and W_hh = 0, a batch of chosen inputs: AMX gives the
+    bits of the FMA panels, which multiply by 1 exactly. 1/3 and 1 + 2^-23 need all 24 bits of
+    a float (three bfloat16 parts); infinities stay infinite, a NaN whose payload sits in its low
+    bits stays NaN (not the infinity its top 16 bits alone would be), and 3e38 does not overflow
+    on the way."""
+    special = np.array([1 / 3, 1 + 2**-23, np.inf, -np.inf, 3e38, -1e-30, -0.0, 0.1], np.float32)
+    low_payload_nan = np.array([0x7F800001], np.uint32).view(np.float32)
+    values = np.concatenate([special, low_payload_nan])
+    T = 16  # AMX takes products of 16 rows or more
+    params = {
+        "weight_ih_l0": np.ones((1, 1), np.float32),
+        "weight_hh_l0": np.zeros((1, 1), np.float32),
+    }
+    x = np.tile(values[None, :, None], (T, 1, 1))
+    outputs = {}
+    for on in (True, False):
+        with amx_enabled(on):
+            outputs[on] = functional.stack_forward(
+                "rnn", x, None, params, 1, training=False, weights_dtype="bfloat16"
+            )[0]
+    np.testing.assert_array_equal(outputs[True], outputs[False])
+    assert_close(outputs[True], np.tanh(x), np.float32, "tanh(x)")
+    assert np.all(np.isnan(outputs[True][:, -1]))
+
+
+@needs_amx
+def test_a_packing_for_the_other_amx_state_is_refused_and_layers_repack():
+    mode, T, B, I, H = "lstm", 8, 3, 5, 12
+    params = make_params(mode, I, H, 1, False, True, 0, np.random.default_rng(0), np.float32)
+    x, hx = stack_inputs(mode, 1, False, 0, T, B, I, H)
+    with amx_enabled(True):
+        packed = pack_half_weights(mode, params, 1, False, "bfloat16")
+    with amx_enabled(False):
+        with pytest.raises(ValueError, match="with AMX's panels, but AMX is not active"):
+            functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=packed)
+        without = pack_half_weights(mode, params, 1, False, "bfloat16")
+        # float16 weights never take AMX's packing
+        assert not pack_half_weights(mode, params, 1, False, "float16").amx
+    with amx_enabled(True):
+        with pytest.raises(ValueError, match="without AMX's panels, but AMX is active"):
+            functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=without)
+        short = packed._replace(layers=[(*packed.layers[0][:3], packed.layers[0][3][:-1])])
+        with pytest.raises(ValueError, match=r"AMX weight_ih_l0 .* \(pack_amx_panels\)"):
+            functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=short)
+    layer = fusedrnn.LSTM(I, H, seed=0, weights_dtype="bfloat16").eval()
+    with amx_enabled(True):
+        y = layer(x)[0]
+        assert layer._half_weights.amx
+    with amx_enabled(False):
+        assert_close(layer(x)[0], y, np.float32, "AMX off")
+        assert not layer._half_weights.amx

@@ -1,7 +1,8 @@
 """``python -m fusedrnn bench --half-weights``: batch-1 inference with 16-bit weights.
 
 For each case (LSTM and GRU, one sequence of T=100 steps, I = H = 256) one layer runs in eval
-mode with float32 weights, with ``weights_dtype="float16"`` and with ``"bfloat16"``, and, when
+mode with float32 weights, with ``weights_dtype="float16"`` and with ``"bfloat16"`` (on a CPU
+with AMX, whose tiles then project bfloat16's inputs, also without them: "FMA"), and, when
 ``onnx`` and ``onnxruntime`` can be imported, onnxruntime runs the same layer as an ONNX LSTM /
 GRU node in float32. Each is first checked: the float32 runs against the float32 NumPy reference,
 the 16-bit ones against the reference with the weights rounded the same way. Then the calls are
@@ -25,7 +26,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .. import _config
+from .. import _config, _core
 from ..layers import GRU, LSTM
 from .implementations import compare
 from .machine import cpu_name
@@ -120,6 +121,10 @@ def _calls(cell: str, B: int, T: int, I: int, H: int, threads: int) -> tuple[dic
         problems += [f"{cell} {name}: {p}" for p in found]
         if not found:
             calls[name] = lambda layer=layer: layer(x, state)[0]
+        if not found and weights_dtype == "bfloat16" and _core.amx_active():
+            # the same without AMX's input projection: the FMA panels, as on a CPU without AMX
+            fma_layer = _LAYERS[cell](I, H, seed=0, weights_dtype=weights_dtype).eval()
+            calls[f"{name} FMA"] = lambda layer=fma_layer: _without_amx(layer, x, state)
         if weights_dtype is None:
             params, float32_output = dict(layer.named_parameters()), expected
     modules = import_onnxruntime()
@@ -143,6 +148,16 @@ def _calls(cell: str, B: int, T: int, I: int, H: int, threads: int) -> tuple[dic
         if not found:
             calls["onnxruntime float32"] = ort_call
     return calls, problems
+
+
+def _without_amx(layer, x: np.ndarray, state) -> np.ndarray:
+    """``layer(x, state)[0]`` with AMX switched off for the call (the layer keeps a packing
+    without AMX's tiles)."""
+    _core._set_amx_enabled(False)
+    try:
+        return layer(x, state)[0]
+    finally:
+        _core._set_amx_enabled(True)
 
 
 BLOCK_CALLS = 10
@@ -204,6 +219,11 @@ def run(threads: int | None = None, timed: int = 200, cells: tuple = ("lstm", "g
     finally:
         _config.set_num_threads(before)
     lines.append("ratios: of the minima (of the medians); > 1 means this implementation is faster")
+    if _core.amx_active():
+        lines.append(
+            "AMX: bfloat16 projects the inputs on AMX's tiles; 'fused bfloat16 FMA' is the same "
+            "without them"
+        )
     if import_onnxruntime() is None:
         lines.append("onnxruntime: not installed (pip install onnx onnxruntime) - no row")
     lines.append(f"load average {os.getloadavg()[0]:.2f} at the end")
