@@ -55,11 +55,11 @@ void rnn_forward(const CellForwardArgs<T>& a) {
                  in_place.ih);
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split =
-        step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes, in_place.hh);
+    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes,
+                                       in_place.hh, a.w.half && a.w.half->w_hh_amx);
     const StepWeights<T> w_hh_t =
         step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr, scratch.packed_hh, w_hh, H, 1,
-                     H, split.packs, in_place.hh);
+                     H, split.packs, in_place.hh, a.w.half ? a.w.half->w_hh_amx : nullptr);
     split.wait_for_all_panels();
     const int64_t j0 = split.units.begin, w = split.units.width, r0 = split.first_row();
     for (int64_t t = 0; t < steps; ++t) {

@@ -318,15 +318,18 @@ struct StackCall {
       return static_cast<const uint16_t*>(a.data());
     };
     for_each_layer(t[3], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
-      if (w.size() != 4)
-        throw py::value_error("half_weights' layers must be (w_ih, w_hh, w_hr, w_ih_amx) tuples");
+      if (w.size() != 5)
+        throw py::value_error(
+            "half_weights' layers must be (w_ih, w_hh, w_hr, w_ih_amx, w_hh_amx) tuples");
       HalfLayerWeights h;
       h.format = format;
       h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
-      if (amx)
+      h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
+      if (amx) {
         h.w_ih_amx =
             panels(w[3], "AMX " + param_name("weight_ih", l, d), shape.layer_input(l), G, H, true);
-      h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
+        h.w_hh_amx = panels(w[4], "AMX " + param_name("weight_hh", l, d), R, G, H, true);
+      }
       h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
       out.push_back(h);
     });

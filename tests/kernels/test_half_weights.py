@@ -226,26 +226,63 @@ def amx_enabled(on: bool):
         (60, 5, 256, 40, 1, False),  # four passes over the rows (80 a pass at K = 256)
         (20, 1, 33, 70, 2, True),  # K one past a tile; the second layer's K = 2H
         (4, 4, 2100, 16, 1, False),  # K past 2048: two groups of rows a pass
+        (5, 21, 30, 50, 1, False),  # the steps on AMX too (21 rows; by units on a team)
+        (3, 34, 40, 33, 2, False),  # 17 rows a member by rows
     ],
 )
 def test_amx_projection_equals_the_fma_panels_and_the_reference(
     mode, T, B, I, H, layers, bidirectional, threading_mode
 ):
-    """bfloat16 inference with its input projection on AMX's tiles (x split exactly into three
-    bfloat16 parts) against the FMA panels and the float64 reference: float32's error, whether
-    the projection runs in one pass or several, on one thread or a team."""
+    """bfloat16 inference with its input projection, and the steps of 16 rows or more, on AMX's
+    tiles (x split exactly into three bfloat16 parts) against the FMA panels and the float64
+    reference: float32's error, whether the projection runs in one pass or several, on one
+    thread or a team."""
+    check_amx_against_fma_and_reference(mode, T, B, I, H, layers, bidirectional, {})
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("lstm", {"proj_size": 7}),
+        ("lstm", {"lengths": [6, 6, 5, 3, 3, 2] * 3}),  # 18 rows, then fewer than 16
+        ("gru", {"reset_after": False}),  # Cho's GRU: (r * h) W_hn^T, a second product a step
+        ("gru", {"lengths": [6, 4, 4, 1] * 5}),
+        ("rnn", {"nonlinearity": "relu", "lengths": [5] * 17 + [2]}),
+    ],
+)
+def test_amx_with_options(mode, options, threading_mode):
+    check_amx_against_fma_and_reference(
+        mode,
+        6,
+        18 if "lengths" not in options else len(options["lengths"]),
+        20,
+        36,
+        2,
+        True,
+        options,
+    )
+
+
+def check_amx_against_fma_and_reference(mode, T, B, I, H, layers, bidirectional, options):
+    """A stack's bfloat16 inference with AMX on and off, each within float32's error of the
+    float64 reference with the weights rounded the same way."""
+    proj = options.get("proj_size", 0)
     params = make_params(
-        mode, I, H, layers, bidirectional, True, 0, np.random.default_rng(4), np.float32
+        mode, I, H, layers, bidirectional, True, proj, np.random.default_rng(4), np.float32
     )
     params = {k: v * np.float32(2 / np.sqrt(max(I, H))) for k, v in params.items()}
-    x, hx = stack_inputs(mode, layers, bidirectional, 0, T, B, I, H)
-    kw = {"bidirectional": bidirectional, "training": False}
+    x, hx = stack_inputs(mode, layers, bidirectional, proj, T, B, I, H)
+    kw = {"bidirectional": bidirectional, "training": False, **options}
+    if "lengths" in kw:
+        kw["lengths"] = np.array(kw["lengths"])
     outputs = {}
     for on in (True, False):
         with amx_enabled(on):
             packed = pack_half_weights(mode, params, layers, bidirectional, "bfloat16")
             assert packed.amx is on
             assert all((parts[3] is not None) is on for parts in packed.layers)
+            assert all((parts[4] is not None) is on for parts in packed.layers)
             outputs[on] = functional.stack_forward(
                 mode, x, hx, params, layers, half_weights=packed, **kw
             )
@@ -306,9 +343,12 @@ def test_a_packing_for_the_other_amx_state_is_refused_and_layers_repack():
     with amx_enabled(True):
         with pytest.raises(ValueError, match="without AMX's panels, but AMX is active"):
             functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=without)
-        short = packed._replace(layers=[(*packed.layers[0][:3], packed.layers[0][3][:-1])])
-        with pytest.raises(ValueError, match=r"AMX weight_ih_l0 .* \(pack_amx_panels\)"):
-            functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=short)
+        for role, at in (("weight_ih", 3), ("weight_hh", 4)):
+            parts = list(packed.layers[0])
+            parts[at] = parts[at][:-1]
+            short = packed._replace(layers=[tuple(parts)])
+            with pytest.raises(ValueError, match=rf"AMX {role}_l0 .* \(pack_amx_panels\)"):
+                functional.stack_forward(mode, x, hx, params, 1, training=False, half_weights=short)
     layer = fusedrnn.LSTM(I, H, seed=0, weights_dtype="bfloat16").eval()
     with amx_enabled(True):
         y = layer(x)[0]
