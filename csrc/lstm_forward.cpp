@@ -101,9 +101,10 @@ void lstm_forward(const CellForwardArgs<T>& a) {
     const T* peephole = a.w.peephole ? a.w.peephole + j0 : nullptr;
     // With a projection: this member's outputs of h = m W_hr^T, whole panels of W_hr^T.
     const PanelShare outputs = panel_share(P, nr, member, members);
-    const StepWeights<T> w_hr_t = P ? step_weights(a.w.half, a.w.half ? a.w.half->w_hr : nullptr,
-                                                   scratch.packed_hr, w_hr, H, 1, P, outputs)
-                                    : StepWeights<T>{};
+    const StepWeights<T> w_hr_t =
+        P ? step_weights(a.w.half, a.w.half ? a.w.half->w_hr : nullptr, scratch.packed_hr, w_hr, H,
+                         1, P, outputs, InPlace::no, a.w.half ? a.w.half->w_hr_amx : nullptr)
+          : StepWeights<T>{};
     for (int64_t t = 0; t < steps; ++t) {
       if (stop_requested()) break;  // (every member: the barriers no longer wait)
       const int64_t n = active_rows(batch_sizes, t, B), rows = split.row_count(n);

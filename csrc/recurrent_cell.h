@@ -104,10 +104,11 @@ struct HalfLayerWeights {
   const uint16_t* w_ih = nullptr;  // W_ih^T: K = I, blocks = gates, cols = H
   const uint16_t* w_hh = nullptr;  // W_hh^T: K = R, blocks = gates, cols = H
   const uint16_t* w_hr = nullptr;  // W_hr^T: K = H, one block of P columns; null without
-  // bfloat16 W_ih^T and W_hh^T in AMX's panels (common/amx.h) too when AMX was active at the
-  // packing, or null
+  // The same three in AMX's panels too (common/amx.h), bfloat16 packed while AMX was active; or
+  // null
   const uint16_t* w_ih_amx = nullptr;
   const uint16_t* w_hh_amx = nullptr;
+  const uint16_t* w_hr_amx = nullptr;
 };
 
 template <typename T>

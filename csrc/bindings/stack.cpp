@@ -274,10 +274,11 @@ struct StackCall {
     shape.options.enabled = shape.reverse_options.enabled = true;
   }
 
-  // An inference's 16-bit weights (weights_dtype): (format, panel_width, one tuple (w_ih, w_hh,
-  // w_hr or None) per layer and direction of uint16 panels from pack_half_panels), checked
-  // against the stack's sizes and the active instruction set's panel width; pointed to by
-  // `weights`. None: the float weights. Float32 inference only.
+  // An inference's 16-bit weights (weights_dtype): (format, panel_width, amx, one tuple per layer
+  // and direction of uint16 panels: w_ih, w_hh and w_hr (or None) from pack_half_panels, then the
+  // same three from pack_amx_panels when amx, else None), checked against the stack's sizes, the
+  // active instruction set's panel width and whether AMX is active; pointed to by `weights`.
+  // None: the float weights. Float32 inference only.
   std::vector<HalfLayerWeights> half_weights(py::handle spec, bool training) {
     std::vector<HalfLayerWeights> out;
     if (spec.is_none()) return out;
@@ -318,9 +319,10 @@ struct StackCall {
       return static_cast<const uint16_t*>(a.data());
     };
     for_each_layer(t[3], "half_weights", [&](py::tuple w, int64_t l, int64_t d) {
-      if (w.size() != 5)
+      if (w.size() != 6)
         throw py::value_error(
-            "half_weights' layers must be (w_ih, w_hh, w_hr, w_ih_amx, w_hh_amx) tuples");
+            "half_weights' layers must be (w_ih, w_hh, w_hr, w_ih_amx, "
+            "w_hh_amx, w_hr_amx) tuples");
       HalfLayerWeights h;
       h.format = format;
       h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
@@ -331,6 +333,8 @@ struct StackCall {
         h.w_hh_amx = panels(w[4], "AMX " + param_name("weight_hh", l, d), R, G, H, true);
       }
       h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
+      if (amx && P)
+        h.w_hr_amx = panels(w[5], "AMX " + param_name("weight_hr", l, d), H, 1, P, true);
       out.push_back(h);
     });
     return out;

@@ -129,17 +129,17 @@ class HalfWeights(NamedTuple):
 
     weights_dtype: str
     panel_width: int  # the step GEMM's panel columns they were packed for
-    amx: bool  # whether w_ih and w_hh also have AMX's packing (bfloat16, _core.amx_active())
-    # per layer and direction: (w_ih, w_hh, w_hr or None, then w_ih and w_hh in AMX's tiles or
+    amx: bool  # whether the weights also have AMX's packing (bfloat16, _core.amx_active())
+    # per layer and direction: (w_ih, w_hh, w_hr or None, then the same three in AMX's tiles, or
     # None), packed uint16 arrays
     layers: list
 
 
 def amx_packing(weights_dtype: str) -> bool:
-    """Whether weights of ``weights_dtype`` packed now get AMX's packing of W_ih and W_hh too:
-    with bfloat16 weights, products of 16 rows or more (the input projection, the steps of a
-    batch of 16 or more) run on AMX's tiles where the CPU has them (``_core.amx_active()``),
-    every product exact and the sums float32, as on the FMA path."""
+    """Whether weights of ``weights_dtype`` packed now get AMX's packing too: with bfloat16
+    weights, products of 16 rows or more (the input projection, the steps of a batch of 16 or
+    more) run on AMX's tiles where the CPU has them (``_core.amx_active()``), every product
+    exact and the sums float32, as on the FMA path."""
     from . import _core
 
     return weights_dtype == "bfloat16" and _core.amx_active()
@@ -191,8 +191,8 @@ def pack_half_weights(
             for role in HALF_ROLES
         ]
         amx_panels = [
-            _core.pack_amx_panels(bits[role], blocks[role]) if amx else None
-            for role in ("weight_ih", "weight_hh")
+            _core.pack_amx_panels(bits[role], blocks[role]) if amx and role in bits else None
+            for role in HALF_ROLES
         ]
         return (*panels, *amx_panels)
 

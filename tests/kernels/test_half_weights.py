@@ -283,6 +283,7 @@ def check_amx_against_fma_and_reference(mode, T, B, I, H, layers, bidirectional,
             assert packed.amx is on
             assert all((parts[3] is not None) is on for parts in packed.layers)
             assert all((parts[4] is not None) is on for parts in packed.layers)
+            assert all((parts[5] is not None) is (on and proj > 0) for parts in packed.layers)
             outputs[on] = functional.stack_forward(
                 mode, x, hx, params, layers, half_weights=packed, **kw
             )
