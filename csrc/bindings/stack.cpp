@@ -327,14 +327,16 @@ struct StackCall {
       h.format = format;
       h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
       h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
-      if (amx) {
-        h.w_ih_amx =
-            panels(w[3], "AMX " + param_name("weight_ih", l, d), shape.layer_input(l), G, H, true);
-        h.w_hh_amx = panels(w[4], "AMX " + param_name("weight_hh", l, d), R, G, H, true);
-      }
       h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
-      if (amx && P)
-        h.w_hr_amx = panels(w[5], "AMX " + param_name("weight_hr", l, d), H, 1, P, true);
+      // AMX's panels, when packed so (None for a matrix with an infinite weight: the FMA panels)
+      auto amx_panels = [&](py::handle obj, const char* role, int64_t K, int64_t blocks,
+                            int64_t cols) -> const uint16_t* {
+        if (!amx || obj.is_none()) return nullptr;
+        return panels(obj, std::string("AMX ") + param_name(role, l, d), K, blocks, cols, true);
+      };
+      h.w_ih_amx = amx_panels(w[3], "weight_ih", shape.layer_input(l), G, H);
+      h.w_hh_amx = amx_panels(w[4], "weight_hh", R, G, H);
+      h.w_hr_amx = P ? amx_panels(w[5], "weight_hr", H, 1, P) : nullptr;
       out.push_back(h);
     });
     return out;

@@ -17,9 +17,11 @@
 //
 // Only for products of kAmxMinRows rows or more: a single step of few rows is bound by reading
 // the weights from L2, which AMX does no faster, so it keeps the FMA panels (the layer holds both
-// packings of W_ih). Measured on a Xeon with AMX (one core, 112 rows x 256 by 256 x 512): 45 us
-// against 190 for the AVX-512 FMA tiles, with two parts per row; at 8 rows AMX took 5 us against
-// 2.8 us for the FMA panels.
+// packings). Measured on a Xeon with AMX (one core, 112 rows x 256 by 256 x 512): 45 us against
+// 190 for the AVX-512 FMA tiles, with two parts per row; at 8 rows AMX took 5 us against 2.8 us
+// for the FMA panels.
+// Not for a matrix with an infinite weight: times x's parts that are zero it would give NaN where
+// the FMA panels give the infinite product (the packing leaves such a matrix out).
 #pragma once
 
 #include <cstdint>

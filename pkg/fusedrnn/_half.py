@@ -131,7 +131,7 @@ class HalfWeights(NamedTuple):
     panel_width: int  # the step GEMM's panel columns they were packed for
     amx: bool  # whether the weights also have AMX's packing (bfloat16, _core.amx_active())
     # per layer and direction: (w_ih, w_hh, w_hr or None, then the same three in AMX's tiles, or
-    # None), packed uint16 arrays
+    # None: not packed so, or a matrix with an infinite weight), packed uint16 arrays
     layers: list
 
 
@@ -191,7 +191,9 @@ def pack_half_weights(
             for role in HALF_ROLES
         ]
         amx_panels = [
-            _core.pack_amx_panels(bits[role], blocks[role]) if amx and role in bits else None
+            _core.pack_amx_panels(bits[role], blocks[role])
+            if amx and role in bits and np.all(np.isfinite(bits_to_float32(bits[role], "bfloat16")))
+            else None  # an infinite weight times x's zero parts would give NaN: the FMA panels
             for role in HALF_ROLES
         ]
         return (*panels, *amx_panels)

@@ -357,3 +357,23 @@ def test_a_packing_for_the_other_amx_state_is_refused_and_layers_repack():
     with amx_enabled(False):
         assert_close(layer(x)[0], y, np.float32, "AMX off")
         assert not layer._half_weights.amx
+
+
+@needs_amx
+def test_an_infinite_weight_keeps_the_fma_panels():
+    """An infinite weight times x's zero parts (1.0 is one part and two zeros) would make NaN on
+    AMX's tiles; such a matrix keeps the FMA panels, which give the infinite product (and tanh
+    of it). 3.4e38 rounds to bfloat16's infinity, so it counts too."""
+    x = np.tile(np.array([1.0, -2.0, 0.5, 3.0], np.float32)[None, :, None], (16, 1, 1))
+    for weight in (np.inf, 3.4e38):
+        params = {
+            "weight_ih_l0": np.array([[weight]], np.float32),
+            "weight_hh_l0": np.zeros((1, 1), np.float32),
+        }
+        with amx_enabled(True):
+            packed = pack_half_weights("rnn", params, 1, False, "bfloat16")
+            assert packed.amx and packed.layers[0][3] is None and packed.layers[0][4] is not None
+            y = functional.stack_forward(
+                "rnn", x, None, params, 1, training=False, half_weights=packed
+            )
+        np.testing.assert_array_equal(y[0], np.sign(x))
