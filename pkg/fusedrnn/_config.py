@@ -132,7 +132,7 @@ def _amx_use() -> str:
     if _core.amx_active():
         return "yes: bfloat16 weights' input projection (weights_dtype='bfloat16')"
     if _core.amx_usable():
-        return "available, not used on the active instruction set"
+        return "available, not in use (it serves the avx512 path)"
     return "no (needs an Intel Xeon with AMX, Sapphire Rapids on, and Linux 5.16 on)"
 
 

@@ -71,3 +71,29 @@ def test_show_config_says_when_the_build_has_no_openmp(capsys):
         assert line == "openmp: True"
     else:
         assert line.startswith("openmp: False (built without OpenMP: the kernels run on one thread")
+
+
+def test_show_config_says_whether_amx_serves_bfloat16():
+    """AMX only where the CPU and OS allow it (x86, AVX-512 among the paths), used on the AVX-512
+    path and named so; off it (another path forced, or switched off) it is available, unused."""
+    usable = _core.amx_usable()
+    if usable:
+        assert X86 and "avx512" in SUPPORTED
+    states = {}
+    try:
+        for isa in SUPPORTED:
+            _core.select_isa(isa)
+            for enabled in (True, False):
+                _core._set_amx_enabled(enabled)
+                states[isa, enabled] = (_core.amx_active(), fusedrnn._config.config()["amx"])
+    finally:
+        _core._set_amx_enabled(True)
+        _core.select_isa(DEFAULT_ISA)
+    for (isa, enabled), (active, line) in states.items():
+        assert active == (usable and enabled and isa == "avx512")
+        if active:
+            assert line.startswith("yes: bfloat16")
+        elif usable:
+            assert line == "available, not in use (it serves the avx512 path)"
+        else:
+            assert line.startswith("no (needs an Intel Xeon with AMX")
