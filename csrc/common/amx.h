@@ -1,17 +1,18 @@
-// Intel AMX (Advanced Matrix Extensions; Xeons from Sapphire Rapids on) for the input projection
-// of an inference with bfloat16 weights (weights_dtype="bfloat16").
+// Intel AMX (Advanced Matrix Extensions; Xeons from Sapphire Rapids on) for an inference with
+// bfloat16 weights (weights_dtype="bfloat16"): its products of many rows, the input projection of
+// a sequence and the steps of a large batch.
 //
 // AMX multiplies tiles: TDPBF16PS adds to a tile of 16 x 16 floats the product of a 16 x 32
 // bfloat16 tile (A, row-major) by a 32 x 16 one (B, stored as 16 rows of 16 column pairs: row p
 // holds k = 2p and 2p + 1 of each column), each product exact and each sum a float32 one. One
 // instruction does 8192 multiply-adds, where an AVX-512 FMA does 16.
 //
-// A's rows (the inputs x) are float32. Each is split exactly into three bfloat16 numbers, hi +
+// A's rows (x, or h in a step) are float32. Each is split exactly into three bfloat16 numbers, hi +
 // mid + lo = x: hi is x with its low 16 bits cleared, mid the same of x - hi, lo what is left (at
 // most 8 significant bits, so exact). Every product of a part and a bfloat16 weight is exact in
 // float32 and the sums are float32: the result is a float32 dot product of x and the rounded
 // weights, what the FMA path with the 16-bit panels computes (the sums in another order). The
-// three parts of a row sit in one A tile (kAmxGroupRows rows of each), so one tile product covers
+// three parts of a row sit in one A tile (5 rows of each), so one tile product covers
 // them, and they are added at the end as hi + (mid + lo). Non-finite x: hi = x (a NaN quiet),
 // mid = lo = 0.
 //
@@ -19,7 +20,8 @@
 // the weights from L2, which AMX does no faster, so it keeps the FMA panels (the layer holds both
 // packings). Measured on a Xeon with AMX (one core, 112 rows x 256 by 256 x 512): 45 us against
 // 190 for the AVX-512 FMA tiles, with two parts per row; at 8 rows AMX took 5 us against 2.8 us
-// for the FMA panels.
+// for the FMA panels. float16 weights stay on the FMA panels: split into two bfloat16 parts each,
+// they measured no faster on the tiles.
 // Not for a matrix with an infinite weight: times x's parts that are zero it would give NaN where
 // the FMA panels give the infinite product (the packing leaves such a matrix out).
 #pragma once

@@ -1,5 +1,5 @@
-// AMX's input projection with bfloat16 weights (common/amx.h); x86-64 Linux with GCC or clang
-// only: elsewhere amx_usable() is false and the FMA panels do the work.
+// AMX's products with bfloat16 weights (common/amx.h); x86-64 Linux with GCC or clang only:
+// elsewhere amx_usable() is false and the FMA panels do the work.
 #include "common/amx.h"
 
 #include <algorithm>
@@ -79,8 +79,8 @@ FUSEDRNN_AMX_TARGET inline __m256i top_halves(__m512i bits) {
   return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 }
 
-// Row s of group tile `tile` (k block kb of it) from 32 floats of x (n <= 32 of them valid, zero
-// past): its hi, mid and lo parts in tile rows s, s + 5, s + 10.
+// Row s of an A tile (one group's k block) from 32 floats of x (n <= 32 of them valid, zero past):
+// their hi, mid and lo parts in tile rows s, s + 5, s + 10.
 FUSEDRNN_AMX_TARGET void split_into_tile(uint16_t* tile, int64_t s, const float* x, int64_t n) {
   const __m512i top = _mm512_set1_epi32(int(0xFFFF0000u));
   const __m512i exponent = _mm512_set1_epi32(0x7F800000), quiet = _mm512_set1_epi32(0x00400000);
