@@ -88,8 +88,8 @@ void gru_forward(const CellForwardArgs<T>& a) {
   // The time loop on a team, split by units or rows as in lstm_forward. By units, the Cho
   // variant needs all of r*h before its second GEMM: a second barrier.
   run_team(recurrent_team_size(H, B * G * H, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes,
-                                       in_place.hh, a.w.half && a.w.half->w_hh_amx);
+    const StepSplit split =
+        step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes, in_place.hh);
     const auto [w_hh_t, w_ih_t] =
         pack_gate_loop_weights(split.packs, kGruGates, H, scratch.packed_hh, w_hh, H,
                                scratch.packed_ih, w_ih, I, training, a.w.half, in_place);

@@ -91,8 +91,8 @@ void lstm_forward(const CellForwardArgs<T>& a) {
   // panels of W_hr^T hold), does their share of each GEMM and of the fused pass, and a barrier
   // per step publishes h_t to all; by rows, each member runs its rows through every unit.
   run_team(recurrent_team_size(H, B * G * R, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes && !P,
-                                       in_place.hh, a.w.half && a.w.half->w_hh_amx);
+    const StepSplit split =
+        step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes && !P, in_place.hh);
     const auto [w_hh_t, w_ih_t] =
         pack_gate_loop_weights(split.packs, kLstmGates, H, scratch.packed_hh, w_hh, R,
                                scratch.packed_ih, w_ih, I, training, a.w.half, in_place);

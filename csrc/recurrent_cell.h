@@ -96,16 +96,16 @@ struct CellShape {
 };
 
 // An inference's 16-bit copy of one layer and direction's weight matrices (weights_dtype, float
-// layers only): each packed once ahead by pack_half_panels (common/step_gemm.h) for the panel
-// width of the active instruction set, which the kernels then multiply in place of w_ih, w_hh
-// and w_hr; the biases stay float.
+// layers only): each packed once ahead, by pack_half_panels (common/step_gemm.h) for the panel
+// width of the active instruction set or, bfloat16 where AMX is active, by pack_amx_panels
+// (common/amx.h), which the kernels then multiply in place of w_ih, w_hh and w_hr; the biases
+// stay float. Each matrix has one of its two pointers.
 struct HalfLayerWeights {
   HalfFormat format = HalfFormat::float16;
   const uint16_t* w_ih = nullptr;  // W_ih^T: K = I, blocks = gates, cols = H
   const uint16_t* w_hh = nullptr;  // W_hh^T: K = R, blocks = gates, cols = H
   const uint16_t* w_hr = nullptr;  // W_hr^T: K = H, one block of P columns; null without
-  // The same three in AMX's panels too (common/amx.h), bfloat16 packed while AMX was active; or
-  // null
+  // The same three in AMX's panels (bfloat16 packed while AMX was active), or null
   const uint16_t* w_ih_amx = nullptr;
   const uint16_t* w_hh_amx = nullptr;
   const uint16_t* w_hr_amx = nullptr;

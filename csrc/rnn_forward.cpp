@@ -55,8 +55,8 @@ void rnn_forward(const CellForwardArgs<T>& a) {
                  in_place.ih);
   // The time loop on a team (StepSplit): by units, with a barrier per step; or by rows.
   run_team(recurrent_team_size(H, B * H * H, ceil_div(H, nr)), [&](int member, int members) {
-    const StepSplit split = step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes,
-                                       in_place.hh, a.w.half && a.w.half->w_hh_amx);
+    const StepSplit split =
+        step_split(member, members, B, H, nr, w_hh_bytes, !batch_sizes, in_place.hh);
     const StepWeights<T> w_hh_t =
         step_weights(a.w.half, a.w.half ? a.w.half->w_hh : nullptr, scratch.packed_hh, w_hh, H, 1,
                      H, split.packs, in_place.hh, a.w.half ? a.w.half->w_hh_amx : nullptr);

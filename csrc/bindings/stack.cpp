@@ -325,18 +325,19 @@ struct StackCall {
             "w_hh_amx, w_hr_amx) tuples");
       HalfLayerWeights h;
       h.format = format;
-      h.w_ih = panels(w[0], "half " + param_name("weight_ih", l, d), shape.layer_input(l), G, H);
-      h.w_hh = panels(w[1], "half " + param_name("weight_hh", l, d), R, G, H);
-      h.w_hr = P ? panels(w[2], "half " + param_name("weight_hr", l, d), H, 1, P) : nullptr;
-      // AMX's panels, when packed so (None for a matrix with an infinite weight: the FMA panels)
-      auto amx_panels = [&](py::handle obj, const char* role, int64_t K, int64_t blocks,
-                            int64_t cols) -> const uint16_t* {
-        if (!amx || obj.is_none()) return nullptr;
-        return panels(obj, std::string("AMX ") + param_name(role, l, d), K, blocks, cols, true);
+      // Each matrix: AMX's panels when packed so (amx), else (None, a matrix with an infinite
+      // weight, or no AMX) the FMA panels.
+      auto matrix = [&](int at, const char* role, int64_t K, int64_t blocks, int64_t cols,
+                        const uint16_t** fma, const uint16_t** tiles) {
+        if (amx && !w[at + 3].is_none())
+          *tiles = panels(w[at + 3], std::string("AMX ") + param_name(role, l, d), K, blocks, cols,
+                          true);
+        else
+          *fma = panels(w[at], std::string("half ") + param_name(role, l, d), K, blocks, cols);
       };
-      h.w_ih_amx = amx_panels(w[3], "weight_ih", shape.layer_input(l), G, H);
-      h.w_hh_amx = amx_panels(w[4], "weight_hh", R, G, H);
-      h.w_hr_amx = P ? amx_panels(w[5], "weight_hr", H, 1, P) : nullptr;
+      matrix(0, "weight_ih", shape.layer_input(l), G, H, &h.w_ih, &h.w_ih_amx);
+      matrix(1, "weight_hh", R, G, H, &h.w_hh, &h.w_hh_amx);
+      if (P) matrix(2, "weight_hr", H, 1, P, &h.w_hr, &h.w_hr_amx);
       out.push_back(h);
     });
     return out;

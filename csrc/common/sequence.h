@@ -326,17 +326,13 @@ constexpr int64_t kMaxRowSplitWeightBytes = int64_t(1) << 20;
 // panel), and by units they do not: on 2 threads (Xeon, AVX-512, float, best of 150) an LSTM
 // step of 16-32 rows at H = 256 took 134-163 us instead of 194-213, a GRU's 100-119 instead of
 // 138-150, an RNN's at H = 512 121-144 instead of 191-212.
-// amx_steps: the steps multiply by bfloat16 W_hh on AMX (HalfLayerWeights::w_hh_amx), which takes
-// products of kAmxMinRows rows or more: a batch of that many splits by units rather than give
-// each member fewer rows.
 inline StepSplit step_split(int member, int members, int64_t B, int64_t H, int64_t nr,
                             int64_t weight_bytes, bool uniform_batch,
-                            InPlace w_hh_in_place = InPlace::no, bool amx_steps = false) {
+                            InPlace w_hh_in_place = InPlace::no) {
   StepSplit s;
   const bool whole_panels = w_hh_in_place != InPlace::transposed || B % (members * nr) == 0;
-  const bool amx_rows = !amx_steps || B < kAmxMinRows || B / members >= kAmxMinRows;
   s.by_rows = uniform_batch && members > 1 && B / members >= kMinRowsPerMember &&
-              weight_bytes <= kMaxRowSplitWeightBytes && whole_panels && amx_rows;
+              weight_bytes <= kMaxRowSplitWeightBytes && whole_panels;
   s.packs = panel_share(H, nr, member, members);
   s.units = s.by_rows ? panel_share(H, nr, 0, 1) : s.packs;
   s.row0 = share_begin(B, member, members);

@@ -287,7 +287,7 @@ struct StepWeights {
   PackedWeights<T> native;
   HalfMultiply multiply_half = nullptr;
   PackedWeights<uint16_t> half;
-  // bfloat16 W's AMX panels too (common/amx.h), for products of kAmxMinRows rows or more
+  // bfloat16 W's AMX panels (common/amx.h), when it has them: then `half` has no data
   const uint16_t* amx = nullptr;
   const T* in_place = nullptr;
   int64_t in_place_K = 0, in_place_cols = 0;
@@ -401,7 +401,7 @@ void step_gemm(const StepWeights<T>& w, int64_t first, int64_t count, const Pane
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (w.amx && rows >= kAmxMinRows) {
+    if (w.amx) {
       amx_step_gemm(w.amx, w.half.K, w.half.cols, first, count, share, rows, a, lda, out, ldo,
                     accumulate);
       return;

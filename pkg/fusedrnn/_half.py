@@ -129,17 +129,18 @@ class HalfWeights(NamedTuple):
 
     weights_dtype: str
     panel_width: int  # the step GEMM's panel columns they were packed for
-    amx: bool  # whether the weights also have AMX's packing (bfloat16, _core.amx_active())
-    # per layer and direction: (w_ih, w_hh, w_hr or None, then the same three in AMX's tiles, or
-    # None: not packed so, or a matrix with an infinite weight), packed uint16 arrays
+    amx: bool  # whether packed for AMX's tiles (bfloat16, _core.amx_active() at the packing)
+    # per layer and direction: (w_ih, w_hh, w_hr in the FMA panels, then the same three in AMX's
+    # tiles), packed uint16 arrays; each matrix in one of the two (AMX's where packed for it,
+    # unless it has an infinite weight), None in the other (w_hr: both None without a projection)
     layers: list
 
 
 def amx_packing(weights_dtype: str) -> bool:
-    """Whether weights of ``weights_dtype`` packed now get AMX's packing too: with bfloat16
-    weights, products of 16 rows or more (the input projection, the steps of a batch of 16 or
-    more) run on AMX's tiles where the CPU has them (``_core.amx_active()``), every product
-    exact and the sums float32, as on the FMA path."""
+    """Whether weights of ``weights_dtype`` packed now are packed for AMX's tiles: with
+    bfloat16 weights, every product (the input projection, the steps) runs on them where the
+    CPU has them (``_core.amx_active()``), every product exact and the sums float32, as on the
+    FMA panels (csrc/common/amx.h)."""
     from . import _core
 
     return weights_dtype == "bfloat16" and _core.amx_active()
@@ -184,19 +185,21 @@ def pack_half_weights(
             for role in HALF_ROLES
             if named[role] in params  # (weight_hr without a projection)
         }
-        panels = [
-            _core.pack_half_panels(bits[role], blocks[role], weights_dtype)
-            if role in bits
+        # AMX's tiles where they can take the matrix (an infinite weight times x's zero parts would
+        # give NaN), the FMA panels otherwise
+        tiles = [
+            _core.pack_amx_panels(bits[role], blocks[role])
+            if amx and role in bits and np.all(np.isfinite(bits_to_float32(bits[role], "bfloat16")))
             else None
             for role in HALF_ROLES
         ]
-        amx_panels = [
-            _core.pack_amx_panels(bits[role], blocks[role])
-            if amx and role in bits and np.all(np.isfinite(bits_to_float32(bits[role], "bfloat16")))
-            else None  # an infinite weight times x's zero parts would give NaN: the FMA panels
-            for role in HALF_ROLES
+        panels = [
+            _core.pack_half_panels(bits[role], blocks[role], weights_dtype)
+            if role in bits and tile is None
+            else None
+            for role, tile in zip(HALF_ROLES, tiles)
         ]
-        return (*panels, *amx_panels)
+        return (*panels, *tiles)
 
     layers = [
         packed(dict(zip(STACK_ROLES, names)))
