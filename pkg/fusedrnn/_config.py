@@ -128,9 +128,9 @@ def _isa_vectors(isa: str) -> str:
 
 
 def _amx_use() -> str:
-    """Whether AMX's tiles serve bfloat16 inference (its input projection) on this machine."""
+    """Whether AMX's tiles serve inference with bfloat16 weights on this machine."""
     if _core.amx_active():
-        return "yes: bfloat16 weights' input projection (weights_dtype='bfloat16')"
+        return "yes: inference with bfloat16 weights (weights_dtype='bfloat16')"
     if _core.amx_usable():
         return "available, not in use (it serves the avx512 path)"
     return "no (needs an Intel Xeon with AMX, Sapphire Rapids on, and Linux 5.16 on)"

@@ -92,7 +92,7 @@ def test_show_config_says_whether_amx_serves_bfloat16():
     for (isa, enabled), (active, line) in states.items():
         assert active == (usable and enabled and isa == "avx512")
         if active:
-            assert line.startswith("yes: bfloat16")
+            assert line.startswith("yes: inference with bfloat16 weights")
         elif usable:
             assert line == "available, not in use (it serves the avx512 path)"
         else:

@@ -2,7 +2,7 @@
 
 For each case (LSTM and GRU, one sequence of T=100 steps, I = H = 256) one layer runs in eval
 mode with float32 weights, with ``weights_dtype="float16"`` and with ``"bfloat16"`` (on a CPU
-with AMX, whose tiles then project bfloat16's inputs, also without them: "FMA"), and, when
+with AMX, whose tiles then take bfloat16's products, also without them: "FMA"), and, when
 ``onnx`` and ``onnxruntime`` can be imported, onnxruntime runs the same layer as an ONNX LSTM /
 GRU node in float32. Each is first checked: the float32 runs against the float32 NumPy reference,
 the 16-bit ones against the reference with the weights rounded the same way. Then the calls are
@@ -122,7 +122,7 @@ def _calls(cell: str, B: int, T: int, I: int, H: int, threads: int) -> tuple[dic
         if not found:
             calls[name] = lambda layer=layer: layer(x, state)[0]
         if not found and weights_dtype == "bfloat16" and _core.amx_active():
-            # the same without AMX's input projection: the FMA panels, as on a CPU without AMX
+            # the same without AMX's tiles: the FMA panels, as on a CPU without AMX
             fma_layer = _LAYERS[cell](I, H, seed=0, weights_dtype=weights_dtype).eval()
             calls[f"{name} FMA"] = lambda layer=fma_layer: _without_amx(layer, x, state)
         if weights_dtype is None:
@@ -221,8 +221,7 @@ def run(threads: int | None = None, timed: int = 200, cells: tuple = ("lstm", "g
     lines.append("ratios: of the minima (of the medians); > 1 means this implementation is faster")
     if _core.amx_active():
         lines.append(
-            "AMX: bfloat16 projects the inputs on AMX's tiles; 'fused bfloat16 FMA' is the same "
-            "without them"
+            "AMX: bfloat16 multiplies on AMX's tiles; 'fused bfloat16 FMA' is the same without them"
         )
     if import_onnxruntime() is None:
         lines.append("onnxruntime: not installed (pip install onnx onnxruntime) - no row")
