@@ -542,13 +542,13 @@ void bind_stack(py::module_& m) {
       },
       "w"_a, "blocks"_a,
       "The bits of bfloat16 weights W [blocks*cols, K] as the AMX tiles of W^T that an "
-      "inference's input projection reads (amx_active()), starting on a 64-byte boundary.");
+      "inference's products read (amx_active()), starting on a 64-byte boundary.");
   m.def("amx_usable", &amx_usable,
         "Whether this CPU and OS let fusedrnn use AMX's bfloat16 tiles (Intel Xeon from Sapphire "
         "Rapids on, Linux 5.16 on).");
   m.def("amx_active", &amx_active,
-        "Whether inference with bfloat16 weights projects its inputs on AMX now: usable, not "
-        "switched off, and the AVX-512 path active.");
+        "Whether inference with bfloat16 weights multiplies on AMX now: usable, not switched "
+        "off, and the AVX-512 path active.");
   m.def("_set_amx_enabled", &set_amx_enabled, "enabled"_a,
         "Let AMX serve bfloat16 inference (True, the default) or not (tests and benchmarks "
         "compare the two paths).");

@@ -1,6 +1,6 @@
 // Intel AMX (Advanced Matrix Extensions; Xeons from Sapphire Rapids on) for an inference with
-// bfloat16 weights (weights_dtype="bfloat16"): its products of many rows, the input projection of
-// a sequence and the steps of a large batch.
+// bfloat16 weights (weights_dtype="bfloat16"): all its products, the input projection of a
+// sequence and every step.
 //
 // AMX multiplies tiles: TDPBF16PS adds to a tile of 16 x 16 floats the product of a 16 x 32
 // bfloat16 tile (A, row-major) by a 32 x 16 one (B, stored as 16 rows of 16 column pairs: row p
@@ -64,7 +64,7 @@ inline void pack_amx_panels(uint16_t* dst, const uint16_t* w, int64_t K, int64_t
 // Whether this CPU and OS let the process use AMX's tiles with bfloat16 (CPUID, and Linux's
 // permission for the tile data, asked once).
 bool amx_usable();
-// Whether inference projections with bfloat16 weights run on AMX now: usable, not switched off
+// Whether inference with bfloat16 weights multiplies on AMX now: usable, not switched off
 // (set_amx_enabled: tests and benchmarks compare both paths), and the active instruction set's
 // float panels are 32 columns wide (AVX-512), so that every team member's share of the columns
 // starts on an AMX panel.

@@ -150,7 +150,7 @@ def additive_attention_forward(
 
 def amx_active() -> bool:
     """
-    Whether inference with bfloat16 weights projects its inputs on AMX now: usable, not switched off, and the AVX-512 path active.
+    Whether inference with bfloat16 weights multiplies on AMX now: usable, not switched off, and the AVX-512 path active.
     """
 
 def amx_usable() -> bool:
@@ -366,7 +366,7 @@ def pack_amx_panels(
     blocks: typing.SupportsInt | typing.SupportsIndex,
 ) -> numpy.typing.NDArray[numpy.uint16]:
     """
-    The bits of bfloat16 weights W [blocks*cols, K] as the AMX tiles of W^T that an inference's input projection reads (amx_active()), starting on a 64-byte boundary.
+    The bits of bfloat16 weights W [blocks*cols, K] as the AMX tiles of W^T that an inference's products read (amx_active()), starting on a 64-byte boundary.
     """
 
 def pack_half_panels(
