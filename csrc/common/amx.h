@@ -12,9 +12,10 @@
 // most 8 significant bits, so exact). Every product of a part and a bfloat16 weight is exact in
 // float32 and the sums are float32: the result is a float32 dot product of x and the rounded
 // weights, what the FMA path with the 16-bit panels computes (the sums in another order). The
-// three parts of a row sit in one A tile (5 rows of each), so one tile product covers
-// them, and they are added at the end as hi + (mid + lo). Non-finite x: hi = x (a NaN quiet),
-// mid = lo = 0.
+// three parts of a row sit in one A tile (up to 5 rows of each: a call's rows go in groups of
+// even size, and the A and C tiles are configured with just their rows), so one tile product
+// covers them, and they are added at the end as hi + (mid + lo). Non-finite x: hi = x (a NaN
+// quiet), mid = lo = 0.
 //
 // Every product with such weights runs on the tiles, a single step of one row too: a layer with
 // H = 256, T = 100 took, at batch 1, 8 and (1 thread) 0.86-0.89, 2.82-2.93 ms with its steps on

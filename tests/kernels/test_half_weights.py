@@ -241,6 +241,16 @@ def test_amx_projection_equals_the_fma_panels_and_the_reference(
 
 
 @needs_amx
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 7, 11, 13])
+def test_amx_groups_of_every_size(B, threading_mode):
+    """A pass over n rows splits them into ceil(n / 5) groups of even size, whose A and C tiles
+    hold only their rows' three parts: every size of group from 1 to 5, and a last group one
+    or two rows short (7 = 4 + 3, 11 = 4 + 4 + 3, 13 = 5 + 5 + 3), in the steps (B rows) and in
+    the input projection (a chunk of steps' rows)."""
+    check_amx_against_fma_and_reference("lstm", 5, B, 40, 36, 1, False, {})
+
+
+@needs_amx
 @pytest.mark.parametrize(
     ("mode", "options"),
     [
