@@ -251,6 +251,44 @@ def test_amx_groups_of_every_size(B, threading_mode):
 
 
 @needs_amx
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+# 36: each member of a team takes its own 18 rows, which sit in other groups than on one thread
+@pytest.mark.parametrize("B", [1, 7, 36])
+def test_amx_bits_do_not_depend_on_the_thread_count(mode, B):
+    """A row's result on the tiles depends on its own A row alone, not on which rows share its
+    groups (which a team's split changes): one thread and a team of two give the same bits.
+    (One direction: the two of a bidirectional layer would run one thread each.)"""
+    params = make_params(mode, 48, 64, 2, False, True, 0, np.random.default_rng(6), np.float32)
+    params = {k: v * np.float32(0.2) for k, v in params.items()}
+    x, hx = stack_inputs(mode, 2, False, 0, 9, B, 48, 64)
+    before, defaults = fusedrnn.get_num_threads(), _core._team_thresholds()
+    outputs = []
+    try:
+        with amx_enabled(True):
+            packed = pack_half_weights(mode, params, 2, False, "bfloat16")
+            for threads in (1, 2):
+                fusedrnn.set_num_threads(threads)
+                _core._set_team_thresholds(0, 1, False)  # (a team even for small loops)
+                outputs.append(
+                    functional.stack_forward(
+                        mode,
+                        x,
+                        hx,
+                        params,
+                        2,
+                        bidirectional=False,
+                        training=False,
+                        half_weights=packed,
+                    )
+                )
+    finally:
+        _core._set_team_thresholds(*defaults)
+        fusedrnn.set_num_threads(before)
+    for i, name in enumerate(("y", "h_n")):
+        np.testing.assert_array_equal(outputs[0][i], outputs[1][i], err_msg=name)
+
+
+@needs_amx
 @pytest.mark.parametrize(
     ("mode", "options"),
     [
