@@ -18,10 +18,10 @@
 // quiet), mid = lo = 0.
 //
 // Every product with such weights runs on the tiles, a single step of one row too: a layer with
-// H = 256, T = 100 took, at batch 1, 8 and (1 thread) 0.86-0.89, 2.82-2.93 ms with its steps on
-// the tiles against 1.01-1.03, 4.58-4.70 with them on the FMA panels and its input projection on
-// the tiles (2 threads: 0.59-0.60 against 0.66-0.87 ms at batch 1). So a packing for AMX holds
-// no FMA panels, but for a matrix that the tiles cannot take (below).
+// H = 256, T = 100 on one thread took 0.86-0.89 ms at batch 1 and 2.82-2.93 at batch 8 with its
+// steps on the tiles, against 1.01-1.03 and 4.58-4.70 with them on the FMA panels (its input
+// projection on the tiles in both; 2 threads, batch 1: 0.59-0.60 against 0.66-0.87 ms). So a
+// packing for AMX holds no FMA panels, but for a matrix that the tiles cannot take (below).
 // float16 weights stay on the FMA panels: split into two bfloat16 parts each, they measured no
 // faster on the tiles.
 // Not for a matrix with an infinite weight: times x's parts that are zero it would give NaN where

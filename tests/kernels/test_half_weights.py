@@ -233,8 +233,8 @@ def amx_enabled(on: bool):
 def test_amx_projection_equals_the_fma_panels_and_the_reference(
     mode, T, B, I, H, layers, bidirectional, threading_mode
 ):
-    """bfloat16 inference with its input projection, and the steps of 16 rows or more, on AMX's
-    tiles (x split exactly into three bfloat16 parts) against the FMA panels and the float64
+    """bfloat16 inference with its input projection and its steps on AMX's tiles (x and h split
+    exactly into three bfloat16 parts) against the FMA panels and the float64
     reference: float32's error, whether the projection runs in one pass or several, on one
     thread or a team."""
     check_amx_against_fma_and_reference(mode, T, B, I, H, layers, bidirectional, {})
@@ -359,7 +359,7 @@ def test_amx_projection_of_special_inputs_is_exact():
     special = np.array([1 / 3, 1 + 2**-23, np.inf, -np.inf, 3e38, -1e-30, -0.0, 0.1], np.float32)
     low_payload_nan = np.array([0x7F800001], np.uint32).view(np.float32)
     values = np.concatenate([special, low_payload_nan])
-    T = 16  # AMX takes products of 16 rows or more
+    T = 16  # (the input projection multiplies T * 9 rows, the steps 9 each)
     params = {
         "weight_ih_l0": np.ones((1, 1), np.float32),
         "weight_hh_l0": np.zeros((1, 1), np.float32),
