@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -172,6 +174,14 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
         "budget; slow calls get fewer within the budget)",
     )
     parser.add_argument(
+        "--isa",
+        choices=tuple(bench.machine.ISA_LIMITS),
+        help="run on this instruction set's path on a CPU that has more (avx2 on an AVX-512 "
+        "machine; avx512 without AMX), with PyTorch, MKL, oneDNN and numpy's and scipy's "
+        "OpenBLAS limited alike: the run goes on in a second process whose environment limits "
+        "them (onnxruntime keeps its own choice)",
+    )
+    parser.add_argument(
         "--json",
         metavar="PATH",
         help="write every row (memory peaks and call "
@@ -241,7 +251,32 @@ def _run_half_weights(args: argparse.Namespace) -> int:
     return 1 if any(line.startswith("FAILED") for line in lines) else 0
 
 
+# Set in the environment of the process `_run_limited_to` starts: it runs the bench itself.
+_ISA_CHILD = "FUSEDRNN_BENCH_ISA"
+
+
+def _run_limited_to(isa: str, argv: Sequence[str]) -> int:
+    """``bench --isa``: the same command line in a new process whose environment limits the
+    other libraries to ``isa`` (bench.machine.ISA_LIMITS: they read it when they load, and numpy's
+    OpenBLAS is loaded here already); that process forces fusedrnn's kernels onto it."""
+    from . import _core
+
+    if not _core.isa_supported(isa):
+        supported = [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)]
+        print(
+            f"--isa {isa}: this CPU or build has no {isa} path (it has {', '.join(supported)})",
+            file=sys.stderr,
+        )
+        return 2
+    env = {**os.environ, **bench.machine.ISA_LIMITS[isa], _ISA_CHILD: isa}
+    return subprocess.run([sys.executable, "-m", "fusedrnn", *argv], env=env).returncode
+
+
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.isa:
+        if os.environ.get(_ISA_CHILD) != args.isa:
+            return _run_limited_to(args.isa, args.argv)
+        bench.machine.force_isa(args.isa)
     if args.sweep == "torch-training":
         return _run_torch_training(args)
     if args.sweep == "half-weights":
@@ -370,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train-charlm"]:  # its options are char_lm's own
         return _run_train_charlm(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.handler(args)
 
 

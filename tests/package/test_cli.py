@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fusedrnn import __main__ as cli
-from fusedrnn import bench, functional
+from fusedrnn import _core, bench, functional
 
 TINY = "lstm:2,3,4,5;gru:2,3,4,5;gru-cho:2,3,4,5;rnn:2,3,4,5"
 COLUMNS = [
@@ -249,6 +249,7 @@ def test_plot_writes_a_png(capsys, tmp_path, no_torch):
         (["--dtype", "float16"], "invalid choice"),
         (["--full", "--deepbench"], "not allowed with"),
         (["--cases", "lstm:1,2,3"], "bad case"),
+        (["--isa", "sse2"], "invalid choice"),
     ],
 )
 def test_bad_arguments_are_clean_argparse_errors(capsys, args, message):
@@ -318,6 +319,37 @@ def test_python_dash_m_entry_point():
         ("rnn", "infer"),
     ]
     assert "importing PyTorch" in result.stderr.splitlines()[0]
+
+
+@pytest.mark.skipif(not _core.isa_supported("avx2"), reason="needs a CPU with AVX2 and FMA")
+def test_isa_limits_the_run_and_the_other_libraries_to_it(tmp_path):
+    """--isa avx2 runs the bench in a second process on fusedrnn's AVX2 path, with OpenBLAS
+    (and PyTorch, when installed) limited to AVX2 by their environment variables."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fusedrnn", "bench", "--isa", "avx2", "--cases", "rnn:1,2,3,4",
+         "--repeats", "1", "--json", str(tmp_path / "run.json")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header = [line for line in result.stdout.splitlines() if line.startswith("#")]
+    assert "ISA: avx2 forced (--isa)" in header[1]
+    assert "OPENBLAS_CORETYPE=Haswell" in " ".join(header)
+    assert "Haswell" in next(line for line in header if line.startswith("# BLAS:"))
+    if "PyTorch:" in " ".join(header):
+        assert "AVX2 kernels" in " ".join(header)
+    assert [row["pass"] for row in table_rows(result.stdout)] == ["fwd", "fwd+bwd", "infer"]
+    config = json.loads((tmp_path / "run.json").read_text())["config"]
+    assert config["isa"] == "avx2" and config["isa_forced"].startswith("avx2 forced")
+
+
+def test_isa_the_cpu_lacks_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr(_core, "isa_supported", lambda name: name == "baseline")
+    assert cli.main(["bench", "--isa", "avx512", "--cases", "rnn:1,2,3,4"]) == 2
+    err = capsys.readouterr().err
+    assert "--isa avx512: this CPU or build has no avx512 path (it has baseline)" in err
 
 
 # ---------------------------------------------------------------- attention rows

@@ -29,7 +29,7 @@ import numpy as np
 from .. import _config, _core
 from ..layers import GRU, LSTM
 from .implementations import compare
-from .machine import cpu_name
+from .machine import cpu_name, isa_note
 
 # (cell, B, T, I, H): the issue's batch-1 inference cases
 CASES = (("lstm", 1, 100, 256, 256), ("gru", 1, 100, 256, 256))
@@ -196,6 +196,7 @@ def run(threads: int | None = None, timed: int = 200, cells: tuple = ("lstm", "g
         f"batch-1 inference with 16-bit weights: {cpu_name()}, {threads} threads, "
         f"{timed} timed calls each, interleaved in blocks of {min(BLOCK_CALLS, timed)}, "
         f"load average {load:.2f} at the start",
+        *([f"ISA: {isa_note()}"] if isa_note() else []),
         f"{'case':<24} {'implementation':<20} {'min ms':>8} {'median ms':>10} "
         f"{'float32/this':>13} {'onnxruntime/this':>17}",
     ]

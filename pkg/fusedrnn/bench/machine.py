@@ -88,5 +88,60 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_LIMITS = {
+    "avx2": {
+        "OPENBLAS_CORETYPE": "Haswell",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    },
+    "avx512": {
+        "OPENBLAS_CORETYPE": "SkylakeX",
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+}
+"""``bench --isa``: the environment that limits the other libraries of a run to the instruction
+set fusedrnn is forced onto, read when each loads (so set before the process starts): numpy's
+and scipy's OpenBLAS (DYNAMIC_ARCH kernels), PyTorch's own kernels (ATen), oneDNN (its LSTM, GRU
+and matmul) and MKL (its GEMM). avx512 leaves out AMX (and oneDNN's VNNI and BF16). onnxruntime
+has no such setting and keeps its own choice."""
+
+_forced_isa: str | None = None
+
+
+def force_isa(isa: str) -> None:
+    """Run fusedrnn's kernels on ``isa`` (a key of `ISA_LIMITS`) for the rest of the process,
+    AMX's tiles off with avx512; `isa_note` says so in every table's header. The process must
+    have started with ``ISA_LIMITS[isa]`` in its environment (``bench --isa`` does both)."""
+    global _forced_isa
+    from .. import _core
+
+    _core.select_isa(isa)
+    if isa == "avx512":
+        _core._set_amx_enabled(False)
+    _forced_isa = isa
+
+
+def isa_note() -> str:
+    """For a table's header: which instruction set a ``bench --isa`` run was limited to, or ''."""
+    if _forced_isa is None:
+        return ""
+    limits = " ".join(f"{k}={v}" for k, v in ISA_LIMITS[_forced_isa].items())
+    amx = ", AMX off" if _forced_isa == "avx512" else ""
+    return (
+        f"{_forced_isa} forced (--isa{amx}) on a CPU that has more; PyTorch and the BLAS limited "
+        f"alike ({limits}); onnxruntime keeps its own choice"
+    )
+
+
+def torch_description(torch) -> str:
+    """PyTorch's version and the instruction set its own kernels dispatch to (``2.13.0+cpu,
+    AVX512 kernels``)."""
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return f"{torch.__version__}, {capability()} kernels" if capability else torch.__version__
+
+
 BUSY_LOAD = 1.0
 """A 1-minute load average, before the run, from which other programs are competing for cores."""

@@ -121,7 +121,7 @@ class Report:
             f"# fusedrnn {cfg['fusedrnn']} bench ({self.sweep} sweep), {self.date}, {self.dtype}",
             (
                 f"# CPU: {self.cpu} ({cfg['cpu_count']} cores); threads: {self.threads}; "
-                f"ISA: {cfg['isa']}"
+                f"ISA: {cfg.get('isa_forced') or cfg['isa']}"
             ),
             f"# BLAS: {cfg['blas']}",
             (

@@ -268,7 +268,7 @@ def run_sweep(
                 )
                 ceilings.append(gemm_ceiling(machine.GEMM_SIZE))
             rows += case_rows
-        config = _config.config()
+        config = {**_config.config(), "isa_forced": machine.isa_note() or None}
     if bar:
         bar.close()
     ceiling = max(ceilings)
@@ -282,7 +282,7 @@ def run_sweep(
         dtype=np.dtype(dtype).name,
         gemm_ceiling_gflops=ceiling,
         reference_threads=reference_threads,
-        torch=f"{torch.__version__}" if torch else TORCH_MISSING,
+        torch=machine.torch_description(torch) if torch else TORCH_MISSING,
         sweep=sweep,
         note=note,
         load_average=(load_at_start, os.getloadavg()[0]),

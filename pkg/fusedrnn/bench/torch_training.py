@@ -36,7 +36,7 @@ from types import ModuleType
 import numpy as np
 
 from .. import _config
-from .machine import cpu_name
+from .machine import cpu_name, isa_note, torch_description
 from .timing import thread_limit
 
 BPTT, BATCH, LAYERS, DROPOUT, CLIP, LR = 35, 20, 2, 0.2, 0.25, 20.0
@@ -297,7 +297,8 @@ def run(
         f"# fusedrnn bench --torch-training, "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {dtype.name}",
         f"# CPU: {cpu_name()} ({os.cpu_count()} cores); threads: {threads}; "
-        f"PyTorch {torch.__version__}",
+        f"PyTorch {torch_description(torch)}",
+        *([f"# ISA: {isa_note()}"] if isa_note() else []),
         f"# load average (1 min) at start / end: {load_at_start:.2f} / {os.getloadavg()[0]:.2f}",
         f"# one training step of PyTorch's word_language_model example: embedding, dropout "
         f"{DROPOUT}, {LAYERS}-layer RNN, linear decoder, log-softmax + NLL, backward, clip "
