@@ -252,7 +252,7 @@ def _run_half_weights(args: argparse.Namespace) -> int:
 
 
 # Set in the environment of the process `_run_limited_to` starts: it runs the bench itself.
-_ISA_CHILD = "FUSEDRNN_BENCH_ISA"
+_ISA_CHILD = "_FUSEDRNN_BENCH_ISA_CHILD"
 
 
 def _run_limited_to(isa: str, argv: Sequence[str]) -> int:
