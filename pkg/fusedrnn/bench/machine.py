@@ -131,8 +131,8 @@ def isa_note() -> str:
     limits = " ".join(f"{k}={v}" for k, v in ISA_LIMITS[_forced_isa].items())
     amx = ", AMX off" if _forced_isa == "avx512" else ""
     return (
-        f"{_forced_isa} forced (--isa{amx}) on a CPU that has more; PyTorch and the BLAS limited "
-        f"alike ({limits}); onnxruntime keeps its own choice"
+        f"{_forced_isa} forced (--isa{amx}); PyTorch and the BLAS limited alike ({limits}); "
+        f"onnxruntime keeps its own choice"
     )
 
 
