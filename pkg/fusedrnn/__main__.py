@@ -259,10 +259,10 @@ def _run_limited_to(isa: str, argv: Sequence[str]) -> int:
     """``bench --isa``: the same command line in a new process whose environment limits the
     other libraries to ``isa`` (bench.machine.ISA_LIMITS: they read it when they load, and numpy's
     OpenBLAS is loaded here already); that process forces fusedrnn's kernels onto it."""
-    from . import _core
+    from . import _config
 
-    if not _core.isa_supported(isa):
-        supported = [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)]
+    supported = _config.supported_isas()
+    if isa not in supported:
         print(
             f"--isa {isa}: this CPU or build has no {isa} path (it has {', '.join(supported)})",
             file=sys.stderr,

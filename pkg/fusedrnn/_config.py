@@ -127,6 +127,11 @@ def _isa_vectors(isa: str) -> str:
     return f"portable 16-byte vectors ({unit})"
 
 
+def supported_isas() -> list[str]:
+    """The instruction-set paths of this build that this CPU can run."""
+    return [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)]
+
+
 def _amx_use() -> str:
     """Whether AMX's tiles serve inference with bfloat16 weights on this machine."""
     if _core.amx_active():
@@ -144,7 +149,7 @@ def config() -> dict:
         "fusedrnn": __version__,
         "isa": _core.active_isa(),
         "isa_vectors": _isa_vectors(_core.active_isa()),
-        "isa_supported": [n for n in ("baseline", "avx2", "avx512") if _core.isa_supported(n)],
+        "isa_supported": supported_isas(),
         "amx": _amx_use(),
         "threads": get_num_threads(),
         "openmp": _core.have_openmp(),

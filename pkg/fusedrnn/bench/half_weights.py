@@ -191,12 +191,12 @@ def run(threads: int | None = None, timed: int = 200, cells: tuple = ("lstm", "g
     """Validate and time every case of ``cells`` (``timed`` calls of each implementation); the
     lines of the table and its notes."""
     threads = threads or _config.get_num_threads()
-    load = os.getloadavg()[0]
+    load, note = os.getloadavg()[0], isa_note()
     lines = [
         f"batch-1 inference with 16-bit weights: {cpu_name()}, {threads} threads, "
         f"{timed} timed calls each, interleaved in blocks of {min(BLOCK_CALLS, timed)}, "
         f"load average {load:.2f} at the start",
-        *([f"ISA: {isa_note()}"] if isa_note() else []),
+        *([f"ISA: {note}"] if note else []),
         f"{'case':<24} {'implementation':<20} {'min ms':>8} {'median ms':>10} "
         f"{'float32/this':>13} {'onnxruntime/this':>17}",
     ]

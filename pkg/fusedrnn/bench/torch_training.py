@@ -298,7 +298,7 @@ def run(
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {dtype.name}",
         f"# CPU: {cpu_name()} ({os.cpu_count()} cores); threads: {threads}; "
         f"PyTorch {torch_description(torch)}",
-        *([f"# ISA: {isa_note()}"] if isa_note() else []),
+        *([f"# ISA: {note}"] if (note := isa_note()) else []),
         f"# load average (1 min) at start / end: {load_at_start:.2f} / {os.getloadavg()[0]:.2f}",
         f"# one training step of PyTorch's word_language_model example: embedding, dropout "
         f"{DROPOUT}, {LAYERS}-layer RNN, linear decoder, log-softmax + NLL, backward, clip "
